@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Installs the dependencies, fetches the default model, builds and runs every test.
+# This is the test command of README.md; .ci/run runs it as is.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+bash scripts/fetch-model.sh >/dev/null
+bash scripts/build.sh
+ctest --test-dir "${TQ_BUILD_DIR:-build}" --output-on-failure -j "$(nproc)"
