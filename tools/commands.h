@@ -7,5 +7,6 @@
 namespace tq::tools {
 
 void add_info_command(CLI::App& app);
+void add_quant_bench_command(CLI::App& app);
 
 }  // namespace tq::tools

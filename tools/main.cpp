@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   });
 
   tq::tools::add_info_command(app);
+  tq::tools::add_quant_bench_command(app);
 
   try {
     app.parse(argc, argv);

@@ -3,6 +3,8 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -87,6 +89,12 @@ class GgufFile {
   size_t alignment_ = 32;
   std::vector<GgufKv> kv_;
   std::vector<GgufTensor> tensors_;
+  // name -> index into kv_ / tensors_ (std::less<> allows string_view lookups).
+  std::map<std::string, size_t, std::less<>> kv_index_;
+  std::map<std::string, size_t, std::less<>> tensor_index_;
 };
+
+// "u32", "string", "array" ... for messages.
+const char* gguf_value_type_name(GgufValueType type);
 
 }  // namespace tq::model

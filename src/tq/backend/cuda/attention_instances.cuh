@@ -1,0 +1,67 @@
+// The compiled attention instances: one entry per (K format, V format, head dim), each a launch
+// of attention_kernel<KF, VF, kDim>. Instance files (attention_inst_*.cu) hold one K format each
+// so they compile in parallel; decode_attention.cu searches the lists and answers Unsupported
+// for anything else.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "tq/backend/cuda/decode_attention.cuh"
+#include "tq/quant/format.h"
+
+namespace tq::backend::cuda {
+
+struct AttnInstance {
+  quant::Format k;
+  quant::Format v;
+  int dim;
+  Status (*launch)(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream);
+  // Resident CTAs per SM (0 when the kernel cannot launch).
+  int (*occupancy)();
+};
+
+struct AttnInstanceList {
+  const AttnInstance* items;
+  int n;
+};
+
+template <class KF, class VF, int kDim>
+Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream) {
+  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim>();
+  const auto kernel = attention_kernel<KF, VF, kDim>;
+  if (kSmem > 48 * 1024)
+    TQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+  kernel<<<dim3(splits, n_kv_heads, n_seqs), kAttnThreads, kSmem, stream>>>(a);
+  TQ_CUDA_CHECK_LAUNCH(stream);
+  return ok_status();
+}
+
+template <class KF, class VF, int kDim>
+int attention_occupancy() {
+  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim>();
+  const auto kernel = attention_kernel<KF, VF, kDim>;
+  if (kSmem > 48 * 1024 &&
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess)
+    return 0;
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kAttnThreads, kSmem) != cudaSuccess)
+    return 0;
+  return blocks;
+}
+
+template <class KF, class VF, int kDim>
+constexpr AttnInstance attn_instance(quant::Format k, quant::Format v) {
+  return {k, v, kDim, &launch_attention<KF, VF, kDim>, &attention_occupancy<KF, VF, kDim>};
+}
+
+inline constexpr quant::Format tq_mse(int bits) { return {quant::FormatKind::kTqMse, bits}; }
+inline constexpr quant::Format tq_prod(int bits) { return {quant::FormatKind::kTqProd, bits}; }
+
+AttnInstanceList attention_instances_baseline();
+AttnInstanceList attention_instances_k_tq2();
+AttnInstanceList attention_instances_k_tq3();
+AttnInstanceList attention_instances_k_tq4();
+AttnInstanceList attention_instances_k_tq3j();
+AttnInstanceList attention_instances_k_tq4j();
+
+}  // namespace tq::backend::cuda

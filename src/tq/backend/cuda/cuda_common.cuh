@@ -1,0 +1,131 @@
+// Device helpers shared by the KV kernels: the TQ_CUDA_TRY status macro, tensor-core mma,
+// byte permutes and loads of packed spans of any alignment. CUDA-only (never included by
+// CPU code).
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "tq/core/status.h"
+
+namespace tq::backend::cuda {
+
+inline Status cuda_status(cudaError_t err, const char* what, const char* file, int line) {
+  if (err == cudaSuccess) return ok_status();
+  return internal_error(std::string(what) + " failed at " + file + ":" + std::to_string(line) +
+                        ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+}
+
+}  // namespace tq::backend::cuda
+
+// Evaluates a CUDA runtime call and returns its failure as a tq::Status (never exits).
+#define TQ_CUDA_TRY(expr) \
+  TQ_RETURN_IF_ERROR(::tq::backend::cuda::cuda_status((expr), #expr, __FILE__, __LINE__))
+
+// After a launch: the launch error, and in debug builds the kernel's own completion.
+#ifndef NDEBUG
+#define TQ_CUDA_CHECK_LAUNCH(stream)     \
+  do {                                   \
+    TQ_CUDA_TRY(cudaGetLastError());     \
+    TQ_CUDA_TRY(cudaStreamSynchronize(stream)); \
+  } while (0)
+#else
+#define TQ_CUDA_CHECK_LAUNCH(stream) TQ_CUDA_TRY(cudaGetLastError())
+#endif
+
+namespace tq::backend::cuda::dev {
+
+// D = A * B + D for one 16x8x16 tile, fp16 inputs, fp32 accumulators (PTX fragment layout:
+// groupID = lane / 4, tig = lane % 4; A reg0 (row g, k 2tig..+1), reg1 (row g+8), reg2 (row g,
+// k+8), reg3 (row g+8, k+8); B reg0 (k 2tig..+1, col g), reg1 (k+8); C c0,c1 (row g, cols
+// 2tig..+1), c2,c3 (row g+8)).
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                          uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  return __byte_perm(a, b, sel);
+}
+
+__device__ __forceinline__ uint32_t h2_bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 bits_h2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+__device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
+  return h2_bits(__floats2half2_rn(lo, hi));
+}
+
+// Bits [pos, pos + n) of a little-endian word array (pos, n compile-time after unrolling).
+template <int kWords>
+__device__ __forceinline__ uint32_t bit_field(const uint32_t (&w)[kWords], int pos, int n) {
+  const int wi = pos >> 5;
+  const int sh = pos & 31;
+  uint32_t v = w[wi] >> sh;
+  if (sh + n > 32 && wi + 1 < kWords) v = __funnelshift_r(w[wi], w[wi + 1], sh);
+  return v & ((n >= 32) ? 0xffffffffu : ((1u << n) - 1u));
+}
+
+// Loads kBytes bytes starting at p into words (LSB-first), given that p is kAlign-aligned.
+// Below 4-byte alignment it reads the aligned words around the span and funnel-shifts, so it
+// never reads outside the 4-byte-aligned words that contain the span.
+template <int kBytes, int kAlign>
+struct Span {
+  static constexpr int kWords = (kBytes + 3) / 4;
+  uint32_t w[kWords];
+
+  __device__ __forceinline__ void load(const uint8_t* p) {
+    if constexpr (kAlign >= 16 && kBytes % 16 == 0) {
+#pragma unroll
+      for (int i = 0; i < kBytes / 16; ++i) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(p) + i);
+        w[4 * i] = v.x, w[4 * i + 1] = v.y, w[4 * i + 2] = v.z, w[4 * i + 3] = v.w;
+      }
+    } else if constexpr (kAlign >= 8 && kBytes % 8 == 0) {
+#pragma unroll
+      for (int i = 0; i < kBytes / 8; ++i) {
+        const uint2 v = __ldg(reinterpret_cast<const uint2*>(p) + i);
+        w[2 * i] = v.x, w[2 * i + 1] = v.y;
+      }
+    } else if constexpr (kAlign >= 4 && kBytes % 4 == 0) {
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) w[i] = __ldg(reinterpret_cast<const uint32_t*>(p) + i);
+    } else {
+      const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+      const uint32_t* base = reinterpret_cast<const uint32_t*>(addr & ~uintptr_t{3});
+      const int sh = static_cast<int>(addr & 3u) * 8;
+      constexpr int kRaw = (kBytes + 3 + 3) / 4;  // worst case: span starts at byte 3 of a word
+      uint32_t raw[kRaw];
+      const int need = (static_cast<int>(addr & 3u) + kBytes + 3) / 4;
+#pragma unroll
+      for (int i = 0; i < kRaw; ++i) raw[i] = (i < need) ? __ldg(base + i) : 0u;
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1 < kRaw ? i + 1 : i], sh);
+      if (kWords == kRaw) w[kWords - 1] = raw[kRaw - 1] >> sh;
+    }
+  }
+  __device__ __forceinline__ void zero() {
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) w[i] = 0u;
+  }
+};
+
+// Largest power of two (<= 16) dividing n: the alignment of a span that starts at a multiple
+// of n inside a 16-byte aligned block.
+constexpr int pow2_align(int n) {
+  int a = 1;
+  while (a < 16 && n % (2 * a) == 0) a *= 2;
+  return a;
+}
+
+__device__ __forceinline__ float warp_max(float v, int width) {
+  for (int o = width / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+}  // namespace tq::backend::cuda::dev

@@ -1,0 +1,268 @@
+// Host side of decode attention: validation, the split-K plan, the query preparation kernel
+// (P q once per head, S P q for QJL keys), the attention instances (attention_inst_*.cu) and the
+// log-sum-exp merge that rotates the value sum back (P^T) once per query head.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "tq/backend/cuda/attention_instances.cuh"
+#include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/kv_cuda.h"
+#include "tq/quant/qjl.h"
+
+namespace tq::backend::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Tokens every CTA's warps divide evenly (4 warps x 32-token steps), and the fewest per CTA.
+constexpr int kSplitUnit = kAttnWarps * 32;
+
+__global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c, const float* rot,
+                                     const float* qjl, float qjl_c, __half* q_main, __half* q_sketch,
+                                     __half* q_win) {
+  extern __shared__ float sh[];  // [2][d]: q, then P q
+  const size_t row = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) sh[j] = q[row + j];
+  __syncthreads();
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float y = sh[j];
+    if (rot) {
+      y = 0.0f;
+      for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot + static_cast<size_t>(j) * d + i), sh[i], y);
+    }
+    sh[d + j] = y;
+    q_main[row + j] = __float2half_rn(c * y);
+    if (q_win) q_win[row + j] = __float2half_rn(c * sh[j]);
+  }
+  if (!qjl) return;
+  __syncthreads();
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float z = 0.0f;
+    for (int i = 0; i < d; ++i) z = fmaf(__ldg(qjl + static_cast<size_t>(j) * d + i), sh[d + i], z);
+    q_sketch[row + j] = __float2half_rn(qjl_c * z);
+  }
+}
+
+// out = (P_v^T sum_{main} w_s O_s + sum_{window} w_s O_s) / sum_s w_s l_s, w_s = 2^(m_s - M).
+__global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main,
+                             int splits_total, int n_heads, int d, const float* rot_v, float* out) {
+  extern __shared__ float sh[];  // [d]
+  const size_t ph = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * splits_total;
+  float m = -INFINITY;
+  for (int s = 0; s < splits_total; ++s) m = fmaxf(m, part_ml[ph + s].x);
+  float l = 0.0f;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float acc_main = 0.0f, acc_win = 0.0f;
+    l = 0.0f;
+    if (m != -INFINITY) {
+      for (int s = 0; s < splits_total; ++s) {
+        const float2 ml = part_ml[ph + s];
+        if (ml.x == -INFINITY) continue;
+        const float w = exp2f(ml.x - m);
+        l += w * ml.y;
+        const float v = w * part_o[(ph + s) * d + j];
+        if (s < splits_main) acc_main += v;
+        else acc_win += v;
+      }
+    }
+    sh[j] = acc_main;
+    sh[d + j] = acc_win;
+  }
+  __syncthreads();
+  const size_t row = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d;
+  for (int j = threadIdx.x; j < d; j += blockDim.x) {
+    float y = sh[j];
+    if (rot_v) {  // x_j = sum_i P_ij y_i
+      y = 0.0f;
+      for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
+    }
+    out[row + j] = l > 0.0f ? (y + sh[d + j]) / l : 0.0f;
+  }
+}
+
+const AttnInstance* find_instance(quant::Format k, quant::Format v, int dim) {
+  const AttnInstanceList lists[] = {attention_instances_baseline(), attention_instances_k_tq2(),
+                                    attention_instances_k_tq3(),     attention_instances_k_tq4(),
+                                    attention_instances_k_tq3j(),    attention_instances_k_tq4j()};
+  for (const AttnInstanceList& l : lists)
+    for (int i = 0; i < l.n; ++i)
+      if (l.items[i].k == k && l.items[i].v == v && l.items[i].dim == dim) return &l.items[i];
+  return nullptr;
+}
+
+struct SegmentPlan {
+  int tokens_per_split = kSplitUnit;
+  int splits = 0;
+};
+
+// Enough CTAs for about two full waves of the device, each a multiple of kSplitUnit tokens.
+SegmentPlan plan_segment(int max_len, int pairs, int num_sms, int ctas_per_sm, int max_splits) {
+  SegmentPlan p;
+  if (max_len <= 0) return p;
+  const int target = num_sms * std::max(ctas_per_sm, 1) * 2;
+  int splits = (target + pairs - 1) / pairs;
+  splits = std::min(splits, (max_len + kSplitUnit - 1) / kSplitUnit);
+  if (max_splits > 0) splits = std::min(splits, max_splits);
+  splits = std::max(splits, 1);
+  const int per = (max_len + splits - 1) / splits;
+  p.tokens_per_split = (per + kSplitUnit - 1) / kSplitUnit * kSplitUnit;
+  p.splits = (max_len + p.tokens_per_split - 1) / p.tokens_per_split;
+  return p;
+}
+
+struct Plan {
+  const AttnInstance* main = nullptr;
+  const AttnInstance* window = nullptr;
+  SegmentPlan main_plan, window_plan;
+  int dim = 0, n_kv_heads = 0, group = 0;
+  // workspace offsets (bytes)
+  size_t q_main = 0, q_sketch = 0, q_win = 0, part_o = 0, part_ml = 0, total = 0;
+};
+
+Status check_segment(const AttentionSegment& s, const char* name) {
+  TQ_RETURN_IF_ERROR(s.k.validate().with_context(std::string(name) + ".k"));
+  TQ_RETURN_IF_ERROR(s.v.validate().with_context(std::string(name) + ".v"));
+  if (s.k.head_dim != s.v.head_dim || s.k.n_kv_heads != s.v.n_kv_heads ||
+      s.k.block_tokens != s.v.block_tokens)
+    return invalid_argument(std::string(name) + ": K and V pools differ in head dim, KV heads or block size");
+  if (!s.block_tables || !s.lengths || s.max_blocks <= 0)
+    return invalid_argument(std::string(name) + ": block tables and lengths are required");
+  if (s.max_length > s.max_blocks * s.k.block_tokens)
+    return invalid_argument(std::string(name) + ": max_length exceeds max_blocks * block_tokens");
+  return ok_status();
+}
+
+Expected<Plan> make_plan(const DecodeAttentionParams& p) {
+  if (p.n_seqs <= 0 || p.n_heads <= 0) return invalid_argument("decode attention: no sequences or heads");
+  if (!p.q || !p.out) return invalid_argument("decode attention: q and out are required");
+  TQ_RETURN_IF_ERROR(check_segment(p.main, "main"));
+  Plan plan;
+  plan.dim = p.main.k.head_dim;
+  plan.n_kv_heads = p.main.k.n_kv_heads;
+  if (p.n_heads % plan.n_kv_heads != 0)
+    return invalid_argument("decode attention: n_heads must be a multiple of n_kv_heads");
+  plan.group = p.n_heads / plan.n_kv_heads;
+  if (plan.group > 8) return unsupported("decode attention: more than 8 query heads per KV head");
+  plan.main = find_instance(p.main.k.format, p.main.v.format, plan.dim);
+  if (!plan.main)
+    return unsupported("decode attention: no CUDA instance for K " + p.main.k.format.name() + ", V " +
+                       p.main.v.format.name() + ", head dim " + std::to_string(plan.dim));
+  const quant::Format f16 = quant::kFormatF16;
+  if (p.window.present()) {
+    TQ_RETURN_IF_ERROR(check_segment(p.window, "window"));
+    if (!(p.window.k.format == f16) || !(p.window.v.format == f16) || p.window.k.head_dim != plan.dim ||
+        p.window.k.n_kv_heads != plan.n_kv_heads)
+      return invalid_argument("decode attention: the window must be f16 K/V of the same shape");
+    plan.window = find_instance(f16, f16, plan.dim);
+    if (!plan.window) return unsupported("decode attention: no f16 window instance for this head dim");
+  }
+  int num_sms = p.num_sms;
+  if (num_sms <= 0) {
+    int dev = 0;
+    TQ_CUDA_TRY(cudaGetDevice(&dev));
+    TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
+  }
+  const int pairs = p.n_seqs * plan.n_kv_heads;
+  plan.main_plan = plan_segment(p.main.max_length, pairs, num_sms, plan.main->occupancy(), p.max_splits);
+  if (plan.window)
+    plan.window_plan = plan_segment(p.window.max_length, pairs, num_sms, plan.window->occupancy(), p.max_splits);
+  const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
+  const size_t splits = static_cast<size_t>(plan.main_plan.splits + plan.window_plan.splits);
+  const auto take = [&](size_t bytes) {
+    const size_t off = plan.total;
+    plan.total += (bytes + 255) / 256 * 256;
+    return off;
+  };
+  plan.q_main = take(rows * plan.dim * 2);
+  plan.q_sketch = take(p.main.k.format.has_qjl() ? rows * plan.dim * 2 : 0);
+  plan.q_win = take(plan.window ? rows * plan.dim * 2 : 0);
+  plan.part_o = take(rows * std::max<size_t>(splits, 1) * plan.dim * 4);
+  plan.part_ml = take(rows * std::max<size_t>(splits, 1) * 8);
+  return plan;
+}
+
+AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p, const Plan& plan,
+                      uint8_t* ws, const __half* q, const __half* q_sketch, int split_offset) {
+  AttnArgs a{};
+  a.k_pool = s.k.data;
+  a.k_block_stride = s.k.block_stride_or_default();
+  a.k_head_stride = s.k.head_stride_or_default();
+  a.v_pool = s.v.data;
+  a.v_block_stride = s.v.block_stride_or_default();
+  a.v_head_stride = s.v.head_stride_or_default();
+  a.k_centroids = s.k.tables.centroids;
+  a.v_centroids = s.v.tables.centroids;
+  a.block_tables = s.block_tables;
+  a.max_blocks = s.max_blocks;
+  a.lengths = s.lengths;
+  a.block_tokens = s.k.block_tokens;
+  a.group = plan.group;
+  a.n_heads = p.n_heads;
+  a.q = q;
+  a.q_sketch = q_sketch;
+  a.part_o = reinterpret_cast<float*>(ws + plan.part_o);
+  a.part_ml = reinterpret_cast<float2*>(ws + plan.part_ml);
+  a.split_offset = split_offset;
+  a.splits_total = plan.main_plan.splits + plan.window_plan.splits;
+  return a;
+}
+
+}  // namespace
+
+bool decode_attention_supported(quant::Format k, quant::Format v, int head_dim) {
+  return find_instance(k, v, head_dim) != nullptr;
+}
+
+Expected<size_t> decode_attention_workspace_bytes(const DecodeAttentionParams& p) {
+  TQ_ASSIGN_OR_RETURN(Plan plan, make_plan(p));
+  return plan.total;
+}
+
+Status decode_attention(const DecodeAttentionParams& p, void* stream_ptr) {
+  TQ_ASSIGN_OR_RETURN(Plan plan, make_plan(p));
+  if (!p.workspace || p.workspace_bytes < plan.total)
+    return invalid_argument("decode attention: workspace of " + std::to_string(plan.total) +
+                            " bytes needed, got " + std::to_string(p.workspace_bytes));
+  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
+  uint8_t* ws = static_cast<uint8_t*>(p.workspace);
+  const int d = plan.dim;
+  auto* q_main = reinterpret_cast<__half*>(ws + plan.q_main);
+  auto* q_sketch = reinterpret_cast<__half*>(ws + plan.q_sketch);
+  auto* q_win = reinterpret_cast<__half*>(ws + plan.q_win);
+  const bool k_rot = p.main.k.format.is_tq();
+  const bool qjl = p.main.k.format.has_qjl();
+  if (k_rot && !p.main.k.tables.rotation) return invalid_argument("decode attention: tq keys need a rotation table");
+  if (qjl && !p.main.k.tables.qjl) return invalid_argument("decode attention: tq prod keys need a QJL table");
+  const bool v_rot = p.main.v.format.is_tq();
+  if (v_rot && !p.main.v.tables.rotation) return invalid_argument("decode attention: tq values need a rotation table");
+  if ((p.main.k.format.is_tq() && !p.main.k.tables.centroids) || (v_rot && !p.main.v.tables.centroids))
+    return invalid_argument("decode attention: tq pools need their codebook table");
+  const float c = p.scale * kLog2e;
+  prepare_query_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
+      p.q, p.n_heads, d, c, k_rot ? p.main.k.tables.rotation : nullptr, qjl ? p.main.k.tables.qjl : nullptr,
+      c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch, plan.window ? q_win : nullptr);
+  TQ_CUDA_CHECK_LAUNCH(stream);
+
+  if (plan.main_plan.splits > 0) {
+    AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
+    a.tokens_per_split = plan.main_plan.tokens_per_split;
+    TQ_RETURN_IF_ERROR(plan.main->launch(a, plan.main_plan.splits, plan.n_kv_heads, p.n_seqs, stream));
+  }
+  if (plan.window && plan.window_plan.splits > 0) {
+    AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_plan.splits);
+    a.tokens_per_split = plan.window_plan.tokens_per_split;
+    TQ_RETURN_IF_ERROR(plan.window->launch(a, plan.window_plan.splits, plan.n_kv_heads, p.n_seqs, stream));
+  }
+  const int splits_total = plan.main_plan.splits + plan.window_plan.splits;
+  merge_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
+      reinterpret_cast<const float*>(ws + plan.part_o), reinterpret_cast<const float2*>(ws + plan.part_ml),
+      plan.main_plan.splits, splits_total, p.n_heads, d, v_rot ? p.main.v.tables.rotation : nullptr, p.out);
+  TQ_CUDA_CHECK_LAUNCH(stream);
+  return ok_status();
+}
+
+}  // namespace tq::backend::cuda

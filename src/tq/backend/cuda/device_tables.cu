@@ -1,0 +1,59 @@
+#include "tq/backend/cuda/device_tables.h"
+
+#include <vector>
+
+#include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/quant/qjl.h"
+#include "tq/quant/rotation.h"
+
+namespace tq::backend::cuda {
+
+DeviceCodecTables& DeviceCodecTables::operator=(DeviceCodecTables&& o) noexcept {
+  if (this != &o) {
+    if (mem_) cudaFree(mem_);
+    mem_ = o.mem_;
+    view_ = o.view_;
+    o.mem_ = nullptr;
+    o.view_ = {};
+  }
+  return *this;
+}
+
+DeviceCodecTables::~DeviceCodecTables() {
+  if (mem_) cudaFree(mem_);
+}
+
+Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int dim, uint64_t seed,
+                                                      quant::CodebookCache& books) {
+  TQ_RETURN_IF_ERROR(format.validate(dim));
+  DeviceCodecTables t;
+  if (!format.is_tq()) return t;
+  TQ_ASSIGN_OR_RETURN(const quant::Codebook* book, books.get(dim, format.code_bits()));
+  TQ_ASSIGN_OR_RETURN(quant::Rotation rot, quant::Rotation::create(dim, seed));
+  const std::vector<float> p = rot.matrix();
+  const std::vector<float> s = format.has_qjl() ? quant::qjl_matrix(dim, seed) : std::vector<float>{};
+  // Host image: [centroids][boundaries][rotation][signs][qjl], each 16-byte aligned.
+  std::vector<float> host;
+  const auto append = [&](const std::vector<float>& v) {
+    while (host.size() % 4 != 0) host.push_back(0.0f);
+    const size_t off = host.size();
+    host.insert(host.end(), v.begin(), v.end());
+    return off;
+  };
+  const size_t o_c = append(book->centroids);
+  const size_t o_b = append(book->boundaries);
+  const size_t o_p = append(p);
+  const size_t o_d = append(rot.signs());
+  const size_t o_s = append(s);
+  TQ_CUDA_TRY(cudaMalloc(&t.mem_, host.size() * sizeof(float)));
+  TQ_CUDA_TRY(cudaMemcpy(t.mem_, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+  const float* base = static_cast<const float*>(t.mem_);
+  t.view_.centroids = base + o_c;
+  t.view_.boundaries = base + o_b;
+  t.view_.rotation = base + o_p;
+  t.view_.hadamard_signs = rot.is_hadamard() ? base + o_d : nullptr;
+  t.view_.qjl = format.has_qjl() ? base + o_s : nullptr;
+  return t;
+}
+
+}  // namespace tq::backend::cuda

@@ -1,0 +1,95 @@
+// The CUDA KV-cache kernels as CPU code sees them: plain structs of device pointers and an
+// opaque stream (a cudaStream_t passed as void*; nullptr is the default stream), no CUDA types.
+//
+// Layout (docs/formats.md, "Blocks"): a pool holds one layer's keys or values in pool blocks of
+// block_tokens tokens; pool block b starts at data + b * block_stride and holds, for each KV
+// head h, one codec block of block_tokens slots at + h * head_stride, in the structure-of-arrays
+// layout of quant::VectorCodec (codes plane, QJL sign plane, norm plane, residual-norm plane;
+// f16 / q8_0 / q4_0 rows slot after slot). The bytes are identical to the CPU cache's.
+//
+// Tables (codebook, rotation, QJL matrix) come from the host (DeviceCodecTables), built from the
+// same quant::Codebook / Rotation / qjl_matrix as the CPU codec: the GPU never re-draws them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tq/core/status.h"
+#include "tq/quant/format.h"
+
+namespace tq::backend::cuda {
+
+// Device pointers to one codec's tables (all float32).
+struct CodecTables {
+  const float* centroids = nullptr;       // [2^code_bits], ascending (tq only)
+  const float* boundaries = nullptr;      // [2^code_bits - 1] cell boundaries (tq only)
+  const float* rotation = nullptr;        // [d][d] row-major P (tq only)
+  const float* hadamard_signs = nullptr;  // [d] D of P = H D / sqrt(d); nullptr: P is dense
+  const float* qjl = nullptr;             // [d][d] row-major S (tq prod only)
+};
+
+// One layer's K or V pages on the device.
+struct PagedPool {
+  quant::Format format = quant::kFormatF16;
+  int head_dim = 0;
+  int block_tokens = 32;  // slots per codec block; the kernels need a multiple of 32
+  int n_kv_heads = 0;
+  uint8_t* data = nullptr;  // [pool block][kv head][codec block bytes]
+  size_t block_stride = 0;  // bytes between pool blocks (0: n_kv_heads * head_stride)
+  size_t head_stride = 0;   // bytes between KV heads (0: codec_block_bytes())
+  bool norm_correction = false;  // tq mse: norm / ||C[idx]|| (must match the CPU codec)
+  CodecTables tables;
+
+  size_t codec_block_bytes() const;  // block_tokens * bytes_per_vector
+  size_t head_stride_or_default() const;
+  size_t block_stride_or_default() const;
+  Status validate() const;
+};
+
+// Quantize-on-write: x [tokens][n_kv_heads][head_dim] (device, fp32 or fp16) is encoded into
+// the slots slot_mapping[token] = pool_block * block_tokens + slot (negative: skipped).
+struct QuantizeWriteParams {
+  PagedPool pool;
+  const void* x = nullptr;
+  bool x_is_f16 = false;
+  size_t x_token_stride = 0;  // elements between tokens; 0: n_kv_heads * head_dim
+  const int32_t* slot_mapping = nullptr;  // device [tokens]
+  int tokens = 0;
+};
+Status quantize_write(const QuantizeWriteParams& p, void* stream);
+
+// A paged source of keys and values: the compressed cache, or the f16 window / sinks.
+struct AttentionSegment {
+  PagedPool k;
+  PagedPool v;
+  const int32_t* block_tables = nullptr;  // device [n_seqs][max_blocks]: pool block ids
+  int max_blocks = 0;
+  const int32_t* lengths = nullptr;       // device [n_seqs]: tokens of this segment
+  int max_length = 0;                     // host: an upper bound of lengths (plans split-K)
+  bool present() const { return k.data != nullptr; }
+};
+
+// Decode attention of one query token per sequence over `main` and, when present, `window`
+// (softmax over the union; the order of tokens does not matter). GQA: query head i uses KV head
+// i / (n_heads / n_kv_heads); up to 8 query heads per KV head.
+struct DecodeAttentionParams {
+  int n_seqs = 0;
+  int n_heads = 0;
+  const float* q = nullptr;  // device [n_seqs][n_heads][head_dim]
+  float* out = nullptr;      // device [n_seqs][n_heads][head_dim]
+  float scale = 0.0f;        // softmax scale, usually 1/sqrt(head_dim)
+  AttentionSegment main;
+  AttentionSegment window;   // f16 pools, or k.data == nullptr for none
+  int num_sms = 0;           // 0: ask the current device
+  int max_splits = 0;        // split-K cap per sequence; 0: planned from the device
+  void* workspace = nullptr;  // device, decode_attention_workspace_bytes(p) bytes
+  size_t workspace_bytes = 0;
+};
+
+Expected<size_t> decode_attention_workspace_bytes(const DecodeAttentionParams& p);
+Status decode_attention(const DecodeAttentionParams& p, void* stream);
+
+// Whether a (K format, V format, head dim) combination has a compiled attention instance.
+bool decode_attention_supported(quant::Format k, quant::Format v, int head_dim);
+
+}  // namespace tq::backend::cuda

@@ -1,0 +1,306 @@
+// Quantize-on-write: new K or V vectors encoded straight into their paged slots, one fused
+// kernel per format (norm, randomized Hadamard rotation through warp shuffles, Lloyd-Max cell
+// search, bit packing, QJL sign sketch; or f16 / q8_0 / q4_0 rows).
+//
+// A "team" of kLanes lanes encodes one vector, kE consecutive elements per lane. Every float
+// operation follows the CPU codec's (src/tq/quant/codec_tq.cpp, codec_baseline.cpp) order and
+// rounding, with no FMA contraction, so the blocks come out byte-identical: the Hadamard
+// butterflies are the same additions, norms are float64 sums (only their order differs, which
+// can flip a result only within ~1e-16 relative of a rounding or cell boundary).
+#pragma once
+
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/quant/format.h"
+
+namespace tq::backend::cuda {
+
+struct WriteArgs {
+  uint8_t* pool;
+  size_t block_stride;
+  size_t head_stride;
+  int block_tokens;
+  int n_kv_heads;
+  const void* x;
+  bool x_f16;
+  size_t x_token_stride;  // elements
+  const int32_t* slot_mapping;
+  int tokens;
+  const float* centroids;
+  const float* boundaries;
+  const float* hadamard_signs;
+  const float* qjl;
+  float hadamard_scale;  // 1 / sqrt(d) exactly as the CPU computes it
+  bool norm_correction;
+};
+
+inline constexpr int kWriteThreads = 128;
+
+template <int kDim>
+struct WriteTeam {
+  static constexpr int kLanes = kDim / 4 < 32 ? kDim / 4 : 32;
+  static constexpr int kE = kDim / kLanes;  // consecutive elements per lane
+  static constexpr int kTeams = kWriteThreads / kLanes;
+};
+
+namespace dev {
+
+template <int kLanes>
+__device__ __forceinline__ double team_sum(unsigned mask, double v) {
+#pragma unroll
+  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
+  return v;
+}
+
+// The lanes of this thread's team (teams of kLanes consecutive lanes may exit independently).
+template <int kLanes>
+__device__ __forceinline__ unsigned team_mask() {
+  if constexpr (kLanes == 32) return 0xffffffffu;
+  return ((1u << kLanes) - 1u) << ((threadIdx.x % 32) / kLanes * kLanes);
+}
+
+// CPU norm_to_f16: saturate at 65504, NaN as 0x7e00, otherwise round to nearest even.
+__device__ __forceinline__ uint16_t norm_to_f16(float v) {
+  if (isnan(v)) return 0x7e00u;
+  if (v > 65504.0f) v = 65504.0f;
+  return __half_as_ushort(__float2half_rn(v));
+}
+
+// The CPU's branchless binary search: number of boundaries below y (NaN -> 0).
+template <int kBits>
+__device__ __forceinline__ int cell_of(const float* boundaries, float y) {
+  int idx = 0;
+#pragma unroll
+  for (int step = 1 << (kBits - 1); step >= 1; step >>= 1) idx += (y > __ldg(boundaries + idx + step - 1)) ? step : 0;
+  return idx;
+}
+
+}  // namespace dev
+
+// Locates vector v = token * n_kv_heads + head; nullptr when the token is skipped.
+__device__ __forceinline__ uint8_t* write_block(const WriteArgs& a, int v, int* slot) {
+  const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
+  const int sm = __ldg(a.slot_mapping + token);
+  if (sm < 0) return nullptr;
+  *slot = sm % a.block_tokens;
+  return a.pool + static_cast<size_t>(sm / a.block_tokens) * a.block_stride + static_cast<size_t>(head) * a.head_stride;
+}
+
+template <int kDim>
+__device__ __forceinline__ void load_team_x(const WriteArgs& a, int v, int lane, float (&x)[WriteTeam<kDim>::kE]) {
+  constexpr int kE = WriteTeam<kDim>::kE;
+  const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
+  const size_t off = static_cast<size_t>(token) * a.x_token_stride + static_cast<size_t>(head) * kDim + lane * kE;
+  if (a.x_f16) {
+    const __half* p = static_cast<const __half*>(a.x) + off;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) x[e] = __half2float(p[e]);
+  } else {
+    const float* p = static_cast<const float*>(a.x) + off;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) x[e] = p[e];
+  }
+}
+
+// TurboQuant mse / prod encode (kBits = mse code bits).
+template <int kDim, int kBits, bool kQjl>
+__global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs a) {
+  using Team = WriteTeam<kDim>;
+  constexpr int kLanes = Team::kLanes, kE = Team::kE;
+  constexpr int kCodeBytes = kDim * kBits / 8;
+  constexpr int kSignBytes = kQjl ? kDim / 8 : 0;
+  __shared__ float team_r[Team::kTeams][kDim];
+  __shared__ uint8_t team_idx[Team::kTeams][kDim];
+
+  const int team = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int v = blockIdx.x * Team::kTeams + team;
+  if (v >= a.tokens * a.n_kv_heads) return;  // whole teams exit together
+  int slot = 0;
+  uint8_t* blk = write_block(a, v, &slot);
+  if (!blk) return;
+
+  const unsigned mask = dev::team_mask<kLanes>();
+  float x[kE];
+  load_team_x<kDim>(a, v, lane, x);
+  double n2 = 0.0;
+#pragma unroll
+  for (int e = 0; e < kE; ++e) n2 += static_cast<double>(x[e]) * x[e];
+  const double norm = sqrt(dev::team_sum<kLanes>(mask, n2));
+
+  float y[kE];
+  int idx[kE];
+#pragma unroll
+  for (int e = 0; e < kE; ++e) y[e] = 0.0f, idx[e] = 0;
+  float stored = static_cast<float>(norm), residual = 0.0f;
+  if (!isfinite(norm)) {
+    stored = NAN;
+  } else if (norm > 0.0) {
+    const float inv = static_cast<float>(1.0 / norm);
+#pragma unroll
+    for (int e = 0; e < kE; ++e) y[e] = __fmul_rn(__fmul_rn(x[e], inv), __ldg(a.hadamard_signs + lane * kE + e));
+    // Unnormalised Walsh-Hadamard, stage h pairs (j, j + h): inside the lane, then across lanes.
+#pragma unroll
+    for (int h = 1; h < kE; h *= 2)
+#pragma unroll
+      for (int e = 0; e < kE; ++e)
+        if ((e & h) == 0) {
+          const float p = y[e], q = y[e + h];
+          y[e] = __fadd_rn(p, q);
+          y[e + h] = __fsub_rn(p, q);
+        }
+#pragma unroll
+    for (int h = kE; h < kDim; h *= 2) {
+      const int m = h / kE;
+      const bool upper = (lane & m) != 0;
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        const float other = __shfl_xor_sync(mask, y[e], m);
+        y[e] = upper ? __fsub_rn(other, y[e]) : __fadd_rn(y[e], other);
+      }
+    }
+    double c2 = 0.0;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      y[e] = __fmul_rn(y[e], a.hadamard_scale);
+      idx[e] = dev::cell_of<kBits>(a.boundaries, y[e]);
+      const double c = __ldg(a.centroids + idx[e]);
+      c2 += c * c;
+    }
+    const double recon2 = dev::team_sum<kLanes>(mask, c2);
+    if (a.norm_correction && !kQjl) stored = static_cast<float>(norm / sqrt(recon2));
+    if constexpr (kQjl) {
+      double r2 = 0.0;
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        y[e] = __fsub_rn(y[e], __ldg(a.centroids + idx[e]));  // r = y - C[idx]
+        r2 += static_cast<double>(y[e]) * y[e];
+      }
+      residual = static_cast<float>(sqrt(dev::team_sum<kLanes>(mask, r2)));
+    }
+  }
+
+  // Pack the codes through shared memory: lane l builds 32-bit words l, l + kLanes, ...
+#pragma unroll
+  for (int e = 0; e < kE; ++e) team_idx[team][lane * kE + e] = static_cast<uint8_t>(idx[e]);
+  if constexpr (kQjl) {
+#pragma unroll
+    for (int e = 0; e < kE; ++e) team_r[team][lane * kE + e] = y[e];
+  }
+  __syncwarp();
+  uint32_t* codes = reinterpret_cast<uint32_t*>(blk + slot * kCodeBytes);
+  for (int w = lane; w < kCodeBytes / 4; w += kLanes) {
+    const int i0 = (32 * w) / kBits, i1 = (32 * w + 31) / kBits;
+    uint64_t acc = 0;
+    for (int i = i0; i <= i1 && i < kDim; ++i) {
+      const int pos = kBits * i - 32 * w;
+      const uint64_t c = team_idx[team][i];
+      acc |= pos >= 0 ? (c << pos) : (c >> -pos);
+    }
+    codes[w] = static_cast<uint32_t>(acc);
+  }
+  const int cap = a.block_tokens;
+  if constexpr (kQjl) {
+    // sign_i = (S r)_i >= 0 in float64; lane l owns rows l + kLanes * k, so a ballot is one
+    // kLanes-bit piece of the LSB-first sign bitstream.
+    const int team_base = (threadIdx.x % 32) / kLanes * kLanes;
+    uint8_t* signs = blk + cap * kCodeBytes + slot * kSignBytes;
+#pragma unroll 1
+    for (int k = 0; k < kDim / kLanes; ++k) {
+      const int row = lane + kLanes * k;
+      const float* srow = a.qjl + static_cast<size_t>(row) * kDim;
+      double s = 0.0;
+      for (int j = 0; j < kDim; ++j) s += static_cast<double>(__ldg(srow + j)) * team_r[team][j];
+      const uint32_t ballot = __ballot_sync(mask, s >= 0.0);
+      const uint32_t piece = kLanes == 32 ? ballot : (ballot >> team_base) & ((1u << kLanes) - 1u);
+      if (lane == 0) {
+        if constexpr (kLanes == 32) reinterpret_cast<uint32_t*>(signs)[k] = piece;
+        else reinterpret_cast<uint16_t*>(signs)[k] = static_cast<uint16_t>(piece);
+      }
+    }
+    if (lane == 0)
+      reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes + 2))[slot] = dev::norm_to_f16(residual);
+  }
+  if (lane == 0) reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes))[slot] = dev::norm_to_f16(stored);
+}
+
+// f16 / q8_0 / q4_0 rows (ggml reference rounding).
+template <int kDim, quant::FormatKind kKind>
+__global__ void __launch_bounds__(kWriteThreads) baseline_write_kernel(const WriteArgs a) {
+  using Team = WriteTeam<kDim>;
+  constexpr int kLanes = Team::kLanes, kE = Team::kE;
+  constexpr int kGroupLanes = 32 / kE;  // lanes per 32-element ggml block
+  const int team = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
+  const int v = blockIdx.x * Team::kTeams + team;
+  if (v >= a.tokens * a.n_kv_heads) return;
+  int slot = 0;
+  uint8_t* blk = write_block(a, v, &slot);
+  if (!blk) return;
+  const unsigned mask = dev::team_mask<kLanes>();
+  float x[kE];
+  load_team_x<kDim>(a, v, lane, x);
+
+  if constexpr (kKind == quant::FormatKind::kF16) {
+    uint16_t* row = reinterpret_cast<uint16_t*>(blk + slot * 2 * kDim) + lane * kE;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) row[e] = __half_as_ushort(__float2half_rn(x[e]));
+    return;
+  } else {
+    constexpr int kRowBytes = kDim / 32 * (kKind == quant::FormatKind::kQ8_0 ? 34 : 18);
+    const int b = lane / kGroupLanes, m = lane % kGroupLanes;  // ggml block, lane within it
+    uint8_t* gb = blk + slot * kRowBytes + b * (kRowBytes / (kDim / 32));
+    bool finite = true;
+    float amax = 0.0f, vmax = 0.0f;
+    int jmax = 0;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      finite = finite && isfinite(x[e]);
+      if (fabsf(x[e]) > amax) amax = fabsf(x[e]), vmax = x[e], jmax = m * kE + e;
+    }
+#pragma unroll
+    for (int o = kGroupLanes / 2; o > 0; o >>= 1) {  // first index of the largest |x| wins
+      const float oa = __shfl_xor_sync(mask, amax, o);
+      const float ov = __shfl_xor_sync(mask, vmax, o);
+      const int oj = __shfl_xor_sync(mask, jmax, o);
+      if (oa > amax || (oa == amax && oj < jmax)) amax = oa, vmax = ov, jmax = oj;
+    }
+#pragma unroll
+    for (int o = kGroupLanes / 2; o > 0; o >>= 1) finite = __shfl_xor_sync(mask, static_cast<int>(finite), o) && finite;
+    if constexpr (kKind == quant::FormatKind::kQ8_0) {
+      const float s = finite ? __fdiv_rn(amax, 127.0f) : NAN;
+      const float inv = (finite && s != 0.0f) ? __fdiv_rn(1.0f, s) : 0.0f;
+      if (m == 0) *reinterpret_cast<uint16_t*>(gb) = __half_as_ushort(__float2half_rn(s));
+      uint16_t* qs = reinterpret_cast<uint16_t*>(gb + 2 + m * kE);
+#pragma unroll
+      for (int e = 0; e < kE; e += 2) {
+        const float p0 = __fmul_rn(x[e], inv), p1 = __fmul_rn(x[e + 1], inv);
+        const int q0 = isfinite(p0) ? static_cast<int>(roundf(p0)) : 0;
+        const int q1 = isfinite(p1) ? static_cast<int>(roundf(p1)) : 0;
+        qs[e / 2] = static_cast<uint16_t>((q0 & 0xff) | ((q1 & 0xff) << 8));
+      }
+    } else {
+      const float s = finite ? __fdiv_rn(vmax, -8.0f) : NAN;
+      const float inv = (finite && s != 0.0f) ? __fdiv_rn(1.0f, s) : 0.0f;
+      if (m == 0) *reinterpret_cast<uint16_t*>(gb) = __half_as_ushort(__float2half_rn(s));
+      int q[kE];
+#pragma unroll
+      for (int e = 0; e < kE; ++e) q[e] = min(15, __float2int_rz(__fadd_rn(__fmul_rn(x[e], inv), 8.5f)));
+      // Byte j holds element j (low nibble) and j + 16 (high): lane m < kGroupLanes/2 pairs with
+      // lane m + kGroupLanes/2.
+      int hi[kE];
+#pragma unroll
+      for (int e = 0; e < kE; ++e) hi[e] = __shfl_xor_sync(mask, q[e], kGroupLanes / 2);
+      if (m < kGroupLanes / 2) {
+        uint16_t* qs = reinterpret_cast<uint16_t*>(gb + 2 + m * kE);
+#pragma unroll
+        for (int e = 0; e < kE; e += 2)
+          qs[e / 2] = static_cast<uint16_t>(((q[e] & 0xf) | ((hi[e] & 0xf) << 4)) |
+                                            (((q[e + 1] & 0xf) | ((hi[e + 1] & 0xf) << 4)) << 8));
+      }
+    }
+  }
+}
+
+}  // namespace tq::backend::cuda

@@ -1,0 +1,171 @@
+// The dense float32 KV cache and its exact attention.
+#include "tq/kv/dense_kv.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <string>
+
+namespace tq::kv {
+namespace {
+
+// Positions scored at once: the score block lives on the stack.
+constexpr int kBlock = 128;
+
+float dot_scalar(const float* a, const float* b, int n) {
+  float s = 0.0f;
+  for (int i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void axpy_scalar(float a, const float* x, float* y, int n) {
+  for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+}  // namespace
+
+void attend_one_head(const AttendHeadArgs& a, const DenseKernels& kernels) {
+  const auto dot = kernels.dot ? kernels.dot : dot_scalar;
+  const auto axpy = kernels.axpy ? kernels.axpy : axpy_scalar;
+  float acc[kMaxAttnHeadDim];
+  float scores[kBlock];
+  std::fill(acc, acc + a.head_dim, 0.0f);
+  // Online softmax over blocks: running max m and normalizer l; acc is rescaled whenever the
+  // max grows, so no exp ever sees a positive argument.
+  float m = -std::numeric_limits<float>::infinity();
+  double l = 0.0;
+  for (int b0 = 0; b0 < a.n_ctx; b0 += kBlock) {
+    const int nb = std::min(kBlock, a.n_ctx - b0);
+    float bm = -std::numeric_limits<float>::infinity();
+    for (int j = 0; j < nb; ++j) {
+      scores[j] = a.scale * dot(a.q, a.k + (b0 + j) * a.kv_stride, a.head_dim);
+      bm = std::max(bm, scores[j]);
+    }
+    if (bm > m) {
+      const float alpha = std::isinf(m) ? 0.0f : std::exp(m - bm);
+      for (int d = 0; d < a.head_dim; ++d) acc[d] *= alpha;
+      l *= alpha;
+      m = bm;
+    }
+    for (int j = 0; j < nb; ++j) {
+      const float p = std::exp(scores[j] - m);
+      l += p;
+      axpy(p, a.v + (b0 + j) * a.kv_stride, acc, a.head_dim);
+    }
+  }
+  const float inv = l > 0.0 ? static_cast<float>(1.0 / l) : 0.0f;
+  for (int d = 0; d < a.head_dim; ++d) a.out[d] = acc[d] * inv;
+}
+
+DenseKv::DenseKv(const AttentionShape& shape, int capacity, DenseKernels kernels)
+    : shape_(shape),
+      kernels_(kernels),
+      capacity_(capacity),
+      kv_dim_(static_cast<size_t>(shape.n_kv_heads) * shape.head_dim),
+      k_(shape.n_layers),
+      v_(shape.n_layers),
+      pending_(shape.n_layers, 0) {}
+
+Expected<std::unique_ptr<DenseKv>> DenseKv::create(const AttentionShape& s, int capacity,
+                                                   DenseKernels kernels) {
+  if (s.n_layers < 1 || s.n_heads < 1 || s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0)
+    return invalid_argument("dense kv: bad head counts (layers " + std::to_string(s.n_layers) +
+                            ", heads " + std::to_string(s.n_heads) + ", kv heads " +
+                            std::to_string(s.n_kv_heads) + ")");
+  if (s.head_dim < 1 || s.head_dim > kMaxAttnHeadDim)
+    return invalid_argument("dense kv: head_dim " + std::to_string(s.head_dim) +
+                            " outside [1, " + std::to_string(kMaxAttnHeadDim) + "]");
+  if (!(s.scale > 0.0f) || !std::isfinite(s.scale))
+    return invalid_argument("dense kv: softmax scale must be positive");
+  if (capacity < 1) return invalid_argument("dense kv: capacity must be positive");
+  return std::unique_ptr<DenseKv>(new DenseKv(s, capacity, kernels));
+}
+
+Status DenseKv::check_layer(int layer, int n) const {
+  if (layer < 0 || layer >= shape_.n_layers)
+    return invalid_argument("dense kv: layer " + std::to_string(layer) + " out of range");
+  if (n < 1) return invalid_argument("dense kv: token count must be positive");
+  return ok_status();
+}
+
+Status DenseKv::append(int layer, int n, const float* k, const float* v) {
+  TQ_RETURN_IF_ERROR(check_layer(layer, n));
+  if (pending_[layer] != 0)
+    return invalid_argument("dense kv: layer " + std::to_string(layer) +
+                            " appended twice before commit");
+  if (n > capacity_ - length_)
+    return resource_exhausted("dense kv: " + std::to_string(length_) + " + " +
+                              std::to_string(n) + " tokens exceed the capacity " +
+                              std::to_string(capacity_));
+  const size_t need = static_cast<size_t>(length_ + n) * kv_dim_;
+  auto& kl = k_[layer];
+  auto& vl = v_[layer];
+  if (kl.size() < need) {
+    // Geometric growth: a long generation reallocates O(log n) times, not per token.
+    const size_t grown = std::min(static_cast<size_t>(capacity_) * kv_dim_,
+                                  std::max(need, kl.size() * 2));
+    kl.resize(grown);
+    vl.resize(grown);
+  }
+  const size_t off = static_cast<size_t>(length_) * kv_dim_;
+  std::memcpy(kl.data() + off, k, static_cast<size_t>(n) * kv_dim_ * sizeof(float));
+  std::memcpy(vl.data() + off, v, static_cast<size_t>(n) * kv_dim_ * sizeof(float));
+  pending_[layer] = n;
+  return ok_status();
+}
+
+Status DenseKv::attend(int layer, int n, const float* q, float* out, ThreadPool& pool) {
+  TQ_RETURN_IF_ERROR(check_layer(layer, n));
+  if (pending_[layer] != n)
+    return invalid_argument("dense kv: attend of " + std::to_string(n) + " tokens on layer " +
+                            std::to_string(layer) + " with " + std::to_string(pending_[layer]) +
+                            " appended");
+  const int n_heads = shape_.n_heads;
+  const int groups = shape_.n_heads / shape_.n_kv_heads;
+  const int hd = shape_.head_dim;
+  const float* kb = k_[layer].data();
+  const float* vb = v_[layer].data();
+  const size_t q_stride = static_cast<size_t>(n_heads) * hd;
+  pool.parallel_for(static_cast<size_t>(n) * n_heads, 1, [&](size_t begin, size_t end) {
+    for (size_t task = begin; task < end; ++task) {
+      const int i = static_cast<int>(task / n_heads);
+      const int h = static_cast<int>(task % n_heads);
+      const size_t kv_off = static_cast<size_t>(h / groups) * hd;
+      AttendHeadArgs a;
+      a.q = q + i * q_stride + static_cast<size_t>(h) * hd;
+      a.k = kb + kv_off;
+      a.v = vb + kv_off;
+      a.n_ctx = length_ + i + 1;
+      a.head_dim = hd;
+      a.kv_stride = kv_dim_;
+      a.scale = shape_.scale;
+      a.out = out + i * q_stride + static_cast<size_t>(h) * hd;
+      attend_one_head(a, kernels_);
+    }
+  });
+  return ok_status();
+}
+
+Status DenseKv::commit(int n) {
+  if (n < 1) return invalid_argument("dense kv: commit of a non-positive token count");
+  for (int l = 0; l < shape_.n_layers; ++l)
+    if (pending_[l] != n)
+      return invalid_argument("dense kv: commit(" + std::to_string(n) + ") but layer " +
+                              std::to_string(l) + " has " + std::to_string(pending_[l]) +
+                              " tokens appended");
+  length_ += n;
+  std::fill(pending_.begin(), pending_.end(), 0);
+  return ok_status();
+}
+
+size_t DenseKv::bytes_used() const {
+  return static_cast<size_t>(length_) * kv_dim_ * 2 * sizeof(float) * shape_.n_layers;
+}
+
+void DenseKv::clear() {
+  length_ = 0;
+  std::fill(pending_.begin(), pending_.end(), 0);
+}
+
+}  // namespace tq::kv

@@ -1,0 +1,165 @@
+#include "tq/kv/kv_config.h"
+
+#include <charconv>
+#include <cinttypes>
+#include <cstdio>
+
+#include "tq/core/rng.h"
+
+namespace tq::kv {
+namespace {
+
+constexpr int kMaxBlockTokens = 4096;
+constexpr int kMaxTokens = 1 << 24;  // window / sinks beyond this are certainly a typo
+
+// The flags, in the order `tq --help` lists them.
+constexpr KvOption kOptions[] = {
+    {"--cache-type-k", "-ctk", "KV cache format of keys: f16, q8_0, q4_0, tq1..tq8, tq2j..tq8j"},
+    {"--cache-type-v", "-ctv", "KV cache format of values (same names as -ctk)"},
+    {"--kv-window", "", "most recent tokens kept exact in f16 (compressed as they leave)"},
+    {"--kv-sinks", "", "first tokens of a sequence kept exact in f16"},
+    {"--kv-boundary-layers", "", "first and last N layers store K and V in --kv-boundary-type"},
+    {"--kv-boundary-type", "", "format of the boundary layers' K and V (default f16)"},
+    {"--kv-norm-correction", "", "tq formats store norm/||C[idx]|| (on/off, default on)"},
+    {"--kv-block-tokens", "", "tokens per KV pool block (default 32)"},
+    {"--kv-seed", "", "rotation seed of the compressed cache"},
+};
+
+std::string_view strip_dashes(std::string_view s) {
+  while (!s.empty() && s.front() == '-') s.remove_prefix(1);
+  return s;
+}
+
+Expected<int64_t> parse_int(std::string_view flag, std::string_view v, int64_t lo, int64_t hi) {
+  int64_t x = 0;
+  const auto [ptr, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+  if (ec != std::errc() || ptr != v.data() + v.size() || v.empty())
+    return invalid_argument(std::string(flag) + ": '" + std::string(v) + "' is not an integer");
+  if (x < lo || x > hi)
+    return invalid_argument(std::string(flag) + ": " + std::to_string(x) + " out of range [" +
+                            std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return x;
+}
+
+Expected<bool> parse_bool(std::string_view flag, std::string_view v) {
+  if (v == "1" || v == "on" || v == "true" || v == "yes") return true;
+  if (v == "0" || v == "off" || v == "false" || v == "no") return false;
+  return invalid_argument(std::string(flag) + ": '" + std::string(v) +
+                          "' is not a boolean (on/off, 1/0, true/false)");
+}
+
+Expected<quant::Format> parse_named_format(std::string_view flag, std::string_view v) {
+  auto f = quant::parse_format(v);
+  if (!f.ok()) return f.status().with_context(std::string(flag));
+  return f;
+}
+
+}  // namespace
+
+Status KvConfig::validate() const {
+  const auto check_format = [](const char* what, const quant::Format& f) -> Status {
+    if (f.is_tq() && (f.code_bits() < 1 || f.code_bits() > 8))
+      return invalid_argument(std::string(what) + " " + f.name() + ": code bits must be 1..8");
+    return ok_status();
+  };
+  TQ_RETURN_IF_ERROR(check_format("k format", k_format));
+  TQ_RETURN_IF_ERROR(check_format("v format", v_format));
+  TQ_RETURN_IF_ERROR(check_format("boundary format", boundary_format));
+  if (window < 0 || window > kMaxTokens)
+    return invalid_argument("kv window " + std::to_string(window) + " out of range");
+  if (sinks < 0 || sinks > kMaxTokens)
+    return invalid_argument("kv sinks " + std::to_string(sinks) + " out of range");
+  if (boundary_layers < 0 || boundary_layers > 4096)
+    return invalid_argument("kv boundary layers " + std::to_string(boundary_layers) +
+                            " out of range");
+  if (block_tokens < 1 || block_tokens > kMaxBlockTokens)
+    return invalid_argument("kv block tokens " + std::to_string(block_tokens) +
+                            " out of range [1, " + std::to_string(kMaxBlockTokens) + "]");
+  return ok_status();
+}
+
+Status KvConfig::validate_for(int n_layers, int head_dim) const {
+  TQ_RETURN_IF_ERROR(validate());
+  if (n_layers <= 0) return invalid_argument("kv cache needs at least one layer");
+  for (int l = 0; l < n_layers; ++l) {
+    const LayerFormats f = formats_for(l, n_layers);
+    TQ_RETURN_IF_ERROR(f.k.validate(head_dim).with_context("layer " + std::to_string(l) + " K"));
+    TQ_RETURN_IF_ERROR(f.v.validate(head_dim).with_context("layer " + std::to_string(l) + " V"));
+  }
+  return ok_status();
+}
+
+std::string KvConfig::to_string() const {
+  char seed_hex[32];
+  std::snprintf(seed_hex, sizeof seed_hex, "0x%016" PRIx64, seed);
+  std::string s = "k=" + k_format.name() + " v=" + v_format.name() +
+                  " window=" + std::to_string(window) + " sinks=" + std::to_string(sinks);
+  if (boundary_layers > 0)
+    s += " boundary=" + std::to_string(boundary_layers) + ":" + boundary_format.name();
+  s += " norm_correction=" + std::string(norm_correction ? "on" : "off") +
+       " block=" + std::to_string(block_tokens) + " seed=" + seed_hex;
+  return s;
+}
+
+LayerFormats KvConfig::formats_for(int layer, int n_layers) const {
+  const bool boundary = layer < boundary_layers || layer >= n_layers - boundary_layers;
+  if (boundary) return {boundary_format, boundary_format};
+  return {k_format, v_format};
+}
+
+uint64_t KvConfig::layer_seed(int layer) const {
+  return derive_seed(seed, static_cast<uint64_t>(layer));
+}
+
+std::span<const KvOption> kv_option_table() { return kOptions; }
+
+Status apply_kv_option(KvConfig& c, std::string_view name, std::string_view value) {
+  const std::string_view n = strip_dashes(name);
+  const std::string flag = "--" + std::string(n);
+  if (n == "cache-type-k" || n == "ctk") {
+    TQ_ASSIGN_OR_RETURN(c.k_format, parse_named_format("-ctk", value));
+  } else if (n == "cache-type-v" || n == "ctv") {
+    TQ_ASSIGN_OR_RETURN(c.v_format, parse_named_format("-ctv", value));
+  } else if (n == "kv-window") {
+    TQ_ASSIGN_OR_RETURN(const int64_t w, parse_int(flag, value, 0, kMaxTokens));
+    c.window = static_cast<int>(w);
+  } else if (n == "kv-sinks") {
+    TQ_ASSIGN_OR_RETURN(const int64_t s, parse_int(flag, value, 0, kMaxTokens));
+    c.sinks = static_cast<int>(s);
+  } else if (n == "kv-boundary-layers") {
+    TQ_ASSIGN_OR_RETURN(const int64_t b, parse_int(flag, value, 0, 4096));
+    c.boundary_layers = static_cast<int>(b);
+  } else if (n == "kv-boundary-type") {
+    TQ_ASSIGN_OR_RETURN(c.boundary_format, parse_named_format(flag, value));
+  } else if (n == "kv-norm-correction") {
+    TQ_ASSIGN_OR_RETURN(c.norm_correction, parse_bool(flag, value));
+  } else if (n == "kv-block-tokens") {
+    TQ_ASSIGN_OR_RETURN(const int64_t b, parse_int(flag, value, 1, kMaxBlockTokens));
+    c.block_tokens = static_cast<int>(b);
+  } else if (n == "kv-seed") {
+    uint64_t s = 0;
+    const bool hex = value.size() > 2 && value[0] == '0' && (value[1] == 'x' || value[1] == 'X');
+    const std::string_view digits = hex ? value.substr(2) : value;
+    const auto [ptr, ec] =
+        std::from_chars(digits.data(), digits.data() + digits.size(), s, hex ? 16 : 10);
+    if (digits.empty() || ec != std::errc() || ptr != digits.data() + digits.size())
+      return invalid_argument(flag + ": '" + std::string(value) + "' is not a 64-bit integer");
+    c.seed = s;
+  } else {
+    std::string known;
+    for (const KvOption& o : kOptions) known += (known.empty() ? "" : ", ") + std::string(o.long_name);
+    return invalid_argument("unknown KV cache option '" + std::string(name) + "' (known: " +
+                            known + ", -ctk, -ctv)");
+  }
+  return ok_status();
+}
+
+Expected<KvConfig> parse_kv_options(std::span<const std::pair<std::string, std::string>> options,
+                                    const KvConfig& base) {
+  KvConfig c = base;
+  for (const auto& [name, value] : options) TQ_RETURN_IF_ERROR(apply_kv_option(c, name, value));
+  TQ_RETURN_IF_ERROR(c.validate());
+  return c;
+}
+
+}  // namespace tq::kv

@@ -1,0 +1,69 @@
+// How a KV cache stores keys and values: the K and V formats per layer, the exact f16 window
+// and sinks, boundary layers, and the block size of the paged pool. One struct, validated once,
+// parsed from CLI-style strings at the edge (parse_kv_options) so nothing below compares names.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "tq/core/status.h"
+#include "tq/quant/format.h"
+
+namespace tq::kv {
+
+// The formats one layer stores its keys and values in.
+struct LayerFormats {
+  quant::Format k = quant::kFormatF16;
+  quant::Format v = quant::kFormatF16;
+  bool operator==(const LayerFormats&) const = default;
+};
+
+struct KvConfig {
+  quant::Format k_format = quant::kFormatF16;  // -ctk: keys of the middle layers
+  quant::Format v_format = quant::kFormatF16;  // -ctv: values of the middle layers
+  // Most recent tokens kept exact in f16; older ones are compressed as they leave (KIVI).
+  int window = 0;
+  // First tokens of every sequence kept exact in f16 (attention sinks).
+  int sinks = 0;
+  // The first and the last `boundary_layers` layers store K and V in boundary_format.
+  int boundary_layers = 0;
+  quant::Format boundary_format = quant::kFormatF16;
+  // tq mse formats store ||x|| / ||C[idx]|| so reconstructions keep the exact norm.
+  bool norm_correction = true;
+  // Tokens per pool block (one block per layer, K or V, holds this many tokens of every KV head).
+  int block_tokens = 32;
+  // Rotation / QJL seed; layer l uses derive_seed(seed, l) (docs/formats.md).
+  uint64_t seed = 0x7475726271756e74ull;  // "turbqunt"
+
+  Status validate() const;
+  // Checks the formats against a model's head dim and layer count as well.
+  Status validate_for(int n_layers, int head_dim) const;
+  // "k=tq4 v=tq3 window=0 sinks=0 boundary=2:q8_0 norm_correction=1 block=32 seed=0x..."
+  std::string to_string() const;
+
+  LayerFormats formats_for(int layer, int n_layers) const;
+  uint64_t layer_seed(int layer) const;
+};
+
+// One CLI flag that sets a KvConfig field. The CLI adds every row of kv_option_table() as a
+// string option and hands what the user gave to parse_kv_options, so flag names, help text and
+// parsing live in one place.
+struct KvOption {
+  std::string_view long_name;   // "--cache-type-k"
+  std::string_view short_name;  // "-ctk" (empty when none)
+  std::string_view help;
+};
+std::span<const KvOption> kv_option_table();
+
+// Sets one field from a flag (long or short name, with or without dashes) and its value.
+Status apply_kv_option(KvConfig& config, std::string_view name, std::string_view value);
+
+// Applies (flag, value) pairs in order onto `base`, then validates the result.
+Expected<KvConfig> parse_kv_options(
+    std::span<const std::pair<std::string, std::string>> options, const KvConfig& base = {});
+
+}  // namespace tq::kv

@@ -1,0 +1,217 @@
+#include "tq/kv/paged_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace tq::kv {
+namespace {
+
+// Query heads scored together per tile: enough to amortize unpacking a block, few enough that
+// the tile's scores and accumulators stay in L1/L2.
+constexpr int kTileHeads = 64;
+// Exact f16 rows are merged this many at a time (bounds the score buffer for long windows).
+constexpr int kExactChunk = 64;
+
+// The state of one (KV head, query tile) work item: prepared queries, online-softmax running
+// max/sum, and two accumulators (the V codec's domain, and exact f16 rows in the original one).
+struct Tile {
+  const PagedAttentionArgs* a = nullptr;
+  int kv_head = 0;
+  int i0 = 0, i1 = 0;  // queries [i0, i1)
+  int group = 0;       // query heads per KV head
+  int nq = 0;          // (i1 - i0) * group rows, row r = (query i0 + r / group, head r % group)
+  int k_state = 0, f_state = 0, v_acc = 0, f_acc = 0;
+  std::vector<float> kst, fst;      // [nq][k_state], [nq][f_state]
+  std::vector<float> m, l;          // [nq] running max and sum
+  std::vector<float> acc_v, acc_f;  // [nq][v_acc], [nq][f_acc]
+  std::vector<float> sc;            // [nq][cnt] scores, then weights
+
+  // Scores positions [p0, p0 + cnt) for the queries that see p0, folds them into the running
+  // softmax and accumulates V. Returns false when no query of the tile sees p0 (nor any later
+  // position, so the caller can stop walking that source).
+  template <typename ScoreFn, typename AccFn>
+  bool merge(int p0, int cnt, const float* states, int state_size, float* acc, int acc_size,
+             ScoreFn&& score, AccFn&& accumulate) {
+    const int ia = std::max(i0, p0 - a->q_pos0);
+    if (ia >= i1) return false;
+    const int r0 = (ia - i0) * group;
+    const int nqa = nq - r0;
+    float* s = sc.data();
+    score(states + static_cast<size_t>(r0) * state_size, nqa, cnt, s);
+    for (int r = 0; r < nqa; ++r) {
+      const int t = a->q_pos0 + ia + r / group;  // the query's position
+      const int visible = std::min(cnt, t - p0 + 1);
+      float* row = s + static_cast<size_t>(r) * cnt;
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
+      const size_t rr = static_cast<size_t>(r0 + r);
+      const float m_new = std::max(m[rr], mx);
+      const float c = std::exp(m[rr] - m_new);  // 0 on the first merge (m = -inf)
+      float sum = 0.0f;
+      for (int j = 0; j < visible; ++j) {
+        const float w = std::exp(row[j] - m_new);
+        row[j] = w;
+        sum += w;
+      }
+      for (int j = visible; j < cnt; ++j) row[j] = 0.0f;
+      l[rr] = l[rr] * c + sum;
+      m[rr] = m_new;
+      if (c != 1.0f) {
+        float* av = acc_v.data() + rr * static_cast<size_t>(v_acc);
+        for (int e = 0; e < v_acc; ++e) av[e] *= c;
+        float* af = acc_f.data() + rr * static_cast<size_t>(f_acc);
+        for (int e = 0; e < f_acc; ++e) af[e] *= c;
+      }
+    }
+    accumulate(s, nqa, cnt, acc + static_cast<size_t>(r0) * acc_size);
+    return true;
+  }
+
+  void run() {
+    const AttentionShape& sh = a->shape;
+    const int d = sh.head_dim;
+    const quant::VectorCodec& kc = *a->k_codec;
+    const quant::VectorCodec& vc = *a->v_codec;
+    const quant::VectorCodec& fc = *a->f16_codec;
+    group = sh.n_heads / sh.n_kv_heads;
+    nq = (i1 - i0) * group;
+    k_state = kc.query_state_size();
+    f_state = fc.query_state_size();
+    v_acc = vc.acc_dim();
+    f_acc = fc.acc_dim();
+    const bool has_exact = a->exact[0].count > 0 || a->exact[1].count > 0;
+    const size_t unq = static_cast<size_t>(nq);
+    kst.assign(unq * k_state, 0.0f);
+    if (has_exact) fst.assign(unq * f_state, 0.0f);
+    m.assign(unq, -std::numeric_limits<float>::infinity());
+    l.assign(unq, 0.0f);
+    acc_v.assign(unq * v_acc, 0.0f);
+    acc_f.assign(unq * f_acc, 0.0f);
+    const int exact_chunk = std::max(a->block_tokens, kExactChunk);
+    sc.assign(unq * static_cast<size_t>(exact_chunk), 0.0f);
+
+    // Scale folded into the query once, then rotated once per head.
+    std::vector<float> qs(static_cast<size_t>(d));
+    for (int r = 0; r < nq; ++r) {
+      const int i = i0 + r / group;
+      const int head = kv_head * group + r % group;
+      const float* q = a->q + (static_cast<size_t>(i) * sh.n_heads + head) * d;
+      for (int e = 0; e < d; ++e) qs[static_cast<size_t>(e)] = q[e] * sh.scale;
+      kc.prepare_query(qs.data(), kst.data() + static_cast<size_t>(r) * k_state);
+      if (has_exact) fc.prepare_query(qs.data(), fst.data() + static_cast<size_t>(r) * f_state);
+    }
+
+    for (const ExactRows& x : a->exact) {
+      for (int r = 0; r < x.count; r += exact_chunk) {
+        const int cnt = std::min(exact_chunk, x.count - r);
+        // An f16 "block" is just rows of head_dim halves, so a run of rows is a block whose
+        // capacity is its row count.
+        const size_t row = kv_head * x.head_stride + static_cast<size_t>(r) * d;
+        const auto* kb = reinterpret_cast<const uint8_t*>(x.k + row);
+        const auto* vb = reinterpret_cast<const uint8_t*>(x.v + row);
+        const bool any = merge(
+            x.pos0 + r, cnt, fst.data(), f_state, acc_f.data(), f_acc,
+            [&](const float* st, int nqa, int c, float* out) { fc.score(st, nqa, kb, c, c, out); },
+            [&](const float* w, int nqa, int c, float* acc) { fc.accumulate(w, nqa, vb, c, c, acc); });
+        if (!any) break;
+      }
+    }
+
+    const int bt = a->block_tokens;
+    const size_t k_head_bytes = kc.block_bytes(bt) * static_cast<size_t>(kv_head);
+    const size_t v_head_bytes = vc.block_bytes(bt) * static_cast<size_t>(kv_head);
+    const int n_blocks = (a->compressed + bt - 1) / bt;
+    for (int b = 0; b < n_blocks; ++b) {
+      const int cnt = std::min(bt, a->compressed - b * bt);
+      const uint8_t* kb = a->k_blocks[static_cast<size_t>(b)] + k_head_bytes;
+      const uint8_t* vb = a->v_blocks[static_cast<size_t>(b)] + v_head_bytes;
+      const bool any = merge(
+          a->compressed_pos0 + b * bt, cnt, kst.data(), k_state, acc_v.data(), v_acc,
+          [&](const float* st, int nqa, int c, float* out) { kc.score(st, nqa, kb, bt, c, out); },
+          [&](const float* w, int nqa, int c, float* acc) { vc.accumulate(w, nqa, vb, bt, c, acc); });
+      if (!any) break;  // later blocks are later positions: nobody in the tile sees them
+    }
+
+    std::vector<float> tmp(static_cast<size_t>(d)), tmp_f(static_cast<size_t>(d));
+    for (int r = 0; r < nq; ++r) {
+      const int i = i0 + r / group;
+      const int head = kv_head * group + r % group;
+      float* out = a->out + (static_cast<size_t>(i) * sh.n_heads + head) * d;
+      const size_t rr = static_cast<size_t>(r);
+      vc.finish(acc_v.data() + rr * v_acc, tmp.data());
+      fc.finish(acc_f.data() + rr * f_acc, tmp_f.data());
+      const float inv = l[rr] > 0.0f ? 1.0f / l[rr] : 0.0f;
+      for (int e = 0; e < d; ++e)
+        out[e] = (tmp[static_cast<size_t>(e)] + tmp_f[static_cast<size_t>(e)]) * inv;
+    }
+  }
+};
+
+Status check_args(const PagedAttentionArgs& a) {
+  const AttentionShape& s = a.shape;
+  if (s.n_heads < 1 || s.n_kv_heads < 1 || s.n_heads % s.n_kv_heads != 0 || s.head_dim < 1)
+    return invalid_argument("paged attention: bad attention shape");
+  if (!a.k_codec || !a.v_codec || !a.f16_codec)
+    return invalid_argument("paged attention: missing codec");
+  for (const quant::VectorCodec* c : {a.k_codec, a.v_codec, a.f16_codec})
+    if (c->dim() != s.head_dim)
+      return invalid_argument("paged attention: codec dim " + std::to_string(c->dim()) +
+                              " != head_dim " + std::to_string(s.head_dim));
+  if (a.n < 0 || (a.n > 0 && (!a.q || !a.out)))
+    return invalid_argument("paged attention: bad query count or null buffers");
+  if (a.compressed < 0 || (a.compressed > 0 && a.block_tokens < 1))
+    return invalid_argument("paged attention: bad compressed token count");
+  const size_t n_blocks =
+      a.compressed > 0 ? static_cast<size_t>((a.compressed + a.block_tokens - 1) / a.block_tokens)
+                       : 0;
+  if (a.k_blocks.size() < n_blocks || a.v_blocks.size() < n_blocks)
+    return internal_error("paged attention: block table shorter than the compressed tokens");
+  // The sources must tile [0, end) without gaps, and every query must see stored positions.
+  int end = 0, covered = 0;
+  for (const ExactRows& x : a.exact) {
+    if (x.count < 0) return invalid_argument("paged attention: negative exact row count");
+    if (x.count > 0) end = std::max(end, x.pos0 + x.count);
+    covered += x.count;
+  }
+  if (a.compressed > 0) end = std::max(end, a.compressed_pos0 + a.compressed);
+  covered += a.compressed;
+  if (covered != end)
+    return internal_error("paged attention: sources leave a gap (" + std::to_string(covered) +
+                          " positions stored, last at " + std::to_string(end - 1) + ")");
+  if (a.n > 0 && a.q_pos0 + a.n > end)
+    return invalid_argument("paged attention: query at position " +
+                            std::to_string(a.q_pos0 + a.n - 1) + " but only " +
+                            std::to_string(end) + " positions stored");
+  if (a.q_pos0 < 0) return invalid_argument("paged attention: negative query position");
+  return ok_status();
+}
+
+}  // namespace
+
+Status paged_attention(const PagedAttentionArgs& a, ThreadPool& pool) {
+  TQ_RETURN_IF_ERROR(check_args(a));
+  if (a.n == 0) return ok_status();
+  const int group = a.shape.n_heads / a.shape.n_kv_heads;
+  const int tile = std::max(1, kTileHeads / group);
+  const int n_tiles = (a.n + tile - 1) / tile;
+  const size_t items = static_cast<size_t>(n_tiles) * static_cast<size_t>(a.shape.n_kv_heads);
+  // Last tiles first: under causal masking they see the most positions, so handing them out
+  // early balances the threads.
+  pool.parallel_for(items, 1, [&](size_t begin, size_t end) {
+    Tile t;
+    t.a = &a;
+    for (size_t it = begin; it < end; ++it) {
+      const int tile_index = n_tiles - 1 - static_cast<int>(it / a.shape.n_kv_heads);
+      t.kv_head = static_cast<int>(it % a.shape.n_kv_heads);
+      t.i0 = tile_index * tile;
+      t.i1 = std::min(a.n, t.i0 + tile);
+      t.run();
+    }
+  });
+  return ok_status();
+}
+
+}  // namespace tq::kv

@@ -1,0 +1,103 @@
+// One sequence of the paged, compressed KV cache (SequenceKv). Per layer, position p is held
+//   - exact in f16 if p < sinks (the sink rows),
+//   - compressed in pool pages if sinks <= p < sinks + compressed(layer): token c = p - sinks
+//     sits in page table[c / block_tokens], slot c % block_tokens,
+//   - exact in f16 in the window otherwise: the most recent `window` tokens. Tokens that fall
+//     out of the window are compressed (KIVI), so the last `window` tokens are always exact.
+// With window 0 every token is compressed when appended, before attention runs: every query
+// sees compressed K/V, its own chunk's included, as llama.cpp's quantized cache does.
+// attend() computes attention straight from the packed pages (paged_attention.h).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "tq/kv/paged_kv_cache.h"
+#include "tq/kv/sequence_kv.h"
+
+namespace tq::kv {
+
+class PagedKv final : public SequenceKv {
+ public:
+  ~PagedKv() override;
+  PagedKv(const PagedKv&) = delete;
+  PagedKv& operator=(const PagedKv&) = delete;
+
+  int length() const override { return length_; }
+  int capacity() const override { return capacity_; }
+  Status append(int layer, int n, const float* k, const float* v) override;
+  Status attend(int layer, int n, const float* q, float* out, ThreadPool& pool) override;
+  Status commit(int n) override;
+  // Pages held (whole pages, shared ones included) plus the f16 sink and window rows.
+  size_t bytes_used() const override;
+
+  // Token ids of the next positions (tokens().size() onwards). With them, commit() indexes
+  // every full page in the prefix cache so later sequences can share it. Optional.
+  Status add_tokens(std::span<const int32_t> ids);
+  const std::vector<int32_t>& tokens() const { return tokens_; }
+
+  // On an empty sequence: takes the longest run of cached pages that `prompt` starts with,
+  // leaving at least max(window, 1) prompt tokens to be computed (so the window holds exactly
+  // what it would without sharing, and the caller gets logits). Returns the tokens now in the
+  // cache (committed; their ids recorded); the caller runs the forward pass from there.
+  Expected<int> reuse_prefix(std::span<const int32_t> prompt);
+
+  // What is stored for position `pos` of `layer`, decoded: [n_kv_heads][head_dim] (tq verify's
+  // per-layer K/V cosine, tests).
+  Status read_stored(int layer, int pos, bool value, float* out) const;
+
+  int compressed_tokens(int layer) const { return compressed_[static_cast<size_t>(layer)]; }
+  int window_tokens(int layer) const { return window_[static_cast<size_t>(layer)].count; }
+  int sink_tokens(int layer) const { return sink_count_[static_cast<size_t>(layer)]; }
+  std::span<const int> pages() const { return pages_; }
+  // Bytes of the f16 sink and window rows (all layers).
+  size_t exact_bytes() const;
+
+ private:
+  friend class PagedKvCache;
+  PagedKv(PagedKvCache* cache, int capacity);
+
+  // f16 rows of positions [pos0, pos0 + count) of one layer: [K, V][kv_head][cap][head_dim],
+  // valid rows [start, start + count). Dropping from the front only moves `start`; the rows
+  // are compacted when the buffer's end is reached (amortized O(1) per token).
+  struct Window {
+    int start = 0;
+    int count = 0;
+    int cap = 0;
+    std::vector<uint16_t> data;
+  };
+
+  Status check_layer(int layer, int n) const;
+  void window_reserve(Window& w, int extra);
+  size_t window_offset(const Window& w, int kv, int head, int row) const;
+  uint16_t* sink_row(int layer, int kv, int head, int row);
+  const uint16_t* sink_row(int layer, int kv, int head, int row) const;
+  // Encodes one token (all KV heads, K or V) into compressed slot c of the layer.
+  void encode_token(int layer, bool value, int c, const float* x);
+  void register_full_pages();
+  void add_exact_bytes(int64_t rows);
+
+  PagedKvCache* cache_;
+  AttentionShape shape_;
+  int capacity_ = 0;
+  int length_ = 0;
+  int sinks_ = 0;   // config.sinks
+  int window_cap_ = 0;  // config.window
+  int bt_ = 0;      // block tokens
+  size_t row_elems_ = 0;  // head_dim
+  std::vector<int> pending_;      // [layer] appended, not committed
+  std::vector<int> compressed_;   // [layer] tokens in pages
+  std::vector<int> sink_count_;   // [layer] sink rows stored
+  std::vector<uint16_t> sink_data_;  // [layer][K, V][kv_head][sinks][head_dim]
+  std::vector<Window> window_;    // [layer]
+  std::vector<int> pages_;        // the block table, shared by all layers
+  std::vector<int32_t> tokens_;   // ids of positions 0 .. tokens_.size()-1 (may be empty)
+  int registered_ = 0;            // leading pages already offered to the prefix cache
+  uint64_t chain_ = 0;            // chain hash of page registered_-1 (or the root)
+  std::vector<float> scratch_;    // [head_dim] f16 row decoded for re-encoding
+};
+
+}  // namespace tq::kv

@@ -1,0 +1,67 @@
+// The fused attention primitives on packed planes, as a table of function pointers: the
+// portable scalar reference lives here (kernels_ref.cpp, reads like the paper); SIMD tables
+// live in src/tq/backend/cpu/tq_kernels*.cpp and are chosen once from CPUID. Codecs take a
+// table through CodecOptions::kernels, so the quant layer never depends on the backend.
+//
+// A "plane" is `n` rows of `row_bytes` bytes (one row per slot, docs/formats.md "Blocks").
+// Scores are raw dots (per-row norms are applied through `scale`), accumulations take weights
+// that already include each row's norm.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace tq::quant {
+
+// Kernels handle any nq; SIMD ones register-block up to kMaxGroupHeads at a time.
+inline constexpr int kMaxGroupHeads = 4;
+
+struct PlaneScoreArgs {
+  const float* q = nullptr;      // [nq][q_stride] prepared queries (rotated domain for tq)
+  int q_stride = 0;
+  int nq = 1;
+  const uint8_t* plane = nullptr;  // [n][row_bytes]
+  size_t row_bytes = 0;
+  int n = 0;
+  int dim = 0;
+  const float* table = nullptr;  // [2^bits] code values (packed-code planes only)
+  const float* scale = nullptr;  // [n] per-row factor, nullptr for 1
+  float* out = nullptr;          // [nq][out_stride]: out[h][i] (+)= scale[i] * <q_h, row_i>
+  int out_stride = 0;
+  bool add = false;              // accumulate into out instead of overwriting
+};
+
+struct PlaneAccumulateArgs {
+  const float* w = nullptr;      // [nq][w_stride] weight of row i for head h (norms included)
+  int w_stride = 0;
+  int nq = 1;
+  const uint8_t* plane = nullptr;  // [n][row_bytes]
+  size_t row_bytes = 0;
+  int n = 0;
+  int dim = 0;
+  const float* table = nullptr;  // [2^bits] code values (packed-code planes only)
+  float* acc = nullptr;          // [nq][acc_stride]: acc[h][.] += sum_i w[h][i] * row_i
+  int acc_stride = 0;
+};
+
+using PlaneScoreFn = void (*)(const PlaneScoreArgs&);
+using PlaneAccumulateFn = void (*)(const PlaneAccumulateArgs&);
+
+struct KernelTable {
+  const char* name = "";
+  // Packed b-bit codes (LSB-first bitstream) looked up in `table`; index = bits (1..8).
+  // bits = 1 with table {-1, +1} is the QJL sign plane.
+  PlaneScoreFn score_codes[9] = {};
+  PlaneAccumulateFn accumulate_codes[9] = {};
+  PlaneScoreFn score_f16 = nullptr;
+  PlaneAccumulateFn accumulate_f16 = nullptr;
+  PlaneScoreFn score_q8_0 = nullptr;
+  PlaneAccumulateFn accumulate_q8_0 = nullptr;
+  PlaneScoreFn score_q4_0 = nullptr;
+  PlaneAccumulateFn accumulate_q4_0 = nullptr;
+};
+
+// The portable scalar reference (always available).
+const KernelTable& ref_kernel_table();
+
+}  // namespace tq::quant

@@ -1,0 +1,166 @@
+// The generation loop (see generator.h).
+#include "tq/runtime/generator.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+
+namespace tq::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+}  // namespace
+
+Status GenerateOptions::validate() const {
+  if (max_tokens < 0) return invalid_argument("generate: max_tokens must be >= 0");
+  if (prefill_batch < 1) return invalid_argument("generate: prefill_batch must be >= 1");
+  for (const auto& s : stop_strings)
+    if (s.empty()) return invalid_argument("generate: empty stop string");
+  return sampler.validate();
+}
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::kMaxTokens: return "max tokens";
+    case StopReason::kEndOfGeneration: return "end of generation";
+    case StopReason::kStopString: return "stop string";
+    case StopReason::kContextFull: return "context full";
+    case StopReason::kCallback: return "stopped by caller";
+  }
+  return "?";
+}
+
+double GenerationStats::prompt_tokens_per_second() const {
+  return prompt_seconds > 0.0 ? prompt_tokens / prompt_seconds : 0.0;
+}
+double GenerationStats::generation_tokens_per_second() const {
+  return generation_seconds > 0.0 ? generated_tokens / generation_seconds : 0.0;
+}
+
+std::string StopStringFilter::push(std::string_view text) {
+  if (stopped_) return {};
+  pending_.append(text);
+  if (stops_.empty()) return std::exchange(pending_, {});
+  size_t first = std::string::npos;
+  for (const auto& s : stops_) first = std::min(first, pending_.find(s));
+  if (first != std::string::npos) {
+    stopped_ = true;
+    std::string out = pending_.substr(0, first);
+    pending_.clear();
+    return out;
+  }
+  // Hold back the longest tail that is a proper prefix of some stop string.
+  size_t hold = 0;
+  for (const auto& s : stops_) {
+    const size_t max_len = std::min(pending_.size(), s.size() - 1);
+    for (size_t len = max_len; len > hold; --len)
+      if (pending_.compare(pending_.size() - len, len, s, 0, len) == 0) {
+        hold = len;
+        break;
+      }
+  }
+  std::string out = pending_.substr(0, pending_.size() - hold);
+  pending_.erase(0, pending_.size() - hold);
+  return out;
+}
+
+std::string StopStringFilter::flush() {
+  if (stopped_) return {};
+  return std::exchange(pending_, {});
+}
+
+Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt,
+                                              kv::SequenceKv& kv, const GenerateOptions& opt,
+                                              const TokenCallback& on_token) {
+  TQ_RETURN_IF_ERROR(opt.validate());
+  if (prompt.empty()) return invalid_argument("generate: the prompt has no tokens");
+  const int n_prompt = static_cast<int>(prompt.size());
+  if (n_prompt >= kv.capacity() - kv.length())
+    return invalid_argument("generate: the prompt has " + std::to_string(n_prompt) +
+                            " tokens but the context holds " +
+                            std::to_string(kv.capacity() - kv.length()) +
+                            " (one more is needed to generate)");
+  TQ_ASSIGN_OR_RETURN(Sampler sampler, Sampler::create(opt.sampler));
+  const model::Model& m = model_;
+  const int vocab = m.config().vocab_size;
+  logits_.resize(static_cast<size_t>(vocab));
+  scratch_.reserve(m.config(), std::min(n_prompt, opt.prefill_batch));
+
+  GenerationStats st;
+  st.prompt_tokens = n_prompt;
+  const auto t_prompt = Clock::now();
+  for (int done = 0; done < n_prompt;) {
+    const int n = std::min(opt.prefill_batch, n_prompt - done);
+    model::ForwardArgs a;
+    a.tokens = prompt.data() + done;
+    a.n = n;
+    a.kv = &kv;
+    a.pool = &pool_;
+    a.scratch = &scratch_;
+    a.logits_mode = done + n == n_prompt ? model::LogitsMode::kLast : model::LogitsMode::kNone;
+    a.logits = logits_.data();
+    TQ_RETURN_IF_ERROR(m.forward(a).with_context("prefill"));
+    done += n;
+  }
+  for (int32_t t : prompt) sampler.accept(t);
+  st.prompt_seconds = seconds_since(t_prompt);
+
+  const model::Tokenizer& tok = m.tokenizer();
+  model::TokenStreamDecoder decoder(tok);
+  StopStringFilter filter(opt.stop_strings);
+  auto emit = [&](int32_t id, const std::string& text) {
+    st.text += text;
+    return on_token ? on_token(id, text) : true;
+  };
+
+  const auto t_gen = Clock::now();
+  st.stop_reason = StopReason::kMaxTokens;
+  for (int i = 0; i < opt.max_tokens; ++i) {
+    const int32_t id = sampler.sample(logits_.data(), vocab);
+    sampler.accept(id);
+    st.tokens.push_back(id);
+    ++st.generated_tokens;
+    if (opt.stop_at_eog && tok.is_eog(id)) {
+      st.stop_reason = StopReason::kEndOfGeneration;
+      break;
+    }
+    const std::string text = filter.push(decoder.push(id));
+    if (!emit(id, text)) {
+      st.stop_reason = StopReason::kCallback;
+      break;
+    }
+    if (filter.stopped()) {
+      st.stop_reason = StopReason::kStopString;
+      break;
+    }
+    if (i + 1 == opt.max_tokens) break;  // no pass needed for logits nobody samples
+    if (kv.length() >= kv.capacity()) {
+      st.stop_reason = StopReason::kContextFull;
+      break;
+    }
+    model::ForwardArgs a;
+    a.tokens = &id;
+    a.n = 1;
+    a.kv = &kv;
+    a.pool = &pool_;
+    a.scratch = &scratch_;
+    a.logits = logits_.data();
+    TQ_RETURN_IF_ERROR(m.forward(a).with_context("decode"));
+  }
+  if (st.stop_reason != StopReason::kStopString && st.stop_reason != StopReason::kCallback) {
+    const std::string tail = filter.push(decoder.flush()) + filter.flush();
+    if (!tail.empty()) {
+      st.text += tail;
+      if (on_token) on_token(-1, tail);
+    }
+  }
+  st.generation_seconds = seconds_since(t_gen);
+  return st;
+}
+
+}  // namespace tq::runtime

@@ -1,0 +1,186 @@
+// The sampling chain (see sampler.h). Buffers are sized once per vocab, so sampling a token
+// allocates nothing.
+#include "tq/runtime/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+
+namespace tq::runtime {
+namespace {
+
+bool by_logit_desc(const Candidate& a, const Candidate& b) {
+  // Ties by id keep the order (and so the draws) independent of the sort algorithm.
+  return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
+}
+
+}  // namespace
+
+Status SamplerConfig::validate() const {
+  if (!std::isfinite(temperature) || temperature < 0.0f)
+    return invalid_argument("sampler: temperature must be finite and >= 0");
+  if (top_k < 0) return invalid_argument("sampler: top_k must be >= 0 (0 = off)");
+  if (!(top_p > 0.0f && top_p <= 1.0f)) return invalid_argument("sampler: top_p must be in (0, 1]");
+  if (!(min_p >= 0.0f && min_p <= 1.0f)) return invalid_argument("sampler: min_p must be in [0, 1]");
+  if (!(repeat_penalty > 0.0f) || !std::isfinite(repeat_penalty))
+    return invalid_argument("sampler: repeat_penalty must be positive (1 = off)");
+  if (repeat_last_n < 0) return invalid_argument("sampler: repeat_last_n must be >= 0");
+  if (!std::isfinite(presence_penalty) || !std::isfinite(frequency_penalty))
+    return invalid_argument("sampler: presence/frequency penalties must be finite");
+  return ok_status();
+}
+
+std::string SamplerConfig::to_string() const {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "temp %g, top_k %d, top_p %g, min_p %g, repeat_penalty %g (last %d), "
+                "presence %g, frequency %g, seed %llu",
+                static_cast<double>(temperature), top_k, static_cast<double>(top_p),
+                static_cast<double>(min_p), static_cast<double>(repeat_penalty), repeat_last_n,
+                static_cast<double>(presence_penalty), static_cast<double>(frequency_penalty),
+                static_cast<unsigned long long>(seed));
+  return buf;
+}
+
+Expected<Sampler> Sampler::create(const SamplerConfig& cfg) {
+  TQ_RETURN_IF_ERROR(cfg.validate());
+  Sampler s(cfg);
+  s.history_.reserve(static_cast<size_t>(cfg.repeat_last_n));
+  return s;
+}
+
+void Sampler::accept(int32_t token) {
+  const size_t cap = static_cast<size_t>(cfg_.repeat_last_n);
+  if (cap == 0) return;
+  if (history_.size() < cap) {
+    history_.push_back(token);
+  } else {
+    history_[history_next_] = token;
+    history_next_ = (history_next_ + 1) % cap;
+  }
+}
+
+void Sampler::reset() {
+  history_.clear();
+  history_next_ = 0;
+  rng_ = Rng(cfg_.seed);
+  n_kept_ = 0;
+}
+
+void Sampler::apply_penalties(int n_vocab) {
+  if (cfg_.repeat_penalty == 1.0f && cfg_.presence_penalty == 0.0f &&
+      cfg_.frequency_penalty == 0.0f)
+    return;
+  for (int32_t t : history_)
+    if (t >= 0 && t < n_vocab) ++counts_[t];
+  for (int32_t t : history_) {
+    if (t < 0 || t >= n_vocab || counts_[t] == 0) continue;
+    float& l = cands_[t].logit;  // cands_ is still indexed by id here
+    l = l <= 0.0f ? l * cfg_.repeat_penalty : l / cfg_.repeat_penalty;
+    l -= static_cast<float>(counts_[t]) * cfg_.frequency_penalty + cfg_.presence_penalty;
+    counts_[t] = 0;  // applied once per distinct token; leaves counts_ all zero again
+  }
+}
+
+void Sampler::sort_kept(size_t k) {
+  k = std::min(k, n_kept_);
+  if (k <= n_sorted_) return;
+  std::partial_sort(cands_.begin(), cands_.begin() + k, cands_.begin() + n_kept_, by_logit_desc);
+  n_sorted_ = k;
+}
+
+void Sampler::apply_top_k() {
+  const size_t k = static_cast<size_t>(cfg_.top_k);
+  if (k == 0 || k >= n_kept_) return;
+  std::nth_element(cands_.begin(), cands_.begin() + k - 1, cands_.begin() + n_kept_,
+                   by_logit_desc);
+  n_kept_ = k;
+  n_sorted_ = 0;
+  sort_kept(k);
+}
+
+void Sampler::apply_top_p() {
+  if (cfg_.top_p >= 1.0f || n_kept_ <= 1) return;
+  sort_kept(1);
+  const float mx = cands_[0].logit;
+  double sum = 0.0;
+  for (size_t i = 0; i < n_kept_; ++i) sum += std::exp(static_cast<double>(cands_[i].logit - mx));
+  // Sort only as far as needed: the nucleus is usually a few dozen tokens of a large vocab.
+  double cum = 0.0;
+  size_t i = 0;
+  for (size_t k = std::min<size_t>(n_kept_, 64);; k = std::min(n_kept_, k * 4)) {
+    sort_kept(k);
+    for (; i < k; ++i) {
+      cum += std::exp(static_cast<double>(cands_[i].logit - mx)) / sum;
+      if (cum >= cfg_.top_p) {
+        n_kept_ = i + 1;
+        return;
+      }
+    }
+    if (k == n_kept_) return;
+  }
+}
+
+void Sampler::apply_min_p() {
+  if (cfg_.min_p <= 0.0f || n_kept_ <= 1) return;
+  float mx = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < n_kept_; ++i) mx = std::max(mx, cands_[i].logit);
+  // p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p)
+  const float threshold = mx + std::log(cfg_.min_p);
+  auto end = std::stable_partition(cands_.begin(), cands_.begin() + n_kept_,
+                                   [&](const Candidate& c) { return c.logit >= threshold; });
+  n_kept_ = std::max<size_t>(1, static_cast<size_t>(end - cands_.begin()));
+  n_sorted_ = std::min(n_sorted_, n_kept_);
+}
+
+void Sampler::softmax_kept() {
+  sort_kept(n_kept_);
+  const float mx = cands_[0].logit;
+  double sum = 0.0;
+  for (size_t i = 0; i < n_kept_; ++i) {
+    cands_[i].p = std::exp(cands_[i].logit - mx);
+    sum += cands_[i].p;
+  }
+  for (size_t i = 0; i < n_kept_; ++i) cands_[i].p = static_cast<float>(cands_[i].p / sum);
+}
+
+int32_t Sampler::sample(const float* logits, int n_vocab) {
+  if (n_vocab <= 0) return -1;
+  if (cands_.size() < static_cast<size_t>(n_vocab)) {
+    cands_.resize(n_vocab);
+    counts_.assign(n_vocab, 0);
+  }
+  for (int i = 0; i < n_vocab; ++i) {
+    // NaN logits never win and never get drawn.
+    cands_[i] = {i, std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i],
+                 0.0f};
+  }
+  n_kept_ = static_cast<size_t>(n_vocab);
+  n_sorted_ = 0;
+  apply_penalties(n_vocab);
+
+  if (cfg_.greedy()) {
+    size_t best = 0;
+    for (size_t i = 1; i < n_kept_; ++i)
+      if (cands_[i].logit > cands_[best].logit) best = i;
+    n_kept_ = 0;
+    return cands_[best].id;
+  }
+
+  apply_top_k();
+  apply_top_p();
+  apply_min_p();
+  for (size_t i = 0; i < n_kept_; ++i) cands_[i].logit /= cfg_.temperature;
+  softmax_kept();
+
+  const double u = rng_.uniform();
+  double cum = 0.0;
+  for (size_t i = 0; i < n_kept_; ++i) {
+    cum += cands_[i].p;
+    if (u < cum) return cands_[i].id;
+  }
+  return cands_[n_kept_ - 1].id;  // u within rounding of 1
+}
+
+}  // namespace tq::runtime

@@ -1,0 +1,75 @@
+// Token sampling from logits: repetition/presence/frequency penalties, then greedy or the
+// chain top-k -> top-p -> min-p -> temperature -> draw, in llama.cpp's order and with its
+// semantics (top-p and min-p look at the softmax at temperature 1 of the tokens still in play).
+// A seed makes every draw reproducible.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tq/core/rng.h"
+#include "tq/core/status.h"
+
+namespace tq::runtime {
+
+struct SamplerConfig {
+  float temperature = 0.8f;      // <= 0: greedy (argmax after penalties)
+  int top_k = 40;                // 0: off
+  float top_p = 0.95f;           // 1: off
+  float min_p = 0.05f;           // 0: off; keep p >= min_p * p_max
+  float repeat_penalty = 1.0f;   // 1: off; logit > 0 divided by it, logit <= 0 multiplied
+  int repeat_last_n = 64;        // tokens of history the penalties look at
+  float presence_penalty = 0.0f;   // subtracted once from every token in the window
+  float frequency_penalty = 0.0f;  // subtracted per occurrence in the window
+  uint64_t seed = 42;
+
+  Status validate() const;
+  std::string to_string() const;
+  bool greedy() const { return temperature <= 0.0f; }
+};
+
+struct Candidate {
+  int32_t id;
+  float logit;  // after penalties (and divided by the temperature once applied)
+  float p;      // probability within the kept set
+};
+
+class Sampler {
+ public:
+  // The config must validate(); create() checks it.
+  static Expected<Sampler> create(const SamplerConfig& cfg);
+
+  // Picks a token from logits [n_vocab]. Does not add it to the history: call accept().
+  int32_t sample(const float* logits, int n_vocab);
+  // Adds a token (prompt or generated) to the penalty history.
+  void accept(int32_t token);
+  // Clears the history and reseeds.
+  void reset();
+
+  // The candidates the last non-greedy sample() drew from, most likely first, with their
+  // final probabilities (for tests and debugging).
+  std::span<const Candidate> last_candidates() const { return {cands_.data(), n_kept_}; }
+  const SamplerConfig& config() const { return cfg_; }
+
+ private:
+  explicit Sampler(const SamplerConfig& cfg) : cfg_(cfg), rng_(cfg.seed) {}
+  void apply_penalties(int n_vocab);
+  void apply_top_k();
+  void apply_top_p();
+  void apply_min_p();
+  void softmax_kept();  // p over the kept set at the current logits; cands_ sorted by logit
+  void sort_kept(size_t k);
+
+  SamplerConfig cfg_;
+  Rng rng_;
+  std::vector<Candidate> cands_;  // [n_vocab], the first n_kept_ in play
+  size_t n_kept_ = 0;
+  size_t n_sorted_ = 0;           // the first n_sorted_ are sorted by logit, descending
+  std::vector<int32_t> history_;  // ring buffer of the last repeat_last_n tokens
+  size_t history_next_ = 0;
+  std::vector<int32_t> counts_;   // [n_vocab] scratch for penalty counts, all zero between calls
+};
+
+}  // namespace tq::runtime

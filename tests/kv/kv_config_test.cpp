@@ -1,0 +1,177 @@
+// KvConfig parsing and validation, and the bytes-per-token formula against the formats' own
+// bytes_per_vector and against what the paged cache really allocates.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kv/kv_test_util.h"
+#include "tq/kv/kv_bytes.h"
+#include "tq/kv/kv_config.h"
+#include "tq/kv/paged_kv.h"
+
+namespace tq::kv {
+namespace {
+
+using Opts = std::vector<std::pair<std::string, std::string>>;
+
+TEST(KvConfig, ParsesCliOptions) {
+  const Opts opts = {{"-ctk", "tq4"},          {"--cache-type-v", "tq3j"},
+                     {"--kv-window", "128"},   {"kv-sinks", "4"},
+                     {"--kv-boundary-layers", "2"}, {"--kv-boundary-type", "q8_0"},
+                     {"--kv-norm-correction", "off"}, {"--kv-block-tokens", "16"},
+                     {"--kv-seed", "0x2a"}};
+  auto c = parse_kv_options(opts);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_EQ(c->k_format.name(), "tq4");
+  EXPECT_EQ(c->v_format.name(), "tq3j");
+  EXPECT_EQ(c->window, 128);
+  EXPECT_EQ(c->sinks, 4);
+  EXPECT_EQ(c->boundary_layers, 2);
+  EXPECT_EQ(c->boundary_format.name(), "q8_0");
+  EXPECT_FALSE(c->norm_correction);
+  EXPECT_EQ(c->block_tokens, 16);
+  EXPECT_EQ(c->seed, 42u);
+  EXPECT_EQ(c->to_string(),
+            "k=tq4 v=tq3j window=128 sinks=4 boundary=2:q8_0 norm_correction=off block=16 "
+            "seed=0x000000000000002a");
+  // Every table row is accepted by apply_kv_option under its long name.
+  for (const KvOption& o : kv_option_table()) {
+    KvConfig x;
+    const std::string value = std::string(o.long_name).find("type") != std::string::npos ? "q4_0"
+                              : o.long_name == "--kv-norm-correction"                  ? "on"
+                                                                                        : "8";
+    EXPECT_TRUE(apply_kv_option(x, o.long_name, value).ok()) << o.long_name;
+    EXPECT_FALSE(o.help.empty());
+  }
+}
+
+TEST(KvConfig, RejectsBadOptionsWithClearErrors) {
+  const std::pair<Opts, const char*> bad[] = {
+      {{{"-ctk", "q5_1"}}, "unknown KV format 'q5_1'"},
+      {{{"--kv-window", "-3"}}, "out of range"},
+      {{{"--kv-window", "12x"}}, "not an integer"},
+      {{{"--kv-sinks", ""}}, "not an integer"},
+      {{{"--kv-norm-correction", "maybe"}}, "not a boolean"},
+      {{{"--kv-block-tokens", "0"}}, "out of range"},
+      {{{"--kv-seed", "0xzz"}}, "not a 64-bit integer"},
+      {{{"--kv-bogus", "1"}}, "unknown KV cache option"},
+  };
+  for (const auto& [opts, needle] : bad) {
+    auto c = parse_kv_options(opts);
+    ASSERT_FALSE(c.ok()) << opts[0].first << "=" << opts[0].second;
+    EXPECT_NE(c.status().message().find(needle), std::string::npos) << c.status().to_string();
+  }
+  KvConfig c;
+  c.k_format = *quant::parse_format("q4_0");
+  EXPECT_EQ(c.validate_for(4, 80).code(), StatusCode::kUnsupported);  // 80 % 32 != 0
+  EXPECT_TRUE(c.validate_for(4, 96).ok());
+}
+
+TEST(KvConfig, BoundaryLayersAndSeeds) {
+  KvConfig c;
+  c.k_format = *quant::parse_format("tq3");
+  c.v_format = *quant::parse_format("tq2");
+  c.boundary_layers = 2;
+  c.boundary_format = *quant::parse_format("tq8");
+  const int n = 7;
+  for (int l = 0; l < n; ++l) {
+    const bool b = l < 2 || l >= n - 2;
+    EXPECT_EQ(c.formats_for(l, n).k.name(), b ? "tq8" : "tq3") << l;
+    EXPECT_EQ(c.formats_for(l, n).v.name(), b ? "tq8" : "tq2") << l;
+  }
+  EXPECT_NE(c.layer_seed(0), c.layer_seed(1));
+  EXPECT_EQ(c.layer_seed(3), KvConfig(c).layer_seed(3));
+}
+
+AttentionShape shape_128() {
+  AttentionShape s;
+  s.n_layers = 3;
+  s.n_heads = 8;
+  s.n_kv_heads = 2;
+  s.head_dim = 128;
+  s.scale = 1.0f / std::sqrt(128.0f);
+  return s;
+}
+
+TEST(KvBytes, FormulaMatchesBytesPerVectorForEveryFormat) {
+  const AttentionShape s = shape_128();
+  const char* names[] = {"f16",  "q8_0", "q4_0", "tq1",  "tq2",  "tq3",  "tq4", "tq5",
+                         "tq6",  "tq7",  "tq8",  "tq2j", "tq3j", "tq4j", "tq8j"};
+  for (const char* name : names) {
+    KvConfig c;
+    c.k_format = c.v_format = *quant::parse_format(name);
+    auto b = kv_bytes_per_token(c, s, 512);
+    ASSERT_TRUE(b.ok()) << name;
+    const double bpv = static_cast<double>(c.k_format.bytes_per_vector(s.head_dim));
+    EXPECT_DOUBLE_EQ(b->compressed, s.n_layers * s.n_kv_heads * 2 * bpv) << name;
+    EXPECT_DOUBLE_EQ(b->amortized, b->compressed) << name;
+    EXPECT_DOUBLE_EQ(b->f16, s.n_layers * s.n_kv_heads * 2 * 256.0);
+    EXPECT_DOUBLE_EQ(b->k_bits_per_element, c.k_format.bits_per_element(s.head_dim)) << name;
+    auto blocks = kv_block_bytes(c, s);
+    ASSERT_TRUE(blocks.ok());
+    for (size_t slab : *blocks) EXPECT_EQ(slab, static_cast<size_t>(32 * 2 * bpv)) << name;
+  }
+  // quality-method.md's table: tq4 is 66 B per vector at d = 128, 3.88x less than f16.
+  KvConfig c;
+  c.k_format = c.v_format = *quant::parse_format("tq4");
+  EXPECT_NEAR(kv_bytes_per_token(c, s, 512)->ratio_vs_f16(), 256.0 / 66.0, 1e-12);
+}
+
+TEST(KvBytes, WindowAndSinksAmortizedAndBoundaryCounted) {
+  const AttentionShape s = shape_128();
+  KvConfig c;
+  c.k_format = *quant::parse_format("tq4");
+  c.v_format = *quant::parse_format("tq3");
+  c.window = 96;
+  c.sinks = 4;
+  c.boundary_layers = 1;  // layers 0 and 2 in q8_0, layer 1 tq4/tq3
+  c.boundary_format = *quant::parse_format("q8_0");
+  auto b = kv_bytes_per_token(c, s, 1000);
+  ASSERT_TRUE(b.ok());
+  const double compressed = s.n_kv_heads * (2 * (136 + 136) + (66 + 50));
+  EXPECT_DOUBLE_EQ(b->compressed, compressed);
+  EXPECT_EQ(b->exact_tokens, 100);
+  EXPECT_DOUBLE_EQ(b->amortized, (900 * compressed + 100 * b->f16) / 1000);
+  // A context shorter than window + sinks is all f16.
+  EXPECT_DOUBLE_EQ(kv_bytes_per_token(c, s, 50)->amortized, b->f16);
+}
+
+TEST(KvBytes, SequenceBytesUsedMatchesFormulaAndPool) {
+  const AttentionShape s = shape_128();
+  KvConfig c;
+  c.k_format = *quant::parse_format("tq4");
+  c.v_format = *quant::parse_format("tq3j");
+  c.window = 24;
+  c.sinks = 4;
+  c.block_tokens = 16;
+  PagedKvCacheOptions o;
+  o.shape = s;
+  o.config = c;
+  o.pool_bytes = size_t{8} << 20;
+  auto cache = PagedKvCache::create(o);
+  ASSERT_TRUE(cache.ok());
+  // T = sinks + window + 5 full blocks: the formula is exact (no partly filled page).
+  const int T = 4 + 24 + 5 * 16;
+  const test::KvData d = test::make_kv_data(s, T, 21);
+  auto seq = (*cache)->new_sequence(T);
+  ASSERT_TRUE(seq.ok());
+  ThreadPool pool(1);
+  test::run_chunks(**seq, d, {7, 30}, pool, [](int, int, int, const float*) {});
+  auto b = kv_bytes_per_token(c, s, T);
+  ASSERT_TRUE(b.ok());
+  EXPECT_DOUBLE_EQ(static_cast<double>((*seq)->bytes_used()), b->amortized * T);
+  const KvPoolStats st = (*cache)->stats();
+  EXPECT_EQ(st.used_bytes, (*seq)->pages().size() * (*cache)->page_bytes());
+  EXPECT_EQ(st.used_bytes + st.exact_bytes, (*seq)->bytes_used());
+  EXPECT_EQ(st.tokens, T);
+  EXPECT_NEAR(st.effective_ratio_vs_f16, b->ratio_vs_f16(), 1e-9);
+  size_t per_format = 0;
+  for (const auto& f : st.per_format) per_format += f.bytes;
+  EXPECT_EQ(per_format, st.used_bytes);
+}
+
+}  // namespace
+}  // namespace tq::kv
