@@ -8,5 +8,7 @@ namespace tq::tools {
 
 void add_info_command(CLI::App& app);
 void add_quant_bench_command(CLI::App& app);
+void add_kv_commands(CLI::App& app);  // ppl, verify, compare, capacity (kv_commands.h)
+void add_serve_command(CLI::App& app);  // tools/cmd_serve.cpp (stub: cmd_serve_stub.cpp)
 
 }  // namespace tq::tools

@@ -34,7 +34,7 @@ struct Fixture {
   Fixture(const char* name, bool ref) {
     quant::CodecOptions o;
     o.kernels = ref ? &quant::ref_kernel_table() : &backend::cpu::cpu_kernel_table();
-    codec = std::move(*quant::make_codec(*quant::parse_format(name), kDim, o, books));
+    codec = quant::make_codec(*quant::parse_format(name), kDim, o, books).value();
     Rng rng(1);
     keys.resize(static_cast<size_t>(kVectors) * kDim);
     for (auto& v : keys) v = static_cast<float>(rng.normal());

@@ -102,6 +102,8 @@ class Tokenizer {
 
   // Byte-level BPE of one pre-tokenized piece (tokenizer_bpe.cpp).
   void encode_bpe_piece(std::string_view piece, std::vector<int32_t>* out) const;
+  void encode_bpe_small(std::string_view piece, std::vector<int32_t>* out) const;
+  static constexpr int32_t kSmallPiece = 48;
   void encode_bpe_text(std::string_view text, std::vector<int32_t>* out) const;
   // SentencePiece BPE of one fragment, spaces already escaped (tokenizer_spm.cpp).
   void encode_spm_text(std::string_view text, std::vector<int32_t>* out) const;

@@ -110,6 +110,45 @@ Status Tokenizer::init_bpe() {
   return ok_status();
 }
 
+// Short pieces (nearly every word) without allocation: the rank of the pair starting at each
+// symbol is kept in an array and the best (lowest rank, then leftmost) is found by a scan, the
+// same order the heap gives. O(n^2) scans, which only pays below kSmallPiece bytes.
+void Tokenizer::encode_bpe_small(std::string_view piece, std::vector<int32_t>* out) const {
+  const auto n = static_cast<int32_t>(piece.size());
+  int32_t ids[kSmallPiece], next[kSmallPiece], prev[kSmallPiece], rank[kSmallPiece],
+      result[kSmallPiece];
+  auto pair_rank = [&](int32_t i) {
+    rank[i] = INT32_MAX;
+    if (i < 0 || next[i] < 0 || ids[i] < 0 || ids[next[i]] < 0) return;
+    auto it = merges_.find((static_cast<uint64_t>(ids[i]) << 32) |
+                           static_cast<uint32_t>(ids[next[i]]));
+    if (it != merges_.end()) {
+      rank[i] = it->second.rank;
+      result[i] = it->second.id;
+    }
+  };
+  for (int32_t i = 0; i < n; ++i) {
+    ids[i] = byte_to_id_[static_cast<uint8_t>(piece[i])];
+    prev[i] = i - 1;
+    next[i] = i + 1 < n ? i + 1 : -1;
+  }
+  for (int32_t i = 0; i < n; ++i) pair_rank(i);
+  while (true) {
+    int32_t best = -1;
+    for (int32_t i = 0; i >= 0; i = next[i])
+      if (rank[i] != INT32_MAX && (best < 0 || rank[i] < rank[best])) best = i;
+    if (best < 0) break;
+    const int32_t r = next[best];
+    ids[best] = result[best];
+    next[best] = next[r];
+    if (next[best] >= 0) prev[next[best]] = best;
+    pair_rank(best);
+    if (prev[best] >= 0) pair_rank(prev[best]);
+  }
+  for (int32_t i = 0; i >= 0; i = next[i])
+    if (ids[i] >= 0) out->push_back(ids[i]);
+}
+
 void Tokenizer::encode_bpe_text(std::string_view text, std::vector<int32_t>* out) const {
   const std::vector<uint32_t> bounds = pretokenize(data_.pre, text);
   for (size_t i = 0; i + 1 < bounds.size(); ++i)
@@ -135,6 +174,10 @@ void Tokenizer::encode_bpe_piece(std::string_view piece, std::vector<int32_t>* o
   }
   if (n == 1) {
     emit(byte_to_id_[static_cast<uint8_t>(piece[0])]);
+    return;
+  }
+  if (n <= kSmallPiece) {
+    encode_bpe_small(piece, out);
     return;
   }
 

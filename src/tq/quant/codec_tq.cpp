@@ -15,6 +15,17 @@ namespace tq::quant {
 namespace {
 
 constexpr int kSlotChunk = 64;  // slots per kernel call (norm scratch lives on the stack)
+constexpr int kMaxDim = 1024;   // Format::validate's limit: per-vector scratch fits the stack
+
+// <a, b> over n floats with 8 partial sums, so the compiler vectorises it without -ffast-math.
+float dot(const float* a, const float* b, size_t n) {
+  float s[8] = {};
+  size_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int k = 0; k < 8; ++k) s[k] += a[j + k] * b[j + k];
+  for (; j < n; ++j) s[0] += a[j] * b[j];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
 
 class TqCodec final : public VectorCodec {
  public:
@@ -46,8 +57,8 @@ class TqCodec final : public VectorCodec {
     double norm2 = 0.0;
     for (size_t j = 0; j < d; ++j) norm2 += static_cast<double>(x[j]) * x[j];
     const double norm = std::sqrt(norm2);
-    std::vector<uint8_t> idx(d, 0);
-    std::vector<float> y(d, 0.0f);
+    uint8_t idx[kMaxDim] = {};
+    float y[kMaxDim] = {};
     float stored_norm = static_cast<float>(norm);
     float residual_norm = 0.0f;
     if (!std::isfinite(norm)) {
@@ -55,7 +66,7 @@ class TqCodec final : public VectorCodec {
     } else if (norm > 0.0) {
       const float inv = static_cast<float>(1.0 / norm);
       for (size_t j = 0; j < d; ++j) y[j] = x[j] * inv;  // u = x / ||x||
-      rotation_.apply(y.data(), y.data());               // y = P u
+      rotation_.apply(y, y);                              // y = P u
       double recon2 = 0.0;
       for (size_t j = 0; j < d; ++j) {
         idx[j] = static_cast<uint8_t>(quantize_coordinate(book_->boundaries.data(), bits_, y[j]));
@@ -72,16 +83,12 @@ class TqCodec final : public VectorCodec {
         residual_norm = static_cast<float>(std::sqrt(r2));
       }
     }
-    pack_bits(bits_, idx.data(), d, p.codes + code_bytes_ * slot);
+    pack_bits(bits_, idx, d, p.codes + code_bytes_ * slot);
     if (format_.has_qjl()) {
-      std::vector<uint8_t> sign(d);
-      for (size_t i = 0; i < d; ++i) {  // sign_i = (S r)_i >= 0
-        const float* row = sketch_.data() + i * d;
-        double s = 0.0;
-        for (size_t j = 0; j < d; ++j) s += static_cast<double>(row[j]) * y[j];
-        sign[i] = s >= 0.0 ? 1 : 0;
-      }
-      pack_bits<1>(sign.data(), d, p.signs + sign_bytes_ * slot);
+      uint8_t sign[kMaxDim];
+      for (size_t i = 0; i < d; ++i)  // sign_i = (S r)_i >= 0
+        sign[i] = dot(sketch_.data() + i * d, y, d) >= 0.0f ? 1 : 0;
+      pack_bits<1>(sign, d, p.signs + sign_bytes_ * slot);
       store_scalar(p.residual_norms, slot, residual_norm, norm_fp32_);
     }
     store_scalar(p.norms, slot, stored_norm, norm_fp32_);
@@ -115,12 +122,7 @@ class TqCodec final : public VectorCodec {
     rotation_.apply(q, state);  // P q
     if (!format_.has_qjl()) return;
     const size_t d = static_cast<size_t>(dim_);
-    for (size_t i = 0; i < d; ++i) {  // S P q
-      const float* row = sketch_.data() + i * d;
-      float s = 0.0f;
-      for (size_t j = 0; j < d; ++j) s += row[j] * state[j];
-      state[d + i] = s;
-    }
+    for (size_t i = 0; i < d; ++i) state[d + i] = dot(sketch_.data() + i * d, state, d);  // S P q
   }
 
   void score(const float* states, int nq, const uint8_t* block, int capacity, int n,

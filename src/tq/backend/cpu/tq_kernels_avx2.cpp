@@ -7,6 +7,8 @@
 // GQA: each loaded group of 8 elements is used for up to 4 query heads held in registers.
 #include "tq/backend/cpu/tq_kernels_avx2.h"
 
+#include "tq/quant/bitpack.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -34,8 +36,7 @@ struct CodesLoader {
 
   // Indices of elements 8g .. 8g+7: they fill exactly kBits bytes of the row.
   static __m256i indices(const uint8_t* row, int g) {
-    uint64_t word = 0;
-    std::memcpy(&word, row + static_cast<size_t>(kBits) * g, kBits);
+    const uint64_t word = quant::load_le<kBits>(row + static_cast<size_t>(kBits) * g);
     const __m256i mask = _mm256_set1_epi32((1 << kBits) - 1);
     if constexpr (kBits <= 4) {
       const __m256i shifts = _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 4 * kBits,

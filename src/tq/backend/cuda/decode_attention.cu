@@ -114,15 +114,6 @@ SegmentPlan plan_segment(int max_len, int pairs, int num_sms, int ctas_per_sm, i
   return p;
 }
 
-struct Plan {
-  const AttnInstance* main = nullptr;
-  const AttnInstance* window = nullptr;
-  SegmentPlan main_plan, window_plan;
-  int dim = 0, n_kv_heads = 0, group = 0;
-  // workspace offsets (bytes)
-  size_t q_main = 0, q_sketch = 0, q_win = 0, part_o = 0, part_ml = 0, total = 0;
-};
-
 Status check_segment(const AttentionSegment& s, const char* name) {
   TQ_RETURN_IF_ERROR(s.k.validate().with_context(std::string(name) + ".k"));
   TQ_RETURN_IF_ERROR(s.v.validate().with_context(std::string(name) + ".v"));
@@ -136,56 +127,31 @@ Status check_segment(const AttentionSegment& s, const char* name) {
   return ok_status();
 }
 
-Expected<Plan> make_plan(const DecodeAttentionParams& p) {
+Status validate_params(const DecodeAttentionParams& p) {
   if (p.n_seqs <= 0 || p.n_heads <= 0) return invalid_argument("decode attention: no sequences or heads");
   if (!p.q || !p.out) return invalid_argument("decode attention: q and out are required");
   TQ_RETURN_IF_ERROR(check_segment(p.main, "main"));
-  Plan plan;
-  plan.dim = p.main.k.head_dim;
-  plan.n_kv_heads = p.main.k.n_kv_heads;
-  if (p.n_heads % plan.n_kv_heads != 0)
+  if (p.n_heads % p.main.k.n_kv_heads != 0)
     return invalid_argument("decode attention: n_heads must be a multiple of n_kv_heads");
-  plan.group = p.n_heads / plan.n_kv_heads;
-  if (plan.group > 8) return unsupported("decode attention: more than 8 query heads per KV head");
-  plan.main = find_instance(p.main.k.format, p.main.v.format, plan.dim);
-  if (!plan.main)
-    return unsupported("decode attention: no CUDA instance for K " + p.main.k.format.name() + ", V " +
-                       p.main.v.format.name() + ", head dim " + std::to_string(plan.dim));
+  if (p.n_heads / p.main.k.n_kv_heads > 8) return unsupported("decode attention: more than 8 query heads per KV head");
   const quant::Format f16 = quant::kFormatF16;
   if (p.window.present()) {
     TQ_RETURN_IF_ERROR(check_segment(p.window, "window"));
-    if (!(p.window.k.format == f16) || !(p.window.v.format == f16) || p.window.k.head_dim != plan.dim ||
-        p.window.k.n_kv_heads != plan.n_kv_heads)
+    if (!(p.window.k.format == f16) || !(p.window.v.format == f16) || p.window.k.head_dim != p.main.k.head_dim ||
+        p.window.k.n_kv_heads != p.main.k.n_kv_heads)
       return invalid_argument("decode attention: the window must be f16 K/V of the same shape");
-    plan.window = find_instance(f16, f16, plan.dim);
-    if (!plan.window) return unsupported("decode attention: no f16 window instance for this head dim");
   }
-  int num_sms = p.num_sms;
-  if (num_sms <= 0) {
-    int dev = 0;
-    TQ_CUDA_TRY(cudaGetDevice(&dev));
-    TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
-  }
-  const int pairs = p.n_seqs * plan.n_kv_heads;
-  plan.main_plan = plan_segment(p.main.max_length, pairs, num_sms, plan.main->occupancy(), p.max_splits);
-  if (plan.window)
-    plan.window_plan = plan_segment(p.window.max_length, pairs, num_sms, plan.window->occupancy(), p.max_splits);
-  const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
-  const size_t splits = static_cast<size_t>(plan.main_plan.splits + plan.window_plan.splits);
-  const auto take = [&](size_t bytes) {
-    const size_t off = plan.total;
-    plan.total += (bytes + 255) / 256 * 256;
-    return off;
-  };
-  plan.q_main = take(rows * plan.dim * 2);
-  plan.q_sketch = take(p.main.k.format.has_qjl() ? rows * plan.dim * 2 : 0);
-  plan.q_win = take(plan.window ? rows * plan.dim * 2 : 0);
-  plan.part_o = take(rows * std::max<size_t>(splits, 1) * plan.dim * 4);
-  plan.part_ml = take(rows * std::max<size_t>(splits, 1) * 8);
-  return plan;
+  const bool k_rot = p.main.k.format.is_tq(), v_rot = p.main.v.format.is_tq();
+  if (k_rot && (!p.main.k.tables.rotation || !p.main.k.tables.centroids))
+    return invalid_argument("decode attention: tq keys need rotation and codebook tables");
+  if (p.main.k.format.has_qjl() && !p.main.k.tables.qjl)
+    return invalid_argument("decode attention: tq prod keys need a QJL table");
+  if (v_rot && (!p.main.v.tables.rotation || !p.main.v.tables.centroids))
+    return invalid_argument("decode attention: tq values need rotation and codebook tables");
+  return ok_status();
 }
 
-AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p, const Plan& plan,
+AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
                       uint8_t* ws, const __half* q, const __half* q_sketch, int split_offset) {
   AttnArgs a{};
   a.k_pool = s.k.data;
@@ -207,7 +173,7 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
   a.part_o = reinterpret_cast<float*>(ws + plan.part_o);
   a.part_ml = reinterpret_cast<float2*>(ws + plan.part_ml);
   a.split_offset = split_offset;
-  a.splits_total = plan.main_plan.splits + plan.window_plan.splits;
+  a.splits_total = plan.main_splits + plan.window_splits;
   return a;
 }
 
@@ -217,15 +183,74 @@ bool decode_attention_supported(quant::Format k, quant::Format v, int head_dim) 
   return find_instance(k, v, head_dim) != nullptr;
 }
 
-Expected<size_t> decode_attention_workspace_bytes(const DecodeAttentionParams& p) {
-  TQ_ASSIGN_OR_RETURN(Plan plan, make_plan(p));
-  return plan.total;
+Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams& p) {
+  TQ_RETURN_IF_ERROR(validate_params(p));
+  DecodeAttentionPlan plan;
+  plan.dim = p.main.k.head_dim;
+  plan.n_kv_heads = p.main.k.n_kv_heads;
+  plan.group = p.n_heads / plan.n_kv_heads;
+  const AttnInstance* main = find_instance(p.main.k.format, p.main.v.format, plan.dim);
+  if (!main)
+    return unsupported("decode attention: no CUDA instance for K " + p.main.k.format.name() + ", V " +
+                       p.main.v.format.name() + ", head dim " + std::to_string(plan.dim));
+  const AttnInstance* window = nullptr;
+  if (p.window.present()) {
+    window = find_instance(quant::kFormatF16, quant::kFormatF16, plan.dim);
+    if (!window) return unsupported("decode attention: no f16 window instance for this head dim");
+  }
+  plan.main_instance = main;
+  plan.window_instance = window;
+  int num_sms = p.num_sms;
+  if (num_sms <= 0) {
+    int dev = 0;
+    TQ_CUDA_TRY(cudaGetDevice(&dev));
+    TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
+  }
+  const int pairs = p.n_seqs * plan.n_kv_heads;
+  const SegmentPlan mp = plan_segment(p.main.max_length, pairs, num_sms, main->occupancy(), p.max_splits);
+  plan.main_tokens_per_split = mp.tokens_per_split;
+  plan.main_splits = mp.splits;
+  if (window) {
+    const SegmentPlan wp = plan_segment(p.window.max_length, pairs, num_sms, window->occupancy(), p.max_splits);
+    plan.window_tokens_per_split = wp.tokens_per_split;
+    plan.window_splits = wp.splits;
+  }
+  const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
+  const size_t splits = std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
+  const auto take = [&](size_t bytes) {
+    const size_t off = plan.workspace_bytes;
+    plan.workspace_bytes += (bytes + 255) / 256 * 256;
+    return off;
+  };
+  plan.q_main = take(rows * plan.dim * 2);
+  plan.q_sketch = take(p.main.k.format.has_qjl() ? rows * plan.dim * 2 : 0);
+  plan.q_win = take(window ? rows * plan.dim * 2 : 0);
+  plan.part_o = take(rows * splits * plan.dim * 4);
+  plan.part_ml = take(rows * splits * 8);
+  return plan;
 }
 
-Status decode_attention(const DecodeAttentionParams& p, void* stream_ptr) {
-  TQ_ASSIGN_OR_RETURN(Plan plan, make_plan(p));
-  if (!p.workspace || p.workspace_bytes < plan.total)
-    return invalid_argument("decode attention: workspace of " + std::to_string(plan.total) +
+Expected<size_t> decode_attention_workspace_bytes(const DecodeAttentionParams& p) {
+  TQ_ASSIGN_OR_RETURN(DecodeAttentionPlan plan, plan_decode_attention(p));
+  return plan.workspace_bytes;
+}
+
+Status decode_attention(const DecodeAttentionParams& p, void* stream) {
+  TQ_ASSIGN_OR_RETURN(DecodeAttentionPlan plan, plan_decode_attention(p));
+  return decode_attention(p, plan, stream);
+}
+
+Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* stream_ptr) {
+  TQ_RETURN_IF_ERROR(validate_params(p));
+  const auto* main = static_cast<const AttnInstance*>(plan.main_instance);
+  const auto* window = static_cast<const AttnInstance*>(plan.window_instance);
+  if (!main || plan.dim != p.main.k.head_dim || (p.window.present() && !window))
+    return invalid_argument("decode attention: the plan was made for other parameters");
+  if (p.main.max_length > plan.main_tokens_per_split * plan.main_splits ||
+      (window && p.window.max_length > plan.window_tokens_per_split * plan.window_splits))
+    return invalid_argument("decode attention: sequences grew past the plan; plan again");
+  if (!p.workspace || p.workspace_bytes < plan.workspace_bytes)
+    return invalid_argument("decode attention: workspace of " + std::to_string(plan.workspace_bytes) +
                             " bytes needed, got " + std::to_string(p.workspace_bytes));
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   uint8_t* ws = static_cast<uint8_t*>(p.workspace);
@@ -235,32 +260,26 @@ Status decode_attention(const DecodeAttentionParams& p, void* stream_ptr) {
   auto* q_win = reinterpret_cast<__half*>(ws + plan.q_win);
   const bool k_rot = p.main.k.format.is_tq();
   const bool qjl = p.main.k.format.has_qjl();
-  if (k_rot && !p.main.k.tables.rotation) return invalid_argument("decode attention: tq keys need a rotation table");
-  if (qjl && !p.main.k.tables.qjl) return invalid_argument("decode attention: tq prod keys need a QJL table");
   const bool v_rot = p.main.v.format.is_tq();
-  if (v_rot && !p.main.v.tables.rotation) return invalid_argument("decode attention: tq values need a rotation table");
-  if ((p.main.k.format.is_tq() && !p.main.k.tables.centroids) || (v_rot && !p.main.v.tables.centroids))
-    return invalid_argument("decode attention: tq pools need their codebook table");
   const float c = p.scale * kLog2e;
   prepare_query_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
       p.q, p.n_heads, d, c, k_rot ? p.main.k.tables.rotation : nullptr, qjl ? p.main.k.tables.qjl : nullptr,
-      c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch, plan.window ? q_win : nullptr);
+      c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch, window ? q_win : nullptr);
   TQ_CUDA_CHECK_LAUNCH(stream);
-
-  if (plan.main_plan.splits > 0) {
+  if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
-    a.tokens_per_split = plan.main_plan.tokens_per_split;
-    TQ_RETURN_IF_ERROR(plan.main->launch(a, plan.main_plan.splits, plan.n_kv_heads, p.n_seqs, stream));
+    a.tokens_per_split = plan.main_tokens_per_split;
+    TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream));
   }
-  if (plan.window && plan.window_plan.splits > 0) {
-    AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_plan.splits);
-    a.tokens_per_split = plan.window_plan.tokens_per_split;
-    TQ_RETURN_IF_ERROR(plan.window->launch(a, plan.window_plan.splits, plan.n_kv_heads, p.n_seqs, stream));
+  if (window && plan.window_splits > 0) {
+    AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_splits);
+    a.tokens_per_split = plan.window_tokens_per_split;
+    TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, stream));
   }
-  const int splits_total = plan.main_plan.splits + plan.window_plan.splits;
+  const int splits_total = plan.main_splits + plan.window_splits;
   merge_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
       reinterpret_cast<const float*>(ws + plan.part_o), reinterpret_cast<const float2*>(ws + plan.part_ml),
-      plan.main_plan.splits, splits_total, p.n_heads, d, v_rot ? p.main.v.tables.rotation : nullptr, p.out);
+      plan.main_splits, splits_total, p.n_heads, d, v_rot ? p.main.v.tables.rotation : nullptr, p.out);
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }

@@ -1,5 +1,6 @@
 #include "tq/backend/cuda/device_tables.h"
 
+#include <utility>
 #include <vector>
 
 #include "tq/backend/cuda/cuda_common.cuh"
@@ -27,7 +28,7 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
                                                       quant::CodebookCache& books) {
   TQ_RETURN_IF_ERROR(format.validate(dim));
   DeviceCodecTables t;
-  if (!format.is_tq()) return t;
+  if (!format.is_tq()) return Expected<DeviceCodecTables>(std::move(t));
   TQ_ASSIGN_OR_RETURN(const quant::Codebook* book, books.get(dim, format.code_bits()));
   TQ_ASSIGN_OR_RETURN(quant::Rotation rot, quant::Rotation::create(dim, seed));
   const std::vector<float> p = rot.matrix();
@@ -53,7 +54,7 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   t.view_.rotation = base + o_p;
   t.view_.hadamard_signs = rot.is_hadamard() ? base + o_d : nullptr;
   t.view_.qjl = format.has_qjl() ? base + o_s : nullptr;
-  return t;
+  return Expected<DeviceCodecTables>(std::move(t));
 }
 
 }  // namespace tq::backend::cuda

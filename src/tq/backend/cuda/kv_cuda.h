@@ -86,6 +86,22 @@ struct DecodeAttentionParams {
   size_t workspace_bytes = 0;
 };
 
+// The host-side plan of one decode attention shape (instances, split-K, workspace layout):
+// make it once per batch shape (it queries the device), then run it every step. It stays valid
+// while the formats, n_seqs, n_heads and the segments' max_length / max_blocks do not grow.
+struct DecodeAttentionPlan {
+  const void* main_instance = nullptr;    // internal: the compiled kernel of each segment
+  const void* window_instance = nullptr;
+  int main_tokens_per_split = 0, main_splits = 0;
+  int window_tokens_per_split = 0, window_splits = 0;
+  int dim = 0, n_kv_heads = 0, group = 0;
+  size_t q_main = 0, q_sketch = 0, q_win = 0, part_o = 0, part_ml = 0;  // workspace offsets
+  size_t workspace_bytes = 0;
+};
+Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams& p);
+Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* stream);
+
+// Plans and runs in one call (convenient; plans every time).
 Expected<size_t> decode_attention_workspace_bytes(const DecodeAttentionParams& p);
 Status decode_attention(const DecodeAttentionParams& p, void* stream);
 

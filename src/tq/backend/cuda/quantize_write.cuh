@@ -58,8 +58,11 @@ __device__ __forceinline__ double team_sum(unsigned mask, double v) {
 // The lanes of this thread's team (teams of kLanes consecutive lanes may exit independently).
 template <int kLanes>
 __device__ __forceinline__ unsigned team_mask() {
-  if constexpr (kLanes == 32) return 0xffffffffu;
-  return ((1u << kLanes) - 1u) << ((threadIdx.x % 32) / kLanes * kLanes);
+  if constexpr (kLanes == 32) {
+    return 0xffffffffu;
+  } else {
+    return ((1u << kLanes) - 1u) << ((threadIdx.x % 32) / kLanes * kLanes);
+  }
 }
 
 // CPU norm_to_f16: saturate at 65504, NaN as 0x7e00, otherwise round to nearest even.
@@ -67,6 +70,11 @@ __device__ __forceinline__ uint16_t norm_to_f16(float v) {
   if (isnan(v)) return 0x7e00u;
   if (v > 65504.0f) v = 65504.0f;
   return __half_as_ushort(__float2half_rn(v));
+}
+
+// CPU f32_to_f16 (no saturation): NaN as 0x7e00.
+__device__ __forceinline__ uint16_t f16_bits(float v) {
+  return isnan(v) ? uint16_t{0x7e00u} : __half_as_ushort(__float2half_rn(v));
 }
 
 // The CPU's branchless binary search: number of boundaries below y (NaN -> 0).
@@ -189,7 +197,7 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
 #pragma unroll
     for (int e = 0; e < kE; ++e) team_r[team][lane * kE + e] = y[e];
   }
-  __syncwarp();
+  __syncwarp(mask);
   uint32_t* codes = reinterpret_cast<uint32_t*>(blk + slot * kCodeBytes);
   for (int w = lane; w < kCodeBytes / 4; w += kLanes) {
     const int i0 = (32 * w) / kBits, i1 = (32 * w + 31) / kBits;
@@ -271,7 +279,7 @@ __global__ void __launch_bounds__(kWriteThreads) baseline_write_kernel(const Wri
     if constexpr (kKind == quant::FormatKind::kQ8_0) {
       const float s = finite ? __fdiv_rn(amax, 127.0f) : NAN;
       const float inv = (finite && s != 0.0f) ? __fdiv_rn(1.0f, s) : 0.0f;
-      if (m == 0) *reinterpret_cast<uint16_t*>(gb) = __half_as_ushort(__float2half_rn(s));
+      if (m == 0) *reinterpret_cast<uint16_t*>(gb) = dev::f16_bits(s);
       uint16_t* qs = reinterpret_cast<uint16_t*>(gb + 2 + m * kE);
 #pragma unroll
       for (int e = 0; e < kE; e += 2) {
@@ -283,7 +291,7 @@ __global__ void __launch_bounds__(kWriteThreads) baseline_write_kernel(const Wri
     } else {
       const float s = finite ? __fdiv_rn(vmax, -8.0f) : NAN;
       const float inv = (finite && s != 0.0f) ? __fdiv_rn(1.0f, s) : 0.0f;
-      if (m == 0) *reinterpret_cast<uint16_t*>(gb) = __half_as_ushort(__float2half_rn(s));
+      if (m == 0) *reinterpret_cast<uint16_t*>(gb) = dev::f16_bits(s);
       int q[kE];
 #pragma unroll
       for (int e = 0; e < kE; ++e) q[e] = min(15, __float2int_rz(__fadd_rn(__fmul_rn(x[e], inv), 8.5f)));

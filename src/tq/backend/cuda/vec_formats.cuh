@@ -125,6 +125,7 @@ struct F16Fmt {
   static constexpr bool kHasQjl = false;
   static constexpr int kCodeBits = 16;
   static constexpr int kTableBytes = 0;
+  static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
   static constexpr int kSignTableBytes = 0;
 
   template <int kN>
@@ -161,6 +162,7 @@ struct Q8Fmt {
   static constexpr bool kHasQjl = false;
   static constexpr int kCodeBits = 8;
   static constexpr int kTableBytes = 0;
+  static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
   static constexpr int kSignTableBytes = 0;
   static constexpr int kRowBytes = kDim / 32 * 34;
 
@@ -204,6 +206,7 @@ struct Q4Fmt {
   static constexpr bool kHasQjl = false;
   static constexpr int kCodeBits = 4;
   static constexpr int kTableBytes = 0;
+  static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
   static constexpr int kSignTableBytes = 0;
   static constexpr int kRowBytes = kDim / 32 * 18;
 

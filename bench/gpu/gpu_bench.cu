@@ -1,0 +1,364 @@
+// tq_gpu_bench: decode attention over the paged KV cache (Llama-3-8B shape: 32 query heads,
+// 8 KV heads, head_dim 128) per context length, batch and K/V format, and quantize-on-write.
+// Reports time per call (CUDA events, warm-up, L2 flushed before every rep, median), the bytes
+// the call must read (K/V pages as stored + query/partials), achieved GB/s, the fraction of the
+// measured device-to-device copy bandwidth (bytes read + written), and the speedup over tq's
+// own f16 kernel. Writes CSV files into --out.
+//
+//   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
+//                [--reps 20] [--write 0|1]
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "tq/backend/cuda/device_tables.h"
+#include "tq/backend/cuda/kv_cuda.h"
+#include "tq/core/rng.h"
+#include "tq/quant/codebook.h"
+#include "tq/quant/format.h"
+
+namespace {
+
+using namespace tq;
+using namespace tq::backend::cuda;
+
+#define CK(expr)                                                                               \
+  do {                                                                                         \
+    const cudaError_t e_ = (expr);                                                             \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                            \
+    }                                                                                          \
+  } while (0)
+#define ST(expr)                                                                                     \
+  do {                                                                                               \
+    const ::tq::Status s_ = (expr);                                                                  \
+    if (!s_.ok()) {                                                                                  \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.to_string().c_str()); \
+      std::exit(1);                                                                                  \
+    }                                                                                                \
+  } while (0)
+
+constexpr int kHeads = 32, kKvHeads = 8, kDim = 128, kCap = 32;
+constexpr uint64_t kSeed = 0xbe4c0006u;
+
+// Roughly normal fp16 values (sum of uniforms from a hash), outlier channels on keys.
+__global__ void random_kv_kernel(__half* x, size_t n, uint64_t seed, float outlier) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint64_t h = (i + 1) * 0x9e3779b97f4a7c15ull ^ seed;
+    h ^= h >> 31;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 29;
+    const float u = ((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) / 65536.0f - 2.0f;
+    const int j = static_cast<int>(i % kDim);
+    x[i] = __float2half_rn(u * 1.7f * ((j == 3 || j == 85) ? outlier : 1.0f));
+  }
+}
+
+// Slots of the flattened (sequence, token) indices t0 .. t0 + n - 1.
+__global__ void slots_kernel(int32_t* slots, int n, long long t0, const int32_t* table, int blocks_per_seq, int len) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const long long gi = t0 + i;
+  const int seq = static_cast<int>(gi / len), t = static_cast<int>(gi % len);
+  slots[i] = table[seq * blocks_per_seq + t / kCap] * kCap + t % kCap;
+}
+
+std::vector<int> parse_ints(const char* s) {
+  std::vector<int> v;
+  for (const char* p = s; *p;) {
+    v.push_back(std::atoi(p));
+    while (*p && *p != ',') ++p;
+    if (*p) ++p;
+  }
+  return v;
+}
+std::vector<std::string> parse_list(const char* s) {
+  std::vector<std::string> v;
+  std::string cur;
+  for (const char* p = s;; ++p) {
+    if (*p == ',' || !*p) {
+      if (!cur.empty()) v.push_back(cur);
+      cur.clear();
+      if (!*p) break;
+    } else {
+      cur += *p;
+    }
+  }
+  return v;
+}
+
+struct Timer {
+  cudaEvent_t a, b;
+  Timer() {
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+  }
+  ~Timer() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+};
+
+// Median time (ms) of fn over reps, with `flush` (L2 eviction) before every rep.
+template <typename Fn>
+double time_median(Fn&& fn, int reps, void* flush, size_t flush_bytes) {
+  Timer t;
+  for (int i = 0; i < 3; ++i) fn();  // warm-up
+  CK(cudaDeviceSynchronize());
+  std::vector<double> ms;
+  for (int r = 0; r < reps; ++r) {
+    CK(cudaMemsetAsync(flush, r & 0xff, flush_bytes));
+    CK(cudaEventRecord(t.a));
+    fn();
+    CK(cudaEventRecord(t.b));
+    CK(cudaEventSynchronize(t.b));
+    float x = 0;
+    CK(cudaEventElapsedTime(&x, t.a, t.b));
+    ms.push_back(x);
+  }
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+struct PoolSet {
+  PagedPool k, v;
+  std::unique_ptr<DeviceCodecTables> kt, vt;
+};
+
+// Fills one pool with `tokens` random vectors per sequence through the write kernel.
+void fill_pool(PagedPool& pool, const int32_t* d_table, int batch, int len, int blocks_per_seq, __half* scratch,
+               size_t scratch_tokens, int32_t* d_slots, uint64_t seed, float outlier) {
+  const long long total = static_cast<long long>(batch) * len;
+  for (long long t0 = 0; t0 < total; t0 += static_cast<long long>(scratch_tokens)) {
+    const int n = static_cast<int>(std::min<long long>(scratch_tokens, total - t0));
+    random_kv_kernel<<<1024, 256>>>(scratch, static_cast<size_t>(n) * kKvHeads * kDim, seed + t0, outlier);
+    CK(cudaGetLastError());
+    slots_kernel<<<(n + 255) / 256, 256>>>(d_slots, n, t0, d_table, blocks_per_seq, len);
+    CK(cudaGetLastError());
+    QuantizeWriteParams w;
+    w.pool = pool;
+    w.x = scratch;
+    w.x_is_f16 = true;
+    w.tokens = n;
+    w.slot_mapping = d_slots;
+    ST(quantize_write(w, nullptr));
+  }
+  CK(cudaDeviceSynchronize());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string out_dir = ".";
+  std::vector<int> contexts = {1024, 4096, 16384, 32768, 131072};
+  std::vector<int> batches = {1, 8, 32, 64};
+  std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4", "tq4/tq3", "tq3/tq3", "tq2/tq2"};
+  int reps = 20;
+  bool write_bench = true;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i];
+    if (a == "--out") out_dir = argv[i + 1];
+    else if (a == "--contexts") contexts = parse_ints(argv[i + 1]);
+    else if (a == "--batches") batches = parse_ints(argv[i + 1]);
+    else if (a == "--formats") formats = parse_list(argv[i + 1]);
+    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
+    else if (a == "--write") write_bench = std::atoi(argv[i + 1]) != 0;
+  }
+
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  size_t free_b = 0, total_b = 0;
+  CK(cudaMemGetInfo(&free_b, &total_b));
+  std::printf("device: %s, %d SMs, L2 %d MB, %.1f GiB (%.1f free)\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20, total_b / 1073741824.0, free_b / 1073741824.0);
+
+  // L2 flush buffer and the copy-bandwidth ceiling.
+  const size_t flush_bytes = 256ull << 20;
+  void* flush = nullptr;
+  CK(cudaMalloc(&flush, flush_bytes));
+  double copy_gbps = 0;
+  {
+    const size_t n = 2ull << 30;
+    void *a = nullptr, *b = nullptr;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    CK(cudaMemset(a, 1, n));
+    const double ms = time_median([&] { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); }, 10, flush, flush_bytes);
+    copy_gbps = 2.0 * n / (ms * 1e-3) / 1e9;
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+  }
+  std::printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", copy_gbps);
+
+  quant::CodebookCache books;
+  const uint64_t layer_seed = derive_seed(kSeed, 1);
+  const size_t scratch_tokens = 65536;
+  __half* scratch = nullptr;
+  int32_t* d_slots = nullptr;
+  CK(cudaMalloc(&scratch, scratch_tokens * kKvHeads * kDim * sizeof(__half)));
+  CK(cudaMalloc(&d_slots, scratch_tokens * sizeof(int32_t)));
+
+  // --- quantize-on-write bandwidth (65536 tokens x 8 KV heads from fp16) ---
+  FILE* wcsv = std::fopen((out_dir + "/write_bench.csv").c_str(), "w");
+  std::fprintf(wcsv, "device,format,tokens,time_us,bytes,gbps,frac_copy\n");
+  std::printf("\n## Quantize-on-write, %zu tokens x %d KV heads x %d, fp16 in\n\n", scratch_tokens, kKvHeads, kDim);
+  std::printf("| format | time (us) | bytes moved | GB/s | of copy BW |\n|---|---|---|---|---|\n");
+  for (const char* fname : {"f16", "q8_0", "q4_0", "tq4", "tq3", "tq2", "tq4j"}) {
+    if (!write_bench) break;
+    const quant::Format f = *quant::parse_format(fname);
+    auto tables = DeviceCodecTables::create(f, kDim, layer_seed, books);
+    ST(tables.status());
+    const int blocks = static_cast<int>(scratch_tokens / kCap);
+    PagedPool pool;
+    pool.format = f;
+    pool.head_dim = kDim;
+    pool.block_tokens = kCap;
+    pool.n_kv_heads = kKvHeads;
+    pool.norm_correction = true;
+    pool.tables = tables->view();
+    CK(cudaMalloc(&pool.data, pool.block_stride_or_default() * blocks));
+    std::vector<int32_t> slots(scratch_tokens);
+    const std::vector<int32_t> table = [&] {
+      std::vector<int32_t> t(static_cast<size_t>(blocks));
+      for (int i = 0; i < blocks; ++i) t[static_cast<size_t>(i)] = i;
+      Rng rng(kSeed);
+      for (int i = blocks - 1; i > 0; --i) std::swap(t[static_cast<size_t>(i)], t[rng.next_u64() % (i + 1)]);
+      return t;
+    }();
+    for (size_t i = 0; i < scratch_tokens; ++i) slots[i] = table[i / kCap] * kCap + static_cast<int>(i % kCap);
+    CK(cudaMemcpy(d_slots, slots.data(), slots.size() * 4, cudaMemcpyHostToDevice));
+    random_kv_kernel<<<1024, 256>>>(scratch, scratch_tokens * kKvHeads * kDim, kSeed, 10.0f);
+    CK(cudaGetLastError());
+    QuantizeWriteParams w;
+    w.pool = pool;
+    w.x = scratch;
+    w.x_is_f16 = true;
+    w.slot_mapping = d_slots;
+    w.tokens = static_cast<int>(scratch_tokens);
+    const double ms = time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
+    const double bytes = static_cast<double>(scratch_tokens) * kKvHeads * (kDim * 2 + f.bytes_per_vector(kDim)) +
+                         scratch_tokens * 4.0;
+    const double gbps = bytes / (ms * 1e-3) / 1e9;
+    std::printf("| %s | %.1f | %.0f MB | %.0f | %.2f |\n", fname, ms * 1e3, bytes / 1e6, gbps, gbps / copy_gbps);
+    std::fprintf(wcsv, "%s,%s,%zu,%.2f,%.0f,%.1f,%.4f\n", prop.name, fname, scratch_tokens, ms * 1e3, bytes, gbps,
+                 gbps / copy_gbps);
+    CK(cudaFree(pool.data));
+  }
+  std::fclose(wcsv);
+
+  // --- decode attention ---
+  FILE* csv = std::fopen((out_dir + "/gpu_bench.csv").c_str(), "w");
+  std::fprintf(csv, "device,context,batch,format,time_us,bytes,gbps,frac_copy,speedup_vs_f16\n");
+  std::printf("\n## Decode attention, %d query heads / %d KV heads / d %d, copy BW %.0f GB/s\n", kHeads, kKvHeads,
+              kDim, copy_gbps);
+  for (int len : contexts) {
+    std::printf("\n### context %d\n\n| batch | format | time (us) | bytes read | GB/s | of copy BW | vs tq f16 | splits x tokens |\n"
+                "|---|---|---|---|---|---|---|---|\n", len);
+    for (int batch : batches) {
+      double f16_ms = 0;
+      for (const std::string& fk : formats) {
+        const size_t slash = fk.find('/');
+        const quant::Format kf = *quant::parse_format(fk.substr(0, slash));
+        const quant::Format vf = *quant::parse_format(fk.substr(slash + 1));
+        const int blocks_per_seq = (len + kCap - 1) / kCap;
+        const size_t n_blocks = static_cast<size_t>(batch) * blocks_per_seq;
+        const size_t kv_bytes = n_blocks * kKvHeads * kCap * (kf.bytes_per_vector(kDim) + vf.bytes_per_vector(kDim));
+        CK(cudaMemGetInfo(&free_b, &total_b));
+        if (kv_bytes + (1ull << 30) > free_b) {
+          std::printf("| %d | %s | skipped: %.1f GB of pages do not fit |\n", batch, fk.c_str(), kv_bytes / 1e9);
+          continue;
+        }
+        PoolSet ps;
+        auto kt = DeviceCodecTables::create(kf, kDim, layer_seed, books);
+        auto vt = DeviceCodecTables::create(vf, kDim, layer_seed, books);
+        ST(kt.status());
+        ST(vt.status());
+        ps.kt = std::make_unique<DeviceCodecTables>(std::move(*kt));
+        ps.vt = std::make_unique<DeviceCodecTables>(std::move(*vt));
+        for (PagedPool* p : {&ps.k, &ps.v}) {
+          const bool is_k = p == &ps.k;
+          p->format = is_k ? kf : vf;
+          p->head_dim = kDim;
+          p->block_tokens = kCap;
+          p->n_kv_heads = kKvHeads;
+          p->norm_correction = true;
+          p->tables = is_k ? ps.kt->view() : ps.vt->view();
+          CK(cudaMalloc(&p->data, p->block_stride_or_default() * n_blocks));
+        }
+        // Pages of all sequences interleaved in shuffled order, as a busy pool hands them out.
+        std::vector<int32_t> table(n_blocks);
+        for (size_t i = 0; i < n_blocks; ++i) table[i] = static_cast<int32_t>(i);
+        Rng rng(kSeed + len + batch);
+        for (size_t i = n_blocks - 1; i > 0; --i) std::swap(table[i], table[rng.next_u64() % (i + 1)]);
+        int32_t *d_table = nullptr, *d_len = nullptr;
+        CK(cudaMalloc(&d_table, n_blocks * 4));
+        CK(cudaMalloc(&d_len, batch * 4));
+        CK(cudaMemcpy(d_table, table.data(), n_blocks * 4, cudaMemcpyHostToDevice));
+        const std::vector<int32_t> lens(static_cast<size_t>(batch), len);
+        CK(cudaMemcpy(d_len, lens.data(), batch * 4, cudaMemcpyHostToDevice));
+        fill_pool(ps.k, d_table, batch, len, blocks_per_seq, scratch, scratch_tokens, d_slots, kSeed + 1, 10.0f);
+        fill_pool(ps.v, d_table, batch, len, blocks_per_seq, scratch, scratch_tokens, d_slots, kSeed + 2, 1.0f);
+
+        DecodeAttentionParams p;
+        p.n_seqs = batch;
+        p.n_heads = kHeads;
+        p.scale = 1.0f / std::sqrt(static_cast<float>(kDim));
+        p.main.k = ps.k;
+        p.main.v = ps.v;
+        p.main.block_tables = d_table;
+        p.main.max_blocks = blocks_per_seq;
+        p.main.lengths = d_len;
+        p.main.max_length = len;
+        float *d_q = nullptr, *d_out = nullptr;
+        const size_t qn = static_cast<size_t>(batch) * kHeads * kDim;
+        CK(cudaMalloc(&d_q, qn * 4));
+        CK(cudaMalloc(&d_out, qn * 4));
+        std::vector<float> hq(qn);
+        Rng qr(kSeed + 3);
+        for (float& x : hq) x = static_cast<float>(qr.normal());
+        CK(cudaMemcpy(d_q, hq.data(), qn * 4, cudaMemcpyHostToDevice));
+        p.q = d_q;
+        p.out = d_out;
+        p.num_sms = prop.multiProcessorCount;
+        auto plan = plan_decode_attention(p);
+        ST(plan.status());
+        const size_t ws = plan->workspace_bytes;
+        CK(cudaMalloc(&p.workspace, ws));
+        p.workspace_bytes = ws;
+        const double ms = time_median([&] { ST(decode_attention(p, *plan, nullptr)); }, reps, flush, flush_bytes);
+        // Bytes the call must move: every stored K/V byte once, the query, the partials (written
+        // and read back) and the output.
+        const double bytes = static_cast<double>(kv_bytes) + 2.0 * static_cast<double>(ws) + qn * 8.0 + n_blocks * 4.0;
+        const double gbps = bytes / (ms * 1e-3) / 1e9;
+        if (kf == quant::kFormatF16) f16_ms = ms;
+        const double speedup = f16_ms > 0 ? f16_ms / ms : 0.0;
+        std::printf("| %d | %s | %.1f | %.1f MB | %.0f | %.2f | %.2fx | %d x %d |\n", batch, fk.c_str(), ms * 1e3,
+                    bytes / 1e6, gbps, gbps / copy_gbps, speedup, plan->main_splits, plan->main_tokens_per_split);
+        std::fprintf(csv, "%s,%d,%d,%s,%.2f,%.0f,%.1f,%.4f,%.3f\n", prop.name, len, batch, fk.c_str(), ms * 1e3, bytes,
+                     gbps, gbps / copy_gbps, speedup);
+        std::fflush(stdout);
+        CK(cudaFree(p.workspace));
+        CK(cudaFree(d_q));
+        CK(cudaFree(d_out));
+        CK(cudaFree(d_table));
+        CK(cudaFree(d_len));
+        CK(cudaFree(ps.k.data));
+        CK(cudaFree(ps.v.data));
+      }
+    }
+  }
+  std::fclose(csv);
+  std::printf("\ncopy_gbps=%.1f\n", copy_gbps);
+  return 0;
+}

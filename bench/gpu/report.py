@@ -1,0 +1,53 @@
+#!/usr/bin/env python3
+"""Joins tq_gpu_bench's CSVs with sdpa_ref.py's into one markdown report (per context length:
+batch x format, time, GB/s, fraction of copy bandwidth, speedup over tq f16 and over PyTorch SDPA).
+
+    python3 report.py OUT_DIR > results.md
+"""
+import csv
+import os
+import sys
+
+
+def read(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def main():
+    out = sys.argv[1]
+    bench = read(os.path.join(out, "gpu_bench.csv"))
+    sdpa = {(int(r["context"]), int(r["batch"])): r for r in read(os.path.join(out, "sdpa.csv"))}
+    write = read(os.path.join(out, "write_bench.csv"))
+    device = bench[0]["device"] if bench else "?"
+    print(f"# tq GPU decode attention, {device}\n")
+    print("Llama-3-8B attention shape (32 query heads, 8 KV heads, head_dim 128), one layer, one query")
+    print("token per sequence. Bytes = stored K/V bytes + query + split-K partials. `of copy` = GB/s over")
+    print("the measured device-to-device copy bandwidth (read + write). SDPA = PyTorch fp16")
+    print("scaled_dot_product_attention on the same shape (faster of enable_gqa / grouped rows).\n")
+    contexts = sorted({int(r["context"]) for r in bench})
+    for ctx in contexts:
+        print(f"## context {ctx}\n")
+        print("| batch | K/V | time (us) | GB/s | of copy | vs tq f16 | SDPA fp16 (us) | vs SDPA |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in (r for r in bench if int(r["context"]) == ctx):
+            s = sdpa.get((ctx, int(r["batch"])))
+            t = float(r["time_us"])
+            s_t = float(s["time_us"]) if s else None
+            vs = f"{s_t / t:.2f}x" if s_t else "-"
+            print(f"| {r['batch']} | {r['format']} | {t:.1f} | {float(r['gbps']):.0f} | {float(r['frac_copy']):.2f} "
+                  f"| {float(r['speedup_vs_f16']):.2f}x | {s_t if s_t else '-'} | {vs} |")
+        print()
+    if write:
+        print("## quantize-on-write (65536 tokens x 8 KV heads x 128, fp16 input)\n")
+        print("| format | time (us) | GB/s | of copy |")
+        print("|---|---|---|---|")
+        for r in write:
+            print(f"| {r['format']} | {float(r['time_us']):.1f} | {float(r['gbps']):.0f} | {float(r['frac_copy']):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

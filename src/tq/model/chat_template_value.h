@@ -1,0 +1,79 @@
+// The values a chat template computes with (a small model of Jinja2's Python objects): none,
+// undefined, bool, int, float, string, list, dict and namespace, plus Python-compatible
+// printing, truthiness, comparison and JSON. Lists and dicts share their storage like Python
+// references, which is what `{% set ns.x = ... %}` on a namespace relies on.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "tq/core/status.h"
+
+namespace tq::model::jinja {
+
+struct Value;
+using ValueList = std::vector<Value>;
+using ValueDict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered
+
+struct Value {
+  enum class Kind { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace,
+                    kFunction };
+  Kind kind = Kind::kUndefined;
+  bool b = false;
+  int64_t i = 0;
+  double f = 0.0;
+  std::string s;                     // kString; kFunction: the builtin's name
+  std::shared_ptr<ValueList> list;   // kList
+  std::shared_ptr<ValueDict> dict;   // kDict, kNamespace
+
+  static Value undefined() { return Value{}; }
+  static Value none() { Value v; v.kind = Kind::kNone; return v; }
+  static Value boolean(bool x) { Value v; v.kind = Kind::kBool; v.b = x; return v; }
+  static Value integer(int64_t x) { Value v; v.kind = Kind::kInt; v.i = x; return v; }
+  static Value real(double x) { Value v; v.kind = Kind::kFloat; v.f = x; return v; }
+  static Value string(std::string x) { Value v; v.kind = Kind::kString; v.s = std::move(x); return v; }
+  static Value new_list(ValueList items = {}) {
+    Value v; v.kind = Kind::kList; v.list = std::make_shared<ValueList>(std::move(items)); return v;
+  }
+  static Value new_dict(ValueDict items = {}, Kind kind = Kind::kDict) {
+    Value v; v.kind = kind; v.dict = std::make_shared<ValueDict>(std::move(items)); return v;
+  }
+  static Value function(std::string name) { Value v; v.kind = Kind::kFunction; v.s = std::move(name); return v; }
+
+  bool is_undefined() const { return kind == Kind::kUndefined; }
+  bool is_none() const { return kind == Kind::kNone; }
+  bool is_string() const { return kind == Kind::kString; }
+  bool is_number() const { return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool; }
+  bool is_list() const { return kind == Kind::kList; }
+  bool is_mapping() const { return kind == Kind::kDict || kind == Kind::kNamespace; }
+
+  // A dict's or namespace's entry, or nullptr.
+  const Value* find(std::string_view key) const;
+  void set(const std::string& key, Value v);  // kDict/kNamespace only
+};
+
+const char* kind_name(Value::Kind k);
+bool truthy(const Value& v);
+// str(v) as Jinja prints it: None, True, 3.5, [1, 'a'], {'k': 'v'}; undefined prints "".
+std::string to_output(const Value& v);
+std::string python_repr(const Value& v);
+std::string to_json(const Value& v);  // json.dumps(v, ensure_ascii=False)
+bool equals(const Value& a, const Value& b);
+// <0, 0, >0; Unsupported for unorderable kinds (e.g. a string and a number).
+Expected<int> compare(const Value& a, const Value& b);
+// Python's len(): code points for strings.
+Expected<int64_t> length(const Value& v);
+// The items `for` iterates: list elements, dict keys, string characters; none for undefined.
+Expected<ValueList> iterate(const Value& v);
+
+// UTF-8 string helpers with Python semantics (code points, Unicode whitespace for strip).
+std::vector<std::string> utf8_chars(std::string_view s);
+std::string py_strip(std::string_view s, std::string_view chars, bool left, bool right);
+std::string ascii_upper(std::string s);
+std::string ascii_lower(std::string s);
+
+}  // namespace tq::model::jinja

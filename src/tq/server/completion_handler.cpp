@@ -1,0 +1,243 @@
+// The completion endpoints (see completion_handler.h).
+#include "tq/server/completion_handler.h"
+
+#include <chrono>
+#include <ctime>
+#include <memory>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tq/core/log.h"
+#include "tq/server/http_util.h"
+#include "tq/server/openai_format.h"
+#include "tq/server/sse.h"
+
+namespace tq::server {
+namespace {
+
+using json = nlohmann::json;
+using runtime::FinishReason;
+using runtime::StreamEvent;
+using Clock = runtime::SteadyClock;
+
+constexpr auto kPollInterval = std::chrono::milliseconds(100);
+// A stream that has sent nothing for this long writes a keep-alive comment, which is also how
+// it notices a client that has gone (prefill of a long prompt, or waiting in the queue).
+constexpr auto kKeepAlive = std::chrono::seconds(2);
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Time to first token, inter-token gaps and the whole request, from the engine's timestamps.
+class LatencyRecorder {
+ public:
+  LatencyRecorder(ServerMetrics& m, Clock::time_point arrival) : m_(m), arrival_(arrival) {}
+  void on_event(const StreamEvent& e) {
+    if (e.kind == StreamEvent::Kind::kDone) {
+      if (e.finish == FinishReason::kStop || e.finish == FinishReason::kLength)
+        m_.observe_request(seconds(e.time - arrival_));
+      return;
+    }
+    if (e.token < 0) return;  // a flush of held-back text, not a token
+    if (!have_first_) m_.observe_ttft(seconds(e.time - arrival_));
+    else m_.observe_inter_token(seconds(e.time - last_));
+    have_first_ = true;
+    last_ = e.time;
+  }
+
+ private:
+  ServerMetrics& m_;
+  Clock::time_point arrival_;
+  Clock::time_point last_;
+  bool have_first_ = false;
+};
+
+ApiError done_error(const StreamEvent& e) {
+  if (e.finish == FinishReason::kCancelled)
+    return server_error(503, "The request was cancelled: the server is shutting down.",
+                        "server_shutting_down");
+  return server_error(500, "Generation failed: " + e.error, "internal_error");
+}
+
+UsageCounts usage_of(const StreamEvent& done) {
+  return UsageCounts{done.prompt_tokens, done.completion_tokens, done.cached_tokens};
+}
+
+// Everything a streaming response keeps between calls of httplib's content provider.
+struct StreamState {
+  StreamState(std::shared_ptr<runtime::RequestChannel> c, ResponseMeta m, const CompletionParams& p,
+              const model::Tokenizer& tok, ServerMetrics& metrics)
+      : channel(std::move(c)),
+        meta(std::move(m)),
+        include_usage(p.include_usage),
+        want_logprobs(p.logprobs),
+        logprobs(p.endpoint, tok),
+        latency(metrics, channel->arrival()) {}
+
+  // SSE text for the events that arrived; sets finished at the final one.
+  std::string render(std::vector<StreamEvent>& events) {
+    std::string out;
+    if (!started) {
+      started = true;
+      if (meta.endpoint == Endpoint::kChat)
+        out += sse_data(dump_json(stream_chunk(meta, "", true, nullptr, nullptr, include_usage)));
+    }
+    for (auto& e : events) {
+      latency.on_event(e);
+      if (e.kind == StreamEvent::Kind::kDelta) {
+        json lp = nullptr;
+        if (want_logprobs && e.has_logprob) {
+          logprobs.add(e.logprob, text_len);
+          lp = logprobs.take();
+        }
+        text_len += e.text.size();
+        if (e.text.empty() && lp.is_null()) continue;
+        out += sse_data(dump_json(stream_chunk(meta, e.text, false, lp, nullptr, include_usage)));
+        continue;
+      }
+      finished = true;
+      if (e.finish == FinishReason::kStop || e.finish == FinishReason::kLength) {
+        out += sse_data(dump_json(stream_chunk(meta, "", false, nullptr,
+                                               api_finish_reason(e.finish), include_usage)));
+        if (include_usage) out += sse_data(dump_json(usage_chunk(meta, usage_of(e))));
+      } else {
+        out += sse_data(dump_json(done_error(e).to_json()));
+      }
+      out += sse_done();
+      break;
+    }
+    return out;
+  }
+
+  std::shared_ptr<runtime::RequestChannel> channel;
+  ResponseMeta meta;
+  bool include_usage;
+  bool want_logprobs;
+  LogprobsBuilder logprobs;
+  LatencyRecorder latency;
+  size_t text_len = 0;
+  bool started = false;
+  bool finished = false;
+  Clock::time_point last_write = Clock::now();
+  std::vector<StreamEvent> events;
+};
+
+void stream_response(httplib::Response& res, std::shared_ptr<StreamState> st) {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [st](size_t /*offset*/, httplib::DataSink& sink) -> bool {
+        try {
+          st->events.clear();
+          st->channel->pop_all(st->events, kPollInterval);
+          std::string out = st->render(st->events);
+          const auto now = Clock::now();
+          if (out.empty() && now - st->last_write > kKeepAlive) out = sse_comment("keep-alive");
+          if (!out.empty()) {
+            if (!sink.is_writable() || !sink.write(out.data(), out.size())) {
+              st->channel->cancel();  // the client has gone: free its sequence
+              return false;
+            }
+            st->last_write = now;
+          }
+          if (st->finished) sink.done();
+          return true;
+        } catch (const std::exception& e) {
+          TQ_LOG(kError, "serve: stream failed: %s", e.what());
+          st->channel->cancel();
+          return false;
+        }
+      },
+      [st](bool success) {
+        if (!success || !st->finished) st->channel->cancel();
+      });
+}
+
+void wait_response(httplib::Response& res, runtime::RequestChannel& ch, const ResponseMeta& meta,
+                   const CompletionParams& p, const model::Tokenizer& tok,
+                   ServerMetrics& metrics) {
+  LatencyRecorder latency(metrics, ch.arrival());
+  LogprobsBuilder logprobs(p.endpoint, tok);
+  std::string text;
+  std::vector<StreamEvent> events;
+  for (;;) {
+    events.clear();
+    ch.pop_all(events, kPollInterval);
+    for (auto& e : events) {
+      latency.on_event(e);
+      if (e.kind == StreamEvent::Kind::kDelta) {
+        if (p.logprobs && e.has_logprob) logprobs.add(e.logprob, text.size());
+        text += e.text;
+        continue;
+      }
+      if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength)
+        return send_error(res, done_error(e));
+      const json lp = p.logprobs ? logprobs.take() : json(nullptr);
+      return send_json(res, 200, final_response(meta, text, e.finish, lp, usage_of(e)));
+    }
+  }
+}
+
+}  // namespace
+
+void CompletionHandler::handle(const httplib::Request& req, httplib::Response& res,
+                               Endpoint endpoint) {
+  const auto arrival = Clock::now();
+  CompletionParams p;
+  if (auto err = parse_completion_request(req.body, endpoint, p)) return send_error(res, *err);
+
+  const bool chat = endpoint == Endpoint::kChat;
+  auto prompt = engine_.prompt_tokens(p);
+  if (!prompt.ok())
+    return send_error(res, bad_request("Could not build the prompt: " + prompt.status().message(),
+                                       chat ? "messages" : "prompt", "invalid_prompt"));
+  if (prompt->empty())
+    return send_error(res, bad_request("The prompt is empty (it has no tokens).",
+                                       chat ? "messages" : "prompt", "invalid_value"));
+  const int n_prompt = static_cast<int>(prompt->size());
+  if (n_prompt + 1 > engine_.context())
+    return send_error(
+        res, bad_request("This model's maximum context length is " +
+                             std::to_string(engine_.context()) + " tokens. However, your " +
+                             (chat ? "messages" : "prompt") + " resulted in " +
+                             std::to_string(n_prompt) +
+                             " tokens, leaving no room for the completion. Please reduce the "
+                             "length of the " + (chat ? "messages." : "prompt."),
+                         chat ? "messages" : "prompt", "context_length_exceeded"));
+
+  std::random_device rd;
+  const uint64_t seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  auto channel = engine_.scheduler().submit(
+      engine_.make_request(p, std::move(prompt).value(), seed), arrival);
+  if (!channel.ok()) {
+    const Status& st = channel.status();
+    if (st.code() == StatusCode::kResourceExhausted)
+      return send_error(res, server_error(503, "The server is overloaded: " + st.message() +
+                                                   ". Retry after a moment.",
+                                          "server_overloaded"));
+    return send_error(res, bad_request(st.message(), chat ? "messages" : "prompt",
+                                       "invalid_value"));
+  }
+
+  ResponseMeta meta;
+  meta.endpoint = endpoint;
+  meta.id = random_id(chat ? "chatcmpl-" : "cmpl-");
+  meta.created = static_cast<int64_t>(std::time(nullptr));
+  meta.model = engine_.model_id();
+  meta.fingerprint = "tq-" + engine_.cache().config().k_format.name() + "-" +
+                     engine_.cache().config().v_format.name();
+  const model::Tokenizer& tok = engine_.model().tokenizer();
+  if (p.stream)
+    return stream_response(
+        res, std::make_shared<StreamState>(std::move(channel).value(), meta, p, tok, metrics_));
+  // Whatever way this handler leaves (an exception included), the request stops with it.
+  struct CancelOnExit {
+    runtime::RequestChannel& ch;
+    ~CancelOnExit() { ch.cancel(); }
+  } guard{**channel};
+  wait_response(res, **channel, meta, p, tok, metrics_);
+}
+
+}  // namespace tq::server

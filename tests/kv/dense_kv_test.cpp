@@ -1,0 +1,115 @@
+// The dense KV cache's attention against a float64 causal softmax attention, with GQA, several
+// appends, contexts longer than one score block, and its error paths.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "tq/backend/cpu/ops.h"
+#include "tq/core/rng.h"
+#include "tq/kv/dense_kv.h"
+
+namespace tq::kv {
+namespace {
+
+constexpr uint64_t kSeed = 77;
+// float32 online softmax vs float64, on O(1) outputs.
+constexpr double kAttnTol = 2e-5;
+
+std::vector<float> normals(size_t n, Rng& rng, double sigma) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = static_cast<float>(rng.normal() * sigma);
+  return v;
+}
+
+// out[i][h] = softmax_j(scale q_ih . k_j) v_j over j <= pos0 + i, all in double.
+std::vector<double> attention_ref(const AttentionShape& s, const std::vector<float>& k_all,
+                                  const std::vector<float>& v_all, const float* q, int n,
+                                  int pos0) {
+  const int kv_dim = s.n_kv_heads * s.head_dim;
+  std::vector<double> out(static_cast<size_t>(n) * s.n_heads * s.head_dim, 0.0);
+  for (int i = 0; i < n; ++i)
+    for (int h = 0; h < s.n_heads; ++h) {
+      const int kvh = h / (s.n_heads / s.n_kv_heads);
+      const float* qi = q + (static_cast<size_t>(i) * s.n_heads + h) * s.head_dim;
+      const int n_ctx = pos0 + i + 1;
+      std::vector<double> w(n_ctx);
+      double mx = -1e300;
+      for (int j = 0; j < n_ctx; ++j) {
+        double d = 0.0;
+        for (int e = 0; e < s.head_dim; ++e)
+          d += static_cast<double>(qi[e]) * k_all[static_cast<size_t>(j) * kv_dim + kvh * s.head_dim + e];
+        w[j] = d * s.scale;
+        mx = std::max(mx, w[j]);
+      }
+      double sum = 0.0;
+      for (auto& x : w) sum += (x = std::exp(x - mx));
+      double* o = &out[(static_cast<size_t>(i) * s.n_heads + h) * s.head_dim];
+      for (int j = 0; j < n_ctx; ++j)
+        for (int e = 0; e < s.head_dim; ++e)
+          o[e] += w[j] / sum * v_all[static_cast<size_t>(j) * kv_dim + kvh * s.head_dim + e];
+    }
+  return out;
+}
+
+TEST(DenseKvTest, AttentionMatchesFloat64AcrossAppends) {
+  for (bool simd : {false, true}) {
+    AttentionShape s{2, 6, 2, 40, 1.0f / std::sqrt(40.0f)};
+    DenseKernels kernels = simd ? backend::cpu::dense_kv_kernels() : DenseKernels{};
+    auto kv = DenseKv::create(s, 400, kernels);
+    ASSERT_TRUE(kv.ok()) << kv.status().to_string();
+    ThreadPool pool(2);
+    Rng rng(kSeed);
+    const int kv_dim = s.n_kv_heads * s.head_dim, q_dim = s.n_heads * s.head_dim;
+    std::vector<float> k_all[2], v_all[2];
+    // Chunks straddle the 128-position score block; 3 sigma keys make peaked softmaxes.
+    for (int n : {1, 150, 3, 1, 97}) {
+      const int pos0 = (*kv)->length();
+      for (int layer = 0; layer < 2; ++layer) {
+        const auto k = normals(static_cast<size_t>(n) * kv_dim, rng, 3.0);
+        const auto v = normals(static_cast<size_t>(n) * kv_dim, rng, 1.0);
+        const auto q = normals(static_cast<size_t>(n) * q_dim, rng, 1.0);
+        k_all[layer].insert(k_all[layer].end(), k.begin(), k.end());
+        v_all[layer].insert(v_all[layer].end(), v.begin(), v.end());
+        ASSERT_TRUE((*kv)->append(layer, n, k.data(), v.data()).ok());
+        std::vector<float> out(static_cast<size_t>(n) * q_dim);
+        ASSERT_TRUE((*kv)->attend(layer, n, q.data(), out.data(), pool).ok());
+        const auto ref = attention_ref(s, k_all[layer], v_all[layer], q.data(), n, pos0);
+        double max_err = 0.0;
+        for (size_t i = 0; i < out.size(); ++i) max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
+        EXPECT_LT(max_err, kAttnTol) << "simd=" << simd << " n=" << n << " layer=" << layer
+                                     << " seed=" << kSeed;
+      }
+      ASSERT_TRUE((*kv)->commit(n).ok());
+    }
+    EXPECT_EQ((*kv)->length(), 252);
+    EXPECT_EQ((*kv)->bytes_used(), 252u * kv_dim * 2 * 4 * 2);
+  }
+}
+
+TEST(DenseKvTest, RejectsBadUse) {
+  AttentionShape s{2, 4, 2, 8, 0.25f};
+  EXPECT_FALSE(DenseKv::create({2, 4, 3, 8, 0.25f}, 10).ok());  // 4 % 3 != 0
+  EXPECT_FALSE(DenseKv::create({2, 4, 2, 1024, 0.25f}, 10).ok());
+  EXPECT_FALSE(DenseKv::create(s, 0).ok());
+  auto kv = DenseKv::create(s, 4);
+  ASSERT_TRUE(kv.ok());
+  ThreadPool pool(1);
+  std::vector<float> k(5 * 16, 0.5f), q(5 * 32, 0.5f), out(5 * 32);
+  EXPECT_EQ((*kv)->append(0, 5, k.data(), k.data()).code(), StatusCode::kResourceExhausted);
+  EXPECT_FALSE((*kv)->append(2, 1, k.data(), k.data()).ok());  // no layer 2
+  ASSERT_TRUE((*kv)->append(0, 2, k.data(), k.data()).ok());
+  EXPECT_FALSE((*kv)->append(0, 2, k.data(), k.data()).ok());  // twice before commit
+  EXPECT_FALSE((*kv)->attend(0, 1, q.data(), out.data(), pool).ok());  // 2 appended
+  EXPECT_FALSE((*kv)->commit(2).ok());  // layer 1 has nothing
+  ASSERT_TRUE((*kv)->append(1, 2, k.data(), k.data()).ok());
+  ASSERT_TRUE((*kv)->commit(2).ok());
+  EXPECT_EQ((*kv)->length(), 2);
+  // Uniform keys: attention averages the values exactly.
+  ASSERT_TRUE((*kv)->append(0, 1, k.data(), k.data()).ok());
+  ASSERT_TRUE((*kv)->attend(0, 1, q.data(), out.data(), pool).ok());
+  for (int i = 0; i < 32; ++i) EXPECT_FLOAT_EQ(out[i], 0.5f);
+}
+
+}  // namespace
+}  // namespace tq::kv

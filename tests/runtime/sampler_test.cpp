@@ -1,0 +1,217 @@
+// The sampler on known logit vectors: exactly the right kept sets for top-k / top-p / min-p,
+// probabilities against float64 softmax, penalties on the right tokens, seeds reproduce, and
+// empirical frequencies match the distribution.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+#include <vector>
+
+#include "tq/core/rng.h"
+#include "tq/runtime/sampler.h"
+
+namespace tq::runtime {
+namespace {
+
+constexpr double kProbTol = 1e-6;  // float probabilities vs float64 softmax
+
+SamplerConfig no_filters(float temp = 1.0f) {
+  SamplerConfig c;
+  c.temperature = temp;
+  c.top_k = 0;
+  c.top_p = 1.0f;
+  c.min_p = 0.0f;
+  return c;
+}
+
+std::set<int32_t> kept_ids(const Sampler& s) {
+  std::set<int32_t> ids;
+  for (const Candidate& c : s.last_candidates()) ids.insert(c.id);
+  return ids;
+}
+
+// Logits whose softmax is exactly p (up to float rounding).
+std::vector<float> logits_of(const std::vector<double>& p) {
+  std::vector<float> l;
+  for (double x : p) l.push_back(static_cast<float>(std::log(x)));
+  return l;
+}
+
+TEST(SamplerTest, ValidateRejectsBadConfigs) {
+  SamplerConfig c;
+  EXPECT_TRUE(c.validate().ok());
+  c.temperature = -1.0f;
+  EXPECT_FALSE(c.validate().ok());
+  c = {};
+  c.top_p = 0.0f;
+  EXPECT_FALSE(c.validate().ok());
+  c = {};
+  c.min_p = 1.5f;
+  EXPECT_FALSE(c.validate().ok());
+  c = {};
+  c.top_k = -3;
+  EXPECT_FALSE(c.validate().ok());
+  c = {};
+  c.repeat_penalty = 0.0f;
+  EXPECT_FALSE(Sampler::create(c).ok());
+}
+
+TEST(SamplerTest, TopKKeepsTheKLargest) {
+  const std::vector<float> l = {0.1f, 3.0f, -1.0f, 2.5f, 2.9f, 0.0f, 7.0f};
+  SamplerConfig c = no_filters();
+  c.top_k = 3;
+  auto s = Sampler::create(c);
+  ASSERT_TRUE(s.ok());
+  s->sample(l.data(), 7);
+  EXPECT_EQ(kept_ids(*s), (std::set<int32_t>{6, 1, 4}));
+  // Probabilities renormalized over the kept set, most likely first.
+  const double z = std::exp(7.0) + std::exp(3.0) + std::exp(2.9);
+  const auto cands = s->last_candidates();
+  EXPECT_EQ(cands[0].id, 6);
+  EXPECT_NEAR(cands[0].p, std::exp(7.0) / z, kProbTol);
+  EXPECT_NEAR(cands[2].p, std::exp(2.9) / z, kProbTol);
+}
+
+TEST(SamplerTest, TopPKeepsTheSmallestNucleus) {
+  // p = .4 .3 .2 .1 (ids shuffled); thresholds away from the cumulative sums .4 .7 .9 1.
+  const std::vector<double> p = {0.2, 0.4, 0.1, 0.3};
+  const auto l = logits_of(p);
+  for (auto [top_p, want] : std::vector<std::pair<float, std::set<int32_t>>>{
+           {0.35f, {1}}, {0.65f, {1, 3}}, {0.75f, {1, 3, 0}}, {0.95f, {1, 3, 0, 2}}}) {
+    SamplerConfig c = no_filters();
+    c.top_p = top_p;
+    auto s = Sampler::create(c);
+    ASSERT_TRUE(s.ok());
+    s->sample(l.data(), 4);
+    EXPECT_EQ(kept_ids(*s), want) << "top_p=" << top_p;
+  }
+}
+
+TEST(SamplerTest, TopPOnALargeVocabSortsOnlyWhatItNeeds) {
+  // 5000 tokens, a flat tail: the nucleus at 0.5 is a long prefix (beyond the first 64).
+  Rng rng(3);
+  std::vector<float> l(5000);
+  for (auto& x : l) x = static_cast<float>(rng.normal() * 0.5);
+  SamplerConfig c = no_filters();
+  c.top_p = 0.5f;
+  auto s = Sampler::create(c);
+  ASSERT_TRUE(s.ok());
+  s->sample(l.data(), 5000);
+  // float64 reference nucleus.
+  std::vector<int> order(5000);
+  for (int i = 0; i < 5000; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](int a, int b) { return l[a] > l[b]; });
+  double z = 0.0;
+  for (float x : l) z += std::exp(static_cast<double>(x));
+  std::set<int32_t> want;
+  double cum = 0.0;
+  for (int id : order) {
+    want.insert(id);
+    cum += std::exp(static_cast<double>(l[id])) / z;
+    if (cum >= 0.5) break;
+  }
+  EXPECT_GT(want.size(), 64u);
+  EXPECT_EQ(kept_ids(*s), want);
+}
+
+TEST(SamplerTest, MinPThresholdIsRelativeToTheMax) {
+  const std::vector<double> p = {0.5, 0.2, 0.05, 0.15, 0.1};
+  const auto l = logits_of(p);
+  SamplerConfig c = no_filters();
+  c.min_p = 0.25f;  // keep p >= 0.125: ids 0 (.5), 1 (.2), 3 (.15)
+  auto s = Sampler::create(c);
+  ASSERT_TRUE(s.ok());
+  s->sample(l.data(), 5);
+  EXPECT_EQ(kept_ids(*s), (std::set<int32_t>{0, 1, 3}));
+  const auto cands = s->last_candidates();
+  EXPECT_NEAR(cands[0].p, 0.5 / 0.85, kProbTol);
+  EXPECT_NEAR(cands[2].p, 0.15 / 0.85, kProbTol);
+}
+
+TEST(SamplerTest, TemperatureScalesTheDistribution) {
+  const std::vector<float> l = {1.0f, 2.0f, 0.5f};
+  SamplerConfig c = no_filters(0.5f);
+  auto s = Sampler::create(c);
+  ASSERT_TRUE(s.ok());
+  s->sample(l.data(), 3);
+  const double z = std::exp(2.0) + std::exp(4.0) + std::exp(1.0);
+  for (const Candidate& cand : s->last_candidates())
+    EXPECT_NEAR(cand.p, std::exp(l[cand.id] / 0.5) / z, kProbTol) << "id " << cand.id;
+}
+
+TEST(SamplerTest, TemperatureZeroIsGreedy) {
+  Rng rng(11);
+  std::vector<float> l(1000);
+  for (auto& x : l) x = static_cast<float>(rng.normal());
+  const int32_t best = static_cast<int32_t>(std::max_element(l.begin(), l.end()) - l.begin());
+  SamplerConfig c;  // default filters, temperature 0
+  c.temperature = 0.0f;
+  auto s = Sampler::create(c);
+  ASSERT_TRUE(s.ok());
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(s->sample(l.data(), 1000), best);
+}
+
+TEST(SamplerTest, SeedReproducesAndDiffers) {
+  Rng rng(5);
+  std::vector<float> l(300);
+  for (auto& x : l) x = static_cast<float>(rng.normal());
+  auto draw = [&](uint64_t seed) {
+    SamplerConfig c = no_filters();
+    c.seed = seed;
+    auto s = Sampler::create(c);
+    std::vector<int32_t> out;
+    for (int i = 0; i < 50; ++i) out.push_back(s->sample(l.data(), 300));
+    s->reset();
+    EXPECT_EQ(s->sample(l.data(), 300), out[0]) << "reset reseeds";
+    return out;
+  };
+  EXPECT_EQ(draw(123), draw(123));
+  EXPECT_NE(draw(123), draw(124));
+}
+
+TEST(SamplerTest, EmpiricalFrequenciesMatchTheDistribution) {
+  const std::vector<double> p = {0.5, 0.3, 0.15, 0.05};
+  const auto l = logits_of(p);
+  auto s = Sampler::create(no_filters());
+  ASSERT_TRUE(s.ok());
+  const int n = 40000;
+  std::vector<int> count(4, 0);
+  for (int i = 0; i < n; ++i) ++count[s->sample(l.data(), 4)];
+  for (int i = 0; i < 4; ++i) {
+    // 5 standard deviations of a binomial proportion: fails by chance ~1e-6 (seed 42).
+    const double sd = std::sqrt(p[i] * (1 - p[i]) / n);
+    EXPECT_NEAR(count[i] / static_cast<double>(n), p[i], 5 * sd) << "token " << i;
+  }
+}
+
+TEST(SamplerTest, PenaltiesHitOnlyTheTokensInTheWindow) {
+  const std::vector<float> l = {2.0f, -2.0f, 1.0f, 0.5f, 3.0f};
+  SamplerConfig c = no_filters();
+  c.repeat_penalty = 2.0f;
+  c.presence_penalty = 0.25f;
+  c.frequency_penalty = 0.125f;
+  c.repeat_last_n = 3;
+  auto s = Sampler::create(c);
+  ASSERT_TRUE(s.ok());
+  // History 4 4 | 0 1 1: the window (last 3) is 0 1 1; token 4 has left it.
+  for (int32_t t : {4, 4, 0, 1, 1}) s->accept(t);
+  s->sample(l.data(), 5);
+  std::vector<double> want = {2.0 / 2 - 0.25 - 0.125,      // positive logit divided
+                              -2.0 * 2 - 0.25 - 2 * 0.125,  // negative multiplied, twice
+                              1.0, 0.5, 3.0};
+  double z = 0.0;
+  for (double x : want) z += std::exp(x);
+  for (const Candidate& cand : s->last_candidates())
+    EXPECT_NEAR(cand.p, std::exp(want[cand.id]) / z, kProbTol) << "id " << cand.id;
+  // Greedy sees the penalties too: the raw argmax (token 4) penalized falls below token 0.
+  SamplerConfig g = c;
+  g.temperature = 0.0f;
+  auto sg = Sampler::create(g);
+  ASSERT_TRUE(sg.ok());
+  sg->accept(4);
+  EXPECT_EQ(sg->sample(l.data(), 5), 0);  // 3.0 -> 1.5 - 0.25 - 0.125 < 2.0
+}
+
+}  // namespace
+}  // namespace tq::runtime

@@ -1,0 +1,114 @@
+// tq ppl: perplexity of a text with a given KV cache configuration, the way llama-perplexity
+// computes it (../shared/docs/quality-method.md), plus the cache's bytes per token.
+//   tq ppl -f ../shared/data/text/pride-and-prejudice.txt --ctx 512 --chunks 16 -ctk tq4 -ctv tq3
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include "kv_commands.h"
+#include "default_model.h"
+#include "kv_cli.h"
+#include "quality_eval.h"
+#include "tq/core/thread_pool.h"
+#include "tq/model/llama.h"
+
+namespace tq::tools {
+namespace {
+
+struct PplOptions {
+  std::string model = default_model_path();
+  std::string text;
+  int ctx = 512;
+  int chunks = -1;
+  int threads = default_thread_count();
+  bool json = false;
+  KvFlags kv;
+};
+
+int run_ppl(PplOptions& o) {
+  auto config = o.kv.config();
+  if (!config.ok()) {
+    std::fprintf(stderr, "tq ppl: %s\n", config.status().to_string().c_str());
+    return 2;
+  }
+  auto model = model::Model::load(o.model);
+  if (!model.ok()) {
+    std::fprintf(stderr, "tq ppl: %s\n", model.status().to_string().c_str());
+    return 1;
+  }
+  const model::Model& m = **model;
+  auto text = load_eval_text(m, o.text, o.ctx, o.chunks);
+  if (!text.ok()) {
+    std::fprintf(stderr, "tq ppl: %s\n", text.status().to_string().c_str());
+    return 1;
+  }
+  const kv::AttentionShape shape = m.attention_shape();
+  auto cache = make_paged_cache(shape, *config, o.ctx, 1);
+  auto bytes = kv::kv_bytes_per_token(*config, shape, o.ctx);
+  if (!cache.ok() || !bytes.ok()) {
+    std::fprintf(stderr, "tq ppl: %s\n",
+                 (cache.ok() ? bytes.status() : cache.status()).to_string().c_str());
+    return 1;
+  }
+  ThreadPool pool(o.threads);
+  const int vocab = m.config().vocab_size;
+  std::fprintf(stderr, "tq ppl: %s, %d of %d chunks of %d tokens, kv %s\n", text->name.c_str(),
+               text->n_chunks, text->available_chunks, o.ctx, config->to_string().c_str());
+  PplAccum ppl;
+  std::vector<float> logits;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int c = 0; c < text->n_chunks; ++c) {
+    auto seq = (*cache)->new_sequence(o.ctx);
+    const std::vector<int32_t> toks = text->chunk(c);
+    Status st = seq.ok() ? eval_chunk(m, toks, **seq, pool, logits) : seq.status();
+    if (!st.ok()) {
+      std::fprintf(stderr, "tq ppl: chunk %d: %s\n", c, st.to_string().c_str());
+      return 1;
+    }
+    score_chunk(*text, toks, logits, vocab, ppl);
+    std::fprintf(stderr, "[%d]%.4f,", c + 1, ppl.ppl());
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::fprintf(stderr, "\n");
+  if (o.json) {
+    std::printf(
+        "{\"text\":\"%s\",\"ctx\":%d,\"chunks\":%d,\"tokens_scored\":%lld,\"k\":\"%s\",\"v\":\"%s\","
+        "\"kv\":\"%s\",\"ppl\":%.6f,\"ppl_err\":%.6f,\"kv_bytes_per_token\":%.2f,"
+        "\"ratio_vs_f16\":%.4f,\"k_bits_per_element\":%.4f,\"v_bits_per_element\":%.4f,"
+        "\"seconds\":%.2f}\n",
+        text->name.c_str(), o.ctx, text->n_chunks, static_cast<long long>(ppl.count),
+        config->k_format.name().c_str(), config->v_format.name().c_str(),
+        config->to_string().c_str(), ppl.ppl(), ppl.ppl_err(), bytes->amortized,
+        bytes->ratio_vs_f16(), bytes->k_bits_per_element, bytes->v_bits_per_element, secs);
+  } else {
+    std::printf("text: %s, ctx %d, %d chunks, %lld tokens scored\n", text->name.c_str(), o.ctx,
+                text->n_chunks, static_cast<long long>(ppl.count));
+    std::printf("kv: %s\n", config->to_string().c_str());
+    std::printf("kv bytes: %s\n", bytes->to_string().c_str());
+    std::printf("PPL = %.4f +/- %.5f\n", ppl.ppl(), ppl.ppl_err());
+    std::printf("time: %.1f s (%.1f tokens/s)\n", secs, text->n_chunks * o.ctx / secs);
+  }
+  return 0;
+}
+
+}  // namespace
+
+void add_ppl_command(CLI::App& app) {
+  auto o = std::make_shared<PplOptions>();
+  auto* cmd = app.add_subcommand("ppl", "Perplexity of a text with a KV cache configuration "
+                                        "(llama-perplexity's method)");
+  cmd->add_option("-m,--model", o->model, "GGUF model file")->capture_default_str();
+  cmd->add_option("-f,--file", o->text, "Text file")->required();
+  cmd->add_option("--ctx", o->ctx, "Tokens per chunk")->capture_default_str();
+  cmd->add_option("--chunks", o->chunks, "Evaluate only the first N chunks (-1: all)")
+      ->capture_default_str();
+  cmd->add_option("-t,--threads", o->threads, "Threads")->capture_default_str();
+  cmd->add_flag("--json", o->json, "One JSON line on stdout");
+  o->kv.add_to(cmd);
+  cmd->callback([o] {
+    const int rc = run_ppl(*o);
+    if (rc != 0) throw CLI::RuntimeError(rc);
+  });
+}
+
+}  // namespace tq::tools

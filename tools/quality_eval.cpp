@@ -1,0 +1,117 @@
+#include "quality_eval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+namespace tq::tools {
+
+std::vector<int32_t> EvalText::chunk(int c) const {
+  const auto begin = tokens.begin() + static_cast<std::ptrdiff_t>(c) * ctx;
+  std::vector<int32_t> t(begin, begin + ctx);
+  if (add_bos) t[0] = bos;
+  return t;
+}
+
+Expected<EvalText> load_eval_text(const model::Model& model, const std::string& path, int ctx,
+                                  int max_chunks) {
+  if (ctx < 4) return invalid_argument("--ctx must be at least 4");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return io_error("cannot open text file '" + path + "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  EvalText t;
+  t.name = path.substr(path.find_last_of('/') + 1);
+  t.ctx = ctx;
+  const model::Tokenizer& tok = model.tokenizer();
+  t.tokens = tok.encode(ss.str(), /*add_bos=*/false, /*parse_special=*/false);
+  t.add_bos = tok.add_bos_default();
+  t.bos = tok.bos_id();
+  if (t.add_bos && t.bos < 0) return invalid_argument("model adds BOS but has no BOS token");
+  t.available_chunks = static_cast<int>(t.tokens.size() / static_cast<size_t>(ctx));
+  t.n_chunks = max_chunks < 0 ? t.available_chunks : std::min(max_chunks, t.available_chunks);
+  if (t.n_chunks < 1)
+    return invalid_argument("text '" + path + "' has " + std::to_string(t.tokens.size()) +
+                            " tokens: not one chunk of " + std::to_string(ctx));
+  return t;
+}
+
+Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens,
+                  kv::SequenceKv& kv, ThreadPool& pool, std::vector<float>& logits) {
+  model::ForwardScratch scratch;
+  const int n = static_cast<int>(tokens.size());
+  logits.resize(static_cast<size_t>(n) * static_cast<size_t>(model.config().vocab_size));
+  model::ForwardArgs a;
+  a.tokens = tokens.data();
+  a.n = n;
+  a.kv = &kv;
+  a.pool = &pool;
+  a.scratch = &scratch;
+  a.logits_mode = model::LogitsMode::kAll;
+  a.logits = logits.data();
+  return model.forward(a);
+}
+
+void log_softmax(const float* x, int n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  double mx = -INFINITY;
+  for (int i = 0; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
+  const double lse = mx + std::log(sum);
+  for (int i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<double>(x[i]) - lse;
+}
+
+double PplAccum::ppl() const { return count > 0 ? std::exp(nll / count) : NAN; }
+
+double PplAccum::ppl_err() const {
+  if (count < 2) return NAN;
+  const double m = nll / count;
+  const double var = nll2 / count - m * m;
+  return var > 0 ? ppl() * std::sqrt(var / (count - 1)) : 0.0;
+}
+
+void score_chunk(const EvalText& text, const std::vector<int32_t>& tokens,
+                 const std::vector<float>& logits, int vocab, PplAccum& ppl) {
+  std::vector<double> lp;
+  for (int i = text.first_scored(); i < text.ctx - 1; ++i) {
+    log_softmax(logits.data() + static_cast<size_t>(i) * vocab, vocab, lp);
+    ppl.add(-lp[static_cast<size_t>(tokens[static_cast<size_t>(i) + 1])]);
+  }
+}
+
+void KldAccum::add_chunk(const EvalText& text, const std::vector<float>& ref,
+                         const std::vector<float>& test, int vocab) {
+  std::vector<double> lr, lt;
+  for (int i = text.first_scored(); i < text.ctx - 1; ++i) {
+    const float* r = ref.data() + static_cast<size_t>(i) * vocab;
+    const float* t = test.data() + static_cast<size_t>(i) * vocab;
+    log_softmax(r, vocab, lr);
+    log_softmax(t, vocab, lt);
+    double kl = 0;
+    for (size_t j = 0; j < lr.size(); ++j) kl += std::exp(lr[j]) * (lr[j] - lt[j]);
+    kld.push_back(std::max(kl, 0.0));
+    same_top1 += std::max_element(r, r + vocab) - r == std::max_element(t, t + vocab) - t;
+  }
+}
+
+double KldAccum::mean() const {
+  double s = 0;
+  for (double x : kld) s += x;
+  return kld.empty() ? NAN : s / static_cast<double>(kld.size());
+}
+
+double KldAccum::quantile(double q) const {
+  if (kld.empty()) return NAN;
+  std::vector<double> v = kld;
+  const size_t k = std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
+  return v[k];
+}
+
+double KldAccum::max() const {
+  return kld.empty() ? NAN : *std::max_element(kld.begin(), kld.end());
+}
+
+}  // namespace tq::tools

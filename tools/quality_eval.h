@@ -1,0 +1,74 @@
+// KV-cache quality measurement as ../shared/docs/quality-method.md prescribes, shared by
+// `tq ppl`, `tq verify` and `tq compare`: llama-perplexity's chunking and scoring (chunks of
+// ctx tokens, each a fresh sequence, BOS replacing the first token when the model adds one,
+// only the second half scored), its PPL uncertainty, and KL divergence / top-1 agreement of
+// the next-token distributions against the f16 cache.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tq/core/status.h"
+#include "tq/core/thread_pool.h"
+#include "tq/kv/sequence_kv.h"
+#include "tq/model/llama.h"
+
+namespace tq::tools {
+
+struct EvalText {
+  std::string name;              // file name, for reports
+  std::vector<int32_t> tokens;   // the whole text, tokenized once (no BOS, no template)
+  int ctx = 0;
+  int n_chunks = 0;              // chunks evaluated (the tail that does not fill one dropped)
+  int available_chunks = 0;      // chunks in the whole text
+  bool add_bos = false;
+  int32_t bos = -1;
+
+  int first_scored() const { return ctx / 2; }
+  int scored_per_chunk() const { return ctx - 1 - ctx / 2; }
+  // Tokens of chunk c; the first replaced by BOS when the model adds one (llama-perplexity).
+  std::vector<int32_t> chunk(int c) const;
+};
+
+// max_chunks < 0: all chunks.
+Expected<EvalText> load_eval_text(const model::Model& model, const std::string& path, int ctx,
+                                  int max_chunks);
+
+// Runs the chunk through a fresh `kv` in one forward pass; logits: [ctx][vocab].
+Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens,
+                  kv::SequenceKv& kv, ThreadPool& pool, std::vector<float>& logits);
+
+// log-softmax of one row, in double.
+void log_softmax(const float* logits, int n, std::vector<double>& out);
+
+// Running PPL over scored tokens, with llama-perplexity's uncertainty estimate.
+struct PplAccum {
+  double nll = 0, nll2 = 0;
+  int64_t count = 0;
+  void add(double token_nll) {
+    nll += token_nll;
+    nll2 += token_nll * token_nll;
+    ++count;
+  }
+  double ppl() const;
+  double ppl_err() const;  // ppl * sqrt((E[nll^2] - E[nll]^2) / (count - 1))
+};
+
+// Adds the scored rows of one chunk (logits [ctx][vocab]) to `ppl`.
+void score_chunk(const EvalText& text, const std::vector<int32_t>& tokens,
+                 const std::vector<float>& logits, int vocab, PplAccum& ppl);
+
+// KL(ref || test) and top-1 agreement over scored rows.
+struct KldAccum {
+  std::vector<double> kld;  // per scored token
+  int64_t same_top1 = 0;
+  void add_chunk(const EvalText& text, const std::vector<float>& ref_logits,
+                 const std::vector<float>& test_logits, int vocab);
+  double mean() const;
+  double quantile(double q) const;
+  double max() const;
+  double top1() const { return kld.empty() ? 0.0 : static_cast<double>(same_top1) / kld.size(); }
+};
+
+}  // namespace tq::tools
