@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   tq::tools::add_quant_bench_command(app);
   tq::tools::add_kv_commands(app);
   tq::tools::add_serve_command(app);
+  tq::tools::add_run_command(app);
+  tq::tools::add_make_model_command(app);
 
   try {
     app.parse(argc, argv);

@@ -106,7 +106,8 @@ void HttpServer::Impl::install() {
     return httplib::Server::HandlerResponse::Handled;
   });
 
-  svr.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
+  svr.set_error_handler(httplib::Server::HandlerWithResponse(
+      [this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     ApiError e;
     e.status = res.status;
@@ -123,7 +124,7 @@ void HttpServer::Impl::install() {
     }
     send_json(res, res.status, e.to_json());
     return httplib::Server::HandlerResponse::Handled;
-  });
+  }));
 
   svr.set_exception_handler(
       [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {

@@ -21,67 +21,86 @@ constexpr float kLog2e = 1.4426950408889634f;
 // Tokens every CTA's warps divide evenly (4 warps x 32-token steps), and the fewest per CTA.
 constexpr int kSplitUnit = kAttnWarps * 32;
 
-__global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c, const float* rot,
-                                     const float* qjl, float qjl_c, __half* q_main, __half* q_sketch,
-                                     __half* q_win) {
+// In-place unnormalised Walsh-Hadamard transform of sh[0..d) by the block (d threads, d a
+// power of two), the same butterflies as quant::fwht_ref.
+__device__ void block_fwht(float* sh, int d) {
+  for (int h = 1; h < d; h *= 2) {
+    __syncthreads();
+    const int j = threadIdx.x;
+    if (j < d / 2) {
+      const int i = (j / h) * 2 * h + (j % h);
+      const float x = sh[i], y = sh[i + h];
+      sh[i] = x + y;
+      sh[i + h] = x - y;
+    }
+  }
+  __syncthreads();
+}
+
+// q_main = c * P q (P = H D / sqrt(d) when `signs`, dense `rot` otherwise, identity when both
+// are null), q_sketch = qjl_c * S P q, q_win = c * q. One block of d threads per (head, seq).
+__global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c, const float* signs,
+                                     const float* rot, const float* qjl, float qjl_c, __half* q_main,
+                                     __half* q_sketch, __half* q_win) {
   extern __shared__ float sh[];  // [2][d]: q, then P q
   const size_t row = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d;
-  for (int j = threadIdx.x; j < d; j += blockDim.x) sh[j] = q[row + j];
-  __syncthreads();
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float y = sh[j];
-    if (rot) {
-      y = 0.0f;
-      for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot + static_cast<size_t>(j) * d + i), sh[i], y);
-    }
-    sh[d + j] = y;
-    q_main[row + j] = __float2half_rn(c * y);
-    if (q_win) q_win[row + j] = __float2half_rn(c * sh[j]);
+  const int j = threadIdx.x;
+  const float qj = q[row + j];
+  if (q_win) q_win[row + j] = __float2half_rn(c * qj);
+  float y = qj;
+  if (signs) {
+    sh[d + j] = qj * __ldg(signs + j);
+    block_fwht(sh + d, d);
+    y = sh[d + j] * rsqrtf(static_cast<float>(d));
+  } else if (rot) {
+    sh[j] = qj;
+    __syncthreads();
+    y = 0.0f;
+    for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot + static_cast<size_t>(j) * d + i), sh[i], y);
   }
+  q_main[row + j] = __float2half_rn(c * y);
   if (!qjl) return;
   __syncthreads();
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float z = 0.0f;
-    for (int i = 0; i < d; ++i) z = fmaf(__ldg(qjl + static_cast<size_t>(j) * d + i), sh[d + i], z);
-    q_sketch[row + j] = __float2half_rn(qjl_c * z);
-  }
+  sh[d + j] = y;
+  __syncthreads();
+  float z = 0.0f;
+  for (int i = 0; i < d; ++i) z = fmaf(__ldg(qjl + static_cast<size_t>(j) * d + i), sh[d + i], z);
+  q_sketch[row + j] = __float2half_rn(qjl_c * z);
 }
 
 // out = (P_v^T sum_{main} w_s O_s + sum_{window} w_s O_s) / sum_s w_s l_s, w_s = 2^(m_s - M).
-__global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main,
-                             int splits_total, int n_heads, int d, const float* rot_v, float* out) {
+// One block of d threads per (head, seq).
+__global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main, int splits_total,
+                             int n_heads, int d, const float* signs_v, const float* rot_v, float* out) {
   extern __shared__ float sh[];  // [d]
   const size_t ph = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * splits_total;
+  const int j = threadIdx.x;
   float m = -INFINITY;
   for (int s = 0; s < splits_total; ++s) m = fmaxf(m, part_ml[ph + s].x);
-  float l = 0.0f;
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float acc_main = 0.0f, acc_win = 0.0f;
-    l = 0.0f;
-    if (m != -INFINITY) {
-      for (int s = 0; s < splits_total; ++s) {
-        const float2 ml = part_ml[ph + s];
-        if (ml.x == -INFINITY) continue;
-        const float w = exp2f(ml.x - m);
-        l += w * ml.y;
-        const float v = w * part_o[(ph + s) * d + j];
-        if (s < splits_main) acc_main += v;
-        else acc_win += v;
-      }
+  float l = 0.0f, acc_main = 0.0f, acc_win = 0.0f;
+  if (m != -INFINITY) {
+    for (int s = 0; s < splits_total; ++s) {
+      const float2 ml = part_ml[ph + s];
+      if (ml.x == -INFINITY) continue;
+      const float w = exp2f(ml.x - m);
+      l += w * ml.y;
+      const float v = w * part_o[(ph + s) * d + j];
+      if (s < splits_main) acc_main += v;
+      else acc_win += v;
     }
+  }
+  float y = acc_main;
+  if (signs_v) {  // P^T y = D H y / sqrt(d)
     sh[j] = acc_main;
-    sh[d + j] = acc_win;
+    block_fwht(sh, d);
+    y = sh[j] * rsqrtf(static_cast<float>(d)) * __ldg(signs_v + j);
+  } else if (rot_v) {  // x_j = sum_i P_ij y_i
+    sh[j] = acc_main;
+    __syncthreads();
+    y = 0.0f;
+    for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
   }
-  __syncthreads();
-  const size_t row = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d;
-  for (int j = threadIdx.x; j < d; j += blockDim.x) {
-    float y = sh[j];
-    if (rot_v) {  // x_j = sum_i P_ij y_i
-      y = 0.0f;
-      for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
-    }
-    out[row + j] = l > 0.0f ? (y + sh[d + j]) / l : 0.0f;
-  }
+  out[(static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d + j] = l > 0.0f ? (y + acc_win) / l : 0.0f;
 }
 
 const AttnInstance* find_instance(quant::Format k, quant::Format v, int dim) {
@@ -99,12 +118,13 @@ struct SegmentPlan {
   int splits = 0;
 };
 
-// Enough CTAs for about two full waves of the device, each a multiple of kSplitUnit tokens.
+// Split-K: about one full wave of resident CTAs (num_sms x ctas_per_sm), each split a multiple
+// of kSplitUnit tokens; a batch with more (sequence, KV head) pairs than slots gets no splits.
 SegmentPlan plan_segment(int max_len, int pairs, int num_sms, int ctas_per_sm, int max_splits) {
   SegmentPlan p;
   if (max_len <= 0) return p;
-  const int target = num_sms * std::max(ctas_per_sm, 1) * 2;
-  int splits = (target + pairs - 1) / pairs;
+  const int slots = num_sms * std::max(ctas_per_sm, 1);
+  int splits = std::max(1, slots / pairs);
   splits = std::min(splits, (max_len + kSplitUnit - 1) / kSplitUnit);
   if (max_splits > 0) splits = std::min(splits, max_splits);
   splits = std::max(splits, 1);
@@ -262,9 +282,12 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   const bool qjl = p.main.k.format.has_qjl();
   const bool v_rot = p.main.v.format.is_tq();
   const float c = p.scale * kLog2e;
+  const CodecTables& kt = p.main.k.tables;
+  const CodecTables& vt = p.main.v.tables;
   prepare_query_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
-      p.q, p.n_heads, d, c, k_rot ? p.main.k.tables.rotation : nullptr, qjl ? p.main.k.tables.qjl : nullptr,
-      c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch, window ? q_win : nullptr);
+      p.q, p.n_heads, d, c, k_rot ? kt.hadamard_signs : nullptr, k_rot ? kt.rotation : nullptr,
+      qjl ? kt.qjl : nullptr, c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch,
+      window ? q_win : nullptr);
   TQ_CUDA_CHECK_LAUNCH(stream);
   if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
@@ -277,9 +300,10 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, stream));
   }
   const int splits_total = plan.main_splits + plan.window_splits;
-  merge_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
+  merge_kernel<<<dim3(p.n_heads, p.n_seqs), d, d * sizeof(float), stream>>>(
       reinterpret_cast<const float*>(ws + plan.part_o), reinterpret_cast<const float2*>(ws + plan.part_ml),
-      plan.main_splits, splits_total, p.n_heads, d, v_rot ? p.main.v.tables.rotation : nullptr, p.out);
+      plan.main_splits, splits_total, p.n_heads, d, v_rot ? vt.hadamard_signs : nullptr,
+      v_rot ? vt.rotation : nullptr, p.out);
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }

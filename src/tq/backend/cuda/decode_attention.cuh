@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/vec_formats.cuh"
@@ -56,15 +57,22 @@ constexpr int attn_step_tokens() {
   return (KF::kCodeBits >= 8 || VF::kCodeBits >= 8) ? 16 : 32;
 }
 
-template <class KF, class VF, int kDim>
-constexpr bool attn_share_table() {
-  return KF::kTableBytes > 0 && KF::kCodeBits == VF::kCodeBits && KF::kTableBytes == VF::kTableBytes;
-}
-
-template <class KF, class VF, int kDim>
-constexpr int attn_table_bytes() {
-  return KF::kTableBytes + (attn_share_table<KF, VF, kDim>() ? 0 : VF::kTableBytes) + KF::kSignTableBytes;
-}
+// Shared-memory table layout (rows of 256 bytes, vec_formats.cuh): K's table at rows from 0
+// (half 0), V's shared with K when the code widths match, else in half 1 of the same rows when
+// both are half-row tables, else after K's rows; the QJL sign table last.
+template <class KF, class VF>
+struct AttnTables {
+  static constexpr bool kShare = KF::kTableRows > 0 && KF::kCodeBits == VF::kCodeBits;
+  static constexpr bool kVSecondHalf = !kShare && KF::kTableRows > 0 && VF::kTableRows > 0 && !KF::kFullRow &&
+                                       !VF::kFullRow;
+  static constexpr int kVRow = (kShare || kVSecondHalf) ? 0 : KF::kTableRows;
+  static constexpr int kVHalf = kVSecondHalf ? 1 : 0;
+  static constexpr int kRowsKV = kShare ? KF::kTableRows
+                                 : kVSecondHalf ? (KF::kTableRows > VF::kTableRows ? KF::kTableRows : VF::kTableRows)
+                                                : KF::kTableRows + VF::kTableRows;
+  static constexpr int kSignRow = kRowsKV;
+  static constexpr int kBytes = (kRowsKV + KF::kSignTableRows) * 256;
+};
 
 template <int kDim>
 constexpr int attn_reduce_bytes() {
@@ -73,9 +81,15 @@ constexpr int attn_reduce_bytes() {
 
 template <class KF, class VF, int kDim>
 constexpr int attn_smem_bytes() {
-  const int t = attn_table_bytes<KF, VF, kDim>();
+  const int t = AttnTables<KF, VF>::kBytes;
   const int r = attn_reduce_bytes<kDim>();
   return t > r ? t : r;
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {  // 2^x, ex2.approx.ftz (-inf -> 0)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 template <class KF, class VF, int kDim>
@@ -103,20 +117,21 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
     return;
   }
 
+  using Tab = AttnTables<KF, VF>;
   uint8_t* k_table = smem;
-  uint8_t* v_table = attn_share_table<KF, VF, kDim>() ? smem : smem + KF::kTableBytes;
-  uint8_t* s_table = v_table + (attn_share_table<KF, VF, kDim>() ? KF::kTableBytes : VF::kTableBytes);
-  if constexpr (KF::kTableBytes > 0) build_table<KF::kCodeBits, KF::kLookup>(k_table, a.k_centroids);
-  if constexpr (VF::kTableBytes > 0 && !attn_share_table<KF, VF, kDim>())
-    build_table<VF::kCodeBits, VF::kLookup>(v_table, a.v_centroids);
-  if constexpr (kQjl) build_table<1, 4>(s_table, nullptr);
+  uint8_t* v_table = smem + Tab::kVRow * 256;
+  uint8_t* s_table = smem + Tab::kSignRow * 256;
+  if constexpr (KF::kTableRows > 0) build_table<KF::kCodeBits, KF::kLookup>(k_table, 0, a.k_centroids);
+  if constexpr (VF::kTableRows > 0 && !Tab::kShare)
+    build_table<VF::kCodeBits, VF::kLookup>(v_table, Tab::kVHalf, a.v_centroids);
+  if constexpr (kQjl) build_table<1, 4>(s_table, 0, nullptr);
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const uint8_t* k_tab = k_table + lane * 2 * (KF::kTableBytes > 0 ? KF::kLookup : 2);
-  const uint8_t* v_tab = v_table + lane * 2 * (VF::kTableBytes > 0 ? VF::kLookup : 2);
-  const uint8_t* s_tab = s_table + lane * 8;
+  const uint32_t k_off = lane * 2 * KF::kLookup;
+  const uint32_t v_off = (Tab::kShare ? 0 : Tab::kVHalf * 128) + lane * 2 * (Tab::kShare ? KF::kLookup : VF::kLookup);
+  const uint32_t s_off = lane * 8;
 
   // Query A fragments: rows = heads (g < group), k-slots = thread t's K chunk dims.
   uint32_t qa[kKT][2];
@@ -147,10 +162,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
 
   const int cap = a.block_tokens;
   const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
-  for (int tok0 = begin + warp * kStep; tok0 < end; tok0 += kAttnWarps * kStep) {
+  // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
+  const auto step = [&](int tok0, auto full_tag) {
+    constexpr bool kFull = decltype(full_tag)::value;
     const int page = __ldg(table + tok0 / cap);
     const int slot0 = tok0 % cap;
-    const int valid = end - tok0;  // tokens of this step that exist
+    const int valid = kFull ? kStep : end - tok0;
     const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
                         static_cast<size_t>(kvh) * a.k_head_stride;
     const uint8_t* vb = a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
@@ -160,7 +177,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
     typename KF::template Raw<kKN> kr[kNT];
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
-      if (8 * j + g < valid) KF::template load<kKN>(kr[j], kb, cap, slot0 + 8 * j + g, t);
+      if (kFull || 8 * j + g < valid) KF::template load<kKN>(kr[j], kb, cap, slot0 + 8 * j + g, t);
       else kr[j].zero();
     }
     typename VF::template Raw<kVN> vr[kNH][4];
@@ -169,7 +186,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = 16 * h + 2 * t + (e & 1) + 8 * (e >> 1);
-        if (tok < valid) VF::template load<kVN>(vr[h][e], vb, cap, slot0 + tok, g);
+        if (kFull || tok < valid) VF::template load<kVN>(vr[h][e], vb, cap, slot0 + tok, g);
         else vr[h][e].zero();
       }
     float2 ks[kNT], vs[kNT];
@@ -177,19 +194,19 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
     for (int j = 0; j < kNT; ++j) {
       // Slots past `valid` may hold stale bytes (even NaN norms): their factors become 0.
       const int tk = 8 * j + 2 * t;
-      ks[j] = tk < valid ? KF::scale2(kb, cap, slot0 + tk) : make_float2(0.0f, 0.0f);
-      vs[j] = tk < valid ? VF::scale2(vb, cap, slot0 + tk) : make_float2(0.0f, 0.0f);
-      if (tk + 1 >= valid) ks[j].y = vs[j].y = 0.0f;
+      ks[j] = (kFull || tk < valid) ? KF::scale2(kb, cap, slot0 + tk) : make_float2(0.0f, 0.0f);
+      vs[j] = (kFull || tk < valid) ? VF::scale2(vb, cap, slot0 + tk) : make_float2(0.0f, 0.0f);
+      if (!kFull && tk + 1 >= valid) ks[j].y = vs[j].y = 0.0f;
     }
     typename dev::SignsOf<KF, kKN>::type sr[kNT];
     [[maybe_unused]] float2 rs[kNT];
     if constexpr (kQjl) {
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
-        if (8 * j + g < valid) KF::template load_signs<kKN>(sr[j].r, kb, cap, slot0 + 8 * j + g, t);
+        if (kFull || 8 * j + g < valid) KF::template load_signs<kKN>(sr[j].r, kb, cap, slot0 + 8 * j + g, t);
         else sr[j].r.zero();
-        rs[j] = (8 * j + 2 * t < valid) ? KF::residual2(kb, cap, slot0 + 8 * j + 2 * t)
-                                        : make_float2(0.0f, 0.0f);
+        rs[j] = (kFull || 8 * j + 2 * t < valid) ? KF::residual2(kb, cap, slot0 + 8 * j + 2 * t)
+                                                 : make_float2(0.0f, 0.0f);
       }
     }
 
@@ -199,13 +216,13 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
     for (int j = 0; j < kNT; ++j) {
       s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
       uint32_t kp[kKN / 2];
-      decode_chunk<KF, kKN>(kr[j], t, k_tab, kp);
+      decode_chunk<KF, kKN>(kr[j], t, k_table, k_off, kp);
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk) mma_16816(s[j], qa[kk][0], 0u, qa[kk][1], 0u, kp[2 * kk], kp[2 * kk + 1]);
       if constexpr (kQjl) {
         float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         uint32_t sp[kKN / 2];
-        KF::template decode_signs<kKN>(sr[j].r, s_tab, sp);
+        KF::template decode_signs<kKN>(sr[j].r, s_table, s_off, sp);
 #pragma unroll
         for (int kk = 0; kk < kKT; ++kk) mma_16816(s2, qs[kk][0], 0u, qs[kk][1], 0u, sp[2 * kk], sp[2 * kk + 1]);
         s[j][0] += rs[j].x * s2[0];
@@ -215,8 +232,8 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
         s[j][0] *= ks[j].x;
         s[j][1] *= ks[j].y;
       }
-      if (8 * j + 2 * t >= valid) s[j][0] = -INFINITY;
-      if (8 * j + 2 * t + 1 >= valid) s[j][1] = -INFINITY;
+      if (!kFull && 8 * j + 2 * t >= valid) s[j][0] = -INFINITY;
+      if (!kFull && 8 * j + 2 * t + 1 >= valid) s[j][1] = -INFINITY;
     }
 
     // Online softmax of head g over the step.
@@ -227,42 +244,48 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_new = fmaxf(m_run, mx);
     const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float alpha = exp2f(m_run - m_use);
+    const float alpha = fast_exp2(m_run - m_use);
     m_run = m_new;
     uint32_t pb[kNH][2];
     float psum = 0.0f;
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
-      const float p0 = exp2f(s[j][0] - m_use), p1 = exp2f(s[j][1] - m_use);
+      const float p0 = fast_exp2(s[j][0] - m_use), p1 = fast_exp2(s[j][1] - m_use);
       psum += p0 + p1;
       const float w0 = VF::kTokenScale ? p0 * vs[j].x : p0;
       const float w1 = VF::kTokenScale ? p1 * vs[j].y : p1;
       pb[j / 2][j % 2] = pack_h2(w0, w1);
     }
     l_run = l_run * alpha + psum;
-    // O^T columns are heads 2t, 2t+1; their factors live in lanes 8t and 8t + 4.
-    const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * t);
-    const float a1 = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+    // O^T columns are heads 2t, 2t+1; their factors live in lanes 8t and 8t + 4. Once the
+    // maxima settle, no lane rescales and the whole block is skipped.
+    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
+      const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * t);
+      const float a1 = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
 #pragma unroll
-    for (int mm = 0; mm < kMT; ++mm) {
-      o[mm][0] *= a0;
-      o[mm][1] *= a1;
-      o[mm][2] *= a0;
-      o[mm][3] *= a1;
+      for (int mm = 0; mm < kMT; ++mm) {
+        o[mm][0] *= a0;
+        o[mm][1] *= a1;
+        o[mm][2] *= a0;
+        o[mm][3] *= a1;
+      }
     }
 
-    // O^T += V^T P^T (A rows g / g+8 of m-tile mm = local V dims 2mm / 2mm+1 of chunk g).
+    // O^T += V^T P^T (A rows g / g+8 of m-tile mm = local V dims 2mm / 2mm+1 of chunk g; each
+    // register pairs two tokens).
 #pragma unroll
     for (int h = 0; h < kNH; ++h) {
-      uint32_t vp[4][kVN / 2];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) decode_chunk<VF, kVN>(vr[h][e], g, v_tab, vp[e]);
+      uint32_t v01[kVN], v23[kVN];
+      decode_token_pair<VF, kVN>(vr[h][0], vr[h][1], g, v_table, v_off, v01);
+      decode_token_pair<VF, kVN>(vr[h][2], vr[h][3], g, v_table, v_off, v23);
 #pragma unroll
       for (int mm = 0; mm < kMT; ++mm)
-        mma_16816(o[mm], prmt(vp[0][mm], vp[1][mm], 0x5410u), prmt(vp[0][mm], vp[1][mm], 0x7632u),
-                  prmt(vp[2][mm], vp[3][mm], 0x5410u), prmt(vp[2][mm], vp[3][mm], 0x7632u), pb[h][0],
-                  pb[h][1]);
+        mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0], pb[h][1]);
     }
+  };
+  for (int tok0 = begin + warp * kStep; tok0 < end; tok0 += kAttnWarps * kStep) {
+    if (end - tok0 >= kStep) step(tok0, std::true_type{});
+    else step(tok0, std::false_type{});
   }
 
   // Combine the warps of the CTA (shared memory reused: the tables are no longer read).

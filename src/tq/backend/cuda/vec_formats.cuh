@@ -24,41 +24,65 @@ __device__ __forceinline__ float2 load_half2_f2(const uint8_t* p) {
   return __half22float2(bits_h2(u));
 }
 
-// The fields of kLookup codes of kBits bits -> fp16 values through the lane's table.
-template <int kBits, int kLookup, int kN, int kWords>
-__device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], const uint8_t* table_lane,
-                                             uint32_t (&out)[kN / 2]) {
-  constexpr int kField = kBits * kLookup;
-  constexpr int kEntryBytes = 2 * kLookup;
-#pragma unroll
-  for (int q = 0; q < kN / kLookup; ++q) {
-    const uint32_t f = bit_field(w, q * kField, kField);
-    const uint8_t* e = table_lane + f * (32u * kEntryBytes);
-    if constexpr (kLookup == 2) {
-      out[q] = *reinterpret_cast<const uint32_t*>(e);
-    } else {
-      const uint2 v = *reinterpret_cast<const uint2*>(e);
-      out[2 * q] = v.x;
-      out[2 * q + 1] = v.y;
-    }
+// Lookup tables live in shared memory as rows of 256 bytes: code field e of a table is row
+// base + e, and lane l reads its own copy at byte `lane_off` = half * 128 + l * entry bytes of the
+// row (bank = lane: a warp's lookups never conflict). A "half" table (fp16 pairs, 4-byte entries)
+// uses 128 bytes of a row, so two such tables share rows; a "full" table (quads, 8 bytes) uses all
+// 256. With 256-byte rows an 8-bit field becomes an address in one byte permute.
+__device__ __forceinline__ uint32_t lut_addr_byte(uint32_t w, int k, uint32_t lane_off) {
+  return prmt(w, lane_off, 0x5504u | (static_cast<uint32_t>(k) << 4));  // (byte k << 8) | lane_off
+}
+
+template <int kLookup>
+__device__ __forceinline__ void lut_load(const uint8_t* table, uint32_t addr, uint32_t* out) {
+  if constexpr (kLookup == 2) {
+    out[0] = *reinterpret_cast<const uint32_t*>(table + addr);
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(table + addr);
+    out[0] = v.x;
+    out[1] = v.y;
   }
 }
 
-// Fills a replicated lookup table: entry e holds the fp16 values of the kLookup codes packed
-// in e (LSB-first), value(c) = values[c] (or the QJL signs -1/+1 when values is nullptr).
+// The fields of kLookup codes of kBits bits -> fp16 values (out[p] = half2(local 2p, 2p+1)).
+template <int kBits, int kLookup, int kN, int kWords>
+__device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], const uint8_t* table, uint32_t lane_off,
+                                             uint32_t (&out)[kN / 2]) {
+  constexpr int kField = kBits * kLookup;
+#pragma unroll
+  for (int q = 0; q < kN / kLookup; ++q) {
+    uint32_t addr;
+    if constexpr (kField == 8) {
+      addr = lut_addr_byte(w[q / 4], q % 4, lane_off);
+    } else {
+      addr = (bit_field(w, q * kField, kField) << 8) | lane_off;
+    }
+    lut_load<kLookup>(table, addr, out + q * (kLookup / 2));
+  }
+}
+
+// Fills one table: entry e holds the fp16 values of the kLookup codes packed in e (LSB-first),
+// value(c) = values[c] (or the QJL signs -1/+1 when values is nullptr), at row e, byte
+// half * 128 + lane * 2 * kLookup, for all 32 lanes (16-byte stores).
 template <int kBits, int kLookup>
-__device__ void build_table(uint8_t* table, const float* values) {
+__device__ void build_table(uint8_t* rows, int half, const float* values) {
   constexpr int kEntries = 1 << (kBits * kLookup);
-  constexpr int kWordsPerEntry = kLookup / 2;
-  uint32_t* w = reinterpret_cast<uint32_t*>(table);
-  for (int i = threadIdx.x; i < kEntries * 32 * kWordsPerEntry; i += blockDim.x) {
-    const int word = i % kWordsPerEntry;
-    const int e = i / (32 * kWordsPerEntry);
-    const int c0 = (e >> (kBits * 2 * word)) & ((1 << kBits) - 1);
-    const int c1 = (e >> (kBits * (2 * word + 1))) & ((1 << kBits) - 1);
-    const float v0 = values ? __ldg(values + c0) : (c0 ? 1.0f : -1.0f);
-    const float v1 = values ? __ldg(values + c1) : (c1 ? 1.0f : -1.0f);
-    w[i] = pack_h2(v0, v1);
+  constexpr int kStores = kLookup * 2 * 32 / 16;  // 16-byte stores per entry
+  for (int i = threadIdx.x; i < kEntries * kStores; i += blockDim.x) {
+    const int e = i / kStores, part = i % kStores;
+    uint32_t v[kLookup / 2];
+#pragma unroll
+    for (int w = 0; w < kLookup / 2; ++w) {
+      const int c0 = (e >> (kBits * 2 * w)) & ((1 << kBits) - 1);
+      const int c1 = (e >> (kBits * (2 * w + 1))) & ((1 << kBits) - 1);
+      const float v0 = values ? __ldg(values + c0) : (c0 ? 1.0f : -1.0f);
+      const float v1 = values ? __ldg(values + c1) : (c1 ? 1.0f : -1.0f);
+      v[w] = pack_h2(v0, v1);
+    }
+    uint4 st;
+    if constexpr (kLookup == 2) st = make_uint4(v[0], v[0], v[0], v[0]);
+    else st = make_uint4(v[0], v[1], v[0], v[1]);
+    *reinterpret_cast<uint4*>(rows + e * 256 + half * 128 + part * 16) = st;
   }
 }
 
@@ -71,10 +95,13 @@ struct TqFmt {
   static constexpr int kCodeBits = kBits;
   static constexpr int kCodeBytes = kDim * kBits / 8;
   static constexpr int kSignBytes = kQjl ? kDim / 8 : 0;
-  static constexpr int kLookup = kBits <= 2 ? 4 : 2;
-  static constexpr int kTableBytes = (1 << (kBits * kLookup)) * 2 * kLookup * 32;
+  static constexpr int kLookup = kBits <= 2 ? 4 : 2;    // codes per lookup
+  static constexpr bool kFullRow = kLookup == 4;          // 8-byte entries fill a 256-byte row
+  static constexpr int kTableRows = 1 << (kBits * kLookup);
+  static constexpr int kTableBytes = kTableRows * 256;
   static constexpr int kSignLookup = 4;
-  static constexpr int kSignTableBytes = kQjl ? 16 * 8 * 32 : 0;
+  static constexpr int kSignTableRows = kQjl ? 16 : 0;
+  static constexpr int kSignTableBytes = kSignTableRows * 256;
 
   template <int kN>
   struct Raw {
@@ -92,9 +119,53 @@ struct TqFmt {
     r.s.load(blk + slot * kCodeBytes + c * (kN * kBits / 8));
   }
   template <int kN>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t* table_lane,
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t* table, uint32_t lane_off,
                                                 uint32_t (&out)[kN / 2]) {
-    lookup_codes<kBits, kLookup, kN>(r.s.w, table_lane, out);
+    lookup_codes<kBits, kLookup, kN>(r.s.w, table, lane_off, out);
+  }
+  // Two tokens' chunks -> out[i] = half2(A local i, B local i): the value fragments pair tokens.
+  // 4-bit: nibble-interleave the two words so each byte is a (code A, code B) pair of the same
+  // dim, one table row per byte; 2-bit: 2-bit interleave into (A, B, A, B) quads.
+  template <int kN>
+  static __device__ __forceinline__ void decode_pair(const Raw<kN>& a, const Raw<kN>& b, const uint8_t* table,
+                                                     uint32_t lane_off, uint32_t (&out)[kN]) {
+    if constexpr (kBits == 4 && (kN * kBits / 8) % 4 == 0) {
+#pragma unroll
+      for (int w = 0; w < kN / 8; ++w) {
+        const uint32_t x = (a.s.w[w] & 0x0f0f0f0fu) | ((b.s.w[w] << 4) & 0xf0f0f0f0u);  // dims 2n
+        const uint32_t y = ((a.s.w[w] >> 4) & 0x0f0f0f0fu) | (b.s.w[w] & 0xf0f0f0f0u);  // dims 2n+1
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          lut_load<2>(table, lut_addr_byte(x, n, lane_off), out + 8 * w + 2 * n);
+          lut_load<2>(table, lut_addr_byte(y, n, lane_off), out + 8 * w + 2 * n + 1);
+        }
+      }
+    } else if constexpr (kBits == 2 && kLookup == 4 && (kN * kBits / 8) % 4 == 0) {
+#pragma unroll
+      for (int w = 0; w < kN / 16; ++w) {
+        const uint32_t x = (a.s.w[w] & 0x33333333u) | ((b.s.w[w] & 0x33333333u) << 2);  // dims 2m
+        const uint32_t y = ((a.s.w[w] >> 2) & 0x33333333u) | (b.s.w[w] & 0xccccccccu);  // dims 2m+1
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          uint32_t ex[2], ey[2];
+          lut_load<4>(table, lut_addr_byte(x, n, lane_off), ex);  // dims 4n, 4n+2
+          lut_load<4>(table, lut_addr_byte(y, n, lane_off), ey);  // dims 4n+1, 4n+3
+          out[16 * w + 4 * n] = ex[0];
+          out[16 * w + 4 * n + 1] = ey[0];
+          out[16 * w + 4 * n + 2] = ex[1];
+          out[16 * w + 4 * n + 3] = ey[1];
+        }
+      }
+    } else {
+      uint32_t pa[kN / 2], pb[kN / 2];
+      decode<kN>(a, table, lane_off, pa);
+      decode<kN>(b, table, lane_off, pb);
+#pragma unroll
+      for (int p = 0; p < kN / 2; ++p) {
+        out[2 * p] = prmt(pa[p], pb[p], 0x5410u);
+        out[2 * p + 1] = prmt(pa[p], pb[p], 0x7632u);
+      }
+    }
   }
   // Norms of tokens slot, slot + 1 (slot even).
   static __device__ __forceinline__ float2 scale2(const uint8_t* blk, int cap, int slot) {
@@ -107,9 +178,9 @@ struct TqFmt {
     r.s.load(blk + cap * kCodeBytes + slot * kSignBytes + c * (kN / 8));
   }
   template <int kN>
-  static __device__ __forceinline__ void decode_signs(const SignRaw<kN>& r, const uint8_t* table_lane,
+  static __device__ __forceinline__ void decode_signs(const SignRaw<kN>& r, const uint8_t* table, uint32_t lane_off,
                                                       uint32_t (&out)[kN / 2]) {
-    lookup_codes<1, kSignLookup, kN>(r.s.w, table_lane, out);
+    lookup_codes<1, kSignLookup, kN>(r.s.w, table, lane_off, out);
   }
   static __device__ __forceinline__ float2 residual2(const uint8_t* blk, int cap, int slot) {
     return load_half2_f2(blk + cap * (kCodeBytes + kSignBytes + 2) + 2 * slot);
@@ -126,6 +197,9 @@ struct F16Fmt {
   static constexpr int kCodeBits = 16;
   static constexpr int kTableBytes = 0;
   static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
+  static constexpr bool kFullRow = false;
+  static constexpr int kTableRows = 0;
+  static constexpr int kSignTableRows = 0;
   static constexpr int kSignTableBytes = 0;
 
   template <int kN>
@@ -138,7 +212,7 @@ struct F16Fmt {
     r.s.load(blk + slot * (2 * kDim) + c * (2 * kN));
   }
   template <int kN>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t*, uint32_t (&out)[kN / 2]) {
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t*, uint32_t, uint32_t (&out)[kN / 2]) {
 #pragma unroll
     for (int p = 0; p < kN / 2; ++p) out[p] = r.s.w[p];
   }
@@ -163,6 +237,9 @@ struct Q8Fmt {
   static constexpr int kCodeBits = 8;
   static constexpr int kTableBytes = 0;
   static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
+  static constexpr bool kFullRow = false;
+  static constexpr int kTableRows = 0;
+  static constexpr int kSignTableRows = 0;
   static constexpr int kSignTableBytes = 0;
   static constexpr int kRowBytes = kDim / 32 * 34;
 
@@ -184,7 +261,7 @@ struct Q8Fmt {
     r.s.load(row + 34 * b + 2 + e0);
   }
   template <int kN>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t*, uint32_t (&out)[kN / 2]) {
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t*, uint32_t, uint32_t (&out)[kN / 2]) {
     const __half2 s = bits_h2(r.scale | (r.scale << 16));
 #pragma unroll
     for (int i = 0; i < kN / 4; ++i) {
@@ -207,6 +284,9 @@ struct Q4Fmt {
   static constexpr int kCodeBits = 4;
   static constexpr int kTableBytes = 0;
   static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
+  static constexpr bool kFullRow = false;
+  static constexpr int kTableRows = 0;
+  static constexpr int kSignTableRows = 0;
   static constexpr int kSignTableBytes = 0;
   static constexpr int kRowBytes = kDim / 32 * 18;
 
@@ -276,12 +356,31 @@ struct SignsOf<TqFmt<kDim, kBits, true>, kN> {
 
 // Uniform decode entry (q4_0 needs the chunk index; the others ignore it).
 template <class F, int kN>
-__device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>& r, int c,
-                                             const uint8_t* table_lane, uint32_t (&out)[kN / 2]) {
+__device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>& r, int c, const uint8_t* table,
+                                             uint32_t lane_off, uint32_t (&out)[kN / 2]) {
   if constexpr (requires { F::template decode_c<kN>(r, c, out); }) {
     F::template decode_c<kN>(r, c, out);
   } else {
-    F::template decode<kN>(r, table_lane, out);
+    F::template decode<kN>(r, table, lane_off, out);
+  }
+}
+
+// Two tokens' chunks as token pairs: out[i] = half2(A local i, B local i).
+template <class F, int kN>
+__device__ __forceinline__ void decode_token_pair(const typename F::template Raw<kN>& a,
+                                                  const typename F::template Raw<kN>& b, int c, const uint8_t* table,
+                                                  uint32_t lane_off, uint32_t (&out)[kN]) {
+  if constexpr (requires { F::template decode_pair<kN>(a, b, table, lane_off, out); }) {
+    F::template decode_pair<kN>(a, b, table, lane_off, out);
+  } else {
+    uint32_t pa[kN / 2], pb[kN / 2];
+    decode_chunk<F, kN>(a, c, table, lane_off, pa);
+    decode_chunk<F, kN>(b, c, table, lane_off, pb);
+#pragma unroll
+    for (int p = 0; p < kN / 2; ++p) {
+      out[2 * p] = prmt(pa[p], pb[p], 0x5410u);
+      out[2 * p + 1] = prmt(pa[p], pb[p], 0x7632u);
+    }
   }
 }
 
