@@ -1,8 +1,8 @@
 // tq make-model: writes a random-weight Llama-family GGUF of any shape, loadable by tq (and by
 // llama.cpp), for tests and for benchmarks of shapes we have no weights for.
 //   tq make-model --shape smollm2-135m --type q8_0 --seed 1 -o /tmp/smol-random.gguf
-//   tq make-model --shape custom --layers 2 --dim 256 --ffn 512 --heads 8 --kv-heads 2 \
-//       --vocab 1024 --type f16 -o /tmp/tiny.gguf
+//   tq make-model --layers 2 --dim 256 --ffn 512 --heads 8 --kv-heads 2 --vocab 1024
+//       --type f16 -o /tmp/tiny.gguf
 #include <chrono>
 #include <cstdio>
 #include <filesystem>

@@ -26,12 +26,16 @@ PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu/sdpa_ref.py" --out "$OUT/sdpa.csv"
 if [ "${TQ_GPU_PROFILE:-0}" = 1 ]; then
   # Resource usage and instruction mix of the tq4/tq4 head-dim-128 kernel, then one profiled
   # launch of it at 32k context, batch 8 (DRAM throughput, issue utilisation).
-  sym=$(cuobjdump -symbols "$BUILD/tq_gpu_bench" 2>/dev/null | grep -o '_ZN2tq7backend4cuda16attention_kernelINS1_3dev5TqFmtILi128ELi4ELb0EEES5_Li128EEEvNS1_8AttnArgsE' | head -1)
-  { cuobjdump -res-usage "$BUILD/tq_gpu_bench" 2>/dev/null | grep -A1 attention_kernel | head -80
-    echo "--- instruction mix of $sym"
-    cuobjdump -sass -fun "$sym" "$BUILD/tq_gpu_bench" | grep -oE '^\s+/\*[0-9a-f]+\*/\s+[A-Z0-9_.]+' | awk '{print $2}' | sed 's/\..*//' | sort | uniq -c | sort -rn | head -40
+  obj=$(find "$BUILD" -name 'attention_inst_k_tq4.cu.o' | head -1)
+  { cuobjdump -res-usage "$obj" 2>/dev/null | grep -A1 'TqFmtILi128ELi4ELb0EEES5_Li128E'
+    for fn in TqFmtILi128ELi4ELb0EEES5_Li128E TqFmtILi128ELi4ELb0EEENS4_ILi128ELi3ELb0EEELi128E; do
+      echo "--- instruction mix of attention_kernel<$fn>"
+      cuobjdump -sass "$obj" | awk -v f="$fn" '/Function :/{on = index($0, f) > 0} on' |
+        grep -E '^ +/\*[0-9a-f]{4}\*/ ' | sed -E 's/^ +\/\*[0-9a-f]{4}\*\/ +(@!?U?P[0-9T]+ +)?([A-Z0-9_]+).*/\2/' |
+        sort | uniq -c | sort -rn | head -30
+    done
   } > "$OUT/sass_summary.txt" 2>&1
-  for f in tq4/tq4 f16/f16; do
+  for f in tq4/tq4 tq3/tq3 f16/f16; do
     timeout 150 ncu -k regex:attention_kernel -c 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
       --section SchedulerStats --section WarpStateStats --section Occupancy --section InstructionStats \
       "$BUILD/tq_gpu_bench" --out /tmp --contexts 32768 --batches 8 --formats "$f" --reps 2 --write 0

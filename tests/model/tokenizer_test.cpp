@@ -181,6 +181,26 @@ TEST_F(SmolLm2Tokenizer, WholeNovel) {
   EXPECT_LT(secs, 20.0);
 }
 
+// The allocation-free merge for short pieces gives the heap reference's ids on every piece of
+// the novel, and the long pieces of a synthetic text exercise the heap path inside encode().
+TEST_F(SmolLm2Tokenizer, ShortPiecePathMatchesHeapReference) {
+  TQ_REQUIRE_FILE(tq::test::novel_path());
+  std::string text = read_file(tq::test::novel_path());
+  text += " " + std::string(200, '=') + " " + std::string(64, 'x') + "\n\n\n" +
+          "\xE4\xBD\xA0\xE5\xA5\xBD\xE4\xB8\x96\xE7\x95\x8C" + std::string(90, ' ') + "z";
+  const std::vector<uint32_t> b = pretokenize(PreTokenizerKind::kSmollm, text);
+  std::vector<int32_t> ref;
+  size_t long_pieces = 0;
+  for (size_t i = 0; i + 1 < b.size(); ++i) {
+    const auto r = tok_->bpe_piece_ref(std::string_view(text).substr(b[i], b[i + 1] - b[i]));
+    ref.insert(ref.end(), r.begin(), r.end());
+    long_pieces += b[i + 1] - b[i] > 48;
+  }
+  EXPECT_GE(long_pieces, 3u);
+  const auto got = tok_->encode(text, false, false);
+  EXPECT_EQ(got, ref) << first_diff(got, ref);
+}
+
 // The hand-written regexes split exactly as HF tokenizers' regex engine does with llama.cpp's
 // patterns, for every pre-tokenizer (the model above only exercises "smollm").
 TEST(PreTokenizer, MatchesReferenceRegexes) {

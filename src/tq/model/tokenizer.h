@@ -83,6 +83,9 @@ class Tokenizer {
   TokenType token_type(int32_t id) const;
   // -1 when `text` is not a token.
   int32_t token_id(std::string_view text) const;
+  // kBpe: merges one pre-tokenized piece with the general heap algorithm (any length), the
+  // reference the allocation-free path for short pieces is tested against.
+  std::vector<int32_t> bpe_piece_ref(std::string_view piece) const;
 
  private:
   struct StringHash {
@@ -103,6 +106,7 @@ class Tokenizer {
   // Byte-level BPE of one pre-tokenized piece (tokenizer_bpe.cpp).
   void encode_bpe_piece(std::string_view piece, std::vector<int32_t>* out) const;
   void encode_bpe_small(std::string_view piece, std::vector<int32_t>* out) const;
+  void encode_bpe_heap(std::string_view piece, std::vector<int32_t>* out) const;
   static constexpr int32_t kSmallPiece = 48;
   void encode_bpe_text(std::string_view text, std::vector<int32_t>* out) const;
   // SentencePiece BPE of one fragment, spaces already escaped (tokenizer_spm.cpp).

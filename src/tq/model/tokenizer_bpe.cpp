@@ -176,11 +176,18 @@ void Tokenizer::encode_bpe_piece(std::string_view piece, std::vector<int32_t>* o
     emit(byte_to_id_[static_cast<uint8_t>(piece[0])]);
     return;
   }
-  if (n <= kSmallPiece) {
-    encode_bpe_small(piece, out);
-    return;
-  }
+  if (n <= kSmallPiece) encode_bpe_small(piece, out);
+  else encode_bpe_heap(piece, out);
+}
 
+std::vector<int32_t> Tokenizer::bpe_piece_ref(std::string_view piece) const {
+  std::vector<int32_t> out;
+  if (data_.model == TokenizerModel::kBpe && !piece.empty()) encode_bpe_heap(piece, &out);
+  return out;
+}
+
+void Tokenizer::encode_bpe_heap(std::string_view piece, std::vector<int32_t>* out) const {
+  const auto n = static_cast<int32_t>(piece.size());
   std::vector<Symbol> syms(n);
   for (int32_t i = 0; i < n; ++i)
     syms[i] = Symbol{byte_to_id_[static_cast<uint8_t>(piece[i])], i - 1, i + 1 < n ? i + 1 : -1};
@@ -216,7 +223,8 @@ void Tokenizer::encode_bpe_piece(std::string_view piece, std::vector<int32_t>* o
     try_pair(left.prev);
     try_pair(c.pos);
   }
-  for (int32_t i = 0; i >= 0; i = syms[i].next) emit(syms[i].id);
+  for (int32_t i = 0; i >= 0; i = syms[i].next)
+    if (syms[i].id >= 0) out->push_back(syms[i].id);
 }
 
 }  // namespace tq::model

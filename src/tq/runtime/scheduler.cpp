@@ -198,8 +198,8 @@ void Scheduler::end_pending(Pending& p, FinishReason reason, const std::string& 
   e.finish = reason;
   e.error = error;
   e.prompt_tokens = static_cast<int>(p.request.prompt.size());
+  count_done(reason);  // first: a client that sees the event also sees the count
   p.channel->push(std::move(e));
-  count_done(reason);
 }
 
 void Scheduler::publish_counts() {
@@ -336,8 +336,8 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& error)
   e.cached_tokens = a.cached;
   e.completion_tokens = a.generated;
   a.kv.reset();  // pages back to the pool (full prompt pages stay in the prefix cache)
+  count_done(reason);  // first: a client that sees the event also sees the count
   a.channel->push(std::move(e));
-  count_done(reason);
 }
 
 void Scheduler::remove_finished() {

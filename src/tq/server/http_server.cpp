@@ -115,8 +115,9 @@ void HttpServer::Impl::install() {
       e.message = "Invalid URL (" + req.method + " " + req.path + ")";
       e.code = "not_found";
     } else if (res.status == 413) {
-      e.message = "The request body is larger than " + std::to_string(options.max_body_bytes) +
-                  " bytes.";
+      // httplib also answers 413 to form-encoded bodies over 8 KiB (send JSON).
+      e.message = "The request body is too large (the limit is " +
+                  std::to_string(options.max_body_bytes) + " bytes of JSON).";
       e.code = "request_too_large";
     } else {
       e.message = "HTTP error " + std::to_string(res.status);

@@ -21,7 +21,7 @@ ApiError server_error(int status, std::string message, std::string code) {
   ApiError e;
   e.status = status;
   e.message = std::move(message);
-  e.type = status == 503 ? "server_overloaded" : "server_error";
+  e.type = "server_error";
   e.code = std::move(code);
   return e;
 }

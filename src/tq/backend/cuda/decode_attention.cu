@@ -186,6 +186,9 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
   a.max_blocks = s.max_blocks;
   a.lengths = s.lengths;
   a.block_tokens = s.k.block_tokens;
+  a.block_shift = -1;
+  for (int b = 0; b < 31; ++b)
+    if ((1 << b) == a.block_tokens) a.block_shift = b;
   a.group = plan.group;
   a.n_heads = p.n_heads;
   a.q = q;

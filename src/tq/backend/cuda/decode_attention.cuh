@@ -37,6 +37,7 @@ struct AttnArgs {
   int max_blocks;
   const int32_t* lengths;  // [n_seqs]
   int block_tokens;
+  int block_shift;  // log2(block_tokens) when a power of two (no integer division), else -1
   int group;    // query heads per KV head (<= 8)
   int n_heads;  // query heads
   const __half* q;         // [n_seqs][n_heads][d], scaled by scale*log2(e) (rotated if K is)
@@ -165,8 +166,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
   // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
   const auto step = [&](int tok0, auto full_tag) {
     constexpr bool kFull = decltype(full_tag)::value;
-    const int page = __ldg(table + tok0 / cap);
-    const int slot0 = tok0 % cap;
+    const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
+    const int page = __ldg(table + bi);
+    const int slot0 = tok0 - bi * cap;
     const int valid = kFull ? kStep : end - tok0;
     const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
                         static_cast<size_t>(kvh) * a.k_head_stride;
@@ -198,7 +200,7 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
       vs[j] = (kFull || tk < valid) ? VF::scale2(vb, cap, slot0 + tk) : make_float2(0.0f, 0.0f);
       if (!kFull && tk + 1 >= valid) ks[j].y = vs[j].y = 0.0f;
     }
-    typename dev::SignsOf<KF, kKN>::type sr[kNT];
+    [[maybe_unused]] typename dev::SignsOf<KF, kKN>::type sr[kNT];
     [[maybe_unused]] float2 rs[kNT];
     if constexpr (kQjl) {
 #pragma unroll

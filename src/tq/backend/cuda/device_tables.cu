@@ -33,7 +33,7 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   TQ_ASSIGN_OR_RETURN(quant::Rotation rot, quant::Rotation::create(dim, seed));
   const std::vector<float> p = rot.matrix();
   const std::vector<float> s = format.has_qjl() ? quant::qjl_matrix(dim, seed) : std::vector<float>{};
-  // Host image: [centroids][boundaries][rotation][signs][qjl], each 16-byte aligned.
+  // Host image: [centroids][boundaries][rotation][signs][qjl][qjl^T], each 16-byte aligned.
   std::vector<float> host;
   const auto append = [&](const std::vector<float>& v) {
     while (host.size() % 4 != 0) host.push_back(0.0f);
@@ -46,6 +46,10 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   const size_t o_p = append(p);
   const size_t o_d = append(rot.signs());
   const size_t o_s = append(s);
+  std::vector<float> st(s.size());
+  for (int i = 0; i < dim && !s.empty(); ++i)
+    for (int j = 0; j < dim; ++j) st[static_cast<size_t>(j) * dim + i] = s[static_cast<size_t>(i) * dim + j];
+  const size_t o_st = append(st);
   TQ_CUDA_TRY(cudaMalloc(&t.mem_, host.size() * sizeof(float)));
   TQ_CUDA_TRY(cudaMemcpy(t.mem_, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
   const float* base = static_cast<const float*>(t.mem_);
@@ -54,6 +58,7 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   t.view_.rotation = base + o_p;
   t.view_.hadamard_signs = rot.is_hadamard() ? base + o_d : nullptr;
   t.view_.qjl = format.has_qjl() ? base + o_s : nullptr;
+  t.view_.qjl_t = format.has_qjl() ? base + o_st : nullptr;
   return Expected<DeviceCodecTables>(std::move(t));
 }
 

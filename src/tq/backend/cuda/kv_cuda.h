@@ -26,6 +26,7 @@ struct CodecTables {
   const float* rotation = nullptr;        // [d][d] row-major P (tq only)
   const float* hadamard_signs = nullptr;  // [d] D of P = H D / sqrt(d); nullptr: P is dense
   const float* qjl = nullptr;             // [d][d] row-major S (tq prod only)
+  const float* qjl_t = nullptr;           // [d][d] row-major S^T (tq prod only)
 };
 
 // One layer's K or V pages on the device.

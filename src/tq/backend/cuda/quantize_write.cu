@@ -59,7 +59,7 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   const CodecTables& t = pool.tables;
   if (pool.format.is_tq() && (!t.centroids || !t.boundaries || !t.hadamard_signs))
     return invalid_argument("quantize_write: tq pools need codebook and Hadamard tables");
-  if (pool.format.has_qjl() && !t.qjl) return invalid_argument("quantize_write: tq prod pools need the QJL matrix");
+  if (pool.format.has_qjl() && !t.qjl_t) return invalid_argument("quantize_write: tq prod pools need the QJL matrix");
 
   WriteArgs a{};
   a.pool = pool.data;
@@ -76,10 +76,11 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   a.boundaries = t.boundaries;
   a.hadamard_signs = t.hadamard_signs;
   a.qjl = t.qjl;
+  a.qjl_t = t.qjl_t;
   a.hadamard_scale = 1.0f / std::sqrt(static_cast<float>(pool.head_dim));  // as Rotation::apply
   a.norm_correction = pool.norm_correction;
 
-  const int lanes = pool.head_dim / 4 < 32 ? pool.head_dim / 4 : 32;
+  const int lanes = pool.head_dim / 8 < 32 ? pool.head_dim / 8 : 32;  // WriteTeam::kLanes
   const int teams = kWriteThreads / lanes;
   const long long vectors = static_cast<long long>(p.tokens) * pool.n_kv_heads;
   const long long blocks = (vectors + teams - 1) / teams;

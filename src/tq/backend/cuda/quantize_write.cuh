@@ -33,15 +33,18 @@ struct WriteArgs {
   const float* boundaries;
   const float* hadamard_signs;
   const float* qjl;
+  const float* qjl_t;    // S^T (coalesced rows for the sign sketch)
   float hadamard_scale;  // 1 / sqrt(d) exactly as the CPU computes it
   bool norm_correction;
 };
 
 inline constexpr int kWriteThreads = 128;
 
+// kE = 8 elements per lane (16 lanes for d = 128): the per-vector scalar work (float64 norm,
+// divisions, square roots) is shared by fewer lanes' worth of issue slots.
 template <int kDim>
 struct WriteTeam {
-  static constexpr int kLanes = kDim / 4 < 32 ? kDim / 4 : 32;
+  static constexpr int kLanes = kDim / 8 < 32 ? kDim / 8 : 32;
   static constexpr int kE = kDim / kLanes;  // consecutive elements per lane
   static constexpr int kTeams = kWriteThreads / kLanes;
 };
@@ -82,7 +85,7 @@ template <int kBits>
 __device__ __forceinline__ int cell_of(const float* boundaries, float y) {
   int idx = 0;
 #pragma unroll
-  for (int step = 1 << (kBits - 1); step >= 1; step >>= 1) idx += (y > __ldg(boundaries + idx + step - 1)) ? step : 0;
+  for (int step = 1 << (kBits - 1); step >= 1; step >>= 1) idx += (y > boundaries[idx + step - 1]) ? step : 0;
   return idx;
 }
 
@@ -122,6 +125,12 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
   constexpr int kSignBytes = kQjl ? kDim / 8 : 0;
   __shared__ float team_r[Team::kTeams][kDim];
   __shared__ uint8_t team_idx[Team::kTeams][kDim];
+  __shared__ float s_bounds[1 << kBits], s_cent[1 << kBits];
+  for (int i = threadIdx.x; i < (1 << kBits); i += blockDim.x) {
+    s_cent[i] = __ldg(a.centroids + i);
+    if (i + 1 < (1 << kBits)) s_bounds[i] = __ldg(a.boundaries + i);
+  }
+  __syncthreads();
 
   const int team = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int v = blockIdx.x * Team::kTeams + team;
@@ -173,8 +182,8 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
 #pragma unroll
     for (int e = 0; e < kE; ++e) {
       y[e] = __fmul_rn(y[e], a.hadamard_scale);
-      idx[e] = dev::cell_of<kBits>(a.boundaries, y[e]);
-      const double c = __ldg(a.centroids + idx[e]);
+      idx[e] = dev::cell_of<kBits>(s_bounds, y[e]);
+      const double c = s_cent[idx[e]];
       c2 += c * c;
     }
     const double recon2 = dev::team_sum<kLanes>(mask, c2);
@@ -183,7 +192,7 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
       double r2 = 0.0;
 #pragma unroll
       for (int e = 0; e < kE; ++e) {
-        y[e] = __fsub_rn(y[e], __ldg(a.centroids + idx[e]));  // r = y - C[idx]
+        y[e] = __fsub_rn(y[e], s_cent[idx[e]]);  // r = y - C[idx]
         r2 += static_cast<double>(y[e]) * y[e];
       }
       residual = static_cast<float>(sqrt(dev::team_sum<kLanes>(mask, r2)));
@@ -218,14 +227,15 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
 #pragma unroll 1
     for (int k = 0; k < kDim / kLanes; ++k) {
       const int row = lane + kLanes * k;
-      const float* srow = a.qjl + static_cast<size_t>(row) * kDim;
       double s = 0.0;
-      for (int j = 0; j < kDim; ++j) s += static_cast<double>(__ldg(srow + j)) * team_r[team][j];
+      for (int j = 0; j < kDim; ++j)  // S^T[j][row]: consecutive lanes read consecutive floats
+        s += static_cast<double>(__ldg(a.qjl_t + static_cast<size_t>(j) * kDim + row)) * team_r[team][j];
       const uint32_t ballot = __ballot_sync(mask, s >= 0.0);
       const uint32_t piece = kLanes == 32 ? ballot : (ballot >> team_base) & ((1u << kLanes) - 1u);
       if (lane == 0) {
         if constexpr (kLanes == 32) reinterpret_cast<uint32_t*>(signs)[k] = piece;
-        else reinterpret_cast<uint16_t*>(signs)[k] = static_cast<uint16_t>(piece);
+        else if constexpr (kLanes == 16) reinterpret_cast<uint16_t*>(signs)[k] = static_cast<uint16_t>(piece);
+        else signs[k] = static_cast<uint8_t>(piece);
       }
     }
     if (lane == 0)
