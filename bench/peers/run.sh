@@ -255,21 +255,25 @@ run_quality() {
   done
   rm -f "$base"  # 16 chunks of full-vocabulary logits: hundreds of MB, not worth keeping
   local tqa=(-m "$TQ_MODEL" -f "$TEXT" --ctx "$CTX" --chunks "$CHUNKS" -t "$THREADS")
-  local verify_json=()
-  "$TQ_BIN" verify --help 2>/dev/null | grep -q -- '--json' && verify_json=(--json)
-  for kv in $TQ_KV_FORMATS; do
-    tag=${kv/\//-}
-    log "quality: tq $kv"
-    if [ "$kv" = f16/f16 ]; then
-      "$TQ_BIN" ppl "${tqa[@]}" -ctk f16 -ctv f16 --json >"$q/tq_$tag.json" 2>"$q/tq_$tag.log" ||
-        log "tq ppl failed: see $q/tq_$tag.log"
-    else
-      local ext=txt
-      [ ${#verify_json[@]} -gt 0 ] && ext=json
-      "$TQ_BIN" verify "${tqa[@]}" -ctk "${kv%/*}" -ctv "${kv#*/}" "${verify_json[@]}" \
-        >"$q/tq_$tag.$ext" 2>"$q/tq_$tag.log" || log "tq verify failed: see $q/tq_$tag.log"
-    fi
-  done
+  if "$TQ_BIN" compare --help >/dev/null 2>&1; then
+    # One pass: the f16 logits of each chunk once, every format scored against them (the same
+    # numbers as `tq verify` per format, without its per-layer probes).
+    local configs
+    configs=$(echo "$TQ_KV_FORMATS" | tr ' ' '\n' | grep -v '^f16/f16$' | paste -sd, -)
+    log "quality: tq compare --configs $configs"
+    "$TQ_BIN" compare "${tqa[@]}" --configs "$configs" >"$q/tq_compare.md" 2>"$q/tq_compare.log" ||
+      log "tq compare failed: see $q/tq_compare.log"
+  else
+    for kv in $TQ_KV_FORMATS; do
+      tag=${kv/\//-}
+      [ "$kv" = f16/f16 ] && continue
+      log "quality: tq verify $kv"
+      "$TQ_BIN" verify "${tqa[@]}" -ctk "${kv%/*}" -ctv "${kv#*/}" >"$q/tq_$tag.txt" \
+        2>"$q/tq_$tag.log" || log "tq verify failed: see $q/tq_$tag.log"
+    done
+    "$TQ_BIN" ppl "${tqa[@]}" -ctk f16 -ctv f16 --json >"$q/tq_f16-f16.json" \
+      2>"$q/tq_f16-f16.log" || log "tq ppl failed: see $q/tq_f16-f16.log"
+  fi
 }
 
 # ---------------------------------------------------------------------------------------------

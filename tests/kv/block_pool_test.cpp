@@ -28,7 +28,7 @@ TEST(BlockPool, LayoutIsSlabMajorAndSizedInBytes) {
 }
 
 TEST(BlockPool, AllocateReleaseRefcountNoLeaks) {
-  auto pool = BlockPool::create({64}, 64 * 7);
+  auto pool = BlockPool::create(std::vector<size_t>(1, 64), 64 * 7);
   ASSERT_TRUE(pool.ok());
   BlockPool& p = **pool;
   std::set<int> got;

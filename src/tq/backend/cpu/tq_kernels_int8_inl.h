@@ -158,46 +158,15 @@ struct Unpack<3> {
   static __m256i permute_query(__m256i q) { return q; }
 };
 
-// The codebook as bytes u = C8 + 128 (b >= 2) in both lanes of a vpshufb table, and the affine
-// map back: C[idx] ~ base + step * u.
-template <int kBits>
-struct CodeLut {
-  __m256i lut = _mm256_setzero_si256();
-  float base = 0.0f, step = 0.0f;
-  int offset = 0;  // integer part of -base/step (128 for b >= 2), subtracted exactly in int32
-
-  bool init(const float* table) {
-    if constexpr (kBits == 1) {
-      base = table[0];
-      step = table[1] - table[0];
-      return std::isfinite(base) && std::isfinite(step);
-    } else {
-      constexpr int kCodes = 1 << kBits;
-      float cmax = 0.0f;
-      for (int c = 0; c < kCodes; ++c) cmax = std::max(cmax, std::fabs(table[c]));
-      if (!(cmax <= 3.0e38f)) return false;  // NaN or Inf
-      step = cmax / 127.0f;
-      const float inv = cmax > 0.0f ? 127.0f / cmax : 0.0f;
-      alignas(16) uint8_t u[16] = {};
-      for (int c = 0; c < kCodes; ++c) u[c] = static_cast<uint8_t>(128 + static_cast<int>(std::nearbyint(table[c] * inv)));
-      lut = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(u)));
-      base = -128.0f * step;
-      offset = 128;
-      return true;
-    }
-  }
-
-  __m256i map(__m256i idx) const {
-    if constexpr (kBits == 1) {
-      return idx;
-    } else {
-      return _mm256_shuffle_epi8(lut, idx);
-    }
-  }
-};
-
 // ---------------------------------------------------------------------------------------------
 // Rounding floats to int8 with one scale per vector.
+
+inline int32_t hmax_epi32(__m256i m) {
+  __m128i h = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+  return _mm_cvtsi128_si32(h);
+}
 
 // max |x_j| over n floats as int bits (non-negative floats order like their bit patterns, and
 // NaN/Inf compare above every finite value), so non-finite input is detected for free.
@@ -207,10 +176,7 @@ inline int32_t max_abs_bits(const float* x, int n) {
   int j = 0;
   for (; j + 8 <= n; j += 8)
     m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j)), abs_mask));
-  __m128i h = _mm_max_epi32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
-  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0x4e));
-  h = _mm_max_epi32(h, _mm_shuffle_epi32(h, 0xb1));
-  int32_t r = _mm_cvtsi128_si32(h);
+  int32_t r = hmax_epi32(m);
   for (; j < n; ++j) {
     int32_t b;
     std::memcpy(&b, x + j, 4);
@@ -255,18 +221,50 @@ inline int hsum_epi32(__m256i v) {
   return _mm_cvtsi128_si32(h);
 }
 
-// {sum(v[0]), ..., sum(v[7])} with 1-uop shuffles.
-inline __m256i reduce8(const __m256i* v) {
-  auto pair = [](__m256i a, __m256i b) {
-    return _mm256_add_epi32(_mm256_unpacklo_epi32(a, b), _mm256_unpackhi_epi32(a, b));
-  };
-  auto quad = [](__m256i ab, __m256i cd) {
-    return _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
-  };
-  const __m256i lo = quad(pair(v[0], v[1]), pair(v[2], v[3]));
-  const __m256i hi = quad(pair(v[4], v[5]), pair(v[6], v[7]));
-  return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
-}
+// The codebook as bytes u = C8 + 128 (b >= 2) in both lanes of a vpshufb table, and the affine
+// map back: C[idx] ~ base + step * u.
+template <int kBits>
+struct CodeLut {
+  __m256i lut = _mm256_setzero_si256();
+  float base = 0.0f, step = 0.0f;
+  int offset = 0;  // -base / step when it is an integer (128 for b >= 2), applied exactly in int32
+
+  bool init(const float* table) {
+    if constexpr (kBits == 1) {
+      base = table[0];
+      step = table[1] - table[0];
+      return std::isfinite(base) && std::isfinite(step);
+    } else {
+      constexpr int kCodes = 1 << kBits;
+      const __m256 t0 = _mm256_maskload_ps(table, lane_mask(std::min(kCodes, 8)));
+      const __m256 t1 = kCodes > 8 ? _mm256_loadu_ps(table + 8) : _mm256_setzero_ps();
+      const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+      const int32_t mb = hmax_epi32(_mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(t0), abs_mask),
+                                                     _mm256_and_si256(_mm256_castps_si256(t1), abs_mask)));
+      if (mb >= kInfBits) return false;
+      const float cmax = bits_to_float(mb);
+      step = cmax / 127.0f;
+      const __m256 inv = _mm256_set1_ps(cmax > 0.0f ? 127.0f / cmax : 0.0f);
+      const __m256i off = _mm256_set1_epi32(128);
+      const __m256i i0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(t0, inv)), off);
+      const __m256i i1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(t1, inv)), off);
+      const __m256i w = _mm256_packs_epi32(i0, i1);  // words: codes 0-3, 8-11 | 4-7, 12-15
+      const __m256i b = _mm256_packus_epi16(w, w);    // dwords: 0-3, 8-11, .. | 4-7, 12-15, ..
+      lut = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5));
+      base = -128.0f * step;
+      offset = 128;
+      return true;
+    }
+  }
+
+  __m256i map(__m256i idx) const {
+    if constexpr (kBits == 1) {
+      return idx;
+    } else {
+      return _mm256_shuffle_epi8(lut, idx);
+    }
+  }
+};
 
 // Row pointers of a plane whose last rows are read through a zero-padded copy.
 struct Rows {
@@ -293,15 +291,19 @@ struct Rows {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Score.
+// Score. Rows are taken 4 at a time and transposed by dwords (4 coordinates each): lane j of
+// t[k] holds dword 4L + k (L = the 128-bit half) of row j. Against the query dword 4L + k
+// broadcast over the half, vpdpbusd keeps each row's partial sums in its own lane, so a row's
+// dot is the sum of its two halves: no horizontal reductions, and one accumulator per head
+// covers 4 rows.
 
 struct QueryGroup {
-  alignas(32) int8_t q8[kGroup][kMaxSteps * 32];
+  alignas(32) __m256i q[kGroup][kMaxSteps][4];  // [head][step][k]: dword k of each half, broadcast
+  __m256i init[kGroup];  // the integer offset -k in the low half (each row's lanes add once)
   float a[kGroup], b[kGroup];
-  int k[kGroup];
 };
 
-// Rounds the kG heads' queries (permuted per b). False if one is not finite.
+// The group's queries as int8 (permuted per b); false if one is not finite.
 template <int kBits, class Dot>
 bool prepare_queries(const PlaneScoreArgs& a, int h0, int g, const CodeLut<kBits>& lut, QueryGroup& qg) {
   const int steps = (a.dim + 31) / 32;
@@ -314,67 +316,73 @@ bool prepare_queries(const PlaneScoreArgs& a, int h0, int g, const CodeLut<kBits
     const float sq = qmax / static_cast<float>(Dot::kMax);
     __m256i sum = _mm256_setzero_si256();
     for (int s = 0; s < steps; ++s) {
-      const __m256i v = quantize_step(q + 32 * s, a.dim - 32 * s, inv, sum);
-      _mm256_store_si256(reinterpret_cast<__m256i*>(qg.q8[h] + 32 * s), Unpack<kBits>::permute_query(v));
+      const __m256i v = Unpack<kBits>::permute_query(quantize_step(q + 32 * s, a.dim - 32 * s, inv, sum));
+      qg.q[h][s][0] = _mm256_shuffle_epi32(v, 0x00);
+      qg.q[h][s][1] = _mm256_shuffle_epi32(v, 0x55);
+      qg.q[h][s][2] = _mm256_shuffle_epi32(v, 0xaa);
+      qg.q[h][s][3] = _mm256_shuffle_epi32(v, 0xff);
     }
-    const int qsum = hsum_epi32(sum);
-    // sum_j q8_j (base + step u_j) = a + b (dot - k): exactly a = 0 for b >= 2 (base = -128 step)
+    // sum_j q8_j (base + step u_j) = a + b (dot - k), a = 0 for b >= 2 (base = -128 step)
+    const int qsum = hsum_epi32(sum), k = lut.offset * qsum;
+    qg.init[h] = _mm256_setr_epi32(-k, -k, -k, -k, 0, 0, 0, 0);
     qg.a[h] = sq * static_cast<float>(qsum) * (lut.base + lut.step * static_cast<float>(lut.offset));
     qg.b[h] = sq * lut.step;
-    qg.k[h] = lut.offset * qsum;
   }
   return true;
 }
 
-// Raw int32 dot vectors of rows [i, i + kR) x kG heads into dst[r * kGroup + h].
-template <int kBits, class Dot, int kG, int kR>
-inline void score_rows(const Rows& rows, int i, int steps, const CodeLut<kBits>& lut,
-                       const QueryGroup& qg, __m256i* dst) {
-  __m256i acc[kR][kG];
-  for (int r = 0; r < kR; ++r)
-    for (int h = 0; h < kG; ++h) acc[r][h] = _mm256_setzero_si256();
-  const uint8_t* p[kR];
-  for (int r = 0; r < kR; ++r) p[r] = rows.row(i + r);
+// Dwords transposed within each half: t[k] lane j = dword k (low half) / 4 + k (high half) of u[j].
+inline void transpose_dwords(const __m256i* u, __m256i* t) {
+  const __m256i t0 = _mm256_unpacklo_epi32(u[0], u[1]), t1 = _mm256_unpackhi_epi32(u[0], u[1]);
+  const __m256i t2 = _mm256_unpacklo_epi32(u[2], u[3]), t3 = _mm256_unpackhi_epi32(u[2], u[3]);
+  t[0] = _mm256_unpacklo_epi64(t0, t2);
+  t[1] = _mm256_unpackhi_epi64(t0, t2);
+  t[2] = _mm256_unpacklo_epi64(t1, t3);
+  t[3] = _mm256_unpackhi_epi64(t1, t3);
+}
+
+// sums[h] = the int32 dots (offset included) of rows i..i+7 (clamped to n - 1) with head h.
+template <int kBits, class Dot, int kG>
+inline void score_rows8(const Rows& rows, int i, int n, int steps, const CodeLut<kBits>& lut,
+                        const QueryGroup& qg, __m256i* sums) {
+  __m256i acc[2][kG];
+  const uint8_t* p[8];
+  for (int r = 0; r < 8; ++r) p[r] = rows.row(std::min(i + r, n - 1));
+  for (int h = 0; h < kG; ++h) acc[0][h] = acc[1][h] = qg.init[h];
   for (int s = 0; s < steps; ++s) {
-    __m256i u[kR];
-    for (int r = 0; r < kR; ++r) u[r] = lut.map(Unpack<kBits>::indices(p[r] + 4 * kBits * s));
-    for (int h = 0; h < kG; ++h) {
-      const __m256i q = _mm256_load_si256(reinterpret_cast<const __m256i*>(qg.q8[h] + 32 * s));
-      for (int r = 0; r < kR; ++r) acc[r][h] = Dot::dot(acc[r][h], u[r], q);
+    for (int g = 0; g < 2; ++g) {
+      __m256i u[4], t[4];
+      for (int r = 0; r < 4; ++r) u[r] = lut.map(Unpack<kBits>::indices(p[4 * g + r] + 4 * kBits * s));
+      transpose_dwords(u, t);
+      for (int h = 0; h < kG; ++h)
+        for (int k = 0; k < 4; ++k) acc[g][h] = Dot::dot(acc[g][h], t[k], qg.q[h][s][k]);
     }
   }
-  for (int r = 0; r < kR; ++r)
-    for (int h = 0; h < kG; ++h) _mm256_store_si256(dst + r * kGroup + h, acc[r][h]);
+  for (int h = 0; h < kG; ++h)  // [rows 0-3 low + high | rows 4-7 low + high]
+    sums[h] = _mm256_add_epi32(_mm256_permute2x128_si256(acc[0][h], acc[1][h], 0x20),
+                               _mm256_permute2x128_si256(acc[0][h], acc[1][h], 0x31));
 }
 
 template <int kBits, class Dot, int kG>
 void score_group(const PlaneScoreArgs& a, const Rows& rows, int h0, const CodeLut<kBits>& lut,
                  const QueryGroup& qg) {
-  constexpr int kChunk = 32;
-  constexpr int kR = kG <= 2 ? 4 : 2;  // rows per register tile
   const int steps = (a.dim + 31) / 32;
-  alignas(32) __m256i scratch[kChunk * kGroup];
-  for (int i0 = 0; i0 < a.n; i0 += kChunk) {
-    const int m = std::min(kChunk, a.n - i0);
-    int r = 0;
-    for (; r + kR <= m; r += kR) score_rows<kBits, Dot, kG, kR>(rows, i0 + r, steps, lut, qg, scratch + r * kGroup);
-    for (; r < m; ++r) score_rows<kBits, Dot, kG, 1>(rows, i0 + r, steps, lut, qg, scratch + r * kGroup);
-    for (int t = m; t < ((m + 7) & ~7); ++t)
-      for (int h = 0; h < kG; ++h) scratch[t * kGroup + h] = _mm256_setzero_si256();
+  for (int i = 0; i < a.n; i += 8) {
+    __m256i sums[kG];
+    score_rows8<kBits, Dot, kG>(rows, i, a.n, steps, lut, qg, sums);
+    const int cnt = std::min(8, a.n - i);
+    const __m256i mask = lane_mask(cnt);
     for (int h = 0; h < kG; ++h) {
-      float* out = a.out + static_cast<size_t>(h0 + h) * a.out_stride + i0;
-      const __m256 av = _mm256_set1_ps(qg.a[h]), bv = _mm256_set1_ps(qg.b[h]);
-      const __m256i kv = _mm256_set1_epi32(qg.k[h]);
-      for (int t = 0; t < m; t += 8) {
-        __m256i v[8];
-        for (int e = 0; e < 8; ++e) v[e] = scratch[(t + e) * kGroup + h];
-        const __m256 dot = _mm256_cvtepi32_ps(_mm256_sub_epi32(reduce8(v), kv));
-        __m256 res = _mm256_fmadd_ps(dot, bv, av);
-        const int cnt = std::min(8, m - t);
-        const __m256i mask = lane_mask(cnt);
-        if (a.scale) res = _mm256_mul_ps(res, _mm256_maskload_ps(a.scale + i0 + t, mask));
-        if (a.add) res = _mm256_add_ps(res, _mm256_maskload_ps(out + t, mask));
-        _mm256_maskstore_ps(out + t, mask, res);
+      float* out = a.out + static_cast<size_t>(h0 + h) * a.out_stride + i;
+      __m256 res = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h]), _mm256_set1_ps(qg.b[h]), _mm256_set1_ps(qg.a[h]));
+      if (cnt == 8) {
+        if (a.scale) res = _mm256_mul_ps(res, _mm256_loadu_ps(a.scale + i));
+        if (a.add) res = _mm256_add_ps(res, _mm256_loadu_ps(out));
+        _mm256_storeu_ps(out, res);
+      } else {
+        if (a.scale) res = _mm256_mul_ps(res, _mm256_maskload_ps(a.scale + i, mask));
+        if (a.add) res = _mm256_add_ps(res, _mm256_maskload_ps(out, mask));
+        _mm256_maskstore_ps(out, mask, res);
       }
     }
   }
@@ -421,10 +429,11 @@ inline void transpose4(const __m256i* u, __m256i* out) {
   out[3] = _mm256_unpackhi_epi16(t1, t3);
 }
 
-// Adds the float sums of transposed vectors k and k + 2 (k = 0, 1) to acc (the step's 32
-// coordinates, `valid` of them real): two blocks of 8 consecutive coordinates.
+// acc += a + b * x for the int32 sums x0, x1 of transposed vectors k and k + 2 (k = 0, 1): two
+// blocks of 8 consecutive coordinates of the step's 32 (`valid` of them real).
 template <int kBits>
-inline void flush_pair(__m256 f0, __m256 f1, int k, float* acc, int valid) {
+inline void flush_pair(__m256i x0, __m256i x1, int k, float a, float b, float* acc, int valid) {
+  __m256 f0 = _mm256_cvtepi32_ps(x0), f1 = _mm256_cvtepi32_ps(x1);
   int c0, c1;
   if constexpr (kBits == 2) {  // f0 = coords 16k + {0,4,8,12 | 2,6,10,14}, f1 = the same + 1
     const __m256 lo = _mm256_unpacklo_ps(f0, f1), hi = _mm256_unpackhi_ps(f0, f1);
@@ -441,8 +450,14 @@ inline void flush_pair(__m256 f0, __m256 f1, int k, float* acc, int valid) {
     c0 = 8 * k;
     c1 = 8 * k + 16;
   }
-  if (c0 < valid) _mm256_storeu_ps(acc + c0, _mm256_add_ps(_mm256_loadu_ps(acc + c0), f0));
-  if (c1 < valid) _mm256_storeu_ps(acc + c1, _mm256_add_ps(_mm256_loadu_ps(acc + c1), f1));
+  const __m256 bv = _mm256_set1_ps(b);
+  auto update = [&](float* dst, __m256 f) {
+    __m256 v = _mm256_loadu_ps(dst);
+    if constexpr (kBits == 1) v = _mm256_add_ps(v, _mm256_set1_ps(a));  // a = 0 for b >= 2
+    _mm256_storeu_ps(dst, _mm256_fmadd_ps(f, bv, v));
+  };
+  if (c0 < valid) update(acc + c0, f0);
+  if (c1 < valid) update(acc + c1, f1);
 }
 
 struct WeightGroup {
@@ -478,7 +493,7 @@ void accumulate_step(const PlaneAccumulateArgs& a, int h0, int s, int quads, con
   const int valid = a.dim - 32 * s;
   for (int k = 0; k < 2; ++k) {
     __m256i acc[kG][2];
-    for (int h = 0; h < kG; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_si256();
+    for (int h = 0; h < kG; ++h) acc[h][0] = acc[h][1] = _mm256_set1_epi32(-wg.k[h]);  // the offset
     for (int q = 0; q < quads; ++q) {
       const __m256i d0 = _mm256_load_si256(tr + 4 * q + k), d1 = _mm256_load_si256(tr + 4 * q + k + 2);
       for (int h = 0; h < kG; ++h) {
@@ -487,13 +502,9 @@ void accumulate_step(const PlaneAccumulateArgs& a, int h0, int s, int quads, con
         acc[h][1] = Dot::dot(acc[h][1], d1, w);
       }
     }
-    for (int h = 0; h < kG; ++h) {
-      const __m256 av = _mm256_set1_ps(wg.a[h]), bv = _mm256_set1_ps(wg.b[h]);
-      const __m256i kv = _mm256_set1_epi32(wg.k[h]);
-      const __m256 f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h][0], kv)), bv, av);
-      const __m256 f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(acc[h][1], kv)), bv, av);
-      flush_pair<kBits>(f0, f1, k, a.acc + static_cast<size_t>(h0 + h) * a.acc_stride + 32 * s, valid);
-    }
+    for (int h = 0; h < kG; ++h)
+      flush_pair<kBits>(acc[h][0], acc[h][1], k, wg.a[h], wg.b[h],
+                        a.acc + static_cast<size_t>(h0 + h) * a.acc_stride + 32 * s, valid);
   }
 }
 

@@ -94,7 +94,7 @@ __device__ __forceinline__ float fast_exp2(float x) {  // 2^x, ex2.approx.ftz (-
 }
 
 template <class KF, class VF, int kDim>
-__global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs a) {
+__global__ void __launch_bounds__(kAttnThreads, 3) attention_kernel(const AttnArgs a) {
   using namespace dev;
   constexpr int kStep = attn_step_tokens<KF, VF>();
   constexpr int kNT = kStep / 8;   // S n-tiles (8 tokens) per step
@@ -163,25 +163,49 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
 
   const int cap = a.block_tokens;
   const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
-  // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
-  const auto step = [&](int tok0, auto full_tag) {
-    constexpr bool kFull = decltype(full_tag)::value;
+  const auto block_of = [&](int tok0, int* slot0) {
     const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
-    const int page = __ldg(table + bi);
-    const int slot0 = tok0 - bi * cap;
+    *slot0 = tok0 - bi * cap;
+    return __ldg(table + bi);
+  };
+  using KRaw = typename KF::template Raw<kKN>;
+  struct Keys {  // the key codes and raw fp16 norm pairs of one step
+    KRaw kr[kNT];
+    uint32_t ksr[kNT];
+  };
+  // The key codes and norms of one step (software-pipelined: the next step's are loaded while
+  // the current one computes). Slots past `valid` may hold stale bytes (even NaN norms): zeroed.
+  const auto load_keys = [&](int tok0, auto full_tag, Keys& keys) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    int slot0;
+    const int page = block_of(tok0, &slot0);
+    const int valid = kFull ? kStep : end - tok0;
+    const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
+                        static_cast<size_t>(kvh) * a.k_head_stride;
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      if (kFull || 8 * j + g < valid) KF::template load<kKN>(keys.kr[j], kb, cap, slot0 + 8 * j + g, t);
+      else keys.kr[j].zero();
+      keys.ksr[j] = 0u;
+      if constexpr (KF::kTokenScale) {
+        const int tk = 8 * j + 2 * t;
+        if (kFull || tk < valid) keys.ksr[j] = KF::scale2_raw(kb, cap, slot0 + tk);
+        if (!kFull && tk + 1 >= valid) keys.ksr[j] &= 0xffffu;
+      }
+    }
+  };
+  // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
+  const auto step = [&](int tok0, auto full_tag, const Keys& cur, Keys& nxt) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    int slot0;
+    const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
     const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
                         static_cast<size_t>(kvh) * a.k_head_stride;
     const uint8_t* vb = a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
                         static_cast<size_t>(kvh) * a.v_head_stride;
 
-    // Issue every load of the step first (bytes in flight), then compute.
-    typename KF::template Raw<kKN> kr[kNT];
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      if (kFull || 8 * j + g < valid) KF::template load<kKN>(kr[j], kb, cap, slot0 + 8 * j + g, t);
-      else kr[j].zero();
-    }
+    // Issue the value loads of this step and the key loads of the next one, then compute.
     typename VF::template Raw<kVN> vr[kNH][4];
 #pragma unroll
     for (int h = 0; h < kNH; ++h)
@@ -191,14 +215,14 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
         if (kFull || tok < valid) VF::template load<kVN>(vr[h][e], vb, cap, slot0 + tok, g);
         else vr[h][e].zero();
       }
-    float2 ks[kNT], vs[kNT];
+    [[maybe_unused]] uint32_t vsr[kNT];  // value norms (raw fp16 pairs) of tokens 8j + 2t, +1
+    if constexpr (VF::kTokenScale) {
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      // Slots past `valid` may hold stale bytes (even NaN norms): their factors become 0.
-      const int tk = 8 * j + 2 * t;
-      ks[j] = (kFull || tk < valid) ? KF::scale2(kb, cap, slot0 + tk) : make_float2(0.0f, 0.0f);
-      vs[j] = (kFull || tk < valid) ? VF::scale2(vb, cap, slot0 + tk) : make_float2(0.0f, 0.0f);
-      if (!kFull && tk + 1 >= valid) ks[j].y = vs[j].y = 0.0f;
+      for (int j = 0; j < kNT; ++j) {
+        const int tk = 8 * j + 2 * t;
+        vsr[j] = (kFull || tk < valid) ? VF::scale2_raw(vb, cap, slot0 + tk) : 0u;
+        if (!kFull && tk + 1 >= valid) vsr[j] &= 0xffffu;
+      }
     }
     [[maybe_unused]] typename dev::SignsOf<KF, kKN>::type sr[kNT];
     [[maybe_unused]] float2 rs[kNT];
@@ -212,13 +236,19 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
       }
     }
 
+    const int next = tok0 + kAttnWarps * kStep;
+    if (next < end) {
+      if (end - next >= kStep) load_keys(next, std::true_type{}, nxt);
+      else load_keys(next, std::false_type{}, nxt);
+    }
+
     // S = Q K^T (c0, c1: head g, tokens 8j + 2t, 8j + 2t + 1).
     float s[kNT][4];
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
       s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
       uint32_t kp[kKN / 2];
-      decode_chunk<KF, kKN>(kr[j], t, k_table, k_off, kp);
+      decode_chunk<KF, kKN>(cur.kr[j], t, k_table, k_off, kp);
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk) mma_16816(s[j], qa[kk][0], 0u, qa[kk][1], 0u, kp[2 * kk], kp[2 * kk + 1]);
       if constexpr (kQjl) {
@@ -231,8 +261,9 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
         s[j][1] += rs[j].y * s2[1];
       }
       if constexpr (KF::kTokenScale) {
-        s[j][0] *= ks[j].x;
-        s[j][1] *= ks[j].y;
+        const float2 ks = __half22float2(bits_h2(cur.ksr[j]));
+        s[j][0] *= ks.x;
+        s[j][1] *= ks.y;
       }
       if (!kFull && 8 * j + 2 * t >= valid) s[j][0] = -INFINITY;
       if (!kFull && 8 * j + 2 * t + 1 >= valid) s[j][1] = -INFINITY;
@@ -254,9 +285,12 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
     for (int j = 0; j < kNT; ++j) {
       const float p0 = fast_exp2(s[j][0] - m_use), p1 = fast_exp2(s[j][1] - m_use);
       psum += p0 + p1;
-      const float w0 = VF::kTokenScale ? p0 * vs[j].x : p0;
-      const float w1 = VF::kTokenScale ? p1 * vs[j].y : p1;
-      pb[j / 2][j % 2] = pack_h2(w0, w1);
+      if constexpr (VF::kTokenScale) {
+        const float2 vs = __half22float2(bits_h2(vsr[j]));
+        pb[j / 2][j % 2] = pack_h2(p0 * vs.x, p1 * vs.y);
+      } else {
+        pb[j / 2][j % 2] = pack_h2(p0, p1);
+      }
     }
     l_run = l_run * alpha + psum;
     // O^T columns are heads 2t, 2t+1; their factors live in lanes 8t and 8t + 4. Once the
@@ -285,9 +319,22 @@ __global__ void __launch_bounds__(kAttnThreads) attention_kernel(const AttnArgs 
         mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0], pb[h][1]);
     }
   };
-  for (int tok0 = begin + warp * kStep; tok0 < end; tok0 += kAttnWarps * kStep) {
-    if (end - tok0 >= kStep) step(tok0, std::true_type{});
-    else step(tok0, std::false_type{});
+  {
+    Keys keys[2];
+    int tok0 = begin + warp * kStep;
+    if (tok0 < end) {
+      if (end - tok0 >= kStep) load_keys(tok0, std::true_type{}, keys[0]);
+      else load_keys(tok0, std::false_type{}, keys[0]);
+    }
+    // Unrolled by two so the double buffer is indexed by constants (no register moves).
+    for (; tok0 < end; tok0 += 2 * kAttnWarps * kStep) {
+      if (end - tok0 >= kStep) step(tok0, std::true_type{}, keys[0], keys[1]);
+      else step(tok0, std::false_type{}, keys[0], keys[1]);
+      const int t1 = tok0 + kAttnWarps * kStep;
+      if (t1 >= end) break;
+      if (end - t1 >= kStep) step(t1, std::true_type{}, keys[1], keys[0]);
+      else step(t1, std::false_type{}, keys[1], keys[0]);
+    }
   }
 
   // Combine the warps of the CTA (shared memory reused: the tables are no longer read).

@@ -33,6 +33,18 @@ __device__ __forceinline__ uint32_t lut_addr_byte(uint32_t w, int k, uint32_t la
   return prmt(w, lane_off, 0x5504u | (static_cast<uint32_t>(k) << 4));  // (byte k << 8) | lane_off
 }
 
+// (bits [pos, pos + n) of w) << 8 | lane_off in two instructions: one shift (a funnel shift when
+// the field straddles two words) lands the field at bit 8, one LOP3 masks it and adds the lane.
+template <int kN, int kWords>
+__device__ __forceinline__ uint32_t field_row_addr(const uint32_t (&w)[kWords], int pos, uint32_t lane_off) {
+  const int wi = pos >> 5, sh = pos & 31;
+  uint32_t v;
+  if (sh + kN > 32 && wi + 1 < kWords) v = __funnelshift_r(w[wi], w[wi + 1], sh - 8);
+  else if (sh >= 8) v = w[wi] >> (sh - 8);
+  else v = w[wi] << (8 - sh);
+  return (v & (((1u << kN) - 1u) << 8)) | lane_off;
+}
+
 template <int kLookup>
 __device__ __forceinline__ void lut_load(const uint8_t* table, uint32_t addr, uint32_t* out) {
   if constexpr (kLookup == 2) {
@@ -55,7 +67,7 @@ __device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], const 
     if constexpr (kField == 8) {
       addr = lut_addr_byte(w[q / 4], q % 4, lane_off);
     } else {
-      addr = (bit_field(w, q * kField, kField) << 8) | lane_off;
+      addr = field_row_addr<kField>(w, q * kField, lane_off);
     }
     lut_load<kLookup>(table, addr, out + q * (kLookup / 2));
   }
@@ -170,6 +182,9 @@ struct TqFmt {
   // Norms of tokens slot, slot + 1 (slot even).
   static __device__ __forceinline__ float2 scale2(const uint8_t* blk, int cap, int slot) {
     return load_half2_f2(blk + cap * (kCodeBytes + kSignBytes) + 2 * slot);
+  }
+  static __device__ __forceinline__ uint32_t scale2_raw(const uint8_t* blk, int cap, int slot) {
+    return __ldg(reinterpret_cast<const unsigned int*>(blk + cap * (kCodeBytes + kSignBytes) + 2 * slot));
   }
   // QJL: the sign plane and the residual norms.
   template <int kN>
