@@ -328,7 +328,8 @@ def test_concurrent_streams(client, server):
 
 
 def test_sigterm_is_graceful():
-    s = Server(*SERVE_ARGS, "--shutdown-timeout", "30")
+    i = SERVE_ARGS.index("--shutdown-timeout")
+    s = Server(*SERVE_ARGS[:i], *SERVE_ARGS[i + 2:], "--shutdown-timeout", "30")
     c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0)
     stream = c.completions.create(model="tq", prompt="Tell me a story.", max_tokens=24,
                                   stream=True, extra_body={"ignore_eos": True}, **GREEDY)

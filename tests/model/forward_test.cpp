@@ -1,12 +1,16 @@
 // The forward pass on small random-weight models (tq make-model's builder): deterministic per
-// seed, equal to a float64 re-implementation of the Llama/Qwen2 math, prefill == step-by-step
-// decode, and clear errors for bad configs and bad inputs.
+// seed, equal to a float64 re-implementation of the Llama/Qwen2 math and to HF transformers
+// loading the same files (tests/data/logits_random.*), prefill == step-by-step decode, and
+// clear errors for bad configs and bad inputs.
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <vector>
 
+#include "test_env.h"
 #include "tq/backend/cpu/ops.h"
 #include "tq/kv/dense_kv.h"
 #include "tq/model/gguf_writer.h"
@@ -23,6 +27,8 @@ constexpr double kF16Tol = 1e-4;
 // ~0.5% (of its rms) rounding noise, ~22 matmuls add it up to ~2.5% rms on the logits, and the
 // worst of 3300 logits sits ~3.5 sigma out.
 constexpr double kQ8Tol = 1e-1;
+// F32 weights against HF transformers' float32 forward of the same GGUF.
+constexpr double kHfF32Tol = 1e-4;
 // Prefill vs single-token decode: the same math, blocked differently.
 constexpr double kPrefillTol = 1e-4;
 
@@ -237,6 +243,39 @@ TEST(ForwardTest, MatchesFloat64ReferenceLlamaAndQwen2) {
         EXPECT_EQ(top(got), top(ref)) << "top-1 of position " << r;
       }
     }
+  }
+}
+
+TEST(ForwardTest, MatchesTransformersOnRandomModels) {
+  std::ifstream js(test::fixture_path("logits_random.json"));
+  ASSERT_TRUE(js) << "tests/data/logits_random.json missing";
+  const auto index = nlohmann::json::parse(js);
+  std::ifstream bin(test::fixture_path("logits_random.bin"), std::ios::binary | std::ios::ate);
+  std::vector<float> rows(static_cast<size_t>(bin.tellg()) / sizeof(float));
+  bin.seekg(0);
+  bin.read(reinterpret_cast<char*>(rows.data()), static_cast<std::streamsize>(rows.size() * 4));
+  const auto ids = index["ids"].get<std::vector<int32_t>>();
+  for (const auto& entry : index["models"]) {
+    const auto& j = entry["spec"];
+    RandomModelSpec s;  // the fields tq make-model leaves at their defaults stay default here
+    s.arch = j["arch"] == "qwen2" ? Arch::kQwen2 : Arch::kLlama;
+    s.n_layers = j["layers"];
+    s.dim = j["dim"];
+    s.ffn_dim = j["ffn"];
+    s.n_heads = j["heads"];
+    s.n_kv_heads = j["kv_heads"];
+    s.vocab_size = j["vocab"];
+    ASSERT_EQ(j["type"], "f32");
+    s.type = quant::GgmlType::kF32;
+    s.seed = j["seed"];
+    SCOPED_TRACE(s.to_string());
+    auto m = build_model(s);
+    ASSERT_TRUE(m);
+    const auto got = run(*m, ids, 4, 2);
+    const size_t v = s.vocab_size;
+    const size_t first = entry["first_row"].get<size_t>() * v;
+    const std::vector<double> ref(rows.begin() + first, rows.begin() + first + ids.size() * v);
+    EXPECT_LT(max_rel_diff(got, ref, v), kHfF32Tol) << "max |tq - HF| / std(logits)";
   }
 }
 

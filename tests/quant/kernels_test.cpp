@@ -277,8 +277,8 @@ TEST(FusedKernels, SimdTablesMatchReferenceOrInt8Model) {
     if (t == &ref) continue;
     for (int bits = 1; bits <= 8; ++bits)
       for (int d : {8, 24, 64, 80, 96, 112, 128, 256})
-        for (int nq : {1, 2, 3, 4, 5, 8, 9})
-          for (int n : {1, 2, 5, 33, 70}) {
+        for (int nq : {1, 3, 4, 5, 9})
+          for (int n : {1, 5, 33, 70}) {
             const Plane p = random_plane(rng, bits, d, nq, n);
             compare_tables(ref, *t, p, std::string(t->name) + " bits=" + std::to_string(bits) +
                                            " d=" + std::to_string(d) + " nq=" + std::to_string(nq) +

@@ -208,6 +208,29 @@ TEST(Scheduler, SharedPrefixIsReused) {
   EXPECT_EQ(rb.done.completion_tokens, 4);
 }
 
+TEST(Scheduler, SimultaneousSharedPrefixIsComputedOnce) {
+  auto m = tiny_model();
+  ThreadPool pool(2);
+  auto cache = make_cache(*m, 64);
+  auto sched = Scheduler::create(*m, *cache, pool, small_options());
+  ASSERT_TRUE(sched.ok());
+  const std::vector<int32_t> system = prompt_of(40, 5);
+  std::vector<std::shared_ptr<RequestChannel>> chans;
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int32_t> p = system;
+    p.insert(p.end(), {20 + i, 30 + i});
+    auto ch = (*sched)->submit(greedy_request(p, 3));
+    ASSERT_TRUE(ch.ok());
+    chans.push_back(*ch);
+  }
+  std::vector<int> cached;
+  for (auto& ch : chans) cached.push_back(collect(*ch).done.cached_tokens);
+  // The first computes the system prompt; the others wait for its two full pages.
+  EXPECT_EQ(cached, (std::vector<int>{0, 32, 32}));
+  EXPECT_EQ((*sched)->stats().prompt_tokens, 3 * 42);
+  EXPECT_EQ((*sched)->stats().prompt_cached_tokens, 64);
+}
+
 TEST(Scheduler, CancelFreesPages) {
   auto m = tiny_model();
   ThreadPool pool(2);

@@ -368,22 +368,47 @@ void Scheduler::reap_cancelled() {
 }
 
 void Scheduler::admit() {
+  // Only this thread removes from the queue (submit appends), so an index stays valid.
+  size_t i = 0;
   while (static_cast<int>(active_.size()) < options_.max_sessions) {
     Pending p;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (queue_.empty()) return;
-      p = std::move(queue_.front());
-      queue_.pop_front();
-      queued_.store(static_cast<int>(queue_.size()));
+      if (i >= queue_.size()) return;
+      p = std::move(queue_[i]);
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));
     }
-    if (try_admit(p)) continue;
-    // Not enough pages yet: back to the head of the queue, in order, until some finish.
+    const bool defer = prefix_in_flight(p.request.prompt);
+    if (!defer && try_admit(p)) {
+      std::lock_guard<std::mutex> lock(mu_);
+      queued_.store(static_cast<int>(queue_.size()));
+      continue;
+    }
     std::lock_guard<std::mutex> lock(mu_);
-    queue_.push_front(std::move(p));
-    queued_.store(static_cast<int>(queue_.size()));
-    return;
+    queue_.insert(queue_.begin() + static_cast<std::ptrdiff_t>(i), std::move(p));
+    // A deferred request lets later ones past it; one waiting for pages keeps the order.
+    if (!defer) return;
+    ++i;
   }
+}
+
+bool Scheduler::prefix_in_flight(const std::vector<int32_t>& prompt) const {
+  if (!cache_.prefix_caching()) return false;
+  const kv::KvConfig& c = cache_.config();
+  // reuse_prefix leaves at least max(window, 1) prompt tokens to compute.
+  const int usable = static_cast<int>(prompt.size()) - std::max(c.window, 1);
+  for (const auto& a : active_) {
+    if (!a->prefilling()) continue;
+    const auto& other = a->request.prompt;
+    const size_t n = std::min(other.size(), prompt.size());
+    int lcp = 0;
+    while (static_cast<size_t>(lcp) < n && other[static_cast<size_t>(lcp)] == prompt[static_cast<size_t>(lcp)])
+      ++lcp;
+    const int shareable = (std::min(lcp, usable) - c.sinks) / c.block_tokens;
+    const int ready = a->kv->compressed_tokens(0) / c.block_tokens;
+    if (shareable > ready) return true;
+  }
+  return false;
 }
 
 bool Scheduler::try_admit(Pending& p) {

@@ -9,7 +9,8 @@
 //      stalls the running streams for more than one chunk),
 //   4. runs the batch through the model, samples, and streams each sequence's text.
 // A new sequence first takes the longest cached prefix of its prompt from the cache's prefix
-// index, so a system prompt shared by many requests is computed and stored once.
+// index, and a request whose prefix another sequence is still prefilling waits for those pages
+// (others may pass it), so a system prompt shared by many requests is computed and stored once.
 #pragma once
 
 #include <atomic>
@@ -116,6 +117,9 @@ class Scheduler {
   void reap_cancelled();
   void admit();
   bool try_admit(Pending& p);
+  // True when a sequence still prefilling shares more full pages of this prompt than the
+  // prefix cache holds yet: admitting later reuses them instead of computing them twice.
+  bool prefix_in_flight(const std::vector<int32_t>& prompt) const;
   Status run_batch(std::vector<BatchItem>& items);
   void after_logits(Active& a, const float* logits);
   void finish(Active& a, FinishReason reason, const std::string& error = {});

@@ -93,8 +93,20 @@ __device__ __forceinline__ float fast_exp2(float x) {  // 2^x, ex2.approx.ftz (-
   return y;
 }
 
+// tq keys are small: the next step's codes and norms are loaded while the current step computes
+// (software pipelining), with registers capped for 3 CTAs per SM. Wide rows (f16, q8_0, q4_0)
+// load at the step start instead and keep the compiler's register choice.
+template <class KF>
+constexpr bool attn_pipeline_keys() {
+  return KF::kTokenScale;
+}
+template <class KF>
+constexpr int attn_min_blocks() {
+  return attn_pipeline_keys<KF>() ? (KF::kHasQjl ? 2 : 3) : 1;
+}
+
 template <class KF, class VF, int kDim>
-__global__ void __launch_bounds__(kAttnThreads, 3) attention_kernel(const AttnArgs a) {
+__global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention_kernel(const AttnArgs a) {
   using namespace dev;
   constexpr int kStep = attn_step_tokens<KF, VF>();
   constexpr int kNT = kStep / 8;   // S n-tiles (8 tokens) per step
@@ -195,8 +207,10 @@ __global__ void __launch_bounds__(kAttnThreads, 3) attention_kernel(const AttnAr
     }
   };
   // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
-  const auto step = [&](int tok0, auto full_tag, const Keys& cur, Keys& nxt) {
+  constexpr bool kPipe = attn_pipeline_keys<KF>();
+  const auto step = [&](int tok0, auto full_tag, Keys& cur, Keys& nxt) {
     constexpr bool kFull = decltype(full_tag)::value;
+    if constexpr (!kPipe) load_keys(tok0, full_tag, cur);
     int slot0;
     const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
@@ -237,7 +251,7 @@ __global__ void __launch_bounds__(kAttnThreads, 3) attention_kernel(const AttnAr
     }
 
     const int next = tok0 + kAttnWarps * kStep;
-    if (next < end) {
+    if (kPipe && next < end) {
       if (end - next >= kStep) load_keys(next, std::true_type{}, nxt);
       else load_keys(next, std::false_type{}, nxt);
     }
@@ -322,7 +336,7 @@ __global__ void __launch_bounds__(kAttnThreads, 3) attention_kernel(const AttnAr
   {
     Keys keys[2];
     int tok0 = begin + warp * kStep;
-    if (tok0 < end) {
+    if (kPipe && tok0 < end) {
       if (end - tok0 >= kStep) load_keys(tok0, std::true_type{}, keys[0]);
       else load_keys(tok0, std::false_type{}, keys[0]);
     }
