@@ -210,7 +210,9 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   constexpr bool kPipe = attn_pipeline_keys<KF>();
   const auto step = [&](int tok0, auto full_tag, Keys& cur, Keys& nxt) {
     constexpr bool kFull = decltype(full_tag)::value;
-    if constexpr (!kPipe) load_keys(tok0, full_tag, cur);
+    [[maybe_unused]] Keys own;  // the step's own keys when not pipelined
+    if constexpr (!kPipe) load_keys(tok0, full_tag, own);
+    const Keys& keys = kPipe ? cur : own;
     int slot0;
     const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
@@ -262,7 +264,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
     for (int j = 0; j < kNT; ++j) {
       s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
       uint32_t kp[kKN / 2];
-      decode_chunk<KF, kKN>(cur.kr[j], t, k_table, k_off, kp);
+      decode_chunk<KF, kKN>(keys.kr[j], t, k_table, k_off, kp);
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk) mma_16816(s[j], qa[kk][0], 0u, qa[kk][1], 0u, kp[2 * kk], kp[2 * kk + 1]);
       if constexpr (kQjl) {
@@ -275,7 +277,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
         s[j][1] += rs[j].y * s2[1];
       }
       if constexpr (KF::kTokenScale) {
-        const float2 ks = __half22float2(bits_h2(cur.ksr[j]));
+        const float2 ks = __half22float2(bits_h2(keys.ksr[j]));
         s[j][0] *= ks.x;
         s[j][1] *= ks.y;
       }
@@ -334,20 +336,24 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
     }
   };
   {
-    Keys keys[2];
     int tok0 = begin + warp * kStep;
-    if (kPipe && tok0 < end) {
-      if (end - tok0 >= kStep) load_keys(tok0, std::true_type{}, keys[0]);
-      else load_keys(tok0, std::false_type{}, keys[0]);
-    }
-    // Unrolled by two so the double buffer is indexed by constants (no register moves).
-    for (; tok0 < end; tok0 += 2 * kAttnWarps * kStep) {
-      if (end - tok0 >= kStep) step(tok0, std::true_type{}, keys[0], keys[1]);
-      else step(tok0, std::false_type{}, keys[0], keys[1]);
-      const int t1 = tok0 + kAttnWarps * kStep;
-      if (t1 >= end) break;
-      if (end - t1 >= kStep) step(t1, std::true_type{}, keys[1], keys[0]);
-      else step(t1, std::false_type{}, keys[1], keys[0]);
+    if constexpr (kPipe) {
+      Keys cur, nxt;
+      if (tok0 < end) {
+        if (end - tok0 >= kStep) load_keys(tok0, std::true_type{}, cur);
+        else load_keys(tok0, std::false_type{}, cur);
+      }
+      for (; tok0 < end; tok0 += kAttnWarps * kStep) {
+        if (end - tok0 >= kStep) step(tok0, std::true_type{}, cur, nxt);
+        else step(tok0, std::false_type{}, cur, nxt);
+        cur = nxt;  // register moves; the loads behind them are already in flight
+      }
+    } else {
+      Keys unused;
+      for (; tok0 < end; tok0 += kAttnWarps * kStep) {
+        if (end - tok0 >= kStep) step(tok0, std::true_type{}, unused, unused);
+        else step(tok0, std::false_type{}, unused, unused);
+      }
     }
   }
 

@@ -56,6 +56,10 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   if (!inst)
     return unsupported("quantize_write: no CUDA instance for " + pool.format.name() + " at head dim " +
                        std::to_string(pool.head_dim) + " (CUDA writes head dims 64, 128, 256)");
+  // Vector loads: 16-byte aligned rows.
+  const size_t stride = p.x_token_stride ? p.x_token_stride : static_cast<size_t>(pool.n_kv_heads) * pool.head_dim;
+  if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || stride % (p.x_is_f16 ? 8 : 4) != 0)
+    return invalid_argument("quantize_write: x must be 16-byte aligned with a token stride of whole 16-byte units");
   const CodecTables& t = pool.tables;
   if (pool.format.is_tq() && (!t.centroids || !t.boundaries || !t.hadamard_signs))
     return invalid_argument("quantize_write: tq pools need codebook and Hadamard tables");
@@ -80,7 +84,8 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   a.hadamard_scale = 1.0f / std::sqrt(static_cast<float>(pool.head_dim));  // as Rotation::apply
   a.norm_correction = pool.norm_correction;
 
-  const int lanes = pool.head_dim / 8 < 32 ? pool.head_dim / 8 : 32;  // WriteTeam::kLanes
+  // Lanes per vector: TqWriteTeam (d / 32) for tq formats, WriteTeam (d / 8, at most 32) otherwise.
+  const int lanes = pool.format.is_tq() ? pool.head_dim / 32 : (pool.head_dim / 8 < 32 ? pool.head_dim / 8 : 32);
   const int teams = kWriteThreads / lanes;
   const long long vectors = static_cast<long long>(p.tokens) * pool.n_kv_heads;
   const long long blocks = (vectors + teams - 1) / teams;

@@ -116,15 +116,24 @@ __device__ __forceinline__ void load_team_x(const WriteArgs& a, int v, int lane,
   }
 }
 
-// TurboQuant mse / prod encode (kBits = mse code bits).
+// TurboQuant mse / prod encode (kBits = mse code bits). A team of kDim / 32 lanes per vector,
+// 32 consecutive elements per lane: 5 of the Hadamard stages stay in registers, the float64
+// norm work is shared by 8 vectors per warp, and each lane's 32 codes are exactly kBits words of
+// the bitstream, packed and stored straight from registers.
+template <int kDim>
+struct TqWriteTeam {
+  static constexpr int kE = 32;
+  static constexpr int kLanes = kDim / kE;
+  static constexpr int kTeams = kWriteThreads / kLanes;
+};
+
 template <int kDim, int kBits, bool kQjl>
 __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs a) {
-  using Team = WriteTeam<kDim>;
+  using Team = TqWriteTeam<kDim>;
   constexpr int kLanes = Team::kLanes, kE = Team::kE;
   constexpr int kCodeBytes = kDim * kBits / 8;
   constexpr int kSignBytes = kQjl ? kDim / 8 : 0;
-  __shared__ float team_r[Team::kTeams][kDim];
-  __shared__ uint8_t team_idx[Team::kTeams][kDim];
+  __shared__ float team_r[kQjl ? Team::kTeams : 1][kQjl ? kDim : 1];
   __shared__ float s_bounds[1 << kBits], s_cent[1 << kBits];
   for (int i = threadIdx.x; i < (1 << kBits); i += blockDim.x) {
     s_cent[i] = __ldg(a.centroids + i);
@@ -138,19 +147,45 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
   int slot = 0;
   uint8_t* blk = write_block(a, v, &slot);
   if (!blk) return;
-
   const unsigned mask = dev::team_mask<kLanes>();
+
   float x[kE];
-  load_team_x<kDim>(a, v, lane, x);
+  {
+    const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
+    const size_t off = static_cast<size_t>(token) * a.x_token_stride + static_cast<size_t>(head) * kDim + lane * kE;
+    if (a.x_f16) {
+      const uint4* p = reinterpret_cast<const uint4*>(static_cast<const __half*>(a.x) + off);
+#pragma unroll
+      for (int i = 0; i < kE / 8; ++i) {
+        const uint4 u = p[i];
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float2 f = __half22float2(dev::bits_h2(w[k]));
+          x[8 * i + 2 * k] = f.x;
+          x[8 * i + 2 * k + 1] = f.y;
+        }
+      }
+    } else {
+      const float4* p = reinterpret_cast<const float4*>(static_cast<const float*>(a.x) + off);
+#pragma unroll
+      for (int i = 0; i < kE / 4; ++i) {
+        const float4 f = p[i];
+        x[4 * i] = f.x, x[4 * i + 1] = f.y, x[4 * i + 2] = f.z, x[4 * i + 3] = f.w;
+      }
+    }
+  }
   double n2 = 0.0;
 #pragma unroll
   for (int e = 0; e < kE; ++e) n2 += static_cast<double>(x[e]) * x[e];
   const double norm = sqrt(dev::team_sum<kLanes>(mask, n2));
 
   float y[kE];
-  int idx[kE];
+  uint32_t words[kBits];  // this lane's 32 codes: kBits words of the LSB-first bitstream
 #pragma unroll
-  for (int e = 0; e < kE; ++e) y[e] = 0.0f, idx[e] = 0;
+  for (int e = 0; e < kE; ++e) y[e] = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kBits; ++w) words[w] = 0u;
   float stored = static_cast<float>(norm), residual = 0.0f;
   if (!isfinite(norm)) {
     stored = NAN;
@@ -182,64 +217,54 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
 #pragma unroll
     for (int e = 0; e < kE; ++e) {
       y[e] = __fmul_rn(y[e], a.hadamard_scale);
-      idx[e] = dev::cell_of<kBits>(s_bounds, y[e]);
-      const double c = s_cent[idx[e]];
-      c2 += c * c;
+      const uint32_t idx = static_cast<uint32_t>(dev::cell_of<kBits>(s_bounds, y[e]));
+      const float c = s_cent[idx];
+      c2 += static_cast<double>(c) * c;
+      if constexpr (kQjl) y[e] = __fsub_rn(y[e], c);  // r = y - C[idx]
+      const int pos = kBits * e;
+      words[pos / 32] |= idx << (pos % 32);
+      if (pos % 32 + kBits > 32) words[pos / 32 + 1] |= idx >> (32 - pos % 32);
     }
     const double recon2 = dev::team_sum<kLanes>(mask, c2);
     if (a.norm_correction && !kQjl) stored = static_cast<float>(norm / sqrt(recon2));
     if constexpr (kQjl) {
       double r2 = 0.0;
 #pragma unroll
-      for (int e = 0; e < kE; ++e) {
-        y[e] = __fsub_rn(y[e], s_cent[idx[e]]);  // r = y - C[idx]
-        r2 += static_cast<double>(y[e]) * y[e];
-      }
+      for (int e = 0; e < kE; ++e) r2 += static_cast<double>(y[e]) * y[e];
       residual = static_cast<float>(sqrt(dev::team_sum<kLanes>(mask, r2)));
     }
   }
+  uint32_t* codes = reinterpret_cast<uint32_t*>(blk + slot * kCodeBytes) + kBits * lane;
+#pragma unroll
+  for (int w = 0; w < kBits; ++w) codes[w] = words[w];
 
-  // Pack the codes through shared memory: lane l builds 32-bit words l, l + kLanes, ...
-#pragma unroll
-  for (int e = 0; e < kE; ++e) team_idx[team][lane * kE + e] = static_cast<uint8_t>(idx[e]);
-  if constexpr (kQjl) {
-#pragma unroll
-    for (int e = 0; e < kE; ++e) team_r[team][lane * kE + e] = y[e];
-  }
-  __syncwarp(mask);
-  uint32_t* codes = reinterpret_cast<uint32_t*>(blk + slot * kCodeBytes);
-  for (int w = lane; w < kCodeBytes / 4; w += kLanes) {
-    const int i0 = (32 * w) / kBits, i1 = (32 * w + 31) / kBits;
-    uint64_t acc = 0;
-    for (int i = i0; i <= i1 && i < kDim; ++i) {
-      const int pos = kBits * i - 32 * w;
-      const uint64_t c = team_idx[team][i];
-      acc |= pos >= 0 ? (c << pos) : (c >> -pos);
-    }
-    codes[w] = static_cast<uint32_t>(acc);
-  }
   const int cap = a.block_tokens;
   if constexpr (kQjl) {
-    // sign_i = (S r)_i >= 0 in float64; lane l owns rows l + kLanes * k, so a ballot is one
-    // kLanes-bit piece of the LSB-first sign bitstream.
+    // sign_i = (S r)_i >= 0 in float64; lane l owns rows l + kLanes * k, so the team's ballot is
+    // bits [kLanes * k, kLanes * (k + 1)) of the LSB-first sign bitstream.
+#pragma unroll
+    for (int e = 0; e < kE; ++e) team_r[team][lane * kE + e] = y[e];
+    __syncwarp(mask);
     const int team_base = (threadIdx.x % 32) / kLanes * kLanes;
-    uint8_t* signs = blk + cap * kCodeBytes + slot * kSignBytes;
-#pragma unroll 1
+    uint32_t sig[kDim / 32];
+#pragma unroll
+    for (int w = 0; w < kDim / 32; ++w) sig[w] = 0u;
+#pragma unroll
     for (int k = 0; k < kDim / kLanes; ++k) {
       const int row = lane + kLanes * k;
       double s = 0.0;
-      for (int j = 0; j < kDim; ++j)  // S^T[j][row]: consecutive lanes read consecutive floats
+      for (int j = 0; j < kDim; ++j)  // S^T[j][row]: the team's lanes read consecutive floats
         s += static_cast<double>(__ldg(a.qjl_t + static_cast<size_t>(j) * kDim + row)) * team_r[team][j];
       const uint32_t ballot = __ballot_sync(mask, s >= 0.0);
-      const uint32_t piece = kLanes == 32 ? ballot : (ballot >> team_base) & ((1u << kLanes) - 1u);
-      if (lane == 0) {
-        if constexpr (kLanes == 32) reinterpret_cast<uint32_t*>(signs)[k] = piece;
-        else if constexpr (kLanes == 16) reinterpret_cast<uint16_t*>(signs)[k] = static_cast<uint16_t>(piece);
-        else signs[k] = static_cast<uint8_t>(piece);
-      }
+      const uint32_t piece = (ballot >> team_base) & ((1u << kLanes) - 1u);
+      sig[(kLanes * k) / 32] |= piece << ((kLanes * k) % 32);
     }
-    if (lane == 0)
+    if (lane == 0) {
+      uint32_t* signs = reinterpret_cast<uint32_t*>(blk + cap * kCodeBytes + slot * kSignBytes);
+#pragma unroll
+      for (int w = 0; w < kDim / 32; ++w) signs[w] = sig[w];
       reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes + 2))[slot] = dev::norm_to_f16(residual);
+    }
   }
   if (lane == 0) reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes))[slot] = dev::norm_to_f16(stored);
 }
@@ -261,9 +286,13 @@ __global__ void __launch_bounds__(kWriteThreads) baseline_write_kernel(const Wri
   load_team_x<kDim>(a, v, lane, x);
 
   if constexpr (kKind == quant::FormatKind::kF16) {
-    uint16_t* row = reinterpret_cast<uint16_t*>(blk + slot * 2 * kDim) + lane * kE;
+    uint32_t h[kE / 2];  // kE = 8: one 16-byte store per lane
 #pragma unroll
-    for (int e = 0; e < kE; ++e) row[e] = __half_as_ushort(__float2half_rn(x[e]));
+    for (int e = 0; e < kE; e += 2)
+      h[e / 2] = dev::f16_bits(x[e]) | (static_cast<uint32_t>(dev::f16_bits(x[e + 1])) << 16);
+    uint32_t* row = reinterpret_cast<uint32_t*>(blk + slot * 2 * kDim) + lane * (kE / 2);
+#pragma unroll
+    for (int e = 0; e < kE / 2; e += 4) *reinterpret_cast<uint4*>(row + e) = make_uint4(h[e], h[e + 1], h[e + 2], h[e + 3]);
     return;
   } else {
     constexpr int kRowBytes = kDim / 32 * (kKind == quant::FormatKind::kQ8_0 ? 34 : 18);
