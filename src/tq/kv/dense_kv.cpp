@@ -121,27 +121,41 @@ Status DenseKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
     return invalid_argument("dense kv: attend of " + std::to_string(n) + " tokens on layer " +
                             std::to_string(layer) + " with " + std::to_string(pending_[layer]) +
                             " appended");
-  const int n_heads = shape_.n_heads;
-  const int groups = shape_.n_heads / shape_.n_kv_heads;
-  const int hd = shape_.head_dim;
-  const float* kb = k_[layer].data();
-  const float* vb = v_[layer].data();
-  const size_t q_stride = static_cast<size_t>(n_heads) * hd;
-  pool.parallel_for(static_cast<size_t>(n) * n_heads, 1, [&](size_t begin, size_t end) {
+  // One captured pointer keeps the lambda inside std::function's small buffer: no allocation
+  // per call.
+  struct Job {
+    const DenseKv* self;
+    const float* q;
+    float* out;
+    const float* kb;
+    const float* vb;
+    int n_heads, groups, hd;
+    size_t q_stride;
+  };
+  const Job job{this,
+                q,
+                out,
+                k_[layer].data(),
+                v_[layer].data(),
+                shape_.n_heads,
+                shape_.n_heads / shape_.n_kv_heads,
+                shape_.head_dim,
+                static_cast<size_t>(shape_.n_heads) * shape_.head_dim};
+  pool.parallel_for(static_cast<size_t>(n) * job.n_heads, 1, [&job](size_t begin, size_t end) {
     for (size_t task = begin; task < end; ++task) {
-      const int i = static_cast<int>(task / n_heads);
-      const int h = static_cast<int>(task % n_heads);
-      const size_t kv_off = static_cast<size_t>(h / groups) * hd;
+      const int i = static_cast<int>(task / job.n_heads);
+      const int h = static_cast<int>(task % job.n_heads);
+      const size_t kv_off = static_cast<size_t>(h / job.groups) * job.hd;
       AttendHeadArgs a;
-      a.q = q + i * q_stride + static_cast<size_t>(h) * hd;
-      a.k = kb + kv_off;
-      a.v = vb + kv_off;
-      a.n_ctx = length_ + i + 1;
-      a.head_dim = hd;
-      a.kv_stride = kv_dim_;
-      a.scale = shape_.scale;
-      a.out = out + i * q_stride + static_cast<size_t>(h) * hd;
-      attend_one_head(a, kernels_);
+      a.q = job.q + i * job.q_stride + static_cast<size_t>(h) * job.hd;
+      a.k = job.kb + kv_off;
+      a.v = job.vb + kv_off;
+      a.n_ctx = job.self->length_ + i + 1;
+      a.head_dim = job.hd;
+      a.kv_stride = job.self->kv_dim_;
+      a.scale = job.self->shape_.scale;
+      a.out = job.out + i * job.q_stride + static_cast<size_t>(h) * job.hd;
+      attend_one_head(a, job.self->kernels_);
     }
   });
   return ok_status();

@@ -156,8 +156,10 @@ Status Model::forward(const ForwardArgs& a) const {
                         &s.x_[static_cast<size_t>(t) * c.dim], c.dim);
   compute_rope_tables(pos0, a.n, s);
 
-  for (int l = 0; l < c.n_layers; ++l)
-    TQ_RETURN_IF_ERROR(run_layer(l, a).with_context("layer " + std::to_string(l)));
+  for (int l = 0; l < c.n_layers; ++l) {
+    const Status st = run_layer(l, a);
+    if (!st.ok()) return st.with_context("layer " + std::to_string(l));
+  }
   TQ_RETURN_IF_ERROR(a.kv->commit(a.n));
 
   if (a.logits_mode == LogitsMode::kNone) return ok_status();

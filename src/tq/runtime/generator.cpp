@@ -104,7 +104,7 @@ Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt
     a.scratch = &scratch_;
     a.logits_mode = done + n == n_prompt ? model::LogitsMode::kLast : model::LogitsMode::kNone;
     a.logits = logits_.data();
-    TQ_RETURN_IF_ERROR(m.forward(a).with_context("prefill"));
+    if (Status st = m.forward(a); !st.ok()) return st.with_context("prefill");
     done += n;
   }
   for (int32_t t : prompt) sampler.accept(t);
@@ -150,7 +150,7 @@ Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt
     a.pool = &pool_;
     a.scratch = &scratch_;
     a.logits = logits_.data();
-    TQ_RETURN_IF_ERROR(m.forward(a).with_context("decode"));
+    if (Status st = m.forward(a); !st.ok()) return st.with_context("decode");
   }
   if (st.stop_reason != StopReason::kStopString && st.stop_reason != StopReason::kCallback) {
     const std::string tail = filter.push(decoder.flush()) + filter.flush();

@@ -142,9 +142,20 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const uint32_t k_off = lane * 2 * KF::kLookup;
-  const uint32_t v_off = (Tab::kShare ? 0 : Tab::kVHalf * 128) + lane * 2 * (Tab::kShare ? KF::kLookup : VF::kLookup);
-  const uint32_t s_off = lane * 8;
+  // Lookup addresses are relative to dynamic shared memory at 0x400 (an immediate of each load);
+  // any difference of the real base lives above bit 16 (a cluster CTA id), carried in the lane
+  // offsets. A base that differs below bit 16 would break that: poison the partial instead.
+  const uint32_t base_delta = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) - 1024u;
+  if ((base_delta & 0xffffu) != 0u) {
+    for (int h = threadIdx.x; h < a.group; h += blockDim.x)
+      a.part_ml[part + static_cast<size_t>(h) * a.splits_total] = make_float2(0.0f, NAN);
+    return;
+  }
+  constexpr int kKOff = 1024, kVOff = 1024 + Tab::kVRow * 256, kSOff = 1024 + Tab::kSignRow * 256;
+  const uint32_t k_off = base_delta + lane * 2 * KF::kLookup;
+  const uint32_t v_off =
+      base_delta + (Tab::kShare ? 0 : Tab::kVHalf * 128) + lane * 2 * (Tab::kShare ? KF::kLookup : VF::kLookup);
+  const uint32_t s_off = base_delta + lane * 8;
 
   // Query A fragments: rows = heads (g < group), k-slots = thread t's K chunk dims.
   uint32_t qa[kKT][2];
@@ -216,7 +227,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
     int slot0;
     const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
-    const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
+    [[maybe_unused]] const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
                         static_cast<size_t>(kvh) * a.k_head_stride;
     const uint8_t* vb = a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
                         static_cast<size_t>(kvh) * a.v_head_stride;
@@ -264,13 +275,13 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
     for (int j = 0; j < kNT; ++j) {
       s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
       uint32_t kp[kKN / 2];
-      decode_chunk<KF, kKN>(keys.kr[j], t, k_table, k_off, kp);
+      decode_chunk<KF, kKN, kKOff>(keys.kr[j], t, k_off, kp);
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk) mma_16816(s[j], qa[kk][0], 0u, qa[kk][1], 0u, kp[2 * kk], kp[2 * kk + 1]);
       if constexpr (kQjl) {
         float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         uint32_t sp[kKN / 2];
-        KF::template decode_signs<kKN>(sr[j].r, s_table, s_off, sp);
+        KF::template decode_signs<kKN, kSOff>(sr[j].r, s_off, sp);
 #pragma unroll
         for (int kk = 0; kk < kKT; ++kk) mma_16816(s2, qs[kk][0], 0u, qs[kk][1], 0u, sp[2 * kk], sp[2 * kk + 1]);
         s[j][0] += rs[j].x * s2[0];
@@ -328,8 +339,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
 #pragma unroll
     for (int h = 0; h < kNH; ++h) {
       uint32_t v01[kVN], v23[kVN];
-      decode_token_pair<VF, kVN>(vr[h][0], vr[h][1], g, v_table, v_off, v01);
-      decode_token_pair<VF, kVN>(vr[h][2], vr[h][3], g, v_table, v_off, v23);
+      decode_token_pair<VF, kVN, kVOff>(vr[h][0], vr[h][1], g, v_off, v01);
+      decode_token_pair<VF, kVN, kVOff>(vr[h][2], vr[h][3], g, v_off, v23);
 #pragma unroll
       for (int mm = 0; mm < kMT; ++mm)
         mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0], pb[h][1]);

@@ -30,7 +30,9 @@ __device__ __forceinline__ float2 load_half2_f2(const uint8_t* p) {
 // uses 128 bytes of a row, so two such tables share rows; a "full" table (quads, 8 bytes) uses all
 // 256. With 256-byte rows an 8-bit field becomes an address in one byte permute.
 __device__ __forceinline__ uint32_t lut_addr_byte(uint32_t w, int k, uint32_t lane_off) {
-  return prmt(w, lane_off, 0x5504u | (static_cast<uint32_t>(k) << 4));  // (byte k << 8) | lane_off
+  // bytes: lane_off.b0, w.b[k], lane_off.b2, lane_off.b3 = (byte k << 8) | lane_off (byte 1 of
+  // lane_off is zero)
+  return prmt(w, lane_off, 0x7604u | (static_cast<uint32_t>(k) << 4));
 }
 
 // (bits [pos, pos + n) of w) << 8 | lane_off in two instructions: one shift (a funnel shift when
@@ -45,21 +47,22 @@ __device__ __forceinline__ uint32_t field_row_addr(const uint32_t (&w)[kWords], 
   return (v & (((1u << kN) - 1u) << 8)) | lane_off;
 }
 
-template <int kLookup>
-__device__ __forceinline__ void lut_load(const uint8_t* table, uint32_t addr, uint32_t* out) {
+// A lookup: `addr` is relative to the start of dynamic shared memory (lane offset included);
+// kOff = 1024 + the table's offset, an immediate of the load (dynamic shared memory starts at
+// shared address 0x400 on sm_80/sm_90; lane_off carries any difference above bit 16, e.g. a
+// cluster CTA id), so the address costs no add.
+template <int kLookup, int kOff>
+__device__ __forceinline__ void lut_load(uint32_t addr, uint32_t* out) {
   if constexpr (kLookup == 2) {
-    out[0] = *reinterpret_cast<const uint32_t*>(table + addr);
+    asm volatile("ld.shared.b32 %0, [%1+%2];" : "=r"(out[0]) : "r"(addr), "n"(kOff));
   } else {
-    const uint2 v = *reinterpret_cast<const uint2*>(table + addr);
-    out[0] = v.x;
-    out[1] = v.y;
+    asm volatile("ld.shared.v2.b32 {%0, %1}, [%2+%3];" : "=r"(out[0]), "=r"(out[1]) : "r"(addr), "n"(kOff));
   }
 }
 
 // The fields of kLookup codes of kBits bits -> fp16 values (out[p] = half2(local 2p, 2p+1)).
-template <int kBits, int kLookup, int kN, int kWords>
-__device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], const uint8_t* table, uint32_t lane_off,
-                                             uint32_t (&out)[kN / 2]) {
+template <int kBits, int kLookup, int kN, int kOff, int kWords>
+__device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], uint32_t lane_off, uint32_t (&out)[kN / 2]) {
   constexpr int kField = kBits * kLookup;
 #pragma unroll
   for (int q = 0; q < kN / kLookup; ++q) {
@@ -69,7 +72,7 @@ __device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], const 
     } else {
       addr = field_row_addr<kField>(w, q * kField, lane_off);
     }
-    lut_load<kLookup>(table, addr, out + q * (kLookup / 2));
+    lut_load<kLookup, kOff>(addr, out + q * (kLookup / 2));
   }
 }
 
@@ -130,17 +133,16 @@ struct TqFmt {
   static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot, int c) {
     r.s.load(blk + slot * kCodeBytes + c * (kN * kBits / 8));
   }
-  template <int kN>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t* table, uint32_t lane_off,
-                                                uint32_t (&out)[kN / 2]) {
-    lookup_codes<kBits, kLookup, kN>(r.s.w, table, lane_off, out);
+  template <int kN, int kOff>
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t lane_off, uint32_t (&out)[kN / 2]) {
+    lookup_codes<kBits, kLookup, kN, kOff>(r.s.w, lane_off, out);
   }
   // Two tokens' chunks -> out[i] = half2(A local i, B local i): the value fragments pair tokens.
   // 4-bit: nibble-interleave the two words so each byte is a (code A, code B) pair of the same
   // dim, one table row per byte; 2-bit: 2-bit interleave into (A, B, A, B) quads.
-  template <int kN>
-  static __device__ __forceinline__ void decode_pair(const Raw<kN>& a, const Raw<kN>& b, const uint8_t* table,
-                                                     uint32_t lane_off, uint32_t (&out)[kN]) {
+  template <int kN, int kOff>
+  static __device__ __forceinline__ void decode_pair(const Raw<kN>& a, const Raw<kN>& b, uint32_t lane_off,
+                                                     uint32_t (&out)[kN]) {
     if constexpr (kBits == 4 && (kN * kBits / 8) % 4 == 0) {
 #pragma unroll
       for (int w = 0; w < kN / 8; ++w) {
@@ -148,8 +150,8 @@ struct TqFmt {
         const uint32_t y = ((a.s.w[w] >> 4) & 0x0f0f0f0fu) | (b.s.w[w] & 0xf0f0f0f0u);  // dims 2n+1
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
-          lut_load<2>(table, lut_addr_byte(x, n, lane_off), out + 8 * w + 2 * n);
-          lut_load<2>(table, lut_addr_byte(y, n, lane_off), out + 8 * w + 2 * n + 1);
+          lut_load<2, kOff>(lut_addr_byte(x, n, lane_off), out + 8 * w + 2 * n);
+          lut_load<2, kOff>(lut_addr_byte(y, n, lane_off), out + 8 * w + 2 * n + 1);
         }
       }
     } else if constexpr (kBits == 2 && kLookup == 4 && (kN * kBits / 8) % 4 == 0) {
@@ -160,8 +162,8 @@ struct TqFmt {
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
           uint32_t ex[2], ey[2];
-          lut_load<4>(table, lut_addr_byte(x, n, lane_off), ex);  // dims 4n, 4n+2
-          lut_load<4>(table, lut_addr_byte(y, n, lane_off), ey);  // dims 4n+1, 4n+3
+          lut_load<4, kOff>(lut_addr_byte(x, n, lane_off), ex);  // dims 4n, 4n+2
+          lut_load<4, kOff>(lut_addr_byte(y, n, lane_off), ey);  // dims 4n+1, 4n+3
           out[16 * w + 4 * n] = ex[0];
           out[16 * w + 4 * n + 1] = ey[0];
           out[16 * w + 4 * n + 2] = ex[1];
@@ -170,8 +172,8 @@ struct TqFmt {
       }
     } else {
       uint32_t pa[kN / 2], pb[kN / 2];
-      decode<kN>(a, table, lane_off, pa);
-      decode<kN>(b, table, lane_off, pb);
+      decode<kN, kOff>(a, lane_off, pa);
+      decode<kN, kOff>(b, lane_off, pb);
 #pragma unroll
       for (int p = 0; p < kN / 2; ++p) {
         out[2 * p] = prmt(pa[p], pb[p], 0x5410u);
@@ -192,10 +194,9 @@ struct TqFmt {
                                                     int slot, int c) {
     r.s.load(blk + cap * kCodeBytes + slot * kSignBytes + c * (kN / 8));
   }
-  template <int kN>
-  static __device__ __forceinline__ void decode_signs(const SignRaw<kN>& r, const uint8_t* table, uint32_t lane_off,
-                                                      uint32_t (&out)[kN / 2]) {
-    lookup_codes<1, kSignLookup, kN>(r.s.w, table, lane_off, out);
+  template <int kN, int kOff>
+  static __device__ __forceinline__ void decode_signs(const SignRaw<kN>& r, uint32_t lane_off, uint32_t (&out)[kN / 2]) {
+    lookup_codes<1, kSignLookup, kN, kOff>(r.s.w, lane_off, out);
   }
   static __device__ __forceinline__ float2 residual2(const uint8_t* blk, int cap, int slot) {
     return load_half2_f2(blk + cap * (kCodeBytes + kSignBytes + 2) + 2 * slot);
@@ -226,8 +227,8 @@ struct F16Fmt {
   static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot, int c) {
     r.s.load(blk + slot * (2 * kDim) + c * (2 * kN));
   }
-  template <int kN>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t*, uint32_t, uint32_t (&out)[kN / 2]) {
+  template <int kN, int kOff>
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t, uint32_t (&out)[kN / 2]) {
 #pragma unroll
     for (int p = 0; p < kN / 2; ++p) out[p] = r.s.w[p];
   }
@@ -275,8 +276,8 @@ struct Q8Fmt {
     r.scale = __ldg(reinterpret_cast<const unsigned short*>(row + 34 * b));
     r.s.load(row + 34 * b + 2 + e0);
   }
-  template <int kN>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, const uint8_t*, uint32_t, uint32_t (&out)[kN / 2]) {
+  template <int kN, int kOff>
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t, uint32_t (&out)[kN / 2]) {
     const __half2 s = bits_h2(r.scale | (r.scale << 16));
 #pragma unroll
     for (int i = 0; i < kN / 4; ++i) {
@@ -369,28 +370,29 @@ struct SignsOf<TqFmt<kDim, kBits, true>, kN> {
   };
 };
 
-// Uniform decode entry (q4_0 needs the chunk index; the others ignore it).
-template <class F, int kN>
-__device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>& r, int c, const uint8_t* table,
-                                             uint32_t lane_off, uint32_t (&out)[kN / 2]) {
+// Uniform decode entry (q4_0 needs the chunk index; the others ignore it). kOff: the table's
+// lut_load immediate.
+template <class F, int kN, int kOff>
+__device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>& r, int c, uint32_t lane_off,
+                                             uint32_t (&out)[kN / 2]) {
   if constexpr (requires { F::template decode_c<kN>(r, c, out); }) {
     F::template decode_c<kN>(r, c, out);
   } else {
-    F::template decode<kN>(r, table, lane_off, out);
+    F::template decode<kN, kOff>(r, lane_off, out);
   }
 }
 
 // Two tokens' chunks as token pairs: out[i] = half2(A local i, B local i).
-template <class F, int kN>
+template <class F, int kN, int kOff>
 __device__ __forceinline__ void decode_token_pair(const typename F::template Raw<kN>& a,
-                                                  const typename F::template Raw<kN>& b, int c, const uint8_t* table,
-                                                  uint32_t lane_off, uint32_t (&out)[kN]) {
-  if constexpr (requires { F::template decode_pair<kN>(a, b, table, lane_off, out); }) {
-    F::template decode_pair<kN>(a, b, table, lane_off, out);
+                                                  const typename F::template Raw<kN>& b, int c, uint32_t lane_off,
+                                                  uint32_t (&out)[kN]) {
+  if constexpr (requires { F::template decode_pair<kN, kOff>(a, b, lane_off, out); }) {
+    F::template decode_pair<kN, kOff>(a, b, lane_off, out);
   } else {
     uint32_t pa[kN / 2], pb[kN / 2];
-    decode_chunk<F, kN>(a, c, table, lane_off, pa);
-    decode_chunk<F, kN>(b, c, table, lane_off, pb);
+    decode_chunk<F, kN, kOff>(a, c, lane_off, pa);
+    decode_chunk<F, kN, kOff>(b, c, lane_off, pb);
 #pragma unroll
     for (int p = 0; p < kN / 2; ++p) {
       out[2 * p] = prmt(pa[p], pb[p], 0x5410u);
