@@ -128,11 +128,13 @@ ensure_tq() {
   if [ -n "$TQ_BIN" ]; then [ -x "$TQ_BIN" ] || die "no tq binary at $TQ_BIN"; return; fi
   local b="$ROOT/build-peers"
   log "building tq in $b"
-  cmake -S "$ROOT" -B "$b" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=OFF \
-    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >"$b.configure.log" 2>&1 ||
-    { tail -20 "$b.configure.log" >&2; die "tq configure failed"; }
-  cmake --build "$b" -j "$JOBS" --target tq >"$b.build.log" 2>&1 ||
-    { tail -30 "$b.build.log" >&2; die "tq build failed"; }
+  mkdir -p "$b"
+  # The HTTP server is not needed here (and links against cpp-httplib, which may be absent).
+  cmake -S "$ROOT" -B "$b" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=OFF -DTQ_BUILD_SERVER=OFF \
+    -DCMAKE_CXX_COMPILER_LAUNCHER=ccache >"$b/peers-configure.log" 2>&1 ||
+    { tail -20 "$b/peers-configure.log" >&2; die "tq configure failed"; }
+  cmake --build "$b" -j "$JOBS" --target tq >"$b/peers-build.log" 2>&1 ||
+    { tail -30 "$b/peers-build.log" >&2; die "tq build failed"; }
   TQ_BIN="$b/tq"
 }
 

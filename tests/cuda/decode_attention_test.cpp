@@ -26,7 +26,6 @@ using test::DeviceBuffer;
 
 constexpr double kAttnTol = 1e-2;  // max |gpu - ref| / max |ref| per (sequence, head)
 constexpr uint64_t kSeed = 0xa77e0006u;
-constexpr int kCap = 32;
 
 // One paged K/V segment built on the host with the CPU codecs, then uploaded.
 struct HostSegment {
@@ -40,7 +39,7 @@ struct HostSegment {
   std::vector<std::vector<float>> k_dec, v_dec;
 };
 
-Expected<HostSegment> build_segment(quant::Format kf, quant::Format vf, int dim, int kv_heads,
+Expected<HostSegment> build_segment(quant::Format kf, quant::Format vf, int dim, int kv_heads, int kCap,
                                     const std::vector<int>& lengths, uint64_t seed,
                                     quant::CodebookCache& books, uint64_t layer_seed) {
   HostSegment s;
@@ -98,11 +97,13 @@ struct AttnCase {
   int dim;
   bool window;
   int group;
+  int block_tokens = 32;  // 32 takes the kernels specialised for 32-token pages (head dim 128)
 };
 
 std::string case_name(const testing::TestParamInfo<AttnCase>& i) {
   return std::string(i.param.k) + "_" + i.param.v + "_d" + std::to_string(i.param.dim) +
-         (i.param.window ? "_window" : "") + "_g" + std::to_string(i.param.group);
+         (i.param.window ? "_window" : "") + "_g" + std::to_string(i.param.group) + "_b" +
+         std::to_string(i.param.block_tokens);
 }
 
 class DecodeAttention : public testing::TestWithParam<AttnCase> {};
@@ -111,7 +112,7 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   TQ_REQUIRE_GPU();
   const AttnCase c = GetParam();
   const quant::Format kf = *quant::parse_format(c.k), vf = *quant::parse_format(c.v);
-  const int dim = c.dim, kv_heads = 2, n_heads = kv_heads * c.group;
+  const int dim = c.dim, kv_heads = 2, n_heads = kv_heads * c.group, kCap = c.block_tokens;
   const std::vector<int> main_len = {1, 77, 2100, 0};
   const std::vector<int> win_len = {5, 0, 33, 9};
   const int n_seqs = c.window ? 4 : 3;
@@ -120,11 +121,12 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   const uint64_t layer_seed = derive_seed(kSeed, 3);
   quant::CodebookCache books;
 
-  auto main = build_segment(kf, vf, dim, kv_heads, lens_main, kSeed, books, layer_seed);
+  auto main = build_segment(kf, vf, dim, kv_heads, kCap, lens_main, kSeed, books, layer_seed);
   ASSERT_TRUE(main.ok()) << main.status().to_string();
   Expected<HostSegment> win = Status(StatusCode::kNotFound, "no window");
   if (c.window) {
-    win = build_segment(quant::kFormatF16, quant::kFormatF16, dim, kv_heads, lens_win, kSeed + 99, books, layer_seed);
+    win = build_segment(quant::kFormatF16, quant::kFormatF16, dim, kv_heads, kCap, lens_win, kSeed + 99, books,
+                        layer_seed);
     ASSERT_TRUE(win.ok()) << win.status().to_string();
   }
   const std::vector<float> q = test::outlier_data(n_seqs, n_heads, dim, kSeed + 7, false, 1.0f);
@@ -228,8 +230,8 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
                                << lens_main[s] << ") head " << h << " seed " << kSeed;
     }
   RecordProperty("max_rel_err", std::to_string(worst));
-  std::printf("[          ] %s/%s d=%d window=%d group=%d: max rel err %.3g (bound %.0e)\n", c.k, c.v, dim,
-              c.window, c.group, worst, kAttnTol);
+  std::printf("[          ] %s/%s d=%d window=%d group=%d block=%d: max rel err %.3g (bound %.0e)\n", c.k, c.v,
+              dim, c.window, c.group, kCap, worst, kAttnTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -242,7 +244,8 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{"tq2", "tq2", 128, true, 4}, AttnCase{"tq4", "tq4", 64, true, 3},
                     AttnCase{"tq3", "tq2", 64, false, 4}, AttnCase{"tq2", "tq4", 64, false, 8},
                     AttnCase{"tq4j", "tq3", 128, false, 4}, AttnCase{"tq3j", "tq2", 64, true, 4},
-                    AttnCase{"tq3", "tq4", 128, false, 1}),
+                    AttnCase{"tq3", "tq4", 128, false, 1}, AttnCase{"tq4", "tq4", 128, true, 4, 64},
+                    AttnCase{"tq3", "tq2", 128, false, 4, 96}),
     case_name);
 
 TEST(DecodeAttentionApi, ReportsUnsupportedCombinations) {

@@ -178,8 +178,9 @@ TEST_F(ReferenceLogitsTest, FloatWeightsMatchTransformersExactly) {
       EXPECT_LT(d.max_rel, kFloatMaxRelStd) << "position " << pos;
       EXPECT_EQ(d.top1_mine, d.top1_ref) << "position " << pos;
     }
-    // Free-running greedy on two prompts (each costs a float32 pass per token).
-    if (name != "capital" && name != "story") continue;
+    // Free-running greedy on one prompt (a float32 pass per token is slow): "story", where the
+    // quantized path flips a near tie (HF margin 0.06) at step 2.
+    if (name != "story") continue;
     const auto want = p["greedy"].get<std::vector<int32_t>>();
     auto kv = kv::DenseKv::create(fm->attention_shape(), 512, backend::cpu::dense_kv_kernels());
     ASSERT_TRUE(kv.ok());

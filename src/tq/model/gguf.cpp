@@ -196,7 +196,8 @@ Expected<std::unique_ptr<GgufFile>> GgufFile::open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     const int e = errno;
-    return (e == ENOENT ? not_found("") : io_error("")).with_context(path + ": " + std::strerror(e));
+    const std::string m = path + ": " + std::strerror(e);
+    return e == ENOENT ? not_found(m) : io_error(m);
   }
   struct stat st {};
   if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -84,10 +84,10 @@ template <typename W, int kT>
 void row_affine(const typename W::BlockT* w, const BlockQ8A* const* a, int64_t n_blocks,
                 float* out) {
   __m256 acc[2][kT];
-  float macc[kT];
+  float macc[2][kT];
   for (int t = 0; t < kT; ++t) {
     acc[0][t] = acc[1][t] = _mm256_setzero_ps();
-    macc[t] = 0.0f;
+    macc[0][t] = macc[1][t] = 0.0f;
   }
   auto step = [&](int64_t b, int u) {
     const __m256i q = W::levels(w[b]);
@@ -97,7 +97,7 @@ void row_affine(const typename W::BlockT* w, const BlockQ8A* const* a, int64_t n
       const BlockQ8A& ab = a[t][b];
       const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
       acc[u][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot_u8_s8(q, qa), acc[u][t]);
-      macc[t] += m * ab.s;
+      macc[u][t] += m * ab.s;
     }
   };
   int64_t b = 0;
@@ -106,7 +106,8 @@ void row_affine(const typename W::BlockT* w, const BlockQ8A* const* a, int64_t n
     step(b + 1, 1);
   }
   if (b < n_blocks) step(b, 0);
-  for (int t = 0; t < kT; ++t) out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + macc[t];
+  for (int t = 0; t < kT; ++t)
+    out[t] = hsum(_mm256_add_ps(acc[0][t], acc[1][t])) + (macc[0][t] + macc[1][t]);
 }
 
 // q8_0: signed weights, so llama.cpp's sign trick: |w| * (a with w's sign).

@@ -1,4 +1,4 @@
-// Attention instances with tq4 keys and tq2 / tq3 / tq4 values, head dims 64 and 128.
+// Attention instances (head dim 128 also specialised for 32-token pages) with tq4 keys and tq2 / tq3 / tq4 values, head dims 64 and 128.
 #include "tq/backend/cuda/attention_instances.cuh"
 
 namespace tq::backend::cuda {
@@ -15,8 +15,11 @@ AttnInstanceList attention_instances_k_tq4() {
       attn_instance<K<64>, V<64, 3>, 64>(tq_mse(4), tq_mse(3)),
       attn_instance<K<64>, V<64, 4>, 64>(tq_mse(4), tq_mse(4)),
       attn_instance<K<128>, V<128, 2>, 128>(tq_mse(4), tq_mse(2)),
+      attn_instance<K<128>, V<128, 2>, 128, 32>(tq_mse(4), tq_mse(2)),
       attn_instance<K<128>, V<128, 3>, 128>(tq_mse(4), tq_mse(3)),
+      attn_instance<K<128>, V<128, 3>, 128, 32>(tq_mse(4), tq_mse(3)),
       attn_instance<K<128>, V<128, 4>, 128>(tq_mse(4), tq_mse(4)),
+      attn_instance<K<128>, V<128, 4>, 128, 32>(tq_mse(4), tq_mse(4)),
   };
   return {kList, static_cast<int>(sizeof(kList) / sizeof(kList[0]))};
 }

@@ -15,6 +15,7 @@ struct AttnInstance {
   quant::Format k;
   quant::Format v;
   int dim;
+  int cap;  // block_tokens the instance is specialised for; 0: any
   Status (*launch)(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream);
   // Resident CTAs per SM (0 when the kernel cannot launch).
   int (*occupancy)();
@@ -25,10 +26,10 @@ struct AttnInstanceList {
   int n;
 };
 
-template <class KF, class VF, int kDim>
+template <class KF, class VF, int kDim, int kCap>
 Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream) {
   constexpr int kSmem = attn_smem_bytes<KF, VF, kDim>();
-  const auto kernel = attention_kernel<KF, VF, kDim>;
+  const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
   if (kSmem > 48 * 1024)
     TQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   kernel<<<dim3(splits, n_kv_heads, n_seqs), kAttnThreads, kSmem, stream>>>(a);
@@ -36,10 +37,10 @@ Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seq
   return ok_status();
 }
 
-template <class KF, class VF, int kDim>
+template <class KF, class VF, int kDim, int kCap>
 int attention_occupancy() {
   constexpr int kSmem = attn_smem_bytes<KF, VF, kDim>();
-  const auto kernel = attention_kernel<KF, VF, kDim>;
+  const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
   if (kSmem > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess)
     return 0;
@@ -49,9 +50,9 @@ int attention_occupancy() {
   return blocks;
 }
 
-template <class KF, class VF, int kDim>
+template <class KF, class VF, int kDim, int kCap = 0>
 constexpr AttnInstance attn_instance(quant::Format k, quant::Format v) {
-  return {k, v, kDim, &launch_attention<KF, VF, kDim>, &attention_occupancy<KF, VF, kDim>};
+  return {k, v, kDim, kCap, &launch_attention<KF, VF, kDim, kCap>, &attention_occupancy<KF, VF, kDim, kCap>};
 }
 
 inline constexpr quant::Format tq_mse(int bits) { return {quant::FormatKind::kTqMse, bits}; }

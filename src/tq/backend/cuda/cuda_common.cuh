@@ -61,16 +61,6 @@ __device__ __forceinline__ uint32_t pack_h2(float lo, float hi) {
   return h2_bits(__floats2half2_rn(lo, hi));
 }
 
-// Bits [pos, pos + n) of a little-endian word array (pos, n compile-time after unrolling).
-template <int kWords>
-__device__ __forceinline__ uint32_t bit_field(const uint32_t (&w)[kWords], int pos, int n) {
-  const int wi = pos >> 5;
-  const int sh = pos & 31;
-  uint32_t v = w[wi] >> sh;
-  if (sh + n > 32 && wi + 1 < kWords) v = __funnelshift_r(w[wi], w[wi + 1], sh);
-  return v & ((n >= 32) ? 0xffffffffu : ((1u << n) - 1u));
-}
-
 // Loads kBytes bytes starting at p into words (LSB-first), given that p is kAlign-aligned.
 // Below 4-byte alignment it reads the aligned words around the span and funnel-shifts, so it
 // never reads outside the 4-byte-aligned words that contain the span.
@@ -121,11 +111,6 @@ constexpr int pow2_align(int n) {
   int a = 1;
   while (a < 16 && n % (2 * a) == 0) a *= 2;
   return a;
-}
-
-__device__ __forceinline__ float warp_max(float v, int width) {
-  for (int o = width / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
 }
 
 }  // namespace tq::backend::cuda::dev

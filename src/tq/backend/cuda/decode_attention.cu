@@ -103,14 +103,20 @@ __global__ void merge_kernel(const float* part_o, const float2* part_ml, int spl
   out[(static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d + j] = l > 0.0f ? (y + acc_win) / l : 0.0f;
 }
 
-const AttnInstance* find_instance(quant::Format k, quant::Format v, int dim) {
+// The instance for (k, v, dim), preferring one specialised for `cap` (block_tokens).
+const AttnInstance* find_instance(quant::Format k, quant::Format v, int dim, int cap) {
   const AttnInstanceList lists[] = {attention_instances_baseline(), attention_instances_k_tq2(),
                                     attention_instances_k_tq3(),     attention_instances_k_tq4(),
                                     attention_instances_k_tq3j(),    attention_instances_k_tq4j()};
+  const AttnInstance* any = nullptr;
   for (const AttnInstanceList& l : lists)
-    for (int i = 0; i < l.n; ++i)
-      if (l.items[i].k == k && l.items[i].v == v && l.items[i].dim == dim) return &l.items[i];
-  return nullptr;
+    for (int i = 0; i < l.n; ++i) {
+      const AttnInstance& in = l.items[i];
+      if (!(in.k == k) || !(in.v == v) || in.dim != dim) continue;
+      if (in.cap == cap) return &in;
+      if (in.cap == 0) any = &in;
+    }
+  return any;
 }
 
 struct SegmentPlan {
@@ -203,7 +209,7 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
 }  // namespace
 
 bool decode_attention_supported(quant::Format k, quant::Format v, int head_dim) {
-  return find_instance(k, v, head_dim) != nullptr;
+  return find_instance(k, v, head_dim, 0) != nullptr;
 }
 
 Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams& p) {
@@ -212,13 +218,13 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
   plan.dim = p.main.k.head_dim;
   plan.n_kv_heads = p.main.k.n_kv_heads;
   plan.group = p.n_heads / plan.n_kv_heads;
-  const AttnInstance* main = find_instance(p.main.k.format, p.main.v.format, plan.dim);
+  const AttnInstance* main = find_instance(p.main.k.format, p.main.v.format, plan.dim, p.main.k.block_tokens);
   if (!main)
     return unsupported("decode attention: no CUDA instance for K " + p.main.k.format.name() + ", V " +
                        p.main.v.format.name() + ", head dim " + std::to_string(plan.dim));
   const AttnInstance* window = nullptr;
   if (p.window.present()) {
-    window = find_instance(quant::kFormatF16, quant::kFormatF16, plan.dim);
+    window = find_instance(quant::kFormatF16, quant::kFormatF16, plan.dim, p.window.k.block_tokens);
     if (!window) return unsupported("decode attention: no f16 window instance for this head dim");
   }
   plan.main_instance = main;

@@ -1,16 +1,18 @@
 // Decode attention over paged K/V in any format, one template (kernel per K format, V format,
-// head dim). One CTA = one (split of the sequence, KV head, sequence); its warps walk steps of
-// kStep tokens (one page never straddled) and write one unnormalised partial (O, max, sum) that
-// merge_kernel (decode_attention.cu) combines with a log-sum-exp merge.
+// head dim, page size). One CTA = one (split of the sequence, KV head, sequence); its warps walk
+// steps of kStep tokens (one page never straddled) and write one unnormalised partial (O, max,
+// sum) that merge_kernel (decode_attention.cu) combines with a log-sum-exp merge.
 //
 // Inner loop (the compute side of the bandwidth floor): every packed element is loaded and
 // unpacked once per warp and shared by all query heads of the KV head through tensor-core mma:
 //   S   = Q K^T : M = query heads (rows g < group), N = 8 tokens, K = 16 dims  (m16n8k16)
 //   O^T = V^T P^T: M = 16 dims, N = query heads, K = 16 tokens
 // The S accumulator layout is exactly the P^T B fragment, so P never leaves registers. Codes
-// become fp16 through per-lane shared-memory tables (no bank conflicts), K norms scale S after
-// the mma, V norms fold into P. Scores and values stay in the rotated domain; the query was
-// rotated once (prepare kernel) and the output is rotated back once (merge kernel).
+// become fp16 through per-lane shared-memory tables (vec_formats.cuh: one byte permute builds the
+// address, the table base is the load's immediate), values are decoded straight into token
+// pairs, K norms scale S after the mma, V norms fold into P, and the next step's key codes are
+// loaded while the current step computes. Scores and values stay in the rotated domain; the
+// query was rotated once (prepare kernel) and the output is rotated back once (merge kernel).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -105,7 +107,9 @@ constexpr int attn_min_blocks() {
   return attn_pipeline_keys<KF>() ? (KF::kHasQjl ? 2 : 3) : 1;
 }
 
-template <class KF, class VF, int kDim>
+// kCap: block_tokens known at compile time (0: read a.block_tokens). With kCap == kStep every
+// step is exactly one page (slot 0 on), so every address inside it is a base plus an immediate.
+template <class KF, class VF, int kDim, int kCap>
 __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention_kernel(const AttnArgs a) {
   using namespace dev;
   constexpr int kStep = attn_step_tokens<KF, VF>();
@@ -184,12 +188,17 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
 #pragma unroll
   for (int mm = 0; mm < kMT; ++mm) o[mm][0] = o[mm][1] = o[mm][2] = o[mm][3] = 0.0f;
 
-  const int cap = a.block_tokens;
+  const int cap = kCap ? kCap : a.block_tokens;
   const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
   const auto block_of = [&](int tok0, int* slot0) {
-    const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
-    *slot0 = tok0 - bi * cap;
-    return __ldg(table + bi);
+    if constexpr (kCap == kStep) {  // steps start at multiples of kStep
+      *slot0 = 0;
+      return __ldg(table + tok0 / kCap);
+    } else {
+      const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
+      *slot0 = tok0 - bi * cap;
+      return __ldg(table + bi);
+    }
   };
   using KRaw = typename KF::template Raw<kKN>;
   struct Keys {  // the key codes and raw fp16 norm pairs of one step

@@ -2,8 +2,8 @@
 // kernel per format (norm, randomized Hadamard rotation through warp shuffles, Lloyd-Max cell
 // search, bit packing, QJL sign sketch; or f16 / q8_0 / q4_0 rows).
 //
-// A "team" of kLanes lanes encodes one vector, kE consecutive elements per lane. Every float
-// operation follows the CPU codec's (src/tq/quant/codec_tq.cpp, codec_baseline.cpp) order and
+// A "team" of lanes encodes one vector, consecutive elements per lane (TqWriteTeam: 32 per lane
+// for tq formats; WriteTeam: 8 per lane for f16 / q8_0 / q4_0). Every float operation follows the CPU codec's (src/tq/quant/codec_tq.cpp, codec_baseline.cpp) order and
 // rounding, with no FMA contraction, so the blocks come out byte-identical: the Hadamard
 // butterflies are the same additions, norms are float64 sums (only their order differs, which
 // can flip a result only within ~1e-16 relative of a rounding or cell boundary).
@@ -40,8 +40,7 @@ struct WriteArgs {
 
 inline constexpr int kWriteThreads = 128;
 
-// kE = 8 elements per lane (16 lanes for d = 128): the per-vector scalar work (float64 norm,
-// divisions, square roots) is shared by fewer lanes' worth of issue slots.
+// f16 / q8_0 / q4_0: kE = 8 elements per lane (16 lanes for d = 128; a ggml block is 4 lanes).
 template <int kDim>
 struct WriteTeam {
   static constexpr int kLanes = kDim / 8 < 32 ? kDim / 8 : 32;

@@ -7,8 +7,8 @@
 // output fragments can follow whatever order unpacks cheapest (dot products do not care).
 //
 // Code lookups: a per-lane replicated table in shared memory maps a field of kLookup packed
-// codes straight to kLookup fp16 values (the entry for lane l of code e sits at
-// (e * 32 + l) * kEntryBytes, so a warp's lookups never conflict on banks).
+// codes straight to kLookup fp16 values (256-byte rows, one per field value; lane l reads its own
+// copy in the row, so a warp's lookups never conflict on banks; see lut_addr_byte).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -181,10 +181,7 @@ struct TqFmt {
       }
     }
   }
-  // Norms of tokens slot, slot + 1 (slot even).
-  static __device__ __forceinline__ float2 scale2(const uint8_t* blk, int cap, int slot) {
-    return load_half2_f2(blk + cap * (kCodeBytes + kSignBytes) + 2 * slot);
-  }
+  // Norms of tokens slot, slot + 1 (slot even), as raw fp16 pairs.
   static __device__ __forceinline__ uint32_t scale2_raw(const uint8_t* blk, int cap, int slot) {
     return __ldg(reinterpret_cast<const unsigned int*>(blk + cap * (kCodeBytes + kSignBytes) + 2 * slot));
   }
@@ -232,7 +229,6 @@ struct F16Fmt {
 #pragma unroll
     for (int p = 0; p < kN / 2; ++p) out[p] = r.s.w[p];
   }
-  static __device__ __forceinline__ float2 scale2(const uint8_t*, int, int) { return {1.0f, 1.0f}; }
   static constexpr __host__ __device__ int local_dim(int kN, int c, int i) { return c * kN + i; }
 };
 
@@ -287,7 +283,6 @@ struct Q8Fmt {
       out[2 * i + 1] = h2_bits(__hmul2(bits_h2(hi), s));
     }
   }
-  static __device__ __forceinline__ float2 scale2(const uint8_t*, int, int) { return {1.0f, 1.0f}; }
   static constexpr __host__ __device__ int local_dim(int kN, int c, int i) { return c * kN + i; }
 };
 
@@ -345,7 +340,6 @@ struct Q4Fmt {
       for (int m = 0; m < kN / 4; ++m) cvt((r.s.w[m] >> shift) & 0x0f0f0f0fu, out[2 * m], out[2 * m + 1]);
     }
   }
-  static __device__ __forceinline__ float2 scale2(const uint8_t*, int, int) { return {1.0f, 1.0f}; }
   static constexpr __host__ __device__ int local_dim(int kN, int c, int i) {
     if (kN != 32) return c * kN + i;
     const int m = i / 8, r = i % 8;
