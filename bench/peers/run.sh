@@ -18,6 +18,8 @@
 #   --text PATH      (TEXT)        default ../shared/data/text/pride-and-prejudice.txt
 #   --tq PATH        (TQ_BIN)      the tq binary; default: build /work/main/build-peers (CPU)
 #   --out DIR        (OUT)         where raw outputs go; default $CACHE/runs/<timestamp>
+#   --depth N        (DEPTH)       speed: the second depth, default 4096; 0 runs depth 0 only
+#   TQ_KV_FORMATS="f16/f16 tq4/tq3 ..."  LLAMA_KV_FORMATS="f16 q8_0 q4_0"  (environment only)
 #
 # llama.cpp comes from the PyPI sdist of llama-cpp-python (pinned below): its vendor/llama.cpp is
 # the whole tree. It is unpacked and built under $CACHE (default ~/.cache/tq/peers), never in the
@@ -60,6 +62,7 @@ while [ $# -gt 0 ]; do
     --text) TEXT=$2; shift ;;
     --tq) TQ_BIN=$2; shift ;;
     --out) OUT=$2; shift ;;
+    --depth) DEPTH=$2; shift ;;
     -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -159,6 +162,7 @@ write_meta() {
     echo "load_before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "threads: $THREADS"
     echo "reps: $REPS"
+    echo "depth: $DEPTH"
     echo "model: $TQ_MODEL"
     echo "model_sha256: $(sha256sum "$TQ_MODEL" | cut -c1-16)"
     echo "text: $TEXT"
@@ -176,7 +180,9 @@ write_meta() {
 # ---------------------------------------------------------------------------------------------
 TQ_KV_FORMATS=${TQ_KV_FORMATS:-"f16/f16 q8_0/q8_0 q4_0/q4_0 tq4/tq4 tq4/tq3 tq3/tq3"}
 LLAMA_KV_FORMATS=${LLAMA_KV_FORMATS:-"f16 q8_0 q4_0"}
-DEPTH=${DEPTH:-4096}
+DEPTH=${DEPTH:-4096}  # 0: depth 0 only (a quick run; the table then says depth D was not run)
+DEPTHS=0
+[ "$DEPTH" != 0 ] && DEPTHS="0,$DEPTH"
 
 # Prompt files of exactly N tokens of the text (the model's own tokenizer through transformers'
 # GGUF loader), cached per model file.
@@ -184,11 +190,13 @@ make_prompts() {
   local dir="$CACHE/prompts/$(basename "$TQ_MODEL" .gguf)"
   PROMPTS=$dir
   local n missing=0
-  for n in 1 512 "$DEPTH" $((DEPTH + 512)); do [ -f "$dir/prompt_$n.txt" ] || missing=1; done
+  local counts=(1 512)
+  [ "$DEPTH" != 0 ] && counts+=("$DEPTH" $((DEPTH + 512)))
+  for n in "${counts[@]}"; do [ -f "$dir/prompt_$n.txt" ] || missing=1; done
   [ $missing = 0 ] && return
   log "writing prompt files to $dir"
   python3 "$HERE/make_prompts.py" --model "$TQ_MODEL" --text "$TEXT" --out "$dir" \
-    1 512 "$DEPTH" $((DEPTH + 512)) || die "make_prompts.py failed"
+    "${counts[@]}" || die "make_prompts.py failed"
 }
 
 # One tq run: $1 = K/V, $2 = prompt tokens, $3 = tokens to generate, $4 = output file.
@@ -207,6 +215,7 @@ speed_tq() {
   local d="$OUT/speed"
   tq_run "$kv" 512 0 "$d/tq_${tag}_pp0_r$rep.txt"
   tq_run "$kv" 1 128 "$d/tq_${tag}_tg0_r$rep.txt"
+  [ "$DEPTH" = 0 ] && return
   tq_run "$kv" "$DEPTH" 128 "$d/tq_${tag}_tgD_r$rep.txt"
   tq_run "$kv" $((DEPTH + 512)) 0 "$d/tq_${tag}_ppD_r$rep.txt"
 }
@@ -214,7 +223,7 @@ speed_tq() {
 speed_llama() {
   local f=$1 rep=$2
   "$LLAMA_BIN/llama-bench" -m "$TQ_MODEL" -t "$THREADS" -fa 1 -ctk "$f" -ctv "$f" -p 512 -n 128 \
-    -d "0,$DEPTH" -r 1 -o jsonl >"$OUT/speed/llama_${f}_r$rep.jsonl" \
+    -d "$DEPTHS" -r 1 -o jsonl >"$OUT/speed/llama_${f}_r$rep.jsonl" \
     2>"$OUT/speed/llama_${f}_r$rep.log" || log "llama-bench failed ($f): see $OUT/speed"
 }
 
@@ -291,7 +300,7 @@ run_gpu() {
   for rep in $(seq 1 "$REPS"); do
     for f in $LLAMA_KV_FORMATS; do
       "$LLAMA_BIN/llama-bench" -m "$TQ_MODEL" -ngl 99 -fa 1 -ctk "$f" -ctv "$f" -p 512 -n 128 \
-        -d "0,$DEPTH" -r 1 -o jsonl >"$OUT/gpu/llama_${f}_r$rep.jsonl" 2>"$OUT/gpu/llama_${f}_r$rep.log"
+        -d "$DEPTHS" -r 1 -o jsonl >"$OUT/gpu/llama_${f}_r$rep.jsonl" 2>"$OUT/gpu/llama_${f}_r$rep.log"
     done
   done
   for f in $LLAMA_KV_FORMATS; do
@@ -313,8 +322,9 @@ if [ $do_speed = 1 ] || [ $do_quality = 1 ] || [ $do_gpu = 1 ]; then
   if [ $do_gpu = 1 ]; then need_llama cuda; else need_llama cpu; fi
   write_meta
   log "raw outputs: $OUT"
-  [ $do_speed = 1 ] && run_speed
+  # Quality first: its numbers do not depend on the machine's load, the speed ones do.
   [ $do_quality = 1 ] && run_quality
+  [ $do_speed = 1 ] && run_speed
   [ $do_gpu = 1 ] && run_gpu
   echo "load_after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/meta.txt"
   python3 "$HERE/tables.py" "$OUT" | tee "$OUT/tables.md"
