@@ -2,7 +2,7 @@
 # Installs everything tq needs to build and test on a fresh Debian 12 machine (idempotent).
 set -euo pipefail
 pkgs=(build-essential cmake git unzip clang libgtest-dev libgmock-dev libbenchmark-dev
-      libcpp-httplib-dev nlohmann-json3-dev libcli11-dev python3 python3-pip)
+      libcpp-httplib-dev nlohmann-json3-dev libcli11-dev pkg-config python3 python3-pip)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,6 +16,6 @@ if ((${#missing[@]})); then
 fi
 # Python is used only by the end-to-end tests and fixture scripts, never by the engine.
 if [ "${TQ_PY_DEPS:-1}" = "1" ]; then
-  python3 -c "import numpy" 2>/dev/null || python3 -m pip install -q numpy
+  python3 -c "import numpy, pytest, openai" 2>/dev/null || python3 -m pip install -q numpy pytest openai
 fi
 echo "install-deps: ok"
