@@ -170,7 +170,7 @@ write_meta() {
     echo "chunks: $CHUNKS"
     echo "tq: $("$TQ_BIN" --version 2>/dev/null | head -1), git $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo '+dirty')"
     echo "llama.cpp: llama-cpp-python $LCP_VERSION sdist, llama.cpp $LCP_LLAMA_COMMIT"
-  } >"$m"
+  } >>"$m"  # appended: a later section run into the same --out adds its lines (last one wins)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -180,6 +180,7 @@ write_meta() {
 # ---------------------------------------------------------------------------------------------
 TQ_KV_FORMATS=${TQ_KV_FORMATS:-"f16/f16 q8_0/q8_0 q4_0/q4_0 tq4/tq4 tq4/tq3 tq3/tq3"}
 LLAMA_KV_FORMATS=${LLAMA_KV_FORMATS:-"f16 q8_0 q4_0"}
+LLAMA_QUALITY_EXTRA=${LLAMA_QUALITY_EXTRA-"q8_0-norot q4_0-norot"}
 DEPTH=${DEPTH:-4096}  # 0: depth 0 only (a quick run; the table then says depth D was not run)
 DEPTHS=0
 [ "$DEPTH" != 0 ] && DEPTHS="0,$DEPTH"
@@ -258,11 +259,17 @@ run_quality() {
   log "quality: llama.cpp f16 (base logits)"
   "${lp[@]}" -ctk f16 -ctv f16 --kl-divergence-base "$base" >"$q/llama_f16.txt" 2>&1 ||
     log "llama-perplexity f16 failed: see $q/llama_f16.txt"
-  for f in $LLAMA_KV_FORMATS; do
+  # X-norot: llama.cpp with its Hadamard rotation of Q/K/V off (LLAMA_ATTN_ROT_DISABLE=1). This
+  # version rotates whenever the cache type is quantized; tq's q8_0/q4_0 are the plain ggml
+  # blocks, so the unrotated runs are their like-for-like peers.
+  for f in $LLAMA_KV_FORMATS $LLAMA_QUALITY_EXTRA; do
     [ "$f" = f16 ] && continue
     log "quality: llama.cpp $f"
-    "${lp[@]}" -ctk "$f" -ctv "$f" --kl-divergence-base "$base" --kl-divergence \
-      >"$q/llama_$f.txt" 2>&1 || log "llama-perplexity $f failed: see $q/llama_$f.txt"
+    local rot=0
+    [ "${f%-norot}" != "$f" ] && rot=1
+    LLAMA_ATTN_ROT_DISABLE=$rot "${lp[@]}" -ctk "${f%-norot}" -ctv "${f%-norot}" \
+      --kl-divergence-base "$base" --kl-divergence >"$q/llama_$f.txt" 2>&1 ||
+      log "llama-perplexity $f failed: see $q/llama_$f.txt"
   done
   rm -f "$base"  # 16 chunks of full-vocabulary logits: hundreds of MB, not worth keeping
   local tqa=(-m "$TQ_MODEL" -f "$TEXT" --ctx "$CTX" --chunks "$CHUNKS" -t "$THREADS")

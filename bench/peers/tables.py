@@ -21,6 +21,7 @@ LLAMA_BITS = {"f16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "q4_1": 5.0, "q5_0": 5.5, "
 # chunks), to check this run's llama.cpp half against.
 LEAD_REFERENCE = {"q8_0": {"kld": 0.0039, "top1": 96.1},
                   "q4_0": {"ppl_pct": 6.0, "kld": 0.057, "top1": 85.5}}
+NOROT = " (llama.cpp rotation off)"  # LLAMA_ATTN_ROT_DISABLE=1 rows
 NEAREST_LLAMA = "q4_0"  # what tq-only formats are compared with (closest bit count)
 
 
@@ -148,7 +149,8 @@ def speed_table(run):
 
 
 def kv_order(kv):
-    order = ["f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq8/tq8", "tq4/tq4", "tq4/tq3", "tq3/tq3"]
+    order = ["f16/f16", "q8_0/q8_0", "q8_0/q8_0" + NOROT, "q4_0/q4_0", "q4_0/q4_0" + NOROT,
+             "tq8/tq8", "tq4/tq4", "tq4/tq3", "tq3/tq3"]
     return (order.index(kv) if kv in order else len(order), kv)
 
 
@@ -164,8 +166,9 @@ def llama_quality(run):
     res = {}
     for p in glob.glob(os.path.join(q, "llama_*.txt")):
         f = os.path.basename(p)[len("llama_"):-len(".txt")]
+        base = f[:-len("-norot")] if f.endswith("-norot") else f
         t = read(p)
-        r = {"k_bits": LLAMA_BITS.get(f), "v_bits": LLAMA_BITS.get(f)}
+        r = {"k_bits": LLAMA_BITS.get(base), "v_bits": LLAMA_BITS.get(base)}
         r["ppl"] = grab(r"Mean PPL\(Q\)\s*:\s*([\d.]+)", t) or grab(r"PPL = ([\d.]+)", t)
         r["ppl_err"] = (grab(r"Mean PPL\(Q\)\s*:\s*[\d.]+\s*±\s*([\d.]+)", t) or
                         grab(r"PPL = [\d.]+ \+/- ([\d.]+)", t))
@@ -175,7 +178,7 @@ def llama_quality(run):
         if f == "f16":
             r.update(ppl_ratio=1.0, kld=0.0, top1=100.0)
         if r["ppl"] is not None:
-            res[f"{f}/{f}"] = r
+            res[f"{base}/{base}" + (NOROT if base != f else "")] = r
     return res
 
 
@@ -260,6 +263,15 @@ def quality_table(run):
         t, l = tq.get(kv), ll.get(kv)
         peer = l or ll.get(f"{NEAREST_LLAMA}/{NEAREST_LLAMA}")
         mark = "" if l else " †"
+        if kv.endswith(NOROT):  # llama.cpp unrotated: ratio of tq's (plain) format against it
+            t_same = tq.get(kv[:-len(NOROT)])
+            kratio = (f"{t_same['kld'] / l['kld']:.2f} ‡" if t_same and t_same.get("kld")
+                      and l.get("kld") else "—")
+            g = lambda r, k, d: fmt_num(r.get(k), d) if r else "—"
+            lines.append(f"| {kv} | {bits(l)} | — | {l['ppl']:.4f} ± {l['ppl_err']:.4f} | — | "
+                         f"{pct(l.get('ppl_ratio'))} | — | {g(l, 'kld', 5)} | {kratio} | — | "
+                         f"{g(l, 'top1', 2)} |")
+            continue
         if t and peer and t.get("kld") and peer.get("kld"):
             kratio = f"{t['kld'] / peer['kld']:.2f}{mark}"
         elif kv == "f16/f16" and t and l:
@@ -280,7 +292,12 @@ def quality_table(run):
             f"top p\") against the same tool's f16 cache. bits/elt: stored bits per K/V element "
             f"(scales and norms included). † tq-only format: ratio against llama.cpp's "
             f"{NEAREST_LLAMA}. tq: `tq compare --configs ...` (or `tq verify` per format); llama.cpp: `llama-perplexity "
-            f"--kl-divergence-base` (f16) then `--kl-divergence -ctk X -ctv X`, both with -fa on.")
+            f"--kl-divergence-base` (f16) then `--kl-divergence -ctk X -ctv X`, both with -fa on. "
+            f"This llama.cpp applies a Walsh-Hadamard rotation to Q, K and V whenever the cache "
+            f"type is quantized (src/llama-kv-cache.cpp, attn_rot_k/attn_rot_v); the rows marked "
+            f"\"rotation off\" are the same runs with LLAMA_ATTN_ROT_DISABLE=1, i.e. plain ggml "
+            f"blocks as tq's q8_0/q4_0 store them. ‡ tq's format of the same name against that "
+            f"unrotated run.")
     checks = []
     for f, ref in LEAD_REFERENCE.items():
         l = ll.get(f"{f}/{f}")
@@ -328,7 +345,9 @@ def main():
     m = meta(run)
     out = []
     if m:
-        out.append(f"Run of {m.get('date', '?')}: `{m.get('command', '').strip()}`  ")
+        cmds = [l.partition(": ")[2] for l in read(os.path.join(run, "meta.txt")).splitlines()
+                if l.startswith("command: ")]
+        out.append(f"Run of {m.get('date', '?')}: " + ", then ".join(f"`{c}`" for c in cmds) + "  ")
         out.append(f"Machine: {m.get('cpu', '?')} ({m.get('flags', '').strip()}), "
                    f"{m.get('threads', '?')} threads; load average {m.get('load_before', '?')} "
                    f"before, {m.get('load_after', '?')} after.  ")
