@@ -20,6 +20,7 @@
 #   --out DIR        (OUT)         where raw outputs go; default $CACHE/runs/<timestamp>
 #   --depth N        (DEPTH)       speed: the second depth, default 4096; 0 runs depth 0 only
 #   TQ_KV_FORMATS="f16/f16 tq4/tq3 ..."  LLAMA_KV_FORMATS="f16 q8_0 q4_0"  (environment only)
+#   LLAMA_QUALITY_EXTRA="q8_0-norot q4_0-norot"  quality: llama.cpp runs with LLAMA_ATTN_ROT_DISABLE=1
 #
 # llama.cpp comes from the PyPI sdist of llama-cpp-python (pinned below): its vendor/llama.cpp is
 # the whole tree. It is unpacked and built under $CACHE (default ~/.cache/tq/peers), never in the

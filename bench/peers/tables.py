@@ -125,8 +125,8 @@ def speed_table(run):
     llama_kvs = {k[1] for k in samples if k[0] == "llama.cpp"}
     lines = [
         f"| test | depth | K/V cache | tq best | tq median | llama.cpp cache | llama.cpp best | "
-        f"llama.cpp median | tq / llama.cpp (median) |",
-        "|---|---|---|---|---|---|---|---|---|"]
+        f"llama.cpp median | tq / llama.cpp (median) | runs tq / llama.cpp |",
+        "|---|---|---|---|---|---|---|---|---|---|"]
     kvs = tq_kvs + sorted(llama_kvs - set(tq_kvs), key=kv_order)
     for test, dep in tests:
         for kv in kvs:
@@ -137,10 +137,10 @@ def speed_table(run):
             ratio = f"{tm / lm:.2f}" if tm and lm else "—"
             dlabel = depth if dep == "D" else 0
             lines.append(f"| {test} | {dlabel} | {kv} | {fmt_num(tb)} | {fmt_num(tm)} | "
-                         f"{peer_label if lm else '—'} | {fmt_num(lb)} | {fmt_num(lm)} | {ratio} |")
-    n_reps = max((len(v) for v in samples.values()), default=0)
-    note = (f"tokens/s; best = fastest repetition (min time), median of {n_reps} interleaved "
-            f"repetitions. † tq-only format, compared with llama.cpp's {NEAREST_LLAMA} (nearest "
+                         f"{peer_label if lm else '—'} | {fmt_num(lb)} | {fmt_num(lm)} | {ratio} | "
+                         f"{tn} / {ln} |")
+    note = (f"tokens/s; best = fastest repetition (min time), median over the interleaved "
+            f"repetitions (how many: last column). † tq-only format, compared with llama.cpp's {NEAREST_LLAMA} (nearest "
             f"in bits). tq: `tq run` (paged cache with -ctk/-ctv); pp512 at depth {depth} = "
             f"512 / (prompt time of {depth}+512 tokens − prompt time of {depth} tokens), tg128 "
             f"at depth 0 after a 1-token prompt. llama.cpp: `llama-bench -fa 1 -ctk X -ctv X -p "
