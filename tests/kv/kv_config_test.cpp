@@ -35,14 +35,16 @@ TEST(KvConfig, ParsesCliOptions) {
   EXPECT_EQ(c->block_tokens, 16);
   EXPECT_EQ(c->seed, 42u);
   EXPECT_EQ(c->to_string(),
-            "k=tq4 v=tq3j window=128 sinks=4 boundary=2:q8_0 norm_correction=off block=16 "
-            "seed=0x000000000000002a");
+            "k=tq4 v=tq3j window=128 sinks=4 boundary=2:q8_0 norm_correction=off "
+            "key_centering=on block=16 seed=0x000000000000002a");
   // Every table row is accepted by apply_kv_option under its long name.
   for (const KvOption& o : kv_option_table()) {
     KvConfig x;
     const std::string value = std::string(o.long_name).find("type") != std::string::npos ? "q4_0"
-                              : o.long_name == "--kv-norm-correction"                  ? "on"
-                                                                                        : "8";
+                              : o.long_name == "--kv-norm-correction" ||
+                                      o.long_name == "--kv-key-centering"
+                                  ? "on"
+                                  : "8";
     EXPECT_TRUE(apply_kv_option(x, o.long_name, value).ok()) << o.long_name;
     EXPECT_FALSE(o.help.empty());
   }
@@ -107,7 +109,10 @@ TEST(KvBytes, FormulaMatchesBytesPerVectorForEveryFormat) {
     ASSERT_TRUE(b.ok()) << name;
     const double bpv = static_cast<double>(c.k_format.bytes_per_vector(s.head_dim));
     EXPECT_DOUBLE_EQ(b->compressed, s.n_layers * s.n_kv_heads * 2 * bpv) << name;
-    EXPECT_DOUBLE_EQ(b->amortized, b->compressed) << name;
+    // Key means: 4 bytes per element of one key per layer and KV head, once per sequence.
+    const size_t means = c.k_format == quant::kFormatF16 ? 0 : 3 * 2 * 128 * 4;
+    EXPECT_EQ(b->sequence, means) << name;
+    EXPECT_DOUBLE_EQ(b->amortized, b->compressed + static_cast<double>(means) / 512) << name;
     EXPECT_DOUBLE_EQ(b->f16, s.n_layers * s.n_kv_heads * 2 * 256.0);
     EXPECT_DOUBLE_EQ(b->k_bits_per_element, c.k_format.bits_per_element(s.head_dim)) << name;
     auto blocks = kv_block_bytes(c, s);
@@ -117,7 +122,7 @@ TEST(KvBytes, FormulaMatchesBytesPerVectorForEveryFormat) {
   // quality-method.md's table: tq4 is 66 B per vector at d = 128, 3.88x less than f16.
   KvConfig c;
   c.k_format = c.v_format = *quant::parse_format("tq4");
-  EXPECT_NEAR(kv_bytes_per_token(c, s, 512)->ratio_vs_f16(), 256.0 / 66.0, 1e-12);
+  EXPECT_NEAR(kv_bytes_per_token(c, s, 512)->formats_ratio_vs_f16(), 256.0 / 66.0, 1e-12);
 }
 
 TEST(KvBytes, WindowAndSinksAmortizedAndBoundaryCounted) {
@@ -134,9 +139,11 @@ TEST(KvBytes, WindowAndSinksAmortizedAndBoundaryCounted) {
   const double compressed = s.n_kv_heads * (2 * (136 + 136) + (66 + 50));
   EXPECT_DOUBLE_EQ(b->compressed, compressed);
   EXPECT_EQ(b->exact_tokens, 100);
-  EXPECT_DOUBLE_EQ(b->amortized, (900 * compressed + 100 * b->f16) / 1000);
-  // A context shorter than window + sinks is all f16.
-  EXPECT_DOUBLE_EQ(kv_bytes_per_token(c, s, 50)->amortized, b->f16);
+  // Every layer compresses (and so centers) its keys: one f32 key mean per layer and KV head.
+  EXPECT_EQ(b->sequence, size_t{3 * 2 * 128 * 4});
+  EXPECT_DOUBLE_EQ(b->amortized, (900 * compressed + 100 * b->f16 + 3072) / 1000);
+  // A context shorter than window + sinks is all f16 (plus the key means).
+  EXPECT_DOUBLE_EQ(kv_bytes_per_token(c, s, 50)->amortized, b->f16 + 3072.0 / 50);
 }
 
 TEST(KvBytes, SequenceBytesUsedMatchesFormulaAndPool) {

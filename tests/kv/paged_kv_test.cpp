@@ -4,12 +4,15 @@
 // rounding separates them). Window and sink rows must hold the f16 values exactly.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 #include <vector>
 
 #include "kv/kv_test_util.h"
 #include "tq/core/fp16.h"
+#include "tq/core/rng.h"
 #include "tq/kv/dense_kv.h"
 #include "tq/kv/paged_kv.h"
 
@@ -197,6 +200,7 @@ TEST(PagedKv, WindowCoveringEverythingEqualsF16Cache) {
   const AttentionShape s = small_shape();
   KvConfig c = config_kv("tq2", "tq2");
   c.window = 64;  // >= all tokens: nothing is ever compressed
+  c.key_centering = false;  // f16 rows of k - mu round differently from rows of k
   const KvData d = make_kv_data(s, 61, seed);
   auto tq_cache = make_cache(s, c);
   auto f16_cache = make_cache(s, config_kv("f16", "f16"));
@@ -216,6 +220,88 @@ TEST(PagedKv, WindowCoveringEverythingEqualsF16Cache) {
   });
   EXPECT_EQ((*a)->compressed_tokens(0), 0);
   EXPECT_TRUE((*a)->pages().empty());
+}
+
+// Key centering stores k - mu (mu: the first page's mean key); softmax ignores q.mu, so with
+// every row in the f16 window the output equals the f16 cache's up to f16 rounding, and read_stored
+// gives the original keys back.
+TEST(PagedKv, KeyCenteringLeavesAttentionUnchanged) {
+  const AttentionShape s = small_shape();
+  KvConfig c = config_kv("tq2", "tq2");
+  c.window = 64;
+  ASSERT_TRUE(c.key_centering);
+  const KvData d = make_kv_data(s, 61, 6);
+  auto centered = make_cache(s, c);
+  auto seq = centered->new_sequence(64);
+  ASSERT_TRUE(seq.ok());
+  ThreadPool pool(1);
+  double worst = 0;
+  const size_t hd = static_cast<size_t>(s.head_dim);
+  run_chunks(**seq, d, {13, 1}, pool, [&](int l, int p0, int n, const float* out) {
+    const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
+    std::vector<double> ref(count);
+    exact_attention_original(d, l, p0, n, ref.data());
+    worst = std::max(worst, rel_l2(out, ref.data(), count));
+  });
+  EXPECT_LT(worst, kF16VsDenseTol);
+  std::vector<float> row(static_cast<size_t>(s.n_kv_heads) * hd);
+  const float* mu = (*seq)->key_mean(1);
+  double key_err = 0;  // f16 rounding of k - mu: at most 2^-11 |k - mu|
+  for (int p = 0; p < d.tokens; ++p) {
+    ASSERT_TRUE((*seq)->read_stored(1, p, false, row.data()).ok());
+    for (size_t e = 0; e < row.size(); ++e) {
+      const double k = d.k[1][static_cast<size_t>(p) * row.size() + e];
+      key_err = std::max(key_err, std::abs(row[e] - k) / (1e-3 + std::abs(k - mu[e])));
+    }
+  }
+  EXPECT_LT(key_err, 1.0 / 2048 + 1e-6);
+  // Nothing was centered against nothing: the mean is far from zero on these offset keys.
+  double mean_norm = 0;
+  for (size_t e = 0; e < row.size(); ++e) mean_norm += (*seq)->key_mean(1)[e] * (*seq)->key_mean(1)[e];
+  EXPECT_GT(std::sqrt(mean_norm), 1.0);
+}
+
+// On keys with a common offset per channel (as real models' keys have) centering lowers the
+// attention error of every compressed key format, and the centered error does not depend on the
+// offset at all (the mean absorbs it); values are untouched.
+TEST(PagedKv, KeyCenteringLowersErrorOnOffsetKeys) {
+  const AttentionShape s = small_shape();
+  const KvData base = make_kv_data(s, 203, 77);
+  KvData shifted = base;
+  const size_t hd = static_cast<size_t>(s.head_dim);
+  Rng rng(78);
+  std::vector<float> offset(static_cast<size_t>(s.n_kv_heads) * hd);
+  for (float& o : offset) o = 2.0f * static_cast<float>(rng.normal());
+  for (auto& k : shifted.k)
+    for (size_t i = 0; i < k.size(); ++i) k[i] += offset[i % offset.size()];
+  const auto rel_err = [&](const KvData& d, const char* f, bool center) {
+    KvConfig c = config_kv(f, "f16");
+    c.key_centering = center;
+    auto cache = make_cache(s, c);
+    auto seq = cache->new_sequence(256);
+    EXPECT_TRUE(seq.ok());
+    ThreadPool pool(1);
+    double err2 = 0, ref2 = 0;
+    run_chunks(**seq, d, {64, 1, 33, 7}, pool, [&](int l, int p0, int n, const float* out) {
+      const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
+      std::vector<double> ref(count);
+      exact_attention_original(d, l, p0, n, ref.data());
+      for (size_t e = 0; e < count; ++e) {
+        err2 += (out[e] - ref[e]) * (out[e] - ref[e]);
+        ref2 += ref[e] * ref[e];
+      }
+    });
+    return std::sqrt(err2 / ref2);
+  };
+  for (const char* f : {"q4_0", "tq3", "tq4"}) {
+    const double plain = rel_err(shifted, f, false);
+    const double centered = rel_err(shifted, f, true);
+    const double centered_base = rel_err(base, f, true);
+    std::printf("[ %s keys + offset ] rel err vs exact: %.4f plain, %.4f centered (%.4f without "
+                "the offset)\n", f, plain, centered, centered_base);
+    EXPECT_LT(centered, 0.9 * plain) << f;
+    EXPECT_NEAR(centered, centered_base, 0.02 * centered_base) << f;
+  }
 }
 
 TEST(PagedKv, BoundaryLayersGetTheirFormat) {

@@ -282,27 +282,35 @@ TEST(Scheduler, FullPoolQueuesInsteadOfFailing) {
 TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
   auto m = tiny_model();
   ThreadPool pool(2);
-  auto cache = make_cache(*m, 64);
+  auto cache = make_cache(*m, 128);
   SchedulerOptions o = small_options();
+  o.context = 1024;
   o.max_sessions = 1;
   o.max_queue = 1;
   auto sched = Scheduler::create(*m, *cache, pool, o);
   ASSERT_TRUE(sched.ok());
-  auto too_long = (*sched)->submit(greedy_request(prompt_of(128, 1), 4));
+  auto too_long = (*sched)->submit(greedy_request(prompt_of(1100, 1), 4));
   EXPECT_EQ(too_long.status().code(), StatusCode::kInvalidArgument);
   auto bad_id = (*sched)->submit(greedy_request({1, 2, 400}, 4));
   EXPECT_EQ(bad_id.status().code(), StatusCode::kInvalidArgument);
 
-  auto a = (*sched)->submit(greedy_request(prompt_of(10, 1), 100));
+  // `a` holds the only slot: its first token proves it runs, and its ~1000 remaining steps
+  // leave ample time to queue `b` and be refused `c` (no wall-clock race on a fast machine).
+  auto a = (*sched)->submit(greedy_request(prompt_of(10, 1), 1000));
   ASSERT_TRUE(a.ok());
-  ASSERT_TRUE(eventually([&] { return (*sched)->stats().running == 1; }));
+  std::vector<StreamEvent> first;
+  ASSERT_TRUE((*a)->pop_all(first, 10000ms));
+  ASSERT_NE(first.front().kind, StreamEvent::Kind::kDone) << first.front().error;
   auto b = (*sched)->submit(greedy_request(prompt_of(10, 2), 5));
   ASSERT_TRUE(b.ok());  // waits in the queue
   auto c = (*sched)->submit(greedy_request(prompt_of(10, 3), 5));
+  ASSERT_FALSE((*a)->done()) << "the long request ended before the queue was tested";
   EXPECT_EQ(c.status().code(), StatusCode::kResourceExhausted);
   EXPECT_EQ((*sched)->stats().rejected, 1);
   (*a)->cancel();
+  EXPECT_EQ(collect(**a).done.finish, FinishReason::kCancelled);
   EXPECT_EQ(collect(**b).done.completion_tokens, 5);
+  EXPECT_TRUE(eventually([&] { return cache->stats().pages_used == 0; }));
 }
 
 TEST(Scheduler, DrainCancelsWhatIsLeft) {

@@ -29,6 +29,13 @@ size_t kv_f16_token_bytes(const AttentionShape& s) {
          static_cast<size_t>(s.head_dim);
 }
 
+size_t kv_key_mean_bytes(const KvConfig& config, const AttentionShape& s) {
+  size_t layers = 0;
+  for (int l = 0; l < s.n_layers; ++l) layers += config.centers_keys(l, s.n_layers) ? 1 : 0;
+  return layers * static_cast<size_t>(s.n_kv_heads) * static_cast<size_t>(s.head_dim) *
+         sizeof(float);
+}
+
 Expected<std::vector<size_t>> kv_block_bytes(const KvConfig& config, const AttentionShape& shape) {
   TQ_RETURN_IF_ERROR(check_shape(shape));
   TQ_RETURN_IF_ERROR(config.validate_for(shape.n_layers, shape.head_dim));
@@ -61,7 +68,10 @@ Expected<KvBytesPerToken> kv_bytes_per_token(const KvConfig& config, const Atten
   }
   r.compressed = shape.n_kv_heads * (k_bytes + v_bytes);
   r.f16 = static_cast<double>(kv_f16_token_bytes(shape));
-  r.amortized = ((context - exact) * r.compressed + exact * r.f16) / context;
+  r.sequence = kv_key_mean_bytes(config, shape);
+  r.amortized =
+      ((context - exact) * r.compressed + exact * r.f16 + static_cast<double>(r.sequence)) /
+      context;
   const double per_elt = 8.0 / (static_cast<double>(shape.n_layers) * shape.head_dim);
   r.k_bits_per_element = k_bytes * per_elt;
   r.v_bits_per_element = v_bytes * per_elt;

@@ -21,6 +21,8 @@ constexpr KvOption kOptions[] = {
     {"--kv-boundary-layers", "", "first and last N layers store K and V in --kv-boundary-type"},
     {"--kv-boundary-type", "", "format of the boundary layers' K and V (default f16)"},
     {"--kv-norm-correction", "", "tq formats store norm/||C[idx]|| (on/off, default on)"},
+    {"--kv-key-centering", "",
+     "compressed keys store k - (per-sequence mean key): exact for attention (on/off, default on)"},
     {"--kv-block-tokens", "", "tokens per KV pool block (default 32)"},
     {"--kv-seed", "", "rotation seed of the compressed cache"},
 };
@@ -97,6 +99,7 @@ std::string KvConfig::to_string() const {
   if (boundary_layers > 0)
     s += " boundary=" + std::to_string(boundary_layers) + ":" + boundary_format.name();
   s += " norm_correction=" + std::string(norm_correction ? "on" : "off") +
+       " key_centering=" + std::string(key_centering ? "on" : "off") +
        " block=" + std::to_string(block_tokens) + " seed=" + seed_hex;
   return s;
 }
@@ -105,6 +108,10 @@ LayerFormats KvConfig::formats_for(int layer, int n_layers) const {
   const bool boundary = layer < boundary_layers || layer >= n_layers - boundary_layers;
   if (boundary) return {boundary_format, boundary_format};
   return {k_format, v_format};
+}
+
+bool KvConfig::centers_keys(int layer, int n_layers) const {
+  return key_centering && formats_for(layer, n_layers).k != quant::kFormatF16;
 }
 
 uint64_t KvConfig::layer_seed(int layer) const {
@@ -133,6 +140,8 @@ Status apply_kv_option(KvConfig& c, std::string_view name, std::string_view valu
     TQ_ASSIGN_OR_RETURN(c.boundary_format, parse_named_format(flag, value));
   } else if (n == "kv-norm-correction") {
     TQ_ASSIGN_OR_RETURN(c.norm_correction, parse_bool(flag, value));
+  } else if (n == "kv-key-centering") {
+    TQ_ASSIGN_OR_RETURN(c.key_centering, parse_bool(flag, value));
   } else if (n == "kv-block-tokens") {
     TQ_ASSIGN_OR_RETURN(const int64_t b, parse_int(flag, value, 1, kMaxBlockTokens));
     c.block_tokens = static_cast<int>(b);

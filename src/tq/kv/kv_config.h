@@ -34,6 +34,10 @@ struct KvConfig {
   quant::Format boundary_format = quant::kFormatF16;
   // tq mse formats store ||x|| / ||C[idx]|| so reconstructions keep the exact norm.
   bool norm_correction = true;
+  // Layers with compressed keys store k - mu, mu a per-sequence mean key of each KV head
+  // (docs/kv-cache.md, "Key centering"). Softmax is invariant to q.mu, the same for every key
+  // of a query, so attention is unchanged while the quantizer sees the smaller residual.
+  bool key_centering = true;
   // Tokens per pool block (one block per layer, K or V, holds this many tokens of every KV head).
   int block_tokens = 32;
   // Rotation / QJL seed; layer l uses derive_seed(seed, l) (docs/formats.md).
@@ -46,6 +50,8 @@ struct KvConfig {
   std::string to_string() const;
 
   LayerFormats formats_for(int layer, int n_layers) const;
+  // Whether `layer` stores centered keys (key_centering and a compressed K format).
+  bool centers_keys(int layer, int n_layers) const;
   uint64_t layer_seed(int layer) const;
 };
 

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "tq/core/fp16.h"
+#include "tq/kv/kv_bytes.h"
 #include "tq/kv/paged_attention.h"
 
 namespace tq::kv {
@@ -25,6 +26,13 @@ PagedKv::PagedKv(PagedKvCache* cache, int capacity)
                     0);
   window_.resize(nl);
   scratch_.resize(row_elems_);
+  centered_.assign(nl, 0);
+  mean_ready_.assign(nl, 0);
+  key_mean_.assign(nl * static_cast<size_t>(shape_.n_kv_heads) * row_elems_, 0.0f);
+  for (int l = 0; l < shape_.n_layers; ++l)
+    centered_[static_cast<size_t>(l)] = c.centers_keys(l, shape_.n_layers) ? 1 : 0;
+  key_mean_bytes_ = kv_key_mean_bytes(c, shape_);
+  cache_->exact_bytes_.fetch_add(static_cast<int64_t>(key_mean_bytes_));
   cache_->sequences_.fetch_add(1);
 }
 
@@ -39,7 +47,8 @@ size_t PagedKv::exact_bytes() const {
   size_t rows = 0;
   for (size_t l = 0; l < window_.size(); ++l)
     rows += static_cast<size_t>(sink_count_[l] + window_[l].count);
-  return rows * 2 * static_cast<size_t>(shape_.n_kv_heads) * row_elems_ * sizeof(uint16_t);
+  return rows * 2 * static_cast<size_t>(shape_.n_kv_heads) * row_elems_ * sizeof(uint16_t) +
+         key_mean_bytes_;
 }
 
 size_t PagedKv::bytes_used() const { return pages_.size() * cache_->page_bytes() + exact_bytes(); }
@@ -103,6 +112,23 @@ void PagedKv::encode_token(int layer, bool value, int c, const float* x) {
                  bt_, c % bt_);
 }
 
+void PagedKv::set_key_mean(int layer, int n, const float* k) {
+  const size_t token_elems = static_cast<size_t>(shape_.n_kv_heads) * row_elems_;
+  float* mu = key_mean_.data() + static_cast<size_t>(layer) * token_elems;
+  // The first page's tokens, without the sinks and position 0 (attention-sink keys are far
+  // from the rest); failing those, whatever came after position 0; a lone token: no centering.
+  int from = std::max(1, sinks_), to = std::min(n, sinks_ + bt_);
+  if (from >= to) from = 1, to = n;
+  std::fill(mu, mu + token_elems, 0.0f);
+  if (from < to) {
+    for (int j = from; j < to; ++j)
+      for (size_t e = 0; e < token_elems; ++e) mu[e] += k[static_cast<size_t>(j) * token_elems + e];
+    const float inv = 1.0f / static_cast<float>(to - from);
+    for (size_t e = 0; e < token_elems; ++e) mu[e] *= inv;
+  }
+  mean_ready_[static_cast<size_t>(layer)] = 1;
+}
+
 Status PagedKv::append(int layer, int n, const float* k, const float* v) {
   TQ_RETURN_IF_ERROR(check_layer(layer, n));
   if (n == 0) return ok_status();
@@ -123,6 +149,17 @@ Status PagedKv::append(int layer, int n, const float* k, const float* v) {
 
   const int hkv = shape_.n_kv_heads;
   const size_t token_elems = static_cast<size_t>(hkv) * row_elems_;
+  if (centered_[l]) {
+    if (!mean_ready_[l]) set_key_mean(layer, n, k);
+    const float* mu = key_mean(layer);
+    centered_k_.resize(static_cast<size_t>(n) * token_elems);
+    for (int j = 0; j < n; ++j) {
+      const float* src = k + static_cast<size_t>(j) * token_elems;
+      float* dst = centered_k_.data() + static_cast<size_t>(j) * token_elems;
+      for (size_t e = 0; e < token_elems; ++e) dst[e] = src[e] - mu[e];
+    }
+    k = centered_k_.data();
+  }
   Window& w = window_[l];
   const int exact_before = sink_count_[l] + w.count;
 
@@ -260,15 +297,17 @@ void PagedKv::register_full_pages() {
   while (registered_ < full &&
          tokens_.size() >= static_cast<size_t>(sinks_ + (registered_ + 1) * bt_)) {
     std::shared_ptr<const SinkSnapshot> snapshot;
+    std::shared_ptr<const KeyMeans> means;
     if (registered_ == 0) {
       chain_ = prefix_root_hash(cache_->fingerprint(), tok.first(static_cast<size_t>(sinks_)));
       if (sinks_ > 0) snapshot = std::make_shared<const SinkSnapshot>(sink_data_);
+      if (key_mean_bytes_ > 0) means = std::make_shared<const KeyMeans>(key_mean_);
     }
     const auto slice = tok.subspan(static_cast<size_t>(sinks_ + registered_ * bt_),
                                    static_cast<size_t>(bt_));
     const uint64_t h = prefix_block_hash(chain_, slice);
     cache_->index_page(h, chain_, registered_ == 0, slice, pages_[static_cast<size_t>(registered_)],
-                       std::move(snapshot));
+                       std::move(snapshot), std::move(means));
     chain_ = h;
     ++registered_;
   }
@@ -288,10 +327,15 @@ Expected<int> PagedKv::reuse_prefix(std::span<const int32_t> prompt) {
   const uint64_t root =
       prefix_root_hash(cache_->fingerprint(), prompt.first(static_cast<size_t>(sinks_)));
   std::shared_ptr<const SinkSnapshot> sinks;
+  std::shared_ptr<const KeyMeans> means;
   const uint64_t last = cache_->acquire_prefix(root, prompt.subspan(static_cast<size_t>(sinks_)),
-                                               max_pages, pages_, sinks);
+                                               max_pages, pages_, sinks, means);
   const int found = static_cast<int>(pages_.size());
   if (found == 0) return 0;
+  if (means) {
+    key_mean_ = *means;
+    std::fill(mean_ready_.begin(), mean_ready_.end(), 1);
+  }
   if (sinks_ > 0) {
     sink_data_ = *sinks;
     std::fill(sink_count_.begin(), sink_count_.end(), sinks_);
@@ -316,20 +360,23 @@ Status PagedKv::read_stored(int layer, int pos, bool value, float* out) const {
   const int kv = value ? 1 : 0;
   for (int h = 0; h < shape_.n_kv_heads; ++h) {
     float* dst = out + static_cast<size_t>(h) * row_elems_;
-    const uint16_t* row = nullptr;
-    if (pos < sink_count_[l]) {
-      row = sink_row(layer, kv, h, pos);
-    } else if (pos < sinks_ + compressed_[l]) {
+    if (pos >= sink_count_[l] && pos < sinks_ + compressed_[l]) {
       const int c = pos - sinks_;
       const quant::VectorCodec& codec = cache_->codec(layer, value);
       const uint8_t* block = cache_->block(pages_[static_cast<size_t>(c / bt_)], 2 * layer + kv);
       codec.decode(block + static_cast<size_t>(h) * codec.block_bytes(bt_), bt_, c % bt_, dst);
-      continue;
     } else {
       const Window& w = window_[l];
-      row = w.data.data() + window_offset(w, kv, h, w.start + pos - sinks_ - compressed_[l]);
+      const uint16_t* row =
+          pos < sink_count_[l]
+              ? sink_row(layer, kv, h, pos)
+              : w.data.data() + window_offset(w, kv, h, w.start + pos - sinks_ - compressed_[l]);
+      for (size_t e = 0; e < row_elems_; ++e) dst[e] = f16_to_f32(row[e]);
     }
-    for (size_t e = 0; e < row_elems_; ++e) dst[e] = f16_to_f32(row[e]);
+    if (!value && centered_[l]) {
+      const float* mu = key_mean(layer) + static_cast<size_t>(h) * row_elems_;
+      for (size_t e = 0; e < row_elems_; ++e) dst[e] += mu[e];
+    }
   }
   return ok_status();
 }

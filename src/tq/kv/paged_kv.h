@@ -4,6 +4,10 @@
 //     sits in page table[c / block_tokens], slot c % block_tokens,
 //   - exact in f16 in the window otherwise: the most recent `window` tokens. Tokens that fall
 //     out of the window are compressed (KIVI), so the last `window` tokens are always exact.
+// In a layer that centers keys (KvConfig::centers_keys) every key row, exact or compressed, is
+// stored as k - mu, mu the sequence's mean key of that layer and KV head, fixed by the layer's
+// first append (the mean of its first page of tokens, sinks and position 0 left out). Attention
+// needs no change: q.mu is the same for all keys of a query and softmax ignores it.
 // With window 0 every token is compressed when appended, before attention runs: every query
 // sees compressed K/V, its own chunk's included, as llama.cpp's quantized cache does.
 // attend() computes attention straight from the packed pages (paged_attention.h).
@@ -53,8 +57,12 @@ class PagedKv final : public SequenceKv {
   int window_tokens(int layer) const { return window_[static_cast<size_t>(layer)].count; }
   int sink_tokens(int layer) const { return sink_count_[static_cast<size_t>(layer)]; }
   std::span<const int> pages() const { return pages_; }
-  // Bytes of the f16 sink and window rows (all layers).
+  // Bytes of the f16 sink and window rows (all layers) and of the key means.
   size_t exact_bytes() const;
+  // The key mean of `layer` ([n_kv_heads][head_dim]; zeros where keys are not centered).
+  const float* key_mean(int layer) const {
+    return key_mean_.data() + static_cast<size_t>(layer) * shape_.n_kv_heads * row_elems_;
+  }
 
  private:
   friend class PagedKvCache;
@@ -78,6 +86,8 @@ class PagedKv final : public SequenceKv {
   // Encodes one token (all KV heads, K or V) into compressed slot c of the layer.
   void encode_token(int layer, bool value, int c, const float* x);
   void register_full_pages();
+  // Sets the layer's key mean from the first append's keys (see the header comment).
+  void set_key_mean(int layer, int n, const float* k);
   void add_exact_bytes(int64_t rows);
 
   PagedKvCache* cache_;
@@ -97,6 +107,11 @@ class PagedKv final : public SequenceKv {
   std::vector<int32_t> tokens_;   // ids of positions 0 .. tokens_.size()-1 (may be empty)
   int registered_ = 0;            // leading pages already offered to the prefix cache
   uint64_t chain_ = 0;            // chain hash of page registered_-1 (or the root)
+  std::vector<uint8_t> centered_;    // [layer] stores k - mu
+  std::vector<uint8_t> mean_ready_;  // [layer] mu fixed
+  std::vector<float> key_mean_;      // [layer][kv_head][head_dim]
+  size_t key_mean_bytes_ = 0;        // of the centered layers (counted in exact_bytes)
+  std::vector<float> centered_k_;    // [n][kv_head][head_dim] keys of one append, centered
   std::vector<float> scratch_;    // [head_dim] f16 row decoded for re-encoding
 };
 

@@ -60,6 +60,8 @@ Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(const PagedKvCacheO
                             static_cast<uint64_t>(sh.head_dim));
   for (char ch : o.config.to_string()) fp = derive_seed(fp, static_cast<uint8_t>(ch));
   c->fingerprint_ = fp;
+  for (int l = 0; l < sh.n_layers; ++l)
+    c->needs_key_means_ = c->needs_key_means_ || o.config.centers_keys(l, sh.n_layers);
   TQ_LOG(kDebug, "KV pool: %d pages of %zu bytes (%s)", c->pool_->n_pages(),
          c->pool_->page_bytes(), o.config.to_string().c_str());
   return c;
@@ -103,16 +105,18 @@ void PagedKvCache::release_pages(std::span<const int> pages) {
 
 void PagedKvCache::index_page(uint64_t hash, uint64_t parent, bool root,
                               std::span<const int32_t> tokens, int page,
-                              std::shared_ptr<const SinkSnapshot> sinks) {
+                              std::shared_ptr<const SinkSnapshot> sinks,
+                              std::shared_ptr<const KeyMeans> key_means) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (!prefix_.insert(hash, parent, root, tokens, page)) return;
+  if (!prefix_.insert(hash, parent, root, tokens, page, std::move(key_means))) return;
   pool_->set_cached(page, true);
   if (root && sinks) prefix_.put_sinks(parent, std::move(sinks));
 }
 
 uint64_t PagedKvCache::acquire_prefix(uint64_t root, std::span<const int32_t> tokens,
                                       int max_pages, std::vector<int>& pages,
-                                      std::shared_ptr<const SinkSnapshot>& sinks) {
+                                      std::shared_ptr<const SinkSnapshot>& sinks,
+                                      std::shared_ptr<const KeyMeans>& key_means) {
   const size_t bt = static_cast<size_t>(block_tokens());
   std::lock_guard<std::mutex> lock(mu_);
   sinks = prefix_.sinks(root);
@@ -123,6 +127,10 @@ uint64_t PagedKvCache::acquire_prefix(uint64_t root, std::span<const int32_t> to
     const uint64_t h = prefix_block_hash(parent, slice);
     const int page = prefix_.find(h, parent, slice);
     if (page == kNoPage) break;
+    if (p == 0 && needs_key_means_) {
+      key_means = prefix_.key_means(page);
+      if (!key_means) break;
+    }
     pool_->retain(page);
     pages.push_back(page);
     parent = h;

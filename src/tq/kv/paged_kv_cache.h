@@ -106,16 +106,21 @@ class PagedKvCache {
   void release_pages(std::span<const int> pages);
   // Indexes a full page of a sequence under its chain hash (no-op if the hash is taken).
   void index_page(uint64_t hash, uint64_t parent, bool root, std::span<const int32_t> tokens,
-                  int page, std::shared_ptr<const SinkSnapshot> sinks);
+                  int page, std::shared_ptr<const SinkSnapshot> sinks,
+                  std::shared_ptr<const KeyMeans> key_means);
   // Walks the chain from `root` over tokens (B per page, at most max_pages), retaining each
-  // page found and appending it to `pages`. Returns the chain hash of the last page found.
+  // page found and appending it to `pages`, and the key means of the first one (when the
+  // config centers keys; a first page without them is not reused). Returns the chain hash of
+  // the last page found.
   uint64_t acquire_prefix(uint64_t root, std::span<const int32_t> tokens, int max_pages,
-                          std::vector<int>& pages, std::shared_ptr<const SinkSnapshot>& sinks);
+                          std::vector<int>& pages, std::shared_ptr<const SinkSnapshot>& sinks,
+                          std::shared_ptr<const KeyMeans>& key_means);
   const uint8_t* block(int page, int slab) const { return pool_->block(page, slab); }
   uint8_t* block(int page, int slab) { return pool_->block(page, slab); }
 
   PagedKvCacheOptions options_;
   uint64_t fingerprint_ = 0;
+  bool needs_key_means_ = false;  // some layer centers its keys
   // Declared before the codecs: they point into it and must die after them.
   std::unique_ptr<quant::CodebookCache> books_;
   std::vector<std::unique_ptr<quant::VectorCodec>> codecs_;  // [2 * layer + (V ? 1 : 0)]

@@ -39,17 +39,26 @@ int PrefixCache::find(uint64_t hash, uint64_t parent, std::span<const int32_t> t
 }
 
 bool PrefixCache::insert(uint64_t hash, uint64_t parent, bool root,
-                         std::span<const int32_t> tokens, int page) {
+                         std::span<const int32_t> tokens, int page,
+                         std::shared_ptr<const KeyMeans> key_means) {
   if (by_hash_.count(hash) != 0 || by_page_.count(page) != 0) return false;
   Entry e;
   e.page = page;
   e.parent = parent;
   e.root = root;
   e.tokens.assign(tokens.begin(), tokens.end());
+  e.key_means = std::move(key_means);
   by_hash_.emplace(hash, std::move(e));
   by_page_.emplace(page, hash);
   if (root) ++roots_[parent].children;
   return true;
+}
+
+std::shared_ptr<const KeyMeans> PrefixCache::key_means(int page) const {
+  const auto it = by_page_.find(page);
+  if (it == by_page_.end()) return nullptr;
+  const auto e = by_hash_.find(it->second);
+  return e == by_hash_.end() ? nullptr : e->second.key_means;
 }
 
 void PrefixCache::erase_page(int page) {

@@ -23,6 +23,9 @@ namespace tq::kv {
 
 // f16 K/V of the sink tokens of every layer: [layer][K, V][kv_head][sink][head_dim].
 using SinkSnapshot = std::vector<uint16_t>;
+// The key means of a sequence (PagedKv, key centering): [layer][kv_head][head_dim]. Every page
+// of a sequence is stored relative to them, so they travel with its first page.
+using KeyMeans = std::vector<float>;
 
 uint64_t prefix_root_hash(uint64_t config_fingerprint, std::span<const int32_t> sink_tokens);
 uint64_t prefix_block_hash(uint64_t parent, std::span<const int32_t> tokens);
@@ -34,7 +37,9 @@ class PrefixCache {
   // Indexes `page` under `hash`; false (and nothing changes) if the hash is already taken or
   // the page is already indexed. `root` says the parent is a root hash.
   bool insert(uint64_t hash, uint64_t parent, bool root, std::span<const int32_t> tokens,
-              int page);
+              int page, std::shared_ptr<const KeyMeans> key_means = nullptr);
+  // The key means a first page was indexed with (nullptr if none or not indexed).
+  std::shared_ptr<const KeyMeans> key_means(int page) const;
   // Forgets the entry of `page` (eviction); no-op if it has none.
   void erase_page(int page);
   bool contains_page(int page) const { return by_page_.count(page) != 0; }
@@ -51,6 +56,7 @@ class PrefixCache {
     uint64_t parent = 0;
     bool root = false;
     std::vector<int32_t> tokens;
+    std::shared_ptr<const KeyMeans> key_means;  // first pages of centered caches
   };
   struct Root {
     std::shared_ptr<const SinkSnapshot> sinks;
