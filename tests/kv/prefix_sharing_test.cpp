@@ -110,11 +110,14 @@ TEST(PrefixSharing, CommonPrefixStoredOnceSuffixesDiverge) {
   EXPECT_EQ(st.prefix_hit_tokens, 100);
   EXPECT_TRUE(cache->check_invariants().ok());
 
-  // B's outputs equal those of a sequence that computed everything itself.
+  // B's outputs equal those of a sequence that computed everything itself, starting with the
+  // same first chunk as A (the key means come from a sequence's first chunk and travel with
+  // the shared first page).
   auto ref = plain->new_sequence(200);
   ASSERT_TRUE(ref.ok());
-  const auto out_ref_all = feed(**ref, db, ids_b, {100, 5, 18}, pool);
-  const std::vector<std::vector<float>> out_ref(out_ref_all.begin() + s.n_layers, out_ref_all.end());
+  const auto out_ref_all = feed(**ref, db, ids_b, {64, 36, 5, 18}, pool);
+  const std::vector<std::vector<float>> out_ref(out_ref_all.begin() + 2 * s.n_layers,
+                                                out_ref_all.end());
   ASSERT_EQ(out_ref.size(), out_b.size());
   for (size_t i = 0; i < out_b.size(); ++i)
     for (size_t e = 0; e < out_b[i].size(); ++e)

@@ -115,10 +115,14 @@ void PagedKv::encode_token(int layer, bool value, int c, const float* x) {
 void PagedKv::set_key_mean(int layer, int n, const float* k) {
   const size_t token_elems = static_cast<size_t>(shape_.n_kv_heads) * row_elems_;
   float* mu = key_mean_.data() + static_cast<size_t>(layer) * token_elems;
-  // The first page's tokens, without the sinks and position 0 (attention-sink keys are far
+  // Every token of the first append but the sinks and position 0 (attention-sink keys are far
   // from the rest); failing those, whatever came after position 0; a lone token: no centering.
-  int from = std::max(1, sinks_), to = std::min(n, sinks_ + bt_);
-  if (from >= to) from = 1, to = n;
+  // More tokens give a better mean (SmolLM2, 4 chunks, tq4/tq4: KLD 0.046 from the first 31
+  // keys, 0.036 from 511); the prefix cache hands it on with the first page, so it may depend
+  // on tokens beyond that page.
+  int from = std::max(1, sinks_);
+  const int to = n;
+  if (from >= to) from = 1;
   std::fill(mu, mu + token_elems, 0.0f);
   if (from < to) {
     for (int j = from; j < to; ++j)

@@ -6,7 +6,7 @@
 //     out of the window are compressed (KIVI), so the last `window` tokens are always exact.
 // In a layer that centers keys (KvConfig::centers_keys) every key row, exact or compressed, is
 // stored as k - mu, mu the sequence's mean key of that layer and KV head, fixed by the layer's
-// first append (the mean of its first page of tokens, sinks and position 0 left out). Attention
+// first append (the mean of its keys, sinks and position 0 left out). Attention
 // needs no change: q.mu is the same for all keys of a query and softmax ignores it.
 // With window 0 every token is compressed when appended, before attention runs: every query
 // sees compressed K/V, its own chunk's included, as llama.cpp's quantized cache does.
