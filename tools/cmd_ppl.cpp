@@ -1,12 +1,16 @@
 // tq ppl: perplexity of a text with a given KV cache configuration, the way llama-perplexity
 // computes it (../shared/docs/quality-method.md), plus the cache's bytes per token.
 //   tq ppl -f ../shared/data/text/pride-and-prejudice.txt --ctx 512 --chunks 16 -ctk tq4 -ctv tq3
+//   tq ppl --device cuda -f ... (the forward pass and the cache on the GPU; scoring on the CPU)
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include "kv_commands.h"
 #include "default_model.h"
+#include "device_cli.h"
 #include "kv_cli.h"
 #include "quality_eval.h"
 #include "tq/core/thread_pool.h"
@@ -23,7 +27,21 @@ struct PplOptions {
   int threads = default_thread_count();
   bool json = false;
   KvFlags kv;
+  DeviceFlag device;
 };
+
+// One chunk through a fresh slot of the device model; logits: [ctx][vocab].
+Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens,
+                            int vocab, std::vector<float>& logits) {
+  TQ_RETURN_IF_ERROR(dm.reset(0));
+  logits.resize(tokens.size() * static_cast<size_t>(vocab));
+  backend::DeviceForwardArgs a;
+  a.tokens = tokens.data();
+  a.n = static_cast<int>(tokens.size());
+  a.logits_mode = backend::DeviceLogits::kAll;
+  a.logits = logits.data();
+  return dm.forward(a);
+}
 
 int run_ppl(PplOptions& o) {
   auto config = o.kv.config();
@@ -52,15 +70,30 @@ int run_ppl(PplOptions& o) {
   }
   ThreadPool pool(o.threads);
   const int vocab = m.config().vocab_size;
+  std::unique_ptr<backend::DeviceModel> dm;
+  if (o.device.cuda()) {
+    auto opened = open_cuda_model(m, *config, o.ctx, std::min(o.ctx, 512));
+    if (!opened.ok()) {
+      std::fprintf(stderr, "tq ppl: %s\n", opened.status().to_string().c_str());
+      return 1;
+    }
+    dm = std::move(opened).value();
+    std::fprintf(stderr, "tq ppl: %s\n", dm->describe().c_str());
+  }
   std::fprintf(stderr, "tq ppl: %s, %d of %d chunks of %d tokens, kv %s\n", text->name.c_str(),
                text->n_chunks, text->available_chunks, o.ctx, config->to_string().c_str());
   PplAccum ppl;
   std::vector<float> logits;
   const auto t0 = std::chrono::steady_clock::now();
   for (int c = 0; c < text->n_chunks; ++c) {
-    auto seq = (*cache)->new_sequence(o.ctx);
     const std::vector<int32_t> toks = text->chunk(c);
-    Status st = seq.ok() ? eval_chunk(m, toks, **seq, pool, logits) : seq.status();
+    Status st;
+    if (dm) {
+      st = eval_chunk_on_device(*dm, toks, vocab, logits);
+    } else {
+      auto seq = (*cache)->new_sequence(o.ctx);
+      st = seq.ok() ? eval_chunk(m, toks, **seq, pool, logits) : seq.status();
+    }
     if (!st.ok()) {
       std::fprintf(stderr, "tq ppl: chunk %d: %s\n", c, st.to_string().c_str());
       return 1;
@@ -105,6 +138,7 @@ void add_ppl_command(CLI::App& app) {
   cmd->add_option("-t,--threads", o->threads, "Threads")->capture_default_str();
   cmd->add_flag("--json", o->json, "One JSON line on stdout");
   o->kv.add_to(cmd);
+  o->device.add_to(cmd);
   cmd->callback([o] {
     const int rc = run_ppl(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

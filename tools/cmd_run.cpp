@@ -3,6 +3,7 @@
 //   tq run -p "The capital of France is" -n 32
 //   tq run --chat -p "Write a haiku about caches" --temp 0.7 --seed 1
 //   tq run -f prompt.txt -n 128 -ctk tq4 -ctv tq3      (KV flags: the compressed paged cache)
+//   tq run --device cuda -p "Hello" -n 64 -ctk tq4 -ctv tq3   (the forward pass on the GPU)
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -13,6 +14,8 @@
 
 #include "commands.h"
 #include "default_model.h"
+#include "device_cli.h"
+#include "device_generate.h"
 #include "kv_cli.h"
 #include "tq/backend/cpu/ops.h"
 #include "tq/core/thread_pool.h"
@@ -38,6 +41,7 @@ struct RunOptions {
   bool ignore_eos = false;
   runtime::SamplerConfig sampler;
   KvFlags kv;
+  DeviceFlag device;
 };
 
 constexpr int kDefaultCtxCap = 4096;
@@ -119,6 +123,42 @@ int run(RunOptions& o) {
                        std::to_string(ctx) + " (raise --ctx, at most the model's " +
                        std::to_string(model_ctx) + ")");
 
+  runtime::GenerateOptions g;
+  g.max_tokens = o.n_predict;
+  g.stop_strings = o.stop;
+  g.stop_at_eog = !o.ignore_eos;
+  g.prefill_batch = o.prefill_batch;
+  g.sampler = o.sampler;
+  const auto stream_piece = [](int32_t, std::string_view piece) {
+    if (!piece.empty()) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+    }
+    return true;
+  };
+  const auto report = [&](const runtime::GenerationStats& st, const std::string& where) {
+    std::fprintf(stderr,
+                 "tq run: kv %s, %s\n"
+                 "tq run: prompt     %5d tokens in %7.3f s = %8.2f tokens/s\n"
+                 "tq run: generation %5d tokens in %7.3f s = %8.2f tokens/s (stop: %s)\n",
+                 paged || o.device.cuda() ? kv_config->to_string().c_str() : "dense f32",
+                 where.c_str(), st.prompt_tokens, st.prompt_seconds,
+                 st.prompt_tokens_per_second(), st.generated_tokens, st.generation_seconds,
+                 st.generation_tokens_per_second(), runtime::stop_reason_name(st.stop_reason));
+  };
+
+  if (o.device.cuda()) {
+    // The GPU keeps the paged cache in the KV flags' formats (f16 when none are given).
+    auto dm = open_cuda_model(m, *kv_config, ctx, std::min(o.prefill_batch, ctx));
+    if (!dm.ok()) return fail(1, dm.status().to_string());
+    auto stats = generate_on_device(**dm, 0, m, *ids, g, stream_piece);
+    std::printf("\n");
+    std::fflush(stdout);
+    if (!stats.ok()) return fail(1, stats.status().to_string());
+    report(*stats, (*dm)->describe());
+    return 0;
+  }
+
   // The dense float32 cache unless KV flags ask for the compressed paged one.
   std::unique_ptr<kv::PagedKvCache> paged_cache;
   std::unique_ptr<kv::SequenceKv> seq;
@@ -135,32 +175,13 @@ int run(RunOptions& o) {
     seq = std::move(s).value();
   }
 
-  runtime::GenerateOptions g;
-  g.max_tokens = o.n_predict;
-  g.stop_strings = o.stop;
-  g.stop_at_eog = !o.ignore_eos;
-  g.prefill_batch = o.prefill_batch;
-  g.sampler = o.sampler;
   ThreadPool pool(o.threads);
   runtime::Generator gen(m, pool);
-  auto stats = gen.generate(*ids, *seq, g, [](int32_t, std::string_view piece) {
-    if (!piece.empty()) {
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
-      std::fflush(stdout);
-    }
-    return true;
-  });
+  auto stats = gen.generate(*ids, *seq, g, stream_piece);
   std::printf("\n");
   std::fflush(stdout);
   if (!stats.ok()) return fail(1, stats.status().to_string());
-  std::fprintf(stderr,
-               "tq run: kv %s, %d threads\n"
-               "tq run: prompt     %5d tokens in %7.3f s = %8.2f tokens/s\n"
-               "tq run: generation %5d tokens in %7.3f s = %8.2f tokens/s (stop: %s)\n",
-               paged ? kv_config->to_string().c_str() : "dense f32", o.threads,
-               stats->prompt_tokens, stats->prompt_seconds, stats->prompt_tokens_per_second(),
-               stats->generated_tokens, stats->generation_seconds,
-               stats->generation_tokens_per_second(), runtime::stop_reason_name(stats->stop_reason));
+  report(*stats, std::to_string(o.threads) + " threads");
   return 0;
 }
 
@@ -198,6 +219,7 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--seed", s.seed, "Sampling seed")->capture_default_str();
   o->kv.add_to(cmd);
+  o->device.add_to(cmd);
   cmd->callback([o] {
     const int rc = run(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   tq::tools::add_serve_command(app);
   tq::tools::add_run_command(app);
   tq::tools::add_make_model_command(app);
+  tq::tools::add_bench_command(app);
 
   try {
     app.parse(argc, argv);

@@ -1,29 +1,71 @@
 #!/usr/bin/env bash
-# One device call: configure a CUDA build (sm_90), build only tq_cuda_tests and tq_gpu_bench,
-# run the CUDA tests, then the decode-attention / quantize-on-write benchmark and PyTorch's SDPA
-# on the same shapes, and join them into $OUT/results.md.
+# One device call: configure a CUDA build (sm_90), build tq_cuda_tests, tq_gpu_bench and the tq
+# CLI, run the CUDA tests, then
+#   - TQ_GPU_ATTN_BENCH=1 (default): the decode-attention / quantize-on-write benchmark and
+#     PyTorch's SDPA on the same shapes, joined into $OUT/results.md;
+#   - TQ_GPU_MODEL_BENCH=1 (default): the whole-model GPU forward pass end to end: perplexity of
+#     README.md + docs/*.md on the CPU and on the GPU for a small random model (tq ppl), then a
+#     Llama-3-8B-shaped random Q4_0 model written on the device (tq make-model, never
+#     transferred), one `tq run --device cuda` and `tq bench decode` (batch-1 decode tokens/s at
+#     TQ_DECODE_DEPTHS for the K/V pairs TQ_DECODE_KV) into $OUT/decode_bench.md, then f16 KV
+#     with cuBLAS for the one-token matmuls (decode_bench_cublas.md; TQ_GPU_CUBLAS_COMPARE=0
+#     skips it); TQ_GPU_PROFILE_DECODE=1
+#     adds ncu kernel times of two decode steps (ncu_decode.csv).
+#   - TQ_GPU_CONCURRENT_BENCH=1 (default 0): batched decode of many sessions on the same
+#     Llama-3-8B-shaped model (made in the background while the tests run): `tq bench concurrent`
+#     (TQ_CONC_SESSIONS sessions at each of TQ_CONC_CONTEXTS, decode batches TQ_CONC_BATCHES, K/V
+#     pairs TQ_CONC_KV; slot 0 prefilled, copied to the others on the device) and the sessions
+#     of each context that fit in 60 GiB, into $OUT/concurrent_bench.md (+ .log).
 #   OUT=/some/dir bench/gpu/run.sh [extra tq_gpu_bench args]
-# GoogleTest / Google Benchmark packages: taken from the system, or from build-deps/usr when
-# present (carried to machines that lack them).
+# GoogleTest / Google Benchmark / CLI11 / nlohmann-json packages: taken from the system, or from
+# build-deps/usr when present (carried to machines that lack them).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$ROOT/build-gpu/out}
 BUILD=${BUILD:-$ROOT/build-gpu}
+ATTN_BENCH=${TQ_GPU_ATTN_BENCH:-1}
+MODEL_BENCH=${TQ_GPU_MODEL_BENCH:-1}
+CONC_BENCH=${TQ_GPU_CONCURRENT_BENCH:-0}
+DEPTHS=${TQ_DECODE_DEPTHS:-1024,8192,32768}
+KV_PAIRS=${TQ_DECODE_KV:-f16/f16,tq4/tq4,tq4/tq3,tq3/tq3}
 mkdir -p "$OUT"
 JOBS=$(nproc 2>/dev/null || echo 16)
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
+t0=$(date +%s)
 cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DTQ_BUILD_TOOLS=OFF -DTQ_BUILD_SERVER=OFF -DTQ_BUILD_BENCH=ON \
+  -DCMAKE_CUDA_ARCHITECTURES=90 -DTQ_BUILD_TOOLS=ON -DTQ_BUILD_SERVER=OFF -DTQ_BUILD_BENCH=ON \
   -DCMAKE_PREFIX_PATH="$ROOT/build-deps/usr" || exit 1
-cmake --build "$BUILD" -j "$JOBS" --target tq_cuda_tests tq_gpu_bench || exit 1
-"$BUILD/tq_cuda_tests" --gtest_output=xml:"$OUT/tests.xml" 2>&1 | tail -n 80
+TARGETS=(tq_cuda_tests)
+[ "$ATTN_BENCH" = 1 ] && TARGETS+=(tq_gpu_bench)
+{ [ "$MODEL_BENCH" = 1 ] || [ "$CONC_BENCH" = 1 ]; } && TARGETS+=(tq)
+cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" || exit 1
+echo "build: $(( $(date +%s) - t0 )) s"
+MODELS="$BUILD/models"  # multi-GB files: kept out of $OUT, which travels back
+BIG="$MODELS/llama3-8b-q4_0.gguf"
+mkdir -p "$MODELS"
+make_big() {
+  local t1
+  t1=$(date +%s)
+  "$BUILD/tq" make-model --shape llama3-8b --type q4_0 --seed 1 -o "$BIG" > "$OUT/make_model.log" 2>&1
+  local rc=$?
+  echo "make-model: $(( $(date +%s) - t1 )) s, rc $rc"
+  return $rc
+}
+# The CPU writes the 8B model while the GPU runs the tests.
+big_pid=""
+if [ "$CONC_BENCH" = 1 ]; then make_big & big_pid=$!; fi
+"$BUILD/tq_cuda_tests" --gtest_output=xml:"$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -n 80
 tests_rc=${PIPESTATUS[0]}
-"$BUILD/tq_gpu_bench" --out "$OUT" "$@"
-bench_rc=$?
-PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu/sdpa_ref.py" --out "$OUT/sdpa.csv"
-if [ "${TQ_GPU_PROFILE:-0}" = 1 ]; then
+grep '^\[ measured \]' "$OUT/tests.log"
+bench_rc=0
+if [ "$ATTN_BENCH" = 1 ]; then
+  "$BUILD/tq_gpu_bench" --out "$OUT" "$@"
+  bench_rc=$?
+  PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu/sdpa_ref.py" --out "$OUT/sdpa.csv"
+fi
+if [ "$ATTN_BENCH" = 1 ] && [ "${TQ_GPU_PROFILE:-0}" = 1 ]; then
   # Resource usage and instruction mix of the tq4/tq4 head-dim-128 kernel, then one profiled
   # launch of it at 32k context, batch 8 (DRAM throughput, issue utilisation).
   obj=$(find "$BUILD" -name 'attention_inst_k_tq4.cu.o' | head -1)
@@ -41,7 +83,48 @@ if [ "${TQ_GPU_PROFILE:-0}" = 1 ]; then
       "$BUILD/tq_gpu_bench" --out /tmp --contexts 32768 --batches 8 --formats "$f" --reps 2 --write 0
   done > "$OUT/ncu.txt" 2>&1
 fi
-python3 "$ROOT/bench/gpu/report.py" "$OUT" > "$OUT/results.md"
-cat "$OUT/results.md"
-echo "tests rc=$tests_rc bench rc=$bench_rc"
-exit $(( tests_rc != 0 || bench_rc != 0 ))
+if [ "$ATTN_BENCH" = 1 ]; then
+  python3 "$ROOT/bench/gpu/report.py" "$OUT" > "$OUT/results.md"
+  cat "$OUT/results.md"
+fi
+model_rc=0
+if [ "$MODEL_BENCH" = 1 ]; then
+  TQ="$BUILD/tq"
+  "$TQ" info
+  # The same perplexity on both devices (same KV formats): the CLI path end to end.
+  "$TQ" make-model --shape smollm2-135m --type q8_0 --seed 3 -o "$MODELS/smol.gguf" >/dev/null || model_rc=1
+  cat "$ROOT/README.md" "$ROOT"/docs/*.md > "$MODELS/text.txt"
+  for dev in cpu cuda; do
+    "$TQ" ppl -m "$MODELS/smol.gguf" --device "$dev" -f "$MODELS/text.txt" --ctx 256 --chunks 4 \
+      -ctk tq4 -ctv tq3 --json || model_rc=1
+  done | tee "$OUT/ppl_cpu_vs_cuda.jsonl"
+  if [ -n "$big_pid" ]; then wait "$big_pid" || model_rc=1; big_pid=""; else make_big || model_rc=1; fi
+  "$TQ" run -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda -p "The KV cache" -n 32 --temp 0 \
+    --ignore-eos -ctk tq4 -ctv tq3 > "$OUT/run_8b.txt" || model_rc=1
+  "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths "$DEPTHS" \
+    --kv "$KV_PAIRS" --steps 64 --warmup 4 | tee "$OUT/decode_bench.md"
+  [ "${PIPESTATUS[0]}" = 0 ] || model_rc=1
+  # The same decode with cuBLAS for the one-token matmuls instead of tq's GEMV kernel.
+  [ "${TQ_GPU_CUBLAS_COMPARE:-1}" = 1 ] && "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths 1024,32768 \
+    --kv f16/f16 --steps 64 --warmup 4 --cublas-gemv | tee "$OUT/decode_bench_cublas.md"
+  if [ "${TQ_GPU_PROFILE_DECODE:-0}" = 1 ]; then
+    # Kernel times of a 32-token prefill and two decode steps (f16 KV), one row per kernel.
+    timeout 240 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+      "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths 32 --kv f16/f16 \
+      --steps 2 --warmup 0 --batch 32 > "$OUT/ncu_decode.csv" 2> "$OUT/ncu_decode.err"
+    echo "ncu rc=$? rows=$(wc -l < "$OUT/ncu_decode.csv")"
+  fi
+fi
+conc_rc=0
+if [ "$CONC_BENCH" = 1 ]; then
+  if [ -n "$big_pid" ]; then wait "$big_pid" || conc_rc=1; fi
+  "$BUILD/tq" bench concurrent -m "$BIG" --device cuda --sessions "${TQ_CONC_SESSIONS:-16}" \
+    --contexts "${TQ_CONC_CONTEXTS:-8192,32768}" --batches "${TQ_CONC_BATCHES:-1,16}" \
+    --kv "${TQ_CONC_KV:-f16/f16,tq4/tq3,tq4/tq4,tq3/tq3}" --steps "${TQ_CONC_STEPS:-16}" \
+    --warmup 2 --budget-gib 60 2> >(tee "$OUT/concurrent_bench.log" >&2) |
+    tee "$OUT/concurrent_bench.md"
+  [ "${PIPESTATUS[0]}" = 0 ] || conc_rc=1
+fi
+echo "tests rc=$tests_rc bench rc=$bench_rc model rc=$model_rc concurrent rc=$conc_rc," \
+  "total $(( $(date +%s) - t0 )) s"
+exit $(( tests_rc != 0 || bench_rc != 0 || model_rc != 0 || conc_rc != 0 ))

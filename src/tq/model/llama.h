@@ -1,6 +1,8 @@
 // The Llama-family forward pass on the CPU (llama, mistral, qwen2, smollm): token embedding,
 // per layer RMSNorm -> q/k/v -> RoPE -> GQA attention through a kv::SequenceKv -> output
 // projection -> residual, RMSNorm -> SwiGLU FFN -> residual; final RMSNorm and the logits.
+// forward_batch runs the tokens of several sequences as the rows of one pass (continuous
+// batching): every weight matrix is streamed once per step, whatever the number of sequences.
 // A Model owns the mapped GGUF file, its config, its bound weights and its tokenizer, and is
 // immutable after load: several sequences may run forward passes on it, each with its own
 // KV cache and ForwardScratch.
@@ -8,6 +10,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,10 +25,11 @@
 namespace tq::model {
 
 // Activation buffers of one forward pass, grown on demand and reused, so that decoding a token
-// allocates nothing. One per sequence (or per thread running forward passes).
+// allocates nothing. One per thread running forward passes (a batch shares one: its rows are
+// the tokens of all its sequences).
 class ForwardScratch {
  public:
-  // Makes room for n tokens at once. Only grows.
+  // Makes room for n token rows at once. Only grows.
   void reserve(const ModelConfig& cfg, int n_tokens);
 
  private:
@@ -42,6 +46,9 @@ class ForwardScratch {
   std::vector<float> up_;    // [n][ffn_dim]
   std::vector<float> cos_;   // [n][rope_dims/2]
   std::vector<float> sin_;   // [n][rope_dims/2]
+  // [rows][vocab] logits of a batch whose sequences' logits buffers are not one contiguous
+  // run; grown only then.
+  std::vector<float> logits_;
 };
 
 enum class LogitsMode {
@@ -56,6 +63,15 @@ struct ForwardArgs {
   kv::SequenceKv* kv = nullptr;     // appended and committed by the pass
   ThreadPool* pool = nullptr;
   ForwardScratch* scratch = nullptr;
+  LogitsMode logits_mode = LogitsMode::kLast;
+  float* logits = nullptr;          // see LogitsMode; may be null for kNone
+};
+
+// One sequence of a batched forward pass: its new tokens, its cache and where its logits go.
+struct BatchSequence {
+  const int32_t* tokens = nullptr;  // [n], each in [0, vocab)
+  int n = 0;                        // tokens, at positions kv->length() .. +n-1
+  kv::SequenceKv* kv = nullptr;     // appended and committed by the pass; one item per cache
   LogitsMode logits_mode = LogitsMode::kLast;
   float* logits = nullptr;          // see LogitsMode; may be null for kNone
 };
@@ -77,14 +93,29 @@ class Model {
   // The attention geometry a KV cache for this model needs.
   kv::AttentionShape attention_shape() const;
 
-  // Runs args.n tokens through the model. Validates the arguments (token ids, KV capacity)
-  // before touching the cache, so a rejected call leaves the cache unchanged.
+  // Runs args.n tokens through the model: forward_batch with one sequence.
   Status forward(const ForwardArgs& args) const;
+
+  // Runs the tokens of every sequence through the model as the rows of one pass: embedding,
+  // norms, projections, FFN and the logits matmul run once over all rows (one weight stream
+  // per step); RoPE uses each row's own position and attention runs per sequence, through its
+  // own cache. The logits matmul only sees the rows whose logits are wanted. Validates every
+  // sequence (token ids, KV capacity, distinct caches) before touching any cache, so a
+  // rejected call leaves every cache unchanged. A sequence's logits land in its own buffer; the
+  // fastest layout puts them one after another in sequence order (no copy).
+  Status forward_batch(std::span<const BatchSequence> seqs, ThreadPool& pool,
+                       ForwardScratch& scratch) const;
 
  private:
   Model() = default;
-  Status run_layer(int layer, const ForwardArgs& args) const;
-  void compute_rope_tables(int pos0, int n, ForwardScratch& s) const;
+  // Total rows of the batch, or why it cannot run.
+  Expected<int> validate_batch(std::span<const BatchSequence> seqs) const;
+  Status run_layer(int layer, std::span<const BatchSequence> seqs, int rows, ThreadPool& pool,
+                   ForwardScratch& s) const;
+  // cos/sin of rows [row0, row0 + n), at positions pos0 .. pos0 + n - 1.
+  void compute_rope_tables(int row0, int pos0, int n, ForwardScratch& s) const;
+  Status compute_logits(std::span<const BatchSequence> seqs, ThreadPool& pool,
+                        ForwardScratch& s) const;
 
   std::vector<uint8_t> bytes_;  // the file's bytes when loaded from memory (before file_)
   std::unique_ptr<GgufFile> file_;

@@ -3,10 +3,12 @@
 
 #include <cmath>
 #include <cstdio>
+#include <string>
 #include <unordered_set>
 #include <vector>
 
 #include "tq/core/rng.h"
+#include "tq/core/thread_pool.h"
 #include "tq/quant/weight_quant.h"
 
 namespace tq::model {
@@ -96,41 +98,80 @@ uint32_t file_type_of(quant::GgmlType t) {
   }
 }
 
+// Queues the tensors in file order and draws them in finish(). Each tensor has its own stream,
+// Rng(derive_seed(seed, queue index)), so matrices are drawn in parallel (a Llama-3-8B shape
+// in seconds, not minutes) with bytes that do not depend on the thread count.
 class TensorMaker {
  public:
   TensorMaker(const RandomModelSpec& spec, GgufWriter& out) : spec_(spec), out_(out) {}
 
-  // rows x cols matrix of N(0, sigma^2), quantized row by row to the spec's type.
-  Status matrix(const std::string& name, int64_t rows, int64_t cols, double sigma,
-                quant::GgmlType type) {
-    Rng rng(derive_seed(spec_.seed, index_++));
-    const size_t row_bytes = quant::ggml_row_bytes(type, static_cast<uint64_t>(cols));
-    std::vector<uint8_t> data(row_bytes * static_cast<size_t>(rows));
-    row_.resize(static_cast<size_t>(cols));
-    for (int64_t r = 0; r < rows; ++r) {
-      for (auto& x : row_) x = static_cast<float>(rng.normal() * sigma);
-      TQ_RETURN_IF_ERROR(quant::quantize_row_ref(type, row_.data(),
-                                                 data.data() + row_bytes * r, cols));
-    }
-    return out_.add_tensor(name, {static_cast<uint64_t>(cols), static_cast<uint64_t>(rows)},
-                           type, std::move(data));
+  // rows x cols matrix of N(0, sigma^2), quantized row by row to `type`.
+  void matrix(const std::string& name, int64_t rows, int64_t cols, double sigma,
+              quant::GgmlType type) {
+    jobs_.push_back({name, rows, cols, sigma, type, true, 0.0f, index_++});
   }
 
   // F32 vector: all `value`, or N(0, sigma^2) when sigma > 0.
-  Status vector(const std::string& name, int64_t n, float value, double sigma = 0.0) {
-    Rng rng(derive_seed(spec_.seed, index_++));
-    std::vector<float> v(static_cast<size_t>(n), value);
-    if (sigma > 0.0)
-      for (auto& x : v) x = static_cast<float>(rng.normal() * sigma);
-    return out_.add_tensor_from_f32(name, {static_cast<uint64_t>(n)}, quant::GgmlType::kF32,
-                                    v.data());
+  void vector(const std::string& name, int64_t n, float value, double sigma = 0.0) {
+    jobs_.push_back({name, 1, n, sigma, quant::GgmlType::kF32, false, value, index_++});
+  }
+
+  Status finish() {
+    std::vector<std::vector<uint8_t>> data(jobs_.size());
+    std::vector<Status> status(jobs_.size());
+    ThreadPool pool(default_thread_count());
+    pool.parallel_for(jobs_.size(), 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i)
+        if (jobs_[i].is_matrix) status[i] = draw_matrix(jobs_[i], data[i]);
+    });
+    for (size_t i = 0; i < jobs_.size(); ++i) {
+      const Job& j = jobs_[i];
+      TQ_RETURN_IF_ERROR(status[i]);
+      if (j.is_matrix) {
+        TQ_RETURN_IF_ERROR(out_.add_tensor(
+            j.name, {static_cast<uint64_t>(j.cols), static_cast<uint64_t>(j.rows)}, j.type,
+            std::move(data[i])));
+        continue;
+      }
+      Rng rng(derive_seed(spec_.seed, j.index));
+      std::vector<float> v(static_cast<size_t>(j.cols), j.value);
+      if (j.sigma > 0.0)
+        for (auto& x : v) x = static_cast<float>(rng.normal() * j.sigma);
+      TQ_RETURN_IF_ERROR(out_.add_tensor_from_f32(j.name, {static_cast<uint64_t>(j.cols)},
+                                                  quant::GgmlType::kF32, v.data()));
+    }
+    jobs_.clear();
+    return ok_status();
   }
 
  private:
+  struct Job {
+    std::string name;
+    int64_t rows, cols;
+    double sigma;
+    quant::GgmlType type;
+    bool is_matrix;
+    float value;     // vectors without sigma
+    uint64_t index;  // queue position: the tensor's stream
+  };
+
+  Status draw_matrix(const Job& j, std::vector<uint8_t>& data) const {
+    Rng rng(derive_seed(spec_.seed, j.index));
+    const size_t row_bytes = quant::ggml_row_bytes(j.type, static_cast<uint64_t>(j.cols));
+    data.resize(row_bytes * static_cast<size_t>(j.rows));
+    std::vector<float> row(static_cast<size_t>(j.cols));
+    for (int64_t r = 0; r < j.rows; ++r) {
+      for (auto& x : row) x = static_cast<float>(rng.normal() * j.sigma);
+      TQ_RETURN_IF_ERROR(
+          quant::quantize_row_ref(j.type, row.data(), data.data() + row_bytes * r, j.cols));
+    }
+    return ok_status();
+  }
+
   const RandomModelSpec& spec_;
   GgufWriter& out_;
   uint64_t index_ = 0;
-  std::vector<float> row_;
+  std::vector<Job> jobs_;
 };
 
 }  // namespace
@@ -235,29 +276,28 @@ Status build_random_model(const RandomModelSpec& spec, GgufWriter& w) {
   const double s_in = 1.0 / std::sqrt(static_cast<double>(spec.dim));
   const double s_res = 1.0 / std::sqrt(2.0 * spec.n_layers);
   const quant::GgmlType t = spec.type;
-  TQ_RETURN_IF_ERROR(mk.matrix("token_embd.weight", spec.vocab_size, spec.dim, s_in, t));
-  TQ_RETURN_IF_ERROR(mk.vector("output_norm.weight", spec.dim, 1.0f));
-  if (!spec.tied_output)
-    TQ_RETURN_IF_ERROR(mk.matrix("output.weight", spec.vocab_size, spec.dim, s_in, t));
+  mk.matrix("token_embd.weight", spec.vocab_size, spec.dim, s_in, t);
+  mk.vector("output_norm.weight", spec.dim, 1.0f);
+  if (!spec.tied_output) mk.matrix("output.weight", spec.vocab_size, spec.dim, s_in, t);
   for (int l = 0; l < spec.n_layers; ++l) {
     const std::string b = "blk." + std::to_string(l) + ".";
-    TQ_RETURN_IF_ERROR(mk.vector(b + "attn_norm.weight", spec.dim, 1.0f));
-    TQ_RETURN_IF_ERROR(mk.matrix(b + "attn_q.weight", spec.dim, spec.dim, s_in, t));
-    TQ_RETURN_IF_ERROR(mk.matrix(b + "attn_k.weight", kv_dim, spec.dim, s_in, t));
-    TQ_RETURN_IF_ERROR(mk.matrix(b + "attn_v.weight", kv_dim, spec.dim, s_in, t));
+    mk.vector(b + "attn_norm.weight", spec.dim, 1.0f);
+    mk.matrix(b + "attn_q.weight", spec.dim, spec.dim, s_in, t);
+    mk.matrix(b + "attn_k.weight", kv_dim, spec.dim, s_in, t);
+    mk.matrix(b + "attn_v.weight", kv_dim, spec.dim, s_in, t);
     if (spec.arch == Arch::kQwen2) {
-      TQ_RETURN_IF_ERROR(mk.vector(b + "attn_q.bias", spec.dim, 0.0f, 0.1));
-      TQ_RETURN_IF_ERROR(mk.vector(b + "attn_k.bias", kv_dim, 0.0f, 0.1));
-      TQ_RETURN_IF_ERROR(mk.vector(b + "attn_v.bias", kv_dim, 0.0f, 0.1));
+      mk.vector(b + "attn_q.bias", spec.dim, 0.0f, 0.1);
+      mk.vector(b + "attn_k.bias", kv_dim, 0.0f, 0.1);
+      mk.vector(b + "attn_v.bias", kv_dim, 0.0f, 0.1);
     }
-    TQ_RETURN_IF_ERROR(mk.matrix(b + "attn_output.weight", spec.dim, spec.dim, s_in * s_res, t));
-    TQ_RETURN_IF_ERROR(mk.vector(b + "ffn_norm.weight", spec.dim, 1.0f));
-    TQ_RETURN_IF_ERROR(mk.matrix(b + "ffn_gate.weight", spec.ffn_dim, spec.dim, s_in, t));
-    TQ_RETURN_IF_ERROR(mk.matrix(b + "ffn_up.weight", spec.ffn_dim, spec.dim, s_in, t));
-    TQ_RETURN_IF_ERROR(mk.matrix(b + "ffn_down.weight", spec.dim, spec.ffn_dim,
-                                 s_res / std::sqrt(static_cast<double>(spec.ffn_dim)), t));
+    mk.matrix(b + "attn_output.weight", spec.dim, spec.dim, s_in * s_res, t);
+    mk.vector(b + "ffn_norm.weight", spec.dim, 1.0f);
+    mk.matrix(b + "ffn_gate.weight", spec.ffn_dim, spec.dim, s_in, t);
+    mk.matrix(b + "ffn_up.weight", spec.ffn_dim, spec.dim, s_in, t);
+    mk.matrix(b + "ffn_down.weight", spec.dim, spec.ffn_dim,
+              s_res / std::sqrt(static_cast<double>(spec.ffn_dim)), t);
   }
-  return ok_status();
+  return mk.finish();
 }
 
 }  // namespace tq::model

@@ -268,19 +268,15 @@ Status Scheduler::run_batch(std::vector<BatchItem>& items) {
   // Token ids first: commit() indexes every page they complete in the prefix cache.
   for (auto& it : items)
     TQ_RETURN_IF_ERROR(it.seq->kv->add_tokens(std::span<const int32_t>(it.tokens, it.n)));
-  for (auto& it : items) {
-    model::ForwardArgs a;
-    a.tokens = it.tokens;
-    a.n = it.n;
-    a.kv = it.seq->kv.get();
-    a.pool = &pool_;
-    a.scratch = &scratch_;
-    a.logits_mode = it.want_logits ? model::LogitsMode::kLast : model::LogitsMode::kNone;
-    a.logits = it.want_logits ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_
-                              : nullptr;
-    TQ_RETURN_IF_ERROR(model_.forward(a));
-  }
-  return ok_status();
+  // One pass for the whole step: the weights are streamed once, not once per sequence. The
+  // logits rows were numbered in item order, so they form one run in logits_ (no copy).
+  batch_.clear();
+  for (auto& it : items)
+    batch_.push_back(model::BatchSequence{
+        it.tokens, it.n, it.seq->kv.get(),
+        it.want_logits ? model::LogitsMode::kLast : model::LogitsMode::kNone,
+        it.want_logits ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_ : nullptr});
+  return model_.forward_batch(batch_, pool_, scratch_);
 }
 
 void Scheduler::after_logits(Active& a, const float* logits) {

@@ -7,7 +7,8 @@
 //   3. batches one token of every decoding sequence with prefill chunks of new prompts (at
 //      most prefill_chunk tokens per prompt and step_tokens in all, so a long prompt never
 //      stalls the running streams for more than one chunk),
-//   4. runs the batch through the model, samples, and streams each sequence's text.
+//   4. runs the batch through the model in one forward pass (Model::forward_batch: weights
+//      streamed once per step, attention per sequence), samples, and streams each text.
 // A new sequence first takes the longest cached prefix of its prompt from the cache's prefix
 // index, and a request whose prefix another sequence is still prefilling waits for those pages
 // (others may pass it), so a system prompt shared by many requests is computed and stored once.
@@ -149,6 +150,7 @@ class Scheduler {
   // Engine thread only.
   std::vector<std::unique_ptr<Active>> active_;
   model::ForwardScratch scratch_;
+  std::vector<model::BatchSequence> batch_;  // one step's sequences (reused)
   std::vector<float> logits_;  // [rows][vocab]
 
   // Published by the engine for stats() and capacity().

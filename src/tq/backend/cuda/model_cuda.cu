@@ -1,0 +1,491 @@
+// The CUDA forward pass (see model_cuda.h). One pass of n tokens of one sequence slot:
+//   embed -> per layer [RMSNorm -> one QKV GEMM -> bias + RoPE + split -> quantize-on-write of
+//   K and V into the slot's pages -> decode attention -> Wo GEMM accumulated into x -> RMSNorm
+//   -> one gate|up GEMM -> SwiGLU -> down GEMM accumulated into x] -> final RMSNorm and the
+//   logits GEMM for the rows asked for, copied to the host.
+// Attention, first version: a pass of n tokens runs decode attention with n query "sequences"
+// that share the slot's block table and have lengths pos+1, so token t sees exactly the
+// positions up to its own (causal). Every token's K/V is written before attention runs, so,
+// as the CPU paged cache with window 0, every query reads compressed K/V, its own included.
+// Correct and simple; prefill re-reads the prefix once per query (a tiled prefill kernel is
+// the follow-up).
+// Batched decode (forward_batch) is the same pass over B rows that are one token each of B
+// slots: per-row positions (RoPE, slot mapping, attention lengths), per-row key means, and
+// attention's n query "sequences" get their own slots' block tables.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/model_cuda_impl.cuh"
+#include "tq/backend/cuda/ops_cuda.cuh"
+
+#define TQ_CUBLAS_TRY(expr) TQ_RETURN_IF_ERROR(::tq::backend::cuda::cublas_status((expr), #expr))
+
+namespace tq::backend::cuda {
+namespace {
+
+// Y[t][r] = beta * Y[t][r] + sum_c W[r][c] X[t][c] for t < n: W [rows][cols] and X [n][cols]
+// row-major f16, Y [n][rows] row-major f32, accumulated in f32. In cuBLAS's column-major terms
+// Y^T (rows x n) = W^T' (W read as a cols x rows matrix, transposed) x X^T (cols x n).
+Status gemm(cublasHandle_t h, const __half* w, int rows, int cols, const __half* x, int n, float* y,
+            float beta) {
+  const float alpha = 1.0f;
+  TQ_CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, w, CUDA_R_16F,
+                             cols, x, CUDA_R_16F, cols, &beta, y, CUDA_R_32F, rows,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return ok_status();
+}
+
+// The matmuls of a pass: one token (decode) streams the weights through gemv_f16 unless the
+// options ask for cuBLAS; more tokens are a cuBLAS GEMM.
+Status matmul(const CudaModel::Impl& m, const __half* w, int rows, int cols, const __half* x, int n,
+              float* y, float beta) {
+  if (n == 1 && !m.opt.cublas_gemv && cols % 8 == 0)
+    return gemv_f16(w, rows, cols, x, y, beta, m.stream);
+  return gemm(m.blas, w, rows, cols, x, n, y, beta);
+}
+
+double gib(size_t b) { return static_cast<double>(b) / (1u << 30); }
+
+}  // namespace
+
+CudaModel::Impl::~Impl() {
+  if (blas) cublasDestroy(blas);
+  if (stream) cudaStreamDestroy(stream);
+}
+
+namespace {
+
+// The rows of one pass: n tokens of one slot (seq >= 0, positions pos0 ..), or one token of
+// each of n slots (seq < 0; row t is slot row_seqs[t] at row_pos[t]).
+struct PassRows {
+  int n = 0;
+  int seq = -1;
+  int max_length = 0;  // the longest prefix a row's query sees, its own token included
+};
+
+// Decode attention of the pass's n queries over layer D's pools.
+Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
+  const LlamaDesc& d = m.shape;
+  DecodeAttentionParams p;
+  p.n_seqs = n;
+  p.n_heads = d.n_heads;
+  p.q = m.q.as<float>();
+  p.out = m.att.as<float>();
+  p.scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
+  p.main.k = D.k;
+  p.main.v = D.v;
+  p.main.block_tables = m.step_tables.as<int32_t>();
+  p.main.max_blocks = m.pages_per_seq;
+  p.main.lengths = m.seq_lengths.as<int32_t>();
+  p.main.max_length = max_length;
+  p.num_sms = m.num_sms;
+  // Plans are reused while they cover the length (planning queries kernel occupancy).
+  CudaModel::Impl::CachedPlan* cached = nullptr;
+  for (auto& c : m.plans)
+    if (c.formats == D.formats && c.n_seqs == n) cached = &c;
+  if (cached == nullptr ||
+      p.main.max_length > cached->plan.main_tokens_per_split * cached->plan.main_splits) {
+    TQ_ASSIGN_OR_RETURN(DecodeAttentionPlan plan, plan_decode_attention(p));
+    if (cached == nullptr) {
+      m.plans.push_back({D.formats, n, plan});
+      cached = &m.plans.back();
+    } else {
+      cached->plan = plan;
+    }
+  }
+  if (m.attn_ws.bytes() < cached->plan.workspace_bytes) {
+    // Grown rarely (cudaFree waits for the device); doubled so a growing context reallocates
+    // a logarithmic number of times.
+    TQ_CUDA_TRY(cudaStreamSynchronize(m.stream));
+    TQ_RETURN_IF_ERROR(m.attn_ws.alloc(
+        std::max(cached->plan.workspace_bytes, 2 * m.attn_ws.bytes()), "attention workspace"));
+  }
+  p.workspace = m.attn_ws.as<void>();
+  p.workspace_bytes = m.attn_ws.bytes();
+  return decode_attention(p, cached->plan, m.stream);
+}
+
+Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
+  const int n = rows.n, seq = rows.seq;
+  DeviceLayer& D = m.layers[static_cast<size_t>(l)];
+  const LlamaDesc& d = m.shape;
+  const int q_dim = d.q_dim(), kv_dim = d.kv_dim();
+  const cudaStream_t s = m.stream;
+  float* x = m.x.as<float>();
+  __half* xn = m.xn.as<__half>();
+
+  TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.attn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s));
+  TQ_RETURN_IF_ERROR(
+      matmul(m, D.w_qkv.as<__half>(), q_dim + 2 * kv_dim, d.dim, xn, n, m.qkv.as<float>(), 0.0f));
+  RopeSplitParams rp;
+  rp.qkv = m.qkv.as<float>();
+  rp.bias = D.b_qkv.empty() ? nullptr : D.b_qkv.as<float>();
+  rp.cs = m.cs.as<float2>();
+  rp.q = m.q.as<float>();
+  rp.k = m.k.as<float>();
+  rp.v = m.v.as<float>();
+  rp.n = n;
+  rp.n_heads = d.n_heads;
+  rp.n_kv_heads = d.n_kv_heads;
+  rp.head_dim = d.head_dim;
+  rp.rope_dims = d.rope_dims;
+  rp.neox = d.rope_neox;
+  // Key centering (kv::PagedKv): the slot's first pass sets mu from its own keys, later passes
+  // subtract it as they are split. Attention is unchanged: softmax ignores q.mu.
+  // A batch's slots all have their mu (forward_batch sets it first): row t subtracts its own.
+  const bool batch = seq < 0;
+  float* mu = D.centered && !batch ? D.k_mean.as<float>() + static_cast<size_t>(seq) * kv_dim
+                                   : nullptr;
+  uint8_t dummy = 1;
+  uint8_t& ready = batch ? dummy : m.mean_ready[static_cast<size_t>(seq) * d.n_layers + l];
+  rp.k_mean = D.centered && ready ? (batch ? D.k_mean.as<float>() : mu) : nullptr;
+  rp.k_mean_rows = batch ? m.row_seqs.as<int32_t>() : nullptr;
+  TQ_RETURN_IF_ERROR(rope_split(rp, s));
+  if (D.centered && !ready) {
+    // As PagedKv::set_key_mean with no sinks: the first page's tokens without position 0;
+    // a lone token: mu = 0.
+    int from = 1, to = std::min(n, m.opt.kv.block_tokens);
+    if (from >= to) from = 1, to = n;
+    TQ_RETURN_IF_ERROR(center_keys(m.k.as<float>(), n, kv_dim, from, to, mu, s));
+    ready = 1;
+  }
+
+  for (const bool value : {false, true}) {
+    QuantizeWriteParams w;
+    w.pool = value ? D.v : D.k;
+    w.x = value ? m.v.as<void>() : m.k.as<void>();
+    w.slot_mapping = m.slots.as<int32_t>();
+    w.tokens = n;
+    TQ_RETURN_IF_ERROR(quantize_write(w, s).with_context(value ? "V write" : "K write"));
+  }
+  TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
+
+  TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s));
+  TQ_RETURN_IF_ERROR(matmul(m, D.w_o.as<__half>(), d.dim, q_dim, xn, n, x, 1.0f));  // x += Wo att
+
+  TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.ffn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s));
+  TQ_RETURN_IF_ERROR(
+      matmul(m, D.w_gate_up.as<__half>(), 2 * d.ffn_dim, d.dim, xn, n, m.gu.as<float>(), 0.0f));
+  TQ_RETURN_IF_ERROR(silu_mul_rows(m.gu.as<float>(), n, d.ffn_dim, m.h.as<__half>(), s));
+  return matmul(m, D.w_down.as<__half>(), d.dim, d.ffn_dim, m.h.as<__half>(), n, x,
+                1.0f);  // x += down
+}
+
+Status run_layers(CudaModel::Impl& m, const PassRows& rows) {
+  for (size_t l = 0; l < m.layers.size(); ++l)
+    TQ_RETURN_IF_ERROR(
+        run_layer(m, static_cast<int>(l), rows).with_context("layer " + std::to_string(l)));
+  return ok_status();
+}
+
+// The final RMSNorm and the logits GEMM of residual rows [first, first + rows) into m.logits.
+Status logits_rows(CudaModel::Impl& m, int first, int rows) {
+  const LlamaDesc& d = m.shape;
+  const __half* out_w = m.out_w.empty() ? m.embd.as<__half>() : m.out_w.as<__half>();
+  TQ_RETURN_IF_ERROR(rmsnorm_rows(m.x.as<float>() + static_cast<size_t>(first) * d.dim,
+                                  m.out_norm.as<float>(), rows, d.dim, d.rms_eps,
+                                  m.xn.as<__half>(), m.stream));
+  return matmul(m, out_w, d.vocab_size, d.dim, m.xn.as<__half>(), rows, m.logits.as<float>(),
+                0.0f);
+}
+
+// One pass of n <= max_batch tokens of slot `seq`.
+Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, DeviceLogits mode,
+                float* logits) {
+  const LlamaDesc& d = m.shape;
+  const cudaStream_t s = m.stream;
+  const int pos0 = m.lengths[static_cast<size_t>(seq)];
+  TQ_CUDA_TRY(cudaMemcpyAsync(m.tokens.as<void>(), tokens, static_cast<size_t>(n) * sizeof(int32_t),
+                              cudaMemcpyHostToDevice, s));
+  StepTablesParams st;
+  st.table = m.block_tables.as<int32_t>() + static_cast<size_t>(seq) * m.pages_per_seq;
+  st.max_blocks = m.pages_per_seq;
+  st.block_tokens = m.opt.kv.block_tokens;
+  st.pos0 = pos0;
+  st.n = n;
+  st.slots = m.slots.as<int32_t>();
+  st.lengths = m.seq_lengths.as<int32_t>();
+  st.tables = m.step_tables.as<int32_t>();
+  TQ_RETURN_IF_ERROR(step_tables(st, s));
+  TQ_RETURN_IF_ERROR(
+      embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), n, d.dim, m.x.as<float>(), s));
+  TQ_RETURN_IF_ERROR(
+      rope_table(m.inv_freq.as<float>(), d.rope_dims / 2, pos0, n, m.cs.as<float2>(), s));
+  TQ_RETURN_IF_ERROR(run_layers(m, {n, seq, pos0 + n}));
+  m.lengths[static_cast<size_t>(seq)] = pos0 + n;
+
+  if (mode != DeviceLogits::kNone) {
+    const int first = mode == DeviceLogits::kAll ? 0 : n - 1;
+    const int rows = n - first;
+    TQ_RETURN_IF_ERROR(logits_rows(m, first, rows));
+    TQ_CUDA_TRY(cudaMemcpyAsync(logits, m.logits.as<void>(),
+                                static_cast<size_t>(rows) * d.vocab_size * sizeof(float),
+                                cudaMemcpyDeviceToHost, s));
+  }
+  TQ_CUDA_TRY(cudaStreamSynchronize(s));
+  return ok_status();
+}
+
+Status validate_desc(const LlamaDesc& d) {
+  if (d.n_layers <= 0 || d.dim <= 0 || d.ffn_dim <= 0 || d.n_heads <= 0 || d.n_kv_heads <= 0 ||
+      d.head_dim <= 0 || d.vocab_size <= 0)
+    return invalid_argument("cuda model: every dimension must be positive");
+  if (d.n_heads % d.n_kv_heads != 0)
+    return invalid_argument("cuda model: n_heads must be a multiple of n_kv_heads");
+  if (static_cast<int>(d.layers.size()) != d.n_layers)
+    return invalid_argument("cuda model: layer count mismatch");
+  if (d.rope_dims % 2 != 0 || d.rope_dims > d.head_dim)
+    return invalid_argument("cuda model: rope_dims must be even and at most head_dim");
+  if (d.head_dim % 8 != 0) return unsupported("cuda model: head_dim must be a multiple of 8");
+  return ok_status();
+}
+
+}  // namespace
+
+CudaModel::CudaModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaModel::~CudaModel() = default;
+
+Expected<std::unique_ptr<CudaModel>> CudaModel::create(const LlamaDesc& desc,
+                                                       const DeviceModelOptions& o) {
+  TQ_RETURN_IF_ERROR(o.validate());
+  TQ_RETURN_IF_ERROR(validate_desc(desc));
+  int n_dev = 0;
+  const cudaError_t derr = cudaGetDeviceCount(&n_dev);
+  if (derr != cudaSuccess || n_dev == 0)
+    return unsupported(std::string("no CUDA device: ") +
+                       (derr != cudaSuccess ? cudaGetErrorString(derr) : "none visible"));
+  if (o.device >= n_dev)
+    return invalid_argument("CUDA device " + std::to_string(o.device) + " requested, " +
+                            std::to_string(n_dev) + " visible");
+  auto m = std::make_unique<Impl>();
+  m->opt = o;
+  m->device = o.device;
+  TQ_CUDA_TRY(cudaSetDevice(o.device));
+  cudaDeviceProp prop{};
+  TQ_CUDA_TRY(cudaGetDeviceProperties(&prop, o.device));
+  m->device_name = prop.name;
+  m->cc_major = prop.major;
+  m->cc_minor = prop.minor;
+  m->num_sms = prop.multiProcessorCount;
+  if (prop.major < 8)
+    return unsupported("the CUDA kernels need sm_80 or newer, device is " + m->device_name);
+  TQ_CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
+  TQ_CUBLAS_TRY(cublasCreate(&m->blas));
+  TQ_CUBLAS_TRY(cublasSetStream(m->blas, m->stream));
+
+  m->shape = desc;
+  m->shape.layers.clear();  // borrowed host views: not kept past the upload
+  m->shape.token_embd = {};
+  m->shape.output = {};
+  m->shape.output_norm = nullptr;
+  m->layers.reserve(desc.layers.size());
+  TQ_RETURN_IF_ERROR(upload_weights(desc, *m));
+  TQ_RETURN_IF_ERROR(allocate_cache(*m));
+  return std::unique_ptr<CudaModel>(new CudaModel(std::move(m)));
+}
+
+Status CudaModel::forward(const DeviceForwardArgs& a) {
+  Impl& m = *impl_;
+  const LlamaDesc& d = m.shape;
+  if (a.seq < 0 || a.seq >= m.opt.max_sequences)
+    return invalid_argument("forward: sequence slot " + std::to_string(a.seq) + " outside [0, " +
+                            std::to_string(m.opt.max_sequences) + ")");
+  if (a.n < 1 || a.tokens == nullptr) return invalid_argument("forward: no tokens");
+  if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr)
+    return invalid_argument("forward: logits buffer is null");
+  for (int t = 0; t < a.n; ++t)
+    if (a.tokens[t] < 0 || a.tokens[t] >= d.vocab_size)
+      return invalid_argument("forward: token id " + std::to_string(a.tokens[t]) + " at " +
+                              std::to_string(t) + " is outside the vocab [0, " +
+                              std::to_string(d.vocab_size) + ")");
+  const int pos0 = m.lengths[static_cast<size_t>(a.seq)];
+  if (a.n > m.opt.max_context - pos0)
+    return resource_exhausted("forward: " + std::to_string(pos0) + " cached + " +
+                              std::to_string(a.n) + " new tokens exceed the context of " +
+                              std::to_string(m.opt.max_context));
+  TQ_CUDA_TRY(cudaSetDevice(m.device));
+  for (int done = 0; done < a.n;) {
+    const int n = std::min(m.opt.max_batch, a.n - done);
+    const bool last = done + n == a.n;
+    DeviceLogits mode = a.logits_mode;
+    float* out = a.logits;
+    if (mode == DeviceLogits::kAll) {
+      out = a.logits + static_cast<size_t>(done) * d.vocab_size;
+    } else if (!last) {
+      mode = DeviceLogits::kNone;
+    }
+    TQ_RETURN_IF_ERROR(run_pass(m, a.seq, a.tokens + done, n, mode, out));
+    done += n;
+  }
+  return ok_status();
+}
+
+Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
+  Impl& m = *impl_;
+  const LlamaDesc& d = m.shape;
+  const int B = static_cast<int>(items.size());
+  if (B < 1) return invalid_argument("forward_batch: no items");
+  if (B > m.opt.max_batch)
+    return invalid_argument("forward_batch: " + std::to_string(B) + " items exceed max_batch " +
+                            std::to_string(m.opt.max_batch));
+  std::vector<uint8_t> seen(static_cast<size_t>(m.opt.max_sequences), 0);
+  for (int b = 0; b < B; ++b) {
+    const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
+    const std::string at = "forward_batch: item " + std::to_string(b) + ": ";
+    if (a.seq < 0 || a.seq >= m.opt.max_sequences)
+      return invalid_argument(at + "sequence slot " + std::to_string(a.seq) + " outside [0, " +
+                              std::to_string(m.opt.max_sequences) + ")");
+    if (seen[static_cast<size_t>(a.seq)]++)
+      return invalid_argument(at + "slot " + std::to_string(a.seq) + " appears twice");
+    if (a.n != 1 || a.tokens == nullptr)
+      return invalid_argument(at + "needs exactly one token (prefill goes through forward())");
+    if (a.tokens[0] < 0 || a.tokens[0] >= d.vocab_size)
+      return invalid_argument(at + "token id " + std::to_string(a.tokens[0]) +
+                              " is outside the vocab [0, " + std::to_string(d.vocab_size) + ")");
+    if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr)
+      return invalid_argument(at + "logits buffer is null");
+    if (m.lengths[static_cast<size_t>(a.seq)] >= m.opt.max_context)
+      return resource_exhausted(at + "slot " + std::to_string(a.seq) + " is full (" +
+                                std::to_string(m.opt.max_context) + " tokens)");
+  }
+  TQ_CUDA_TRY(cudaSetDevice(m.device));
+  const cudaStream_t s = m.stream;
+  const int kv_dim = d.kv_dim();
+  std::vector<int32_t> tokens(static_cast<size_t>(B));
+  m.host_rows.resize(2 * static_cast<size_t>(B));
+  int max_length = 0;
+  bool any_logits = false;
+  for (int b = 0; b < B; ++b) {
+    const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
+    const int pos = m.lengths[static_cast<size_t>(a.seq)];
+    tokens[static_cast<size_t>(b)] = a.tokens[0];
+    m.host_rows[static_cast<size_t>(b)] = a.seq;
+    m.host_rows[static_cast<size_t>(B + b)] = pos;
+    max_length = std::max(max_length, pos + 1);
+    any_logits = any_logits || a.logits_mode != DeviceLogits::kNone;
+    if (pos > 0) continue;
+    // An empty slot's first pass of one token: mu = 0, as forward()'s lone-token case.
+    for (size_t l = 0; l < m.layers.size(); ++l) {
+      DeviceLayer& D = m.layers[l];
+      uint8_t& ready = m.mean_ready[static_cast<size_t>(a.seq) * d.n_layers + l];
+      if (!D.centered || ready) continue;
+      TQ_CUDA_TRY(cudaMemsetAsync(D.k_mean.as<float>() + static_cast<size_t>(a.seq) * kv_dim, 0,
+                                  static_cast<size_t>(kv_dim) * sizeof(float), s));
+      ready = 1;
+    }
+  }
+  const size_t ib = static_cast<size_t>(B) * sizeof(int32_t);
+  TQ_CUDA_TRY(cudaMemcpyAsync(m.tokens.as<void>(), tokens.data(), ib, cudaMemcpyHostToDevice, s));
+  TQ_CUDA_TRY(
+      cudaMemcpyAsync(m.row_seqs.as<void>(), m.host_rows.data(), ib, cudaMemcpyHostToDevice, s));
+  TQ_CUDA_TRY(cudaMemcpyAsync(m.row_pos.as<void>(), m.host_rows.data() + B, ib,
+                              cudaMemcpyHostToDevice, s));
+  StepTablesParams st;
+  st.table = m.block_tables.as<int32_t>();
+  st.max_blocks = m.pages_per_seq;
+  st.block_tokens = m.opt.kv.block_tokens;
+  st.n = B;
+  st.seqs = m.row_seqs.as<int32_t>();
+  st.positions = m.row_pos.as<int32_t>();
+  st.slots = m.slots.as<int32_t>();
+  st.lengths = m.seq_lengths.as<int32_t>();
+  st.tables = m.step_tables.as<int32_t>();
+  TQ_RETURN_IF_ERROR(step_tables(st, s));
+  TQ_RETURN_IF_ERROR(
+      embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), B, d.dim, m.x.as<float>(), s));
+  TQ_RETURN_IF_ERROR(
+      rope_table_at(m.inv_freq.as<float>(), d.rope_dims / 2, m.row_pos.as<int32_t>(), B,
+                    m.cs.as<float2>(), s));
+  TQ_RETURN_IF_ERROR(run_layers(m, {B, -1, max_length}).with_context("forward_batch"));
+  for (const DeviceForwardArgs& a : items) ++m.lengths[static_cast<size_t>(a.seq)];
+  if (any_logits) {
+    TQ_RETURN_IF_ERROR(logits_rows(m, 0, B));
+    const size_t row = static_cast<size_t>(d.vocab_size);
+    for (int b = 0; b < B; ++b) {
+      const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
+      if (a.logits_mode == DeviceLogits::kNone) continue;
+      TQ_CUDA_TRY(cudaMemcpyAsync(a.logits, m.logits.as<float>() + b * row, row * sizeof(float),
+                                  cudaMemcpyDeviceToHost, s));
+    }
+  }
+  TQ_CUDA_TRY(cudaStreamSynchronize(s));
+  return ok_status();
+}
+
+Status CudaModel::copy_sequence(int src, int dst) {
+  Impl& m = *impl_;
+  const int S = m.opt.max_sequences;
+  if (src < 0 || src >= S || dst < 0 || dst >= S)
+    return invalid_argument("copy_sequence: slots " + std::to_string(src) + " -> " +
+                            std::to_string(dst) + " outside [0, " + std::to_string(S) + ")");
+  if (src == dst) return ok_status();
+  TQ_CUDA_TRY(cudaSetDevice(m.device));
+  const int bt = m.opt.kv.block_tokens;
+  const size_t len = static_cast<size_t>(m.lengths[static_cast<size_t>(src)]);
+  const size_t pages = (len + bt - 1) / bt;
+  const size_t pps = static_cast<size_t>(m.pages_per_seq);
+  const size_t kv_dim = static_cast<size_t>(m.shape.kv_dim());
+  const size_t L = m.layers.size();
+  for (DeviceLayer& D : m.layers) {
+    // Slot s owns pool blocks [s * pps, (s + 1) * pps) (allocate_cache): one copy per pool.
+    for (const PagedPool* p : {&D.k, &D.v}) {
+      const size_t stride = p->block_stride_or_default();
+      TQ_CUDA_TRY(cudaMemcpyAsync(p->data + dst * pps * stride, p->data + src * pps * stride,
+                                  pages * stride, cudaMemcpyDeviceToDevice, m.stream));
+    }
+    if (D.centered)
+      TQ_CUDA_TRY(cudaMemcpyAsync(D.k_mean.as<float>() + dst * kv_dim,
+                                  D.k_mean.as<float>() + src * kv_dim, kv_dim * sizeof(float),
+                                  cudaMemcpyDeviceToDevice, m.stream));
+  }
+  TQ_CUDA_TRY(cudaStreamSynchronize(m.stream));
+  m.lengths[static_cast<size_t>(dst)] = static_cast<int>(len);
+  std::copy(m.mean_ready.begin() + static_cast<std::ptrdiff_t>(src * L),
+            m.mean_ready.begin() + static_cast<std::ptrdiff_t>((src + 1) * L),
+            m.mean_ready.begin() + static_cast<std::ptrdiff_t>(dst * L));
+  return ok_status();
+}
+
+int CudaModel::length(int seq) const {
+  if (seq < 0 || seq >= impl_->opt.max_sequences) return 0;
+  return impl_->lengths[static_cast<size_t>(seq)];
+}
+
+Status CudaModel::reset(int seq) {
+  if (seq < 0 || seq >= impl_->opt.max_sequences)
+    return invalid_argument("reset: sequence slot " + std::to_string(seq) + " out of range");
+  impl_->lengths[static_cast<size_t>(seq)] = 0;
+  const size_t L = impl_->layers.size();
+  std::fill(impl_->mean_ready.begin() + static_cast<std::ptrdiff_t>(seq * L),
+            impl_->mean_ready.begin() + static_cast<std::ptrdiff_t>((seq + 1) * L), 0);
+  return ok_status();
+}
+
+const DeviceModelOptions& CudaModel::options() const { return impl_->opt; }
+size_t CudaModel::weight_bytes() const { return impl_->weight_bytes; }
+size_t CudaModel::kv_bytes() const { return impl_->kv_bytes; }
+
+std::string CudaModel::describe() const {
+  const Impl& m = *impl_;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %d SMs): weights f16 %.2f GiB, kv pools %.2f GiB",
+                m.device_name.c_str(), m.cc_major, m.cc_minor, m.num_sms, gib(m.weight_bytes),
+                gib(m.kv_bytes));
+  return std::string(buf) + " (" + m.opt.to_string() + ")";
+}
+
+}  // namespace tq::backend::cuda
+
+namespace tq::backend {
+// The backend-level factory (device_model.h) is the CUDA model in CUDA builds.
+Expected<std::unique_ptr<DeviceModel>> create_cuda_model(const LlamaDesc& desc,
+                                                         const DeviceModelOptions& options) {
+  TQ_ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaModel> m, cuda::CudaModel::create(desc, options));
+  return std::unique_ptr<DeviceModel>(std::move(m));
+}
+}  // namespace tq::backend

@@ -1,0 +1,121 @@
+// The device state of a CudaModel (model_cuda.h), shared by its two translation units:
+// model_cuda_upload.cu (weights, KV pools) and model_cuda.cu (the forward pass). CUDA-only.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "tq/backend/cuda/device_tables.h"
+#include "tq/backend/cuda/kv_cuda.h"
+#include "tq/backend/cuda/model_cuda.h"
+#include "tq/kv/kv_config.h"
+
+namespace tq::backend::cuda {
+
+// One device allocation, freed on destruction.
+class DeviceMem {
+ public:
+  DeviceMem() = default;
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+  DeviceMem(DeviceMem&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
+  DeviceMem& operator=(DeviceMem&& o) noexcept;
+  ~DeviceMem();
+
+  // Frees what it held and allocates `bytes` (at least 1), uninitialised.
+  [[nodiscard]] Status alloc(size_t bytes, const char* what);
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+  size_t bytes() const { return bytes_; }
+  bool empty() const { return p_ == nullptr; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+Status cublas_status(cublasStatus_t st, const char* what);
+
+struct DeviceLayer {
+  DeviceMem attn_norm;  // f32 [dim]
+  DeviceMem ffn_norm;   // f32 [dim]
+  DeviceMem w_qkv;      // f16 [q_dim + 2 kv_dim][dim]: wq | wk | wv rows, one GEMM
+  DeviceMem b_qkv;      // f32 [q_dim + 2 kv_dim], empty when the model has no biases
+  DeviceMem w_o;        // f16 [dim][q_dim]
+  DeviceMem w_gate_up;  // f16 [2 ffn][dim]: gate | up rows, one GEMM
+  DeviceMem w_down;     // f16 [dim][ffn]
+  kv::LayerFormats formats;
+  DeviceCodecTables k_tables, v_tables;
+  bool centered = false;   // stores k - mu (KvConfig::centers_keys)
+  DeviceMem k_mean;        // f32 [max_sequences][kv_dim]: mu of each slot, when centered
+  DeviceMem k_mem, v_mem;  // [page][kv_head][codec block]
+  PagedPool k, v;          // views of k_mem / v_mem with the tables
+};
+
+struct CudaModel::Impl {
+  ~Impl();
+
+  LlamaDesc shape;  // the numbers and inv_freq only: the weight views are dropped after upload
+  DeviceModelOptions opt;
+  int device = 0;
+  std::string device_name;
+  int cc_major = 0, cc_minor = 0;
+  int num_sms = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+
+  DeviceMem embd;      // f16 [vocab][dim]
+  DeviceMem out_w;     // f16 [vocab][dim]; empty when tied to embd
+  DeviceMem out_norm;  // f32 [dim]
+  DeviceMem inv_freq;  // f32 [rope_dims/2]
+  std::vector<DeviceLayer> layers;
+  size_t weight_bytes = 0;
+  size_t kv_bytes = 0;
+
+  int pages_per_seq = 0;
+  DeviceMem block_tables;           // int32 [max_sequences][pages_per_seq]
+  std::vector<int> lengths;         // [max_sequences] tokens cached per slot
+  std::vector<uint8_t> mean_ready;  // [max_sequences][n_layers]: mu computed (key centering)
+
+  // Activations of one pass of up to max_batch tokens.
+  DeviceMem tokens;       // int32 [B]
+  DeviceMem x;            // f32 [B][dim] residual stream
+  DeviceMem xn;           // f16 [B][max(dim, q_dim)] normalised rows / attention output
+  DeviceMem qkv;          // f32 [B][q_dim + 2 kv_dim]
+  DeviceMem q, k, v;      // f32 [B][q_dim], [B][kv_dim] x2
+  DeviceMem att;          // f32 [B][q_dim]
+  DeviceMem gu;           // f32 [B][2 ffn]
+  DeviceMem h;            // f16 [B][ffn]
+  DeviceMem logits;       // f32 [B][vocab]
+  DeviceMem cs;           // float2 [B][rope_dims/2]
+  DeviceMem slots;        // int32 [B]
+  DeviceMem seq_lengths;  // int32 [B]
+  DeviceMem step_tables;  // int32 [B][pages_per_seq]
+  DeviceMem row_seqs;     // int32 [B]: slot of each row (batched decode)
+  DeviceMem row_pos;      // int32 [B]: position of each row (batched decode)
+  std::vector<int32_t> host_rows;  // [2][B] staging of row_seqs | row_pos
+  DeviceMem attn_ws;      // decode attention workspace, grown on demand
+
+  struct CachedPlan {
+    kv::LayerFormats formats;
+    int n_seqs = 0;
+    DecodeAttentionPlan plan;
+  };
+  std::vector<CachedPlan> plans;
+};
+
+// Dequantizes every weight matrix to f16 on the host (all cores) and uploads it, with the
+// norms, biases and the rope table; fills m.weight_bytes.
+Status upload_weights(const LlamaDesc& desc, CudaModel::Impl& m);
+// Allocates every layer's K and V pools (max_sequences x max_context tokens) with the codec
+// tables of the layer's formats, the block tables and the activation buffers.
+Status allocate_cache(CudaModel::Impl& m);
+
+}  // namespace tq::backend::cuda

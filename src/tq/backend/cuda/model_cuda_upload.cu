@@ -1,0 +1,251 @@
+// CudaModel's one-time setup: weights dequantized to f16 on the host and uploaded, the KV pools
+// with their codec tables, block tables and activation buffers (see model_cuda_impl.cuh).
+#include <algorithm>
+#include <atomic>
+#include <string>
+#include <vector>
+
+#include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/model_cuda_impl.cuh"
+#include "tq/core/fp16.h"
+#include "tq/core/thread_pool.h"
+#include "tq/quant/codebook.h"
+#include "tq/quant/weight_dequant.h"
+
+namespace tq::backend::cuda {
+namespace {
+
+// Host rows converted per copy: bounds the staging buffer (32 MiB of f16).
+constexpr size_t kStagingElems = size_t{16} << 20;
+
+class Uploader {
+ public:
+  Uploader() : pool_(default_thread_count()) {}
+
+  // Writes w ([rows][cols] in any dequantizable GGUF type) as f16 rows at dst.
+  Status matrix(const cpu::WeightView& w, int64_t rows, int64_t cols, __half* dst,
+                const char* what) {
+    if (w.data == nullptr || w.rows != rows || w.cols != cols)
+      return invalid_argument(std::string("upload: ") + what + " is [" + std::to_string(w.rows) +
+                              "][" + std::to_string(w.cols) + "], expected [" +
+                              std::to_string(rows) + "][" + std::to_string(cols) + "]");
+    if (!quant::can_dequantize(w.type))
+      return unsupported(std::string("upload: cannot dequantize ") + what);
+    const size_t row_bytes = quant::ggml_row_bytes(w.type, static_cast<uint64_t>(cols));
+    const int64_t chunk_rows = std::max<int64_t>(1, static_cast<int64_t>(kStagingElems / cols));
+    staging_.resize(static_cast<size_t>(std::min(chunk_rows, rows) * cols));
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const int64_t nr = std::min(chunk_rows, rows - r0);
+      std::atomic<bool> ok{true};
+      pool_.parallel_for(static_cast<size_t>(nr), 16, [&](size_t b, size_t e) {
+        std::vector<float> row(static_cast<size_t>(cols));
+        for (size_t r = b; r < e; ++r) {
+          const uint8_t* src =
+              w.data + row_bytes * static_cast<size_t>(r0 + static_cast<int64_t>(r));
+          if (!quant::dequantize_row_ref(w.type, src, row.data(), cols).ok()) ok.store(false);
+          uint16_t* out = staging_.data() + r * static_cast<size_t>(cols);
+          for (int64_t c = 0; c < cols; ++c) out[c] = f32_to_f16(row[static_cast<size_t>(c)]);
+        }
+      });
+      if (!ok.load()) return corrupt(std::string("upload: dequantizing ") + what + " failed");
+      TQ_CUDA_TRY(cudaMemcpy(dst + r0 * cols, staging_.data(),
+                             static_cast<size_t>(nr * cols) * sizeof(uint16_t),
+                             cudaMemcpyHostToDevice));
+    }
+    return ok_status();
+  }
+
+ private:
+  ThreadPool pool_;
+  std::vector<uint16_t> staging_;
+};
+
+Status upload_floats(DeviceMem& m, const std::vector<float>& v, const char* what) {
+  TQ_RETURN_IF_ERROR(m.alloc(v.size() * sizeof(float), what));
+  TQ_CUDA_TRY(cudaMemcpy(m.as<void>(), v.data(), v.size() * sizeof(float), cudaMemcpyHostToDevice));
+  return ok_status();
+}
+
+Status upload_vector(DeviceMem& m, const float* v, int n, const char* what) {
+  if (v == nullptr) return invalid_argument(std::string("upload: ") + what + " is missing");
+  return upload_floats(m, std::vector<float>(v, v + n), what);
+}
+
+size_t half_bytes(int64_t rows, int64_t cols) {
+  return static_cast<size_t>(rows * cols) * sizeof(__half);
+}
+
+}  // namespace
+
+DeviceMem& DeviceMem::operator=(DeviceMem&& o) noexcept {
+  if (this != &o) {
+    if (p_) cudaFree(p_);
+    p_ = o.p_;
+    bytes_ = o.bytes_;
+    o.p_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+DeviceMem::~DeviceMem() {
+  if (p_) cudaFree(p_);
+}
+
+Status DeviceMem::alloc(size_t bytes, const char* what) {
+  if (p_) cudaFree(p_);
+  p_ = nullptr;
+  bytes_ = 0;
+  const cudaError_t err = cudaMalloc(&p_, std::max<size_t>(bytes, 1));
+  if (err != cudaSuccess) {
+    p_ = nullptr;
+    return resource_exhausted(std::string("cudaMalloc of ") + std::to_string(bytes) +
+                              " bytes for " + what + " failed: " + cudaGetErrorString(err));
+  }
+  bytes_ = bytes;
+  return ok_status();
+}
+
+Status cublas_status(cublasStatus_t st, const char* what) {
+  if (st == CUBLAS_STATUS_SUCCESS) return ok_status();
+  return internal_error(std::string(what) + ": " + cublasGetStatusName(st) + " (" +
+                        cublasGetStatusString(st) + ")");
+}
+
+Status upload_weights(const LlamaDesc& d, CudaModel::Impl& m) {
+  const int64_t dim = d.dim, q_dim = d.q_dim(), kv_dim = d.kv_dim(), ffn = d.ffn_dim,
+                vocab = d.vocab_size;
+  Uploader up;
+  size_t bytes = 0;
+  TQ_RETURN_IF_ERROR(m.embd.alloc(half_bytes(vocab, dim), "token_embd"));
+  TQ_RETURN_IF_ERROR(up.matrix(d.token_embd, vocab, dim, m.embd.as<__half>(), "token_embd"));
+  bytes += m.embd.bytes();
+  // Tied output (same GGUF bytes): the logits GEMM reads the embedding table.
+  if (d.output.data != d.token_embd.data) {
+    TQ_RETURN_IF_ERROR(m.out_w.alloc(half_bytes(vocab, dim), "output"));
+    TQ_RETURN_IF_ERROR(up.matrix(d.output, vocab, dim, m.out_w.as<__half>(), "output"));
+    bytes += m.out_w.bytes();
+  }
+  TQ_RETURN_IF_ERROR(upload_vector(m.out_norm, d.output_norm, d.dim, "output_norm"));
+  if (static_cast<int>(d.rope_inv_freq.size()) != d.rope_dims / 2)
+    return invalid_argument("upload: rope_inv_freq needs rope_dims / 2 entries");
+  TQ_RETURN_IF_ERROR(upload_floats(m.inv_freq, d.rope_inv_freq, "rope inv_freq"));
+
+  m.layers.resize(d.layers.size());
+  for (size_t l = 0; l < d.layers.size(); ++l) {
+    const LlamaLayerDesc& L = d.layers[l];
+    DeviceLayer& D = m.layers[l];
+    const std::string at = "layer " + std::to_string(l);
+    TQ_RETURN_IF_ERROR(
+        upload_vector(D.attn_norm, L.attn_norm, d.dim, "attn_norm").with_context(at));
+    TQ_RETURN_IF_ERROR(upload_vector(D.ffn_norm, L.ffn_norm, d.dim, "ffn_norm").with_context(at));
+    TQ_RETURN_IF_ERROR(D.w_qkv.alloc(half_bytes(q_dim + 2 * kv_dim, dim), "wqkv"));
+    __half* qkv = D.w_qkv.as<__half>();
+    TQ_RETURN_IF_ERROR(up.matrix(L.wq, q_dim, dim, qkv, "attn_q").with_context(at));
+    TQ_RETURN_IF_ERROR(up.matrix(L.wk, kv_dim, dim, qkv + q_dim * dim, "attn_k").with_context(at));
+    TQ_RETURN_IF_ERROR(
+        up.matrix(L.wv, kv_dim, dim, qkv + (q_dim + kv_dim) * dim, "attn_v").with_context(at));
+    if (L.bq || L.bk || L.bv) {
+      std::vector<float> b(static_cast<size_t>(q_dim + 2 * kv_dim), 0.0f);
+      if (L.bq) std::copy(L.bq, L.bq + q_dim, b.begin());
+      if (L.bk) std::copy(L.bk, L.bk + kv_dim, b.begin() + q_dim);
+      if (L.bv) std::copy(L.bv, L.bv + kv_dim, b.begin() + q_dim + kv_dim);
+      TQ_RETURN_IF_ERROR(upload_floats(D.b_qkv, b, "qkv bias"));
+    }
+    TQ_RETURN_IF_ERROR(D.w_o.alloc(half_bytes(dim, q_dim), "wo"));
+    TQ_RETURN_IF_ERROR(
+        up.matrix(L.wo, dim, q_dim, D.w_o.as<__half>(), "attn_output").with_context(at));
+    TQ_RETURN_IF_ERROR(D.w_gate_up.alloc(half_bytes(2 * ffn, dim), "w_gate_up"));
+    TQ_RETURN_IF_ERROR(
+        up.matrix(L.w_gate, ffn, dim, D.w_gate_up.as<__half>(), "ffn_gate").with_context(at));
+    TQ_RETURN_IF_ERROR(up.matrix(L.w_up, ffn, dim, D.w_gate_up.as<__half>() + ffn * dim, "ffn_up")
+                           .with_context(at));
+    TQ_RETURN_IF_ERROR(D.w_down.alloc(half_bytes(dim, ffn), "w_down"));
+    TQ_RETURN_IF_ERROR(
+        up.matrix(L.w_down, dim, ffn, D.w_down.as<__half>(), "ffn_down").with_context(at));
+    bytes += D.attn_norm.bytes() + D.ffn_norm.bytes() + D.w_qkv.bytes() + D.b_qkv.bytes() +
+             D.w_o.bytes() + D.w_gate_up.bytes() + D.w_down.bytes();
+  }
+  m.weight_bytes = bytes + m.out_norm.bytes();
+  return ok_status();
+}
+
+Status allocate_cache(CudaModel::Impl& m) {
+  const LlamaDesc& d = m.shape;
+  const kv::KvConfig& kc = m.opt.kv;
+  TQ_RETURN_IF_ERROR(kc.validate_for(d.n_layers, d.head_dim));
+  const int bt = kc.block_tokens;
+  m.pages_per_seq = (m.opt.max_context + bt - 1) / bt;
+  const size_t n_pages = static_cast<size_t>(m.pages_per_seq) * m.opt.max_sequences;
+  quant::CodebookCache books;
+  m.kv_bytes = 0;
+  for (int l = 0; l < d.n_layers; ++l) {
+    DeviceLayer& D = m.layers[static_cast<size_t>(l)];
+    D.formats = kc.formats_for(l, d.n_layers);
+    if (!decode_attention_supported(D.formats.k, D.formats.v, d.head_dim))
+      return unsupported("layer " + std::to_string(l) + ": no CUDA attention instance for K " +
+                         D.formats.k.name() + ", V " + D.formats.v.name() + " at head dim " +
+                         std::to_string(d.head_dim));
+    D.centered = kc.centers_keys(l, d.n_layers);
+    if (D.centered) {
+      const size_t bytes = static_cast<size_t>(m.opt.max_sequences) * d.kv_dim() * sizeof(float);
+      TQ_RETURN_IF_ERROR(D.k_mean.alloc(bytes, "key means"));
+      TQ_CUDA_TRY(cudaMemset(D.k_mean.as<void>(), 0, bytes));
+    }
+    const uint64_t seed = kc.layer_seed(l);  // the CPU codec's seed: the same rotation and codebook
+    TQ_ASSIGN_OR_RETURN(D.k_tables,
+                        DeviceCodecTables::create(D.formats.k, d.head_dim, seed, books));
+    TQ_ASSIGN_OR_RETURN(D.v_tables,
+                        DeviceCodecTables::create(D.formats.v, d.head_dim, seed, books));
+    for (const bool value : {false, true}) {
+      PagedPool& p = value ? D.v : D.k;
+      DeviceMem& mem = value ? D.v_mem : D.k_mem;
+      p.format = value ? D.formats.v : D.formats.k;
+      p.head_dim = d.head_dim;
+      p.block_tokens = bt;
+      p.n_kv_heads = d.n_kv_heads;
+      p.norm_correction = kc.norm_correction;
+      p.tables = value ? D.v_tables.view() : D.k_tables.view();
+      const size_t bytes = n_pages * p.block_stride_or_default();
+      TQ_RETURN_IF_ERROR(mem.alloc(bytes, value ? "V pool" : "K pool"));
+      TQ_CUDA_TRY(cudaMemset(mem.as<void>(), 0, bytes));
+      p.data = mem.as<uint8_t>();
+      TQ_RETURN_IF_ERROR(p.validate().with_context("layer " + std::to_string(l)));
+      m.kv_bytes += bytes;
+    }
+  }
+  // Slot s owns pages [s * pages_per_seq, (s + 1) * pages_per_seq): a fixed block table per
+  // slot, read by the kernels through the same indirection a shared pool would use.
+  std::vector<int32_t> tables(n_pages);
+  for (size_t i = 0; i < n_pages; ++i) tables[i] = static_cast<int32_t>(i);
+  TQ_RETURN_IF_ERROR(m.block_tables.alloc(n_pages * sizeof(int32_t), "block tables"));
+  TQ_CUDA_TRY(cudaMemcpy(m.block_tables.as<void>(), tables.data(), n_pages * sizeof(int32_t),
+                         cudaMemcpyHostToDevice));
+  m.lengths.assign(static_cast<size_t>(m.opt.max_sequences), 0);
+  m.mean_ready.assign(static_cast<size_t>(m.opt.max_sequences) * d.n_layers, 0);
+
+  const size_t B = static_cast<size_t>(m.opt.max_batch);
+  const size_t dim = d.dim, q_dim = d.q_dim(), kv_dim = d.kv_dim(), ffn = d.ffn_dim;
+  TQ_RETURN_IF_ERROR(m.tokens.alloc(B * sizeof(int32_t), "tokens"));
+  TQ_RETURN_IF_ERROR(m.x.alloc(B * dim * sizeof(float), "x"));
+  TQ_RETURN_IF_ERROR(m.xn.alloc(B * std::max(dim, std::max(q_dim, ffn)) * sizeof(__half), "xn"));
+  TQ_RETURN_IF_ERROR(m.qkv.alloc(B * (q_dim + 2 * kv_dim) * sizeof(float), "qkv"));
+  TQ_RETURN_IF_ERROR(m.q.alloc(B * q_dim * sizeof(float), "q"));
+  TQ_RETURN_IF_ERROR(m.k.alloc(B * kv_dim * sizeof(float), "k"));
+  TQ_RETURN_IF_ERROR(m.v.alloc(B * kv_dim * sizeof(float), "v"));
+  TQ_RETURN_IF_ERROR(m.att.alloc(B * q_dim * sizeof(float), "att"));
+  TQ_RETURN_IF_ERROR(m.gu.alloc(B * 2 * ffn * sizeof(float), "gate_up"));
+  TQ_RETURN_IF_ERROR(m.h.alloc(B * ffn * sizeof(__half), "h"));
+  TQ_RETURN_IF_ERROR(
+      m.logits.alloc(B * static_cast<size_t>(d.vocab_size) * sizeof(float), "logits"));
+  TQ_RETURN_IF_ERROR(
+      m.cs.alloc(B * static_cast<size_t>(std::max(d.rope_dims / 2, 1)) * sizeof(float2), "rope"));
+  TQ_RETURN_IF_ERROR(m.slots.alloc(B * sizeof(int32_t), "slots"));
+  TQ_RETURN_IF_ERROR(m.seq_lengths.alloc(B * sizeof(int32_t), "lengths"));
+  TQ_RETURN_IF_ERROR(m.step_tables.alloc(B * m.pages_per_seq * sizeof(int32_t), "step tables"));
+  TQ_RETURN_IF_ERROR(m.row_seqs.alloc(B * sizeof(int32_t), "row slots"));
+  TQ_RETURN_IF_ERROR(m.row_pos.alloc(B * sizeof(int32_t), "row positions"));
+  return ok_status();
+}
+
+}  // namespace tq::backend::cuda

@@ -1,0 +1,254 @@
+// The small forward-pass kernels (see ops_cuda.cuh). One block per token row; every kernel is
+// element-wise or one row reduction, so none of them is worth more than plain loads.
+#include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/ops_cuda.cuh"
+
+namespace tq::backend::cuda {
+namespace {
+
+constexpr int kRowThreads = 256;    // element-wise kernels: one thread per element
+constexpr int kNormThreads = 1024;  // RMSNorm: one block per row, few elements per thread
+
+__global__ void embed_kernel(const __half* table, const int32_t* tokens, int dim, float* x) {
+  const size_t src = static_cast<size_t>(tokens[blockIdx.x]) * dim;
+  const size_t dst = static_cast<size_t>(blockIdx.x) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) x[dst + i] = __half2float(table[src + i]);
+}
+
+__device__ float block_sum(float v) {
+  __shared__ float warp_sums[kNormThreads / 32];
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) warp_sums[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kNormThreads / 32; ++w) total += warp_sums[w];
+  return total;
+}
+
+__global__ void rmsnorm_kernel(const float* x, const float* w, int dim, float eps, __half* y) {
+  const float* row = x + static_cast<size_t>(blockIdx.x) * dim;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(row[i], row[i], ss);
+  const float scale = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
+  __half* out = y + static_cast<size_t>(blockIdx.x) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x)
+    out[i] = __float2half_rn(row[i] * scale * w[i]);
+}
+
+// Row t is at position positions[t] when given (a batch of sequences), else pos0 + t.
+__global__ void rope_table_kernel(const float* inv_freq, int half, int pos0,
+                                  const int32_t* positions, float2* cs) {
+  const int t = static_cast<int>(blockIdx.x);
+  const double pos = static_cast<double>(positions ? positions[t] : pos0 + t);
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double sn, c;
+    sincos(pos * static_cast<double>(inv_freq[i]), &sn, &c);
+    cs[static_cast<size_t>(blockIdx.x) * half + i] =
+        make_float2(static_cast<float>(c), static_cast<float>(sn));
+  }
+}
+
+// Grid (element blocks, token): element e of the row is q (e < q_dim), k (< q_dim + kv_dim,
+// minus k_mean when given) or v.
+__global__ void rope_split_kernel(RopeSplitParams p) {
+  const int t = blockIdx.y;
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  const int q_dim = p.n_heads * p.head_dim, kv_dim = p.n_kv_heads * p.head_dim;
+  const int row_len = q_dim + 2 * kv_dim;
+  if (e >= row_len) return;
+  const float* row = p.qkv + static_cast<size_t>(t) * row_len;
+  const auto in = [&](int i) { return row[i] + (p.bias ? p.bias[i] : 0.0f); };
+  if (e >= q_dim + kv_dim) {
+    p.v[static_cast<size_t>(t) * kv_dim + (e - q_dim - kv_dim)] = in(e);
+    return;
+  }
+  // q and k are contiguous in the row: element e belongs to head e / head_dim.
+  const float2* cs = p.cs + static_cast<size_t>(t) * (p.rope_dims / 2);
+  const int half = p.rope_dims / 2;
+  const int j = e % p.head_dim;
+  const int head0 = e - j;
+  float out;
+  if (j >= p.rope_dims) {
+    out = in(e);
+  } else if (p.neox) {
+    const int i = j < half ? j : j - half;
+    const float x0 = in(head0 + i), x1 = in(head0 + i + half);
+    const float2 a = cs[i];
+    out = j < half ? x0 * a.x - x1 * a.y : x0 * a.y + x1 * a.x;
+  } else {
+    const int i = j / 2;
+    const float x0 = in(head0 + 2 * i), x1 = in(head0 + 2 * i + 1);
+    const float2 a = cs[i];
+    out = (j % 2 == 0) ? x0 * a.x - x1 * a.y : x0 * a.y + x1 * a.x;
+  }
+  if (e < q_dim) {
+    p.q[static_cast<size_t>(t) * q_dim + e] = out;
+  } else {
+    const int ke = e - q_dim;
+    const float* mu =
+        p.k_mean && p.k_mean_rows ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim
+                                  : p.k_mean;
+    p.k[static_cast<size_t>(t) * kv_dim + ke] = mu ? out - mu[ke] : out;
+  }
+}
+
+// mu[e] = mean of k[t][e] over t in [from, to) (0 when empty); then k[t][e] -= mu[e] for t < n.
+// One thread per element e of a token row.
+__global__ void center_keys_kernel(float* k, int n, int elems, int from, int to, float* mu) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= elems) return;
+  float m = 0.0f;
+  for (int t = from; t < to; ++t) m += k[static_cast<size_t>(t) * elems + e];
+  m = to > from ? m * (1.0f / static_cast<float>(to - from)) : 0.0f;
+  mu[e] = m;
+  for (int t = 0; t < n; ++t) k[static_cast<size_t>(t) * elems + e] -= m;
+}
+
+// Grid (element blocks, token).
+__global__ void silu_mul_kernel(const float* gu, int ffn, __half* h) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= ffn) return;
+  const float* row = gu + static_cast<size_t>(blockIdx.y) * 2 * ffn;
+  const float g = row[i];
+  h[static_cast<size_t>(blockIdx.y) * ffn + i] =
+      __float2half_rn(g / (1.0f + expf(-g)) * row[ffn + i]);
+}
+
+constexpr int kGemvWarps = 8;  // rows per block
+
+__global__ void __launch_bounds__(kGemvWarps * 32)
+    gemv_f16_kernel(const __half* __restrict__ w, int rows, int cols, const __half* __restrict__ x,
+                    float* __restrict__ y, float beta) {
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * kGemvWarps + threadIdx.x / 32;
+  if (row >= rows) return;  // whole warps leave together: the shuffles below stay full
+  const uint4* wr = reinterpret_cast<const uint4*>(w + static_cast<size_t>(row) * cols);
+  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  const int n8 = cols / 8;
+  float acc = 0.0f;
+#pragma unroll 4
+  for (int i = lane; i < n8; i += 32) {
+    const uint4 a = __ldg(wr + i);
+    const uint4 b = __ldg(xv + i);
+    const uint32_t aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 af = __half22float2(dev::bits_h2(aw[k])),
+                   bf = __half22float2(dev::bits_h2(bw[k]));
+      acc = fmaf(af.x, bf.x, acc);
+      acc = fmaf(af.y, bf.y, acc);
+    }
+  }
+  for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (lane == 0) y[row] = beta == 0.0f ? acc : fmaf(beta, y[row], acc);
+}
+
+__global__ void to_half_kernel(const float* x, size_t count, __half* y) {
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride)
+    y[i] = __float2half_rn(x[i]);
+}
+
+__global__ void step_tables_kernel(StepTablesParams p) {
+  const int t = blockIdx.x;
+  const int32_t* table =
+      p.seqs ? p.table + static_cast<size_t>(p.seqs[t]) * p.max_blocks : p.table;
+  if (threadIdx.x == 0) {
+    const int pos = p.positions ? p.positions[t] : p.pos0 + t;
+    p.slots[t] = table[pos / p.block_tokens] * p.block_tokens + pos % p.block_tokens;
+    p.lengths[t] = pos + 1;
+  }
+  int32_t* dst = p.tables + static_cast<size_t>(t) * p.max_blocks;
+  for (int j = threadIdx.x; j < p.max_blocks; j += blockDim.x) dst[j] = table[j];
+}
+
+}  // namespace
+
+Status embed_rows(const __half* table, const int32_t* tokens, int n, int dim, float* x,
+                  cudaStream_t s) {
+  if (n <= 0) return ok_status();
+  embed_kernel<<<n, kRowThreads, 0, s>>>(table, tokens, dim, x);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status rmsnorm_rows(const float* x, const float* w, int n, int dim, float eps, __half* y,
+                    cudaStream_t s) {
+  if (n <= 0) return ok_status();
+  rmsnorm_kernel<<<n, kNormThreads, 0, s>>>(x, w, dim, eps, y);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status rope_table(const float* inv_freq, int half, int pos0, int n, float2* cs, cudaStream_t s) {
+  if (n <= 0 || half <= 0) return ok_status();
+  rope_table_kernel<<<n, 64, 0, s>>>(inv_freq, half, pos0, nullptr, cs);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status rope_table_at(const float* inv_freq, int half, const int32_t* positions, int n, float2* cs,
+                     cudaStream_t s) {
+  if (n <= 0 || half <= 0) return ok_status();
+  rope_table_kernel<<<n, 64, 0, s>>>(inv_freq, half, 0, positions, cs);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status rope_split(const RopeSplitParams& p, cudaStream_t s) {
+  if (p.n <= 0) return ok_status();
+  if (p.rope_dims > p.head_dim || p.rope_dims % 2 != 0)
+    return invalid_argument("rope_split: rope_dims must be even and at most head_dim");
+  const int row_len = (p.n_heads + 2 * p.n_kv_heads) * p.head_dim;
+  rope_split_kernel<<<dim3((row_len + kRowThreads - 1) / kRowThreads, p.n), kRowThreads, 0, s>>>(p);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status center_keys(float* k, int n, int elems, int from, int to, float* mu, cudaStream_t s) {
+  if (elems <= 0) return ok_status();
+  center_keys_kernel<<<(elems + kRowThreads - 1) / kRowThreads, kRowThreads, 0, s>>>(k, n, elems,
+                                                                                     from, to, mu);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s) {
+  if (n <= 0) return ok_status();
+  silu_mul_kernel<<<dim3((ffn + kRowThreads - 1) / kRowThreads, n), kRowThreads, 0, s>>>(gu, ffn,
+                                                                                         h);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status gemv_f16(const __half* w, int rows, int cols, const __half* x, float* y, float beta,
+                cudaStream_t s) {
+  if (rows <= 0) return ok_status();
+  if (cols % 8 != 0 || reinterpret_cast<uintptr_t>(w) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(x) % 16 != 0)
+    return invalid_argument("gemv_f16: cols must be a multiple of 8 and w, x 16-byte aligned");
+  gemv_f16_kernel<<<(rows + kGemvWarps - 1) / kGemvWarps, kGemvWarps * 32, 0, s>>>(w, rows, cols, x,
+                                                                                   y, beta);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status to_half(const float* x, size_t count, __half* y, cudaStream_t s) {
+  if (count == 0) return ok_status();
+  const size_t blocks = (count + kRowThreads - 1) / kRowThreads;
+  to_half_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), kRowThreads, 0, s>>>(
+      x, count, y);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status step_tables(const StepTablesParams& p, cudaStream_t s) {
+  if (p.n <= 0) return ok_status();
+  step_tables_kernel<<<p.n, 128, 0, s>>>(p);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+}  // namespace tq::backend::cuda

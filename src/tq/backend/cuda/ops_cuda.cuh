@@ -1,0 +1,86 @@
+// The small kernels of the Llama forward pass on the GPU (embedding gather, RMSNorm, RoPE with
+// the q/k/v bias, SwiGLU, f32 -> f16, the per-pass slot map), each a launcher over device
+// pointers and a stream. They follow backend/cpu/ops.h: same conventions, float32 math; the
+// matmuls between them are cuBLAS's (model_cuda.cu). CUDA-only header.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "tq/core/status.h"
+
+namespace tq::backend::cuda {
+
+// x[t][:] = float(table[tokens[t]][:]) for t < n; table [vocab][dim] in f16.
+Status embed_rows(const __half* table, const int32_t* tokens, int n, int dim, float* x,
+                  cudaStream_t s);
+
+// y[t] = f16(x[t] / sqrt(mean(x[t]^2) + eps) * w), rows of `dim` (cpu::rmsnorm).
+Status rmsnorm_rows(const float* x, const float* w, int n, int dim, float eps, __half* y,
+                    cudaStream_t s);
+
+// cs[t][i] = (cos, sin)(pos0 + t) * inv_freq[i]) for i < half, the angle in double as the CPU
+// computes it (positions near 10^5 lose the low bits in float).
+Status rope_table(const float* inv_freq, int half, int pos0, int n, float2* cs, cudaStream_t s);
+// The same for rows at their own positions (device [n]): one token of each of n sequences.
+Status rope_table_at(const float* inv_freq, int half, const int32_t* positions, int n, float2* cs,
+                     cudaStream_t s);
+
+struct RopeSplitParams {
+  const float* qkv = nullptr;     // [n][q_dim + 2 kv_dim]: q | k | v rows of one matmul
+  const float* bias = nullptr;    // [q_dim + 2 kv_dim] or null (qwen2's q/k/v biases)
+  const float2* cs = nullptr;     // [n][rope_dims/2] from rope_table
+  float* q = nullptr;             // [n][q_dim] out, rotated
+  float* k = nullptr;             // [n][kv_dim] out, rotated
+  const float* k_mean = nullptr;  // [kv_dim] subtracted from k when given (key centering)
+  // With k_mean: row t subtracts k_mean + k_mean_rows[t] * kv_dim instead (device [n]; a batch
+  // of sequences, each with its own mean).
+  const int32_t* k_mean_rows = nullptr;
+  float* v = nullptr;             // [n][kv_dim] out
+  int n = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, rope_dims = 0;
+  bool neox = false;  // pairs (i, i + rope_dims/2); else (2i, 2i+1)
+};
+// Adds the bias, rotates q and k (cpu::rope), subtracts k_mean from k when given, and splits
+// the rows into q, k and v.
+Status rope_split(const RopeSplitParams& p, cudaStream_t s);
+
+// Key centering's first pass of a sequence (kv::PagedKv::set_key_mean): mu = the mean of k's
+// token rows [from, to) (zeros when empty), then every row of k ([n][elems]) -= mu.
+Status center_keys(float* k, int n, int elems, int from, int to, float* mu, cudaStream_t s);
+
+// h[t][i] = f16(silu(gu[t][i]) * gu[t][ffn + i]): gate | up rows of one matmul (cpu::silu_mul).
+Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s);
+
+// y[r] = beta * y[r] + sum_c w[r][c] x[c]: the one-token matmul of decode (w [rows][cols] f16
+// row-major, x [cols] f16, y [rows] f32, f32 accumulation), one warp per row with 16-byte
+// loads, so it streams the weights at close to memory bandwidth. cols % 8 == 0, w and x
+// 16-byte aligned. Checked against cuBLAS's GEMM through the whole model (model_cuda_test).
+Status gemv_f16(const __half* w, int rows, int cols, const __half* x, float* y, float beta,
+                cudaStream_t s);
+
+// y[i] = f16(x[i]) for i < count.
+Status to_half(const float* x, size_t count, __half* y, cudaStream_t s);
+
+// The per-pass tables of n new tokens of one sequence at positions pos0 .. pos0+n-1:
+// slots[t] = table[(pos0+t) / bt] * bt + (pos0+t) % bt, lengths[t] = pos0 + t + 1 (the causal
+// prefix each token's query sees), and `n` copies of the sequence's block table (one per query
+// "sequence" of decode attention): tables[t][j] = table[j] for j < max_blocks.
+// Batched decode (seqs and positions given): row t is one token of sequence seqs[t] at
+// positions[t], and `table` holds every sequence's table, [seq][max_blocks].
+struct StepTablesParams {
+  const int32_t* table = nullptr;  // [max_blocks] the sequence's pool blocks ([seqs][..] batched)
+  int max_blocks = 0;
+  int block_tokens = 0;
+  int pos0 = 0;
+  int n = 0;
+  const int32_t* seqs = nullptr;       // device [n] or null
+  const int32_t* positions = nullptr;  // device [n] or null
+  int32_t* slots = nullptr;    // [n]
+  int32_t* lengths = nullptr;  // [n]
+  int32_t* tables = nullptr;   // [n][max_blocks]
+};
+Status step_tables(const StepTablesParams& p, cudaStream_t s);
+
+}  // namespace tq::backend::cuda

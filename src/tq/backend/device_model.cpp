@@ -1,0 +1,33 @@
+// DeviceModelOptions, and create_cuda_model's answer in builds without CUDA.
+#include "tq/backend/device_model.h"
+
+namespace tq::backend {
+
+Status DeviceModelOptions::validate() const {
+  TQ_RETURN_IF_ERROR(kv.validate());
+  if (max_context < 1) return invalid_argument("device model: max_context must be positive");
+  if (max_sequences < 1) return invalid_argument("device model: max_sequences must be positive");
+  if (max_batch < 1 || max_batch > 65535)
+    return invalid_argument("device model: max_batch must be in [1, 65535]");
+  if (device < 0) return invalid_argument("device model: negative device index");
+  if (kv.window != 0 || kv.sinks != 0)
+    return unsupported(
+        "the CUDA forward pass does not keep an f16 window or sinks yet "
+        "(drop --kv-window / --kv-sinks with --device cuda)");
+  return ok_status();
+}
+
+std::string DeviceModelOptions::to_string() const {
+  return "ctx " + std::to_string(max_context) + " x " + std::to_string(max_sequences) +
+         " seqs, batch " + std::to_string(max_batch) + (cublas_gemv ? ", cuBLAS GEMV" : "") +
+         ", kv " + kv.to_string();
+}
+
+#ifndef TQ_HAVE_CUDA
+Expected<std::unique_ptr<DeviceModel>> create_cuda_model(const LlamaDesc&,
+                                                         const DeviceModelOptions&) {
+  return unsupported("this tq was built without CUDA (configure with -DTQ_CUDA=ON)");
+}
+#endif
+
+}  // namespace tq::backend

@@ -1,0 +1,73 @@
+// A whole model forward pass on a device (the GPU), as CPU code sees it: no device types. The
+// model is uploaded once from a backend::LlamaDesc; the device keeps the weights and a paged
+// KV cache of `max_sequences` slots and returns logits to the host, where sampling stays.
+// create_cuda_model (backend/cuda/model_cuda.cu) is the one implementation; builds without
+// CUDA get device_model.cpp's answer, a clear Unsupported.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "tq/backend/model_desc.h"
+#include "tq/core/status.h"
+#include "tq/kv/kv_config.h"
+
+namespace tq::backend {
+
+struct DeviceModelOptions {
+  kv::KvConfig kv;         // formats per layer; window and sinks must be 0 in this version
+  int max_context = 4096;  // tokens per sequence slot
+  int max_sequences = 1;   // sequence slots, each with pages of its own
+  int max_batch = 512;     // tokens per device pass; longer calls are split into passes
+  int device = 0;          // CUDA device index
+  // One-token matmuls (decode) through cuBLAS as well; by default tq's GEMV kernel streams
+  // them (comparison and tests).
+  bool cublas_gemv = false;
+
+  Status validate() const;
+  std::string to_string() const;
+};
+
+struct DeviceForwardArgs {
+  int seq = 0;                      // slot in [0, max_sequences)
+  const int32_t* tokens = nullptr;  // host [n], each in [0, vocab)
+  int n = 0;                        // tokens at positions length(seq) .. +n-1
+  DeviceLogits logits_mode = DeviceLogits::kLast;
+  float* logits = nullptr;  // host: [vocab] (kLast) or [n][vocab] (kAll)
+};
+
+class DeviceModel {
+ public:
+  virtual ~DeviceModel() = default;
+  // Runs the tokens through the model, appending their K/V to the slot's cache, and copies the
+  // logits asked for to the host (the call returns when they are there). Validates before it
+  // touches the cache.
+  virtual Status forward(const DeviceForwardArgs& args) = 0;
+  // Batched decode: one new token for each of B distinct slots (every item has n == 1; each slot
+  // at its own length), run through the model as one pass of B rows: the weight matmuls are one
+  // GEMM over the B rows, attention one call over the B slots' pages. Each item's logits (kLast
+  // and kAll alike: its one row) go to its own buffer. The same numbers as B forward() calls,
+  // up to the GEMM's summation order. B <= max_batch. Validates every item before it touches
+  // any cache. Prefill stays per sequence (forward()).
+  virtual Status forward_batch(std::span<const DeviceForwardArgs> items) = 0;
+  // Makes slot `dst` a copy of slot `src` (its length, key means and cached K/V bytes; as
+  // gemma.cpp's KVCache::Copy, an explicit device copy): several continuations of one prompt,
+  // or many long sequences for a benchmark without prefilling each.
+  virtual Status copy_sequence(int src, int dst) = 0;
+  virtual int length(int seq) const = 0;
+  // Empties a slot's cache (its pages are reused).
+  virtual Status reset(int seq) = 0;
+  virtual const DeviceModelOptions& options() const = 0;
+  // "NVIDIA H200 (sm_90): weights f16 14.96 GiB, kv 4.00 GiB (k=tq4 v=tq3 ...)"
+  virtual std::string describe() const = 0;
+};
+
+// Uploads the model to CUDA device options.device. Unsupported when built without CUDA or
+// when the KV configuration asks for something the CUDA kernels lack (window, sinks, a K/V
+// format pair or head dim with no instance).
+Expected<std::unique_ptr<DeviceModel>> create_cuda_model(const LlamaDesc& desc,
+                                                         const DeviceModelOptions& options);
+
+}  // namespace tq::backend

@@ -1,0 +1,54 @@
+// --device for the subcommands that run a model (run, ppl, bench decode): "cpu" (default, every
+// build) or "cuda" (the GPU forward pass, backend/device_model.h), and the helper that puts a
+// loaded model on the GPU with a clear error when this build or this machine has none.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+
+#include "tq/backend/device_info.h"
+#include "tq/backend/device_model.h"
+#include "tq/kv/kv_config.h"
+#include "tq/model/llama.h"
+#include "tq/model/model_desc.h"
+
+namespace tq::tools {
+
+struct DeviceFlag {
+  std::string name = "cpu";
+
+  void add_to(CLI::App* cmd) {
+    cmd->add_option("--device", name, "cpu, or cuda: the whole forward pass on the GPU")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"cpu", "cuda"}));
+  }
+  bool cuda() const { return name == "cuda"; }
+};
+
+// The model on CUDA device 0 with `kv` for its cache: `n_seqs` slots of `ctx` tokens, passes of
+// at most `max_batch` tokens (cublas_gemv: see DeviceModelOptions).
+inline Expected<std::unique_ptr<backend::DeviceModel>> open_cuda_model(const model::Model& m,
+                                                                       const kv::KvConfig& kv,
+                                                                       int ctx, int max_batch,
+                                                                       int n_seqs = 1,
+                                                                       bool cublas_gemv = false) {
+  if (!backend::cuda_built())
+    return unsupported(
+        "--device cuda: this tq was built without CUDA (configure with -DTQ_CUDA=ON)");
+  const auto devices = backend::list_cuda_devices();
+  if (!devices.ok()) return unsupported("--device cuda: " + devices.status().message());
+  if (devices->empty()) return unsupported("--device cuda: no CUDA device is visible");
+  backend::DeviceModelOptions o;
+  o.kv = kv;
+  o.max_context = ctx;
+  o.max_batch = max_batch;
+  o.max_sequences = n_seqs;
+  o.cublas_gemv = cublas_gemv;
+  auto dm = backend::create_cuda_model(model::describe_for_backend(m), o);
+  if (!dm.ok()) return dm.status().with_context("--device cuda");
+  return dm;
+}
+
+}  // namespace tq::tools
