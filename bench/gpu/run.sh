@@ -16,6 +16,8 @@
 #     (TQ_CONC_SESSIONS sessions at each of TQ_CONC_CONTEXTS, decode batches TQ_CONC_BATCHES, K/V
 #     pairs TQ_CONC_KV; slot 0 prefilled, copied to the others on the device) and the sessions
 #     of each context that fit in 60 GiB, into $OUT/concurrent_bench.md (+ .log).
+#   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and dir/lib/*.so) built elsewhere for sm_90
+#     with the same CUDA instead of building here, when they start; saves the device build.
 #   OUT=/some/dir bench/gpu/run.sh [extra tq_gpu_bench args]
 # GoogleTest / Google Benchmark / CLI11 / nlohmann-json packages: taken from the system, or from
 # build-deps/usr when present (carried to machines that lack them).
@@ -34,14 +36,23 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 t0=$(date +%s)
-cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON \
-  -DCMAKE_CUDA_ARCHITECTURES=90 -DTQ_BUILD_TOOLS=ON -DTQ_BUILD_SERVER=OFF -DTQ_BUILD_BENCH=ON \
-  -DCMAKE_PREFIX_PATH="$ROOT/build-deps/usr" || exit 1
-TARGETS=(tq_cuda_tests)
-[ "$ATTN_BENCH" = 1 ] && TARGETS+=(tq_gpu_bench)
-{ [ "$MODEL_BENCH" = 1 ] || [ "$CONC_BENCH" = 1 ]; } && TARGETS+=(tq)
-cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" || exit 1
-echo "build: $(( $(date +%s) - t0 )) s"
+PRE=${TQ_GPU_PREBUILT:-}
+if [ -n "$PRE" ] && [ "$ATTN_BENCH" != 1 ] && [ -x "$PRE/tq_cuda_tests" ] &&
+  LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}" "$PRE/tq" info > "$OUT/prebuilt_info.txt" 2>&1; then
+  export LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}"
+  BUILD=$PRE
+  echo "build: prebuilt binaries from $PRE"
+else
+  [ -n "$PRE" ] && echo "prebuilt binaries in $PRE do not start here: building"
+  cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DTQ_BUILD_TOOLS=ON -DTQ_BUILD_SERVER=OFF -DTQ_BUILD_BENCH=ON \
+    -DCMAKE_PREFIX_PATH="$ROOT/build-deps/usr" || exit 1
+  TARGETS=(tq_cuda_tests)
+  [ "$ATTN_BENCH" = 1 ] && TARGETS+=(tq_gpu_bench)
+  { [ "$MODEL_BENCH" = 1 ] || [ "$CONC_BENCH" = 1 ]; } && TARGETS+=(tq)
+  cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" || exit 1
+  echo "build: $(( $(date +%s) - t0 )) s"
+fi
 MODELS="$BUILD/models"  # multi-GB files: kept out of $OUT, which travels back
 BIG="$MODELS/llama3-8b-q4_0.gguf"
 mkdir -p "$MODELS"

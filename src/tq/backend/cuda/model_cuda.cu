@@ -139,19 +139,17 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   // subtract it as they are split. Attention is unchanged: softmax ignores q.mu.
   // A batch's slots all have their mu (forward_batch sets it first): row t subtracts its own.
   const bool batch = seq < 0;
-  float* mu = D.centered && !batch ? D.k_mean.as<float>() + static_cast<size_t>(seq) * kv_dim
-                                   : nullptr;
+  float* mu =
+      D.centered && !batch ? D.k_mean.as<float>() + static_cast<size_t>(seq) * kv_dim : nullptr;
   uint8_t dummy = 1;
   uint8_t& ready = batch ? dummy : m.mean_ready[static_cast<size_t>(seq) * d.n_layers + l];
   rp.k_mean = D.centered && ready ? (batch ? D.k_mean.as<float>() : mu) : nullptr;
   rp.k_mean_rows = batch ? m.row_seqs.as<int32_t>() : nullptr;
   TQ_RETURN_IF_ERROR(rope_split(rp, s));
   if (D.centered && !ready) {
-    // As PagedKv::set_key_mean with no sinks: the first page's tokens without position 0;
-    // a lone token: mu = 0.
-    int from = 1, to = std::min(n, m.opt.kv.block_tokens);
-    if (from >= to) from = 1, to = n;
-    TQ_RETURN_IF_ERROR(center_keys(m.k.as<float>(), n, kv_dim, from, to, mu, s));
+    // As PagedKv::set_key_mean with no sinks: every token of the slot's first pass (its first
+    // max_batch tokens) but position 0; a lone token: mu = 0.
+    TQ_RETURN_IF_ERROR(center_keys(m.k.as<float>(), n, kv_dim, 1, n, mu, s));
     ready = 1;
   }
 
@@ -188,10 +186,9 @@ Status logits_rows(CudaModel::Impl& m, int first, int rows) {
   const LlamaDesc& d = m.shape;
   const __half* out_w = m.out_w.empty() ? m.embd.as<__half>() : m.out_w.as<__half>();
   TQ_RETURN_IF_ERROR(rmsnorm_rows(m.x.as<float>() + static_cast<size_t>(first) * d.dim,
-                                  m.out_norm.as<float>(), rows, d.dim, d.rms_eps,
-                                  m.xn.as<__half>(), m.stream));
-  return matmul(m, out_w, d.vocab_size, d.dim, m.xn.as<__half>(), rows, m.logits.as<float>(),
-                0.0f);
+                                  m.out_norm.as<float>(), rows, d.dim, d.rms_eps, m.xn.as<__half>(),
+                                  m.stream));
+  return matmul(m, out_w, d.vocab_size, d.dim, m.xn.as<__half>(), rows, m.logits.as<float>(), 0.0f);
 }
 
 // One pass of n <= max_batch tokens of slot `seq`.
@@ -383,8 +380,8 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
   TQ_CUDA_TRY(cudaMemcpyAsync(m.tokens.as<void>(), tokens.data(), ib, cudaMemcpyHostToDevice, s));
   TQ_CUDA_TRY(
       cudaMemcpyAsync(m.row_seqs.as<void>(), m.host_rows.data(), ib, cudaMemcpyHostToDevice, s));
-  TQ_CUDA_TRY(cudaMemcpyAsync(m.row_pos.as<void>(), m.host_rows.data() + B, ib,
-                              cudaMemcpyHostToDevice, s));
+  TQ_CUDA_TRY(
+      cudaMemcpyAsync(m.row_pos.as<void>(), m.host_rows.data() + B, ib, cudaMemcpyHostToDevice, s));
   StepTablesParams st;
   st.table = m.block_tables.as<int32_t>();
   st.max_blocks = m.pages_per_seq;
@@ -398,9 +395,8 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
   TQ_RETURN_IF_ERROR(step_tables(st, s));
   TQ_RETURN_IF_ERROR(
       embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), B, d.dim, m.x.as<float>(), s));
-  TQ_RETURN_IF_ERROR(
-      rope_table_at(m.inv_freq.as<float>(), d.rope_dims / 2, m.row_pos.as<int32_t>(), B,
-                    m.cs.as<float2>(), s));
+  TQ_RETURN_IF_ERROR(rope_table_at(m.inv_freq.as<float>(), d.rope_dims / 2, m.row_pos.as<int32_t>(),
+                                   B, m.cs.as<float2>(), s));
   TQ_RETURN_IF_ERROR(run_layers(m, {B, -1, max_length}).with_context("forward_batch"));
   for (const DeviceForwardArgs& a : items) ++m.lengths[static_cast<size_t>(a.seq)];
   if (any_logits) {

@@ -86,9 +86,9 @@ __global__ void rope_split_kernel(RopeSplitParams p) {
     p.q[static_cast<size_t>(t) * q_dim + e] = out;
   } else {
     const int ke = e - q_dim;
-    const float* mu =
-        p.k_mean && p.k_mean_rows ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim
-                                  : p.k_mean;
+    const float* mu = p.k_mean && p.k_mean_rows
+                          ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim
+                          : p.k_mean;
     p.k[static_cast<size_t>(t) * kv_dim + ke] = mu ? out - mu[ke] : out;
   }
 }
@@ -153,8 +153,7 @@ __global__ void to_half_kernel(const float* x, size_t count, __half* y) {
 
 __global__ void step_tables_kernel(StepTablesParams p) {
   const int t = blockIdx.x;
-  const int32_t* table =
-      p.seqs ? p.table + static_cast<size_t>(p.seqs[t]) * p.max_blocks : p.table;
+  const int32_t* table = p.seqs ? p.table + static_cast<size_t>(p.seqs[t]) * p.max_blocks : p.table;
   if (threadIdx.x == 0) {
     const int pos = p.positions ? p.positions[t] : p.pos0 + t;
     p.slots[t] = table[pos / p.block_tokens] * p.block_tokens + pos % p.block_tokens;

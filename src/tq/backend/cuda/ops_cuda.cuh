@@ -38,7 +38,7 @@ struct RopeSplitParams {
   // With k_mean: row t subtracts k_mean + k_mean_rows[t] * kv_dim instead (device [n]; a batch
   // of sequences, each with its own mean).
   const int32_t* k_mean_rows = nullptr;
-  float* v = nullptr;             // [n][kv_dim] out
+  float* v = nullptr;  // [n][kv_dim] out
   int n = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, rope_dims = 0;
   bool neox = false;  // pairs (i, i + rope_dims/2); else (2i, 2i+1)
 };
@@ -77,9 +77,9 @@ struct StepTablesParams {
   int n = 0;
   const int32_t* seqs = nullptr;       // device [n] or null
   const int32_t* positions = nullptr;  // device [n] or null
-  int32_t* slots = nullptr;    // [n]
-  int32_t* lengths = nullptr;  // [n]
-  int32_t* tables = nullptr;   // [n][max_blocks]
+  int32_t* slots = nullptr;            // [n]
+  int32_t* lengths = nullptr;          // [n]
+  int32_t* tables = nullptr;           // [n][max_blocks]
 };
 Status step_tables(const StepTablesParams& p, cudaStream_t s);
 
