@@ -135,8 +135,10 @@ void Sampler::apply_min_p() {
 }
 
 void Sampler::softmax_kept() {
-  sort_kept(n_kept_);
-  const float mx = cands_[0].logit;
+  // No sort: the draw below is correct in any order, and sorting a whole vocabulary (temperature
+  // alone keeps all 49k tokens of SmolLM2) cost ~20% of a server's decode cycles.
+  float mx = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < n_kept_; ++i) mx = std::max(mx, cands_[i].logit);
   double sum = 0.0;
   for (size_t i = 0; i < n_kept_; ++i) {
     cands_[i].p = std::exp(cands_[i].logit - mx);

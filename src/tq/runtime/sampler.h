@@ -48,8 +48,8 @@ class Sampler {
   // Clears the history and reseeds.
   void reset();
 
-  // The candidates the last non-greedy sample() drew from, most likely first, with their
-  // final probabilities (for tests and debugging).
+  // The candidates the last non-greedy sample() drew from, with their final probabilities (for
+  // tests and debugging): most likely first after top-k or top-p, else in vocabulary order.
   std::span<const Candidate> last_candidates() const { return {cands_.data(), n_kept_}; }
   const SamplerConfig& config() const { return cfg_; }
 
@@ -59,7 +59,7 @@ class Sampler {
   void apply_top_k();
   void apply_top_p();
   void apply_min_p();
-  void softmax_kept();  // p over the kept set at the current logits; cands_ sorted by logit
+  void softmax_kept();  // p over the kept set at the current logits (order unchanged)
   void sort_kept(size_t k);
 
   SamplerConfig cfg_;
