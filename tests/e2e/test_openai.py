@@ -297,6 +297,41 @@ def test_cancellation_frees_blocks(client, server):
     assert cancelled(server.get_text("/metrics")) == cancelled(before) + 1
 
 
+def _cancelled_count(server):
+    line = [l for l in server.get_text("/metrics").splitlines()
+            if l.startswith('tq_requests_finished_total{reason="cancelled"}')]
+    return int(line[0].split()[-1])
+
+
+def test_non_streaming_disconnect_frees_blocks():
+    """A non-streaming client that goes away is noticed (the long answer's body starts with
+    keep-alive spaces) and its request is cancelled, long before max_tokens would end it."""
+    import http.client
+    s = Server("-ctk", "tq4", "-ctv", "tq3", "--ctx", "8192", "--max-sessions", "2",
+               "--threads", "2", "--shutdown-timeout", "5")
+    try:
+        before = _cancelled_count(s)
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=30)
+        body = json.dumps({"model": "tq", "prompt": "Write a very long story.", "max_tokens": 8000,
+                           "ignore_eos": True, "temperature": 0})
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        time.sleep(3.0)  # past the 2 s after which the server answers with keep-alive spaces
+        assert s.get_json("/v1/kv-stats")["pages_used"] > 0
+        conn.sock.close()  # gone without reading the answer
+        wait_idle(s, timeout=20)
+        assert _cancelled_count(s) == before + 1
+    finally:
+        assert s.stop() == 0, s.output()
+
+
+def test_slow_non_streaming_answer_is_valid_json(client):
+    """An answer that takes longer than the keep-alive interval is still one JSON object."""
+    r = client.completions.create(model="tq", prompt="Once upon a time", max_tokens=300,
+                                  extra_body={"ignore_eos": True}, temperature=0)
+    assert r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 300
+
+
 def test_concurrent_streams(client, server):
     results, errors = {}, []
 

@@ -155,29 +155,99 @@ void stream_response(httplib::Response& res, std::shared_ptr<StreamState> st) {
       });
 }
 
-void wait_response(httplib::Response& res, runtime::RequestChannel& ch, const ResponseMeta& meta,
-                   const CompletionParams& p, const model::Tokenizer& tok,
-                   ServerMetrics& metrics) {
-  LatencyRecorder latency(metrics, ch.arrival());
-  LogprobsBuilder logprobs(p.endpoint, tok);
-  std::string text;
-  std::vector<StreamEvent> events;
-  for (;;) {
+// A non-streaming response, built from the events as they arrive.
+struct WholeResponse {
+  WholeResponse(std::shared_ptr<runtime::RequestChannel> c, ResponseMeta m,
+                const CompletionParams& p, const model::Tokenizer& tok, ServerMetrics& metrics)
+      : channel(std::move(c)),
+        meta(std::move(m)),
+        want_logprobs(p.logprobs),
+        logprobs(p.endpoint, tok),
+        latency(metrics, channel->arrival()) {}
+
+  // Takes what arrived within `wait`; true once the final event came (status, body set).
+  bool poll(std::chrono::milliseconds wait) {
     events.clear();
-    ch.pop_all(events, kPollInterval);
+    channel->pop_all(events, wait);
     for (auto& e : events) {
       latency.on_event(e);
       if (e.kind == StreamEvent::Kind::kDelta) {
-        if (p.logprobs && e.has_logprob) logprobs.add(e.logprob, text.size());
+        if (want_logprobs && e.has_logprob) logprobs.add(e.logprob, text.size());
         text += e.text;
         continue;
       }
-      if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength)
-        return send_error(res, done_error(e));
-      const json lp = p.logprobs ? logprobs.take() : json(nullptr);
-      return send_json(res, 200, final_response(meta, text, e.finish, lp, usage_of(e)));
+      if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength) {
+        const ApiError err = done_error(e);
+        status = err.status;
+        body = err.to_json();
+      } else {
+        status = 200;
+        body = final_response(meta, text, e.finish, want_logprobs ? logprobs.take() : json(nullptr),
+                              usage_of(e));
+      }
+      return true;
+    }
+    return false;
+  }
+
+  std::shared_ptr<runtime::RequestChannel> channel;
+  ResponseMeta meta;
+  bool want_logprobs;
+  LogprobsBuilder logprobs;
+  LatencyRecorder latency;
+  std::string text;
+  std::vector<StreamEvent> events;
+  int status = 0;
+  json body;
+  Clock::time_point last_write = Clock::now();
+};
+
+// Waits for the whole answer. One that comes within kKeepAlive is sent with its own status. A
+// longer one goes out as a chunked 200 whose body starts with a space every kKeepAlive (JSON
+// allows leading whitespace): the only way httplib lets a handler notice that its client has
+// gone is a failed write, and a client that has gone must not hold a sequence to max_tokens.
+// An error after that point is sent as the OpenAI error object in the 200 body.
+// Returns whether a content provider now owns the request.
+bool whole_response(httplib::Response& res, std::shared_ptr<WholeResponse> st) {
+  const auto start = Clock::now();
+  while (Clock::now() - start < kKeepAlive) {
+    if (st->poll(kPollInterval)) {
+      send_json(res, st->status, st->body);
+      return false;
     }
   }
+  res.set_chunked_content_provider(
+      "application/json",
+      [st](size_t /*offset*/, httplib::DataSink& sink) -> bool {
+        try {
+          const bool done = st->poll(kPollInterval);
+          const auto now = Clock::now();
+          std::string out;
+          if (done) {
+            if (st->status != 200)
+              TQ_LOG(kWarn, "serve: request failed after its 200 went out: %s",
+                     dump_json(st->body).c_str());
+            out = dump_json(st->body);
+          } else if (now - st->last_write > kKeepAlive) {
+            out = " ";
+          }
+          if (!out.empty()) {
+            if (!sink.is_writable() || !sink.write(out.data(), out.size())) {
+              st->channel->cancel();  // the client has gone: free its sequence
+              return false;
+            }
+            st->last_write = now;
+          }
+          if (done) sink.done();
+          return true;
+        } catch (const std::exception& e) {
+          TQ_LOG(kError, "serve: response failed: %s", e.what());
+          st->channel->cancel();
+          return false;
+        }
+      },
+      [st](bool /*success*/) { st->channel->cancel(); });  // no-op once it finished
+  return true;
 }
 
 }  // namespace
@@ -232,12 +302,17 @@ void CompletionHandler::handle(const httplib::Request& req, httplib::Response& r
   if (p.stream)
     return stream_response(
         res, std::make_shared<StreamState>(std::move(channel).value(), meta, p, tok, metrics_));
-  // Whatever way this handler leaves (an exception included), the request stops with it.
-  struct CancelOnExit {
+  auto st = std::make_shared<WholeResponse>(std::move(channel).value(), meta, p, tok, metrics_);
+  // Whatever way this handler leaves (an exception included) without handing the request to
+  // a content provider, the request stops with it.
+  struct CancelUnlessProvided {
     runtime::RequestChannel& ch;
-    ~CancelOnExit() { ch.cancel(); }
-  } guard{**channel};
-  wait_response(res, **channel, meta, p, tok, metrics_);
+    bool provided = false;
+    ~CancelUnlessProvided() {
+      if (!provided) ch.cancel();
+    }
+  } guard{*st->channel};
+  guard.provided = whole_response(res, st);
 }
 
 }  // namespace tq::server
