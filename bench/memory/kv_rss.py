@@ -3,8 +3,9 @@
 
 Runs `tq run` on a long prompt (the start of the shared novel) once per K/V format, reads each
 child's peak resident set (os.wait4), and compares RSS differences with the KV bytes the cache
-formula predicts (`tq capacity`'s B/token column): RSS(f16) - RSS(x) should equal
-ctx * (B/token(f16) - B/token(x)), the pool being sized for ctx tokens.
+formula predicts (`tq capacity`'s B/token column): the pool is reserved for ctx tokens but its
+pages become resident only when written, so RSS(f16) - RSS(x) should equal
+T * (B/token(f16) - B/token(x)) for the T tokens the run stored.
 
     python3 bench/memory/kv_rss.py [--tq build/tq] [--ctx 8192] [--chars 30000]
 """
@@ -64,10 +65,10 @@ def main():
     print(f"| K/V | peak RSS MiB | RSS saved vs {base_cfg} MiB | KV bytes/token | predicted saving MiB | measured / predicted |")
     print("|---|---|---|---|---|---|")
     base_bpt = base_info.get("bytes_per_token", 0)
-    for cfg, rss, info, _ in rows:
+    for cfg, rss, info, tokens in rows:
         bpt = info.get("bytes_per_token", 0)
         saved = (base_rss - rss) / 2**20
-        predicted = a.ctx * (base_bpt - bpt) / 2**20
+        predicted = tokens * (base_bpt - bpt) / 2**20  # the prompt (the one sampled token is not stored)
         ratio = f"{saved / predicted:.3f}" if predicted > 0 else "-"
         print(f"| {cfg} | {rss / 2**20:.1f} | {saved:.1f} | {bpt:.0f} | {predicted:.1f} | {ratio} |")
 
