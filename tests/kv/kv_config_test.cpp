@@ -42,7 +42,8 @@ TEST(KvConfig, ParsesCliOptions) {
     KvConfig x;
     const std::string value = std::string(o.long_name).find("type") != std::string::npos ? "q4_0"
                               : o.long_name == "--kv-norm-correction" ||
-                                      o.long_name == "--kv-key-centering"
+                                      o.long_name == "--kv-key-centering" ||
+                                      o.long_name == "--kv-key-scaling"
                                   ? "on"
                                   : "8";
     EXPECT_TRUE(apply_kv_option(x, o.long_name, value).ok()) << o.long_name;

@@ -76,10 +76,11 @@ std::vector<std::vector<float>> feed(PagedKv& kv, const KvData& d, const std::ve
   return outs;
 }
 
-TEST(PrefixSharing, CommonPrefixStoredOnceSuffixesDiverge) {
+void common_prefix_case(bool key_scaling) {
   KvConfig c;
   c.k_format = *quant::parse_format("tq4");
   c.v_format = *quant::parse_format("tq3");
+  c.key_scaling = key_scaling;  // the key means (and scales) travel with the first page
   c.sinks = 4;
   c.block_tokens = 16;
   const AttentionShape s = shape();
@@ -144,6 +145,9 @@ TEST(PrefixSharing, CommonPrefixStoredOnceSuffixesDiverge) {
   EXPECT_TRUE(cache->check_invariants().ok());
   ref->reset();
 }
+
+TEST(PrefixSharing, CommonPrefixStoredOnceSuffixesDiverge) { common_prefix_case(false); }
+TEST(PrefixSharing, CommonPrefixWithKeyScaling) { common_prefix_case(true); }
 
 TEST(PrefixSharing, ReuseLeavesTheWindowToBeRecomputed) {
   KvConfig c;

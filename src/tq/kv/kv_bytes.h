@@ -41,7 +41,8 @@ Expected<KvBytesPerToken> kv_bytes_per_token(const KvConfig& config, const Atten
 // n_kv_heads * bytes_per_vector of the slab's format.
 Expected<std::vector<size_t>> kv_block_bytes(const KvConfig& config, const AttentionShape& shape);
 
-// Bytes of one sequence's key means: 4 * n_kv_heads * head_dim per layer that centers keys.
+// Bytes of one sequence's key means (and scales): 4 * n_kv_heads * head_dim per layer that
+// centers keys, as much again per layer that scales them.
 size_t kv_key_mean_bytes(const KvConfig& config, const AttentionShape& shape);
 
 // Bytes one exact (f16) token takes over all layers, K and V.

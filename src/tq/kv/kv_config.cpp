@@ -23,6 +23,9 @@ constexpr KvOption kOptions[] = {
     {"--kv-norm-correction", "", "tq formats store norm/||C[idx]|| (on/off, default on)"},
     {"--kv-key-centering", "",
      "compressed keys store k - (per-sequence mean key): exact for attention (on/off, default on)"},
+    {"--kv-key-scaling", "",
+     "centered keys are also divided per channel by their spread, queries multiplied (on/off, "
+     "default off; CPU only)"},
     {"--kv-block-tokens", "", "tokens per KV pool block (default 32)"},
     {"--kv-seed", "", "rotation seed of the compressed cache"},
 };
@@ -100,6 +103,7 @@ std::string KvConfig::to_string() const {
     s += " boundary=" + std::to_string(boundary_layers) + ":" + boundary_format.name();
   s += " norm_correction=" + std::string(norm_correction ? "on" : "off") +
        " key_centering=" + std::string(key_centering ? "on" : "off") +
+       (key_scaling ? " key_scaling=on" : "") +
        " block=" + std::to_string(block_tokens) + " seed=" + seed_hex;
   return s;
 }
@@ -112,6 +116,10 @@ LayerFormats KvConfig::formats_for(int layer, int n_layers) const {
 
 bool KvConfig::centers_keys(int layer, int n_layers) const {
   return key_centering && formats_for(layer, n_layers).k != quant::kFormatF16;
+}
+
+bool KvConfig::scales_keys(int layer, int n_layers) const {
+  return key_scaling && centers_keys(layer, n_layers);
 }
 
 uint64_t KvConfig::layer_seed(int layer) const {
@@ -142,6 +150,8 @@ Status apply_kv_option(KvConfig& c, std::string_view name, std::string_view valu
     TQ_ASSIGN_OR_RETURN(c.norm_correction, parse_bool(flag, value));
   } else if (n == "kv-key-centering") {
     TQ_ASSIGN_OR_RETURN(c.key_centering, parse_bool(flag, value));
+  } else if (n == "kv-key-scaling") {
+    TQ_ASSIGN_OR_RETURN(c.key_scaling, parse_bool(flag, value));
   } else if (n == "kv-block-tokens") {
     TQ_ASSIGN_OR_RETURN(const int64_t b, parse_int(flag, value, 1, kMaxBlockTokens));
     c.block_tokens = static_cast<int>(b);

@@ -38,6 +38,11 @@ struct KvConfig {
   // (docs/kv-cache.md, "Key centering"). Softmax is invariant to q.mu, the same for every key
   // of a query, so attention is unchanged while the quantizer sees the smaller residual.
   bool key_centering = true;
+  // Centered layers also store (k - mu) / s, s a per-sequence per-channel scale of each KV head
+  // (sqrt of the channel's key spread over its geometric mean), and multiply queries by s:
+  // exact in full precision, and the quantizer sees channels of more equal spread. Opt-in
+  // (CPU only for now; docs/kv-cache.md, "Key centering").
+  bool key_scaling = false;
   // Tokens per pool block (one block per layer, K or V, holds this many tokens of every KV head).
   int block_tokens = 32;
   // Rotation / QJL seed; layer l uses derive_seed(seed, l) (docs/formats.md).
@@ -52,6 +57,8 @@ struct KvConfig {
   LayerFormats formats_for(int layer, int n_layers) const;
   // Whether `layer` stores centered keys (key_centering and a compressed K format).
   bool centers_keys(int layer, int n_layers) const;
+  // Whether `layer` also scales its keys (key_scaling and centers_keys).
+  bool scales_keys(int layer, int n_layers) const;
   uint64_t layer_seed(int layer) const;
 };
 

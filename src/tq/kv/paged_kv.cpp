@@ -1,6 +1,8 @@
 #include "tq/kv/paged_kv.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <string>
 
@@ -29,8 +31,12 @@ PagedKv::PagedKv(PagedKvCache* cache, int capacity)
   centered_.assign(nl, 0);
   mean_ready_.assign(nl, 0);
   key_mean_.assign(nl * static_cast<size_t>(shape_.n_kv_heads) * row_elems_, 0.0f);
-  for (int l = 0; l < shape_.n_layers; ++l)
+  scaled_.assign(nl, 0);
+  key_scale_.assign(key_mean_.size(), 1.0f);
+  for (int l = 0; l < shape_.n_layers; ++l) {
     centered_[static_cast<size_t>(l)] = c.centers_keys(l, shape_.n_layers) ? 1 : 0;
+    scaled_[static_cast<size_t>(l)] = c.scales_keys(l, shape_.n_layers) ? 1 : 0;
+  }
   key_mean_bytes_ = kv_key_mean_bytes(c, shape_);
   cache_->exact_bytes_.fetch_add(static_cast<int64_t>(key_mean_bytes_));
   cache_->sequences_.fetch_add(1);
@@ -130,6 +136,29 @@ void PagedKv::set_key_mean(int layer, int n, const float* k) {
     const float inv = 1.0f / static_cast<float>(to - from);
     for (size_t e = 0; e < token_elems; ++e) mu[e] *= inv;
   }
+  // Scales: s = sqrt(rms_e / geometric mean of the rms) per head, from the same keys (with
+  // queries of equal spread per channel this minimizes the score error of an isotropic
+  // quantizer, by Cauchy-Schwarz). Fewer than two keys: s = 1.
+  if (scaled_[static_cast<size_t>(layer)] && to - from >= 2) {
+    float* s = key_scale_.data() + static_cast<size_t>(layer) * token_elems;
+    for (int h = 0; h < shape_.n_kv_heads; ++h) {
+      const size_t o = static_cast<size_t>(h) * row_elems_;
+      double log_sum = 0.0;
+      for (size_t e = 0; e < row_elems_; ++e) {
+        double ss = 0.0;
+        for (int j = from; j < to; ++j) {
+          const double x = k[static_cast<size_t>(j) * token_elems + o + e] - mu[o + e];
+          ss += x * x;
+        }
+        const double rms = std::sqrt(ss / (to - from)) + 1e-6;
+        s[o + e] = static_cast<float>(rms);
+        log_sum += std::log(rms);
+      }
+      const double geomean = std::exp(log_sum / static_cast<double>(row_elems_));
+      for (size_t e = 0; e < row_elems_; ++e)
+        s[o + e] = static_cast<float>(std::sqrt(s[o + e] / geomean));
+    }
+  }
   mean_ready_[static_cast<size_t>(layer)] = 1;
 }
 
@@ -156,11 +185,12 @@ Status PagedKv::append(int layer, int n, const float* k, const float* v) {
   if (centered_[l]) {
     if (!mean_ready_[l]) set_key_mean(layer, n, k);
     const float* mu = key_mean(layer);
+    const float* s = key_scale_.data() + l * token_elems;
     centered_k_.resize(static_cast<size_t>(n) * token_elems);
     for (int j = 0; j < n; ++j) {
       const float* src = k + static_cast<size_t>(j) * token_elems;
       float* dst = centered_k_.data() + static_cast<size_t>(j) * token_elems;
-      for (size_t e = 0; e < token_elems; ++e) dst[e] = src[e] - mu[e];
+      for (size_t e = 0; e < token_elems; ++e) dst[e] = (src[e] - mu[e]) / s[e];
     }
     k = centered_k_.data();
   }
@@ -259,6 +289,19 @@ Status PagedKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
     a.exact[1].pos0 = sinks_ + compressed_[l];
     a.exact[1].count = w.count;
   }
+  if (scaled_[l]) {
+    const size_t hd = row_elems_;
+    const int group = shape_.n_heads / shape_.n_kv_heads;
+    const float* s = key_scale_.data() + l * static_cast<size_t>(shape_.n_kv_heads) * hd;
+    scaled_q_.assign(q, q + static_cast<size_t>(n) * shape_.n_heads * hd);
+    for (int i = 0; i < n; ++i)
+      for (int h = 0; h < shape_.n_heads; ++h) {
+        float* qh = scaled_q_.data() + (static_cast<size_t>(i) * shape_.n_heads + h) * hd;
+        const float* sh = s + static_cast<size_t>(h / group) * hd;
+        for (size_t e = 0; e < hd; ++e) qh[e] *= sh[e];
+      }
+    q = scaled_q_.data();
+  }
   a.q = q;
   a.out = out;
   a.n = n;
@@ -305,7 +348,12 @@ void PagedKv::register_full_pages() {
     if (registered_ == 0) {
       chain_ = prefix_root_hash(cache_->fingerprint(), tok.first(static_cast<size_t>(sinks_)));
       if (sinks_ > 0) snapshot = std::make_shared<const SinkSnapshot>(sink_data_);
-      if (key_mean_bytes_ > 0) means = std::make_shared<const KeyMeans>(key_mean_);
+      if (key_mean_bytes_ > 0) {
+        KeyMeans m = key_mean_;
+        if (std::find(scaled_.begin(), scaled_.end(), 1) != scaled_.end())
+          m.insert(m.end(), key_scale_.begin(), key_scale_.end());
+        means = std::make_shared<const KeyMeans>(std::move(m));
+      }
     }
     const auto slice = tok.subspan(static_cast<size_t>(sinks_ + registered_ * bt_),
                                    static_cast<size_t>(bt_));
@@ -337,7 +385,9 @@ Expected<int> PagedKv::reuse_prefix(std::span<const int32_t> prompt) {
   const int found = static_cast<int>(pages_.size());
   if (found == 0) return 0;
   if (means) {
-    key_mean_ = *means;
+    key_mean_.assign(means->begin(), means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()));
+    if (means->size() == 2 * key_mean_.size())
+      key_scale_.assign(means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()), means->end());
     std::fill(mean_ready_.begin(), mean_ready_.end(), 1);
   }
   if (sinks_ > 0) {
@@ -378,8 +428,10 @@ Status PagedKv::read_stored(int layer, int pos, bool value, float* out) const {
       for (size_t e = 0; e < row_elems_; ++e) dst[e] = f16_to_f32(row[e]);
     }
     if (!value && centered_[l]) {
-      const float* mu = key_mean(layer) + static_cast<size_t>(h) * row_elems_;
-      for (size_t e = 0; e < row_elems_; ++e) dst[e] += mu[e];
+      const size_t o = static_cast<size_t>(h) * row_elems_;
+      const float* mu = key_mean(layer) + o;
+      const float* s = key_scale_.data() + l * static_cast<size_t>(shape_.n_kv_heads) * row_elems_ + o;
+      for (size_t e = 0; e < row_elems_; ++e) dst[e] = dst[e] * s[e] + mu[e];
     }
   }
   return ok_status();

@@ -7,7 +7,8 @@
 // In a layer that centers keys (KvConfig::centers_keys) every key row, exact or compressed, is
 // stored as k - mu, mu the sequence's mean key of that layer and KV head, fixed by the layer's
 // first append (the mean of its keys, sinks and position 0 left out). Attention
-// needs no change: q.mu is the same for all keys of a query and softmax ignores it.
+// needs no change: q.mu is the same for all keys of a query and softmax ignores it. With key
+// scaling the rows are (k - mu) / s and attend() multiplies each query by s (q.k = (q s).(k / s)).
 // With window 0 every token is compressed when appended, before attention runs: every query
 // sees compressed K/V, its own chunk's included, as llama.cpp's quantized cache does.
 // attend() computes attention straight from the packed pages (paged_attention.h).
@@ -110,6 +111,9 @@ class PagedKv final : public SequenceKv {
   std::vector<uint8_t> centered_;    // [layer] stores k - mu
   std::vector<uint8_t> mean_ready_;  // [layer] mu fixed
   std::vector<float> key_mean_;      // [layer][kv_head][head_dim]
+  std::vector<uint8_t> scaled_;      // [layer] stores (k - mu) / s
+  std::vector<float> key_scale_;     // [layer][kv_head][head_dim], 1 where not scaled
+  std::vector<float> scaled_q_;      // [n][n_heads][head_dim] queries of one attend, times s
   size_t key_mean_bytes_ = 0;        // of the centered layers (counted in exact_bytes)
   std::vector<float> centered_k_;    // [n][kv_head][head_dim] keys of one append, centered
   std::vector<float> scratch_;    // [head_dim] f16 row decoded for re-encoding

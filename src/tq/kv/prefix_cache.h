@@ -23,8 +23,9 @@ namespace tq::kv {
 
 // f16 K/V of the sink tokens of every layer: [layer][K, V][kv_head][sink][head_dim].
 using SinkSnapshot = std::vector<uint16_t>;
-// The key means of a sequence (PagedKv, key centering): [layer][kv_head][head_dim]. Every page
-// of a sequence is stored relative to them, so they travel with its first page.
+// The key means of a sequence (PagedKv, key centering): [layer][kv_head][head_dim], followed by
+// the key scales in the same layout when the cache scales keys. Every page of a sequence is
+// stored relative to them, so they travel with its first page.
 using KeyMeans = std::vector<float>;
 
 uint64_t prefix_root_hash(uint64_t config_fingerprint, std::span<const int32_t> sink_tokens);
