@@ -8,10 +8,10 @@
 #include <memory>
 #include <string>
 
-#include "kv_commands.h"
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
+#include "kv_commands.h"
 #include "quality_eval.h"
 #include "tq/core/thread_pool.h"
 #include "tq/model/llama.h"
@@ -31,8 +31,8 @@ struct PplOptions {
 };
 
 // One chunk through a fresh slot of the device model; logits: [ctx][vocab].
-Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens,
-                            int vocab, std::vector<float>& logits) {
+Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
+                            std::vector<float>& logits) {
   TQ_RETURN_IF_ERROR(dm.reset(0));
   logits.resize(tokens.size() * static_cast<size_t>(vocab));
   backend::DeviceForwardArgs a;
@@ -105,7 +105,8 @@ int run_ppl(PplOptions& o) {
   std::fprintf(stderr, "\n");
   if (o.json) {
     std::printf(
-        "{\"text\":\"%s\",\"ctx\":%d,\"chunks\":%d,\"tokens_scored\":%lld,\"k\":\"%s\",\"v\":\"%s\","
+        "{\"text\":\"%s\",\"ctx\":%d,\"chunks\":%d,\"tokens_scored\":%lld,\"k\":\"%s\",\"v\":\"%"
+        "s\","
         "\"kv\":\"%s\",\"ppl\":%.6f,\"ppl_err\":%.6f,\"kv_bytes_per_token\":%.2f,"
         "\"ratio_vs_f16\":%.4f,\"k_bits_per_element\":%.4f,\"v_bits_per_element\":%.4f,"
         "\"seconds\":%.2f}\n",
@@ -128,8 +129,9 @@ int run_ppl(PplOptions& o) {
 
 void add_ppl_command(CLI::App& app) {
   auto o = std::make_shared<PplOptions>();
-  auto* cmd = app.add_subcommand("ppl", "Perplexity of a text with a KV cache configuration "
-                                        "(llama-perplexity's method)");
+  auto* cmd = app.add_subcommand("ppl",
+                                 "Perplexity of a text with a KV cache configuration "
+                                 "(llama-perplexity's method)");
   cmd->add_option("-m,--model", o->model, "GGUF model file")->capture_default_str();
   cmd->add_option("-f,--file", o->text, "Text file")->required();
   cmd->add_option("--ctx", o->ctx, "Tokens per chunk")->capture_default_str();

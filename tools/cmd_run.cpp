@@ -105,7 +105,8 @@ int run(RunOptions& o) {
   auto loaded = model::Model::load(o.model);
   if (!loaded.ok()) {
     std::string msg = loaded.status().to_string();
-    if (o.model == default_model_path()) msg += " (fetch the default model: scripts/fetch-model.sh)";
+    if (o.model == default_model_path())
+      msg += " (fetch the default model: scripts/fetch-model.sh)";
     return fail(1, msg);
   }
   const model::Model& m = **loaded;
@@ -142,9 +143,9 @@ int run(RunOptions& o) {
                  "tq run: prompt     %5d tokens in %7.3f s = %8.2f tokens/s\n"
                  "tq run: generation %5d tokens in %7.3f s = %8.2f tokens/s (stop: %s)\n",
                  paged || o.device.cuda() ? kv_config->to_string().c_str() : "dense f32",
-                 where.c_str(), st.prompt_tokens, st.prompt_seconds,
-                 st.prompt_tokens_per_second(), st.generated_tokens, st.generation_seconds,
-                 st.generation_tokens_per_second(), runtime::stop_reason_name(st.stop_reason));
+                 where.c_str(), st.prompt_tokens, st.prompt_seconds, st.prompt_tokens_per_second(),
+                 st.generated_tokens, st.generation_seconds, st.generation_tokens_per_second(),
+                 runtime::stop_reason_name(st.stop_reason));
   };
 
   if (o.device.cuda()) {

@@ -18,10 +18,14 @@ namespace {
 using Opts = std::vector<std::pair<std::string, std::string>>;
 
 TEST(KvConfig, ParsesCliOptions) {
-  const Opts opts = {{"-ctk", "tq4"},          {"--cache-type-v", "tq3j"},
-                     {"--kv-window", "128"},   {"kv-sinks", "4"},
-                     {"--kv-boundary-layers", "2"}, {"--kv-boundary-type", "q8_0"},
-                     {"--kv-norm-correction", "off"}, {"--kv-block-tokens", "16"},
+  const Opts opts = {{"-ctk", "tq4"},
+                     {"--cache-type-v", "tq3j"},
+                     {"--kv-window", "128"},
+                     {"kv-sinks", "4"},
+                     {"--kv-boundary-layers", "2"},
+                     {"--kv-boundary-type", "q8_0"},
+                     {"--kv-norm-correction", "off"},
+                     {"--kv-block-tokens", "16"},
                      {"--kv-seed", "0x2a"}};
   auto c = parse_kv_options(opts);
   ASSERT_TRUE(c.ok()) << c.status().to_string();
@@ -101,8 +105,8 @@ AttentionShape shape_128() {
 
 TEST(KvBytes, FormulaMatchesBytesPerVectorForEveryFormat) {
   const AttentionShape s = shape_128();
-  const char* names[] = {"f16",  "q8_0", "q4_0", "tq1",  "tq2",  "tq3",  "tq4", "tq5",
-                         "tq6",  "tq7",  "tq8",  "tq2j", "tq3j", "tq4j", "tq8j"};
+  const char* names[] = {"f16", "q8_0", "q4_0", "tq1",  "tq2",  "tq3",  "tq4", "tq5",
+                         "tq6", "tq7",  "tq8",  "tq2j", "tq3j", "tq4j", "tq8j"};
   for (const char* name : names) {
     KvConfig c;
     c.k_format = c.v_format = *quant::parse_format(name);

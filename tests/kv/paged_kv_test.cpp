@@ -82,7 +82,8 @@ TEST(PagedKv, F16MatchesDenseKv) {
     std::vector<double> r(ref.begin(), ref.end());
     const double err = rel_l2(out, r.data(), r.size());
     worst = std::max(worst, err);
-    EXPECT_LT(err, kF16VsDenseTol) << "seed " << seed << " layer " << l << " p0 " << p0 << " n " << n;
+    EXPECT_LT(err, kF16VsDenseTol)
+        << "seed " << seed << " layer " << l << " p0 " << p0 << " n " << n;
   });
   EXPECT_GT(worst, 0.0);  // f16 rounding must show: the test would be vacuous otherwise
   EXPECT_EQ((*paged)->length(), d.tokens);
@@ -115,7 +116,8 @@ TEST_P(PagedKvFormat, ErrorVsExactWithinBoundAndFusedMatchesDecoded) {
       const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
       std::vector<double> ref(count), ref_stored(count);
       exact_attention_original(d, l, p0, n, ref.data());
-      const float* q = d.q[static_cast<size_t>(l)].data() + static_cast<size_t>(p0) * s.n_heads * hd;
+      const float* q =
+          d.q[static_cast<size_t>(l)].data() + static_cast<size_t>(p0) * s.n_heads * hd;
       exact_attention_stored(kv, s, l, p0 + n, n, q, ref_stored.data());
       for (size_t e = 0; e < count; ++e) {
         err2 += (out[e] - ref[e]) * (out[e] - ref[e]);
@@ -124,8 +126,8 @@ TEST_P(PagedKvFormat, ErrorVsExactWithinBoundAndFusedMatchesDecoded) {
       worst_fused = std::max(worst_fused, rel_l2(out, ref_stored.data(), count));
     });
     const double rel = std::sqrt(err2 / ref2);
-    std::printf("[ %s/%s d=%d ] rel err vs exact %.5f (bound %.3f), fused vs decoded %.2e\n",
-                fc.k, fc.v, head_dim, rel, fc.max_rel_err, worst_fused);
+    std::printf("[ %s/%s d=%d ] rel err vs exact %.5f (bound %.3f), fused vs decoded %.2e\n", fc.k,
+                fc.v, head_dim, rel, fc.max_rel_err, worst_fused);
     EXPECT_LT(rel, fc.max_rel_err) << fc.k << "/" << fc.v << " d=" << head_dim << " seed " << seed;
     EXPECT_LT(worst_fused, kFusedVsDecodedTol) << fc.k << "/" << fc.v << " d=" << head_dim;
     EXPECT_GT(rel, 0.0);
@@ -187,9 +189,9 @@ TEST(PagedKv, WindowAndSinkRowsAreExactF16) {
     }
     const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
     std::vector<double> ref(count);
-    exact_attention_stored(kv, s, l, total, n,
-                           d.q[static_cast<size_t>(l)].data() + static_cast<size_t>(p0) * s.n_heads * hd,
-                           ref.data());
+    exact_attention_stored(
+        kv, s, l, total, n,
+        d.q[static_cast<size_t>(l)].data() + static_cast<size_t>(p0) * s.n_heads * hd, ref.data());
     worst_fused = std::max(worst_fused, rel_l2(out, ref.data(), count));
   });
   EXPECT_LT(worst_fused, kFusedVsDecodedTol) << "seed " << seed;
@@ -199,7 +201,7 @@ TEST(PagedKv, WindowCoveringEverythingEqualsF16Cache) {
   const uint64_t seed = 5;
   const AttentionShape s = small_shape();
   KvConfig c = config_kv("tq2", "tq2");
-  c.window = 64;  // >= all tokens: nothing is ever compressed
+  c.window = 64;            // >= all tokens: nothing is ever compressed
   c.key_centering = false;  // f16 rows of k - mu round differently from rows of k
   const KvData d = make_kv_data(s, 61, seed);
   auto tq_cache = make_cache(s, c);
@@ -216,7 +218,8 @@ TEST(PagedKv, WindowCoveringEverythingEqualsF16Cache) {
   run_chunks(**a, d, {13, 1}, pool, [&](int l, int p0, int n, const float* out) {
     const auto& r = ref[i++];
     for (size_t e = 0; e < r.size(); ++e)
-      ASSERT_NEAR(out[e], r[e], 1e-5) << "seed " << seed << " layer " << l << " p0 " << p0 << " n " << n;
+      ASSERT_NEAR(out[e], r[e], 1e-5)
+          << "seed " << seed << " layer " << l << " p0 " << p0 << " n " << n;
   });
   EXPECT_EQ((*a)->compressed_tokens(0), 0);
   EXPECT_TRUE((*a)->pages().empty());
@@ -257,7 +260,8 @@ TEST(PagedKv, KeyCenteringLeavesAttentionUnchanged) {
   EXPECT_LT(key_err, 1.0 / 2048 + 1e-6);
   // Nothing was centered against nothing: the mean is far from zero on these offset keys.
   double mean_norm = 0;
-  for (size_t e = 0; e < row.size(); ++e) mean_norm += (*seq)->key_mean(1)[e] * (*seq)->key_mean(1)[e];
+  for (size_t e = 0; e < row.size(); ++e)
+    mean_norm += (*seq)->key_mean(1)[e] * (*seq)->key_mean(1)[e];
   EXPECT_GT(std::sqrt(mean_norm), 1.0);
 }
 
@@ -297,8 +301,10 @@ TEST(PagedKv, KeyCenteringLowersErrorOnOffsetKeys) {
     const double plain = rel_err(shifted, f, false);
     const double centered = rel_err(shifted, f, true);
     const double centered_base = rel_err(base, f, true);
-    std::printf("[ %s keys + offset ] rel err vs exact: %.4f plain, %.4f centered (%.4f without "
-                "the offset)\n", f, plain, centered, centered_base);
+    std::printf(
+        "[ %s keys + offset ] rel err vs exact: %.4f plain, %.4f centered (%.4f without "
+        "the offset)\n",
+        f, plain, centered, centered_base);
     EXPECT_LT(centered, 0.9 * plain) << f;
     EXPECT_NEAR(centered, centered_base, 0.02 * centered_base) << f;
   }

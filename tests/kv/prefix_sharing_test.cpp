@@ -227,7 +227,8 @@ TEST(PagedKvInterleaving, RandomOpsStayConsistent) {
     q.kv = std::move(cache->new_sequence(128)).value();
     auto r = q.kv->reuse_prefix(q.ids);
     ASSERT_TRUE(r.ok());
-    ASSERT_TRUE(q.kv->add_tokens(std::span<const int32_t>(q.ids).subspan(q.kv->tokens().size())).ok());
+    ASSERT_TRUE(
+        q.kv->add_tokens(std::span<const int32_t>(q.ids).subspan(q.kv->tokens().size())).ok());
   };
   for (auto& q : seqs) start(q);
 

@@ -15,8 +15,9 @@ Status DeviceModelOptions::validate() const {
         "the CUDA forward pass does not keep an f16 window or sinks yet "
         "(drop --kv-window / --kv-sinks with --device cuda)");
   if (kv.key_scaling)
-    return unsupported("the CUDA forward pass does not scale keys yet "
-                       "(drop --kv-key-scaling with --device cuda)");
+    return unsupported(
+        "the CUDA forward pass does not scale keys yet "
+        "(drop --kv-key-scaling with --device cuda)");
   return ok_status();
 }
 

@@ -19,8 +19,9 @@ Status check_shape(const AttentionShape& s) {
 
 std::string KvBytesPerToken::to_string() const {
   char buf[200];
-  std::snprintf(buf, sizeof buf, "%.1f B/token at ctx %d (%.2fx vs f16; K %.3f b/elt, V %.3f b/elt)",
-                amortized, context, ratio_vs_f16(), k_bits_per_element, v_bits_per_element);
+  std::snprintf(buf, sizeof buf,
+                "%.1f B/token at ctx %d (%.2fx vs f16; K %.3f b/elt, V %.3f b/elt)", amortized,
+                context, ratio_vs_f16(), k_bits_per_element, v_bits_per_element);
   return buf;
 }
 
@@ -32,7 +33,8 @@ size_t kv_f16_token_bytes(const AttentionShape& s) {
 size_t kv_key_mean_bytes(const KvConfig& config, const AttentionShape& s) {
   size_t layers = 0;
   for (int l = 0; l < s.n_layers; ++l)
-    layers += (config.centers_keys(l, s.n_layers) ? 1 : 0) + (config.scales_keys(l, s.n_layers) ? 1 : 0);
+    layers +=
+        (config.centers_keys(l, s.n_layers) ? 1 : 0) + (config.scales_keys(l, s.n_layers) ? 1 : 0);
   return layers * static_cast<size_t>(s.n_kv_heads) * static_cast<size_t>(s.head_dim) *
          sizeof(float);
 }
@@ -42,8 +44,8 @@ Expected<std::vector<size_t>> kv_block_bytes(const KvConfig& config, const Atten
   TQ_RETURN_IF_ERROR(config.validate_for(shape.n_layers, shape.head_dim));
   std::vector<size_t> bytes;
   bytes.reserve(static_cast<size_t>(shape.n_layers) * 2);
-  const size_t per_block = static_cast<size_t>(config.block_tokens) *
-                           static_cast<size_t>(shape.n_kv_heads);
+  const size_t per_block =
+      static_cast<size_t>(config.block_tokens) * static_cast<size_t>(shape.n_kv_heads);
   for (int l = 0; l < shape.n_layers; ++l) {
     const LayerFormats f = config.formats_for(l, shape.n_layers);
     bytes.push_back(per_block * f.k.bytes_per_vector(shape.head_dim));

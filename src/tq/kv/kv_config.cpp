@@ -103,8 +103,8 @@ std::string KvConfig::to_string() const {
     s += " boundary=" + std::to_string(boundary_layers) + ":" + boundary_format.name();
   s += " norm_correction=" + std::string(norm_correction ? "on" : "off") +
        " key_centering=" + std::string(key_centering ? "on" : "off") +
-       (key_scaling ? " key_scaling=on" : "") +
-       " block=" + std::to_string(block_tokens) + " seed=" + seed_hex;
+       (key_scaling ? " key_scaling=on" : "") + " block=" + std::to_string(block_tokens) +
+       " seed=" + seed_hex;
   return s;
 }
 
@@ -166,9 +166,10 @@ Status apply_kv_option(KvConfig& c, std::string_view name, std::string_view valu
     c.seed = s;
   } else {
     std::string known;
-    for (const KvOption& o : kOptions) known += (known.empty() ? "" : ", ") + std::string(o.long_name);
-    return invalid_argument("unknown KV cache option '" + std::string(name) + "' (known: " +
-                            known + ", -ctk, -ctv)");
+    for (const KvOption& o : kOptions)
+      known += (known.empty() ? "" : ", ") + std::string(o.long_name);
+    return invalid_argument("unknown KV cache option '" + std::string(name) + "' (known: " + known +
+                            ", -ctk, -ctv)");
   }
   return ok_status();
 }

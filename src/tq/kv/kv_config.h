@@ -76,7 +76,7 @@ std::span<const KvOption> kv_option_table();
 Status apply_kv_option(KvConfig& config, std::string_view name, std::string_view value);
 
 // Applies (flag, value) pairs in order onto `base`, then validates the result.
-Expected<KvConfig> parse_kv_options(
-    std::span<const std::pair<std::string, std::string>> options, const KvConfig& base = {});
+Expected<KvConfig> parse_kv_options(std::span<const std::pair<std::string, std::string>> options,
+                                    const KvConfig& base = {});
 
 }  // namespace tq::kv

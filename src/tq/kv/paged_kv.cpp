@@ -23,9 +23,9 @@ PagedKv::PagedKv(PagedKvCache* cache, int capacity)
   pending_.assign(nl, 0);
   compressed_.assign(nl, 0);
   sink_count_.assign(nl, 0);
-  sink_data_.assign(nl * 2 * static_cast<size_t>(shape_.n_kv_heads) *
-                        static_cast<size_t>(sinks_) * row_elems_,
-                    0);
+  sink_data_.assign(
+      nl * 2 * static_cast<size_t>(shape_.n_kv_heads) * static_cast<size_t>(sinks_) * row_elems_,
+      0);
   window_.resize(nl);
   scratch_.resize(row_elems_);
   centered_.assign(nl, 0);
@@ -85,8 +85,8 @@ const uint16_t* PagedKv::sink_row(int layer, int kv, int head, int row) const {
 }
 
 size_t PagedKv::window_offset(const Window& w, int kv, int head, int row) const {
-  const size_t plane = static_cast<size_t>(kv) * static_cast<size_t>(shape_.n_kv_heads) +
-                       static_cast<size_t>(head);
+  const size_t plane =
+      static_cast<size_t>(kv) * static_cast<size_t>(shape_.n_kv_heads) + static_cast<size_t>(head);
   return (plane * static_cast<size_t>(w.cap) + static_cast<size_t>(row)) * row_elems_;
 }
 
@@ -97,11 +97,13 @@ void PagedKv::window_reserve(Window& w, int extra) {
   std::vector<uint16_t> fresh(static_cast<size_t>(planes) * static_cast<size_t>(new_cap) *
                               row_elems_);
   for (int p = 0; p < planes; ++p) {
-    const uint16_t* src = w.data.data() +
-                          (static_cast<size_t>(p) * static_cast<size_t>(w.cap) +
-                           static_cast<size_t>(w.start)) * row_elems_;
-    uint16_t* dst = fresh.data() + static_cast<size_t>(p) * static_cast<size_t>(new_cap) * row_elems_;
-    if (w.count > 0) std::memcpy(dst, src, static_cast<size_t>(w.count) * row_elems_ * sizeof(uint16_t));
+    const uint16_t* src = w.data.data() + (static_cast<size_t>(p) * static_cast<size_t>(w.cap) +
+                                           static_cast<size_t>(w.start)) *
+                                              row_elems_;
+    uint16_t* dst =
+        fresh.data() + static_cast<size_t>(p) * static_cast<size_t>(new_cap) * row_elems_;
+    if (w.count > 0)
+      std::memcpy(dst, src, static_cast<size_t>(w.count) * row_elems_ * sizeof(uint16_t));
   }
   w.data = std::move(fresh);
   w.cap = new_cap;
@@ -114,8 +116,8 @@ void PagedKv::encode_token(int layer, bool value, int c, const float* x) {
   const size_t head_bytes = codec.block_bytes(bt_);
   uint8_t* block = cache_->block(pages_[static_cast<size_t>(c / bt_)], slab);
   for (int h = 0; h < shape_.n_kv_heads; ++h)
-    codec.encode(x + static_cast<size_t>(h) * row_elems_, block + static_cast<size_t>(h) * head_bytes,
-                 bt_, c % bt_);
+    codec.encode(x + static_cast<size_t>(h) * row_elems_,
+                 block + static_cast<size_t>(h) * head_bytes, bt_, c % bt_);
 }
 
 void PagedKv::set_key_mean(int layer, int n, const float* k) {
@@ -355,8 +357,8 @@ void PagedKv::register_full_pages() {
         means = std::make_shared<const KeyMeans>(std::move(m));
       }
     }
-    const auto slice = tok.subspan(static_cast<size_t>(sinks_ + registered_ * bt_),
-                                   static_cast<size_t>(bt_));
+    const auto slice =
+        tok.subspan(static_cast<size_t>(sinks_ + registered_ * bt_), static_cast<size_t>(bt_));
     const uint64_t h = prefix_block_hash(chain_, slice);
     cache_->index_page(h, chain_, registered_ == 0, slice, pages_[static_cast<size_t>(registered_)],
                        std::move(snapshot), std::move(means));
@@ -385,9 +387,11 @@ Expected<int> PagedKv::reuse_prefix(std::span<const int32_t> prompt) {
   const int found = static_cast<int>(pages_.size());
   if (found == 0) return 0;
   if (means) {
-    key_mean_.assign(means->begin(), means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()));
+    key_mean_.assign(means->begin(),
+                     means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()));
     if (means->size() == 2 * key_mean_.size())
-      key_scale_.assign(means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()), means->end());
+      key_scale_.assign(means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()),
+                        means->end());
     std::fill(mean_ready_.begin(), mean_ready_.end(), 1);
   }
   if (sinks_ > 0) {
@@ -430,7 +434,8 @@ Status PagedKv::read_stored(int layer, int pos, bool value, float* out) const {
     if (!value && centered_[l]) {
       const size_t o = static_cast<size_t>(h) * row_elems_;
       const float* mu = key_mean(layer) + o;
-      const float* s = key_scale_.data() + l * static_cast<size_t>(shape_.n_kv_heads) * row_elems_ + o;
+      const float* s =
+          key_scale_.data() + l * static_cast<size_t>(shape_.n_kv_heads) * row_elems_ + o;
       for (size_t e = 0; e < row_elems_; ++e) dst[e] = dst[e] * s[e] + mu[e];
     }
   }

@@ -95,19 +95,19 @@ class PagedKv final : public SequenceKv {
   AttentionShape shape_;
   int capacity_ = 0;
   int length_ = 0;
-  int sinks_ = 0;   // config.sinks
-  int window_cap_ = 0;  // config.window
-  int bt_ = 0;      // block tokens
-  size_t row_elems_ = 0;  // head_dim
-  std::vector<int> pending_;      // [layer] appended, not committed
-  std::vector<int> compressed_;   // [layer] tokens in pages
-  std::vector<int> sink_count_;   // [layer] sink rows stored
+  int sinks_ = 0;                    // config.sinks
+  int window_cap_ = 0;               // config.window
+  int bt_ = 0;                       // block tokens
+  size_t row_elems_ = 0;             // head_dim
+  std::vector<int> pending_;         // [layer] appended, not committed
+  std::vector<int> compressed_;      // [layer] tokens in pages
+  std::vector<int> sink_count_;      // [layer] sink rows stored
   std::vector<uint16_t> sink_data_;  // [layer][K, V][kv_head][sinks][head_dim]
-  std::vector<Window> window_;    // [layer]
-  std::vector<int> pages_;        // the block table, shared by all layers
-  std::vector<int32_t> tokens_;   // ids of positions 0 .. tokens_.size()-1 (may be empty)
-  int registered_ = 0;            // leading pages already offered to the prefix cache
-  uint64_t chain_ = 0;            // chain hash of page registered_-1 (or the root)
+  std::vector<Window> window_;       // [layer]
+  std::vector<int> pages_;           // the block table, shared by all layers
+  std::vector<int32_t> tokens_;      // ids of positions 0 .. tokens_.size()-1 (may be empty)
+  int registered_ = 0;               // leading pages already offered to the prefix cache
+  uint64_t chain_ = 0;               // chain hash of page registered_-1 (or the root)
   std::vector<uint8_t> centered_;    // [layer] stores k - mu
   std::vector<uint8_t> mean_ready_;  // [layer] mu fixed
   std::vector<float> key_mean_;      // [layer][kv_head][head_dim]
@@ -116,7 +116,7 @@ class PagedKv final : public SequenceKv {
   std::vector<float> scaled_q_;      // [n][n_heads][head_dim] queries of one attend, times s
   size_t key_mean_bytes_ = 0;        // of the centered layers (counted in exact_bytes)
   std::vector<float> centered_k_;    // [n][kv_head][head_dim] keys of one append, centered
-  std::vector<float> scratch_;    // [head_dim] f16 row decoded for re-encoding
+  std::vector<float> scratch_;       // [head_dim] f16 row decoded for re-encoding
 };
 
 }  // namespace tq::kv

@@ -12,16 +12,15 @@ namespace tq::kv {
 
 std::string KvPoolStats::to_string() const {
   char buf[400];
-  std::snprintf(buf, sizeof buf,
-                "pages %d used + %d cached + %d free of %d (%zu B each, %d tokens); "
-                "used %.2f MiB, exact %.2f MiB; %d sequences, %lld tokens; "
-                "formats %.2fx, effective %.2fx vs f16; prefix hits %lld/%lld tokens",
-                pages_used, pages_cached, pages_free, pages_total, page_bytes, block_tokens,
-                static_cast<double>(used_bytes) / (1 << 20),
-                static_cast<double>(exact_bytes) / (1 << 20), sequences,
-                static_cast<long long>(tokens), formats_ratio_vs_f16, effective_ratio_vs_f16,
-                static_cast<long long>(prefix_hit_tokens),
-                static_cast<long long>(prefix_lookup_tokens));
+  std::snprintf(
+      buf, sizeof buf,
+      "pages %d used + %d cached + %d free of %d (%zu B each, %d tokens); "
+      "used %.2f MiB, exact %.2f MiB; %d sequences, %lld tokens; "
+      "formats %.2fx, effective %.2fx vs f16; prefix hits %lld/%lld tokens",
+      pages_used, pages_cached, pages_free, pages_total, page_bytes, block_tokens,
+      static_cast<double>(used_bytes) / (1 << 20), static_cast<double>(exact_bytes) / (1 << 20),
+      sequences, static_cast<long long>(tokens), formats_ratio_vs_f16, effective_ratio_vs_f16,
+      static_cast<long long>(prefix_hit_tokens), static_cast<long long>(prefix_lookup_tokens));
   return buf;
 }
 
@@ -44,7 +43,8 @@ Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(const PagedKvCacheO
       const size_t slab = c->codecs_.size();
       if (codec->block_bytes(o.config.block_tokens) * static_cast<size_t>(sh.n_kv_heads) !=
           block_bytes[slab])
-        return internal_error("codec " + fmt.name() + " block size disagrees with the format's "
+        return internal_error("codec " + fmt.name() +
+                              " block size disagrees with the format's "
                               "bytes per vector");
       c->codecs_.push_back(std::move(codec));
     }
@@ -56,14 +56,15 @@ Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(const PagedKvCacheO
   TQ_ASSIGN_OR_RETURN(c->pool_, BlockPool::create(std::move(block_bytes), o.pool_bytes));
 
   // Everything that changes what a page holds goes into the prefix chain's root.
-  uint64_t fp = derive_seed(static_cast<uint64_t>(sh.n_layers), static_cast<uint64_t>(sh.n_kv_heads),
-                            static_cast<uint64_t>(sh.head_dim));
+  uint64_t fp =
+      derive_seed(static_cast<uint64_t>(sh.n_layers), static_cast<uint64_t>(sh.n_kv_heads),
+                  static_cast<uint64_t>(sh.head_dim));
   for (char ch : o.config.to_string()) fp = derive_seed(fp, static_cast<uint8_t>(ch));
   c->fingerprint_ = fp;
   for (int l = 0; l < sh.n_layers; ++l)
     c->needs_key_means_ = c->needs_key_means_ || o.config.centers_keys(l, sh.n_layers);
-  TQ_LOG(kDebug, "KV pool: %d pages of %zu bytes (%s)", c->pool_->n_pages(),
-         c->pool_->page_bytes(), o.config.to_string().c_str());
+  TQ_LOG(kDebug, "KV pool: %d pages of %zu bytes (%s)", c->pool_->n_pages(), c->pool_->page_bytes(),
+         o.config.to_string().c_str());
   return c;
 }
 
@@ -113,8 +114,8 @@ void PagedKvCache::index_page(uint64_t hash, uint64_t parent, bool root,
   if (root && sinks) prefix_.put_sinks(parent, std::move(sinks));
 }
 
-uint64_t PagedKvCache::acquire_prefix(uint64_t root, std::span<const int32_t> tokens,
-                                      int max_pages, std::vector<int>& pages,
+uint64_t PagedKvCache::acquire_prefix(uint64_t root, std::span<const int32_t> tokens, int max_pages,
+                                      std::vector<int>& pages,
                                       std::shared_ptr<const SinkSnapshot>& sinks,
                                       std::shared_ptr<const KeyMeans>& key_means) {
   const size_t bt = static_cast<size_t>(block_tokens());

@@ -52,9 +52,9 @@ struct KvPoolStats {
   int block_tokens = 0;
   size_t page_bytes = 0;
   size_t arena_bytes = 0;
-  size_t used_bytes = 0;    // pages_used * page_bytes
-  size_t cached_bytes = 0;  // pages_cached * page_bytes
-  size_t exact_bytes = 0;   // f16 windows and sinks of live sequences
+  size_t used_bytes = 0;         // pages_used * page_bytes
+  size_t cached_bytes = 0;       // pages_cached * page_bytes
+  size_t exact_bytes = 0;        // f16 windows and sinks of live sequences
   size_t prefix_sink_bytes = 0;  // f16 sink snapshots kept by the prefix cache
   std::vector<KvFormatBytes> per_format;
   int sequences = 0;

@@ -32,15 +32,14 @@ int PrefixCache::find(uint64_t hash, uint64_t parent, std::span<const int32_t> t
   const auto it = by_hash_.find(hash);
   if (it == by_hash_.end()) return kNoPage;
   const Entry& e = it->second;
-  if (e.parent != parent || !std::equal(e.tokens.begin(), e.tokens.end(), tokens.begin(),
-                                        tokens.end()))
+  if (e.parent != parent ||
+      !std::equal(e.tokens.begin(), e.tokens.end(), tokens.begin(), tokens.end()))
     return kNoPage;
   return e.page;
 }
 
-bool PrefixCache::insert(uint64_t hash, uint64_t parent, bool root,
-                         std::span<const int32_t> tokens, int page,
-                         std::shared_ptr<const KeyMeans> key_means) {
+bool PrefixCache::insert(uint64_t hash, uint64_t parent, bool root, std::span<const int32_t> tokens,
+                         int page, std::shared_ptr<const KeyMeans> key_means) {
   if (by_hash_.count(hash) != 0 || by_page_.count(page) != 0) return false;
   Entry e;
   e.page = page;

@@ -37,8 +37,8 @@ class PrefixCache {
   int find(uint64_t hash, uint64_t parent, std::span<const int32_t> tokens) const;
   // Indexes `page` under `hash`; false (and nothing changes) if the hash is already taken or
   // the page is already indexed. `root` says the parent is a root hash.
-  bool insert(uint64_t hash, uint64_t parent, bool root, std::span<const int32_t> tokens,
-              int page, std::shared_ptr<const KeyMeans> key_means = nullptr);
+  bool insert(uint64_t hash, uint64_t parent, bool root, std::span<const int32_t> tokens, int page,
+              std::shared_ptr<const KeyMeans> key_means = nullptr);
   // The key means a first page was indexed with (nullptr if none or not indexed).
   std::shared_ptr<const KeyMeans> key_means(int page) const;
   // Forgets the entry of `page` (eviction); no-op if it has none.

@@ -64,7 +64,7 @@ struct ForwardArgs {
   ThreadPool* pool = nullptr;
   ForwardScratch* scratch = nullptr;
   LogitsMode logits_mode = LogitsMode::kLast;
-  float* logits = nullptr;          // see LogitsMode; may be null for kNone
+  float* logits = nullptr;  // see LogitsMode; may be null for kNone
 };
 
 // One sequence of a batched forward pass: its new tokens, its cache and where its logits go.
@@ -73,7 +73,7 @@ struct BatchSequence {
   int n = 0;                        // tokens, at positions kv->length() .. +n-1
   kv::SequenceKv* kv = nullptr;     // appended and committed by the pass; one item per cache
   LogitsMode logits_mode = LogitsMode::kLast;
-  float* logits = nullptr;          // see LogitsMode; may be null for kNone
+  float* logits = nullptr;  // see LogitsMode; may be null for kNone
 };
 
 class Model {

@@ -89,12 +89,18 @@ Vocab make_vocab(int vocab_size, uint64_t seed) {
 
 uint32_t file_type_of(quant::GgmlType t) {
   switch (t) {
-    case quant::GgmlType::kF32: return 0;
-    case quant::GgmlType::kF16: return 1;
-    case quant::GgmlType::kQ4_0: return 2;
-    case quant::GgmlType::kQ4_1: return 3;
-    case quant::GgmlType::kQ8_0: return 7;
-    default: return 0;
+    case quant::GgmlType::kF32:
+      return 0;
+    case quant::GgmlType::kF16:
+      return 1;
+    case quant::GgmlType::kQ4_0:
+      return 2;
+    case quant::GgmlType::kQ4_1:
+      return 3;
+    case quant::GgmlType::kQ8_0:
+      return 7;
+    default:
+      return 0;
   }
 }
 
@@ -128,9 +134,9 @@ class TensorMaker {
       const Job& j = jobs_[i];
       TQ_RETURN_IF_ERROR(status[i]);
       if (j.is_matrix) {
-        TQ_RETURN_IF_ERROR(out_.add_tensor(
-            j.name, {static_cast<uint64_t>(j.cols), static_cast<uint64_t>(j.rows)}, j.type,
-            std::move(data[i])));
+        TQ_RETURN_IF_ERROR(
+            out_.add_tensor(j.name, {static_cast<uint64_t>(j.cols), static_cast<uint64_t>(j.rows)},
+                            j.type, std::move(data[i])));
         continue;
       }
       Rng rng(derive_seed(spec_.seed, j.index));

@@ -22,7 +22,8 @@ Status SamplerConfig::validate() const {
     return invalid_argument("sampler: temperature must be finite and >= 0");
   if (top_k < 0) return invalid_argument("sampler: top_k must be >= 0 (0 = off)");
   if (!(top_p > 0.0f && top_p <= 1.0f)) return invalid_argument("sampler: top_p must be in (0, 1]");
-  if (!(min_p >= 0.0f && min_p <= 1.0f)) return invalid_argument("sampler: min_p must be in [0, 1]");
+  if (!(min_p >= 0.0f && min_p <= 1.0f))
+    return invalid_argument("sampler: min_p must be in [0, 1]");
   if (!(repeat_penalty > 0.0f) || !std::isfinite(repeat_penalty))
     return invalid_argument("sampler: repeat_penalty must be positive (1 = off)");
   if (repeat_last_n < 0) return invalid_argument("sampler: repeat_last_n must be >= 0");
@@ -93,8 +94,7 @@ void Sampler::sort_kept(size_t k) {
 void Sampler::apply_top_k() {
   const size_t k = static_cast<size_t>(cfg_.top_k);
   if (k == 0 || k >= n_kept_) return;
-  std::nth_element(cands_.begin(), cands_.begin() + k - 1, cands_.begin() + n_kept_,
-                   by_logit_desc);
+  std::nth_element(cands_.begin(), cands_.begin() + k - 1, cands_.begin() + n_kept_, by_logit_desc);
   n_kept_ = k;
   n_sorted_ = 0;
   sort_kept(k);

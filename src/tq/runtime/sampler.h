@@ -15,12 +15,12 @@
 namespace tq::runtime {
 
 struct SamplerConfig {
-  float temperature = 0.8f;      // <= 0: greedy (argmax after penalties)
-  int top_k = 40;                // 0: off
-  float top_p = 0.95f;           // 1: off
-  float min_p = 0.05f;           // 0: off; keep p >= min_p * p_max
-  float repeat_penalty = 1.0f;   // 1: off; logit > 0 divided by it, logit <= 0 multiplied
-  int repeat_last_n = 64;        // tokens of history the penalties look at
+  float temperature = 0.8f;        // <= 0: greedy (argmax after penalties)
+  int top_k = 40;                  // 0: off
+  float top_p = 0.95f;             // 1: off
+  float min_p = 0.05f;             // 0: off; keep p >= min_p * p_max
+  float repeat_penalty = 1.0f;     // 1: off; logit > 0 divided by it, logit <= 0 multiplied
+  int repeat_last_n = 64;          // tokens of history the penalties look at
   float presence_penalty = 0.0f;   // subtracted once from every token in the window
   float frequency_penalty = 0.0f;  // subtracted per occurrence in the window
   uint64_t seed = 42;
@@ -69,7 +69,7 @@ class Sampler {
   size_t n_sorted_ = 0;           // the first n_sorted_ are sorted by logit, descending
   std::vector<int32_t> history_;  // ring buffer of the last repeat_last_n tokens
   size_t history_next_ = 0;
-  std::vector<int32_t> counts_;   // [n_vocab] scratch for penalty counts, all zero between calls
+  std::vector<int32_t> counts_;  // [n_vocab] scratch for penalty counts, all zero between calls
 };
 
 }  // namespace tq::runtime

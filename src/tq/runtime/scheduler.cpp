@@ -65,8 +65,8 @@ Status SchedulerOptions::validate() const {
 std::string SchedulerOptions::to_string() const {
   char buf[200];
   std::snprintf(buf, sizeof buf,
-                "max_sessions=%d queue=%d context=%d prefill_chunk=%d step_tokens=%d",
-                max_sessions, max_queue, context, prefill_chunk, step_tokens);
+                "max_sessions=%d queue=%d context=%d prefill_chunk=%d step_tokens=%d", max_sessions,
+                max_queue, context, prefill_chunk, step_tokens);
   return buf;
 }
 
@@ -118,8 +118,8 @@ Expected<std::shared_ptr<RequestChannel>> Scheduler::submit(GenerationRequest re
   TQ_RETURN_IF_ERROR(request.validate());
   const int n = static_cast<int>(request.prompt.size());
   if (n + 1 > options_.context)
-    return invalid_argument("the prompt has " + std::to_string(n) +
-                            " tokens but the context is " + std::to_string(options_.context) +
+    return invalid_argument("the prompt has " + std::to_string(n) + " tokens but the context is " +
+                            std::to_string(options_.context) +
                             " tokens (one more is needed to generate)");
   for (int32_t id : request.prompt)
     if (id < 0 || id >= vocab_)
@@ -136,8 +136,8 @@ Expected<std::shared_ptr<RequestChannel>> Scheduler::submit(GenerationRequest re
     const int slots = std::max(0, options_.max_sessions - running_.load());
     if (static_cast<int>(queue_.size()) >= options_.max_queue + slots) {
       rejected_.fetch_add(1);
-      return resource_exhausted("the request queue is full (" +
-                                std::to_string(options_.max_queue) + " waiting)");
+      return resource_exhausted("the request queue is full (" + std::to_string(options_.max_queue) +
+                                " waiting)");
     }
     queue_.push_back(Pending{std::move(request), channel});
     queued_.store(static_cast<int>(queue_.size()));
@@ -331,7 +331,7 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& error)
   e.prompt_tokens = a.prompt_len();
   e.cached_tokens = a.cached;
   e.completion_tokens = a.generated;
-  a.kv.reset();  // pages back to the pool (full prompt pages stay in the prefix cache)
+  a.kv.reset();        // pages back to the pool (full prompt pages stay in the prefix cache)
   count_done(reason);  // first: a client that sees the event also sees the count
   a.channel->push(std::move(e));
 }
@@ -398,7 +398,8 @@ bool Scheduler::prefix_in_flight(const std::vector<int32_t>& prompt) const {
     const auto& other = a->request.prompt;
     const size_t n = std::min(other.size(), prompt.size());
     int lcp = 0;
-    while (static_cast<size_t>(lcp) < n && other[static_cast<size_t>(lcp)] == prompt[static_cast<size_t>(lcp)])
+    while (static_cast<size_t>(lcp) < n &&
+           other[static_cast<size_t>(lcp)] == prompt[static_cast<size_t>(lcp)])
       ++lcp;
     const int shareable = (std::min(lcp, usable) - c.sinks) / c.block_tokens;
     const int ready = a->kv->compressed_tokens(0) / c.block_tokens;
@@ -411,8 +412,7 @@ bool Scheduler::try_admit(Pending& p) {
   auto seq = cache_.new_sequence(options_.context);
   auto sampler = Sampler::create(p.request.sampler);
   if (!seq.ok() || !sampler.ok()) {
-    end_pending(p, FinishReason::kError,
-                (seq.ok() ? sampler.status() : seq.status()).to_string());
+    end_pending(p, FinishReason::kError, (seq.ok() ? sampler.status() : seq.status()).to_string());
     return true;  // consumed
   }
   auto a = std::make_unique<Active>(std::move(p), std::move(seq).value(),

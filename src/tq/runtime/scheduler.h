@@ -35,11 +35,11 @@
 namespace tq::runtime {
 
 struct SchedulerOptions {
-  int max_sessions = 8;    // sequences in the running batch at most
-  int max_queue = 64;      // requests waiting for a slot or for KV pages; more are refused
-  int context = 2048;      // tokens per sequence, prompt and generation together
+  int max_sessions = 8;     // sequences in the running batch at most
+  int max_queue = 64;       // requests waiting for a slot or for KV pages; more are refused
+  int context = 2048;       // tokens per sequence, prompt and generation together
   int prefill_chunk = 128;  // prompt tokens of one sequence per step at most
-  int step_tokens = 256;   // tokens through the model per step at most (>= max_sessions)
+  int step_tokens = 256;    // tokens through the model per step at most (>= max_sessions)
 
   Status validate() const;
   std::string to_string() const;
@@ -49,12 +49,12 @@ struct SchedulerStats {
   int queued = 0;
   int running = 0;
   int64_t steps = 0;
-  int64_t step_tokens = 0;          // tokens run through the model, all steps
-  int64_t prompt_tokens = 0;        // prompt tokens of finished and running requests
+  int64_t step_tokens = 0;           // tokens run through the model, all steps
+  int64_t prompt_tokens = 0;         // prompt tokens of finished and running requests
   int64_t prompt_cached_tokens = 0;  // of those, taken from the prefix cache
   int64_t generated_tokens = 0;
-  int64_t finished[4] = {};         // by FinishReason
-  int64_t rejected = 0;             // submit() refused: queue full or shutting down
+  int64_t finished[4] = {};  // by FinishReason
+  int64_t rejected = 0;      // submit() refused: queue full or shutting down
   // KV pages the running sequences may still allocate (their reservations not yet used).
   int64_t reserved_pages = 0;
 };
@@ -66,13 +66,13 @@ struct SchedulerCapacity {
   int running = 0;
   int queued = 0;
   int pages_total = 0;
-  int pages_used = 0;      // held by sequences
-  int pages_reserved = 0;  // still to be allocated by running sequences
+  int pages_used = 0;         // held by sequences
+  int pages_reserved = 0;     // still to be allocated by running sequences
   int pages_per_session = 0;  // a full-context sequence (sinks and window in f16 aside)
   size_t page_bytes = 0;
   size_t exact_bytes_per_session = 0;  // f16 sinks + window rows of a full-context sequence
-  int sessions_fit_now = 0;    // min(free slots, unreserved pages / pages_per_session)
-  int sessions_fit_empty = 0;  // the same with no session running
+  int sessions_fit_now = 0;            // min(free slots, unreserved pages / pages_per_session)
+  int sessions_fit_empty = 0;          // the same with no session running
 };
 
 class Scheduler {
@@ -89,9 +89,8 @@ class Scheduler {
   // Queues a request; events arrive on the returned channel. InvalidArgument for a request
   // that can never run (bad ids, prompt + 1 over the context, more KV pages than the pool
   // has); ResourceExhausted when the queue is full or the scheduler is draining.
-  Expected<std::shared_ptr<RequestChannel>> submit(GenerationRequest request,
-                                                   SteadyClock::time_point arrival =
-                                                       SteadyClock::now());
+  Expected<std::shared_ptr<RequestChannel>> submit(
+      GenerationRequest request, SteadyClock::time_point arrival = SteadyClock::now());
 
   // Refuses new requests, waits up to `timeout` for those in flight to finish, then cancels
   // the rest and waits for the engine to drop them. Returns the number cancelled.
@@ -139,11 +138,11 @@ class Scheduler {
   const int vocab_;
 
   mutable std::mutex mu_;
-  std::condition_variable work_cv_;   // engine: a request arrived or stop
-  std::condition_variable idle_cv_;   // drain: queue and batch emptied
-  std::deque<Pending> queue_;         // guarded by mu_
-  bool stop_ = false;                 // guarded by mu_
-  int in_flight_ = 0;                 // guarded by mu_: submitted, final event not yet pushed
+  std::condition_variable work_cv_;  // engine: a request arrived or stop
+  std::condition_variable idle_cv_;  // drain: queue and batch emptied
+  std::deque<Pending> queue_;        // guarded by mu_
+  bool stop_ = false;                // guarded by mu_
+  int in_flight_ = 0;                // guarded by mu_: submitted, final event not yet pushed
   std::atomic<bool> draining_{false};
   std::atomic<bool> cancel_all_{false};
 
@@ -151,7 +150,7 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> active_;
   model::ForwardScratch scratch_;
   std::vector<model::BatchSequence> batch_;  // one step's sequences (reused)
-  std::vector<float> logits_;  // [rows][vocab]
+  std::vector<float> logits_;                // [rows][vocab]
 
   // Published by the engine for stats() and capacity().
   std::atomic<int> running_{0};

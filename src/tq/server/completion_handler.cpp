@@ -40,8 +40,10 @@ class LatencyRecorder {
       return;
     }
     if (e.token < 0) return;  // a flush of held-back text, not a token
-    if (!have_first_) m_.observe_ttft(seconds(e.time - arrival_));
-    else m_.observe_inter_token(seconds(e.time - last_));
+    if (!have_first_)
+      m_.observe_ttft(seconds(e.time - arrival_));
+    else
+      m_.observe_inter_token(seconds(e.time - last_));
     have_first_ = true;
     last_ = e.time;
   }
@@ -98,8 +100,8 @@ struct StreamState {
       }
       finished = true;
       if (e.finish == FinishReason::kStop || e.finish == FinishReason::kLength) {
-        out += sse_data(dump_json(stream_chunk(meta, "", false, nullptr,
-                                               api_finish_reason(e.finish), include_usage)));
+        out += sse_data(dump_json(
+            stream_chunk(meta, "", false, nullptr, api_finish_reason(e.finish), include_usage)));
         if (include_usage) out += sse_data(dump_json(usage_chunk(meta, usage_of(e))));
       } else {
         out += sse_data(dump_json(done_error(e).to_json()));
@@ -269,26 +271,28 @@ void CompletionHandler::handle(const httplib::Request& req, httplib::Response& r
   const int n_prompt = static_cast<int>(prompt->size());
   if (n_prompt + 1 > engine_.context())
     return send_error(
-        res, bad_request("This model's maximum context length is " +
-                             std::to_string(engine_.context()) + " tokens. However, your " +
-                             (chat ? "messages" : "prompt") + " resulted in " +
-                             std::to_string(n_prompt) +
-                             " tokens, leaving no room for the completion. Please reduce the "
-                             "length of the " + (chat ? "messages." : "prompt."),
-                         chat ? "messages" : "prompt", "context_length_exceeded"));
+        res,
+        bad_request("This model's maximum context length is " + std::to_string(engine_.context()) +
+                        " tokens. However, your " + (chat ? "messages" : "prompt") +
+                        " resulted in " + std::to_string(n_prompt) +
+                        " tokens, leaving no room for the completion. Please reduce the "
+                        "length of the " +
+                        (chat ? "messages." : "prompt."),
+                    chat ? "messages" : "prompt", "context_length_exceeded"));
 
   std::random_device rd;
   const uint64_t seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  auto channel = engine_.scheduler().submit(
-      engine_.make_request(p, std::move(prompt).value(), seed), arrival);
+  auto channel =
+      engine_.scheduler().submit(engine_.make_request(p, std::move(prompt).value(), seed), arrival);
   if (!channel.ok()) {
     const Status& st = channel.status();
     if (st.code() == StatusCode::kResourceExhausted)
-      return send_error(res, server_error(503, "The server is overloaded: " + st.message() +
-                                                   ". Retry after a moment.",
-                                          "server_overloaded"));
-    return send_error(res, bad_request(st.message(), chat ? "messages" : "prompt",
-                                       "invalid_value"));
+      return send_error(
+          res,
+          server_error(503, "The server is overloaded: " + st.message() + ". Retry after a moment.",
+                       "server_overloaded"));
+    return send_error(res,
+                      bad_request(st.message(), chat ? "messages" : "prompt", "invalid_value"));
   }
 
   ResponseMeta meta;

@@ -85,23 +85,23 @@ struct CudaModel::Impl {
   std::vector<uint8_t> mean_ready;  // [max_sequences][n_layers]: mu computed (key centering)
 
   // Activations of one pass of up to max_batch tokens.
-  DeviceMem tokens;       // int32 [B]
-  DeviceMem x;            // f32 [B][dim] residual stream
-  DeviceMem xn;           // f16 [B][max(dim, q_dim)] normalised rows / attention output
-  DeviceMem qkv;          // f32 [B][q_dim + 2 kv_dim]
-  DeviceMem q, k, v;      // f32 [B][q_dim], [B][kv_dim] x2
-  DeviceMem att;          // f32 [B][q_dim]
-  DeviceMem gu;           // f32 [B][2 ffn]
-  DeviceMem h;            // f16 [B][ffn]
-  DeviceMem logits;       // f32 [B][vocab]
-  DeviceMem cs;           // float2 [B][rope_dims/2]
-  DeviceMem slots;        // int32 [B]
-  DeviceMem seq_lengths;  // int32 [B]
-  DeviceMem step_tables;  // int32 [B][pages_per_seq]
-  DeviceMem row_seqs;     // int32 [B]: slot of each row (batched decode)
-  DeviceMem row_pos;      // int32 [B]: position of each row (batched decode)
+  DeviceMem tokens;                // int32 [B]
+  DeviceMem x;                     // f32 [B][dim] residual stream
+  DeviceMem xn;                    // f16 [B][max(dim, q_dim)] normalised rows / attention output
+  DeviceMem qkv;                   // f32 [B][q_dim + 2 kv_dim]
+  DeviceMem q, k, v;               // f32 [B][q_dim], [B][kv_dim] x2
+  DeviceMem att;                   // f32 [B][q_dim]
+  DeviceMem gu;                    // f32 [B][2 ffn]
+  DeviceMem h;                     // f16 [B][ffn]
+  DeviceMem logits;                // f32 [B][vocab]
+  DeviceMem cs;                    // float2 [B][rope_dims/2]
+  DeviceMem slots;                 // int32 [B]
+  DeviceMem seq_lengths;           // int32 [B]
+  DeviceMem step_tables;           // int32 [B][pages_per_seq]
+  DeviceMem row_seqs;              // int32 [B]: slot of each row (batched decode)
+  DeviceMem row_pos;               // int32 [B]: position of each row (batched decode)
   std::vector<int32_t> host_rows;  // [2][B] staging of row_seqs | row_pos
-  DeviceMem attn_ws;      // decode attention workspace, grown on demand
+  DeviceMem attn_ws;               // decode attention workspace, grown on demand
 
   struct CachedPlan {
     kv::LayerFormats formats;
