@@ -225,6 +225,42 @@ TEST(PagedKv, WindowCoveringEverythingEqualsF16Cache) {
   EXPECT_TRUE((*a)->pages().empty());
 }
 
+// Worst relative L2 error, over the chunks, of the sequence's attention outputs against exact
+// float64 attention over the original K/V.
+double worst_rel_err_vs_exact(PagedKv& seq, const KvData& d, std::vector<int> chunks) {
+  const AttentionShape& s = d.shape;
+  ThreadPool pool(1);
+  double worst = 0;
+  run_chunks(seq, d, std::move(chunks), pool, [&](int l, int p0, int n, const float* out) {
+    const size_t count = static_cast<size_t>(n) * s.n_heads * static_cast<size_t>(s.head_dim);
+    std::vector<double> ref(count);
+    exact_attention_original(d, l, p0, n, ref.data());
+    worst = std::max(worst, rel_l2(out, ref.data(), count));
+  });
+  return worst;
+}
+
+// Relative L2 error over all queries of a fresh sequence in a cache of config c (chunks
+// 64/1/33/7) against exact float64 attention over the original K/V.
+double total_rel_err_vs_exact(const KvData& d, const KvConfig& c) {
+  const AttentionShape& s = d.shape;
+  auto cache = make_cache(s, c);
+  auto seq = cache->new_sequence(256);
+  EXPECT_TRUE(seq.ok());
+  ThreadPool pool(1);
+  double err2 = 0, ref2 = 0;
+  run_chunks(**seq, d, {64, 1, 33, 7}, pool, [&](int l, int p0, int n, const float* out) {
+    const size_t count = static_cast<size_t>(n) * s.n_heads * static_cast<size_t>(s.head_dim);
+    std::vector<double> ref(count);
+    exact_attention_original(d, l, p0, n, ref.data());
+    for (size_t e = 0; e < count; ++e) {
+      err2 += (out[e] - ref[e]) * (out[e] - ref[e]);
+      ref2 += ref[e] * ref[e];
+    }
+  });
+  return std::sqrt(err2 / ref2);
+}
+
 // Key centering stores k - mu (mu: the first page's mean key); softmax ignores q.mu, so with
 // every row in the f16 window the output equals the f16 cache's up to f16 rounding, and read_stored
 // gives the original keys back.
@@ -237,16 +273,8 @@ TEST(PagedKv, KeyCenteringLeavesAttentionUnchanged) {
   auto centered = make_cache(s, c);
   auto seq = centered->new_sequence(64);
   ASSERT_TRUE(seq.ok());
-  ThreadPool pool(1);
-  double worst = 0;
+  EXPECT_LT(worst_rel_err_vs_exact(**seq, d, {13, 1}), kF16VsDenseTol);
   const size_t hd = static_cast<size_t>(s.head_dim);
-  run_chunks(**seq, d, {13, 1}, pool, [&](int l, int p0, int n, const float* out) {
-    const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
-    std::vector<double> ref(count);
-    exact_attention_original(d, l, p0, n, ref.data());
-    worst = std::max(worst, rel_l2(out, ref.data(), count));
-  });
-  EXPECT_LT(worst, kF16VsDenseTol);
   std::vector<float> row(static_cast<size_t>(s.n_kv_heads) * hd);
   const float* mu = (*seq)->key_mean(1);
   double key_err = 0;  // f16 rounding of k - mu: at most 2^-11 |k - mu|
@@ -281,21 +309,7 @@ TEST(PagedKv, KeyCenteringLowersErrorOnOffsetKeys) {
   const auto rel_err = [&](const KvData& d, const char* f, bool center) {
     KvConfig c = config_kv(f, "f16");
     c.key_centering = center;
-    auto cache = make_cache(s, c);
-    auto seq = cache->new_sequence(256);
-    EXPECT_TRUE(seq.ok());
-    ThreadPool pool(1);
-    double err2 = 0, ref2 = 0;
-    run_chunks(**seq, d, {64, 1, 33, 7}, pool, [&](int l, int p0, int n, const float* out) {
-      const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
-      std::vector<double> ref(count);
-      exact_attention_original(d, l, p0, n, ref.data());
-      for (size_t e = 0; e < count; ++e) {
-        err2 += (out[e] - ref[e]) * (out[e] - ref[e]);
-        ref2 += ref[e] * ref[e];
-      }
-    });
-    return std::sqrt(err2 / ref2);
+    return total_rel_err_vs_exact(d, c);
   };
   for (const char* f : {"q4_0", "tq3", "tq4"}) {
     const double plain = rel_err(shifted, f, false);
@@ -321,16 +335,8 @@ TEST(PagedKv, KeyScalingLeavesAttentionUnchanged) {
   auto cache = make_cache(s, c);
   auto seq = cache->new_sequence(64);
   ASSERT_TRUE(seq.ok());
-  ThreadPool pool(1);
-  double worst = 0;
+  EXPECT_LT(worst_rel_err_vs_exact(**seq, d, {13, 1}), kF16VsDenseTol);
   const size_t hd = static_cast<size_t>(s.head_dim);
-  run_chunks(**seq, d, {13, 1}, pool, [&](int l, int p0, int n, const float* out) {
-    const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
-    std::vector<double> ref(count);
-    exact_attention_original(d, l, p0, n, ref.data());
-    worst = std::max(worst, rel_l2(out, ref.data(), count));
-  });
-  EXPECT_LT(worst, kF16VsDenseTol);
   std::vector<float> row(static_cast<size_t>(s.n_kv_heads) * hd);
   double key_err = 0;
   for (int p = 0; p < d.tokens; ++p) {
@@ -348,27 +354,12 @@ TEST(PagedKv, KeyScalingLeavesAttentionUnchanged) {
 TEST(PagedKv, KeyScalingLowersErrorOnAnisotropicKeys) {
   const AttentionShape s = small_shape();
   const KvData d = make_kv_data(s, 203, 79);
-  const size_t hd = static_cast<size_t>(s.head_dim);
   for (const char* f : {"tq3", "tq4"}) {
     double rel[2] = {0, 0};
     for (int scale = 0; scale < 2; ++scale) {
       KvConfig c = config_kv(f, "f16");
       c.key_scaling = scale == 1;
-      auto cache = make_cache(s, c);
-      auto seq = cache->new_sequence(256);
-      ASSERT_TRUE(seq.ok());
-      ThreadPool pool(1);
-      double err2 = 0, ref2 = 0;
-      run_chunks(**seq, d, {64, 1, 33, 7}, pool, [&](int l, int p0, int n, const float* out) {
-        const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
-        std::vector<double> ref(count);
-        exact_attention_original(d, l, p0, n, ref.data());
-        for (size_t e = 0; e < count; ++e) {
-          err2 += (out[e] - ref[e]) * (out[e] - ref[e]);
-          ref2 += ref[e] * ref[e];
-        }
-      });
-      rel[scale] = std::sqrt(err2 / ref2);
+      rel[scale] = total_rel_err_vs_exact(d, c);
     }
     std::printf("[ %s keys ] rel err vs exact: %.4f centered, %.4f centered and scaled\n", f,
                 rel[0], rel[1]);
