@@ -105,6 +105,17 @@ SchedulerOptions small_options() {
   return o;
 }
 
+// For tests that act on a request while it runs: a context long enough that its ~1000 decode
+// steps outlast any wall-clock gap in the test, however fast the machine (batched steps of the
+// tiny model take microseconds).
+constexpr int kLongContext = 1024;
+constexpr int kLongTokens = 1000;
+SchedulerOptions long_options() {
+  SchedulerOptions o = small_options();
+  o.context = kLongContext;
+  return o;
+}
+
 // Waits until `pred` holds, up to 10 s.
 template <typename Pred>
 bool eventually(Pred pred) {
@@ -234,10 +245,10 @@ TEST(Scheduler, SimultaneousSharedPrefixIsComputedOnce) {
 TEST(Scheduler, CancelFreesPages) {
   auto m = tiny_model();
   ThreadPool pool(2);
-  auto cache = make_cache(*m, 64);
-  auto sched = Scheduler::create(*m, *cache, pool, small_options());
+  auto cache = make_cache(*m, 128);
+  auto sched = Scheduler::create(*m, *cache, pool, long_options());
   ASSERT_TRUE(sched.ok());
-  auto ch = (*sched)->submit(greedy_request(prompt_of(50, 3), 70));
+  auto ch = (*sched)->submit(greedy_request(prompt_of(50, 3), kLongTokens));
   ASSERT_TRUE(ch.ok());
   std::vector<StreamEvent> ev;
   while (ev.empty()) (*ch)->pop_all(ev, 50ms);  // it is running
@@ -245,7 +256,7 @@ TEST(Scheduler, CancelFreesPages) {
   (*ch)->cancel();
   const Result r = collect(**ch);
   EXPECT_EQ(r.done.finish, FinishReason::kCancelled);
-  EXPECT_LT(r.done.completion_tokens, 70);
+  EXPECT_LT(r.done.completion_tokens, kLongTokens);
   EXPECT_TRUE(eventually([&] { return cache->stats().pages_used == 0; }));
   EXPECT_TRUE(eventually([&] { return (*sched)->stats().running == 0; }));
   EXPECT_TRUE(cache->check_invariants().ok());
@@ -283,8 +294,7 @@ TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
   auto m = tiny_model();
   ThreadPool pool(2);
   auto cache = make_cache(*m, 128);
-  SchedulerOptions o = small_options();
-  o.context = 1024;
+  SchedulerOptions o = long_options();
   o.max_sessions = 1;
   o.max_queue = 1;
   auto sched = Scheduler::create(*m, *cache, pool, o);
@@ -296,7 +306,7 @@ TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
 
   // `a` holds the only slot: its first token proves it runs, and its ~1000 remaining steps
   // leave ample time to queue `b` and be refused `c` (no wall-clock race on a fast machine).
-  auto a = (*sched)->submit(greedy_request(prompt_of(10, 1), 1000));
+  auto a = (*sched)->submit(greedy_request(prompt_of(10, 1), kLongTokens));
   ASSERT_TRUE(a.ok());
   std::vector<StreamEvent> first;
   ASSERT_TRUE((*a)->pop_all(first, 10000ms));
@@ -316,13 +326,14 @@ TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
 TEST(Scheduler, DrainCancelsWhatIsLeft) {
   auto m = tiny_model();
   ThreadPool pool(2);
-  auto cache = make_cache(*m, 64);
-  auto sched = Scheduler::create(*m, *cache, pool, small_options());
+  auto cache = make_cache(*m, 128);
+  auto sched = Scheduler::create(*m, *cache, pool, long_options());
   ASSERT_TRUE(sched.ok());
   auto quick = (*sched)->submit(greedy_request(prompt_of(5, 1), 2));
-  auto slow = (*sched)->submit(greedy_request(prompt_of(5, 2), 120));
+  auto slow = (*sched)->submit(greedy_request(prompt_of(5, 2), kLongTokens));
   ASSERT_TRUE(quick.ok() && slow.ok());
   EXPECT_EQ(collect(**quick).done.finish, FinishReason::kLength);
+  ASSERT_FALSE((*slow)->done()) << "the long request ended before drain()";
   EXPECT_EQ((*sched)->drain(0ms), 1);
   EXPECT_EQ(collect(**slow).done.finish, FinishReason::kCancelled);
   auto late = (*sched)->submit(greedy_request(prompt_of(5, 3), 2));
