@@ -11,7 +11,13 @@
 #include <string_view>
 #include <vector>
 
+#include "tq/core/log.h"
 #include "tq/model/chat_template.h"
+
+extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
+  tq::set_log_level(tq::LogLevel::kError);  // every fallback logs a warning: no flood of them
+  return 0;
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::vector<tq::model::ChatMessage> kMessages = {
