@@ -1,6 +1,6 @@
-// The generation loop of runtime::Generator over a device model (--device cuda): prefill in
-// passes, then sample on the CPU from the logits the device returns, stream text, decode one
-// token at a time. Same stop rules, streaming and statistics as Generator::generate.
+// runtime::run_generation over a device model (--device cuda): the forward passes run on the
+// device, sampling on the CPU from the logits it returns; the same loop, stop rules, streaming
+// and statistics as Generator::generate.
 #pragma once
 
 #include <cstdint>

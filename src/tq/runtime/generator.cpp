@@ -26,11 +26,16 @@ Status GenerateOptions::validate() const {
 
 const char* stop_reason_name(StopReason r) {
   switch (r) {
-    case StopReason::kMaxTokens: return "max tokens";
-    case StopReason::kEndOfGeneration: return "end of generation";
-    case StopReason::kStopString: return "stop string";
-    case StopReason::kContextFull: return "context full";
-    case StopReason::kCallback: return "stopped by caller";
+    case StopReason::kMaxTokens:
+      return "max tokens";
+    case StopReason::kEndOfGeneration:
+      return "end of generation";
+    case StopReason::kStopString:
+      return "stop string";
+    case StopReason::kContextFull:
+      return "context full";
+    case StopReason::kCallback:
+      return "stopped by caller";
   }
   return "?";
 }
@@ -74,43 +79,34 @@ std::string StopStringFilter::flush() {
   return std::exchange(pending_, {});
 }
 
-Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt,
-                                              kv::SequenceKv& kv, const GenerateOptions& opt,
-                                              const TokenCallback& on_token) {
+Expected<GenerationStats> run_generation(const model::Tokenizer& tok, int vocab,
+                                         const std::vector<int32_t>& prompt,
+                                         const GenerateOptions& opt, const ForwardStep& step,
+                                         std::vector<float>& logits,
+                                         const TokenCallback& on_token) {
   TQ_RETURN_IF_ERROR(opt.validate());
   if (prompt.empty()) return invalid_argument("generate: the prompt has no tokens");
   const int n_prompt = static_cast<int>(prompt.size());
-  if (n_prompt >= kv.capacity() - kv.length())
+  const int room = step.room();
+  if (n_prompt >= room)
     return invalid_argument("generate: the prompt has " + std::to_string(n_prompt) +
-                            " tokens but the context holds " +
-                            std::to_string(kv.capacity() - kv.length()) +
+                            " tokens but the context holds " + std::to_string(room) +
                             " (one more is needed to generate)");
   TQ_ASSIGN_OR_RETURN(Sampler sampler, Sampler::create(opt.sampler));
-  const model::Model& m = model_;
-  const int vocab = m.config().vocab_size;
-  logits_.resize(static_cast<size_t>(vocab));
-  scratch_.reserve(m.config(), std::min(n_prompt, opt.prefill_batch));
+  logits.resize(static_cast<size_t>(vocab));
 
   GenerationStats st;
   st.prompt_tokens = n_prompt;
   const auto t_prompt = Clock::now();
   for (int done = 0; done < n_prompt;) {
     const int n = std::min(opt.prefill_batch, n_prompt - done);
-    model::ForwardArgs a;
-    a.tokens = prompt.data() + done;
-    a.n = n;
-    a.kv = &kv;
-    a.pool = &pool_;
-    a.scratch = &scratch_;
-    a.logits_mode = done + n == n_prompt ? model::LogitsMode::kLast : model::LogitsMode::kNone;
-    a.logits = logits_.data();
-    if (Status st = m.forward(a); !st.ok()) return st.with_context("prefill");
+    if (Status s = step.run(prompt.data() + done, n, done + n == n_prompt, logits.data()); !s.ok())
+      return s.with_context("prefill");
     done += n;
   }
   for (int32_t t : prompt) sampler.accept(t);
   st.prompt_seconds = seconds_since(t_prompt);
 
-  const model::Tokenizer& tok = m.tokenizer();
   model::TokenStreamDecoder decoder(tok);
   StopStringFilter filter(opt.stop_strings);
   auto emit = [&](int32_t id, const std::string& text) {
@@ -121,7 +117,7 @@ Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt
   const auto t_gen = Clock::now();
   st.stop_reason = StopReason::kMaxTokens;
   for (int i = 0; i < opt.max_tokens; ++i) {
-    const int32_t id = sampler.sample(logits_.data(), vocab);
+    const int32_t id = sampler.sample(logits.data(), vocab);
     sampler.accept(id);
     st.tokens.push_back(id);
     ++st.generated_tokens;
@@ -139,18 +135,11 @@ Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt
       break;
     }
     if (i + 1 == opt.max_tokens) break;  // no pass needed for logits nobody samples
-    if (kv.length() >= kv.capacity()) {
+    if (step.room() <= 0) {
       st.stop_reason = StopReason::kContextFull;
       break;
     }
-    model::ForwardArgs a;
-    a.tokens = &id;
-    a.n = 1;
-    a.kv = &kv;
-    a.pool = &pool_;
-    a.scratch = &scratch_;
-    a.logits = logits_.data();
-    if (Status st = m.forward(a); !st.ok()) return st.with_context("decode");
+    if (Status s = step.run(&id, 1, true, logits.data()); !s.ok()) return s.with_context("decode");
   }
   if (st.stop_reason != StopReason::kStopString && st.stop_reason != StopReason::kCallback) {
     const std::string tail = filter.push(decoder.flush()) + filter.flush();
@@ -161,6 +150,26 @@ Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt
   }
   st.generation_seconds = seconds_since(t_gen);
   return st;
+}
+
+Expected<GenerationStats> Generator::generate(const std::vector<int32_t>& prompt,
+                                              kv::SequenceKv& kv, const GenerateOptions& opt,
+                                              const TokenCallback& on_token) {
+  ForwardStep step;
+  step.run = [&](const int32_t* tokens, int n, bool want_logits, float* logits) {
+    model::ForwardArgs a;
+    a.tokens = tokens;
+    a.n = n;
+    a.kv = &kv;
+    a.pool = &pool_;
+    a.scratch = &scratch_;
+    a.logits_mode = want_logits ? model::LogitsMode::kLast : model::LogitsMode::kNone;
+    a.logits = logits;
+    return model_.forward(a);
+  };
+  step.room = [&] { return kv.capacity() - kv.length(); };
+  return run_generation(model_.tokenizer(), model_.config().vocab_size, prompt, opt, step, logits_,
+                        on_token);
 }
 
 }  // namespace tq::runtime

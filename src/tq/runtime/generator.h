@@ -38,8 +38,8 @@ struct GenerationStats {
   int generated_tokens = 0;         // sampled tokens, the EOG token included
   double generation_seconds = 0.0;  // sampling and decode passes after the prefill
   StopReason stop_reason = StopReason::kMaxTokens;
-  std::string text;                 // everything streamed to the callback
-  std::vector<int32_t> tokens;      // generated ids
+  std::string text;             // everything streamed to the callback
+  std::vector<int32_t> tokens;  // generated ids
 
   double prompt_tokens_per_second() const;
   double generation_tokens_per_second() const;
@@ -51,6 +51,24 @@ struct GenerationStats {
 // Return false to stop.
 using TokenCallback = std::function<bool(int32_t token, std::string_view text)>;
 
+// What the generation loop needs of a model and its cache, whatever runs the forward pass
+// (the CPU Generator below, a device model in tools/device_generate.cpp).
+struct ForwardStep {
+  // Runs tokens[0, n) after what the sequence holds; with want_logits, writes the last
+  // token's logits [vocab] to `logits`.
+  std::function<Status(const int32_t* tokens, int n, bool want_logits, float* logits)> run;
+  // Tokens the sequence can still take.
+  std::function<int()> room;
+};
+
+// The loop itself: validates, prefills `prompt` (non-empty; it must leave room for one more
+// token) in passes of options.prefill_batch, then samples, streams and decodes one token at a
+// time. `logits` is the caller's [vocab] buffer, reused between calls.
+Expected<GenerationStats> run_generation(const model::Tokenizer& tokenizer, int vocab,
+                                         const std::vector<int32_t>& prompt,
+                                         const GenerateOptions& options, const ForwardStep& step,
+                                         std::vector<float>& logits, const TokenCallback& on_token);
+
 class Generator {
  public:
   Generator(const model::Model& model, ThreadPool& pool) : model_(model), pool_(pool) {}
@@ -58,8 +76,7 @@ class Generator {
   // Runs `prompt` (non-empty; appended after whatever `kv` already holds) and generates.
   // The prompt must fit in the cache with room for one more token.
   Expected<GenerationStats> generate(const std::vector<int32_t>& prompt, kv::SequenceKv& kv,
-                                     const GenerateOptions& options,
-                                     const TokenCallback& on_token);
+                                     const GenerateOptions& options, const TokenCallback& on_token);
 
  private:
   const model::Model& model_;
