@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <ctime>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -66,6 +67,60 @@ UsageCounts usage_of(const StreamEvent& done) {
   return UsageCounts{done.prompt_tokens, done.completion_tokens, done.cached_tokens};
 }
 
+// What one call of a chunked response's producer gives: text to write (may be empty) and
+// whether the response is complete with it.
+struct Chunk {
+  std::string text;
+  bool last = false;
+};
+
+// Sends `next`'s chunks (it waits up to kPollInterval for events each call) as a chunked
+// response. After kKeepAlive without output `keep_alive` is written, which is also how a
+// client that has gone is noticed (cpp-httplib reports it only as a failed write): then, as
+// on any error or an unfinished end, the request is cancelled and its sequence freed.
+void send_chunks(httplib::Response& res, const char* content_type,
+                 std::shared_ptr<runtime::RequestChannel> channel, std::string keep_alive,
+                 std::function<Chunk()> next) {
+  struct State {
+    std::shared_ptr<runtime::RequestChannel> channel;
+    std::string keep_alive;
+    std::function<Chunk()> next;
+    Clock::time_point last_write = Clock::now();
+    bool finished = false;
+  };
+  auto st =
+      std::make_shared<State>(State{std::move(channel), std::move(keep_alive), std::move(next)});
+  res.set_chunked_content_provider(
+      content_type,
+      [st](size_t /*offset*/, httplib::DataSink& sink) -> bool {
+        try {
+          Chunk c = st->next();
+          const auto now = Clock::now();
+          if (c.text.empty() && !c.last && now - st->last_write > kKeepAlive)
+            c.text = st->keep_alive;
+          if (!c.text.empty()) {
+            if (!sink.is_writable() || !sink.write(c.text.data(), c.text.size())) {
+              st->channel->cancel();  // the client has gone: free its sequence
+              return false;
+            }
+            st->last_write = now;
+          }
+          if (c.last) {
+            st->finished = true;
+            sink.done();
+          }
+          return true;
+        } catch (const std::exception& e) {
+          TQ_LOG(kError, "serve: response failed: %s", e.what());
+          st->channel->cancel();
+          return false;
+        }
+      },
+      [st](bool success) {
+        if (!success || !st->finished) st->channel->cancel();
+      });
+}
+
 // Everything a streaming response keeps between calls of httplib's content provider.
 struct StreamState {
   StreamState(std::shared_ptr<runtime::RequestChannel> c, ResponseMeta m, const CompletionParams& p,
@@ -121,40 +176,20 @@ struct StreamState {
   size_t text_len = 0;
   bool started = false;
   bool finished = false;
-  Clock::time_point last_write = Clock::now();
   std::vector<StreamEvent> events;
 };
 
 void stream_response(httplib::Response& res, std::shared_ptr<StreamState> st) {
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [st](size_t /*offset*/, httplib::DataSink& sink) -> bool {
-        try {
-          st->events.clear();
-          st->channel->pop_all(st->events, kPollInterval);
-          std::string out = st->render(st->events);
-          const auto now = Clock::now();
-          if (out.empty() && now - st->last_write > kKeepAlive) out = sse_comment("keep-alive");
-          if (!out.empty()) {
-            if (!sink.is_writable() || !sink.write(out.data(), out.size())) {
-              st->channel->cancel();  // the client has gone: free its sequence
-              return false;
-            }
-            st->last_write = now;
-          }
-          if (st->finished) sink.done();
-          return true;
-        } catch (const std::exception& e) {
-          TQ_LOG(kError, "serve: stream failed: %s", e.what());
-          st->channel->cancel();
-          return false;
-        }
-      },
-      [st](bool success) {
-        if (!success || !st->finished) st->channel->cancel();
-      });
+  send_chunks(res, "text/event-stream", st->channel, sse_comment("keep-alive"), [st] {
+    st->events.clear();
+    st->channel->pop_all(st->events, kPollInterval);
+    Chunk c;
+    c.text = st->render(st->events);
+    c.last = st->finished;
+    return c;
+  });
 }
 
 // A non-streaming response, built from the events as they arrive.
@@ -201,7 +236,6 @@ struct WholeResponse {
   std::vector<StreamEvent> events;
   int status = 0;
   json body;
-  Clock::time_point last_write = Clock::now();
 };
 
 // Waits for the whole answer. One that comes within kKeepAlive is sent with its own status. A
@@ -218,37 +252,17 @@ bool whole_response(httplib::Response& res, std::shared_ptr<WholeResponse> st) {
       return false;
     }
   }
-  res.set_chunked_content_provider(
-      "application/json",
-      [st](size_t /*offset*/, httplib::DataSink& sink) -> bool {
-        try {
-          const bool done = st->poll(kPollInterval);
-          const auto now = Clock::now();
-          std::string out;
-          if (done) {
-            if (st->status != 200)
-              TQ_LOG(kWarn, "serve: request failed after its 200 went out: %s",
-                     dump_json(st->body).c_str());
-            out = dump_json(st->body);
-          } else if (now - st->last_write > kKeepAlive) {
-            out = " ";
-          }
-          if (!out.empty()) {
-            if (!sink.is_writable() || !sink.write(out.data(), out.size())) {
-              st->channel->cancel();  // the client has gone: free its sequence
-              return false;
-            }
-            st->last_write = now;
-          }
-          if (done) sink.done();
-          return true;
-        } catch (const std::exception& e) {
-          TQ_LOG(kError, "serve: response failed: %s", e.what());
-          st->channel->cancel();
-          return false;
-        }
-      },
-      [st](bool /*success*/) { st->channel->cancel(); });  // no-op once it finished
+  send_chunks(res, "application/json", st->channel, " ", [st] {
+    Chunk c;
+    c.last = st->poll(kPollInterval);
+    if (c.last) {
+      if (st->status != 200)
+        TQ_LOG(kWarn, "serve: request failed after its 200 went out: %s",
+               dump_json(st->body).c_str());
+      c.text = dump_json(st->body);
+    }
+    return c;
+  });
   return true;
 }
 
