@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -101,8 +102,8 @@ TEST_F(HttpServerTest, ErrorsHaveOpenAiShapeAndStatus) {
   auto [s1, j1] = post("/v1/chat/completions", "{not json");
   EXPECT_EQ(s1, 400);
   expect_error_shape(j1, "invalid_json");
-  auto [s2, j2] = post("/v1/chat/completions",
-                       R"({"messages":[{"role":"user","content":"x"}],"n":3})");
+  auto [s2, j2] =
+      post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":3})");
   EXPECT_EQ(s2, 400);
   EXPECT_EQ(j2["error"]["param"], "n");
   // A prompt of 96 token ids leaves no room in a 96-token context.
@@ -205,12 +206,19 @@ TEST_F(HttpServerTest, ViewsAndMetrics) {
   auto models = client_->Get("/v1/models");
   ASSERT_TRUE(models);
   EXPECT_EQ(json::parse(models->body)["data"][0]["id"], "tiny");
-  auto metrics = client_->Get("/metrics");
-  ASSERT_TRUE(metrics);
-  EXPECT_NE(metrics->body.find("tq_requests_total{route=\"/v1/completions\",status=\"200\"} 1"),
-            std::string::npos)
-      << metrics->body;
-  EXPECT_NE(metrics->body.find("tq_generated_tokens_total 3"), std::string::npos);
+  // httplib logs (and so counts) a request after its response is written: a client can read
+  // /metrics before its own last request is counted, so wait for the count (up to 5 s).
+  const std::string counted = "tq_requests_total{route=\"/v1/completions\",status=\"200\"} 1";
+  std::string body;
+  for (int i = 0; i < 500; ++i) {
+    auto metrics = client_->Get("/metrics");
+    ASSERT_TRUE(metrics);
+    body = metrics->body;
+    if (body.find(counted) != std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_NE(body.find(counted), std::string::npos) << body;
+  EXPECT_NE(body.find("tq_generated_tokens_total 3"), std::string::npos);
 }
 
 }  // namespace
