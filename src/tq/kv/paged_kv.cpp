@@ -187,7 +187,7 @@ Status PagedKv::append(int layer, int n, const float* k, const float* v) {
   if (centered_[l]) {
     if (!mean_ready_[l]) set_key_mean(layer, n, k);
     const float* mu = key_mean(layer);
-    const float* s = key_scale_.data() + l * token_elems;
+    const float* s = key_scale(layer);
     centered_k_.resize(static_cast<size_t>(n) * token_elems);
     for (int j = 0; j < n; ++j) {
       const float* src = k + static_cast<size_t>(j) * token_elems;
@@ -294,7 +294,7 @@ Status PagedKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
   if (scaled_[l]) {
     const size_t hd = row_elems_;
     const int group = shape_.n_heads / shape_.n_kv_heads;
-    const float* s = key_scale_.data() + l * static_cast<size_t>(shape_.n_kv_heads) * hd;
+    const float* s = key_scale(layer);
     scaled_q_.assign(q, q + static_cast<size_t>(n) * shape_.n_heads * hd);
     for (int i = 0; i < n; ++i)
       for (int h = 0; h < shape_.n_heads; ++h) {
@@ -434,8 +434,7 @@ Status PagedKv::read_stored(int layer, int pos, bool value, float* out) const {
     if (!value && centered_[l]) {
       const size_t o = static_cast<size_t>(h) * row_elems_;
       const float* mu = key_mean(layer) + o;
-      const float* s =
-          key_scale_.data() + l * static_cast<size_t>(shape_.n_kv_heads) * row_elems_ + o;
+      const float* s = key_scale(layer) + o;
       for (size_t e = 0; e < row_elems_; ++e) dst[e] = dst[e] * s[e] + mu[e];
     }
   }

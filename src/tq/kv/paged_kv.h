@@ -64,6 +64,10 @@ class PagedKv final : public SequenceKv {
   const float* key_mean(int layer) const {
     return key_mean_.data() + static_cast<size_t>(layer) * shape_.n_kv_heads * row_elems_;
   }
+  // The key scale of `layer` (same layout; ones where keys are not scaled).
+  const float* key_scale(int layer) const {
+    return key_scale_.data() + static_cast<size_t>(layer) * shape_.n_kv_heads * row_elems_;
+  }
 
  private:
   friend class PagedKvCache;
