@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "model/tiny_model.h"
 #include "tq/backend/cpu/ops.h"
 #include "tq/backend/cpu/tq_kernels.h"
 #include "tq/kv/dense_kv.h"
@@ -30,25 +31,7 @@ constexpr int kVocab = 300;
 constexpr int kCapacity = 64;
 
 std::unique_ptr<Model> build_model(Arch arch, uint64_t seed) {
-  RandomModelSpec s;
-  s.arch = arch;
-  s.n_layers = 3;
-  s.dim = 96;
-  s.ffn_dim = 160;
-  s.n_heads = 6;
-  s.n_kv_heads = 2;  // GQA groups of 3, head_dim 16
-  s.vocab_size = kVocab;
-  s.context_length = 256;
-  s.type = quant::GgmlType::kQ8_0;
-  s.seed = seed;
-  s.tied_output = arch == Arch::kLlama;
-  GgufWriter w;
-  EXPECT_TRUE(build_random_model(s, w).ok());
-  auto bytes = w.serialize();
-  EXPECT_TRUE(bytes.ok()) << bytes.status().to_string();
-  auto m = Model::from_bytes(std::move(bytes).value());
-  EXPECT_TRUE(m.ok()) << m.status().to_string();
-  return m.ok() ? std::move(m).value() : nullptr;
+  return test::build_model(test::tiny_spec(arch, quant::GgmlType::kQ8_0, seed));
 }
 
 // Makes empty sequences of one cache kind.

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <vector>
 
+#include "model/tiny_model.h"
 #include "test_env.h"
 #include "tq/backend/cpu/ops.h"
 #include "tq/kv/dense_kv.h"
@@ -32,35 +33,9 @@ constexpr double kHfF32Tol = 1e-4;
 // Prefill vs single-token decode: the same math, blocked differently.
 constexpr double kPrefillTol = 1e-4;
 
-RandomModelSpec tiny_spec(Arch arch, quant::GgmlType type, uint64_t seed) {
-  RandomModelSpec s;
-  s.arch = arch;
-  s.n_layers = 3;
-  s.dim = 96;
-  s.ffn_dim = 160;
-  s.n_heads = 6;
-  s.n_kv_heads = 2;  // GQA groups of 3, head_dim 16
-  s.vocab_size = 300;
-  s.context_length = 256;
-  s.type = type;
-  s.seed = seed;
-  s.tied_output = arch == Arch::kLlama;
-  return s;
-}
-
-std::vector<uint8_t> build_bytes(const RandomModelSpec& spec) {
-  GgufWriter w;
-  EXPECT_TRUE(build_random_model(spec, w).ok());
-  auto bytes = w.serialize();
-  EXPECT_TRUE(bytes.ok()) << bytes.status().to_string();
-  return bytes.ok() ? *bytes : std::vector<uint8_t>{};
-}
-
-std::unique_ptr<Model> build_model(const RandomModelSpec& spec) {
-  auto m = Model::from_bytes(build_bytes(spec));
-  EXPECT_TRUE(m.ok()) << m.status().to_string();
-  return m.ok() ? std::move(m).value() : nullptr;
-}
+using test::build_bytes;
+using test::build_model;
+using test::tiny_spec;
 
 std::unique_ptr<kv::DenseKv> make_kv(const Model& m, int capacity) {
   auto kv = kv::DenseKv::create(m.attention_shape(), capacity, backend::cpu::dense_kv_kernels());
@@ -77,7 +52,7 @@ std::vector<float> run(const Model& m, const std::vector<int32_t>& ids, int chun
   std::vector<float> logits(ids.size() * vocab);
   for (size_t done = 0; done < ids.size();) {
     const int n = static_cast<int>(std::min<size_t>(chunk, ids.size() - done));
-    ForwardArgs a{ids.data() + done, n, kv.get(), &pool, &scratch, LogitsMode::kAll,
+    ForwardArgs a{ids.data() + done,           n, kv.get(), &pool, &scratch, LogitsMode::kAll,
                   logits.data() + done * vocab};
     const Status st = m.forward(a);
     EXPECT_TRUE(st.ok()) << st.to_string();
@@ -121,7 +96,9 @@ std::vector<double> forward_ref(const Model& m, const std::vector<int32_t>& ids)
   const ModelWeights& W = m.weights();
   const int hd = c.head_dim, half = c.rope_dims / 2, groups = c.n_heads / c.n_kv_heads;
   const auto emb = dequant(W.token_embd), out_w = dequant(W.output);
-  struct L { std::vector<double> q, k, v, o, g, u, d; };
+  struct L {
+    std::vector<double> q, k, v, o, g, u, d;
+  };
   std::vector<L> layers;
   for (const auto& lw : W.layers)
     layers.push_back({dequant(lw.wq), dequant(lw.wk), dequant(lw.wv), dequant(lw.wo),
@@ -131,7 +108,8 @@ std::vector<double> forward_ref(const Model& m, const std::vector<int32_t>& ids)
   auto rope = [&](std::vector<double>& v, int n_heads, int pos) {
     for (int h = 0; h < n_heads; ++h)
       for (int i = 0; i < half; ++i) {
-        const double a = pos * std::pow(static_cast<double>(c.rope_freq_base), -2.0 * i / c.rope_dims);
+        const double a =
+            pos * std::pow(static_cast<double>(c.rope_freq_base), -2.0 * i / c.rope_dims);
         const bool neox = c.arch == Arch::kQwen2;
         const int i0 = h * hd + (neox ? i : 2 * i), i1 = h * hd + (neox ? i + half : 2 * i + 1);
         const double x0 = v[i0], x1 = v[i1];
@@ -225,8 +203,8 @@ TEST(ForwardTest, RandomModelIsDeterministicPerSeed) {
 
 TEST(ForwardTest, MatchesFloat64ReferenceLlamaAndQwen2) {
   for (Arch arch : {Arch::kLlama, Arch::kQwen2}) {
-    for (auto [type, tol] : {std::pair{quant::GgmlType::kF16, kF16Tol},
-                             std::pair{quant::GgmlType::kQ8_0, kQ8Tol}}) {
+    for (auto [type, tol] :
+         {std::pair{quant::GgmlType::kF16, kF16Tol}, std::pair{quant::GgmlType::kQ8_0, kQ8Tol}}) {
       const auto spec = tiny_spec(arch, type, 21);
       SCOPED_TRACE(spec.to_string());
       auto m = build_model(spec);
@@ -326,7 +304,8 @@ TEST(ForwardTest, ConfigAndWeightErrorsAreClear) {
   };
   auto r = load_with([](GgufWriter& w) { w.set_u32("llama.attention.head_count_kv", 4); });
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("head_count_kv"), std::string::npos) << r.status().to_string();
+  EXPECT_NE(r.status().message().find("head_count_kv"), std::string::npos)
+      << r.status().to_string();
   r = load_with([](GgufWriter& w) { w.set_string("general.architecture", "gpt-neox"); });
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), StatusCode::kUnsupported);
@@ -354,8 +333,10 @@ TEST(ForwardTest, Llama3RopeFactorsFollowMetasFormula) {
     const double base = std::pow(500000.0, -2.0 * i / 128);
     const double wavelen = 2 * M_PI / base;
     double want;
-    if (wavelen < 8192 / 4.0) want = base;
-    else if (wavelen > 8192 / 1.0) want = base / 8;
+    if (wavelen < 8192 / 4.0)
+      want = base;
+    else if (wavelen > 8192 / 1.0)
+      want = base / 8;
     else {
       const double smooth = (8192 / wavelen - 1) / (4 - 1);
       want = (1 - smooth) * base / 8 + smooth * base;  // HF's form
