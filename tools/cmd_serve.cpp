@@ -1,6 +1,8 @@
 // tq serve: an OpenAI-compatible HTTP server with continuous batching over the compressed
 // paged KV cache (docs/server.md).
 //   tq serve --port 8080 -ctk tq4 -ctv tq3 --max-sessions 16 --ctx 4096 --kv-memory 512MiB
+//   tq serve --device cuda --max-sessions 32 --ctx 4096 -ctk tq4 -ctv tq3   (on the GPU: one
+//     slot per session, no prefix cache, no KV window/sinks/key scaling)
 // SIGINT/SIGTERM stop it gracefully: new requests get 503, running ones get --shutdown-timeout
 // seconds to finish, the rest are cancelled, and the process exits 0.
 #include <pthread.h>
@@ -16,6 +18,7 @@
 
 #include "commands.h"
 #include "default_model.h"
+#include "device_cli.h"
 #include "kv_cli.h"
 #include "tq/core/thread_pool.h"
 #include "tq/server/engine.h"
@@ -41,6 +44,7 @@ struct ServeOptions {
   size_t max_body = size_t{4} << 20;
   double shutdown_timeout = 10.0;
   KvFlags kv;
+  DeviceFlag device;
 };
 
 // "123", "64KiB", "512MiB", "512M", "2GiB", "2G" -> bytes.
@@ -66,6 +70,7 @@ int run_serve(ServeOptions& o) {
     return 2;
   }
   server::EngineOptions eo;
+  eo.device = o.device.cuda() ? server::EngineDevice::kCuda : server::EngineDevice::kCpu;
   eo.kv = *config;
   eo.kv_memory_bytes = *kv_memory;
   eo.threads = o.threads;
@@ -95,7 +100,11 @@ int run_serve(ServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a client that hangs up is a failed write, not a dead server
 
-  auto engine = server::Engine::load(o.model, eo);
+  const server::DeviceOpener open_device = [](const model::Model& m,
+                                              const backend::DeviceModelOptions& d) {
+    return open_cuda_model(m, d.kv, d.max_context, d.max_batch, d.max_sequences);
+  };
+  auto engine = server::Engine::load(o.model, eo, open_device);
   if (!engine.ok()) {
     std::fprintf(stderr, "tq serve: %s\n", engine.status().to_string().c_str());
     return 1;
@@ -105,8 +114,12 @@ int run_serve(ServeOptions& o) {
     std::fprintf(stderr, "tq serve: %s\n", st.to_string().c_str());
     return 1;
   }
-  std::fprintf(stderr, "tq serve: model %s, kv %s, %s\n", (*engine)->model_id().c_str(),
-               config->to_string().c_str(), eo.scheduler.to_string().c_str());
+  const server::Engine& e = **engine;
+  std::fprintf(stderr, "tq serve: model %s on %s, kv %s, %s\n", e.model_id().c_str(),
+               e.device_description().c_str(), config->to_string().c_str(),
+               e.options().scheduler.to_string().c_str());
+  if (o.device.cuda())
+    std::fprintf(stderr, "tq serve: prefix caching is off on cuda (one slot per session)\n");
   std::printf("tq serve: listening on http://%s:%d\n", o.host.c_str(), http.port());
   std::fflush(stdout);
 
@@ -137,8 +150,9 @@ int run_serve(ServeOptions& o) {
 
 void add_serve_command(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
-  auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server with continuous "
-                                          "batching over the compressed KV cache");
+  auto* cmd = app.add_subcommand("serve",
+                                 "OpenAI-compatible HTTP server with continuous "
+                                 "batching over the compressed KV cache");
   cmd->add_option("-m,--model", o->model, "GGUF model file")->capture_default_str();
   cmd->add_option("--model-id", o->model_id, "Name in /v1/models (default: the file's stem)");
   cmd->add_option("--host", o->host, "Address to listen on")->capture_default_str();
@@ -166,6 +180,7 @@ void add_serve_command(CLI::App& app) {
                   "Seconds running requests get to finish on SIGINT/SIGTERM")
       ->capture_default_str();
   o->kv.add_to(cmd);
+  o->device.add_to(cmd);
   cmd->callback([o] {
     const int rc = run_serve(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -16,6 +16,11 @@
 #     (TQ_CONC_SESSIONS sessions at each of TQ_CONC_CONTEXTS, decode batches TQ_CONC_BATCHES, K/V
 #     pairs TQ_CONC_KV; slot 0 prefilled, copied to the others on the device) and the sessions
 #     of each context that fit in 60 GiB, into $OUT/concurrent_bench.md (+ .log).
+#   - TQ_GPU_SERVE_CHECK=1 (default 0): `tq serve --device cuda` end to end (bench/gpu/serve_check.py:
+#     8 concurrent greedy completions equal to their solo runs, a streaming chat, /metrics) on
+#     TQ_SERVE_MODEL (default: a random smollm2-135m-shaped q8_0 model made here), with f16 and
+#     with tq4/tq3 KV, into $OUT/serve_check.md (+ server logs). Builds the server (cpp-httplib and
+#     nlohmann-json from the system or build-deps/usr).
 #   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and dir/lib/*.so) built elsewhere for sm_90
 #     with the same CUDA instead of building here, when they start; saves the device build.
 #   OUT=/some/dir bench/gpu/run.sh [extra tq_gpu_bench args]
@@ -28,6 +33,17 @@ BUILD=${BUILD:-$ROOT/build-gpu}
 ATTN_BENCH=${TQ_GPU_ATTN_BENCH:-1}
 MODEL_BENCH=${TQ_GPU_MODEL_BENCH:-1}
 CONC_BENCH=${TQ_GPU_CONCURRENT_BENCH:-0}
+SERVE_CHECK=${TQ_GPU_SERVE_CHECK:-0}
+SERVER=OFF
+if [ "$SERVE_CHECK" = 1 ]; then
+  SERVER=ON
+  # Debian's cpp-httplib is a compiled library found by pkg-config; its .pc is relocatable.
+  DEPS_LIB="$ROOT/build-deps/usr/lib/x86_64-linux-gnu"
+  if [ -d "$DEPS_LIB" ]; then
+    export PKG_CONFIG_PATH="$DEPS_LIB/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
+    export LD_LIBRARY_PATH="$DEPS_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
+fi
 DEPTHS=${TQ_DECODE_DEPTHS:-1024,8192,32768}
 KV_PAIRS=${TQ_DECODE_KV:-f16/f16,tq4/tq4,tq4/tq3,tq3/tq3}
 mkdir -p "$OUT"
@@ -38,18 +54,19 @@ command -v ninja >/dev/null && GEN=(-G Ninja)
 t0=$(date +%s)
 PRE=${TQ_GPU_PREBUILT:-}
 if [ -n "$PRE" ] && [ "$ATTN_BENCH" != 1 ] && [ -x "$PRE/tq_cuda_tests" ] &&
-  LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}" "$PRE/tq" info > "$OUT/prebuilt_info.txt" 2>&1; then
+  LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}" "$PRE/tq" info > "$OUT/prebuilt_info.txt" 2>&1 &&
+  { [ "$SERVE_CHECK" != 1 ] || LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}" "$PRE/tq" serve --help >/dev/null 2>&1; }; then
   export LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}"
   BUILD=$PRE
   echo "build: prebuilt binaries from $PRE"
 else
   [ -n "$PRE" ] && echo "prebuilt binaries in $PRE do not start here: building"
   cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DTQ_BUILD_TOOLS=ON -DTQ_BUILD_SERVER=OFF -DTQ_BUILD_BENCH=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90 -DTQ_BUILD_TOOLS=ON -DTQ_BUILD_SERVER=$SERVER -DTQ_BUILD_BENCH=ON \
     -DCMAKE_PREFIX_PATH="$ROOT/build-deps/usr" || exit 1
   TARGETS=(tq_cuda_tests)
   [ "$ATTN_BENCH" = 1 ] && TARGETS+=(tq_gpu_bench)
-  { [ "$MODEL_BENCH" = 1 ] || [ "$CONC_BENCH" = 1 ]; } && TARGETS+=(tq)
+  { [ "$MODEL_BENCH" = 1 ] || [ "$CONC_BENCH" = 1 ] || [ "$SERVE_CHECK" = 1 ]; } && TARGETS+=(tq)
   cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" || exit 1
   echo "build: $(( $(date +%s) - t0 )) s"
 fi
@@ -136,6 +153,20 @@ if [ "$CONC_BENCH" = 1 ]; then
     tee "$OUT/concurrent_bench.md"
   [ "${PIPESTATUS[0]}" = 0 ] || conc_rc=1
 fi
-echo "tests rc=$tests_rc bench rc=$bench_rc model rc=$model_rc concurrent rc=$conc_rc," \
-  "total $(( $(date +%s) - t0 )) s"
-exit $(( tests_rc != 0 || bench_rc != 0 || model_rc != 0 || conc_rc != 0 ))
+serve_rc=0
+if [ "$SERVE_CHECK" = 1 ]; then
+  SERVE_MODEL=${TQ_SERVE_MODEL:-$MODELS/serve_smol.gguf}
+  if [ -z "${TQ_SERVE_MODEL:-}" ] && [ ! -f "$SERVE_MODEL" ]; then
+    "$BUILD/tq" make-model --shape smollm2-135m --type q8_0 --seed 5 -o "$SERVE_MODEL" >/dev/null ||
+      serve_rc=1
+  fi
+  : > "$OUT/serve_check.md"
+  for kv in f16/f16 tq4/tq3; do
+    python3 "$ROOT/bench/gpu/serve_check.py" --tq "$BUILD/tq" -m "$SERVE_MODEL" --device cuda \
+      -ctk "${kv%/*}" -ctv "${kv#*/}" --log "$OUT/serve_check_${kv/\//_}.log" \
+      --md "$OUT/serve_check.md" || serve_rc=1
+  done
+fi
+echo "tests rc=$tests_rc bench rc=$bench_rc model rc=$model_rc concurrent rc=$conc_rc" \
+  "serve rc=$serve_rc, total $(( $(date +%s) - t0 )) s"
+exit $(( tests_rc != 0 || bench_rc != 0 || model_rc != 0 || conc_rc != 0 || serve_rc != 0 ))

@@ -8,6 +8,7 @@
 
 #include "tq/core/log.h"
 #include "tq/kv/kv_bytes.h"
+#include "tq/runtime/cpu_step_model.h"
 #include "tq/runtime/generator.h"
 #include "tq/runtime/logprobs.h"
 
@@ -16,17 +17,17 @@ namespace tq::runtime {
 // One admitted request: its cache, sampler and text state. Never moved (the stop filter keeps
 // a reference to request.stop_strings).
 struct Scheduler::Active {
-  Active(Pending p, std::unique_ptr<kv::PagedKv> seq, Sampler s, const model::Tokenizer& tok)
+  Active(Pending p, std::unique_ptr<StepSequence> s_seq, Sampler s, const model::Tokenizer& tok)
       : request(std::move(p.request)),
         channel(std::move(p.channel)),
-        kv(std::move(seq)),
+        seq(std::move(s_seq)),
         sampler(std::move(s)),
         decoder(tok),
         filter(request.stop_strings) {}
 
   GenerationRequest request;
   std::shared_ptr<RequestChannel> channel;
-  std::unique_ptr<kv::PagedKv> kv;
+  std::unique_ptr<StepSequence> seq;
   Sampler sampler;
   model::TokenStreamDecoder decoder;
   StopStringFilter filter;
@@ -74,24 +75,45 @@ Expected<std::unique_ptr<Scheduler>> Scheduler::create(const model::Model& model
                                                        kv::PagedKvCache& cache, ThreadPool& pool,
                                                        const SchedulerOptions& options) {
   TQ_RETURN_IF_ERROR(options.validate());
-  const kv::KvPoolStats st = cache.stats();
-  std::unique_ptr<Scheduler> s(new Scheduler(model, cache, pool, options));
-  if (s->pages_for(options.context) > st.pages_total)
-    return invalid_argument("scheduler: one sequence of " + std::to_string(options.context) +
-                            " tokens needs " + std::to_string(s->pages_for(options.context)) +
-                            " KV pages but the pool has " + std::to_string(st.pages_total) +
-                            " (raise the KV memory or lower the context)");
-  s->engine_ = std::thread([p = s.get()] { p->engine_loop(); });
+  auto step = std::make_unique<CpuStepModel>(model, cache, pool);
+  StepModel& ref = *step;
+  std::unique_ptr<Scheduler> s(new Scheduler(ref, std::move(step), options));
+  TQ_RETURN_IF_ERROR(s->start());
   return s;
 }
 
-Scheduler::Scheduler(const model::Model& model, kv::PagedKvCache& cache, ThreadPool& pool,
+Expected<std::unique_ptr<Scheduler>> Scheduler::create(StepModel& step,
+                                                       const SchedulerOptions& options) {
+  TQ_RETURN_IF_ERROR(options.validate());
+  std::unique_ptr<Scheduler> s(new Scheduler(step, nullptr, options));
+  TQ_RETURN_IF_ERROR(s->start());
+  return s;
+}
+
+Scheduler::Scheduler(StepModel& step, std::unique_ptr<StepModel> owned,
                      const SchedulerOptions& options)
-    : model_(model),
-      cache_(cache),
-      pool_(pool),
-      options_(options),
-      vocab_(model.config().vocab_size) {}
+    : owned_(std::move(owned)), step_(step), options_(options), vocab_(step.vocab()) {}
+
+Status Scheduler::start() {
+  const StepLimits lim = step_.limits();
+  if (lim.sequences > 0 && options_.max_sessions > lim.sequences)
+    return invalid_argument("scheduler: max_sessions " + std::to_string(options_.max_sessions) +
+                            " exceeds the model's " + std::to_string(lim.sequences) +
+                            " sequence slots");
+  if (lim.context > 0 && options_.context > lim.context)
+    return invalid_argument("scheduler: context " + std::to_string(options_.context) +
+                            " exceeds the model's sequence slots of " +
+                            std::to_string(lim.context) + " tokens");
+  const int need = pages_for(options_.context);
+  const int total = step_.kv_stats().pages_total;
+  if (need > total)
+    return invalid_argument("scheduler: one sequence of " + std::to_string(options_.context) +
+                            " tokens needs " + std::to_string(need) +
+                            " KV pages but the pool has " + std::to_string(total) +
+                            " (raise the KV memory or lower the context)");
+  engine_ = std::thread([this] { engine_loop(); });
+  return ok_status();
+}
 
 Scheduler::~Scheduler() {
   cancel_all_.store(true);
@@ -104,13 +126,13 @@ Scheduler::~Scheduler() {
 }
 
 int Scheduler::pages_for(int tokens) const {
-  const kv::KvConfig& c = cache_.config();
+  const kv::KvConfig& c = step_.kv_config();
   const int compressed = std::max(0, tokens - c.sinks);
   return (compressed + c.block_tokens - 1) / c.block_tokens;
 }
 
 int Scheduler::future_pages(const Active& a) const {
-  return std::max(0, pages_for(a.total_max) - static_cast<int>(a.kv->pages().size()));
+  return std::max(0, pages_for(a.total_max) - a.seq->pages_held());
 }
 
 Expected<std::shared_ptr<RequestChannel>> Scheduler::submit(GenerationRequest request,
@@ -229,9 +251,19 @@ void Scheduler::step() {
     items.push_back(BatchItem{a.get(), &a->next_token, 1, true, -1});
     --budget;
   }
+  // A sequence's first chunk fixes its compressed keys' mean (kv::PagedKv, key centering), so
+  // it has the same size for the same prompt whatever else runs: one that does not fit waits
+  // for the next step (later prompts with it, keeping their order). Otherwise a greedy answer
+  // would change with the server's load. The cap is what a step always has free for it.
+  const int first_cap = options_.step_tokens - options_.max_sessions + 1;
   for (auto& a : active_) {
-    if (!a->prefilling() || budget <= 0) continue;
-    const int n = std::min({options_.prefill_chunk, a->prompt_len() - a->prefilled, budget});
+    if (!a->prefilling()) continue;
+    const bool first = a->prefilled == 0;
+    const int want =
+        std::min(first ? std::min(options_.prefill_chunk, first_cap) : options_.prefill_chunk,
+                 a->prompt_len() - a->prefilled);
+    if (budget <= 0 || (first && budget < want)) break;
+    const int n = std::min(want, budget);
     items.push_back(BatchItem{a.get(), a->request.prompt.data() + a->prefilled, n,
                               a->prefilled + n == a->prompt_len(), -1});
     budget -= n;
@@ -265,23 +297,19 @@ void Scheduler::step() {
 }
 
 Status Scheduler::run_batch(std::vector<BatchItem>& items) {
-  // Token ids first: commit() indexes every page they complete in the prefix cache.
+  // One step for all of them. The logits rows were numbered in item order, so they form one
+  // run in logits_ (no copy).
+  rows_.clear();
   for (auto& it : items)
-    TQ_RETURN_IF_ERROR(it.seq->kv->add_tokens(std::span<const int32_t>(it.tokens, it.n)));
-  // One pass for the whole step: the weights are streamed once, not once per sequence. The
-  // logits rows were numbered in item order, so they form one run in logits_ (no copy).
-  batch_.clear();
-  for (auto& it : items)
-    batch_.push_back(model::BatchSequence{
-        it.tokens, it.n, it.seq->kv.get(),
-        it.want_logits ? model::LogitsMode::kLast : model::LogitsMode::kNone,
+    rows_.push_back(StepRow{
+        it.seq->seq.get(), it.tokens, it.n,
         it.want_logits ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_ : nullptr});
-  return model_.forward_batch(batch_, pool_, scratch_);
+  return step_.forward(rows_);
 }
 
 void Scheduler::after_logits(Active& a, const float* logits) {
   if (a.finished) return;
-  const model::Tokenizer& tok = model_.tokenizer();
+  const model::Tokenizer& tok = step_.tokenizer();
   const int32_t id = a.sampler.sample(logits, vocab_);
   a.sampler.accept(id);
   StreamEvent e;
@@ -308,7 +336,7 @@ void Scheduler::after_logits(Active& a, const float* logits) {
   e.text = a.filter.push(a.decoder.push(id));
   const bool stopped = a.filter.stopped();
   const bool at_max = a.generated >= a.request.max_tokens;
-  const bool full = a.kv->length() + 1 > a.kv->capacity();
+  const bool full = a.seq->length() + 1 > a.seq->capacity();
   if (!stopped && (at_max || full)) {
     e.text += a.filter.push(a.decoder.flush());
     e.text += a.filter.flush();
@@ -331,7 +359,7 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& error)
   e.prompt_tokens = a.prompt_len();
   e.cached_tokens = a.cached;
   e.completion_tokens = a.generated;
-  a.kv.reset();        // pages back to the pool (full prompt pages stay in the prefix cache)
+  a.seq.reset();       // pages back to the pool (full prompt pages stay in the prefix cache)
   count_done(reason);  // first: a client that sees the event also sees the count
   a.channel->push(std::move(e));
 }
@@ -389,8 +417,8 @@ void Scheduler::admit() {
 }
 
 bool Scheduler::prefix_in_flight(const std::vector<int32_t>& prompt) const {
-  if (!cache_.prefix_caching()) return false;
-  const kv::KvConfig& c = cache_.config();
+  if (!step_.prefix_caching()) return false;
+  const kv::KvConfig& c = step_.kv_config();
   // reuse_prefix leaves at least max(window, 1) prompt tokens to compute.
   const int usable = static_cast<int>(prompt.size()) - std::max(c.window, 1);
   for (const auto& a : active_) {
@@ -402,28 +430,28 @@ bool Scheduler::prefix_in_flight(const std::vector<int32_t>& prompt) const {
            other[static_cast<size_t>(lcp)] == prompt[static_cast<size_t>(lcp)])
       ++lcp;
     const int shareable = (std::min(lcp, usable) - c.sinks) / c.block_tokens;
-    const int ready = a->kv->compressed_tokens(0) / c.block_tokens;
+    const int ready = a->seq->compressed_tokens() / c.block_tokens;
     if (shareable > ready) return true;
   }
   return false;
 }
 
 bool Scheduler::try_admit(Pending& p) {
-  auto seq = cache_.new_sequence(options_.context);
+  auto seq = step_.new_sequence(options_.context);
   auto sampler = Sampler::create(p.request.sampler);
   if (!seq.ok() || !sampler.ok()) {
     end_pending(p, FinishReason::kError, (seq.ok() ? sampler.status() : seq.status()).to_string());
     return true;  // consumed
   }
   auto a = std::make_unique<Active>(std::move(p), std::move(seq).value(),
-                                    std::move(sampler).value(), model_.tokenizer());
+                                    std::move(sampler).value(), step_.tokenizer());
   a->total_max = std::min(a->prompt_len() + a->request.max_tokens, options_.context);
-  auto reused = a->kv->reuse_prefix(a->request.prompt);
+  auto reused = a->seq->reuse_prefix(a->request.prompt);
   if (reused.ok()) a->cached = a->prefilled = *reused;
 
   // Pages in use now (shared ones once, this sequence's reused ones included) plus what every
   // running sequence and this one may still allocate must fit in the pool.
-  const kv::KvPoolStats st = cache_.stats();
+  const kv::KvPoolStats st = step_.kv_stats();
   int64_t need = future_pages(*a);
   for (const auto& r : active_) need += future_pages(*r);
   if (st.pages_used + need > st.pages_total) {
@@ -454,7 +482,7 @@ SchedulerStats Scheduler::stats() const {
 }
 
 SchedulerCapacity Scheduler::capacity() const {
-  const kv::KvPoolStats st = cache_.stats();
+  const kv::KvPoolStats st = step_.kv_stats();
   SchedulerCapacity c;
   c.context = options_.context;
   c.max_sessions = options_.max_sessions;
@@ -465,9 +493,9 @@ SchedulerCapacity Scheduler::capacity() const {
   c.pages_reserved = static_cast<int>(reserved_pages_.load());
   c.pages_per_session = std::max(1, pages_for(options_.context));
   c.page_bytes = st.page_bytes;
-  const kv::KvConfig& cfg = cache_.config();
+  const kv::KvConfig& cfg = step_.kv_config();
   const int exact = std::min(options_.context, cfg.sinks + cfg.window);
-  c.exact_bytes_per_session = static_cast<size_t>(exact) * kv::kv_f16_token_bytes(cache_.shape());
+  c.exact_bytes_per_session = static_cast<size_t>(exact) * kv::kv_f16_token_bytes(step_.shape());
   const int free_pages = std::max(0, c.pages_total - c.pages_used - c.pages_reserved);
   const int slots = std::max(0, c.max_sessions - c.running);
   c.sessions_fit_now = std::min(slots, free_pages / c.pages_per_session);

@@ -7,11 +7,13 @@
 //   3. batches one token of every decoding sequence with prefill chunks of new prompts (at
 //      most prefill_chunk tokens per prompt and step_tokens in all, so a long prompt never
 //      stalls the running streams for more than one chunk),
-//   4. runs the batch through the model in one forward pass (Model::forward_batch: weights
-//      streamed once per step, attention per sequence), samples, and streams each text.
+//   4. runs the batch through the model as one step (StepModel::forward: on the CPU one
+//      Model::forward_batch, on the GPU one batched decode pass plus the prefill chunks),
+//      samples, and streams each text.
 // A new sequence first takes the longest cached prefix of its prompt from the cache's prefix
 // index, and a request whose prefix another sequence is still prefilling waits for those pages
-// (others may pass it), so a system prompt shared by many requests is computed and stored once.
+// (others may pass it), so a system prompt shared by many requests is computed and stored once
+// (where the step model shares prefixes: the CPU's paged cache does, the GPU's slots do not).
 #pragma once
 
 #include <atomic>
@@ -28,9 +30,10 @@
 
 #include "tq/core/status.h"
 #include "tq/core/thread_pool.h"
-#include "tq/kv/paged_kv.h"
+#include "tq/kv/paged_kv_cache.h"
 #include "tq/model/llama.h"
 #include "tq/runtime/request_channel.h"
+#include "tq/runtime/step_model.h"
 
 namespace tq::runtime {
 
@@ -77,8 +80,12 @@ struct SchedulerCapacity {
 
 class Scheduler {
  public:
-  // The model, cache and pool must outlive the scheduler; the engine thread starts here and
-  // is the only user of `pool` and of the cache's sequences.
+  // `step` must outlive the scheduler; the engine thread starts here and is its only user
+  // (kv_stats() aside). InvalidArgument when the options exceed the step model's limits.
+  static Expected<std::unique_ptr<Scheduler>> create(StepModel& step,
+                                                     const SchedulerOptions& options);
+  // On the CPU: a CpuStepModel over these, owned by the scheduler. The model, cache and pool
+  // must outlive it.
   static Expected<std::unique_ptr<Scheduler>> create(const model::Model& model,
                                                      kv::PagedKvCache& cache, ThreadPool& pool,
                                                      const SchedulerOptions& options);
@@ -100,7 +107,7 @@ class Scheduler {
   SchedulerStats stats() const;
   SchedulerCapacity capacity() const;
   const SchedulerOptions& options() const { return options_; }
-  const kv::PagedKvCache& cache() const { return cache_; }
+  const StepModel& step_model() const { return step_; }
 
  private:
   struct Active;
@@ -110,8 +117,8 @@ class Scheduler {
   };
   struct BatchItem;
 
-  Scheduler(const model::Model& model, kv::PagedKvCache& cache, ThreadPool& pool,
-            const SchedulerOptions& options);
+  Scheduler(StepModel& step, std::unique_ptr<StepModel> owned, const SchedulerOptions& options);
+  Status start();  // checks the step model's limits and pages, then starts the engine
   void engine_loop();
   void step();
   void reap_cancelled();
@@ -131,9 +138,8 @@ class Scheduler {
   int future_pages(const Active& a) const;
   void publish_counts();
 
-  const model::Model& model_;
-  kv::PagedKvCache& cache_;
-  ThreadPool& pool_;
+  std::unique_ptr<StepModel> owned_;  // the convenience create()'s CPU step model, else null
+  StepModel& step_;
   const SchedulerOptions options_;
   const int vocab_;
 
@@ -148,9 +154,8 @@ class Scheduler {
 
   // Engine thread only.
   std::vector<std::unique_ptr<Active>> active_;
-  model::ForwardScratch scratch_;
-  std::vector<model::BatchSequence> batch_;  // one step's sequences (reused)
-  std::vector<float> logits_;                // [rows][vocab]
+  std::vector<StepRow> rows_;  // one step's rows (reused)
+  std::vector<float> logits_;  // [rows][vocab]
 
   // Published by the engine for stats() and capacity().
   std::atomic<int> running_{0};

@@ -314,8 +314,8 @@ void CompletionHandler::handle(const httplib::Request& req, httplib::Response& r
   meta.id = random_id(chat ? "chatcmpl-" : "cmpl-");
   meta.created = static_cast<int64_t>(std::time(nullptr));
   meta.model = engine_.model_id();
-  meta.fingerprint = "tq-" + engine_.cache().config().k_format.name() + "-" +
-                     engine_.cache().config().v_format.name();
+  const kv::KvConfig& kv = engine_.step_model().kv_config();
+  meta.fingerprint = "tq-" + kv.k_format.name() + "-" + kv.v_format.name();
   const model::Tokenizer& tok = engine_.model().tokenizer();
   if (p.stream)
     return stream_response(

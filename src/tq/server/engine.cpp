@@ -10,27 +10,101 @@
 #include "tq/core/log.h"
 #include "tq/kv/kv_bytes.h"
 #include "tq/model/chat_template.h"
+#include "tq/runtime/cpu_step_model.h"
+#include "tq/runtime/device_step_model.h"
 
 namespace tq::server {
 
 std::string EngineOptions::to_string() const {
   char buf[160];
-  std::snprintf(buf, sizeof buf, "kv_memory=%zu threads=%d prefix_caching=%d ", kv_memory_bytes,
-                threads, prefix_caching ? 1 : 0);
+  std::snprintf(buf, sizeof buf, "device=%s kv_memory=%zu threads=%d prefix_caching=%d ",
+                device == EngineDevice::kCuda ? "cuda" : "cpu", kv_memory_bytes, threads,
+                prefix_caching ? 1 : 0);
   return buf + scheduler.to_string() + " kv: " + kv.to_string();
 }
 
+namespace {
+
+// Pages of one full-context sequence.
+size_t pages_per_sequence(const EngineOptions& o) {
+  const int bt = o.kv.block_tokens;
+  return static_cast<size_t>(
+      std::max(1, (std::max(0, o.scheduler.context - o.kv.sinks) + bt - 1) / bt));
+}
+
+Expected<size_t> page_bytes(const EngineOptions& o, const kv::AttentionShape& shape) {
+  TQ_ASSIGN_OR_RETURN(const std::vector<size_t> blocks, kv::kv_block_bytes(o.kv, shape));
+  size_t bytes = 0;
+  for (size_t b : blocks) bytes += b;
+  return bytes;
+}
+
+// The CPU pool's bytes: every session's f16 rows come off the budget first, the pages get the
+// rest.
+Expected<size_t> cpu_pool_bytes(const EngineOptions& o, const kv::AttentionShape& shape) {
+  TQ_ASSIGN_OR_RETURN(const size_t page, page_bytes(o, shape));
+  const size_t exact_per_seq =
+      static_cast<size_t>(std::min(o.scheduler.context, o.kv.sinks + o.kv.window)) *
+      kv::kv_f16_token_bytes(shape);
+  const size_t sessions = static_cast<size_t>(o.scheduler.max_sessions);
+  const size_t one_seq = page * pages_per_sequence(o);
+  if (o.kv_memory_bytes == 0) return one_seq * sessions;
+  const size_t exact_all = exact_per_seq * sessions;
+  if (o.kv_memory_bytes < exact_all + one_seq)
+    return invalid_argument(
+        "serve: --kv-memory " + std::to_string(o.kv_memory_bytes) +
+        " bytes is less than one full-context sequence (" + std::to_string(one_seq) +
+        " bytes of pages) plus the f16 window/sink rows of " + std::to_string(sessions) +
+        " sessions (" + std::to_string(exact_all) + " bytes)");
+  return o.kv_memory_bytes - exact_all;
+}
+
+}  // namespace
+
+Expected<backend::DeviceModelOptions> device_model_options(const EngineOptions& options,
+                                                           const kv::AttentionShape& shape) {
+  backend::DeviceModelOptions d;
+  d.kv = options.kv;
+  d.max_context = options.scheduler.context;
+  d.max_sequences = options.scheduler.max_sessions;
+  // One pass holds a whole prefill chunk, or every slot's decode token.
+  d.max_batch = std::min(65535, std::max(options.scheduler.prefill_chunk, d.max_sequences));
+  if (Status st = d.validate(); !st.ok()) return st.with_context("serve --device cuda");
+  if (options.kv_memory_bytes > 0) {
+    TQ_ASSIGN_OR_RETURN(const size_t page, page_bytes(options, shape));
+    const size_t per_slot = page * pages_per_sequence(options) + kv::kv_key_mean_bytes(d.kv, shape);
+    const size_t fit = options.kv_memory_bytes / per_slot;
+    if (fit < 1)
+      return invalid_argument("serve: --kv-memory " + std::to_string(options.kv_memory_bytes) +
+                              " bytes is less than one full-context sequence slot (" +
+                              std::to_string(per_slot) + " bytes)");
+    d.max_sequences = static_cast<int>(std::min<size_t>(fit, static_cast<size_t>(d.max_sequences)));
+  }
+  return d;
+}
+
 Expected<std::unique_ptr<Engine>> Engine::load(const std::string& model_path,
-                                               const EngineOptions& options) {
+                                               const EngineOptions& options,
+                                               const DeviceOpener& open_device) {
   TQ_ASSIGN_OR_RETURN(auto model, model::Model::load(model_path));
   EngineOptions o = options;
   if (o.model_id.empty()) o.model_id = std::filesystem::path(model_path).stem().string();
-  return create(std::move(model), o);
+  if (o.device == EngineDevice::kCpu) return create(std::move(model), o);
+  if (!open_device) return invalid_argument("engine: no way to open the device model");
+  TQ_ASSIGN_OR_RETURN(const backend::DeviceModelOptions d,
+                      device_model_options(o, model->attention_shape()));
+  TQ_ASSIGN_OR_RETURN(auto device, open_device(*model, d));
+  return create(std::move(model), o, std::move(device));
 }
 
 Expected<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<model::Model> model,
-                                                 const EngineOptions& options) {
+                                                 const EngineOptions& options,
+                                                 std::unique_ptr<backend::DeviceModel> device) {
   if (!model) return invalid_argument("engine: no model");
+  const bool cuda = options.device == EngineDevice::kCuda;
+  if (cuda != (device != nullptr))
+    return invalid_argument(cuda ? "engine: --device cuda needs the model on the device"
+                                 : "engine: a device model was given for a CPU engine");
   TQ_RETURN_IF_ERROR(options.scheduler.validate());
   const kv::AttentionShape shape = model->attention_shape();
   TQ_RETURN_IF_ERROR(options.kv.validate_for(shape.n_layers, shape.head_dim));
@@ -39,52 +113,46 @@ Expected<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<model::Model> m
     TQ_LOG(kWarn, "serve: context %d is longer than the model's trained context %d", ctx,
            model->config().context_length);
 
-  // Pool bytes: every session's f16 rows come off the budget first, the pages get the rest.
-  TQ_ASSIGN_OR_RETURN(const std::vector<size_t> blocks, kv::kv_block_bytes(options.kv, shape));
-  size_t page_bytes = 0;
-  for (size_t b : blocks) page_bytes += b;
-  const int bt = options.kv.block_tokens;
-  const size_t pages_per_seq =
-      static_cast<size_t>((std::max(0, ctx - options.kv.sinks) + bt - 1) / bt);
-  const size_t exact_per_seq =
-      static_cast<size_t>(std::min(ctx, options.kv.sinks + options.kv.window)) *
-      kv::kv_f16_token_bytes(shape);
-  const size_t sessions = static_cast<size_t>(options.scheduler.max_sessions);
-  size_t pool_bytes = page_bytes * std::max<size_t>(pages_per_seq, 1) * sessions;
-  if (options.kv_memory_bytes > 0) {
-    const size_t exact_all = exact_per_seq * sessions;
-    const size_t one_seq = page_bytes * std::max<size_t>(pages_per_seq, 1);
-    if (options.kv_memory_bytes < exact_all + one_seq)
-      return invalid_argument(
-          "serve: --kv-memory " + std::to_string(options.kv_memory_bytes) +
-          " bytes is less than one full-context sequence (" + std::to_string(one_seq) +
-          " bytes of pages) plus the f16 window/sink rows of " + std::to_string(sessions) +
-          " sessions (" + std::to_string(exact_all) + " bytes)");
-    pool_bytes = options.kv_memory_bytes - exact_all;
-  }
-
   std::unique_ptr<Engine> e(new Engine());
   e->options_ = options;
   if (e->options_.model_id.empty()) e->options_.model_id = "tq-model";
   e->model_ = std::move(model);
-  e->pool_ = std::make_unique<ThreadPool>(options.threads > 0 ? options.threads
-                                                              : default_thread_count());
-  kv::PagedKvCacheOptions co;
-  co.shape = shape;
-  co.config = options.kv;
-  co.pool_bytes = pool_bytes;
-  co.prefix_caching = options.prefix_caching;
-  co.kernels = &backend::cpu::cpu_kernel_table();
-  TQ_ASSIGN_OR_RETURN(e->cache_, kv::PagedKvCache::create(co));
-  TQ_ASSIGN_OR_RETURN(e->scheduler_,
-                      runtime::Scheduler::create(*e->model_, *e->cache_, *e->pool_,
-                                                 options.scheduler));
+  if (cuda) {
+    // One sequence per device slot; the GPU shares no prefixes.
+    runtime::SchedulerOptions& so = e->options_.scheduler;
+    const int slots = device->options().max_sequences;
+    if (so.max_sessions > slots) {
+      TQ_LOG(kInfo, "serve: max_sessions %d -> %d: the device holds %d full-context slots",
+             so.max_sessions, slots, slots);
+      so.max_sessions = slots;
+    }
+    e->options_.prefix_caching = false;
+    e->device_description_ = device->describe();
+    e->device_ = std::move(device);
+    TQ_ASSIGN_OR_RETURN(e->step_, runtime::DeviceStepModel::create(*e->device_, *e->model_));
+  } else {
+    TQ_ASSIGN_OR_RETURN(const size_t pool_bytes, cpu_pool_bytes(options, shape));
+    const int threads = options.threads > 0 ? options.threads : default_thread_count();
+    e->device_description_ = "cpu (" + std::to_string(threads) + " threads)";
+    e->pool_ = std::make_unique<ThreadPool>(threads);
+    kv::PagedKvCacheOptions co;
+    co.shape = shape;
+    co.config = options.kv;
+    co.pool_bytes = pool_bytes;
+    co.prefix_caching = options.prefix_caching;
+    co.kernels = &backend::cpu::cpu_kernel_table();
+    TQ_ASSIGN_OR_RETURN(e->cache_, kv::PagedKvCache::create(co));
+    e->step_ = std::make_unique<runtime::CpuStepModel>(*e->model_, *e->cache_, *e->pool_);
+  }
+  TQ_ASSIGN_OR_RETURN(e->scheduler_, runtime::Scheduler::create(*e->step_, e->options_.scheduler));
   return e;
 }
 
 Engine::~Engine() {
-  scheduler_.reset();  // its sequences hold pages of the cache
+  scheduler_.reset();  // its sequences hold pages of the cache or slots of the device
+  step_.reset();
   cache_.reset();
+  device_.reset();
 }
 
 Expected<std::vector<int32_t>> Engine::prompt_tokens(const CompletionParams& p) const {
@@ -114,8 +182,7 @@ Expected<std::vector<int32_t>> Engine::prompt_tokens(const CompletionParams& p) 
 }
 
 runtime::GenerationRequest Engine::make_request(const CompletionParams& p,
-                                                std::vector<int32_t> prompt,
-                                                uint64_t seed) const {
+                                                std::vector<int32_t> prompt, uint64_t seed) const {
   runtime::GenerationRequest r;
   const int room = context() - static_cast<int>(prompt.size());
   r.prompt = std::move(prompt);

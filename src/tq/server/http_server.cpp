@@ -168,8 +168,9 @@ void HttpServer::Impl::install() {
             send_json(res, 200, kv_stats_json(engine));
           }));
   svr.Get("/metrics", guarded([this](const auto&, auto& res) {
-            res.set_content(metrics.render(engine.scheduler().stats(), engine.cache().stats()),
-                            "text/plain; version=0.0.4; charset=utf-8");
+            res.set_content(
+                metrics.render(engine.scheduler().stats(), engine.step_model().kv_stats()),
+                "text/plain; version=0.0.4; charset=utf-8");
           }));
   svr.Post("/tokenize", guarded([this](const auto& req, auto& res) { tokenize(req, res); }));
   svr.Post("/detokenize", guarded([this](const auto& req, auto& res) { detokenize(req, res); }));

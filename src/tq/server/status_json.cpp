@@ -9,7 +9,7 @@ using json = nlohmann::json;
 
 json model_json(const Engine& engine, int64_t created) {
   const model::ModelConfig& c = engine.model().config();
-  const kv::KvConfig& kv = engine.cache().config();
+  const kv::KvConfig& kv = engine.step_model().kv_config();
   return json{{"id", engine.model_id()},
               {"object", "model"},
               {"created", created},
@@ -20,7 +20,9 @@ json model_json(const Engine& engine, int64_t created) {
                 {"n_vocab", c.vocab_size},
                 {"n_ctx", engine.context()},
                 {"n_ctx_train", c.context_length},
-                {"kv_cache", kv.to_string()}}}};
+                {"kv_cache", kv.to_string()},
+                {"device", engine.device_description()},
+                {"prefix_caching", engine.step_model().prefix_caching()}}}};
 }
 
 json models_json(const Engine& engine, int64_t created) {
@@ -43,7 +45,8 @@ json capacity_json(const Engine& engine) {
          {"bytes_per_session",
           c.page_bytes * static_cast<size_t>(c.pages_per_session) + c.exact_bytes_per_session},
          {"exact_bytes_per_session", c.exact_bytes_per_session}};
-  auto bpt = kv::kv_bytes_per_token(engine.cache().config(), engine.cache().shape(), c.context);
+  const runtime::StepModel& step = engine.step_model();
+  auto bpt = kv::kv_bytes_per_token(step.kv_config(), step.shape(), c.context);
   if (bpt.ok()) {
     j["kv_bytes_per_token"] = bpt->amortized;
     j["f16_bytes_per_token"] = bpt->f16;
@@ -53,10 +56,13 @@ json capacity_json(const Engine& engine) {
 }
 
 json kv_stats_json(const Engine& engine) {
-  const kv::KvPoolStats s = engine.cache().stats();
+  const runtime::StepModel& step = engine.step_model();
+  const kv::KvPoolStats s = step.kv_stats();
   json per_format = json::array();
   for (const auto& f : s.per_format) per_format.push_back({{"format", f.what}, {"bytes", f.bytes}});
-  return json{{"config", engine.cache().config().to_string()},
+  return json{{"config", step.kv_config().to_string()},
+              {"device", engine.device_description()},
+              {"prefix_caching", step.prefix_caching()},
               {"block_tokens", s.block_tokens},
               {"pages_total", s.pages_total},
               {"pages_used", s.pages_used},

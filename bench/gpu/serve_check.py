@@ -1,0 +1,288 @@
+#!/usr/bin/env python3
+"""End-to-end check of `tq serve` (issue #7: the server on the GPU with the same options).
+
+Starts `tq serve -m MODEL --device DEV --port P [KV flags]`, waits for /health, then
+  1. sends each of N prompts alone (greedy, temperature 0, max_tokens 32, ignore_eos): the
+     reference texts;
+  2. sends the same N prompts at once from N threads (continuous batching);
+  3. sends one streaming chat request and reads its SSE chunks up to [DONE];
+  4. reads /metrics and /v1/kv-stats,
+checks every answer is well formed, counts how many batched greedy texts equal their solo ones
+(batching may change the GEMM summation order, and with a compressed K cache the prefill
+chunking, so a near tie can flip a token: a mismatch is reported with its first differing
+character, and only fewer than --min-match exact matches fails), prints a Markdown summary and
+exits non-zero on any failure. Python standard library only.
+
+  python3 bench/gpu/serve_check.py --tq build/tq -m model.gguf --device cuda -ctk tq4 -ctv tq3
+"""
+import argparse
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who",
+    "def fibonacci(n):",
+    "A key-value cache stores",
+    "The three laws of thermodynamics are as follows. First,",
+    "Q: What is the boiling point of water at sea level?\nA:",
+    "List of prime numbers: 2, 3, 5, 7, 11,",
+    "In 1969, the first humans landed on the Moon. The mission was called Apollo 11 and its crew",
+]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, args, log_path):
+        self.port = args.port or free_port()
+        self.base = "http://127.0.0.1:%d" % self.port
+        cmd = [args.tq, "serve", "-m", args.model, "--device", args.device, "--port",
+               str(self.port), "--ctx", str(args.ctx), "--max-sessions", str(args.sessions)]
+        if args.ctk:
+            cmd += ["-ctk", args.ctk]
+        if args.ctv:
+            cmd += ["-ctv", args.ctv]
+        cmd += args.extra
+        self.cmd = cmd
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def log_tail(self, n=20):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return "".join(f.readlines()[-n:])
+
+    def wait_healthy(self, timeout):
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(self.base + "/health", timeout=2) as r:
+                    if r.status == 200:
+                        return True
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.5)
+        return False
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # graceful: drains, exits 0
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+
+def post(base, path, body, timeout):
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def get(base, path, timeout=10):
+    with urllib.request.urlopen(base + path, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def completion(base, prompt, max_tokens, timeout):
+    """One greedy completion -> (text, usage) or raises with what was wrong."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True}
+    r = post(base, "/v1/completions", body, timeout)
+    ch = r.get("choices")
+    if r.get("object") != "text_completion" or not isinstance(ch, list) or len(ch) != 1:
+        raise ValueError("malformed completion: %s" % json.dumps(r)[:300])
+    text, finish = ch[0].get("text"), ch[0].get("finish_reason")
+    usage = r.get("usage") or {}
+    if not isinstance(text, str) or finish not in ("length", "stop"):
+        raise ValueError("malformed choice: %s" % json.dumps(ch[0])[:300])
+    if usage.get("completion_tokens", 0) < 1 or usage.get("prompt_tokens", 0) < 1:
+        raise ValueError("bad usage: %s" % json.dumps(usage))
+    return text, usage
+
+
+def stream_chat(base, max_tokens, timeout):
+    """One streaming chat request -> (content, chunks); raises on a malformed stream."""
+    body = {"messages": [{"role": "user", "content": "Name three colours."}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True}
+    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    content, chunks, done, finish = "", 0, False, None
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        if "text/event-stream" not in r.headers.get("Content-Type", ""):
+            raise ValueError("not an event stream: %s" % r.headers.get("Content-Type"))
+        for raw in r:
+            line = raw.decode().strip()
+            if not line:
+                continue
+            if not line.startswith("data: "):
+                raise ValueError("bad SSE line: %r" % line[:200])
+            data = line[len("data: "):]
+            if data == "[DONE]":
+                done = True
+                break
+            c = json.loads(data)
+            if c.get("object") != "chat.completion.chunk":
+                raise ValueError("bad chunk: %s" % data[:300])
+            for choice in c.get("choices", []):
+                content += choice.get("delta", {}).get("content") or ""
+                finish = choice.get("finish_reason") or finish
+            chunks += 1
+    if not done or finish not in ("length", "stop"):
+        raise ValueError("stream ended without [DONE] or finish_reason (%s)" % finish)
+    return content, chunks
+
+
+def first_diff(a, b):
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def metric(text, name):
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        m = re.match(r"^%s(\{[^}]*\})? ([0-9.eE+-]+)$" % re.escape(name), line)
+        if m:
+            total += float(m.group(2))
+            found = True
+    return total if found else None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tq", required=True, help="the tq binary")
+    ap.add_argument("-m", "--model", required=True)
+    ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    ap.add_argument("--port", type=int, default=0, help="0: a free port")
+    ap.add_argument("-ctk", dest="ctk", default="")
+    ap.add_argument("-ctv", dest="ctv", default="")
+    ap.add_argument("--ctx", type=int, default=1024)
+    ap.add_argument("--sessions", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--min-match", type=int, default=6)
+    ap.add_argument("--startup-timeout", type=float, default=300)
+    ap.add_argument("--request-timeout", type=float, default=300)
+    ap.add_argument("--log", default="", help="server log file (default: serve_check.log here)")
+    ap.add_argument("--md", default="", help="also write the summary here")
+    ap.add_argument("extra", nargs="*", help="more tq serve flags (after --)")
+    args = ap.parse_args()
+
+    kv = "%s/%s" % (args.ctk or "f16", args.ctv or "f16")
+    title = "tq serve --device %s, kv %s" % (args.device, kv)
+    server = Server(args, args.log or "serve_check.log")
+    errors = []
+    lines = ["## %s" % title, "", "`%s`" % " ".join(server.cmd), ""]
+    try:
+        if not server.wait_healthy(args.startup_timeout):
+            errors.append("the server did not become healthy:\n" + server.log_tail())
+            raise RuntimeError
+        n = len(PROMPTS)
+        solo = [None] * n
+        for i, p in enumerate(PROMPTS):
+            try:
+                solo[i] = completion(server.base, p, args.max_tokens, args.request_timeout)
+            except Exception as e:  # noqa: BLE001 - every failure is reported, none escapes
+                errors.append("solo request %d: %s" % (i, e))
+
+        batched = [None] * n
+
+        def worker(i):
+            try:
+                batched[i] = completion(server.base, PROMPTS[i], args.max_tokens,
+                                        args.request_timeout)
+            except Exception as e:  # noqa: BLE001
+                errors.append("batched request %d: %s" % (i, e))
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+        t0 = time.time()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        wall = time.time() - t0
+
+        try:
+            content, chunks = stream_chat(server.base, 16, args.request_timeout)
+            stream_ok = "%d chunks, %d chars" % (chunks, len(content))
+        except Exception as e:  # noqa: BLE001
+            errors.append("streaming chat: %s" % e)
+            stream_ok = "FAILED"
+
+        matches, generated, prompt_tokens = 0, 0, 0
+        lines += ["| # | prompt tokens | tokens | solo == batched | first difference |",
+                  "|---|---|---|---|---|"]
+        for i in range(n):
+            if solo[i] is None or batched[i] is None:
+                lines.append("| %d | | | error | |" % i)
+                continue
+            (st, _), (bt, bu) = solo[i], batched[i]
+            generated += bu["completion_tokens"]
+            prompt_tokens += bu["prompt_tokens"]
+            same = st == bt
+            matches += same
+            lines.append("| %d | %d | %d | %s | %s |" % (
+                i, bu["prompt_tokens"], bu["completion_tokens"], "yes" if same else "no",
+                "" if same else "char %d: %r vs %r" % (first_diff(st, bt), st[:60], bt[:60])))
+
+        metrics = get(server.base, "/metrics")
+        kvs = json.loads(get(server.base, "/v1/kv-stats"))
+        steps = metric(metrics, "tq_scheduler_steps_total")
+        gen_total = metric(metrics, "tq_generated_tokens_total")
+        finished = metric(metrics, "tq_requests_finished_total")
+        if steps is None or gen_total is None or finished is None:
+            errors.append("/metrics lacks the scheduler counters")
+        elif finished < 2 * n + 1:
+            errors.append("/metrics counts %d finished requests, expected %d" % (finished, 2 * n + 1))
+        lines += ["",
+                  "- batched: %d requests, %d prompt + %d generated tokens in %.2f s = "
+                  "**%.1f generated tokens/s** aggregate" % (n, prompt_tokens, generated, wall,
+                                                             generated / wall if wall else 0),
+                  "- greedy solo == batched: **%d/%d** (need %d)" % (matches, n, args.min_match),
+                  "- streaming chat: %s" % stream_ok,
+                  "- /metrics: %s steps, %s generated tokens, %s finished requests" % (
+                      steps, gen_total, finished),
+                  "- /v1/kv-stats: device `%s`, prefix_caching %s, pages %s/%s" % (
+                      kvs.get("device"), kvs.get("prefix_caching"), kvs.get("pages_used"),
+                      kvs.get("pages_total"))]
+        if matches < args.min_match:
+            errors.append("only %d/%d batched greedy texts equal their solo runs" % (matches, n))
+    except RuntimeError:
+        pass
+    finally:
+        rc = server.stop()
+        if rc not in (0, None) and not errors:
+            errors.append("the server exited with %s:\n%s" % (rc, server.log_tail()))
+    lines += [""] + ["**FAIL**: %s" % e for e in errors] + ([] if errors else ["**PASS**"])
+    out = "\n".join(lines) + "\n"
+    sys.stdout.write(out)
+    if args.md:
+        with open(args.md, "a") as f:
+            f.write(out + "\n")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

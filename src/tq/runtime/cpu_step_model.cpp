@@ -1,0 +1,49 @@
+// CpuStepModel (see cpu_step_model.h).
+#include "tq/runtime/cpu_step_model.h"
+
+#include <utility>
+
+namespace tq::runtime {
+namespace {
+
+// A PagedKv as the scheduler sees it.
+class CpuSequence final : public StepSequence {
+ public:
+  explicit CpuSequence(std::unique_ptr<kv::PagedKv> kv) : kv_(std::move(kv)) {}
+
+  int length() const override { return kv_->length(); }
+  int capacity() const override { return kv_->capacity(); }
+  int pages_held() const override { return static_cast<int>(kv_->pages().size()); }
+  Expected<int> reuse_prefix(std::span<const int32_t> prompt) override {
+    return kv_->reuse_prefix(prompt);
+  }
+  int compressed_tokens() const override { return kv_->compressed_tokens(0); }
+  kv::PagedKv& kv() { return *kv_; }
+
+ private:
+  std::unique_ptr<kv::PagedKv> kv_;
+};
+
+}  // namespace
+
+Expected<std::unique_ptr<StepSequence>> CpuStepModel::new_sequence(int context) {
+  TQ_ASSIGN_OR_RETURN(auto kv, cache_.new_sequence(context));
+  return std::unique_ptr<StepSequence>(std::make_unique<CpuSequence>(std::move(kv)));
+}
+
+Status CpuStepModel::forward(std::span<const StepRow> rows) {
+  // Token ids first: commit() indexes every page they complete in the prefix cache. The rows'
+  // sequences came from new_sequence() above, so they are CpuSequences.
+  batch_.clear();
+  for (const StepRow& r : rows) {
+    kv::PagedKv& kv = static_cast<CpuSequence*>(r.seq)->kv();
+    TQ_RETURN_IF_ERROR(kv.add_tokens(std::span<const int32_t>(r.tokens, r.n)));
+    batch_.push_back(model::BatchSequence{
+        r.tokens, r.n, &kv, r.logits ? model::LogitsMode::kLast : model::LogitsMode::kNone,
+        r.logits});
+  }
+  // One pass for the whole step: the weights are streamed once, not once per sequence.
+  return model_.forward_batch(batch_, pool_, scratch_);
+}
+
+}  // namespace tq::runtime

@@ -1,0 +1,161 @@
+// DeviceStepModel (see device_step_model.h).
+#include "tq/runtime/device_step_model.h"
+
+#include <algorithm>
+
+#include "tq/core/log.h"
+#include "tq/kv/kv_bytes.h"
+
+namespace tq::runtime {
+
+// A slot held for one scheduler sequence.
+class DeviceStepModel::Sequence final : public StepSequence {
+ public:
+  Sequence(DeviceStepModel* owner, int slot, int capacity)
+      : owner_(owner), slot_(slot), capacity_(capacity) {}
+  ~Sequence() override { owner_->release(slot_); }
+
+  int length() const override { return owner_->slot_length(slot_); }
+  int capacity() const override { return capacity_; }
+  int pages_held() const override { return owner_->pages_for(length()); }
+  Expected<int> reuse_prefix(std::span<const int32_t>) override { return 0; }
+  // Never consulted: prefix_caching() is off, so no request waits for this prompt's pages.
+  int compressed_tokens() const override { return 0; }
+
+  const DeviceStepModel* owner() const { return owner_; }
+  int slot() const { return slot_; }
+
+ private:
+  DeviceStepModel* owner_;
+  int slot_;
+  int capacity_;
+};
+
+Expected<std::unique_ptr<DeviceStepModel>> DeviceStepModel::create(backend::DeviceModel& dm,
+                                                                   const model::Model& model) {
+  const backend::DeviceModelOptions& o = dm.options();
+  if (o.max_batch < o.max_sequences)
+    return invalid_argument("device step model: max_batch " + std::to_string(o.max_batch) +
+                            " is below the " + std::to_string(o.max_sequences) +
+                            " slots (every slot decodes in one pass)");
+  for (int s = 0; s < o.max_sequences; ++s)
+    if (dm.length(s) != 0)
+      return invalid_argument("device step model: slot " + std::to_string(s) + " is not empty");
+  std::unique_ptr<DeviceStepModel> m(new DeviceStepModel(dm, model));
+  TQ_ASSIGN_OR_RETURN(m->block_bytes_, kv::kv_block_bytes(o.kv, m->shape_));
+  for (size_t b : m->block_bytes_) m->page_bytes_ += b;
+  return m;
+}
+
+DeviceStepModel::DeviceStepModel(backend::DeviceModel& dm, const model::Model& model)
+    : dm_(dm),
+      model_(model),
+      shape_(model.attention_shape()),
+      held_(static_cast<size_t>(dm.options().max_sequences), 0),
+      lengths_(static_cast<size_t>(dm.options().max_sequences), 0) {}
+
+int DeviceStepModel::pages_for(int tokens) const {
+  const int bt = dm_.options().kv.block_tokens;
+  return (tokens + bt - 1) / bt;
+}
+
+int DeviceStepModel::slot_length(int slot) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return lengths_[static_cast<size_t>(slot)];
+}
+
+Expected<std::unique_ptr<StepSequence>> DeviceStepModel::new_sequence(int context) {
+  const backend::DeviceModelOptions& o = dm_.options();
+  if (context < 1 || context > o.max_context)
+    return invalid_argument("device: a sequence of " + std::to_string(context) +
+                            " tokens does not fit a slot of " + std::to_string(o.max_context));
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto free = std::find(held_.begin(), held_.end(), 0);
+  if (free == held_.end())
+    return resource_exhausted("device: all " + std::to_string(o.max_sequences) +
+                              " sequence slots are in use");
+  *free = 1;
+  const int slot = static_cast<int>(free - held_.begin());
+  return std::unique_ptr<StepSequence>(std::make_unique<Sequence>(this, slot, context));
+}
+
+void DeviceStepModel::release(int slot) {
+  // Emptied now rather than when reused, so the pages it reports are free at once.
+  if (Status st = dm_.reset(slot); !st.ok())
+    TQ_LOG(kError, "device: emptying slot %d failed: %s", slot, st.to_string().c_str());
+  std::lock_guard<std::mutex> lock(mu_);
+  held_[static_cast<size_t>(slot)] = 0;
+  lengths_[static_cast<size_t>(slot)] = 0;
+}
+
+Status DeviceStepModel::forward(std::span<const StepRow> rows) {
+  decode_.clear();
+  prefill_.clear();
+  for (const StepRow& r : rows) {
+    const auto* s = dynamic_cast<const Sequence*>(r.seq);
+    if (s == nullptr || s->owner() != this)
+      return invalid_argument("device: a step row names a sequence of another model");
+    backend::DeviceForwardArgs a;
+    a.seq = s->slot();
+    a.tokens = r.tokens;
+    a.n = r.n;
+    a.logits_mode = r.logits ? backend::DeviceLogits::kLast : backend::DeviceLogits::kNone;
+    a.logits = r.logits;
+    // An empty slot's first token goes through forward() as a prompt would (it sets up the
+    // slot, e.g. its key means), so a one-token prompt runs as it does alone.
+    (r.n == 1 && s->length() > 0 ? decode_ : prefill_).push_back(a);
+  }
+  Status st = decode_.empty() ? ok_status() : dm_.forward_batch(decode_);
+  for (size_t i = 0; st.ok() && i < prefill_.size(); ++i) st = dm_.forward(prefill_[i]);
+  // Lengths as the device has them now, also after a failure part way through the step.
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto* calls : {&decode_, &prefill_})
+    for (const backend::DeviceForwardArgs& a : *calls)
+      lengths_[static_cast<size_t>(a.seq)] = dm_.length(a.seq);
+  return st;
+}
+
+kv::KvPoolStats DeviceStepModel::kv_stats() const {
+  const backend::DeviceModelOptions& o = dm_.options();
+  const kv::KvConfig& c = o.kv;
+  kv::KvPoolStats s;
+  s.block_tokens = c.block_tokens;
+  s.page_bytes = page_bytes_;
+  s.pages_total = o.max_sequences * pages_for(o.max_context);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < held_.size(); ++i) {
+      if (!held_[i]) continue;
+      ++s.sequences;
+      s.tokens += lengths_[i];
+      s.pages_used += pages_for(lengths_[i]);
+    }
+  }
+  s.pages_free = s.pages_total - s.pages_used;
+  s.arena_bytes = static_cast<size_t>(s.pages_total) * page_bytes_;
+  s.used_bytes = static_cast<size_t>(s.pages_used) * page_bytes_;
+  const int layers = shape_.n_layers;
+  for (int l = 0; l < layers; ++l) {
+    const kv::LayerFormats f = c.formats_for(l, layers);
+    for (const bool value : {false, true}) {
+      const std::string what = (value ? "V " : "K ") + (value ? f.v : f.k).name();
+      const size_t bytes = block_bytes_[static_cast<size_t>(2 * l + (value ? 1 : 0))] *
+                           static_cast<size_t>(s.pages_used);
+      auto it = std::find_if(s.per_format.begin(), s.per_format.end(),
+                             [&](const kv::KvFormatBytes& b) { return b.what == what; });
+      if (it == s.per_format.end()) {
+        s.per_format.push_back({what, bytes});
+      } else {
+        it->bytes += bytes;
+      }
+    }
+  }
+  const double f16_token = static_cast<double>(kv::kv_f16_token_bytes(shape_));
+  s.formats_ratio_vs_f16 =
+      page_bytes_ > 0 ? f16_token * c.block_tokens / static_cast<double>(page_bytes_) : 0.0;
+  s.effective_ratio_vs_f16 =
+      s.used_bytes > 0 ? f16_token * static_cast<double>(s.tokens) / s.used_bytes : 0.0;
+  return s;
+}
+
+}  // namespace tq::runtime

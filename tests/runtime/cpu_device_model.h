@@ -1,0 +1,165 @@
+// A CPU stand-in for backend::DeviceModel, so the device path of the scheduler
+// (runtime::DeviceStepModel) runs in tests on machines without a GPU: a model::Model with one
+// PagedKv per slot (own pages, no prefix sharing), honouring the header's contract: forward()
+// any n tokens of one slot in passes of at most max_batch, forward_batch() one token of each
+// of B distinct slots as ONE Model::forward_batch, everything validated before any cache is
+// touched, reset() empties a slot. It counts its calls so tests can see how steps were split.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tq/backend/cpu/tq_kernels.h"
+#include "tq/backend/device_model.h"
+#include "tq/core/thread_pool.h"
+#include "tq/kv/kv_bytes.h"
+#include "tq/kv/paged_kv.h"
+#include "tq/kv/paged_kv_cache.h"
+#include "tq/model/llama.h"
+
+namespace tq::test {
+
+class CpuDeviceModel final : public backend::DeviceModel {
+ public:
+  static Expected<std::unique_ptr<CpuDeviceModel>> create(const model::Model& m,
+                                                          const backend::DeviceModelOptions& o) {
+    TQ_RETURN_IF_ERROR(o.validate());
+    std::unique_ptr<CpuDeviceModel> d(new CpuDeviceModel(m, o));
+    kv::PagedKvCacheOptions co;
+    co.shape = m.attention_shape();
+    co.config = o.kv;
+    co.prefix_caching = false;  // the GPU's slots share nothing
+    co.kernels = &backend::cpu::cpu_kernel_table();
+    TQ_ASSIGN_OR_RETURN(const std::vector<size_t> blocks, kv::kv_block_bytes(o.kv, co.shape));
+    size_t page = 0;
+    for (size_t b : blocks) page += b;
+    const size_t pages =
+        static_cast<size_t>((o.max_context + o.kv.block_tokens - 1) / o.kv.block_tokens);
+    co.pool_bytes = page * pages * static_cast<size_t>(o.max_sequences);
+    TQ_ASSIGN_OR_RETURN(d->cache_, kv::PagedKvCache::create(co));
+    d->slots_.resize(static_cast<size_t>(o.max_sequences));
+    for (int s = 0; s < o.max_sequences; ++s) TQ_RETURN_IF_ERROR(d->reset(s));
+    return d;
+  }
+
+  Status forward(const backend::DeviceForwardArgs& a) override {
+    TQ_RETURN_IF_ERROR(check_slot(a.seq, "forward: "));
+    if (a.n < 1 || a.tokens == nullptr) return invalid_argument("forward: no tokens");
+    TQ_RETURN_IF_ERROR(check_item(a, "forward: "));
+    kv::PagedKv& kv = slot(a.seq);
+    if (a.n > o_.max_context - kv.length())
+      return resource_exhausted("forward: the tokens exceed the slot's context");
+    ++forward_calls;
+    if (a.n == 1 && kv.length() > 0) ++single_token_forwards;  // a decode that missed the batch
+    const int vocab = m_.config().vocab_size;
+    for (int done = 0; done < a.n;) {
+      const int n = std::min(o_.max_batch, a.n - done);
+      model::ForwardArgs f;
+      f.tokens = a.tokens + done;
+      f.n = n;
+      f.kv = &kv;
+      f.pool = &pool_;
+      f.scratch = &scratch_;
+      f.logits_mode = mode(a.logits_mode);
+      f.logits = a.logits;
+      if (a.logits_mode == backend::DeviceLogits::kAll) {
+        f.logits = a.logits + static_cast<size_t>(done) * vocab;
+      } else if (done + n < a.n) {
+        f.logits_mode = model::LogitsMode::kNone;  // only the last pass's last token
+      }
+      TQ_RETURN_IF_ERROR(m_.forward(f));
+      done += n;
+    }
+    return ok_status();
+  }
+
+  Status forward_batch(std::span<const backend::DeviceForwardArgs> items) override {
+    const int B = static_cast<int>(items.size());
+    if (B < 1 || B > o_.max_batch) return invalid_argument("forward_batch: bad item count");
+    std::vector<uint8_t> seen(slots_.size(), 0);
+    for (const auto& a : items) {
+      TQ_RETURN_IF_ERROR(check_slot(a.seq, "forward_batch: "));
+      if (seen[static_cast<size_t>(a.seq)]++)
+        return invalid_argument("forward_batch: a slot appears twice");
+      if (a.n != 1 || a.tokens == nullptr)
+        return invalid_argument("forward_batch: needs exactly one token per item");
+      TQ_RETURN_IF_ERROR(check_item(a, "forward_batch: "));
+      if (slot(a.seq).length() >= o_.max_context)
+        return resource_exhausted("forward_batch: a slot is full");
+    }
+    ++forward_batch_calls;
+    forward_batch_rows += B;
+    for (int cur = max_batch_rows.load();
+         B > cur && !max_batch_rows.compare_exchange_weak(cur, B);) {
+    }
+    batch_.clear();
+    for (const auto& a : items)
+      batch_.push_back(
+          model::BatchSequence{a.tokens, 1, &slot(a.seq), mode(a.logits_mode), a.logits});
+    return m_.forward_batch(batch_, pool_, scratch_);
+  }
+
+  Status copy_sequence(int, int) override {
+    return unsupported("the CPU stand-in does not copy slots");  // the scheduler never does
+  }
+  int length(int seq) const override { return slots_[static_cast<size_t>(seq)]->length(); }
+  Status reset(int seq) override {
+    TQ_RETURN_IF_ERROR(check_slot(seq, "reset: "));
+    slots_[static_cast<size_t>(seq)].reset();  // its pages back first
+    TQ_ASSIGN_OR_RETURN(slots_[static_cast<size_t>(seq)], cache_->new_sequence(o_.max_context));
+    return ok_status();
+  }
+  const backend::DeviceModelOptions& options() const override { return o_; }
+  std::string describe() const override { return "cpu stand-in: " + o_.to_string(); }
+
+  const kv::PagedKvCache& cache() const { return *cache_; }
+
+  std::atomic<int64_t> forward_calls{0};
+  std::atomic<int64_t> single_token_forwards{0};
+  std::atomic<int64_t> forward_batch_calls{0};
+  std::atomic<int64_t> forward_batch_rows{0};
+  std::atomic<int> max_batch_rows{0};
+
+ private:
+  CpuDeviceModel(const model::Model& m, const backend::DeviceModelOptions& o)
+      : m_(m), o_(o), pool_(2) {}
+
+  static model::LogitsMode mode(backend::DeviceLogits l) {
+    switch (l) {
+      case backend::DeviceLogits::kNone:
+        return model::LogitsMode::kNone;
+      case backend::DeviceLogits::kLast:
+        return model::LogitsMode::kLast;
+      case backend::DeviceLogits::kAll:
+        return model::LogitsMode::kAll;
+    }
+    return model::LogitsMode::kNone;
+  }
+  Status check_slot(int seq, const std::string& at) const {
+    if (seq < 0 || seq >= o_.max_sequences)
+      return invalid_argument(at + "slot " + std::to_string(seq) + " out of range");
+    return ok_status();
+  }
+  Status check_item(const backend::DeviceForwardArgs& a, const std::string& at) const {
+    if (a.logits_mode != backend::DeviceLogits::kNone && a.logits == nullptr)
+      return invalid_argument(at + "logits buffer is null");
+    for (int t = 0; t < a.n; ++t)
+      if (a.tokens[t] < 0 || a.tokens[t] >= m_.config().vocab_size)
+        return invalid_argument(at + "token id outside the vocab");
+    return ok_status();
+  }
+  kv::PagedKv& slot(int seq) { return *slots_[static_cast<size_t>(seq)]; }
+
+  const model::Model& m_;
+  const backend::DeviceModelOptions o_;
+  ThreadPool pool_;
+  model::ForwardScratch scratch_;
+  std::unique_ptr<kv::PagedKvCache> cache_;
+  std::vector<std::unique_ptr<kv::PagedKv>> slots_;  // [slot]
+  std::vector<model::BatchSequence> batch_;
+};
+
+}  // namespace tq::test
