@@ -131,10 +131,12 @@ inline double rel_l2(const float* a, const double* b, size_t n) {
 }
 
 // Runs data through kv in the given chunk sizes (cycled until all tokens are in), every layer
-// appending then attending, then commit. Calls check(layer, p0, n, out) after each attend.
+// showing its queries (as the model's forward pass does, unless observe is false), appending
+// then attending, then commit. Calls check(layer, p0, n, out) after each attend.
 inline void run_chunks(SequenceKv& kv, const KvData& d, const std::vector<int>& chunks,
                        ThreadPool& pool,
-                       const std::function<void(int, int, int, const float*)>& check) {
+                       const std::function<void(int, int, int, const float*)>& check,
+                       bool observe = true) {
   const AttentionShape& s = d.shape;
   const size_t hd = static_cast<size_t>(s.head_dim);
   int p0 = kv.length();
@@ -146,8 +148,10 @@ inline void run_chunks(SequenceKv& kv, const KvData& d, const std::vector<int>& 
     for (int l = 0; l < s.n_layers; ++l) {
       const size_t kv_off = static_cast<size_t>(p0) * s.n_kv_heads * hd;
       const size_t q_off = static_cast<size_t>(p0) * s.n_heads * hd;
+      if (observe) kv.observe_queries(l, n, d.q[static_cast<size_t>(l)].data() + q_off);
       ASSERT_TRUE(kv.append(l, n, d.k[static_cast<size_t>(l)].data() + kv_off,
-                            d.v[static_cast<size_t>(l)].data() + kv_off).ok());
+                            d.v[static_cast<size_t>(l)].data() + kv_off)
+                      .ok());
       ASSERT_TRUE(
           kv.attend(l, n, d.q[static_cast<size_t>(l)].data() + q_off, out.data(), pool).ok());
       check(l, p0, n, out.data());

@@ -242,22 +242,25 @@ double worst_rel_err_vs_exact(PagedKv& seq, const KvData& d, std::vector<int> ch
 
 // Relative L2 error over all queries of a fresh sequence in a cache of config c (chunks
 // 64/1/33/7) against exact float64 attention over the original K/V.
-double total_rel_err_vs_exact(const KvData& d, const KvConfig& c) {
+double total_rel_err_vs_exact(const KvData& d, const KvConfig& c, bool observe = true) {
   const AttentionShape& s = d.shape;
   auto cache = make_cache(s, c);
   auto seq = cache->new_sequence(256);
   EXPECT_TRUE(seq.ok());
   ThreadPool pool(1);
   double err2 = 0, ref2 = 0;
-  run_chunks(**seq, d, {64, 1, 33, 7}, pool, [&](int l, int p0, int n, const float* out) {
-    const size_t count = static_cast<size_t>(n) * s.n_heads * static_cast<size_t>(s.head_dim);
-    std::vector<double> ref(count);
-    exact_attention_original(d, l, p0, n, ref.data());
-    for (size_t e = 0; e < count; ++e) {
-      err2 += (out[e] - ref[e]) * (out[e] - ref[e]);
-      ref2 += ref[e] * ref[e];
-    }
-  });
+  run_chunks(
+      **seq, d, {64, 1, 33, 7}, pool,
+      [&](int l, int p0, int n, const float* out) {
+        const size_t count = static_cast<size_t>(n) * s.n_heads * static_cast<size_t>(s.head_dim);
+        std::vector<double> ref(count);
+        exact_attention_original(d, l, p0, n, ref.data());
+        for (size_t e = 0; e < count; ++e) {
+          err2 += (out[e] - ref[e]) * (out[e] - ref[e]);
+          ref2 += ref[e] * ref[e];
+        }
+      },
+      observe);
   return std::sqrt(err2 / ref2);
 }
 
@@ -364,6 +367,32 @@ TEST(PagedKv, KeyScalingLowersErrorOnAnisotropicKeys) {
     std::printf("[ %s keys ] rel err vs exact: %.4f centered, %.4f centered and scaled\n", f,
                 rel[0], rel[1]);
     EXPECT_LT(rel[1], 0.95 * rel[0]) << f;
+  }
+}
+
+// Queries 4x wider on 8 channels the keys do not single out (real models' queries have wide
+// channels of their own): scales from the keys and the queries (s^2 ~ sigma_k / sigma_q) give
+// those channels a finer grid and beat scales from the keys alone, which beat none.
+TEST(PagedKv, KeyScalingUsesTheQueries) {
+  const AttentionShape s = small_shape();
+  KvData d = make_kv_data(s, 203, 80);
+  const size_t hd = static_cast<size_t>(s.head_dim);
+  for (auto& q : d.q)
+    for (size_t i = 0; i < q.size(); ++i)
+      if ((i % hd) % 8 == 3) q[i] *= 4.0f;
+  for (const char* f : {"tq3", "tq4"}) {
+    KvConfig c = config_kv(f, "f16");
+    c.key_scaling = true;
+    const double keys_only = total_rel_err_vs_exact(d, c, /*observe=*/false);
+    const double with_queries = total_rel_err_vs_exact(d, c, /*observe=*/true);
+    c.key_scaling = false;
+    const double none = total_rel_err_vs_exact(d, c);
+    std::printf(
+        "[ %s keys ] rel err vs exact: %.4f unscaled, %.4f scaled from keys, %.4f from "
+        "keys and queries\n",
+        f, none, keys_only, with_queries);
+    EXPECT_LT(with_queries, 0.9 * keys_only) << f;
+    EXPECT_LT(keys_only, none) << f;
   }
 }
 

@@ -138,11 +138,18 @@ void PagedKv::set_key_mean(int layer, int n, const float* k) {
     const float inv = 1.0f / static_cast<float>(to - from);
     for (size_t e = 0; e < token_elems; ++e) mu[e] *= inv;
   }
-  // Scales: s = sqrt(rms_e / geometric mean of the rms) per head, from the same keys (with
-  // queries of equal spread per channel this minimizes the score error of an isotropic
-  // quantizer, by Cauchy-Schwarz). Fewer than two keys: s = 1.
+  // Scales per head and channel e: s_e^2 = r_e / geomean(r), r_e = rms_k,e / rms_q,e over the
+  // same tokens (the queries of the append, from observe_queries; rms_q = 1 without them). The
+  // score error of an isotropic quantizer of (k - mu) / s, seen by q s, has the expectation
+  // (sum sigma_k^2 / s^2)(sum sigma_q^2 s^2) (D / d), which Cauchy-Schwarz minimizes at
+  // s^2 ~ sigma_k / sigma_q. SmolLM2, 16 chunks, sinks 4 + window 128: KLD tq4/tq4 0.0177 ->
+  // 0.0150, tq4/tq3 0.0259 -> 0.0236, tq3/tq3 0.0544 -> 0.0452 with the queries. Fewer than
+  // two keys: s = 1.
   if (scaled_[static_cast<size_t>(layer)] && to - from >= 2) {
     float* s = key_scale_.data() + static_cast<size_t>(layer) * token_elems;
+    const float* q_hint = hint_layer_ == layer && hint_n_ == n ? hint_q_ : nullptr;
+    const int group = shape_.n_heads / shape_.n_kv_heads;
+    auto sq = [](double x) { return x * x; };
     for (int h = 0; h < shape_.n_kv_heads; ++h) {
       const size_t o = static_cast<size_t>(h) * row_elems_;
       double log_sum = 0.0;
@@ -152,9 +159,19 @@ void PagedKv::set_key_mean(int layer, int n, const float* k) {
           const double x = k[static_cast<size_t>(j) * token_elems + o + e] - mu[o + e];
           ss += x * x;
         }
-        const double rms = std::sqrt(ss / (to - from)) + 1e-6;
-        s[o + e] = static_cast<float>(rms);
-        log_sum += std::log(rms);
+        double ratio = std::sqrt(ss / (to - from)) + 1e-6;
+        if (q_hint) {
+          // The queries of the same tokens, all heads of this KV head's group.
+          double qq = 0.0;
+          for (int j = from; j < to; ++j)
+            for (int g = 0; g < group; ++g)
+              qq +=
+                  sq(q_hint[(static_cast<size_t>(j) * shape_.n_heads + h * group + g) * row_elems_ +
+                            e]);
+          ratio /= std::sqrt(qq / ((to - from) * group)) + 1e-6;
+        }
+        s[o + e] = static_cast<float>(ratio);
+        log_sum += std::log(ratio);
       }
       const double geomean = std::exp(log_sum / static_cast<double>(row_elems_));
       for (size_t e = 0; e < row_elems_; ++e)
@@ -162,6 +179,16 @@ void PagedKv::set_key_mean(int layer, int n, const float* k) {
     }
   }
   mean_ready_[static_cast<size_t>(layer)] = 1;
+  hint_q_ = nullptr;  // valid for this append only
+  hint_layer_ = -1;
+}
+
+void PagedKv::observe_queries(int layer, int n, const float* q) {
+  const size_t l = static_cast<size_t>(layer);
+  if (layer < 0 || l >= scaled_.size() || !scaled_[l] || mean_ready_[l]) return;
+  hint_q_ = q;
+  hint_layer_ = layer;
+  hint_n_ = n;
 }
 
 Status PagedKv::append(int layer, int n, const float* k, const float* v) {

@@ -34,6 +34,7 @@ class PagedKv final : public SequenceKv {
   int length() const override { return length_; }
   int capacity() const override { return capacity_; }
   Status append(int layer, int n, const float* k, const float* v) override;
+  void observe_queries(int layer, int n, const float* q) override;
   Status attend(int layer, int n, const float* q, float* out, ThreadPool& pool) override;
   Status commit(int n) override;
   // Pages held (whole pages, shared ones included) plus the f16 sink and window rows.
@@ -118,9 +119,13 @@ class PagedKv final : public SequenceKv {
   std::vector<uint8_t> scaled_;      // [layer] stores (k - mu) / s
   std::vector<float> key_scale_;     // [layer][kv_head][head_dim], 1 where not scaled
   std::vector<float> scaled_q_;      // [n][n_heads][head_dim] queries of one attend, times s
-  size_t key_mean_bytes_ = 0;        // of the centered layers (counted in exact_bytes)
-  std::vector<float> centered_k_;    // [n][kv_head][head_dim] keys of one append, centered
-  std::vector<float> scratch_;       // [head_dim] f16 row decoded for re-encoding
+  // The queries of the append about to fix a layer's scales (observe_queries), else null.
+  const float* hint_q_ = nullptr;
+  int hint_layer_ = -1;
+  int hint_n_ = 0;
+  size_t key_mean_bytes_ = 0;      // of the centered layers (counted in exact_bytes)
+  std::vector<float> centered_k_;  // [n][kv_head][head_dim] keys of one append, centered
+  std::vector<float> scratch_;     // [head_dim] f16 row decoded for re-encoding
 };
 
 }  // namespace tq::kv

@@ -32,6 +32,11 @@ class SequenceKv {
   // the cache is full.
   virtual Status append(int layer, int n, const float* k, const float* v) = 0;
 
+  // Called before append() with the queries of the same n tokens ([n][n_heads][head_dim],
+  // after RoPE; valid until that append returns). A cache that fixes per-channel statistics at
+  // its first append (PagedKv's key scaling) may use them; others ignore them.
+  virtual void observe_queries(int layer, int n, const float* q) { (void)layer, (void)n, (void)q; }
+
   // Causal attention of the n newest queries of `layer` (their K/V already appended):
   // q: [n][n_heads][head_dim]; query i sees positions 0 .. length()+i.
   // out: [n][n_heads][head_dim].

@@ -129,6 +129,7 @@ Status Model::run_layer(int l, std::span<const BatchSequence> seqs, int n, Threa
   }
   size_t row = 0;
   for (const BatchSequence& b : seqs) {
+    b.kv->observe_queries(l, b.n, &s.q_[row * c.q_dim()]);
     TQ_RETURN_IF_ERROR(b.kv->append(l, b.n, &s.k_[row * c.kv_dim()], &s.v_[row * c.kv_dim()]));
     TQ_RETURN_IF_ERROR(
         b.kv->attend(l, b.n, &s.q_[row * c.q_dim()], &s.att_[row * c.q_dim()], pool));
