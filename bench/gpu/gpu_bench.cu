@@ -4,9 +4,17 @@
 // the call must read (K/V pages as stored + query/partials), achieved GB/s, the fraction of the
 // measured device-to-device copy bandwidth (bytes read + written), and the speedup over tq's
 // own f16 kernel. Writes CSV files into --out.
+// Quantize-on-write, old (WriteKernel::kLegacy, CPU-order float64) vs new (the float32 team
+// kernel for bulk writes, the warp kernel for decode writes), in one run:
+// - bulk: 65536 tokens x 8 KV heads x 128 from fp16 (write_bench.csv: new, write_bench_legacy.csv);
+// - decode: one token x 8 KV heads x 128, K and V, from fp32 as the model writes them, into 32
+//   layers' distinct pools, 32 back-to-back layer writes timed per layer (write_decode.csv): old
+//   (2 legacy launches per layer), new separate (2 warp-kernel launches), new fused
+//   (quantize_write_kv: 1 launch), on a stream and as a CUDA graph (GPU time without the CPU's
+//   launch cost).
 //
 //   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
-//                [--reps 20] [--write 0|1]
+//                [--reps 20] [--write 0|1] [--attention 0|1]
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -157,6 +165,109 @@ void fill_pool(PagedPool& pool, const int32_t* d_table, int batch, int len, int 
   CK(cudaDeviceSynchronize());
 }
 
+// Decode-shape quantize-on-write: one token x kKvHeads x kDim for K and V (fp32 input, as the
+// model writes them) into each of kLayers layers' own pools, timed as kLayers back-to-back layer
+// writes (L2 flushed before each rep), per layer.
+void decode_write_bench(const std::string& out_dir, const char* device, quant::CodebookCache& books, int reps,
+                        void* flush, size_t flush_bytes) {
+  constexpr int kLayers = 32, kBlocks = 64;  // 2048 tokens of context per layer pool
+  FILE* csv = std::fopen((out_dir + "/write_decode.csv").c_str(), "w");
+  std::fprintf(csv, "device,kv,variant,launches_per_layer,stream_us_per_layer,graph_us_per_layer\n");
+  std::printf("\n## Quantize-on-write, decode shape: 1 token x %d KV heads x %d, K and V, fp32 in, %d layers' pools\n\n"
+              "us per layer (%d back-to-back layer writes / %d); stream = launched from the host each rep, graph = "
+              "the same launches replayed as one CUDA graph.\n\n"
+              "| K/V | variant | launches/layer | stream (us/layer) | graph (us/layer) |\n|---|---|---|---|---|\n",
+              kKvHeads, kDim, kLayers, kLayers, kLayers);
+  cudaStream_t stream = nullptr;
+  CK(cudaStreamCreate(&stream));  // blocking: events on the legacy stream bracket its work
+  float *xk = nullptr, *xv = nullptr;
+  int32_t* slot = nullptr;
+  CK(cudaMalloc(&xk, kKvHeads * kDim * sizeof(float)));
+  CK(cudaMalloc(&xv, kKvHeads * kDim * sizeof(float)));
+  CK(cudaMalloc(&slot, sizeof(int32_t)));
+  {
+    std::vector<float> h(kKvHeads * kDim);
+    Rng rng(kSeed + 9);
+    for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<float>(rng.normal()) * ((i % kDim == 3) ? 10.0f : 1.0f);
+    CK(cudaMemcpy(xk, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+    for (float& e : h) e *= 0.5f;
+    CK(cudaMemcpy(xv, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
+    const int32_t s = 37 * kCap + 5;  // block 37, slot 5
+    CK(cudaMemcpy(slot, &s, 4, cudaMemcpyHostToDevice));
+  }
+  for (const char* kv : {"tq4/tq4", "tq4/tq3", "tq3/tq3", "f16/f16"}) {
+    const std::string pair = kv;
+    const quant::Format kf = *quant::parse_format(pair.substr(0, pair.find('/')));
+    const quant::Format vf = *quant::parse_format(pair.substr(pair.find('/') + 1));
+    std::vector<std::unique_ptr<DeviceCodecTables>> tables;
+    std::vector<QuantizeWriteParams> wk(kLayers), wv(kLayers);
+    for (int l = 0; l < kLayers; ++l) {
+      for (const bool is_v : {false, true}) {
+        const quant::Format f = is_v ? vf : kf;
+        auto t = DeviceCodecTables::create(f, kDim, derive_seed(kSeed, 100 + l), books);
+        ST(t.status());
+        tables.push_back(std::make_unique<DeviceCodecTables>(std::move(*t)));
+        QuantizeWriteParams& w = is_v ? wv[l] : wk[l];
+        w.pool.format = f;
+        w.pool.head_dim = kDim;
+        w.pool.block_tokens = kCap;
+        w.pool.n_kv_heads = kKvHeads;
+        w.pool.norm_correction = true;
+        w.pool.tables = tables.back()->view();
+        CK(cudaMalloc(&w.pool.data, w.pool.block_stride_or_default() * kBlocks));
+        w.x = is_v ? xv : xk;
+        w.slot_mapping = slot;
+        w.tokens = 1;
+      }
+    }
+    struct Variant {
+      const char* name;
+      WriteKernel kernel;
+      bool fused;
+    };
+    for (const Variant var : {Variant{"old (legacy)", WriteKernel::kLegacy, false},
+                              Variant{"new, K and V apart", WriteKernel::kWarp, false},
+                              Variant{"new, fused", WriteKernel::kWarp, true}}) {
+      const auto layers = [&] {
+        for (int l = 0; l < kLayers; ++l) {
+          wk[l].kernel = wv[l].kernel = var.kernel;
+          if (var.fused) {
+            ST(quantize_write_kv(wk[l], wv[l], stream));
+          } else {
+            ST(quantize_write(wk[l], stream));
+            ST(quantize_write(wv[l], stream));
+          }
+        }
+      };
+      const double ms_stream = time_median(layers, reps, flush, flush_bytes);
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      layers();
+      CK(cudaStreamEndCapture(stream, &graph));
+      CK(cudaGraphInstantiate(&exec, graph, 0));
+      const double ms_graph = time_median([&] { CK(cudaGraphLaunch(exec, stream)); }, reps, flush, flush_bytes);
+      CK(cudaGraphExecDestroy(exec));
+      CK(cudaGraphDestroy(graph));
+      const int launches = var.fused ? 1 : 2;
+      std::printf("| %s | %s | %d | %.2f | %.2f |\n", kv, var.name, launches, ms_stream * 1e3 / kLayers,
+                  ms_graph * 1e3 / kLayers);
+      std::fprintf(csv, "%s,%s,%s,%d,%.3f,%.3f\n", device, kv, var.name, launches, ms_stream * 1e3 / kLayers,
+                   ms_graph * 1e3 / kLayers);
+      std::fflush(stdout);
+    }
+    for (int l = 0; l < kLayers; ++l) {
+      CK(cudaFree(wk[l].pool.data));
+      CK(cudaFree(wv[l].pool.data));
+    }
+  }
+  CK(cudaFree(xk));
+  CK(cudaFree(xv));
+  CK(cudaFree(slot));
+  CK(cudaStreamDestroy(stream));
+  std::fclose(csv);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -165,7 +276,7 @@ int main(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32, 64};
   std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4", "tq4/tq3", "tq3/tq3", "tq2/tq2"};
   int reps = 20;
-  bool write_bench = true;
+  bool write_bench = true, attention_bench = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--out") out_dir = argv[i + 1];
@@ -174,6 +285,7 @@ int main(int argc, char** argv) {
     else if (a == "--formats") formats = parse_list(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--write") write_bench = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--attention") attention_bench = std::atoi(argv[i + 1]) != 0;
   }
 
   cudaDeviceProp prop{};
@@ -211,9 +323,12 @@ int main(int argc, char** argv) {
 
   // --- quantize-on-write bandwidth (65536 tokens x 8 KV heads from fp16) ---
   FILE* wcsv = std::fopen((out_dir + "/write_bench.csv").c_str(), "w");
-  std::fprintf(wcsv, "device,format,tokens,time_us,bytes,gbps,frac_copy\n");
-  std::printf("\n## Quantize-on-write, %zu tokens x %d KV heads x %d, fp16 in\n\n", scratch_tokens, kKvHeads, kDim);
-  std::printf("| format | time (us) | bytes moved | GB/s | of copy BW |\n|---|---|---|---|---|\n");
+  FILE* wcsv_old = std::fopen((out_dir + "/write_bench_legacy.csv").c_str(), "w");
+  for (FILE* f : {wcsv, wcsv_old}) std::fprintf(f, "device,format,tokens,time_us,bytes,gbps,frac_copy\n");
+  std::printf("\n## Quantize-on-write, %zu tokens x %d KV heads x %d, fp16 in (old = legacy CPU-order kernel)\n\n",
+              scratch_tokens, kKvHeads, kDim);
+  std::printf("| format | old (us) | new (us) | bytes moved | new GB/s | old of copy | new of copy | speedup |\n"
+              "|---|---|---|---|---|---|---|---|\n");
   for (const char* fname : {"f16", "q8_0", "q4_0", "tq4", "tq3", "tq2", "tq4j"}) {
     if (!write_bench) break;
     const quant::Format f = *quant::parse_format(fname);
@@ -246,16 +361,26 @@ int main(int argc, char** argv) {
     w.x_is_f16 = true;
     w.slot_mapping = d_slots;
     w.tokens = static_cast<int>(scratch_tokens);
+    w.kernel = WriteKernel::kLegacy;
+    const double ms_old = time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
+    w.kernel = WriteKernel::kTeam;  // the float32 team kernel (f16 / q8_0 / q4_0 / tq prod: unchanged)
     const double ms = time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
     const double bytes = static_cast<double>(scratch_tokens) * kKvHeads * (kDim * 2 + f.bytes_per_vector(kDim)) +
                          scratch_tokens * 4.0;
-    const double gbps = bytes / (ms * 1e-3) / 1e9;
-    std::printf("| %s | %.1f | %.0f MB | %.0f | %.2f |\n", fname, ms * 1e3, bytes / 1e6, gbps, gbps / copy_gbps);
+    const double gbps = bytes / (ms * 1e-3) / 1e9, gbps_old = bytes / (ms_old * 1e-3) / 1e9;
+    std::printf("| %s | %.1f | %.1f | %.0f MB | %.0f | %.2f | %.2f | %.2fx |\n", fname, ms_old * 1e3, ms * 1e3,
+                bytes / 1e6, gbps, gbps_old / copy_gbps, gbps / copy_gbps, ms_old / ms);
     std::fprintf(wcsv, "%s,%s,%zu,%.2f,%.0f,%.1f,%.4f\n", prop.name, fname, scratch_tokens, ms * 1e3, bytes, gbps,
                  gbps / copy_gbps);
+    std::fprintf(wcsv_old, "%s,%s,%zu,%.2f,%.0f,%.1f,%.4f\n", prop.name, fname, scratch_tokens, ms_old * 1e3, bytes,
+                 gbps_old, gbps_old / copy_gbps);
+    std::fflush(stdout);
     CK(cudaFree(pool.data));
   }
   std::fclose(wcsv);
+  std::fclose(wcsv_old);
+  if (write_bench) decode_write_bench(out_dir, prop.name, books, reps, flush, flush_bytes);
+  if (!attention_bench) contexts.clear();
 
   // --- decode attention ---
   FILE* csv = std::fopen((out_dir + "/gpu_bench.csv").c_str(), "w");

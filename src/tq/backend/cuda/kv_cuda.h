@@ -47,8 +47,21 @@ struct PagedPool {
   Status validate() const;
 };
 
+// Which kernel quantize_write runs for tq mse and f16 pools (tq prod, q8_0 and q4_0 always take
+// the first one). kAuto: kWarp for small writes (decode), kTeam for bulk ones (prefill); the
+// environment variable TQ_CUDA_WRITE=legacy|team|warp overrides kAuto (A/B runs of a whole model).
+enum class WriteKernel : uint8_t {
+  kAuto,
+  kLegacy,  // CPU-order float64 arithmetic: byte-identical to quant::VectorCodec::encode
+  kTeam,    // float32, d/32 lanes per vector, grid-stride with the next vector prefetched
+  kWarp,    // float32, one warp per vector; quantize_write_kv writes K and V in one launch
+};
+
 // Quantize-on-write: x [tokens][n_kv_heads][head_dim] (device, fp32 or fp16) is encoded into
 // the slots slot_mapping[token] = pool_block * block_tokens + slot (negative: skipped).
+// The float32 kernels (kTeam, kWarp) match the CPU codec's codes except where a rotated
+// coordinate lies within float32 rounding of a cell boundary, and its norms to float32 rounding
+// (tests/cuda/quantize_write_test.cpp states the bounds).
 struct QuantizeWriteParams {
   PagedPool pool;
   const void* x = nullptr;
@@ -56,8 +69,12 @@ struct QuantizeWriteParams {
   size_t x_token_stride = 0;  // elements between tokens; 0: n_kv_heads * head_dim
   const int32_t* slot_mapping = nullptr;  // device [tokens]
   int tokens = 0;
+  WriteKernel kernel = WriteKernel::kAuto;
 };
 Status quantize_write(const QuantizeWriteParams& p, void* stream);
+// One layer's K and V: one launch when both take the warp kernel (same head dim and input
+// type), two otherwise. k.kernel decides for both.
+Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v, void* stream);
 
 // A paged source of keys and values: the compressed cache, or the f16 window / sinks.
 struct AttentionSegment {

@@ -1,10 +1,16 @@
-// Quantize-on-write launcher: validation and the instance table (format x head dim).
+// Quantize-on-write launchers: validation, the choice of kernel (legacy CPU-order, float32 team
+// or warp) and the instance tables (format x head dim x input type).
+#include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/backend/cuda/quantize_write.cuh"
+#include "tq/backend/cuda/quantize_write_fast.cuh"
 
 namespace tq::backend::cuda {
 namespace {
@@ -42,20 +48,112 @@ struct WriteInstance {
 constexpr WriteInstance kWriteInstances[] = {TQ_WRITE_TQ(64), TQ_WRITE_TQ(128), TQ_WRITE_TQ(256)};
 #undef TQ_WRITE_TQ
 
-}  // namespace
+// Up to this many vectors per pool, kAuto takes the warp kernel: one warp per vector keeps a
+// decode step's write short, and the team kernel would leave most of the GPU idle.
+constexpr int kWarpMaxVectors = 4096;
 
-Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
+// --- float32 team kernel (bulk) ---
+using TeamFn = Status (*)(const WriteArgs&, int vectors, cudaStream_t);
+
+template <int kDim, int kBits, bool kF16>
+Status launch_team(const WriteArgs& a, int vectors, cudaStream_t s) {
+  constexpr int kTeams = kWriteThreads / (kDim / 32);
+  // Grid-stride: at most one wave of resident blocks, so each team prefetches its next vector.
+  static const int per_sm = [] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_team_kernel<kDim, kBits, kF16>, kWriteThreads, 0) !=
+        cudaSuccess) {
+      (void)cudaGetLastError();
+      n = 0;
+    }
+    return std::max(n, 1);
+  }();
+  int dev = 0, sms = 0;
+  TQ_CUDA_TRY(cudaGetDevice(&dev));
+  TQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int blocks = std::min((vectors + kTeams - 1) / kTeams, per_sm * std::max(sms, 1));
+  tq_team_kernel<kDim, kBits, kF16><<<blocks, kWriteThreads, 0, s>>>(a);
+  return ok_status();
+}
+
+template <int kDim, bool kF16>
+TeamFn team_for_bits(int bits) {
+  switch (bits) {
+    case 1: return &launch_team<kDim, 1, kF16>;
+    case 2: return &launch_team<kDim, 2, kF16>;
+    case 3: return &launch_team<kDim, 3, kF16>;
+    case 4: return &launch_team<kDim, 4, kF16>;
+    default: return nullptr;
+  }
+}
+
+template <bool kF16>
+TeamFn team_for(int dim, int bits) {
+  switch (dim) {
+    case 64: return team_for_bits<64, kF16>(bits);
+    case 128: return team_for_bits<128, kF16>(bits);
+    case 256: return team_for_bits<256, kF16>(bits);
+    default: return nullptr;
+  }
+}
+
+// --- float32 warp kernel (small writes; K and V together) ---
+using WarpFn = void (*)(const WarpWriteArgs&, int blocks, cudaStream_t);
+
+template <int kDim, bool kF16>
+void launch_warp(const WarpWriteArgs& a, int blocks, cudaStream_t s) {
+  tq_warp_kernel<kDim, kF16><<<blocks, kWarpWriteWarps * 32, 0, s>>>(a);
+}
+
+WarpFn warp_for(int dim, bool f16) {
+  switch (dim) {
+    case 64: return f16 ? &launch_warp<64, true> : &launch_warp<64, false>;
+    case 128: return f16 ? &launch_warp<128, true> : &launch_warp<128, false>;
+    case 256: return f16 ? &launch_warp<256, true> : &launch_warp<256, false>;
+    default: return nullptr;
+  }
+}
+
+// kAuto resolved through TQ_CUDA_WRITE (read once): an A/B switch for whole-model runs.
+WriteKernel resolve(WriteKernel k) {
+  if (k != WriteKernel::kAuto) return k;
+  static const WriteKernel from_env = [] {
+    const char* e = std::getenv("TQ_CUDA_WRITE");
+    if (e == nullptr) return WriteKernel::kAuto;
+    if (std::strcmp(e, "legacy") == 0) return WriteKernel::kLegacy;
+    if (std::strcmp(e, "team") == 0) return WriteKernel::kTeam;
+    if (std::strcmp(e, "warp") == 0) return WriteKernel::kWarp;
+    return WriteKernel::kAuto;
+  }();
+  return from_env;
+}
+
+// One validated pool write and the kernel it takes.
+struct PoolWrite {
+  enum class Path { kNone, kLegacy, kTeam, kWarp } path = Path::kNone;
+  WriteArgs args{};
+  const WriteInstance* legacy = nullptr;
+  int vectors = 0;
+  int dim = 0;
+  int bits = 0;  // tq mse code bits
+  bool f16_in = false;
+  WarpFormat warp_format = WarpFormat::kF16;
+};
+
+Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
+  PoolWrite w;
   const PagedPool& pool = p.pool;
   TQ_RETURN_IF_ERROR(pool.validate().with_context("quantize_write"));
   if (p.tokens < 0) return invalid_argument("quantize_write: negative token count");
-  if (p.tokens == 0) return ok_status();
+  if (p.tokens == 0) return Expected<PoolWrite>(w);
   if (!p.x || !p.slot_mapping) return invalid_argument("quantize_write: x and slot_mapping are required");
-  const WriteInstance* inst = nullptr;
-  for (const WriteInstance& w : kWriteInstances)
-    if (w.format == pool.format && w.dim == pool.head_dim) inst = &w;
-  if (!inst)
+  for (const WriteInstance& i : kWriteInstances)
+    if (i.format == pool.format && i.dim == pool.head_dim) w.legacy = &i;
+  if (!w.legacy)
     return unsupported("quantize_write: no CUDA instance for " + pool.format.name() + " at head dim " +
                        std::to_string(pool.head_dim) + " (CUDA writes head dims 64, 128, 256)");
+  if (static_cast<long long>(p.tokens) * pool.n_kv_heads > INT_MAX / 2)
+    return invalid_argument("quantize_write: too many vectors for one launch");
   // Vector loads: 16-byte aligned rows.
   const size_t stride = p.x_token_stride ? p.x_token_stride : static_cast<size_t>(pool.n_kv_heads) * pool.head_dim;
   if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || stride % (p.x_is_f16 ? 8 : 4) != 0)
@@ -65,7 +163,7 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
     return invalid_argument("quantize_write: tq pools need codebook and Hadamard tables");
   if (pool.format.has_qjl() && !t.qjl_t) return invalid_argument("quantize_write: tq prod pools need the QJL matrix");
 
-  WriteArgs a{};
+  WriteArgs& a = w.args;
   a.pool = pool.data;
   a.block_stride = pool.block_stride_or_default();
   a.head_stride = pool.head_stride_or_default();
@@ -73,7 +171,7 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   a.n_kv_heads = pool.n_kv_heads;
   a.x = p.x;
   a.x_f16 = p.x_is_f16;
-  a.x_token_stride = p.x_token_stride ? p.x_token_stride : static_cast<size_t>(pool.n_kv_heads) * pool.head_dim;
+  a.x_token_stride = stride;
   a.slot_mapping = p.slot_mapping;
   a.tokens = p.tokens;
   a.centroids = t.centroids;
@@ -83,17 +181,88 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   a.qjl_t = t.qjl_t;
   a.hadamard_scale = 1.0f / std::sqrt(static_cast<float>(pool.head_dim));  // as Rotation::apply
   a.norm_correction = pool.norm_correction;
+  w.vectors = p.tokens * pool.n_kv_heads;
+  w.dim = pool.head_dim;
+  w.bits = pool.format.code_bits();
+  w.f16_in = p.x_is_f16;
 
-  // Lanes per vector: TqWriteTeam (d / 32) for tq formats, WriteTeam (d / 8, at most 32) otherwise.
-  const int lanes = pool.format.is_tq() ? pool.head_dim / 32 : (pool.head_dim / 8 < 32 ? pool.head_dim / 8 : 32);
-  const int teams = kWriteThreads / lanes;
-  const long long vectors = static_cast<long long>(p.tokens) * pool.n_kv_heads;
-  const long long blocks = (vectors + teams - 1) / teams;
-  if (blocks > 0x7fffffffLL) return invalid_argument("quantize_write: too many vectors for one launch");
-  const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
-  inst->launch(a, static_cast<int>(blocks), stream);
-  TQ_CUDA_CHECK_LAUNCH(stream);
+  const bool tq_mse = pool.format.kind == quant::FormatKind::kTqMse && pool.format.bits <= 4;
+  const bool f16 = pool.format.kind == quant::FormatKind::kF16;
+  w.warp_format = f16 ? WarpFormat::kF16 : static_cast<WarpFormat>(pool.format.bits);
+  const bool small = w.vectors <= kWarpMaxVectors;
+  w.path = PoolWrite::Path::kLegacy;
+  if (kernel == WriteKernel::kWarp || (kernel == WriteKernel::kAuto && small)) {
+    if (tq_mse || f16) w.path = PoolWrite::Path::kWarp;
+  } else if (kernel == WriteKernel::kTeam || kernel == WriteKernel::kAuto) {
+    if (tq_mse) w.path = PoolWrite::Path::kTeam;
+  }
+  return Expected<PoolWrite>(w);
+}
+
+Status launch_warp_halves(const PoolWrite* k, const PoolWrite* v, cudaStream_t s) {
+  WarpWriteArgs a{};
+  a.half[0] = k->args;
+  a.format[0] = k->warp_format;
+  a.vectors[0] = k->vectors;
+  if (v) {
+    a.half[1] = v->args;
+    a.format[1] = v->warp_format;
+    a.vectors[1] = v->vectors;
+  }
+  const WarpFn fn = warp_for(k->dim, k->f16_in);
+  if (!fn) return internal_error("quantize_write: no warp kernel for head dim " + std::to_string(k->dim));
+  const int blocks = (a.vectors[0] + a.vectors[1] + kWarpWriteWarps - 1) / kWarpWriteWarps;
+  fn(a, blocks, s);
+  TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
+}
+
+Status launch_one(const PoolWrite& w, cudaStream_t s) {
+  switch (w.path) {
+    case PoolWrite::Path::kNone:
+      return ok_status();
+    case PoolWrite::Path::kWarp:
+      return launch_warp_halves(&w, nullptr, s);
+    case PoolWrite::Path::kTeam: {
+      const TeamFn fn = w.f16_in ? team_for<true>(w.dim, w.bits) : team_for<false>(w.dim, w.bits);
+      if (!fn) return internal_error("quantize_write: no team kernel for head dim " + std::to_string(w.dim));
+      TQ_RETURN_IF_ERROR(fn(w.args, w.vectors, s));
+      TQ_CUDA_CHECK_LAUNCH(s);
+      return ok_status();
+    }
+    case PoolWrite::Path::kLegacy: {
+      // Lanes per vector: TqWriteTeam (d / 32) for tq formats, WriteTeam (d / 8, at most 32) otherwise.
+      const bool tq = w.legacy->format.is_tq();
+      const int lanes = tq ? w.dim / 32 : (w.dim / 8 < 32 ? w.dim / 8 : 32);
+      const int teams = kWriteThreads / lanes;
+      const int blocks = (w.vectors + teams - 1) / teams;
+      w.legacy->launch(w.args, blocks, s);
+      TQ_CUDA_CHECK_LAUNCH(s);
+      return ok_status();
+    }
+  }
+  return ok_status();
+}
+
+}  // namespace
+
+Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
+  TQ_ASSIGN_OR_RETURN(const PoolWrite w, prepare(p, resolve(p.kernel)));
+  return launch_one(w, static_cast<cudaStream_t>(stream_ptr));
+}
+
+Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v, void* stream_ptr) {
+  const WriteKernel kernel = resolve(k.kernel);
+  const Expected<PoolWrite> wk = prepare(k, kernel);
+  if (!wk.ok()) return wk.status().with_context("K write");
+  const Expected<PoolWrite> wv = prepare(v, kernel);
+  if (!wv.ok()) return wv.status().with_context("V write");
+  const cudaStream_t s = static_cast<cudaStream_t>(stream_ptr);
+  using Path = PoolWrite::Path;
+  if (wk->path == Path::kWarp && wv->path == Path::kWarp && wk->dim == wv->dim && wk->f16_in == wv->f16_in)
+    return launch_warp_halves(&*wk, &*wv, s);
+  TQ_RETURN_IF_ERROR(launch_one(*wk, s).with_context("K write"));
+  return launch_one(*wv, s).with_context("V write");
 }
 
 }  // namespace tq::backend::cuda

@@ -3,10 +3,12 @@
 // search, bit packing, QJL sign sketch; or f16 / q8_0 / q4_0 rows).
 //
 // A "team" of lanes encodes one vector, consecutive elements per lane (TqWriteTeam: 32 per lane
-// for tq formats; WriteTeam: 8 per lane for f16 / q8_0 / q4_0). Every float operation follows the CPU codec's (src/tq/quant/codec_tq.cpp, codec_baseline.cpp) order and
-// rounding, with no FMA contraction, so the blocks come out byte-identical: the Hadamard
-// butterflies are the same additions, norms are float64 sums (only their order differs, which
-// can flip a result only within ~1e-16 relative of a rounding or cell boundary).
+// for tq formats; WriteTeam: 8 per lane for f16 / q8_0 / q4_0). Every float operation follows
+// the CPU codec's (src/tq/quant/codec_tq.cpp, codec_baseline.cpp) order and rounding, with no
+// FMA contraction, so the blocks come out byte-identical: the Hadamard butterflies are the same
+// additions, norms are float64 sums (only their order differs, which can flip a result only
+// within ~1e-16 relative of a rounding or cell boundary). For tq mse formats this is the legacy
+// kernel (WriteKernel::kLegacy; tq prod always): quantize_write_fast.cuh has the float32 ones.
 #pragma once
 
 #include <cuda_fp16.h>
