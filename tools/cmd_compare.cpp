@@ -4,14 +4,18 @@
 //   tq compare -f ../shared/data/text/pride-and-prejudice.txt --chunks 16
 //       --configs q8_0/q8_0,q4_0/q4_0,tq4/tq4,tq4/tq3,tq3/tq3
 // The other KV flags (--kv-window, --kv-sinks, --kv-boundary-*) apply to every configuration.
+// --device cuda: every forward pass on the GPU (scoring on the CPU), the same table.
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "kv_commands.h"
 #include "default_model.h"
+#include "device_cli.h"
 #include "kv_cli.h"
+#include "kv_commands.h"
 #include "quality_eval.h"
 #include "tq/model/llama.h"
 
@@ -26,6 +30,7 @@ struct CompareOptions {
   int threads = default_thread_count();
   std::string configs = "q8_0/q8_0,q4_0/q4_0,tq4/tq4,tq4/tq3,tq3/tq3";
   KvFlags kv;
+  DeviceFlag device;
 };
 
 int fail(const Status& s) {
@@ -44,11 +49,75 @@ Expected<kv::KvConfig> parse_pair(const std::string& item, const kv::KvConfig& b
 
 struct Entry {
   kv::KvConfig config;
-  std::unique_ptr<kv::PagedKvCache> cache;
+  std::unique_ptr<kv::PagedKvCache> cache;  // CPU runs only
   kv::KvBytesPerToken bytes;
   PplAccum ppl;
   KldAccum kld;
 };
+
+// The CPU: the f16 logits of a chunk once, then every configuration against them.
+Status compare_cpu(const model::Model& m, const EvalText& text, const CompareOptions& o,
+                   std::vector<Entry>& entries, PplAccum& ppl_ref) {
+  TQ_ASSIGN_OR_RETURN(auto f16_cache,
+                      make_paged_cache(m.attention_shape(), kv::KvConfig{}, o.ctx, 1));
+  ThreadPool pool(o.threads);
+  const int vocab = m.config().vocab_size;
+  std::vector<float> ref_logits, logits;
+  for (int c = 0; c < text.n_chunks; ++c) {
+    const std::vector<int32_t> toks = text.chunk(c);
+    {
+      TQ_ASSIGN_OR_RETURN(auto ref, f16_cache->new_sequence(o.ctx));
+      TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *ref, pool, ref_logits));
+    }
+    score_chunk(text, toks, ref_logits, vocab, ppl_ref);
+    for (Entry& e : entries) {
+      TQ_ASSIGN_OR_RETURN(auto seq, e.cache->new_sequence(o.ctx));
+      TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *seq, pool, logits));
+      score_chunk(text, toks, logits, vocab, e.ppl);
+      e.kld.add_chunk(text, ref_logits, logits, vocab);
+    }
+    std::fprintf(stderr, "chunk %d/%d done\n", c + 1, text.n_chunks);
+  }
+  return ok_status();
+}
+
+// The GPU: an f16-KV model, and one model per configuration in turn (two copies of the weights
+// on the device at a time, not one per configuration). The f16 logits of a chunk are computed
+// again for each configuration (a GPU pass costs less than keeping [chunks][ctx][vocab] floats);
+// the f16 PPL is scored in the first round only.
+Status compare_cuda(const model::Model& m, const EvalText& text, const CompareOptions& o,
+                    std::vector<Entry>& entries, PplAccum& ppl_ref) {
+  const int max_batch = std::min(o.ctx, 512);
+  TQ_ASSIGN_OR_RETURN(auto ref, open_cuda_model(m, kv::KvConfig{}, o.ctx, max_batch));
+  std::fprintf(stderr, "tq compare: %s\n", ref->describe().c_str());
+  const int vocab = m.config().vocab_size;
+  std::vector<float> ref_logits, logits;
+  const size_t rounds = std::max<size_t>(1, entries.size());
+  for (size_t i = 0; i < rounds; ++i) {
+    Entry* e = i < entries.size() ? &entries[i] : nullptr;
+    std::unique_ptr<backend::DeviceModel> test;
+    if (e) {
+      auto opened = open_cuda_model(m, e->config, o.ctx, max_batch);
+      if (!opened.ok())
+        return opened.status().with_context(e->config.k_format.name() + "/" +
+                                            e->config.v_format.name());
+      test = std::move(opened).value();
+    }
+    for (int c = 0; c < text.n_chunks; ++c) {
+      const std::vector<int32_t> toks = text.chunk(c);
+      TQ_RETURN_IF_ERROR(eval_chunk_on_device(*ref, toks, vocab, ref_logits));
+      if (i == 0) score_chunk(text, toks, ref_logits, vocab, ppl_ref);
+      if (!e) continue;
+      TQ_RETURN_IF_ERROR(eval_chunk_on_device(*test, toks, vocab, logits));
+      score_chunk(text, toks, logits, vocab, e->ppl);
+      e->kld.add_chunk(text, ref_logits, logits, vocab);
+    }
+    if (e)
+      std::fprintf(stderr, "%s/%s done (%d chunks)\n", e->config.k_format.name().c_str(),
+                   e->config.v_format.name().c_str(), text.n_chunks);
+  }
+  return ok_status();
+}
 
 int run_compare(CompareOptions& o) {
   auto base = o.kv.config();
@@ -68,54 +137,39 @@ int run_compare(CompareOptions& o) {
     auto c = parse_pair(item, *base);
     if (!c.ok()) return fail(c.status().with_context("--configs '" + item + "'"));
     e.config = *c;
-    auto cache = make_paged_cache(shape, e.config, o.ctx, 1);
-    if (!cache.ok()) return fail(cache.status());
-    e.cache = std::move(cache).value();
+    if (!o.device.cuda()) {
+      auto cache = make_paged_cache(shape, e.config, o.ctx, 1);
+      if (!cache.ok()) return fail(cache.status());
+      e.cache = std::move(cache).value();
+    }
     auto b = kv::kv_bytes_per_token(e.config, shape, o.ctx);
     if (!b.ok()) return fail(b.status());
     e.bytes = *b;
     entries.push_back(std::move(e));
   }
-  auto f16_cache = make_paged_cache(shape, kv::KvConfig{}, o.ctx, 1);
-  if (!f16_cache.ok()) return fail(f16_cache.status());
   auto f16_bytes = kv::kv_bytes_per_token(kv::KvConfig{}, shape, o.ctx);
-
-  ThreadPool pool(o.threads);
-  const int vocab = m.config().vocab_size;
   PplAccum ppl_ref;
-  std::vector<float> ref_logits, logits;
-  for (int c = 0; c < text->n_chunks; ++c) {
-    const std::vector<int32_t> toks = text->chunk(c);
-    {
-      auto ref = (*f16_cache)->new_sequence(o.ctx);
-      if (!ref.ok()) return fail(ref.status());
-      if (Status s = eval_chunk(m, toks, **ref, pool, ref_logits); !s.ok()) return fail(s);
-    }
-    score_chunk(*text, toks, ref_logits, vocab, ppl_ref);
-    for (Entry& e : entries) {
-      auto seq = e.cache->new_sequence(o.ctx);
-      if (!seq.ok()) return fail(seq.status());
-      if (Status s = eval_chunk(m, toks, **seq, pool, logits); !s.ok()) return fail(s);
-      score_chunk(*text, toks, logits, vocab, e.ppl);
-      e.kld.add_chunk(*text, ref_logits, logits, vocab);
-    }
-    std::fprintf(stderr, "chunk %d/%d done\n", c + 1, text->n_chunks);
-  }
+  if (Status s = o.device.cuda() ? compare_cuda(m, *text, o, entries, ppl_ref)
+                                 : compare_cpu(m, *text, o, entries, ppl_ref);
+      !s.ok())
+    return fail(s);
 
   std::printf("text: %s, ctx %d, %d chunks, %lld tokens scored; common kv flags: %s\n",
               text->name.c_str(), o.ctx, text->n_chunks, static_cast<long long>(ppl_ref.count),
               base->to_string().c_str());
-  std::printf("| K/V | B/token | vs f16 | K b/elt | V b/elt | PPL | dPPL %% | KLD mean | KLD p99 | top-1 |\n");
+  std::printf(
+      "| K/V | B/token | vs f16 | K b/elt | V b/elt | PPL | dPPL %% | KLD mean | KLD p99 | top-1 "
+      "|\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   std::printf("| f16/f16 | %.0f | 1.00x | 16.00 | 16.00 | %.4f +/- %.4f | 0 | 0 | 0 | 1 |\n",
               f16_bytes->amortized, ppl_ref.ppl(), ppl_ref.ppl_err());
   for (const Entry& e : entries)
-    std::printf("| %s/%s | %.0f | %.2fx | %.3f | %.3f | %.4f +/- %.4f | %+.3f | %.5f | %.5f | %.4f |\n",
-                e.config.k_format.name().c_str(), e.config.v_format.name().c_str(),
-                e.bytes.amortized, e.bytes.ratio_vs_f16(), e.bytes.k_bits_per_element,
-                e.bytes.v_bits_per_element, e.ppl.ppl(), e.ppl.ppl_err(),
-                100.0 * (e.ppl.ppl() / ppl_ref.ppl() - 1.0), e.kld.mean(), e.kld.quantile(0.99),
-                e.kld.top1());
+    std::printf(
+        "| %s/%s | %.0f | %.2fx | %.3f | %.3f | %.4f +/- %.4f | %+.3f | %.5f | %.5f | %.4f |\n",
+        e.config.k_format.name().c_str(), e.config.v_format.name().c_str(), e.bytes.amortized,
+        e.bytes.ratio_vs_f16(), e.bytes.k_bits_per_element, e.bytes.v_bits_per_element, e.ppl.ppl(),
+        e.ppl.ppl_err(), 100.0 * (e.ppl.ppl() / ppl_ref.ppl() - 1.0), e.kld.mean(),
+        e.kld.quantile(0.99), e.kld.top1());
   return 0;
 }
 
@@ -123,8 +177,9 @@ int run_compare(CompareOptions& o) {
 
 void add_compare_command(CLI::App& app) {
   auto o = std::make_shared<CompareOptions>();
-  auto* cmd = app.add_subcommand("compare", "Several KV cache configurations against the f16 "
-                                            "cache: bytes, PPL, KLD, top-1");
+  auto* cmd = app.add_subcommand("compare",
+                                 "Several KV cache configurations against the f16 "
+                                 "cache: bytes, PPL, KLD, top-1");
   cmd->add_option("-m,--model", o->model, "GGUF model file")->capture_default_str();
   cmd->add_option("-f,--file", o->text, "Text file")->required();
   cmd->add_option("--ctx", o->ctx, "Tokens per chunk")->capture_default_str();
@@ -134,6 +189,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--configs", o->configs, "Comma-separated K/V format pairs")
       ->capture_default_str();
   o->kv.add_to(cmd);
+  o->device.add_to(cmd);
   cmd->callback([o] {
     if (const int rc = run_compare(*o); rc != 0) throw CLI::RuntimeError(rc);
   });

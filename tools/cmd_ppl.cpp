@@ -30,19 +30,6 @@ struct PplOptions {
   DeviceFlag device;
 };
 
-// One chunk through a fresh slot of the device model; logits: [ctx][vocab].
-Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
-                            std::vector<float>& logits) {
-  TQ_RETURN_IF_ERROR(dm.reset(0));
-  logits.resize(tokens.size() * static_cast<size_t>(vocab));
-  backend::DeviceForwardArgs a;
-  a.tokens = tokens.data();
-  a.n = static_cast<int>(tokens.size());
-  a.logits_mode = backend::DeviceLogits::kAll;
-  a.logits = logits.data();
-  return dm.forward(a);
-}
-
 int run_ppl(PplOptions& o) {
   auto config = o.kv.config();
   if (!config.ok()) {

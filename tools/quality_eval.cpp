@@ -37,8 +37,8 @@ Expected<EvalText> load_eval_text(const model::Model& model, const std::string& 
   return t;
 }
 
-Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens,
-                  kv::SequenceKv& kv, ThreadPool& pool, std::vector<float>& logits) {
+Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
+                  ThreadPool& pool, std::vector<float>& logits) {
   model::ForwardScratch scratch;
   const int n = static_cast<int>(tokens.size());
   logits.resize(static_cast<size_t>(n) * static_cast<size_t>(model.config().vocab_size));
@@ -51,6 +51,18 @@ Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens,
   a.logits_mode = model::LogitsMode::kAll;
   a.logits = logits.data();
   return model.forward(a);
+}
+
+Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
+                            std::vector<float>& logits) {
+  TQ_RETURN_IF_ERROR(dm.reset(0));
+  logits.resize(tokens.size() * static_cast<size_t>(vocab));
+  backend::DeviceForwardArgs a;
+  a.tokens = tokens.data();
+  a.n = static_cast<int>(tokens.size());
+  a.logits_mode = backend::DeviceLogits::kAll;
+  a.logits = logits.data();
+  return dm.forward(a);
 }
 
 void log_softmax(const float* x, int n, std::vector<double>& out) {

@@ -1,14 +1,15 @@
 // KV-cache quality measurement as ../shared/docs/quality-method.md prescribes, shared by
-// `tq ppl`, `tq verify` and `tq compare`: llama-perplexity's chunking and scoring (chunks of
-// ctx tokens, each a fresh sequence, BOS replacing the first token when the model adds one,
-// only the second half scored), its PPL uncertainty, and KL divergence / top-1 agreement of
-// the next-token distributions against the f16 cache.
+// `tq ppl`, `tq verify` and `tq compare` on either device: llama-perplexity's chunking and
+// scoring (chunks of ctx tokens, each a fresh sequence, BOS replacing the first token when the
+// model adds one, only the second half scored), its PPL uncertainty, and KL divergence / top-1
+// agreement of the next-token distributions against the f16 cache.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "tq/backend/device_model.h"
 #include "tq/core/status.h"
 #include "tq/core/thread_pool.h"
 #include "tq/kv/sequence_kv.h"
@@ -17,11 +18,11 @@
 namespace tq::tools {
 
 struct EvalText {
-  std::string name;              // file name, for reports
-  std::vector<int32_t> tokens;   // the whole text, tokenized once (no BOS, no template)
+  std::string name;             // file name, for reports
+  std::vector<int32_t> tokens;  // the whole text, tokenized once (no BOS, no template)
   int ctx = 0;
-  int n_chunks = 0;              // chunks evaluated (the tail that does not fill one dropped)
-  int available_chunks = 0;      // chunks in the whole text
+  int n_chunks = 0;          // chunks evaluated (the tail that does not fill one dropped)
+  int available_chunks = 0;  // chunks in the whole text
   bool add_bos = false;
   int32_t bos = -1;
 
@@ -36,8 +37,13 @@ Expected<EvalText> load_eval_text(const model::Model& model, const std::string& 
                                   int max_chunks);
 
 // Runs the chunk through a fresh `kv` in one forward pass; logits: [ctx][vocab].
-Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens,
-                  kv::SequenceKv& kv, ThreadPool& pool, std::vector<float>& logits);
+Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
+                  ThreadPool& pool, std::vector<float>& logits);
+
+// The same on a device model (--device cuda): the chunk through a fresh slot 0 of `dm`, in passes
+// of its max_batch tokens; logits: [ctx][vocab].
+Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
+                            std::vector<float>& logits);
 
 // log-softmax of one row, in double.
 void log_softmax(const float* logits, int n, std::vector<double>& out);

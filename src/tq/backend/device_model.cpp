@@ -27,6 +27,10 @@ std::string DeviceModelOptions::to_string() const {
          ", kv " + kv.to_string();
 }
 
+Status DeviceModel::read_stored(int, int, bool, int, int, float*) const {
+  return unsupported("this device model cannot read its stored K/V back");
+}
+
 #ifndef TQ_HAVE_CUDA
 Expected<std::unique_ptr<DeviceModel>> create_cuda_model(const LlamaDesc&,
                                                          const DeviceModelOptions&) {

@@ -59,6 +59,11 @@ class DeviceModel {
   virtual int length(int seq) const = 0;
   // Empties a slot's cache (its pages are reused).
   virtual Status reset(int seq) = 0;
+  // What slot `seq` stores for positions [p0, p0 + n) of `layer`, keys (value false) or values,
+  // decoded on the host: out [n][n_kv_heads][head_dim] floats, with the key mean added back
+  // where the layer centers its keys, as kv::PagedKv::read_stored (tq verify's per-layer K/V
+  // cosine, tests). Slow: copies the slot's pages to the host. The default: Unsupported.
+  virtual Status read_stored(int seq, int layer, bool value, int p0, int n, float* out) const;
   virtual const DeviceModelOptions& options() const = 0;
   // "NVIDIA H200 (sm_90): weights f16 14.96 GiB, kv 4.00 GiB (k=tq4 v=tq3 ...)"
   virtual std::string describe() const = 0;

@@ -153,14 +153,14 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
     ready = 1;
   }
 
-  for (const bool value : {false, true}) {
-    QuantizeWriteParams w;
-    w.pool = value ? D.v : D.k;
-    w.x = value ? m.v.as<void>() : m.k.as<void>();
-    w.slot_mapping = m.slots.as<int32_t>();
-    w.tokens = n;
-    TQ_RETURN_IF_ERROR(quantize_write(w, s).with_context(value ? "V write" : "K write"));
-  }
+  QuantizeWriteParams wk, wv;  // K and V in one launch for decode-sized passes
+  wk.pool = D.k;
+  wv.pool = D.v;
+  wk.x = m.k.as<void>();
+  wv.x = m.v.as<void>();
+  wk.slot_mapping = wv.slot_mapping = m.slots.as<int32_t>();
+  wk.tokens = wv.tokens = n;
+  TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
 
   TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s));

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/backend/cuda/model_cuda.h"
 #include "tq/kv/kv_config.h"
+#include "tq/quant/codec.h"
 
 namespace tq::backend::cuda {
 
@@ -109,6 +111,11 @@ struct CudaModel::Impl {
     DecodeAttentionPlan plan;
   };
   std::vector<CachedPlan> plans;
+
+  // read_stored's CPU codecs of every layer's K and V (model_cuda_read.cu), built on first use;
+  // the codecs point into host_books, declared first so it dies after them.
+  std::unique_ptr<quant::CodebookCache> host_books;
+  std::vector<std::unique_ptr<quant::VectorCodec>> host_codecs;  // [2 * layer + (V ? 1 : 0)]
 };
 
 // Dequantizes every weight matrix to f16 on the host (all cores) and uploads it, with the
