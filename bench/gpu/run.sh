@@ -21,6 +21,13 @@
 #     TQ_SERVE_MODEL (default: a random smollm2-135m-shaped q8_0 model made here), with f16 and
 #     with tq4/tq3 KV, into $OUT/serve_check.md (+ server logs). Builds the server (cpp-httplib and
 #     nlohmann-json from the system or build-deps/usr).
+#   - TQ_GPU_REAL_MODEL=path (default unset): the default model (SmolLM2-135M Q4_1 GGUF) is on
+#     the device: tq_cuda_tests compares GPU and CPU logits on it (ModelCudaRealTest), `tq ppl`
+#     of README.md + docs/*.md runs on both devices (f16 and tq4/tq3 KV) into
+#     $OUT/ppl_real_cpu_vs_cuda.jsonl, `tq verify` and `tq compare` on both devices into
+#     verify_real_{cpu,cuda}.json and compare_real_{cpu,cuda}.md, and the serve check uses it.
+#   - TQ_GPU_WRITE_AB=1 (default 0, with the model bench): the decode bench again with the
+#     previous quantize-on-write kernel (TQ_CUDA_WRITE=legacy) into decode_bench_legacy_write.md.
 #   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and dir/lib/*.so) built elsewhere for sm_90
 #     with the same CUDA instead of building here, when they start; saves the device build.
 #   OUT=/some/dir bench/gpu/run.sh [extra tq_gpu_bench args]
@@ -66,7 +73,8 @@ else
     -DCMAKE_PREFIX_PATH="$ROOT/build-deps/usr" || exit 1
   TARGETS=(tq_cuda_tests)
   [ "$ATTN_BENCH" = 1 ] && TARGETS+=(tq_gpu_bench)
-  { [ "$MODEL_BENCH" = 1 ] || [ "$CONC_BENCH" = 1 ] || [ "$SERVE_CHECK" = 1 ]; } && TARGETS+=(tq)
+  { [ "$MODEL_BENCH" = 1 ] || [ "$CONC_BENCH" = 1 ] || [ "$SERVE_CHECK" = 1 ] ||
+    [ -n "${TQ_GPU_REAL_MODEL:-}" ]; } && TARGETS+=(tq)
   cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" || exit 1
   echo "build: $(( $(date +%s) - t0 )) s"
 fi
@@ -84,6 +92,11 @@ make_big() {
 # The CPU writes the 8B model while the GPU runs the tests.
 big_pid=""
 if [ "$CONC_BENCH" = 1 ]; then make_big & big_pid=$!; fi
+REAL=${TQ_GPU_REAL_MODEL:-}
+if [ -n "$REAL" ]; then
+  export TQ_TEST_MODEL=$REAL
+  [ -z "${TQ_SERVE_MODEL:-}" ] && export TQ_SERVE_MODEL=$REAL
+fi
 "$BUILD/tq_cuda_tests" --gtest_output=xml:"$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -n 80
 tests_rc=${PIPESTATUS[0]}
 grep '^\[ measured \]' "$OUT/tests.log"
@@ -116,6 +129,25 @@ if [ "$ATTN_BENCH" = 1 ]; then
   cat "$OUT/results.md"
 fi
 model_rc=0
+if [ -n "$REAL" ]; then
+  # The default model's perplexity on both devices, same KV formats and text.
+  cat "$ROOT/README.md" "$ROOT"/docs/*.md > "$MODELS/text.txt"
+  for kv in f16/f16 tq4/tq3; do
+    for dev in cpu cuda; do
+      "$BUILD/tq" ppl -m "$REAL" --device "$dev" -f "$MODELS/text.txt" --ctx 512 --chunks 16 \
+        -ctk "${kv%/*}" -ctv "${kv#*/}" --json || model_rc=1
+    done
+  done | tee "$OUT/ppl_real_cpu_vs_cuda.jsonl"
+  # tq verify and tq compare on both devices (on cuda the K/V cosine is against the f16 run's
+  # stored rows, and the attention error is not measured: see tools/cmd_verify.cpp).
+  for dev in cpu cuda; do
+    "$BUILD/tq" verify -m "$REAL" --device "$dev" -f "$MODELS/text.txt" --ctx 512 --chunks 4 \
+      -ctk tq4 -ctv tq3 --json > "$OUT/verify_real_$dev.json" || model_rc=1
+    "$BUILD/tq" compare -m "$REAL" --device "$dev" -f "$MODELS/text.txt" --ctx 512 --chunks 8 \
+      --configs q8_0/q8_0,q4_0/q4_0,tq4/tq4,tq4/tq3,tq3/tq3 > "$OUT/compare_real_$dev.md" || model_rc=1
+  done
+  cat "$OUT"/verify_real_*.json "$OUT"/compare_real_*.md
+fi
 if [ "$MODEL_BENCH" = 1 ]; then
   TQ="$BUILD/tq"
   "$TQ" info
@@ -132,6 +164,10 @@ if [ "$MODEL_BENCH" = 1 ]; then
   "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths "$DEPTHS" \
     --kv "$KV_PAIRS" --steps 64 --warmup 4 | tee "$OUT/decode_bench.md"
   [ "${PIPESTATUS[0]}" = 0 ] || model_rc=1
+  if [ "${TQ_GPU_WRITE_AB:-0}" = 1 ]; then
+    TQ_CUDA_WRITE=legacy "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda \
+      --depths "$DEPTHS" --kv "$KV_PAIRS" --steps 64 --warmup 4 | tee "$OUT/decode_bench_legacy_write.md"
+  fi
   # The same decode with cuBLAS for the one-token matmuls instead of tq's GEMV kernel.
   [ "${TQ_GPU_CUBLAS_COMPARE:-1}" = 1 ] && "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths 1024,32768 \
     --kv f16/f16 --steps 64 --warmup 4 --cublas-gemv | tee "$OUT/decode_bench_cublas.md"
