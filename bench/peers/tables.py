@@ -5,7 +5,11 @@
 
 Speed: tokens/s, best (= min time) and median over the repetitions, for tq and llama.cpp side
 by side, with the tq / llama.cpp ratio of the medians. Quality: PPL, PPL change, mean KLD and
-top-1 agreement, each tool against its own f16 cache, with bits per element.
+top-1 agreement, each tool against its own f16 cache, with bits per element. GPU (run.sh --gpu,
+raw outputs in gpu/): decode tokens/s of one session at depth 0, 8k and 32k (llama-bench jsonl,
+`tq bench decode` Markdown), aggregate tokens/s of 16 and 32 sessions of 8k (llama-batched-bench
+jsonl, `tq bench concurrent` Markdown), KV bytes per token and sessions of 8k in 60 GiB; each
+with the tq / llama.cpp ratio, and issue 9's goals reported beside them.
 """
 import glob
 import json
@@ -317,24 +321,273 @@ def quality_table(run):
 
 
 # ----------------------------------------------------------------------------------------------
-def gpu_table(run):
+# GPU: both tools on one random Llama-3-8B-shaped Q4_0 model (run.sh --gpu); raw outputs in gpu/.
+GPU_BUDGET_GIB = 60
+GPU_CTX = 8192
+# Bytes per K or V element of llama.cpp's cache types (ggml blocks: q8_0 34 B and q4_0 18 B per
+# 32 elements).
+LLAMA_BYTES_PER_ELT = {f: b / 8 for f, b in LLAMA_BITS.items()}
+LLAMA3_8B_KV = (32, 8, 128)  # layers, KV heads, head dim: used if tq's output does not say
+# Issue 9's GPU goals, reported beside the numbers (not asserted).
+GOAL_DECODE_32K = 1.5  # one session at 32k: tq >= 1.5x llama.cpp f16 KV tokens/s
+GOAL_AGG_32 = 2.0      # 32 sessions of 8k: tq >= 2x llama.cpp f16 KV aggregate tokens/s
+
+
+def md_tables(text):
+    """Every Markdown table in text: [(header cells, [row cells, ...]), ...]."""
+    tables, cur = [], None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("|"):
+            cur = None
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cur is None:
+            cur = (cells, [])
+            tables.append(cur)
+        elif not all(re.fullmatch(r":?-+:?", c) for c in cells):
+            cur[1].append(cells)
+    return tables
+
+
+def lead_num(cell):
+    m = re.match(r"\s*([\d.]+)", cell)
+    return float(m.group(1)) if m else None
+
+
+def jsonl_records(path, first_key):
+    """JSON objects of the lines of path that start with {"first_key" (llama.cpp's jsonl goes
+    to stdout; batched-bench logs it, so the .log is searched too)."""
+    out = []
+    if os.path.exists(path):
+        for line in read(path).splitlines():
+            line = line.strip()
+            if line.startswith('{"' + first_key + '"'):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+    return out
+
+
+def gpu_llama(d):
+    """llama-bench decode samples {(cache, depth): [tok/s]}, llama-batched-bench decode
+    {(cache, prompt, sessions): tok/s} plus its records, and the model's size in bytes."""
+    decode, batched, records, size = {}, {}, {}, None
+    for p in sorted(glob.glob(os.path.join(d, "llama_bench_*.jsonl"))):
+        for r in jsonl_records(p, "build_commit"):
+            size = r.get("model_size", size)
+            if r["type_k"] != r["type_v"] or r.get("n_prompt", 0) != 0 or r.get("n_gen", 0) <= 0:
+                continue
+            decode.setdefault((r["type_k"], r.get("n_depth", 0)), []).extend(
+                r.get("samples_ts") or [r["avg_ts"]])
+    for p in sorted(glob.glob(os.path.join(d, "llama_batched_*.jsonl"))):
+        f = os.path.basename(p)[len("llama_batched_"):-len(".jsonl")]
+        for r in jsonl_records(p, "n_kv_max") + jsonl_records(p[:-len(".jsonl")] + ".log",
+                                                                "n_kv_max"):
+            batched[(f, r["pp"], r["pl"])] = r["speed_tg"]
+            records[(f, r["pp"], r["pl"])] = r
+    return decode, batched, records, size
+
+
+KV_BYTES_LINE = re.compile(r"- (\S+): ([\d.]+) B/token at ctx (\d+) \(([\d.]+)x vs f16; "
+                           r"K ([\d.]+) b/elt, V ([\d.]+) b/elt\)")
+
+
+def gpu_tq(d):
+    """tq bench decode {(K/V, depth): tok/s}, bits {K/V: (k, v)}, the setup line; tq bench
+    concurrent {(K/V, C, sessions): tok/s}, capacity {(K/V, C): (bytes/token, sessions)},
+    the KV shape (layers, KV heads, head dim)."""
+    decode, bits_, agg, cap, where, shape = {}, {}, {}, {}, None, None
+    for p in sorted(glob.glob(os.path.join(d, "tq_decode_*.md"))):
+        t = read(p)
+        m = re.search(r"Decode, batch 1, .*? \((.*)\)\s*$", t, re.M)
+        where = where or (m.group(1) if m else None)
+        for header, rows in md_tables(t):
+            if header[0] != "depth" or not header[1].endswith("(ms/tok)"):
+                continue
+            kvs = [h.split()[0] for h in header[1:]]
+            for row in rows:
+                for kv, cell in zip(kvs, row[1:]):
+                    decode[(kv, int(row[0]))] = lead_num(cell)
+        for kv, _, _, _, kb, vb in KV_BYTES_LINE.findall(t):
+            bits_[kv] = (float(kb), float(vb))
+    for p in sorted(glob.glob(os.path.join(d, "tq_concurrent_*.md"))):
+        t = read(p)
+        m = re.search(r"(\d+) layers, (\d+) KV heads, head dim (\d+)\)", t)
+        if m:
+            shape = tuple(int(x) for x in m.groups())
+        for header, rows in md_tables(t):
+            if header[:3] == ["K/V", "C", "bytes/token"]:
+                for row in rows:
+                    cap[(row[0], int(row[1]))] = (float(row[2]), float(row[3]))
+            elif header[:2] == ["C", "batch"]:
+                for row in rows:
+                    for kv, cell in zip(header[2:], row[2:]):
+                        agg[(kv, int(row[0]), int(row[1]))] = lead_num(cell)
+    return decode, bits_, agg, cap, where, shape or LLAMA3_8B_KV
+
+
+def peer_of(kv, llama_caches):
+    """llama.cpp's cache to set beside a tq K/V pair: the same format, else the nearest in bits
+    (tq-only formats, marked †)."""
+    k, _, v = kv.partition("/")
+    if k == v and k in llama_caches:
+        return k, ""
+    return NEAREST_LLAMA, " †"
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if a and b else "—"
+
+
+def gpu_tables(run):
     d = os.path.join(run, "gpu")
     if not os.path.isdir(d):
         return None
-    samples = {}
-    for p in glob.glob(os.path.join(d, "llama_*_r*.jsonl")):
+    ll_dec, ll_agg_all, ll_rec, ll_size = gpu_llama(d)
+    tq_dec, tq_bits, tq_agg_all, tq_cap_all, where, shape = gpu_tq(d)
+    if not (ll_dec or ll_agg_all or tq_dec or tq_agg_all or tq_cap_all):
+        return None
+    # The sizes come from the outputs (run.sh's defaults: depths 0, 8k, 32k; sessions of 8k).
+    depths = sorted({k[1] for k in ll_dec} | {0 if k[1] == 1 else k[1] for k in tq_dec})
+    ctxs = sorted({k[1] for k in tq_cap_all} | {k[1] for k in ll_agg_all})
+    ctx = GPU_CTX if GPU_CTX in ctxs or not ctxs else ctxs[-1]
+    tq_agg = {(kv, n): v for (kv, c, n), v in tq_agg_all.items() if c == ctx}
+    tq_cap = {kv: v for (kv, c), v in tq_cap_all.items() if c == ctx}
+    ll_agg = {(f, n): v for (f, c, n), v in ll_agg_all.items() if c == ctx}
+    ll_caches = sorted({k[0] for k in ll_dec} | {k[0] for k in ll_agg_all},
+                       key=lambda f: kv_order(f"{f}/{f}"))
+    known = set(ll_caches) | {"f16", "q8_0", "q4_0"}  # llama.cpp's formats, run or not
+    tq_kvs = sorted({k[0] for k in tq_dec} | {k[0] for k in tq_agg_all} |
+                    {k[0] for k in tq_cap_all}, key=kv_order)
+    for f in ll_caches:  # a llama.cpp format tq did not run still gets its row
+        if f"{f}/{f}" not in tq_kvs:
+            tq_kvs.append(f"{f}/{f}")
+    tq_kvs.sort(key=kv_order)
+    med = lambda xs: statistics.median(xs) if xs else None
+    out = []
+
+    # Decode, one session.
+    lines = ["| depth | K/V cache | bits/elt K / V | tq tok/s | llama.cpp cache | llama.cpp tok/s "
+             "(median, best) | tq / llama.cpp same cache | tq / llama.cpp f16 |",
+             "|---|---|---|---|---|---|---|---|"]
+    goal_dec = []
+    for dep in depths:
+        f16 = med(ll_dec.get(("f16", dep)))
+        for kv in tq_kvs:
+            t = tq_dec.get((kv, dep if dep else 1))
+            peer, mark = peer_of(kv, known)
+            s = ll_dec.get((peer, dep))
+            b = tq_bits.get(kv)
+            lines.append(
+                f"| {dep} | {kv} | {f'{b[0]:.3g} / {b[1]:.3g}' if b else '—'} | {fmt_num(t)} | "
+                f"{peer}{mark} | {fmt_num(med(s))}, {fmt_num(max(s) if s else None)} | "
+                f"{ratio(t, med(s))}{mark if t and s else ''} | {ratio(t, f16)} |")
+            if dep == 32768 and t and f16:  # the goal's depth
+                goal_dec.append((t / f16, kv))
+    reps = sorted({len(v) for v in ll_dec.values()})
+    out.append("**Decode, one session** (tokens/s)\n\n" + "\n".join(lines) + "\n\n" +
+               f"tq: `tq bench decode --device cuda --depths 1,8192,32768 --steps 128 --warmup 4` "
+        f"(depth 0 is one token of context for tq; one K/V pair per process; "
+        f"{where or 'setup line missing'}). llama.cpp: `llama-bench -ngl 99 -fa 1 -ctk X -ctv X "
+        f"-p 512 -n 128 -d 0,8192,32768 -r N`, tg128 (128 tokens after the depth), median and "
+        f"best of {'/'.join(map(str, reps)) or '?'} repetitions. † tq-only format, beside "
+        f"llama.cpp's {NEAREST_LLAMA} (nearest in bits). Model: random Llama-3-8B shape, Q4_0"
+        f"{f' ({ll_size / 1e9:.2f} GB)' if ll_size else ''}, written by `tq make-model`; "
+        "llama.cpp computes with the Q4_0 weights, tq's GPU path uploads them as f16. "
+        "llama.cpp's q8_0/q4_0 caches run with its default Hadamard rotation of Q/K/V.")
+
+    # Aggregate decode of many sessions of GPU_CTX tokens.
+    lines = ["| sessions | K/V cache | tq tok/s | llama.cpp cache | llama.cpp tok/s | "
+             "tq / llama.cpp same cache | tq / llama.cpp f16 |", "|---|---|---|---|---|---|---|"]
+    goal_agg = []
+    sessions = sorted({k[1] for k in tq_agg} | {k[1] for k in ll_agg}) or [16, 32]
+    for n in sessions:
+        f16 = ll_agg.get(("f16", n))
+        for kv in tq_kvs:
+            t = tq_agg.get((kv, n))
+            peer, mark = peer_of(kv, known)
+            s = ll_agg.get((peer, n))
+            lines.append(f"| {n} | {kv} | {fmt_num(t)} | {peer}{mark} | {fmt_num(s)} | "
+                         f"{ratio(t, s)}{mark if t and s else ''} | {ratio(t, f16)} |")
+            if n == 32 and t and f16:
+                goal_agg.append((t / f16, kv))
+    rec = next(iter(ll_rec.values()), {})
+    out.append(f"**Aggregate decode, sessions of {ctx} tokens** (tokens/s, all "
+               "sessions together)\n\n" + "\n".join(lines) + "\n\n" +
+               f"tq: `tq bench concurrent --device cuda --sessions 32 --contexts {ctx} "
+               f"--batches 16,32 --steps 32 --warmup 2` (slot 0 prefilled, its pages copied to "
+               f"the other slots; each step one token of every session). llama.cpp: "
+               f"`llama-batched-bench -ngl 99 -fa on -ctk X -ctv X -c "
+               f"{rec.get('n_kv_max', '?')} -npp {ctx} -ntg 128 -npl 16,32 -pps` (one "
+               f"{ctx}-token prompt copied into each session's own KV stream, the cache not "
+               f"unified), S_TG: 128 steps of all sessions.")
+
+    # KV bytes per token and sessions that fit.
+    layers, kv_heads, head_dim = shape
+    elts = 2 * layers * kv_heads * head_dim  # K and V elements per token
+    budget = GPU_BUDGET_GIB * 1024 ** 3
+    ll_bytes = {f: elts * LLAMA_BYTES_PER_ELT[f] for f in LLAMA_BYTES_PER_ELT}
+    ll_fit = {f: math.floor(budget / (ctx * b)) for f, b in ll_bytes.items()}
+    lines = [f"| K/V cache | tq bytes/token | tq sessions | llama.cpp cache | llama.cpp "
+             f"bytes/token | llama.cpp sessions | tq / llama.cpp same cache | "
+             f"tq / llama.cpp f16 |", "|---|---|---|---|---|---|---|---|"]
+    for kv in tq_kvs:
+        c = tq_cap.get(kv)
+        peer, mark = peer_of(kv, set(ll_bytes))
+        fit = c[1] if c else None
+        lines.append(f"| {kv} | {fmt_num(c[0], 0) if c else '—'} | {fmt_num(fit, 0)} | "
+                     f"{peer}{mark} | {ll_bytes[peer]:.0f} | {ll_fit[peer]} | "
+                     f"{ratio(fit, ll_fit[peer])}{mark if fit else ''} | "
+                     f"{ratio(fit, ll_fit['f16'])} |")
+    out.append(f"**KV bytes per token and sessions of {ctx} tokens in {GPU_BUDGET_GIB} GiB** "
+               f"({layers} layers, {kv_heads} KV heads, head dim {head_dim})\n\n" +
+               "\n".join(lines) + "\n\n" +
+               "tq: `tq bench concurrent`'s capacity table (whole 32-token pages per session "
+               "plus its key means, the bytes its pools allocate). llama.cpp: "
+               f"{elts} K/V elements per token at f16 2 B, q8_0 34/32 B, q4_0 18/32 B each "
+               f"(ggml blocks), sessions = floor({GPU_BUDGET_GIB} GiB / ({ctx} x bytes/token)).")
+
+    # Goals of issue 9, reported.
+    def goal(items, target, what):
+        if not items:
+            return f"- {what}: not measured."
+        items.sort(reverse=True)
+        best = items[0]
+        return (f"- {what}: best tq format {best[1]} {best[0]:.2f}x — "
+                f"{'met' if best[0] >= target else 'not met'}; all: " +
+                ", ".join(f"{kv} {r:.2f}x" for r, kv in sorted(items, key=lambda x: kv_order(x[1]))) + ".")
+    out.append("**Issue 9's GPU goals** (reported, not asserted)\n\n" + "\n".join([
+        goal(goal_dec, GOAL_DECODE_32K,
+             f"one session at 32k >= {GOAL_DECODE_32K}x llama.cpp's f16-KV tokens/s"),
+        goal(goal_agg, GOAL_AGG_32,
+             f"32 sessions of 8k >= {GOAL_AGG_32}x llama.cpp's f16-KV aggregate tokens/s")]))
+    stages = os.path.join(d, "stages.txt")
+    if os.path.exists(stages):
+        st = [l.split() for l in read(stages).splitlines() if l.strip()]
+        bad = [f"{s[0]} ({'skipped' if s[1] == 'skipped' else 'rc ' + s[2]})" for s in st
+               if len(s) >= 3 and (s[1] == "skipped" or s[2] != "0")]
+        secs = sum(int(s[1]) for s in st if len(s) >= 3 and s[1].isdigit())
+        out.append(f"Stages: {len(st)}, {secs} s in all" +
+                   (f"; failed or skipped: {', '.join(bad)}." if bad else ", all rc 0."))
+    return "\n\n".join(out)
+
+
+def gpu_meta(run):
+    """Header lines of the GPU parts (gpu/meta-llama.txt, gpu/meta-tq.txt)."""
+    lines = []
+    for p in sorted(glob.glob(os.path.join(run, "gpu", "meta-*.txt"))):
+        m = {}
         for line in read(p).splitlines():
-            if line.startswith("{"):
-                r = json.loads(line)
-                test = f"pp{r['n_prompt']}" if r["n_prompt"] > 0 else f"tg{r['n_gen']}"
-                samples.setdefault((f"{r['type_k']}/{r['type_v']}", test, r.get("n_depth", 0)),
-                                   []).extend(r.get("samples_ts") or [r["avg_ts"]])
-    lines = ["| test | depth | K/V cache | llama.cpp best | llama.cpp median | tq |",
-             "|---|---|---|---|---|---|"]
-    for (kv, test, dep), s in sorted(samples.items(), key=lambda x: (x[0][1], x[0][2], kv_order(x[0][0]))):
-        b, m, _ = best_median(s)
-        lines.append(f"| {test} | {dep} | {kv} | {fmt_num(b)} | {fmt_num(m)} | not yet (issue 7) |")
-    return "\n".join(lines)
+            k, _, v = line.partition(": ")
+            m[k] = v
+        part = os.path.basename(p)[len("meta-"):-len(".txt")]
+        lines.append(f"GPU part '{part}' of {m.get('date', '?')}: `{m.get('command', '?')}` on "
+                     f"{m.get('gpu', '?')} (host {m.get('cpu', '?')}). Model "
+                     f"{m.get('gpu_model', '?')}. Versions: {m.get('tq', '?')}; "
+                     f"{m.get('llama.cpp', '?')}.  ")
+    return lines
 
 
 def main():
@@ -354,8 +607,11 @@ def main():
         out.append(f"Model: {os.path.basename(m.get('model', '?'))} (sha256 "
                    f"{m.get('model_sha256', '?')}...). Versions: {m.get('tq', '?')}; "
                    f"{m.get('llama.cpp', '?')}.\n")
+    gm = gpu_meta(run)
+    if gm:
+        out.extend(gm[:-1] + [gm[-1] + "\n"])
     for title, table in (("CPU speed", speed_table(run)), ("KV-cache quality", quality_table(run)),
-                         ("GPU speed", gpu_table(run))):
+                         ("GPU speed and capacity", gpu_tables(run))):
         if table:
             out.append(f"### {title}\n\n{table}\n")
     print("\n".join(out))
