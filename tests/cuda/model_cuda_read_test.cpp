@@ -17,8 +17,8 @@
 //   no flip at all: the median row's relative error stays below kTqMedianRelTol = 2e-2.
 //   That holds in layer 0 only, whose input is the same on both sides (H200, 2026-12-02: median
 //   4e-5 for K, 0 for V). From layer 1 on, a quantized cache's attention differs between the
-//   sides by more than rounding (the CPU's fused tq kernels quantize queries to int8: 3.7e-2 to
-//   6.1e-2 of the logits from its scalar reference, model_cuda_test.cpp), so the next layers'
+//   sides by more than rounding (the CPU's fused tq kernels alone differ from its scalar
+//   reference by 3.7e-2 to 6.1e-2 of the logit range, model_cuda_test.cpp), so the next layers'
 //   inputs, and the rows they store, differ by a few percent: measured min cosine 0.972, median
 //   5e-2 to 1.4e-1. Deeper layers of quantized caches: kDriftMinCos = 0.95 on every row.
 // Besides: reading a sub-range gives exactly the rows of the whole read, a copied slot reads as

@@ -8,10 +8,8 @@
 // GPU against CPU on every position of the text: mean KL divergence of the next-token
 // distributions (nats), top-1 agreement, and max |logit diff| / logit range of the worst row.
 // Bounds, from the first run on an H200 (2026-12-02, docs/benchmarks.md), with margin:
-// - f16 KV: measured mean KLD 3.9e-3, top-1 95.8%. Bound: KLD < 1e-2, top-1 >= 93%. The CPU's
-//   activation rounding to q8_1 (and the GPU's to f16) is the difference, of the size of what the
-//   CPU's own int8-query attention kernels cost (q8_0 KV on the CPU: KLD 0.0038 vs its f16 KV; on
-//   the GPU, whose attention keeps f16 queries, 0.00026).
+// - f16 KV: measured mean KLD 3.9e-3, top-1 95.8%. Bound: KLD < 1e-2, top-1 >= 93%. The CPU
+//   rounds activations to q8_1 for its Q4_1 matmuls, the GPU to f16; that is the difference.
 // - tq KV: GPU and CPU caches hold different codes wherever the layers' inputs differ by that
 //   much (a coordinate near a Lloyd-Max boundary flips), so GPU vs CPU differs by about the
 //   quantization's own effect (measured 4.3e-2 / 6.6e-2 for tq4/tq4 / tq4/tq3, own effect on the
