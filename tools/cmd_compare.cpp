@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "activations_cli.h"
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
@@ -31,6 +32,7 @@ struct CompareOptions {
   std::string configs = "q8_0/q8_0,q4_0/q4_0,tq4/tq4,tq4/tq3,tq3/tq3";
   KvFlags kv;
   DeviceFlag device;
+  ActivationsFlag act;
 };
 
 int fail(const Status& s) {
@@ -124,6 +126,7 @@ int run_compare(CompareOptions& o) {
   if (!base.ok()) return fail(base.status());
   auto model = model::Model::load(o.model);
   if (!model.ok()) return fail(model.status());
+  if (Status s = o.act.apply(**model, o.device.cuda()); !s.ok()) return fail(s);
   const model::Model& m = **model;
   auto text = load_eval_text(m, o.text, o.ctx, o.chunks);
   if (!text.ok()) return fail(text.status());
@@ -190,6 +193,7 @@ void add_compare_command(CLI::App& app) {
       ->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->act.add_to(cmd);
   cmd->callback([o] {
     if (const int rc = run_compare(*o); rc != 0) throw CLI::RuntimeError(rc);
   });

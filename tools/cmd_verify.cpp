@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "activations_cli.h"
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
@@ -132,6 +133,7 @@ struct VerifyOptions {
   bool json = false;
   KvFlags kv;
   DeviceFlag device;
+  ActivationsFlag act;
 };
 
 struct VerifyResult {
@@ -304,6 +306,7 @@ int run_verify(VerifyOptions& o) {
   if (!config.ok()) return fail(config.status());
   auto model = model::Model::load(o.model);
   if (!model.ok()) return fail(model.status());
+  if (Status s = o.act.apply(**model, o.device.cuda()); !s.ok()) return fail(s);
   const model::Model& m = **model;
   auto text = load_eval_text(m, o.text, o.ctx, o.chunks);
   if (!text.ok()) return fail(text.status());
@@ -342,6 +345,7 @@ void add_verify_command(CLI::App& app) {
   cmd->add_flag("--json", o->json, "One JSON line on stdout (metrics not measured: null)");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->act.add_to(cmd);
   cmd->callback([o] {
     if (const int rc = run_verify(*o); rc != 0) throw CLI::RuntimeError(rc);
   });

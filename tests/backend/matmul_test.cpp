@@ -2,6 +2,7 @@
 // entry point (threaded) against a float64 product of the dequantized weights.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -48,7 +49,8 @@ std::vector<uint8_t> random_weights(GgmlType type, int64_t rows, int64_t cols, R
   if (type == GgmlType::kQ6_K) halves = {208};
   for (size_t off = 0; off < w.size(); off += bb) {
     for (size_t h : halves) {
-      const float s = static_cast<float>((0.001 + 0.01 * rng.uniform()) * (rng.uniform() < 0.5 ? -1 : 1));
+      const float s =
+          static_cast<float>((0.001 + 0.01 * rng.uniform()) * (rng.uniform() < 0.5 ? -1 : 1));
       const uint16_t bits = f32_to_f16(s);
       std::memcpy(&w[off + h], &bits, 2);
     }
@@ -126,10 +128,9 @@ void expect_close_to_f64(const Problem& p, const std::vector<float>& y, const ch
   }
 }
 
-const GgmlType kAllTypes[] = {GgmlType::kF32,  GgmlType::kF16,  GgmlType::kBF16,
-                              GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0,
-                              GgmlType::kQ5_1, GgmlType::kQ8_0, GgmlType::kQ4_K,
-                              GgmlType::kQ5_K, GgmlType::kQ6_K};
+const GgmlType kAllTypes[] = {GgmlType::kF32,  GgmlType::kF16,  GgmlType::kBF16, GgmlType::kQ4_0,
+                              GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ5_1, GgmlType::kQ8_0,
+                              GgmlType::kQ4_K, GgmlType::kQ5_K, GgmlType::kQ6_K};
 
 TEST(Matmul, EveryTypeAndTableMatchesFloat64) {
   ThreadPool one(1);
@@ -160,14 +161,38 @@ TEST(Matmul, EveryTypeAndTableMatchesFloat64) {
   }
 }
 
+// Float activations: the quantized types lose the 8-bit activation bound and match the float64
+// product of the dequantized weights to summation order alone (Model::set_activations).
+TEST(Matmul, FloatActivationsDropTheRoundingBound) {
+  ThreadPool two(2);
+  for (GgmlType type : {GgmlType::kQ4_0, GgmlType::kQ4_1, GgmlType::kQ5_0, GgmlType::kQ8_0}) {
+    ASSERT_TRUE(matmul_has_int_path(type)) << type_name(type);
+    const int64_t cols = 512;
+    Problem p = make_problem(type, 37, cols, 5, 900 + static_cast<uint64_t>(type));
+    const WeightView w{type, p.w.data(), p.rows, p.cols};
+    std::vector<float> yf(p.y64.size(), -1e30f), yq(p.y64.size(), -1e30f);
+    ASSERT_TRUE(matmul(two, w, p.x.data(), p.n_tokens, yf.data(), Activations::kFloat).ok());
+    ASSERT_TRUE(matmul(two, w, p.x.data(), p.n_tokens, yq.data()).ok());
+    double worst_float = 0, worst_quant = 0;
+    for (size_t i = 0; i < yf.size(); ++i) {
+      ASSERT_NEAR(yf[i], p.y64[i], kOrderTol * p.mag[i] + 1e-6) << describe(p) << " out " << i;
+      worst_float = std::max(worst_float, std::fabs(yf[i] - p.y64[i]) / (p.mag[i] + 1e-12));
+      worst_quant = std::max(worst_quant, std::fabs(yq[i] - p.y64[i]) / (p.mag[i] + 1e-12));
+    }
+    // The default path does round: its error is orders above the float path's.
+    EXPECT_GT(worst_quant, 10 * worst_float) << describe(p);
+  }
+}
+
 TEST(Matmul, ThreadedMatchesSingleThreadExactly) {
   ThreadPool one(1), two(2);
   for (GgmlType type : {GgmlType::kQ4_1, GgmlType::kQ8_0, GgmlType::kF16, GgmlType::kQ6_K}) {
     const Problem p = make_problem(type, 301, 512, 5, 7);  // ~770k MACs: the threaded path
     const std::vector<float> a = run(matmul_kernels_active(), one, p);
     std::vector<float> b(a.size());
-    ASSERT_TRUE(matmul(two, WeightView{type, p.w.data(), p.rows, p.cols}, p.x.data(), p.n_tokens,
-                       b.data()).ok());
+    ASSERT_TRUE(
+        matmul(two, WeightView{type, p.w.data(), p.rows, p.cols}, p.x.data(), p.n_tokens, b.data())
+            .ok());
     EXPECT_EQ(a, b) << describe(p);  // rows are split, never a dot product
     expect_close_to_f64(p, b, "threaded");
   }
@@ -197,7 +222,8 @@ TEST(Matmul, DequantizeRowAvx2MatchesRef) {
   if (avx2 == nullptr) GTEST_SKIP() << "no AVX2 on this CPU";
   Rng rng(5);
   for (GgmlType type : kAllTypes) {
-    const int64_t n = quant::ggml_type_traits(static_cast<uint32_t>(type))->block_elems == 1 ? 37 : 512;
+    const int64_t n =
+        quant::ggml_type_traits(static_cast<uint32_t>(type))->block_elems == 1 ? 37 : 512;
     const std::vector<uint8_t> w = random_weights(type, 1, n, rng);
     std::vector<float> a(n), b(n);
     ASSERT_TRUE(quant::dequantize_row_ref(type, w.data(), a.data(), n).ok());

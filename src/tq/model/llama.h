@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "tq/backend/cpu/matmul.h"
 #include "tq/core/status.h"
 #include "tq/core/thread_pool.h"
 #include "tq/kv/sequence_kv.h"
@@ -93,6 +94,12 @@ class Model {
   // The attention geometry a KV cache for this model needs.
   kv::AttentionShape attention_shape() const;
 
+  // How the weight matmuls take activations: quantized to 8 bits (the default, fast) or float
+  // (quality runs: the 8-bit rounding puts a floor of ~0.0035 KLD under any change of the KV
+  // cache's outputs on SmolLM2, docs/quality.md). Set before the model is shared.
+  void set_activations(backend::cpu::Activations a) { activations_ = a; }
+  backend::cpu::Activations activations() const { return activations_; }
+
   // Runs args.n tokens through the model: forward_batch with one sequence.
   Status forward(const ForwardArgs& args) const;
 
@@ -123,6 +130,7 @@ class Model {
   ModelWeights weights_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::vector<float> inv_freq_;  // [rope_dims/2] after rope scaling
+  backend::cpu::Activations activations_ = backend::cpu::Activations::kQuantized;
 };
 
 }  // namespace tq::model

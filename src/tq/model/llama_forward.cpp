@@ -113,9 +113,9 @@ Status Model::run_layer(int l, std::span<const BatchSequence> seqs, int n, Threa
   for (int t = 0; t < n; ++t)
     cpu::rmsnorm(&s.x_[static_cast<size_t>(t) * c.dim], L.attn_norm.data(),
                  &s.xn_[static_cast<size_t>(t) * c.dim], c.dim, c.rms_eps);
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wq, s.xn_.data(), n, s.q_.data()));
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wk, s.xn_.data(), n, s.k_.data()));
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wv, s.xn_.data(), n, s.v_.data()));
+  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wq, s.xn_.data(), n, s.q_.data(), activations_));
+  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wk, s.xn_.data(), n, s.k_.data(), activations_));
+  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wv, s.xn_.data(), n, s.v_.data(), activations_));
   if (!L.bq.empty()) cpu::add_bias_rows(s.q_.data(), L.bq.data(), n, c.q_dim());
   if (!L.bk.empty()) cpu::add_bias_rows(s.k_.data(), L.bk.data(), n, c.kv_dim());
   if (!L.bv.empty()) cpu::add_bias_rows(s.v_.data(), L.bv.data(), n, c.kv_dim());
@@ -135,17 +135,17 @@ Status Model::run_layer(int l, std::span<const BatchSequence> seqs, int n, Threa
         b.kv->attend(l, b.n, &s.q_[row * c.q_dim()], &s.att_[row * c.q_dim()], pool));
     row += static_cast<size_t>(b.n);
   }
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wo, s.att_.data(), n, s.proj_.data()));
+  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.wo, s.att_.data(), n, s.proj_.data(), activations_));
   cpu::add(s.x_.data(), s.proj_.data(), n * c.dim);
 
   // Feed-forward block (SwiGLU).
   for (int t = 0; t < n; ++t)
     cpu::rmsnorm(&s.x_[static_cast<size_t>(t) * c.dim], L.ffn_norm.data(),
                  &s.xn_[static_cast<size_t>(t) * c.dim], c.dim, c.rms_eps);
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.w_gate, s.xn_.data(), n, s.gate_.data()));
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.w_up, s.xn_.data(), n, s.up_.data()));
+  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.w_gate, s.xn_.data(), n, s.gate_.data(), activations_));
+  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.w_up, s.xn_.data(), n, s.up_.data(), activations_));
   cpu::silu_mul(s.gate_.data(), s.up_.data(), n * c.ffn_dim);
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.w_down, s.gate_.data(), n, s.proj_.data()));
+  TQ_RETURN_IF_ERROR(cpu::matmul(pool, L.w_down, s.gate_.data(), n, s.proj_.data(), activations_));
   cpu::add(s.x_.data(), s.proj_.data(), n * c.dim);
   return ok_status();
 }
@@ -176,13 +176,15 @@ Status Model::compute_logits(std::span<const BatchSequence> seqs, ThreadPool& po
     row += static_cast<size_t>(b.n);
   }
   if (gathered == 0) return ok_status();
-  if (contiguous) return cpu::matmul(pool, weights_.output, s.xn_.data(), gathered, first_dst);
+  if (contiguous)
+    return cpu::matmul(pool, weights_.output, s.xn_.data(), gathered, first_dst, activations_);
 
   // Scattered buffers: one matmul into the scratch, then a copy per sequence (cheap next to
   // the matmul, which reads vocab x dim weights).
   const size_t need = static_cast<size_t>(gathered) * vocab;
   if (s.logits_.size() < need) s.logits_.resize(need);
-  TQ_RETURN_IF_ERROR(cpu::matmul(pool, weights_.output, s.xn_.data(), gathered, s.logits_.data()));
+  TQ_RETURN_IF_ERROR(
+      cpu::matmul(pool, weights_.output, s.xn_.data(), gathered, s.logits_.data(), activations_));
   const float* src = s.logits_.data();
   for (const BatchSequence& b : seqs) {
     const size_t count = static_cast<size_t>(logit_rows(b)) * vocab;

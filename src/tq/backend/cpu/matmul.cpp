@@ -25,12 +25,18 @@ constexpr int64_t kDequantRows = 4;
 
 TileFn int_tile(const MatmulKernels& k, quant::GgmlType type) {
   switch (type) {
-    case quant::GgmlType::kQ4_0: return k.q4_0;
-    case quant::GgmlType::kQ4_1: return k.q4_1;
-    case quant::GgmlType::kQ5_0: return k.q5_0;
-    case quant::GgmlType::kQ5_1: return k.q5_1;
-    case quant::GgmlType::kQ8_0: return k.q8_0;
-    default: return nullptr;
+    case quant::GgmlType::kQ4_0:
+      return k.q4_0;
+    case quant::GgmlType::kQ4_1:
+      return k.q4_1;
+    case quant::GgmlType::kQ5_0:
+      return k.q5_0;
+    case quant::GgmlType::kQ5_1:
+      return k.q5_1;
+    case quant::GgmlType::kQ8_0:
+      return k.q8_0;
+    default:
+      return nullptr;
   }
 }
 
@@ -84,22 +90,21 @@ const MatmulKernels& matmul_kernels_active() {
 }
 
 Status matmul_with(const MatmulKernels& k, ThreadPool& pool, const WeightView& w, const float* x,
-                   int n_tokens, float* y) {
+                   int n_tokens, float* y, Activations act) {
   const quant::GgmlTypeTraits* traits = quant::ggml_type_traits(static_cast<uint32_t>(w.type));
   if (traits == nullptr || !quant::can_dequantize(w.type))
-    return unsupported("matmul: weight type " +
-                       (traits ? std::string(traits->name)
-                               : std::to_string(static_cast<uint32_t>(w.type))) +
-                       " not supported");
+    return unsupported(
+        "matmul: weight type " +
+        (traits ? std::string(traits->name) : std::to_string(static_cast<uint32_t>(w.type))) +
+        " not supported");
   if (w.rows <= 0 || w.cols <= 0 || n_tokens < 0 || w.data == nullptr ||
       (n_tokens > 0 && (x == nullptr || y == nullptr)))
-    return invalid_argument("matmul: bad shape rows=" + std::to_string(w.rows) +
-                            " cols=" + std::to_string(w.cols) +
-                            " n_tokens=" + std::to_string(n_tokens));
+    return invalid_argument("matmul: bad shape rows=" + std::to_string(w.rows) + " cols=" +
+                            std::to_string(w.cols) + " n_tokens=" + std::to_string(n_tokens));
   if (w.cols % traits->block_elems != 0)
-    return invalid_argument("matmul " + std::string(traits->name) + ": cols=" +
-                            std::to_string(w.cols) + " not a multiple of the block size " +
-                            std::to_string(traits->block_elems));
+    return invalid_argument(
+        "matmul " + std::string(traits->name) + ": cols=" + std::to_string(w.cols) +
+        " not a multiple of the block size " + std::to_string(traits->block_elems));
   if (n_tokens == 0) return ok_status();
 
   TileJob base;
@@ -112,7 +117,8 @@ Status matmul_with(const MatmulKernels& k, ThreadPool& pool, const WeightView& w
   base.y = y;
   base.y_stride = w.rows;
 
-  if (const TileFn fn = int_tile(k, w.type)) {
+  const TileFn fn = act == Activations::kQuantized ? int_tile(k, w.type) : nullptr;
+  if (fn) {
     const int64_t n_blocks = w.cols / quant::kQK;
     std::vector<quant::BlockQ8A> act(static_cast<size_t>(n_blocks * n_tokens));
     for (int t = 0; t < n_tokens; ++t)
@@ -132,8 +138,9 @@ Status matmul_with(const MatmulKernels& k, ThreadPool& pool, const WeightView& w
   return ok_status();
 }
 
-Status matmul(ThreadPool& pool, const WeightView& w, const float* x, int n_tokens, float* y) {
-  return matmul_with(matmul_kernels_active(), pool, w, x, n_tokens, y);
+Status matmul(ThreadPool& pool, const WeightView& w, const float* x, int n_tokens, float* y,
+              Activations act) {
+  return matmul_with(matmul_kernels_active(), pool, w, x, n_tokens, y, act);
 }
 
 void dequantize_row(quant::GgmlType type, const uint8_t* src, float* dst, int64_t n) {

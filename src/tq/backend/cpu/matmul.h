@@ -20,9 +20,16 @@ struct WeightView {
   int64_t cols;
 };
 
+// How activations meet quantized weights.
+enum class Activations {
+  kQuantized,  // rounded to 8 bits per 32 (q8_1, llama.cpp's scheme): integer dot products
+  kFloat,      // kept in float; weights dequantized per tile (slower; for quality runs)
+};
+
 // Y[t][r] = sum_c W[r][c] * X[t][c] for t < n_tokens. X is float [n_tokens][cols], Y float
 // [n_tokens][rows]. InvalidArgument for bad shapes, Unsupported for types tq cannot multiply.
-Status matmul(ThreadPool& pool, const WeightView& w, const float* x, int n_tokens, float* y);
+Status matmul(ThreadPool& pool, const WeightView& w, const float* x, int n_tokens, float* y,
+              Activations act = Activations::kQuantized);
 
 // dst[0, n) = the first n elements at src (embedding lookups). n must be a multiple of the
 // type's block size and the type one of quant::can_dequantize; otherwise dst is zero-filled.

@@ -4,10 +4,10 @@
 
 #include <cstdint>
 
+#include "tq/backend/cpu/matmul.h"
 #include "tq/core/status.h"
 #include "tq/core/thread_pool.h"
 #include "tq/quant/ggml_blocks.h"
-#include "tq/backend/cpu/matmul.h"
 
 namespace tq::backend::cpu {
 
@@ -52,6 +52,6 @@ const MatmulKernels& matmul_kernels_active();
 
 // matmul through a given table (tests compare tables against each other).
 Status matmul_with(const MatmulKernels& k, ThreadPool& pool, const WeightView& w, const float* x,
-                   int n_tokens, float* y);
+                   int n_tokens, float* y, Activations act = Activations::kQuantized);
 
 }  // namespace tq::backend::cpu
