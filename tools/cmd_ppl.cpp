@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "activations_cli.h"
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
@@ -28,6 +29,7 @@ struct PplOptions {
   bool json = false;
   KvFlags kv;
   DeviceFlag device;
+  ActivationsFlag act;
 };
 
 int run_ppl(PplOptions& o) {
@@ -40,6 +42,10 @@ int run_ppl(PplOptions& o) {
   if (!model.ok()) {
     std::fprintf(stderr, "tq ppl: %s\n", model.status().to_string().c_str());
     return 1;
+  }
+  if (Status s = o.act.apply(**model, o.device.cuda()); !s.ok()) {
+    std::fprintf(stderr, "tq ppl: %s\n", s.to_string().c_str());
+    return 2;
   }
   const model::Model& m = **model;
   auto text = load_eval_text(m, o.text, o.ctx, o.chunks);
@@ -59,7 +65,8 @@ int run_ppl(PplOptions& o) {
   const int vocab = m.config().vocab_size;
   std::unique_ptr<backend::DeviceModel> dm;
   if (o.device.cuda()) {
-    auto opened = open_cuda_model(m, *config, o.ctx, std::min(o.ctx, 512));
+    auto opened = open_cuda_model(m, *config, o.ctx, std::min(o.ctx, 512), 1, false,
+                                  o.device.device_weights());
     if (!opened.ok()) {
       std::fprintf(stderr, "tq ppl: %s\n", opened.status().to_string().c_str());
       return 1;
@@ -128,6 +135,8 @@ void add_ppl_command(CLI::App& app) {
   cmd->add_flag("--json", o->json, "One JSON line on stdout");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->act.add_to(cmd);
+  o->device.add_weights_to(cmd);
   cmd->callback([o] {
     const int rc = run_ppl(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -150,7 +150,8 @@ int run(RunOptions& o) {
 
   if (o.device.cuda()) {
     // The GPU keeps the paged cache in the KV flags' formats (f16 when none are given).
-    auto dm = open_cuda_model(m, *kv_config, ctx, std::min(o.prefill_batch, ctx));
+    auto dm = open_cuda_model(m, *kv_config, ctx, std::min(o.prefill_batch, ctx), 1, false,
+                              o.device.device_weights());
     if (!dm.ok()) return fail(1, dm.status().to_string());
     auto stats = generate_on_device(**dm, 0, m, *ids, g, stream_piece);
     std::printf("\n");
@@ -221,6 +222,7 @@ void add_run_command(CLI::App& app) {
   cmd->add_option("--seed", s.seed, "Sampling seed")->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->device.add_weights_to(cmd);
   cmd->callback([o] {
     const int rc = run(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -25,15 +25,26 @@ struct DeviceFlag {
         ->check(CLI::IsMember({"cpu", "cuda"}));
   }
   bool cuda() const { return name == "cuda"; }
+
+  // --gpu-weights, on the subcommands that pass it to open_cuda_model.
+  std::string weights = "f16";
+  void add_weights_to(CLI::App* cmd) {
+    cmd->add_option("--gpu-weights", weights,
+                    "f16 (every matrix dequantized at upload), or quant: Q4_0/Q8_0 matrices stay "
+                    "blocks on the GPU, multiplied as stored (--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"f16", "quant"}));
+  }
+  backend::DeviceWeights device_weights() const {
+    return weights == "quant" ? backend::DeviceWeights::kQuantized : backend::DeviceWeights::kF16;
+  }
 };
 
 // The model on CUDA device 0 with `kv` for its cache: `n_seqs` slots of `ctx` tokens, passes of
-// at most `max_batch` tokens (cublas_gemv: see DeviceModelOptions).
-inline Expected<std::unique_ptr<backend::DeviceModel>> open_cuda_model(const model::Model& m,
-                                                                       const kv::KvConfig& kv,
-                                                                       int ctx, int max_batch,
-                                                                       int n_seqs = 1,
-                                                                       bool cublas_gemv = false) {
+// at most `max_batch` tokens (cublas_gemv, weights: see DeviceModelOptions).
+inline Expected<std::unique_ptr<backend::DeviceModel>> open_cuda_model(
+    const model::Model& m, const kv::KvConfig& kv, int ctx, int max_batch, int n_seqs = 1,
+    bool cublas_gemv = false, backend::DeviceWeights weights = backend::DeviceWeights::kF16) {
   if (!backend::cuda_built())
     return unsupported(
         "--device cuda: this tq was built without CUDA (configure with -DTQ_CUDA=ON)");
@@ -46,6 +57,7 @@ inline Expected<std::unique_ptr<backend::DeviceModel>> open_cuda_model(const mod
   o.max_batch = max_batch;
   o.max_sequences = n_seqs;
   o.cublas_gemv = cublas_gemv;
+  o.weights = weights;
   auto dm = backend::create_cuda_model(model::describe_for_backend(m), o);
   if (!dm.ok()) return dm.status().with_context("--device cuda");
   return dm;

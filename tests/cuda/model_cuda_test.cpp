@@ -120,13 +120,15 @@ struct CpuRun {
 
 Expected<std::unique_ptr<DeviceModel>> gpu_model(const model::Model& m, const kv::KvConfig& config,
                                                  int max_batch, bool cublas_gemv = false,
-                                                 int n_seqs = 1) {
+                                                 int n_seqs = 1,
+                                                 DeviceWeights weights = DeviceWeights::kF16) {
   DeviceModelOptions o;
   o.kv = config;
   o.max_context = kCtx;
   o.max_batch = max_batch;
   o.max_sequences = n_seqs;
   o.cublas_gemv = cublas_gemv;
+  o.weights = weights;
   return create_cuda_model(model::describe_for_backend(m), o);
 }
 
@@ -459,6 +461,123 @@ INSTANTIATE_TEST_SUITE_P(Kv, ModelCudaBatchTest,
                          [](const ::testing::TestParamInfo<BatchCase>& i) {
                            return std::string(i.param.k) + "_" + i.param.v;
                          });
+
+// Quantized weights on the device (DeviceWeights::kQuantized: Q4_0/Q8_0 blocks multiplied as
+// stored) against the f16-weights GPU path on the same model: both decode the same blocks, only
+// the products differ (the f16 path rounds each d * q to f16 at upload, ~2^-12 relative; gemv_q
+// keeps it exact in f32) and their summation order. The CPU alone shows what rounding the
+// weights to f16 does to these logits: 7e-4 of the range (header); kQuantWeightsTol = 5e-3
+// leaves margin for four layers of it. Exercised: a 45-token prefill (passes of 32 and 13:
+// dequantize + cuBLAS, which reproduces the f16 path's GEMM inputs exactly), a 5-token pass
+// (gemv_q over 5 rows), 8 decode steps (1 row), and forward_batch of 4 slots (4 rows), llama
+// with tied output (a quantized copy of token_embd for the logits) and qwen2 (untied, biases).
+constexpr double kQuantWeightsTol = 5e-3;
+
+struct QuantCase {
+  const char* name;
+  model::Arch arch;
+  quant::GgmlType weights;
+};
+class ModelCudaQuantWeightsTest : public ::testing::TestWithParam<QuantCase> {};
+
+TEST_P(ModelCudaQuantWeightsTest, MatchesF16Weights) {
+  TQ_REQUIRE_GPU();
+  const QuantCase c = GetParam();
+  const uint64_t seed = 0x7175616e74u;  // "quant"
+  SCOPED_TRACE(std::string(c.name) + ", seed " + std::to_string(seed));
+  auto m = build_model(spec_for(c.arch, c.weights, seed));
+  ASSERT_TRUE(m);
+  auto config = kv_config("f16", "f16");
+  ASSERT_TRUE(config.ok());
+  constexpr int kSlots = 4;
+  auto ref = gpu_model(*m, *config, 32, false, kSlots, DeviceWeights::kF16);
+  auto quant = gpu_model(*m, *config, 32, false, kSlots, DeviceWeights::kQuantized);
+  ASSERT_TRUE(ref.ok()) << ref.status().to_string();
+  ASSERT_TRUE(quant.ok()) << quant.status().to_string();
+  const std::string described = (*quant)->describe();
+  std::printf("[ measured ] %s: %s\n", c.name, described.c_str());
+  EXPECT_EQ(described.find("(0 of"), std::string::npos) << "no matrix stayed blocks";
+  EXPECT_EQ((*ref)->describe().find("quantized"), std::string::npos);
+  DeviceModel& R = **ref;
+  DeviceModel& Q = **quant;
+  const int vocab = m->config().vocab_size;
+  const std::vector<int32_t> ids = prompt_ids(120, vocab, seed);
+
+  // Slot 0: 45 tokens (kAll), 5 more (kAll), then 8 single steps.
+  std::vector<float> a(static_cast<size_t>(45) * vocab, NAN), b(a.size(), NAN);
+  const auto run = [&](DeviceModel& dm, int seq, size_t from, int n, DeviceLogits mode,
+                       float* out) {
+    DeviceForwardArgs f;
+    f.seq = seq;
+    f.tokens = ids.data() + from;
+    f.n = n;
+    f.logits_mode = mode;
+    f.logits = out;
+    return dm.forward(f);
+  };
+  ASSERT_TRUE(run(R, 0, 0, 45, DeviceLogits::kAll, a.data()).ok());
+  ASSERT_TRUE(run(Q, 0, 0, 45, DeviceLogits::kAll, b.data()).ok());
+  const double prefill = row_diff(b.data(), a.data(), 45, vocab).of_range;
+  ASSERT_TRUE(run(R, 0, 45, 5, DeviceLogits::kAll, a.data()).ok());
+  ASSERT_TRUE(run(Q, 0, 45, 5, DeviceLogits::kAll, b.data()).ok());
+  const double short_pass = row_diff(b.data(), a.data(), 5, vocab).of_range;
+  double decode = 0.0;
+  for (int step = 0; step < 8; ++step) {
+    ASSERT_TRUE(run(R, 0, 50 + step, 1, DeviceLogits::kLast, a.data()).ok());
+    const Status st = run(Q, 0, 50 + step, 1, DeviceLogits::kLast, b.data());
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    decode = std::max(decode, row_diff(b.data(), a.data(), 1, vocab).of_range);
+  }
+  // Slots 1..3: 20 tokens each, then 4 batched steps of all four slots.
+  for (int s = 1; s < kSlots; ++s)
+    for (DeviceModel* dm : {&R, &Q})
+      ASSERT_TRUE(run(*dm, s, 60 + 10 * s, 20, DeviceLogits::kLast, a.data()).ok());
+  double batch = 0.0;
+  int top1 = 0, rows = 0;
+  std::vector<float> ga(static_cast<size_t>(kSlots) * vocab, NAN), gb(ga.size(), NAN);
+  for (int step = 0; step < 4; ++step) {
+    int32_t tok[kSlots];
+    std::vector<DeviceForwardArgs> ia(kSlots), ib(kSlots);
+    for (int s = 0; s < kSlots; ++s) {
+      tok[s] = ids[static_cast<size_t>(100 + 4 * step + s)];
+      ia[s].seq = ib[s].seq = s;
+      ia[s].tokens = ib[s].tokens = &tok[s];
+      ia[s].n = ib[s].n = 1;
+      ia[s].logits = ga.data() + static_cast<size_t>(s) * vocab;
+      ib[s].logits = gb.data() + static_cast<size_t>(s) * vocab;
+    }
+    ASSERT_TRUE(R.forward_batch(ia).ok());
+    const Status st = Q.forward_batch(ib);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    batch = std::max(batch, row_diff(gb.data(), ga.data(), kSlots, vocab).of_range);
+    for (int s = 0; s < kSlots; ++s, ++rows) {
+      const size_t o = static_cast<size_t>(s) * vocab;
+      top1 += cpu::argmax(ga.data() + o, vocab) == cpu::argmax(gb.data() + o, vocab);
+    }
+  }
+  for (int s = 0; s < kSlots; ++s) EXPECT_EQ(Q.length(s), R.length(s)) << "slot " << s;
+  std::printf(
+      "[ measured ] %s quant vs f16 weights, max|diff|/range: prefill %.2e, 5-token pass %.2e, "
+      "decode %.2e, batch of 4 %.2e (top-1 %d/%d); tol %.0e\n",
+      c.name, prefill, short_pass, decode, batch, top1, rows, kQuantWeightsTol);
+  EXPECT_LT(prefill, kQuantWeightsTol);
+  EXPECT_LT(short_pass, kQuantWeightsTol);
+  EXPECT_LT(decode, kQuantWeightsTol);
+  EXPECT_LT(batch, kQuantWeightsTol);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Weights, ModelCudaQuantWeightsTest,
+    ::testing::Values(QuantCase{"llama q4_0", model::Arch::kLlama, quant::GgmlType::kQ4_0},
+                      QuantCase{"llama q8_0", model::Arch::kLlama, quant::GgmlType::kQ8_0},
+                      QuantCase{"qwen2 q4_0", model::Arch::kQwen2, quant::GgmlType::kQ4_0},
+                      QuantCase{"qwen2 q8_0", model::Arch::kQwen2, quant::GgmlType::kQ8_0}),
+    [](const ::testing::TestParamInfo<QuantCase>& i) {
+      std::string s = i.param.name;
+      for (char& ch : s)
+        if (ch == ' ') ch = '_';
+      return s;
+    });
 
 // What the first version refuses, with a message that says why (no GPU needed).
 TEST(ModelCudaOptions, RejectsWindowAndSinks) {

@@ -24,7 +24,8 @@ Status DeviceModelOptions::validate() const {
 std::string DeviceModelOptions::to_string() const {
   return "ctx " + std::to_string(max_context) + " x " + std::to_string(max_sequences) +
          " seqs, batch " + std::to_string(max_batch) + (cublas_gemv ? ", cuBLAS GEMV" : "") +
-         ", kv " + kv.to_string();
+         (weights == DeviceWeights::kQuantized ? ", quantized weights" : "") + ", kv " +
+         kv.to_string();
 }
 
 Status DeviceModel::read_stored(int, int, bool, int, int, float*) const {

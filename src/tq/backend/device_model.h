@@ -16,6 +16,12 @@
 
 namespace tq::backend {
 
+// How weight matrices live on the device. kF16: every matrix dequantized to f16 at upload
+// (tq's GEMV or cuBLAS read 16 bits per weight). kQuantized: Q4_0 and Q8_0 matrices stay
+// blocks (4.5 / 8.5 bits per weight); decode and passes of up to 8 rows multiply them as stored,
+// longer passes dequantize one matrix at a time for cuBLAS; other types stay f16.
+enum class DeviceWeights { kF16, kQuantized };
+
 struct DeviceModelOptions {
   kv::KvConfig kv;         // formats per layer; window and sinks must be 0 in this version
   int max_context = 4096;  // tokens per sequence slot
@@ -25,6 +31,7 @@ struct DeviceModelOptions {
   // One-token matmuls (decode) through cuBLAS as well; by default tq's GEMV kernel streams
   // them (comparison and tests).
   bool cublas_gemv = false;
+  DeviceWeights weights = DeviceWeights::kF16;
 
   Status validate() const;
   std::string to_string() const;

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/gemv_q.h"
 #include "tq/backend/cuda/model_cuda_impl.cuh"
 #include "tq/backend/cuda/ops_cuda.cuh"
 
@@ -29,24 +30,44 @@ namespace tq::backend::cuda {
 namespace {
 
 // Y[t][r] = beta * Y[t][r] + sum_c W[r][c] X[t][c] for t < n: W [rows][cols] and X [n][cols]
-// row-major f16, Y [n][rows] row-major f32, accumulated in f32. In cuBLAS's column-major terms
+// row-major f16, Y [n][ldy] row-major f32, accumulated in f32. In cuBLAS's column-major terms
 // Y^T (rows x n) = W^T' (W read as a cols x rows matrix, transposed) x X^T (cols x n).
 Status gemm(cublasHandle_t h, const __half* w, int rows, int cols, const __half* x, int n, float* y,
-            float beta) {
+            int ldy, float beta) {
   const float alpha = 1.0f;
   TQ_CUBLAS_TRY(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &alpha, w, CUDA_R_16F,
-                             cols, x, CUDA_R_16F, cols, &beta, y, CUDA_R_32F, rows,
+                             cols, x, CUDA_R_16F, cols, &beta, y, CUDA_R_32F, ldy,
                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return ok_status();
 }
 
-// The matmuls of a pass: one token (decode) streams the weights through gemv_f16 unless the
-// options ask for cuBLAS; more tokens are a cuBLAS GEMM.
-Status matmul(const CudaModel::Impl& m, const __half* w, int rows, int cols, const __half* x, int n,
-              float* y, float beta) {
-  if (n == 1 && !m.opt.cublas_gemv && cols % 8 == 0)
-    return gemv_f16(w, rows, cols, x, y, beta, m.stream);
-  return gemm(m.blas, w, rows, cols, x, n, y, beta);
+// The matmuls of a pass, Y [n][rows] (+)= X [n][cols] W^T. f16 weights: one token (decode)
+// streams them through gemv_f16 unless the options ask for cuBLAS; more tokens are a cuBLAS
+// GEMM. Quantized weights: up to kGemvMaxTokens rows through gemv_q (each block read once for
+// all rows); longer passes (prefill, large batches) dequantize the matrix into the scratch, in
+// chunks of rows when it is larger (the output matrix), each chunk one GEMM. Prefill's GEMMs
+// are compute-bound, so the extra pass over the weights costs little there.
+Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, int n, float* y,
+              float beta) {
+  const int rows = w.rows, cols = w.cols;
+  if (w.format == WeightFormat::kF16) {
+    const __half* wh = static_cast<const __half*>(w.data);
+    if (n == 1 && !m.opt.cublas_gemv && cols % 8 == 0)
+      return gemv_f16(wh, rows, cols, x, y, beta, m.stream);
+    return gemm(m.blas, wh, rows, cols, x, n, y, rows, beta);
+  }
+  if (n <= kGemvMaxTokens && !m.opt.cublas_gemv)
+    return gemv_q(w, x, n, cols, y, rows, beta, m.stream);
+  const size_t scratch_rows = m.dequant_scratch.bytes() / (sizeof(__half) * cols);
+  if (scratch_rows == 0) return internal_error("matmul: no dequant scratch for quantized weights");
+  __half* scratch = m.dequant_scratch.as<__half>();
+  for (int r0 = 0; r0 < rows;) {
+    const int nr = static_cast<int>(std::min<size_t>(scratch_rows, static_cast<size_t>(rows - r0)));
+    TQ_RETURN_IF_ERROR(dequant_rows(w, r0, nr, scratch, m.stream));
+    TQ_RETURN_IF_ERROR(gemm(m.blas, scratch, nr, cols, x, n, y + r0, rows, beta));
+    r0 += nr;
+  }
+  return ok_status();
 }
 
 double gib(size_t b) { return static_cast<double>(b) / (1u << 30); }
@@ -120,8 +141,7 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   __half* xn = m.xn.as<__half>();
 
   TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.attn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s));
-  TQ_RETURN_IF_ERROR(
-      matmul(m, D.w_qkv.as<__half>(), q_dim + 2 * kv_dim, d.dim, xn, n, m.qkv.as<float>(), 0.0f));
+  TQ_RETURN_IF_ERROR(matmul(m, D.w_qkv.view(), xn, n, m.qkv.as<float>(), 0.0f));
   RopeSplitParams rp;
   rp.qkv = m.qkv.as<float>();
   rp.bias = D.b_qkv.empty() ? nullptr : D.b_qkv.as<float>();
@@ -164,14 +184,12 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
 
   TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s));
-  TQ_RETURN_IF_ERROR(matmul(m, D.w_o.as<__half>(), d.dim, q_dim, xn, n, x, 1.0f));  // x += Wo att
+  TQ_RETURN_IF_ERROR(matmul(m, D.w_o.view(), xn, n, x, 1.0f));  // x += Wo att
 
   TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.ffn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s));
-  TQ_RETURN_IF_ERROR(
-      matmul(m, D.w_gate_up.as<__half>(), 2 * d.ffn_dim, d.dim, xn, n, m.gu.as<float>(), 0.0f));
+  TQ_RETURN_IF_ERROR(matmul(m, D.w_gate_up.view(), xn, n, m.gu.as<float>(), 0.0f));
   TQ_RETURN_IF_ERROR(silu_mul_rows(m.gu.as<float>(), n, d.ffn_dim, m.h.as<__half>(), s));
-  return matmul(m, D.w_down.as<__half>(), d.dim, d.ffn_dim, m.h.as<__half>(), n, x,
-                1.0f);  // x += down
+  return matmul(m, D.w_down.view(), m.h.as<__half>(), n, x, 1.0f);  // x += down
 }
 
 Status run_layers(CudaModel::Impl& m, const PassRows& rows) {
@@ -184,11 +202,13 @@ Status run_layers(CudaModel::Impl& m, const PassRows& rows) {
 // The final RMSNorm and the logits GEMM of residual rows [first, first + rows) into m.logits.
 Status logits_rows(CudaModel::Impl& m, int first, int rows) {
   const LlamaDesc& d = m.shape;
-  const __half* out_w = m.out_w.empty() ? m.embd.as<__half>() : m.out_w.as<__half>();
+  const MatrixView out_w =
+      m.out_w.empty() ? MatrixView{WeightFormat::kF16, m.embd.as<void>(), d.vocab_size, d.dim}
+                      : m.out_w.view();
   TQ_RETURN_IF_ERROR(rmsnorm_rows(m.x.as<float>() + static_cast<size_t>(first) * d.dim,
                                   m.out_norm.as<float>(), rows, d.dim, d.rms_eps, m.xn.as<__half>(),
                                   m.stream));
-  return matmul(m, out_w, d.vocab_size, d.dim, m.xn.as<__half>(), rows, m.logits.as<float>(), 0.0f);
+  return matmul(m, out_w, m.xn.as<__half>(), rows, m.logits.as<float>(), 0.0f);
 }
 
 // One pass of n <= max_batch tokens of slot `seq`.
@@ -468,10 +488,14 @@ size_t CudaModel::kv_bytes() const { return impl_->kv_bytes; }
 
 std::string CudaModel::describe() const {
   const Impl& m = *impl_;
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %d SMs): weights f16 %.2f GiB, kv pools %.2f GiB",
-                m.device_name.c_str(), m.cc_major, m.cc_minor, m.num_sms, gib(m.weight_bytes),
-                gib(m.kv_bytes));
+  char buf[320];
+  char weights[96] = "f16";
+  if (m.opt.weights == DeviceWeights::kQuantized)
+    std::snprintf(weights, sizeof weights, "quantized (%d of %d matrices as blocks)",
+                  m.quant_matrices, m.matrices);
+  std::snprintf(buf, sizeof buf, "%s (sm_%d%d, %d SMs): weights %s %.2f GiB, kv pools %.2f GiB",
+                m.device_name.c_str(), m.cc_major, m.cc_minor, m.num_sms, weights,
+                gib(m.weight_bytes), gib(m.kv_bytes));
   return std::string(buf) + " (" + m.opt.to_string() + ")";
 }
 

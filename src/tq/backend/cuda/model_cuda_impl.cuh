@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "tq/backend/cuda/device_tables.h"
+#include "tq/backend/cuda/gemv_q.h"
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/backend/cuda/model_cuda.h"
 #include "tq/kv/kv_config.h"
@@ -45,14 +46,26 @@ class DeviceMem {
 
 Status cublas_status(cublasStatus_t st, const char* what);
 
+// A weight matrix on the device: f16 rows, or Q4_0/Q8_0 blocks in gemv_q.h's split layout
+// (DeviceWeights::kQuantized).
+struct DeviceMatrix {
+  DeviceMem mem;
+  WeightFormat format = WeightFormat::kF16;
+  int rows = 0, cols = 0;
+
+  bool empty() const { return mem.empty(); }
+  size_t bytes() const { return mem.bytes(); }
+  MatrixView view() const { return {format, mem.as<void>(), rows, cols}; }
+};
+
 struct DeviceLayer {
-  DeviceMem attn_norm;  // f32 [dim]
-  DeviceMem ffn_norm;   // f32 [dim]
-  DeviceMem w_qkv;      // f16 [q_dim + 2 kv_dim][dim]: wq | wk | wv rows, one GEMM
-  DeviceMem b_qkv;      // f32 [q_dim + 2 kv_dim], empty when the model has no biases
-  DeviceMem w_o;        // f16 [dim][q_dim]
-  DeviceMem w_gate_up;  // f16 [2 ffn][dim]: gate | up rows, one GEMM
-  DeviceMem w_down;     // f16 [dim][ffn]
+  DeviceMem attn_norm;     // f32 [dim]
+  DeviceMem ffn_norm;      // f32 [dim]
+  DeviceMatrix w_qkv;      // [q_dim + 2 kv_dim][dim]: wq | wk | wv rows, one GEMM
+  DeviceMem b_qkv;         // f32 [q_dim + 2 kv_dim], empty when the model has no biases
+  DeviceMatrix w_o;        // [dim][q_dim]
+  DeviceMatrix w_gate_up;  // [2 ffn][dim]: gate | up rows, one GEMM
+  DeviceMatrix w_down;     // [dim][ffn]
   kv::LayerFormats formats;
   DeviceCodecTables k_tables, v_tables;
   bool centered = false;   // stores k - mu (KvConfig::centers_keys)
@@ -74,11 +87,15 @@ struct CudaModel::Impl {
   cublasHandle_t blas = nullptr;
 
   DeviceMem embd;      // f16 [vocab][dim]
-  DeviceMem out_w;     // f16 [vocab][dim]; empty when tied to embd
+  DeviceMatrix out_w;  // [vocab][dim]; empty when tied to embd and kept f16 (then embd is read)
   DeviceMem out_norm;  // f32 [dim]
   DeviceMem inv_freq;  // f32 [rope_dims/2]
   std::vector<DeviceLayer> layers;
   size_t weight_bytes = 0;
+  int quant_matrices = 0, matrices = 0;  // uploaded as Q4_0/Q8_0 blocks, of all
+  // f16 rows of a quantized matrix for cuBLAS (passes of more than kGemvMaxTokens rows, or
+  // cublas_gemv): the largest layer matrix, so each GEMM dequantizes once; empty when unused.
+  DeviceMem dequant_scratch;
   size_t kv_bytes = 0;
 
   int pages_per_seq = 0;
@@ -119,7 +136,8 @@ struct CudaModel::Impl {
 };
 
 // Dequantizes every weight matrix to f16 on the host (all cores) and uploads it, with the
-// norms, biases and the rope table; fills m.weight_bytes.
+// norms, biases and the rope table; fills m.weight_bytes. With DeviceWeights::kQuantized,
+// Q4_0/Q8_0 matrices (a fused one: every part of that one type) stay blocks.
 Status upload_weights(const LlamaDesc& desc, CudaModel::Impl& m);
 // Allocates every layer's K and V pools (max_sequences x max_context tokens) with the codec
 // tables of the layer's formats, the block tables and the activation buffers.

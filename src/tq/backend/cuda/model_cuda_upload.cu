@@ -2,6 +2,8 @@
 // with their codec tables, block tables and activation buffers (see model_cuda_impl.cuh).
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -10,6 +12,7 @@
 #include "tq/core/fp16.h"
 #include "tq/core/thread_pool.h"
 #include "tq/quant/codebook.h"
+#include "tq/quant/ggml_types.h"
 #include "tq/quant/weight_dequant.h"
 
 namespace tq::backend::cuda {
@@ -17,6 +20,16 @@ namespace {
 
 // Host rows converted per copy: bounds the staging buffer (32 MiB of f16).
 constexpr size_t kStagingElems = size_t{16} << 20;
+// The dequant scratch's cap for the output matrix (vocab rows), dequantized in row chunks.
+constexpr size_t kOutputScratchElems = size_t{32} << 20;
+
+Status check_view(const cpu::WeightView& w, int64_t rows, int64_t cols, const char* what) {
+  if (w.data == nullptr || w.rows != rows || w.cols != cols)
+    return invalid_argument(std::string("upload: ") + what + " is [" + std::to_string(w.rows) +
+                            "][" + std::to_string(w.cols) + "], expected [" + std::to_string(rows) +
+                            "][" + std::to_string(cols) + "]");
+  return ok_status();
+}
 
 class Uploader {
  public:
@@ -25,10 +38,7 @@ class Uploader {
   // Writes w ([rows][cols] in any dequantizable GGUF type) as f16 rows at dst.
   Status matrix(const cpu::WeightView& w, int64_t rows, int64_t cols, __half* dst,
                 const char* what) {
-    if (w.data == nullptr || w.rows != rows || w.cols != cols)
-      return invalid_argument(std::string("upload: ") + what + " is [" + std::to_string(w.rows) +
-                              "][" + std::to_string(w.cols) + "], expected [" +
-                              std::to_string(rows) + "][" + std::to_string(cols) + "]");
+    TQ_RETURN_IF_ERROR(check_view(w, rows, cols, what));
     if (!quant::can_dequantize(w.type))
       return unsupported(std::string("upload: cannot dequantize ") + what);
     const size_t row_bytes = quant::ggml_row_bytes(w.type, static_cast<uint64_t>(cols));
@@ -55,10 +65,94 @@ class Uploader {
     return ok_status();
   }
 
+  // Writes w ([rows][cols] of Q4_0/Q8_0 blocks, format f) as the split layout's two parts at
+  // qs (device, rows * nb blocks of quants) and scales (device, rows * nb f16).
+  Status blocks(const cpu::WeightView& w, int64_t rows, int64_t cols, WeightFormat f, uint8_t* qs,
+                uint16_t* scales, const char* what) {
+    TQ_RETURN_IF_ERROR(check_view(w, rows, cols, what));
+    const size_t row_bytes = quant::ggml_row_bytes(w.type, static_cast<uint64_t>(cols));
+    const size_t nb = static_cast<size_t>(cols / 32);
+    const size_t qb = static_cast<size_t>(quant_qs_bytes(f));
+    if (row_bytes != nb * (qb + sizeof(uint16_t)))
+      return internal_error(std::string("upload: ") + what + ": unexpected block size");
+    const int64_t chunk_rows =
+        std::max<int64_t>(1, static_cast<int64_t>(2 * kStagingElems / row_bytes));
+    const size_t chunk = static_cast<size_t>(std::min(chunk_rows, rows));
+    block_qs_.resize(chunk * nb * qb);
+    block_scales_.resize(chunk * nb);
+    for (int64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const size_t nr = static_cast<size_t>(std::min(chunk_rows, rows - r0));
+      const uint8_t* src = w.data + row_bytes * static_cast<size_t>(r0);
+      pool_.parallel_for(nr, 64, [&](size_t b, size_t e) {
+        split_blocks(f, src + row_bytes * b, static_cast<int64_t>(e - b), cols,
+                     block_qs_.data() + b * nb * qb, block_scales_.data() + b * nb);
+      });
+      const size_t at = static_cast<size_t>(r0) * nb;
+      TQ_CUDA_TRY(cudaMemcpy(qs + at * qb, block_qs_.data(), nr * nb * qb, cudaMemcpyHostToDevice));
+      TQ_CUDA_TRY(cudaMemcpy(scales + at, block_scales_.data(), nr * nb * sizeof(uint16_t),
+                             cudaMemcpyHostToDevice));
+    }
+    return ok_status();
+  }
+
  private:
   ThreadPool pool_;
   std::vector<uint16_t> staging_;
+  std::vector<uint8_t> block_qs_;
+  std::vector<uint16_t> block_scales_;
 };
+
+// One source matrix of a (possibly fused) device matrix: its rows are stacked in order.
+struct Part {
+  const cpu::WeightView* w;
+  int64_t rows;
+  const char* what;
+};
+
+WeightFormat block_format(quant::GgmlType t) {
+  if (t == quant::GgmlType::kQ4_0) return WeightFormat::kQ4_0;
+  if (t == quant::GgmlType::kQ8_0) return WeightFormat::kQ8_0;
+  return WeightFormat::kF16;
+}
+
+// Blocks when asked and every part is the same Q4_0/Q8_0 type with whole blocks per row (a
+// fused matrix is one launch, so one format); f16 otherwise.
+WeightFormat format_for(std::initializer_list<Part> parts, int64_t cols, DeviceWeights mode) {
+  if (mode != DeviceWeights::kQuantized || cols % 32 != 0) return WeightFormat::kF16;
+  const WeightFormat f = block_format(parts.begin()->w->type);
+  for (const Part& p : parts)
+    if (block_format(p.w->type) != f) return WeightFormat::kF16;
+  return f;
+}
+
+// Allocates `out` for the parts stacked ([sum rows][cols]) and uploads them in its format.
+Status upload_matrix(Uploader& up, CudaModel::Impl& m, DeviceMatrix& out,
+                     std::initializer_list<Part> parts, int64_t cols, const char* what) {
+  int64_t rows = 0;
+  for (const Part& p : parts) rows += p.rows;
+  out.format = format_for(parts, cols, m.opt.weights);
+  out.rows = static_cast<int>(rows);
+  out.cols = static_cast<int>(cols);
+  TQ_RETURN_IF_ERROR(out.mem.alloc(weight_matrix_bytes(out.format, rows, cols), what));
+  const size_t nb = static_cast<size_t>(cols / 32);
+  const size_t qb = static_cast<size_t>(quant_qs_bytes(out.format));
+  uint8_t* qs = out.mem.as<uint8_t>();
+  uint16_t* scales = reinterpret_cast<uint16_t*>(qs + static_cast<size_t>(rows) * nb * qb);
+  int64_t r0 = 0;
+  for (const Part& p : parts) {
+    if (out.format == WeightFormat::kF16) {
+      TQ_RETURN_IF_ERROR(up.matrix(*p.w, p.rows, cols, out.mem.as<__half>() + r0 * cols, p.what));
+    } else {
+      const size_t at = static_cast<size_t>(r0) * nb;
+      TQ_RETURN_IF_ERROR(
+          up.blocks(*p.w, p.rows, cols, out.format, qs + at * qb, scales + at, p.what));
+    }
+    r0 += p.rows;
+  }
+  ++m.matrices;
+  m.quant_matrices += out.format != WeightFormat::kF16;
+  return ok_status();
+}
 
 Status upload_floats(DeviceMem& m, const std::vector<float>& v, const char* what) {
   TQ_RETURN_IF_ERROR(m.alloc(v.size() * sizeof(float), what));
@@ -117,14 +211,25 @@ Status upload_weights(const LlamaDesc& d, CudaModel::Impl& m) {
                 vocab = d.vocab_size;
   Uploader up;
   size_t bytes = 0;
+  m.matrices = m.quant_matrices = 0;
+  size_t scratch_elems = 0;  // the largest quantized layer matrix
+  const auto note_scratch = [&](const DeviceMatrix& w, size_t cap) {
+    if (w.format == WeightFormat::kF16) return;
+    const size_t elems = static_cast<size_t>(w.rows) * static_cast<size_t>(w.cols);
+    scratch_elems = std::max(scratch_elems, std::max(std::min(elems, cap), size_t(w.cols)));
+  };
   TQ_RETURN_IF_ERROR(m.embd.alloc(half_bytes(vocab, dim), "token_embd"));
   TQ_RETURN_IF_ERROR(up.matrix(d.token_embd, vocab, dim, m.embd.as<__half>(), "token_embd"));
   bytes += m.embd.bytes();
-  // Tied output (same GGUF bytes): the logits GEMM reads the embedding table.
-  if (d.output.data != d.token_embd.data) {
-    TQ_RETURN_IF_ERROR(m.out_w.alloc(half_bytes(vocab, dim), "output"));
-    TQ_RETURN_IF_ERROR(up.matrix(d.output, vocab, dim, m.out_w.as<__half>(), "output"));
+  // Tied output (same GGUF bytes): the logits GEMM reads the embedding table, unless the table
+  // stays blocks for the logits (the gather above needs f16 rows).
+  const bool tied = d.output.data == d.token_embd.data;
+  if (!tied ||
+      format_for({{&d.output, vocab, "output"}}, dim, m.opt.weights) != WeightFormat::kF16) {
+    TQ_RETURN_IF_ERROR(
+        upload_matrix(up, m, m.out_w, {{&d.output, vocab, "output"}}, dim, "output"));
     bytes += m.out_w.bytes();
+    note_scratch(m.out_w, kOutputScratchElems);
   }
   TQ_RETURN_IF_ERROR(upload_vector(m.out_norm, d.output_norm, d.dim, "output_norm"));
   if (static_cast<int>(d.rope_inv_freq.size()) != d.rope_dims / 2)
@@ -139,12 +244,12 @@ Status upload_weights(const LlamaDesc& d, CudaModel::Impl& m) {
     TQ_RETURN_IF_ERROR(
         upload_vector(D.attn_norm, L.attn_norm, d.dim, "attn_norm").with_context(at));
     TQ_RETURN_IF_ERROR(upload_vector(D.ffn_norm, L.ffn_norm, d.dim, "ffn_norm").with_context(at));
-    TQ_RETURN_IF_ERROR(D.w_qkv.alloc(half_bytes(q_dim + 2 * kv_dim, dim), "wqkv"));
-    __half* qkv = D.w_qkv.as<__half>();
-    TQ_RETURN_IF_ERROR(up.matrix(L.wq, q_dim, dim, qkv, "attn_q").with_context(at));
-    TQ_RETURN_IF_ERROR(up.matrix(L.wk, kv_dim, dim, qkv + q_dim * dim, "attn_k").with_context(at));
     TQ_RETURN_IF_ERROR(
-        up.matrix(L.wv, kv_dim, dim, qkv + (q_dim + kv_dim) * dim, "attn_v").with_context(at));
+        upload_matrix(
+            up, m, D.w_qkv,
+            {{&L.wq, q_dim, "attn_q"}, {&L.wk, kv_dim, "attn_k"}, {&L.wv, kv_dim, "attn_v"}}, dim,
+            "wqkv")
+            .with_context(at));
     if (L.bq || L.bk || L.bv) {
       std::vector<float> b(static_cast<size_t>(q_dim + 2 * kv_dim), 0.0f);
       if (L.bq) std::copy(L.bq, L.bq + q_dim, b.begin());
@@ -152,21 +257,24 @@ Status upload_weights(const LlamaDesc& d, CudaModel::Impl& m) {
       if (L.bv) std::copy(L.bv, L.bv + kv_dim, b.begin() + q_dim + kv_dim);
       TQ_RETURN_IF_ERROR(upload_floats(D.b_qkv, b, "qkv bias"));
     }
-    TQ_RETURN_IF_ERROR(D.w_o.alloc(half_bytes(dim, q_dim), "wo"));
     TQ_RETURN_IF_ERROR(
-        up.matrix(L.wo, dim, q_dim, D.w_o.as<__half>(), "attn_output").with_context(at));
-    TQ_RETURN_IF_ERROR(D.w_gate_up.alloc(half_bytes(2 * ffn, dim), "w_gate_up"));
-    TQ_RETURN_IF_ERROR(
-        up.matrix(L.w_gate, ffn, dim, D.w_gate_up.as<__half>(), "ffn_gate").with_context(at));
-    TQ_RETURN_IF_ERROR(up.matrix(L.w_up, ffn, dim, D.w_gate_up.as<__half>() + ffn * dim, "ffn_up")
+        upload_matrix(up, m, D.w_o, {{&L.wo, dim, "attn_output"}}, q_dim, "wo").with_context(at));
+    TQ_RETURN_IF_ERROR(upload_matrix(up, m, D.w_gate_up,
+                                     {{&L.w_gate, ffn, "ffn_gate"}, {&L.w_up, ffn, "ffn_up"}}, dim,
+                                     "w_gate_up")
                            .with_context(at));
-    TQ_RETURN_IF_ERROR(D.w_down.alloc(half_bytes(dim, ffn), "w_down"));
-    TQ_RETURN_IF_ERROR(
-        up.matrix(L.w_down, dim, ffn, D.w_down.as<__half>(), "ffn_down").with_context(at));
+    TQ_RETURN_IF_ERROR(upload_matrix(up, m, D.w_down, {{&L.w_down, dim, "ffn_down"}}, ffn, "w_down")
+                           .with_context(at));
+    for (const DeviceMatrix* w : {&D.w_qkv, &D.w_o, &D.w_gate_up, &D.w_down})
+      note_scratch(*w, SIZE_MAX);
     bytes += D.attn_norm.bytes() + D.ffn_norm.bytes() + D.w_qkv.bytes() + D.b_qkv.bytes() +
              D.w_o.bytes() + D.w_gate_up.bytes() + D.w_down.bytes();
   }
   m.weight_bytes = bytes + m.out_norm.bytes();
+  // cuBLAS needs f16 rows of a quantized matrix only for passes longer than the GEMV takes.
+  if (scratch_elems > 0 && (m.opt.max_batch > kGemvMaxTokens || m.opt.cublas_gemv))
+    TQ_RETURN_IF_ERROR(
+        m.dequant_scratch.alloc(scratch_elems * sizeof(__half), "dequantized weight scratch"));
   return ok_status();
 }
 

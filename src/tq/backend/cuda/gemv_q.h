@@ -1,0 +1,62 @@
+// Weight matrices kept quantized on the GPU (DeviceModelOptions::weights = kQuantized): ggml's
+// Q4_0 and Q8_0 blocks multiplied as stored, so batch-1 decode reads 4.5 (Q4_0) or 8.5 (Q8_0)
+// bits per weight instead of f16's 16. Host-includable: the tests build matrices with
+// split_blocks and call the launchers directly.
+//
+// Device layout of a [rows][cols] matrix of nb = cols / 32 blocks per row (the ggml blocks,
+// split so that every lane's load is 16-byte aligned; ggml's 18- and 34-byte blocks are not):
+//   qs:     [rows * nb][kQsBytes] the blocks' quants in file order (Q4_0: 16 bytes of nibbles,
+//           byte j = q[j] | q[j + 16] << 4; Q8_0: 32 int8), row-major
+//   scales: [rows * nb] f16 d, right after qs (at byte rows * nb * kQsBytes, 16-byte aligned)
+// The same bytes per weight as the file: 18/32 (Q4_0) and 34/32 (Q8_0) per weight.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "tq/core/status.h"
+
+namespace tq::backend::cuda {
+
+enum class WeightFormat : uint8_t { kF16, kQ4_0, kQ8_0 };
+
+const char* weight_format_name(WeightFormat f);
+// Bytes of a block's quants in the split layout (16 or 32); 0 for kF16.
+int quant_qs_bytes(WeightFormat f);
+// Device bytes of a [rows][cols] matrix (f16 or split blocks).
+size_t weight_matrix_bytes(WeightFormat f, int64_t rows, int64_t cols);
+
+// A device matrix [rows][cols]: f16 row-major, or Q4_0/Q8_0 in the split layout above.
+struct MatrixView {
+  WeightFormat format = WeightFormat::kF16;
+  const void* data = nullptr;
+  int rows = 0, cols = 0;
+};
+
+// Splits rows of ggml blocks (src: `rows` rows of cols/32 blocks, 18 or 34 bytes each) into the
+// two parts of the layout: qs [rows * nb][kQsBytes] and scales [rows * nb] (f16 bits). Host code.
+void split_blocks(WeightFormat f, const uint8_t* src, int64_t rows, int64_t cols, uint8_t* qs,
+                  uint16_t* scales);
+
+// The most tokens gemv_q takes in one call: each block is read once for all of them.
+inline constexpr int kGemvMaxTokens = 8;
+
+// Y[t][r] = beta * Y[t][r] + sum_c W[r][c] X[t][c] for t < n (1 <= n <= kGemvMaxTokens),
+// r < rows: W quantized (Q4_0/Q8_0), X [n][ldx] (f16 or f32), Y [n][ldy] f32. Each product
+// q * d * x is formed in f32 (exact quants, no f16 rounding of the weight), accumulated in f32;
+// beta == 0 never reads Y. One warp per row, each lane whole blocks (one 16-byte load per
+// Q4_0 block), lanes striding the row's blocks. cols % 32 == 0, X 16-byte aligned with
+// ldx % 8 == 0 (f16) / % 4 == 0 (f32).
+Status gemv_q(const MatrixView& w, const __half* x, int n, int ldx, float* y, int ldy, float beta,
+              cudaStream_t s);
+Status gemv_q(const MatrixView& w, const float* x, int n, int ldx, float* y, int ldy, float beta,
+              cudaStream_t s);
+
+// out[r][c] = f16(W[row0 + r][c]) for r < nrows (the value d * q in f32, rounded once: the same
+// f16 the host upload writes), out [nrows][cols]. For cuBLAS GEMMs of quantized weights.
+Status dequant_rows(const MatrixView& w, int row0, int nrows, __half* out, cudaStream_t s);
+
+}  // namespace tq::backend::cuda
