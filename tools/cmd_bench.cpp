@@ -139,7 +139,8 @@ int bench_decode(BenchDecodeOptions& o) {
     Expected<std::vector<Cell>> cells = unsupported("unset");
     std::vector<float> logits(static_cast<size_t>(vocab));
     if (o.device.cuda()) {
-      auto dm = open_cuda_model(m, *config, ctx, o.batch, 1, o.cublas_gemv);
+      auto dm =
+          open_cuda_model(m, *config, ctx, o.batch, 1, o.cublas_gemv, o.device.device_weights());
       if (!dm.ok()) {
         std::fprintf(stderr, "tq bench decode: %s\n", dm.status().to_string().c_str());
         return 1;
@@ -250,11 +251,13 @@ void add_bench_command(CLI::App& app) {
                 "Decode matmuls through cuBLAS, not tq's GEMV (--device cuda)");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->device.add_weights_to(cmd);
   cmd->callback([o] {
     const int rc = bench_decode(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);
   });
   add_bench_concurrent_command(bench);
+  add_bench_voice_command(bench);
 }
 
 }  // namespace tq::tools

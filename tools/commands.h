@@ -14,5 +14,6 @@ void add_run_command(CLI::App& app);         // tools/cmd_run.cpp
 void add_make_model_command(CLI::App& app);  // tools/cmd_make_model.cpp
 void add_bench_command(CLI::App& app);       // tools/cmd_bench.cpp (bench decode)
 void add_bench_concurrent_command(CLI::App* bench);  // tools/cmd_bench_concurrent.cpp
+void add_bench_voice_command(CLI::App* bench);       // tools/cmd_bench_voice.cpp
 
 }  // namespace tq::tools

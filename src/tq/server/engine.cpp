@@ -155,14 +155,15 @@ Engine::~Engine() {
   device_.reset();
 }
 
-Expected<std::vector<int32_t>> Engine::prompt_tokens(const CompletionParams& p) const {
-  const model::Tokenizer& tok = model_->tokenizer();
+Expected<std::vector<int32_t>> render_prompt_tokens(const model::Model& model,
+                                                    const CompletionParams& p) {
+  const model::Tokenizer& tok = model.tokenizer();
   if (p.endpoint == Endpoint::kCompletion) {
     if (p.prompt_is_tokens) {
       for (int32_t id : p.prompt_tokens)
-        if (id >= model_->config().vocab_size)
+        if (id >= model.config().vocab_size)
           return invalid_argument("token id " + std::to_string(id) + " is outside the vocab [0, " +
-                                  std::to_string(model_->config().vocab_size) + ")");
+                                  std::to_string(model.config().vocab_size) + ")");
       return p.prompt_tokens;
     }
     return tok.encode(p.prompt, tok.add_bos_default(), /*parse_special=*/true);

@@ -51,6 +51,13 @@ Expected<backend::DeviceModelOptions> device_model_options(const EngineOptions& 
 using DeviceOpener = std::function<Expected<std::unique_ptr<backend::DeviceModel>>(
     const model::Model&, const backend::DeviceModelOptions&)>;
 
+// The prompt of a request as token ids for `model` (what Engine::prompt_tokens returns): the
+// chat template applied to the messages (ChatML when the model has none), or the completion
+// prompt encoded (or given as ids). Errors are the client's (400). Free so that a client of the
+// engine (tq bench voice) can size its prompts before building one.
+Expected<std::vector<int32_t>> render_prompt_tokens(const model::Model& model,
+                                                    const CompletionParams& p);
+
 class Engine {
  public:
   // Loads the model file; with options.device kCuda, `open_device` puts it on the device with
@@ -78,7 +85,9 @@ class Engine {
 
   // The prompt of a request as token ids: the chat template applied to the messages, or the
   // completion prompt encoded (or given as ids). Errors are the client's (400).
-  Expected<std::vector<int32_t>> prompt_tokens(const CompletionParams& p) const;
+  Expected<std::vector<int32_t>> prompt_tokens(const CompletionParams& p) const {
+    return render_prompt_tokens(*model_, p);
+  }
   // The request the scheduler runs; `seed` is used when the client gave none. The prompt
   // must leave room for one generated token (checked by the caller for a precise error).
   runtime::GenerationRequest make_request(const CompletionParams& p, std::vector<int32_t> prompt,
