@@ -94,16 +94,6 @@ Expected<std::vector<Cell>> bench_one(const BenchDecodeOptions& o, const Forward
   return cells;
 }
 
-Expected<kv::KvConfig> pair_config(BenchDecodeOptions& o, const std::string& pair) {
-  const size_t slash = pair.find('/');
-  if (slash == std::string::npos)
-    return invalid_argument("--kv entries are K/V, e.g. tq4/tq3, got '" + pair + "'");
-  TQ_ASSIGN_OR_RETURN(kv::KvConfig base, o.kv.config());
-  const std::vector<std::pair<std::string, std::string>> kv = {{"-ctk", pair.substr(0, slash)},
-                                                               {"-ctv", pair.substr(slash + 1)}};
-  return kv::parse_kv_options(kv, base);
-}
-
 int bench_decode(BenchDecodeOptions& o) {
   if (o.depths.empty() || o.kv_pairs.empty() || o.steps < 1 || o.warmup < 0 || o.batch < 1) {
     std::fprintf(stderr, "tq bench decode: need depths, --kv pairs, --steps >= 1, --batch >= 1\n");
@@ -127,7 +117,7 @@ int bench_decode(BenchDecodeOptions& o) {
   std::vector<std::string> bytes_note;
   std::string where = o.device.cuda() ? "cuda" : std::to_string(o.threads) + " CPU threads";
   for (const std::string& pair : o.kv_pairs) {
-    auto config = pair_config(o, pair);
+    auto config = o.kv.pair_config(pair);
     if (!config.ok()) {
       std::fprintf(stderr, "tq bench decode: %s\n", config.status().message().c_str());
       return 2;

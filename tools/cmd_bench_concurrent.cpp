@@ -62,16 +62,6 @@ int fail(const Status& s) {
   return 1;
 }
 
-Expected<kv::KvConfig> pair_config(BenchConcurrentOptions& o, const std::string& pair) {
-  const size_t slash = pair.find('/');
-  if (slash == std::string::npos)
-    return invalid_argument("--kv entries are K/V, e.g. tq4/tq3, got '" + pair + "'");
-  TQ_ASSIGN_OR_RETURN(kv::KvConfig base, o.kv.config());
-  const std::vector<std::pair<std::string, std::string>> kv = {{"-ctk", pair.substr(0, slash)},
-                                                               {"-ctv", pair.substr(slash + 1)}};
-  return kv::parse_kv_options(kv, base);
-}
-
 // Bytes one session of ctx tokens takes: whole pages of its compressed tokens, its f16 exact
 // tokens and its key means (the pool's own accounting; tq capacity prints the same).
 Expected<double> session_bytes(const kv::KvConfig& c, const kv::AttentionShape& shape, int ctx) {
@@ -170,7 +160,7 @@ int bench_concurrent(BenchConcurrentOptions& o) {
 
   std::vector<kv::KvConfig> configs;
   for (const std::string& pair : o.kv_pairs) {
-    auto c = pair_config(o, pair);
+    auto c = o.kv.pair_config(pair);
     if (!c.ok()) return fail(c.status());
     configs.push_back(*c);
   }

@@ -82,16 +82,6 @@ double percentile(std::vector<double> v, double q) {
   return v[std::min(v.size() - 1, rank > 0 ? rank - 1 : 0)];
 }
 
-Expected<kv::KvConfig> pair_config(BenchVoiceOptions& o, const std::string& pair) {
-  const size_t slash = pair.find('/');
-  if (slash == std::string::npos)
-    return invalid_argument("--kv entries are K/V, e.g. tq4/tq3, got '" + pair + "'");
-  TQ_ASSIGN_OR_RETURN(kv::KvConfig base, o.kv.config());
-  const std::vector<std::pair<std::string, std::string>> kv = {{"-ctk", pair.substr(0, slash)},
-                                                               {"-ctv", pair.substr(slash + 1)}};
-  return kv::parse_kv_options(kv, base);
-}
-
 // --- the scenario: texts fixed before the run ---------------------------------------------------
 
 constexpr const char* kSystemSentences[] = {
@@ -454,7 +444,7 @@ int bench_voice(BenchVoiceOptions& o) {
   if (auto base = o.kv.config(); !base.ok()) return fail(base.status());  // unknown arguments
   std::vector<kv::KvConfig> configs;
   for (const std::string& pair : o.kv_pairs) {
-    auto c = pair_config(o, pair);
+    auto c = o.kv.pair_config(pair);
     if (!c.ok()) return fail(c.status().with_context("--kv " + pair));
     configs.push_back(*c);
   }

@@ -63,18 +63,29 @@ struct KvFlags {
     }
     return kv::parse_kv_options(given, base);
   }
+  // One entry of a bench's --kv list ("tq4/tq3": K and V formats) over the other cache flags.
+  Expected<kv::KvConfig> pair_config(const std::string& pair) {
+    const size_t slash = pair.find('/');
+    if (slash == std::string::npos)
+      return invalid_argument("--kv entries are K/V, e.g. tq4/tq3, got '" + pair + "'");
+    TQ_ASSIGN_OR_RETURN(kv::KvConfig base, config());
+    const std::vector<std::pair<std::string, std::string>> kv = {{"-ctk", pair.substr(0, slash)},
+                                                                 {"-ctv", pair.substr(slash + 1)}};
+    return kv::parse_kv_options(kv, base);
+  }
 };
 
 // A paged cache for `n_sequences` sequences of up to `max_tokens` tokens each, using the CPU's
 // fused kernels; prefix caching off unless asked (quality runs use fresh sequences).
-inline Expected<std::unique_ptr<kv::PagedKvCache>> make_paged_cache(
-    const kv::AttentionShape& shape, const kv::KvConfig& config, int max_tokens, int n_sequences,
-    bool prefix_caching = false) {
+inline Expected<std::unique_ptr<kv::PagedKvCache>> make_paged_cache(const kv::AttentionShape& shape,
+                                                                    const kv::KvConfig& config,
+                                                                    int max_tokens, int n_sequences,
+                                                                    bool prefix_caching = false) {
   TQ_ASSIGN_OR_RETURN(const std::vector<size_t> blocks, kv::kv_block_bytes(config, shape));
   size_t page = 0;
   for (size_t b : blocks) page += b;
-  const size_t pages_per_seq = static_cast<size_t>((max_tokens + config.block_tokens - 1) /
-                                                   config.block_tokens) + 1;
+  const size_t pages_per_seq =
+      static_cast<size_t>((max_tokens + config.block_tokens - 1) / config.block_tokens) + 1;
   kv::PagedKvCacheOptions o;
   o.shape = shape;
   o.config = config;
