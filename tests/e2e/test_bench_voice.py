@@ -52,8 +52,10 @@ def test_tables_and_prefix_reuse():
         assert row["cached"] > 0, row  # the shared system prompt at least
         assert 0 < row["TTFT p50 ms"] <= row["TTFT p95 ms"]
         assert row["TPOT p50 ms"] > 0
-        # Every answer is exactly TOKENS tokens (EOS ignored): tokens/s x wall = all of them.
-        assert abs(row["gen tok/s"] * row["wall s"] - SESSIONS * TURNS * TOKENS) < 0.5, row
+        # Every answer is exactly TOKENS tokens (EOS ignored): tokens/s x wall = all of them, up
+        # to the table's rounding (tok/s to 0.05, seconds to 0.005; a slow ASan run prints 1.2).
+        rounding = 0.05 * row["wall s"] + 0.005 * row["gen tok/s"] + 0.01
+        assert abs(row["gen tok/s"] * row["wall s"] - SESSIONS * TURNS * TOKENS) <= rounding, row
     assert runs[0]["KV B/token"] == F16_BYTES_PER_TOKEN
     assert runs[1]["KV B/token"] < F16_BYTES_PER_TOKEN / 3  # 4 + 3 bits vs 16 + 16
     # Both formats see the same prompts (greedy answers may differ, so only turn 1's sizes).
