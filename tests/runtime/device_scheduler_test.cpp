@@ -13,6 +13,7 @@
 
 #include "model/tiny_model.h"
 #include "runtime/cpu_device_model.h"
+#include "runtime/scheduler_test_util.h"
 #include "tq/backend/cpu/tq_kernels.h"
 #include "tq/kv/kv_bytes.h"
 #include "tq/quant/format.h"
@@ -21,6 +22,12 @@
 
 namespace tq::runtime {
 namespace {
+
+using test::collect;
+using test::eventually;
+using test::greedy_request;
+using test::prompt_of;
+using test::Result;
 
 using namespace std::chrono_literals;
 
@@ -61,51 +68,6 @@ std::unique_ptr<test::CpuDeviceModel> device(const model::Model& m, const kv::Kv
   return d.ok() ? std::move(d).value() : nullptr;
 }
 
-std::vector<int32_t> prompt_of(int n, int salt) {
-  std::vector<int32_t> p;
-  for (int i = 0; i < n; ++i) p.push_back((i * 37 + salt * 101 + 3) % 290 + 5);
-  return p;
-}
-
-GenerationRequest greedy(std::vector<int32_t> prompt, int max_tokens) {
-  GenerationRequest r;
-  r.prompt = std::move(prompt);
-  r.max_tokens = max_tokens;
-  r.sampler.temperature = 0.0f;
-  r.stop_at_eog = false;  // random weights: an EOG token may come any time
-  return r;
-}
-
-struct Result {
-  std::vector<int32_t> tokens;
-  StreamEvent done;
-};
-
-Result collect(RequestChannel& ch) {
-  Result r;
-  std::vector<StreamEvent> ev;
-  for (;;) {
-    ev.clear();
-    ch.pop_all(ev, 50ms);
-    for (auto& e : ev) {
-      if (e.kind == StreamEvent::Kind::kDone) {
-        r.done = e;
-        return r;
-      }
-      if (e.token >= 0) r.tokens.push_back(e.token);
-    }
-  }
-}
-
-template <typename Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 1000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return pred();
-}
-
 constexpr int kRequests = 6;
 int prompt_len(int i) { return i == 0 ? 1 : 5 + 8 * i; }  // 1, 13, 21, 29, 37, 45
 int max_tokens(int i) { return 10 + 2 * i; }
@@ -114,7 +76,7 @@ int max_tokens(int i) { return 10 + 2 * i; }
 std::vector<Result> run_all(Scheduler& s) {
   std::vector<std::shared_ptr<RequestChannel>> chans;
   for (int i = 0; i < kRequests; ++i) {
-    auto ch = s.submit(greedy(prompt_of(prompt_len(i), i), max_tokens(i)));
+    auto ch = s.submit(greedy_request(prompt_of(prompt_len(i), i, 290), max_tokens(i)));
     EXPECT_TRUE(ch.ok()) << ch.status().to_string();
     if (ch.ok()) chans.push_back(*ch);
   }
@@ -200,7 +162,7 @@ TEST(DeviceScheduler, SlotsAreReusedAndCancelFreesOne) {
   // Five requests through two slots: each slot serves several in turn.
   std::vector<std::shared_ptr<RequestChannel>> chans;
   for (int i = 0; i < 5; ++i) {
-    auto ch = (*sched)->submit(greedy(prompt_of(7 + i, 30 + i), 6));
+    auto ch = (*sched)->submit(greedy_request(prompt_of(7 + i, 30 + i, 290), 6));
     ASSERT_TRUE(ch.ok());
     chans.push_back(*ch);
   }
@@ -210,7 +172,7 @@ TEST(DeviceScheduler, SlotsAreReusedAndCancelFreesOne) {
   EXPECT_EQ(dm->length(1), 0);
 
   // A long request holds a slot until it is cancelled.
-  auto slow = (*sched)->submit(greedy(prompt_of(20, 3), 1000));
+  auto slow = (*sched)->submit(greedy_request(prompt_of(20, 3, 290), 1000));
   ASSERT_TRUE(slow.ok());
   std::vector<StreamEvent> first;
   ASSERT_TRUE((*slow)->pop_all(first, 10000ms));
@@ -227,8 +189,8 @@ TEST(DeviceScheduler, SlotsAreReusedAndCancelFreesOne) {
   EXPECT_EQ((*step)->kv_stats().pages_used, 0);
   EXPECT_EQ(dm->length(0) + dm->length(1), 0);
   // Both slots serve again.
-  auto a = (*sched)->submit(greedy(prompt_of(9, 1), 3));
-  auto b = (*sched)->submit(greedy(prompt_of(9, 2), 3));
+  auto a = (*sched)->submit(greedy_request(prompt_of(9, 1, 290), 3));
+  auto b = (*sched)->submit(greedy_request(prompt_of(9, 2, 290), 3));
   ASSERT_TRUE(a.ok() && b.ok());
   EXPECT_EQ(collect(**a).done.completion_tokens, 3);
   EXPECT_EQ(collect(**b).done.completion_tokens, 3);
@@ -258,18 +220,18 @@ TEST(DeviceScheduler, RefusesWhatDoesNotFitASlot) {
     auto s0 = (*step)->new_sequence(64);
     auto s1 = (*step)->new_sequence(64);
     ASSERT_TRUE(s0.ok() && s1.ok());
-    EXPECT_EQ((*s0)->reuse_prefix(prompt_of(40, 1)).value(), 0);  // no prefix sharing
+    EXPECT_EQ((*s0)->reuse_prefix(prompt_of(40, 1, 290)).value(), 0);  // no prefix sharing
     auto s2 = (*step)->new_sequence(64);
     EXPECT_EQ(s2.status().code(), StatusCode::kResourceExhausted);
   }
 
   auto sched = Scheduler::create(**step, options(2, 64));
   ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-  auto too_long = (*sched)->submit(greedy(prompt_of(64, 1), 4));
+  auto too_long = (*sched)->submit(greedy_request(prompt_of(64, 1, 290), 4));
   EXPECT_EQ(too_long.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(too_long.status().message().find("context is 64"), std::string::npos)
       << too_long.status().message();
-  auto fits = (*sched)->submit(greedy(prompt_of(60, 1), 10));  // clipped to the slot
+  auto fits = (*sched)->submit(greedy_request(prompt_of(60, 1, 290), 10));  // clipped to the slot
   ASSERT_TRUE(fits.ok());
   const Result r = collect(**fits);
   EXPECT_EQ(r.done.finish, FinishReason::kLength);

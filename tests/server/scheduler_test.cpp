@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/scheduler_test_util.h"
 #include "tq/backend/cpu/tq_kernels.h"
 #include "tq/kv/paged_kv.h"
 #include "tq/model/gguf_writer.h"
@@ -20,6 +21,12 @@
 
 namespace tq::runtime {
 namespace {
+
+using test::collect;
+using test::eventually;
+using test::greedy_request;
+using test::prompt_of;
+using test::Result;
 
 using namespace std::chrono_literals;
 
@@ -58,44 +65,6 @@ std::unique_ptr<kv::PagedKvCache> make_cache(const model::Model& m, int pages,
   return std::move(c).value();
 }
 
-std::vector<int32_t> prompt_of(int n, int salt) {
-  std::vector<int32_t> p;
-  for (int i = 0; i < n; ++i) p.push_back((i * 37 + salt * 101 + 3) % 390 + 5);
-  return p;
-}
-
-GenerationRequest greedy_request(std::vector<int32_t> prompt, int max_tokens) {
-  GenerationRequest r;
-  r.prompt = std::move(prompt);
-  r.max_tokens = max_tokens;
-  r.sampler.temperature = 0.0f;
-  r.stop_at_eog = false;  // random weights: an EOG token may come any time
-  return r;
-}
-
-struct Result {
-  std::vector<int32_t> tokens;
-  std::string text;
-  StreamEvent done;
-};
-
-Result collect(RequestChannel& ch) {
-  Result r;
-  std::vector<StreamEvent> ev;
-  for (;;) {
-    ev.clear();
-    ch.pop_all(ev, 50ms);
-    for (auto& e : ev) {
-      if (e.kind == StreamEvent::Kind::kDone) {
-        r.done = e;
-        return r;
-      }
-      if (e.token >= 0) r.tokens.push_back(e.token);
-      r.text += e.text;
-    }
-  }
-}
-
 SchedulerOptions small_options() {
   SchedulerOptions o;
   o.max_sessions = 4;
@@ -117,21 +86,11 @@ SchedulerOptions long_options() {
   return o;
 }
 
-// Waits until `pred` holds, up to 10 s.
-template <typename Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 1000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return pred();
-}
-
 TEST(Scheduler, AloneEqualsGenerator) {
   auto m = tiny_model();
   ThreadPool pool(2);
   auto cache = make_cache(*m, 64);
-  const std::vector<int32_t> prompt = prompt_of(21, 1);
+  const std::vector<int32_t> prompt = prompt_of(21, 1, 390);
   std::vector<int32_t> want;
   {
     ThreadPool gpool(2);
@@ -174,7 +133,7 @@ TEST(Scheduler, InterleavedRequestsMatchTheirSoloRuns) {
       auto sched = Scheduler::create(*m, *cache, pool, small_options());
       ASSERT_TRUE(sched.ok());
       for (int i = 0; i < kRequests; ++i) {
-        auto ch = (*sched)->submit(greedy_request(prompt_of(5 + 9 * i, i), 6 + i));
+        auto ch = (*sched)->submit(greedy_request(prompt_of(5 + 9 * i, i, 390), 6 + i));
         ASSERT_TRUE(ch.ok());
         solo[static_cast<size_t>(i)] = collect(**ch).tokens;
       }
@@ -184,7 +143,7 @@ TEST(Scheduler, InterleavedRequestsMatchTheirSoloRuns) {
     ASSERT_TRUE(sched.ok());
     std::vector<std::shared_ptr<RequestChannel>> chans;
     for (int i = 0; i < kRequests; ++i) {
-      auto ch = (*sched)->submit(greedy_request(prompt_of(5 + 9 * i, i), 6 + i));
+      auto ch = (*sched)->submit(greedy_request(prompt_of(5 + 9 * i, i, 390), 6 + i));
       ASSERT_TRUE(ch.ok());
       chans.push_back(*ch);
     }
@@ -210,7 +169,7 @@ TEST(Scheduler, SharedPrefixIsReused) {
   auto cache = make_cache(*m, 64);
   auto sched = Scheduler::create(*m, *cache, pool, small_options());
   ASSERT_TRUE(sched.ok());
-  std::vector<int32_t> system = prompt_of(40, 9);  // two full pages of 16 and a bit
+  std::vector<int32_t> system = prompt_of(40, 9, 390);  // two full pages of 16 and a bit
   std::vector<int32_t> a = system, b = system;
   a.insert(a.end(), {7, 8, 9});
   b.insert(b.end(), {10, 11, 12, 13});
@@ -232,7 +191,7 @@ TEST(Scheduler, SimultaneousSharedPrefixIsComputedOnce) {
   auto cache = make_cache(*m, 64);
   auto sched = Scheduler::create(*m, *cache, pool, small_options());
   ASSERT_TRUE(sched.ok());
-  const std::vector<int32_t> system = prompt_of(40, 5);
+  const std::vector<int32_t> system = prompt_of(40, 5, 390);
   std::vector<std::shared_ptr<RequestChannel>> chans;
   for (int i = 0; i < 3; ++i) {
     std::vector<int32_t> p = system;
@@ -255,7 +214,7 @@ TEST(Scheduler, CancelFreesPages) {
   auto cache = make_cache(*m, 128);
   auto sched = Scheduler::create(*m, *cache, pool, long_options());
   ASSERT_TRUE(sched.ok());
-  auto ch = (*sched)->submit(greedy_request(prompt_of(50, 3), kLongTokens));
+  auto ch = (*sched)->submit(greedy_request(prompt_of(50, 3, 390), kLongTokens));
   ASSERT_TRUE(ch.ok());
   std::vector<StreamEvent> ev;
   while (ev.empty()) (*ch)->pop_all(ev, 50ms);  // it is running
@@ -278,7 +237,7 @@ TEST(Scheduler, FullPoolQueuesInsteadOfFailing) {
   ASSERT_TRUE(sched.ok()) << sched.status().to_string();
   std::vector<std::shared_ptr<RequestChannel>> chans;
   for (int i = 0; i < 5; ++i) {
-    auto ch = (*sched)->submit(greedy_request(prompt_of(30, 20 + i), 30));
+    auto ch = (*sched)->submit(greedy_request(prompt_of(30, 20 + i, 390), 30));
     ASSERT_TRUE(ch.ok());
     chans.push_back(*ch);
   }
@@ -306,21 +265,21 @@ TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
   o.max_queue = 1;
   auto sched = Scheduler::create(*m, *cache, pool, o);
   ASSERT_TRUE(sched.ok());
-  auto too_long = (*sched)->submit(greedy_request(prompt_of(1100, 1), 4));
+  auto too_long = (*sched)->submit(greedy_request(prompt_of(1100, 1, 390), 4));
   EXPECT_EQ(too_long.status().code(), StatusCode::kInvalidArgument);
   auto bad_id = (*sched)->submit(greedy_request({1, 2, 400}, 4));
   EXPECT_EQ(bad_id.status().code(), StatusCode::kInvalidArgument);
 
   // `a` holds the only slot: its first token proves it runs, and its ~1000 remaining steps
   // leave ample time to queue `b` and be refused `c` (no wall-clock race on a fast machine).
-  auto a = (*sched)->submit(greedy_request(prompt_of(10, 1), kLongTokens));
+  auto a = (*sched)->submit(greedy_request(prompt_of(10, 1, 390), kLongTokens));
   ASSERT_TRUE(a.ok());
   std::vector<StreamEvent> first;
   ASSERT_TRUE((*a)->pop_all(first, 10000ms));
   ASSERT_NE(first.front().kind, StreamEvent::Kind::kDone) << first.front().error;
-  auto b = (*sched)->submit(greedy_request(prompt_of(10, 2), 5));
+  auto b = (*sched)->submit(greedy_request(prompt_of(10, 2, 390), 5));
   ASSERT_TRUE(b.ok());  // waits in the queue
-  auto c = (*sched)->submit(greedy_request(prompt_of(10, 3), 5));
+  auto c = (*sched)->submit(greedy_request(prompt_of(10, 3, 390), 5));
   ASSERT_FALSE((*a)->done()) << "the long request ended before the queue was tested";
   EXPECT_EQ(c.status().code(), StatusCode::kResourceExhausted);
   EXPECT_EQ((*sched)->stats().rejected, 1);
@@ -336,14 +295,14 @@ TEST(Scheduler, DrainCancelsWhatIsLeft) {
   auto cache = make_cache(*m, 128);
   auto sched = Scheduler::create(*m, *cache, pool, long_options());
   ASSERT_TRUE(sched.ok());
-  auto quick = (*sched)->submit(greedy_request(prompt_of(5, 1), 2));
-  auto slow = (*sched)->submit(greedy_request(prompt_of(5, 2), kLongTokens));
+  auto quick = (*sched)->submit(greedy_request(prompt_of(5, 1, 390), 2));
+  auto slow = (*sched)->submit(greedy_request(prompt_of(5, 2, 390), kLongTokens));
   ASSERT_TRUE(quick.ok() && slow.ok());
   EXPECT_EQ(collect(**quick).done.finish, FinishReason::kLength);
   ASSERT_FALSE((*slow)->done()) << "the long request ended before drain()";
   EXPECT_EQ((*sched)->drain(0ms), 1);
   EXPECT_EQ(collect(**slow).done.finish, FinishReason::kCancelled);
-  auto late = (*sched)->submit(greedy_request(prompt_of(5, 3), 2));
+  auto late = (*sched)->submit(greedy_request(prompt_of(5, 3, 390), 2));
   EXPECT_EQ(late.status().code(), StatusCode::kResourceExhausted);
   EXPECT_TRUE(eventually([&] { return cache->stats().pages_used == 0; }));
 }
@@ -354,7 +313,7 @@ TEST(Scheduler, StopStringsAndLogprobs) {
   auto cache = make_cache(*m, 64, quant::kFormatF16);
   auto sched = Scheduler::create(*m, *cache, pool, small_options());
   ASSERT_TRUE(sched.ok());
-  const std::vector<int32_t> prompt = prompt_of(12, 4);
+  const std::vector<int32_t> prompt = prompt_of(12, 4, 390);
   auto first = (*sched)->submit(greedy_request(prompt, 10));
   ASSERT_TRUE(first.ok());
   const Result full = collect(**first);
