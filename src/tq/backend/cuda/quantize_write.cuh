@@ -52,8 +52,11 @@ struct WriteTeam {
 
 namespace dev {
 
-template <int kLanes>
-__device__ __forceinline__ double team_sum(unsigned mask, double v) {
+// Butterfly sum over a team of kLanes consecutive lanes: every lane pairs the same partial sums
+// (addition commutes), so all lanes hold the same result. double (the CPU-order kernel) or float
+// (quantize_write_fast.cuh).
+template <int kLanes, typename T>
+__device__ __forceinline__ T team_sum(unsigned mask, T v) {
 #pragma unroll
   for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
   return v;

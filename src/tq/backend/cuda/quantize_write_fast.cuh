@@ -38,15 +38,6 @@ inline constexpr int kWarpWriteWarps = 4;  // warps (vectors) per block of tq_wa
 
 namespace dev {
 
-// Butterfly sum over a team of kLanes consecutive lanes: every lane pairs the same partial sums
-// (float addition commutes), so all lanes hold the same result.
-template <int kLanes>
-__device__ __forceinline__ float team_sum_f(unsigned mask, float v) {
-#pragma unroll
-  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(mask, v, o);
-  return v;
-}
-
 // One lane's kE input elements, raw (fp16 pairs or fp32 bits), and the slot of its vector.
 template <int kE, bool kF16>
 struct LaneInput {
@@ -203,7 +194,7 @@ __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, 
   LaneSum<kE> n2;
 #pragma unroll
   for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
-  const float norm = sqrtf(team_sum_f<kLanes>(mask, n2.total()));  // IEEE sqrt (no fast math)
+  const float norm = sqrtf(team_sum<kLanes>(mask, n2.total()));  // IEEE sqrt (no fast math)
 
   // z = H (D x): stage h pairs (j, j + h), inside the lane while h < kE, then across lanes
   // (the upper lane of a pair takes other - mine, exactly as one rounding of a subtraction).
@@ -238,7 +229,7 @@ __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, 
     words[pos / 32] |= idx << (pos % 32);
     if (pos % 32 + kBits > 32) words[pos / 32 + 1] |= idx >> (32 - pos % 32);
   }
-  const float recon2 = team_sum_f<kLanes>(mask, c2.total());
+  const float recon2 = team_sum<kLanes>(mask, c2.total());
   if (!finite_nonzero) {
 #pragma unroll
     for (int w = 0; w < kWords; ++w) words[w] = 0u;
