@@ -129,8 +129,9 @@ int bench_decode(BenchDecodeOptions& o) {
     Expected<std::vector<Cell>> cells = unsupported("unset");
     std::vector<float> logits(static_cast<size_t>(vocab));
     if (o.device.cuda()) {
-      auto dm =
-          open_cuda_model(m, *config, ctx, o.batch, 1, o.cublas_gemv, o.device.device_weights());
+      backend::DeviceModelOptions tuning = o.device.tuning();
+      tuning.cublas_gemv = o.cublas_gemv;
+      auto dm = open_cuda_model(m, *config, ctx, o.batch, 1, tuning);
       if (!dm.ok()) {
         std::fprintf(stderr, "tq bench decode: %s\n", dm.status().to_string().c_str());
         return 1;
@@ -242,6 +243,7 @@ void add_bench_command(CLI::App& app) {
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->device.add_weights_to(cmd);
+  o->device.add_tuning_to(cmd);
   cmd->callback([o] {
     const int rc = bench_decode(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -82,7 +82,8 @@ Expected<std::vector<Cell>> bench_pair(const BenchConcurrentOptions& o, const mo
   const int ctx = o.contexts.back() + runs * (o.warmup + o.steps) + 1;
   const auto t_load = Clock::now();
   TQ_ASSIGN_OR_RETURN(std::unique_ptr<backend::DeviceModel> dm,
-                      open_cuda_model(m, config, ctx, std::max(o.batch, o.sessions), o.sessions));
+                      open_cuda_model(m, config, ctx, std::max(o.batch, o.sessions), o.sessions,
+                                      o.device.tuning()));
   *where = dm->describe();
   std::fprintf(stderr, "tq bench concurrent: %s, set up in %.1f s\n", where->c_str(),
                seconds_since(t_load));
@@ -238,6 +239,8 @@ void add_bench_concurrent_command(CLI::App* bench) {
   cmd->add_option("--seed", o->seed, "Seed of the random tokens")->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->device.add_weights_to(cmd);
+  o->device.add_tuning_to(cmd);
   cmd->callback([o] {
     const int rc = bench_concurrent(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

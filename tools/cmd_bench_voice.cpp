@@ -296,8 +296,8 @@ Expected<RunResult> run_config(const BenchVoiceOptions& o, const Plan& plan,
     // The same slots and pass width the server asks for (server::device_model_options).
     TQ_ASSIGN_OR_RETURN(const backend::DeviceModelOptions d,
                         server::device_model_options(eo, shape));
-    TQ_ASSIGN_OR_RETURN(device,
-                        open_cuda_model(*model, d.kv, d.max_context, d.max_batch, d.max_sequences));
+    TQ_ASSIGN_OR_RETURN(device, open_cuda_model(*model, d.kv, d.max_context, d.max_batch,
+                                                d.max_sequences, o.device.tuning()));
   }
   TQ_ASSIGN_OR_RETURN(std::unique_ptr<server::Engine> engine,
                       server::Engine::create(std::move(model), eo, std::move(device)));
@@ -533,6 +533,8 @@ void add_bench_voice_command(CLI::App* bench) {
   cmd->add_option("--seed", o->seed, "Seed of the user utterances")->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->device.add_weights_to(cmd);
+  o->device.add_tuning_to(cmd);
   cmd->callback([o] {
     const int rc = bench_voice(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -65,8 +65,7 @@ int run_ppl(PplOptions& o) {
   const int vocab = m.config().vocab_size;
   std::unique_ptr<backend::DeviceModel> dm;
   if (o.device.cuda()) {
-    auto opened = open_cuda_model(m, *config, o.ctx, std::min(o.ctx, 512), 1, false,
-                                  o.device.device_weights());
+    auto opened = open_cuda_model(m, *config, o.ctx, std::min(o.ctx, 512), 1, o.device.tuning());
     if (!opened.ok()) {
       std::fprintf(stderr, "tq ppl: %s\n", opened.status().to_string().c_str());
       return 1;
@@ -137,6 +136,7 @@ void add_ppl_command(CLI::App& app) {
   o->device.add_to(cmd);
   o->act.add_to(cmd);
   o->device.add_weights_to(cmd);
+  o->device.add_tuning_to(cmd);
   cmd->callback([o] {
     const int rc = run_ppl(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

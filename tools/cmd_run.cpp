@@ -150,8 +150,8 @@ int run(RunOptions& o) {
 
   if (o.device.cuda()) {
     // The GPU keeps the paged cache in the KV flags' formats (f16 when none are given).
-    auto dm = open_cuda_model(m, *kv_config, ctx, std::min(o.prefill_batch, ctx), 1, false,
-                              o.device.device_weights());
+    auto dm =
+        open_cuda_model(m, *kv_config, ctx, std::min(o.prefill_batch, ctx), 1, o.device.tuning());
     if (!dm.ok()) return fail(1, dm.status().to_string());
     auto stats = generate_on_device(**dm, 0, m, *ids, g, stream_piece);
     std::printf("\n");
@@ -223,6 +223,7 @@ void add_run_command(CLI::App& app) {
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->device.add_weights_to(cmd);
+  o->device.add_tuning_to(cmd);
   cmd->callback([o] {
     const int rc = run(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -100,10 +100,10 @@ int run_serve(ServeOptions& o) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   signal(SIGPIPE, SIG_IGN);  // a client that hangs up is a failed write, not a dead server
 
-  const server::DeviceOpener open_device = [](const model::Model& m,
-                                              const backend::DeviceModelOptions& d) {
-    return open_cuda_model(m, d.kv, d.max_context, d.max_batch, d.max_sequences);
-  };
+  const server::DeviceOpener open_device =
+      [tuning = o.device.tuning()](const model::Model& m, const backend::DeviceModelOptions& d) {
+        return open_cuda_model(m, d.kv, d.max_context, d.max_batch, d.max_sequences, tuning);
+      };
   auto engine = server::Engine::load(o.model, eo, open_device);
   if (!engine.ok()) {
     std::fprintf(stderr, "tq serve: %s\n", engine.status().to_string().c_str());
@@ -181,6 +181,8 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
+  o->device.add_weights_to(cmd);
+  o->device.add_tuning_to(cmd);
   cmd->callback([o] {
     const int rc = run_serve(*o);
     if (rc != 0) throw CLI::RuntimeError(rc);

@@ -38,26 +38,52 @@ struct DeviceFlag {
   backend::DeviceWeights device_weights() const {
     return weights == "quant" ? backend::DeviceWeights::kQuantized : backend::DeviceWeights::kF16;
   }
+
+  // --gpu-graphs and --gpu-write (A/B switches of the decode path; bench decode).
+  std::string graphs = "on";
+  std::string write = "auto";
+  void add_tuning_to(CLI::App* cmd) {
+    cmd->add_option("--gpu-graphs", graphs,
+                    "on: each decode step replays a CUDA graph of the whole pass; off: every "
+                    "kernel launched from the host (--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"on", "off"}));
+    cmd->add_option("--gpu-write", write,
+                    "K/V quantize-on-write kernel: auto (float32), or legacy (float64, bytes "
+                    "equal to the CPU codec's), team, warp (--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "legacy", "team", "warp"}));
+  }
+
+  // The device options these flags choose (the cache shape is open_cuda_model's).
+  backend::DeviceModelOptions tuning() const {
+    backend::DeviceModelOptions o;
+    o.weights = device_weights();
+    o.cuda_graphs = graphs == "on";
+    o.write_kernel = write == "legacy" ? backend::DeviceWriteKernel::kLegacy
+                     : write == "team" ? backend::DeviceWriteKernel::kTeam
+                     : write == "warp" ? backend::DeviceWriteKernel::kWarp
+                                       : backend::DeviceWriteKernel::kAuto;
+    return o;
+  }
 };
 
 // The model on CUDA device 0 with `kv` for its cache: `n_seqs` slots of `ctx` tokens, passes of
-// at most `max_batch` tokens (cublas_gemv, weights: see DeviceModelOptions).
+// at most `max_batch` tokens; the rest of the options (weights, graphs, ...) from `tuning`.
 inline Expected<std::unique_ptr<backend::DeviceModel>> open_cuda_model(
     const model::Model& m, const kv::KvConfig& kv, int ctx, int max_batch, int n_seqs = 1,
-    bool cublas_gemv = false, backend::DeviceWeights weights = backend::DeviceWeights::kF16) {
+    backend::DeviceModelOptions tuning = {}) {
   if (!backend::cuda_built())
     return unsupported(
         "--device cuda: this tq was built without CUDA (configure with -DTQ_CUDA=ON)");
   const auto devices = backend::list_cuda_devices();
   if (!devices.ok()) return unsupported("--device cuda: " + devices.status().message());
   if (devices->empty()) return unsupported("--device cuda: no CUDA device is visible");
-  backend::DeviceModelOptions o;
+  backend::DeviceModelOptions o = std::move(tuning);
   o.kv = kv;
   o.max_context = ctx;
   o.max_batch = max_batch;
   o.max_sequences = n_seqs;
-  o.cublas_gemv = cublas_gemv;
-  o.weights = weights;
   auto dm = backend::create_cuda_model(model::describe_for_backend(m), o);
   if (!dm.ok()) return dm.status().with_context("--device cuda");
   return dm;

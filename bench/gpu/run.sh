@@ -14,7 +14,8 @@
 #   - TQ_GPU_CONCURRENT_BENCH=1 (default 0): batched decode of many sessions on the same
 #     Llama-3-8B-shaped model (made in the background while the tests run): `tq bench concurrent`
 #     (TQ_CONC_SESSIONS sessions at each of TQ_CONC_CONTEXTS, decode batches TQ_CONC_BATCHES, K/V
-#     pairs TQ_CONC_KV; slot 0 prefilled, copied to the others on the device) and the sessions
+#     pairs TQ_CONC_KV, extra flags TQ_CONC_FLAGS such as --gpu-weights quant; slot 0
+#     prefilled, copied to the others on the device) and the sessions
 #     of each context that fit in 60 GiB, into $OUT/concurrent_bench.md (+ .log).
 #   - TQ_GPU_SERVE_CHECK=1 (default 0): `tq serve --device cuda` end to end (bench/gpu/serve_check.py:
 #     8 concurrent greedy completions equal to their solo runs, a streaming chat, /metrics) on
@@ -27,7 +28,13 @@
 #     $OUT/ppl_real_cpu_vs_cuda.jsonl, `tq verify` and `tq compare` on both devices into
 #     verify_real_{cpu,cuda}.json and compare_real_{cpu,cuda}.md, and the serve check uses it.
 #   - TQ_GPU_WRITE_AB=1 (default 0, with the model bench): the decode bench again with the
-#     previous quantize-on-write kernel (TQ_CUDA_WRITE=legacy) into decode_bench_legacy_write.md.
+#     previous quantize-on-write kernel (--gpu-write legacy) into decode_bench_legacy_write.md.
+#   - TQ_DECODE_VARIANTS (with the model bench): the decode bench once per variant, each a
+#     "name:extra tq bench decode flags" and separated by ';', all into decode_bench.md; default
+#     "default:" (one run as configured). E.g. "graphs:--gpu-weights quant;eager:--gpu-weights
+#     quant --gpu-graphs off".
+#   - TQ_GPU_BIG_TEST=1 (default 0): the Llama-3-8B-shaped model is made while the tests run, then
+#     ModelCudaBigTest compares its GPU and CPU logits (TQ_TEST_BIG_MODEL), into tests.log.
 #   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and dir/lib/*.so) built elsewhere for sm_90
 #     with the same CUDA instead of building here, when they start; saves the device build.
 #   OUT=/some/dir bench/gpu/run.sh [extra tq_gpu_bench args]
@@ -91,7 +98,7 @@ make_big() {
 }
 # The CPU writes the 8B model while the GPU runs the tests.
 big_pid=""
-if [ "$CONC_BENCH" = 1 ]; then make_big & big_pid=$!; fi
+if [ "$CONC_BENCH" = 1 ] || [ "${TQ_GPU_BIG_TEST:-0}" = 1 ]; then make_big & big_pid=$!; fi
 REAL=${TQ_GPU_REAL_MODEL:-}
 if [ -n "$REAL" ]; then
   export TQ_TEST_MODEL=$REAL
@@ -99,6 +106,12 @@ if [ -n "$REAL" ]; then
 fi
 "$BUILD/tq_cuda_tests" --gtest_output=xml:"$OUT/tests.xml" 2>&1 | tee "$OUT/tests.log" | tail -n 80
 tests_rc=${PIPESTATUS[0]}
+if [ "${TQ_GPU_BIG_TEST:-0}" = 1 ]; then
+  if [ -n "$big_pid" ]; then wait "$big_pid" || tests_rc=1; big_pid=""; fi
+  TQ_TEST_BIG_MODEL="$BIG" "$BUILD/tq_cuda_tests" --gtest_filter='ModelCudaBigTest.*' 2>&1 |
+    tee -a "$OUT/tests.log" | tail -n 20
+  [ "${PIPESTATUS[0]}" = 0 ] || tests_rc=1
+fi
 grep '^\[ measured \]' "$OUT/tests.log"
 bench_rc=0
 if [ "$ATTN_BENCH" = 1 ]; then
@@ -161,11 +174,17 @@ if [ "$MODEL_BENCH" = 1 ]; then
   if [ -n "$big_pid" ]; then wait "$big_pid" || model_rc=1; big_pid=""; else make_big || model_rc=1; fi
   "$TQ" run -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda -p "The KV cache" -n 32 --temp 0 \
     --ignore-eos -ctk tq4 -ctv tq3 > "$OUT/run_8b.txt" || model_rc=1
-  "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths "$DEPTHS" \
-    --kv "$KV_PAIRS" --steps 64 --warmup 4 | tee "$OUT/decode_bench.md"
-  [ "${PIPESTATUS[0]}" = 0 ] || model_rc=1
+  : > "$OUT/decode_bench.md"
+  IFS=';' read -r -a variants <<< "${TQ_DECODE_VARIANTS:-default:}"
+  for variant in "${variants[@]}"; do
+    read -r -a vflags <<< "${variant#*:}"
+    echo "### ${variant%%:*}: tq bench decode ${variant#*:}" >> "$OUT/decode_bench.md"
+    "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths "$DEPTHS" \
+      --kv "$KV_PAIRS" --steps 64 --warmup 4 "${vflags[@]}" | tee -a "$OUT/decode_bench.md"
+    [ "${PIPESTATUS[0]}" = 0 ] || model_rc=1
+  done
   if [ "${TQ_GPU_WRITE_AB:-0}" = 1 ]; then
-    TQ_CUDA_WRITE=legacy "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda \
+    "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --gpu-write legacy \
       --depths "$DEPTHS" --kv "$KV_PAIRS" --steps 64 --warmup 4 | tee "$OUT/decode_bench_legacy_write.md"
   fi
   # The same decode with cuBLAS for the one-token matmuls instead of tq's GEMV kernel.
@@ -185,7 +204,7 @@ if [ "$CONC_BENCH" = 1 ]; then
   "$BUILD/tq" bench concurrent -m "$BIG" --device cuda --sessions "${TQ_CONC_SESSIONS:-16}" \
     --contexts "${TQ_CONC_CONTEXTS:-8192,32768}" --batches "${TQ_CONC_BATCHES:-1,16}" \
     --kv "${TQ_CONC_KV:-f16/f16,tq4/tq3,tq4/tq4,tq3/tq3}" --steps "${TQ_CONC_STEPS:-16}" \
-    --warmup 2 --budget-gib 60 2> >(tee "$OUT/concurrent_bench.log" >&2) |
+    --warmup 2 --budget-gib 60 ${TQ_CONC_FLAGS:-} 2> >(tee "$OUT/concurrent_bench.log" >&2) |
     tee "$OUT/concurrent_bench.md"
   [ "${PIPESTATUS[0]}" = 0 ] || conc_rc=1
 fi

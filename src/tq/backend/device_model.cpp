@@ -21,10 +21,27 @@ Status DeviceModelOptions::validate() const {
   return ok_status();
 }
 
+namespace {
+const char* write_kernel_note(DeviceWriteKernel k) {
+  switch (k) {
+    case DeviceWriteKernel::kLegacy:
+      return ", write kernel legacy";
+    case DeviceWriteKernel::kTeam:
+      return ", write kernel team";
+    case DeviceWriteKernel::kWarp:
+      return ", write kernel warp";
+    case DeviceWriteKernel::kAuto:
+      break;
+  }
+  return "";
+}
+}  // namespace
+
 std::string DeviceModelOptions::to_string() const {
   return "ctx " + std::to_string(max_context) + " x " + std::to_string(max_sequences) +
          " seqs, batch " + std::to_string(max_batch) + (cublas_gemv ? ", cuBLAS GEMV" : "") +
-         (weights == DeviceWeights::kQuantized ? ", quantized weights" : "") + ", kv " +
+         (weights == DeviceWeights::kQuantized ? ", quantized weights" : "") +
+         (cuda_graphs ? "" : ", no CUDA graphs") + write_kernel_note(write_kernel) + ", kv " +
          kv.to_string();
 }
 

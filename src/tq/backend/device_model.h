@@ -22,6 +22,11 @@ namespace tq::backend {
 // longer passes dequantize one matrix at a time for cuBLAS; other types stay f16.
 enum class DeviceWeights { kF16, kQuantized };
 
+// Which kernel writes new K/V rows into tq and f16 pages (backend/cuda/kv_cuda.h WriteKernel).
+// kAuto: float32 kernels, one warp per vector for decode-sized writes, a team per vector for
+// prefill. kLegacy: the float64 kernel whose bytes equal the CPU codec's (A/B runs, checks).
+enum class DeviceWriteKernel { kAuto, kLegacy, kTeam, kWarp };
+
 struct DeviceModelOptions {
   kv::KvConfig kv;         // formats per layer; window and sinks must be 0 in this version
   int max_context = 4096;  // tokens per sequence slot
@@ -32,6 +37,11 @@ struct DeviceModelOptions {
   // them (comparison and tests).
   bool cublas_gemv = false;
   DeviceWeights weights = DeviceWeights::kF16;
+  DeviceWriteKernel write_kernel = DeviceWriteKernel::kAuto;
+  // Decode passes (one token for each of B slots, forward_batch and one-token forward) replay a
+  // CUDA graph of the whole pass, captured once per batch size and attention plan: ~450 kernel
+  // launches per token become one. Off: every kernel is launched from the host (A/B runs).
+  bool cuda_graphs = true;
 
   Status validate() const;
   std::string to_string() const;
@@ -43,6 +53,13 @@ struct DeviceForwardArgs {
   int n = 0;                        // tokens at positions length(seq) .. +n-1
   DeviceLogits logits_mode = DeviceLogits::kLast;
   float* logits = nullptr;  // host: [vocab] (kLast) or [n][vocab] (kAll)
+};
+
+// Counters of a device model's passes (tests, benchmarks, describe()).
+struct DeviceModelStats {
+  int64_t graph_captures = 0;  // decode passes captured into a new CUDA graph (and run)
+  int64_t graph_replays = 0;   // decode passes that replayed a captured graph
+  int64_t eager_passes = 0;    // passes launched kernel by kernel (prefill, graphs off)
 };
 
 class DeviceModel {
@@ -72,6 +89,7 @@ class DeviceModel {
   // cosine, tests). Slow: copies the slot's pages to the host. The default: Unsupported.
   virtual Status read_stored(int seq, int layer, bool value, int p0, int n, float* out) const;
   virtual const DeviceModelOptions& options() const = 0;
+  virtual DeviceModelStats stats() const { return {}; }
   // "NVIDIA H200 (sm_90): weights f16 14.96 GiB, kv 4.00 GiB (k=tq4 v=tq3 ...)"
   virtual std::string describe() const = 0;
 };

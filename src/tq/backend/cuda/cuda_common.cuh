@@ -19,18 +19,27 @@ inline Status cuda_status(cudaError_t err, const char* what, const char* file, i
                         ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
+// cudaStreamSynchronize(s), or nothing while s is being captured into a graph.
+inline cudaError_t sync_unless_capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  const cudaError_t e = cudaStreamIsCapturing(s, &st);
+  if (e != cudaSuccess) return e;
+  return st == cudaStreamCaptureStatusNone ? cudaStreamSynchronize(s) : cudaSuccess;
+}
+
 }  // namespace tq::backend::cuda
 
 // Evaluates a CUDA runtime call and returns its failure as a tq::Status (never exits).
 #define TQ_CUDA_TRY(expr) \
   TQ_RETURN_IF_ERROR(::tq::backend::cuda::cuda_status((expr), #expr, __FILE__, __LINE__))
 
-// After a launch: the launch error, and in debug builds the kernel's own completion.
+// After a launch: the launch error, and in debug builds the kernel's own completion (unless
+// the stream is being captured into a CUDA graph, where a synchronisation is illegal).
 #ifndef NDEBUG
-#define TQ_CUDA_CHECK_LAUNCH(stream)     \
-  do {                                   \
-    TQ_CUDA_TRY(cudaGetLastError());     \
-    TQ_CUDA_TRY(cudaStreamSynchronize(stream)); \
+#define TQ_CUDA_CHECK_LAUNCH(stream)                                   \
+  do {                                                                 \
+    TQ_CUDA_TRY(cudaGetLastError());                                   \
+    TQ_CUDA_TRY(::tq::backend::cuda::sync_unless_capturing(stream));   \
   } while (0)
 #else
 #define TQ_CUDA_CHECK_LAUNCH(stream) TQ_CUDA_TRY(cudaGetLastError())

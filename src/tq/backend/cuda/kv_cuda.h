@@ -48,8 +48,7 @@ struct PagedPool {
 };
 
 // Which kernel quantize_write runs for tq mse and f16 pools (tq prod, q8_0 and q4_0 always take
-// the first one). kAuto: kWarp for small writes (decode), kTeam for bulk ones (prefill); the
-// environment variable TQ_CUDA_WRITE=legacy|team|warp overrides kAuto (A/B runs of a whole model).
+// the first one). kAuto: kWarp for small writes (decode), kTeam for bulk ones (prefill).
 enum class WriteKernel : uint8_t {
   kAuto,
   kLegacy,  // CPU-order float64 arithmetic: byte-identical to quant::VectorCodec::encode

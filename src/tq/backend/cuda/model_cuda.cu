@@ -72,9 +72,25 @@ Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, in
 
 double gib(size_t b) { return static_cast<double>(b) / (1u << 30); }
 
+WriteKernel write_kernel(DeviceWriteKernel k) {
+  switch (k) {
+    case DeviceWriteKernel::kLegacy:
+      return WriteKernel::kLegacy;
+    case DeviceWriteKernel::kTeam:
+      return WriteKernel::kTeam;
+    case DeviceWriteKernel::kWarp:
+      return WriteKernel::kWarp;
+    case DeviceWriteKernel::kAuto:
+      break;
+  }
+  return WriteKernel::kAuto;
+}
+
 }  // namespace
 
 CudaModel::Impl::~Impl() {
+  for (DecodeGraph& g : graphs)
+    if (g.exec) cudaGraphExecDestroy(g.exec);
   if (blas) cublasDestroy(blas);
   if (stream) cudaStreamDestroy(stream);
 }
@@ -89,8 +105,8 @@ struct PassRows {
   int max_length = 0;  // the longest prefix a row's query sees, its own token included
 };
 
-// Decode attention of the pass's n queries over layer D's pools.
-Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
+// Decode attention's parameters for the pass's n queries over layer D's pools.
+DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
   const LlamaDesc& d = m.shape;
   DecodeAttentionParams p;
   p.n_seqs = n;
@@ -105,13 +121,21 @@ Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
   p.main.lengths = m.seq_lengths.as<int32_t>();
   p.main.max_length = max_length;
   p.num_sms = m.num_sms;
-  // Plans are reused while they cover the length (planning queries kernel occupancy).
+  return p;
+}
+
+// The cached plan of layer D's formats for n queries, made for `plan_length` tokens when the
+// cached one does not cover max_length (planning queries kernel occupancy), with the attention
+// workspace grown to fit it.
+Expected<const DecodeAttentionPlan*> attention_plan(CudaModel::Impl& m, DeviceLayer& D, int n,
+                                                    int max_length, int plan_length) {
   CudaModel::Impl::CachedPlan* cached = nullptr;
   for (auto& c : m.plans)
     if (c.formats == D.formats && c.n_seqs == n) cached = &c;
   if (cached == nullptr ||
-      p.main.max_length > cached->plan.main_tokens_per_split * cached->plan.main_splits) {
-    TQ_ASSIGN_OR_RETURN(DecodeAttentionPlan plan, plan_decode_attention(p));
+      max_length > cached->plan.main_tokens_per_split * cached->plan.main_splits) {
+    TQ_ASSIGN_OR_RETURN(DecodeAttentionPlan plan,
+                        plan_decode_attention(attention_params(m, D, n, plan_length)));
     if (cached == nullptr) {
       m.plans.push_back({D.formats, n, plan});
       cached = &m.plans.back();
@@ -126,9 +150,17 @@ Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
     TQ_RETURN_IF_ERROR(m.attn_ws.alloc(
         std::max(cached->plan.workspace_bytes, 2 * m.attn_ws.bytes()), "attention workspace"));
   }
+  return &cached->plan;
+}
+
+// Decode attention of the pass's n queries over layer D's pools.
+Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
+  TQ_ASSIGN_OR_RETURN(const DecodeAttentionPlan* plan,
+                      attention_plan(m, D, n, max_length, max_length));
+  DecodeAttentionParams p = attention_params(m, D, n, max_length);
   p.workspace = m.attn_ws.as<void>();
   p.workspace_bytes = m.attn_ws.bytes();
-  return decode_attention(p, cached->plan, m.stream);
+  return decode_attention(p, *plan, m.stream);
 }
 
 Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
@@ -180,6 +212,7 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   wv.x = m.v.as<void>();
   wk.slot_mapping = wv.slot_mapping = m.slots.as<int32_t>();
   wk.tokens = wv.tokens = n;
+  wk.kernel = wv.kernel = write_kernel(m.opt.write_kernel);
   TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
 
@@ -211,6 +244,101 @@ Status logits_rows(CudaModel::Impl& m, int first, int rows) {
   return matmul(m, out_w, m.xn.as<__half>(), rows, m.logits.as<float>(), 0.0f);
 }
 
+// The launches of one decode pass of B rows (one token of each of B slots): the host has put
+// the tokens, slots and positions in m.tokens / m.row_seqs / m.row_pos.
+Status decode_launches(CudaModel::Impl& m, int B, int max_length, bool logits) {
+  const LlamaDesc& d = m.shape;
+  const cudaStream_t s = m.stream;
+  StepTablesParams st;
+  st.table = m.block_tables.as<int32_t>();
+  st.max_blocks = m.pages_per_seq;
+  st.block_tokens = m.opt.kv.block_tokens;
+  st.n = B;
+  st.seqs = m.row_seqs.as<int32_t>();
+  st.positions = m.row_pos.as<int32_t>();
+  st.slots = m.slots.as<int32_t>();
+  st.lengths = m.seq_lengths.as<int32_t>();
+  st.tables = m.step_tables.as<int32_t>();
+  TQ_RETURN_IF_ERROR(step_tables(st, s));
+  TQ_RETURN_IF_ERROR(
+      embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), B, d.dim, m.x.as<float>(), s));
+  TQ_RETURN_IF_ERROR(rope_table_at(m.inv_freq.as<float>(), d.rope_dims / 2, m.row_pos.as<int32_t>(),
+                                   B, m.cs.as<float2>(), s));
+  TQ_RETURN_IF_ERROR(run_layers(m, {B, -1, max_length}));
+  if (logits) TQ_RETURN_IF_ERROR(logits_rows(m, 0, B));
+  return ok_status();
+}
+
+// The lengths a decode graph captured at max_length serves: rounded up to the next eighth of
+// the power of two above it (at least 128), so a growing sequence is captured again about eight
+// times per doubling and each capture's split plan stays close to the exact length's.
+int graph_capacity(int max_length, int limit) {
+  int p2 = 128;
+  while (p2 < max_length) p2 *= 2;
+  const int step = p2 / 8;
+  return std::min((max_length + step - 1) / step * step, limit);
+}
+
+// Captures decode_launches into a graph (nothing runs) and instantiates it.
+Expected<cudaGraphExec_t> capture_decode(CudaModel::Impl& m, int B, int max_length, bool logits) {
+  const cudaStream_t s = m.stream;
+  TQ_CUDA_TRY(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  const Status body = decode_launches(m, B, max_length, logits);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(s, &graph);
+  if (!body.ok() || end != cudaSuccess) {
+    if (graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();  // clear the capture's error so later calls start clean
+    if (!body.ok()) return body.with_context("capturing a decode graph");
+    TQ_CUDA_TRY(end);
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  TQ_CUDA_TRY(inst);
+  return exec;
+}
+
+// One decode pass of B rows: a captured graph replayed, or the launches one by one when graphs
+// are off (or after a capture failed: then with a warning on stderr, once).
+Status run_decode(CudaModel::Impl& m, int B, int max_length, bool logits) {
+  if (!m.opt.cuda_graphs || m.graphs_failed) {
+    ++m.stats.eager_passes;
+    return decode_launches(m, B, max_length, logits);
+  }
+  CudaModel::Impl::DecodeGraph* g = nullptr;
+  for (auto& c : m.graphs)
+    if (c.rows == B && c.logits == logits) g = &c;
+  if (g != nullptr && g->capacity >= max_length && g->workspace == m.attn_ws.as<void>()) {
+    ++m.stats.graph_replays;
+    TQ_CUDA_TRY(cudaGraphLaunch(g->exec, m.stream));
+    return ok_status();
+  }
+  // Every layer's plan is made (and the workspace sized) for the capacity first: nothing inside
+  // the capture may plan, allocate or synchronise.
+  const int capacity = graph_capacity(max_length, m.pages_per_seq * m.opt.kv.block_tokens);
+  for (DeviceLayer& D : m.layers)
+    TQ_RETURN_IF_ERROR(attention_plan(m, D, B, capacity, capacity).status());
+  Expected<cudaGraphExec_t> exec = capture_decode(m, B, max_length, logits);
+  if (!exec.ok()) {
+    std::fprintf(stderr, "tq: CUDA graph capture failed, launching kernels one by one: %s\n",
+                 exec.status().to_string().c_str());
+    m.graphs_failed = true;
+    ++m.stats.eager_passes;
+    return decode_launches(m, B, max_length, logits);
+  }
+  if (g == nullptr) {
+    m.graphs.push_back({});
+    g = &m.graphs.back();
+  } else if (g->exec) {
+    cudaGraphExecDestroy(g->exec);
+  }
+  *g = {B, logits, capacity, m.attn_ws.as<void>(), *exec};
+  ++m.stats.graph_captures;
+  TQ_CUDA_TRY(cudaGraphLaunch(g->exec, m.stream));
+  return ok_status();
+}
+
 // One pass of n <= max_batch tokens of slot `seq`.
 Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, DeviceLogits mode,
                 float* logits) {
@@ -234,6 +362,7 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
   TQ_RETURN_IF_ERROR(
       rope_table(m.inv_freq.as<float>(), d.rope_dims / 2, pos0, n, m.cs.as<float2>(), s));
   TQ_RETURN_IF_ERROR(run_layers(m, {n, seq, pos0 + n}));
+  ++m.stats.eager_passes;
   m.lengths[static_cast<size_t>(seq)] = pos0 + n;
 
   if (mode != DeviceLogits::kNone) {
@@ -294,6 +423,10 @@ Expected<std::unique_ptr<CudaModel>> CudaModel::create(const LlamaDesc& desc,
   TQ_CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking));
   TQ_CUBLAS_TRY(cublasCreate(&m->blas));
   TQ_CUBLAS_TRY(cublasSetStream(m->blas, m->stream));
+  // A fixed workspace (32 MiB, cuBLAS's advice for Hopper): GEMMs captured into decode graphs
+  // must not allocate.
+  TQ_RETURN_IF_ERROR(m->blas_ws.alloc(size_t{32} << 20, "cuBLAS workspace"));
+  TQ_CUBLAS_TRY(cublasSetWorkspace(m->blas, m->blas_ws.as<void>(), m->blas_ws.bytes()));
 
   m->shape = desc;
   m->shape.layers.clear();  // borrowed host views: not kept past the upload
@@ -325,6 +458,9 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     return resource_exhausted("forward: " + std::to_string(pos0) + " cached + " +
                               std::to_string(a.n) + " new tokens exceed the context of " +
                               std::to_string(m.opt.max_context));
+  // One token is a decode pass of one row: the batch path, whose launches read the slot and
+  // position from device buffers and so replay a captured graph (the same kernels and numbers).
+  if (a.n == 1) return forward_batch(std::span<const DeviceForwardArgs>(&a, 1));
   TQ_CUDA_TRY(cudaSetDevice(m.device));
   for (int done = 0; done < a.n;) {
     const int n = std::min(m.opt.max_batch, a.n - done);
@@ -402,25 +538,9 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
       cudaMemcpyAsync(m.row_seqs.as<void>(), m.host_rows.data(), ib, cudaMemcpyHostToDevice, s));
   TQ_CUDA_TRY(
       cudaMemcpyAsync(m.row_pos.as<void>(), m.host_rows.data() + B, ib, cudaMemcpyHostToDevice, s));
-  StepTablesParams st;
-  st.table = m.block_tables.as<int32_t>();
-  st.max_blocks = m.pages_per_seq;
-  st.block_tokens = m.opt.kv.block_tokens;
-  st.n = B;
-  st.seqs = m.row_seqs.as<int32_t>();
-  st.positions = m.row_pos.as<int32_t>();
-  st.slots = m.slots.as<int32_t>();
-  st.lengths = m.seq_lengths.as<int32_t>();
-  st.tables = m.step_tables.as<int32_t>();
-  TQ_RETURN_IF_ERROR(step_tables(st, s));
-  TQ_RETURN_IF_ERROR(
-      embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), B, d.dim, m.x.as<float>(), s));
-  TQ_RETURN_IF_ERROR(rope_table_at(m.inv_freq.as<float>(), d.rope_dims / 2, m.row_pos.as<int32_t>(),
-                                   B, m.cs.as<float2>(), s));
-  TQ_RETURN_IF_ERROR(run_layers(m, {B, -1, max_length}).with_context("forward_batch"));
+  TQ_RETURN_IF_ERROR(run_decode(m, B, max_length, any_logits).with_context("forward_batch"));
   for (const DeviceForwardArgs& a : items) ++m.lengths[static_cast<size_t>(a.seq)];
   if (any_logits) {
-    TQ_RETURN_IF_ERROR(logits_rows(m, 0, B));
     const size_t row = static_cast<size_t>(d.vocab_size);
     for (int b = 0; b < B; ++b) {
       const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
@@ -483,6 +603,7 @@ Status CudaModel::reset(int seq) {
 }
 
 const DeviceModelOptions& CudaModel::options() const { return impl_->opt; }
+DeviceModelStats CudaModel::stats() const { return impl_->stats; }
 size_t CudaModel::weight_bytes() const { return impl_->weight_bytes; }
 size_t CudaModel::kv_bytes() const { return impl_->kv_bytes; }
 

@@ -29,6 +29,7 @@ class CudaModel final : public DeviceModel {
   Status reset(int seq) override;
   Status read_stored(int seq, int layer, bool value, int p0, int n, float* out) const override;
   const DeviceModelOptions& options() const override;
+  DeviceModelStats stats() const override;
   std::string describe() const override;
 
   size_t weight_bytes() const;  // device bytes of the f16 weights, norms and biases

@@ -129,6 +129,25 @@ struct CudaModel::Impl {
   };
   std::vector<CachedPlan> plans;
 
+  // cuBLAS's workspace, set once, so that GEMMs captured into a graph never allocate.
+  DeviceMem blas_ws;
+  // Decode passes as CUDA graphs (DeviceModelOptions::cuda_graphs). A graph holds every launch
+  // of one pass of `rows` slots (block tables, embedding, the layers, the logits when asked),
+  // each reading its per-step inputs (tokens, slots, positions, lengths) from device buffers
+  // the host fills before the launch. Its attention launches were planned for lengths up to
+  // `capacity` with the workspace it was captured with; longer sequences or a new workspace
+  // capture it again.
+  struct DecodeGraph {
+    int rows = 0;
+    bool logits = false;
+    int capacity = 0;
+    const void* workspace = nullptr;
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::vector<DecodeGraph> graphs;
+  bool graphs_failed = false;  // a capture failed: eager launches from then on (logged once)
+  DeviceModelStats stats;
+
   // read_stored's CPU codecs of every layer's K and V (model_cuda_read.cu), built on first use;
   // the codecs point into host_books, declared first so it dies after them.
   std::unique_ptr<quant::CodebookCache> host_books;

@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "tq/backend/cuda/cuda_common.cuh"
@@ -112,20 +110,6 @@ WarpFn warp_for(int dim, bool f16) {
     case 256: return f16 ? &launch_warp<256, true> : &launch_warp<256, false>;
     default: return nullptr;
   }
-}
-
-// kAuto resolved through TQ_CUDA_WRITE (read once): an A/B switch for whole-model runs.
-WriteKernel resolve(WriteKernel k) {
-  if (k != WriteKernel::kAuto) return k;
-  static const WriteKernel from_env = [] {
-    const char* e = std::getenv("TQ_CUDA_WRITE");
-    if (e == nullptr) return WriteKernel::kAuto;
-    if (std::strcmp(e, "legacy") == 0) return WriteKernel::kLegacy;
-    if (std::strcmp(e, "team") == 0) return WriteKernel::kTeam;
-    if (std::strcmp(e, "warp") == 0) return WriteKernel::kWarp;
-    return WriteKernel::kAuto;
-  }();
-  return from_env;
 }
 
 // One validated pool write and the kernel it takes.
@@ -247,12 +231,12 @@ Status launch_one(const PoolWrite& w, cudaStream_t s) {
 }  // namespace
 
 Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
-  TQ_ASSIGN_OR_RETURN(const PoolWrite w, prepare(p, resolve(p.kernel)));
+  TQ_ASSIGN_OR_RETURN(const PoolWrite w, prepare(p, p.kernel));
   return launch_one(w, static_cast<cudaStream_t>(stream_ptr));
 }
 
 Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v, void* stream_ptr) {
-  const WriteKernel kernel = resolve(k.kernel);
+  const WriteKernel kernel = k.kernel;
   const Expected<PoolWrite> wk = prepare(k, kernel);
   if (!wk.ok()) return wk.status().with_context("K write");
   const Expected<PoolWrite> wv = prepare(v, kernel);
