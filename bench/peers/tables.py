@@ -495,7 +495,10 @@ def gpu_tables(run):
         f"best of {'/'.join(map(str, reps)) or '?'} repetitions. † tq-only format, beside "
         f"llama.cpp's {NEAREST_LLAMA} (nearest in bits). Model: random Llama-3-8B shape, Q4_0"
         f"{f' ({ll_size / 1e9:.2f} GB)' if ll_size else ''}, written by `tq make-model`; "
-        "llama.cpp computes with the Q4_0 weights, tq's GPU path uploads them as f16. "
+        "llama.cpp computes with the Q4_0 weights; " +
+        ("tq multiplies the Q4_0 blocks as stored (`--gpu-weights quant`). "
+         if where and "weights quantized" in where else
+         "tq's GPU path uploads them as f16. ") +
         "llama.cpp's q8_0/q4_0 caches run with its default Hadamard rotation of Q/K/V.")
 
     # Aggregate decode of many sessions of GPU_CTX tokens.
