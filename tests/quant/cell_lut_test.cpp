@@ -20,24 +20,26 @@ namespace {
 
 constexpr uint64_t kSeed = 0x7151u;
 
-// The device lookup, read from the uploaded image as the kernels read it: the cell, then
-// {bound, cand, c_lo, c_hi} at word offsets 0, 32, 64, 96 of the cell's column.
+// The device lookup, read from the uploaded image as the kernels read it: the cell, then bound
+// and 1.5 * 2^23 + cand (a float) at word offsets 0 and 32 of its column, the code as that
+// float plus (y > bound ? 1.0f : 0.0f), the centroid at 64 + code.
 struct ImageLookup {
   int code;
-  float centroid;  // the centroid the norm correction sums: c_hi if y > bound, else c_lo
+  float centroid;  // the centroid the norm correction sums
 };
 ImageLookup lookup_image(const std::vector<uint32_t>& img, float y) {
-  const float scale = std::bit_cast<float>(img[4 * kCellLutCells]);
-  const float offset = std::bit_cast<float>(img[4 * kCellLutCells + 1]);
+  const float scale = std::bit_cast<float>(img[3 * kCellLutCells]);
+  const float offset = std::bit_cast<float>(img[3 * kCellLutCells + 1]);
   float t = std::fma(y, scale, offset);
   t = t > 0.0f ? (t < 1.0f ? t : 1.0f) : 0.0f;  // .SAT: NaN -> 0
   const float g = std::fma(t, static_cast<float>(kCellLutCells - 1), kCellLutMagic);
   const uint32_t k = std::bit_cast<uint32_t>(g) - kCellLutMagicBits;
   EXPECT_LT(k, static_cast<uint32_t>(kCellLutCells));
-  const bool up = y > std::bit_cast<float>(img[k]);
-  const uint32_t cand = img[kCellLutCells + k];
-  const float c = std::bit_cast<float>(img[(up ? 3 : 2) * kCellLutCells + k]);
-  return {static_cast<int>(cand) + (up ? 1 : 0), c};
+  const float up = y > std::bit_cast<float>(img[k]) ? 1.0f : 0.0f;  // set.gt.f32.f32
+  const float biased = std::bit_cast<float>(img[kCellLutCells + k]) + up;
+  const uint32_t code = std::bit_cast<uint32_t>(biased) - kCellLutMagicBits;
+  EXPECT_LT(code, static_cast<uint32_t>(kCellLutCells));
+  return {static_cast<int>(code), std::bit_cast<float>(img[2 * kCellLutCells + code])};
 }
 
 std::vector<float> probe_values(const Codebook& book, const CellLut& lut) {
@@ -161,11 +163,14 @@ TEST(CellLut, AgreesWithFloat64CountAndHoldsOneBoundaryPerCell) {
 
 TEST(CellLut, RefusesAGridWithTwoBoundariesInACell) {
   CodebookCache books;
-  auto book = books.get(128, 8);  // 255 boundaries cannot fit 32 cells one each
+  auto book = books.get(128, 5);  // 31 boundaries, denser in the middle than 32 cells
   ASSERT_TRUE(book.ok());
   auto lut = build_cell_lut(**book);
   ASSERT_FALSE(lut.ok());
   EXPECT_EQ(lut.status().code(), StatusCode::kUnsupported);
+  auto wide = books.get(128, 8);  // more centroids than the table's column holds
+  ASSERT_TRUE(wide.ok());
+  EXPECT_EQ(build_cell_lut(**wide).status().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -54,11 +54,13 @@ std::vector<uint32_t> CellLut::image() const {
   std::vector<uint32_t> w;
   w.reserve(kImageWords);
   for (float v : bound) w.push_back(std::bit_cast<uint32_t>(v));
-  for (uint32_t v : cand) w.push_back(v);
-  for (float v : c_lo) w.push_back(std::bit_cast<uint32_t>(v));
-  for (float v : c_hi) w.push_back(std::bit_cast<uint32_t>(v));
+  for (uint32_t v : cand) w.push_back(kCellLutMagicBits + v);  // the float 1.5 * 2^23 + cand
+  for (int i = 0; i < kCellLutCells; ++i)
+    w.push_back(i < static_cast<int>(centroids.size()) ? std::bit_cast<uint32_t>(centroids[i])
+                                                       : 0u);
   w.push_back(std::bit_cast<uint32_t>(scale));
   w.push_back(std::bit_cast<uint32_t>(offset));
+  w.push_back(0u - 4u * kCellLutMagicBits);
   return w;
 }
 
@@ -67,8 +69,9 @@ Expected<CellLut> build_cell_lut(const Codebook& book) {
   const int nb = static_cast<int>(b.size());
   const std::string what =
       "cell lut (d=" + std::to_string(book.dim) + ", b=" + std::to_string(book.bits) + ")";
-  if (nb < 1 || book.centroids.size() != b.size() + 1)
-    return invalid_argument(what + ": needs 2^b centroids and 2^b - 1 boundaries");
+  if (nb < 1 || book.centroids.size() != b.size() + 1 || book.centroids.size() > kCellLutCells)
+    return invalid_argument(what + ": needs 2^b <= " + std::to_string(kCellLutCells) +
+                            " centroids and 2^b - 1 boundaries");
   for (int j = 0; j < nb; ++j)
     if (!std::isfinite(b[j]) || (j > 0 && !(b[j - 1] < b[j])))
       return invalid_argument(what + ": boundaries must be finite and ascending");
@@ -89,8 +92,7 @@ Expected<CellLut> build_cell_lut(const Codebook& book) {
   for (int k = 0; k < kCellLutCells; ++k) first[k] = first_of_cell(lut, k);
   lut.bound.assign(kCellLutCells, std::numeric_limits<float>::infinity());
   lut.cand.assign(kCellLutCells, 0u);
-  lut.c_lo.assign(kCellLutCells, 0.0f);
-  lut.c_hi.assign(kCellLutCells, 0.0f);
+  lut.centroids = book.centroids;
   for (int k = 0; k < kCellLutCells; ++k) {
     // S_k = [first[k], the float before first[k + 1]], widened by the margin; the end cells
     // reach -inf and +inf.
@@ -111,8 +113,6 @@ Expected<CellLut> build_cell_lut(const Codebook& book) {
       return unsupported(what + ": grid cell " + std::to_string(k) + " holds " +
                          std::to_string(inside) + " boundaries");
     lut.cand[k] = static_cast<uint32_t>(below);
-    lut.c_lo[k] = book.centroids[below];
-    lut.c_hi[k] = book.centroids[std::min(below + 1, nb)];
   }
   return Expected<CellLut>(std::move(lut));
 }

@@ -6,9 +6,8 @@
 //   g = fma(t, kCellLutCells - 1, 1.5 * 2^23)  (one FFMA: bits(g) = bits(1.5 * 2^23) + k,
 //                                               k = rint(t * (kCellLutCells - 1)))
 //   idx = cand[k] + (y > bound[k])
-// with one table entry per grid cell k: the boundaries certainly below the cell (cand), the one
-// boundary that may fall inside it (bound; +inf when none) and the centroids on either side of
-// that boundary (c_lo = C[cand], c_hi = C[cand + 1]) for the norm correction.
+// with one table entry per grid cell k: the boundaries certainly below the cell (cand) and the
+// one boundary that may fall inside it (bound; +inf when none).
 //
 // Why idx is exactly quantize_coordinate(y), the number of boundaries strictly below y (NaN ->
 // 0): every step above is monotone non-decreasing in y (an IEEE fma with scale > 0 rounds to
@@ -52,14 +51,15 @@ inline constexpr double kCellLutMargin = 0x1p-20;
 struct CellLut {
   float scale = 0.0f;  // t = saturate(fma(y, scale, offset))
   float offset = 0.0f;
-  std::vector<float> bound;    // [kCellLutCells] the boundary inside the cell, or +inf
-  std::vector<uint32_t> cand;  // [kCellLutCells] boundaries below the cell
-  std::vector<float> c_lo;     // [kCellLutCells] C[cand]
-  std::vector<float> c_hi;     // [kCellLutCells] C[cand + 1] (C[cand] when cand is the last)
+  std::vector<float> bound;      // [kCellLutCells] the boundary inside the cell, or +inf
+  std::vector<uint32_t> cand;    // [kCellLutCells] boundaries below the cell
+  std::vector<float> centroids;  // the codebook's 2^b centroids (the norm correction's C[idx])
 
-  // The device image, 32-bit words: [bound][cand][c_lo][c_hi] (kCellLutCells words each), then
-  // scale and offset (bit patterns).
-  static constexpr int kImageWords = 4 * kCellLutCells + 2;
+  // The device image, 32-bit words: [bound][float 1.5 * 2^23 + cand, as bits][centroids,
+  // zero-padded] (kCellLutCells words each), then scale and offset (bit patterns) and -4
+  // kCellLutMagicBits (mod 2^32: the device adds it to the table's address, a run-time value so the
+  // compiler keeps it in a register).
+  static constexpr int kImageWords = 3 * kCellLutCells + 3;
   std::vector<uint32_t> image() const;
 };
 
