@@ -273,16 +273,18 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     int next_token = token + stride_tokens, next_head = head + stride_heads;
     if (next_head >= heads) next_head -= heads, ++next_token;
     const bool more = v + stride < nvec;  // past the end: reload this one (unused)
-    dev::LaneInput<kE, kF16In> next;
-    next.template load<kDim>(a, more ? next_token : token, more ? next_head : head, lane);
-    if (cur.sm >= 0) {
-      float y[kE];
-      dev::signed_input<kE, kF16In>(cur, hmask, y);
+    // Once converted, the raw words are dead: the next vector loads into them and is in flight
+    // while this one is encoded, with no register copies at the end of the loop.
+    float y[kE];
+    dev::signed_input<kE, kF16In>(cur, hmask, y);
+    const int32_t sm = cur.sm;
+    cur.template load<kDim>(a, more ? next_token : token, more ? next_head : head, lane);
+    if (sm >= 0) {
       uint32_t words[kBits];
       const float stored = dev::tq_encode<kDim, kBits, kLanes>(
           y, lane, mask, lut, a.hadamard_scale, a.norm_correction, words);
-      const int slot = cur.sm % cap;
-      uint8_t* blk = a.pool + static_cast<size_t>(cur.sm / cap) * a.block_stride +
+      const int slot = sm % cap;
+      uint8_t* blk = a.pool + static_cast<size_t>(sm / cap) * a.block_stride +
                      static_cast<size_t>(head) * a.head_stride;
       uint8_t* codes = blk + slot * kCodeBytes + lane * kBits * 4;  // lane's kBits words
       if constexpr (kBits == 4) {
@@ -296,7 +298,6 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
       if (lane == 0)
         reinterpret_cast<uint16_t*>(blk + cap * kCodeBytes)[slot] = dev::norm_to_f16(stored);
     }
-    cur = next;
     token = next_token;
     head = next_head;
   }
