@@ -9,14 +9,17 @@
 // Per vector: z = H (D x) (unnormalised Walsh-Hadamard of the sign-flipped input: log2(d/L)
 // stages in registers, log2(L) through shuffles), ||x||^2 summed pairwise in float32 (relative
 // error <= (log2(d) + 1) u ~ 5e-7, then sqrt), y = z * (1/sqrt(d)) / ||x||, the Lloyd-Max cell by
-// the CPU's binary search (first two levels from registers, the rest from a shared-memory tree),
-// and ||C[idx]||^2 pairwise for norm correction. The CPU codec (codec_tq.cpp) normalises before
-// rotating and sums in float64, so a code can differ from the CPU's only where y lies within
-// float32 rounding (~1e-7 of |y|) of a boundary, and norms by float32 rounding. Edge cases the
-// float32 norm sees differently: an fp32 input with |x| > ~1e19 (x^2 overflows: stored NaN, the
-// CPU stores the saturated norm) or a whole vector below ~1e-19 (x^2 underflows: stored as zero).
-// Cost (SASS, tq4, d = 128, fp16 in): ~153 warp instructions per vector in the team kernel's
-// loop, against ~221 plus float64 conversions and DFMAs in the legacy kernel.
+// a uniform-grid table (quant/cell_lut.h: two FFMAs, two conflict-free loads and a compare give
+// exactly the CPU binary search's cell of that float y), and ||C[idx]||^2 pairwise for norm
+// correction. The CPU codec (codec_tq.cpp) normalises before rotating and sums in float64, so a
+// code can differ from the CPU's only where y lies within float32 rounding (~1e-7 of |y|) of a
+// boundary, and norms by float32 rounding. Edge cases the float32 norm sees differently: an fp32
+// input with |x| > ~1e19 (x^2 overflows: stored NaN, the CPU stores the saturated norm) or a
+// whole vector below ~1e-19 (x^2 underflows: stored as zero).
+// Cost (SASS, team kernel loop, fp16 in, d = 128): ~122 warp instructions per vector for tq1..4
+// (the cell search no longer depends on the width), down from 153 (tq4) / 137 / 124 / 103 (tq1)
+// with the earlier register + shared-memory search tree; the legacy kernel takes ~221 plus
+// float64 conversions and DFMAs.
 #pragma once
 
 #include "tq/backend/cuda/quantize_write.cuh"
