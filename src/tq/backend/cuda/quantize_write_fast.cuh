@@ -146,8 +146,8 @@ struct CellLut {
   __device__ __forceinline__ CellLut(const uint32_t* table, const uint32_t* image) {
     // -4 kBias is read from the image: as a compile-time constant ptxas would split it off
     // again and add it back before every load (an IADD3 per LDS).
-    const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(table)) +
-                          __ldg(image + kWords + 2);
+    const uint32_t base =
+        static_cast<uint32_t>(__cvta_generic_to_shared(table)) + __ldg(image + kWords + 2);
     entry_off = base;
     cent_off = base + 8u * kCells;
     scale = __uint_as_float(__ldg(image + kWords));
@@ -284,8 +284,8 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     cur.template load<kDim>(a, more ? next_token : token, more ? next_head : head, lane);
     if (sm >= 0) {
       uint32_t words[kBits];
-      const float stored = dev::tq_encode<kDim, kBits, kLanes>(
-          y, lane, mask, lut, a.hadamard_scale, a.norm_correction, words);
+      const float stored = dev::tq_encode<kDim, kBits, kLanes>(y, lane, mask, lut, a.hadamard_scale,
+                                                               a.norm_correction, words);
       const int slot = sm % cap;
       uint8_t* blk = a.pool + static_cast<size_t>(sm / cap) * a.block_stride +
                      static_cast<size_t>(head) * a.head_stride;
