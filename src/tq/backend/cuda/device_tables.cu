@@ -1,9 +1,11 @@
 #include "tq/backend/cuda/device_tables.h"
 
+#include <cstring>
 #include <utility>
 #include <vector>
 
 #include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/quant/cell_lut.h"
 #include "tq/quant/qjl.h"
 #include "tq/quant/rotation.h"
 
@@ -33,7 +35,16 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   TQ_ASSIGN_OR_RETURN(quant::Rotation rot, quant::Rotation::create(dim, seed));
   const std::vector<float> p = rot.matrix();
   const std::vector<float> s = format.has_qjl() ? quant::qjl_matrix(dim, seed) : std::vector<float>{};
-  // Host image: [centroids][boundaries][rotation][signs][qjl][qjl^T], each 16-byte aligned.
+  // The float32 write kernels' cell lookup (quant/cell_lut.h), for the widths they write.
+  std::vector<float> lut;
+  if (format.code_bits() <= 4) {
+    TQ_ASSIGN_OR_RETURN(const quant::CellLut cl, quant::build_cell_lut(*book));
+    const std::vector<uint32_t> img = cl.image();
+    lut.resize(img.size());
+    std::memcpy(lut.data(), img.data(), img.size() * sizeof(uint32_t));
+  }
+  // Host image: [centroids][boundaries][rotation][signs][qjl][qjl^T][cell lut], each 16-byte
+  // aligned.
   std::vector<float> host;
   const auto append = [&](const std::vector<float>& v) {
     while (host.size() % 4 != 0) host.push_back(0.0f);
@@ -50,6 +61,7 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   for (int i = 0; i < dim && !s.empty(); ++i)
     for (int j = 0; j < dim; ++j) st[static_cast<size_t>(j) * dim + i] = s[static_cast<size_t>(i) * dim + j];
   const size_t o_st = append(st);
+  const size_t o_l = append(lut);
   TQ_CUDA_TRY(cudaMalloc(&t.mem_, host.size() * sizeof(float)));
   TQ_CUDA_TRY(cudaMemcpy(t.mem_, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
   const float* base = static_cast<const float*>(t.mem_);
@@ -59,6 +71,7 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   t.view_.hadamard_signs = rot.is_hadamard() ? base + o_d : nullptr;
   t.view_.qjl = format.has_qjl() ? base + o_s : nullptr;
   t.view_.qjl_t = format.has_qjl() ? base + o_st : nullptr;
+  t.view_.cell_lut = lut.empty() ? nullptr : reinterpret_cast<const uint32_t*>(base + o_l);
   return Expected<DeviceCodecTables>(std::move(t));
 }
 

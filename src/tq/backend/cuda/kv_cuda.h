@@ -27,6 +27,9 @@ struct CodecTables {
   const float* hadamard_signs = nullptr;  // [d] D of P = H D / sqrt(d); nullptr: P is dense
   const float* qjl = nullptr;             // [d][d] row-major S (tq prod only)
   const float* qjl_t = nullptr;           // [d][d] row-major S^T (tq prod only)
+  // [quant::CellLut::kImageWords] the uniform-grid cell lookup of the float32 write kernels
+  // (tq, code bits <= 4; nullptr: those pools take the CPU-order kernel)
+  const uint32_t* cell_lut = nullptr;
 };
 
 // One layer's K or V pages on the device.

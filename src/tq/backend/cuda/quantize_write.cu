@@ -163,6 +163,7 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   a.hadamard_signs = t.hadamard_signs;
   a.qjl = t.qjl;
   a.qjl_t = t.qjl_t;
+  a.cell_lut = t.cell_lut;
   a.hadamard_scale = 1.0f / std::sqrt(static_cast<float>(pool.head_dim));  // as Rotation::apply
   a.norm_correction = pool.norm_correction;
   w.vectors = p.tokens * pool.n_kv_heads;
@@ -170,7 +171,8 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   w.bits = pool.format.code_bits();
   w.f16_in = p.x_is_f16;
 
-  const bool tq_mse = pool.format.kind == quant::FormatKind::kTqMse && pool.format.bits <= 4;
+  const bool tq_mse =
+      pool.format.kind == quant::FormatKind::kTqMse && pool.format.bits <= 4 && t.cell_lut;
   const bool f16 = pool.format.kind == quant::FormatKind::kF16;
   w.warp_format = f16 ? WarpFormat::kF16 : static_cast<WarpFormat>(pool.format.bits);
   const bool small = w.vectors <= kWarpMaxVectors;

@@ -36,6 +36,7 @@ struct WriteArgs {
   const float* hadamard_signs;
   const float* qjl;
   const float* qjl_t;    // S^T (coalesced rows for the sign sketch)
+  const uint32_t* cell_lut;  // quant::CellLut image (the float32 kernels; tq mse <= 4 bits)
   float hadamard_scale;  // 1 / sqrt(d) exactly as the CPU computes it
   bool norm_correction;
 };

@@ -9,17 +9,21 @@
 // Per vector: z = H (D x) (unnormalised Walsh-Hadamard of the sign-flipped input: log2(d/L)
 // stages in registers, log2(L) through shuffles), ||x||^2 summed pairwise in float32 (relative
 // error <= (log2(d) + 1) u ~ 5e-7, then sqrt), y = z * (1/sqrt(d)) / ||x||, the Lloyd-Max cell by
-// the CPU's binary search (first two levels from registers, the rest from a shared-memory tree),
-// and ||C[idx]||^2 pairwise for norm correction. The CPU codec (codec_tq.cpp) normalises before
-// rotating and sums in float64, so a code can differ from the CPU's only where y lies within
-// float32 rounding (~1e-7 of |y|) of a boundary, and norms by float32 rounding. Edge cases the
-// float32 norm sees differently: an fp32 input with |x| > ~1e19 (x^2 overflows: stored NaN, the
-// CPU stores the saturated norm) or a whole vector below ~1e-19 (x^2 underflows: stored as zero).
-// Cost (SASS, tq4, d = 128, fp16 in): ~153 warp instructions per vector in the team kernel's
-// loop, against ~221 plus float64 conversions and DFMAs in the legacy kernel.
+// a uniform-grid table (quant/cell_lut.h: two FFMAs, two conflict-free loads and a compare give
+// exactly the CPU binary search's cell of that float y), and ||C[idx]||^2 pairwise for norm
+// correction. The CPU codec (codec_tq.cpp) normalises before rotating and sums in float64, so a
+// code can differ from the CPU's only where y lies within float32 rounding (~1e-7 of |y|) of a
+// boundary, and norms by float32 rounding. Edge cases the float32 norm sees differently: an fp32
+// input with |x| > ~1e19 (x^2 overflows: stored NaN, the CPU stores the saturated norm) or a
+// whole vector below ~1e-19 (x^2 underflows: stored as zero).
+// Cost (SASS, team kernel loop, fp16 in, d = 128): ~122 warp instructions per vector for tq1..4
+// (the cell search no longer depends on the width), down from 153 (tq4) / 137 / 124 / 103 (tq1)
+// with the earlier register + shared-memory search tree; the legacy kernel takes ~221 plus
+// float64 conversions and DFMAs.
 #pragma once
 
 #include "tq/backend/cuda/quantize_write.cuh"
+#include "tq/quant/cell_lut.h"
 
 namespace tq::backend::cuda {
 
@@ -101,64 +105,64 @@ __device__ __forceinline__ void signed_input(const LaneInput<kE, kF16>& in,
   }
 }
 
-__device__ __forceinline__ float lds_f32(uint32_t shared_addr) {
-  float v;
-  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(shared_addr));
+// One 32-bit word at shared address addr + kOffset (bytes; the offset rides in the LDS).
+template <int kOffset>
+__device__ __forceinline__ uint32_t lds_u32(uint32_t addr) {
+  uint32_t v;
+  asm("ld.shared.u32 %0, [%1+%2];" : "=r"(v) : "r"(addr), "n"(kOffset));
   return v;
 }
 
-// The cell search of quant::quantize_coordinate (the number of boundaries below y, by the same
-// comparisons as its binary search) over an implicit tree in shared memory: node n (1-based,
-// level l, position q) holds boundary (2q + 1) 2^(b-1-l) - 1, its children are 2n and 2n + 1, and
-// the 2^b leaves 2^b + idx hold the centroids. The walk keeps the node's shared address, so a
-// step is one load, one compare and a = 2a - base + 4 [y > T]: no index arithmetic. Levels 0 and
-// 1 come from registers. The table is 128-byte aligned, so the leaf address holds idx in bits
-// [2, 2 + b).
-template <int kBits>
-struct CellTree {
-  static constexpr int kLeaves = 1 << kBits;
-  static constexpr int kRawFloats = 2 * kLeaves + 32;  // room to align the table to 128 bytes
-  uint32_t base = 0, step0 = 0, step1 = 0;             // node 0's address; 0 - base, 4 - base
-  float t1 = 0.0f, t2 = 0.0f, t3 = 0.0f;
+// 1.0f when a > b, else 0.0f (NaN: 0): one FSET.BF.
+__device__ __forceinline__ float gt_one(float a, float b) {
+  float r;
+  asm("set.gt.f32.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+  return r;
+}
 
-  // The 128-byte aligned table inside raw (kRawFloats floats of shared memory).
-  static __device__ __forceinline__ float* table(float* raw) {
-    const uint32_t a = static_cast<uint32_t>(__cvta_generic_to_shared(raw));
-    return raw + (((128u - (a & 127u)) & 127u) >> 2);
-  }
-  // Entry i of the table (i < 2^kBits): centroid i and, for i >= 1, node i.
-  static __device__ __forceinline__ void fill(float* tree, const float* boundaries,
-                                              const float* centroids, int i) {
-    tree[kLeaves + i] = __ldg(centroids + i);
-    if (i >= 1) {
-      const int l = 31 - __clz(i), q = i - (1 << l);
-      tree[i] = __ldg(boundaries + ((2 * q + 1) << (kBits - 1 - l)) - 1);
-    }
+// The cell search of quant::quantize_coordinate (the number of boundaries strictly below y, NaN
+// -> 0) by the uniform-grid table of quant/cell_lut.h, whose header proves the result exact:
+// grid cell k = rint(saturate(y * scale + offset) * 31) by two FFMAs (the second adds 1.5 * 2^23,
+// so the float's bits are kCellLutMagicBits + k and the entry's shared address is one LEA
+// away), then idx = cand[k] + (y > bound[k]), again as a float 1.5 * 2^23 + idx (an FSET and an
+// FADD): its bits, "biased codes", are kCellLutMagicBits + idx, which a LEA shifts into the code
+// words (the bias is a constant, taken off once per word) or into the centroid's address. The
+// table is three 32-word columns (bound, 1.5 * 2^23 + cand, centroids), each word in its own
+// bank: a warp's loads never conflict.
+struct CellLut {
+  static constexpr int kCells = quant::kCellLutCells;
+  static constexpr int kWords = 3 * kCells;  // in shared memory; scale and offset in registers
+  static constexpr uint32_t kBias = quant::kCellLutMagicBits;
+  // Shared addresses less 4 kBias, so that a LEA of biased bits lands on the word: the entry of
+  // grid cell k in the bound column, and centroid idx.
+  uint32_t entry_off = 0, cent_off = 0;
+  float scale = 0.0f, offset = 0.0f;
+
+  // Word i < kWords of the table.
+  static __device__ __forceinline__ void fill(uint32_t* table, const uint32_t* image, int i) {
+    table[i] = __ldg(image + i);
   }
   // After fill and a barrier.
-  __device__ __forceinline__ explicit CellTree(const float* tree) {
-    base = static_cast<uint32_t>(__cvta_generic_to_shared(tree));
-    step0 = 0u - base;
-    step1 = 4u - base;
-    t1 = tree[1];
-    if constexpr (kBits >= 2) t2 = tree[2], t3 = tree[3];
+  __device__ __forceinline__ CellLut(const uint32_t* table, const uint32_t* image) {
+    // -4 kBias is read from the image: as a compile-time constant ptxas would split it off
+    // again and add it back before every load (an IADD3 per LDS).
+    const uint32_t base =
+        static_cast<uint32_t>(__cvta_generic_to_shared(table)) + __ldg(image + kWords + 2);
+    entry_off = base;
+    cent_off = base + 8u * kCells;
+    scale = __uint_as_float(__ldg(image + kWords));
+    offset = __uint_as_float(__ldg(image + kWords + 1));
   }
-  // The shared address of y's leaf, base + 4 (2^b + idx). NaN takes cell 0, as on the CPU.
-  __device__ __forceinline__ uint32_t leaf(float y) const {
-    const bool p1 = y > t1;
-    uint32_t a = p1 ? base + 12u : base + 8u;
-    if constexpr (kBits >= 2) {
-      a = 2u * a + (y > (p1 ? t3 : t2) ? step1 : step0);
-#pragma unroll
-      for (int l = 2; l < kBits; ++l) a = 2u * a + (y > lds_f32(a) ? step1 : step0);
-    }
-    return a;
+  // kBias + the code of y.
+  __device__ __forceinline__ uint32_t biased_code(float y) const {
+    const float t = __saturatef(__fmaf_rn(y, scale, offset));  // NaN -> 0, as cell_lut_grid
+    const float g = __fmaf_rn(t, static_cast<float>(kCells - 1), quant::kCellLutMagic);
+    const uint32_t e = 4u * __float_as_uint(g) + entry_off;
+    const float cand = __uint_as_float(lds_u32<4 * kCells>(e));  // 1.5 * 2^23 + cand
+    return __float_as_uint(cand + gt_one(y, __uint_as_float(lds_u32<0>(e))));
   }
-  static __device__ __forceinline__ uint32_t code(uint32_t leaf_addr) {
-    return (leaf_addr >> 2) & (kLeaves - 1u);
-  }
-  static __device__ __forceinline__ float centroid(uint32_t leaf_addr) {
-    return lds_f32(leaf_addr);
+  __device__ __forceinline__ float centroid(uint32_t biased) const {
+    return __uint_as_float(lds_u32<0>(4u * biased + cent_off));
   }
 };
 
@@ -186,7 +190,7 @@ struct LaneSum {
 // zero for a zero or non-finite vector, as the CPU codec).
 template <int kDim, int kBits, int kLanes>
 __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, unsigned mask,
-                                           const CellTree<kBits>& tree, float hadamard_scale,
+                                           const CellLut& lut, float hadamard_scale,
                                            bool norm_correction,
                                            uint32_t (&words)[(kDim / kLanes * kBits + 31) / 32]) {
   constexpr int kE = kDim / kLanes;
@@ -218,16 +222,20 @@ __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, 
   const bool finite_nonzero = norm > 0.0f && isfinite(norm);
   const float f = finite_nonzero ? hadamard_scale / norm : 0.0f;  // y = P x / ||x||
   LaneSum<kE> c2;
+  // Codes enter the words biased (kBias + idx, shifted): start each word at minus the sum of
+  // its shifted biases (a compile-time constant), so that only the codes remain.
 #pragma unroll
   for (int w = 0; w < kWords; ++w) words[w] = 0u;
 #pragma unroll
+  for (int e = 0; e < kE; ++e) words[kBits * e / 32] -= CellLut::kBias << (kBits * e % 32);
+#pragma unroll
   for (int e = 0; e < kE; ++e) {
-    const uint32_t leaf = tree.leaf(y[e] * f);
-    const uint32_t idx = CellTree<kBits>::code(leaf);
-    c2.add_sq(e, CellTree<kBits>::centroid(leaf));
+    const float v = y[e] * f;
+    const uint32_t biased = lut.biased_code(v);
+    c2.add_sq(e, lut.centroid(biased));
     const int pos = kBits * e;
-    words[pos / 32] |= idx << (pos % 32);
-    if (pos % 32 + kBits > 32) words[pos / 32 + 1] |= idx >> (32 - pos % 32);
+    words[pos / 32] += biased << (pos % 32);  // one LEA; fields are disjoint, so + is |
+    if (pos % 32 + kBits > 32) words[pos / 32 + 1] += (biased - CellLut::kBias) >> (32 - pos % 32);
   }
   const float recon2 = team_sum<kLanes>(mask, c2.total());
   if (!finite_nonzero) {
@@ -246,7 +254,7 @@ template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteArgs a) {
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8;
-  __shared__ float s_raw[dev::CellTree<kBits>::kRawFloats];
+  __shared__ uint32_t s_lut[dev::CellLut::kWords];
   const int team = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int heads = a.n_kv_heads, nvec = a.tokens * heads;  // the launcher checks it fits an int
   const int stride = gridDim.x * kTeams, stride_tokens = stride / heads,
@@ -257,11 +265,10 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   if (v < nvec) cur.template load<kDim>(a, token, head, lane);  // in flight while the tables load
   uint32_t hmask[kE / 2];
   dev::load_sign_masks<kE>(a.hadamard_signs, lane, hmask);
-  float* s_tree = dev::CellTree<kBits>::table(s_raw);
-  if (threadIdx.x < (1 << kBits))
-    dev::CellTree<kBits>::fill(s_tree, a.boundaries, a.centroids, threadIdx.x);
+  static_assert(kWriteThreads >= dev::CellLut::kWords);
+  if (threadIdx.x < dev::CellLut::kWords) dev::CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
   __syncthreads();
-  const dev::CellTree<kBits> tree(s_tree);
+  const dev::CellLut lut(s_lut, a.cell_lut);
   const unsigned mask = dev::team_mask<kLanes>();
   const int cap = a.block_tokens;
 
@@ -269,16 +276,18 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     int next_token = token + stride_tokens, next_head = head + stride_heads;
     if (next_head >= heads) next_head -= heads, ++next_token;
     const bool more = v + stride < nvec;  // past the end: reload this one (unused)
-    dev::LaneInput<kE, kF16In> next;
-    next.template load<kDim>(a, more ? next_token : token, more ? next_head : head, lane);
-    if (cur.sm >= 0) {
-      float y[kE];
-      dev::signed_input<kE, kF16In>(cur, hmask, y);
+    // Once converted, the raw words are dead: the next vector loads into them and is in flight
+    // while this one is encoded, with no register copies at the end of the loop.
+    float y[kE];
+    dev::signed_input<kE, kF16In>(cur, hmask, y);
+    const int32_t sm = cur.sm;
+    cur.template load<kDim>(a, more ? next_token : token, more ? next_head : head, lane);
+    if (sm >= 0) {
       uint32_t words[kBits];
-      const float stored = dev::tq_encode<kDim, kBits, kLanes>(
-          y, lane, mask, tree, a.hadamard_scale, a.norm_correction, words);
-      const int slot = cur.sm % cap;
-      uint8_t* blk = a.pool + static_cast<size_t>(cur.sm / cap) * a.block_stride +
+      const float stored = dev::tq_encode<kDim, kBits, kLanes>(y, lane, mask, lut, a.hadamard_scale,
+                                                               a.norm_correction, words);
+      const int slot = sm % cap;
+      uint8_t* blk = a.pool + static_cast<size_t>(sm / cap) * a.block_stride +
                      static_cast<size_t>(head) * a.head_stride;
       uint8_t* codes = blk + slot * kCodeBytes + lane * kBits * 4;  // lane's kBits words
       if constexpr (kBits == 4) {
@@ -292,7 +301,6 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
       if (lane == 0)
         reinterpret_cast<uint16_t*>(blk + cap * kCodeBytes)[slot] = dev::norm_to_f16(stored);
     }
-    cur = next;
     token = next_token;
     head = next_head;
   }
@@ -300,12 +308,10 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
 
 namespace dev {
 
-// Shared floats per warp of tq_warp_kernel: one CellTree table of up to 4 bits.
-inline constexpr int kWarpTableFloats = CellTree<4>::kRawFloats;
-
-// One warp encodes vector v of a tq mse pool (raw: this warp's kWarpTableFloats shared floats).
+// One warp encodes vector v of a tq mse pool (table: this warp's CellLut::kWords shared words).
 template <int kDim, int kBits, bool kF16In>
-__device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lane, float* raw) {
+__device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lane,
+                                              uint32_t* table) {
   constexpr int kE = kDim / 32;
   constexpr int kCodeBytes = kDim * kBits / 8, kLaneBits = kE * kBits, kWords = kDim * kBits / 32;
   const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
@@ -313,15 +319,15 @@ __device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lan
   in.template load<kDim>(a, token, head, lane);
   uint32_t hmask[kE / 2];
   load_sign_masks<kE>(a.hadamard_signs, lane, hmask);
-  float* table = CellTree<kBits>::table(raw);
-  if (lane < (1 << kBits)) CellTree<kBits>::fill(table, a.boundaries, a.centroids, lane);
+#pragma unroll
+  for (int i = lane; i < CellLut::kWords; i += 32) CellLut::fill(table, a.cell_lut, i);
   __syncwarp();
   if (in.sm < 0) return;  // warp-uniform
-  const CellTree<kBits> tree(table);
+  const CellLut lut(table, a.cell_lut);
   float y[kE];
   signed_input<kE, kF16In>(in, hmask, y);
   uint32_t piece[1];  // this lane's kLaneBits <= 32 bits of the bitstream
-  const float stored = tq_encode<kDim, kBits, 32>(y, lane, 0xffffffffu, tree, a.hadamard_scale,
+  const float stored = tq_encode<kDim, kBits, 32>(y, lane, 0xffffffffu, lut, a.hadamard_scale,
                                                   a.norm_correction, piece);
 
   // Word w of the vector's codes gathers the pieces of the lanes whose bits overlap it.
@@ -377,7 +383,7 @@ __device__ __forceinline__ void warp_write_f16(const WriteArgs& a, int v, int la
 // Small writes: one warp per vector, keys then values; the format is warp-uniform.
 template <int kDim, bool kF16In>
 __global__ void __launch_bounds__(kWarpWriteWarps * 32) tq_warp_kernel(const WarpWriteArgs p) {
-  __shared__ float tables[kWarpWriteWarps][dev::kWarpTableFloats];
+  __shared__ uint32_t tables[kWarpWriteWarps][dev::CellLut::kWords];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int v = blockIdx.x * kWarpWriteWarps + warp;
   const int half = v < p.vectors[0] ? 0 : 1;
