@@ -19,6 +19,7 @@
 #include "tq/kv/paged_kv.h"
 #include "tq/kv/paged_kv_cache.h"
 #include "tq/model/llama.h"
+#include "tq/runtime/sampler.h"
 
 namespace tq::test {
 
@@ -55,6 +56,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
     ++forward_calls;
     if (a.n == 1 && kv.length() > 0) ++single_token_forwards;  // a decode that missed the batch
     const int vocab = m_.config().vocab_size;
+    float* last_row = nullptr;  // the logits the greedy token is taken from
     for (int done = 0; done < a.n;) {
       const int n = std::min(o_.max_batch, a.n - done);
       model::ForwardArgs f;
@@ -67,11 +69,22 @@ class CpuDeviceModel final : public backend::DeviceModel {
       f.logits = a.logits;
       if (a.logits_mode == backend::DeviceLogits::kAll) {
         f.logits = a.logits + static_cast<size_t>(done) * vocab;
+        last_row = f.logits + static_cast<size_t>(n - 1) * vocab;
       } else if (done + n < a.n) {
         f.logits_mode = model::LogitsMode::kNone;  // only the last pass's last token
+      } else if (a.logits_mode == backend::DeviceLogits::kLast) {
+        if (f.logits == nullptr) {  // a greedy call: the logits stay "on the device"
+          own_rows_.resize(static_cast<size_t>(vocab));
+          f.logits = own_rows_.data();
+        }
+        last_row = f.logits;
       }
       TQ_RETURN_IF_ERROR(m_.forward(f));
       done += n;
+    }
+    if (a.greedy != nullptr) {
+      *a.greedy = runtime::greedy_token(last_row, vocab);
+      ++greedy_rows;
     }
     return ok_status();
   }
@@ -96,10 +109,21 @@ class CpuDeviceModel final : public backend::DeviceModel {
          B > cur && !max_batch_rows.compare_exchange_weak(cur, B);) {
     }
     batch_.clear();
-    for (const auto& a : items)
+    const size_t vocab = static_cast<size_t>(m_.config().vocab_size);
+    own_rows_.resize(items.size() * vocab);
+    for (size_t i = 0; i < items.size(); ++i) {
+      const auto& a = items[i];
+      float* logits = a.logits == nullptr && a.greedy != nullptr ? &own_rows_[i * vocab] : a.logits;
       batch_.push_back(
-          model::BatchSequence{a.tokens, 1, &slot(a.seq), mode(a.logits_mode), a.logits});
-    return m_.forward_batch(batch_, pool_, scratch_);
+          model::BatchSequence{a.tokens, 1, &slot(a.seq), mode(a.logits_mode), logits});
+    }
+    TQ_RETURN_IF_ERROR(m_.forward_batch(batch_, pool_, scratch_));
+    for (size_t i = 0; i < items.size(); ++i)
+      if (items[i].greedy != nullptr) {
+        *items[i].greedy = runtime::greedy_token(batch_[i].logits, static_cast<int>(vocab));
+        ++greedy_rows;
+      }
+    return ok_status();
   }
 
   Status copy_sequence(int, int) override {
@@ -118,6 +142,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
   const kv::PagedKvCache& cache() const { return *cache_; }
 
   std::atomic<int64_t> forward_calls{0};
+  std::atomic<int64_t> greedy_rows{0};  // rows whose greedy token was asked for
   std::atomic<int64_t> single_token_forwards{0};
   std::atomic<int64_t> forward_batch_calls{0};
   std::atomic<int64_t> forward_batch_rows{0};
@@ -144,8 +169,10 @@ class CpuDeviceModel final : public backend::DeviceModel {
     return ok_status();
   }
   Status check_item(const backend::DeviceForwardArgs& a, const std::string& at) const {
-    if (a.logits_mode != backend::DeviceLogits::kNone && a.logits == nullptr)
+    if (a.logits_mode != backend::DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr)
       return invalid_argument(at + "logits buffer is null");
+    if (a.greedy != nullptr && a.logits_mode == backend::DeviceLogits::kNone)
+      return invalid_argument(at + "a greedy token needs a logits mode");
     for (int t = 0; t < a.n; ++t)
       if (a.tokens[t] < 0 || a.tokens[t] >= m_.config().vocab_size)
         return invalid_argument(at + "token id outside the vocab");
@@ -160,6 +187,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
   std::unique_ptr<kv::PagedKvCache> cache_;
   std::vector<std::unique_ptr<kv::PagedKv>> slots_;  // [slot]
   std::vector<model::BatchSequence> batch_;
+  std::vector<float> own_rows_;  // logits of greedy rows that bring no buffer
 };
 
 }  // namespace tq::test

@@ -124,7 +124,7 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     const std::vector<Result> got = run_all(**sched);
 
     ASSERT_EQ(got.size(), want.size());
-    int64_t decode_rows = 0;
+    int64_t decode_rows = 0, generated = 0;
     for (int i = 0; i < kRequests; ++i) {
       const auto& g = got[static_cast<size_t>(i)];
       EXPECT_EQ(g.done.finish, FinishReason::kLength) << g.done.error;
@@ -132,7 +132,10 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
       EXPECT_EQ(g.done.cached_tokens, 0);
       EXPECT_EQ(g.tokens, want[static_cast<size_t>(i)].tokens) << "request " << i;
       decode_rows += max_tokens(i) - 1;  // every token but the first is a decode step's
+      generated += max_tokens(i);
     }
+    // Greedy requests without logprobs take the model's greedy token: no logits cross.
+    EXPECT_EQ(dm->greedy_rows.load(), generated);
     // Decodes went through forward_batch only, at most one call per step, several rows a call.
     const SchedulerStats st = (*sched)->stats();
     EXPECT_EQ(dm->single_token_forwards.load(), 0);

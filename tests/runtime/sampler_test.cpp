@@ -197,7 +197,7 @@ TEST(SamplerTest, PenaltiesHitOnlyTheTokensInTheWindow) {
   // History 4 4 | 0 1 1: the window (last 3) is 0 1 1; token 4 has left it.
   for (int32_t t : {4, 4, 0, 1, 1}) s->accept(t);
   s->sample(l.data(), 5);
-  std::vector<double> want = {2.0 / 2 - 0.25 - 0.125,      // positive logit divided
+  std::vector<double> want = {2.0 / 2 - 0.25 - 0.125,       // positive logit divided
                               -2.0 * 2 - 0.25 - 2 * 0.125,  // negative multiplied, twice
                               1.0, 0.5, 3.0};
   double z = 0.0;
@@ -211,6 +211,43 @@ TEST(SamplerTest, PenaltiesHitOnlyTheTokensInTheWindow) {
   ASSERT_TRUE(sg.ok());
   sg->accept(4);
   EXPECT_EQ(sg->sample(l.data(), 5), 0);  // 3.0 -> 1.5 - 0.25 - 0.125 < 2.0
+}
+
+}  // namespace
+}  // namespace tq::runtime
+
+namespace tq::runtime {
+namespace {
+
+// greedy_token (what a model picks where its logits are) against Sampler::sample with a
+// plain-greedy config: the same token on random logits with ties and NaNs, and the edge cases.
+TEST(GreedyToken, EqualsTheSamplersGreedyPick) {
+  SamplerConfig cfg;
+  cfg.temperature = 0.0f;
+  ASSERT_TRUE(cfg.plain_greedy());
+  auto s = Sampler::create(cfg);
+  ASSERT_TRUE(s.ok());
+  Rng rng(11);
+  std::vector<float> logits(1000);
+  for (int trial = 0; trial < 200; ++trial) {
+    // Coarse values (many ties), some NaN and -inf.
+    for (auto& l : logits) {
+      const uint64_t r = rng.next_u64();
+      l = r % 97 == 0   ? NAN
+          : r % 89 == 0 ? -INFINITY
+                        : static_cast<float>(static_cast<int>(r % 23) - 11);
+    }
+    EXPECT_EQ(greedy_token(logits.data(), 1000), s->sample(logits.data(), 1000)) << trial;
+  }
+  const float ties[] = {1.0f, 3.0f, NAN, 3.0f};
+  EXPECT_EQ(greedy_token(ties, 4), 1);  // the lowest id of equals
+  const float nan_first[] = {NAN, -2.0f, -1.0f};
+  EXPECT_EQ(greedy_token(nan_first, 3), 2);
+  const float none[] = {NAN, -INFINITY, NAN};
+  EXPECT_EQ(greedy_token(none, 3), 0);
+  EXPECT_EQ(s->sample(none, 3), 0);
+  cfg.repeat_penalty = 1.1f;  // penalties need the logits: not plain greedy
+  EXPECT_FALSE(cfg.plain_greedy());
 }
 
 }  // namespace

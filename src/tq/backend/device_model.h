@@ -52,7 +52,11 @@ struct DeviceForwardArgs {
   const int32_t* tokens = nullptr;  // host [n], each in [0, vocab)
   int n = 0;                        // tokens at positions length(seq) .. +n-1
   DeviceLogits logits_mode = DeviceLogits::kLast;
-  float* logits = nullptr;  // host: [vocab] (kLast) or [n][vocab] (kAll)
+  float* logits = nullptr;  // host: [vocab] (kLast) or [n][vocab] (kAll); may be null with greedy
+  // host [1]: the greedy token of the last row, computed on the device (the largest logit, NaN
+  // never winning, the lowest id among equals: runtime::Sampler's greedy without penalties).
+  // With logits == nullptr only this token crosses to the host. Needs a logits_mode.
+  int32_t* greedy = nullptr;
 };
 
 // Counters of a device model's passes (tests, benchmarks, describe()).

@@ -3,6 +3,8 @@
 
 #include <utility>
 
+#include "tq/runtime/sampler.h"
+
 namespace tq::runtime {
 namespace {
 
@@ -35,15 +37,27 @@ Status CpuStepModel::forward(std::span<const StepRow> rows) {
   // Token ids first: commit() indexes every page they complete in the prefix cache. The rows'
   // sequences came from new_sequence() above, so they are CpuSequences.
   batch_.clear();
+  const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
+  size_t scratch_rows = 0;
+  for (const StepRow& r : rows) scratch_rows += r.greedy != nullptr && r.logits == nullptr;
+  greedy_logits_.resize(scratch_rows * vocab);
+  scratch_rows = 0;
   for (const StepRow& r : rows) {
     kv::PagedKv& kv = static_cast<CpuSequence*>(r.seq)->kv();
     TQ_RETURN_IF_ERROR(kv.add_tokens(std::span<const int32_t>(r.tokens, r.n)));
+    // A greedy row without a logits buffer of its own gets one here: the CPU has the logits
+    // in memory anyway.
+    float* logits = r.logits;
+    if (logits == nullptr && r.greedy != nullptr) logits = &greedy_logits_[scratch_rows++ * vocab];
     batch_.push_back(model::BatchSequence{
-        r.tokens, r.n, &kv, r.logits ? model::LogitsMode::kLast : model::LogitsMode::kNone,
-        r.logits});
+        r.tokens, r.n, &kv, logits ? model::LogitsMode::kLast : model::LogitsMode::kNone, logits});
   }
   // One pass for the whole step: the weights are streamed once, not once per sequence.
-  return model_.forward_batch(batch_, pool_, scratch_);
+  TQ_RETURN_IF_ERROR(model_.forward_batch(batch_, pool_, scratch_));
+  for (size_t i = 0; i < rows.size(); ++i)
+    if (rows[i].greedy != nullptr)
+      *rows[i].greedy = greedy_token(batch_[i].logits, static_cast<int>(vocab));
+  return ok_status();
 }
 
 }  // namespace tq::runtime

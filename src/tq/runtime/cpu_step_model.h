@@ -39,6 +39,7 @@ class CpuStepModel final : public StepModel {
   ThreadPool& pool_;
   model::ForwardScratch scratch_;
   std::vector<model::BatchSequence> batch_;  // one step's sequences (reused)
+  std::vector<float> greedy_logits_;         // logits rows of greedy rows that bring none
 };
 
 }  // namespace tq::runtime

@@ -18,8 +18,7 @@ TokenLogprob token_logprob(const float* logits, int n_vocab, int32_t token, int 
   for (int i = 0; i < n_vocab; ++i) sum += std::exp(static_cast<double>(logits[i] - max_logit));
   const double log_z = static_cast<double>(max_logit) + std::log(sum);
   auto lp = [&](int32_t id) { return static_cast<float>(logits[id] - log_z); };
-  out.logprob = token >= 0 && token < n_vocab ? lp(token)
-                                              : -std::numeric_limits<float>::infinity();
+  out.logprob = token >= 0 && token < n_vocab ? lp(token) : -std::numeric_limits<float>::infinity();
   const int k = std::clamp(top_k, 0, n_vocab);
   if (k == 0) return out;
   std::vector<int32_t> ids(static_cast<size_t>(n_vocab));
@@ -28,7 +27,8 @@ TokenLogprob token_logprob(const float* logits, int n_vocab, int32_t token, int 
     return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
   });
   out.top.reserve(static_cast<size_t>(k));
-  for (int i = 0; i < k; ++i) out.top.emplace_back(ids[static_cast<size_t>(i)], lp(ids[static_cast<size_t>(i)]));
+  for (int i = 0; i < k; ++i)
+    out.top.emplace_back(ids[static_cast<size_t>(i)], lp(ids[static_cast<size_t>(i)]));
   return out;
 }
 

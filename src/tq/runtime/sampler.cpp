@@ -69,6 +69,14 @@ void Sampler::reset() {
   n_kept_ = 0;
 }
 
+int32_t greedy_token(const float* logits, int n) {
+  int32_t best = 0;
+  float best_v = -std::numeric_limits<float>::infinity();
+  for (int i = 0; i < n; ++i)
+    if (logits[i] > best_v) best = i, best_v = logits[i];  // NaN compares false
+  return best;
+}
+
 void Sampler::apply_penalties(int n_vocab) {
   if (cfg_.repeat_penalty == 1.0f && cfg_.presence_penalty == 0.0f &&
       cfg_.frequency_penalty == 0.0f)

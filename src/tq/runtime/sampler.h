@@ -28,7 +28,17 @@ struct SamplerConfig {
   Status validate() const;
   std::string to_string() const;
   bool greedy() const { return temperature <= 0.0f; }
+  // Greedy with no penalties: the token is greedy_token(logits) and needs nothing else, so the
+  // model may pick it where the logits are (the GPU) without sending them.
+  bool plain_greedy() const {
+    return greedy() && repeat_penalty == 1.0f && presence_penalty == 0.0f &&
+           frequency_penalty == 0.0f;
+  }
 };
+
+// The greedy token of logits [n]: the largest, NaN never winning, the lowest id among equals, 0
+// when none is finite (Sampler::sample with a plain_greedy config picks the same).
+int32_t greedy_token(const float* logits, int n);
 
 struct Candidate {
   int32_t id;

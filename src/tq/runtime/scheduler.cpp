@@ -49,6 +49,10 @@ struct Scheduler::BatchItem {
   int n = 0;
   bool want_logits = false;
   int logits_row = -1;
+  // Plain greedy and no logprobs: the model picks the token (runtime::greedy_token) where its
+  // logits are, and only the id comes back (a GPU sends 4 bytes instead of the vocabulary).
+  bool greedy = false;
+  int32_t picked = -1;
 };
 
 Status SchedulerOptions::validate() const {
@@ -271,7 +275,9 @@ void Scheduler::step() {
   int rows = 0;
   int64_t tokens = 0;
   for (auto& it : items) {
-    if (it.want_logits) it.logits_row = rows++;
+    it.greedy =
+        it.want_logits && it.seq->request.sampler.plain_greedy() && it.seq->request.logprobs < 0;
+    if (it.want_logits && !it.greedy) it.logits_row = rows++;
     tokens += it.n;
   }
   logits_.resize(static_cast<size_t>(std::max(rows, 1)) * static_cast<size_t>(vocab_));
@@ -288,7 +294,9 @@ void Scheduler::step() {
         it.seq->prefilled += it.n;
         prompt_tokens_.fetch_add(it.n);
       }
-      if (it.want_logits)
+      if (it.greedy)
+        after_logits(*it.seq, nullptr, it.picked);
+      else if (it.want_logits)
         after_logits(*it.seq, logits_.data() + static_cast<size_t>(it.logits_row) * vocab_);
     }
   }
@@ -303,19 +311,20 @@ Status Scheduler::run_batch(std::vector<BatchItem>& items) {
   for (auto& it : items)
     rows_.push_back(StepRow{
         it.seq->seq.get(), it.tokens, it.n,
-        it.want_logits ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_ : nullptr});
+        it.logits_row >= 0 ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_ : nullptr,
+        it.greedy ? &it.picked : nullptr});
   return step_.forward(rows_);
 }
 
-void Scheduler::after_logits(Active& a, const float* logits) {
+void Scheduler::after_logits(Active& a, const float* logits, int32_t picked) {
   if (a.finished) return;
   const model::Tokenizer& tok = step_.tokenizer();
-  const int32_t id = a.sampler.sample(logits, vocab_);
+  const int32_t id = logits != nullptr ? a.sampler.sample(logits, vocab_) : picked;
   a.sampler.accept(id);
   StreamEvent e;
   e.kind = StreamEvent::Kind::kDelta;
   e.token = id;
-  if (a.request.logprobs >= 0) {
+  if (a.request.logprobs >= 0 && logits != nullptr) {
     e.has_logprob = true;
     e.logprob = token_logprob(logits, vocab_, id, a.request.logprobs);
   }

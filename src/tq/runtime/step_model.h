@@ -40,6 +40,9 @@ struct StepRow {
   const int32_t* tokens = nullptr;  // [n] at positions seq->length() .. +n-1
   int n = 0;
   float* logits = nullptr;  // [vocab] of the last token, or null: fill the cache only
+  // With or instead of logits: the last token's greedy token (runtime::greedy_token), picked
+  // where the logits are, so a GPU sends one id instead of the vocabulary's logits.
+  int32_t* greedy = nullptr;
 };
 
 // Hard limits of a model's cache beyond its page pool; 0 = none.

@@ -270,7 +270,11 @@ Status decode_launches(CudaModel::Impl& m, int B, int max_length, bool logits) {
   TQ_RETURN_IF_ERROR(rope_table_at(m.inv_freq.as<float>(), d.rope_dims / 2, m.row_pos.as<int32_t>(),
                                    B, m.cs.as<float2>(), s));
   TQ_RETURN_IF_ERROR(run_layers(m, {B, -1, max_length}));
-  if (logits) TQ_RETURN_IF_ERROR(logits_rows(m, 0, B));
+  if (logits) {
+    TQ_RETURN_IF_ERROR(logits_rows(m, 0, B));
+    TQ_RETURN_IF_ERROR(
+        argmax_rows(m.logits.as<float>(), B, d.vocab_size, m.greedy.as<int32_t>(), s));
+  }
   return ok_status();
 }
 
@@ -346,7 +350,7 @@ Status run_decode(CudaModel::Impl& m, int B, int max_length, bool logits) {
 
 // One pass of n <= max_batch tokens of slot `seq`.
 Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, DeviceLogits mode,
-                float* logits) {
+                float* logits, int32_t* greedy) {
   const LlamaDesc& d = m.shape;
   const cudaStream_t s = m.stream;
   const int pos0 = m.lengths[static_cast<size_t>(seq)];
@@ -374,9 +378,17 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
     const int first = mode == DeviceLogits::kAll ? 0 : n - 1;
     const int rows = n - first;
     TQ_RETURN_IF_ERROR(logits_rows(m, first, rows));
-    TQ_CUDA_TRY(cudaMemcpyAsync(logits, m.logits.as<void>(),
-                                static_cast<size_t>(rows) * d.vocab_size * sizeof(float),
-                                cudaMemcpyDeviceToHost, s));
+    if (logits != nullptr)
+      TQ_CUDA_TRY(cudaMemcpyAsync(logits, m.logits.as<void>(),
+                                  static_cast<size_t>(rows) * d.vocab_size * sizeof(float),
+                                  cudaMemcpyDeviceToHost, s));
+    if (greedy != nullptr) {
+      TQ_RETURN_IF_ERROR(
+          argmax_rows(m.logits.as<float>() + static_cast<size_t>(rows - 1) * d.vocab_size, 1,
+                      d.vocab_size, m.greedy.as<int32_t>(), s));
+      TQ_CUDA_TRY(
+          cudaMemcpyAsync(greedy, m.greedy.as<void>(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+    }
   }
   TQ_CUDA_TRY(cudaStreamSynchronize(s));
   return ok_status();
@@ -451,8 +463,10 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     return invalid_argument("forward: sequence slot " + std::to_string(a.seq) + " outside [0, " +
                             std::to_string(m.opt.max_sequences) + ")");
   if (a.n < 1 || a.tokens == nullptr) return invalid_argument("forward: no tokens");
-  if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr)
+  if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr)
     return invalid_argument("forward: logits buffer is null");
+  if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
+    return invalid_argument("forward: a greedy token needs a logits mode");
   for (int t = 0; t < a.n; ++t)
     if (a.tokens[t] < 0 || a.tokens[t] >= d.vocab_size)
       return invalid_argument("forward: token id " + std::to_string(a.tokens[t]) + " at " +
@@ -473,11 +487,12 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     DeviceLogits mode = a.logits_mode;
     float* out = a.logits;
     if (mode == DeviceLogits::kAll) {
-      out = a.logits + static_cast<size_t>(done) * d.vocab_size;
+      if (out != nullptr) out += static_cast<size_t>(done) * d.vocab_size;
     } else if (!last) {
       mode = DeviceLogits::kNone;
     }
-    TQ_RETURN_IF_ERROR(run_pass(m, a.seq, a.tokens + done, n, mode, out));
+    TQ_RETURN_IF_ERROR(
+        run_pass(m, a.seq, a.tokens + done, n, mode, out, last ? a.greedy : nullptr));
     done += n;
   }
   return ok_status();
@@ -505,8 +520,10 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
     if (a.tokens[0] < 0 || a.tokens[0] >= d.vocab_size)
       return invalid_argument(at + "token id " + std::to_string(a.tokens[0]) +
                               " is outside the vocab [0, " + std::to_string(d.vocab_size) + ")");
-    if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr)
+    if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr)
       return invalid_argument(at + "logits buffer is null");
+    if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
+      return invalid_argument(at + "a greedy token needs a logits mode");
     if (m.lengths[static_cast<size_t>(a.seq)] >= m.opt.max_context)
       return resource_exhausted(at + "slot " + std::to_string(a.seq) + " is full (" +
                                 std::to_string(m.opt.max_context) + " tokens)");
@@ -547,12 +564,27 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
   for (const DeviceForwardArgs& a : items) ++m.lengths[static_cast<size_t>(a.seq)];
   if (any_logits) {
     const size_t row = static_cast<size_t>(d.vocab_size);
+    bool any_greedy = false;
     for (int b = 0; b < B; ++b) {
       const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
       if (a.logits_mode == DeviceLogits::kNone) continue;
-      TQ_CUDA_TRY(cudaMemcpyAsync(a.logits, m.logits.as<float>() + b * row, row * sizeof(float),
+      any_greedy = any_greedy || a.greedy != nullptr;
+      if (a.logits != nullptr)
+        TQ_CUDA_TRY(cudaMemcpyAsync(a.logits, m.logits.as<float>() + b * row, row * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s));
+    }
+    if (any_greedy) {
+      m.host_greedy.resize(static_cast<size_t>(B));
+      TQ_CUDA_TRY(cudaMemcpyAsync(m.host_greedy.data(), m.greedy.as<void>(), ib,
                                   cudaMemcpyDeviceToHost, s));
     }
+    TQ_CUDA_TRY(cudaStreamSynchronize(s));
+    for (int b = 0; b < B && any_greedy; ++b) {
+      const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
+      if (a.greedy != nullptr && a.logits_mode != DeviceLogits::kNone)
+        *a.greedy = m.host_greedy[static_cast<size_t>(b)];
+    }
+    return ok_status();
   }
   TQ_CUDA_TRY(cudaStreamSynchronize(s));
   return ok_status();

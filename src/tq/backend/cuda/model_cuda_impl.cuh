@@ -119,6 +119,8 @@ struct CudaModel::Impl {
   DeviceMem step_tables;           // int32 [B][pages_per_seq]
   DeviceMem row_seqs;              // int32 [B]: slot of each row (batched decode)
   DeviceMem row_pos;               // int32 [B]: position of each row (batched decode)
+  DeviceMem greedy;                // int32 [B]: argmax of each logits row
+  std::vector<int32_t> host_greedy;  // [B] staging of greedy
   std::vector<int32_t> host_rows;  // [2][B] staging of row_seqs | row_pos
   DeviceMem attn_ws;               // decode attention workspace, grown on demand
 

@@ -353,6 +353,7 @@ Status allocate_cache(CudaModel::Impl& m) {
   TQ_RETURN_IF_ERROR(m.step_tables.alloc(B * m.pages_per_seq * sizeof(int32_t), "step tables"));
   TQ_RETURN_IF_ERROR(m.row_seqs.alloc(B * sizeof(int32_t), "row slots"));
   TQ_RETURN_IF_ERROR(m.row_pos.alloc(B * sizeof(int32_t), "row positions"));
+  TQ_RETURN_IF_ERROR(m.greedy.alloc(B * sizeof(int32_t), "greedy tokens"));
   return ok_status();
 }
 

@@ -1,5 +1,8 @@
 // The small forward-pass kernels (see ops_cuda.cuh). One block per token row; every kernel is
 // element-wise or one row reduction, so none of them is worth more than plain loads.
+#include <climits>
+#include <cmath>
+
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/ops_cuda.cuh"
 
@@ -210,6 +213,41 @@ Status center_keys(float* k, int n, int elems, int from, int to, float* mu, cuda
   if (elems <= 0) return ok_status();
   center_keys_kernel<<<(elems + kRowThreads - 1) / kRowThreads, kRowThreads, 0, s>>>(k, n, elems,
                                                                                      from, to, mu);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+// One block per row: each thread scans a strided part, then a shared-memory tree of
+// (value, index) pairs keeps the larger value, or the lower index of equal ones.
+constexpr int kArgmaxThreads = 256;
+__global__ void argmax_kernel(const float* x, int n, int32_t* out) {
+  __shared__ float sv[kArgmaxThreads];
+  __shared__ int si[kArgmaxThreads];
+  const float* row = x + static_cast<size_t>(blockIdx.x) * n;
+  float bv = -INFINITY;
+  int bi = INT_MAX;
+  for (int i = threadIdx.x; i < n; i += kArgmaxThreads) {
+    const float v = isnan(row[i]) ? -INFINITY : row[i];
+    if (v > bv || (v == bv && i < bi)) bv = v, bi = i;
+  }
+  sv[threadIdx.x] = bv;
+  si[threadIdx.x] = bi;
+  __syncthreads();
+  for (int h = kArgmaxThreads / 2; h > 0; h /= 2) {
+    if (threadIdx.x < h) {
+      const float ov = sv[threadIdx.x + h];
+      const int oi = si[threadIdx.x + h];
+      if (ov > sv[threadIdx.x] || (ov == sv[threadIdx.x] && oi < si[threadIdx.x]))
+        sv[threadIdx.x] = ov, si[threadIdx.x] = oi;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = si[0] == INT_MAX ? 0 : si[0];
+}
+
+Status argmax_rows(const float* x, int rows, int n, int32_t* out, cudaStream_t s) {
+  if (rows <= 0 || n <= 0) return ok_status();
+  argmax_kernel<<<rows, kArgmaxThreads, 0, s>>>(x, n, out);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

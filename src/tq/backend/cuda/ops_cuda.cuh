@@ -17,6 +17,10 @@ namespace tq::backend::cuda {
 Status embed_rows(const __half* table, const int32_t* tokens, int n, int dim, float* x,
                   cudaStream_t s);
 
+// out[r] = the greedy token of row r of x [rows][n]: the largest value, NaN never winning, the
+// lowest index among equals, 0 when every value is NaN or -inf (runtime::Sampler's greedy).
+Status argmax_rows(const float* x, int rows, int n, int32_t* out, cudaStream_t s);
+
 // y[t] = f16(x[t] / sqrt(mean(x[t]^2) + eps) * w), rows of `dim` (cpu::rmsnorm).
 Status rmsnorm_rows(const float* x, const float* w, int n, int dim, float eps, __half* y,
                     cudaStream_t s);
