@@ -2,7 +2,7 @@
 # One device call: configure a CUDA build (sm_90), build tq_cuda_tests, tq_gpu_bench and the tq
 # CLI, run the CUDA tests, then
 #   - TQ_GPU_ATTN_BENCH=1 (default): the decode-attention / quantize-on-write benchmark and
-#     PyTorch's SDPA on the same shapes, joined into $OUT/results.md;
+#     PyTorch's SDPA on the same shapes (TQ_GPU_SDPA=0 skips it), joined into $OUT/results.md;
 #   - TQ_GPU_MODEL_BENCH=1 (default): the whole-model GPU forward pass end to end: perplexity of
 #     README.md + docs/*.md on the CPU and on the GPU for a small random model (tq ppl), then a
 #     Llama-3-8B-shaped random Q4_0 model written on the device (tq make-model, never
@@ -117,7 +117,7 @@ bench_rc=0
 if [ "$ATTN_BENCH" = 1 ]; then
   "$BUILD/tq_gpu_bench" --out "$OUT" "$@"
   bench_rc=$?
-  PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu/sdpa_ref.py" --out "$OUT/sdpa.csv"
+  [ "${TQ_GPU_SDPA:-1}" = 1 ] && PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu/sdpa_ref.py" --out "$OUT/sdpa.csv"
 fi
 if [ "$ATTN_BENCH" = 1 ] && [ "${TQ_GPU_PROFILE:-0}" = 1 ]; then
   # Resource usage and instruction mix of the tq4/tq4 head-dim-128 kernel, then one profiled
