@@ -9,8 +9,12 @@
 namespace tq::backend::cuda {
 namespace {
 
-constexpr int kWarps = 8;     // warps per thread block
-constexpr int kWarpRows = 2;  // rows per warp: each activation load serves both
+constexpr int kWarps = 8;  // warps per thread block
+// Rows per warp for NT tokens: two for one or two tokens (each activation load serves both
+// rows); one from three tokens up, where two rows' accumulators and unpacked weights would cost
+// occupancy (188 registers at 8 tokens).
+template <int NT>
+constexpr int kWarpRows = NT <= 2 ? 2 : 1;
 
 // Byte k of w, an unsigned integer u, as the float u - kBias, exactly: one byte permute puts u
 // under the exponent of 2^23 (the float 2^23 + u) and one subtraction leaves u - kBias. Two
@@ -103,7 +107,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   using Fmt = BlockFormat<F>;
   constexpr int QW = Fmt::kQsBytes / 16;  // uint4 per block
   constexpr int U = kUnroll<F>;
-  constexpr int R = kWarpRows;
+  constexpr int R = kWarpRows<NT>;
   const int lane = threadIdx.x % 32;
   const int row0 = (blockIdx.x * kWarps + threadIdx.x / 32) * R;
   if (row0 >= rows) return;  // whole warps leave together: the shuffles below stay full
@@ -206,7 +210,7 @@ void launch(const MatrixView& w, const XT* x, int ldx, float* y, int ldy, float 
   const uint8_t* qs = static_cast<const uint8_t*>(w.data);
   const __half* sc = reinterpret_cast<const __half*>(qs + static_cast<size_t>(w.rows) * nb *
                                                               BlockFormat<F>::kQsBytes);
-  constexpr int kBlockRows = kWarps * kWarpRows;
+  constexpr int kBlockRows = kWarps * kWarpRows<NT>;
   gemv_q_kernel<F, XT, NT><<<(w.rows + kBlockRows - 1) / kBlockRows, kWarps * 32, 0, s>>>(
       qs, sc, w.rows, nb, x, ldx, y, ldy, beta);
 }

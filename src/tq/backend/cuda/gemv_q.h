@@ -43,12 +43,6 @@ void split_blocks(WeightFormat f, const uint8_t* src, int64_t rows, int64_t cols
 
 // The most tokens gemv_q takes in one call: each block is read once for all of them.
 inline constexpr int kGemvMaxTokens = 8;
-// Passes of up to this many rows multiply quantized weights with gemv_q, kGemvMaxTokens rows
-// per call (the weights read ceil(n / 8) times); longer ones dequantize for cuBLAS. On the 8B
-// shape (H200) a decode step of 16 rows through dequantize + GEMM took 20.7 ms, about 15 GEMV
-// passes over the weights. Each row's sums are formed in the same order whatever the other
-// rows: the matmuls are batch-invariant up to this size.
-inline constexpr int kGemvChunkedMaxTokens = 64;
 
 // Y[t][r] = beta * Y[t][r] + sum_c W[r][c] X[t][c] for t < n (1 <= n <= kGemvMaxTokens),
 // r < rows: W quantized (Q4_0/Q8_0), X [n][ldx] (f16 or f32), Y [n][ldy] f32. Each product

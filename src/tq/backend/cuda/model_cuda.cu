@@ -43,10 +43,11 @@ Status gemm(cublasHandle_t h, const __half* w, int rows, int cols, const __half*
 
 // The matmuls of a pass, Y [n][rows] (+)= X [n][cols] W^T. f16 weights: one token (decode)
 // streams them through gemv_f16 unless the options ask for cuBLAS; more tokens are a cuBLAS
-// GEMM. Quantized weights: up to kGemvChunkedMaxTokens rows through gemv_q, kGemvMaxTokens at a
-// time (each block read once per call); longer passes (prefill) dequantize the matrix into the
-// scratch, in chunks of rows when it is larger (the output matrix), each chunk one GEMM.
-// Prefill's GEMMs are compute-bound, so the extra pass over the weights costs little there.
+// GEMM. Quantized weights: up to kGemvMaxTokens rows through gemv_q (each block read once for
+// all rows); longer passes (prefill, batches over 8) dequantize the matrix into the scratch, in
+// chunks of rows when it is larger (the output matrix), each chunk one GEMM. Prefill's GEMMs
+// are compute-bound, so the extra pass over the weights costs little there; decode batches over
+// 8 pay it every step (docs/benchmarks.md: calling the GEMV 8 rows at a time was slower still).
 Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, int n, float* y,
               float beta) {
   const int rows = w.rows, cols = w.cols;
@@ -56,13 +57,8 @@ Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, in
       return gemv_f16(wh, rows, cols, x, y, beta, m.stream);
     return gemm(m.blas, wh, rows, cols, x, n, y, rows, beta);
   }
-  if (n <= kGemvChunkedMaxTokens && !m.opt.cublas_gemv) {
-    for (int t0 = 0; t0 < n; t0 += kGemvMaxTokens)
-      TQ_RETURN_IF_ERROR(gemv_q(w, x + static_cast<size_t>(t0) * cols,
-                                std::min(kGemvMaxTokens, n - t0), cols,
-                                y + static_cast<size_t>(t0) * rows, rows, beta, m.stream));
-    return ok_status();
-  }
+  if (n <= kGemvMaxTokens && !m.opt.cublas_gemv)
+    return gemv_q(w, x, n, cols, y, rows, beta, m.stream);
   const size_t scratch_rows = m.dequant_scratch.bytes() / (sizeof(__half) * cols);
   if (scratch_rows == 0) return internal_error("matmul: no dequant scratch for quantized weights");
   __half* scratch = m.dequant_scratch.as<__half>();
