@@ -59,7 +59,7 @@
 #        CUDA_ARCH (90), GPU_MODEL, GPU_REPS (llama-bench repetitions, 3: the depth prefill is
 #        done once per depth and cached by llama-bench, so repetitions are cheap),
 #        TQ_GPU_KV_FORMATS ("f16/f16 q8_0/q8_0 q4_0/q4_0 tq4/tq4 tq4/tq3 tq3/tq3"),
-#        TQ_GPU_FLAGS (tq's device flags, "--gpu-weights quant"),
+#        TQ_GPU_DECODE_FLAGS ("--gpu-weights quant"), TQ_GPU_CONC_FLAGS (""): tq's device flags,
 #        GPU_DEADLINE_S (540), GPU_CMD_TIMEOUT_S (300); GPU_DEPTHS (0,8192,32768), GPU_CTX
 #        (8192), GPU_TG (128), GPU_SESSIONS (32), GPU_BATCHES (16,32): smaller ones check the
 #        whole path quickly on any host (with no GPU llama.cpp's CUDA build runs on the CPU)
@@ -94,8 +94,11 @@ GPU_REPS=${GPU_REPS:-3}
 GPU_DEADLINE_S=${GPU_DEADLINE_S:-540}
 GPU_CMD_TIMEOUT_S=${GPU_CMD_TIMEOUT_S:-300}
 TQ_GPU_KV_FORMATS=${TQ_GPU_KV_FORMATS:-"f16/f16 q8_0/q8_0 q4_0/q4_0 tq4/tq4 tq4/tq3 tq3/tq3"}
-# tq's device flags: Q4_0 weights multiplied as stored, as llama.cpp does with the same file.
-TQ_GPU_FLAGS=${TQ_GPU_FLAGS:---gpu-weights quant}
+# tq's device flags, each scenario its faster setting today: one session multiplies the Q4_0
+# blocks as stored (as llama.cpp does with the same file); batches of 16-32 run f16 weights
+# through cuBLAS (with Q4_0 blocks each step would dequantize them: docs/benchmarks.md).
+TQ_GPU_DECODE_FLAGS=${TQ_GPU_DECODE_FLAGS:---gpu-weights quant}
+TQ_GPU_CONC_FLAGS=${TQ_GPU_CONC_FLAGS:-}
 T_START=$(date +%s)
 LLAMA_BIN_GIVEN=${LLAMA_BIN:-}  # a prebuilt llama.cpp (the GPU modes; see --pack-gpu)
 
@@ -573,7 +576,7 @@ gpu_tq_decode() {
   for kv in $TQ_GPU_KV_FORMATS; do
     tag=${kv/\//-}
     stage "tq-decode-$tag" "$TQ_BIN" bench decode -m "$GPU_MODEL" --device cuda \
-      --depths "${GPU_DEPTHS/#0,/1,}" --kv "$kv" --steps "$GPU_TG" --warmup 4 $TQ_GPU_FLAGS \
+      --depths "${GPU_DEPTHS/#0,/1,}" --kv "$kv" --steps "$GPU_TG" --warmup 4 $TQ_GPU_DECODE_FLAGS \
       >"$g/tq_decode_$tag.md" 2>"$g/tq_decode_$tag.log" ||
       log "tq bench decode $kv failed: $(tail -1 "$g/tq_decode_$tag.log")"
   done
@@ -586,7 +589,7 @@ gpu_tq_concurrent() {
     tag=${kv/\//-}
     stage "tq-concurrent-$tag" "$TQ_BIN" bench concurrent -m "$GPU_MODEL" --device cuda \
       --sessions "$GPU_SESSIONS" --contexts "$GPU_CTX" --batches "$GPU_BATCHES" --kv "$kv" \
-      --steps 32 --warmup 2 --budget-gib 60 $TQ_GPU_FLAGS \
+      --steps 32 --warmup 2 --budget-gib 60 $TQ_GPU_CONC_FLAGS \
       >"$g/tq_concurrent_$tag.md" 2>"$g/tq_concurrent_$tag.log" ||
       log "tq bench concurrent $kv failed: $(tail -1 "$g/tq_concurrent_$tag.log")"
   done
