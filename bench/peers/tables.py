@@ -520,7 +520,8 @@ def gpu_tables(run):
     out.append(f"**Aggregate decode, sessions of {ctx} tokens** (tokens/s, all "
                "sessions together)\n\n" + "\n".join(lines) + "\n\n" +
                f"tq: `tq bench concurrent --device cuda --sessions 32 --contexts {ctx} "
-               f"--batches 16,32 --steps 32 --warmup 2` (slot 0 prefilled, its pages copied to "
+               f"--batches 16,32 --steps 32 --warmup 2` (f16 weights unless TQ_GPU_CONC_FLAGS "
+               f"says otherwise; slot 0 prefilled, its pages copied to "
                f"the other slots; each step one token of every session). llama.cpp: "
                f"`llama-batched-bench -ngl 99 -fa on -ctk X -ctv X -c "
                f"{rec.get('n_kv_max', '?')} -npp {ctx} -ntg 128 -npl 16,32 -pps` (one "
