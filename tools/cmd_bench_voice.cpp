@@ -361,7 +361,7 @@ std::string command_line(const BenchVoiceOptions& o, const Plan& plan) {
                 "tq bench voice -m %s --device %s --sessions %d --turns %d --tokens %d "
                 "--system-tokens %d --user-tokens %d,%d --ramp %g --think-ms %g --ctx %d "
                 "--max-sessions %d -t %d --prefill-chunk %d --step-tokens %d --seed %llu --kv %s",
-                o.model.c_str(), o.device.name.c_str(), o.sessions, o.turns, o.tokens,
+                o.model.c_str(), o.device.resolved(), o.sessions, o.turns, o.tokens,
                 o.system_tokens, o.user_min, o.user_max, o.ramp, o.think_ms, plan.ctx,
                 o.max_sessions > 0 ? o.max_sessions : o.sessions, o.threads, o.prefill_chunk,
                 o.step_tokens, static_cast<unsigned long long>(o.seed), kv.c_str());

@@ -240,7 +240,7 @@ void print_json(const VerifyOptions& o, const EvalText& text, const kv::KvConfig
       "\"ppl_ratio\":%s,\"ppl_change_pct\":%s,\"kld_mean\":%s,\"kld_p99\":%s,"
       "\"kld_max\":%s,\"top1\":%s,\"kv_cos_vs\":\"%s\",\"layers\":[",
       text.name.c_str(), o.ctx, text.n_chunks, static_cast<long long>(r.ppl_test.count),
-      o.device.name.c_str(), config.k_format.name().c_str(), config.v_format.name().c_str(),
+      o.device.resolved(), config.k_format.name().c_str(), config.v_format.name().c_str(),
       config.to_string().c_str(), bytes.amortized, bytes.ratio_vs_f16(),
       json_number(r.ppl_ref.ppl()).c_str(), json_number(r.ppl_ref.ppl_err()).c_str(),
       json_number(r.ppl_test.ppl()).c_str(), json_number(r.ppl_test.ppl_err()).c_str(),

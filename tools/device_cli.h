@@ -1,6 +1,7 @@
-// --device for the subcommands that run a model (run, ppl, bench decode): "cpu" (default, every
-// build) or "cuda" (the GPU forward pass, backend/device_model.h), and the helper that puts a
-// loaded model on the GPU with a clear error when this build or this machine has none.
+// --device for the subcommands that run a model (run, ppl, serve, the benches...): "auto"
+// (default: cuda when this build has CUDA and a GPU is visible, else cpu), "cpu" or "cuda" (the
+// GPU forward pass, backend/device_model.h), and the helper that puts a loaded model on the GPU
+// with a clear error when this build or this machine has none.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -17,14 +18,28 @@
 namespace tq::tools {
 
 struct DeviceFlag {
-  std::string name = "cpu";
+  std::string name = "auto";
 
   void add_to(CLI::App* cmd) {
-    cmd->add_option("--device", name, "cpu, or cuda: the whole forward pass on the GPU")
+    cmd->add_option("--device", name,
+                    "cpu, cuda (the whole forward pass on the GPU), or auto: cuda when this build "
+                    "has CUDA and a GPU is visible, else cpu")
         ->capture_default_str()
-        ->check(CLI::IsMember({"cpu", "cuda"}));
+        ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   }
-  bool cuda() const { return name == "cuda"; }
+  bool cuda() const { return name == "cuda" || (name == "auto" && gpu_visible()); }
+  // "cpu" or "cuda": what auto became.
+  const char* resolved() const { return cuda() ? "cuda" : "cpu"; }
+
+  // Whether this build has CUDA and a device is visible (asked once per process).
+  static bool gpu_visible() {
+    static const bool visible = [] {
+      if (!backend::cuda_built()) return false;
+      const auto devices = backend::list_cuda_devices();
+      return devices.ok() && !devices->empty();
+    }();
+    return visible;
+  }
 
   // --gpu-weights, on the subcommands that pass it to open_cuda_model.
   std::string weights = "f16";
