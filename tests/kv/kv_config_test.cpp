@@ -159,6 +159,8 @@ TEST(KvBytes, ValueScalesCounted) {
   c.k_format = *quant::parse_format("f16");
   c.v_format = *quant::parse_format("tq3");
   c.value_scaling = true;
+  // In the config's string, and so in the prefix cache's fingerprint.
+  EXPECT_NE(c.to_string().find(" value_scaling=on "), std::string::npos) << c.to_string();
   EXPECT_EQ(kv_bytes_per_token(c, s, 512)->sequence, size_t{3 * 2 * 128 * 4});
   c.k_format = *quant::parse_format("tq4");
   c.key_scaling = true;
