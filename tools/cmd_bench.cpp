@@ -152,7 +152,7 @@ int bench_decode(BenchDecodeOptions& o) {
           },
           [&] { return d.length(0); }, vocab);
     } else {
-      auto cache = make_paged_cache(m.attention_shape(), *config, ctx, 1);
+      auto cache = make_paged_cache(m, *config, ctx, 1);
       if (!cache.ok()) {
         std::fprintf(stderr, "tq bench decode: %s\n", cache.status().to_string().c_str());
         return 1;

@@ -141,7 +141,7 @@ int run_compare(CompareOptions& o) {
     if (!c.ok()) return fail(c.status().with_context("--configs '" + item + "'"));
     e.config = *c;
     if (!o.device.cuda()) {
-      auto cache = make_paged_cache(shape, e.config, o.ctx, 1);
+      auto cache = make_paged_cache(m, e.config, o.ctx, 1);
       if (!cache.ok()) return fail(cache.status());
       e.cache = std::move(cache).value();
     }

@@ -54,7 +54,7 @@ int run_ppl(PplOptions& o) {
     return 1;
   }
   const kv::AttentionShape shape = m.attention_shape();
-  auto cache = make_paged_cache(shape, *config, o.ctx, 1);
+  auto cache = make_paged_cache(m, *config, o.ctx, 1);
   auto bytes = kv::kv_bytes_per_token(*config, shape, o.ctx);
   if (!cache.ok() || !bytes.ok()) {
     std::fprintf(stderr, "tq ppl: %s\n",

@@ -165,7 +165,7 @@ int run(RunOptions& o) {
   std::unique_ptr<kv::PagedKvCache> paged_cache;
   std::unique_ptr<kv::SequenceKv> seq;
   if (paged) {
-    auto cache = make_paged_cache(m.attention_shape(), *kv_config, ctx, 1);
+    auto cache = make_paged_cache(m, *kv_config, ctx, 1);
     if (!cache.ok()) return fail(1, cache.status().to_string());
     paged_cache = std::move(cache).value();
     auto s = paged_cache->new_sequence(ctx);

@@ -154,7 +154,7 @@ void report_chunk(int c, const KldAccum& kld) {
 Status verify_cpu(const model::Model& m, const EvalText& text, const kv::KvConfig& config,
                   const VerifyOptions& o, VerifyResult& r) {
   const kv::AttentionShape shape = m.attention_shape();
-  TQ_ASSIGN_OR_RETURN(auto test_cache, make_paged_cache(shape, config, o.ctx, 1));
+  TQ_ASSIGN_OR_RETURN(auto test_cache, make_paged_cache(m, config, o.ctx, 1));
   TQ_ASSIGN_OR_RETURN(auto f16_cache, make_paged_cache(shape, kv::KvConfig{}, o.ctx, 2));
   ThreadPool pool(o.threads);
   const int vocab = m.config().vocab_size;

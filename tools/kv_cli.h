@@ -15,6 +15,7 @@
 #include "tq/kv/kv_bytes.h"
 #include "tq/kv/kv_config.h"
 #include "tq/kv/paged_kv.h"
+#include "tq/model/llama.h"
 
 namespace tq::tools {
 
@@ -77,10 +78,9 @@ struct KvFlags {
 
 // A paged cache for `n_sequences` sequences of up to `max_tokens` tokens each, using the CPU's
 // fused kernels; prefix caching off unless asked (quality runs use fresh sequences).
-inline Expected<std::unique_ptr<kv::PagedKvCache>> make_paged_cache(const kv::AttentionShape& shape,
-                                                                    const kv::KvConfig& config,
-                                                                    int max_tokens, int n_sequences,
-                                                                    bool prefix_caching = false) {
+inline Expected<std::unique_ptr<kv::PagedKvCache>> make_paged_cache(
+    const kv::AttentionShape& shape, const kv::KvConfig& config, int max_tokens, int n_sequences,
+    bool prefix_caching = false, std::vector<float> value_weights = {}) {
   TQ_ASSIGN_OR_RETURN(const std::vector<size_t> blocks, kv::kv_block_bytes(config, shape));
   size_t page = 0;
   for (size_t b : blocks) page += b;
@@ -92,7 +92,22 @@ inline Expected<std::unique_ptr<kv::PagedKvCache>> make_paged_cache(const kv::At
   o.pool_bytes = page * pages_per_seq * static_cast<size_t>(std::max(1, n_sequences));
   o.prefix_caching = prefix_caching;
   o.kernels = &backend::cpu::cpu_kernel_table();
+  o.value_weights = std::move(value_weights);
   return kv::PagedKvCache::create(o);
+}
+
+// The same for model m's attention; with value scaling the cache gets m's output-projection
+// weights (Model::value_output_weights).
+inline Expected<std::unique_ptr<kv::PagedKvCache>> make_paged_cache(const model::Model& m,
+                                                                    const kv::KvConfig& config,
+                                                                    int max_tokens, int n_sequences,
+                                                                    bool prefix_caching = false) {
+  std::vector<float> value_weights;
+  if (config.value_scaling) {
+    TQ_ASSIGN_OR_RETURN(value_weights, m.value_output_weights());
+  }
+  return make_paged_cache(m.attention_shape(), config, max_tokens, n_sequences, prefix_caching,
+                          std::move(value_weights));
 }
 
 }  // namespace tq::tools

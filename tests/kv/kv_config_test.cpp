@@ -44,12 +44,12 @@ TEST(KvConfig, ParsesCliOptions) {
   // Every table row is accepted by apply_kv_option under its long name.
   for (const KvOption& o : kv_option_table()) {
     KvConfig x;
-    const std::string value = std::string(o.long_name).find("type") != std::string::npos ? "q4_0"
-                              : o.long_name == "--kv-norm-correction" ||
-                                      o.long_name == "--kv-key-centering" ||
-                                      o.long_name == "--kv-key-scaling"
-                                  ? "on"
-                                  : "8";
+    const std::string value =
+        std::string(o.long_name).find("type") != std::string::npos ? "q4_0"
+        : o.long_name == "--kv-norm-correction" || o.long_name == "--kv-key-centering" ||
+                o.long_name == "--kv-key-scaling" || o.long_name == "--kv-value-scaling"
+            ? "on"
+            : "8";
     EXPECT_TRUE(apply_kv_option(x, o.long_name, value).ok()) << o.long_name;
     EXPECT_FALSE(o.help.empty());
   }
@@ -149,6 +149,43 @@ TEST(KvBytes, WindowAndSinksAmortizedAndBoundaryCounted) {
   EXPECT_DOUBLE_EQ(b->amortized, (900 * compressed + 100 * b->f16 + 3072) / 1000);
   // A context shorter than window + sinks is all f16 (plus the key means).
   EXPECT_DOUBLE_EQ(kv_bytes_per_token(c, s, 50)->amortized, b->f16 + 3072.0 / 50);
+}
+
+// Value scales are one f32 per element of a value per layer (with compressed values) and KV
+// head, per sequence, like the key means and key scales; the pool's count agrees.
+TEST(KvBytes, ValueScalesCounted) {
+  const AttentionShape s = shape_128();
+  KvConfig c;
+  c.k_format = *quant::parse_format("f16");
+  c.v_format = *quant::parse_format("tq3");
+  c.value_scaling = true;
+  // In the config's string, and so in the prefix cache's fingerprint.
+  EXPECT_NE(c.to_string().find(" value_scaling=on "), std::string::npos) << c.to_string();
+  EXPECT_EQ(kv_bytes_per_token(c, s, 512)->sequence, size_t{3 * 2 * 128 * 4});
+  c.k_format = *quant::parse_format("tq4");
+  c.key_scaling = true;
+  c.block_tokens = 16;
+  const auto b = kv_bytes_per_token(c, s, 64);
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->sequence, size_t{3 * 3 * 2 * 128 * 4});  // key means, key scales, value scales
+  PagedKvCacheOptions o;
+  o.shape = s;
+  o.config = c;
+  o.pool_bytes = size_t{8} << 20;
+  auto cache = PagedKvCache::create(o);
+  ASSERT_TRUE(cache.ok());
+  const test::KvData d = test::make_kv_data(s, 64, 22);
+  auto seq = (*cache)->new_sequence(64);
+  ASSERT_TRUE(seq.ok());
+  ThreadPool pool(1);
+  test::run_chunks(**seq, d, {40, 24}, pool, [](int, int, int, const float*) {});
+  EXPECT_DOUBLE_EQ(static_cast<double>((*seq)->bytes_used()), b->amortized * 64);
+  EXPECT_EQ((*cache)->stats().exact_bytes, b->sequence);
+  // Weights of the wrong size are refused with the sizes named.
+  o.value_weights.assign(5, 1.0f);
+  auto bad = PagedKvCache::create(o);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().to_string().find("768"), std::string::npos) << bad.status().to_string();
 }
 
 TEST(KvBytes, SequenceBytesUsedMatchesFormulaAndPool) {

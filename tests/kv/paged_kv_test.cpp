@@ -396,6 +396,171 @@ TEST(PagedKv, KeyScalingUsesTheQueries) {
   }
 }
 
+// Value-scaling data: values with per-channel spreads (log-normal, as real models' value
+// channels differ) and an output projection W_o [dim][n_heads * head_dim] whose columns have
+// log-normal norms drawn independently of the spreads.
+struct ValueScalingCase {
+  KvData d;
+  int dim = 64;
+  std::vector<double> wo;            // [dim][n_heads * head_dim]
+  std::vector<float> value_weights;  // [layer][kv_head][head_dim] (PagedKvCacheOptions)
+};
+
+ValueScalingCase make_value_scaling_case(const AttentionShape& s, int tokens, uint64_t seed) {
+  ValueScalingCase vc;
+  vc.d = make_kv_data(s, tokens, seed);
+  const size_t hd = static_cast<size_t>(s.head_dim);
+  const size_t q_dim = static_cast<size_t>(s.n_heads) * hd;
+  Rng rng(seed + 1);
+  std::vector<float> spread(hd), col_gain(q_dim);
+  for (float& g : spread) g = static_cast<float>(std::exp(0.7 * rng.normal()));
+  for (float& g : col_gain) g = static_cast<float>(std::exp(0.7 * rng.normal()));
+  for (auto& v : vc.d.v)
+    for (size_t i = 0; i < v.size(); ++i) v[i] *= spread[i % hd];
+  vc.wo.resize(static_cast<size_t>(vc.dim) * q_dim);
+  for (size_t r = 0; r < static_cast<size_t>(vc.dim); ++r)
+    for (size_t c = 0; c < q_dim; ++c)
+      vc.wo[r * q_dim + c] = rng.normal() / std::sqrt(static_cast<double>(vc.dim)) * col_gain[c];
+  // Column norms in float64, combined over the query heads of each KV head (the same W_o for
+  // every layer here).
+  const int group = s.n_heads / s.n_kv_heads;
+  for (int l = 0; l < s.n_layers; ++l)
+    for (int g = 0; g < s.n_kv_heads; ++g)
+      for (size_t j = 0; j < hd; ++j) {
+        double sum = 0;
+        for (int m = 0; m < group; ++m)
+          for (size_t r = 0; r < static_cast<size_t>(vc.dim); ++r) {
+            const double w = vc.wo[r * q_dim + static_cast<size_t>(g * group + m) * hd + j];
+            sum += w * w;
+          }
+        vc.value_weights.push_back(static_cast<float>(std::sqrt(sum)));
+      }
+  return vc;
+}
+
+std::unique_ptr<PagedKvCache> make_cache_w(const AttentionShape& s, const KvConfig& c,
+                                           std::vector<float> value_weights) {
+  PagedKvCacheOptions o;
+  o.shape = s;
+  o.config = c;
+  o.pool_bytes = size_t{64} << 20;
+  o.value_weights = std::move(value_weights);
+  auto cache = PagedKvCache::create(o);
+  EXPECT_TRUE(cache.ok()) << cache.status().to_string();
+  return cache.ok() ? std::move(cache).value() : nullptr;
+}
+
+// ||W_o (out - ref)|| / ||W_o ref|| over all queries of a fresh sequence (chunks 64/1/33/7),
+// ref the float64 exact attention over the original K/V: the error the next layer sees.
+double wo_rel_err_vs_exact(const ValueScalingCase& vc, const KvConfig& c,
+                           std::vector<float> value_weights) {
+  const AttentionShape& s = vc.d.shape;
+  auto cache = make_cache_w(s, c, std::move(value_weights));
+  auto seq = cache->new_sequence(256);
+  EXPECT_TRUE(seq.ok());
+  ThreadPool pool(1);
+  const size_t q_dim = static_cast<size_t>(s.n_heads) * static_cast<size_t>(s.head_dim);
+  double err2 = 0, ref2 = 0;
+  test::run_chunks(**seq, vc.d, {64, 1, 33, 7}, pool, [&](int l, int p0, int n, const float* out) {
+    std::vector<double> ref(static_cast<size_t>(n) * q_dim);
+    exact_attention_original(vc.d, l, p0, n, ref.data());
+    for (size_t i = 0; i < static_cast<size_t>(n); ++i)
+      for (size_t r = 0; r < static_cast<size_t>(vc.dim); ++r) {
+        double e = 0, y = 0;
+        for (size_t c2 = 0; c2 < q_dim; ++c2) {
+          const double w = vc.wo[r * q_dim + c2];
+          e += w * (out[i * q_dim + c2] - ref[i * q_dim + c2]);
+          y += w * ref[i * q_dim + c2];
+        }
+        err2 += e * e;
+        ref2 += y * y;
+      }
+  });
+  return std::sqrt(err2 / ref2);
+}
+
+// Value scaling stores v / t and multiplies the attention output by t: with every row exact
+// (all in the f16 window) the output is float64 exact attention to f16 rounding, read_stored
+// gives the values back to f16 rounding, and t matches a float64 computation of
+// t^2 = (sigma_v / w) / geomean(sigma_v / w) over the first append's tokens but position 0.
+TEST(PagedKv, ValueScalingLeavesAttentionUnchanged) {
+  const AttentionShape s = small_shape();
+  KvConfig c = config_kv("tq2", "tq2");
+  c.window = 64;
+  c.value_scaling = true;
+  const ValueScalingCase vc = make_value_scaling_case(s, 61, 81);
+  const KvData& d = vc.d;
+  auto cache = make_cache_w(s, c, vc.value_weights);
+  auto seq = cache->new_sequence(64);
+  ASSERT_TRUE(seq.ok());
+  EXPECT_LT(worst_rel_err_vs_exact(**seq, d, {13, 1}), kF16VsDenseTol);
+  const size_t hd = static_cast<size_t>(s.head_dim);
+  const size_t row_elems = static_cast<size_t>(s.n_kv_heads) * hd;
+  std::vector<float> row(row_elems);
+  double value_err = 0;  // f16 rounding of v / t, times t: at most 2^-11 |v| (plus subnormals)
+  for (int l = 0; l < s.n_layers; ++l)
+    for (int p = 0; p < d.tokens; ++p) {
+      ASSERT_TRUE((*seq)->read_stored(l, p, true, row.data()).ok());
+      for (size_t e = 0; e < row.size(); ++e) {
+        const double v = d.v[static_cast<size_t>(l)][static_cast<size_t>(p) * row_elems + e];
+        value_err = std::max(value_err, std::abs(row[e] - v) / (1e-3 + std::abs(v)));
+      }
+    }
+  EXPECT_LT(value_err, 1.0 / 2048 + 1e-6);
+  // The scales against float64 (the first append: tokens 1..12 of 13).
+  double worst = 0, lo = 1e300, hi = 0;
+  for (int l = 0; l < s.n_layers; ++l)
+    for (int h = 0; h < s.n_kv_heads; ++h) {
+      std::vector<double> ratio(hd);
+      double log_sum = 0;
+      for (size_t e = 0; e < hd; ++e) {
+        double ss = 0;
+        for (int j = 1; j < 13; ++j) {
+          const double v =
+              d.v[static_cast<size_t>(l)][static_cast<size_t>(j) * row_elems + h * hd + e];
+          ss += v * v;
+        }
+        ratio[e] =
+            std::sqrt(ss / 12) /
+            vc.value_weights[(static_cast<size_t>(l) * s.n_kv_heads + static_cast<size_t>(h)) * hd +
+                             e];
+        log_sum += std::log(ratio[e]);
+      }
+      const double geomean = std::exp(log_sum / static_cast<double>(hd));
+      for (size_t e = 0; e < hd; ++e) {
+        const double want = std::sqrt(ratio[e] / geomean);
+        const double got = (*seq)->value_scale(l)[h * hd + e];
+        worst = std::max(worst, std::abs(got - want) / want);
+        lo = std::min(lo, got);
+        hi = std::max(hi, got);
+      }
+    }
+  EXPECT_LT(worst, 1e-5);   // float32 accumulation and the 1e-6 guards
+  EXPECT_GT(hi / lo, 2.0);  // the case really scales (log-normal spreads and weights)
+}
+
+// Where the channels' spreads and W_o's column norms differ (independently), value scaling
+// lowers the error that W_o passes on to the next layer, ||W_o (o~ - o)||, for tq values
+// (keys f16, so the values are the only loss): with W_o's norms it beats no scaling clearly
+// and beats scales from the values' spread alone.
+TEST(PagedKv, ValueScalingLowersTheOutputProjectedError) {
+  const AttentionShape s = small_shape();
+  const ValueScalingCase vc = make_value_scaling_case(s, 203, 82);
+  for (const char* f : {"tq3", "tq4"}) {
+    KvConfig c = config_kv("f16", f);
+    const double none = wo_rel_err_vs_exact(vc, c, {});
+    c.value_scaling = true;
+    const double spread_only = wo_rel_err_vs_exact(vc, c, {});
+    const double with_wo = wo_rel_err_vs_exact(vc, c, vc.value_weights);
+    std::printf(
+        "[ %s values ] ||W_o err|| / ||W_o o||: %.4f unscaled, %.4f scaled by spread, %.4f by "
+        "spread and W_o\n",
+        f, none, spread_only, with_wo);
+    EXPECT_LT(with_wo, 0.8 * none) << f;
+    EXPECT_LT(with_wo, 0.95 * spread_only) << f;
+  }
+}
+
 TEST(PagedKv, BoundaryLayersGetTheirFormat) {
   AttentionShape s = small_shape();
   s.n_layers = 5;

@@ -76,11 +76,12 @@ std::vector<std::vector<float>> feed(PagedKv& kv, const KvData& d, const std::ve
   return outs;
 }
 
-void common_prefix_case(bool key_scaling) {
+void common_prefix_case(bool key_scaling, bool value_scaling = false) {
   KvConfig c;
   c.k_format = *quant::parse_format("tq4");
   c.v_format = *quant::parse_format("tq3");
-  c.key_scaling = key_scaling;  // the key means (and scales) travel with the first page
+  c.key_scaling = key_scaling;      // the key means (and scales) travel with the first page
+  c.value_scaling = value_scaling;  // so do the value scales
   c.sinks = 4;
   c.block_tokens = 16;
   const AttentionShape s = shape();
@@ -148,6 +149,7 @@ void common_prefix_case(bool key_scaling) {
 
 TEST(PrefixSharing, CommonPrefixStoredOnceSuffixesDiverge) { common_prefix_case(false); }
 TEST(PrefixSharing, CommonPrefixWithKeyScaling) { common_prefix_case(true); }
+TEST(PrefixSharing, CommonPrefixWithKeyAndValueScaling) { common_prefix_case(true, true); }
 
 TEST(PrefixSharing, ReuseLeavesTheWindowToBeRecomputed) {
   KvConfig c;

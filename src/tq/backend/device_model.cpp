@@ -18,6 +18,10 @@ Status DeviceModelOptions::validate() const {
     return unsupported(
         "the CUDA forward pass does not scale keys yet "
         "(drop --kv-key-scaling with --device cuda)");
+  if (kv.value_scaling)
+    return unsupported(
+        "the CUDA forward pass does not scale values yet "
+        "(drop --kv-value-scaling with --device cuda)");
   return ok_status();
 }
 

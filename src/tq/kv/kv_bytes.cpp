@@ -33,8 +33,9 @@ size_t kv_f16_token_bytes(const AttentionShape& s) {
 size_t kv_key_mean_bytes(const KvConfig& config, const AttentionShape& s) {
   size_t layers = 0;
   for (int l = 0; l < s.n_layers; ++l)
-    layers +=
-        (config.centers_keys(l, s.n_layers) ? 1 : 0) + (config.scales_keys(l, s.n_layers) ? 1 : 0);
+    layers += (config.centers_keys(l, s.n_layers) ? 1 : 0) +
+              (config.scales_keys(l, s.n_layers) ? 1 : 0) +
+              (config.scales_values(l, s.n_layers) ? 1 : 0);
   return layers * static_cast<size_t>(s.n_kv_heads) * static_cast<size_t>(s.head_dim) *
          sizeof(float);
 }

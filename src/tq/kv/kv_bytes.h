@@ -17,7 +17,7 @@ struct KvBytesPerToken {
   int exact_tokens = 0;     // min(context, window + sinks): tokens held in f16
   double compressed = 0.0;  // bytes per token in the layer formats (all layers, K and V)
   double f16 = 0.0;         // bytes per token of an all-f16 cache
-  size_t sequence = 0;      // bytes per sequence whatever its length: the f32 key means
+  size_t sequence = 0;      // bytes per sequence whatever its length: f32 key means, scales
   double amortized = 0.0;   // bytes per token at `context`, window and sinks included
   // Bytes per token per layer per KV head of K and of V, averaged over layers, in bits per
   // element (quality-method.md's "bits/elt" of the formats alone).
@@ -32,8 +32,7 @@ struct KvBytesPerToken {
 
 // Sum over layers l of n_kv_heads * (bpv(K_l) + bpv(V_l)) for the compressed tokens, plus
 // n_layers * n_kv_heads * 2 * 2 * head_dim for each of the min(context, window + sinks) f16
-// tokens, plus the per-sequence key means (4 * n_kv_heads * head_dim per centered layer), divided
-// by context.
+// tokens, plus the per-sequence key means and scales (kv_key_mean_bytes), divided by context.
 Expected<KvBytesPerToken> kv_bytes_per_token(const KvConfig& config, const AttentionShape& shape,
                                              int context);
 
@@ -42,7 +41,8 @@ Expected<KvBytesPerToken> kv_bytes_per_token(const KvConfig& config, const Atten
 Expected<std::vector<size_t>> kv_block_bytes(const KvConfig& config, const AttentionShape& shape);
 
 // Bytes of one sequence's key means (and scales): 4 * n_kv_heads * head_dim per layer that
-// centers keys, as much again per layer that scales them.
+// centers keys, as much again per layer that scales them, and again per layer that scales its
+// values.
 size_t kv_key_mean_bytes(const KvConfig& config, const AttentionShape& shape);
 
 // Bytes one exact (f16) token takes over all layers, K and V.

@@ -26,6 +26,9 @@ constexpr KvOption kOptions[] = {
     {"--kv-key-scaling", "",
      "centered keys are also divided per channel by their spread, queries multiplied (on/off, "
      "default off; CPU only)"},
+    {"--kv-value-scaling", "",
+     "compressed values are divided per channel by sqrt(spread / W_o column norm), attention "
+     "outputs multiplied (on/off, default off; CPU only)"},
     {"--kv-block-tokens", "", "tokens per KV pool block (default 32)"},
     {"--kv-seed", "", "rotation seed of the compressed cache"},
 };
@@ -103,8 +106,8 @@ std::string KvConfig::to_string() const {
     s += " boundary=" + std::to_string(boundary_layers) + ":" + boundary_format.name();
   s += " norm_correction=" + std::string(norm_correction ? "on" : "off") +
        " key_centering=" + std::string(key_centering ? "on" : "off") +
-       (key_scaling ? " key_scaling=on" : "") + " block=" + std::to_string(block_tokens) +
-       " seed=" + seed_hex;
+       (key_scaling ? " key_scaling=on" : "") + (value_scaling ? " value_scaling=on" : "") +
+       " block=" + std::to_string(block_tokens) + " seed=" + seed_hex;
   return s;
 }
 
@@ -120,6 +123,10 @@ bool KvConfig::centers_keys(int layer, int n_layers) const {
 
 bool KvConfig::scales_keys(int layer, int n_layers) const {
   return key_scaling && centers_keys(layer, n_layers);
+}
+
+bool KvConfig::scales_values(int layer, int n_layers) const {
+  return value_scaling && formats_for(layer, n_layers).v != quant::kFormatF16;
 }
 
 uint64_t KvConfig::layer_seed(int layer) const {
@@ -152,6 +159,8 @@ Status apply_kv_option(KvConfig& c, std::string_view name, std::string_view valu
     TQ_ASSIGN_OR_RETURN(c.key_centering, parse_bool(flag, value));
   } else if (n == "kv-key-scaling") {
     TQ_ASSIGN_OR_RETURN(c.key_scaling, parse_bool(flag, value));
+  } else if (n == "kv-value-scaling") {
+    TQ_ASSIGN_OR_RETURN(c.value_scaling, parse_bool(flag, value));
   } else if (n == "kv-block-tokens") {
     TQ_ASSIGN_OR_RETURN(const int64_t b, parse_int(flag, value, 1, kMaxBlockTokens));
     c.block_tokens = static_cast<int>(b);

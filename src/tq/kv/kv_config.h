@@ -43,6 +43,12 @@ struct KvConfig {
   // exact in full precision, and the quantizer sees channels of more equal spread. Opt-in
   // (CPU only for now; docs/kv-cache.md, "Key centering").
   bool key_scaling = false;
+  // Layers with compressed values store v / s, s a per-sequence per-channel scale of each KV
+  // head with s^2 ~ sigma_v / w (sigma_v the channel's RMS value, w the norm of W_o's columns
+  // that read the channel; PagedKvCacheOptions::value_weights), and multiply the attention
+  // output by s: exact in full precision, and the quantizer's error lands where W_o weighs it
+  // least. Opt-in (CPU only; docs/quality.md, "Value scaling").
+  bool value_scaling = false;
   // Tokens per pool block (one block per layer, K or V, holds this many tokens of every KV head).
   int block_tokens = 32;
   // Rotation / QJL seed; layer l uses derive_seed(seed, l) (docs/formats.md).
@@ -59,6 +65,8 @@ struct KvConfig {
   bool centers_keys(int layer, int n_layers) const;
   // Whether `layer` also scales its keys (key_scaling and centers_keys).
   bool scales_keys(int layer, int n_layers) const;
+  // Whether `layer` scales its values (value_scaling and a compressed V format).
+  bool scales_values(int layer, int n_layers) const;
   uint64_t layer_seed(int layer) const;
 };
 

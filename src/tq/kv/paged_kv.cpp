@@ -33,9 +33,12 @@ PagedKv::PagedKv(PagedKvCache* cache, int capacity)
   key_mean_.assign(nl * static_cast<size_t>(shape_.n_kv_heads) * row_elems_, 0.0f);
   scaled_.assign(nl, 0);
   key_scale_.assign(key_mean_.size(), 1.0f);
+  vscaled_.assign(nl, 0);
+  value_scale_.assign(key_mean_.size(), 1.0f);
   for (int l = 0; l < shape_.n_layers; ++l) {
     centered_[static_cast<size_t>(l)] = c.centers_keys(l, shape_.n_layers) ? 1 : 0;
     scaled_[static_cast<size_t>(l)] = c.scales_keys(l, shape_.n_layers) ? 1 : 0;
+    vscaled_[static_cast<size_t>(l)] = c.scales_values(l, shape_.n_layers) ? 1 : 0;
   }
   key_mean_bytes_ = kv_key_mean_bytes(c, shape_);
   cache_->exact_bytes_.fetch_add(static_cast<int64_t>(key_mean_bytes_));
@@ -178,9 +181,41 @@ void PagedKv::set_key_mean(int layer, int n, const float* k) {
         s[o + e] = static_cast<float>(std::sqrt(s[o + e] / geomean));
     }
   }
-  mean_ready_[static_cast<size_t>(layer)] = 1;
-  hint_q_ = nullptr;  // valid for this append only
-  hint_layer_ = -1;
+}
+
+void PagedKv::set_value_scale(int layer, int n, const float* v) {
+  // The same tokens as the key mean. Values are stored as v / t and the attention output of
+  // channel j is multiplied by t_j, so the quantizer's error on channel j reaches the output
+  // times t_j and then W_o, whose columns reading channel j have the norm w_j. For an isotropic
+  // quantizer (error variance ~ ||v / t||^2 per coordinate after the rotation) the expected
+  // squared output error is ~ (sum_k sigma_k^2 / t_k^2)(sum_j w_j^2 t_j^2), sigma_k the RMS of
+  // channel k; Cauchy-Schwarz puts its least at t_j^2 ~ sigma_j / w_j. Normalized to a
+  // geometric mean of 1 per head; fewer than two values: t = 1.
+  const size_t token_elems = static_cast<size_t>(shape_.n_kv_heads) * row_elems_;
+  int from = std::max(1, sinks_);
+  const int to = n;
+  if (from >= to) from = 1;
+  if (to - from < 2) return;
+  float* t = value_scale_.data() + static_cast<size_t>(layer) * token_elems;
+  const float* w = cache_->value_weights(layer);
+  for (int h = 0; h < shape_.n_kv_heads; ++h) {
+    const size_t o = static_cast<size_t>(h) * row_elems_;
+    double log_sum = 0.0;
+    for (size_t e = 0; e < row_elems_; ++e) {
+      double ss = 0.0;
+      for (int j = from; j < to; ++j) {
+        const double x = v[static_cast<size_t>(j) * token_elems + o + e];
+        ss += x * x;
+      }
+      double ratio = std::sqrt(ss / (to - from)) + 1e-6;
+      if (w) ratio /= static_cast<double>(w[o + e]) + 1e-6;
+      t[o + e] = static_cast<float>(ratio);
+      log_sum += std::log(ratio);
+    }
+    const double geomean = std::exp(log_sum / static_cast<double>(row_elems_));
+    for (size_t e = 0; e < row_elems_; ++e)
+      t[o + e] = static_cast<float>(std::sqrt(t[o + e] / geomean));
+  }
 }
 
 void PagedKv::observe_queries(int layer, int n, const float* q) {
@@ -211,8 +246,14 @@ Status PagedKv::append(int layer, int n, const float* k, const float* v) {
 
   const int hkv = shape_.n_kv_heads;
   const size_t token_elems = static_cast<size_t>(hkv) * row_elems_;
+  if (!mean_ready_[l] && (centered_[l] || vscaled_[l])) {
+    if (centered_[l]) set_key_mean(layer, n, k);
+    if (vscaled_[l]) set_value_scale(layer, n, v);
+    mean_ready_[l] = 1;
+    hint_q_ = nullptr;  // valid for this append only
+    hint_layer_ = -1;
+  }
   if (centered_[l]) {
-    if (!mean_ready_[l]) set_key_mean(layer, n, k);
     const float* mu = key_mean(layer);
     const float* s = key_scale(layer);
     centered_k_.resize(static_cast<size_t>(n) * token_elems);
@@ -222,6 +263,16 @@ Status PagedKv::append(int layer, int n, const float* k, const float* v) {
       for (size_t e = 0; e < token_elems; ++e) dst[e] = (src[e] - mu[e]) / s[e];
     }
     k = centered_k_.data();
+  }
+  if (vscaled_[l]) {
+    const float* t = value_scale(layer);
+    scaled_v_.resize(static_cast<size_t>(n) * token_elems);
+    for (int j = 0; j < n; ++j) {
+      const float* src = v + static_cast<size_t>(j) * token_elems;
+      float* dst = scaled_v_.data() + static_cast<size_t>(j) * token_elems;
+      for (size_t e = 0; e < token_elems; ++e) dst[e] = src[e] / t[e];
+    }
+    v = scaled_v_.data();
   }
   Window& w = window_[l];
   const int exact_before = sink_count_[l] + w.count;
@@ -335,7 +386,20 @@ Status PagedKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
   a.out = out;
   a.n = n;
   a.q_pos0 = total - n;
-  return paged_attention(a, pool);
+  TQ_RETURN_IF_ERROR(paged_attention(a, pool));
+  if (vscaled_[l]) {
+    // The rows hold v / t: the weighted sum of every kernel comes out divided by t.
+    const size_t hd = row_elems_;
+    const int group = shape_.n_heads / shape_.n_kv_heads;
+    const float* t = value_scale(layer);
+    for (int i = 0; i < n; ++i)
+      for (int h = 0; h < shape_.n_heads; ++h) {
+        float* oh = out + (static_cast<size_t>(i) * shape_.n_heads + h) * hd;
+        const float* th = t + static_cast<size_t>(h / group) * hd;
+        for (size_t e = 0; e < hd; ++e) oh[e] *= th[e];
+      }
+  }
+  return ok_status();
 }
 
 Status PagedKv::commit(int n) {
@@ -378,9 +442,10 @@ void PagedKv::register_full_pages() {
       chain_ = prefix_root_hash(cache_->fingerprint(), tok.first(static_cast<size_t>(sinks_)));
       if (sinks_ > 0) snapshot = std::make_shared<const SinkSnapshot>(sink_data_);
       if (key_mean_bytes_ > 0) {
+        // [key means | key scales | value scales], each [layer][kv_head][head_dim].
         KeyMeans m = key_mean_;
-        if (std::find(scaled_.begin(), scaled_.end(), 1) != scaled_.end())
-          m.insert(m.end(), key_scale_.begin(), key_scale_.end());
+        m.insert(m.end(), key_scale_.begin(), key_scale_.end());
+        m.insert(m.end(), value_scale_.begin(), value_scale_.end());
         means = std::make_shared<const KeyMeans>(std::move(m));
       }
     }
@@ -414,11 +479,13 @@ Expected<int> PagedKv::reuse_prefix(std::span<const int32_t> prompt) {
   const int found = static_cast<int>(pages_.size());
   if (found == 0) return 0;
   if (means) {
-    key_mean_.assign(means->begin(),
-                     means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()));
-    if (means->size() == 2 * key_mean_.size())
-      key_scale_.assign(means->begin() + static_cast<std::ptrdiff_t>(key_mean_.size()),
-                        means->end());
+    // The layout register_full_pages writes (the fingerprint keeps other configs' apart).
+    const auto part = static_cast<std::ptrdiff_t>(key_mean_.size());
+    if (means->size() != 3 * key_mean_.size())
+      return internal_error("reuse_prefix: cached key means of the wrong size");
+    key_mean_.assign(means->begin(), means->begin() + part);
+    key_scale_.assign(means->begin() + part, means->begin() + 2 * part);
+    value_scale_.assign(means->begin() + 2 * part, means->end());
     std::fill(mean_ready_.begin(), mean_ready_.end(), 1);
   }
   if (sinks_ > 0) {
@@ -463,6 +530,10 @@ Status PagedKv::read_stored(int layer, int pos, bool value, float* out) const {
       const float* mu = key_mean(layer) + o;
       const float* s = key_scale(layer) + o;
       for (size_t e = 0; e < row_elems_; ++e) dst[e] = dst[e] * s[e] + mu[e];
+    }
+    if (value && vscaled_[l]) {
+      const float* t = value_scale(layer) + static_cast<size_t>(h) * row_elems_;
+      for (size_t e = 0; e < row_elems_; ++e) dst[e] *= t[e];
     }
   }
   return ok_status();

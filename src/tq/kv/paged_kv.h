@@ -9,6 +9,10 @@
 // first append (the mean of its keys, sinks and position 0 left out). Attention
 // needs no change: q.mu is the same for all keys of a query and softmax ignores it. With key
 // scaling the rows are (k - mu) / s and attend() multiplies each query by s (q.k = (q s).(k / s)).
+// With value scaling (layers with compressed values) every value row is stored as v / t, t per
+// KV head and channel fixed by the same first append (t^2 ~ sigma_v / w, w the output
+// projection's weight on the channel), and attend() multiplies the output by t: the weighted
+// sum is linear, so sum_i p_i v_i = t * sum_i p_i (v_i / t), with no per-token cost.
 // With window 0 every token is compressed when appended, before attention runs: every query
 // sees compressed K/V, its own chunk's included, as llama.cpp's quantized cache does.
 // attend() computes attention straight from the packed pages (paged_attention.h).
@@ -59,7 +63,7 @@ class PagedKv final : public SequenceKv {
   int window_tokens(int layer) const { return window_[static_cast<size_t>(layer)].count; }
   int sink_tokens(int layer) const { return sink_count_[static_cast<size_t>(layer)]; }
   std::span<const int> pages() const { return pages_; }
-  // Bytes of the f16 sink and window rows (all layers) and of the key means.
+  // Bytes of the f16 sink and window rows (all layers) and of the key means and scales.
   size_t exact_bytes() const;
   // The key mean of `layer` ([n_kv_heads][head_dim]; zeros where keys are not centered).
   const float* key_mean(int layer) const {
@@ -68,6 +72,10 @@ class PagedKv final : public SequenceKv {
   // The key scale of `layer` (same layout; ones where keys are not scaled).
   const float* key_scale(int layer) const {
     return key_scale_.data() + static_cast<size_t>(layer) * shape_.n_kv_heads * row_elems_;
+  }
+  // The value scale of `layer` (same layout; ones where values are not scaled).
+  const float* value_scale(int layer) const {
+    return value_scale_.data() + static_cast<size_t>(layer) * shape_.n_kv_heads * row_elems_;
   }
 
  private:
@@ -94,6 +102,8 @@ class PagedKv final : public SequenceKv {
   void register_full_pages();
   // Sets the layer's key mean from the first append's keys (see the header comment).
   void set_key_mean(int layer, int n, const float* k);
+  // Sets the layer's value scales from the first append's values (see set_key_mean).
+  void set_value_scale(int layer, int n, const float* v);
   void add_exact_bytes(int64_t rows);
 
   PagedKvCache* cache_;
@@ -114,11 +124,14 @@ class PagedKv final : public SequenceKv {
   int registered_ = 0;               // leading pages already offered to the prefix cache
   uint64_t chain_ = 0;               // chain hash of page registered_-1 (or the root)
   std::vector<uint8_t> centered_;    // [layer] stores k - mu
-  std::vector<uint8_t> mean_ready_;  // [layer] mu fixed
+  std::vector<uint8_t> mean_ready_;  // [layer] mu and the scales fixed
   std::vector<float> key_mean_;      // [layer][kv_head][head_dim]
   std::vector<uint8_t> scaled_;      // [layer] stores (k - mu) / s
   std::vector<float> key_scale_;     // [layer][kv_head][head_dim], 1 where not scaled
   std::vector<float> scaled_q_;      // [n][n_heads][head_dim] queries of one attend, times s
+  std::vector<uint8_t> vscaled_;     // [layer] stores v / t
+  std::vector<float> value_scale_;   // [layer][kv_head][head_dim], 1 where not scaled
+  std::vector<float> scaled_v_;      // [n][kv_head][head_dim] values of one append, over t
   // The queries of the append about to fix a layer's scales (observe_queries), else null.
   const float* hint_q_ = nullptr;
   int hint_layer_ = -1;

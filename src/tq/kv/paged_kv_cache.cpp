@@ -1,5 +1,6 @@
 #include "tq/kv/paged_kv_cache.h"
 
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <utility>
@@ -28,6 +29,17 @@ Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(const PagedKvCacheO
   const AttentionShape& sh = o.shape;
   TQ_ASSIGN_OR_RETURN(std::vector<size_t> block_bytes, kv_block_bytes(o.config, sh));
   if (!(sh.scale > 0.0f)) return invalid_argument("attention scale must be positive");
+  if (!o.value_weights.empty()) {
+    const size_t want = static_cast<size_t>(sh.n_layers) * static_cast<size_t>(sh.n_kv_heads) *
+                        static_cast<size_t>(sh.head_dim);
+    if (o.value_weights.size() != want)
+      return invalid_argument(
+          "value weights: " + std::to_string(o.value_weights.size()) +
+          " floats, expected n_layers * n_kv_heads * head_dim = " + std::to_string(want));
+    for (float w : o.value_weights)
+      if (!std::isfinite(w) || w < 0.0f)
+        return invalid_argument("value weights must be finite and non-negative");
+  }
 
   std::unique_ptr<PagedKvCache> c(new PagedKvCache(o));
   c->books_ = std::make_unique<quant::CodebookCache>();
@@ -62,7 +74,8 @@ Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(const PagedKvCacheO
   for (char ch : o.config.to_string()) fp = derive_seed(fp, static_cast<uint8_t>(ch));
   c->fingerprint_ = fp;
   for (int l = 0; l < sh.n_layers; ++l)
-    c->needs_key_means_ = c->needs_key_means_ || o.config.centers_keys(l, sh.n_layers);
+    c->needs_key_means_ = c->needs_key_means_ || o.config.centers_keys(l, sh.n_layers) ||
+                          o.config.scales_values(l, sh.n_layers);
   TQ_LOG(kDebug, "KV pool: %d pages of %zu bytes (%s)", c->pool_->n_pages(), c->pool_->page_bytes(),
          o.config.to_string().c_str());
   return c;

@@ -36,6 +36,11 @@ struct PagedKvCacheOptions {
   // Fused attention kernels for the codecs (backend/cpu's cpu_kernel_table()); nullptr =
   // the scalar reference.
   const quant::KernelTable* kernels = nullptr;
+  // For KvConfig::value_scaling: [layer][kv_head][head_dim], w = the norm of the output
+  // projection's columns that read channel j of a KV head's attention output (the root of the
+  // sum of squares over the query heads that share it; model::Model::value_output_weights).
+  // Empty: w = 1 (the scales then follow the values' spread alone).
+  std::vector<float> value_weights;
 };
 
 struct KvFormatBytes {
@@ -87,6 +92,14 @@ class PagedKvCache {
     return *codecs_[static_cast<size_t>(2 * layer + (value ? 1 : 0))];
   }
   const quant::VectorCodec& f16_codec() const { return *f16_codec_; }
+  // options.value_weights of `layer` ([kv_head][head_dim]), or null when none were given.
+  const float* value_weights(int layer) const {
+    return options_.value_weights.empty()
+               ? nullptr
+               : options_.value_weights.data() + static_cast<size_t>(layer) *
+                                                     static_cast<size_t>(shape().n_kv_heads) *
+                                                     static_cast<size_t>(shape().head_dim);
+  }
   int block_tokens() const { return options_.config.block_tokens; }
   size_t page_bytes() const { return pool_->page_bytes(); }
   // Hashes the config into the prefix chain's root, so caches of different configs never mix.
@@ -120,7 +133,7 @@ class PagedKvCache {
 
   PagedKvCacheOptions options_;
   uint64_t fingerprint_ = 0;
-  bool needs_key_means_ = false;  // some layer centers its keys
+  bool needs_key_means_ = false;  // some layer centers its keys or scales its values
   // Declared before the codecs: they point into it and must die after them.
   std::unique_ptr<quant::CodebookCache> books_;
   std::vector<std::unique_ptr<quant::VectorCodec>> codecs_;  // [2 * layer + (V ? 1 : 0)]

@@ -93,6 +93,11 @@ class Model {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   // The attention geometry a KV cache for this model needs.
   kv::AttentionShape attention_shape() const;
+  // What a KV cache with value scaling needs (kv::PagedKvCacheOptions::value_weights):
+  // [layer][kv_head][head_dim], the norm of attn_output's columns that read channel j of a KV
+  // head, the root of the sum of squares over the query heads of its group. Reads (and
+  // dequantizes) every attn_output weight once.
+  Expected<std::vector<float>> value_output_weights() const;
 
   // How the weight matmuls take activations: quantized to 8 bits (the default, fast) or float
   // (quality runs: the 8-bit rounding puts a floor of ~0.0035 KLD under any change of the KV

@@ -141,6 +141,9 @@ Expected<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<model::Model> m
     co.pool_bytes = pool_bytes;
     co.prefix_caching = options.prefix_caching;
     co.kernels = &backend::cpu::cpu_kernel_table();
+    if (options.kv.value_scaling) {
+      TQ_ASSIGN_OR_RETURN(co.value_weights, e->model_->value_output_weights());
+    }
     TQ_ASSIGN_OR_RETURN(e->cache_, kv::PagedKvCache::create(co));
     e->step_ = std::make_unique<runtime::CpuStepModel>(*e->model_, *e->cache_, *e->pool_);
   }
