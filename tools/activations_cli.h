@@ -20,6 +20,10 @@ struct ActivationsFlag {
                   "CPU: weight matmuls take float activations, not 8-bit (slower; measures a KV "
                   "cache's own loss without the 8-bit rounding floor)");
   }
+  // Whether the GPU path takes these flags (DeviceFlag::settle).
+  Status on_gpu() const {
+    return float_activations ? unsupported("--float-activations is a CPU setting") : ok_status();
+  }
   // Sets the model's matmul activations; an error with --device cuda, which has no 8-bit path.
   Status apply(model::Model& m, bool cuda) const {
     if (!float_activations) return ok_status();

@@ -99,6 +99,7 @@ int bench_decode(BenchDecodeOptions& o) {
     std::fprintf(stderr, "tq bench decode: need depths, --kv pairs, --steps >= 1, --batch >= 1\n");
     return 2;
   }
+  if (auto base = o.kv.config(); base.ok()) o.device.settle(*base);
   std::sort(o.depths.begin(), o.depths.end());
   if (o.depths.front() < 1) {
     std::fprintf(stderr, "tq bench decode: depths must be positive\n");

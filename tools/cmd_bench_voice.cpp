@@ -441,7 +441,9 @@ int bench_voice(BenchVoiceOptions& o) {
     return fail(invalid_argument(
         "need --ctx >= 0, --max-sessions >= 0, -t >= 1, --prefill-chunk >= 1, --step-tokens >= 1"));
   if (o.kv_pairs.empty()) return fail(invalid_argument("--kv needs at least one K/V pair"));
-  if (auto base = o.kv.config(); !base.ok()) return fail(base.status());  // unknown arguments
+  auto base = o.kv.config();
+  if (!base.ok()) return fail(base.status());  // unknown arguments
+  o.device.settle(*base);
   std::vector<kv::KvConfig> configs;
   for (const std::string& pair : o.kv_pairs) {
     auto c = o.kv.pair_config(pair);

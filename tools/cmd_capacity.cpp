@@ -8,9 +8,9 @@
 #include <string>
 #include <vector>
 
-#include "kv_commands.h"
 #include "default_model.h"
 #include "kv_cli.h"
+#include "kv_commands.h"
 #include "tq/model/llama.h"
 
 namespace tq::tools {
@@ -39,8 +39,8 @@ Expected<double> parse_bytes(const std::string& s) {
   }
   const std::string unit = s.substr(pos);
   const std::pair<const char*, double> units[] = {
-      {"", 1},         {"B", 1},         {"KiB", 1024.0},     {"MiB", 1048576.0},
-      {"GiB", 1073741824.0}, {"K", 1e3}, {"KB", 1e3}, {"M", 1e6}, {"MB", 1e6}, {"G", 1e9},
+      {"", 1},    {"B", 1},    {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0},
+      {"K", 1e3}, {"KB", 1e3}, {"M", 1e6},      {"MB", 1e6},        {"G", 1e9},
       {"GB", 1e9}};
   for (const auto& [name, mult] : units)
     if (unit == name && v > 0) return v * mult;
@@ -104,8 +104,9 @@ int run_capacity(CapacityOptions& o) {
 
 void add_capacity_command(CLI::App& app) {
   auto o = std::make_shared<CapacityOptions>();
-  auto* cmd = app.add_subcommand("capacity", "Tokens and sequences a KV memory budget holds "
-                                             "under several cache configurations");
+  auto* cmd = app.add_subcommand("capacity",
+                                 "Tokens and sequences a KV memory budget holds "
+                                 "under several cache configurations");
   cmd->add_option("-m,--model", o->model, "GGUF model file (for its attention shape)")
       ->capture_default_str();
   cmd->add_option("--mem", o->mem, "KV memory budget (8GiB, 512MiB, 1e9)")->capture_default_str();

@@ -124,6 +124,8 @@ Status compare_cuda(const model::Model& m, const EvalText& text, const CompareOp
 int run_compare(CompareOptions& o) {
   auto base = o.kv.config();
   if (!base.ok()) return fail(base.status());
+  o.device.settle(*base);  // the common flags: window, sinks, scaling
+  o.device.settle(o.act.on_gpu());
   auto model = model::Model::load(o.model);
   if (!model.ok()) return fail(model.status());
   if (Status s = o.act.apply(**model, o.device.cuda()); !s.ok()) return fail(s);

@@ -81,8 +81,7 @@ int make_model(const MakeModelOptions& o) {
     std::fprintf(stderr, "tq make-model: %s\n", st.to_string().c_str());
     return 1;
   }
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::error_code ec;
   const auto size = std::filesystem::file_size(o.out, ec);
   std::printf("wrote %s: %.1f MiB, %zu tensors, %.1f s\n", o.out.c_str(),

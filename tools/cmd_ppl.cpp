@@ -38,6 +38,8 @@ int run_ppl(PplOptions& o) {
     std::fprintf(stderr, "tq ppl: %s\n", config.status().to_string().c_str());
     return 2;
   }
+  o.device.settle(*config);
+  o.device.settle(o.act.on_gpu());
   auto model = model::Model::load(o.model);
   if (!model.ok()) {
     std::fprintf(stderr, "tq ppl: %s\n", model.status().to_string().c_str());

@@ -22,9 +22,9 @@ struct QuantBenchOptions {
   int vectors = 4096;
   uint64_t seed = 42;
   int threads = 1;
-  int nq = 4;                   // query heads per KV head for the score throughput (GQA)
-  double query_cosine = 0.5;    // each key's query: cos * u + sin * (random unit _|_ u)
-  double min_seconds = 0.2;     // per throughput measurement
+  int nq = 4;                 // query heads per KV head for the score throughput (GQA)
+  double query_cosine = 0.5;  // each key's query: cos * u + sin * (random unit _|_ u)
+  double min_seconds = 0.2;   // per throughput measurement
   bool json = false;
 };
 
@@ -131,7 +131,8 @@ Expected<Row> measure(quant::Format f, int dim, const QuantBenchOptions& o,
     const int slot = i % kCapacity;
     codec->score(state.data(), 1, block, kCapacity, slot + 1, all.data());
     double truth = 0;
-    for (int j = 0; j < d; ++j) truth += double(queries[size_t(i) * d + j]) * keys[size_t(i) * d + j];
+    for (int j = 0; j < d; ++j)
+      truth += double(queries[size_t(i) * d + j]) * keys[size_t(i) * d + j];
     const double err = all[slot] - truth;
     ip_sum += err;
     ip_sum2 += err * err;
@@ -144,7 +145,8 @@ Expected<Row> measure(quant::Format f, int dim, const QuantBenchOptions& o,
   // Fused score throughput: nq prepared queries against every stored vector.
   std::vector<float> states(static_cast<size_t>(o.nq) * codec->query_state_size());
   for (int h = 0; h < o.nq; ++h)
-    codec->prepare_query(&queries[size_t(h % n) * d], &states[size_t(h) * codec->query_state_size()]);
+    codec->prepare_query(&queries[size_t(h % n) * d],
+                         &states[size_t(h) * codec->query_state_size()]);
   std::vector<float> scores(static_cast<size_t>(blocks) * o.nq * kCapacity);
   const auto score_all = [&] {
     pool.parallel_for(static_cast<size_t>(blocks), 1, [&](size_t b, size_t e) {
@@ -168,40 +170,42 @@ std::string json_number(double v) {
 }
 
 void print_json(const QuantBenchOptions& o, const char* kernels, const std::vector<Row>& rows) {
-  std::printf("{\"vectors\": %d, \"seed\": %llu, \"threads\": %d, \"nq\": %d, \"query_cosine\": %s, "
-              "\"kernels\": \"%s\", \"results\": [",
-              o.vectors, static_cast<unsigned long long>(o.seed), o.threads, o.nq,
-              json_number(o.query_cosine).c_str(), kernels);
+  std::printf(
+      "{\"vectors\": %d, \"seed\": %llu, \"threads\": %d, \"nq\": %d, \"query_cosine\": %s, "
+      "\"kernels\": \"%s\", \"results\": [",
+      o.vectors, static_cast<unsigned long long>(o.seed), o.threads, o.nq,
+      json_number(o.query_cosine).c_str(), kernels);
   for (size_t k = 0; k < rows.size(); ++k) {
     const Row& r = rows[k];
-    std::printf("%s\n  {\"dim\": %d, \"bits\": %d, \"mode\": \"%s\", \"format\": \"%s\", "
-                "\"bytes_per_vector\": %zu, \"mse\": %s, \"mse_optimum\": %s, \"mse_bound\": %s, "
-                "\"ip_bias\": %s, \"ip_bias_se\": %s, \"ip_rmse\": %s, \"ip_mse_bound\": %s, "
-                "\"quantize_vectors_per_s\": %s, \"score_vectors_per_s\": %s, \"score_gb_per_s\": %s}",
-                k ? "," : "", r.dim, r.bits, r.mode.c_str(), r.format.c_str(), r.bytes_per_vector,
-                json_number(r.mse).c_str(), json_number(r.mse_optimum).c_str(),
-                json_number(r.mse_bound).c_str(), json_number(r.ip_bias).c_str(),
-                json_number(r.ip_bias_se).c_str(), json_number(r.ip_rmse).c_str(),
-                json_number(r.ip_bound).c_str(), json_number(r.quantize_vps).c_str(),
-                json_number(r.score_vps).c_str(), json_number(r.score_gbps).c_str());
+    std::printf(
+        "%s\n  {\"dim\": %d, \"bits\": %d, \"mode\": \"%s\", \"format\": \"%s\", "
+        "\"bytes_per_vector\": %zu, \"mse\": %s, \"mse_optimum\": %s, \"mse_bound\": %s, "
+        "\"ip_bias\": %s, \"ip_bias_se\": %s, \"ip_rmse\": %s, \"ip_mse_bound\": %s, "
+        "\"quantize_vectors_per_s\": %s, \"score_vectors_per_s\": %s, \"score_gb_per_s\": %s}",
+        k ? "," : "", r.dim, r.bits, r.mode.c_str(), r.format.c_str(), r.bytes_per_vector,
+        json_number(r.mse).c_str(), json_number(r.mse_optimum).c_str(),
+        json_number(r.mse_bound).c_str(), json_number(r.ip_bias).c_str(),
+        json_number(r.ip_bias_se).c_str(), json_number(r.ip_rmse).c_str(),
+        json_number(r.ip_bound).c_str(), json_number(r.quantize_vps).c_str(),
+        json_number(r.score_vps).c_str(), json_number(r.score_gbps).c_str());
   }
   std::printf("\n]}\n");
 }
 
 void print_table(const QuantBenchOptions& o, const char* kernels, const std::vector<Row>& rows) {
-  std::printf("quant-bench: %d random unit vectors, seed %llu, %d thread(s), kernels %s, score nq=%d,\n"
-              "inner products against queries at cosine %.2f to their key\n\n",
-              o.vectors, static_cast<unsigned long long>(o.seed), o.threads, kernels, o.nq,
-              o.query_cosine);
+  std::printf(
+      "quant-bench: %d random unit vectors, seed %llu, %d thread(s), kernels %s, score nq=%d,\n"
+      "inner products against queries at cosine %.2f to their key\n\n",
+      o.vectors, static_cast<unsigned long long>(o.seed), o.threads, kernels, o.nq, o.query_cosine);
   std::printf("%4s %-6s %-8s %5s %9s %9s %9s %10s %9s %9s %11s %11s %8s\n", "dim", "format", "mode",
               "B/vec", "mse", "optimum", "bound", "ip_bias", "bias_se", "ip_rmse", "quant v/s",
               "score v/s", "GB/s");
   for (const Row& r : rows) {
     const auto opt = [](double v) { return std::isfinite(v) ? json_number(v) : std::string("-"); };
     std::printf("%4d %-6s %-8s %5zu %9.5f %9s %9s %10.6f %9.6f %9.5f %11.3g %11.3g %8.2f\n", r.dim,
-                r.format.c_str(), r.mode.c_str(), r.bytes_per_vector, r.mse, opt(r.mse_optimum).c_str(),
-                opt(r.mse_bound).c_str(), r.ip_bias, r.ip_bias_se, r.ip_rmse, r.quantize_vps,
-                r.score_vps, r.score_gbps);
+                r.format.c_str(), r.mode.c_str(), r.bytes_per_vector, r.mse,
+                opt(r.mse_optimum).c_str(), opt(r.mse_bound).c_str(), r.ip_bias, r.ip_bias_se,
+                r.ip_rmse, r.quantize_vps, r.score_vps, r.score_gbps);
   }
 }
 
@@ -242,12 +246,13 @@ int run_quant_bench(const QuantBenchOptions& o) {
 
 void add_quant_bench_command(CLI::App& app) {
   auto opts = std::make_shared<QuantBenchOptions>();
-  auto* cmd = app.add_subcommand(
-      "quant-bench", "Distortion, inner-product bias and throughput of the KV formats");
+  auto* cmd = app.add_subcommand("quant-bench",
+                                 "Distortion, inner-product bias and throughput of the KV formats");
   cmd->add_option("--dim", opts->dims, "Head dims, comma-separated (multiples of 8, 8..1024)")
       ->delimiter(',')
       ->check(CLI::Range(8, 1024));
-  cmd->add_option("--bits", opts->bits, "TurboQuant bit widths, comma-separated (1..8; prod for >= 2)")
+  cmd->add_option("--bits", opts->bits,
+                  "TurboQuant bit widths, comma-separated (1..8; prod for >= 2)")
       ->delimiter(',')
       ->check(CLI::Range(1, 8));
   cmd->add_option("--vectors", opts->vectors, "Random unit vectors per format")
@@ -266,7 +271,8 @@ void add_quant_bench_command(CLI::App& app) {
   cmd->callback([opts] {
     for (int d : opts->dims)
       if (d % 8 != 0)
-        throw CLI::ValidationError("--dim", "head dim " + std::to_string(d) + " is not a multiple of 8");
+        throw CLI::ValidationError("--dim",
+                                   "head dim " + std::to_string(d) + " is not a multiple of 8");
     if (const int rc = run_quant_bench(*opts); rc != 0) throw CLI::RuntimeError(rc);
   });
 }

@@ -98,6 +98,7 @@ int run(RunOptions& o) {
   if (Status st = o.sampler.validate(); !st.ok()) return fail(2, st.message());
   auto kv_config = o.kv.config();
   if (!kv_config.ok()) return fail(2, kv_config.status().message());
+  o.device.settle(*kv_config);
   const bool paged = !o.kv.given.empty();
   auto text = read_prompt(o);
   if (!text.ok()) return fail(2, text.status().message());

@@ -63,6 +63,7 @@ Expected<size_t> parse_bytes(const std::string& s) {
 
 int run_serve(ServeOptions& o) {
   auto config = o.kv.config();
+  if (config.ok()) o.device.settle(*config);
   auto kv_memory = parse_bytes(o.kv_memory);
   if (!config.ok() || !kv_memory.ok()) {
     std::fprintf(stderr, "tq serve: %s\n",

@@ -11,8 +11,9 @@ void add_serve_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (not in this build)");
   cmd->allow_extras();
   cmd->callback([] {
-    std::fprintf(stderr, "tq serve: this build has no server (configure with "
-                         "-DTQ_BUILD_SERVER=ON and cpp-httplib + nlohmann-json installed)\n");
+    std::fprintf(stderr,
+                 "tq serve: this build has no server (configure with "
+                 "-DTQ_BUILD_SERVER=ON and cpp-httplib + nlohmann-json installed)\n");
     throw CLI::RuntimeError(2);
   });
 }

@@ -304,6 +304,8 @@ int fail(const Status& s) {
 int run_verify(VerifyOptions& o) {
   auto config = o.kv.config();
   if (!config.ok()) return fail(config.status());
+  o.device.settle(*config);
+  o.device.settle(o.act.on_gpu());
   auto model = model::Model::load(o.model);
   if (!model.ok()) return fail(model.status());
   if (Status s = o.act.apply(**model, o.device.cuda()); !s.ok()) return fail(s);

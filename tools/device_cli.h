@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdio>
 #include <memory>
 #include <string>
 
@@ -30,6 +31,21 @@ struct DeviceFlag {
   bool cuda() const { return name == "cuda" || (name == "auto" && gpu_visible()); }
   // "cpu" or "cuda": what auto became.
   const char* resolved() const { return cuda() ? "cuda" : "cpu"; }
+
+  // auto on a machine with a GPU stays on the CPU when the command's options need it (`on_gpu`
+  // says whether the GPU path takes them, e.g. DeviceModelOptions::validate of its KV config),
+  // with the reason on stderr; an explicit --device cuda gets the error where it opens the GPU.
+  void settle(const Status& on_gpu) {
+    if (name != "auto" || on_gpu.ok() || !gpu_visible()) return;
+    std::fprintf(stderr, "tq: --device auto: running on the CPU: %s\n", on_gpu.message().c_str());
+    name = "cpu";
+  }
+  // The same check for a KV configuration (window, sinks, key/value scaling are CPU-only).
+  void settle(const kv::KvConfig& kv) {
+    backend::DeviceModelOptions o;
+    o.kv = kv;
+    settle(o.validate());
+  }
 
   // Whether this build has CUDA and a device is visible (asked once per process).
   static bool gpu_visible() {
