@@ -249,19 +249,23 @@ std::vector<WriteCase> write_cases() {
 INSTANTIATE_TEST_SUITE_P(AllFormats, QuantizeWrite, testing::ValuesIn(write_cases()), case_name);
 
 // Many vectors per team (the grid is at most one wave): the prefetch and the stepping of
-// (token, head) with a head count that does not divide the stride.
+// (token, head) with a head count that does not divide the stride, teams past the end inside a
+// running warp, and slot / block_tokens for a block_tokens that is not a power of two.
 TEST(QuantizeWriteTeam, GridStrideOverManyVectors) {
   TQ_REQUIRE_GPU();
   struct Big {
     const char* format;
     int dim, tokens;
     bool f16_input;
+    int cap;
   };
-  for (const Big b :
-       {Big{"tq4", 128, 8000, true}, Big{"tq3", 64, 14000, false}, Big{"tq2", 256, 5000, true}}) {
+  for (const Big b : {Big{"tq4", 128, 8000, true, 32}, Big{"tq3", 64, 14000, false, 32},
+                      Big{"tq2", 256, 5000, true, 32}, Big{"tq4", 128, 7001, true, 96},
+                      Big{"tq1", 64, 3001, false, 160}}) {
     PoolCase pc;
     pc.format = *quant::parse_format(b.format);
     pc.dim = b.dim;
+    pc.cap = b.cap;
     pc.heads = 3;
     pc.tokens = b.tokens;
     pc.f16_input = b.f16_input;
@@ -269,7 +273,8 @@ TEST(QuantizeWriteTeam, GridStrideOverManyVectors) {
     const Status st = quantize_write(pc.params(WriteKernel::kTeam), nullptr);
     ASSERT_TRUE(st.ok()) << st.to_string();
     TQ_CUDA_OK(cudaDeviceSynchronize());
-    pc.check(WriteKernel::kTeam, std::string("grid_") + b.format + "_d" + std::to_string(b.dim));
+    pc.check(WriteKernel::kTeam, std::string("grid_") + b.format + "_d" + std::to_string(b.dim) +
+                                     "_cap" + std::to_string(b.cap));
   }
 }
 

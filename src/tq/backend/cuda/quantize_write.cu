@@ -152,6 +152,7 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   a.block_stride = pool.block_stride_or_default();
   a.head_stride = pool.head_stride_or_default();
   a.block_tokens = pool.block_tokens;
+  block_divisor(pool.block_tokens, a.block_magic, a.block_magic_shift);
   a.n_kv_heads = pool.n_kv_heads;
   a.x = p.x;
   a.x_f16 = p.x_is_f16;

@@ -39,7 +39,23 @@ struct WriteArgs {
   const uint32_t* cell_lut;  // quant::CellLut image (the float32 kernels; tq mse <= 4 bits)
   float hadamard_scale;  // 1 / sqrt(d) exactly as the CPU computes it
   bool norm_correction;
+  // slot / block_tokens for slot in [0, 2^31) without a division (set by block_divisor; the
+  // float32 kernels): __umulhi(slot, block_magic) >> block_magic_shift.
+  uint32_t block_magic;
+  int block_magic_shift;
 };
+
+// Granlund-Montgomery round-up reciprocal of d in [2, 2^31) for 31-bit numerators: with
+// l = ceil(log2 d) >= 1 and m = ceil(2^(31 + l) / d), 2^(31 + l) <= m d < 2^(31 + l) + 2^l, so
+// floor(n m / 2^(31 + l)) = floor(n / d) for every n < 2^31, and m < 2^32 (m = 2^31 for
+// d = 2^l): the kernels shift the high word of n m by l - 1. Pools hold multiples of 32.
+inline void block_divisor(int d, uint32_t& magic, int& shift) {
+  int l = 0;
+  while ((int64_t{1} << l) < d) ++l;
+  magic = static_cast<uint32_t>(((uint64_t{1} << (31 + l)) + static_cast<uint64_t>(d) - 1) /
+                                static_cast<uint64_t>(d));
+  shift = l - 1;
+}
 
 inline constexpr int kWriteThreads = 128;
 

@@ -16,10 +16,12 @@
 // boundary, and norms by float32 rounding. Edge cases the float32 norm sees differently: an fp32
 // input with |x| > ~1e19 (x^2 overflows: stored NaN, the CPU stores the saturated norm) or a
 // whole vector below ~1e-19 (x^2 underflows: stored as zero).
-// Cost (SASS, team kernel loop, fp16 in, d = 128): ~122 warp instructions per vector for tq1..4
-// (the cell search no longer depends on the width), down from 153 (tq4) / 137 / 124 / 103 (tq1)
-// with the earlier register + shared-memory search tree; the legacy kernel takes ~221 plus
-// float64 conversions and DFMAs.
+// Cost (SASS, team kernel loop, fp16 in, d = 128): ~116 warp instructions per vector for tq1..4
+// (the cell search does not depend on the width), down from ~122 with a team-uniform trip count
+// (partial-mask shuffles with a convergence check each), slot / block_tokens as a division and
+// register copies of the prefetched words, and 153 (tq4) / 137 / 124 / 103 (tq1) with the earlier
+// register + shared-memory search tree; the legacy kernel takes ~221 plus float64 conversions
+// and DFMAs.
 #pragma once
 
 #include "tq/backend/cuda/quantize_write.cuh"
@@ -249,7 +251,10 @@ __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, 
 }  // namespace dev
 
 // Bulk writes: a team of kDim / 32 lanes per vector; each team walks the vectors grid-stride,
-// loading the next vector (and its slot) before encoding the current one.
+// loading the next vector (and its slot) before encoding the current one. The trip count is
+// warp-uniform (that of the warp's first team): a team past the end keeps encoding its last
+// vector (or vector nvec - 1) without storing it, so that every shuffle takes the full mask and
+// needs no convergence check. Vectors with a negative slot are encoded too, and not stored.
 template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteArgs a) {
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
@@ -260,35 +265,45 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   const int stride = gridDim.x * kTeams, stride_tokens = stride / heads,
             stride_heads = stride % heads;
   int v = blockIdx.x * kTeams + team;
-  int token = v / heads, head = v % heads;  // of v, then stepped without divisions
+  // The loop runs while the warp's first team has a vector: v < nvec + (team's rank in the warp).
+  const int warp_end = nvec + team % (32 / kLanes);
+  // The vector the team loads (its last one once past the end), stepped without divisions.
+  const int v0 = min(v, nvec - 1);
+  int token = v0 / heads, head = v0 % heads;
   dev::LaneInput<kE, kF16In> cur;
-  if (v < nvec) cur.template load<kDim>(a, token, head, lane);  // in flight while the tables load
+  if (v < warp_end) cur.template load<kDim>(a, token, head, lane);  // in flight during the tables
   uint32_t hmask[kE / 2];
   dev::load_sign_masks<kE>(a.hadamard_signs, lane, hmask);
   static_assert(kWriteThreads >= dev::CellLut::kWords);
   if (threadIdx.x < dev::CellLut::kWords) dev::CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
   __syncthreads();
   const dev::CellLut lut(s_lut, a.cell_lut);
-  const unsigned mask = dev::team_mask<kLanes>();
-  const int cap = a.block_tokens;
+  const uint32_t magic = a.block_magic;
+  const int magic_shift = a.block_magic_shift, cap = a.block_tokens;
 
-  for (; v < nvec; v += stride) {  // team-uniform
+  // One vector: encode now's, load the next (or now's again) into nxt. Once converted, now's raw
+  // words are dead; two buffers in turn let nxt be in flight during the encode with no register
+  // copies at the back edge.
+  dev::LaneInput<kE, kF16In> other;
+  const auto step = [&](const dev::LaneInput<kE, kF16In>& now, dev::LaneInput<kE, kF16In>& nxt) {
+    const bool store = v < nvec;
+    const bool more = v + stride < nvec;  // else reload this one (unused)
     int next_token = token + stride_tokens, next_head = head + stride_heads;
     if (next_head >= heads) next_head -= heads, ++next_token;
-    const bool more = v + stride < nvec;  // past the end: reload this one (unused)
-    // Once converted, the raw words are dead: the next vector loads into them and is in flight
-    // while this one is encoded, with no register copies at the end of the loop.
     float y[kE];
-    dev::signed_input<kE, kF16In>(cur, hmask, y);
-    const int32_t sm = cur.sm;
-    cur.template load<kDim>(a, more ? next_token : token, more ? next_head : head, lane);
-    if (sm >= 0) {
-      uint32_t words[kBits];
-      const float stored = dev::tq_encode<kDim, kBits, kLanes>(y, lane, mask, lut, a.hadamard_scale,
-                                                               a.norm_correction, words);
-      const int slot = sm % cap;
-      uint8_t* blk = a.pool + static_cast<size_t>(sm / cap) * a.block_stride +
-                     static_cast<size_t>(head) * a.head_stride;
+    dev::signed_input<kE, kF16In>(now, hmask, y);
+    const int32_t sm = now.sm;
+    const int vec_head = head;
+    if (more) token = next_token, head = next_head;
+    nxt.template load<kDim>(a, token, head, lane);
+    uint32_t words[kBits];
+    const float stored = dev::tq_encode<kDim, kBits, kLanes>(
+        y, lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, words);
+    if (store && sm >= 0) {
+      const uint32_t block = __umulhi(static_cast<uint32_t>(sm), magic) >> magic_shift;
+      const int slot = sm - static_cast<int>(block) * cap;
+      uint8_t* blk = a.pool + static_cast<size_t>(block) * a.block_stride +
+                     static_cast<size_t>(vec_head) * a.head_stride;
       uint8_t* codes = blk + slot * kCodeBytes + lane * kBits * 4;  // lane's kBits words
       if constexpr (kBits == 4) {
         *reinterpret_cast<uint4*>(codes) = make_uint4(words[0], words[1], words[2], words[3]);
@@ -301,8 +316,12 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
       if (lane == 0)
         reinterpret_cast<uint16_t*>(blk + cap * kCodeBytes)[slot] = dev::norm_to_f16(stored);
     }
-    token = next_token;
-    head = next_head;
+    v += stride;
+  };
+  while (v < warp_end) {  // warp-uniform
+    step(cur, other);
+    if (v >= warp_end) break;
+    step(other, cur);
   }
 }
 
