@@ -11,6 +11,17 @@
 #include "tq/kv/paged_attention.h"
 
 namespace tq::kv {
+namespace {
+
+// s[0..n) hold one head's per-channel ratios r (rounded to float) whose logs, summed in double,
+// are log_sum: makes them sqrt(r / geomean(r)), scales whose squares follow r (the
+// Cauchy-Schwarz optimum of key and value scaling) with a geometric mean of 1.
+void normalize_scales(float* s, size_t n, double log_sum) {
+  const double geomean = std::exp(log_sum / static_cast<double>(n));
+  for (size_t e = 0; e < n; ++e) s[e] = static_cast<float>(std::sqrt(s[e] / geomean));
+}
+
+}  // namespace
 
 PagedKv::PagedKv(PagedKvCache* cache, int capacity)
     : cache_(cache), shape_(cache->shape()), capacity_(capacity) {
@@ -176,9 +187,7 @@ void PagedKv::set_key_mean(int layer, int n, const float* k) {
         s[o + e] = static_cast<float>(ratio);
         log_sum += std::log(ratio);
       }
-      const double geomean = std::exp(log_sum / static_cast<double>(row_elems_));
-      for (size_t e = 0; e < row_elems_; ++e)
-        s[o + e] = static_cast<float>(std::sqrt(s[o + e] / geomean));
+      normalize_scales(s + o, row_elems_, log_sum);
     }
   }
 }
@@ -212,9 +221,7 @@ void PagedKv::set_value_scale(int layer, int n, const float* v) {
       t[o + e] = static_cast<float>(ratio);
       log_sum += std::log(ratio);
     }
-    const double geomean = std::exp(log_sum / static_cast<double>(row_elems_));
-    for (size_t e = 0; e < row_elems_; ++e)
-      t[o + e] = static_cast<float>(std::sqrt(t[o + e] / geomean));
+    normalize_scales(t + o, row_elems_, log_sum);
   }
 }
 

@@ -577,8 +577,7 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
     TQ_CUDA_TRY(cudaStreamSynchronize(s));
     for (int b = 0; b < B && any_greedy; ++b) {
       const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
-      if (a.greedy != nullptr && a.logits_mode != DeviceLogits::kNone)
-        *a.greedy = m.host_greedy[static_cast<size_t>(b)];
+      if (a.greedy != nullptr) *a.greedy = m.host_greedy[static_cast<size_t>(b)];  // validated
     }
     return ok_status();
   }
