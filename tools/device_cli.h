@@ -72,11 +72,18 @@ struct DeviceFlag {
 
   // --gpu-graphs and --gpu-write (A/B switches of the decode path; bench decode).
   std::string graphs = "on";
+  std::string overlap = "on";
   std::string write = "auto";
   void add_tuning_to(CLI::App* cmd) {
     cmd->add_option("--gpu-graphs", graphs,
                     "on: each decode step replays a CUDA graph of the whole pass; off: every "
                     "kernel launched from the host (--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"on", "off"}));
+    cmd->add_option("--gpu-overlap", overlap,
+                    "on: the quantized-weight GEMVs start loading weights while the kernel "
+                    "before them runs (programmatic dependent launch, sm_90); off: plain "
+                    "stream order (--device cuda)")
         ->capture_default_str()
         ->check(CLI::IsMember({"on", "off"}));
     cmd->add_option("--gpu-write", write,
@@ -91,6 +98,7 @@ struct DeviceFlag {
     backend::DeviceModelOptions o;
     o.weights = device_weights();
     o.cuda_graphs = graphs == "on";
+    o.overlap_launches = overlap == "on";
     o.write_kernel = write == "legacy" ? backend::DeviceWriteKernel::kLegacy
                      : write == "team" ? backend::DeviceWriteKernel::kTeam
                      : write == "warp" ? backend::DeviceWriteKernel::kWarp

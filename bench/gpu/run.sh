@@ -9,8 +9,9 @@
 #     transferred), one `tq run --device cuda` and `tq bench decode` (batch-1 decode tokens/s at
 #     TQ_DECODE_DEPTHS for the K/V pairs TQ_DECODE_KV) into $OUT/decode_bench.md, then f16 KV
 #     with cuBLAS for the one-token matmuls (decode_bench_cublas.md; TQ_GPU_CUBLAS_COMPARE=0
-#     skips it); TQ_GPU_PROFILE_DECODE=1
-#     adds ncu kernel times of two decode steps (ncu_decode.csv).
+#     skips it); TQ_GPU_PROFILE_DECODE=1 adds ncu kernel times of TQ_PROFILE_STEPS (2) decode
+#     steps at TQ_PROFILE_DEPTH (1024) for each K/V pair of TQ_PROFILE_KV ("f16/f16 tq4/tq3"),
+#     graphs off, TQ_PROFILE_FLAGS (--gpu-weights quant), per kernel into ncu_decode.md.
 #   - TQ_GPU_CONCURRENT_BENCH=1 (default 0): batched decode of many sessions on the same
 #     Llama-3-8B-shaped model (made in the background while the tests run): `tq bench concurrent`
 #     (TQ_CONC_SESSIONS sessions at each of TQ_CONC_CONTEXTS, decode batches TQ_CONC_BATCHES, K/V
@@ -131,11 +132,16 @@ if [ "$ATTN_BENCH" = 1 ] && [ "${TQ_GPU_PROFILE:-0}" = 1 ]; then
         sort | uniq -c | sort -rn | head -30
     done
   } > "$OUT/sass_summary.txt" 2>&1
-  for f in tq4/tq4 tq3/tq3 f16/f16; do
+  for f in ${TQ_PROFILE_ATTN_FORMATS-tq4/tq4 tq3/tq3 f16/f16}; do
     timeout 150 ncu -k regex:attention_kernel -c 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
       --section SchedulerStats --section WarpStateStats --section Occupancy --section InstructionStats \
       "$BUILD/tq_gpu_bench" --out /tmp --contexts 32768 --batches 8 --formats "$f" --reps 2 --write 0
   done > "$OUT/ncu.txt" 2>&1
+  # One bulk tq4 quantize-on-write launch (65536 tokens x 8 KV heads, fp16 in).
+  timeout 150 ncu -k regex:tq_team_kernel -c 1 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section SchedulerStats --section WarpStateStats --section Occupancy --section InstructionStats \
+    --section LaunchStats "$BUILD/tq_gpu_bench" --out /tmp --formats tq4/tq4 --reps 1 --attention 0 \
+    > "$OUT/ncu_write.txt" 2>&1
 fi
 if [ "$ATTN_BENCH" = 1 ]; then
   python3 "$ROOT/bench/gpu/report.py" "$OUT" > "$OUT/results.md"
@@ -191,11 +197,21 @@ if [ "$MODEL_BENCH" = 1 ]; then
   [ "${TQ_GPU_CUBLAS_COMPARE:-1}" = 1 ] && "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths 1024,32768 \
     --kv f16/f16 --steps 64 --warmup 4 --cublas-gemv | tee "$OUT/decode_bench_cublas.md"
   if [ "${TQ_GPU_PROFILE_DECODE:-0}" = 1 ]; then
-    # Kernel times of a 32-token prefill and two decode steps (f16 KV), one row per kernel.
-    timeout 240 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
-      "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths 32 --kv f16/f16 \
-      --steps 2 --warmup 0 --batch 32 > "$OUT/ncu_decode.csv" 2> "$OUT/ncu_decode.err"
-    echo "ncu rc=$? rows=$(wc -l < "$OUT/ncu_decode.csv")"
+    # Kernel times of TQ_PROFILE_STEPS decode steps after a TQ_PROFILE_DEPTH-token prefill, one
+    # ncu run per K/V pair of TQ_PROFILE_KV (launched one by one: graphs off), summed per kernel
+    # and step by ncu_decode.py into ncu_decode.md.
+    psteps=${TQ_PROFILE_STEPS:-2}
+    pargs=()
+    for kv in ${TQ_PROFILE_KV:-f16/f16 tq4/tq3}; do
+      csvf="$OUT/ncu_decode_${kv/\//-}.csv"
+      timeout 240 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+        "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda \
+        --depths "${TQ_PROFILE_DEPTH:-1024}" --kv "$kv" --steps "$psteps" --warmup 0 \
+        --gpu-graphs off ${TQ_PROFILE_FLAGS:---gpu-weights quant} > "$csvf" 2> "${csvf%.csv}.err"
+      echo "ncu $kv rc=$? rows=$(wc -l < "$csvf")"
+      pargs+=("$kv=$csvf")
+    done
+    python3 "$ROOT/bench/gpu/ncu_decode.py" "$psteps" "${pargs[@]}" | tee "$OUT/ncu_decode.md"
   fi
 fi
 conc_rc=0

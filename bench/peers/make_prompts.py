@@ -12,6 +12,48 @@ import os
 import sys
 
 
+class _GgufBpe:
+    """The GGUF's byte-level BPE (tokens and merges) through the `tokenizers` package, for
+    machines where transformers' GGUF loader is missing its torch dependency. Pre-tokenizer:
+    digits one by one, then GPT-2's byte-level split (SmolLM2's `smollm` pre-tokenizer)."""
+
+    def __init__(self, path):
+        from gguf import GGUFReader
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+        r = GGUFReader(path)
+
+        def strings(key):
+            f = r.fields[key]
+            return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+
+        vocab = {t: i for i, t in enumerate(strings("tokenizer.ggml.tokens"))}
+        merges = [tuple(m.split(" ", 1)) for m in strings("tokenizer.ggml.merges")]
+        self.tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+        self.tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+        self.tok.decoder = decoders.ByteLevel()
+
+    def encode(self, text, add_special_tokens=False):
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids):
+        return self.tok.decode(ids)
+
+
+def load_tokenizer(model):
+    try:
+        from transformers import AutoTokenizer  # slow import: only when prompts are missing
+
+        return AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(model)),
+                                             gguf_file=os.path.basename(model))
+    except (ImportError, ModuleNotFoundError, OSError) as e:
+        print(f"make_prompts: transformers' GGUF tokenizer unavailable ({type(e).__name__}); "
+              "using the GGUF's BPE through `tokenizers`", file=sys.stderr)
+        return _GgufBpe(model)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True)
@@ -20,10 +62,7 @@ def main() -> int:
     ap.add_argument("counts", nargs="+", type=int)
     a = ap.parse_args()
 
-    from transformers import AutoTokenizer  # slow import: only when prompts are missing
-
-    tok = AutoTokenizer.from_pretrained(os.path.dirname(os.path.abspath(a.model)),
-                                        gguf_file=os.path.basename(a.model))
+    tok = load_tokenizer(a.model)
     need = max(a.counts)
     with open(a.text, encoding="utf-8") as f:
         text = f.read(need * 8)  # ~4 characters per token in English prose: ample

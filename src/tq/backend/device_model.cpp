@@ -45,7 +45,8 @@ std::string DeviceModelOptions::to_string() const {
   return "ctx " + std::to_string(max_context) + " x " + std::to_string(max_sequences) +
          " seqs, batch " + std::to_string(max_batch) + (cublas_gemv ? ", cuBLAS GEMV" : "") +
          (weights == DeviceWeights::kQuantized ? ", quantized weights" : "") +
-         (cuda_graphs ? "" : ", no CUDA graphs") + write_kernel_note(write_kernel) + ", kv " +
+         (cuda_graphs ? "" : ", no CUDA graphs") +
+         (overlap_launches ? "" : ", no overlapped launches") + write_kernel_note(write_kernel) + ", kv " +
          kv.to_string();
 }
 

@@ -42,6 +42,10 @@ struct DeviceModelOptions {
   // CUDA graph of the whole pass, captured once per batch size and attention plan: ~450 kernel
   // launches per token become one. Off: every kernel is launched from the host (A/B runs).
   bool cuda_graphs = true;
+  // The quantized-weight GEMVs are launched with programmatic dependence (sm_90): each starts
+  // loading its weights while the small kernel before it (RMSNorm, SwiGLU, the attention
+  // output's conversion) still runs. Off: plain stream order (A/B runs).
+  bool overlap_launches = true;
 
   Status validate() const;
   std::string to_string() const;

@@ -47,6 +47,23 @@ inline cudaError_t sync_unless_capturing(cudaStream_t s) {
 
 namespace tq::backend::cuda::dev {
 
+// Programmatic dependent launch (sm_90): a kernel launched with
+// cudaLaunchAttributeProgrammaticStreamSerialization may start while its predecessor in the
+// stream still runs, once every CTA of the predecessor has called pdl_launch_dependents (or
+// exited). Before it reads anything the predecessor writes, it calls pdl_wait, which returns
+// when the predecessor has completed and its writes are visible. Both are no-ops on older
+// architectures and for kernels launched without the attribute.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // D = A * B + D for one 16x8x16 tile, fp16 inputs, fp32 accumulators (PTX fragment layout:
 // groupID = lane / 4, tig = lane % 4; A reg0 (row g, k 2tig..+1), reg1 (row g+8), reg2 (row g,
 // k+8), reg3 (row g+8, k+8); B reg0 (k 2tig..+1, col g), reg1 (k+8); C c0,c1 (row g, cols

@@ -39,9 +39,9 @@ __device__ void block_fwht(float* sh, int d) {
 
 // q_main = c * P q (P = H D / sqrt(d) when `signs`, dense `rot` otherwise, identity when both
 // are null), q_sketch = qjl_c * S P q, q_win = c * q. One block of d threads per (head, seq).
-__global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c, const float* signs,
-                                     const float* rot, const float* qjl, float qjl_c, __half* q_main,
-                                     __half* q_sketch, __half* q_win) {
+__global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c, float inv_sqrt_d,
+                                     const float* signs, const float* rot, const float* qjl, float qjl_c,
+                                     __half* q_main, __half* q_sketch, __half* q_win) {
   extern __shared__ float sh[];  // [2][d]: q, then P q
   const size_t row = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d;
   const int j = threadIdx.x;
@@ -51,7 +51,7 @@ __global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c
   if (signs) {
     sh[d + j] = qj * __ldg(signs + j);
     block_fwht(sh + d, d);
-    y = sh[d + j] * rsqrtf(static_cast<float>(d));
+    y = sh[d + j] * inv_sqrt_d;
   } else if (rot) {
     sh[j] = qj;
     __syncthreads();
@@ -69,31 +69,67 @@ __global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c
 }
 
 // out = (P_v^T sum_{main} w_s O_s + sum_{window} w_s O_s) / sum_s w_s l_s, w_s = 2^(m_s - M).
-// One block of d threads per (head, seq).
+// One block of d threads per (head, seq). The splits' (m, l) pairs are read once, in parallel,
+// into shared memory, and the O_s loads are independent of each other (unrolled), so the
+// kernel waits on about two memory latencies instead of one per split; the sums keep the split
+// order. The rotation back is the Walsh-Hadamard butterflies of block_fwht, in-warp stages by
+// shuffles.
+constexpr int kMergeUnroll = 8;
 __global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main, int splits_total,
-                             int n_heads, int d, const float* signs_v, const float* rot_v, float* out) {
-  extern __shared__ float sh[];  // [d]
+                             int n_heads, int d, const float* signs_v, const float* rot_v, float inv_sqrt_d,
+                             float* out) {
+  extern __shared__ float sh[];  // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
+  float* red = sh + d;
+  float* sm = red + 32;
+  float* sl = sm + splits_total;
   const size_t ph = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * splits_total;
-  const int j = threadIdx.x;
+  const int j = threadIdx.x, lane = j & 31, warp = j >> 5, warps = (d + 31) / 32;
+  const unsigned mask = d >= 32 ? 0xffffffffu : (1u << d) - 1u;
   float m = -INFINITY;
-  for (int s = 0; s < splits_total; ++s) m = fmaxf(m, part_ml[ph + s].x);
+  for (int s = j; s < splits_total; s += d) {
+    const float2 ml = part_ml[ph + s];
+    sm[s] = ml.x;
+    sl[s] = ml.y;
+    m = fmaxf(m, ml.x);
+  }
+  for (int o = 16; o >= 1; o /= 2) m = fmaxf(m, __shfl_xor_sync(mask, m, o));
+  if (lane == 0) red[warp] = m;
+  __syncthreads();
+  m = red[0];
+  for (int w = 1; w < warps; ++w) m = fmaxf(m, red[w]);
   float l = 0.0f, acc_main = 0.0f, acc_win = 0.0f;
   if (m != -INFINITY) {
-    for (int s = 0; s < splits_total; ++s) {
-      const float2 ml = part_ml[ph + s];
-      if (ml.x == -INFINITY) continue;
-      const float w = exp2f(ml.x - m);
-      l += w * ml.y;
-      const float v = w * part_o[(ph + s) * d + j];
-      if (s < splits_main) acc_main += v;
-      else acc_win += v;
+    for (int s0 = 0; s0 < splits_total; s0 += kMergeUnroll) {
+      float ov[kMergeUnroll];
+#pragma unroll
+      for (int i = 0; i < kMergeUnroll; ++i)
+        ov[i] = s0 + i < splits_total ? part_o[(ph + s0 + i) * d + j] : 0.0f;
+#pragma unroll
+      for (int i = 0; i < kMergeUnroll; ++i) {
+        const int s = s0 + i;
+        if (s >= splits_total || sm[s] == -INFINITY) continue;
+        const float w = exp2f(sm[s] - m);
+        l += w * sl[s];
+        const float v = w * ov[i];
+        if (s < splits_main) acc_main += v;
+        else acc_win += v;
+      }
     }
   }
   float y = acc_main;
   if (signs_v) {  // P^T y = D H y / sqrt(d)
-    sh[j] = acc_main;
-    block_fwht(sh, d);
-    y = sh[j] * rsqrtf(static_cast<float>(d)) * __ldg(signs_v + j);
+    for (int h = 1; h < d && h < 32; h *= 2) {
+      const float o = __shfl_xor_sync(mask, y, h);
+      y = (j & h) ? o - y : y + o;
+    }
+    for (int h = 32; h < d; h *= 2) {
+      __syncthreads();
+      sh[j] = y;
+      __syncthreads();
+      const float o = sh[j ^ h];
+      y = (j & h) ? o - y : y + o;
+    }
+    y = y * inv_sqrt_d * __ldg(signs_v + j);
   } else if (rot_v) {  // x_j = sum_i P_ij y_i
     sh[j] = acc_main;
     __syncthreads();
@@ -246,6 +282,8 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
   }
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
   const size_t splits = std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
+  if ((static_cast<size_t>(plan.dim) + 32 + 2 * splits) * sizeof(float) > 48 * 1024)
+    return unsupported("decode attention: " + std::to_string(splits) + " splits exceed the merge's shared memory");
   const auto take = [&](size_t bytes) {
     const size_t off = plan.workspace_bytes;
     plan.workspace_bytes += (bytes + 255) / 256 * 256;
@@ -291,28 +329,43 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   const bool qjl = p.main.k.format.has_qjl();
   const bool v_rot = p.main.v.format.is_tq();
   const float c = p.scale * kLog2e;
+  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
   const CodecTables& kt = p.main.k.tables;
   const CodecTables& vt = p.main.v.tables;
-  prepare_query_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
-      p.q, p.n_heads, d, c, k_rot ? kt.hadamard_signs : nullptr, k_rot ? kt.rotation : nullptr,
-      qjl ? kt.qjl : nullptr, c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch,
-      window ? q_win : nullptr);
-  TQ_CUDA_CHECK_LAUNCH(stream);
+  // The attention CTAs prepare their own queries unless K needs the sketch or a dense rotation.
+  const bool fused_query = !qjl && (!k_rot || kt.hadamard_signs);
+  if (!fused_query) {
+    prepare_query_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
+        p.q, p.n_heads, d, c, inv_sqrt_d, k_rot ? kt.hadamard_signs : nullptr, k_rot ? kt.rotation : nullptr,
+        qjl ? kt.qjl : nullptr, c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch,
+        window ? q_win : nullptr);
+    TQ_CUDA_CHECK_LAUNCH(stream);
+  }
+  const auto raw_query = [&](AttnArgs& a, const float* signs) {
+    if (!fused_query) return;
+    a.q_raw = p.q;
+    a.q_signs = signs;
+    a.q_scale = c;
+    a.q_rot_scale = inv_sqrt_d;
+  };
   if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
     a.tokens_per_split = plan.main_tokens_per_split;
+    raw_query(a, k_rot ? kt.hadamard_signs : nullptr);
     TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream));
   }
   if (window && plan.window_splits > 0) {
     AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_splits);
     a.tokens_per_split = plan.window_tokens_per_split;
+    raw_query(a, nullptr);
     TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, stream));
   }
   const int splits_total = plan.main_splits + plan.window_splits;
-  merge_kernel<<<dim3(p.n_heads, p.n_seqs), d, d * sizeof(float), stream>>>(
+  const size_t merge_smem = (static_cast<size_t>(d) + 32 + 2 * static_cast<size_t>(splits_total)) * sizeof(float);
+  merge_kernel<<<dim3(p.n_heads, p.n_seqs), d, merge_smem, stream>>>(
       reinterpret_cast<const float*>(ws + plan.part_o), reinterpret_cast<const float2*>(ws + plan.part_ml),
       plan.main_splits, splits_total, p.n_heads, d, v_rot ? vt.hadamard_signs : nullptr,
-      v_rot ? vt.rotation : nullptr, p.out);
+      v_rot ? vt.rotation : nullptr, inv_sqrt_d, p.out);
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }

@@ -12,7 +12,8 @@
 // address, the table base is the load's immediate), values are decoded straight into token
 // pairs, K norms scale S after the mma, V norms fold into P, and the next step's key codes are
 // loaded while the current step computes. Scores and values stay in the rotated domain; the
-// query was rotated once (prepare kernel) and the output is rotated back once (merge kernel).
+// query is rotated once per CTA (or by the prepare kernel for QJL keys) and the output is
+// rotated back once (merge kernel).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -44,6 +45,14 @@ struct AttnArgs {
   int n_heads;  // query heads
   const __half* q;         // [n_seqs][n_heads][d], scaled by scale*log2(e) (rotated if K is)
   const __half* q_sketch;  // [n_seqs][n_heads][d], S P q * qjl_scale (QJL keys only)
+  // When q_raw is set, q is unused: each CTA prepares its group's queries itself from the f32
+  // rows, q_scale * (q_rot_scale * H D q_raw) with D = q_signs, or q_scale * q_raw when q_signs
+  // is null (the same float operations as the prepare kernel, so the same fp16 queries). Saves
+  // a launch and a round trip through memory per call; QJL keys still take the prepare kernel.
+  const float* q_raw;    // [n_seqs][n_heads][d]
+  const float* q_signs;  // [d] Hadamard signs of K's rotation, or null
+  float q_scale;         // scale * log2(e)
+  float q_rot_scale;     // 1 / sqrt(d)
   float* part_o;           // [n_seqs][n_heads][splits_total][d]
   float2* part_ml;         // [n_seqs][n_heads][splits_total]: (max, sum) in log2 units
   int tokens_per_split;
@@ -82,12 +91,63 @@ constexpr int attn_reduce_bytes() {
   return kAttnWarps * 8 * kDim * 4 + kAttnWarps * 8 * 2 * 4;
 }
 
+// The group's fp16 queries (at most 8 heads) after the tables, when the CTA prepares them.
+template <class KF, class VF>
+constexpr int attn_query_offset() {
+  return (AttnTables<KF, VF>::kBytes + 15) / 16 * 16;
+}
+
 template <class KF, class VF, int kDim>
 constexpr int attn_smem_bytes() {
-  const int t = AttnTables<KF, VF>::kBytes;
+  const int t = attn_query_offset<KF, VF>() + 8 * kDim * 2;
   const int r = attn_reduce_bytes<kDim>();
   return t > r ? t : r;
 }
+
+namespace dev {
+
+// q_sh[h][0..kDim) = the prepared query of head h < group of this CTA's KV head (AttnArgs::q_raw):
+// a warp per head, kDim / 32 consecutive elements per lane, the Walsh-Hadamard butterflies of
+// the prepare kernel's block_fwht in the same order (in-lane stages, then shuffles).
+template <int kDim>
+__device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, int kvh, __half* q_sh) {
+  constexpr int kE = kDim / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int h = warp; h < a.group; h += kAttnWarps) {
+    const float* qp = a.q_raw + (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + h) * kDim + lane * kE;
+    float x[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) x[e] = __ldg(qp + e);
+    if (a.q_signs) {
+#pragma unroll
+      for (int e = 0; e < kE; ++e) x[e] *= __ldg(a.q_signs + lane * kE + e);
+#pragma unroll
+      for (int hh = 1; hh < kE; hh *= 2)
+#pragma unroll
+        for (int e = 0; e < kE; ++e)
+          if ((e & hh) == 0) {
+            const float p = x[e], q = x[e + hh];
+            x[e] = p + q;
+            x[e + hh] = p - q;
+          }
+#pragma unroll
+      for (int hh = kE; hh < kDim; hh *= 2) {
+        const int m = hh / kE;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) {
+          const float o = __shfl_xor_sync(0xffffffffu, x[e], m);
+          x[e] = (lane & m) ? o - x[e] : x[e] + o;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < kE; ++e) x[e] *= a.q_rot_scale;
+    }
+#pragma unroll
+    for (int e = 0; e < kE; ++e) q_sh[h * kDim + lane * kE + e] = __float2half_rn(a.q_scale * x[e]);
+  }
+}
+
+}  // namespace dev
 
 __device__ __forceinline__ float fast_exp2(float x) {  // 2^x, ex2.approx.ftz (-inf -> 0)
   float y;
@@ -142,6 +202,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   if constexpr (VF::kTableRows > 0 && !Tab::kShare)
     build_table<VF::kCodeBits, VF::kLookup>(v_table, Tab::kVHalf, a.v_centroids);
   if constexpr (kQjl) build_table<1, 4>(s_table, 0, nullptr);
+  __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
+  if (a.q_raw) prepare_group_query<kDim>(a, seq, kvh, q_sh);
   __syncthreads();
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -167,7 +229,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   {
     const bool live = g < a.group;
     const size_t row = (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + (live ? g : 0)) * kDim;
-    const __half* qp = a.q + row;
+    const __half* qp = a.q_raw ? q_sh + (live ? g : 0) * kDim : a.q + row;
 #pragma unroll
     for (int kk = 0; kk < kKT; ++kk)
 #pragma unroll

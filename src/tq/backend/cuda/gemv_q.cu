@@ -140,6 +140,9 @@ __global__ void __launch_bounds__(kWarps * 32)
         }
       }
     }
+    // The weights are in flight; x (and Y) come from the previous kernels (launched with
+    // programmatic dependence, this kernel may have started before they ended).
+    dev::pdl_wait();
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int b = b0 + 32 * u;
@@ -161,6 +164,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       }
     }
   }
+  dev::pdl_wait();  // (a row shorter than a lane's first block skipped the loop)
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -204,44 +208,53 @@ __global__ void dequant_kernel(const uint8_t* __restrict__ qs, const __half* __r
 }
 
 template <WeightFormat F, typename XT, int NT>
-void launch(const MatrixView& w, const XT* x, int ldx, float* y, int ldy, float beta,
-            cudaStream_t s) {
+cudaError_t launch(const MatrixView& w, const XT* x, int ldx, float* y, int ldy, float beta,
+                   cudaStream_t s, bool overlap) {
   const int nb = w.cols / 32;
   const uint8_t* qs = static_cast<const uint8_t*>(w.data);
   const __half* sc = reinterpret_cast<const __half*>(qs + static_cast<size_t>(w.rows) * nb *
                                                               BlockFormat<F>::kQsBytes);
   constexpr int kBlockRows = kWarps * kWarpRows<NT>;
-  gemv_q_kernel<F, XT, NT><<<(w.rows + kBlockRows - 1) / kBlockRows, kWarps * 32, 0, s>>>(
-      qs, sc, w.rows, nb, x, ldx, y, ldy, beta);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((w.rows + kBlockRows - 1) / kBlockRows);
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = overlap ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, gemv_q_kernel<F, XT, NT>, qs, sc, w.rows, nb, x, ldx, y, ldy,
+                            beta);
 }
 
 // The token count as a template argument: the accumulators stay in registers.
 template <WeightFormat F, typename XT>
-void launch_n(const MatrixView& w, const XT* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s) {
+cudaError_t launch_n(const MatrixView& w, const XT* x, int n, int ldx, float* y, int ldy,
+                     float beta, cudaStream_t s, bool overlap) {
   switch (n) {
     case 1:
-      return launch<F, XT, 1>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 1>(w, x, ldx, y, ldy, beta, s, overlap);
     case 2:
-      return launch<F, XT, 2>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 2>(w, x, ldx, y, ldy, beta, s, overlap);
     case 3:
-      return launch<F, XT, 3>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 3>(w, x, ldx, y, ldy, beta, s, overlap);
     case 4:
-      return launch<F, XT, 4>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 4>(w, x, ldx, y, ldy, beta, s, overlap);
     case 5:
-      return launch<F, XT, 5>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 5>(w, x, ldx, y, ldy, beta, s, overlap);
     case 6:
-      return launch<F, XT, 6>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 6>(w, x, ldx, y, ldy, beta, s, overlap);
     case 7:
-      return launch<F, XT, 7>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 7>(w, x, ldx, y, ldy, beta, s, overlap);
     default:
-      return launch<F, XT, 8>(w, x, ldx, y, ldy, beta, s);
+      return launch<F, XT, 8>(w, x, ldx, y, ldy, beta, s, overlap);
   }
 }
 
 template <typename XT>
 Status gemv_q_any(const MatrixView& w, const XT* x, int n, int ldx, float* y, int ldy, float beta,
-                  cudaStream_t s) {
+                  cudaStream_t s, bool overlap) {
   if (w.rows <= 0 || n <= 0) return ok_status();
   constexpr int kAlign = 16 / static_cast<int>(sizeof(XT));
   if (w.format == WeightFormat::kF16 || w.cols % 32 != 0 || n > kGemvMaxTokens ||
@@ -250,10 +263,9 @@ Status gemv_q_any(const MatrixView& w, const XT* x, int n, int ldx, float* y, in
     return invalid_argument(
         "gemv_q: needs a Q4_0/Q8_0 matrix with cols % 32 == 0, 1..8 tokens, 16-byte aligned x "
         "rows");
-  if (w.format == WeightFormat::kQ4_0)
-    launch_n<WeightFormat::kQ4_0>(w, x, n, ldx, y, ldy, beta, s);
-  else
-    launch_n<WeightFormat::kQ8_0>(w, x, n, ldx, y, ldy, beta, s);
+  TQ_CUDA_TRY(w.format == WeightFormat::kQ4_0
+                  ? launch_n<WeightFormat::kQ4_0>(w, x, n, ldx, y, ldy, beta, s, overlap)
+                  : launch_n<WeightFormat::kQ8_0>(w, x, n, ldx, y, ldy, beta, s, overlap));
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }
@@ -307,13 +319,13 @@ void split_blocks(WeightFormat f, const uint8_t* src, int64_t rows, int64_t cols
 }
 
 Status gemv_q(const MatrixView& w, const __half* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s) {
-  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s);
+              cudaStream_t s, bool overlap) {
+  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s, overlap);
 }
 
 Status gemv_q(const MatrixView& w, const float* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s) {
-  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s);
+              cudaStream_t s, bool overlap) {
+  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s, overlap);
 }
 
 Status dequant_rows(const MatrixView& w, int row0, int nrows, __half* out, cudaStream_t s) {

@@ -50,10 +50,14 @@ inline constexpr int kGemvMaxTokens = 8;
 // beta == 0 never reads Y. One warp per row, each lane whole blocks (one 16-byte load per
 // Q4_0 block), lanes striding the row's blocks. cols % 32 == 0, X 16-byte aligned with
 // ldx % 8 == 0 (f16) / % 4 == 0 (f32).
+// overlap: launched with programmatic dependence (sm_90): the kernel may start while the
+// stream's previous kernel still runs and load its weights then; it reads X and Y only after
+// that kernel has completed. Speeds up a chain of small kernels when the previous kernel lets
+// dependents launch early (cuda_common.cuh, pdl_launch_dependents).
 Status gemv_q(const MatrixView& w, const __half* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s);
+              cudaStream_t s, bool overlap = false);
 Status gemv_q(const MatrixView& w, const float* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s);
+              cudaStream_t s, bool overlap = false);
 
 // out[r][c] = f16(W[row0 + r][c]) for r < nrows (the value d * q in f32, rounded once: the same
 // f16 the host upload writes), out [nrows][cols]. For cuBLAS GEMMs of quantized weights.

@@ -58,7 +58,8 @@ Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, in
     return gemm(m.blas, wh, rows, cols, x, n, y, rows, beta);
   }
   if (n <= kGemvMaxTokens && !m.opt.cublas_gemv)
-    return gemv_q(w, x, n, cols, y, rows, beta, m.stream);
+    return gemv_q(w, x, n, cols, y, rows, beta, m.stream,
+                  m.opt.overlap_launches && m.cc_major >= 9);
   const size_t scratch_rows = m.dequant_scratch.bytes() / (sizeof(__half) * cols);
   if (scratch_rows == 0) return internal_error("matmul: no dequant scratch for quantized weights");
   __half* scratch = m.dequant_scratch.as<__half>();

@@ -29,7 +29,11 @@ __device__ float block_sum(float v) {
   return total;
 }
 
+// The kernels that feed the GEMVs (RMSNorm, SwiGLU, to_half) let them launch at once
+// (dev::pdl_launch_dependents): a GEMV launched with programmatic dependence loads its weights
+// meanwhile and waits for this kernel's completion before it reads the activations.
 __global__ void rmsnorm_kernel(const float* x, const float* w, int dim, float eps, __half* y) {
+  dev::pdl_launch_dependents();
   const float* row = x + static_cast<size_t>(blockIdx.x) * dim;
   float ss = 0.0f;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(row[i], row[i], ss);
@@ -110,6 +114,7 @@ __global__ void center_keys_kernel(float* k, int n, int elems, int from, int to,
 
 // Grid (element blocks, token).
 __global__ void silu_mul_kernel(const float* gu, int ffn, __half* h) {
+  dev::pdl_launch_dependents();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= ffn) return;
   const float* row = gu + static_cast<size_t>(blockIdx.y) * 2 * ffn;
@@ -148,6 +153,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
 }
 
 __global__ void to_half_kernel(const float* x, size_t count, __half* y) {
+  dev::pdl_launch_dependents();
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += stride)
