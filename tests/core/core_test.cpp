@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <thread>
 #include <vector>
 
 #include "tq/core/fp16.h"
@@ -89,6 +90,51 @@ TEST(ThreadPool, CoversEveryIndexOnce) {
     });
     for (size_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
   }
+}
+
+// Many short jobs back to back (the hand-off a decode step makes hundreds of times), with
+// pauses longer than the spin time between some of them, so that workers and caller also take
+// the sleeping path; every index is still covered exactly once.
+TEST(ThreadPool, BackToBackJobsAcrossSpinAndSleep) {
+  ThreadPool pool(4);
+  std::vector<std::atomic<int>> hits(64);
+  constexpr int kJobs = 2000;
+  for (int job = 0; job < kJobs; ++job) {
+    pool.parallel_for(hits.size(), 1, [&](size_t b, size_t e) {
+      for (size_t i = b; i < e; ++i) hits[i]++;
+    });
+    if (job % 500 == 499) std::this_thread::sleep_for(3 * ThreadPool::kSpinTime);
+  }
+  for (size_t i = 0; i < hits.size(); ++i) ASSERT_EQ(hits[i].load(), kJobs) << "i=" << i;
+}
+
+// Chunks slower than the spin time: the caller finishes its own share, then sleeps until the
+// last worker wakes it.
+TEST(ThreadPool, CallerSleepsUntilSlowWorkersFinish) {
+  ThreadPool pool(3);
+  std::atomic<size_t> covered{0};
+  pool.parallel_for(6, 1, [&](size_t b, size_t e) {  // three chunks of two
+    std::this_thread::sleep_for(2 * ThreadPool::kSpinTime);
+    covered += e - b;
+  });
+  EXPECT_EQ(covered.load(), 6u);
+}
+
+// Destruction with workers never started, spinning after a job, or asleep.
+TEST(ThreadPool, DestroysInEveryWorkerState) {
+  std::atomic<size_t> total{0};
+  const auto count = [&](size_t b, size_t e) { total += e - b; };
+  { ThreadPool unused(3); }
+  {
+    ThreadPool spinning(3);
+    spinning.parallel_for(100, 1, count);
+  }
+  {
+    ThreadPool sleeping(3);
+    sleeping.parallel_for(100, 1, count);
+    std::this_thread::sleep_for(3 * ThreadPool::kSpinTime);
+  }
+  EXPECT_EQ(total.load(), 200u);
 }
 
 }  // namespace

@@ -2,7 +2,38 @@
 
 #include <algorithm>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace tq {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Polls done() for up to kSpinTime: pauses first, then yields the core (the machine may have
+// fewer cores than runnable threads). Returns done()'s last value.
+template <typename Done>
+bool spin_until(Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + ThreadPool::kSpinTime;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    if (i < 256) {
+      cpu_relax();
+      continue;
+    }
+    if ((i & 15) == 0 && std::chrono::steady_clock::now() >= deadline) return done();
+    std::this_thread::yield();
+  }
+}
+
+}  // namespace
 
 int default_thread_count() {
   const unsigned n = std::thread::hardware_concurrency();
@@ -12,13 +43,13 @@ int default_thread_count() {
 ThreadPool::ThreadPool(int n_threads) {
   const int extra = std::max(0, n_threads - 1);
   workers_.reserve(extra);
-  for (int i = 0; i < extra; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 0; i < extra; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 ThreadPool::~ThreadPool() {
+  stop_.store(true);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
   }
   start_cv_.notify_all();
   for (auto& t : workers_) t.join();
@@ -26,30 +57,32 @@ ThreadPool::~ThreadPool() {
 
 void ThreadPool::run_chunks() {
   for (;;) {
-    size_t begin;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (next_ >= n_) return;
-      begin = next_;
-      next_ = std::min(n_, next_ + grain_);
-    }
+    const size_t begin = next_.fetch_add(grain_, std::memory_order_relaxed);
+    if (begin >= n_) return;
     (*fn_)(begin, std::min(n_, begin + grain_));
   }
 }
 
-void ThreadPool::worker_loop(int /*index*/) {
+void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    {
+    const auto started = [&] {
+      return stop_.load(std::memory_order_relaxed) ||
+             generation_.load(std::memory_order_acquire) != seen;
+    };
+    if (!spin_until(started)) {
+      sleepers_.fetch_add(1);  // seq_cst: see parallel_for
       std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+      start_cv_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+      lock.unlock();
+      sleepers_.fetch_sub(1);
     }
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
     run_chunks();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--active_ == 0) done_cv_.notify_all();
+    if (active_.fetch_sub(1) == 1 && caller_sleeping_.load()) {
+      { std::lock_guard<std::mutex> lock(mu_); }
+      done_cv_.notify_all();
     }
   }
 }
@@ -65,19 +98,25 @@ void ThreadPool::parallel_for(size_t n, size_t grain,
   // Split so every thread gets work, but never below the caller's grain.
   const size_t per_thread = (n + size() - 1) / size();
   const size_t chunk = std::max(grain, (per_thread + grain - 1) / grain * grain);
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    fn_ = &fn;
-    n_ = n;
-    grain_ = chunk;
-    next_ = 0;
-    active_ = static_cast<int>(workers_.size());
-    ++generation_;
+  fn_ = &fn;
+  n_ = n;
+  grain_ = chunk;
+  next_.store(0, std::memory_order_relaxed);
+  active_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1);  // seq_cst (and release for the job above)
+  if (sleepers_.load() > 0) {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    start_cv_.notify_all();
   }
-  start_cv_.notify_all();
   run_chunks();
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return active_ == 0; });
+  const auto done = [&] { return active_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(done)) {
+    caller_sleeping_.store(true);
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [&] { return active_.load() == 0; });
+    lock.unlock();
+    caller_sleeping_.store(false);
+  }
   fn_ = nullptr;
 }
 
