@@ -488,8 +488,12 @@ Expected<int> PagedKv::reuse_prefix(std::span<const int32_t> prompt) {
   if (means) {
     // The layout register_full_pages writes (the fingerprint keeps other configs' apart).
     const auto part = static_cast<std::ptrdiff_t>(key_mean_.size());
-    if (means->size() != 3 * key_mean_.size())
+    if (means->size() != 3 * key_mean_.size()) {
+      // Give the pages back: the sequence stays empty and usable (a full prefill follows).
+      cache_->release_pages(pages_);
+      pages_.clear();
       return internal_error("reuse_prefix: cached key means of the wrong size");
+    }
     key_mean_.assign(means->begin(), means->begin() + part);
     key_scale_.assign(means->begin() + part, means->begin() + 2 * part);
     value_scale_.assign(means->begin() + 2 * part, means->end());
