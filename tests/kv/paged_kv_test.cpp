@@ -197,6 +197,50 @@ TEST(PagedKv, WindowAndSinkRowsAreExactF16) {
   EXPECT_LT(worst_fused, kFusedVsDecodedTol) << "seed " << seed;
 }
 
+// One-query calls over many blocks split the blocks into ranges whose softmax states are merged
+// (paged_attention.cpp): at 600 tokens of 16-token blocks with sinks and a window, every decode
+// step takes that path. It must still match float64 attention over the stored K/V, and give the
+// same floats with 1 and 3 threads (the split never depends on the thread count).
+TEST(PagedKv, SplitDecodeMatchesDecodedAndIgnoresThreadCount) {
+  const uint64_t seed = 91;
+  const AttentionShape s = small_shape();
+  KvConfig c = config_kv("tq4", "tq3");
+  c.window = 24;
+  c.sinks = 4;
+  c.block_tokens = 16;
+  const KvData d = make_kv_data(s, 600, seed);
+  const size_t hd = static_cast<size_t>(s.head_dim);
+  std::vector<std::vector<float>> outs[2];
+  double worst_fused = 0;
+  int decode_steps = 0;
+  for (int run = 0; run < 2; ++run) {
+    auto cache = make_cache(s, c);
+    ASSERT_TRUE(cache);
+    auto seq = cache->new_sequence(640);
+    ASSERT_TRUE(seq.ok());
+    PagedKv& kv = **seq;
+    ThreadPool pool(run == 0 ? 1 : 3);
+    run_chunks(kv, d, {300, 1, 1, 150, 1, 1, 1, 146}, pool,
+               [&](int l, int p0, int n, const float* out) {
+                 const size_t count = static_cast<size_t>(n) * s.n_heads * hd;
+                 outs[run].emplace_back(out, out + count);
+                 if (run == 1 || n != 1) return;
+                 ++decode_steps;
+                 ASSERT_GE(kv.compressed_tokens(l), 8 * c.block_tokens);  // >= 2 ranges
+                 std::vector<double> ref(count);
+                 exact_attention_stored(
+                     kv, s, l, p0 + n, n,
+                     d.q[static_cast<size_t>(l)].data() + static_cast<size_t>(p0) * s.n_heads * hd,
+                     ref.data());
+                 worst_fused = std::max(worst_fused, rel_l2(out, ref.data(), count));
+               });
+  }
+  EXPECT_GT(decode_steps, 0);
+  EXPECT_LT(worst_fused, kFusedVsDecodedTol) << "seed " << seed;
+  ASSERT_EQ(outs[0].size(), outs[1].size());
+  for (size_t i = 0; i < outs[0].size(); ++i) EXPECT_EQ(outs[0][i], outs[1][i]) << "call " << i;
+}
+
 TEST(PagedKv, WindowCoveringEverythingEqualsF16Cache) {
   const uint64_t seed = 5;
   const AttentionShape s = small_shape();

@@ -14,6 +14,13 @@ namespace {
 constexpr int kTileHeads = 64;
 // Exact f16 rows are merged this many at a time (bounds the score buffer for long windows).
 constexpr int kExactChunk = 64;
+// One decode query (a single tile) gives only n_kv_heads work items, 3 for SmolLM2, which two
+// threads split 2:1. Such calls also split the compressed blocks into ranges, so that there are
+// about kMinItems items, each range at least kMinSplitBlocks blocks; the ranges' partial
+// softmax states are merged afterwards. The split depends on the shape and length only, never on
+// the thread count, so results do not change with -t.
+constexpr int kMinItems = 12;
+constexpr int kMinSplitBlocks = 4;
 
 // The state of one (KV head, query tile) work item: prepared queries, online-softmax running
 // max/sum, and two accumulators (the V codec's domain, and exact f16 rows in the original one).
@@ -21,6 +28,8 @@ struct Tile {
   const PagedAttentionArgs* a = nullptr;
   int kv_head = 0;
   int i0 = 0, i1 = 0;  // queries [i0, i1)
+  int b0 = 0, b1 = -1;       // compressed blocks [b0, b1) this item walks (-1: to the end)
+  bool with_exact = true;    // and the exact (sink, window) rows
   int group = 0;       // query heads per KV head
   int nq = 0;          // (i1 - i0) * group rows, row r = (query i0 + r / group, head r % group)
   int k_state = 0, f_state = 0, v_acc = 0, f_acc = 0;
@@ -71,6 +80,12 @@ struct Tile {
   }
 
   void run() {
+    walk();
+    write_out();
+  }
+
+  // Prepares the queries and folds this item's sources into m, l, acc_v, acc_f.
+  void walk() {
     const AttentionShape& sh = a->shape;
     const int d = sh.head_dim;
     const quant::VectorCodec& kc = *a->k_codec;
@@ -105,6 +120,7 @@ struct Tile {
     }
 
     for (const ExactRows& x : a->exact) {
+      if (!with_exact) break;
       for (int r = 0; r < x.count; r += exact_chunk) {
         const int cnt = std::min(exact_chunk, x.count - r);
         // An f16 "block" is just rows of head_dim halves, so a run of rows is a block whose
@@ -124,7 +140,8 @@ struct Tile {
     const size_t k_head_bytes = kc.block_bytes(bt) * static_cast<size_t>(kv_head);
     const size_t v_head_bytes = vc.block_bytes(bt) * static_cast<size_t>(kv_head);
     const int n_blocks = (a->compressed + bt - 1) / bt;
-    for (int b = 0; b < n_blocks; ++b) {
+    const int last = b1 < 0 ? n_blocks : std::min(b1, n_blocks);
+    for (int b = b0; b < last; ++b) {
       const int cnt = std::min(bt, a->compressed - b * bt);
       const uint8_t* kb = a->k_blocks[static_cast<size_t>(b)] + k_head_bytes;
       const uint8_t* vb = a->v_blocks[static_cast<size_t>(b)] + v_head_bytes;
@@ -134,7 +151,33 @@ struct Tile {
           [&](const float* w, int nqa, int c, float* acc) { vc.accumulate(w, nqa, vb, bt, c, acc); });
       if (!any) break;  // later blocks are later positions: nobody in the tile sees them
     }
+  }
 
+  // Folds another item's state for the same queries and KV head into this one (the merge of
+  // two online softmaxes: the smaller running max's side is scaled down).
+  void absorb(const Tile& o) {
+    for (int r = 0; r < nq; ++r) {
+      const size_t rr = static_cast<size_t>(r);
+      if (o.m[rr] == -std::numeric_limits<float>::infinity()) continue;
+      const float m_new = std::max(m[rr], o.m[rr]);
+      const float c = std::exp(m[rr] - m_new), co = std::exp(o.m[rr] - m_new);
+      l[rr] = l[rr] * c + o.l[rr] * co;
+      m[rr] = m_new;
+      float* av = acc_v.data() + rr * static_cast<size_t>(v_acc);
+      const float* ov = o.acc_v.data() + rr * static_cast<size_t>(v_acc);
+      for (int e = 0; e < v_acc; ++e) av[e] = av[e] * c + ov[e] * co;
+      float* af = acc_f.data() + rr * static_cast<size_t>(f_acc);
+      const float* of = o.acc_f.data() + rr * static_cast<size_t>(f_acc);
+      for (int e = 0; e < f_acc; ++e) af[e] = af[e] * c + of[e] * co;
+    }
+  }
+
+  // Rotates the accumulators back, normalises and writes the tile's outputs.
+  void write_out() {
+    const AttentionShape& sh = a->shape;
+    const int d = sh.head_dim;
+    const quant::VectorCodec& vc = *a->v_codec;
+    const quant::VectorCodec& fc = *a->f16_codec;
     std::vector<float> tmp(static_cast<size_t>(d)), tmp_f(static_cast<size_t>(d));
     for (int r = 0; r < nq; ++r) {
       const int i = i0 + r / group;
@@ -197,7 +240,37 @@ Status paged_attention(const PagedAttentionArgs& a, ThreadPool& pool) {
   const int group = a.shape.n_heads / a.shape.n_kv_heads;
   const int tile = std::max(1, kTileHeads / group);
   const int n_tiles = (a.n + tile - 1) / tile;
-  const size_t items = static_cast<size_t>(n_tiles) * static_cast<size_t>(a.shape.n_kv_heads);
+  const int heads = a.shape.n_kv_heads;
+  const int n_blocks = a.compressed > 0 ? (a.compressed + a.block_tokens - 1) / a.block_tokens : 0;
+  const int splits =
+      n_tiles == 1 ? std::max(1, std::min((kMinItems + heads - 1) / heads, n_blocks / kMinSplitBlocks))
+                   : 1;
+  if (splits > 1) {
+    // Item it: KV head it % heads, blocks of range it / heads (range 0 also takes the exact rows).
+    std::vector<Tile> parts(static_cast<size_t>(heads) * static_cast<size_t>(splits));
+    const int per = (n_blocks + splits - 1) / splits;
+    pool.parallel_for(parts.size(), 1, [&](size_t begin, size_t end) {
+      for (size_t it = begin; it < end; ++it) {
+        Tile& t = parts[it];
+        const int range = static_cast<int>(it / static_cast<size_t>(heads));
+        t.a = &a;
+        t.kv_head = static_cast<int>(it % static_cast<size_t>(heads));
+        t.i0 = 0;
+        t.i1 = a.n;
+        t.b0 = range * per;
+        t.b1 = std::min(n_blocks, t.b0 + per);
+        t.with_exact = range == 0;
+        t.walk();
+      }
+    });
+    for (int h = 0; h < heads; ++h) {
+      Tile& t = parts[static_cast<size_t>(h)];
+      for (int r = 1; r < splits; ++r) t.absorb(parts[static_cast<size_t>(r) * heads + h]);
+      t.write_out();
+    }
+    return ok_status();
+  }
+  const size_t items = static_cast<size_t>(n_tiles) * static_cast<size_t>(heads);
   // Last tiles first: under causal masking they see the most positions, so handing them out
   // early balances the threads.
   pool.parallel_for(items, 1, [&](size_t begin, size_t end) {

@@ -64,6 +64,32 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
+// In-place unnormalised Walsh-Hadamard transform (quant::fwht_ref's butterflies, in its stage
+// order) of a kDim-vector spread over kDim / kE lanes, lane-major with kE consecutive elements
+// per lane: stage h pairs (j, j + h), inside the lane while h < kE, then across lanes, where the
+// upper lane of a pair takes other - mine and the lower mine + other, each one rounding (so every
+// kernel that rotates this way gets the same floats). `lane` is the lane's index among the
+// vector's lanes; `mask` covers them.
+template <int kDim, int kE>
+__device__ __forceinline__ void lane_fwht(float (&y)[kE], int lane, unsigned mask) {
+#pragma unroll
+  for (int h = 1; h < kE; h *= 2)
+#pragma unroll
+    for (int e = 0; e < kE; ++e)
+      if ((e & h) == 0) {
+        const float p = y[e], q = y[e + h];
+        y[e] = __fadd_rn(p, q);
+        y[e + h] = __fsub_rn(p, q);
+      }
+#pragma unroll
+  for (int h = kE; h < kDim; h *= 2) {
+    const int m = h / kE;
+    const float s = (lane & m) ? -1.0f : 1.0f;  // one FFMA: other - mine or mine + other
+#pragma unroll
+    for (int e = 0; e < kE; ++e) y[e] = fmaf(y[e], s, __shfl_xor_sync(mask, y[e], m));
+  }
+}
+
 // D = A * B + D for one 16x8x16 tile, fp16 inputs, fp32 accumulators (PTX fragment layout:
 // groupID = lane / 4, tig = lane % 4; A reg0 (row g, k 2tig..+1), reg1 (row g+8), reg2 (row g,
 // k+8), reg3 (row g+8, k+8); B reg0 (k 2tig..+1, col g), reg1 (k+8); C c0,c1 (row g, cols

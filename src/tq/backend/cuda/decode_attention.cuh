@@ -107,8 +107,8 @@ constexpr int attn_smem_bytes() {
 namespace dev {
 
 // q_sh[h][0..kDim) = the prepared query of head h < group of this CTA's KV head (AttnArgs::q_raw):
-// a warp per head, kDim / 32 consecutive elements per lane, the Walsh-Hadamard butterflies of
-// the prepare kernel's block_fwht in the same order (in-lane stages, then shuffles).
+// a warp per head, kDim / 32 consecutive elements per lane, rotated by lane_fwht (the prepare
+// kernel's block_fwht butterflies in the same order, so the same floats).
 template <int kDim>
 __device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, int kvh, __half* q_sh) {
   constexpr int kE = kDim / 32;
@@ -121,24 +121,7 @@ __device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, 
     if (a.q_signs) {
 #pragma unroll
       for (int e = 0; e < kE; ++e) x[e] *= __ldg(a.q_signs + lane * kE + e);
-#pragma unroll
-      for (int hh = 1; hh < kE; hh *= 2)
-#pragma unroll
-        for (int e = 0; e < kE; ++e)
-          if ((e & hh) == 0) {
-            const float p = x[e], q = x[e + hh];
-            x[e] = p + q;
-            x[e + hh] = p - q;
-          }
-#pragma unroll
-      for (int hh = kE; hh < kDim; hh *= 2) {
-        const int m = hh / kE;
-#pragma unroll
-        for (int e = 0; e < kE; ++e) {
-          const float o = __shfl_xor_sync(0xffffffffu, x[e], m);
-          x[e] = (lane & m) ? o - x[e] : x[e] + o;
-        }
-      }
+      lane_fwht<kDim, kE>(x, lane, 0xffffffffu);
 #pragma unroll
       for (int e = 0; e < kE; ++e) x[e] *= a.q_rot_scale;
     }

@@ -214,26 +214,7 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
     const float inv = static_cast<float>(1.0 / norm);
 #pragma unroll
     for (int e = 0; e < kE; ++e) y[e] = __fmul_rn(__fmul_rn(x[e], inv), __ldg(a.hadamard_signs + lane * kE + e));
-    // Unnormalised Walsh-Hadamard, stage h pairs (j, j + h): inside the lane, then across lanes.
-#pragma unroll
-    for (int h = 1; h < kE; h *= 2)
-#pragma unroll
-      for (int e = 0; e < kE; ++e)
-        if ((e & h) == 0) {
-          const float p = y[e], q = y[e + h];
-          y[e] = __fadd_rn(p, q);
-          y[e + h] = __fsub_rn(p, q);
-        }
-#pragma unroll
-    for (int h = kE; h < kDim; h *= 2) {
-      const int m = h / kE;
-      const bool upper = (lane & m) != 0;
-#pragma unroll
-      for (int e = 0; e < kE; ++e) {
-        const float other = __shfl_xor_sync(mask, y[e], m);
-        y[e] = upper ? __fsub_rn(other, y[e]) : __fadd_rn(y[e], other);
-      }
-    }
+    dev::lane_fwht<kDim, kE>(y, lane, mask);
     double c2 = 0.0;
 #pragma unroll
     for (int e = 0; e < kE; ++e) {

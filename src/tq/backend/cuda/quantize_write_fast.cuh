@@ -202,24 +202,7 @@ __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, 
   for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
   const float norm = sqrtf(team_sum<kLanes>(mask, n2.total()));  // IEEE sqrt (no fast math)
 
-  // z = H (D x): stage h pairs (j, j + h), inside the lane while h < kE, then across lanes
-  // (the upper lane of a pair takes other - mine, exactly as one rounding of a subtraction).
-#pragma unroll
-  for (int h = 1; h < kE; h *= 2)
-#pragma unroll
-    for (int e = 0; e < kE; ++e)
-      if ((e & h) == 0) {
-        const float p = y[e], q = y[e + h];
-        y[e] = p + q;
-        y[e + h] = p - q;
-      }
-#pragma unroll
-  for (int h = kE; h < kDim; h *= 2) {
-    const int m = h / kE;
-    const float s = (lane & m) ? -1.0f : 1.0f;
-#pragma unroll
-    for (int e = 0; e < kE; ++e) y[e] = fmaf(y[e], s, __shfl_xor_sync(mask, y[e], m));
-  }
+  lane_fwht<kDim, kE>(y, lane, mask);  // z = H (D x)
 
   const bool finite_nonzero = norm > 0.0f && isfinite(norm);
   const float f = finite_nonzero ? hadamard_scale / norm : 0.0f;  // y = P x / ||x||
