@@ -49,8 +49,8 @@ class ThreadPool {
   const std::function<void(size_t, size_t)>* fn_ = nullptr;
   size_t n_ = 0;
   size_t grain_ = 1;
-  std::atomic<size_t> next_{0};       // next chunk start
-  std::atomic<int> active_{0};        // workers still inside the current job
+  std::atomic<size_t> next_{0};  // next chunk start
+  std::atomic<int> active_{0};   // workers still inside the current job
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
   // Sleeping: a worker counts itself in sleepers_ (and the caller sets caller_sleeping_) before

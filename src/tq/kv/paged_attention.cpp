@@ -27,11 +27,11 @@ constexpr int kMinSplitBlocks = 4;
 struct Tile {
   const PagedAttentionArgs* a = nullptr;
   int kv_head = 0;
-  int i0 = 0, i1 = 0;  // queries [i0, i1)
-  int b0 = 0, b1 = -1;       // compressed blocks [b0, b1) this item walks (-1: to the end)
-  bool with_exact = true;    // and the exact (sink, window) rows
-  int group = 0;       // query heads per KV head
-  int nq = 0;          // (i1 - i0) * group rows, row r = (query i0 + r / group, head r % group)
+  int i0 = 0, i1 = 0;      // queries [i0, i1)
+  int b0 = 0, b1 = -1;     // compressed blocks [b0, b1) this item walks (-1: to the end)
+  bool with_exact = true;  // and the exact (sink, window) rows
+  int group = 0;           // query heads per KV head
+  int nq = 0;              // (i1 - i0) * group rows, row r = (query i0 + r / group, head r % group)
   int k_state = 0, f_state = 0, v_acc = 0, f_acc = 0;
   std::vector<float> kst, fst;      // [nq][k_state], [nq][f_state]
   std::vector<float> m, l;          // [nq] running max and sum
@@ -97,7 +97,7 @@ struct Tile {
     f_state = fc.query_state_size();
     v_acc = vc.acc_dim();
     f_acc = fc.acc_dim();
-    const bool has_exact = a->exact[0].count > 0 || a->exact[1].count > 0;
+    const bool has_exact = with_exact && (a->exact[0].count > 0 || a->exact[1].count > 0);
     const size_t unq = static_cast<size_t>(nq);
     kst.assign(unq * k_state, 0.0f);
     if (has_exact) fst.assign(unq * f_state, 0.0f);
@@ -131,7 +131,9 @@ struct Tile {
         const bool any = merge(
             x.pos0 + r, cnt, fst.data(), f_state, acc_f.data(), f_acc,
             [&](const float* st, int nqa, int c, float* out) { fc.score(st, nqa, kb, c, c, out); },
-            [&](const float* w, int nqa, int c, float* acc) { fc.accumulate(w, nqa, vb, c, c, acc); });
+            [&](const float* w, int nqa, int c, float* acc) {
+              fc.accumulate(w, nqa, vb, c, c, acc);
+            });
         if (!any) break;
       }
     }
@@ -148,7 +150,9 @@ struct Tile {
       const bool any = merge(
           a->compressed_pos0 + b * bt, cnt, kst.data(), k_state, acc_v.data(), v_acc,
           [&](const float* st, int nqa, int c, float* out) { kc.score(st, nqa, kb, bt, c, out); },
-          [&](const float* w, int nqa, int c, float* acc) { vc.accumulate(w, nqa, vb, bt, c, acc); });
+          [&](const float* w, int nqa, int c, float* acc) {
+            vc.accumulate(w, nqa, vb, bt, c, acc);
+          });
       if (!any) break;  // later blocks are later positions: nobody in the tile sees them
     }
   }
@@ -243,8 +247,9 @@ Status paged_attention(const PagedAttentionArgs& a, ThreadPool& pool) {
   const int heads = a.shape.n_kv_heads;
   const int n_blocks = a.compressed > 0 ? (a.compressed + a.block_tokens - 1) / a.block_tokens : 0;
   const int splits =
-      n_tiles == 1 ? std::max(1, std::min((kMinItems + heads - 1) / heads, n_blocks / kMinSplitBlocks))
-                   : 1;
+      n_tiles == 1
+          ? std::max(1, std::min((kMinItems + heads - 1) / heads, n_blocks / kMinSplitBlocks))
+          : 1;
   if (splits > 1) {
     // Item it: KV head it % heads, blocks of range it / heads (range 0 also takes the exact rows).
     std::vector<Tile> parts(static_cast<size_t>(heads) * static_cast<size_t>(splits));
