@@ -67,7 +67,9 @@ int run_ppl(PplOptions& o) {
   const int vocab = m.config().vocab_size;
   std::unique_ptr<backend::DeviceModel> dm;
   if (o.device.cuda()) {
-    auto opened = open_cuda_model(m, *config, o.ctx, std::min(o.ctx, 512), 1, o.device.tuning());
+    backend::DeviceModelOptions tuning = o.device.tuning();
+    o.act.apply(tuning);
+    auto opened = open_cuda_model(m, *config, o.ctx, std::min(o.ctx, 512), 1, tuning);
     if (!opened.ok()) {
       std::fprintf(stderr, "tq ppl: %s\n", opened.status().to_string().c_str());
       return 1;

@@ -74,7 +74,14 @@ struct DeviceFlag {
   std::string graphs = "on";
   std::string overlap = "on";
   std::string write = "auto";
+  std::string activations = "q8";
   void add_tuning_to(CLI::App* cmd) {
+    cmd->add_option("--gpu-activations", activations,
+                    "with --gpu-weights quant: the Q4_0/Q8_0 GEMVs take 8-bit activations per 32 "
+                    "columns (q8: integer dot products, as the CPU matmuls and llama.cpp) or f16 "
+                    "ones (f32 products, precise) (--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"q8", "f16"}));
     cmd->add_option("--gpu-graphs", graphs,
                     "on: each decode step replays a CUDA graph of the whole pass; off: every "
                     "kernel launched from the host (--device cuda)")
@@ -99,6 +106,7 @@ struct DeviceFlag {
     o.weights = device_weights();
     o.cuda_graphs = graphs == "on";
     o.overlap_launches = overlap == "on";
+    o.int8_activations = activations == "q8";
     o.write_kernel = write == "legacy" ? backend::DeviceWriteKernel::kLegacy
                      : write == "team" ? backend::DeviceWriteKernel::kTeam
                      : write == "warp" ? backend::DeviceWriteKernel::kWarp

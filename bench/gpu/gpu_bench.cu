@@ -14,7 +14,8 @@
 //   launch cost).
 //
 //   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
-//                [--reps 20] [--write 0|1] [--attention 0|1]
+//                [--reps 20] [--write 0|1] [--attention 0|1] [--gemv 0|1]
+// --gemv 1 (default): the quantized-weight GEMV section (gemv_bench.cu) first.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -28,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "gemv_bench.h"
 #include "tq/backend/cuda/device_tables.h"
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/core/rng.h"
@@ -276,7 +278,7 @@ int main(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32, 64};
   std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4", "tq4/tq3", "tq3/tq3", "tq2/tq2"};
   int reps = 20;
-  bool write_bench = true, attention_bench = true;
+  bool write_bench = true, attention_bench = true, gemv = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--out") out_dir = argv[i + 1];
@@ -286,6 +288,7 @@ int main(int argc, char** argv) {
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--write") write_bench = std::atoi(argv[i + 1]) != 0;
     else if (a == "--attention") attention_bench = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--gemv") gemv = std::atoi(argv[i + 1]) != 0;
   }
 
   cudaDeviceProp prop{};
@@ -312,6 +315,7 @@ int main(int argc, char** argv) {
     CK(cudaFree(b));
   }
   std::printf("device-to-device copy: %.0f GB/s (bytes read + written)\n", copy_gbps);
+  if (gemv && tq::bench::gemv_bench(out_dir, reps, copy_gbps, flush, flush_bytes) != 0) return 1;
 
   quant::CodebookCache books;
   const uint64_t layer_seed = derive_seed(kSeed, 1);

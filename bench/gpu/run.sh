@@ -36,8 +36,9 @@
 #     quant --gpu-graphs off".
 #   - TQ_GPU_BIG_TEST=1 (default 0): the Llama-3-8B-shaped model is made while the tests run, then
 #     ModelCudaBigTest compares its GPU and CPU logits (TQ_TEST_BIG_MODEL), into tests.log.
-#   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and dir/lib/*.so) built elsewhere for sm_90
-#     with the same CUDA instead of building here, when they start; saves the device build.
+#   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and tq_gpu_bench for the attention bench, and
+#     dir/lib/*.so) built elsewhere for sm_90 with the same CUDA instead of building here, when
+#     they start; saves the device build.
 #   OUT=/some/dir bench/gpu/run.sh [extra tq_gpu_bench args]
 # GoogleTest / Google Benchmark / CLI11 / nlohmann-json packages: taken from the system, or from
 # build-deps/usr when present (carried to machines that lack them).
@@ -68,7 +69,7 @@ GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 t0=$(date +%s)
 PRE=${TQ_GPU_PREBUILT:-}
-if [ -n "$PRE" ] && [ "$ATTN_BENCH" != 1 ] && [ -x "$PRE/tq_cuda_tests" ] &&
+if [ -n "$PRE" ] && { [ "$ATTN_BENCH" != 1 ] || [ -x "$PRE/tq_gpu_bench" ]; } && [ -x "$PRE/tq_cuda_tests" ] &&
   LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}" "$PRE/tq" info > "$OUT/prebuilt_info.txt" 2>&1 &&
   { [ "$SERVE_CHECK" != 1 ] || LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}" "$PRE/tq" serve --help >/dev/null 2>&1; }; then
   export LD_LIBRARY_PATH="$PRE/lib:${LD_LIBRARY_PATH:-}"

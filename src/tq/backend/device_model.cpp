@@ -46,7 +46,8 @@ std::string DeviceModelOptions::to_string() const {
          " seqs, batch " + std::to_string(max_batch) + (cublas_gemv ? ", cuBLAS GEMV" : "") +
          (weights == DeviceWeights::kQuantized ? ", quantized weights" : "") +
          (cuda_graphs ? "" : ", no CUDA graphs") +
-         (overlap_launches ? "" : ", no overlapped launches") + write_kernel_note(write_kernel) + ", kv " +
+         (overlap_launches ? "" : ", no overlapped launches") +
+         (weights == DeviceWeights::kQuantized && !int8_activations ? ", f16 activations" : "") + write_kernel_note(write_kernel) + ", kv " +
          kv.to_string();
 }
 

@@ -46,6 +46,11 @@ struct DeviceModelOptions {
   // loading its weights while the small kernel before it (RMSNorm, SwiGLU, the attention
   // output's conversion) still runs. Off: plain stream order (A/B runs).
   bool overlap_launches = true;
+  // With kQuantized weights, the Q4_0/Q8_0 GEMVs (decode, batches up to 8) quantize their
+  // activations to 8 bits per 32 columns (llama.cpp's q8_1, as tq's CPU matmuls do) and sum with
+  // integer dot products: about a quarter of the instructions per weight. Off: f16 activations,
+  // f32 products (the precise path; --gpu-activations f16, --float-activations).
+  bool int8_activations = true;
 
   Status validate() const;
   std::string to_string() const;

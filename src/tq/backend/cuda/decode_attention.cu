@@ -73,7 +73,7 @@ __global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c
 // into shared memory, and the O_s loads are independent of each other (unrolled), so the
 // kernel waits on about two memory latencies instead of one per split; the sums keep the split
 // order. The rotation back is the Walsh-Hadamard butterflies of block_fwht, in-warp stages by
-// shuffles.
+// lane_fwht's shuffles, the rest through shared memory.
 constexpr int kMergeUnroll = 8;
 __global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main, int splits_total,
                              int n_heads, int d, const float* signs_v, const float* rot_v, float inv_sqrt_d,
@@ -117,11 +117,10 @@ __global__ void merge_kernel(const float* part_o, const float2* part_ml, int spl
     }
   }
   float y = acc_main;
-  if (signs_v) {  // P^T y = D H y / sqrt(d)
-    for (int h = 1; h < d && h < 32; h *= 2) {
-      const float o = __shfl_xor_sync(mask, y, h);
-      y = (j & h) ? o - y : y + o;
-    }
+  if (signs_v) {  // P^T y = D H y / sqrt(d); d >= 64 (the instances' head dims): full warps
+    float yl[1] = {y};
+    dev::lane_fwht<32, 1>(yl, lane, 0xffffffffu);  // the in-warp stages, as every kernel's
+    y = yl[0];
     for (int h = 32; h < d; h *= 2) {
       __syncthreads();
       sh[j] = y;

@@ -1,9 +1,12 @@
 // The quantized-weight GEMV and dequantizer (gemv_q.h): one kernel template over the block
 // format, the activation type and the token count.
+#include <algorithm>
 #include <cstring>
+#include <mutex>
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/gemv_q.h"
+#include "tq/backend/cuda/q8_act.cuh"
 #include "tq/quant/ggml_blocks.h"
 
 namespace tq::backend::cuda {
@@ -178,6 +181,281 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
 }
 
+// --- 8-bit activations (GemvActivations::kQ8) ---
+// Each thread block first quantizes the whole of X into shared memory as llama.cpp's q8_1 and
+// tq's CPU matmuls do (per 32 columns: d = amax / 127, q = round-to-even(x * 127 / amax), and
+// the sum of the q), then its warps walk rows with integer dot products: a Q4_0 block against
+// one token is 8 DP4A on masked nibbles and one float FMA, where the float path spends ~100
+// instructions (the instruction budget, not bytes, bounded that path at 1.2-2.6 TB/s). The grid
+// is at most one wave of resident blocks, each warp taking rows round-robin with the next row's
+// weights in flight while it computes the current one, so X is quantized once per resident
+// block and the DRAM queue never drains between rows.
+
+// X's quants in shared memory, per token: two planes of [nb][16] int8 (columns 0-15 and 16-31
+// of every block, so a lane's 16-byte loads of consecutive blocks never share a bank), then the
+// blocks' scales.
+constexpr int kQ8BytesPerBlock = 32 + static_cast<int>(sizeof(Q8Scale));
+
+template <int NT>
+__host__ __device__ constexpr size_t q8_smem_bytes(int nb) {
+  return static_cast<size_t>(NT) * nb * kQ8BytesPerBlock;
+}
+
+// 8 consecutive activations as they are stored (uint4 of f16, or two float4).
+template <typename XT>
+struct Raw8;
+template <>
+struct Raw8<__half> {
+  uint4 u;
+  __device__ __forceinline__ void load(const __half* x) { u = *reinterpret_cast<const uint4*>(x); }
+  __device__ __forceinline__ void to_float(float (&v)[8]) const {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __half22float2(dev::bits_h2(w[i]));
+      v[2 * i] = f.x;
+      v[2 * i + 1] = f.y;
+    }
+  }
+};
+template <>
+struct Raw8<float> {
+  float4 a, b;
+  __device__ __forceinline__ void load(const float* x) {
+    a = *reinterpret_cast<const float4*>(x);
+    b = *reinterpret_cast<const float4*>(x + 4);
+  }
+  __device__ __forceinline__ void to_float(float (&v)[8]) const {
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+};
+
+// X [NT][ldx] -> shared memory, 8 columns per thread and group, the 4 threads of a 32-column
+// block adjacent lanes (blockDim and nb * 4 are multiples of 4), reductions by shuffles. A
+// thread loads kBatch groups before it quantizes any: one L2 round trip per kBatch groups, not
+// one per group (ffn_down's 14336 columns are 7 groups a thread).
+template <typename XT, int NT>
+__device__ __forceinline__ void quantize_x_q8(const XT* __restrict__ x, int ldx, int nb,
+                                              uint8_t* smem) {
+  constexpr int kBatch = sizeof(XT) == 2 ? 8 : 4;  // 32 registers of raw x either way
+  int8_t* xq = reinterpret_cast<int8_t*>(smem);
+  Q8Scale* xs = reinterpret_cast<Q8Scale*>(smem + static_cast<size_t>(NT) * nb * 32);
+  const int groups = NT * nb * 4;
+  for (int g0 = 0; g0 < groups; g0 += blockDim.x * kBatch) {  // whole warps: full shuffles
+    Raw8<XT> raw[kBatch];
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      const int g = g0 + i * blockDim.x + static_cast<int>(threadIdx.x);
+      if (g < groups) raw[i].load(x + static_cast<size_t>(g / (nb * 4)) * ldx + (g % (nb * 4)) * 8);
+    }
+#pragma unroll
+    for (int i = 0; i < kBatch; ++i) {
+      if (g0 + i * blockDim.x >= groups) break;  // uniform across the block
+      const int g = g0 + i * blockDim.x + static_cast<int>(threadIdx.x);
+      const bool valid = g < groups;
+      const int t = valid ? g / (nb * 4) : 0, c8 = valid ? g % (nb * 4) : 0;
+      const int b = c8 / 4, part = c8 % 4;
+      float v[8] = {};
+      if (valid) raw[i].to_float(v);
+      const float amax = dev::q8_block_scale(v, 4);
+      int q[8];
+      const int sum = dev::q8_quantize(v, amax, 4, q);
+      if (!valid) continue;
+      uint2 packed;
+      packed.x = (q[0] & 0xff) | (q[1] & 0xff) << 8 | (q[2] & 0xff) << 16 |
+                 static_cast<uint32_t>(q[3]) << 24;
+      packed.y = (q[4] & 0xff) | (q[5] & 0xff) << 8 | (q[6] & 0xff) << 16 |
+                 static_cast<uint32_t>(q[7]) << 24;
+      *reinterpret_cast<uint2*>(xq + ((static_cast<size_t>(t) * 2 + part / 2) * nb + b) * 16 +
+                                (part % 2) * 8) = packed;
+      if (part == 0) xs[static_cast<size_t>(t) * nb + b] = dev::q8_scale(amax, sum);
+    }
+  }
+}
+
+// sum_j q_w[j] q_x[j] of one block and one token (Q4_0: nibbles 0..15, the -8 applied by the
+// caller through the quant sum; Q8_0: signed quants). lo/hi: the x planes' 16 quants.
+template <WeightFormat F>
+struct BlockDot;
+
+template <>
+struct BlockDot<WeightFormat::kQ4_0> {
+  static constexpr int kOffset = 8;
+  struct Unpacked {
+    uint32_t lo[4], hi[4];  // columns 4i..4i+3 and 16+4i.. of word i, as bytes 0..15
+  };
+  __device__ __forceinline__ static Unpacked unpack(const uint4 (&q)[1]) {
+    const uint32_t w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
+    Unpacked u;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      u.lo[i] = w[i] & 0x0f0f0f0fu;
+      u.hi[i] = (w[i] >> 4) & 0x0f0f0f0fu;
+    }
+    return u;
+  }
+  __device__ __forceinline__ static int dot(const Unpacked& u, const uint4& lo, const uint4& hi) {
+    int s = __dp4a(static_cast<int>(u.lo[0]), static_cast<int>(lo.x), 0);
+    s = __dp4a(static_cast<int>(u.lo[1]), static_cast<int>(lo.y), s);
+    s = __dp4a(static_cast<int>(u.lo[2]), static_cast<int>(lo.z), s);
+    s = __dp4a(static_cast<int>(u.lo[3]), static_cast<int>(lo.w), s);
+    s = __dp4a(static_cast<int>(u.hi[0]), static_cast<int>(hi.x), s);
+    s = __dp4a(static_cast<int>(u.hi[1]), static_cast<int>(hi.y), s);
+    s = __dp4a(static_cast<int>(u.hi[2]), static_cast<int>(hi.z), s);
+    return __dp4a(static_cast<int>(u.hi[3]), static_cast<int>(hi.w), s);
+  }
+};
+
+template <>
+struct BlockDot<WeightFormat::kQ8_0> {
+  static constexpr int kOffset = 0;
+  struct Unpacked {
+    uint4 lo, hi;
+  };
+  __device__ __forceinline__ static Unpacked unpack(const uint4 (&q)[2]) { return {q[0], q[1]}; }
+  __device__ __forceinline__ static int dot(const Unpacked& u, const uint4& lo, const uint4& hi) {
+    int s = __dp4a(static_cast<int>(u.lo.x), static_cast<int>(lo.x), 0);
+    s = __dp4a(static_cast<int>(u.lo.y), static_cast<int>(lo.y), s);
+    s = __dp4a(static_cast<int>(u.lo.z), static_cast<int>(lo.z), s);
+    s = __dp4a(static_cast<int>(u.lo.w), static_cast<int>(lo.w), s);
+    s = __dp4a(static_cast<int>(u.hi.x), static_cast<int>(hi.x), s);
+    s = __dp4a(static_cast<int>(u.hi.y), static_cast<int>(hi.y), s);
+    s = __dp4a(static_cast<int>(u.hi.z), static_cast<int>(hi.z), s);
+    return __dp4a(static_cast<int>(u.hi.w), static_cast<int>(hi.w), s);
+  }
+};
+
+// One "item" of a warp's walk: U blocks per lane of one row (blocks ch * 32U + 32u + lane).
+template <WeightFormat F>
+struct RowChunk {
+  static constexpr int QW = BlockFormat<F>::kQsBytes / 16;
+  static constexpr int U = kUnroll<F>;
+  uint4 q[U][QW];
+  float d[U];
+  __device__ __forceinline__ void load(const uint4* qs, const __half* scales, int nb, int row,
+                                       int ch, int lane) {
+    const size_t r0 = static_cast<size_t>(row) * nb;
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = ch * 32 * U + 32 * u + lane;
+      if (b < nb) {
+#pragma unroll
+        for (int j = 0; j < QW; ++j) q[u][j] = __ldg(qs + (r0 + b) * QW + j);
+        d[u] = __half2float(__ldg(scales + r0 + b));
+      }
+    }
+  }
+};
+
+// Where the kernel finds X's quants. SmemX: the thread block quantizes X itself into shared
+// memory first (any caller of gemv_q); GlobalX: the kernel before wrote them to device memory
+// (the model's RMSNorm, SwiGLU and attention-output kernels, gemv_q8), so no block repeats the
+// work and the weights stream from the first instruction.
+template <typename XT, int NT>
+struct SmemX {
+  const XT* x;
+  int ldx;
+  const uint4* q = nullptr;  // [NT][2][nb] 16-byte groups (the two column planes)
+  const Q8Scale* s = nullptr;
+  int nb = 0;
+  __device__ __forceinline__ void init(uint8_t* smem, int n_blocks) {
+    quantize_x_q8<XT, NT>(x, ldx, n_blocks, smem);
+    __syncthreads();
+    nb = n_blocks;
+    q = reinterpret_cast<const uint4*>(smem);
+    s = reinterpret_cast<const Q8Scale*>(smem + static_cast<size_t>(NT) * nb * 32);
+  }
+  __device__ __forceinline__ void fetch(int t, int b, uint4& lo, uint4& hi, Q8Scale& sc) const {
+    const size_t o = static_cast<size_t>(t) * 2 * nb + b;
+    lo = q[o];
+    hi = q[o + nb];
+    sc = s[static_cast<size_t>(t) * nb + b];
+  }
+};
+struct GlobalX {
+  const int8_t* q;  // [NT][ld]
+  const Q8Scale* s;  // [NT][ld / 32]
+  int ld;
+  __device__ __forceinline__ void init(uint8_t*, int) {}
+  __device__ __forceinline__ void fetch(int t, int b, uint4& lo, uint4& hi, Q8Scale& sc) const {
+    const uint4* p = reinterpret_cast<const uint4*>(q + static_cast<size_t>(t) * ld) + 2 * b;
+    lo = __ldg(p);
+    hi = __ldg(p + 1);
+    const int2 v = __ldg(reinterpret_cast<const int2*>(s + static_cast<size_t>(t) * (ld / 32) + b));
+    sc = Q8Scale{__int_as_float(v.x), v.y};
+  }
+};
+
+template <WeightFormat F, int NT, class XSrc>
+__global__ void __launch_bounds__(kWarps * 32)
+    gemv_q8a_kernel(const uint8_t* __restrict__ qs, const __half* __restrict__ scales, int rows,
+                    int nb, XSrc xsrc, float* __restrict__ y, int ldy, float beta) {
+  using Dot = BlockDot<F>;
+  constexpr int U = kUnroll<F>;
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int lane = threadIdx.x % 32;
+  const int stride = gridDim.x * kWarps;
+  const int chunks = (nb + 32 * U - 1) / (32 * U);
+  const uint4* q4 = reinterpret_cast<const uint4*>(qs);
+  int row = blockIdx.x * kWarps + static_cast<int>(threadIdx.x) / 32, ch = 0;
+  RowChunk<F> cur;
+  if (row < rows) cur.load(q4, scales, nb, row, ch, lane);  // in flight before X is ready
+  dev::pdl_wait();  // X and Y come from the kernels before (programmatic dependence)
+  xsrc.init(smem, nb);
+  float acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
+  while (row < rows) {
+    int next_row = row, next_ch = ch + 1;
+    if (next_ch == chunks) next_ch = 0, next_row += stride;
+    RowChunk<F> next;
+    if (next_row < rows) next.load(q4, scales, nb, next_row, next_ch, lane);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int b = ch * 32 * U + 32 * u + lane;
+      if (b >= nb) break;
+      const typename Dot::Unpacked w = Dot::unpack(cur.q[u]);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        uint4 lo, hi;
+        Q8Scale a;
+        xsrc.fetch(t, b, lo, hi, a);
+        const int s = Dot::dot(w, lo, hi) - Dot::kOffset * a.sum;
+        acc[t] = fmaf(cur.d[u] * a.d, static_cast<float>(s), acc[t]);
+      }
+    }
+    if (ch == chunks - 1) {
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        float a = acc[t];
+        for (int o = 16; o > 0; o /= 2) a += __shfl_xor_sync(0xffffffffu, a, o);
+        if (lane == 0) {
+          float* out = y + static_cast<size_t>(t) * ldy + row;
+          *out = beta == 0.0f ? a : fmaf(beta, *out, a);
+        }
+        acc[t] = 0.0f;
+      }
+    }
+    cur = next;
+    row = next_row;
+    ch = next_ch;
+  }
+}
+
+// X [n][ldx] f16 -> quants [n][cols] and scales [n][cols / 32], one warp per block of 32.
+__global__ void quantize_q8_kernel(const __half* __restrict__ x, int cols, int ldx, size_t count,
+                                   int8_t* __restrict__ q, Q8Scale* __restrict__ s) {
+  dev::pdl_launch_dependents();
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
+  // count is a multiple of 32 and so is blockDim: whole warps take the same trips.
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    const size_t t = i / cols, c = i % cols;
+    dev::q8_store_warp_block(__half2float(x[t * ldx + c]), q + i - (threadIdx.x & 31),
+                             s + i / 32);
+  }
+}
+
 // One thread per block: its 32 weights as f16 (four 16-byte stores).
 template <WeightFormat F>
 __global__ void dequant_kernel(const uint8_t* __restrict__ qs, const __half* __restrict__ scales,
@@ -207,16 +485,53 @@ __global__ void dequant_kernel(const uint8_t* __restrict__ qs, const __half* __r
   }
 }
 
+// Streaming multiprocessors of the current device (asked once per device).
+int sm_count() {
+  static int counts[16] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return 1;
+  if (counts[dev] == 0) {
+    int n = 1;
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    counts[dev] = n > 0 ? n : 1;
+  }
+  return counts[dev];
+}
+
+// Resident thread blocks per SM of gemv_q8a_kernel<F, NT, XSrc> with `smem` dynamic bytes (its
+// shared-memory limit raised first where needed), remembered per instance and smem (a decode
+// step asks the same few shapes again and again).
+template <WeightFormat F, int NT, class XSrc>
+int q8_resident_blocks(size_t smem) {
+  struct Entry {
+    size_t smem;
+    int blocks;
+  };
+  static Entry cache[8] = {};
+  static int used = 0;
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  for (int i = 0; i < used; ++i)
+    if (cache[i].smem == smem) return cache[i].blocks;
+  const auto fn = gemv_q8a_kernel<F, NT, XSrc>;
+  if (smem > 48 * 1024)
+    cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  int blocks = 1;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kWarps * 32, smem) != cudaSuccess ||
+      blocks < 1)
+    blocks = 1;
+  if (used < 8) cache[used++] = Entry{smem, blocks};
+  return blocks;
+}
+
 template <WeightFormat F, typename XT, int NT>
 cudaError_t launch(const MatrixView& w, const XT* x, int ldx, float* y, int ldy, float beta,
-                   cudaStream_t s, bool overlap) {
+                   cudaStream_t s, bool overlap, GemvActivations acts) {
   const int nb = w.cols / 32;
   const uint8_t* qs = static_cast<const uint8_t*>(w.data);
   const __half* sc = reinterpret_cast<const __half*>(qs + static_cast<size_t>(w.rows) * nb *
                                                               BlockFormat<F>::kQsBytes);
-  constexpr int kBlockRows = kWarps * kWarpRows<NT>;
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((w.rows + kBlockRows - 1) / kBlockRows);
   cfg.blockDim = dim3(kWarps * 32);
   cfg.stream = s;
   cudaLaunchAttribute attr[1];
@@ -224,6 +539,16 @@ cudaError_t launch(const MatrixView& w, const XT* x, int ldx, float* y, int ldy,
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = attr;
   cfg.numAttrs = overlap ? 1 : 0;
+  if (acts == GemvActivations::kQ8 && q8_smem_bytes<NT>(nb) <= kGemvQ8MaxSmem) {
+    const size_t smem = q8_smem_bytes<NT>(nb);
+    const int wave = q8_resident_blocks<F, NT, SmemX<XT, NT>>(smem) * sm_count();
+    cfg.gridDim = dim3(std::min((w.rows + kWarps - 1) / kWarps, wave));
+    cfg.dynamicSmemBytes = smem;
+    return cudaLaunchKernelEx(&cfg, gemv_q8a_kernel<F, NT, SmemX<XT, NT>>, qs, sc, w.rows, nb,
+                              SmemX<XT, NT>{x, ldx}, y, ldy, beta);
+  }
+  constexpr int kBlockRows = kWarps * kWarpRows<NT>;
+  cfg.gridDim = dim3((w.rows + kBlockRows - 1) / kBlockRows);
   return cudaLaunchKernelEx(&cfg, gemv_q_kernel<F, XT, NT>, qs, sc, w.rows, nb, x, ldx, y, ldy,
                             beta);
 }
@@ -231,30 +556,75 @@ cudaError_t launch(const MatrixView& w, const XT* x, int ldx, float* y, int ldy,
 // The token count as a template argument: the accumulators stay in registers.
 template <WeightFormat F, typename XT>
 cudaError_t launch_n(const MatrixView& w, const XT* x, int n, int ldx, float* y, int ldy,
-                     float beta, cudaStream_t s, bool overlap) {
+                     float beta, cudaStream_t s, bool overlap, GemvActivations acts) {
   switch (n) {
     case 1:
-      return launch<F, XT, 1>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 1>(w, x, ldx, y, ldy, beta, s, overlap, acts);
     case 2:
-      return launch<F, XT, 2>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 2>(w, x, ldx, y, ldy, beta, s, overlap, acts);
     case 3:
-      return launch<F, XT, 3>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 3>(w, x, ldx, y, ldy, beta, s, overlap, acts);
     case 4:
-      return launch<F, XT, 4>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 4>(w, x, ldx, y, ldy, beta, s, overlap, acts);
     case 5:
-      return launch<F, XT, 5>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 5>(w, x, ldx, y, ldy, beta, s, overlap, acts);
     case 6:
-      return launch<F, XT, 6>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 6>(w, x, ldx, y, ldy, beta, s, overlap, acts);
     case 7:
-      return launch<F, XT, 7>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 7>(w, x, ldx, y, ldy, beta, s, overlap, acts);
     default:
-      return launch<F, XT, 8>(w, x, ldx, y, ldy, beta, s, overlap);
+      return launch<F, XT, 8>(w, x, ldx, y, ldy, beta, s, overlap, acts);
+  }
+}
+
+// 8-bit activations from device memory (gemv_q8): the same kernel, no shared memory.
+template <WeightFormat F, int NT>
+cudaError_t launch_q8(const MatrixView& w, const Q8Activations& x, float* y, int ldy, float beta,
+                      cudaStream_t s, bool overlap) {
+  const int nb = w.cols / 32;
+  const uint8_t* qs = static_cast<const uint8_t*>(w.data);
+  const __half* sc = reinterpret_cast<const __half*>(qs + static_cast<size_t>(w.rows) * nb *
+                                                              BlockFormat<F>::kQsBytes);
+  cudaLaunchConfig_t cfg = {};
+  cfg.blockDim = dim3(kWarps * 32);
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = overlap ? 1 : 0;
+  const int wave = q8_resident_blocks<F, NT, GlobalX>(0) * sm_count();
+  cfg.gridDim = dim3(std::min((w.rows + kWarps - 1) / kWarps, wave));
+  return cudaLaunchKernelEx(&cfg, gemv_q8a_kernel<F, NT, GlobalX>, qs, sc, w.rows, nb,
+                            GlobalX{x.q, x.scales, x.ld}, y, ldy, beta);
+}
+
+template <WeightFormat F>
+cudaError_t launch_q8_n(const MatrixView& w, const Q8Activations& x, int n, float* y, int ldy,
+                        float beta, cudaStream_t s, bool overlap) {
+  switch (n) {
+    case 1:
+      return launch_q8<F, 1>(w, x, y, ldy, beta, s, overlap);
+    case 2:
+      return launch_q8<F, 2>(w, x, y, ldy, beta, s, overlap);
+    case 3:
+      return launch_q8<F, 3>(w, x, y, ldy, beta, s, overlap);
+    case 4:
+      return launch_q8<F, 4>(w, x, y, ldy, beta, s, overlap);
+    case 5:
+      return launch_q8<F, 5>(w, x, y, ldy, beta, s, overlap);
+    case 6:
+      return launch_q8<F, 6>(w, x, y, ldy, beta, s, overlap);
+    case 7:
+      return launch_q8<F, 7>(w, x, y, ldy, beta, s, overlap);
+    default:
+      return launch_q8<F, 8>(w, x, y, ldy, beta, s, overlap);
   }
 }
 
 template <typename XT>
 Status gemv_q_any(const MatrixView& w, const XT* x, int n, int ldx, float* y, int ldy, float beta,
-                  cudaStream_t s, bool overlap) {
+                  cudaStream_t s, bool overlap, GemvActivations acts) {
   if (w.rows <= 0 || n <= 0) return ok_status();
   constexpr int kAlign = 16 / static_cast<int>(sizeof(XT));
   if (w.format == WeightFormat::kF16 || w.cols % 32 != 0 || n > kGemvMaxTokens ||
@@ -264,8 +634,8 @@ Status gemv_q_any(const MatrixView& w, const XT* x, int n, int ldx, float* y, in
         "gemv_q: needs a Q4_0/Q8_0 matrix with cols % 32 == 0, 1..8 tokens, 16-byte aligned x "
         "rows");
   TQ_CUDA_TRY(w.format == WeightFormat::kQ4_0
-                  ? launch_n<WeightFormat::kQ4_0>(w, x, n, ldx, y, ldy, beta, s, overlap)
-                  : launch_n<WeightFormat::kQ8_0>(w, x, n, ldx, y, ldy, beta, s, overlap));
+                  ? launch_n<WeightFormat::kQ4_0>(w, x, n, ldx, y, ldy, beta, s, overlap, acts)
+                  : launch_n<WeightFormat::kQ8_0>(w, x, n, ldx, y, ldy, beta, s, overlap, acts));
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }
@@ -319,13 +689,48 @@ void split_blocks(WeightFormat f, const uint8_t* src, int64_t rows, int64_t cols
 }
 
 Status gemv_q(const MatrixView& w, const __half* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s, bool overlap) {
-  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s, overlap);
+              cudaStream_t s, bool overlap, GemvActivations acts) {
+  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s, overlap, acts);
 }
 
 Status gemv_q(const MatrixView& w, const float* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s, bool overlap) {
-  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s, overlap);
+              cudaStream_t s, bool overlap, GemvActivations acts) {
+  return gemv_q_any(w, x, n, ldx, y, ldy, beta, s, overlap, acts);
+}
+
+bool gemv_q8_applies(const MatrixView& w, int n) {
+  const size_t smem = static_cast<size_t>(n) * (w.cols / 32) * kQ8BytesPerBlock;
+  return w.format != WeightFormat::kF16 && n >= 1 && n <= kGemvMaxTokens && smem <= kGemvQ8MaxSmem;
+}
+
+Status quantize_q8(const __half* x, int n, int cols, int ldx, int8_t* q, Q8Scale* scales,
+                   cudaStream_t s) {
+  if (n <= 0) return ok_status();
+  if (cols <= 0 || cols % 32 != 0 || ldx < cols)
+    return invalid_argument("quantize_q8: cols must be a positive multiple of 32, ldx >= cols");
+  const size_t count = static_cast<size_t>(n) * cols;
+  const size_t grid = (count + 255) / 256;
+  quantize_q8_kernel<<<static_cast<unsigned>(grid < 4096 ? grid : 4096), 256, 0, s>>>(
+      x, cols, ldx, count, q, scales);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status gemv_q8(const MatrixView& w, const Q8Activations& x, int n, float* y, int ldy, float beta,
+               cudaStream_t s, bool overlap) {
+  if (w.rows <= 0 || n <= 0) return ok_status();
+  if (w.format == WeightFormat::kF16 || w.cols % 32 != 0 || n > kGemvMaxTokens ||
+      x.ld < w.cols || x.ld % 32 != 0 || reinterpret_cast<uintptr_t>(x.q) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(x.scales) % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(w.data) % 16 != 0)
+    return invalid_argument(
+        "gemv_q8: needs a Q4_0/Q8_0 matrix with cols % 32 == 0, 1..8 tokens, 16-byte aligned "
+        "quants with ld >= cols, ld % 32 == 0");
+  TQ_CUDA_TRY(w.format == WeightFormat::kQ4_0
+                  ? launch_q8_n<WeightFormat::kQ4_0>(w, x, n, y, ldy, beta, s, overlap)
+                  : launch_q8_n<WeightFormat::kQ8_0>(w, x, n, y, ldy, beta, s, overlap));
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
 }
 
 Status dequant_rows(const MatrixView& w, int row0, int nrows, __half* out, cudaStream_t s) {

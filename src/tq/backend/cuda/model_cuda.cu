@@ -49,8 +49,12 @@ Status gemm(cublasHandle_t h, const __half* w, int rows, int cols, const __half*
 // are compute-bound, so the extra pass over the weights costs little there; decode batches over
 // 8 pay it every step (docs/benchmarks.md: calling the GEMV 8 rows at a time was slower still).
 Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, int n, float* y,
-              float beta) {
+              float beta, bool x_q8 = false) {
   const int rows = w.rows, cols = w.cols;
+  if (x_q8 && w.format != WeightFormat::kF16 && n <= kGemvMaxTokens && !m.opt.cublas_gemv) {
+    const Q8Activations xq{m.q8.as<int8_t>(), m.q8_scales.as<Q8Scale>(), cols};
+    return gemv_q8(w, xq, n, y, rows, beta, m.stream, m.opt.overlap_launches && m.cc_major >= 9);
+  }
   if (w.format == WeightFormat::kF16) {
     const __half* wh = static_cast<const __half*>(w.data);
     if (n == 1 && !m.opt.cublas_gemv && cols % 8 == 0)
@@ -59,7 +63,8 @@ Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, in
   }
   if (n <= kGemvMaxTokens && !m.opt.cublas_gemv)
     return gemv_q(w, x, n, cols, y, rows, beta, m.stream,
-                  m.opt.overlap_launches && m.cc_major >= 9);
+                  m.opt.overlap_launches && m.cc_major >= 9,
+                  m.opt.int8_activations ? GemvActivations::kQ8 : GemvActivations::kExact);
   const size_t scratch_rows = m.dequant_scratch.bytes() / (sizeof(__half) * cols);
   if (scratch_rows == 0) return internal_error("matmul: no dequant scratch for quantized weights");
   __half* scratch = m.dequant_scratch.as<__half>();
@@ -165,6 +170,13 @@ Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
   return decode_attention(p, *plan, m.stream);
 }
 
+// The kernels before a decode-sized pass's GEMVs also write their output as 8-bit activations
+// (gemv_q8) when the model has the buffers for them.
+Q8Out q8_out(const CudaModel::Impl& m, int n) {
+  if (m.q8.empty() || n > kGemvMaxTokens || m.opt.cublas_gemv) return {};
+  return Q8Out{m.q8.as<int8_t>(), m.q8_scales.as<Q8Scale>()};
+}
+
 Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   const int n = rows.n, seq = rows.seq;
   DeviceLayer& D = m.layers[static_cast<size_t>(l)];
@@ -173,9 +185,11 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   const cudaStream_t s = m.stream;
   float* x = m.x.as<float>();
   __half* xn = m.xn.as<__half>();
+  const Q8Out q8 = q8_out(m, n);
+  const bool x_q8 = q8.q != nullptr;
 
-  TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.attn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s));
-  TQ_RETURN_IF_ERROR(matmul(m, D.w_qkv.view(), xn, n, m.qkv.as<float>(), 0.0f));
+  TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.attn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s, q8));
+  TQ_RETURN_IF_ERROR(matmul(m, D.w_qkv.view(), xn, n, m.qkv.as<float>(), 0.0f, x_q8));
   RopeSplitParams rp;
   rp.qkv = m.qkv.as<float>();
   rp.bias = D.b_qkv.empty() ? nullptr : D.b_qkv.as<float>();
@@ -218,13 +232,14 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
 
-  TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s));
-  TQ_RETURN_IF_ERROR(matmul(m, D.w_o.view(), xn, n, x, 1.0f));  // x += Wo att
+  TQ_RETURN_IF_ERROR(
+      to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s, q8, q_dim));
+  TQ_RETURN_IF_ERROR(matmul(m, D.w_o.view(), xn, n, x, 1.0f, x_q8));  // x += Wo att
 
-  TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.ffn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s));
-  TQ_RETURN_IF_ERROR(matmul(m, D.w_gate_up.view(), xn, n, m.gu.as<float>(), 0.0f));
-  TQ_RETURN_IF_ERROR(silu_mul_rows(m.gu.as<float>(), n, d.ffn_dim, m.h.as<__half>(), s));
-  return matmul(m, D.w_down.view(), m.h.as<__half>(), n, x, 1.0f);  // x += down
+  TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.ffn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s, q8));
+  TQ_RETURN_IF_ERROR(matmul(m, D.w_gate_up.view(), xn, n, m.gu.as<float>(), 0.0f, x_q8));
+  TQ_RETURN_IF_ERROR(silu_mul_rows(m.gu.as<float>(), n, d.ffn_dim, m.h.as<__half>(), s, q8));
+  return matmul(m, D.w_down.view(), m.h.as<__half>(), n, x, 1.0f, x_q8);  // x += down
 }
 
 Status run_layers(CudaModel::Impl& m, const PassRows& rows) {
@@ -240,10 +255,11 @@ Status logits_rows(CudaModel::Impl& m, int first, int rows) {
   const MatrixView out_w =
       m.out_w.empty() ? MatrixView{WeightFormat::kF16, m.embd.as<void>(), d.vocab_size, d.dim}
                       : m.out_w.view();
+  const Q8Out q8 = q8_out(m, rows);
   TQ_RETURN_IF_ERROR(rmsnorm_rows(m.x.as<float>() + static_cast<size_t>(first) * d.dim,
                                   m.out_norm.as<float>(), rows, d.dim, d.rms_eps, m.xn.as<__half>(),
-                                  m.stream));
-  return matmul(m, out_w, m.xn.as<__half>(), rows, m.logits.as<float>(), 0.0f);
+                                  m.stream, q8));
+  return matmul(m, out_w, m.xn.as<__half>(), rows, m.logits.as<float>(), 0.0f, q8.q != nullptr);
 }
 
 // The launches of one decode pass of B rows (one token of each of B slots): the host has put

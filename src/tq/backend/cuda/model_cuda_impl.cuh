@@ -112,6 +112,10 @@ struct CudaModel::Impl {
   DeviceMem att;                   // f32 [B][q_dim]
   DeviceMem gu;                    // f32 [B][2 ffn]
   DeviceMem h;                     // f16 [B][ffn]
+  // xn / h again as 8-bit activations (gemv_q8) for passes of up to kGemvMaxTokens rows, with
+  // quantized weights and DeviceModelOptions::int8_activations; empty otherwise.
+  DeviceMem q8;                    // int8 [kGemvMaxTokens][max(dim, q_dim, ffn)]
+  DeviceMem q8_scales;             // Q8Scale [kGemvMaxTokens][max(dim, q_dim, ffn) / 32]
   DeviceMem logits;                // f32 [B][vocab]
   DeviceMem cs;                    // float2 [B][rope_dims/2]
   DeviceMem slots;                 // int32 [B]

@@ -344,6 +344,12 @@ Status allocate_cache(CudaModel::Impl& m) {
   TQ_RETURN_IF_ERROR(m.att.alloc(B * q_dim * sizeof(float), "att"));
   TQ_RETURN_IF_ERROR(m.gu.alloc(B * 2 * ffn * sizeof(float), "gate_up"));
   TQ_RETURN_IF_ERROR(m.h.alloc(B * ffn * sizeof(__half), "h"));
+  const size_t widest = std::max(dim, std::max(q_dim, ffn));
+  if (m.opt.weights == DeviceWeights::kQuantized && m.opt.int8_activations && widest % 32 == 0) {
+    const size_t rows = std::min<size_t>(B, kGemvMaxTokens);
+    TQ_RETURN_IF_ERROR(m.q8.alloc(rows * widest, "8-bit activations"));
+    TQ_RETURN_IF_ERROR(m.q8_scales.alloc(rows * widest / 32 * sizeof(Q8Scale), "8-bit scales"));
+  }
   TQ_RETURN_IF_ERROR(
       m.logits.alloc(B * static_cast<size_t>(d.vocab_size) * sizeof(float), "logits"));
   TQ_RETURN_IF_ERROR(

@@ -5,6 +5,7 @@
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/ops_cuda.cuh"
+#include "tq/backend/cuda/q8_act.cuh"
 
 namespace tq::backend::cuda {
 namespace {
@@ -32,15 +33,25 @@ __device__ float block_sum(float v) {
 // The kernels that feed the GEMVs (RMSNorm, SwiGLU, to_half) let them launch at once
 // (dev::pdl_launch_dependents): a GEMV launched with programmatic dependence loads its weights
 // meanwhile and waits for this kernel's completion before it reads the activations.
-__global__ void rmsnorm_kernel(const float* x, const float* w, int dim, float eps, __half* y) {
+// The f16 value h of element i (of n) also as an 8-bit activation when q8 is set: a warp's 32
+// lanes hold one block (callers keep whole warps in step: row lengths % 32 == 0).
+__device__ __forceinline__ void store_q8(const Q8Out& q8, size_t i, __half h) {
+  if (q8.q) dev::q8_store_warp_block(__half2float(h), q8.q + i - (threadIdx.x & 31), q8.s + i / 32);
+}
+
+__global__ void rmsnorm_kernel(const float* x, const float* w, int dim, float eps, __half* y,
+                               Q8Out q8) {
   dev::pdl_launch_dependents();
   const float* row = x + static_cast<size_t>(blockIdx.x) * dim;
   float ss = 0.0f;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(row[i], row[i], ss);
   const float scale = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
-  __half* out = y + static_cast<size_t>(blockIdx.x) * dim;
-  for (int i = threadIdx.x; i < dim; i += blockDim.x)
-    out[i] = __float2half_rn(row[i] * scale * w[i]);
+  const size_t r0 = static_cast<size_t>(blockIdx.x) * dim;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    const __half h = __float2half_rn(row[i] * scale * w[i]);
+    y[r0 + i] = h;
+    store_q8(q8, r0 + i, h);
+  }
 }
 
 // Row t is at position positions[t] when given (a batch of sequences), else pos0 + t.
@@ -113,14 +124,16 @@ __global__ void center_keys_kernel(float* k, int n, int elems, int from, int to,
 }
 
 // Grid (element blocks, token).
-__global__ void silu_mul_kernel(const float* gu, int ffn, __half* h) {
+__global__ void silu_mul_kernel(const float* gu, int ffn, __half* h, Q8Out q8) {
   dev::pdl_launch_dependents();
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= ffn) return;
+  if (i >= ffn) return;  // whole warps (ffn % 32 == 0 when q8 is written)
   const float* row = gu + static_cast<size_t>(blockIdx.y) * 2 * ffn;
   const float g = row[i];
-  h[static_cast<size_t>(blockIdx.y) * ffn + i] =
-      __float2half_rn(g / (1.0f + expf(-g)) * row[ffn + i]);
+  const size_t o = static_cast<size_t>(blockIdx.y) * ffn + i;
+  const __half v = __float2half_rn(g / (1.0f + expf(-g)) * row[ffn + i]);
+  h[o] = v;
+  store_q8(q8, o, v);
 }
 
 constexpr int kGemvWarps = 8;  // rows per block
@@ -152,12 +165,15 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   if (lane == 0) y[row] = beta == 0.0f ? acc : fmaf(beta, y[row], acc);
 }
 
-__global__ void to_half_kernel(const float* x, size_t count, __half* y) {
+__global__ void to_half_kernel(const float* x, size_t count, __half* y, Q8Out q8) {
   dev::pdl_launch_dependents();
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += stride)
-    y[i] = __float2half_rn(x[i]);
+       i += stride) {
+    const __half h = __float2half_rn(x[i]);
+    y[i] = h;
+    store_q8(q8, i, h);  // count % 32 == 0 when q8 is written: whole warps
+  }
 }
 
 __global__ void step_tables_kernel(StepTablesParams p) {
@@ -183,9 +199,10 @@ Status embed_rows(const __half* table, const int32_t* tokens, int n, int dim, fl
 }
 
 Status rmsnorm_rows(const float* x, const float* w, int n, int dim, float eps, __half* y,
-                    cudaStream_t s) {
+                    cudaStream_t s, Q8Out q8) {
   if (n <= 0) return ok_status();
-  rmsnorm_kernel<<<n, kNormThreads, 0, s>>>(x, w, dim, eps, y);
+  if (q8.q && dim % 32 != 0) return invalid_argument("rmsnorm_rows: 8-bit output needs dim % 32 == 0");
+  rmsnorm_kernel<<<n, kNormThreads, 0, s>>>(x, w, dim, eps, y, q8);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }
@@ -258,10 +275,11 @@ Status argmax_rows(const float* x, int rows, int n, int32_t* out, cudaStream_t s
   return ok_status();
 }
 
-Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s) {
+Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s, Q8Out q8) {
   if (n <= 0) return ok_status();
+  if (q8.q && ffn % 32 != 0) return invalid_argument("silu_mul_rows: 8-bit output needs ffn % 32 == 0");
   silu_mul_kernel<<<dim3((ffn + kRowThreads - 1) / kRowThreads, n), kRowThreads, 0, s>>>(gu, ffn,
-                                                                                         h);
+                                                                                         h, q8);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }
@@ -278,11 +296,13 @@ Status gemv_f16(const __half* w, int rows, int cols, const __half* x, float* y, 
   return ok_status();
 }
 
-Status to_half(const float* x, size_t count, __half* y, cudaStream_t s) {
+Status to_half(const float* x, size_t count, __half* y, cudaStream_t s, Q8Out q8, int q8_row) {
   if (count == 0) return ok_status();
+  if (q8.q && (q8_row <= 0 || q8_row % 32 != 0 || count % static_cast<size_t>(q8_row) != 0))
+    return invalid_argument("to_half: 8-bit output needs rows of a multiple of 32 elements");
   const size_t blocks = (count + kRowThreads - 1) / kRowThreads;
   to_half_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), kRowThreads, 0, s>>>(
-      x, count, y);
+      x, count, y, q8);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

@@ -9,9 +9,19 @@
 
 #include <cstdint>
 
+#include "tq/backend/cuda/gemv_q.h"
 #include "tq/core/status.h"
 
 namespace tq::backend::cuda {
+
+// Where a kernel also writes its f16 output as 8-bit activations for gemv_q8 (q8_act.cuh's
+// rounding of the f16 values, so the GEMV sees what gemv_q's kQ8 path would make of them):
+// quants [rows][row length], scales [rows][row length / 32]. q == nullptr: not written. Needs
+// row lengths that are multiples of 32.
+struct Q8Out {
+  int8_t* q = nullptr;
+  Q8Scale* s = nullptr;
+};
 
 // x[t][:] = float(table[tokens[t]][:]) for t < n; table [vocab][dim] in f16.
 Status embed_rows(const __half* table, const int32_t* tokens, int n, int dim, float* x,
@@ -23,7 +33,7 @@ Status argmax_rows(const float* x, int rows, int n, int32_t* out, cudaStream_t s
 
 // y[t] = f16(x[t] / sqrt(mean(x[t]^2) + eps) * w), rows of `dim` (cpu::rmsnorm).
 Status rmsnorm_rows(const float* x, const float* w, int n, int dim, float eps, __half* y,
-                    cudaStream_t s);
+                    cudaStream_t s, Q8Out q8 = {});
 
 // cs[t][i] = (cos, sin)(pos0 + t) * inv_freq[i]) for i < half, the angle in double as the CPU
 // computes it (positions near 10^5 lose the low bits in float).
@@ -55,7 +65,7 @@ Status rope_split(const RopeSplitParams& p, cudaStream_t s);
 Status center_keys(float* k, int n, int elems, int from, int to, float* mu, cudaStream_t s);
 
 // h[t][i] = f16(silu(gu[t][i]) * gu[t][ffn + i]): gate | up rows of one matmul (cpu::silu_mul).
-Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s);
+Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s, Q8Out q8 = {});
 
 // y[r] = beta * y[r] + sum_c w[r][c] x[c]: the one-token matmul of decode (w [rows][cols] f16
 // row-major, x [cols] f16, y [rows] f32, f32 accumulation), one warp per row with 16-byte
@@ -64,8 +74,9 @@ Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s)
 Status gemv_f16(const __half* w, int rows, int cols, const __half* x, float* y, float beta,
                 cudaStream_t s);
 
-// y[i] = f16(x[i]) for i < count.
-Status to_half(const float* x, size_t count, __half* y, cudaStream_t s);
+// y[i] = f16(x[i]) for i < count (q8: rows of q8_row elements).
+Status to_half(const float* x, size_t count, __half* y, cudaStream_t s, Q8Out q8 = {},
+               int q8_row = 0);
 
 // The per-pass tables of n new tokens of one sequence at positions pos0 .. pos0+n-1:
 // slots[t] = table[(pos0+t) / bt] * bt + (pos0+t) % bt, lengths[t] = pos0 + t + 1 (the causal
