@@ -177,6 +177,58 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
     return;
   }
 
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int cap = kCap ? kCap : a.block_tokens;
+  const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
+  const auto block_of = [&](int tok0, int* slot0) {
+    if constexpr (kCap == kStep) {  // steps start at multiples of kStep
+      *slot0 = 0;
+      return __ldg(table + tok0 / kCap);
+    } else {
+      const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
+      *slot0 = tok0 - bi * cap;
+      return __ldg(table + bi);
+    }
+  };
+  using KRaw = typename KF::template Raw<kKN>;
+  struct Keys {  // the key codes and raw fp16 norm pairs of one step
+    KRaw kr[kNT];
+    uint32_t ksr[kNT];
+  };
+  // The key codes and norms of one step (software-pipelined: the next step's are loaded while
+  // the current one computes). Slots past `valid` may hold stale bytes (even NaN norms): zeroed.
+  const auto load_keys = [&](int tok0, auto full_tag, Keys& keys) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    int slot0;
+    const int page = block_of(tok0, &slot0);
+    const int valid = kFull ? kStep : end - tok0;
+    const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
+                        static_cast<size_t>(kvh) * a.k_head_stride;
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      if (kFull || 8 * j + g < valid) KF::template load<kKN>(keys.kr[j], kb, cap, slot0 + 8 * j + g, t);
+      else keys.kr[j].zero();
+      keys.ksr[j] = 0u;
+      if constexpr (KF::kTokenScale) {
+        const int tk = 8 * j + 2 * t;
+        if (kFull || tk < valid) keys.ksr[j] = KF::scale2_raw(kb, cap, slot0 + tk);
+        if (!kFull && tk + 1 >= valid) keys.ksr[j] &= 0xffffu;
+      }
+    }
+  };
+  // The first step's key codes are requested before the tables are built, so their DRAM latency
+  // hides behind the table stores (at short contexts a split is one or two steps).
+  constexpr bool kPipe = attn_pipeline_keys<KF>();
+  [[maybe_unused]] Keys first;
+  if constexpr (kPipe) {
+    const int tok0 = begin + warp * kStep;
+    if (tok0 < end) {
+      if (end - tok0 >= kStep) load_keys(tok0, std::true_type{}, first);
+      else load_keys(tok0, std::false_type{}, first);
+    }
+  }
+
   using Tab = AttnTables<KF, VF>;
   uint8_t* k_table = smem;
   uint8_t* v_table = smem + Tab::kVRow * 256;
@@ -189,8 +241,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   if (a.q_raw) prepare_group_query<kDim>(a, seq, kvh, q_sh);
   __syncthreads();
 
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int g = lane >> 2, t = lane & 3;
   // Lookup addresses are relative to dynamic shared memory at 0x400 (an immediate of each load);
   // any difference of the real base lives above bit 16 (a cluster CTA id), carried in the lane
   // offsets. A base that differs below bit 16 would break that: poison the partial instead.
@@ -233,46 +283,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
 #pragma unroll
   for (int mm = 0; mm < kMT; ++mm) o[mm][0] = o[mm][1] = o[mm][2] = o[mm][3] = 0.0f;
 
-  const int cap = kCap ? kCap : a.block_tokens;
-  const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
-  const auto block_of = [&](int tok0, int* slot0) {
-    if constexpr (kCap == kStep) {  // steps start at multiples of kStep
-      *slot0 = 0;
-      return __ldg(table + tok0 / kCap);
-    } else {
-      const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
-      *slot0 = tok0 - bi * cap;
-      return __ldg(table + bi);
-    }
-  };
-  using KRaw = typename KF::template Raw<kKN>;
-  struct Keys {  // the key codes and raw fp16 norm pairs of one step
-    KRaw kr[kNT];
-    uint32_t ksr[kNT];
-  };
-  // The key codes and norms of one step (software-pipelined: the next step's are loaded while
-  // the current one computes). Slots past `valid` may hold stale bytes (even NaN norms): zeroed.
-  const auto load_keys = [&](int tok0, auto full_tag, Keys& keys) {
-    constexpr bool kFull = decltype(full_tag)::value;
-    int slot0;
-    const int page = block_of(tok0, &slot0);
-    const int valid = kFull ? kStep : end - tok0;
-    const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
-                        static_cast<size_t>(kvh) * a.k_head_stride;
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      if (kFull || 8 * j + g < valid) KF::template load<kKN>(keys.kr[j], kb, cap, slot0 + 8 * j + g, t);
-      else keys.kr[j].zero();
-      keys.ksr[j] = 0u;
-      if constexpr (KF::kTokenScale) {
-        const int tk = 8 * j + 2 * t;
-        if (kFull || tk < valid) keys.ksr[j] = KF::scale2_raw(kb, cap, slot0 + tk);
-        if (!kFull && tk + 1 >= valid) keys.ksr[j] &= 0xffffu;
-      }
-    }
-  };
   // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
-  constexpr bool kPipe = attn_pipeline_keys<KF>();
   const auto step = [&](int tok0, auto full_tag, Keys& cur, Keys& nxt) {
     constexpr bool kFull = decltype(full_tag)::value;
     [[maybe_unused]] Keys own;  // the step's own keys when not pipelined
@@ -403,11 +414,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   {
     int tok0 = begin + warp * kStep;
     if constexpr (kPipe) {
-      Keys cur, nxt;
-      if (tok0 < end) {
-        if (end - tok0 >= kStep) load_keys(tok0, std::true_type{}, cur);
-        else load_keys(tok0, std::false_type{}, cur);
-      }
+      Keys cur = first, nxt;
       for (; tok0 < end; tok0 += kAttnWarps * kStep) {
         if (end - tok0 >= kStep) step(tok0, std::true_type{}, cur, nxt);
         else step(tok0, std::false_type{}, cur, nxt);
