@@ -16,7 +16,9 @@ struct AttnInstance {
   quant::Format v;
   int dim;
   int cap;  // block_tokens the instance is specialised for; 0: any
-  Status (*launch)(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream);
+  // pdl: launched with programmatic dependence (the kernel waits before reading the cache).
+  Status (*launch)(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream,
+                   bool pdl);
   // Resident CTAs per SM (0 when the kernel cannot launch).
   int (*occupancy)();
 };
@@ -27,12 +29,14 @@ struct AttnInstanceList {
 };
 
 template <class KF, class VF, int kDim, int kCap>
-Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream) {
+Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream,
+                        bool pdl) {
   constexpr int kSmem = attn_smem_bytes<KF, VF, kDim>();
   const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
   if (kSmem > 48 * 1024)
     TQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  kernel<<<dim3(splits, n_kv_heads, n_seqs), kAttnThreads, kSmem, stream>>>(a);
+  TQ_CUDA_TRY(launch_maybe_pdl(kernel, dim3(splits, n_kv_heads, n_seqs), dim3(kAttnThreads), kSmem,
+                               stream, pdl, a));
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }

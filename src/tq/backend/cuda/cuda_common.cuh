@@ -45,6 +45,28 @@ inline cudaError_t sync_unless_capturing(cudaStream_t s) {
 #define TQ_CUDA_CHECK_LAUNCH(stream) TQ_CUDA_TRY(cudaGetLastError())
 #endif
 
+namespace tq::backend::cuda {
+
+// kernel<<<grid, block, smem, s>>>(args...), with programmatic stream serialization when `pdl`
+// (dev::pdl_wait / pdl_launch_dependents below say what that allows).
+template <typename... KArgs, typename... Args>
+cudaError_t launch_maybe_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t s, bool pdl, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, static_cast<Args&&>(args)...);
+}
+
+}  // namespace tq::backend::cuda
+
 namespace tq::backend::cuda::dev {
 
 // Programmatic dependent launch (sm_90): a kernel launched with

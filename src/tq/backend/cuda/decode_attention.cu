@@ -79,6 +79,7 @@ __global__ void merge_kernel(const float* part_o, const float2* part_ml, int spl
                              int n_heads, int d, const float* signs_v, const float* rot_v, float inv_sqrt_d,
                              float* out) {
   extern __shared__ float sh[];  // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
+  dev::pdl_wait();  // the partials come from the attention kernel before
   float* red = sh + d;
   float* sm = red + 32;
   float* sl = sm + splits_total;
@@ -351,20 +352,23 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
     a.tokens_per_split = plan.main_tokens_per_split;
     raw_query(a, k_rot ? kt.hadamard_signs : nullptr);
-    TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream));
+    TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream,
+                                    p.overlap_launches && fused_query));
   }
   if (window && plan.window_splits > 0) {
     AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_splits);
     a.tokens_per_split = plan.window_tokens_per_split;
     raw_query(a, nullptr);
-    TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, stream));
+    TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, stream,
+                                      p.overlap_launches && fused_query));
   }
   const int splits_total = plan.main_splits + plan.window_splits;
   const size_t merge_smem = (static_cast<size_t>(d) + 32 + 2 * static_cast<size_t>(splits_total)) * sizeof(float);
-  merge_kernel<<<dim3(p.n_heads, p.n_seqs), d, merge_smem, stream>>>(
+  TQ_CUDA_TRY(launch_maybe_pdl(
+      merge_kernel, dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream, p.overlap_launches,
       reinterpret_cast<const float*>(ws + plan.part_o), reinterpret_cast<const float2*>(ws + plan.part_ml),
       plan.main_splits, splits_total, p.n_heads, d, v_rot ? vt.hadamard_signs : nullptr,
-      v_rot ? vt.rotation : nullptr, inv_sqrt_d, p.out);
+      v_rot ? vt.rotation : nullptr, inv_sqrt_d, p.out));
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }

@@ -165,6 +165,10 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   constexpr bool kQjl = KF::kHasQjl;
   extern __shared__ __align__(16) uint8_t smem[];
 
+  // Launched with programmatic dependence, the CTAs start while the K/V write before them runs:
+  // lengths, block tables and the codebooks are older than that kernel, so the tables are built
+  // before pdl_wait; the cache and the queries are read after it.
+  dev::pdl_launch_dependents();
   const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
   const int len = __ldg(a.lengths + seq);
   const int begin = split * a.tokens_per_split;
@@ -172,6 +176,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   const size_t part = (static_cast<size_t>(seq) * a.n_heads + kvh * a.group) * a.splits_total +
                       a.split_offset + split;
   if (begin >= end) {  // an empty split still writes its partial (weight 0)
+    dev::pdl_wait();
     for (int h = threadIdx.x; h < a.group; h += blockDim.x)
       a.part_ml[part + static_cast<size_t>(h) * a.splits_total] = make_float2(-INFINITY, 0.0f);
     return;
@@ -217,8 +222,18 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
       }
     }
   };
-  // The first step's key codes are requested before the tables are built, so their DRAM latency
-  // hides behind the table stores (at short contexts a split is one or two steps).
+  using Tab = AttnTables<KF, VF>;
+  uint8_t* k_table = smem;
+  uint8_t* v_table = smem + Tab::kVRow * 256;
+  uint8_t* s_table = smem + Tab::kSignRow * 256;
+  if constexpr (KF::kTableRows > 0) build_table<KF::kCodeBits, KF::kLookup>(k_table, 0, a.k_centroids);
+  if constexpr (VF::kTableRows > 0 && !Tab::kShare)
+    build_table<VF::kCodeBits, VF::kLookup>(v_table, Tab::kVHalf, a.v_centroids);
+  if constexpr (kQjl) build_table<1, 4>(s_table, 0, nullptr);
+  dev::pdl_wait();  // the K/V write (and the queries' RoPE before it) have completed
+  // The first step's key codes are requested before the queries are prepared and the block
+  // synchronises, so their DRAM latency hides behind that work (at short contexts a split is
+  // one or two steps).
   constexpr bool kPipe = attn_pipeline_keys<KF>();
   [[maybe_unused]] Keys first;
   if constexpr (kPipe) {
@@ -228,15 +243,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
       else load_keys(tok0, std::false_type{}, first);
     }
   }
-
-  using Tab = AttnTables<KF, VF>;
-  uint8_t* k_table = smem;
-  uint8_t* v_table = smem + Tab::kVRow * 256;
-  uint8_t* s_table = smem + Tab::kSignRow * 256;
-  if constexpr (KF::kTableRows > 0) build_table<KF::kCodeBits, KF::kLookup>(k_table, 0, a.k_centroids);
-  if constexpr (VF::kTableRows > 0 && !Tab::kShare)
-    build_table<VF::kCodeBits, VF::kLookup>(v_table, Tab::kVHalf, a.v_centroids);
-  if constexpr (kQjl) build_table<1, 4>(s_table, 0, nullptr);
   __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
   if (a.q_raw) prepare_group_query<kDim>(a, seq, kvh, q_sh);
   __syncthreads();

@@ -432,6 +432,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   using Dot = BlockDot<F>;
   constexpr int U = kUnroll<F>;
   extern __shared__ __align__(16) uint8_t smem[];
+  dev::pdl_launch_dependents();  // RoPE after the QKV matmul may start loading its tables
   const int lane = threadIdx.x % 32;
   const int stride = gridDim.x * kWarps;
   const int chunks = (nb + 32 * U - 1) / (32 * U);

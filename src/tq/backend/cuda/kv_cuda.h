@@ -72,6 +72,9 @@ struct QuantizeWriteParams {
   const int32_t* slot_mapping = nullptr;  // device [tokens]
   int tokens = 0;
   WriteKernel kernel = WriteKernel::kAuto;
+  // The warp kernel launched with programmatic dependence (sm_90; quantize_write_kv: k's flag
+  // decides for both): it starts while the kernel before it runs and reads x after it ends.
+  bool overlap = false;
 };
 Status quantize_write(const QuantizeWriteParams& p, void* stream);
 // One layer's K and V: one launch when both take the warp kernel (same head dim and input
@@ -102,6 +105,9 @@ struct DecodeAttentionParams {
   AttentionSegment window;   // f16 pools, or k.data == nullptr for none
   int num_sms = 0;           // 0: ask the current device
   int max_splits = 0;        // split-K cap per sequence; 0: planned from the device
+  // The attention and merge kernels launched with programmatic dependence (sm_90): attention
+  // CTAs build their code tables while the kernel before them (the K/V write) still runs.
+  bool overlap_launches = false;
   void* workspace = nullptr;  // device, decode_attention_workspace_bytes(p) bytes
   size_t workspace_bytes = 0;
 };

@@ -128,6 +128,7 @@ DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n
   p.main.lengths = m.seq_lengths.as<int32_t>();
   p.main.max_length = max_length;
   p.num_sms = m.num_sms;
+  p.overlap_launches = m.opt.overlap_launches && m.cc_major >= 9;
   return p;
 }
 
@@ -213,6 +214,7 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   uint8_t& ready = batch ? dummy : m.mean_ready[static_cast<size_t>(seq) * d.n_layers + l];
   rp.k_mean = D.centered && ready ? (batch ? D.k_mean.as<float>() : mu) : nullptr;
   rp.k_mean_rows = batch ? m.row_seqs.as<int32_t>() : nullptr;
+  rp.overlap = m.opt.overlap_launches && m.cc_major >= 9;
   TQ_RETURN_IF_ERROR(rope_split(rp, s));
   if (D.centered && !ready) {
     // As PagedKv::set_key_mean with no sinks: every token of the slot's first pass (its first
@@ -229,6 +231,7 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   wk.slot_mapping = wv.slot_mapping = m.slots.as<int32_t>();
   wk.tokens = wv.tokens = n;
   wk.kernel = wv.kernel = write_kernel(m.opt.write_kernel);
+  wk.overlap = wv.overlap = m.opt.overlap_launches && m.cc_major >= 9;
   TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
 

@@ -70,45 +70,52 @@ __global__ void rope_table_kernel(const float* inv_freq, int half, int pos0,
 // Grid (element blocks, token): element e of the row is q (e < q_dim), k (< q_dim + kv_dim,
 // minus k_mean when given) or v.
 __global__ void rope_split_kernel(RopeSplitParams p) {
+  dev::pdl_launch_dependents();
   const int t = blockIdx.y;
   const int e = blockIdx.x * blockDim.x + threadIdx.x;
   const int q_dim = p.n_heads * p.head_dim, kv_dim = p.n_kv_heads * p.head_dim;
   const int row_len = q_dim + 2 * kv_dim;
-  if (e >= row_len) return;
-  const float* row = p.qkv + static_cast<size_t>(t) * row_len;
-  const auto in = [&](int i) { return row[i] + (p.bias ? p.bias[i] : 0.0f); };
-  if (e >= q_dim + kv_dim) {
-    p.v[static_cast<size_t>(t) * kv_dim + (e - q_dim - kv_dim)] = in(e);
+  if (e >= row_len) {
+    dev::pdl_wait();
     return;
   }
-  // q and k are contiguous in the row: element e belongs to head e / head_dim.
-  const float2* cs = p.cs + static_cast<size_t>(t) * (p.rope_dims / 2);
-  const int half = p.rope_dims / 2;
+  // What does not come from the matmul before (programmatic dependence): the rotation of this
+  // element, the bias, the key mean. Then qkv.
   const int j = e % p.head_dim;
   const int head0 = e - j;
+  const int half = p.rope_dims / 2;
+  const bool rotated = e < q_dim + kv_dim && j < p.rope_dims;
+  int i0 = e, i1 = e;  // the pair's elements
+  float2 a = make_float2(1.0f, 0.0f);
+  if (rotated) {
+    const int i = p.neox ? (j < half ? j : j - half) : j / 2;
+    i0 = p.neox ? head0 + i : head0 + 2 * i;
+    i1 = p.neox ? head0 + i + half : head0 + 2 * i + 1;
+    a = p.cs[static_cast<size_t>(t) * half + i];
+  }
+  const float b0 = p.bias ? p.bias[i0] : 0.0f, b1 = p.bias ? p.bias[i1] : 0.0f;
+  float mu = 0.0f;
+  if (e >= q_dim && e < q_dim + kv_dim && p.k_mean) {
+    const float* m = p.k_mean_rows ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim
+                                   : p.k_mean;
+    mu = m[e - q_dim];
+  }
+  dev::pdl_wait();
+  const float* row = p.qkv + static_cast<size_t>(t) * row_len;
+  if (e >= q_dim + kv_dim) {
+    p.v[static_cast<size_t>(t) * kv_dim + (e - q_dim - kv_dim)] = row[e] + b0;
+    return;
+  }
   float out;
-  if (j >= p.rope_dims) {
-    out = in(e);
-  } else if (p.neox) {
-    const int i = j < half ? j : j - half;
-    const float x0 = in(head0 + i), x1 = in(head0 + i + half);
-    const float2 a = cs[i];
-    out = j < half ? x0 * a.x - x1 * a.y : x0 * a.y + x1 * a.x;
+  if (!rotated) {
+    out = row[e] + b0;
   } else {
-    const int i = j / 2;
-    const float x0 = in(head0 + 2 * i), x1 = in(head0 + 2 * i + 1);
-    const float2 a = cs[i];
-    out = (j % 2 == 0) ? x0 * a.x - x1 * a.y : x0 * a.y + x1 * a.x;
+    const float x0 = row[i0] + b0, x1 = row[i1] + b1;
+    const bool first = p.neox ? j < half : j % 2 == 0;
+    out = first ? x0 * a.x - x1 * a.y : x0 * a.y + x1 * a.x;
   }
-  if (e < q_dim) {
-    p.q[static_cast<size_t>(t) * q_dim + e] = out;
-  } else {
-    const int ke = e - q_dim;
-    const float* mu = p.k_mean && p.k_mean_rows
-                          ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim
-                          : p.k_mean;
-    p.k[static_cast<size_t>(t) * kv_dim + ke] = mu ? out - mu[ke] : out;
-  }
+  if (e < q_dim) p.q[static_cast<size_t>(t) * q_dim + e] = out;
+  else p.k[static_cast<size_t>(t) * kv_dim + (e - q_dim)] = p.k_mean ? out - mu : out;
 }
 
 // mu[e] = mean of k[t][e] over t in [from, to) (0 when empty); then k[t][e] -= mu[e] for t < n.
@@ -227,7 +234,8 @@ Status rope_split(const RopeSplitParams& p, cudaStream_t s) {
   if (p.rope_dims > p.head_dim || p.rope_dims % 2 != 0)
     return invalid_argument("rope_split: rope_dims must be even and at most head_dim");
   const int row_len = (p.n_heads + 2 * p.n_kv_heads) * p.head_dim;
-  rope_split_kernel<<<dim3((row_len + kRowThreads - 1) / kRowThreads, p.n), kRowThreads, 0, s>>>(p);
+  TQ_CUDA_TRY(launch_maybe_pdl(rope_split_kernel, dim3((row_len + kRowThreads - 1) / kRowThreads, p.n),
+                               dim3(kRowThreads), 0, s, p.overlap, p));
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

@@ -55,6 +55,9 @@ struct RopeSplitParams {
   float* v = nullptr;  // [n][kv_dim] out
   int n = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, rope_dims = 0;
   bool neox = false;  // pairs (i, i + rope_dims/2); else (2i, 2i+1)
+  // Launched with programmatic dependence (sm_90): RoPE's table, the bias and the key mean are
+  // read while the QKV matmul before it still runs; qkv after it completes.
+  bool overlap = false;
 };
 // Adds the bias, rotates q and k (cpu::rope), subtracts k_mean from k when given, and splits
 // the rows into q, k and v.

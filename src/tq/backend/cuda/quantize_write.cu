@@ -96,11 +96,12 @@ TeamFn team_for(int dim, int bits) {
 }
 
 // --- float32 warp kernel (small writes; K and V together) ---
-using WarpFn = void (*)(const WarpWriteArgs&, int blocks, cudaStream_t);
+using WarpFn = cudaError_t (*)(const WarpWriteArgs&, int blocks, cudaStream_t, bool pdl);
 
 template <int kDim, bool kF16>
-void launch_warp(const WarpWriteArgs& a, int blocks, cudaStream_t s) {
-  tq_warp_kernel<kDim, kF16><<<blocks, kWarpWriteWarps * 32, 0, s>>>(a);
+cudaError_t launch_warp(const WarpWriteArgs& a, int blocks, cudaStream_t s, bool pdl) {
+  return launch_maybe_pdl(tq_warp_kernel<kDim, kF16>, dim3(blocks), dim3(kWarpWriteWarps * 32), 0, s,
+                          pdl, a);
 }
 
 WarpFn warp_for(int dim, bool f16) {
@@ -121,6 +122,7 @@ struct PoolWrite {
   int dim = 0;
   int bits = 0;  // tq mse code bits
   bool f16_in = false;
+  bool overlap = false;  // QuantizeWriteParams::overlap (the warp kernel only)
   WarpFormat warp_format = WarpFormat::kF16;
 };
 
@@ -171,6 +173,7 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   w.dim = pool.head_dim;
   w.bits = pool.format.code_bits();
   w.f16_in = p.x_is_f16;
+  w.overlap = p.overlap;
 
   const bool tq_mse =
       pool.format.kind == quant::FormatKind::kTqMse && pool.format.bits <= 4 && t.cell_lut;
@@ -199,7 +202,7 @@ Status launch_warp_halves(const PoolWrite* k, const PoolWrite* v, cudaStream_t s
   const WarpFn fn = warp_for(k->dim, k->f16_in);
   if (!fn) return internal_error("quantize_write: no warp kernel for head dim " + std::to_string(k->dim));
   const int blocks = (a.vectors[0] + a.vectors[1] + kWarpWriteWarps - 1) / kWarpWriteWarps;
-  fn(a, blocks, s);
+  TQ_CUDA_TRY(fn(a, blocks, s, k->overlap));
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

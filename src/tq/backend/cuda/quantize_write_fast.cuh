@@ -386,6 +386,8 @@ __device__ __forceinline__ void warp_write_f16(const WriteArgs& a, int v, int la
 template <int kDim, bool kF16In>
 __global__ void __launch_bounds__(kWarpWriteWarps * 32) tq_warp_kernel(const WarpWriteArgs p) {
   __shared__ uint32_t tables[kWarpWriteWarps][dev::CellLut::kWords];
+  dev::pdl_launch_dependents();  // the attention after it may start building its tables
+  dev::pdl_wait();               // x comes from the kernel before (programmatic dependence)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int v = blockIdx.x * kWarpWriteWarps + warp;
   const int half = v < p.vectors[0] ? 0 : 1;
