@@ -1,7 +1,8 @@
 // The quantized-weight GEMV (backend/cuda/gemv_q.h) on the Llama-3-8B matrices, f16/f32-product
 // activations (kExact) against 8-bit activations (kQ8) in the same run: time per call (CUDA
-// events, L2 flushed by reading 256 MiB before every rep, median), the weight bytes one call must read, GB/s and
-// the fraction of the measured copy bandwidth. Part of tq_gpu_bench (--gemv 1, the default).
+// events, L2 flushed by reading 256 MiB before every rep, median), the weight bytes one call must
+// read, GB/s and the fraction of the measured copy bandwidth. Part of tq_gpu_bench (--gemv 1, the
+// default).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -21,14 +22,13 @@ using backend::cuda::GemvActivations;
 using backend::cuda::MatrixView;
 using backend::cuda::WeightFormat;
 
-#define GCK(expr)                                                                             \
-  do {                                                                                        \
-    const cudaError_t e_ = (expr);                                                            \
-    if (e_ != cudaSuccess) {                                                                  \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                      \
-                   cudaGetErrorString(e_));                                                   \
-      return 1;                                                                               \
-    }                                                                                         \
+#define GCK(expr)                                                                                 \
+  do {                                                                                            \
+    const cudaError_t e_ = (expr);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      return 1;                                                                                   \
+    }                                                                                             \
   } while (0)
 
 __device__ uint64_t mix(uint64_t h) {
@@ -39,8 +39,8 @@ __device__ uint64_t mix(uint64_t h) {
 }
 
 // Random quant bytes (Q8_0's 0x80 avoided), f16 scales in +-[0.002, 0.02), roughly normal x.
-__global__ void fill_kernel(uint8_t* qs, size_t qs_bytes, __half* scales, size_t blocks,
-                            __half* x, size_t nx, bool q8) {
+__global__ void fill_kernel(uint8_t* qs, size_t qs_bytes, __half* scales, size_t blocks, __half* x,
+                            size_t nx, bool q8) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < qs_bytes;
        i += stride) {
@@ -53,11 +53,12 @@ __global__ void fill_kernel(uint8_t* qs, size_t qs_bytes, __half* scales, size_t
     const float d = 0.002f + 0.018f * static_cast<float>(h & 0xffff) / 65536.0f;
     scales[i] = __float2half_rn((h >> 16) & 1 ? -d : d);
   }
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < nx;
-       i += stride) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < nx; i += stride) {
     const uint64_t h = mix(i * 0x2545f4914f6cdd1dull + 3);
-    const float u = ((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) +
-                     ((h >> 48) & 0xffff)) / 65536.0f - 2.0f;
+    const float u =
+        ((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) /
+            65536.0f -
+        2.0f;
     x[i] = __float2half_rn(u * 1.7f);
   }
 }
@@ -123,7 +124,8 @@ int gemv_bench(const std::string& out_dir, int reps, double copy_gbps, void* flu
       int8_t* xq = nullptr;
       backend::cuda::Q8Scale* xs = nullptr;
       GCK(cudaMalloc(&xq, static_cast<size_t>(kMaxN) * mt.cols));
-      GCK(cudaMalloc(&xs, static_cast<size_t>(kMaxN) * mt.cols / 32 * sizeof(backend::cuda::Q8Scale)));
+      GCK(cudaMalloc(&xs,
+                     static_cast<size_t>(kMaxN) * mt.cols / 32 * sizeof(backend::cuda::Q8Scale)));
       {
         const Status st = backend::cuda::quantize_q8(x, kMaxN, mt.cols, mt.cols, xq, xs, nullptr);
         if (!st.ok()) {
@@ -140,11 +142,10 @@ int gemv_bench(const std::string& out_dir, int reps, double copy_gbps, void* flu
             read_flush_kernel<<<1024, 256>>>(static_cast<const uint4*>(flush), flush_bytes / 16,
                                              static_cast<unsigned*>(flush));
             GCK(cudaEventRecord(a));
-            const Status st =
-                mode == 2 ? backend::cuda::gemv_q8(view, {xq, xs, mt.cols}, n, y, mt.rows, 0.0f,
-                                                   nullptr)
-                          : backend::cuda::gemv_q(view, x, n, mt.cols, y, mt.rows, 0.0f, nullptr,
-                                                  false, acts);
+            const Status st = mode == 2 ? backend::cuda::gemv_q8(view, {xq, xs, mt.cols}, n, y,
+                                                                 mt.rows, 0.0f, nullptr)
+                                        : backend::cuda::gemv_q(view, x, n, mt.cols, y, mt.rows,
+                                                                0.0f, nullptr, false, acts);
             GCK(cudaEventRecord(b));
             GCK(cudaEventSynchronize(b));
             if (!st.ok()) {
@@ -164,11 +165,11 @@ int gemv_bench(const std::string& out_dir, int reps, double copy_gbps, void* flu
         const double frac = q8_gbps / copy_gbps;
         std::printf(
             "| %s %dx%d | %s | %d | %.1f | %.1f | %.1f | %.1f | %.0f | %.0f | %.2f | %.2fx |\n",
-            mt.name, mt.rows, mt.cols, backend::cuda::weight_format_name(f), n, us[0], us[1],
-            us[2], bytes / 1e6, ex_gbps, q8_gbps, frac, us[0] / us[2]);
+            mt.name, mt.rows, mt.cols, backend::cuda::weight_format_name(f), n, us[0], us[1], us[2],
+            bytes / 1e6, ex_gbps, q8_gbps, frac, us[0] / us[2]);
         std::fprintf(csv, "%s,%s,%d,%d,%d,%.2f,%.2f,%.2f,%zu,%.1f,%.3f\n", mt.name,
-                     backend::cuda::weight_format_name(f), mt.rows, mt.cols, n, us[0], us[1],
-                     us[2], bytes, q8_gbps, frac);
+                     backend::cuda::weight_format_name(f), mt.rows, mt.cols, n, us[0], us[1], us[2],
+                     bytes, q8_gbps, frac);
       }
       cudaFree(xq);
       cudaFree(xs);

@@ -135,11 +135,13 @@ void check(WeightFormat f, Shape sh, int n, float beta, uint64_t seed,
   using DevX = std::conditional_t<sizeof(XT) == 2, __half, float>;
   // kQ8 (where it applies): the reference takes the 8-bit x; the f32 x's result must stay
   // within the rounding's own bound, sum_c |w| d / 2 (+ the float tolerance).
-  const bool q8 = acts == GemvActivations::kQ8 && gemv_q8_applies({f, nullptr, sh.rows, sh.cols}, n);
+  const bool q8 =
+      acts == GemvActivations::kQ8 && gemv_q8_applies({f, nullptr, sh.rows, sh.cols}, n);
   std::vector<double> xq, half_step;
   if (q8) quantize_x_like_q8(xd, n, sh.cols, ldx, &xq, &half_step);
   const std::vector<double>& xr = q8 ? xq : xd;
-  const Status st = gemv_q(view, x.get<DevX>(), n, ldx, y.get<float>(), ldy, beta, nullptr, false, acts);
+  const Status st =
+      gemv_q(view, x.get<DevX>(), n, ldx, y.get<float>(), ldy, beta, nullptr, false, acts);
   ASSERT_TRUE(st.ok()) << st.to_string();
   TQ_CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> got = y.to_host<float>();
@@ -234,7 +236,8 @@ TEST_P(GemvQTest, Q8FromDeviceMemoryEqualsSharedMemoryPath) {
   uint64_t seed = 901;
   for (const Shape sh : {Shape{37, 32 * 45}, Shape{130, 4096}, Shape{9, 14336}, Shape{6000, 2048}})
     for (const int n : {1, 3, 8}) {
-      SCOPED_TRACE(std::to_string(sh.rows) + "x" + std::to_string(sh.cols) + " n " + std::to_string(n));
+      SCOPED_TRACE(std::to_string(sh.rows) + "x" + std::to_string(sh.cols) + " n " +
+                   std::to_string(n));
       const auto blocks = random_blocks(f, sh.rows, sh.cols, ++seed);
       Rng rng(seed ^ 0x51u);
       const int ldx = sh.cols + 8;
@@ -252,9 +255,9 @@ TEST_P(GemvQTest, Q8FromDeviceMemoryEqualsSharedMemoryPath) {
       test::DeviceBuffer sc(static_cast<size_t>(n) * sh.cols / 32 * sizeof(Q8Scale));
       test::DeviceBuffer y1(static_cast<size_t>(n) * sh.rows * sizeof(float));
       test::DeviceBuffer y2(static_cast<size_t>(n) * sh.rows * sizeof(float));
-      ASSERT_TRUE(quantize_q8(x.get<__half>(), n, sh.cols, ldx, q.get<int8_t>(), sc.get<Q8Scale>(),
-                              nullptr)
-                      .ok());
+      ASSERT_TRUE(
+          quantize_q8(x.get<__half>(), n, sh.cols, ldx, q.get<int8_t>(), sc.get<Q8Scale>(), nullptr)
+              .ok());
       const MatrixView view{f, w.get(), sh.rows, sh.cols};
       const Q8Activations xa{q.get<int8_t>(), sc.get<Q8Scale>(), sh.cols};
       ASSERT_TRUE(gemv_q8(view, xa, n, y1.get<float>(), sh.rows, 0.0f, nullptr).ok());

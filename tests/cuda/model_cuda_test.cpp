@@ -497,7 +497,8 @@ QuantDiffs compare_quant_weights(const model::Model& m, bool int8_activations, u
   EXPECT_TRUE(config.ok());
   constexpr int kSlots = 4;
   auto ref = gpu_model(m, *config, 32, false, kSlots, DeviceWeights::kF16);
-  auto quant = gpu_model(m, *config, 32, false, kSlots, DeviceWeights::kQuantized, int8_activations);
+  auto quant =
+      gpu_model(m, *config, 32, false, kSlots, DeviceWeights::kQuantized, int8_activations);
   EXPECT_TRUE(ref.ok()) << ref.status().to_string();
   EXPECT_TRUE(quant.ok()) << quant.status().to_string();
   if (!ref.ok() || !quant.ok()) return q;
@@ -582,8 +583,8 @@ TEST_P(ModelCudaQuantWeightsTest, MatchesF16Weights) {
     std::printf(
         "[ measured ] %s quant (%s activations) vs f16 weights, max|diff|/range: prefill %.2e, "
         "5-token pass %.2e, decode %.2e, batch of 4 %.2e (top-1 %d/%d); tol %.0e\n",
-        c.name, int8 ? "8-bit" : "f16", q.prefill, q.short_pass, q.decode, q.batch, q.top1,
-        q.rows, tol);
+        c.name, int8 ? "8-bit" : "f16", q.prefill, q.short_pass, q.decode, q.batch, q.top1, q.rows,
+        tol);
     EXPECT_LT(q.prefill, kQuantWeightsTol);  // prefill dequantizes for cuBLAS either way
     EXPECT_LT(q.short_pass, tol);
     EXPECT_LT(q.decode, tol);

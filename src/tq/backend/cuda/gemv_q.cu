@@ -373,7 +373,7 @@ struct SmemX {
   }
 };
 struct GlobalX {
-  const int8_t* q;  // [NT][ld]
+  const int8_t* q;   // [NT][ld]
   const Q8Scale* s;  // [NT][ld / 32]
   int ld;
   __device__ __forceinline__ void init(uint8_t*, int) {}
@@ -410,7 +410,8 @@ struct StagedX {
 #pragma unroll 4
     for (int i = threadIdx.x; i < NT * nb; i += blockDim.x) {
       const int t = i / nb, b = i % nb;
-      const int2 v = __ldg(reinterpret_cast<const int2*>(gs + static_cast<size_t>(t) * (ld / 32) + b));
+      const int2 v =
+          __ldg(reinterpret_cast<const int2*>(gs + static_cast<size_t>(t) * (ld / 32) + b));
       ds[i] = Q8Scale{__int_as_float(v.x), v.y};
     }
     __syncthreads();
@@ -491,8 +492,7 @@ __global__ void quantize_q8_kernel(const __half* __restrict__ x, int cols, int l
   for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += stride) {
     const size_t t = i / cols, c = i % cols;
-    dev::q8_store_warp_block(__half2float(x[t * ldx + c]), q + i - (threadIdx.x & 31),
-                             s + i / 32);
+    dev::q8_store_warp_block(__half2float(x[t * ldx + c]), q + i - (threadIdx.x & 31), s + i / 32);
   }
 }
 
@@ -557,7 +557,8 @@ int q8_resident_blocks(size_t smem) {
   if (smem > 48 * 1024)
     cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
   int blocks = 1;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kWarps * 32, smem) != cudaSuccess ||
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, fn, kWarps * 32, smem) !=
+          cudaSuccess ||
       blocks < 1)
     blocks = 1;
   if (used < 8) cache[used++] = Entry{smem, blocks};
@@ -766,8 +767,8 @@ Status quantize_q8(const __half* x, int n, int cols, int ldx, int8_t* q, Q8Scale
 Status gemv_q8(const MatrixView& w, const Q8Activations& x, int n, float* y, int ldy, float beta,
                cudaStream_t s, bool overlap) {
   if (w.rows <= 0 || n <= 0) return ok_status();
-  if (w.format == WeightFormat::kF16 || w.cols % 32 != 0 || n > kGemvMaxTokens ||
-      x.ld < w.cols || x.ld % 32 != 0 || reinterpret_cast<uintptr_t>(x.q) % 16 != 0 ||
+  if (w.format == WeightFormat::kF16 || w.cols % 32 != 0 || n > kGemvMaxTokens || x.ld < w.cols ||
+      x.ld % 32 != 0 || reinterpret_cast<uintptr_t>(x.q) % 16 != 0 ||
       reinterpret_cast<uintptr_t>(x.scales) % 8 != 0 ||
       reinterpret_cast<uintptr_t>(w.data) % 16 != 0)
     return invalid_argument(

@@ -63,9 +63,9 @@ struct Q8Scale {
   int32_t sum;  // sum of the block's 32 quants
 };
 struct Q8Activations {
-  const int8_t* q = nullptr;       // 16-byte aligned
+  const int8_t* q = nullptr;        // 16-byte aligned
   const Q8Scale* scales = nullptr;  // 8-byte aligned
-  int ld = 0;                      // quants per row, a multiple of 32
+  int ld = 0;                       // quants per row, a multiple of 32
 };
 // x [n][ldx] f16 -> q [n][cols], scales [n][cols / 32] (cols % 32 == 0): a kernel of its own,
 // for callers whose producer does not write the quants itself.
@@ -89,11 +89,9 @@ Status gemv_q8(const MatrixView& w, const Q8Activations& x, int n, float* y, int
 // acts: GemvActivations above (kQ8: the quantized x and the integer sums replace the f32
 // products; the error bound is then that of 8-bit x).
 Status gemv_q(const MatrixView& w, const __half* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s, bool overlap = false,
-              GemvActivations acts = GemvActivations::kExact);
+              cudaStream_t s, bool overlap = false, GemvActivations acts = GemvActivations::kExact);
 Status gemv_q(const MatrixView& w, const float* x, int n, int ldx, float* y, int ldy, float beta,
-              cudaStream_t s, bool overlap = false,
-              GemvActivations acts = GemvActivations::kExact);
+              cudaStream_t s, bool overlap = false, GemvActivations acts = GemvActivations::kExact);
 
 // out[r][c] = f16(W[row0 + r][c]) for r < nrows (the value d * q in f32, rounded once: the same
 // f16 the host upload writes), out [nrows][cols]. For cuBLAS GEMMs of quantized weights.

@@ -62,8 +62,7 @@ Status matmul(const CudaModel::Impl& m, const MatrixView& w, const __half* x, in
     return gemm(m.blas, wh, rows, cols, x, n, y, rows, beta);
   }
   if (n <= kGemvMaxTokens && !m.opt.cublas_gemv)
-    return gemv_q(w, x, n, cols, y, rows, beta, m.stream,
-                  m.opt.overlap_launches && m.cc_major >= 9,
+    return gemv_q(w, x, n, cols, y, rows, beta, m.stream, m.opt.overlap_launches && m.cc_major >= 9,
                   m.opt.int8_activations ? GemvActivations::kQ8 : GemvActivations::kExact);
   const size_t scratch_rows = m.dequant_scratch.bytes() / (sizeof(__half) * cols);
   if (scratch_rows == 0) return internal_error("matmul: no dequant scratch for quantized weights");
@@ -235,8 +234,7 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
 
-  TQ_RETURN_IF_ERROR(
-      to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s, q8, q_dim));
+  TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s, q8, q_dim));
   TQ_RETURN_IF_ERROR(matmul(m, D.w_o.view(), xn, n, x, 1.0f, x_q8));  // x += Wo att
 
   TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.ffn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s, q8));

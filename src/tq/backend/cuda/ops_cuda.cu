@@ -96,8 +96,8 @@ __global__ void rope_split_kernel(RopeSplitParams p) {
   const float b0 = p.bias ? p.bias[i0] : 0.0f, b1 = p.bias ? p.bias[i1] : 0.0f;
   float mu = 0.0f;
   if (e >= q_dim && e < q_dim + kv_dim && p.k_mean) {
-    const float* m = p.k_mean_rows ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim
-                                   : p.k_mean;
+    const float* m =
+        p.k_mean_rows ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim : p.k_mean;
     mu = m[e - q_dim];
   }
   dev::pdl_wait();
@@ -114,8 +114,10 @@ __global__ void rope_split_kernel(RopeSplitParams p) {
     const bool first = p.neox ? j < half : j % 2 == 0;
     out = first ? x0 * a.x - x1 * a.y : x0 * a.y + x1 * a.x;
   }
-  if (e < q_dim) p.q[static_cast<size_t>(t) * q_dim + e] = out;
-  else p.k[static_cast<size_t>(t) * kv_dim + (e - q_dim)] = p.k_mean ? out - mu : out;
+  if (e < q_dim)
+    p.q[static_cast<size_t>(t) * q_dim + e] = out;
+  else
+    p.k[static_cast<size_t>(t) * kv_dim + (e - q_dim)] = p.k_mean ? out - mu : out;
 }
 
 // mu[e] = mean of k[t][e] over t in [from, to) (0 when empty); then k[t][e] -= mu[e] for t < n.
@@ -208,7 +210,8 @@ Status embed_rows(const __half* table, const int32_t* tokens, int n, int dim, fl
 Status rmsnorm_rows(const float* x, const float* w, int n, int dim, float eps, __half* y,
                     cudaStream_t s, Q8Out q8) {
   if (n <= 0) return ok_status();
-  if (q8.q && dim % 32 != 0) return invalid_argument("rmsnorm_rows: 8-bit output needs dim % 32 == 0");
+  if (q8.q && dim % 32 != 0)
+    return invalid_argument("rmsnorm_rows: 8-bit output needs dim % 32 == 0");
   rmsnorm_kernel<<<n, kNormThreads, 0, s>>>(x, w, dim, eps, y, q8);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
@@ -234,7 +237,8 @@ Status rope_split(const RopeSplitParams& p, cudaStream_t s) {
   if (p.rope_dims > p.head_dim || p.rope_dims % 2 != 0)
     return invalid_argument("rope_split: rope_dims must be even and at most head_dim");
   const int row_len = (p.n_heads + 2 * p.n_kv_heads) * p.head_dim;
-  TQ_CUDA_TRY(launch_maybe_pdl(rope_split_kernel, dim3((row_len + kRowThreads - 1) / kRowThreads, p.n),
+  TQ_CUDA_TRY(launch_maybe_pdl(rope_split_kernel,
+                               dim3((row_len + kRowThreads - 1) / kRowThreads, p.n),
                                dim3(kRowThreads), 0, s, p.overlap, p));
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
@@ -285,9 +289,10 @@ Status argmax_rows(const float* x, int rows, int n, int32_t* out, cudaStream_t s
 
 Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s, Q8Out q8) {
   if (n <= 0) return ok_status();
-  if (q8.q && ffn % 32 != 0) return invalid_argument("silu_mul_rows: 8-bit output needs ffn % 32 == 0");
-  silu_mul_kernel<<<dim3((ffn + kRowThreads - 1) / kRowThreads, n), kRowThreads, 0, s>>>(gu, ffn,
-                                                                                         h, q8);
+  if (q8.q && ffn % 32 != 0)
+    return invalid_argument("silu_mul_rows: 8-bit output needs ffn % 32 == 0");
+  silu_mul_kernel<<<dim3((ffn + kRowThreads - 1) / kRowThreads, n), kRowThreads, 0, s>>>(gu, ffn, h,
+                                                                                         q8);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }
