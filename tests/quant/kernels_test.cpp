@@ -6,10 +6,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "tq/backend/cpu/tq_kernels.h"
+#include "tq/core/fp16.h"
 #include "tq/core/rng.h"
 #include "tq/quant/codec.h"
 
@@ -284,6 +286,74 @@ TEST(FusedKernels, SimdTablesMatchReferenceOrInt8Model) {
                                            " d=" + std::to_string(d) + " nq=" + std::to_string(nq) +
                                            " n=" + std::to_string(n) + " seed=" + std::to_string(seed));
           }
+  }
+}
+
+// A table's prepared queries (prepare_score_query, made once per query by the codec) give the
+// same scores, bit for bit, as the kernel preparing them itself on every call; a non-finite
+// query still takes the float path. And a tq codec built on the table passes them.
+TEST(FusedKernels, PreparedQueriesScoreLikeUnprepared) {
+  Rng rng(41);
+  int tables = 0;
+  for (const KernelTable* t : backend::cpu::cpu_kernel_tables()) {
+    if (!t->score_query_bytes) continue;
+    ++tables;
+    for (int bits = 1; bits <= 4; ++bits) {
+      ASSERT_NE(t->prepare_score_query[bits], nullptr) << t->name;
+      for (int d : {24, 64, 128})
+        for (int nq : {1, 3, 5}) {
+          Plane p = random_plane(rng, bits, d, nq, 33);
+          if (nq == 3) p.q[d + 2] = NAN;  // head 1 goes through the float kernel
+          const size_t stride = t->score_query_bytes(d) + 4;  // any stride
+          std::vector<uint8_t> prep(stride * nq);
+          for (int h = 0; h < nq; ++h)
+            t->prepare_score_query[bits](&p.q[static_cast<size_t>(h) * d], d, &prep[stride * h]);
+          std::vector<float> own(static_cast<size_t>(nq) * p.n), given(own.size());
+          PlaneScoreArgs a{p.q.data(), d, nq, p.bytes.data(), p.row, p.n, d, p.table.data(),
+                           p.scale.data(), own.data(), p.n, false};
+          t->score_codes[bits](a);
+          a.out = given.data();
+          a.q_prep = prep.data();
+          a.q_prep_stride = stride;
+          t->score_codes[bits](a);
+          for (size_t i = 0; i < own.size(); ++i) {
+            if (std::isnan(own[i])) {
+              ASSERT_TRUE(std::isnan(given[i])) << t->name << " bits=" << bits << " i=" << i;
+              continue;
+            }
+            ASSERT_EQ(own[i], given[i]) << t->name << " bits=" << bits << " d=" << d << " i=" << i;
+          }
+        }
+    }
+    // The codec reserves the room after its float state and fills it.
+    CodebookCache books;
+    CodecOptions o;
+    o.kernels = t;
+    auto codec = make_codec(Format{FormatKind::kTqMse, 4}, 64, o, books);
+    ASSERT_TRUE(codec.ok());
+    EXPECT_GE((*codec)->query_state_size() * sizeof(float), 64 * sizeof(float) + t->score_query_bytes(64));
+  }
+  if (tables == 0) GTEST_SKIP() << "no kernel table with prepared queries on this CPU (needs AVX2)";
+}
+
+// Every table converts a norm plane exactly as core/fp16.h does: normal, subnormal, zero, inf
+// and every length (the SIMD body and its scalar tail), from an odd address.
+TEST(FusedKernels, F16PlaneConversionIsExact) {
+  Rng rng(31);
+  std::vector<uint16_t> h = {0x0000, 0x8000, 0x0001, 0x03ff, 0x0400, 0x3c00, 0xbc00,
+                             0x7bff, 0xfbff, 0x7c00, 0xfc00, 0x3555, 0x1234};
+  while (h.size() < 75) h.push_back(static_cast<uint16_t>(rng.next_u32() & 0x7bffu));  // finite
+  std::vector<uint8_t> bytes(1 + 2 * h.size());
+  std::memcpy(bytes.data() + 1, h.data(), 2 * h.size());
+  for (const KernelTable* t : backend::cpu::cpu_kernel_tables()) {
+    ASSERT_NE(t->f16_to_f32, nullptr) << t->name;
+    for (const int n : {0, 1, 7, 8, 9, 16, 31, 75}) {
+      std::vector<float> out(static_cast<size_t>(n) + 1, -7.0f);
+      t->f16_to_f32(bytes.data() + 1, out.data(), n);
+      for (int i = 0; i < n; ++i)
+        ASSERT_EQ(out[i], f16_to_f32(h[i])) << t->name << " n=" << n << " i=" << i;
+      ASSERT_EQ(out[n], -7.0f) << t->name << ": wrote past n";
+    }
   }
 }
 

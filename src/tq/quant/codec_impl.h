@@ -50,4 +50,17 @@ inline float load_scalar(const uint8_t* plane, int slot, bool fp32) {
   return f16_to_f32(h);
 }
 
+// out[i] = the scalar of slot slot0 + i, i < n (the kernel table's f16 conversion: F16C on
+// AVX2 machines, where the scalar one was a tenth of decode attention at long contexts).
+inline void load_scalars(const KernelTable& k, const uint8_t* plane, int slot0, int n, bool fp32,
+                         float* out) {
+  if (fp32) {
+    std::memcpy(out, plane + 4 * static_cast<size_t>(slot0), 4 * static_cast<size_t>(n));
+  } else if (k.f16_to_f32) {
+    k.f16_to_f32(plane + 2 * static_cast<size_t>(slot0), out, n);
+  } else {
+    for (int i = 0; i < n; ++i) out[i] = load_scalar(plane, slot0 + i, false);
+  }
+}
+
 }  // namespace tq::quant

@@ -42,6 +42,12 @@ class TqCodec final : public VectorCodec {
         sign_bytes_(f.has_qjl() ? static_cast<size_t>(dim) / 8 : 0),
         norm_bytes_(o.norm_fp32 ? 4 : 2) {
     if (f.has_qjl()) sketch_ = qjl_matrix(dim, o.seed);
+    // The kernels' own form of the query, made once in prepare_query and kept after the
+    // float state (in whole floats), instead of once per block in score.
+    const size_t prep = kernels_->score_query_bytes && kernels_->prepare_score_query[bits_]
+                            ? kernels_->score_query_bytes(dim)
+                            : 0;
+    prep_floats_ = static_cast<int>((prep + sizeof(float) - 1) / sizeof(float));
   }
 
   Format format() const override { return format_; }
@@ -116,10 +122,13 @@ class TqCodec final : public VectorCodec {
     for (size_t j = 0; j < d; ++j) x[j] *= norm;
   }
 
-  int query_state_size() const override { return format_.has_qjl() ? 2 * dim_ : dim_; }
+  int query_state_size() const override { return float_state_size() + prep_floats_; }
 
   void prepare_query(const float* q, float* state) const override {
     rotation_.apply(q, state);  // P q
+    if (prep_floats_ > 0)
+      kernels_->prepare_score_query[bits_](state, dim_,
+                                           reinterpret_cast<uint8_t*>(state + float_state_size()));
     if (!format_.has_qjl()) return;
     const size_t d = static_cast<size_t>(dim_);
     for (size_t i = 0; i < d; ++i) state[d + i] = dot(sketch_.data() + i * d, state, d);  // S P q
@@ -132,7 +141,7 @@ class TqCodec final : public VectorCodec {
     float scale[kSlotChunk];
     for (int i0 = 0; i0 < n; i0 += kSlotChunk) {
       const int m = std::min(kSlotChunk, n - i0);
-      for (int i = 0; i < m; ++i) scale[i] = load_scalar(p.norms, i0 + i, norm_fp32_);
+      load_scalars(*kernels_, p.norms, i0, m, norm_fp32_, scale);
       PlaneScoreArgs a;
       a.q = states;
       a.q_stride = query_state_size();
@@ -145,14 +154,21 @@ class TqCodec final : public VectorCodec {
       a.scale = scale;
       a.out = out + i0;
       a.out_stride = n;
+      if (prep_floats_ > 0) {
+        a.q_prep = reinterpret_cast<const uint8_t*>(states + float_state_size());
+        a.q_prep_stride = sizeof(float) * static_cast<size_t>(query_state_size());
+      }
       kernels_->score_codes[bits_](a);
       if (!format_.has_qjl()) continue;
-      for (int i = 0; i < m; ++i) scale[i] *= qjl * load_scalar(p.residual_norms, i0 + i, norm_fp32_);
+      float res[kSlotChunk];
+      load_scalars(*kernels_, p.residual_norms, i0, m, norm_fp32_, res);
+      for (int i = 0; i < m; ++i) scale[i] *= qjl * res[i];
       a.q = states + dim_;
       a.plane = p.signs + sign_bytes_ * i0;
       a.row_bytes = sign_bytes_;
       a.table = kSignTable;
       a.add = true;
+      a.q_prep = nullptr;  // the sketch part prepares its own
       kernels_->score_codes[1](a);
     }
   }
@@ -168,10 +184,12 @@ class TqCodec final : public VectorCodec {
       const int g = std::min(kMaxGroupHeads, nq - h0);
       for (int i0 = 0; i0 < n; i0 += kSlotChunk) {
         const int m = std::min(kSlotChunk, n - i0);
-        for (int i = 0; i < m; ++i) {  // w_hi * norm_i
-          const float norm = load_scalar(p.norms, i0 + i, norm_fp32_);
-          for (int h = 0; h < g; ++h)
-            scaled[h * kSlotChunk + i] = w[static_cast<size_t>(h0 + h) * n + i0 + i] * norm;
+        float norms[kSlotChunk];
+        load_scalars(*kernels_, p.norms, i0, m, norm_fp32_, norms);
+        for (int h = 0; h < g; ++h) {  // w_hi * norm_i
+          const float* wh = w + static_cast<size_t>(h0 + h) * n + i0;
+          float* sh = scaled + h * kSlotChunk;
+          for (int i = 0; i < m; ++i) sh[i] = wh[i] * norms[i];
         }
         PlaneAccumulateArgs a;
         a.w = scaled;
@@ -186,10 +204,9 @@ class TqCodec final : public VectorCodec {
         a.acc_stride = acc_dim();
         kernels_->accumulate_codes[bits_](a);
         if (!format_.has_qjl()) continue;
-        for (int i = 0; i < m; ++i) {  // the sketch part: w_hi * norm_i * sqrt(pi/2)/d * ||r_i||
-          const float f = qjl * load_scalar(p.residual_norms, i0 + i, norm_fp32_);
-          for (int h = 0; h < g; ++h) scaled[h * kSlotChunk + i] *= f;
-        }
+        load_scalars(*kernels_, p.residual_norms, i0, m, norm_fp32_, norms);
+        for (int h = 0; h < g; ++h)  // the sketch part: w_hi * norm_i * sqrt(pi/2)/d * ||r_i||
+          for (int i = 0; i < m; ++i) scaled[h * kSlotChunk + i] *= qjl * norms[i];
         a.plane = p.signs + sign_bytes_ * i0;
         a.row_bytes = sign_bytes_;
         a.table = kSignTable;
@@ -246,6 +263,8 @@ class TqCodec final : public VectorCodec {
   size_t code_bytes_;
   size_t sign_bytes_;
   size_t norm_bytes_;
+  int prep_floats_ = 0;  // floats of the kernels' prepared query after the float state
+  int float_state_size() const { return format_.has_qjl() ? 2 * dim_ : dim_; }
   std::vector<float> sketch_;  // [d][d] QJL matrix S (prod only)
 };
 

@@ -29,6 +29,11 @@ struct PlaneScoreArgs {
   float* out = nullptr;          // [nq][out_stride]: out[h][i] (+)= scale[i] * <q_h, row_i>
   int out_stride = 0;
   bool add = false;              // accumulate into out instead of overwriting
+  // Optional: the same queries already in the table's own form (prepare_score_query[bits] of
+  // each q_h, q_prep_stride bytes apart), so a kernel called once per cache block does not
+  // redo that work every block; nullptr: the kernel prepares them.
+  const uint8_t* q_prep = nullptr;
+  size_t q_prep_stride = 0;
 };
 
 struct PlaneAccumulateArgs {
@@ -46,6 +51,9 @@ struct PlaneAccumulateArgs {
 
 using PlaneScoreFn = void (*)(const PlaneScoreArgs&);
 using PlaneAccumulateFn = void (*)(const PlaneAccumulateArgs&);
+// dst[i] = the f16 at src + 2 i as a float, i < n (a block's norm plane; src 2-byte aligned
+// or not, any n).
+using F16ToF32Fn = void (*)(const uint8_t* src, float* dst, int n);
 
 struct KernelTable {
   const char* name = "";
@@ -59,6 +67,12 @@ struct KernelTable {
   PlaneAccumulateFn accumulate_q8_0 = nullptr;
   PlaneScoreFn score_q4_0 = nullptr;
   PlaneAccumulateFn accumulate_q4_0 = nullptr;
+  F16ToF32Fn f16_to_f32 = nullptr;  // nullptr: the scalar conversion
+  // score_codes[bits]'s query preparation, done once per query instead of once per call:
+  // score_query_bytes(dim) bytes per head (0 or nullptr: the table has none), written by
+  // prepare_score_query[bits](q, dim, out) and passed back as PlaneScoreArgs::q_prep.
+  size_t (*score_query_bytes)(int dim) = nullptr;
+  void (*prepare_score_query[9])(const float* q, int dim, uint8_t* out) = {};
 };
 
 // The portable scalar reference (always available).

@@ -1,5 +1,6 @@
 // Scalar reference of the fused primitives: decode one row into floats, then use it for every
 // query head of the group (GQA sharing). SIMD tables are tested against this one.
+#include <cstring>
 #include <vector>
 
 #include "tq/core/fp16.h"
@@ -85,9 +86,18 @@ void accumulate_ref(const PlaneAccumulateArgs& a) {
   }
 }
 
+void f16_to_f32_ref(const uint8_t* src, float* dst, int n) {
+  for (int i = 0; i < n; ++i) {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    dst[i] = f16_to_f32(h);
+  }
+}
+
 KernelTable make_ref_table() {
   KernelTable t;
   t.name = "ref";
+  t.f16_to_f32 = f16_to_f32_ref;
   t.score_codes[1] = score_ref<CodesRow<1>>;
   t.score_codes[2] = score_ref<CodesRow<2>>;
   t.score_codes[3] = score_ref<CodesRow<3>>;

@@ -303,30 +303,73 @@ struct QueryGroup {
   float a[kGroup], b[kGroup];
 };
 
-// The group's queries as int8 (permuted per b); false if one is not finite.
+// One query rounded to int8 (permuted per b for the unpacked code order), kept so that the
+// per-block score calls need not round it again (KernelTable::prepare_score_query).
+struct PreparedQuery {
+  int32_t finite;  // 0: the query has a NaN or Inf (the float kernel takes it)
+  float sq;        // qmax / Dot::kMax: q ~ sq * q8
+  int32_t qsum;    // sum of the int8 values
+  int32_t pad;
+  // followed by the steps' 32 int8 each
+};
+inline size_t prepared_query_bytes(int dim) {
+  return sizeof(PreparedQuery) + 32 * static_cast<size_t>((dim + 31) / 32);
+}
+size_t score_query_bytes(int dim) { return dim > kMaxDim ? 0 : prepared_query_bytes(dim); }
+
 template <int kBits, class Dot>
-bool prepare_queries(const PlaneScoreArgs& a, int h0, int g, const CodeLut<kBits>& lut, QueryGroup& qg) {
-  const int steps = (a.dim + 31) / 32;
-  for (int h = 0; h < g; ++h) {
-    const float* q = a.q + static_cast<size_t>(h0 + h) * a.q_stride;
-    const int32_t mb = max_abs_bits(q, a.dim);
-    if (mb >= kInfBits) return false;
+void prepare_score_query(const float* q, int dim, uint8_t* out) {
+  PreparedQuery h{};
+  const int32_t mb = max_abs_bits(q, dim);
+  h.finite = mb < kInfBits;
+  if (h.finite) {
     const float qmax = bits_to_float(mb);
     const float inv = qmax > 0.0f ? static_cast<float>(Dot::kMax) / qmax : 0.0f;
-    const float sq = qmax / static_cast<float>(Dot::kMax);
+    h.sq = qmax / static_cast<float>(Dot::kMax);
     __m256i sum = _mm256_setzero_si256();
-    for (int s = 0; s < steps; ++s) {
-      const __m256i v = Unpack<kBits>::permute_query(quantize_step(q + 32 * s, a.dim - 32 * s, inv, sum));
-      qg.q[h][s][0] = _mm256_shuffle_epi32(v, 0x00);
-      qg.q[h][s][1] = _mm256_shuffle_epi32(v, 0x55);
-      qg.q[h][s][2] = _mm256_shuffle_epi32(v, 0xaa);
-      qg.q[h][s][3] = _mm256_shuffle_epi32(v, 0xff);
+    for (int s = 0; s < (dim + 31) / 32; ++s) {
+      const __m256i v = Unpack<kBits>::permute_query(quantize_step(q + 32 * s, dim - 32 * s, inv, sum));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + sizeof(PreparedQuery) + 32 * s), v);
     }
-    // sum_j q8_j (base + step u_j) = a + b (dot - k), a = 0 for b >= 2 (base = -128 step)
-    const int qsum = hsum_epi32(sum), k = lut.offset * qsum;
-    qg.init[h] = _mm256_setr_epi32(-k, -k, -k, -k, 0, 0, 0, 0);
-    qg.a[h] = sq * static_cast<float>(qsum) * (lut.base + lut.step * static_cast<float>(lut.offset));
-    qg.b[h] = sq * lut.step;
+    h.qsum = hsum_epi32(sum);
+  }
+  std::memcpy(out, &h, sizeof(h));
+}
+
+// Head h of the group from its prepared form; false if it is not finite.
+template <int kBits>
+bool load_query(const uint8_t* prep, int dim, const CodeLut<kBits>& lut, QueryGroup& qg, int h) {
+  PreparedQuery p;
+  std::memcpy(&p, prep, sizeof(p));
+  if (!p.finite) return false;
+  for (int s = 0; s < (dim + 31) / 32; ++s) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prep + sizeof(PreparedQuery) + 32 * s));
+    qg.q[h][s][0] = _mm256_shuffle_epi32(v, 0x00);
+    qg.q[h][s][1] = _mm256_shuffle_epi32(v, 0x55);
+    qg.q[h][s][2] = _mm256_shuffle_epi32(v, 0xaa);
+    qg.q[h][s][3] = _mm256_shuffle_epi32(v, 0xff);
+  }
+  // sum_j q8_j (base + step u_j) = a + b (dot - k), a = 0 for b >= 2 (base = -128 step)
+  const int k = lut.offset * p.qsum;
+  qg.init[h] = _mm256_setr_epi32(-k, -k, -k, -k, 0, 0, 0, 0);
+  qg.a[h] = p.sq * static_cast<float>(p.qsum) * (lut.base + lut.step * static_cast<float>(lut.offset));
+  qg.b[h] = p.sq * lut.step;
+  return true;
+}
+
+// The group's queries as int8 (permuted per b), from a.q_prep when the caller prepared them;
+// false if one is not finite.
+template <int kBits, class Dot>
+bool prepare_queries(const PlaneScoreArgs& a, int h0, int g, const CodeLut<kBits>& lut, QueryGroup& qg) {
+  alignas(32) uint8_t own[sizeof(PreparedQuery) + 32 * kMaxSteps];
+  for (int h = 0; h < g; ++h) {
+    const uint8_t* prep = own;
+    if (a.q_prep) {
+      prep = a.q_prep + static_cast<size_t>(h0 + h) * a.q_prep_stride;
+    } else {
+      prepare_score_query<kBits, Dot>(a.q + static_cast<size_t>(h0 + h) * a.q_stride, a.dim, own);
+    }
+    if (!load_query<kBits>(prep, a.dim, lut, qg, h)) return false;
   }
   return true;
 }
@@ -571,6 +614,11 @@ void set_int8_code_kernels(quant::KernelTable& t) {
   t.accumulate_codes[2] = accumulate_codes<2, Dot>;
   t.accumulate_codes[3] = accumulate_codes<3, Dot>;
   t.accumulate_codes[4] = accumulate_codes<4, Dot>;
+  t.score_query_bytes = score_query_bytes;
+  t.prepare_score_query[1] = prepare_score_query<1, Dot>;
+  t.prepare_score_query[2] = prepare_score_query<2, Dot>;
+  t.prepare_score_query[3] = prepare_score_query<3, Dot>;
+  t.prepare_score_query[4] = prepare_score_query<4, Dot>;
 }
 
 }  // namespace
