@@ -40,7 +40,7 @@ struct DeviceFlag {
     std::fprintf(stderr, "tq: --device auto: running on the CPU: %s\n", on_gpu.message().c_str());
     name = "cpu";
   }
-  // The same check for a KV configuration (window, sinks, key/value scaling are CPU-only).
+  // The same check for a KV configuration (key and value scaling are CPU-only).
   void settle(const kv::KvConfig& kv) {
     backend::DeviceModelOptions o;
     o.kv = kv;

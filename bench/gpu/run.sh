@@ -174,9 +174,13 @@ if [ "$MODEL_BENCH" = 1 ]; then
   # The same perplexity on both devices (same KV formats): the CLI path end to end.
   "$TQ" make-model --shape smollm2-135m --type q8_0 --seed 3 -o "$MODELS/smol.gguf" >/dev/null || model_rc=1
   cat "$ROOT/README.md" "$ROOT"/docs/*.md > "$MODELS/text.txt"
-  for dev in cpu cuda; do
-    "$TQ" ppl -m "$MODELS/smol.gguf" --device "$dev" -f "$MODELS/text.txt" --ctx 256 --chunks 4 \
-      -ctk tq4 -ctv tq3 --json || model_rc=1
+  # Plain, and with f16 sinks and a window (the exact rows beside the pages).
+  for extra in "" "--kv-sinks 4 --kv-window 64"; do
+    for dev in cpu cuda; do
+      # shellcheck disable=SC2086 # extra is a list of flags
+      "$TQ" ppl -m "$MODELS/smol.gguf" --device "$dev" -f "$MODELS/text.txt" --ctx 256 --chunks 4 \
+        -ctk tq4 -ctv tq3 $extra --json || model_rc=1
+    done
   done | tee "$OUT/ppl_cpu_vs_cuda.jsonl"
   if [ -n "$big_pid" ]; then wait "$big_pid" || model_rc=1; big_pid=""; else make_big || model_rc=1; fi
   "$TQ" run -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda -p "The KV cache" -n 32 --temp 0 \

@@ -59,6 +59,7 @@ struct ReadCase {
   const char* k;
   const char* v;
   int boundary;  // boundary layers in q8_0
+  int sinks = 0, window = 0;
 };
 
 void PrintTo(const ReadCase& c, std::ostream* os) { *os << c.name; }
@@ -82,6 +83,8 @@ Expected<kv::KvConfig> read_config(const ReadCase& c) {
     o.push_back({"--kv-boundary-layers", std::to_string(c.boundary)});
     o.push_back({"--kv-boundary-type", "q8_0"});
   }
+  if (c.sinks > 0) o.push_back({"--kv-sinks", std::to_string(c.sinks)});
+  if (c.window > 0) o.push_back({"--kv-window", std::to_string(c.window)});
   return kv::parse_kv_options(o);
 }
 
@@ -230,6 +233,8 @@ const ReadCase kReadCases[] = {
     {"kv f16/f16", "f16", "f16", 0},
     {"kv tq4/tq3", "tq4", "tq3", 0},
     {"kv tq3/tq3 b1:q8_0", "tq3", "tq3", 1},
+    // Sinks 0..3 and the window 29..44 read from the f16 rows, 4..28 from the pages.
+    {"kv tq4/tq3 s4 w16", "tq4", "tq3", 0, 4, 16},
 };
 
 INSTANTIATE_TEST_SUITE_P(Configs, ModelCudaReadTest, ::testing::ValuesIn(kReadCases),

@@ -82,12 +82,15 @@ std::unique_ptr<model::Model> build_model(const model::RandomModelSpec& spec) {
 }
 
 Expected<kv::KvConfig> kv_config(const std::string& k, const std::string& v, int boundary = 0,
-                                 const std::string& boundary_format = "f16") {
+                                 const std::string& boundary_format = "f16", int sinks = 0,
+                                 int window = 0) {
   std::vector<std::pair<std::string, std::string>> o = {{"-ctk", k}, {"-ctv", v}};
   if (boundary > 0) {
     o.push_back({"--kv-boundary-layers", std::to_string(boundary)});
     o.push_back({"--kv-boundary-type", boundary_format});
   }
+  if (sinks > 0) o.push_back({"--kv-sinks", std::to_string(sinks)});
+  if (window > 0) o.push_back({"--kv-window", std::to_string(window)});
   return kv::parse_kv_options(o);
 }
 
@@ -178,6 +181,7 @@ struct Case {
   const char* v;
   int boundary;
   double tol;  // absolute bound on the metric; quantized KV cases also get kTqFracOfQuant
+  int sinks = 0, window = 0;
   bool quantized_kv() const {
     return std::string(k) != "f16" || std::string(v) != "f16" || boundary > 0;
   }
@@ -198,7 +202,7 @@ TEST_P(ModelCudaTest, LogitsMatchCpu) {
   SCOPED_TRACE(std::string(c.name) + ", seed " + std::to_string(seed));
   auto m = build_model(spec_for(c.arch, c.weights, seed));
   ASSERT_TRUE(m);
-  auto config = kv_config(c.k, c.v, c.boundary, "q8_0");
+  auto config = kv_config(c.k, c.v, c.boundary, "q8_0", c.sinks, c.window);
   ASSERT_TRUE(config.ok()) << config.status().to_string();
   CpuRun cpu;
   ASSERT_TRUE(cpu.init(*m, *config).ok());
@@ -274,6 +278,19 @@ const Case kCases[] = {
      kTqAbsTol},
     {"llama q8_0w kv f16/f16", model::Arch::kLlama, quant::GgmlType::kQ8_0, "f16", "f16", 0,
      kQ8Tol},
+    // Sinks and window (f16 rows beside the pages). Prefill 32 + 13 keeps 16..31, then 29..44
+    // exact (the second pass reads 29..31 from the ring and gathers them in order), the 8 decode
+    // steps wrap the ring. With f16 pages every row is exact on both sides, so a wrong, missing
+    // or twice-counted row shows at f16 tolerance; the tq cases add the compressed pages and
+    // key centering's mean without the sinks.
+    {"llama f16w kv f16/f16 s4 w16", model::Arch::kLlama, quant::GgmlType::kF16, "f16", "f16", 0,
+     kF16Tol, 4, 16},
+    {"llama f16w kv tq4/tq3 s4 w16", model::Arch::kLlama, quant::GgmlType::kF16, "tq4", "tq3", 0,
+     kTqAbsTol, 4, 16},
+    {"qwen2 f16w kv tq3/tq3 w8", model::Arch::kQwen2, quant::GgmlType::kF16, "tq3", "tq3", 0,
+     kTqAbsTol, 0, 8},
+    {"llama f16w kv tq4/tq4 s4", model::Arch::kLlama, quant::GgmlType::kF16, "tq4", "tq4", 0,
+     kTqAbsTol, 4, 0},
 };
 
 INSTANTIATE_TEST_SUITE_P(Configs, ModelCudaTest, ::testing::ValuesIn(kCases),
@@ -368,6 +385,7 @@ constexpr double kBatchTqTol = 1e-2;
 struct BatchCase {
   const char* k;
   const char* v;
+  int sinks = 0, window = 0;
 };
 class ModelCudaBatchTest : public ::testing::TestWithParam<BatchCase> {};
 
@@ -378,7 +396,7 @@ TEST_P(ModelCudaBatchTest, MatchesOneSlotAtATime) {
   SCOPED_TRACE(std::string("kv ") + c.k + "/" + c.v + ", seed " + std::to_string(seed));
   auto m = build_model(spec_for(model::Arch::kLlama, quant::GgmlType::kF16, seed));
   ASSERT_TRUE(m);
-  auto config = kv_config(c.k, c.v);
+  auto config = kv_config(c.k, c.v, 0, "f16", c.sinks, c.window);
   ASSERT_TRUE(config.ok()) << config.status().to_string();
   constexpr int kSlots = 4;
   auto batched = gpu_model(*m, *config, 32, false, kSlots);
@@ -461,9 +479,14 @@ TEST_P(ModelCudaBatchTest, MatchesOneSlotAtATime) {
 
 INSTANTIATE_TEST_SUITE_P(Kv, ModelCudaBatchTest,
                          ::testing::Values(BatchCase{"f16", "f16"}, BatchCase{"tq4", "tq4"},
-                                           BatchCase{"tq4", "tq3"}, BatchCase{"tq3", "tq3"}),
+                                           BatchCase{"tq4", "tq3"}, BatchCase{"tq3", "tq3"},
+                                           BatchCase{"tq4", "tq3", 4, 16}),
                          [](const ::testing::TestParamInfo<BatchCase>& i) {
-                           return std::string(i.param.k) + "_" + i.param.v;
+                           std::string s = std::string(i.param.k) + "_" + i.param.v;
+                           if (i.param.sinks + i.param.window > 0)
+                             s += "_s" + std::to_string(i.param.sinks) + "w" +
+                                  std::to_string(i.param.window);
+                           return s;
                          });
 
 // Quantized weights on the device (DeviceWeights::kQuantized: Q4_0/Q8_0 blocks multiplied as
@@ -618,6 +641,7 @@ struct GraphCase {
   const char* k;
   const char* v;
   DeviceWeights weights;
+  int sinks = 0, window = 0;
 };
 class ModelCudaGraphTest : public ::testing::TestWithParam<GraphCase> {};
 
@@ -628,7 +652,7 @@ TEST_P(ModelCudaGraphTest, DecodeEqualsEagerLaunches) {
   SCOPED_TRACE(std::string("kv ") + c.k + "/" + c.v + ", seed " + std::to_string(seed));
   auto m = build_model(spec_for(model::Arch::kQwen2, quant::GgmlType::kQ4_0, seed));
   ASSERT_TRUE(m);
-  auto config = kv_config(c.k, c.v);
+  auto config = kv_config(c.k, c.v, 0, "f16", c.sinks, c.window);
   ASSERT_TRUE(config.ok()) << config.status().to_string();
   constexpr int kSlots = 3;
   DeviceModelOptions o;
@@ -727,24 +751,30 @@ TEST_P(ModelCudaGraphTest, DecodeEqualsEagerLaunches) {
 INSTANTIATE_TEST_SUITE_P(Kv, ModelCudaGraphTest,
                          ::testing::Values(GraphCase{"f16", "f16", DeviceWeights::kF16},
                                            GraphCase{"tq4", "tq3", DeviceWeights::kQuantized},
-                                           GraphCase{"tq3", "tq3", DeviceWeights::kF16}),
+                                           GraphCase{"tq3", "tq3", DeviceWeights::kF16},
+                                           GraphCase{"tq4", "tq3", DeviceWeights::kQuantized, 4,
+                                                     64}),
                          [](const ::testing::TestParamInfo<GraphCase>& i) {
                            return std::string(i.param.k) + "_" + i.param.v +
                                   (i.param.weights == DeviceWeights::kQuantized ? "_quant"
-                                                                                : "_f16w");
+                                                                                : "_f16w") +
+                                  (i.param.window > 0 ? "_window" : "");
                          });
 
-// What the first version refuses, with a message that says why (no GPU needed).
-TEST(ModelCudaOptions, RejectsWindowAndSinks) {
+// What the device refuses, with a message that says why (no GPU needed); sinks and window run.
+TEST(ModelCudaOptions, RejectsKeyAndValueScaling) {
   DeviceModelOptions o;
   o.kv.window = 64;
+  o.kv.sinks = 4;
+  EXPECT_TRUE(o.validate().ok());
+  o.kv.key_scaling = true;
   Status st = o.validate();
   EXPECT_EQ(st.code(), StatusCode::kUnsupported);
-  EXPECT_NE(st.message().find("window"), std::string::npos) << st.message();
-  o.kv.window = 0;
-  o.kv.sinks = 4;
+  EXPECT_NE(st.message().find("scale keys"), std::string::npos) << st.message();
+  o.kv.key_scaling = false;
+  o.kv.value_scaling = true;
   EXPECT_EQ(o.validate().code(), StatusCode::kUnsupported);
-  o.kv.sinks = 0;
+  o.kv.value_scaling = false;
   EXPECT_TRUE(o.validate().ok());
   o.max_batch = 0;
   EXPECT_EQ(o.validate().code(), StatusCode::kInvalidArgument);

@@ -10,10 +10,6 @@ Status DeviceModelOptions::validate() const {
   if (max_batch < 1 || max_batch > 65535)
     return invalid_argument("device model: max_batch must be in [1, 65535]");
   if (device < 0) return invalid_argument("device model: negative device index");
-  if (kv.window != 0 || kv.sinks != 0)
-    return unsupported(
-        "the CUDA forward pass does not keep an f16 window or sinks yet "
-        "(drop --kv-window / --kv-sinks with --device cuda)");
   if (kv.key_scaling)
     return unsupported(
         "the CUDA forward pass does not scale keys yet "

@@ -28,7 +28,7 @@ enum class DeviceWeights { kF16, kQuantized };
 enum class DeviceWriteKernel { kAuto, kLegacy, kTeam, kWarp };
 
 struct DeviceModelOptions {
-  kv::KvConfig kv;         // formats per layer; window and sinks must be 0 in this version
+  kv::KvConfig kv;         // formats per layer, sinks and window; no key/value scaling yet
   int max_context = 4096;  // tokens per sequence slot
   int max_sequences = 1;   // sequence slots, each with pages of its own
   int max_batch = 512;     // tokens per device pass; longer calls are split into passes
@@ -108,8 +108,8 @@ class DeviceModel {
 };
 
 // Uploads the model to CUDA device options.device. Unsupported when built without CUDA or
-// when the KV configuration asks for something the CUDA kernels lack (window, sinks, a K/V
-// format pair or head dim with no instance).
+// when the KV configuration asks for something the CUDA kernels lack (key or value scaling, a
+// K/V format pair or head dim with no instance).
 Expected<std::unique_ptr<DeviceModel>> create_cuda_model(const LlamaDesc& desc,
                                                          const DeviceModelOptions& options);
 

@@ -111,6 +111,26 @@ struct PassRows {
   int max_length = 0;  // the longest prefix a row's query sees, its own token included
 };
 
+// The exact rows' part of a pass's tables (none without sinks and window): slot seq's pages, or
+// every slot's (seq < 0, a batch of one-token rows).
+ExactRowsParams exact_rows(CudaModel::Impl& m, int seq) {
+  ExactRowsParams e;
+  if (m.exact_blocks == 0) return e;
+  const int32_t* tables = m.exact_tables.as<int32_t>();
+  const size_t per_slot = static_cast<size_t>(m.exact_blocks);
+  e.sinks = m.opt.kv.sinks;
+  e.window = m.opt.kv.window;
+  e.table = seq < 0 ? tables : tables + static_cast<size_t>(seq) * per_slot;
+  e.scratch_table = tables + static_cast<size_t>(m.opt.max_sequences) * per_slot;
+  e.blocks = m.exact_blocks;
+  e.slots = m.exact_slots.as<int32_t>();
+  e.lengths = m.exact_lengths.as<int32_t>();
+  e.tables = m.exact_step_tables.as<int32_t>();
+  e.gather_src = m.gather_src.as<int32_t>();
+  e.gather_dst = m.gather_dst.as<int32_t>();
+  return e;
+}
+
 // Decode attention's parameters for the pass's n queries over layer D's pools.
 DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
   const LlamaDesc& d = m.shape;
@@ -126,6 +146,14 @@ DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n
   p.main.max_blocks = m.pages_per_seq;
   p.main.lengths = m.seq_lengths.as<int32_t>();
   p.main.max_length = max_length;
+  if (m.exact_blocks > 0) {  // sinks and window: f16 rows, their own tables and lengths
+    p.window.k = D.ek;
+    p.window.v = D.ev;
+    p.window.block_tables = m.exact_step_tables.as<int32_t>();
+    p.window.max_blocks = m.exact_blocks;
+    p.window.lengths = m.exact_lengths.as<int32_t>();
+    p.window.max_length = std::min(max_length, m.opt.kv.sinks + m.opt.kv.window);
+  }
   p.num_sms = m.num_sms;
   p.overlap_launches = m.opt.overlap_launches && m.cc_major >= 9;
   return p;
@@ -139,8 +167,11 @@ Expected<const DecodeAttentionPlan*> attention_plan(CudaModel::Impl& m, DeviceLa
   CudaModel::Impl::CachedPlan* cached = nullptr;
   for (auto& c : m.plans)
     if (c.formats == D.formats && c.n_seqs == n) cached = &c;
+  const int exact = std::min(max_length, m.opt.kv.sinks + m.opt.kv.window);
   if (cached == nullptr ||
-      max_length > cached->plan.main_tokens_per_split * cached->plan.main_splits) {
+      max_length > cached->plan.main_tokens_per_split * cached->plan.main_splits ||
+      (m.exact_blocks > 0 &&
+       exact > cached->plan.window_tokens_per_split * cached->plan.window_splits)) {
     TQ_ASSIGN_OR_RETURN(DecodeAttentionPlan plan,
                         plan_decode_attention(attention_params(m, D, n, plan_length)));
     if (cached == nullptr) {
@@ -216,9 +247,12 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   rp.overlap = m.opt.overlap_launches && m.cc_major >= 9;
   TQ_RETURN_IF_ERROR(rope_split(rp, s));
   if (D.centered && !ready) {
-    // As PagedKv::set_key_mean with no sinks: every token of the slot's first pass (its first
-    // max_batch tokens) but position 0; a lone token: mu = 0.
-    TQ_RETURN_IF_ERROR(center_keys(m.k.as<float>(), n, kv_dim, 1, n, mu, s));
+    // As PagedKv::set_key_mean: every token of the slot's first pass (its first max_batch
+    // tokens) but position 0 and the sinks, failing those all but position 0; a lone token:
+    // mu = 0.
+    int from = std::max(1, m.opt.kv.sinks);
+    if (from >= n) from = 1;
+    TQ_RETURN_IF_ERROR(center_keys(m.k.as<float>(), n, kv_dim, from, n, mu, s));
     ready = 1;
   }
 
@@ -232,6 +266,18 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   wk.kernel = wv.kernel = write_kernel(m.opt.write_kernel);
   wk.overlap = wv.overlap = m.opt.overlap_launches && m.cc_major >= 9;
   TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
+  if (m.exact_blocks > 0) {
+    // Sinks and window rows in f16 as well (every token from the sinks on is also compressed,
+    // at c = p - sinks, and read from there once it leaves the window).
+    wk.pool = D.ek;
+    wv.pool = D.ev;
+    wk.slot_mapping = wv.slot_mapping = m.exact_slots.as<int32_t>();
+    TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
+    if (!batch && n > 1)
+      TQ_RETURN_IF_ERROR(copy_exact_rows(D.ek, D.ev, m.gather_src.as<int32_t>(),
+                                         m.gather_dst.as<int32_t>(),
+                                         m.opt.kv.sinks + m.opt.kv.window, s));
+  }
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
 
   TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s, q8, q_dim));
@@ -278,6 +324,7 @@ Status decode_launches(CudaModel::Impl& m, int B, int max_length, bool logits) {
   st.slots = m.slots.as<int32_t>();
   st.lengths = m.seq_lengths.as<int32_t>();
   st.tables = m.step_tables.as<int32_t>();
+  st.exact = exact_rows(m, -1);
   TQ_RETURN_IF_ERROR(step_tables(st, s));
   TQ_RETURN_IF_ERROR(
       embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), B, d.dim, m.x.as<float>(), s));
@@ -379,6 +426,7 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
   st.slots = m.slots.as<int32_t>();
   st.lengths = m.seq_lengths.as<int32_t>();
   st.tables = m.step_tables.as<int32_t>();
+  st.exact = exact_rows(m, seq);
   TQ_RETURN_IF_ERROR(step_tables(st, s));
   TQ_RETURN_IF_ERROR(
       embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), n, d.dim, m.x.as<float>(), s));
@@ -624,6 +672,12 @@ Status CudaModel::copy_sequence(int src, int dst) {
       TQ_CUDA_TRY(cudaMemcpyAsync(p->data + dst * pps * stride, p->data + src * pps * stride,
                                   pages * stride, cudaMemcpyDeviceToDevice, m.stream));
     }
+    if (m.exact_blocks > 0)
+      for (const PagedPool* p : {&D.ek, &D.ev}) {
+        const size_t bytes = static_cast<size_t>(m.exact_blocks) * p->block_stride_or_default();
+        TQ_CUDA_TRY(cudaMemcpyAsync(p->data + dst * bytes, p->data + src * bytes, bytes,
+                                    cudaMemcpyDeviceToDevice, m.stream));
+      }
     if (D.centered)
       TQ_CUDA_TRY(cudaMemcpyAsync(D.k_mean.as<float>() + dst * kv_dim,
                                   D.k_mean.as<float>() + src * kv_dim, kv_dim * sizeof(float),

@@ -72,6 +72,10 @@ struct DeviceLayer {
   DeviceMem k_mean;        // f32 [max_sequences][kv_dim]: mu of each slot, when centered
   DeviceMem k_mem, v_mem;  // [page][kv_head][codec block]
   PagedPool k, v;          // views of k_mem / v_mem with the tables
+  // The sinks and the window (KvConfig::sinks / window) in f16: per slot, exact_blocks pages of
+  // [sinks | ring of window rows], then exact_blocks scratch pages (ops_cuda.cuh ExactRowsParams).
+  DeviceMem ek_mem, ev_mem;
+  PagedPool ek, ev;        // data == nullptr when sinks + window == 0
 };
 
 struct CudaModel::Impl {
@@ -102,6 +106,10 @@ struct CudaModel::Impl {
   DeviceMem block_tables;           // int32 [max_sequences][pages_per_seq]
   std::vector<int> lengths;         // [max_sequences] tokens cached per slot
   std::vector<uint8_t> mean_ready;  // [max_sequences][n_layers]: mu computed (key centering)
+  // Exact rows (sinks + window > 0): pages per slot of each layer's ek / ev, and their tables:
+  // slot s owns [s * exact_blocks, (s + 1) * exact_blocks), the gather's scratch the last range.
+  int exact_blocks = 0;
+  DeviceMem exact_tables;           // int32 [max_sequences + 1][exact_blocks]
 
   // Activations of one pass of up to max_batch tokens.
   DeviceMem tokens;                // int32 [B]
@@ -124,6 +132,10 @@ struct CudaModel::Impl {
   DeviceMem row_seqs;              // int32 [B]: slot of each row (batched decode)
   DeviceMem row_pos;               // int32 [B]: position of each row (batched decode)
   DeviceMem greedy;                // int32 [B]: argmax of each logits row
+  DeviceMem exact_slots;           // int32 [B]: exact-pool slot of each row (-1: none)
+  DeviceMem exact_lengths;         // int32 [B]: exact rows each row's query sees
+  DeviceMem exact_step_tables;     // int32 [B][exact_blocks]
+  DeviceMem gather_src, gather_dst;  // int32 [sinks + window]: a multi-row pass's gather
   std::vector<int32_t> host_greedy;  // [B] staging of greedy
   std::vector<int32_t> host_rows;  // [2][B] staging of row_seqs | row_pos
   DeviceMem attn_ws;               // decode attention workspace, grown on demand

@@ -3,6 +3,9 @@
 // "Layout": per pool block, per KV head, one quant::VectorCodec block of block_tokens slots), so
 // the CPU codec built with the layer's seed and options decodes them as kv::PagedKv::read_stored
 // decodes its own blocks. Slow by design (a copy and a scalar decode): tq verify and tests only.
+#include <algorithm>
+#include <climits>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <utility>
@@ -10,6 +13,7 @@
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/model_cuda_impl.cuh"
+#include "tq/core/fp16.h"
 
 namespace tq::backend::cuda {
 namespace {
@@ -71,13 +75,37 @@ Status CudaModel::read_stored(int seq, int layer, bool value, int p0, int n, flo
   const int bt = pool.block_tokens;
   const size_t stride = pool.block_stride_or_default();
   const size_t head = pool.head_stride_or_default();
+  // Where position p lives (ops_cuda.cuh ExactRowsParams): a sink, the window's ring, or the
+  // compressed pages at c = p - sinks.
+  const int S = m.opt.kv.sinks, W = m.opt.kv.window;
+  const int keep_from = std::max(S, len - W);
+  const auto exact_row = [&](int p) { return p < S ? p : p >= keep_from ? S + (p - S) % W : -1; };
+  int c_first = INT_MAX, c_last = -1;
+  bool any_exact = false;
+  for (int p = p0; p < p0 + n; ++p) {
+    if (m.exact_blocks > 0 && exact_row(p) >= 0) {
+      any_exact = true;
+    } else {
+      c_first = std::min(c_first, p - S);
+      c_last = std::max(c_last, p - S);
+    }
+  }
   // Slot s owns pool blocks [s * pages_per_seq, (s + 1) * pages_per_seq) in order
-  // (allocate_cache), so the rows asked for are one contiguous byte range.
-  const int first = p0 / bt, last = (p0 + n - 1) / bt;
-  std::vector<uint8_t> bytes(static_cast<size_t>(last - first + 1) * stride);
-  const size_t block0 = static_cast<size_t>(seq) * m.pages_per_seq + first;
-  TQ_CUDA_TRY(cudaMemcpyAsync(bytes.data(), pool.data + block0 * stride, bytes.size(),
-                              cudaMemcpyDeviceToHost, m.stream));
+  // (allocate_cache), so the compressed rows asked for are one contiguous byte range.
+  const int first = c_last >= 0 ? c_first / bt : 0;
+  std::vector<uint8_t> bytes(c_last >= 0 ? static_cast<size_t>(c_last / bt - first + 1) * stride : 0);
+  if (!bytes.empty()) {
+    const size_t block0 = static_cast<size_t>(seq) * m.pages_per_seq + first;
+    TQ_CUDA_TRY(cudaMemcpyAsync(bytes.data(), pool.data + block0 * stride, bytes.size(),
+                                cudaMemcpyDeviceToHost, m.stream));
+  }
+  const PagedPool& epool = value ? D.ev : D.ek;
+  std::vector<uint8_t> exact;
+  if (any_exact) {
+    exact.resize(static_cast<size_t>(m.exact_blocks) * epool.block_stride_or_default());
+    TQ_CUDA_TRY(cudaMemcpyAsync(exact.data(), epool.data + static_cast<size_t>(seq) * exact.size(),
+                                exact.size(), cudaMemcpyDeviceToHost, m.stream));
+  }
   const size_t kv_dim = static_cast<size_t>(d.kv_dim());
   std::vector<float> mu;  // [kv_head][head_dim]: the slot's key mean, when keys are centered
   if (!value && D.centered) {
@@ -90,10 +118,24 @@ Status CudaModel::read_stored(int seq, int layer, bool value, int p0, int n, flo
   const size_t hd = static_cast<size_t>(d.head_dim);
   for (int i = 0; i < n; ++i) {
     const int p = p0 + i;
-    const uint8_t* block = bytes.data() + static_cast<size_t>(p / bt - first) * stride;
+    const int er = m.exact_blocks > 0 ? exact_row(p) : -1;
     for (int h = 0; h < d.n_kv_heads; ++h) {
       float* dst = out + (static_cast<size_t>(i) * d.n_kv_heads + h) * hd;
-      codec.decode(block + static_cast<size_t>(h) * head, bt, p % bt, dst);
+      if (er >= 0) {  // an f16 row: [page][kv head][slot][head_dim]
+        const uint8_t* row = exact.data() +
+                             static_cast<size_t>(er / bt) * epool.block_stride_or_default() +
+                             static_cast<size_t>(h) * epool.head_stride_or_default() +
+                             static_cast<size_t>(er % bt) * hd * sizeof(uint16_t);
+        for (size_t e = 0; e < hd; ++e) {
+          uint16_t bits;
+          std::memcpy(&bits, row + e * sizeof(uint16_t), sizeof bits);
+          dst[e] = f16_to_f32(bits);
+        }
+      } else {
+        const int c = p - S;
+        const uint8_t* block = bytes.data() + static_cast<size_t>(c / bt - first) * stride;
+        codec.decode(block + static_cast<size_t>(h) * head, bt, c % bt, dst);
+      }
       if (!mu.empty())
         for (size_t e = 0; e < hd; ++e) dst[e] += mu[static_cast<size_t>(h) * hd + e];
     }

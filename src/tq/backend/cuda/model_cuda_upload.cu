@@ -322,6 +322,38 @@ Status allocate_cache(CudaModel::Impl& m) {
       m.kv_bytes += bytes;
     }
   }
+  // Sinks and window: f16 rows of their own (ops_cuda.cuh ExactRowsParams), with the scratch
+  // pages of a multi-row pass's gather after the slots' pages.
+  const int exact_rows = kc.sinks + kc.window;
+  m.exact_blocks = exact_rows > 0 ? (exact_rows + bt - 1) / bt : 0;
+  if (m.exact_blocks > 0 && !decode_attention_supported(quant::kFormatF16, quant::kFormatF16, d.head_dim))
+    return unsupported("no CUDA attention instance for the f16 sinks and window at head dim " +
+                       std::to_string(d.head_dim));
+  if (m.exact_blocks > 0) {
+    const size_t e_pages = static_cast<size_t>(m.exact_blocks) * (m.opt.max_sequences + 1);
+    for (int l = 0; l < d.n_layers; ++l) {
+      DeviceLayer& D = m.layers[static_cast<size_t>(l)];
+      for (const bool value : {false, true}) {
+        PagedPool& p = value ? D.ev : D.ek;
+        DeviceMem& mem = value ? D.ev_mem : D.ek_mem;
+        p.format = quant::kFormatF16;
+        p.head_dim = d.head_dim;
+        p.block_tokens = bt;
+        p.n_kv_heads = d.n_kv_heads;
+        const size_t bytes = e_pages * p.block_stride_or_default();
+        TQ_RETURN_IF_ERROR(mem.alloc(bytes, value ? "V exact rows" : "K exact rows"));
+        TQ_CUDA_TRY(cudaMemset(mem.as<void>(), 0, bytes));
+        p.data = mem.as<uint8_t>();
+        TQ_RETURN_IF_ERROR(p.validate().with_context("layer " + std::to_string(l) + " exact rows"));
+        m.kv_bytes += bytes;
+      }
+    }
+    std::vector<int32_t> et(e_pages);
+    for (size_t i = 0; i < e_pages; ++i) et[i] = static_cast<int32_t>(i);
+    TQ_RETURN_IF_ERROR(m.exact_tables.alloc(e_pages * sizeof(int32_t), "exact row tables"));
+    TQ_CUDA_TRY(cudaMemcpy(m.exact_tables.as<void>(), et.data(), e_pages * sizeof(int32_t),
+                           cudaMemcpyHostToDevice));
+  }
   // Slot s owns pages [s * pages_per_seq, (s + 1) * pages_per_seq): a fixed block table per
   // slot, read by the kernels through the same indirection a shared pool would use.
   std::vector<int32_t> tables(n_pages);
@@ -360,6 +392,15 @@ Status allocate_cache(CudaModel::Impl& m) {
   TQ_RETURN_IF_ERROR(m.row_seqs.alloc(B * sizeof(int32_t), "row slots"));
   TQ_RETURN_IF_ERROR(m.row_pos.alloc(B * sizeof(int32_t), "row positions"));
   TQ_RETURN_IF_ERROR(m.greedy.alloc(B * sizeof(int32_t), "greedy tokens"));
+  if (m.exact_blocks > 0) {
+    TQ_RETURN_IF_ERROR(m.exact_slots.alloc(B * sizeof(int32_t), "exact row slots"));
+    TQ_RETURN_IF_ERROR(m.exact_lengths.alloc(B * sizeof(int32_t), "exact row lengths"));
+    TQ_RETURN_IF_ERROR(
+        m.exact_step_tables.alloc(B * m.exact_blocks * sizeof(int32_t), "exact row step tables"));
+    const size_t rows = static_cast<size_t>(exact_rows);
+    TQ_RETURN_IF_ERROR(m.gather_src.alloc(rows * sizeof(int32_t), "exact row gather"));
+    TQ_RETURN_IF_ERROR(m.gather_dst.alloc(rows * sizeof(int32_t), "exact row gather"));
+  }
   return ok_status();
 }
 

@@ -185,16 +185,68 @@ __global__ void to_half_kernel(const float* x, size_t count, __half* y, Q8Out q8
   }
 }
 
+__device__ __forceinline__ int32_t pool_slot(const int32_t* table, int bt, int i) {
+  return table[i / bt] * bt + i % bt;
+}
+
 __global__ void step_tables_kernel(StepTablesParams p) {
   const int t = blockIdx.x;
-  const int32_t* table = p.seqs ? p.table + static_cast<size_t>(p.seqs[t]) * p.max_blocks : p.table;
+  const bool batched = p.seqs != nullptr;
+  const int seq = batched ? p.seqs[t] : 0;
+  const int32_t* table = p.table + static_cast<size_t>(seq) * p.max_blocks;
+  const int pos = p.positions ? p.positions[t] : p.pos0 + t;
+  const ExactRowsParams& e = p.exact;
+  const int S = e.slots ? e.sinks : 0, W = e.slots ? e.window : 0;
+  const bool one_row = batched || p.n == 1;  // every row sees the region as stored
+  const int end = one_row ? pos + 1 : p.pos0 + p.n;
+  const int keep_from = max(S, end - W);
+  const int bt = p.block_tokens;
   if (threadIdx.x == 0) {
-    const int pos = p.positions ? p.positions[t] : p.pos0 + t;
-    p.slots[t] = table[pos / p.block_tokens] * p.block_tokens + pos % p.block_tokens;
-    p.lengths[t] = pos + 1;
+    const int c = pos - S;
+    p.slots[t] = c >= 0 ? pool_slot(table, bt, c) : -1;
+    p.lengths[t] = max(0, min(pos + 1, keep_from) - S);
+    if (e.slots) {
+      const int32_t* et = e.table + static_cast<size_t>(seq) * e.blocks;
+      const int row = pos < S ? pos : pos >= keep_from ? S + (pos - S) % W : -1;
+      e.slots[t] = row >= 0 ? pool_slot(et, bt, row) : -1;
+      e.lengths[t] = one_row ? min(pos + 1, S + W) : min(pos + 1, S) + max(0, pos + 1 - keep_from);
+    }
   }
   int32_t* dst = p.tables + static_cast<size_t>(t) * p.max_blocks;
   for (int j = threadIdx.x; j < p.max_blocks; j += blockDim.x) dst[j] = table[j];
+  if (!e.slots) return;
+  const int32_t* et = e.table + static_cast<size_t>(seq) * e.blocks;
+  const int32_t* seen = one_row ? et : e.scratch_table;
+  int32_t* edst = e.tables + static_cast<size_t>(t) * e.blocks;
+  for (int j = threadIdx.x; j < e.blocks; j += blockDim.x) edst[j] = seen[j];
+  if (one_row || t != 0) return;
+  // The gather of a multi-row pass: scratch row j = sink j, or the window position
+  // keep_from + (j - S), from its ring row; rows past the pass's end stay unwritten.
+  for (int j = threadIdx.x; j < S + W; j += blockDim.x) {
+    const int q = j < S ? j : keep_from + (j - S);
+    const int src = q >= end ? -1 : j < S ? j : S + (q - S) % W;
+    e.gather_src[j] = src >= 0 ? pool_slot(et, bt, src) : -1;
+    e.gather_dst[j] = pool_slot(e.scratch_table, bt, j);
+  }
+}
+
+// Grid: one block per row; 16-byte words of every KV head's f16 row.
+__global__ void copy_exact_rows_kernel(uint8_t* k, uint8_t* v, size_t block_stride,
+                                       size_t head_stride, int bt, int n_kv_heads, int row_words,
+                                       const int32_t* src, const int32_t* dst) {
+  const int s = src[blockIdx.x];
+  if (s < 0) return;
+  const int d = dst[blockIdx.x];
+  const size_t row_bytes = static_cast<size_t>(row_words) * 16;
+  const size_t so = static_cast<size_t>(s / bt) * block_stride + (s % bt) * row_bytes;
+  const size_t dof = static_cast<size_t>(d / bt) * block_stride + (d % bt) * row_bytes;
+  const int words = n_kv_heads * row_words;
+  for (int i = threadIdx.x; i < 2 * words; i += blockDim.x) {
+    uint8_t* base = i < words ? k : v;
+    const int w = i < words ? i : i - words;
+    const size_t h = static_cast<size_t>(w / row_words) * head_stride + (w % row_words) * 16;
+    *reinterpret_cast<uint4*>(base + dof + h) = *reinterpret_cast<const uint4*>(base + so + h);
+  }
 }
 
 }  // namespace
@@ -322,7 +374,25 @@ Status to_half(const float* x, size_t count, __half* y, cudaStream_t s, Q8Out q8
 
 Status step_tables(const StepTablesParams& p, cudaStream_t s) {
   if (p.n <= 0) return ok_status();
+  if (p.exact.slots && (p.exact.sinks < 0 || p.exact.window < 0 ||
+                        p.exact.blocks * p.block_tokens < p.exact.sinks + p.exact.window))
+    return invalid_argument("step_tables: the exact rows' pages do not hold sinks + window rows");
   step_tables_kernel<<<p.n, 128, 0, s>>>(p);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status copy_exact_rows(const PagedPool& k, const PagedPool& v, const int32_t* src,
+                       const int32_t* dst, int rows, cudaStream_t s) {
+  if (rows <= 0) return ok_status();
+  if (!(k.format == quant::kFormatF16) || !(v.format == quant::kFormatF16) ||
+      k.head_dim != v.head_dim || k.n_kv_heads != v.n_kv_heads ||
+      k.block_tokens != v.block_tokens || k.block_stride_or_default() != v.block_stride_or_default() ||
+      k.head_stride_or_default() != v.head_stride_or_default() || k.head_dim % 8 != 0)
+    return invalid_argument("copy_exact_rows: needs two f16 pools of one shape (head_dim % 8 == 0)");
+  copy_exact_rows_kernel<<<rows, 128, 0, s>>>(k.data, v.data, k.block_stride_or_default(),
+                                              k.head_stride_or_default(), k.block_tokens,
+                                              k.n_kv_heads, k.head_dim / 8, src, dst);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

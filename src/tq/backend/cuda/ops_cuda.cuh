@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "tq/backend/cuda/gemv_q.h"
+#include "tq/backend/cuda/kv_cuda.h"
 #include "tq/core/status.h"
 
 namespace tq::backend::cuda {
@@ -81,12 +82,38 @@ Status gemv_f16(const __half* w, int rows, int cols, const __half* x, float* y, 
 Status to_half(const float* x, size_t count, __half* y, cudaStream_t s, Q8Out q8 = {},
                int q8_row = 0);
 
-// The per-pass tables of n new tokens of one sequence at positions pos0 .. pos0+n-1:
-// slots[t] = table[(pos0+t) / bt] * bt + (pos0+t) % bt, lengths[t] = pos0 + t + 1 (the causal
-// prefix each token's query sees), and `n` copies of the sequence's block table (one per query
-// "sequence" of decode attention): tables[t][j] = table[j] for j < max_blocks.
-// Batched decode (seqs and positions given): row t is one token of sequence seqs[t] at
-// positions[t], and `table` holds every sequence's table, [seq][max_blocks].
+// The rows kept exact in f16 (kv::KvConfig's sinks and window) on the device: per slot, pages of
+// an f16 pool of their own holding `sinks + window` rows, [sinks | ring of window rows], the
+// token at position p >= sinks in ring row sinks + (p - sinks) % window. A pass of n tokens
+// ending at `end` keeps positions >= keep_from = max(sinks, end - window) exact, as
+// kv::PagedKv::append: every query of the pass sees the compressed tokens before keep_from and
+// the exact ones from there (its own causal prefix of each).
+// - one-token rows (decode, batched decode): the query sees the slot's region as stored, its
+//   first min(pos + 1, sinks + window) rows (every ring row it has written holds a window
+//   position), so a decode graph needs nothing more;
+// - a pass of several tokens: the ring is not in position order, so gather_src / gather_dst
+//   copy the sinks and the window rows [keep_from, end) in position order into scratch pages
+//   (copy_exact_rows, after the pass's rows are written), and row t sees its prefix of them.
+struct ExactRowsParams {
+  int sinks = 0, window = 0;
+  const int32_t* table = nullptr;          // [blocks] the slot's pages ([seqs][blocks] batched)
+  const int32_t* scratch_table = nullptr;  // [blocks] the gather's pages
+  int blocks = 0;                          // pages per slot: ceil((sinks + window) / bt)
+  int32_t* slots = nullptr;                // [n] the exact-pool slot each row writes, -1: none
+  int32_t* lengths = nullptr;              // [n] exact rows each row's query sees
+  int32_t* tables = nullptr;               // [n][blocks] the pages it sees them in
+  int32_t* gather_src = nullptr;           // [sinks + window] pool slots (multi-row passes)
+  int32_t* gather_dst = nullptr;           // [sinks + window], -1: nothing to copy
+};
+
+// The per-pass tables of n new tokens of one sequence at positions pos0 .. pos0+n-1 (or, with
+// seqs and positions given, one token of each of n sequences: row t is sequence seqs[t] at
+// positions[t], and `table` holds every sequence's table, [seq][max_blocks]).
+// Compressed tokens are numbered from the sinks on (c = p - sinks, as kv::PagedKv): slots[t] =
+// table[c / bt] * bt + c % bt (-1 for a sink), lengths[t] = the compressed tokens its query sees
+// (pos + 1 without sinks and window), and `n` copies of the sequence's block table (one per
+// query "sequence" of decode attention): tables[t][j] = table[j] for j < max_blocks. With
+// exact.slots set, the exact rows' tables as ExactRowsParams says.
 struct StepTablesParams {
   const int32_t* table = nullptr;  // [max_blocks] the sequence's pool blocks ([seqs][..] batched)
   int max_blocks = 0;
@@ -98,7 +125,13 @@ struct StepTablesParams {
   int32_t* slots = nullptr;            // [n]
   int32_t* lengths = nullptr;          // [n]
   int32_t* tables = nullptr;           // [n][max_blocks]
+  ExactRowsParams exact;               // sinks and window; exact.slots == nullptr: none
 };
 Status step_tables(const StepTablesParams& p, cudaStream_t s);
+
+// For j < rows with src[j] >= 0: row dst[j] of f16 pools k and v (pool slots: block * bt + slot,
+// every KV head) = row src[j]. The exact rows' gather of a multi-row pass.
+Status copy_exact_rows(const PagedPool& k, const PagedPool& v, const int32_t* src,
+                       const int32_t* dst, int rows, cudaStream_t s);
 
 }  // namespace tq::backend::cuda
