@@ -40,7 +40,7 @@ struct DeviceFlag {
     std::fprintf(stderr, "tq: --device auto: running on the CPU: %s\n", on_gpu.message().c_str());
     name = "cpu";
   }
-  // The same check for a KV configuration (key and value scaling are CPU-only).
+  // The same check for a KV configuration.
   void settle(const kv::KvConfig& kv) {
     backend::DeviceModelOptions o;
     o.kv = kv;
@@ -131,6 +131,9 @@ inline Expected<std::unique_ptr<backend::DeviceModel>> open_cuda_model(
   o.max_context = ctx;
   o.max_batch = max_batch;
   o.max_sequences = n_seqs;
+  if (kv.value_scaling) {  // as make_paged_cache: the value scales weigh by W_o's columns
+    TQ_ASSIGN_OR_RETURN(o.value_weights, m.value_output_weights());
+  }
   auto dm = backend::create_cuda_model(model::describe_for_backend(m), o);
   if (!dm.ok()) return dm.status().with_context("--device cuda");
   return dm;

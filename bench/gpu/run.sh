@@ -174,8 +174,10 @@ if [ "$MODEL_BENCH" = 1 ]; then
   # The same perplexity on both devices (same KV formats): the CLI path end to end.
   "$TQ" make-model --shape smollm2-135m --type q8_0 --seed 3 -o "$MODELS/smol.gguf" >/dev/null || model_rc=1
   cat "$ROOT/README.md" "$ROOT"/docs/*.md > "$MODELS/text.txt"
-  # Plain, and with f16 sinks and a window (the exact rows beside the pages).
-  for extra in "" "--kv-sinks 4 --kv-window 64"; do
+  # Plain, with f16 sinks and a window (the exact rows beside the pages), with key and value
+  # scaling (TQ_PPL_EXTRAS: ';'-separated lists of extra flags).
+  IFS=';' read -r -a ppl_extras <<< "${TQ_PPL_EXTRAS-;--kv-sinks 4 --kv-window 64;--kv-key-scaling on --kv-value-scaling on}"
+  for extra in "${ppl_extras[@]}"; do
     for dev in cpu cuda; do
       # shellcheck disable=SC2086 # extra is a list of flags
       "$TQ" ppl -m "$MODELS/smol.gguf" --device "$dev" -f "$MODELS/text.txt" --ctx 256 --chunks 4 \

@@ -60,6 +60,7 @@ struct ReadCase {
   const char* v;
   int boundary;  // boundary layers in q8_0
   int sinks = 0, window = 0;
+  bool scaling = false;  // key and value scaling: rows read back times the scales, plus mu
 };
 
 void PrintTo(const ReadCase& c, std::ostream* os) { *os << c.name; }
@@ -85,6 +86,10 @@ Expected<kv::KvConfig> read_config(const ReadCase& c) {
   }
   if (c.sinks > 0) o.push_back({"--kv-sinks", std::to_string(c.sinks)});
   if (c.window > 0) o.push_back({"--kv-window", std::to_string(c.window)});
+  if (c.scaling) {
+    o.push_back({"--kv-key-scaling", "on"});
+    o.push_back({"--kv-value-scaling", "on"});
+  }
   return kv::parse_kv_options(o);
 }
 
@@ -139,6 +144,13 @@ TEST_P(ModelCudaReadTest, StoredRowsMatchCpu) {
   co.pool_bytes = page * static_cast<size_t>(kCtx / config->block_tokens + 1);
   co.prefix_caching = false;
   co.kernels = &cpu::cpu_kernel_table();
+  std::vector<float> value_weights;
+  if (config->value_scaling) {
+    auto w = m->value_output_weights();
+    ASSERT_TRUE(w.ok()) << w.status().to_string();
+    value_weights = *w;
+    co.value_weights = value_weights;
+  }
   auto cache = kv::PagedKvCache::create(co);
   ASSERT_TRUE(cache.ok()) << cache.status().to_string();
   auto seq = (*cache)->new_sequence(kCtx);
@@ -163,6 +175,7 @@ TEST_P(ModelCudaReadTest, StoredRowsMatchCpu) {
   o.max_context = kCtx;
   o.max_batch = kPass;
   o.max_sequences = 2;
+  o.value_weights = value_weights;
   auto gpu = create_cuda_model(model::describe_for_backend(*m), o);
   ASSERT_TRUE(gpu.ok()) << gpu.status().to_string();
   DeviceModel& dm = **gpu;
@@ -235,6 +248,7 @@ const ReadCase kReadCases[] = {
     {"kv tq3/tq3 b1:q8_0", "tq3", "tq3", 1},
     // Sinks 0..3 and the window 29..44 read from the f16 rows, 4..28 from the pages.
     {"kv tq4/tq3 s4 w16", "tq4", "tq3", 0, 4, 16},
+    {"kv tq4/tq3 s4 w16 scaled", "tq4", "tq3", 0, 4, 16, true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Configs, ModelCudaReadTest, ::testing::ValuesIn(kReadCases),

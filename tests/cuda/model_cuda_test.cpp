@@ -83,7 +83,7 @@ std::unique_ptr<model::Model> build_model(const model::RandomModelSpec& spec) {
 
 Expected<kv::KvConfig> kv_config(const std::string& k, const std::string& v, int boundary = 0,
                                  const std::string& boundary_format = "f16", int sinks = 0,
-                                 int window = 0) {
+                                 int window = 0, bool scaling = false) {
   std::vector<std::pair<std::string, std::string>> o = {{"-ctk", k}, {"-ctv", v}};
   if (boundary > 0) {
     o.push_back({"--kv-boundary-layers", std::to_string(boundary)});
@@ -91,6 +91,10 @@ Expected<kv::KvConfig> kv_config(const std::string& k, const std::string& v, int
   }
   if (sinks > 0) o.push_back({"--kv-sinks", std::to_string(sinks)});
   if (window > 0) o.push_back({"--kv-window", std::to_string(window)});
+  if (scaling) {
+    o.push_back({"--kv-key-scaling", "on"});
+    o.push_back({"--kv-value-scaling", "on"});
+  }
   return kv::parse_kv_options(o);
 }
 
@@ -111,6 +115,9 @@ struct CpuRun {
     o.pool_bytes = page * static_cast<size_t>(kCtx / config.block_tokens + 1);
     o.prefix_caching = false;
     o.kernels = &cpu::cpu_kernel_table();
+    if (config.value_scaling) {
+      TQ_ASSIGN_OR_RETURN(o.value_weights, m.value_output_weights());
+    }
     TQ_ASSIGN_OR_RETURN(cache, kv::PagedKvCache::create(o));
     TQ_ASSIGN_OR_RETURN(seq, cache->new_sequence(kCtx));
     return ok_status();
@@ -136,6 +143,9 @@ Expected<std::unique_ptr<DeviceModel>> gpu_model(const model::Model& m, const kv
   o.max_sequences = n_seqs;
   o.cublas_gemv = cublas_gemv;
   o.weights = weights;
+  if (config.value_scaling) {
+    TQ_ASSIGN_OR_RETURN(o.value_weights, m.value_output_weights());
+  }
   return create_cuda_model(model::describe_for_backend(m), o);
 }
 
@@ -182,6 +192,7 @@ struct Case {
   int boundary;
   double tol;  // absolute bound on the metric; quantized KV cases also get kTqFracOfQuant
   int sinks = 0, window = 0;
+  bool scaling = false;  // --kv-key-scaling and --kv-value-scaling on
   bool quantized_kv() const {
     return std::string(k) != "f16" || std::string(v) != "f16" || boundary > 0;
   }
@@ -202,7 +213,7 @@ TEST_P(ModelCudaTest, LogitsMatchCpu) {
   SCOPED_TRACE(std::string(c.name) + ", seed " + std::to_string(seed));
   auto m = build_model(spec_for(c.arch, c.weights, seed));
   ASSERT_TRUE(m);
-  auto config = kv_config(c.k, c.v, c.boundary, "q8_0", c.sinks, c.window);
+  auto config = kv_config(c.k, c.v, c.boundary, "q8_0", c.sinks, c.window, c.scaling);
   ASSERT_TRUE(config.ok()) << config.status().to_string();
   CpuRun cpu;
   ASSERT_TRUE(cpu.init(*m, *config).ok());
@@ -291,6 +302,12 @@ const Case kCases[] = {
      kTqAbsTol, 0, 8},
     {"llama f16w kv tq4/tq4 s4", model::Arch::kLlama, quant::GgmlType::kF16, "tq4", "tq4", 0,
      kTqAbsTol, 4, 0},
+    // Key and value scaling (the slot's first pass sets the scales from its keys, queries and
+    // values, and W_o's column norms), with and without sinks and window.
+    {"llama f16w kv tq4/tq3 scaled", model::Arch::kLlama, quant::GgmlType::kF16, "tq4", "tq3", 0,
+     kTqAbsTol, 0, 0, true},
+    {"qwen2 f16w kv tq3/tq3 s4 w16 scaled", model::Arch::kQwen2, quant::GgmlType::kF16, "tq3",
+     "tq3", 0, kTqAbsTol, 4, 16, true},
 };
 
 INSTANTIATE_TEST_SUITE_P(Configs, ModelCudaTest, ::testing::ValuesIn(kCases),
@@ -386,6 +403,7 @@ struct BatchCase {
   const char* k;
   const char* v;
   int sinks = 0, window = 0;
+  bool scaling = false;
 };
 class ModelCudaBatchTest : public ::testing::TestWithParam<BatchCase> {};
 
@@ -396,7 +414,7 @@ TEST_P(ModelCudaBatchTest, MatchesOneSlotAtATime) {
   SCOPED_TRACE(std::string("kv ") + c.k + "/" + c.v + ", seed " + std::to_string(seed));
   auto m = build_model(spec_for(model::Arch::kLlama, quant::GgmlType::kF16, seed));
   ASSERT_TRUE(m);
-  auto config = kv_config(c.k, c.v, 0, "f16", c.sinks, c.window);
+  auto config = kv_config(c.k, c.v, 0, "f16", c.sinks, c.window, c.scaling);
   ASSERT_TRUE(config.ok()) << config.status().to_string();
   constexpr int kSlots = 4;
   auto batched = gpu_model(*m, *config, 32, false, kSlots);
@@ -480,12 +498,14 @@ TEST_P(ModelCudaBatchTest, MatchesOneSlotAtATime) {
 INSTANTIATE_TEST_SUITE_P(Kv, ModelCudaBatchTest,
                          ::testing::Values(BatchCase{"f16", "f16"}, BatchCase{"tq4", "tq4"},
                                            BatchCase{"tq4", "tq3"}, BatchCase{"tq3", "tq3"},
-                                           BatchCase{"tq4", "tq3", 4, 16}),
+                                           BatchCase{"tq4", "tq3", 4, 16},
+                                           BatchCase{"tq4", "tq3", 4, 16, true}),
                          [](const ::testing::TestParamInfo<BatchCase>& i) {
                            std::string s = std::string(i.param.k) + "_" + i.param.v;
                            if (i.param.sinks + i.param.window > 0)
                              s += "_s" + std::to_string(i.param.sinks) + "w" +
                                   std::to_string(i.param.window);
+                           if (i.param.scaling) s += "_scaled";
                            return s;
                          });
 
@@ -761,20 +781,20 @@ INSTANTIATE_TEST_SUITE_P(Kv, ModelCudaGraphTest,
                                   (i.param.window > 0 ? "_window" : "");
                          });
 
-// What the device refuses, with a message that says why (no GPU needed); sinks and window run.
-TEST(ModelCudaOptions, RejectsKeyAndValueScaling) {
+// Options the device takes and refuses, with a message that says why (no GPU needed).
+TEST(ModelCudaOptions, ValidatesOptions) {
   DeviceModelOptions o;
   o.kv.window = 64;
   o.kv.sinks = 4;
-  EXPECT_TRUE(o.validate().ok());
   o.kv.key_scaling = true;
-  Status st = o.validate();
-  EXPECT_EQ(st.code(), StatusCode::kUnsupported);
-  EXPECT_NE(st.message().find("scale keys"), std::string::npos) << st.message();
-  o.kv.key_scaling = false;
   o.kv.value_scaling = true;
-  EXPECT_EQ(o.validate().code(), StatusCode::kUnsupported);
+  EXPECT_TRUE(o.validate().ok());
   o.kv.value_scaling = false;
+  o.value_weights = {1.0f, 2.0f};
+  const Status st = o.validate();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("value weights"), std::string::npos) << st.message();
+  o.value_weights.clear();
   EXPECT_TRUE(o.validate().ok());
   o.max_batch = 0;
   EXPECT_EQ(o.validate().code(), StatusCode::kInvalidArgument);

@@ -317,6 +317,40 @@ TEST(QuantizeWriteKv, KeysAndValuesTogether) {
   }
 }
 
+// A layer's K and V into its pages and into the f16 exact rows (quantize_write_group): the four
+// warp-kernel writes share one launch and each pool gets what a write of its own gives; a q8_0
+// pool among them launches alone; five writes are refused.
+TEST(QuantizeWriteGroup, FourPoolsInOneLaunch) {
+  TQ_REQUIRE_GPU();
+  for (const std::vector<const char*>& formats :
+       {std::vector<const char*>{"tq4", "tq3", "f16", "f16"},
+        std::vector<const char*>{"tq2", "q8_0", "f16", "tq4"}}) {
+    std::vector<PoolCase> pools(formats.size());
+    std::vector<QuantizeWriteParams> writes;
+    std::string what = "group";
+    for (size_t i = 0; i < pools.size(); ++i) {
+      PoolCase& p = pools[i];
+      p.format = *quant::parse_format(formats[i]);
+      p.dim = 128;
+      p.heads = 8;
+      p.tokens = 3;
+      p.seed = kSeed + 31 * i;
+      ASSERT_NO_FATAL_FAILURE(p.build());
+      writes.push_back(p.params(WriteKernel::kAuto));
+      what += std::string("_") + formats[i];
+    }
+    const Status st = quantize_write_group(writes, nullptr);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    TQ_CUDA_OK(cudaDeviceSynchronize());
+    for (size_t i = 0; i < pools.size(); ++i) {
+      const bool warp = std::string(formats[i]) != "q8_0";
+      pools[i].check(warp ? WriteKernel::kWarp : WriteKernel::kLegacy, what + "_" + std::to_string(i));
+    }
+    writes.push_back(writes[0]);
+    EXPECT_EQ(quantize_write_group(writes, nullptr).code(), StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(QuantizeWriteApi, RejectsUnsupportedShapes) {
   QuantizeWriteParams p;
   p.pool.format = *quant::parse_format("tq4");

@@ -10,14 +10,8 @@ Status DeviceModelOptions::validate() const {
   if (max_batch < 1 || max_batch > 65535)
     return invalid_argument("device model: max_batch must be in [1, 65535]");
   if (device < 0) return invalid_argument("device model: negative device index");
-  if (kv.key_scaling)
-    return unsupported(
-        "the CUDA forward pass does not scale keys yet "
-        "(drop --kv-key-scaling with --device cuda)");
-  if (kv.value_scaling)
-    return unsupported(
-        "the CUDA forward pass does not scale values yet "
-        "(drop --kv-value-scaling with --device cuda)");
+  if (!value_weights.empty() && !kv.value_scaling)
+    return invalid_argument("device model: value weights given without value scaling");
   return ok_status();
 }
 

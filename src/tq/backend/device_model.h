@@ -9,6 +9,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tq/backend/model_desc.h"
 #include "tq/core/status.h"
@@ -28,7 +29,7 @@ enum class DeviceWeights { kF16, kQuantized };
 enum class DeviceWriteKernel { kAuto, kLegacy, kTeam, kWarp };
 
 struct DeviceModelOptions {
-  kv::KvConfig kv;         // formats per layer, sinks and window; no key/value scaling yet
+  kv::KvConfig kv;         // formats per layer, sinks, window, key centering and scaling
   int max_context = 4096;  // tokens per sequence slot
   int max_sequences = 1;   // sequence slots, each with pages of its own
   int max_batch = 512;     // tokens per device pass; longer calls are split into passes
@@ -51,6 +52,10 @@ struct DeviceModelOptions {
   // integer dot products: about a quarter of the instructions per weight. Off: f16 activations,
   // f32 products (the precise path; --gpu-activations f16, --float-activations).
   bool int8_activations = true;
+  // With kv.value_scaling: W_o's column norms per layer, [n_layers][n_kv_heads][head_dim]
+  // (model::Model::value_output_weights, as kv::PagedKvCacheOptions::value_weights); empty:
+  // the value scales come from the values alone.
+  std::vector<float> value_weights;
 
   Status validate() const;
   std::string to_string() const;
@@ -108,8 +113,8 @@ class DeviceModel {
 };
 
 // Uploads the model to CUDA device options.device. Unsupported when built without CUDA or
-// when the KV configuration asks for something the CUDA kernels lack (key or value scaling, a
-// K/V format pair or head dim with no instance).
+// when the KV configuration asks for something the CUDA kernels lack (a K/V format pair or
+// head dim with no instance).
 Expected<std::unique_ptr<DeviceModel>> create_cuda_model(const LlamaDesc& desc,
                                                          const DeviceModelOptions& options);
 

@@ -72,7 +72,12 @@ Expected<backend::DeviceModelOptions> device_model_options(const EngineOptions& 
   if (Status st = d.validate(); !st.ok()) return st.with_context("serve --device cuda");
   if (options.kv_memory_bytes > 0) {
     TQ_ASSIGN_OR_RETURN(const size_t page, page_bytes(options, shape));
-    const size_t per_slot = page * pages_per_sequence(options) + kv::kv_key_mean_bytes(d.kv, shape);
+    // A device slot: its pages, its f16 sink and window rows, its key means and scales.
+    const size_t exact = static_cast<size_t>(std::min(options.scheduler.context,
+                                                      options.kv.sinks + options.kv.window)) *
+                         kv::kv_f16_token_bytes(shape);
+    const size_t per_slot =
+        page * pages_per_sequence(options) + exact + kv::kv_key_mean_bytes(d.kv, shape);
     const size_t fit = options.kv_memory_bytes / per_slot;
     if (fit < 1)
       return invalid_argument("serve: --kv-memory " + std::to_string(options.kv_memory_bytes) +

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include "tq/core/status.h"
 #include "tq/quant/format.h"
@@ -80,6 +81,10 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream);
 // One layer's K and V: one launch when both take the warp kernel (same head dim and input
 // type), two otherwise. k.kernel decides for both.
 Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v, void* stream);
+// Up to 4 writes (a layer's K and V into its pages and into the f16 sink/window rows): those
+// that take the warp kernel with the first one's head dim and input type share one launch, the
+// others launch alone. writes[0].kernel decides for all.
+Status quantize_write_group(std::span<const QuantizeWriteParams> writes, void* stream);
 
 // A paged source of keys and values: the compressed cache, or the f16 window / sinks.
 struct AttentionSegment {

@@ -234,25 +234,45 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   rp.head_dim = d.head_dim;
   rp.rope_dims = d.rope_dims;
   rp.neox = d.rope_neox;
-  // Key centering (kv::PagedKv): the slot's first pass sets mu from its own keys, later passes
-  // subtract it as they are split. Attention is unchanged: softmax ignores q.mu.
-  // A batch's slots all have their mu (forward_batch sets it first): row t subtracts its own.
+  // Key centering and key / value scaling (kv::PagedKv): the slot's first pass sets mu, s and t
+  // from its own rows, later passes apply them as they are split. Attention is unchanged:
+  // softmax ignores q.mu, (q s).(k / s) = q.k, and the outputs are multiplied back by t.
+  // A batch's slots all have theirs (forward_batch sets them first): row t uses its own.
   const bool batch = seq < 0;
-  float* mu =
-      D.centered && !batch ? D.k_mean.as<float>() + static_cast<size_t>(seq) * kv_dim : nullptr;
+  const bool stats = D.centered || D.value_scaled;
+  const size_t stat0 = batch ? 0 : static_cast<size_t>(seq) * kv_dim;
+  const auto stat = [&](DeviceMem& b) { return b.empty() ? nullptr : b.as<float>() + stat0; };
   uint8_t dummy = 1;
-  uint8_t& ready = batch ? dummy : m.mean_ready[static_cast<size_t>(seq) * d.n_layers + l];
-  rp.k_mean = D.centered && ready ? (batch ? D.k_mean.as<float>() : mu) : nullptr;
-  rp.k_mean_rows = batch ? m.row_seqs.as<int32_t>() : nullptr;
+  uint8_t& ready =
+      batch || !stats ? dummy : m.mean_ready[static_cast<size_t>(seq) * d.n_layers + l];
+  if (ready) {
+    rp.k_mean = stat(D.k_mean);
+    rp.k_scale = stat(D.k_scale);
+    rp.v_scale = stat(D.v_scale);
+  }
+  rp.stat_rows = batch ? m.row_seqs.as<int32_t>() : nullptr;
   rp.overlap = m.opt.overlap_launches && m.cc_major >= 9;
   TQ_RETURN_IF_ERROR(rope_split(rp, s));
-  if (D.centered && !ready) {
+  if (!ready) {
     // As PagedKv::set_key_mean: every token of the slot's first pass (its first max_batch
     // tokens) but position 0 and the sinks, failing those all but position 0; a lone token:
-    // mu = 0.
-    int from = std::max(1, m.opt.kv.sinks);
-    if (from >= n) from = 1;
-    TQ_RETURN_IF_ERROR(center_keys(m.k.as<float>(), n, kv_dim, from, n, mu, s));
+    // mu = 0, s = t = 1.
+    FirstPassStatsParams fp;
+    fp.q = m.q.as<float>();
+    fp.k = m.k.as<float>();
+    fp.v = m.v.as<float>();
+    fp.n = n;
+    fp.from = std::max(1, m.opt.kv.sinks);
+    if (fp.from >= n) fp.from = 1;
+    fp.to = n;
+    fp.n_heads = d.n_heads;
+    fp.n_kv_heads = d.n_kv_heads;
+    fp.head_dim = d.head_dim;
+    fp.mu = stat(D.k_mean);
+    fp.s = stat(D.k_scale);
+    fp.t = stat(D.v_scale);
+    fp.w = D.v_weights.empty() ? nullptr : D.v_weights.as<float>();
+    TQ_RETURN_IF_ERROR(first_pass_stats(fp, s));
     ready = 1;
   }
 
@@ -265,20 +285,26 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
   wk.tokens = wv.tokens = n;
   wk.kernel = wv.kernel = write_kernel(m.opt.write_kernel);
   wk.overlap = wv.overlap = m.opt.overlap_launches && m.cc_major >= 9;
-  TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
-  if (m.exact_blocks > 0) {
-    // Sinks and window rows in f16 as well (every token from the sinks on is also compressed,
-    // at c = p - sinks, and read from there once it leaves the window).
-    wk.pool = D.ek;
-    wv.pool = D.ev;
-    wk.slot_mapping = wv.slot_mapping = m.exact_slots.as<int32_t>();
+  if (m.exact_blocks == 0) {
     TQ_RETURN_IF_ERROR(quantize_write_kv(wk, wv, s));
+  } else {
+    // Sinks and window rows in f16 as well, in the same launch for decode-sized passes (every
+    // token from the sinks on is also compressed, at c = p - sinks, and read from there once
+    // it leaves the window).
+    QuantizeWriteParams w[4] = {wk, wv, wk, wv};
+    w[2].pool = D.ek;
+    w[3].pool = D.ev;
+    w[2].slot_mapping = w[3].slot_mapping = m.exact_slots.as<int32_t>();
+    TQ_RETURN_IF_ERROR(quantize_write_group(w, s));
     if (!batch && n > 1)
       TQ_RETURN_IF_ERROR(copy_exact_rows(D.ek, D.ev, m.gather_src.as<int32_t>(),
                                          m.gather_dst.as<int32_t>(),
                                          m.opt.kv.sinks + m.opt.kv.window, s));
   }
   TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
+  if (D.value_scaled)  // the rows hold v / t
+    TQ_RETURN_IF_ERROR(scale_heads(m.att.as<float>(), n, d.n_heads, d.n_kv_heads, d.head_dim,
+                                   stat(D.v_scale), batch ? m.row_seqs.as<int32_t>() : nullptr, s));
 
   TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s, q8, q_dim));
   TQ_RETURN_IF_ERROR(matmul(m, D.w_o.view(), xn, n, x, 1.0f, x_q8));  // x += Wo att
@@ -606,13 +632,18 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
     max_length = std::max(max_length, pos + 1);
     any_logits = any_logits || a.logits_mode != DeviceLogits::kNone;
     if (pos > 0) continue;
-    // An empty slot's first pass of one token: mu = 0, as forward()'s lone-token case.
+    // An empty slot's first pass of one token: mu = 0, s = t = 1, as forward()'s lone-token
+    // case.
     for (size_t l = 0; l < m.layers.size(); ++l) {
       DeviceLayer& D = m.layers[l];
       uint8_t& ready = m.mean_ready[static_cast<size_t>(a.seq) * d.n_layers + l];
-      if (!D.centered || ready) continue;
-      TQ_CUDA_TRY(cudaMemsetAsync(D.k_mean.as<float>() + static_cast<size_t>(a.seq) * kv_dim, 0,
-                                  static_cast<size_t>(kv_dim) * sizeof(float), s));
+      if (!(D.centered || D.value_scaled) || ready) continue;
+      const size_t at = static_cast<size_t>(a.seq) * kv_dim, bytes = kv_dim * sizeof(float);
+      if (D.centered) TQ_CUDA_TRY(cudaMemsetAsync(D.k_mean.as<float>() + at, 0, bytes, s));
+      for (DeviceMem* sc : {&D.k_scale, &D.v_scale})
+        if (!sc->empty())
+          TQ_CUDA_TRY(cudaMemcpyAsync(sc->as<float>() + at, m.ones.data(), bytes,
+                                      cudaMemcpyHostToDevice, s));
       ready = 1;
     }
   }
@@ -678,10 +709,10 @@ Status CudaModel::copy_sequence(int src, int dst) {
         TQ_CUDA_TRY(cudaMemcpyAsync(p->data + dst * bytes, p->data + src * bytes, bytes,
                                     cudaMemcpyDeviceToDevice, m.stream));
       }
-    if (D.centered)
-      TQ_CUDA_TRY(cudaMemcpyAsync(D.k_mean.as<float>() + dst * kv_dim,
-                                  D.k_mean.as<float>() + src * kv_dim, kv_dim * sizeof(float),
-                                  cudaMemcpyDeviceToDevice, m.stream));
+    for (DeviceMem* st : {&D.k_mean, &D.k_scale, &D.v_scale})
+      if (!st->empty())
+        TQ_CUDA_TRY(cudaMemcpyAsync(st->as<float>() + dst * kv_dim, st->as<float>() + src * kv_dim,
+                                    kv_dim * sizeof(float), cudaMemcpyDeviceToDevice, m.stream));
   }
   TQ_CUDA_TRY(cudaStreamSynchronize(m.stream));
   m.lengths[static_cast<size_t>(dst)] = static_cast<int>(len);

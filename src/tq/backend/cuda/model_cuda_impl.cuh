@@ -69,7 +69,12 @@ struct DeviceLayer {
   kv::LayerFormats formats;
   DeviceCodecTables k_tables, v_tables;
   bool centered = false;   // stores k - mu (KvConfig::centers_keys)
+  bool key_scaled = false;    // stores (k - mu) / s, queries times s (KvConfig::scales_keys)
+  bool value_scaled = false;  // stores v / t, outputs times t (KvConfig::scales_values)
   DeviceMem k_mean;        // f32 [max_sequences][kv_dim]: mu of each slot, when centered
+  DeviceMem k_scale;       // f32 [max_sequences][kv_dim]: s of each slot, when key_scaled
+  DeviceMem v_scale;       // f32 [max_sequences][kv_dim]: t of each slot, when value_scaled
+  DeviceMem v_weights;     // f32 [kv_dim]: W_o's column norms (value scaling), may be empty
   DeviceMem k_mem, v_mem;  // [page][kv_head][codec block]
   PagedPool k, v;          // views of k_mem / v_mem with the tables
   // The sinks and the window (KvConfig::sinks / window) in f16: per slot, exact_blocks pages of
@@ -105,7 +110,10 @@ struct CudaModel::Impl {
   int pages_per_seq = 0;
   DeviceMem block_tables;           // int32 [max_sequences][pages_per_seq]
   std::vector<int> lengths;         // [max_sequences] tokens cached per slot
-  std::vector<uint8_t> mean_ready;  // [max_sequences][n_layers]: mu computed (key centering)
+  // [max_sequences][n_layers]: the slot's first-pass statistics (key mean, key and value scales)
+  // are set
+  std::vector<uint8_t> mean_ready;
+  std::vector<float> ones;          // [kv_dim] 1.0f: the scales of a slot whose first pass is one token
   // Exact rows (sinks + window > 0): pages per slot of each layer's ek / ev, and their tables:
   // slot s owns [s * exact_blocks, (s + 1) * exact_blocks), the gather's scratch the last range.
   int exact_blocks = 0;

@@ -107,12 +107,18 @@ Status CudaModel::read_stored(int seq, int layer, bool value, int p0, int n, flo
                                 exact.size(), cudaMemcpyDeviceToHost, m.stream));
   }
   const size_t kv_dim = static_cast<size_t>(d.kv_dim());
-  std::vector<float> mu;  // [kv_head][head_dim]: the slot's key mean, when keys are centered
-  if (!value && D.centered) {
-    mu.resize(kv_dim);
-    TQ_CUDA_TRY(cudaMemcpyAsync(mu.data(), D.k_mean.as<float>() + seq * kv_dim,
-                                kv_dim * sizeof(float), cudaMemcpyDeviceToHost, m.stream));
-  }
+  // [kv_head][head_dim] each: the slot's key mean and scale (rows hold (k - mu) / s), or its
+  // value scale (rows hold v / t); empty where the layer has none.
+  std::vector<float> mu, scale;
+  const auto fetch = [&](const DeviceMem& from, std::vector<float>& to) -> Status {
+    if (from.empty()) return ok_status();
+    to.resize(kv_dim);
+    TQ_CUDA_TRY(cudaMemcpyAsync(to.data(), from.as<float>() + seq * kv_dim, kv_dim * sizeof(float),
+                                cudaMemcpyDeviceToHost, m.stream));
+    return ok_status();
+  };
+  if (!value) TQ_RETURN_IF_ERROR(fetch(D.k_mean, mu));
+  TQ_RETURN_IF_ERROR(fetch(value ? D.v_scale : D.k_scale, scale));
   TQ_CUDA_TRY(cudaStreamSynchronize(m.stream));
 
   const size_t hd = static_cast<size_t>(d.head_dim);
@@ -136,6 +142,8 @@ Status CudaModel::read_stored(int seq, int layer, bool value, int p0, int n, flo
         const uint8_t* block = bytes.data() + static_cast<size_t>(c / bt - first) * stride;
         codec.decode(block + static_cast<size_t>(h) * head, bt, c % bt, dst);
       }
+      if (!scale.empty())
+        for (size_t e = 0; e < hd; ++e) dst[e] *= scale[static_cast<size_t>(h) * hd + e];
       if (!mu.empty())
         for (size_t e = 0; e < hd; ++e) dst[e] += mu[static_cast<size_t>(h) * hd + e];
     }

@@ -295,10 +295,28 @@ Status allocate_cache(CudaModel::Impl& m) {
                          D.formats.k.name() + ", V " + D.formats.v.name() + " at head dim " +
                          std::to_string(d.head_dim));
     D.centered = kc.centers_keys(l, d.n_layers);
+    D.key_scaled = kc.scales_keys(l, d.n_layers);
+    D.value_scaled = kc.scales_values(l, d.n_layers);
+    const size_t stat_bytes = static_cast<size_t>(m.opt.max_sequences) * d.kv_dim() * sizeof(float);
     if (D.centered) {
-      const size_t bytes = static_cast<size_t>(m.opt.max_sequences) * d.kv_dim() * sizeof(float);
-      TQ_RETURN_IF_ERROR(D.k_mean.alloc(bytes, "key means"));
-      TQ_CUDA_TRY(cudaMemset(D.k_mean.as<void>(), 0, bytes));
+      TQ_RETURN_IF_ERROR(D.k_mean.alloc(stat_bytes, "key means"));
+      TQ_CUDA_TRY(cudaMemset(D.k_mean.as<void>(), 0, stat_bytes));
+    }
+    if (D.key_scaled) TQ_RETURN_IF_ERROR(D.k_scale.alloc(stat_bytes, "key scales"));
+    if (D.value_scaled) {
+      TQ_RETURN_IF_ERROR(D.v_scale.alloc(stat_bytes, "value scales"));
+      if (!m.opt.value_weights.empty()) {
+        const size_t kv_dim = static_cast<size_t>(d.kv_dim());
+        if (m.opt.value_weights.size() != kv_dim * d.n_layers)
+          return invalid_argument("value weights: " + std::to_string(m.opt.value_weights.size()) +
+                                  " floats, expected n_layers * kv_dim = " +
+                                  std::to_string(kv_dim * d.n_layers));
+        TQ_RETURN_IF_ERROR(upload_floats(
+            D.v_weights,
+            std::vector<float>(m.opt.value_weights.begin() + static_cast<std::ptrdiff_t>(l * kv_dim),
+                               m.opt.value_weights.begin() + static_cast<std::ptrdiff_t>((l + 1) * kv_dim)),
+            "value weights"));
+      }
     }
     const uint64_t seed = kc.layer_seed(l);  // the CPU codec's seed: the same rotation and codebook
     TQ_ASSIGN_OR_RETURN(D.k_tables,
@@ -363,6 +381,7 @@ Status allocate_cache(CudaModel::Impl& m) {
                          cudaMemcpyHostToDevice));
   m.lengths.assign(static_cast<size_t>(m.opt.max_sequences), 0);
   m.mean_ready.assign(static_cast<size_t>(m.opt.max_sequences) * d.n_layers, 0);
+  m.ones.assign(static_cast<size_t>(d.kv_dim()), 1.0f);
 
   const size_t B = static_cast<size_t>(m.opt.max_batch);
   const size_t dim = d.dim, q_dim = d.q_dim(), kv_dim = d.kv_dim(), ffn = d.ffn_dim;

@@ -94,16 +94,25 @@ __global__ void rope_split_kernel(RopeSplitParams p) {
     a = p.cs[static_cast<size_t>(t) * half + i];
   }
   const float b0 = p.bias ? p.bias[i0] : 0.0f, b1 = p.bias ? p.bias[i1] : 0.0f;
-  float mu = 0.0f;
-  if (e >= q_dim && e < q_dim + kv_dim && p.k_mean) {
-    const float* m =
-        p.k_mean_rows ? p.k_mean + static_cast<size_t>(p.k_mean_rows[t]) * kv_dim : p.k_mean;
-    mu = m[e - q_dim];
+  // The slot's statistics for this element: mu and 1/s for a key, s for a query channel of its
+  // KV head, 1/t for a value.
+  const size_t stat0 = p.stat_rows ? static_cast<size_t>(p.stat_rows[t]) * kv_dim : 0;
+  float mu = 0.0f, mul = 1.0f;
+  if (e < q_dim) {
+    if (p.k_scale) {
+      const int group = p.n_heads / p.n_kv_heads;
+      mul = p.k_scale[stat0 + (e / p.head_dim / group) * p.head_dim + j];
+    }
+  } else if (e < q_dim + kv_dim) {
+    if (p.k_mean) mu = p.k_mean[stat0 + (e - q_dim)];
+    if (p.k_scale) mul = 1.0f / p.k_scale[stat0 + (e - q_dim)];
+  } else if (p.v_scale) {
+    mul = 1.0f / p.v_scale[stat0 + (e - q_dim - kv_dim)];
   }
   dev::pdl_wait();
   const float* row = p.qkv + static_cast<size_t>(t) * row_len;
   if (e >= q_dim + kv_dim) {
-    p.v[static_cast<size_t>(t) * kv_dim + (e - q_dim - kv_dim)] = row[e] + b0;
+    p.v[static_cast<size_t>(t) * kv_dim + (e - q_dim - kv_dim)] = (row[e] + b0) * mul;
     return;
   }
   float out;
@@ -115,21 +124,91 @@ __global__ void rope_split_kernel(RopeSplitParams p) {
     out = first ? x0 * a.x - x1 * a.y : x0 * a.y + x1 * a.x;
   }
   if (e < q_dim)
-    p.q[static_cast<size_t>(t) * q_dim + e] = out;
+    p.q[static_cast<size_t>(t) * q_dim + e] = out * mul;
   else
-    p.k[static_cast<size_t>(t) * kv_dim + (e - q_dim)] = p.k_mean ? out - mu : out;
+    p.k[static_cast<size_t>(t) * kv_dim + (e - q_dim)] = (out - mu) * mul;
 }
 
 // mu[e] = mean of k[t][e] over t in [from, to) (0 when empty); then k[t][e] -= mu[e] for t < n.
 // One thread per element e of a token row.
-__global__ void center_keys_kernel(float* k, int n, int elems, int from, int to, float* mu) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= elems) return;
-  float m = 0.0f;
-  for (int t = from; t < to; ++t) m += k[static_cast<size_t>(t) * elems + e];
-  m = to > from ? m * (1.0f / static_cast<float>(to - from)) : 0.0f;
-  mu[e] = m;
-  for (int t = 0; t < n; ++t) k[static_cast<size_t>(t) * elems + e] -= m;
+// One block per KV head, a thread per channel (blockDim >= head_dim; whole warps).
+constexpr int kStatsThreads = 256;
+
+__device__ float block_sum_small(float v, float* scratch) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += scratch[w];
+  return total;
+}
+
+__global__ void first_pass_stats_kernel(FirstPassStatsParams p) {
+  __shared__ float scratch[kStatsThreads / 32];
+  const int h = blockIdx.x, e = threadIdx.x, hd = p.head_dim;
+  const bool live = e < hd;
+  const size_t kv_dim = static_cast<size_t>(p.n_kv_heads) * hd;
+  const size_t c = static_cast<size_t>(h) * hd + (live ? e : 0);
+  const int group = p.n_heads / p.n_kv_heads;
+  const int count = p.to - p.from;
+  float mu = 0.0f;
+  if (p.mu && live) {
+    for (int j = p.from; j < p.to; ++j) mu += p.k[j * kv_dim + c];
+    mu = count > 0 ? mu * (1.0f / static_cast<float>(count)) : 0.0f;
+    p.mu[c] = mu;
+  }
+  float s = 1.0f, t = 1.0f;
+  if (p.s && count >= 2) {
+    float ss = 0.0f, qq = 0.0f;
+    if (live)
+      for (int j = p.from; j < p.to; ++j) {
+        const float x = p.k[j * kv_dim + c] - mu;
+        ss = fmaf(x, x, ss);
+        for (int g = 0; g < group; ++g) {
+          const float y = p.q[(static_cast<size_t>(j) * p.n_heads + h * group + g) * hd + e];
+          qq = fmaf(y, y, qq);
+        }
+      }
+    const float r = (sqrtf(ss / count) + 1e-6f) / (sqrtf(qq / (count * group)) + 1e-6f);
+    const float geo = expf(block_sum_small(live ? logf(r) : 0.0f, scratch) / hd);
+    s = sqrtf(r / geo);
+  }
+  if (p.t && count >= 2) {
+    float ss = 0.0f;
+    if (live)
+      for (int j = p.from; j < p.to; ++j) {
+        const float x = p.v[j * kv_dim + c];
+        ss = fmaf(x, x, ss);
+      }
+    float r = sqrtf(ss / count) + 1e-6f;
+    if (p.w && live) r /= p.w[c] + 1e-6f;
+    const float geo = expf(block_sum_small(live ? logf(r) : 0.0f, scratch) / hd);
+    t = sqrtf(r / geo);
+  }
+  if (!live) return;
+  if (p.s) p.s[c] = s;
+  if (p.t) p.t[c] = t;
+  for (int j = 0; j < p.n; ++j) {
+    if (p.mu) p.k[j * kv_dim + c] = (p.k[j * kv_dim + c] - mu) / s;
+    if (p.t) p.v[j * kv_dim + c] /= t;
+    if (p.s)
+      for (int g = 0; g < group; ++g) p.q[(static_cast<size_t>(j) * p.n_heads + h * group + g) * hd + e] *= s;
+  }
+}
+
+// Grid (element blocks, row).
+__global__ void scale_heads_kernel(float* x, int n_heads, int n_kv_heads, int head_dim,
+                                   const float* scale, const int32_t* rows) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  const int q_dim = n_heads * head_dim;
+  if (i >= q_dim) return;
+  const int t = blockIdx.y;
+  const size_t kv_dim = static_cast<size_t>(n_kv_heads) * head_dim;
+  const float* sc = rows ? scale + static_cast<size_t>(rows[t]) * kv_dim : scale;
+  const int group = n_heads / n_kv_heads;
+  x[static_cast<size_t>(t) * q_dim + i] *= sc[(i / head_dim / group) * head_dim + i % head_dim];
 }
 
 // Grid (element blocks, token).
@@ -296,10 +375,22 @@ Status rope_split(const RopeSplitParams& p, cudaStream_t s) {
   return ok_status();
 }
 
-Status center_keys(float* k, int n, int elems, int from, int to, float* mu, cudaStream_t s) {
-  if (elems <= 0) return ok_status();
-  center_keys_kernel<<<(elems + kRowThreads - 1) / kRowThreads, kRowThreads, 0, s>>>(k, n, elems,
-                                                                                     from, to, mu);
+Status first_pass_stats(const FirstPassStatsParams& p, cudaStream_t s) {
+  if (p.n <= 0 || (!p.mu && !p.t)) return ok_status();
+  if (p.head_dim <= 0 || p.head_dim > kStatsThreads || p.n_kv_heads <= 0 ||
+      p.n_heads % p.n_kv_heads != 0 || p.from < 0 || p.to > p.n || (p.s && !p.mu))
+    return invalid_argument("first_pass_stats: bad shape, range, or key scales without a mean");
+  first_pass_stats_kernel<<<p.n_kv_heads, kStatsThreads, 0, s>>>(p);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status scale_heads(float* x, int n, int n_heads, int n_kv_heads, int head_dim, const float* scale,
+                   const int32_t* rows, cudaStream_t s) {
+  if (n <= 0) return ok_status();
+  const int q_dim = n_heads * head_dim;
+  scale_heads_kernel<<<dim3((q_dim + kRowThreads - 1) / kRowThreads, n), kRowThreads, 0, s>>>(
+      x, n_heads, n_kv_heads, head_dim, scale, rows);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

@@ -49,10 +49,14 @@ struct RopeSplitParams {
   const float2* cs = nullptr;     // [n][rope_dims/2] from rope_table
   float* q = nullptr;             // [n][q_dim] out, rotated
   float* k = nullptr;             // [n][kv_dim] out, rotated
-  const float* k_mean = nullptr;  // [kv_dim] subtracted from k when given (key centering)
-  // With k_mean: row t subtracts k_mean + k_mean_rows[t] * kv_dim instead (device [n]; a batch
-  // of sequences, each with its own mean).
-  const int32_t* k_mean_rows = nullptr;
+  // A slot's statistics (kv::PagedKv, FirstPassStatsParams), each [kv_dim] or null: k is stored
+  // (k - k_mean) / k_scale, v as v / v_scale, and q is multiplied by its KV head's k_scale.
+  const float* k_mean = nullptr;
+  const float* k_scale = nullptr;
+  const float* v_scale = nullptr;
+  // Row t reads them at + stat_rows[t] * kv_dim instead (device [n]; a batch of sequences, each
+  // with its own statistics).
+  const int32_t* stat_rows = nullptr;
   float* v = nullptr;  // [n][kv_dim] out
   int n = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, rope_dims = 0;
   bool neox = false;  // pairs (i, i + rope_dims/2); else (2i, 2i+1)
@@ -60,13 +64,35 @@ struct RopeSplitParams {
   // read while the QKV matmul before it still runs; qkv after it completes.
   bool overlap = false;
 };
-// Adds the bias, rotates q and k (cpu::rope), subtracts k_mean from k when given, and splits
-// the rows into q, k and v.
+// Adds the bias, rotates q and k (cpu::rope), applies the slot's statistics when given, and
+// splits the rows into q, k and v.
 Status rope_split(const RopeSplitParams& p, cudaStream_t s);
 
-// Key centering's first pass of a sequence (kv::PagedKv::set_key_mean): mu = the mean of k's
-// token rows [from, to) (zeros when empty), then every row of k ([n][elems]) -= mu.
-Status center_keys(float* k, int n, int elems, int from, int to, float* mu, cudaStream_t s);
+// A slot's first pass (kv::PagedKv::set_key_mean / set_value_scale) over rows [from, to) of its
+// n rows, per KV head h and channel e (float32 where the CPU sums in double):
+// - mu = the mean of k (zeros when the range is empty);
+// - s (key scaling, at least 2 rows): r_e = (rms of k - mu + 1e-6) / (rms of the group's q +
+//   1e-6), s_e = sqrt(r_e / geomean_e(r)); else 1;
+// - t (value scaling, at least 2 rows): r_e = (rms of v + 1e-6) / (w_e + 1e-6) (w: W_o's column
+//   norms, Model::value_output_weights; null: no division), t_e = sqrt(r_e / geomean(r)); else 1;
+// then every row becomes k = (k - mu) / s, v = v / t, q = q * s (the later passes get the same
+// from rope_split). Null outputs are not computed (and not applied).
+struct FirstPassStatsParams {
+  float* q = nullptr;  // [n][n_heads][head_dim]
+  float* k = nullptr;  // [n][n_kv_heads][head_dim]
+  float* v = nullptr;  // [n][n_kv_heads][head_dim]
+  int n = 0, from = 0, to = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  float* mu = nullptr;       // [kv_dim] out (key centering)
+  float* s = nullptr;        // [kv_dim] out (key scaling; needs mu)
+  float* t = nullptr;        // [kv_dim] out (value scaling)
+  const float* w = nullptr;  // [kv_dim] W_o's column norms of the layer, or null
+};
+Status first_pass_stats(const FirstPassStatsParams& p, cudaStream_t s);
+
+// x[t][h][e] *= scale[(h / (n_heads / n_kv_heads)) * head_dim + e], scale at + rows[t] * kv_dim
+// when rows is given: value scaling's attention output (the rows hold v / t).
+Status scale_heads(float* x, int n, int n_heads, int n_kv_heads, int head_dim, const float* scale,
+                   const int32_t* rows, cudaStream_t s);
 
 // h[t][i] = f16(silu(gu[t][i]) * gu[t][ffn + i]): gate | up rows of one matmul (cpu::silu_mul).
 Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s, Q8Out q8 = {});

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <span>
 #include <string>
 
 #include "tq/backend/cuda/cuda_common.cuh"
@@ -189,20 +190,24 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   return Expected<PoolWrite>(w);
 }
 
-Status launch_warp_halves(const PoolWrite* k, const PoolWrite* v, cudaStream_t s) {
+// One launch of the warp kernel for up to kWarpParts writes of one head dim and input type; the
+// first one's overlap flag decides.
+Status launch_warp_parts(std::span<const PoolWrite* const> parts, cudaStream_t s) {
+  if (parts.empty() || parts.size() > static_cast<size_t>(kWarpParts))
+    return internal_error("quantize_write: 1 to 4 writes share a warp-kernel launch");
   WarpWriteArgs a{};
-  a.half[0] = k->args;
-  a.format[0] = k->warp_format;
-  a.vectors[0] = k->vectors;
-  if (v) {
-    a.half[1] = v->args;
-    a.format[1] = v->warp_format;
-    a.vectors[1] = v->vectors;
+  int vectors = 0;
+  for (size_t i = 0; i < parts.size(); ++i) {
+    a.part[i] = parts[i]->args;
+    a.format[i] = parts[i]->warp_format;
+    a.vectors[i] = parts[i]->vectors;
+    vectors += parts[i]->vectors;
   }
-  const WarpFn fn = warp_for(k->dim, k->f16_in);
-  if (!fn) return internal_error("quantize_write: no warp kernel for head dim " + std::to_string(k->dim));
-  const int blocks = (a.vectors[0] + a.vectors[1] + kWarpWriteWarps - 1) / kWarpWriteWarps;
-  TQ_CUDA_TRY(fn(a, blocks, s, k->overlap));
+  const PoolWrite& first = *parts[0];
+  const WarpFn fn = warp_for(first.dim, first.f16_in);
+  if (!fn) return internal_error("quantize_write: no warp kernel for head dim " + std::to_string(first.dim));
+  const int blocks = (vectors + kWarpWriteWarps - 1) / kWarpWriteWarps;
+  TQ_CUDA_TRY(fn(a, blocks, s, first.overlap));
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }
@@ -211,8 +216,10 @@ Status launch_one(const PoolWrite& w, cudaStream_t s) {
   switch (w.path) {
     case PoolWrite::Path::kNone:
       return ok_status();
-    case PoolWrite::Path::kWarp:
-      return launch_warp_halves(&w, nullptr, s);
+    case PoolWrite::Path::kWarp: {
+      const PoolWrite* one[1] = {&w};
+      return launch_warp_parts(one, s);
+    }
     case PoolWrite::Path::kTeam: {
       const TeamFn fn = w.f16_in ? team_for<true>(w.dim, w.bits) : team_for<false>(w.dim, w.bits);
       if (!fn) return internal_error("quantize_write: no team kernel for head dim " + std::to_string(w.dim));
@@ -241,18 +248,34 @@ Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   return launch_one(w, static_cast<cudaStream_t>(stream_ptr));
 }
 
-Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v, void* stream_ptr) {
-  const WriteKernel kernel = k.kernel;
-  const Expected<PoolWrite> wk = prepare(k, kernel);
-  if (!wk.ok()) return wk.status().with_context("K write");
-  const Expected<PoolWrite> wv = prepare(v, kernel);
-  if (!wv.ok()) return wv.status().with_context("V write");
+Status quantize_write_group(std::span<const QuantizeWriteParams> writes, void* stream_ptr) {
+  if (writes.size() > static_cast<size_t>(kWarpParts))
+    return invalid_argument("quantize_write_group: at most 4 writes");
+  const WriteKernel kernel = writes.empty() ? WriteKernel::kAuto : writes[0].kernel;
+  PoolWrite prepared[kWarpParts];
+  for (size_t i = 0; i < writes.size(); ++i) {
+    Expected<PoolWrite> w = prepare(writes[i], kernel);
+    if (!w.ok()) return w.status().with_context("write " + std::to_string(i));
+    prepared[i] = *w;
+  }
+  // The warp-kernel writes of the first one's head dim and input type share one launch.
   const cudaStream_t s = static_cast<cudaStream_t>(stream_ptr);
-  using Path = PoolWrite::Path;
-  if (wk->path == Path::kWarp && wv->path == Path::kWarp && wk->dim == wv->dim && wk->f16_in == wv->f16_in)
-    return launch_warp_halves(&*wk, &*wv, s);
-  TQ_RETURN_IF_ERROR(launch_one(*wk, s).with_context("K write"));
-  return launch_one(*wv, s).with_context("V write");
+  const PoolWrite* shared[kWarpParts];
+  size_t n_shared = 0;
+  for (size_t i = 0; i < writes.size(); ++i) {
+    const PoolWrite& w = prepared[i];
+    const bool joins = w.path == PoolWrite::Path::kWarp &&
+                       (n_shared == 0 || (w.dim == shared[0]->dim && w.f16_in == shared[0]->f16_in));
+    if (joins) shared[n_shared++] = &w;
+    else TQ_RETURN_IF_ERROR(launch_one(w, s).with_context("write " + std::to_string(i)));
+  }
+  if (n_shared == 0) return ok_status();
+  return launch_warp_parts(std::span<const PoolWrite* const>(shared, n_shared), s);
+}
+
+Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v, void* stream_ptr) {
+  const QuantizeWriteParams both[2] = {k, v};
+  return quantize_write_group(both, stream_ptr);
 }
 
 }  // namespace tq::backend::cuda

@@ -29,15 +29,17 @@
 
 namespace tq::backend::cuda {
 
-// The runtime format of one half of a warp-kernel launch.
+// The runtime format of one part of a warp-kernel launch.
 enum class WarpFormat : int { kF16 = 0, kTq1 = 1, kTq2 = 2, kTq3 = 3, kTq4 = 4 };
 
-// quantize_write_kv in one launch: half 0 (keys) takes warps [0, vectors[0]), half 1 (values)
-// the next vectors[1].
+// Up to kWarpParts pool writes in one launch (quantize_write_group: a layer's K and V, into the
+// pages and into the exact rows): part 0 takes warps [0, vectors[0]), part 1 the next
+// vectors[1], and so on; unused parts have no vectors.
+inline constexpr int kWarpParts = 4;
 struct WarpWriteArgs {
-  WriteArgs half[2];
-  WarpFormat format[2];
-  int vectors[2];  // tokens * n_kv_heads of each half
+  WriteArgs part[kWarpParts];
+  WarpFormat format[kWarpParts];
+  int vectors[kWarpParts];  // tokens * n_kv_heads of each part
 };
 
 inline constexpr int kWarpWriteWarps = 4;  // warps (vectors) per block of tq_warp_kernel
@@ -390,11 +392,16 @@ __global__ void __launch_bounds__(kWarpWriteWarps * 32) tq_warp_kernel(const War
   dev::pdl_wait();               // x comes from the kernel before (programmatic dependence)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int v = blockIdx.x * kWarpWriteWarps + warp;
-  const int half = v < p.vectors[0] ? 0 : 1;
-  if (half == 1) v -= p.vectors[0];
-  if (v >= p.vectors[half]) return;  // whole warps exit; no block-wide barrier follows
-  const WriteArgs& a = p.half[half];
-  switch (p.format[half]) {
+  int part = 0;
+#pragma unroll
+  for (int i = 0; i + 1 < kWarpParts; ++i)
+    if (part == i && v >= p.vectors[i]) {
+      v -= p.vectors[i];
+      part = i + 1;
+    }
+  if (v >= p.vectors[part]) return;  // whole warps exit; no block-wide barrier follows
+  const WriteArgs& a = p.part[part];
+  switch (p.format[part]) {
     case WarpFormat::kTq1:
       return dev::warp_write_tq<kDim, 1, kF16In>(a, v, lane, tables[warp]);
     case WarpFormat::kTq2:
