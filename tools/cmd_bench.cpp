@@ -21,6 +21,7 @@
 #include "tq/core/thread_pool.h"
 #include "tq/kv/kv_bytes.h"
 #include "tq/model/llama.h"
+#include "tq/runtime/sampler.h"
 
 namespace tq::tools {
 namespace {
@@ -37,6 +38,10 @@ struct BenchDecodeOptions {
   int threads = default_thread_count();
   uint64_t seed = 7;
   bool cublas_gemv = false;
+  // What each timed step takes back (--device cuda): the logits row (logits), the row and a
+  // draw of the default sampler from it on the host (host), the device's top candidates and
+  // Sampler::sample_top's draw (top), the device's greedy token (greedy).
+  std::string sample = "logits";
   KvFlags kv;  // the rest of the cache config (boundary layers, block size, ...)
   DeviceFlag device;
 };
@@ -141,6 +146,15 @@ int bench_decode(BenchDecodeOptions& o) {
       std::fprintf(stderr, "tq bench decode: %s, set up in %.1f s\n", where.c_str(),
                    seconds_since(t_load));
       backend::DeviceModel& d = **dm;
+      // The default sampler with penalties (top-k 40 + 64 candidates for the history).
+      runtime::SamplerConfig sc;
+      sc.repeat_penalty = 1.1f;
+      auto sampler = runtime::Sampler::create(sc);
+      if (!sampler.ok()) return 1;
+      const int top_k = sc.top_candidates(vocab);
+      std::vector<int32_t> top_ids(static_cast<size_t>(std::max(top_k, 1)));
+      std::vector<float> top_logits(top_ids.size());
+      int32_t greedy = -1;
       cells = bench_one(
           o,
           [&](const int32_t* t, int n, bool want) {
@@ -148,8 +162,18 @@ int bench_decode(BenchDecodeOptions& o) {
             a.tokens = t;
             a.n = n;
             a.logits_mode = want ? backend::DeviceLogits::kLast : backend::DeviceLogits::kNone;
-            a.logits = logits.data();
-            return d.forward(a);
+            a.logits = want && (o.sample == "logits" || o.sample == "host") ? logits.data() : nullptr;
+            if (want && o.sample == "greedy") a.greedy = &greedy;
+            if (want && o.sample == "top") {
+              a.top_k = top_k;
+              a.top_ids = top_ids.data();
+              a.top_logits = top_logits.data();
+            }
+            TQ_RETURN_IF_ERROR(d.forward(a));
+            if (want && o.sample == "host") sampler->accept(sampler->sample(logits.data(), vocab));
+            if (want && o.sample == "top")
+              sampler->accept(sampler->sample_top(top_ids.data(), top_logits.data(), top_k, vocab));
+            return ok_status();
           },
           [&] { return d.length(0); }, vocab);
     } else {
@@ -188,7 +212,13 @@ int bench_decode(BenchDecodeOptions& o) {
     table.push_back(*cells);
   }
 
-  std::printf("\nDecode, batch 1, %d timed steps after %d warm-up (%s)\n\n", o.steps, o.warmup,
+  std::printf("\nDecode, batch 1, %d timed steps after %d warm-up, each taking back %s (%s)\n\n",
+              o.steps, o.warmup,
+              !o.device.cuda()            ? "the logits row"
+              : o.sample == "host"        ? "the logits row and a draw of the sampler on the host"
+              : o.sample == "top"         ? "the device's top candidates and a draw from them"
+              : o.sample == "greedy"      ? "the device's greedy token"
+                                          : "the logits row",
               where.c_str());
   std::printf("| depth |");
   for (const auto& p : o.kv_pairs) std::printf(" %s tok/s (ms/tok) |", p.c_str());
@@ -241,6 +271,12 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Seed of the random prompt tokens")->capture_default_str();
   cmd->add_flag("--cublas-gemv", o->cublas_gemv,
                 "Decode matmuls through cuBLAS, not tq's GEMV (--device cuda)");
+  cmd->add_option("--sample", o->sample,
+                  "What a timed step takes back (--device cuda): logits (the row), host (the row "
+                  "and a draw of the default sampler), top (the device's top candidates and the "
+                  "same draw from them), greedy (the device's argmax)")
+      ->check(CLI::IsMember({"logits", "host", "top", "greedy"}))
+      ->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->device.add_weights_to(cmd);

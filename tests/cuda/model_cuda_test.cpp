@@ -781,6 +781,84 @@ INSTANTIATE_TEST_SUITE_P(Kv, ModelCudaGraphTest,
                                   (i.param.window > 0 ? "_window" : "");
                          });
 
+// The top candidates of a pass (DeviceForwardArgs::top_k) are runtime::top_logits of the logits
+// the same pass returns: a prefill's last row, and a batch of three slots asking for different
+// counts (one none) in one forward_batch, with and without a logits buffer (exact: the same
+// floats, ranked the same way). Bad requests are refused before any cache is touched.
+TEST(ModelCudaTopCandidates, EqualTheHostRankingOfTheLogits) {
+  TQ_REQUIRE_GPU();
+  const uint64_t seed = 0x746f706b;  // "topk"
+  auto m = build_model(spec_for(model::Arch::kLlama, quant::GgmlType::kF16, seed));
+  ASSERT_TRUE(m);
+  auto config = kv_config("tq4", "tq3");
+  ASSERT_TRUE(config.ok());
+  constexpr int kSlots = 3;
+  auto gpu = gpu_model(*m, *config, 32, false, kSlots);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().to_string();
+  DeviceModel& dm = **gpu;
+  const int vocab = m->config().vocab_size;
+  const std::vector<int32_t> ids = prompt_ids(60, vocab, seed);
+  std::vector<float> logits(static_cast<size_t>(kSlots) * vocab, NAN);
+  std::vector<int32_t> top_ids(static_cast<size_t>(kSlots) * 1024, -1), want_ids(1024);
+  std::vector<float> top_vals(top_ids.size(), NAN), want_vals(1024);
+  const auto check = [&](int slot, int k, const char* what) {
+    runtime::top_logits(logits.data() + static_cast<size_t>(slot) * vocab, vocab, k,
+                        want_ids.data(), want_vals.data());
+    for (int i = 0; i < k; ++i) {
+      ASSERT_EQ(top_ids[static_cast<size_t>(slot) * 1024 + i], want_ids[static_cast<size_t>(i)])
+          << what << " slot " << slot << " rank " << i;
+      ASSERT_EQ(top_vals[static_cast<size_t>(slot) * 1024 + i], want_vals[static_cast<size_t>(i)])
+          << what << " slot " << slot << " rank " << i;
+    }
+  };
+  for (int slot = 0; slot < kSlots; ++slot) {
+    DeviceForwardArgs a;
+    a.seq = slot;
+    a.tokens = ids.data() + 10 * slot;
+    a.n = 20 + 8 * slot;  // 20, 28, and 36 in passes of 32 + 4
+    a.logits = logits.data() + static_cast<size_t>(slot) * vocab;
+    a.top_k = 104;
+    a.top_ids = top_ids.data() + static_cast<size_t>(slot) * 1024;
+    a.top_logits = top_vals.data() + static_cast<size_t>(slot) * 1024;
+    ASSERT_TRUE(dm.forward(a).ok());
+    check(slot, 104, "prefill");
+  }
+  const int counts[kSlots] = {40, 0, vocab};
+  for (int step = 0; step < 3; ++step) {
+    std::vector<DeviceForwardArgs> items(kSlots);
+    int32_t tok[kSlots];
+    for (int s = 0; s < kSlots; ++s) {
+      tok[s] = ids[static_cast<size_t>(40 + 3 * step + s)];
+      items[s].seq = s;
+      items[s].tokens = &tok[s];
+      items[s].n = 1;
+      items[s].logits = logits.data() + static_cast<size_t>(s) * vocab;
+      items[s].top_k = std::min(counts[s], DeviceForwardArgs::kMaxTopK);
+      items[s].top_ids = top_ids.data() + static_cast<size_t>(s) * 1024;
+      items[s].top_logits = top_vals.data() + static_cast<size_t>(s) * 1024;
+    }
+    const Status st = dm.forward_batch(items);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    for (int s = 0; s < kSlots; ++s) check(s, items[s].top_k, "batch");
+  }
+  // Refused before anything runs: k over the maximum, a missing buffer, no logits mode.
+  DeviceForwardArgs bad;
+  bad.seq = 0;
+  bad.tokens = ids.data();
+  bad.n = 1;
+  bad.top_k = DeviceForwardArgs::kMaxTopK + 1;
+  bad.top_ids = top_ids.data();
+  bad.top_logits = top_vals.data();
+  EXPECT_EQ(dm.forward(bad).code(), StatusCode::kInvalidArgument);
+  bad.top_k = 8;
+  bad.top_logits = nullptr;
+  EXPECT_EQ(dm.forward(bad).code(), StatusCode::kInvalidArgument);
+  bad.top_logits = top_vals.data();
+  bad.logits_mode = DeviceLogits::kNone;
+  EXPECT_EQ(dm.forward(bad).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(dm.length(0), 20 + 3);
+}
+
 // Options the device takes and refuses, with a message that says why (no GPU needed).
 TEST(ModelCudaOptions, ValidatesOptions) {
   DeviceModelOptions o;

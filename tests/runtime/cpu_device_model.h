@@ -73,7 +73,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
       } else if (done + n < a.n) {
         f.logits_mode = model::LogitsMode::kNone;  // only the last pass's last token
       } else if (a.logits_mode == backend::DeviceLogits::kLast) {
-        if (f.logits == nullptr) {  // a greedy call: the logits stay "on the device"
+        if (f.logits == nullptr) {  // greedy or top candidates: the logits stay "on the device"
           own_rows_.resize(static_cast<size_t>(vocab));
           f.logits = own_rows_.data();
         }
@@ -85,6 +85,10 @@ class CpuDeviceModel final : public backend::DeviceModel {
     if (a.greedy != nullptr) {
       *a.greedy = runtime::greedy_token(last_row, vocab);
       ++greedy_rows;
+    }
+    if (a.top_k > 0) {
+      runtime::top_logits(last_row, vocab, a.top_k, a.top_ids, a.top_logits);
+      ++top_rows;
     }
     return ok_status();
   }
@@ -113,16 +117,25 @@ class CpuDeviceModel final : public backend::DeviceModel {
     own_rows_.resize(items.size() * vocab);
     for (size_t i = 0; i < items.size(); ++i) {
       const auto& a = items[i];
-      float* logits = a.logits == nullptr && a.greedy != nullptr ? &own_rows_[i * vocab] : a.logits;
+      float* logits = a.logits == nullptr && (a.greedy != nullptr || a.top_k > 0)
+                          ? &own_rows_[i * vocab]
+                          : a.logits;
       batch_.push_back(
           model::BatchSequence{a.tokens, 1, &slot(a.seq), mode(a.logits_mode), logits});
     }
     TQ_RETURN_IF_ERROR(m_.forward_batch(batch_, pool_, scratch_));
-    for (size_t i = 0; i < items.size(); ++i)
-      if (items[i].greedy != nullptr) {
-        *items[i].greedy = runtime::greedy_token(batch_[i].logits, static_cast<int>(vocab));
+    for (size_t i = 0; i < items.size(); ++i) {
+      const backend::DeviceForwardArgs& a = items[i];
+      if (a.greedy != nullptr) {
+        *a.greedy = runtime::greedy_token(batch_[i].logits, static_cast<int>(vocab));
         ++greedy_rows;
       }
+      if (a.top_k > 0) {
+        runtime::top_logits(batch_[i].logits, static_cast<int>(vocab), a.top_k, a.top_ids,
+                            a.top_logits);
+        ++top_rows;
+      }
+    }
     return ok_status();
   }
 
@@ -143,6 +156,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
 
   std::atomic<int64_t> forward_calls{0};
   std::atomic<int64_t> greedy_rows{0};  // rows whose greedy token was asked for
+  std::atomic<int64_t> top_rows{0};     // rows whose top candidates were asked for
   std::atomic<int64_t> single_token_forwards{0};
   std::atomic<int64_t> forward_batch_calls{0};
   std::atomic<int64_t> forward_batch_rows{0};
@@ -169,8 +183,12 @@ class CpuDeviceModel final : public backend::DeviceModel {
     return ok_status();
   }
   Status check_item(const backend::DeviceForwardArgs& a, const std::string& at) const {
-    if (a.logits_mode != backend::DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr)
+    if (a.logits_mode != backend::DeviceLogits::kNone && a.logits == nullptr &&
+        a.greedy == nullptr && a.top_k == 0)
       return invalid_argument(at + "logits buffer is null");
+    if (a.top_k < 0 || a.top_k > backend::DeviceForwardArgs::kMaxTopK ||
+        a.top_k > m_.config().vocab_size || (a.top_k > 0 && (!a.top_ids || !a.top_logits)))
+      return invalid_argument(at + "bad top candidates request");
     if (a.greedy != nullptr && a.logits_mode == backend::DeviceLogits::kNone)
       return invalid_argument(at + "a greedy token needs a logits mode");
     for (int t = 0; t < a.n; ++t)

@@ -72,11 +72,30 @@ constexpr int kRequests = 6;
 int prompt_len(int i) { return i == 0 ? 1 : 5 + 8 * i; }  // 1, 13, 21, 29, 37, 45
 int max_tokens(int i) { return 10 + 2 * i; }
 
+// Request i: greedy, or sampled with its own seed (odd ones with penalties).
+GenerationRequest request(int i, bool sampled) {
+  GenerationRequest r = greedy_request(prompt_of(prompt_len(i), i, 290), max_tokens(i));
+  if (sampled) {
+    r.sampler.temperature = 0.9f;
+    r.sampler.top_k = 20 + 10 * i;
+    r.sampler.top_p = 0.9f;
+    r.sampler.min_p = 0.02f;
+    r.sampler.seed = 1000 + static_cast<uint64_t>(i);
+    if (i % 2 == 1) {
+      r.sampler.repeat_penalty = 1.3f;
+      r.sampler.presence_penalty = 0.4f;
+      r.sampler.frequency_penalty = 0.2f;
+      r.sampler.repeat_last_n = 16;
+    }
+  }
+  return r;
+}
+
 // Submits every request at once and collects them in order.
-std::vector<Result> run_all(Scheduler& s) {
+std::vector<Result> run_all(Scheduler& s, bool sampled = false) {
   std::vector<std::shared_ptr<RequestChannel>> chans;
   for (int i = 0; i < kRequests; ++i) {
-    auto ch = s.submit(greedy_request(prompt_of(prompt_len(i), i, 290), max_tokens(i)));
+    auto ch = s.submit(request(i, sampled));
     EXPECT_TRUE(ch.ok()) << ch.status().to_string();
     if (ch.ok()) chans.push_back(*ch);
   }
@@ -149,6 +168,53 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     EXPECT_TRUE(eventually([&] { return (*step)->kv_stats().sequences == 0; }));
     EXPECT_EQ((*step)->kv_stats().pages_used, 0);
   }
+}
+
+// Sampled requests (seeded; top-k, top-p, min-p, temperature, half of them with penalties) on
+// the device path take the device's top candidates (Sampler::sample_top) instead of the logits
+// rows, and draw exactly the tokens the CPU path draws from the whole rows.
+TEST(DeviceScheduler, SampledFromTopCandidatesEqualsTheCpuPath) {
+  auto m = tiny();
+  ASSERT_NE(m, nullptr);
+  const kv::KvConfig kv = kv_config("tq4", "tq3");
+  const SchedulerOptions so = options(4, 96);
+  std::vector<Result> want;
+  {
+    kv::PagedKvCacheOptions co;
+    co.shape = m->attention_shape();
+    co.config = kv;
+    co.prefix_caching = false;
+    co.kernels = &backend::cpu::cpu_kernel_table();
+    auto blocks = kv::kv_block_bytes(kv, co.shape);
+    ASSERT_TRUE(blocks.ok()) << blocks.status().to_string();
+    size_t page = 0;
+    for (size_t b : *blocks) page += b;
+    co.pool_bytes = page * 6 * 4;
+    auto cache = kv::PagedKvCache::create(co);
+    ASSERT_TRUE(cache.ok()) << cache.status().to_string();
+    ThreadPool pool(2);
+    auto sched = Scheduler::create(*m, **cache, pool, so);
+    ASSERT_TRUE(sched.ok()) << sched.status().to_string();
+    want = run_all(**sched, true);
+  }
+  auto dm = device(*m, kv, 4, 96);
+  ASSERT_NE(dm, nullptr);
+  auto step = DeviceStepModel::create(*dm, *m);
+  ASSERT_TRUE(step.ok()) << step.status().to_string();
+  auto sched = Scheduler::create(**step, so);
+  ASSERT_TRUE(sched.ok()) << sched.status().to_string();
+  const std::vector<Result> got = run_all(**sched, true);
+  ASSERT_EQ(got.size(), want.size());
+  int64_t generated = 0;
+  for (int i = 0; i < kRequests; ++i) {
+    const auto& g = got[static_cast<size_t>(i)];
+    EXPECT_EQ(g.done.finish, FinishReason::kLength) << g.done.error;
+    EXPECT_EQ(g.tokens, want[static_cast<size_t>(i)].tokens) << "request " << i;
+    generated += max_tokens(i);
+  }
+  // Every token came from top candidates: no logits row crossed, no greedy pick.
+  EXPECT_EQ(dm->top_rows.load(), generated);
+  EXPECT_EQ(dm->greedy_rows.load(), 0);
 }
 
 TEST(DeviceScheduler, SlotsAreReusedAndCancelFreesOne) {

@@ -250,5 +250,101 @@ TEST(GreedyToken, EqualsTheSamplersGreedyPick) {
   EXPECT_FALSE(cfg.plain_greedy());
 }
 
+// top_logits against a full sort by (value desc, id asc), NaN as -inf, on coarse values (ties).
+TEST(TopLogits, RanksLikeTheSampler) {
+  Rng rng(5);
+  std::vector<float> logits(700);
+  for (int trial = 0; trial < 50; ++trial) {
+    for (auto& l : logits) {
+      const uint64_t r = rng.next_u64();
+      l = r % 53 == 0 ? NAN : r % 47 == 0 ? -INFINITY : static_cast<float>(static_cast<int>(r % 31) - 15) * 0.5f;
+    }
+    std::vector<int32_t> order(logits.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
+    const auto val = [&](int32_t i) { return std::isnan(logits[i]) ? -INFINITY : logits[i]; };
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return val(a) > val(b); });
+    for (const int k : {1, 7, 100, 700}) {
+      std::vector<int32_t> ids(static_cast<size_t>(k));
+      std::vector<float> vals(ids.size());
+      top_logits(logits.data(), 700, k, ids.data(), vals.data());
+      for (int i = 0; i < k; ++i) {
+        ASSERT_EQ(ids[i], order[static_cast<size_t>(i)]) << "trial " << trial << " k " << k << " rank " << i;
+        ASSERT_EQ(vals[i], val(order[static_cast<size_t>(i)]));
+      }
+    }
+  }
+}
+
+// Sampler::sample_top on top_logits' candidates draws exactly what sample() draws from the whole
+// row, step after step with the same history (penalties on some configs), for configurations
+// where top_candidates says it can; 0 where the chain needs the whole row.
+TEST(SamplerTest, SampleTopDrawsWhatSampleDraws) {
+  std::vector<SamplerConfig> configs;
+  SamplerConfig c;  // the defaults: temp 0.8, top_k 40, top_p 0.95, min_p 0.05
+  configs.push_back(c);
+  c.top_k = 5;
+  c.top_p = 0.5f;
+  c.min_p = 0.0f;
+  c.temperature = 1.5f;
+  configs.push_back(c);
+  c = SamplerConfig{};
+  c.repeat_penalty = 1.3f;
+  c.presence_penalty = 0.5f;
+  c.frequency_penalty = 0.25f;
+  c.repeat_last_n = 24;
+  configs.push_back(c);
+  c.temperature = 0.0f;  // greedy after penalties
+  configs.push_back(c);
+  c = SamplerConfig{};
+  c.top_k = 1;
+  configs.push_back(c);
+  constexpr int kVocab = 3000;
+  Rng rng(17);
+  std::vector<float> logits(kVocab);
+  for (size_t ci = 0; ci < configs.size(); ++ci) {
+    SCOPED_TRACE("config " + configs[ci].to_string());
+    const int need = configs[ci].top_candidates(kVocab);
+    ASSERT_GT(need, 0);
+    auto full = Sampler::create(configs[ci]);
+    auto top = Sampler::create(configs[ci]);
+    ASSERT_TRUE(full.ok() && top.ok());
+    std::vector<int32_t> ids(static_cast<size_t>(need));
+    std::vector<float> vals(ids.size());
+    int distinct = 0;
+    std::set<int32_t> seen;
+    for (int step = 0; step < 300; ++step) {
+      // Coarse logits with ties; the previous tokens made likely, so penalties bite.
+      for (auto& l : logits) l = static_cast<float>(static_cast<int>(rng.next_u64() % 64)) * 0.125f;
+      for (int32_t t : seen) logits[static_cast<size_t>(t)] += 4.0f;
+      top_logits(logits.data(), kVocab, need, ids.data(), vals.data());
+      const int32_t a = full->sample(logits.data(), kVocab);
+      const int32_t b = top->sample_top(ids.data(), vals.data(), need, kVocab);
+      ASSERT_EQ(a, b) << "step " << step;
+      full->accept(a);
+      top->accept(b);
+      if (seen.insert(a).second) ++distinct;
+      if (seen.size() > 8) seen.erase(seen.begin());
+    }
+    EXPECT_GT(distinct, 5);  // the draws moved around
+    EXPECT_EQ(top->sample_top(ids.data(), vals.data(), need - 1, kVocab), -1);  // too few
+  }
+  SamplerConfig off;
+  off.top_k = 0;  // top-p over the whole row
+  EXPECT_EQ(off.top_candidates(kVocab), 0);
+  off.top_k = kVocab;
+  EXPECT_EQ(off.top_candidates(kVocab), 0);
+  off.top_k = 40;
+  off.repeat_penalty = 0.9f;  // raises penalised logits: a token outside the candidates may win
+  EXPECT_EQ(off.top_candidates(kVocab), 0);
+  off.repeat_penalty = 1.0f;
+  off.presence_penalty = -0.5f;
+  EXPECT_EQ(off.top_candidates(kVocab), 0);
+  off.presence_penalty = 0.5f;
+  off.repeat_last_n = 64;
+  EXPECT_EQ(off.top_candidates(kVocab), 104);
+  off.repeat_last_n = 5000;
+  EXPECT_EQ(off.top_candidates(kVocab), 0);  // over kMaxTopCandidates
+}
+
 }  // namespace
 }  // namespace tq::runtime

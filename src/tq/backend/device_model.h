@@ -71,6 +71,13 @@ struct DeviceForwardArgs {
   // never winning, the lowest id among equals: runtime::Sampler's greedy without penalties).
   // With logits == nullptr only this token crosses to the host. Needs a logits_mode.
   int32_t* greedy = nullptr;
+  // host [top_k] each: the last row's top_k largest logits, most likely first, equal values by
+  // lower id, NaN as -inf (runtime::top_logits's order; runtime::Sampler::sample_top draws from
+  // them what it would draw from the whole row). top_k in [0, kMaxTopK]; needs a logits_mode.
+  static constexpr int kMaxTopK = 1024;
+  int top_k = 0;
+  int32_t* top_ids = nullptr;
+  float* top_logits = nullptr;
 };
 
 // Counters of a device model's passes (tests, benchmarks, describe()).

@@ -39,24 +39,29 @@ Status CpuStepModel::forward(std::span<const StepRow> rows) {
   batch_.clear();
   const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
   size_t scratch_rows = 0;
-  for (const StepRow& r : rows) scratch_rows += r.greedy != nullptr && r.logits == nullptr;
+  for (const StepRow& r : rows)
+    scratch_rows += (r.greedy != nullptr || r.top_count > 0) && r.logits == nullptr;
   greedy_logits_.resize(scratch_rows * vocab);
   scratch_rows = 0;
   for (const StepRow& r : rows) {
     kv::PagedKv& kv = static_cast<CpuSequence*>(r.seq)->kv();
     TQ_RETURN_IF_ERROR(kv.add_tokens(std::span<const int32_t>(r.tokens, r.n)));
-    // A greedy row without a logits buffer of its own gets one here: the CPU has the logits
-    // in memory anyway.
+    // A greedy or top-candidates row without a logits buffer of its own gets one here: the
+    // CPU has the logits in memory anyway.
     float* logits = r.logits;
-    if (logits == nullptr && r.greedy != nullptr) logits = &greedy_logits_[scratch_rows++ * vocab];
+    if (logits == nullptr && (r.greedy != nullptr || r.top_count > 0))
+      logits = &greedy_logits_[scratch_rows++ * vocab];
     batch_.push_back(model::BatchSequence{
         r.tokens, r.n, &kv, logits ? model::LogitsMode::kLast : model::LogitsMode::kNone, logits});
   }
   // One pass for the whole step: the weights are streamed once, not once per sequence.
   TQ_RETURN_IF_ERROR(model_.forward_batch(batch_, pool_, scratch_));
-  for (size_t i = 0; i < rows.size(); ++i)
-    if (rows[i].greedy != nullptr)
-      *rows[i].greedy = greedy_token(batch_[i].logits, static_cast<int>(vocab));
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const StepRow& r = rows[i];
+    if (r.greedy != nullptr) *r.greedy = greedy_token(batch_[i].logits, static_cast<int>(vocab));
+    if (r.top_count > 0)
+      top_logits(batch_[i].logits, static_cast<int>(vocab), r.top_count, r.top_ids, r.top_logits);
+  }
   return ok_status();
 }
 

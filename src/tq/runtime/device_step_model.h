@@ -36,6 +36,7 @@ class DeviceStepModel final : public StepModel {
   const kv::KvConfig& kv_config() const override { return dm_.options().kv; }
   const kv::AttentionShape& shape() const override { return shape_; }
   bool prefix_caching() const override { return false; }
+  bool remote_logits() const override { return true; }
   StepLimits limits() const override {
     return {dm_.options().max_sequences, dm_.options().max_context};
   }

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <vector>
 
 namespace tq::runtime {
 namespace {
@@ -179,6 +180,10 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
   }
 
   apply_top_k();
+  return draw_kept();
+}
+
+int32_t Sampler::draw_kept() {
   apply_top_p();
   apply_min_p();
   for (size_t i = 0; i < n_kept_; ++i) cands_[i].logit /= cfg_.temperature;
@@ -191,6 +196,62 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
     if (u < cum) return cands_[i].id;
   }
   return cands_[n_kept_ - 1].id;  // u within rounding of 1
+}
+
+int SamplerConfig::top_candidates(int n_vocab) const {
+  const int k = greedy() ? 1 : top_k;
+  if (k <= 0 || k >= n_vocab) return 0;
+  if (repeat_penalty < 1.0f || presence_penalty < 0.0f || frequency_penalty < 0.0f) return 0;
+  const long long need = static_cast<long long>(k) + (penalties() ? repeat_last_n : 0);
+  return need <= kMaxTopCandidates ? static_cast<int>(std::min<long long>(need, n_vocab)) : 0;
+}
+
+void top_logits(const float* logits, int n, int k, int32_t* ids, float* values) {
+  static thread_local std::vector<Candidate> c;
+  c.resize(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i)
+    c[i] = {i, std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i], 0.0f};
+  k = std::clamp(k, 0, n);
+  std::partial_sort(c.begin(), c.begin() + k, c.end(), by_logit_desc);
+  for (int i = 0; i < k; ++i) {
+    ids[i] = c[i].id;
+    values[i] = c[i].logit;
+  }
+}
+
+int32_t Sampler::sample_top(const int32_t* ids, const float* logits, int count, int n_vocab) {
+  const int need = cfg_.top_candidates(n_vocab);
+  if (need == 0 || count < need) return -1;
+  if (cands_.size() < static_cast<size_t>(n_vocab)) {
+    cands_.resize(n_vocab);
+    counts_.assign(n_vocab, 0);
+  }
+  for (int i = 0; i < count; ++i)
+    cands_[i] = {ids[i], std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i],
+                 0.0f};
+  // The penalties of sample(), on the candidates in the history (the others stay below them).
+  if (cfg_.penalties()) {
+    for (int32_t t : history_)
+      if (t >= 0 && t < n_vocab) ++counts_[t];
+    for (int i = 0; i < count; ++i) {
+      const int32_t t = cands_[i].id;
+      if (t < 0 || t >= n_vocab || counts_[t] == 0) continue;
+      float& l = cands_[i].logit;
+      l = l <= 0.0f ? l * cfg_.repeat_penalty : l / cfg_.repeat_penalty;
+      l -= static_cast<float>(counts_[t]) * cfg_.frequency_penalty + cfg_.presence_penalty;
+    }
+    for (int32_t t : history_)
+      if (t >= 0 && t < n_vocab) counts_[t] = 0;
+  }
+  // sample()'s top-k: the k first by (logit, id), sorted.
+  std::sort(cands_.begin(), cands_.begin() + count, by_logit_desc);
+  if (cfg_.greedy()) {
+    n_kept_ = 0;
+    return cands_[0].id;
+  }
+  n_kept_ = static_cast<size_t>(cfg_.top_k);
+  n_sorted_ = n_kept_;
+  return draw_kept();
 }
 
 }  // namespace tq::runtime

@@ -34,7 +34,23 @@ struct SamplerConfig {
     return greedy() && repeat_penalty == 1.0f && presence_penalty == 0.0f &&
            frequency_penalty == 0.0f;
   }
+  bool penalties() const {
+    return repeat_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
+  // How many of the largest raw logits (top_logits) Sampler::sample_top needs to draw exactly
+  // what sample() draws from the whole row of n_vocab, or 0 when the chain needs the whole row:
+  // top_k (greedy: 1), plus repeat_last_n when penalties are on (each can push one candidate
+  // down, never up: repeat_penalty >= 1 and non-negative presence / frequency penalties), at
+  // most kMaxTopCandidates; 0 with top_k off or >= n_vocab (top-p, min-p or the draw then see
+  // every token), or penalties that can raise a logit.
+  static constexpr int kMaxTopCandidates = 1024;
+  int top_candidates(int n_vocab) const;
 };
+
+// The k largest of logits [n] (k <= n), most likely first, equal values by lower id, NaN taken
+// as -inf: ids [k] and their logits [k] (NaN written as -inf). The order Sampler ranks
+// candidates in; the GPU's top_k_rows returns the same.
+void top_logits(const float* logits, int n, int k, int32_t* ids, float* values);
 
 // The greedy token of logits [n]: the largest, NaN never winning, the lowest id among equals, 0
 // when none is finite (Sampler::sample with a plain_greedy config picks the same).
@@ -53,6 +69,10 @@ class Sampler {
 
   // Picks a token from logits [n_vocab]. Does not add it to the history: call accept().
   int32_t sample(const float* logits, int n_vocab);
+  // The same token sample() picks from the whole row, from its count = config().top_candidates(
+  // n_vocab) largest logits as top_logits gives them (the draw and the RNG state are the same:
+  // the chain after top-k sees the same candidates in the same order). -1 when count is short.
+  int32_t sample_top(const int32_t* ids, const float* logits, int count, int n_vocab);
   // Adds a token (prompt or generated) to the penalty history.
   void accept(int32_t token);
   // Clears the history and reseeds.
@@ -70,6 +90,7 @@ class Sampler {
   void apply_top_p();
   void apply_min_p();
   void softmax_kept();  // p over the kept set at the current logits (order unchanged)
+  int32_t draw_kept();  // top-p, min-p, temperature, softmax and the draw over the kept set
   void sort_kept(size_t k);
 
   SamplerConfig cfg_;

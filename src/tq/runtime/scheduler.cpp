@@ -53,6 +53,11 @@ struct Scheduler::BatchItem {
   // logits are, and only the id comes back (a GPU sends 4 bytes instead of the vocabulary).
   bool greedy = false;
   int32_t picked = -1;
+  // Sampled without logprobs on a model whose logits are remote: the top_count largest logits
+  // come back (Sampler::sample_top draws what sample() would from the whole row), candidates
+  // row top_row of top_ids_ / top_logits_.
+  int top_count = 0;
+  int top_row = -1;
 };
 
 Status SchedulerOptions::validate() const {
@@ -272,15 +277,25 @@ void Scheduler::step() {
                               a->prefilled + n == a->prompt_len(), -1});
     budget -= n;
   }
-  int rows = 0;
+  int rows = 0, top_rows = 0;
   int64_t tokens = 0;
+  const bool remote = step_.remote_logits();
   for (auto& it : items) {
-    it.greedy =
-        it.want_logits && it.seq->request.sampler.plain_greedy() && it.seq->request.logprobs < 0;
-    if (it.want_logits && !it.greedy) it.logits_row = rows++;
+    const SamplerConfig& sc = it.seq->request.sampler;
+    const bool logprobs = it.seq->request.logprobs >= 0;
+    it.greedy = it.want_logits && sc.plain_greedy() && !logprobs;
+    if (it.want_logits && !it.greedy && remote && !logprobs)
+      it.top_count = sc.top_candidates(vocab_);
+    if (it.top_count > 0)
+      it.top_row = top_rows++;
+    else if (it.want_logits && !it.greedy)
+      it.logits_row = rows++;
     tokens += it.n;
   }
   logits_.resize(static_cast<size_t>(std::max(rows, 1)) * static_cast<size_t>(vocab_));
+  constexpr size_t kTop = SamplerConfig::kMaxTopCandidates;
+  top_ids_.resize(static_cast<size_t>(std::max(top_rows, 1)) * kTop);
+  top_logits_.resize(top_ids_.size());
   const Status st = run_batch(items);
   steps_.fetch_add(1);
   step_tokens_.fetch_add(tokens);
@@ -294,9 +309,17 @@ void Scheduler::step() {
         it.seq->prefilled += it.n;
         prompt_tokens_.fetch_add(it.n);
       }
-      if (it.greedy)
+      if (it.greedy) {
         after_logits(*it.seq, nullptr, it.picked);
-      else if (it.want_logits)
+      } else if (it.top_count > 0) {
+        const size_t at = static_cast<size_t>(it.top_row) * kTop;
+        const int32_t id = it.seq->sampler.sample_top(top_ids_.data() + at,
+                                                      top_logits_.data() + at, it.top_count, vocab_);
+        if (id < 0)
+          finish(*it.seq, FinishReason::kError, "internal: too few top candidates to sample from");
+        else
+          after_logits(*it.seq, nullptr, id);
+      } else if (it.want_logits)
         after_logits(*it.seq, logits_.data() + static_cast<size_t>(it.logits_row) * vocab_);
     }
   }
@@ -308,11 +331,19 @@ Status Scheduler::run_batch(std::vector<BatchItem>& items) {
   // One step for all of them. The logits rows were numbered in item order, so they form one
   // run in logits_ (no copy).
   rows_.clear();
-  for (auto& it : items)
-    rows_.push_back(StepRow{
-        it.seq->seq.get(), it.tokens, it.n,
-        it.logits_row >= 0 ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_ : nullptr,
-        it.greedy ? &it.picked : nullptr});
+  constexpr size_t kTop = SamplerConfig::kMaxTopCandidates;
+  for (auto& it : items) {
+    StepRow r{it.seq->seq.get(), it.tokens, it.n,
+              it.logits_row >= 0 ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_
+                                 : nullptr,
+              it.greedy ? &it.picked : nullptr};
+    if (it.top_count > 0) {
+      r.top_count = it.top_count;
+      r.top_ids = top_ids_.data() + static_cast<size_t>(it.top_row) * kTop;
+      r.top_logits = top_logits_.data() + static_cast<size_t>(it.top_row) * kTop;
+    }
+    rows_.push_back(r);
+  }
   return step_.forward(rows_);
 }
 

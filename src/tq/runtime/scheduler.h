@@ -158,6 +158,9 @@ class Scheduler {
   std::vector<std::unique_ptr<Active>> active_;
   std::vector<StepRow> rows_;  // one step's rows (reused)
   std::vector<float> logits_;  // [rows][vocab]
+  // [rows][SamplerConfig::kMaxTopCandidates]: the top candidates of rows sampled from them
+  std::vector<int32_t> top_ids_;
+  std::vector<float> top_logits_;
 
   // Published by the engine for stats() and capacity().
   std::atomic<int> running_{0};

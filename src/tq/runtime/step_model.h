@@ -43,6 +43,12 @@ struct StepRow {
   // With or instead of logits: the last token's greedy token (runtime::greedy_token), picked
   // where the logits are, so a GPU sends one id instead of the vocabulary's logits.
   int32_t* greedy = nullptr;
+  // With or instead of logits: the last token's top_count largest logits as runtime::top_logits
+  // ranks them (ids and values, [top_count] each, at most SamplerConfig::kMaxTopCandidates),
+  // what Sampler::sample_top draws from: a GPU sends them instead of the vocabulary's logits.
+  int top_count = 0;
+  int32_t* top_ids = nullptr;
+  float* top_logits = nullptr;
 };
 
 // Hard limits of a model's cache beyond its page pool; 0 = none.
@@ -69,6 +75,9 @@ class StepModel {
   virtual const kv::AttentionShape& shape() const = 0;
   virtual bool prefix_caching() const = 0;
   virtual StepLimits limits() const = 0;
+  // Whether the logits live on another device (a GPU): fetching a row is a transfer, so the
+  // scheduler asks for the greedy token or the top candidates where it can.
+  virtual bool remote_logits() const { return false; }
 };
 
 }  // namespace tq::runtime

@@ -23,6 +23,7 @@
 #include "tq/backend/cuda/gemv_q.h"
 #include "tq/backend/cuda/model_cuda_impl.cuh"
 #include "tq/backend/cuda/ops_cuda.cuh"
+#include "tq/backend/cuda/top_k.h"
 
 #define TQ_CUBLAS_TRY(expr) TQ_RETURN_IF_ERROR(::tq::backend::cuda::cublas_status((expr), #expr))
 
@@ -437,7 +438,7 @@ Status run_decode(CudaModel::Impl& m, int B, int max_length, bool logits) {
 
 // One pass of n <= max_batch tokens of slot `seq`.
 Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, DeviceLogits mode,
-                float* logits, int32_t* greedy) {
+                float* logits, int32_t* greedy, const DeviceForwardArgs* top) {
   const LlamaDesc& d = m.shape;
   const cudaStream_t s = m.stream;
   const int pos0 = m.lengths[static_cast<size_t>(seq)];
@@ -470,15 +471,37 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
       TQ_CUDA_TRY(cudaMemcpyAsync(logits, m.logits.as<void>(),
                                   static_cast<size_t>(rows) * d.vocab_size * sizeof(float),
                                   cudaMemcpyDeviceToHost, s));
+    const float* last = m.logits.as<float>() + static_cast<size_t>(rows - 1) * d.vocab_size;
     if (greedy != nullptr) {
-      TQ_RETURN_IF_ERROR(
-          argmax_rows(m.logits.as<float>() + static_cast<size_t>(rows - 1) * d.vocab_size, 1,
-                      d.vocab_size, m.greedy.as<int32_t>(), s));
+      TQ_RETURN_IF_ERROR(argmax_rows(last, 1, d.vocab_size, m.greedy.as<int32_t>(), s));
       TQ_CUDA_TRY(
           cudaMemcpyAsync(greedy, m.greedy.as<void>(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
     }
+    if (top != nullptr && top->top_k > 0) {
+      const size_t k = static_cast<size_t>(top->top_k);
+      TQ_RETURN_IF_ERROR(top_k_rows(last, 1, d.vocab_size, top->top_k, m.top_ids.as<int32_t>(),
+                                    m.top_values.as<float>(), s));
+      TQ_CUDA_TRY(cudaMemcpyAsync(top->top_ids, m.top_ids.as<void>(), k * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, s));
+      TQ_CUDA_TRY(cudaMemcpyAsync(top->top_logits, m.top_values.as<void>(), k * sizeof(float),
+                                  cudaMemcpyDeviceToHost, s));
+    }
   }
   TQ_CUDA_TRY(cudaStreamSynchronize(s));
+  return ok_status();
+}
+
+static_assert(DeviceForwardArgs::kMaxTopK == kTopRowsMax, "one bound for the top candidates");
+
+Status check_top(const DeviceForwardArgs& a, int vocab, const std::string& at) {
+  if (a.top_k == 0) return ok_status();
+  if (a.top_k < 0 || a.top_k > DeviceForwardArgs::kMaxTopK || a.top_k > vocab)
+    return invalid_argument(at + "top_k " + std::to_string(a.top_k) + " outside [0, min(" +
+                            std::to_string(DeviceForwardArgs::kMaxTopK) + ", vocab)]");
+  if (a.top_ids == nullptr || a.top_logits == nullptr)
+    return invalid_argument(at + "top candidates need both output buffers");
+  if (a.logits_mode == DeviceLogits::kNone)
+    return invalid_argument(at + "top candidates need a logits mode");
   return ok_status();
 }
 
@@ -551,10 +574,12 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     return invalid_argument("forward: sequence slot " + std::to_string(a.seq) + " outside [0, " +
                             std::to_string(m.opt.max_sequences) + ")");
   if (a.n < 1 || a.tokens == nullptr) return invalid_argument("forward: no tokens");
-  if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr)
+  if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr &&
+      a.top_k == 0)
     return invalid_argument("forward: logits buffer is null");
   if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
     return invalid_argument("forward: a greedy token needs a logits mode");
+  TQ_RETURN_IF_ERROR(check_top(a, d.vocab_size, "forward: "));
   for (int t = 0; t < a.n; ++t)
     if (a.tokens[t] < 0 || a.tokens[t] >= d.vocab_size)
       return invalid_argument("forward: token id " + std::to_string(a.tokens[t]) + " at " +
@@ -579,8 +604,8 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     } else if (!last) {
       mode = DeviceLogits::kNone;
     }
-    TQ_RETURN_IF_ERROR(
-        run_pass(m, a.seq, a.tokens + done, n, mode, out, last ? a.greedy : nullptr));
+    TQ_RETURN_IF_ERROR(run_pass(m, a.seq, a.tokens + done, n, mode, out,
+                                last ? a.greedy : nullptr, last ? &a : nullptr));
     done += n;
   }
   return ok_status();
@@ -608,10 +633,12 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
     if (a.tokens[0] < 0 || a.tokens[0] >= d.vocab_size)
       return invalid_argument(at + "token id " + std::to_string(a.tokens[0]) +
                               " is outside the vocab [0, " + std::to_string(d.vocab_size) + ")");
-    if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr)
+    if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr &&
+        a.top_k == 0)
       return invalid_argument(at + "logits buffer is null");
     if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
       return invalid_argument(at + "a greedy token needs a logits mode");
+    TQ_RETURN_IF_ERROR(check_top(a, d.vocab_size, at));
     if (m.lengths[static_cast<size_t>(a.seq)] >= m.opt.max_context)
       return resource_exhausted(at + "slot " + std::to_string(a.seq) + " is full (" +
                                 std::to_string(m.opt.max_context) + " tokens)");
@@ -657,6 +684,24 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
   for (const DeviceForwardArgs& a : items) ++m.lengths[static_cast<size_t>(a.seq)];
   if (any_logits) {
     const size_t row = static_cast<size_t>(d.vocab_size);
+    // The top candidates of every row, at the largest k asked (each row's first k of them are
+    // its own top k), outside the graph.
+    int top_k = 0;
+    for (const DeviceForwardArgs& a : items)
+      if (a.logits_mode != DeviceLogits::kNone) top_k = std::max(top_k, a.top_k);
+    if (top_k > 0) {
+      TQ_RETURN_IF_ERROR(top_k_rows(m.logits.as<float>(), B, d.vocab_size, top_k,
+                                    m.top_ids.as<int32_t>(), m.top_values.as<float>(), s));
+      for (int b = 0; b < B; ++b) {
+        const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
+        if (a.logits_mode == DeviceLogits::kNone || a.top_k == 0) continue;
+        const size_t at = static_cast<size_t>(b) * top_k, k = static_cast<size_t>(a.top_k);
+        TQ_CUDA_TRY(cudaMemcpyAsync(a.top_ids, m.top_ids.as<int32_t>() + at, k * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, s));
+        TQ_CUDA_TRY(cudaMemcpyAsync(a.top_logits, m.top_values.as<float>() + at,
+                                    k * sizeof(float), cudaMemcpyDeviceToHost, s));
+      }
+    }
     bool any_greedy = false;
     for (int b = 0; b < B; ++b) {
       const DeviceForwardArgs& a = items[static_cast<size_t>(b)];

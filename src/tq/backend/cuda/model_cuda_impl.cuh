@@ -145,6 +145,7 @@ struct CudaModel::Impl {
   DeviceMem exact_step_tables;     // int32 [B][exact_blocks]
   DeviceMem gather_src, gather_dst;  // int32 [sinks + window]: a multi-row pass's gather
   std::vector<int32_t> host_greedy;  // [B] staging of greedy
+  DeviceMem top_ids, top_values;   // int32 / f32 [B][kTopRowsMax]: top candidates of each row
   std::vector<int32_t> host_rows;  // [2][B] staging of row_seqs | row_pos
   DeviceMem attn_ws;               // decode attention workspace, grown on demand
 

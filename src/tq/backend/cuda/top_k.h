@@ -1,0 +1,22 @@
+// The top candidates of logits rows on the device, for sampling there without sending the
+// vocabulary's logits to the host (runtime::Sampler::sample_top draws from them). Plain C++
+// (no CUDA types): the stream is a cudaStream_t passed as void*.
+#pragma once
+
+#include <cstdint>
+
+#include "tq/core/status.h"
+
+namespace tq::backend::cuda {
+
+inline constexpr int kTopRowsMax = 1024;
+
+// The k largest values of each row of x [rows][n] (device; k <= kTopRowsMax, k <= n), most
+// likely first, equal values by lower index, NaN as -inf (runtime::top_logits's order): ids
+// [rows][k] and values [rows][k] (device). One block per row: an MSB-first radix select of the
+// k-th largest 64-bit key (order-preserving value bits, then the complemented index, so keys are
+// distinct), then the keys at or above it gathered and sorted in shared memory.
+Status top_k_rows(const float* x, int rows, int n, int k, int32_t* ids, float* values,
+                  void* stream);
+
+}  // namespace tq::backend::cuda

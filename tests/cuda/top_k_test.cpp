@@ -1,0 +1,79 @@
+// The device's top candidates (backend/cuda/top_k.h) against runtime::top_logits, the host's
+// ranking Sampler::sample_top relies on: the same ids and values in the same order (exact; the
+// values are copied, not computed), on rows with many ties, NaN and -inf, and on vocab-sized rows
+// of distinct values, for k from 1 to the 1024 maximum; and the device model's top candidates
+// against its own logits of the same pass.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "tq/backend/cuda/top_k.h"
+#include "tq/runtime/sampler.h"
+
+namespace tq::backend::cuda {
+namespace {
+
+struct TopCase {
+  int n;
+  bool coarse;  // values on a grid of 24 steps (ties everywhere), with NaN and -inf
+};
+
+TEST(TopKRows, EqualsTheHostRanking) {
+  TQ_REQUIRE_GPU();
+  constexpr int kRows = 3;
+  for (const TopCase c : {TopCase{700, true}, TopCase{49152, false}, TopCase{128256, false},
+                          TopCase{128256, true}, TopCase{1024, true}}) {
+    Rng rng(static_cast<uint64_t>(c.n) * 7 + (c.coarse ? 1 : 0));
+    std::vector<float> x(static_cast<size_t>(kRows) * c.n);
+    for (auto& v : x) {
+      const uint64_t r = rng.next_u64();
+      if (c.coarse)
+        v = r % 61 == 0   ? NAN
+            : r % 59 == 0 ? -INFINITY
+                          : static_cast<float>(static_cast<int>(r % 24) - 12) * 0.75f;
+      else
+        v = static_cast<float>(rng.normal() * 3.0);
+    }
+    test::DeviceBuffer dx = test::DeviceBuffer::from(x);
+    for (const int k : {1, 40, 104, 1000, 1024}) {
+      if (k > c.n) continue;
+      SCOPED_TRACE("n " + std::to_string(c.n) + (c.coarse ? " coarse" : "") + ", k " +
+                   std::to_string(k));
+      test::DeviceBuffer ids(static_cast<size_t>(kRows) * k * sizeof(int32_t));
+      test::DeviceBuffer vals(static_cast<size_t>(kRows) * k * sizeof(float));
+      const Status st = top_k_rows(dx.get<float>(), kRows, c.n, k, ids.get<int32_t>(),
+                                   vals.get<float>(), nullptr);
+      ASSERT_TRUE(st.ok()) << st.to_string();
+      TQ_CUDA_OK(cudaDeviceSynchronize());
+      const std::vector<int32_t> got_ids = ids.to_host<int32_t>();
+      const std::vector<float> got_vals = vals.to_host<float>();
+      std::vector<int32_t> want_ids(static_cast<size_t>(k));
+      std::vector<float> want_vals(want_ids.size());
+      for (int r = 0; r < kRows; ++r) {
+        runtime::top_logits(x.data() + static_cast<size_t>(r) * c.n, c.n, k, want_ids.data(),
+                            want_vals.data());
+        for (int i = 0; i < k; ++i) {
+          const size_t at = static_cast<size_t>(r) * k + i;
+          ASSERT_EQ(got_ids[at], want_ids[static_cast<size_t>(i)]) << "row " << r << " rank " << i;
+          ASSERT_EQ(got_vals[at], want_vals[static_cast<size_t>(i)]) << "row " << r << " rank " << i;
+        }
+      }
+    }
+  }
+  test::DeviceBuffer dummy(16);
+  EXPECT_EQ(top_k_rows(dummy.get<float>(), 1, 4, 5, dummy.get<int32_t>(), dummy.get<float>(),
+                       nullptr)
+                .code(),
+            StatusCode::kInvalidArgument);  // k > n
+  EXPECT_EQ(top_k_rows(dummy.get<float>(), 1, 4096, kTopRowsMax + 1, dummy.get<int32_t>(),
+                       dummy.get<float>(), nullptr)
+                .code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tq::backend::cuda
