@@ -162,7 +162,8 @@ int bench_decode(BenchDecodeOptions& o) {
             a.tokens = t;
             a.n = n;
             a.logits_mode = want ? backend::DeviceLogits::kLast : backend::DeviceLogits::kNone;
-            a.logits = want && (o.sample == "logits" || o.sample == "host") ? logits.data() : nullptr;
+            a.logits =
+                want && (o.sample == "logits" || o.sample == "host") ? logits.data() : nullptr;
             if (want && o.sample == "greedy") a.greedy = &greedy;
             if (want && o.sample == "top") {
               a.top_k = top_k;
@@ -214,11 +215,11 @@ int bench_decode(BenchDecodeOptions& o) {
 
   std::printf("\nDecode, batch 1, %d timed steps after %d warm-up, each taking back %s (%s)\n\n",
               o.steps, o.warmup,
-              !o.device.cuda()            ? "the logits row"
-              : o.sample == "host"        ? "the logits row and a draw of the sampler on the host"
-              : o.sample == "top"         ? "the device's top candidates and a draw from them"
-              : o.sample == "greedy"      ? "the device's greedy token"
-                                          : "the logits row",
+              !o.device.cuda()       ? "the logits row"
+              : o.sample == "host"   ? "the logits row and a draw of the sampler on the host"
+              : o.sample == "top"    ? "the device's top candidates and a draw from them"
+              : o.sample == "greedy" ? "the device's greedy token"
+                                     : "the logits row",
               where.c_str());
   std::printf("| depth |");
   for (const auto& p : o.kv_pairs) std::printf(" %s tok/s (ms/tok) |", p.c_str());

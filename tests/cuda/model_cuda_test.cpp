@@ -859,25 +859,6 @@ TEST(ModelCudaTopCandidates, EqualTheHostRankingOfTheLogits) {
   EXPECT_EQ(dm.length(0), 20 + 3);
 }
 
-// Options the device takes and refuses, with a message that says why (no GPU needed).
-TEST(ModelCudaOptions, ValidatesOptions) {
-  DeviceModelOptions o;
-  o.kv.window = 64;
-  o.kv.sinks = 4;
-  o.kv.key_scaling = true;
-  o.kv.value_scaling = true;
-  EXPECT_TRUE(o.validate().ok());
-  o.kv.value_scaling = false;
-  o.value_weights = {1.0f, 2.0f};
-  const Status st = o.validate();
-  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(st.message().find("value weights"), std::string::npos) << st.message();
-  o.value_weights.clear();
-  EXPECT_TRUE(o.validate().ok());
-  o.max_batch = 0;
-  EXPECT_EQ(o.validate().code(), StatusCode::kInvalidArgument);
-}
-
 // Inputs the device must refuse before touching the cache.
 TEST(ModelCudaOptions, RejectsBadTokensAndOverflow) {
   TQ_REQUIRE_GPU();

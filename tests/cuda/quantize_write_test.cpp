@@ -344,7 +344,8 @@ TEST(QuantizeWriteGroup, FourPoolsInOneLaunch) {
     TQ_CUDA_OK(cudaDeviceSynchronize());
     for (size_t i = 0; i < pools.size(); ++i) {
       const bool warp = std::string(formats[i]) != "q8_0";
-      pools[i].check(warp ? WriteKernel::kWarp : WriteKernel::kLegacy, what + "_" + std::to_string(i));
+      pools[i].check(warp ? WriteKernel::kWarp : WriteKernel::kLegacy,
+                     what + "_" + std::to_string(i));
     }
     writes.push_back(writes[0]);
     EXPECT_EQ(quantize_write_group(writes, nullptr).code(), StatusCode::kInvalidArgument);

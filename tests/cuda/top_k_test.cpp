@@ -59,16 +59,17 @@ TEST(TopKRows, EqualsTheHostRanking) {
         for (int i = 0; i < k; ++i) {
           const size_t at = static_cast<size_t>(r) * k + i;
           ASSERT_EQ(got_ids[at], want_ids[static_cast<size_t>(i)]) << "row " << r << " rank " << i;
-          ASSERT_EQ(got_vals[at], want_vals[static_cast<size_t>(i)]) << "row " << r << " rank " << i;
+          ASSERT_EQ(got_vals[at], want_vals[static_cast<size_t>(i)])
+              << "row " << r << " rank " << i;
         }
       }
     }
   }
   test::DeviceBuffer dummy(16);
-  EXPECT_EQ(top_k_rows(dummy.get<float>(), 1, 4, 5, dummy.get<int32_t>(), dummy.get<float>(),
-                       nullptr)
-                .code(),
-            StatusCode::kInvalidArgument);  // k > n
+  EXPECT_EQ(
+      top_k_rows(dummy.get<float>(), 1, 4, 5, dummy.get<int32_t>(), dummy.get<float>(), nullptr)
+          .code(),
+      StatusCode::kInvalidArgument);  // k > n
   EXPECT_EQ(top_k_rows(dummy.get<float>(), 1, 4096, kTopRowsMax + 1, dummy.get<int32_t>(),
                        dummy.get<float>(), nullptr)
                 .code(),

@@ -257,18 +257,22 @@ TEST(TopLogits, RanksLikeTheSampler) {
   for (int trial = 0; trial < 50; ++trial) {
     for (auto& l : logits) {
       const uint64_t r = rng.next_u64();
-      l = r % 53 == 0 ? NAN : r % 47 == 0 ? -INFINITY : static_cast<float>(static_cast<int>(r % 31) - 15) * 0.5f;
+      l = r % 53 == 0   ? NAN
+          : r % 47 == 0 ? -INFINITY
+                        : static_cast<float>(static_cast<int>(r % 31) - 15) * 0.5f;
     }
     std::vector<int32_t> order(logits.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
     const auto val = [&](int32_t i) { return std::isnan(logits[i]) ? -INFINITY : logits[i]; };
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return val(a) > val(b); });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return val(a) > val(b); });
     for (const int k : {1, 7, 100, 700}) {
       std::vector<int32_t> ids(static_cast<size_t>(k));
       std::vector<float> vals(ids.size());
       top_logits(logits.data(), 700, k, ids.data(), vals.data());
       for (int i = 0; i < k; ++i) {
-        ASSERT_EQ(ids[i], order[static_cast<size_t>(i)]) << "trial " << trial << " k " << k << " rank " << i;
+        ASSERT_EQ(ids[i], order[static_cast<size_t>(i)])
+            << "trial " << trial << " k " << k << " rank " << i;
         ASSERT_EQ(vals[i], val(order[static_cast<size_t>(i)]));
       }
     }

@@ -37,8 +37,8 @@ std::string DeviceModelOptions::to_string() const {
          (weights == DeviceWeights::kQuantized ? ", quantized weights" : "") +
          (cuda_graphs ? "" : ", no CUDA graphs") +
          (overlap_launches ? "" : ", no overlapped launches") +
-         (weights == DeviceWeights::kQuantized && !int8_activations ? ", f16 activations" : "") + write_kernel_note(write_kernel) + ", kv " +
-         kv.to_string();
+         (weights == DeviceWeights::kQuantized && !int8_activations ? ", f16 activations" : "") +
+         write_kernel_note(write_kernel) + ", kv " + kv.to_string();
 }
 
 Status DeviceModel::read_stored(int, int, bool, int, int, float*) const {

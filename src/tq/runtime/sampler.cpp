@@ -227,8 +227,8 @@ int32_t Sampler::sample_top(const int32_t* ids, const float* logits, int count, 
     counts_.assign(n_vocab, 0);
   }
   for (int i = 0; i < count; ++i)
-    cands_[i] = {ids[i], std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i],
-                 0.0f};
+    cands_[i] = {ids[i],
+                 std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i], 0.0f};
   // The penalties of sample(), on the candidates in the history (the others stay below them).
   if (cfg_.penalties()) {
     for (int32_t t : history_)

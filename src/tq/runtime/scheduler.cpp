@@ -313,8 +313,8 @@ void Scheduler::step() {
         after_logits(*it.seq, nullptr, it.picked);
       } else if (it.top_count > 0) {
         const size_t at = static_cast<size_t>(it.top_row) * kTop;
-        const int32_t id = it.seq->sampler.sample_top(top_ids_.data() + at,
-                                                      top_logits_.data() + at, it.top_count, vocab_);
+        const int32_t id = it.seq->sampler.sample_top(top_ids_.data() + at, top_logits_.data() + at,
+                                                      it.top_count, vocab_);
         if (id < 0)
           finish(*it.seq, FinishReason::kError, "internal: too few top candidates to sample from");
         else
@@ -333,10 +333,10 @@ Status Scheduler::run_batch(std::vector<BatchItem>& items) {
   rows_.clear();
   constexpr size_t kTop = SamplerConfig::kMaxTopCandidates;
   for (auto& it : items) {
-    StepRow r{it.seq->seq.get(), it.tokens, it.n,
-              it.logits_row >= 0 ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_
-                                 : nullptr,
-              it.greedy ? &it.picked : nullptr};
+    StepRow r{
+        it.seq->seq.get(), it.tokens, it.n,
+        it.logits_row >= 0 ? logits_.data() + static_cast<size_t>(it.logits_row) * vocab_ : nullptr,
+        it.greedy ? &it.picked : nullptr};
     if (it.top_count > 0) {
       r.top_count = it.top_count;
       r.top_ids = top_ids_.data() + static_cast<size_t>(it.top_row) * kTop;

@@ -39,9 +39,9 @@ struct PagedPool {
   int head_dim = 0;
   int block_tokens = 32;  // slots per codec block; the kernels need a multiple of 32
   int n_kv_heads = 0;
-  uint8_t* data = nullptr;  // [pool block][kv head][codec block bytes]
-  size_t block_stride = 0;  // bytes between pool blocks (0: n_kv_heads * head_stride)
-  size_t head_stride = 0;   // bytes between KV heads (0: codec_block_bytes())
+  uint8_t* data = nullptr;       // [pool block][kv head][codec block bytes]
+  size_t block_stride = 0;       // bytes between pool blocks (0: n_kv_heads * head_stride)
+  size_t head_stride = 0;        // bytes between KV heads (0: codec_block_bytes())
   bool norm_correction = false;  // tq mse: norm / ||C[idx]|| (must match the CPU codec)
   CodecTables tables;
 
@@ -69,7 +69,7 @@ struct QuantizeWriteParams {
   PagedPool pool;
   const void* x = nullptr;
   bool x_is_f16 = false;
-  size_t x_token_stride = 0;  // elements between tokens; 0: n_kv_heads * head_dim
+  size_t x_token_stride = 0;              // elements between tokens; 0: n_kv_heads * head_dim
   const int32_t* slot_mapping = nullptr;  // device [tokens]
   int tokens = 0;
   WriteKernel kernel = WriteKernel::kAuto;
@@ -92,8 +92,8 @@ struct AttentionSegment {
   PagedPool v;
   const int32_t* block_tables = nullptr;  // device [n_seqs][max_blocks]: pool block ids
   int max_blocks = 0;
-  const int32_t* lengths = nullptr;       // device [n_seqs]: tokens of this segment
-  int max_length = 0;                     // host: an upper bound of lengths (plans split-K)
+  const int32_t* lengths = nullptr;  // device [n_seqs]: tokens of this segment
+  int max_length = 0;                // host: an upper bound of lengths (plans split-K)
   bool present() const { return k.data != nullptr; }
 };
 
@@ -107,9 +107,9 @@ struct DecodeAttentionParams {
   float* out = nullptr;      // device [n_seqs][n_heads][head_dim]
   float scale = 0.0f;        // softmax scale, usually 1/sqrt(head_dim)
   AttentionSegment main;
-  AttentionSegment window;   // f16 pools, or k.data == nullptr for none
-  int num_sms = 0;           // 0: ask the current device
-  int max_splits = 0;        // split-K cap per sequence; 0: planned from the device
+  AttentionSegment window;  // f16 pools, or k.data == nullptr for none
+  int num_sms = 0;          // 0: ask the current device
+  int max_splits = 0;       // split-K cap per sequence; 0: planned from the device
   // The attention and merge kernels launched with programmatic dependence (sm_90): attention
   // CTAs build their code tables while the kernel before them (the K/V write) still runs.
   bool overlap_launches = false;
@@ -121,7 +121,7 @@ struct DecodeAttentionParams {
 // make it once per batch shape (it queries the device), then run it every step. It stays valid
 // while the formats, n_seqs, n_heads and the segments' max_length / max_blocks do not grow.
 struct DecodeAttentionPlan {
-  const void* main_instance = nullptr;    // internal: the compiled kernel of each segment
+  const void* main_instance = nullptr;  // internal: the compiled kernel of each segment
   const void* window_instance = nullptr;
   int main_tokens_per_split = 0, main_splits = 0;
   int window_tokens_per_split = 0, window_splits = 0;
@@ -130,7 +130,8 @@ struct DecodeAttentionPlan {
   size_t workspace_bytes = 0;
 };
 Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams& p);
-Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* stream);
+Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
+                        void* stream);
 
 // Plans and runs in one call (convenient; plans every time).
 Expected<size_t> decode_attention_workspace_bytes(const DecodeAttentionParams& p);

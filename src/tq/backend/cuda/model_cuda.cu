@@ -604,8 +604,8 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     } else if (!last) {
       mode = DeviceLogits::kNone;
     }
-    TQ_RETURN_IF_ERROR(run_pass(m, a.seq, a.tokens + done, n, mode, out,
-                                last ? a.greedy : nullptr, last ? &a : nullptr));
+    TQ_RETURN_IF_ERROR(run_pass(m, a.seq, a.tokens + done, n, mode, out, last ? a.greedy : nullptr,
+                                last ? &a : nullptr));
     done += n;
   }
   return ok_status();
@@ -698,8 +698,8 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
         const size_t at = static_cast<size_t>(b) * top_k, k = static_cast<size_t>(a.top_k);
         TQ_CUDA_TRY(cudaMemcpyAsync(a.top_ids, m.top_ids.as<int32_t>() + at, k * sizeof(int32_t),
                                     cudaMemcpyDeviceToHost, s));
-        TQ_CUDA_TRY(cudaMemcpyAsync(a.top_logits, m.top_values.as<float>() + at,
-                                    k * sizeof(float), cudaMemcpyDeviceToHost, s));
+        TQ_CUDA_TRY(cudaMemcpyAsync(a.top_logits, m.top_values.as<float>() + at, k * sizeof(float),
+                                    cudaMemcpyDeviceToHost, s));
       }
     }
     bool any_greedy = false;

@@ -68,19 +68,19 @@ struct DeviceLayer {
   DeviceMatrix w_down;     // [dim][ffn]
   kv::LayerFormats formats;
   DeviceCodecTables k_tables, v_tables;
-  bool centered = false;   // stores k - mu (KvConfig::centers_keys)
+  bool centered = false;      // stores k - mu (KvConfig::centers_keys)
   bool key_scaled = false;    // stores (k - mu) / s, queries times s (KvConfig::scales_keys)
   bool value_scaled = false;  // stores v / t, outputs times t (KvConfig::scales_values)
-  DeviceMem k_mean;        // f32 [max_sequences][kv_dim]: mu of each slot, when centered
-  DeviceMem k_scale;       // f32 [max_sequences][kv_dim]: s of each slot, when key_scaled
-  DeviceMem v_scale;       // f32 [max_sequences][kv_dim]: t of each slot, when value_scaled
-  DeviceMem v_weights;     // f32 [kv_dim]: W_o's column norms (value scaling), may be empty
-  DeviceMem k_mem, v_mem;  // [page][kv_head][codec block]
-  PagedPool k, v;          // views of k_mem / v_mem with the tables
+  DeviceMem k_mean;           // f32 [max_sequences][kv_dim]: mu of each slot, when centered
+  DeviceMem k_scale;          // f32 [max_sequences][kv_dim]: s of each slot, when key_scaled
+  DeviceMem v_scale;          // f32 [max_sequences][kv_dim]: t of each slot, when value_scaled
+  DeviceMem v_weights;        // f32 [kv_dim]: W_o's column norms (value scaling), may be empty
+  DeviceMem k_mem, v_mem;     // [page][kv_head][codec block]
+  PagedPool k, v;             // views of k_mem / v_mem with the tables
   // The sinks and the window (KvConfig::sinks / window) in f16: per slot, exact_blocks pages of
   // [sinks | ring of window rows], then exact_blocks scratch pages (ops_cuda.cuh ExactRowsParams).
   DeviceMem ek_mem, ev_mem;
-  PagedPool ek, ev;        // data == nullptr when sinks + window == 0
+  PagedPool ek, ev;  // data == nullptr when sinks + window == 0
 };
 
 struct CudaModel::Impl {
@@ -108,46 +108,46 @@ struct CudaModel::Impl {
   size_t kv_bytes = 0;
 
   int pages_per_seq = 0;
-  DeviceMem block_tables;           // int32 [max_sequences][pages_per_seq]
-  std::vector<int> lengths;         // [max_sequences] tokens cached per slot
+  DeviceMem block_tables;    // int32 [max_sequences][pages_per_seq]
+  std::vector<int> lengths;  // [max_sequences] tokens cached per slot
   // [max_sequences][n_layers]: the slot's first-pass statistics (key mean, key and value scales)
   // are set
   std::vector<uint8_t> mean_ready;
-  std::vector<float> ones;          // [kv_dim] 1.0f: the scales of a slot whose first pass is one token
+  std::vector<float> ones;  // [kv_dim] 1.0f: the scales of a slot whose first pass is one token
   // Exact rows (sinks + window > 0): pages per slot of each layer's ek / ev, and their tables:
   // slot s owns [s * exact_blocks, (s + 1) * exact_blocks), the gather's scratch the last range.
   int exact_blocks = 0;
-  DeviceMem exact_tables;           // int32 [max_sequences + 1][exact_blocks]
+  DeviceMem exact_tables;  // int32 [max_sequences + 1][exact_blocks]
 
   // Activations of one pass of up to max_batch tokens.
-  DeviceMem tokens;                // int32 [B]
-  DeviceMem x;                     // f32 [B][dim] residual stream
-  DeviceMem xn;                    // f16 [B][max(dim, q_dim)] normalised rows / attention output
-  DeviceMem qkv;                   // f32 [B][q_dim + 2 kv_dim]
-  DeviceMem q, k, v;               // f32 [B][q_dim], [B][kv_dim] x2
-  DeviceMem att;                   // f32 [B][q_dim]
-  DeviceMem gu;                    // f32 [B][2 ffn]
-  DeviceMem h;                     // f16 [B][ffn]
+  DeviceMem tokens;   // int32 [B]
+  DeviceMem x;        // f32 [B][dim] residual stream
+  DeviceMem xn;       // f16 [B][max(dim, q_dim)] normalised rows / attention output
+  DeviceMem qkv;      // f32 [B][q_dim + 2 kv_dim]
+  DeviceMem q, k, v;  // f32 [B][q_dim], [B][kv_dim] x2
+  DeviceMem att;      // f32 [B][q_dim]
+  DeviceMem gu;       // f32 [B][2 ffn]
+  DeviceMem h;        // f16 [B][ffn]
   // xn / h again as 8-bit activations (gemv_q8) for passes of up to kGemvMaxTokens rows, with
   // quantized weights and DeviceModelOptions::int8_activations; empty otherwise.
-  DeviceMem q8;                    // int8 [kGemvMaxTokens][max(dim, q_dim, ffn)]
-  DeviceMem q8_scales;             // Q8Scale [kGemvMaxTokens][max(dim, q_dim, ffn) / 32]
-  DeviceMem logits;                // f32 [B][vocab]
-  DeviceMem cs;                    // float2 [B][rope_dims/2]
-  DeviceMem slots;                 // int32 [B]
-  DeviceMem seq_lengths;           // int32 [B]
-  DeviceMem step_tables;           // int32 [B][pages_per_seq]
-  DeviceMem row_seqs;              // int32 [B]: slot of each row (batched decode)
-  DeviceMem row_pos;               // int32 [B]: position of each row (batched decode)
-  DeviceMem greedy;                // int32 [B]: argmax of each logits row
-  DeviceMem exact_slots;           // int32 [B]: exact-pool slot of each row (-1: none)
-  DeviceMem exact_lengths;         // int32 [B]: exact rows each row's query sees
-  DeviceMem exact_step_tables;     // int32 [B][exact_blocks]
+  DeviceMem q8;                      // int8 [kGemvMaxTokens][max(dim, q_dim, ffn)]
+  DeviceMem q8_scales;               // Q8Scale [kGemvMaxTokens][max(dim, q_dim, ffn) / 32]
+  DeviceMem logits;                  // f32 [B][vocab]
+  DeviceMem cs;                      // float2 [B][rope_dims/2]
+  DeviceMem slots;                   // int32 [B]
+  DeviceMem seq_lengths;             // int32 [B]
+  DeviceMem step_tables;             // int32 [B][pages_per_seq]
+  DeviceMem row_seqs;                // int32 [B]: slot of each row (batched decode)
+  DeviceMem row_pos;                 // int32 [B]: position of each row (batched decode)
+  DeviceMem greedy;                  // int32 [B]: argmax of each logits row
+  DeviceMem exact_slots;             // int32 [B]: exact-pool slot of each row (-1: none)
+  DeviceMem exact_lengths;           // int32 [B]: exact rows each row's query sees
+  DeviceMem exact_step_tables;       // int32 [B][exact_blocks]
   DeviceMem gather_src, gather_dst;  // int32 [sinks + window]: a multi-row pass's gather
   std::vector<int32_t> host_greedy;  // [B] staging of greedy
-  DeviceMem top_ids, top_values;   // int32 / f32 [B][kTopRowsMax]: top candidates of each row
-  std::vector<int32_t> host_rows;  // [2][B] staging of row_seqs | row_pos
-  DeviceMem attn_ws;               // decode attention workspace, grown on demand
+  DeviceMem top_ids, top_values;     // int32 / f32 [B][kTopRowsMax]: top candidates of each row
+  std::vector<int32_t> host_rows;    // [2][B] staging of row_seqs | row_pos
+  DeviceMem attn_ws;                 // decode attention workspace, grown on demand
 
   struct CachedPlan {
     kv::LayerFormats formats;

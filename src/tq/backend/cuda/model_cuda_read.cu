@@ -93,7 +93,8 @@ Status CudaModel::read_stored(int seq, int layer, bool value, int p0, int n, flo
   // Slot s owns pool blocks [s * pages_per_seq, (s + 1) * pages_per_seq) in order
   // (allocate_cache), so the compressed rows asked for are one contiguous byte range.
   const int first = c_last >= 0 ? c_first / bt : 0;
-  std::vector<uint8_t> bytes(c_last >= 0 ? static_cast<size_t>(c_last / bt - first + 1) * stride : 0);
+  std::vector<uint8_t> bytes(c_last >= 0 ? static_cast<size_t>(c_last / bt - first + 1) * stride
+                                         : 0);
   if (!bytes.empty()) {
     const size_t block0 = static_cast<size_t>(seq) * m.pages_per_seq + first;
     TQ_CUDA_TRY(cudaMemcpyAsync(bytes.data(), pool.data + block0 * stride, bytes.size(),

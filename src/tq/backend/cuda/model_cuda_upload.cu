@@ -308,13 +308,14 @@ Status allocate_cache(CudaModel::Impl& m) {
       if (!m.opt.value_weights.empty()) {
         const size_t kv_dim = static_cast<size_t>(d.kv_dim());
         if (m.opt.value_weights.size() != kv_dim * d.n_layers)
-          return invalid_argument("value weights: " + std::to_string(m.opt.value_weights.size()) +
-                                  " floats, expected n_layers * kv_dim = " +
-                                  std::to_string(kv_dim * d.n_layers));
+          return invalid_argument(
+              "value weights: " + std::to_string(m.opt.value_weights.size()) +
+              " floats, expected n_layers * kv_dim = " + std::to_string(kv_dim * d.n_layers));
         TQ_RETURN_IF_ERROR(upload_floats(
             D.v_weights,
-            std::vector<float>(m.opt.value_weights.begin() + static_cast<std::ptrdiff_t>(l * kv_dim),
-                               m.opt.value_weights.begin() + static_cast<std::ptrdiff_t>((l + 1) * kv_dim)),
+            std::vector<float>(
+                m.opt.value_weights.begin() + static_cast<std::ptrdiff_t>(l * kv_dim),
+                m.opt.value_weights.begin() + static_cast<std::ptrdiff_t>((l + 1) * kv_dim)),
             "value weights"));
       }
     }
@@ -344,7 +345,8 @@ Status allocate_cache(CudaModel::Impl& m) {
   // pages of a multi-row pass's gather after the slots' pages.
   const int exact_rows = kc.sinks + kc.window;
   m.exact_blocks = exact_rows > 0 ? (exact_rows + bt - 1) / bt : 0;
-  if (m.exact_blocks > 0 && !decode_attention_supported(quant::kFormatF16, quant::kFormatF16, d.head_dim))
+  if (m.exact_blocks > 0 &&
+      !decode_attention_supported(quant::kFormatF16, quant::kFormatF16, d.head_dim))
     return unsupported("no CUDA attention instance for the f16 sinks and window at head dim " +
                        std::to_string(d.head_dim));
   if (m.exact_blocks > 0) {
@@ -411,8 +413,10 @@ Status allocate_cache(CudaModel::Impl& m) {
   TQ_RETURN_IF_ERROR(m.row_seqs.alloc(B * sizeof(int32_t), "row slots"));
   TQ_RETURN_IF_ERROR(m.row_pos.alloc(B * sizeof(int32_t), "row positions"));
   TQ_RETURN_IF_ERROR(m.greedy.alloc(B * sizeof(int32_t), "greedy tokens"));
-  TQ_RETURN_IF_ERROR(m.top_ids.alloc(B * DeviceForwardArgs::kMaxTopK * sizeof(int32_t), "top candidates"));
-  TQ_RETURN_IF_ERROR(m.top_values.alloc(B * DeviceForwardArgs::kMaxTopK * sizeof(float), "top candidates"));
+  TQ_RETURN_IF_ERROR(
+      m.top_ids.alloc(B * DeviceForwardArgs::kMaxTopK * sizeof(int32_t), "top candidates"));
+  TQ_RETURN_IF_ERROR(
+      m.top_values.alloc(B * DeviceForwardArgs::kMaxTopK * sizeof(float), "top candidates"));
   if (m.exact_blocks > 0) {
     TQ_RETURN_IF_ERROR(m.exact_slots.alloc(B * sizeof(int32_t), "exact row slots"));
     TQ_RETURN_IF_ERROR(m.exact_lengths.alloc(B * sizeof(int32_t), "exact row lengths"));

@@ -194,7 +194,8 @@ __global__ void first_pass_stats_kernel(FirstPassStatsParams p) {
     if (p.mu) p.k[j * kv_dim + c] = (p.k[j * kv_dim + c] - mu) / s;
     if (p.t) p.v[j * kv_dim + c] /= t;
     if (p.s)
-      for (int g = 0; g < group; ++g) p.q[(static_cast<size_t>(j) * p.n_heads + h * group + g) * hd + e] *= s;
+      for (int g = 0; g < group; ++g)
+        p.q[(static_cast<size_t>(j) * p.n_heads + h * group + g) * hd + e] *= s;
   }
 }
 
@@ -478,9 +479,11 @@ Status copy_exact_rows(const PagedPool& k, const PagedPool& v, const int32_t* sr
   if (rows <= 0) return ok_status();
   if (!(k.format == quant::kFormatF16) || !(v.format == quant::kFormatF16) ||
       k.head_dim != v.head_dim || k.n_kv_heads != v.n_kv_heads ||
-      k.block_tokens != v.block_tokens || k.block_stride_or_default() != v.block_stride_or_default() ||
+      k.block_tokens != v.block_tokens ||
+      k.block_stride_or_default() != v.block_stride_or_default() ||
       k.head_stride_or_default() != v.head_stride_or_default() || k.head_dim % 8 != 0)
-    return invalid_argument("copy_exact_rows: needs two f16 pools of one shape (head_dim % 8 == 0)");
+    return invalid_argument(
+        "copy_exact_rows: needs two f16 pools of one shape (head_dim % 8 == 0)");
   copy_exact_rows_kernel<<<rows, 128, 0, s>>>(k.data, v.data, k.block_stride_or_default(),
                                               k.head_stride_or_default(), k.block_tokens,
                                               k.n_kv_heads, k.head_dim / 8, src, dst);

@@ -44,11 +44,11 @@ Status rope_table_at(const float* inv_freq, int half, const int32_t* positions, 
                      cudaStream_t s);
 
 struct RopeSplitParams {
-  const float* qkv = nullptr;     // [n][q_dim + 2 kv_dim]: q | k | v rows of one matmul
-  const float* bias = nullptr;    // [q_dim + 2 kv_dim] or null (qwen2's q/k/v biases)
-  const float2* cs = nullptr;     // [n][rope_dims/2] from rope_table
-  float* q = nullptr;             // [n][q_dim] out, rotated
-  float* k = nullptr;             // [n][kv_dim] out, rotated
+  const float* qkv = nullptr;   // [n][q_dim + 2 kv_dim]: q | k | v rows of one matmul
+  const float* bias = nullptr;  // [q_dim + 2 kv_dim] or null (qwen2's q/k/v biases)
+  const float2* cs = nullptr;   // [n][rope_dims/2] from rope_table
+  float* q = nullptr;           // [n][q_dim] out, rotated
+  float* k = nullptr;           // [n][kv_dim] out, rotated
   // A slot's statistics (kv::PagedKv, FirstPassStatsParams), each [kv_dim] or null: k is stored
   // (k - k_mean) / k_scale, v as v / v_scale, and q is multiplied by its KV head's k_scale.
   const float* k_mean = nullptr;

@@ -31,18 +31,22 @@ struct WriteInstance {
   LaunchFn launch;
 };
 
-#define TQ_WRITE_TQ(D)                                                             \
-  WriteInstance{{quant::FormatKind::kTqMse, 1}, D, &launch_tq<D, 1, false>},       \
-      WriteInstance{{quant::FormatKind::kTqMse, 2}, D, &launch_tq<D, 2, false>},   \
-      WriteInstance{{quant::FormatKind::kTqMse, 3}, D, &launch_tq<D, 3, false>},   \
-      WriteInstance{{quant::FormatKind::kTqMse, 4}, D, &launch_tq<D, 4, false>},   \
-      WriteInstance{{quant::FormatKind::kTqProd, 2}, D, &launch_tq<D, 1, true>},   \
-      WriteInstance{{quant::FormatKind::kTqProd, 3}, D, &launch_tq<D, 2, true>},   \
-      WriteInstance{{quant::FormatKind::kTqProd, 4}, D, &launch_tq<D, 3, true>},   \
-      WriteInstance{{quant::FormatKind::kTqProd, 5}, D, &launch_tq<D, 4, true>},   \
-      WriteInstance{{quant::FormatKind::kF16, 16}, D, &launch_baseline<D, quant::FormatKind::kF16>}, \
-      WriteInstance{{quant::FormatKind::kQ8_0, 8}, D, &launch_baseline<D, quant::FormatKind::kQ8_0>}, \
-      WriteInstance{{quant::FormatKind::kQ4_0, 4}, D, &launch_baseline<D, quant::FormatKind::kQ4_0>}
+#define TQ_WRITE_TQ(D)                                                                      \
+  WriteInstance{{quant::FormatKind::kTqMse, 1}, D, &launch_tq<D, 1, false>},                \
+      WriteInstance{{quant::FormatKind::kTqMse, 2}, D, &launch_tq<D, 2, false>},            \
+      WriteInstance{{quant::FormatKind::kTqMse, 3}, D, &launch_tq<D, 3, false>},            \
+      WriteInstance{{quant::FormatKind::kTqMse, 4}, D, &launch_tq<D, 4, false>},            \
+      WriteInstance{{quant::FormatKind::kTqProd, 2}, D, &launch_tq<D, 1, true>},            \
+      WriteInstance{{quant::FormatKind::kTqProd, 3}, D, &launch_tq<D, 2, true>},            \
+      WriteInstance{{quant::FormatKind::kTqProd, 4}, D, &launch_tq<D, 3, true>},            \
+      WriteInstance{{quant::FormatKind::kTqProd, 5}, D, &launch_tq<D, 4, true>},            \
+      WriteInstance{                                                                        \
+          {quant::FormatKind::kF16, 16}, D, &launch_baseline<D, quant::FormatKind::kF16>},  \
+      WriteInstance{                                                                        \
+          {quant::FormatKind::kQ8_0, 8}, D, &launch_baseline<D, quant::FormatKind::kQ8_0>}, \
+      WriteInstance {                                                                       \
+    {quant::FormatKind::kQ4_0, 4}, D, &launch_baseline<D, quant::FormatKind::kQ4_0>         \
+  }
 
 constexpr WriteInstance kWriteInstances[] = {TQ_WRITE_TQ(64), TQ_WRITE_TQ(128), TQ_WRITE_TQ(256)};
 #undef TQ_WRITE_TQ
@@ -60,8 +64,8 @@ Status launch_team(const WriteArgs& a, int vectors, cudaStream_t s) {
   // Grid-stride: at most one wave of resident blocks, so each team prefetches its next vector.
   static const int per_sm = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_team_kernel<kDim, kBits, kF16>, kWriteThreads, 0) !=
-        cudaSuccess) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_team_kernel<kDim, kBits, kF16>,
+                                                      kWriteThreads, 0) != cudaSuccess) {
       (void)cudaGetLastError();
       n = 0;
     }
@@ -78,21 +82,30 @@ Status launch_team(const WriteArgs& a, int vectors, cudaStream_t s) {
 template <int kDim, bool kF16>
 TeamFn team_for_bits(int bits) {
   switch (bits) {
-    case 1: return &launch_team<kDim, 1, kF16>;
-    case 2: return &launch_team<kDim, 2, kF16>;
-    case 3: return &launch_team<kDim, 3, kF16>;
-    case 4: return &launch_team<kDim, 4, kF16>;
-    default: return nullptr;
+    case 1:
+      return &launch_team<kDim, 1, kF16>;
+    case 2:
+      return &launch_team<kDim, 2, kF16>;
+    case 3:
+      return &launch_team<kDim, 3, kF16>;
+    case 4:
+      return &launch_team<kDim, 4, kF16>;
+    default:
+      return nullptr;
   }
 }
 
 template <bool kF16>
 TeamFn team_for(int dim, int bits) {
   switch (dim) {
-    case 64: return team_for_bits<64, kF16>(bits);
-    case 128: return team_for_bits<128, kF16>(bits);
-    case 256: return team_for_bits<256, kF16>(bits);
-    default: return nullptr;
+    case 64:
+      return team_for_bits<64, kF16>(bits);
+    case 128:
+      return team_for_bits<128, kF16>(bits);
+    case 256:
+      return team_for_bits<256, kF16>(bits);
+    default:
+      return nullptr;
   }
 }
 
@@ -101,16 +114,20 @@ using WarpFn = cudaError_t (*)(const WarpWriteArgs&, int blocks, cudaStream_t, b
 
 template <int kDim, bool kF16>
 cudaError_t launch_warp(const WarpWriteArgs& a, int blocks, cudaStream_t s, bool pdl) {
-  return launch_maybe_pdl(tq_warp_kernel<kDim, kF16>, dim3(blocks), dim3(kWarpWriteWarps * 32), 0, s,
-                          pdl, a);
+  return launch_maybe_pdl(tq_warp_kernel<kDim, kF16>, dim3(blocks), dim3(kWarpWriteWarps * 32), 0,
+                          s, pdl, a);
 }
 
 WarpFn warp_for(int dim, bool f16) {
   switch (dim) {
-    case 64: return f16 ? &launch_warp<64, true> : &launch_warp<64, false>;
-    case 128: return f16 ? &launch_warp<128, true> : &launch_warp<128, false>;
-    case 256: return f16 ? &launch_warp<256, true> : &launch_warp<256, false>;
-    default: return nullptr;
+    case 64:
+      return f16 ? &launch_warp<64, true> : &launch_warp<64, false>;
+    case 128:
+      return f16 ? &launch_warp<128, true> : &launch_warp<128, false>;
+    case 256:
+      return f16 ? &launch_warp<256, true> : &launch_warp<256, false>;
+    default:
+      return nullptr;
   }
 }
 
@@ -133,22 +150,27 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   TQ_RETURN_IF_ERROR(pool.validate().with_context("quantize_write"));
   if (p.tokens < 0) return invalid_argument("quantize_write: negative token count");
   if (p.tokens == 0) return Expected<PoolWrite>(w);
-  if (!p.x || !p.slot_mapping) return invalid_argument("quantize_write: x and slot_mapping are required");
+  if (!p.x || !p.slot_mapping)
+    return invalid_argument("quantize_write: x and slot_mapping are required");
   for (const WriteInstance& i : kWriteInstances)
     if (i.format == pool.format && i.dim == pool.head_dim) w.legacy = &i;
   if (!w.legacy)
-    return unsupported("quantize_write: no CUDA instance for " + pool.format.name() + " at head dim " +
-                       std::to_string(pool.head_dim) + " (CUDA writes head dims 64, 128, 256)");
+    return unsupported("quantize_write: no CUDA instance for " + pool.format.name() +
+                       " at head dim " + std::to_string(pool.head_dim) +
+                       " (CUDA writes head dims 64, 128, 256)");
   if (static_cast<long long>(p.tokens) * pool.n_kv_heads > INT_MAX / 2)
     return invalid_argument("quantize_write: too many vectors for one launch");
   // Vector loads: 16-byte aligned rows.
-  const size_t stride = p.x_token_stride ? p.x_token_stride : static_cast<size_t>(pool.n_kv_heads) * pool.head_dim;
+  const size_t stride =
+      p.x_token_stride ? p.x_token_stride : static_cast<size_t>(pool.n_kv_heads) * pool.head_dim;
   if (reinterpret_cast<uintptr_t>(p.x) % 16 != 0 || stride % (p.x_is_f16 ? 8 : 4) != 0)
-    return invalid_argument("quantize_write: x must be 16-byte aligned with a token stride of whole 16-byte units");
+    return invalid_argument(
+        "quantize_write: x must be 16-byte aligned with a token stride of whole 16-byte units");
   const CodecTables& t = pool.tables;
   if (pool.format.is_tq() && (!t.centroids || !t.boundaries || !t.hadamard_signs))
     return invalid_argument("quantize_write: tq pools need codebook and Hadamard tables");
-  if (pool.format.has_qjl() && !t.qjl_t) return invalid_argument("quantize_write: tq prod pools need the QJL matrix");
+  if (pool.format.has_qjl() && !t.qjl_t)
+    return invalid_argument("quantize_write: tq prod pools need the QJL matrix");
 
   WriteArgs& a = w.args;
   a.pool = pool.data;
@@ -205,7 +227,9 @@ Status launch_warp_parts(std::span<const PoolWrite* const> parts, cudaStream_t s
   }
   const PoolWrite& first = *parts[0];
   const WarpFn fn = warp_for(first.dim, first.f16_in);
-  if (!fn) return internal_error("quantize_write: no warp kernel for head dim " + std::to_string(first.dim));
+  if (!fn)
+    return internal_error("quantize_write: no warp kernel for head dim " +
+                          std::to_string(first.dim));
   const int blocks = (vectors + kWarpWriteWarps - 1) / kWarpWriteWarps;
   TQ_CUDA_TRY(fn(a, blocks, s, first.overlap));
   TQ_CUDA_CHECK_LAUNCH(s);
@@ -222,13 +246,16 @@ Status launch_one(const PoolWrite& w, cudaStream_t s) {
     }
     case PoolWrite::Path::kTeam: {
       const TeamFn fn = w.f16_in ? team_for<true>(w.dim, w.bits) : team_for<false>(w.dim, w.bits);
-      if (!fn) return internal_error("quantize_write: no team kernel for head dim " + std::to_string(w.dim));
+      if (!fn)
+        return internal_error("quantize_write: no team kernel for head dim " +
+                              std::to_string(w.dim));
       TQ_RETURN_IF_ERROR(fn(w.args, w.vectors, s));
       TQ_CUDA_CHECK_LAUNCH(s);
       return ok_status();
     }
     case PoolWrite::Path::kLegacy: {
-      // Lanes per vector: TqWriteTeam (d / 32) for tq formats, WriteTeam (d / 8, at most 32) otherwise.
+      // Lanes per vector: TqWriteTeam (d / 32) for tq formats, WriteTeam (d / 8, at most 32)
+      // otherwise.
       const bool tq = w.legacy->format.is_tq();
       const int lanes = tq ? w.dim / 32 : (w.dim / 8 < 32 ? w.dim / 8 : 32);
       const int teams = kWriteThreads / lanes;
@@ -264,16 +291,20 @@ Status quantize_write_group(std::span<const QuantizeWriteParams> writes, void* s
   size_t n_shared = 0;
   for (size_t i = 0; i < writes.size(); ++i) {
     const PoolWrite& w = prepared[i];
-    const bool joins = w.path == PoolWrite::Path::kWarp &&
-                       (n_shared == 0 || (w.dim == shared[0]->dim && w.f16_in == shared[0]->f16_in));
-    if (joins) shared[n_shared++] = &w;
-    else TQ_RETURN_IF_ERROR(launch_one(w, s).with_context("write " + std::to_string(i)));
+    const bool joins =
+        w.path == PoolWrite::Path::kWarp &&
+        (n_shared == 0 || (w.dim == shared[0]->dim && w.f16_in == shared[0]->f16_in));
+    if (joins)
+      shared[n_shared++] = &w;
+    else
+      TQ_RETURN_IF_ERROR(launch_one(w, s).with_context("write " + std::to_string(i)));
   }
   if (n_shared == 0) return ok_status();
   return launch_warp_parts(std::span<const PoolWrite* const>(shared, n_shared), s);
 }
 
-Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v, void* stream_ptr) {
+Status quantize_write_kv(const QuantizeWriteParams& k, const QuantizeWriteParams& v,
+                         void* stream_ptr) {
   const QuantizeWriteParams both[2] = {k, v};
   return quantize_write_group(both, stream_ptr);
 }

@@ -18,8 +18,8 @@ __device__ __forceinline__ uint64_t top_key(float v, int i) {
 }
 
 constexpr int kTopThreads = 1024;
-__global__ void __launch_bounds__(kTopThreads) top_k_kernel(const float* x, int n, int k,
-                                                            int32_t* ids, float* values) {
+__global__ void __launch_bounds__(kTopThreads)
+    top_k_kernel(const float* x, int n, int k, int32_t* ids, float* values) {
   __shared__ unsigned hist[256];
   __shared__ uint64_t keys[kTopRowsMax];
   __shared__ uint64_t prefix_s;
@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(kTopThreads) top_k_kernel(const float* x, int 
     __syncthreads();
     if (tid == 0) {
       int above = 0, d = 255;
-      for (; d > 0 && above + static_cast<int>(hist[d]) < need; --d) above += static_cast<int>(hist[d]);
+      for (; d > 0 && above + static_cast<int>(hist[d]) < need; --d)
+        above += static_cast<int>(hist[d]);
       need_s = need - above;
       prefix_s = prefix | (static_cast<uint64_t>(d) << shift);
     }
