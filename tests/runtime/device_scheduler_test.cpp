@@ -104,6 +104,28 @@ std::vector<Result> run_all(Scheduler& s, bool sampled = false) {
   return out;
 }
 
+// The same requests on the CPU path: the paged cache with prefix sharing off (the prompts share
+// nothing anyway), 4 sessions of 96 tokens.
+void cpu_path(const model::Model& m, const kv::KvConfig& kv, const SchedulerOptions& so,
+              bool sampled, std::vector<Result>* out) {
+  kv::PagedKvCacheOptions co;
+  co.shape = m.attention_shape();
+  co.config = kv;
+  co.prefix_caching = false;
+  co.kernels = &backend::cpu::cpu_kernel_table();
+  auto blocks = kv::kv_block_bytes(kv, co.shape);
+  ASSERT_TRUE(blocks.ok()) << blocks.status().to_string();
+  size_t page = 0;
+  for (size_t b : *blocks) page += b;
+  co.pool_bytes = page * 6 * 4;
+  auto cache = kv::PagedKvCache::create(co);
+  ASSERT_TRUE(cache.ok()) << cache.status().to_string();
+  ThreadPool pool(2);
+  auto sched = Scheduler::create(m, **cache, pool, so);
+  ASSERT_TRUE(sched.ok()) << sched.status().to_string();
+  *out = run_all(**sched, sampled);
+}
+
 TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
   auto m = tiny();
   ASSERT_NE(m, nullptr);
@@ -112,26 +134,8 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     const kv::KvConfig kv = kv_config(k, v);
     const SchedulerOptions so = options(4, 96);
 
-    // The CPU path: the paged cache, prefix sharing off (the prompts share nothing anyway).
     std::vector<Result> want;
-    {
-      kv::PagedKvCacheOptions co;
-      co.shape = m->attention_shape();
-      co.config = kv;
-      co.prefix_caching = false;
-      co.kernels = &backend::cpu::cpu_kernel_table();
-      auto blocks = kv::kv_block_bytes(kv, co.shape);
-      ASSERT_TRUE(blocks.ok()) << blocks.status().to_string();
-      size_t page = 0;
-      for (size_t b : *blocks) page += b;
-      co.pool_bytes = page * 6 * 4;  // 4 sessions of 96 tokens
-      auto cache = kv::PagedKvCache::create(co);
-      ASSERT_TRUE(cache.ok()) << cache.status().to_string();
-      ThreadPool pool(2);
-      auto sched = Scheduler::create(*m, **cache, pool, so);
-      ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-      want = run_all(**sched);
-    }
+    ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, false, &want));
 
     auto dm = device(*m, kv, 4, 96);
     ASSERT_NE(dm, nullptr);
@@ -179,24 +183,7 @@ TEST(DeviceScheduler, SampledFromTopCandidatesEqualsTheCpuPath) {
   const kv::KvConfig kv = kv_config("tq4", "tq3");
   const SchedulerOptions so = options(4, 96);
   std::vector<Result> want;
-  {
-    kv::PagedKvCacheOptions co;
-    co.shape = m->attention_shape();
-    co.config = kv;
-    co.prefix_caching = false;
-    co.kernels = &backend::cpu::cpu_kernel_table();
-    auto blocks = kv::kv_block_bytes(kv, co.shape);
-    ASSERT_TRUE(blocks.ok()) << blocks.status().to_string();
-    size_t page = 0;
-    for (size_t b : *blocks) page += b;
-    co.pool_bytes = page * 6 * 4;
-    auto cache = kv::PagedKvCache::create(co);
-    ASSERT_TRUE(cache.ok()) << cache.status().to_string();
-    ThreadPool pool(2);
-    auto sched = Scheduler::create(*m, **cache, pool, so);
-    ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-    want = run_all(**sched, true);
-  }
+  ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, true, &want));
   auto dm = device(*m, kv, 4, 96);
   ASSERT_NE(dm, nullptr);
   auto step = DeviceStepModel::create(*dm, *m);
