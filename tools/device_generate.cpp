@@ -21,6 +21,18 @@ Expected<runtime::GenerationStats> generate_on_device(backend::DeviceModel& dm, 
     a.logits = logits;
     return dm.forward(a);
   };
+  // Sampling from the device's top candidates: a few hundred bytes a token, not the logits row.
+  step.run_top = [&](const int32_t* tokens, int n, int count, int32_t* ids, float* values) {
+    backend::DeviceForwardArgs a;
+    a.seq = seq;
+    a.tokens = tokens;
+    a.n = n;
+    a.logits_mode = backend::DeviceLogits::kLast;
+    a.top_k = count;
+    a.top_ids = ids;
+    a.top_logits = values;
+    return dm.forward(a);
+  };
   step.room = [&] { return dm.options().max_context - dm.length(seq); };
   std::vector<float> logits;
   return runtime::run_generation(m.tokenizer(), m.config().vocab_size, prompt, opt, step, logits,

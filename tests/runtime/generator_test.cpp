@@ -10,6 +10,7 @@
 #include "tq/model/gguf_writer.h"
 #include "tq/model/random_model.h"
 #include "tq/runtime/generator.h"
+#include "tq/runtime/sampler.h"
 
 namespace tq::runtime {
 namespace {
@@ -31,8 +32,8 @@ std::unique_ptr<model::Model> tiny_model() {
 }
 
 std::unique_ptr<kv::DenseKv> new_kv(const model::Model& m, int capacity = 128) {
-  return std::move(kv::DenseKv::create(m.attention_shape(), capacity,
-                                       backend::cpu::dense_kv_kernels()))
+  return std::move(
+             kv::DenseKv::create(m.attention_shape(), capacity, backend::cpu::dense_kv_kernels()))
       .value();
 }
 
@@ -130,9 +131,8 @@ TEST(GeneratorTest, StopsAtStopStringsAndOnRequest) {
 
   kv = new_kv(*m);
   int calls = 0;
-  auto by_caller = gen.generate(prompt, *kv, greedy(24), [&](int32_t, std::string_view) {
-    return ++calls < 3;
-  });
+  auto by_caller =
+      gen.generate(prompt, *kv, greedy(24), [&](int32_t, std::string_view) { return ++calls < 3; });
   ASSERT_TRUE(by_caller.ok());
   EXPECT_EQ(by_caller->stop_reason, StopReason::kCallback);
   EXPECT_EQ(by_caller->generated_tokens, 3);
@@ -160,6 +160,57 @@ TEST(GeneratorTest, SamplingReproducesPerSeedAndContextEnds) {
   EXPECT_EQ(st->stop_reason, StopReason::kContextFull);
   EXPECT_EQ(small->length(), 8);
   EXPECT_EQ(st->generated_tokens, 6);  // 3 + 5 cached, the 6th sampled from the last logits
+}
+
+// A step that gives top candidates (ForwardStep::run_top, what a GPU gives) generates the tokens
+// the logits rows give, sampled with penalties or greedy; a sampler that needs whole rows (top-k
+// off) keeps to them.
+TEST(GeneratorTest, TopCandidatesGiveTheSameTokensAsLogitRows) {
+  auto m = tiny_model();
+  ThreadPool pool(2);
+  model::ForwardScratch scratch;
+  const std::vector<int32_t> prompt = {1, 2, 3, 4, 5};
+  const int vocab = m->config().vocab_size;
+  for (int variant = 0; variant < 3; ++variant) {
+    GenerateOptions o = greedy(24);
+    if (variant > 0) {
+      o.sampler = SamplerConfig{};
+      o.sampler.temperature = 1.3f;
+      o.sampler.repeat_penalty = 1.2f;
+      o.sampler.seed = 99;
+      if (variant == 2) o.sampler.top_k = 0;  // top-p over whole rows
+    }
+    SCOPED_TRACE(o.sampler.to_string());
+    std::vector<int32_t> got[2];
+    int top_calls = 0;
+    for (const bool with_top : {false, true}) {
+      auto kv = new_kv(*m);
+      ForwardStep step;
+      std::vector<float> row(static_cast<size_t>(vocab));
+      step.run = [&](const int32_t* t, int n, bool want, float* logits) {
+        model::ForwardArgs a{t,        n,
+                             kv.get(), &pool,
+                             &scratch, want ? model::LogitsMode::kLast : model::LogitsMode::kNone,
+                             logits};
+        return m->forward(a);
+      };
+      if (with_top)
+        step.run_top = [&](const int32_t* t, int n, int count, int32_t* ids, float* values) {
+          ++top_calls;
+          TQ_RETURN_IF_ERROR(step.run(t, n, true, row.data()));
+          top_logits(row.data(), vocab, count, ids, values);
+          return ok_status();
+        };
+      step.room = [&] { return kv->capacity() - kv->length(); };
+      std::vector<float> logits;
+      auto st = run_generation(m->tokenizer(), vocab, prompt, o, step, logits, nullptr);
+      ASSERT_TRUE(st.ok()) << st.status().to_string();
+      got[with_top ? 1 : 0] = st->tokens;
+    }
+    EXPECT_EQ(got[0].size(), 24u);
+    EXPECT_EQ(got[0], got[1]);
+    EXPECT_EQ(top_calls, variant == 2 ? 0 : 24);  // the last prefill pass and 23 decodes
+  }
 }
 
 TEST(GeneratorTest, RejectsPromptsThatDoNotFit) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <utility>
+#include <vector>
 
 namespace tq::runtime {
 namespace {
@@ -94,13 +95,21 @@ Expected<GenerationStats> run_generation(const model::Tokenizer& tok, int vocab,
                             " (one more is needed to generate)");
   TQ_ASSIGN_OR_RETURN(Sampler sampler, Sampler::create(opt.sampler));
   logits.resize(static_cast<size_t>(vocab));
+  // From the top candidates where the step can give them and the sampler draw from them.
+  const int top = step.run_top ? opt.sampler.top_candidates(vocab) : 0;
+  std::vector<int32_t> top_ids(static_cast<size_t>(top));
+  std::vector<float> top_values(top_ids.size());
+  const auto run = [&](const int32_t* tokens, int n, bool want) {
+    if (want && top > 0) return step.run_top(tokens, n, top, top_ids.data(), top_values.data());
+    return step.run(tokens, n, want, logits.data());
+  };
 
   GenerationStats st;
   st.prompt_tokens = n_prompt;
   const auto t_prompt = Clock::now();
   for (int done = 0; done < n_prompt;) {
     const int n = std::min(opt.prefill_batch, n_prompt - done);
-    if (Status s = step.run(prompt.data() + done, n, done + n == n_prompt, logits.data()); !s.ok())
+    if (Status s = run(prompt.data() + done, n, done + n == n_prompt); !s.ok())
       return s.with_context("prefill");
     done += n;
   }
@@ -117,7 +126,9 @@ Expected<GenerationStats> run_generation(const model::Tokenizer& tok, int vocab,
   const auto t_gen = Clock::now();
   st.stop_reason = StopReason::kMaxTokens;
   for (int i = 0; i < opt.max_tokens; ++i) {
-    const int32_t id = sampler.sample(logits.data(), vocab);
+    const int32_t id = top > 0 ? sampler.sample_top(top_ids.data(), top_values.data(), top, vocab)
+                               : sampler.sample(logits.data(), vocab);
+    if (id < 0) return internal_error("generate: too few top candidates to sample from");
     sampler.accept(id);
     st.tokens.push_back(id);
     ++st.generated_tokens;
@@ -139,7 +150,7 @@ Expected<GenerationStats> run_generation(const model::Tokenizer& tok, int vocab,
       st.stop_reason = StopReason::kContextFull;
       break;
     }
-    if (Status s = step.run(&id, 1, true, logits.data()); !s.ok()) return s.with_context("decode");
+    if (Status s = run(&id, 1, true); !s.ok()) return s.with_context("decode");
   }
   if (st.stop_reason != StopReason::kStopString && st.stop_reason != StopReason::kCallback) {
     const std::string tail = filter.push(decoder.flush()) + filter.flush();

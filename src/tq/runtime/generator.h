@@ -57,6 +57,12 @@ struct ForwardStep {
   // Runs tokens[0, n) after what the sequence holds; with want_logits, writes the last
   // token's logits [vocab] to `logits`.
   std::function<Status(const int32_t* tokens, int n, bool want_logits, float* logits)> run;
+  // Optional: the same pass taking back the last token's `count` largest logits (ids and
+  // values in runtime::top_logits's order) instead of its row; a device that keeps the logits
+  // (the GPU) sends these instead of the vocabulary. The loop uses it when the sampler can draw
+  // from them (SamplerConfig::top_candidates > 0), with Sampler::sample_top: the same tokens.
+  std::function<Status(const int32_t* tokens, int n, int count, int32_t* ids, float* values)>
+      run_top;
   // Tokens the sequence can still take.
   std::function<int()> room;
 };
