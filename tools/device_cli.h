@@ -75,7 +75,14 @@ struct DeviceFlag {
   std::string overlap = "on";
   std::string write = "auto";
   std::string activations = "q8";
+  std::string window_stream = "on";
   void add_tuning_to(CLI::App* cmd) {
+    cmd->add_option("--gpu-window-stream", window_stream,
+                    "with --kv-sinks / --kv-window: attention over the f16 rows on a second "
+                    "stream beside the attention over the pages (on), or after it (off) "
+                    "(--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"on", "off"}));
     cmd->add_option("--gpu-activations", activations,
                     "with --gpu-weights quant: the Q4_0/Q8_0 GEMVs take 8-bit activations per 32 "
                     "columns (q8: integer dot products, as the CPU matmuls and llama.cpp) or f16 "
@@ -106,6 +113,7 @@ struct DeviceFlag {
     o.weights = device_weights();
     o.cuda_graphs = graphs == "on";
     o.overlap_launches = overlap == "on";
+    o.window_stream = window_stream == "on";
     o.int8_activations = activations == "q8";
     o.write_kernel = write == "legacy" ? backend::DeviceWriteKernel::kLegacy
                      : write == "team" ? backend::DeviceWriteKernel::kTeam

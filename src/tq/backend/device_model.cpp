@@ -37,6 +37,7 @@ std::string DeviceModelOptions::to_string() const {
          (weights == DeviceWeights::kQuantized ? ", quantized weights" : "") +
          (cuda_graphs ? "" : ", no CUDA graphs") +
          (overlap_launches ? "" : ", no overlapped launches") +
+         (window_stream || kv.sinks + kv.window == 0 ? "" : ", window attention in line") +
          (weights == DeviceWeights::kQuantized && !int8_activations ? ", f16 activations" : "") +
          write_kernel_note(write_kernel) + ", kv " + kv.to_string();
 }

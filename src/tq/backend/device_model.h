@@ -52,6 +52,10 @@ struct DeviceModelOptions {
   // integer dot products: about a quarter of the instructions per weight. Off: f16 activations,
   // f32 products (the precise path; --gpu-activations f16, --float-activations).
   bool int8_activations = true;
+  // With sinks or a window: attention over the f16 rows runs on a second stream beside the
+  // attention over the pages (forked and joined per layer; parallel graph branches). Off: one
+  // after the other (A/B runs).
+  bool window_stream = true;
   // With kv.value_scaling: W_o's column norms per layer, [n_layers][n_kv_heads][head_dim]
   // (model::Model::value_output_weights, as kv::PagedKvCacheOptions::value_weights); empty:
   // the value scales come from the values alone.

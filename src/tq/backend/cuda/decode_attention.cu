@@ -40,8 +40,8 @@ __device__ void block_fwht(float* sh, int d) {
 // q_main = c * P q (P = H D / sqrt(d) when `signs`, dense `rot` otherwise, identity when both
 // are null), q_sketch = qjl_c * S P q, q_win = c * q. One block of d threads per (head, seq).
 __global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c, float inv_sqrt_d,
-                                     const float* signs, const float* rot, const float* qjl, float qjl_c,
-                                     __half* q_main, __half* q_sketch, __half* q_win) {
+                                     const float* signs, const float* rot, const float* qjl,
+                                     float qjl_c, __half* q_main, __half* q_sketch, __half* q_win) {
   extern __shared__ float sh[];  // [2][d]: q, then P q
   const size_t row = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d;
   const int j = threadIdx.x;
@@ -75,10 +75,11 @@ __global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c
 // order. The rotation back is the Walsh-Hadamard butterflies of block_fwht, in-warp stages by
 // lane_fwht's shuffles, the rest through shared memory.
 constexpr int kMergeUnroll = 8;
-__global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main, int splits_total,
-                             int n_heads, int d, const float* signs_v, const float* rot_v, float inv_sqrt_d,
-                             float* out) {
-  extern __shared__ float sh[];  // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
+__global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main,
+                             int splits_total, int n_heads, int d, const float* signs_v,
+                             const float* rot_v, float inv_sqrt_d, float* out) {
+  extern __shared__ float
+      sh[];         // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
   dev::pdl_wait();  // the partials come from the attention kernel before
   float* red = sh + d;
   float* sm = red + 32;
@@ -112,8 +113,10 @@ __global__ void merge_kernel(const float* part_o, const float2* part_ml, int spl
         const float w = exp2f(sm[s] - m);
         l += w * sl[s];
         const float v = w * ov[i];
-        if (s < splits_main) acc_main += v;
-        else acc_win += v;
+        if (s < splits_main)
+          acc_main += v;
+        else
+          acc_win += v;
       }
     }
   }
@@ -136,14 +139,15 @@ __global__ void merge_kernel(const float* part_o, const float2* part_ml, int spl
     y = 0.0f;
     for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
   }
-  out[(static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d + j] = l > 0.0f ? (y + acc_win) / l : 0.0f;
+  out[(static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d + j] =
+      l > 0.0f ? (y + acc_win) / l : 0.0f;
 }
 
 // The instance for (k, v, dim), preferring one specialised for `cap` (block_tokens).
 const AttnInstance* find_instance(quant::Format k, quant::Format v, int dim, int cap) {
   const AttnInstanceList lists[] = {attention_instances_baseline(), attention_instances_k_tq2(),
-                                    attention_instances_k_tq3(),     attention_instances_k_tq4(),
-                                    attention_instances_k_tq3j(),    attention_instances_k_tq4j()};
+                                    attention_instances_k_tq3(),    attention_instances_k_tq4(),
+                                    attention_instances_k_tq3j(),   attention_instances_k_tq4j()};
   const AttnInstance* any = nullptr;
   for (const AttnInstanceList& l : lists)
     for (int i = 0; i < l.n; ++i) {
@@ -181,7 +185,8 @@ Status check_segment(const AttentionSegment& s, const char* name) {
   TQ_RETURN_IF_ERROR(s.v.validate().with_context(std::string(name) + ".v"));
   if (s.k.head_dim != s.v.head_dim || s.k.n_kv_heads != s.v.n_kv_heads ||
       s.k.block_tokens != s.v.block_tokens)
-    return invalid_argument(std::string(name) + ": K and V pools differ in head dim, KV heads or block size");
+    return invalid_argument(std::string(name) +
+                            ": K and V pools differ in head dim, KV heads or block size");
   if (!s.block_tables || !s.lengths || s.max_blocks <= 0)
     return invalid_argument(std::string(name) + ": block tables and lengths are required");
   if (s.max_length > s.max_blocks * s.k.block_tokens)
@@ -190,17 +195,19 @@ Status check_segment(const AttentionSegment& s, const char* name) {
 }
 
 Status validate_params(const DecodeAttentionParams& p) {
-  if (p.n_seqs <= 0 || p.n_heads <= 0) return invalid_argument("decode attention: no sequences or heads");
+  if (p.n_seqs <= 0 || p.n_heads <= 0)
+    return invalid_argument("decode attention: no sequences or heads");
   if (!p.q || !p.out) return invalid_argument("decode attention: q and out are required");
   TQ_RETURN_IF_ERROR(check_segment(p.main, "main"));
   if (p.n_heads % p.main.k.n_kv_heads != 0)
     return invalid_argument("decode attention: n_heads must be a multiple of n_kv_heads");
-  if (p.n_heads / p.main.k.n_kv_heads > 8) return unsupported("decode attention: more than 8 query heads per KV head");
+  if (p.n_heads / p.main.k.n_kv_heads > 8)
+    return unsupported("decode attention: more than 8 query heads per KV head");
   const quant::Format f16 = quant::kFormatF16;
   if (p.window.present()) {
     TQ_RETURN_IF_ERROR(check_segment(p.window, "window"));
-    if (!(p.window.k.format == f16) || !(p.window.v.format == f16) || p.window.k.head_dim != p.main.k.head_dim ||
-        p.window.k.n_kv_heads != p.main.k.n_kv_heads)
+    if (!(p.window.k.format == f16) || !(p.window.v.format == f16) ||
+        p.window.k.head_dim != p.main.k.head_dim || p.window.k.n_kv_heads != p.main.k.n_kv_heads)
       return invalid_argument("decode attention: the window must be f16 K/V of the same shape");
   }
   const bool k_rot = p.main.k.format.is_tq(), v_rot = p.main.v.format.is_tq();
@@ -213,8 +220,9 @@ Status validate_params(const DecodeAttentionParams& p) {
   return ok_status();
 }
 
-AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
-                      uint8_t* ws, const __half* q, const __half* q_sketch, int split_offset) {
+AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
+                      const DecodeAttentionPlan& plan, uint8_t* ws, const __half* q,
+                      const __half* q_sketch, int split_offset) {
   AttnArgs a{};
   a.k_pool = s.k.data;
   a.k_block_stride = s.k.block_stride_or_default();
@@ -254,10 +262,11 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
   plan.dim = p.main.k.head_dim;
   plan.n_kv_heads = p.main.k.n_kv_heads;
   plan.group = p.n_heads / plan.n_kv_heads;
-  const AttnInstance* main = find_instance(p.main.k.format, p.main.v.format, plan.dim, p.main.k.block_tokens);
+  const AttnInstance* main =
+      find_instance(p.main.k.format, p.main.v.format, plan.dim, p.main.k.block_tokens);
   if (!main)
-    return unsupported("decode attention: no CUDA instance for K " + p.main.k.format.name() + ", V " +
-                       p.main.v.format.name() + ", head dim " + std::to_string(plan.dim));
+    return unsupported("decode attention: no CUDA instance for K " + p.main.k.format.name() +
+                       ", V " + p.main.v.format.name() + ", head dim " + std::to_string(plan.dim));
   const AttnInstance* window = nullptr;
   if (p.window.present()) {
     window = find_instance(quant::kFormatF16, quant::kFormatF16, plan.dim, p.window.k.block_tokens);
@@ -272,18 +281,22 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
   const int pairs = p.n_seqs * plan.n_kv_heads;
-  const SegmentPlan mp = plan_segment(p.main.max_length, pairs, num_sms, main->occupancy(), p.max_splits);
+  const SegmentPlan mp =
+      plan_segment(p.main.max_length, pairs, num_sms, main->occupancy(), p.max_splits);
   plan.main_tokens_per_split = mp.tokens_per_split;
   plan.main_splits = mp.splits;
   if (window) {
-    const SegmentPlan wp = plan_segment(p.window.max_length, pairs, num_sms, window->occupancy(), p.max_splits);
+    const SegmentPlan wp =
+        plan_segment(p.window.max_length, pairs, num_sms, window->occupancy(), p.max_splits);
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
-  const size_t splits = std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
+  const size_t splits =
+      std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
   if ((static_cast<size_t>(plan.dim) + 32 + 2 * splits) * sizeof(float) > 48 * 1024)
-    return unsupported("decode attention: " + std::to_string(splits) + " splits exceed the merge's shared memory");
+    return unsupported("decode attention: " + std::to_string(splits) +
+                       " splits exceed the merge's shared memory");
   const auto take = [&](size_t bytes) {
     const size_t off = plan.workspace_bytes;
     plan.workspace_bytes += (bytes + 255) / 256 * 256;
@@ -307,7 +320,8 @@ Status decode_attention(const DecodeAttentionParams& p, void* stream) {
   return decode_attention(p, plan, stream);
 }
 
-Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan, void* stream_ptr) {
+Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan,
+                        void* stream_ptr) {
   TQ_RETURN_IF_ERROR(validate_params(p));
   const auto* main = static_cast<const AttnInstance*>(plan.main_instance);
   const auto* window = static_cast<const AttnInstance*>(plan.window_instance);
@@ -317,8 +331,9 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
       (window && p.window.max_length > plan.window_tokens_per_split * plan.window_splits))
     return invalid_argument("decode attention: sequences grew past the plan; plan again");
   if (!p.workspace || p.workspace_bytes < plan.workspace_bytes)
-    return invalid_argument("decode attention: workspace of " + std::to_string(plan.workspace_bytes) +
-                            " bytes needed, got " + std::to_string(p.workspace_bytes));
+    return invalid_argument("decode attention: workspace of " +
+                            std::to_string(plan.workspace_bytes) + " bytes needed, got " +
+                            std::to_string(p.workspace_bytes));
   const cudaStream_t stream = static_cast<cudaStream_t>(stream_ptr);
   uint8_t* ws = static_cast<uint8_t*>(p.workspace);
   const int d = plan.dim;
@@ -336,9 +351,9 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   const bool fused_query = !qjl && (!k_rot || kt.hadamard_signs);
   if (!fused_query) {
     prepare_query_kernel<<<dim3(p.n_heads, p.n_seqs), d, 2 * d * sizeof(float), stream>>>(
-        p.q, p.n_heads, d, c, inv_sqrt_d, k_rot ? kt.hadamard_signs : nullptr, k_rot ? kt.rotation : nullptr,
-        qjl ? kt.qjl : nullptr, c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch,
-        window ? q_win : nullptr);
+        p.q, p.n_heads, d, c, inv_sqrt_d, k_rot ? kt.hadamard_signs : nullptr,
+        k_rot ? kt.rotation : nullptr, qjl ? kt.qjl : nullptr,
+        c * static_cast<float>(quant::qjl_scale(d)), q_main, q_sketch, window ? q_win : nullptr);
     TQ_CUDA_CHECK_LAUNCH(stream);
   }
   const auto raw_query = [&](AttnArgs& a, const float* signs) {
@@ -348,6 +363,15 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     a.q_scale = c;
     a.q_rot_scale = inv_sqrt_d;
   };
+  // The window's kernel on the side stream, forked after everything before it on `stream` (the
+  // K/V write, the query preparation), so it runs beside the main segment's.
+  const bool fork =
+      window && plan.window_splits > 0 && p.side_stream && p.fork_event && p.join_event;
+  const cudaStream_t side = fork ? static_cast<cudaStream_t>(p.side_stream) : stream;
+  if (fork) {
+    TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.fork_event), stream));
+    TQ_CUDA_TRY(cudaStreamWaitEvent(side, static_cast<cudaEvent_t>(p.fork_event), 0));
+  }
   if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
     a.tokens_per_split = plan.main_tokens_per_split;
@@ -359,16 +383,21 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_splits);
     a.tokens_per_split = plan.window_tokens_per_split;
     raw_query(a, nullptr);
-    TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, stream,
-                                      p.overlap_launches && fused_query));
+    TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, side,
+                                      !fork && p.overlap_launches && fused_query));
+  }
+  if (fork) {
+    TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.join_event), side));
+    TQ_CUDA_TRY(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(p.join_event), 0));
   }
   const int splits_total = plan.main_splits + plan.window_splits;
-  const size_t merge_smem = (static_cast<size_t>(d) + 32 + 2 * static_cast<size_t>(splits_total)) * sizeof(float);
-  TQ_CUDA_TRY(launch_maybe_pdl(
-      merge_kernel, dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream, p.overlap_launches,
-      reinterpret_cast<const float*>(ws + plan.part_o), reinterpret_cast<const float2*>(ws + plan.part_ml),
-      plan.main_splits, splits_total, p.n_heads, d, v_rot ? vt.hadamard_signs : nullptr,
-      v_rot ? vt.rotation : nullptr, inv_sqrt_d, p.out));
+  const size_t merge_smem =
+      (static_cast<size_t>(d) + 32 + 2 * static_cast<size_t>(splits_total)) * sizeof(float);
+  TQ_CUDA_TRY(launch_maybe_pdl(merge_kernel, dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream,
+                               p.overlap_launches, reinterpret_cast<const float*>(ws + plan.part_o),
+                               reinterpret_cast<const float2*>(ws + plan.part_ml), plan.main_splits,
+                               splits_total, p.n_heads, d, v_rot ? vt.hadamard_signs : nullptr,
+                               v_rot ? vt.rotation : nullptr, inv_sqrt_d, p.out));
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }

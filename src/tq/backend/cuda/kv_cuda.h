@@ -113,6 +113,13 @@ struct DecodeAttentionParams {
   // The attention and merge kernels launched with programmatic dependence (sm_90): attention
   // CTAs build their code tables while the kernel before them (the K/V write) still runs.
   bool overlap_launches = false;
+  // With a window: a second stream and two events (cudaStream_t / cudaEvent_t as void*, all or
+  // none) on which the window segment's kernel runs beside the main one, forked from `stream`
+  // after the work before the call and joined before the merge (parallel branches when
+  // captured into a graph). None: one after the other on `stream`.
+  void* side_stream = nullptr;
+  void* fork_event = nullptr;
+  void* join_event = nullptr;
   void* workspace = nullptr;  // device, decode_attention_workspace_bytes(p) bytes
   size_t workspace_bytes = 0;
 };

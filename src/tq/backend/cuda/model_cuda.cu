@@ -99,6 +99,9 @@ CudaModel::Impl::~Impl() {
   for (DecodeGraph& g : graphs)
     if (g.exec) cudaGraphExecDestroy(g.exec);
   if (blas) cublasDestroy(blas);
+  if (fork_event) cudaEventDestroy(fork_event);
+  if (join_event) cudaEventDestroy(join_event);
+  if (side_stream) cudaStreamDestroy(side_stream);
   if (stream) cudaStreamDestroy(stream);
 }
 
@@ -154,6 +157,9 @@ DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n
     p.window.max_blocks = m.exact_blocks;
     p.window.lengths = m.exact_lengths.as<int32_t>();
     p.window.max_length = std::min(max_length, m.opt.kv.sinks + m.opt.kv.window);
+    p.side_stream = m.side_stream;
+    p.fork_event = m.fork_event;
+    p.join_event = m.join_event;
   }
   p.num_sms = m.num_sms;
   p.overlap_launches = m.opt.overlap_launches && m.cc_major >= 9;
@@ -564,6 +570,11 @@ Expected<std::unique_ptr<CudaModel>> CudaModel::create(const LlamaDesc& desc,
   m->layers.reserve(desc.layers.size());
   TQ_RETURN_IF_ERROR(upload_weights(desc, *m));
   TQ_RETURN_IF_ERROR(allocate_cache(*m));
+  if (m->exact_blocks > 0 && o.window_stream) {
+    TQ_CUDA_TRY(cudaStreamCreateWithFlags(&m->side_stream, cudaStreamNonBlocking));
+    TQ_CUDA_TRY(cudaEventCreateWithFlags(&m->fork_event, cudaEventDisableTiming));
+    TQ_CUDA_TRY(cudaEventCreateWithFlags(&m->join_event, cudaEventDisableTiming));
+  }
   return std::unique_ptr<CudaModel>(new CudaModel(std::move(m)));
 }
 

@@ -93,6 +93,10 @@ struct CudaModel::Impl {
   int cc_major = 0, cc_minor = 0;
   int num_sms = 0;
   cudaStream_t stream = nullptr;
+  // The window segment's attention beside the main one (DecodeAttentionParams::side_stream):
+  // created with the exact rows (sinks + window > 0) and DeviceModelOptions::window_stream.
+  cudaStream_t side_stream = nullptr;
+  cudaEvent_t fork_event = nullptr, join_event = nullptr;
   cublasHandle_t blas = nullptr;
 
   DeviceMem embd;      // f16 [vocab][dim]
