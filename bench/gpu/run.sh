@@ -36,6 +36,9 @@
 #     quant --gpu-graphs off".
 #   - TQ_GPU_BIG_TEST=1 (default 0): the Llama-3-8B-shaped model is made while the tests run, then
 #     ModelCudaBigTest compares its GPU and CPU logits (TQ_TEST_BIG_MODEL), into tests.log.
+#   - TQ_GPU_VOICE=1 (default 0, after the model bench): `tq bench voice --device cuda` on the
+#     8B-shaped model (TQ_VOICE_SESSIONS, TQ_VOICE_TURNS, TQ_VOICE_KV, TQ_VOICE_FLAGS) into
+#     $OUT/voice_bench.md; needs a tq built with the server (a prebuilt one with its libraries).
 #   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and tq_gpu_bench for the attention bench, and
 #     dir/lib/*.so) built elsewhere for sm_90 with the same CUDA instead of building here, when
 #     they start; saves the device build.
@@ -220,6 +223,14 @@ if [ "$MODEL_BENCH" = 1 ]; then
     done
     python3 "$ROOT/bench/gpu/ncu_decode.py" "$psteps" "${pargs[@]}" | tee "$OUT/ncu_decode.md"
   fi
+fi
+if [ "${TQ_GPU_VOICE:-0}" = 1 ] && [ -f "$BIG" ]; then
+  # Many short multi-turn sessions through the scheduler on the GPU (tq bench voice; needs a tq
+  # built with the server): TTFT p50/p95 and tokens/s per K/V pair.
+  "$BUILD/tq" bench voice -m "$BIG" --device cuda --sessions "${TQ_VOICE_SESSIONS:-32}" \
+    --turns "${TQ_VOICE_TURNS:-3}" --tokens 32 --kv "${TQ_VOICE_KV:-f16/f16,tq4/tq3}" \
+    ${TQ_VOICE_FLAGS:---gpu-weights quant} 2> "$OUT/voice_bench.log" | tee "$OUT/voice_bench.md" ||
+    model_rc=1
 fi
 conc_rc=0
 if [ "$CONC_BENCH" = 1 ]; then
