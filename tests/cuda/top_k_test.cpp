@@ -26,7 +26,7 @@ TEST(TopKRows, EqualsTheHostRanking) {
   TQ_REQUIRE_GPU();
   constexpr int kRows = 3;
   for (const TopCase c : {TopCase{700, true}, TopCase{49152, false}, TopCase{128256, false},
-                          TopCase{128256, true}, TopCase{1024, true}}) {
+                          TopCase{128256, true}, TopCase{1024, true}, TopCase{16385, true}}) {
     Rng rng(static_cast<uint64_t>(c.n) * 7 + (c.coarse ? 1 : 0));
     std::vector<float> x(static_cast<size_t>(kRows) * c.n);
     for (auto& v : x) {
@@ -39,28 +39,34 @@ TEST(TopKRows, EqualsTheHostRanking) {
         v = static_cast<float>(rng.normal() * 3.0);
     }
     test::DeviceBuffer dx = test::DeviceBuffer::from(x);
+    EXPECT_EQ(top_k_workspace_bytes(kRows, c.n, 104) > 0, c.n >= 16384);
     for (const int k : {1, 40, 104, 1000, 1024}) {
       if (k > c.n) continue;
-      SCOPED_TRACE("n " + std::to_string(c.n) + (c.coarse ? " coarse" : "") + ", k " +
-                   std::to_string(k));
-      test::DeviceBuffer ids(static_cast<size_t>(kRows) * k * sizeof(int32_t));
-      test::DeviceBuffer vals(static_cast<size_t>(kRows) * k * sizeof(float));
-      const Status st = top_k_rows(dx.get<float>(), kRows, c.n, k, ids.get<int32_t>(),
-                                   vals.get<float>(), nullptr);
-      ASSERT_TRUE(st.ok()) << st.to_string();
-      TQ_CUDA_OK(cudaDeviceSynchronize());
-      const std::vector<int32_t> got_ids = ids.to_host<int32_t>();
-      const std::vector<float> got_vals = vals.to_host<float>();
-      std::vector<int32_t> want_ids(static_cast<size_t>(k));
+      std::vector<int32_t> want_ids(static_cast<size_t>(kRows) * k);
       std::vector<float> want_vals(want_ids.size());
-      for (int r = 0; r < kRows; ++r) {
-        runtime::top_logits(x.data() + static_cast<size_t>(r) * c.n, c.n, k, want_ids.data(),
-                            want_vals.data());
-        for (int i = 0; i < k; ++i) {
-          const size_t at = static_cast<size_t>(r) * k + i;
-          ASSERT_EQ(got_ids[at], want_ids[static_cast<size_t>(i)]) << "row " << r << " rank " << i;
-          ASSERT_EQ(got_vals[at], want_vals[static_cast<size_t>(i)])
-              << "row " << r << " rank " << i;
+      for (int r = 0; r < kRows; ++r)
+        runtime::top_logits(x.data() + static_cast<size_t>(r) * c.n, c.n, k,
+                            want_ids.data() + static_cast<size_t>(r) * k,
+                            want_vals.data() + static_cast<size_t>(r) * k);
+      // One block per row, and (rows of 16384 values or more) the two-stage split.
+      const size_t ws_bytes = top_k_workspace_bytes(kRows, c.n, k);
+      for (const bool split : {false, true}) {
+        if (split && ws_bytes == 0) continue;
+        SCOPED_TRACE("n " + std::to_string(c.n) + (c.coarse ? " coarse" : "") + ", k " +
+                     std::to_string(k) + (split ? ", two stages" : ", one block per row"));
+        test::DeviceBuffer ws(split ? ws_bytes : 0);
+        test::DeviceBuffer ids(want_ids.size() * sizeof(int32_t));
+        test::DeviceBuffer vals(want_vals.size() * sizeof(float));
+        const Status st =
+            top_k_rows(dx.get<float>(), kRows, c.n, k, ids.get<int32_t>(), vals.get<float>(),
+                       nullptr, split ? ws.get() : nullptr, split ? ws_bytes : 0);
+        ASSERT_TRUE(st.ok()) << st.to_string();
+        TQ_CUDA_OK(cudaDeviceSynchronize());
+        const std::vector<int32_t> got_ids = ids.to_host<int32_t>();
+        const std::vector<float> got_vals = vals.to_host<float>();
+        for (size_t i = 0; i < want_ids.size(); ++i) {
+          ASSERT_EQ(got_ids[i], want_ids[i]) << "row " << i / k << " rank " << i % k;
+          ASSERT_EQ(got_vals[i], want_vals[i]) << "row " << i / k << " rank " << i % k;
         }
       }
     }

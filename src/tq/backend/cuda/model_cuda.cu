@@ -486,7 +486,8 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
     if (top != nullptr && top->top_k > 0) {
       const size_t k = static_cast<size_t>(top->top_k);
       TQ_RETURN_IF_ERROR(top_k_rows(last, 1, d.vocab_size, top->top_k, m.top_ids.as<int32_t>(),
-                                    m.top_values.as<float>(), s));
+                                    m.top_values.as<float>(), s, m.top_ws.as<void>(),
+                                    m.top_ws.bytes()));
       TQ_CUDA_TRY(cudaMemcpyAsync(top->top_ids, m.top_ids.as<void>(), k * sizeof(int32_t),
                                   cudaMemcpyDeviceToHost, s));
       TQ_CUDA_TRY(cudaMemcpyAsync(top->top_logits, m.top_values.as<void>(), k * sizeof(float),
@@ -702,7 +703,8 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
       if (a.logits_mode != DeviceLogits::kNone) top_k = std::max(top_k, a.top_k);
     if (top_k > 0) {
       TQ_RETURN_IF_ERROR(top_k_rows(m.logits.as<float>(), B, d.vocab_size, top_k,
-                                    m.top_ids.as<int32_t>(), m.top_values.as<float>(), s));
+                                    m.top_ids.as<int32_t>(), m.top_values.as<float>(), s,
+                                    m.top_ws.as<void>(), m.top_ws.bytes()));
       for (int b = 0; b < B; ++b) {
         const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
         if (a.logits_mode == DeviceLogits::kNone || a.top_k == 0) continue;

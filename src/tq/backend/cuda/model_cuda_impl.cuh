@@ -150,6 +150,7 @@ struct CudaModel::Impl {
   DeviceMem gather_src, gather_dst;  // int32 [sinks + window]: a multi-row pass's gather
   std::vector<int32_t> host_greedy;  // [B] staging of greedy
   DeviceMem top_ids, top_values;     // int32 / f32 [B][kTopRowsMax]: top candidates of each row
+  DeviceMem top_ws;                  // top_k_rows's workspace (a row per slot of the vocab)
   std::vector<int32_t> host_rows;    // [2][B] staging of row_seqs | row_pos
   DeviceMem attn_ws;                 // decode attention workspace, grown on demand
 

@@ -9,6 +9,7 @@
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/model_cuda_impl.cuh"
+#include "tq/backend/cuda/top_k.h"
 #include "tq/core/fp16.h"
 #include "tq/core/thread_pool.h"
 #include "tq/quant/codebook.h"
@@ -417,6 +418,11 @@ Status allocate_cache(CudaModel::Impl& m) {
       m.top_ids.alloc(B * DeviceForwardArgs::kMaxTopK * sizeof(int32_t), "top candidates"));
   TQ_RETURN_IF_ERROR(
       m.top_values.alloc(B * DeviceForwardArgs::kMaxTopK * sizeof(float), "top candidates"));
+  // Rows asking for candidates: one per slot at most (forward_batch's items are distinct slots).
+  if (const size_t ws = top_k_workspace_bytes(std::min(m.opt.max_sequences, m.opt.max_batch),
+                                              d.vocab_size, DeviceForwardArgs::kMaxTopK);
+      ws > 0)
+    TQ_RETURN_IF_ERROR(m.top_ws.alloc(ws, "top candidates workspace"));
   if (m.exact_blocks > 0) {
     TQ_RETURN_IF_ERROR(m.exact_slots.alloc(B * sizeof(int32_t), "exact row slots"));
     TQ_RETURN_IF_ERROR(m.exact_lengths.alloc(B * sizeof(int32_t), "exact row lengths"));

@@ -3,6 +3,7 @@
 // (no CUDA types): the stream is a cudaStream_t passed as void*.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "tq/core/status.h"
@@ -13,10 +14,14 @@ inline constexpr int kTopRowsMax = 1024;
 
 // The k largest values of each row of x [rows][n] (device; k <= kTopRowsMax, k <= n), most
 // likely first, equal values by lower index, NaN as -inf (runtime::top_logits's order): ids
-// [rows][k] and values [rows][k] (device). One block per row: an MSB-first radix select of the
-// k-th largest 64-bit key (order-preserving value bits, then the complemented index, so keys are
-// distinct), then the keys at or above it gathered and sorted in shared memory.
-Status top_k_rows(const float* x, int rows, int n, int k, int32_t* ids, float* values,
-                  void* stream);
+// [rows][k] and values [rows][k] (device). A block selects the top k of up to a chunk of values:
+// an MSB-first radix select of the k-th largest 64-bit key (order-preserving value bits, then
+// the complemented index, so keys are distinct), then the keys at or above it gathered and
+// sorted in shared memory. With a workspace of top_k_workspace_bytes (nonzero for rows of 16384
+// values or more) long rows are split: a block per chunk of 8192 values, then a block per row
+// over the chunks' candidates; without one, one block scans the whole row.
+size_t top_k_workspace_bytes(int rows, int n, int k);
+Status top_k_rows(const float* x, int rows, int n, int k, int32_t* ids, float* values, void* stream,
+                  void* workspace = nullptr, size_t workspace_bytes = 0);
 
 }  // namespace tq::backend::cuda
