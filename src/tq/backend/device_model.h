@@ -1,6 +1,7 @@
 // A whole model forward pass on a device (the GPU), as CPU code sees it: no device types. The
 // model is uploaded once from a backend::LlamaDesc; the device keeps the weights and a paged
-// KV cache of `max_sequences` slots and returns logits to the host, where sampling stays.
+// KV cache of `max_sequences` slots and returns to the host the logits, the greedy token or the
+// top candidates of a row, from which the host's sampler draws.
 // create_cuda_model (backend/cuda/model_cuda.cu) is the one implementation; builds without
 // CUDA get device_model.cpp's answer, a clear Unsupported.
 #pragma once
