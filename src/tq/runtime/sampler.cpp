@@ -11,6 +11,11 @@
 namespace tq::runtime {
 namespace {
 
+// A logit as the sampler ranks it: NaN never wins and is never drawn.
+float rankable(float logit) {
+  return std::isnan(logit) ? -std::numeric_limits<float>::infinity() : logit;
+}
+
 bool by_logit_desc(const Candidate& a, const Candidate& b) {
   // Ties by id keep the order (and so the draws) independent of the sort algorithm.
   return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
@@ -78,17 +83,25 @@ int32_t greedy_token(const float* logits, int n) {
   return best;
 }
 
+void Sampler::reserve(int n_vocab) {
+  if (cands_.size() >= static_cast<size_t>(n_vocab)) return;
+  cands_.resize(n_vocab);
+  counts_.assign(n_vocab, 0);
+}
+
+float Sampler::penalized(float logit, int count) const {
+  const float l = logit <= 0.0f ? logit * cfg_.repeat_penalty : logit / cfg_.repeat_penalty;
+  return l - (static_cast<float>(count) * cfg_.frequency_penalty + cfg_.presence_penalty);
+}
+
 void Sampler::apply_penalties(int n_vocab) {
-  if (cfg_.repeat_penalty == 1.0f && cfg_.presence_penalty == 0.0f &&
-      cfg_.frequency_penalty == 0.0f)
-    return;
+  if (!cfg_.penalties()) return;
   for (int32_t t : history_)
     if (t >= 0 && t < n_vocab) ++counts_[t];
   for (int32_t t : history_) {
     if (t < 0 || t >= n_vocab || counts_[t] == 0) continue;
     float& l = cands_[t].logit;  // cands_ is still indexed by id here
-    l = l <= 0.0f ? l * cfg_.repeat_penalty : l / cfg_.repeat_penalty;
-    l -= static_cast<float>(counts_[t]) * cfg_.frequency_penalty + cfg_.presence_penalty;
+    l = penalized(l, counts_[t]);
     counts_[t] = 0;  // applied once per distinct token; leaves counts_ all zero again
   }
 }
@@ -158,15 +171,8 @@ void Sampler::softmax_kept() {
 
 int32_t Sampler::sample(const float* logits, int n_vocab) {
   if (n_vocab <= 0) return -1;
-  if (cands_.size() < static_cast<size_t>(n_vocab)) {
-    cands_.resize(n_vocab);
-    counts_.assign(n_vocab, 0);
-  }
-  for (int i = 0; i < n_vocab; ++i) {
-    // NaN logits never win and never get drawn.
-    cands_[i] = {i, std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i],
-                 0.0f};
-  }
+  reserve(n_vocab);
+  for (int i = 0; i < n_vocab; ++i) cands_[i] = {i, rankable(logits[i]), 0.0f};
   n_kept_ = static_cast<size_t>(n_vocab);
   n_sorted_ = 0;
   apply_penalties(n_vocab);
@@ -209,8 +215,7 @@ int SamplerConfig::top_candidates(int n_vocab) const {
 void top_logits(const float* logits, int n, int k, int32_t* ids, float* values) {
   static thread_local std::vector<Candidate> c;
   c.resize(static_cast<size_t>(n));
-  for (int i = 0; i < n; ++i)
-    c[i] = {i, std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i], 0.0f};
+  for (int i = 0; i < n; ++i) c[i] = {i, rankable(logits[i]), 0.0f};
   k = std::clamp(k, 0, n);
   std::partial_sort(c.begin(), c.begin() + k, c.end(), by_logit_desc);
   for (int i = 0; i < k; ++i) {
@@ -222,23 +227,16 @@ void top_logits(const float* logits, int n, int k, int32_t* ids, float* values) 
 int32_t Sampler::sample_top(const int32_t* ids, const float* logits, int count, int n_vocab) {
   const int need = cfg_.top_candidates(n_vocab);
   if (need == 0 || count < need) return -1;
-  if (cands_.size() < static_cast<size_t>(n_vocab)) {
-    cands_.resize(n_vocab);
-    counts_.assign(n_vocab, 0);
-  }
-  for (int i = 0; i < count; ++i)
-    cands_[i] = {ids[i],
-                 std::isnan(logits[i]) ? -std::numeric_limits<float>::infinity() : logits[i], 0.0f};
+  reserve(n_vocab);
+  for (int i = 0; i < count; ++i) cands_[i] = {ids[i], rankable(logits[i]), 0.0f};
   // The penalties of sample(), on the candidates in the history (the others stay below them).
   if (cfg_.penalties()) {
     for (int32_t t : history_)
       if (t >= 0 && t < n_vocab) ++counts_[t];
     for (int i = 0; i < count; ++i) {
       const int32_t t = cands_[i].id;
-      if (t < 0 || t >= n_vocab || counts_[t] == 0) continue;
-      float& l = cands_[i].logit;
-      l = l <= 0.0f ? l * cfg_.repeat_penalty : l / cfg_.repeat_penalty;
-      l -= static_cast<float>(counts_[t]) * cfg_.frequency_penalty + cfg_.presence_penalty;
+      if (t >= 0 && t < n_vocab && counts_[t] > 0)
+        cands_[i].logit = penalized(cands_[i].logit, counts_[t]);
     }
     for (int32_t t : history_)
       if (t >= 0 && t < n_vocab) counts_[t] = 0;

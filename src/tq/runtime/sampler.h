@@ -85,7 +85,9 @@ class Sampler {
 
  private:
   explicit Sampler(const SamplerConfig& cfg) : cfg_(cfg), rng_(cfg.seed) {}
+  void reserve(int n_vocab);  // candidate and count buffers for a vocabulary of n_vocab
   void apply_penalties(int n_vocab);
+  float penalized(float logit, int count) const;  // one token's penalties, `count` in the window
   void apply_top_k();
   void apply_top_p();
   void apply_min_p();

@@ -39,13 +39,17 @@ Expected<size_t> page_bytes(const EngineOptions& o, const kv::AttentionShape& sh
   return bytes;
 }
 
+// The f16 sink and window rows of one full-context sequence.
+size_t exact_bytes_per_sequence(const EngineOptions& o, const kv::AttentionShape& shape) {
+  return static_cast<size_t>(std::min(o.scheduler.context, o.kv.sinks + o.kv.window)) *
+         kv::kv_f16_token_bytes(shape);
+}
+
 // The CPU pool's bytes: every session's f16 rows come off the budget first, the pages get the
 // rest.
 Expected<size_t> cpu_pool_bytes(const EngineOptions& o, const kv::AttentionShape& shape) {
   TQ_ASSIGN_OR_RETURN(const size_t page, page_bytes(o, shape));
-  const size_t exact_per_seq =
-      static_cast<size_t>(std::min(o.scheduler.context, o.kv.sinks + o.kv.window)) *
-      kv::kv_f16_token_bytes(shape);
+  const size_t exact_per_seq = exact_bytes_per_sequence(o, shape);
   const size_t sessions = static_cast<size_t>(o.scheduler.max_sessions);
   const size_t one_seq = page * pages_per_sequence(o);
   if (o.kv_memory_bytes == 0) return one_seq * sessions;
@@ -73,11 +77,9 @@ Expected<backend::DeviceModelOptions> device_model_options(const EngineOptions& 
   if (options.kv_memory_bytes > 0) {
     TQ_ASSIGN_OR_RETURN(const size_t page, page_bytes(options, shape));
     // A device slot: its pages, its f16 sink and window rows, its key means and scales.
-    const size_t exact = static_cast<size_t>(std::min(options.scheduler.context,
-                                                      options.kv.sinks + options.kv.window)) *
-                         kv::kv_f16_token_bytes(shape);
-    const size_t per_slot =
-        page * pages_per_sequence(options) + exact + kv::kv_key_mean_bytes(d.kv, shape);
+    const size_t per_slot = page * pages_per_sequence(options) +
+                            exact_bytes_per_sequence(options, shape) +
+                            kv::kv_key_mean_bytes(d.kv, shape);
     const size_t fit = options.kv_memory_bytes / per_slot;
     if (fit < 1)
       return invalid_argument("serve: --kv-memory " + std::to_string(options.kv_memory_bytes) +
