@@ -129,9 +129,8 @@ __global__ void rope_split_kernel(RopeSplitParams p) {
     p.k[static_cast<size_t>(t) * kv_dim + (e - q_dim)] = (out - mu) * mul;
 }
 
-// mu[e] = mean of k[t][e] over t in [from, to) (0 when empty); then k[t][e] -= mu[e] for t < n.
-// One thread per element e of a token row.
-// One block per KV head, a thread per channel (blockDim >= head_dim; whole warps).
+// first_pass_stats (ops_cuda.cuh): one block per KV head, a thread per channel (blockDim >=
+// head_dim; whole warps).
 constexpr int kStatsThreads = 256;
 
 __device__ float block_sum_small(float v, float* scratch) {

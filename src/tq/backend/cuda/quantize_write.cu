@@ -31,22 +31,20 @@ struct WriteInstance {
   LaunchFn launch;
 };
 
-#define TQ_WRITE_TQ(D)                                                                      \
-  WriteInstance{{quant::FormatKind::kTqMse, 1}, D, &launch_tq<D, 1, false>},                \
-      WriteInstance{{quant::FormatKind::kTqMse, 2}, D, &launch_tq<D, 2, false>},            \
-      WriteInstance{{quant::FormatKind::kTqMse, 3}, D, &launch_tq<D, 3, false>},            \
-      WriteInstance{{quant::FormatKind::kTqMse, 4}, D, &launch_tq<D, 4, false>},            \
-      WriteInstance{{quant::FormatKind::kTqProd, 2}, D, &launch_tq<D, 1, true>},            \
-      WriteInstance{{quant::FormatKind::kTqProd, 3}, D, &launch_tq<D, 2, true>},            \
-      WriteInstance{{quant::FormatKind::kTqProd, 4}, D, &launch_tq<D, 3, true>},            \
-      WriteInstance{{quant::FormatKind::kTqProd, 5}, D, &launch_tq<D, 4, true>},            \
-      WriteInstance{                                                                        \
-          {quant::FormatKind::kF16, 16}, D, &launch_baseline<D, quant::FormatKind::kF16>},  \
-      WriteInstance{                                                                        \
-          {quant::FormatKind::kQ8_0, 8}, D, &launch_baseline<D, quant::FormatKind::kQ8_0>}, \
-      WriteInstance {                                                                       \
-    {quant::FormatKind::kQ4_0, 4}, D, &launch_baseline<D, quant::FormatKind::kQ4_0>         \
-  }
+// clang-format off
+#define TQ_WRITE_TQ(D)                                                                       \
+  WriteInstance{{quant::FormatKind::kTqMse, 1}, D, &launch_tq<D, 1, false>},                 \
+  WriteInstance{{quant::FormatKind::kTqMse, 2}, D, &launch_tq<D, 2, false>},                 \
+  WriteInstance{{quant::FormatKind::kTqMse, 3}, D, &launch_tq<D, 3, false>},                 \
+  WriteInstance{{quant::FormatKind::kTqMse, 4}, D, &launch_tq<D, 4, false>},                 \
+  WriteInstance{{quant::FormatKind::kTqProd, 2}, D, &launch_tq<D, 1, true>},                 \
+  WriteInstance{{quant::FormatKind::kTqProd, 3}, D, &launch_tq<D, 2, true>},                 \
+  WriteInstance{{quant::FormatKind::kTqProd, 4}, D, &launch_tq<D, 3, true>},                 \
+  WriteInstance{{quant::FormatKind::kTqProd, 5}, D, &launch_tq<D, 4, true>},                 \
+  WriteInstance{{quant::FormatKind::kF16, 16}, D, &launch_baseline<D, quant::FormatKind::kF16>},  \
+  WriteInstance{{quant::FormatKind::kQ8_0, 8}, D, &launch_baseline<D, quant::FormatKind::kQ8_0>}, \
+  WriteInstance{{quant::FormatKind::kQ4_0, 4}, D, &launch_baseline<D, quant::FormatKind::kQ4_0>}
+// clang-format on
 
 constexpr WriteInstance kWriteInstances[] = {TQ_WRITE_TQ(64), TQ_WRITE_TQ(128), TQ_WRITE_TQ(256)};
 #undef TQ_WRITE_TQ
