@@ -36,10 +36,10 @@ inline cudaError_t sync_unless_capturing(cudaStream_t s) {
 // After a launch: the launch error, and in debug builds the kernel's own completion (unless
 // the stream is being captured into a CUDA graph, where a synchronisation is illegal).
 #ifndef NDEBUG
-#define TQ_CUDA_CHECK_LAUNCH(stream)                                   \
-  do {                                                                 \
-    TQ_CUDA_TRY(cudaGetLastError());                                   \
-    TQ_CUDA_TRY(::tq::backend::cuda::sync_unless_capturing(stream));   \
+#define TQ_CUDA_CHECK_LAUNCH(stream)                                 \
+  do {                                                               \
+    TQ_CUDA_TRY(cudaGetLastError());                                 \
+    TQ_CUDA_TRY(::tq::backend::cuda::sync_unless_capturing(stream)); \
   } while (0)
 #else
 #define TQ_CUDA_CHECK_LAUNCH(stream) TQ_CUDA_TRY(cudaGetLastError())
@@ -125,6 +125,14 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// The transpose of an 8x8 fp16 matrix held as an mma fragment (lane: row lane / 4, columns
+// 2 (lane % 4), +1), returned in the same layout.
+__device__ __forceinline__ uint32_t movmatrix_trans(uint32_t x) {
+  uint32_t y;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return __byte_perm(a, b, sel);
 }
@@ -169,7 +177,8 @@ struct Span {
 #pragma unroll
       for (int i = 0; i < kRaw; ++i) raw[i] = (i < need) ? __ldg(base + i) : 0u;
 #pragma unroll
-      for (int i = 0; i < kWords; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1 < kRaw ? i + 1 : i], sh);
+      for (int i = 0; i < kWords; ++i)
+        w[i] = __funnelshift_r(raw[i], raw[i + 1 < kRaw ? i + 1 : i], sh);
       if (kWords == kRaw) w[kWords - 1] = raw[kRaw - 1] >> sh;
     }
   }

@@ -5,9 +5,11 @@
 //
 // Inner loop (the compute side of the bandwidth floor): every packed element is loaded and
 // unpacked once per warp and shared by all query heads of the KV head through tensor-core mma:
-//   S   = Q K^T : M = query heads (rows g < group), N = 8 tokens, K = 16 dims  (m16n8k16)
+//   S^T = K Q^T  : M = 16 tokens, N = query heads (columns < group), K = 16 dims  (m16n8k16)
 //   O^T = V^T P^T: M = 16 dims, N = query heads, K = 16 tokens
-// The S accumulator layout is exactly the P^T B fragment, so P never leaves registers. Codes
+// Every row of both products is real data (the heads, at most 8, are the N side); one movmatrix
+// per 8 tokens turns the S^T accumulators into the P^T B fragment, so P never leaves registers.
+// Codes
 // become fp16 through per-lane shared-memory tables (vec_formats.cuh: one byte permute builds the
 // address, the table base is the load's immediate), values are decoded straight into token
 // pairs, K norms scale S after the mma, V norms fold into P, and the next step's key codes are
@@ -40,9 +42,9 @@ struct AttnArgs {
   int max_blocks;
   const int32_t* lengths;  // [n_seqs]
   int block_tokens;
-  int block_shift;  // log2(block_tokens) when a power of two (no integer division), else -1
-  int group;    // query heads per KV head (<= 8)
-  int n_heads;  // query heads
+  int block_shift;         // log2(block_tokens) when a power of two (no integer division), else -1
+  int group;               // query heads per KV head (<= 8)
+  int n_heads;             // query heads
   const __half* q;         // [n_seqs][n_heads][d], scaled by scale*log2(e) (rotated if K is)
   const __half* q_sketch;  // [n_seqs][n_heads][d], S P q * qjl_scale (QJL keys only)
   // When q_raw is set, q is unused: each CTA prepares its group's queries itself from the f32
@@ -53,8 +55,8 @@ struct AttnArgs {
   const float* q_signs;  // [d] Hadamard signs of K's rotation, or null
   float q_scale;         // scale * log2(e)
   float q_rot_scale;     // 1 / sqrt(d)
-  float* part_o;           // [n_seqs][n_heads][splits_total][d]
-  float2* part_ml;         // [n_seqs][n_heads][splits_total]: (max, sum) in log2 units
+  float* part_o;         // [n_seqs][n_heads][splits_total][d]
+  float2* part_ml;       // [n_seqs][n_heads][splits_total]: (max, sum) in log2 units
   int tokens_per_split;
   int split_offset;  // first split index of this segment
   int splits_total;
@@ -75,13 +77,14 @@ constexpr int attn_step_tokens() {
 template <class KF, class VF>
 struct AttnTables {
   static constexpr bool kShare = KF::kTableRows > 0 && KF::kCodeBits == VF::kCodeBits;
-  static constexpr bool kVSecondHalf = !kShare && KF::kTableRows > 0 && VF::kTableRows > 0 && !KF::kFullRow &&
-                                       !VF::kFullRow;
+  static constexpr bool kVSecondHalf =
+      !kShare && KF::kTableRows > 0 && VF::kTableRows > 0 && !KF::kFullRow && !VF::kFullRow;
   static constexpr int kVRow = (kShare || kVSecondHalf) ? 0 : KF::kTableRows;
   static constexpr int kVHalf = kVSecondHalf ? 1 : 0;
-  static constexpr int kRowsKV = kShare ? KF::kTableRows
-                                 : kVSecondHalf ? (KF::kTableRows > VF::kTableRows ? KF::kTableRows : VF::kTableRows)
-                                                : KF::kTableRows + VF::kTableRows;
+  static constexpr int kRowsKV =
+      kShare         ? KF::kTableRows
+      : kVSecondHalf ? (KF::kTableRows > VF::kTableRows ? KF::kTableRows : VF::kTableRows)
+                     : KF::kTableRows + VF::kTableRows;
   static constexpr int kSignRow = kRowsKV;
   static constexpr int kBytes = (kRowsKV + KF::kSignTableRows) * 256;
 };
@@ -110,11 +113,13 @@ namespace dev {
 // a warp per head, kDim / 32 consecutive elements per lane, rotated by lane_fwht (the prepare
 // kernel's block_fwht butterflies in the same order, so the same floats).
 template <int kDim>
-__device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, int kvh, __half* q_sh) {
+__device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, int kvh,
+                                                    __half* q_sh) {
   constexpr int kE = kDim / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int h = warp; h < a.group; h += kAttnWarps) {
-    const float* qp = a.q_raw + (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + h) * kDim + lane * kE;
+    const float* qp =
+        a.q_raw + (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + h) * kDim + lane * kE;
     float x[kE];
 #pragma unroll
     for (int e = 0; e < kE; ++e) x[e] = __ldg(qp + e);
@@ -153,11 +158,12 @@ constexpr int attn_min_blocks() {
 // kCap: block_tokens known at compile time (0: read a.block_tokens). With kCap == kStep every
 // step is exactly one page (slot 0 on), so every address inside it is a base plus an immediate.
 template <class KF, class VF, int kDim, int kCap>
-__global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention_kernel(const AttnArgs a) {
+__global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
+    attention_kernel(const AttnArgs a) {
   using namespace dev;
   constexpr int kStep = attn_step_tokens<KF, VF>();
-  constexpr int kNT = kStep / 8;   // S n-tiles (8 tokens) per step
-  constexpr int kNH = kStep / 16;  // PV k16 halves per step
+  constexpr int kNT = kStep / 8;   // token rows per lane and step (tokens 8j + g)
+  constexpr int kNH = kStep / 16;  // 16-token tiles per step (S^T m-tiles, PV k-tiles)
   constexpr int kKT = kDim / 16;   // S k-tiles
   constexpr int kKN = kDim / 4;    // dims of the K chunk a thread unpacks (chunk t)
   constexpr int kVN = kDim / 8;    // dims of the V chunk a thread unpacks (chunk g)
@@ -197,7 +203,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
     }
   };
   using KRaw = typename KF::template Raw<kKN>;
-  struct Keys {  // the key codes and raw fp16 norm pairs of one step
+  struct Keys {  // the key codes (token 8j + g) and their raw fp16 norms of one step
     KRaw kr[kNT];
     uint32_t ksr[kNT];
   };
@@ -212,21 +218,21 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
                         static_cast<size_t>(kvh) * a.k_head_stride;
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
-      if (kFull || 8 * j + g < valid) KF::template load<kKN>(keys.kr[j], kb, cap, slot0 + 8 * j + g, t);
-      else keys.kr[j].zero();
+      if (kFull || 8 * j + g < valid)
+        KF::template load<kKN>(keys.kr[j], kb, cap, slot0 + 8 * j + g, t);
+      else
+        keys.kr[j].zero();
       keys.ksr[j] = 0u;
-      if constexpr (KF::kTokenScale) {
-        const int tk = 8 * j + 2 * t;
-        if (kFull || tk < valid) keys.ksr[j] = KF::scale2_raw(kb, cap, slot0 + tk);
-        if (!kFull && tk + 1 >= valid) keys.ksr[j] &= 0xffffu;
-      }
+      if constexpr (KF::kTokenScale)
+        if (kFull || 8 * j + g < valid) keys.ksr[j] = KF::scale_raw(kb, cap, slot0 + 8 * j + g);
     }
   };
   using Tab = AttnTables<KF, VF>;
   uint8_t* k_table = smem;
   uint8_t* v_table = smem + Tab::kVRow * 256;
   uint8_t* s_table = smem + Tab::kSignRow * 256;
-  if constexpr (KF::kTableRows > 0) build_table<KF::kCodeBits, KF::kLookup>(k_table, 0, a.k_centroids);
+  if constexpr (KF::kTableRows > 0)
+    build_table<KF::kCodeBits, KF::kLookup>(k_table, 0, a.k_centroids);
   if constexpr (VF::kTableRows > 0 && !Tab::kShare)
     build_table<VF::kCodeBits, VF::kLookup>(v_table, Tab::kVHalf, a.v_centroids);
   if constexpr (kQjl) build_table<1, 4>(s_table, 0, nullptr);
@@ -239,8 +245,10 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   if constexpr (kPipe) {
     const int tok0 = begin + warp * kStep;
     if (tok0 < end) {
-      if (end - tok0 >= kStep) load_keys(tok0, std::true_type{}, first);
-      else load_keys(tok0, std::false_type{}, first);
+      if (end - tok0 >= kStep)
+        load_keys(tok0, std::true_type{}, first);
+      else
+        load_keys(tok0, std::false_type{}, first);
     }
   }
   __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
@@ -258,16 +266,17 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
   }
   constexpr int kKOff = 1024, kVOff = 1024 + Tab::kVRow * 256, kSOff = 1024 + Tab::kSignRow * 256;
   const uint32_t k_off = base_delta + lane * 2 * KF::kLookup;
-  const uint32_t v_off =
-      base_delta + (Tab::kShare ? 0 : Tab::kVHalf * 128) + lane * 2 * (Tab::kShare ? KF::kLookup : VF::kLookup);
+  const uint32_t v_off = base_delta + (Tab::kShare ? 0 : Tab::kVHalf * 128) +
+                         lane * 2 * (Tab::kShare ? KF::kLookup : VF::kLookup);
   const uint32_t s_off = base_delta + lane * 8;
 
-  // Query A fragments: rows = heads (g < group), k-slots = thread t's K chunk dims.
+  // Query B fragments: columns = heads (g < group), k-slots = thread t's K chunk dims.
   uint32_t qa[kKT][2];
   uint32_t qs[kQjl ? kKT : 1][2];
   {
     const bool live = g < a.group;
-    const size_t row = (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + (live ? g : 0)) * kDim;
+    const size_t row =
+        (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + (live ? g : 0)) * kDim;
     const __half* qp = a.q_raw ? q_sh + (live ? g : 0) * kDim : a.q + row;
 #pragma unroll
     for (int kk = 0; kk < kKT; ++kk)
@@ -283,8 +292,10 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
       }
   }
 
-  float m_run = -INFINITY;  // running max of head g (log2 units), same in the 4 lanes of a quad
-  float l_run = 0.0f;       // this lane's share of the running sum of head g
+  // Running maxima of heads 2t, 2t + 1 (log2 units; the same in the 8 lanes of column t) and
+  // this lane's share of their running sums.
+  float m_run0 = -INFINITY, m_run1 = -INFINITY;
+  float l_run0 = 0.0f, l_run1 = 0.0f;
   float o[kMT][4];
 #pragma unroll
   for (int mm = 0; mm < kMT; ++mm) o[mm][0] = o[mm][1] = o[mm][2] = o[mm][3] = 0.0f;
@@ -299,7 +310,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
     const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
     [[maybe_unused]] const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
-                        static_cast<size_t>(kvh) * a.k_head_stride;
+                                         static_cast<size_t>(kvh) * a.k_head_stride;
     const uint8_t* vb = a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
                         static_cast<size_t>(kvh) * a.v_head_stride;
 
@@ -310,98 +321,133 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = 16 * h + 2 * t + (e & 1) + 8 * (e >> 1);
-        if (kFull || tok < valid) VF::template load<kVN>(vr[h][e], vb, cap, slot0 + tok, g);
-        else vr[h][e].zero();
+        if (kFull || tok < valid)
+          VF::template load<kVN>(vr[h][e], vb, cap, slot0 + tok, g);
+        else
+          vr[h][e].zero();
       }
-    [[maybe_unused]] uint32_t vsr[kNT];  // value norms (raw fp16 pairs) of tokens 8j + 2t, +1
+    [[maybe_unused]] uint32_t vsr[kNT];  // value norms (raw fp16) of tokens 8j + g
     if constexpr (VF::kTokenScale) {
 #pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        const int tk = 8 * j + 2 * t;
-        vsr[j] = (kFull || tk < valid) ? VF::scale2_raw(vb, cap, slot0 + tk) : 0u;
-        if (!kFull && tk + 1 >= valid) vsr[j] &= 0xffffu;
-      }
+      for (int j = 0; j < kNT; ++j)
+        vsr[j] = (kFull || 8 * j + g < valid) ? VF::scale_raw(vb, cap, slot0 + 8 * j + g) : 0u;
     }
     [[maybe_unused]] typename dev::SignsOf<KF, kKN>::type sr[kNT];
-    [[maybe_unused]] float2 rs[kNT];
+    [[maybe_unused]] float rs[kNT];
     if constexpr (kQjl) {
 #pragma unroll
       for (int j = 0; j < kNT; ++j) {
-        if (kFull || 8 * j + g < valid) KF::template load_signs<kKN>(sr[j].r, kb, cap, slot0 + 8 * j + g, t);
-        else sr[j].r.zero();
-        rs[j] = (kFull || 8 * j + 2 * t < valid) ? KF::residual2(kb, cap, slot0 + 8 * j + 2 * t)
-                                                 : make_float2(0.0f, 0.0f);
+        const bool live = kFull || 8 * j + g < valid;
+        if (live)
+          KF::template load_signs<kKN>(sr[j].r, kb, cap, slot0 + 8 * j + g, t);
+        else
+          sr[j].r.zero();
+        rs[j] = live ? KF::residual(kb, cap, slot0 + 8 * j + g) : 0.0f;
       }
     }
 
     const int next = tok0 + kAttnWarps * kStep;
     if (kPipe && next < end) {
-      if (end - next >= kStep) load_keys(next, std::true_type{}, nxt);
-      else load_keys(next, std::false_type{}, nxt);
+      if (end - next >= kStep)
+        load_keys(next, std::true_type{}, nxt);
+      else
+        load_keys(next, std::false_type{}, nxt);
     }
 
-    // S = Q K^T (c0, c1: head g, tokens 8j + 2t, 8j + 2t + 1).
-    float s[kNT][4];
+    // S^T = K Q^T, one m16n8k16 per 16-token tile tt and 16 dims: rows (A) are tokens
+    // 16tt + g (keys.kr[2tt]; c0, c1) and 16tt + 8 + g (keys.kr[2tt + 1]; c2, c3), columns (B)
+    // heads 2t, 2t + 1. The B fragment of head g over k slots 2t.. is exactly qa (same k mapping as
+    // the keys' chunk t).
+    float s[kNH][4];
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
-      uint32_t kp[kKN / 2];
-      decode_chunk<KF, kKN, kKOff>(keys.kr[j], t, k_off, kp);
+    for (int tt = 0; tt < kNH; ++tt) {
+      s[tt][0] = s[tt][1] = s[tt][2] = s[tt][3] = 0.0f;
+      uint32_t k0[kKN / 2], k1[kKN / 2];
+      decode_chunk<KF, kKN, kKOff>(keys.kr[2 * tt], t, k_off, k0);
+      decode_chunk<KF, kKN, kKOff>(keys.kr[2 * tt + 1], t, k_off, k1);
 #pragma unroll
-      for (int kk = 0; kk < kKT; ++kk) mma_16816(s[j], qa[kk][0], 0u, qa[kk][1], 0u, kp[2 * kk], kp[2 * kk + 1]);
+      for (int kk = 0; kk < kKT; ++kk)
+        mma_16816(s[tt], k0[2 * kk], k1[2 * kk], k0[2 * kk + 1], k1[2 * kk + 1], qa[kk][0],
+                  qa[kk][1]);
       if constexpr (kQjl) {
         float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        uint32_t sp[kKN / 2];
-        KF::template decode_signs<kKN, kSOff>(sr[j].r, s_off, sp);
+        uint32_t sp0[kKN / 2], sp1[kKN / 2];
+        KF::template decode_signs<kKN, kSOff>(sr[2 * tt].r, s_off, sp0);
+        KF::template decode_signs<kKN, kSOff>(sr[2 * tt + 1].r, s_off, sp1);
 #pragma unroll
-        for (int kk = 0; kk < kKT; ++kk) mma_16816(s2, qs[kk][0], 0u, qs[kk][1], 0u, sp[2 * kk], sp[2 * kk + 1]);
-        s[j][0] += rs[j].x * s2[0];
-        s[j][1] += rs[j].y * s2[1];
+        for (int kk = 0; kk < kKT; ++kk)
+          mma_16816(s2, sp0[2 * kk], sp1[2 * kk], sp0[2 * kk + 1], sp1[2 * kk + 1], qs[kk][0],
+                    qs[kk][1]);
+        s[tt][0] += rs[2 * tt] * s2[0];
+        s[tt][1] += rs[2 * tt] * s2[1];
+        s[tt][2] += rs[2 * tt + 1] * s2[2];
+        s[tt][3] += rs[2 * tt + 1] * s2[3];
       }
       if constexpr (KF::kTokenScale) {
-        const float2 ks = __half22float2(bits_h2(keys.ksr[j]));
-        s[j][0] *= ks.x;
-        s[j][1] *= ks.y;
+        const float k0n =
+            __half2float(__ushort_as_half(static_cast<unsigned short>(keys.ksr[2 * tt])));
+        const float k1n =
+            __half2float(__ushort_as_half(static_cast<unsigned short>(keys.ksr[2 * tt + 1])));
+        s[tt][0] *= k0n;
+        s[tt][1] *= k0n;
+        s[tt][2] *= k1n;
+        s[tt][3] *= k1n;
       }
-      if (!kFull && 8 * j + 2 * t >= valid) s[j][0] = -INFINITY;
-      if (!kFull && 8 * j + 2 * t + 1 >= valid) s[j][1] = -INFINITY;
+      if (!kFull && 16 * tt + g >= valid) s[tt][0] = s[tt][1] = -INFINITY;
+      if (!kFull && 16 * tt + 8 + g >= valid) s[tt][2] = s[tt][3] = -INFINITY;
     }
 
-    // Online softmax of head g over the step.
-    float mx = -INFINITY;
+    // Online softmax of heads 2t, 2t + 1 over the step: this lane's tokens, then the 8 lanes of
+    // column t (lanes t, t + 4, ..., t + 28).
+    float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kNT; ++j) mx = fmaxf(mx, fmaxf(s[j][0], s[j][1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-    const float m_new = fmaxf(m_run, mx);
-    const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-    const float alpha = fast_exp2(m_run - m_use);
-    m_run = m_new;
-    uint32_t pb[kNH][2];
-    float psum = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kNT; ++j) {
-      const float p0 = fast_exp2(s[j][0] - m_use), p1 = fast_exp2(s[j][1] - m_use);
-      psum += p0 + p1;
-      if constexpr (VF::kTokenScale) {
-        const float2 vs = __half22float2(bits_h2(vsr[j]));
-        pb[j / 2][j % 2] = pack_h2(p0 * vs.x, p1 * vs.y);
-      } else {
-        pb[j / 2][j % 2] = pack_h2(p0, p1);
-      }
+    for (int tt = 0; tt < kNH; ++tt) {
+      mx0 = fmaxf(mx0, fmaxf(s[tt][0], s[tt][2]));
+      mx1 = fmaxf(mx1, fmaxf(s[tt][1], s[tt][3]));
     }
-    l_run = l_run * alpha + psum;
-    // O^T columns are heads 2t, 2t+1; their factors live in lanes 8t and 8t + 4. Once the
-    // maxima settle, no lane rescales and the whole block is skipped.
-    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
-      const float a0 = __shfl_sync(0xffffffffu, alpha, 8 * t);
-      const float a1 = __shfl_sync(0xffffffffu, alpha, 8 * t + 4);
+#pragma unroll
+    for (int x = 4; x <= 16; x *= 2) {
+      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+    }
+    const float m_new0 = fmaxf(m_run0, mx0), m_new1 = fmaxf(m_run1, mx1);
+    const float m_use0 = m_new0 == -INFINITY ? 0.0f : m_new0;
+    const float m_use1 = m_new1 == -INFINITY ? 0.0f : m_new1;
+    const float alpha0 = fast_exp2(m_run0 - m_use0), alpha1 = fast_exp2(m_run1 - m_use1);
+    m_run0 = m_new0;
+    m_run1 = m_new1;
+    // P^T B fragments: the 8x8 blocks (tokens 16tt (+8) + g, heads 2t, 2t + 1) transposed.
+    uint32_t pb[kNH][2];
+    float psum0 = 0.0f, psum1 = 0.0f;
+#pragma unroll
+    for (int tt = 0; tt < kNH; ++tt) {
+      float p00 = fast_exp2(s[tt][0] - m_use0), p01 = fast_exp2(s[tt][1] - m_use1);
+      float p10 = fast_exp2(s[tt][2] - m_use0), p11 = fast_exp2(s[tt][3] - m_use1);
+      psum0 += p00 + p10;
+      psum1 += p01 + p11;
+      if constexpr (VF::kTokenScale) {
+        const float v0n = __half2float(__ushort_as_half(static_cast<unsigned short>(vsr[2 * tt])));
+        const float v1n =
+            __half2float(__ushort_as_half(static_cast<unsigned short>(vsr[2 * tt + 1])));
+        p00 *= v0n;
+        p01 *= v0n;
+        p10 *= v1n;
+        p11 *= v1n;
+      }
+      pb[tt][0] = movmatrix_trans(pack_h2(p00, p01));
+      pb[tt][1] = movmatrix_trans(pack_h2(p10, p11));
+    }
+    l_run0 = l_run0 * alpha0 + psum0;
+    l_run1 = l_run1 * alpha1 + psum1;
+    // O^T columns are heads 2t, 2t + 1: this lane's own factors. Once the maxima settle, no
+    // lane rescales and the whole block is skipped.
+    if (__any_sync(0xffffffffu, alpha0 != 1.0f || alpha1 != 1.0f)) {
 #pragma unroll
       for (int mm = 0; mm < kMT; ++mm) {
-        o[mm][0] *= a0;
-        o[mm][1] *= a1;
-        o[mm][2] *= a0;
-        o[mm][3] *= a1;
+        o[mm][0] *= alpha0;
+        o[mm][1] *= alpha1;
+        o[mm][2] *= alpha0;
+        o[mm][3] *= alpha1;
       }
     }
 
@@ -414,37 +460,56 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>()) attention
       decode_token_pair<VF, kVN, kVOff>(vr[h][2], vr[h][3], g, v_off, v23);
 #pragma unroll
       for (int mm = 0; mm < kMT; ++mm)
-        mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0], pb[h][1]);
+        mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0],
+                  pb[h][1]);
     }
   };
   {
     int tok0 = begin + warp * kStep;
     if constexpr (kPipe) {
-      Keys cur = first, nxt;
-      for (; tok0 < end; tok0 += kAttnWarps * kStep) {
-        if (end - tok0 >= kStep) step(tok0, std::true_type{}, cur, nxt);
-        else step(tok0, std::false_type{}, cur, nxt);
-        cur = nxt;  // register moves; the loads behind them are already in flight
+      // Full steps two at a time with the buffers' roles swapped, so the keys in flight are
+      // never copied between registers (a move would also wait for the load); only a warp's
+      // last step can be partial.
+      constexpr int kStride = kAttnWarps * kStep;
+      Keys ka = first, kb;
+      for (;;) {
+        if (end - tok0 < kStep) break;
+        step(tok0, std::true_type{}, ka, kb);
+        tok0 += kStride;
+        if (end - tok0 < kStep) {
+          if (tok0 < end) ka = kb;
+          break;
+        }
+        step(tok0, std::true_type{}, kb, ka);
+        tok0 += kStride;
       }
+      if (tok0 < end) step(tok0, std::false_type{}, ka, kb);
     } else {
       Keys unused;
       for (; tok0 < end; tok0 += kAttnWarps * kStep) {
-        if (end - tok0 >= kStep) step(tok0, std::true_type{}, unused, unused);
-        else step(tok0, std::false_type{}, unused, unused);
+        if (end - tok0 >= kStep)
+          step(tok0, std::true_type{}, unused, unused);
+        else
+          step(tok0, std::false_type{}, unused, unused);
       }
     }
   }
 
   // Combine the warps of the CTA (shared memory reused: the tables are no longer read).
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
-  l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+#pragma unroll
+  for (int x = 4; x <= 16; x *= 2) {
+    l_run0 += __shfl_xor_sync(0xffffffffu, l_run0, x);
+    l_run1 += __shfl_xor_sync(0xffffffffu, l_run1, x);
+  }
   __syncthreads();
   float* red_o = reinterpret_cast<float*>(smem);  // [warp][8 heads][kDim]
   float* red_m = red_o + kAttnWarps * 8 * kDim;   // [warp][8]
   float* red_l = red_m + kAttnWarps * 8;          // [warp][8]
-  if (t == 0) {
-    red_m[warp * 8 + g] = m_run;
-    red_l[warp * 8 + g] = l_run;
+  if (g == 0) {
+    red_m[warp * 8 + 2 * t] = m_run0;
+    red_m[warp * 8 + 2 * t + 1] = m_run1;
+    red_l[warp * 8 + 2 * t] = l_run0;
+    red_l[warp * 8 + 2 * t + 1] = l_run1;
   }
 #pragma unroll
   for (int mm = 0; mm < kMT; ++mm) {

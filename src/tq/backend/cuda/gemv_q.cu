@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/gemv_q.h"
@@ -565,109 +566,83 @@ int q8_resident_blocks(size_t smem) {
   return blocks;
 }
 
-template <WeightFormat F, typename XT, int NT>
-cudaError_t launch(const MatrixView& w, const XT* x, int ldx, float* y, int ldy, float beta,
-                   cudaStream_t s, bool overlap, GemvActivations acts) {
-  const int nb = w.cols / 32;
-  const uint8_t* qs = static_cast<const uint8_t*>(w.data);
-  const __half* sc = reinterpret_cast<const __half*>(qs + static_cast<size_t>(w.rows) * nb *
-                                                              BlockFormat<F>::kQsBytes);
-  cudaLaunchConfig_t cfg = {};
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = overlap ? 1 : 0;
-  if (acts == GemvActivations::kQ8 && q8_smem_bytes<NT>(nb) <= kGemvQ8MaxSmem) {
-    const size_t smem = q8_smem_bytes<NT>(nb);
-    const int wave = q8_resident_blocks<F, NT, SmemX<XT, NT>>(smem) * sm_count();
-    cfg.gridDim = dim3(std::min((w.rows + kWarps - 1) / kWarps, wave));
-    cfg.dynamicSmemBytes = smem;
-    return cudaLaunchKernelEx(&cfg, gemv_q8a_kernel<F, NT, SmemX<XT, NT>>, qs, sc, w.rows, nb,
-                              SmemX<XT, NT>{x, ldx}, y, ldy, beta);
+// fn(std::integral_constant<int, NT>{}) for NT = n (1..kGemvMaxTokens; larger n as 8): the
+// token count as a template argument, so the accumulators stay in registers.
+template <class Fn>
+cudaError_t by_tokens(int n, Fn&& fn) {
+  switch (n) {
+    case 1:
+      return fn(std::integral_constant<int, 1>{});
+    case 2:
+      return fn(std::integral_constant<int, 2>{});
+    case 3:
+      return fn(std::integral_constant<int, 3>{});
+    case 4:
+      return fn(std::integral_constant<int, 4>{});
+    case 5:
+      return fn(std::integral_constant<int, 5>{});
+    case 6:
+      return fn(std::integral_constant<int, 6>{});
+    case 7:
+      return fn(std::integral_constant<int, 7>{});
+    default:
+      return fn(std::integral_constant<int, 8>{});
   }
-  constexpr int kBlockRows = kWarps * kWarpRows<NT>;
-  cfg.gridDim = dim3((w.rows + kBlockRows - 1) / kBlockRows);
-  return cudaLaunchKernelEx(&cfg, gemv_q_kernel<F, XT, NT>, qs, sc, w.rows, nb, x, ldx, y, ldy,
-                            beta);
 }
 
-// The token count as a template argument: the accumulators stay in registers.
+// The matrix's two parts (gemv_q.h's split layout).
+template <WeightFormat F>
+struct Parts {
+  const uint8_t* qs;
+  const __half* scales;
+  int nb;
+  explicit Parts(const MatrixView& w)
+      : qs(static_cast<const uint8_t*>(w.data)),
+        scales(reinterpret_cast<const __half*>(qs + static_cast<size_t>(w.rows) * (w.cols / 32) *
+                                                        BlockFormat<F>::kQsBytes)),
+        nb(w.cols / 32) {}
+};
+
+// gemv_q8a_kernel over one wave of resident blocks (at most one warp per row).
+template <WeightFormat F, int NT, class XSrc>
+cudaError_t launch_q8a(const MatrixView& w, XSrc xsrc, size_t smem, float* y, int ldy, float beta,
+                       cudaStream_t s, bool overlap) {
+  const Parts<F> m(w);
+  const int tiles = (w.rows + kWarps - 1) / kWarps;
+  const int wave = q8_resident_blocks<F, NT, XSrc>(smem) * sm_count();
+  return launch_maybe_pdl(gemv_q8a_kernel<F, NT, XSrc>, dim3(std::min(tiles, wave)),
+                          dim3(kWarps * 32), smem, s, overlap, m.qs, m.scales, w.rows, m.nb, xsrc,
+                          y, ldy, beta);
+}
+
 template <WeightFormat F, typename XT>
 cudaError_t launch_n(const MatrixView& w, const XT* x, int n, int ldx, float* y, int ldy,
                      float beta, cudaStream_t s, bool overlap, GemvActivations acts) {
-  switch (n) {
-    case 1:
-      return launch<F, XT, 1>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-    case 2:
-      return launch<F, XT, 2>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-    case 3:
-      return launch<F, XT, 3>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-    case 4:
-      return launch<F, XT, 4>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-    case 5:
-      return launch<F, XT, 5>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-    case 6:
-      return launch<F, XT, 6>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-    case 7:
-      return launch<F, XT, 7>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-    default:
-      return launch<F, XT, 8>(w, x, ldx, y, ldy, beta, s, overlap, acts);
-  }
+  return by_tokens(n, [&](auto nt) {
+    constexpr int NT = decltype(nt)::value;
+    const size_t smem = q8_smem_bytes<NT>(w.cols / 32);
+    if (acts == GemvActivations::kQ8 && smem <= kGemvQ8MaxSmem)
+      return launch_q8a<F, NT>(w, SmemX<XT, NT>{x, ldx}, smem, y, ldy, beta, s, overlap);
+    const Parts<F> m(w);
+    constexpr int kBlockRows = kWarps * kWarpRows<NT>;
+    return launch_maybe_pdl(gemv_q_kernel<F, XT, NT>, dim3((w.rows + kBlockRows - 1) / kBlockRows),
+                            dim3(kWarps * 32), 0, s, overlap, m.qs, m.scales, w.rows, m.nb, x, ldx,
+                            y, ldy, beta);
+  });
 }
 
-// 8-bit activations from device memory (gemv_q8): the same kernel, no shared memory.
-template <WeightFormat F, int NT>
-cudaError_t launch_q8(const MatrixView& w, const Q8Activations& x, float* y, int ldy, float beta,
-                      cudaStream_t s, bool overlap) {
-  const int nb = w.cols / 32;
-  const uint8_t* qs = static_cast<const uint8_t*>(w.data);
-  const __half* sc = reinterpret_cast<const __half*>(qs + static_cast<size_t>(w.rows) * nb *
-                                                              BlockFormat<F>::kQsBytes);
-  cudaLaunchConfig_t cfg = {};
-  cfg.blockDim = dim3(kWarps * 32);
-  cfg.stream = s;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = overlap ? 1 : 0;
-  const int tiles = (w.rows + kWarps - 1) / kWarps;
-  const size_t smem = q8_smem_bytes<NT>(nb);
-  if (NT >= 2 && smem <= kGemvQ8MaxSmem) {  // several tokens: x from shared memory
-    cfg.gridDim = dim3(std::min(tiles, q8_resident_blocks<F, NT, StagedX<NT>>(smem) * sm_count()));
-    cfg.dynamicSmemBytes = smem;
-    return cudaLaunchKernelEx(&cfg, gemv_q8a_kernel<F, NT, StagedX<NT>>, qs, sc, w.rows, nb,
-                              StagedX<NT>{x.q, x.scales, x.ld}, y, ldy, beta);
-  }
-  cfg.gridDim = dim3(std::min(tiles, q8_resident_blocks<F, NT, GlobalX>(0) * sm_count()));
-  return cudaLaunchKernelEx(&cfg, gemv_q8a_kernel<F, NT, GlobalX>, qs, sc, w.rows, nb,
-                            GlobalX{x.q, x.scales, x.ld}, y, ldy, beta);
-}
-
+// 8-bit activations from device memory (gemv_q8): several tokens copy them into shared memory
+// first, one token reads them in place.
 template <WeightFormat F>
 cudaError_t launch_q8_n(const MatrixView& w, const Q8Activations& x, int n, float* y, int ldy,
                         float beta, cudaStream_t s, bool overlap) {
-  switch (n) {
-    case 1:
-      return launch_q8<F, 1>(w, x, y, ldy, beta, s, overlap);
-    case 2:
-      return launch_q8<F, 2>(w, x, y, ldy, beta, s, overlap);
-    case 3:
-      return launch_q8<F, 3>(w, x, y, ldy, beta, s, overlap);
-    case 4:
-      return launch_q8<F, 4>(w, x, y, ldy, beta, s, overlap);
-    case 5:
-      return launch_q8<F, 5>(w, x, y, ldy, beta, s, overlap);
-    case 6:
-      return launch_q8<F, 6>(w, x, y, ldy, beta, s, overlap);
-    case 7:
-      return launch_q8<F, 7>(w, x, y, ldy, beta, s, overlap);
-    default:
-      return launch_q8<F, 8>(w, x, y, ldy, beta, s, overlap);
-  }
+  return by_tokens(n, [&](auto nt) {
+    constexpr int NT = decltype(nt)::value;
+    const size_t smem = q8_smem_bytes<NT>(w.cols / 32);
+    if (NT >= 2 && smem <= kGemvQ8MaxSmem)
+      return launch_q8a<F, NT>(w, StagedX<NT>{x.q, x.scales, x.ld}, smem, y, ldy, beta, s, overlap);
+    return launch_q8a<F, NT>(w, GlobalX{x.q, x.scales, x.ld}, 0, y, ldy, beta, s, overlap);
+  });
 }
 
 template <typename XT>

@@ -442,9 +442,20 @@ Status run_decode(CudaModel::Impl& m, int B, int max_length, bool logits) {
   return ok_status();
 }
 
-// One pass of n <= max_batch tokens of slot `seq`.
+// Row b's first a.top_k candidates of the last top_k_rows call (k per row) to a's buffers.
+Status copy_top(CudaModel::Impl& m, int b, int k, const DeviceForwardArgs& a) {
+  const size_t at = static_cast<size_t>(b) * k, n = static_cast<size_t>(a.top_k);
+  TQ_CUDA_TRY(cudaMemcpyAsync(a.top_ids, m.top_ids.as<int32_t>() + at, n * sizeof(int32_t),
+                              cudaMemcpyDeviceToHost, m.stream));
+  TQ_CUDA_TRY(cudaMemcpyAsync(a.top_logits, m.top_values.as<float>() + at, n * sizeof(float),
+                              cudaMemcpyDeviceToHost, m.stream));
+  return ok_status();
+}
+
+// One pass of n <= max_batch tokens of slot `seq`. `last`: the call's arguments on its last
+// pass (the greedy token and top candidates come from its last row), null before.
 Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, DeviceLogits mode,
-                float* logits, int32_t* greedy, const DeviceForwardArgs* top) {
+                float* logits, const DeviceForwardArgs* last) {
   const LlamaDesc& d = m.shape;
   const cudaStream_t s = m.stream;
   const int pos0 = m.lengths[static_cast<size_t>(seq)];
@@ -477,21 +488,17 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
       TQ_CUDA_TRY(cudaMemcpyAsync(logits, m.logits.as<void>(),
                                   static_cast<size_t>(rows) * d.vocab_size * sizeof(float),
                                   cudaMemcpyDeviceToHost, s));
-    const float* last = m.logits.as<float>() + static_cast<size_t>(rows - 1) * d.vocab_size;
-    if (greedy != nullptr) {
-      TQ_RETURN_IF_ERROR(argmax_rows(last, 1, d.vocab_size, m.greedy.as<int32_t>(), s));
-      TQ_CUDA_TRY(
-          cudaMemcpyAsync(greedy, m.greedy.as<void>(), sizeof(int32_t), cudaMemcpyDeviceToHost, s));
+    const float* row = m.logits.as<float>() + static_cast<size_t>(rows - 1) * d.vocab_size;
+    if (last != nullptr && last->greedy != nullptr) {
+      TQ_RETURN_IF_ERROR(argmax_rows(row, 1, d.vocab_size, m.greedy.as<int32_t>(), s));
+      TQ_CUDA_TRY(cudaMemcpyAsync(last->greedy, m.greedy.as<void>(), sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, s));
     }
-    if (top != nullptr && top->top_k > 0) {
-      const size_t k = static_cast<size_t>(top->top_k);
-      TQ_RETURN_IF_ERROR(top_k_rows(last, 1, d.vocab_size, top->top_k, m.top_ids.as<int32_t>(),
+    if (last != nullptr && last->top_k > 0) {
+      TQ_RETURN_IF_ERROR(top_k_rows(row, 1, d.vocab_size, last->top_k, m.top_ids.as<int32_t>(),
                                     m.top_values.as<float>(), s, m.top_ws.as<void>(),
                                     m.top_ws.bytes()));
-      TQ_CUDA_TRY(cudaMemcpyAsync(top->top_ids, m.top_ids.as<void>(), k * sizeof(int32_t),
-                                  cudaMemcpyDeviceToHost, s));
-      TQ_CUDA_TRY(cudaMemcpyAsync(top->top_logits, m.top_values.as<void>(), k * sizeof(float),
-                                  cudaMemcpyDeviceToHost, s));
+      TQ_RETURN_IF_ERROR(copy_top(m, 0, last->top_k, *last));
     }
   }
   TQ_CUDA_TRY(cudaStreamSynchronize(s));
@@ -500,7 +507,13 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
 
 static_assert(DeviceForwardArgs::kMaxTopK == kTopRowsMax, "one bound for the top candidates");
 
-Status check_top(const DeviceForwardArgs& a, int vocab, const std::string& at) {
+// What a call (or batch item) asks back: a logits buffer, a greedy token, top candidates.
+Status check_outputs(const DeviceForwardArgs& a, int vocab, const std::string& at) {
+  if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr &&
+      a.top_k == 0)
+    return invalid_argument(at + "logits buffer is null");
+  if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
+    return invalid_argument(at + "a greedy token needs a logits mode");
   if (a.top_k == 0) return ok_status();
   if (a.top_k < 0 || a.top_k > DeviceForwardArgs::kMaxTopK || a.top_k > vocab)
     return invalid_argument(at + "top_k " + std::to_string(a.top_k) + " outside [0, min(" +
@@ -586,12 +599,7 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     return invalid_argument("forward: sequence slot " + std::to_string(a.seq) + " outside [0, " +
                             std::to_string(m.opt.max_sequences) + ")");
   if (a.n < 1 || a.tokens == nullptr) return invalid_argument("forward: no tokens");
-  if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr &&
-      a.top_k == 0)
-    return invalid_argument("forward: logits buffer is null");
-  if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
-    return invalid_argument("forward: a greedy token needs a logits mode");
-  TQ_RETURN_IF_ERROR(check_top(a, d.vocab_size, "forward: "));
+  TQ_RETURN_IF_ERROR(check_outputs(a, d.vocab_size, "forward: "));
   for (int t = 0; t < a.n; ++t)
     if (a.tokens[t] < 0 || a.tokens[t] >= d.vocab_size)
       return invalid_argument("forward: token id " + std::to_string(a.tokens[t]) + " at " +
@@ -616,8 +624,7 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
     } else if (!last) {
       mode = DeviceLogits::kNone;
     }
-    TQ_RETURN_IF_ERROR(run_pass(m, a.seq, a.tokens + done, n, mode, out, last ? a.greedy : nullptr,
-                                last ? &a : nullptr));
+    TQ_RETURN_IF_ERROR(run_pass(m, a.seq, a.tokens + done, n, mode, out, last ? &a : nullptr));
     done += n;
   }
   return ok_status();
@@ -645,12 +652,7 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
     if (a.tokens[0] < 0 || a.tokens[0] >= d.vocab_size)
       return invalid_argument(at + "token id " + std::to_string(a.tokens[0]) +
                               " is outside the vocab [0, " + std::to_string(d.vocab_size) + ")");
-    if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr &&
-        a.top_k == 0)
-      return invalid_argument(at + "logits buffer is null");
-    if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
-      return invalid_argument(at + "a greedy token needs a logits mode");
-    TQ_RETURN_IF_ERROR(check_top(a, d.vocab_size, at));
+    TQ_RETURN_IF_ERROR(check_outputs(a, d.vocab_size, at));
     if (m.lengths[static_cast<size_t>(a.seq)] >= m.opt.max_context)
       return resource_exhausted(at + "slot " + std::to_string(a.seq) + " is full (" +
                                 std::to_string(m.opt.max_context) + " tokens)");
@@ -707,12 +709,8 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
                                     m.top_ws.as<void>(), m.top_ws.bytes()));
       for (int b = 0; b < B; ++b) {
         const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
-        if (a.logits_mode == DeviceLogits::kNone || a.top_k == 0) continue;
-        const size_t at = static_cast<size_t>(b) * top_k, k = static_cast<size_t>(a.top_k);
-        TQ_CUDA_TRY(cudaMemcpyAsync(a.top_ids, m.top_ids.as<int32_t>() + at, k * sizeof(int32_t),
-                                    cudaMemcpyDeviceToHost, s));
-        TQ_CUDA_TRY(cudaMemcpyAsync(a.top_logits, m.top_values.as<float>() + at, k * sizeof(float),
-                                    cudaMemcpyDeviceToHost, s));
+        if (a.logits_mode != DeviceLogits::kNone && a.top_k > 0)
+          TQ_RETURN_IF_ERROR(copy_top(m, b, top_k, a));
       }
     }
     bool any_greedy = false;

@@ -279,6 +279,33 @@ Status upload_weights(const LlamaDesc& d, CudaModel::Impl& m) {
   return ok_status();
 }
 
+namespace {
+
+// `pages` zeroed pool blocks for pool p (its format and shape set), counted in m.kv_bytes.
+Status allocate_pool(CudaModel::Impl& m, PagedPool& p, DeviceMem& mem, size_t pages,
+                     const std::string& what) {
+  const size_t bytes = pages * p.block_stride_or_default();
+  TQ_RETURN_IF_ERROR(mem.alloc(bytes, what.c_str()));
+  TQ_CUDA_TRY(cudaMemset(mem.as<void>(), 0, bytes));
+  p.data = mem.as<uint8_t>();
+  TQ_RETURN_IF_ERROR(p.validate().with_context(what));
+  m.kv_bytes += bytes;
+  return ok_status();
+}
+
+// The block table of pages [0, n) in order: slot s owns a fixed range of them, read by the
+// kernels through the same indirection a shared pool would use.
+Status upload_identity_table(DeviceMem& table, size_t n, const char* what) {
+  std::vector<int32_t> ids(n);
+  for (size_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>(i);
+  TQ_RETURN_IF_ERROR(table.alloc(n * sizeof(int32_t), what));
+  TQ_CUDA_TRY(
+      cudaMemcpy(table.as<void>(), ids.data(), n * sizeof(int32_t), cudaMemcpyHostToDevice));
+  return ok_status();
+}
+
+}  // namespace
+
 Status allocate_cache(CudaModel::Impl& m) {
   const LlamaDesc& d = m.shape;
   const kv::KvConfig& kc = m.opt.kv;
@@ -288,6 +315,12 @@ Status allocate_cache(CudaModel::Impl& m) {
   const size_t n_pages = static_cast<size_t>(m.pages_per_seq) * m.opt.max_sequences;
   quant::CodebookCache books;
   m.kv_bytes = 0;
+  const size_t kv_dim = static_cast<size_t>(d.kv_dim());
+  if (kc.value_scaling && !m.opt.value_weights.empty() &&
+      m.opt.value_weights.size() != kv_dim * d.n_layers)
+    return invalid_argument(
+        "value weights: " + std::to_string(m.opt.value_weights.size()) +
+        " floats, expected n_layers * kv_dim = " + std::to_string(kv_dim * d.n_layers));
   for (int l = 0; l < d.n_layers; ++l) {
     DeviceLayer& D = m.layers[static_cast<size_t>(l)];
     D.formats = kc.formats_for(l, d.n_layers);
@@ -298,7 +331,7 @@ Status allocate_cache(CudaModel::Impl& m) {
     D.centered = kc.centers_keys(l, d.n_layers);
     D.key_scaled = kc.scales_keys(l, d.n_layers);
     D.value_scaled = kc.scales_values(l, d.n_layers);
-    const size_t stat_bytes = static_cast<size_t>(m.opt.max_sequences) * d.kv_dim() * sizeof(float);
+    const size_t stat_bytes = static_cast<size_t>(m.opt.max_sequences) * kv_dim * sizeof(float);
     if (D.centered) {
       TQ_RETURN_IF_ERROR(D.k_mean.alloc(stat_bytes, "key means"));
       TQ_CUDA_TRY(cudaMemset(D.k_mean.as<void>(), 0, stat_bytes));
@@ -307,11 +340,6 @@ Status allocate_cache(CudaModel::Impl& m) {
     if (D.value_scaled) {
       TQ_RETURN_IF_ERROR(D.v_scale.alloc(stat_bytes, "value scales"));
       if (!m.opt.value_weights.empty()) {
-        const size_t kv_dim = static_cast<size_t>(d.kv_dim());
-        if (m.opt.value_weights.size() != kv_dim * d.n_layers)
-          return invalid_argument(
-              "value weights: " + std::to_string(m.opt.value_weights.size()) +
-              " floats, expected n_layers * kv_dim = " + std::to_string(kv_dim * d.n_layers));
         TQ_RETURN_IF_ERROR(upload_floats(
             D.v_weights,
             std::vector<float>(
@@ -334,23 +362,18 @@ Status allocate_cache(CudaModel::Impl& m) {
       p.n_kv_heads = d.n_kv_heads;
       p.norm_correction = kc.norm_correction;
       p.tables = value ? D.v_tables.view() : D.k_tables.view();
-      const size_t bytes = n_pages * p.block_stride_or_default();
-      TQ_RETURN_IF_ERROR(mem.alloc(bytes, value ? "V pool" : "K pool"));
-      TQ_CUDA_TRY(cudaMemset(mem.as<void>(), 0, bytes));
-      p.data = mem.as<uint8_t>();
-      TQ_RETURN_IF_ERROR(p.validate().with_context("layer " + std::to_string(l)));
-      m.kv_bytes += bytes;
+      TQ_RETURN_IF_ERROR(allocate_pool(
+          m, p, mem, n_pages, "layer " + std::to_string(l) + (value ? " V pool" : " K pool")));
     }
   }
   // Sinks and window: f16 rows of their own (ops_cuda.cuh ExactRowsParams), with the scratch
   // pages of a multi-row pass's gather after the slots' pages.
   const int exact_rows = kc.sinks + kc.window;
   m.exact_blocks = exact_rows > 0 ? (exact_rows + bt - 1) / bt : 0;
-  if (m.exact_blocks > 0 &&
-      !decode_attention_supported(quant::kFormatF16, quant::kFormatF16, d.head_dim))
-    return unsupported("no CUDA attention instance for the f16 sinks and window at head dim " +
-                       std::to_string(d.head_dim));
   if (m.exact_blocks > 0) {
+    if (!decode_attention_supported(quant::kFormatF16, quant::kFormatF16, d.head_dim))
+      return unsupported("no CUDA attention instance for the f16 sinks and window at head dim " +
+                         std::to_string(d.head_dim));
     const size_t e_pages = static_cast<size_t>(m.exact_blocks) * (m.opt.max_sequences + 1);
     for (int l = 0; l < d.n_layers; ++l) {
       DeviceLayer& D = m.layers[static_cast<size_t>(l)];
@@ -361,33 +384,21 @@ Status allocate_cache(CudaModel::Impl& m) {
         p.head_dim = d.head_dim;
         p.block_tokens = bt;
         p.n_kv_heads = d.n_kv_heads;
-        const size_t bytes = e_pages * p.block_stride_or_default();
-        TQ_RETURN_IF_ERROR(mem.alloc(bytes, value ? "V exact rows" : "K exact rows"));
-        TQ_CUDA_TRY(cudaMemset(mem.as<void>(), 0, bytes));
-        p.data = mem.as<uint8_t>();
-        TQ_RETURN_IF_ERROR(p.validate().with_context("layer " + std::to_string(l) + " exact rows"));
-        m.kv_bytes += bytes;
+        TQ_RETURN_IF_ERROR(allocate_pool(
+            m, p, mem, e_pages,
+            "layer " + std::to_string(l) + (value ? " V exact rows" : " K exact rows")));
       }
     }
-    std::vector<int32_t> et(e_pages);
-    for (size_t i = 0; i < e_pages; ++i) et[i] = static_cast<int32_t>(i);
-    TQ_RETURN_IF_ERROR(m.exact_tables.alloc(e_pages * sizeof(int32_t), "exact row tables"));
-    TQ_CUDA_TRY(cudaMemcpy(m.exact_tables.as<void>(), et.data(), e_pages * sizeof(int32_t),
-                           cudaMemcpyHostToDevice));
+    TQ_RETURN_IF_ERROR(upload_identity_table(m.exact_tables, e_pages, "exact row tables"));
   }
-  // Slot s owns pages [s * pages_per_seq, (s + 1) * pages_per_seq): a fixed block table per
-  // slot, read by the kernels through the same indirection a shared pool would use.
-  std::vector<int32_t> tables(n_pages);
-  for (size_t i = 0; i < n_pages; ++i) tables[i] = static_cast<int32_t>(i);
-  TQ_RETURN_IF_ERROR(m.block_tables.alloc(n_pages * sizeof(int32_t), "block tables"));
-  TQ_CUDA_TRY(cudaMemcpy(m.block_tables.as<void>(), tables.data(), n_pages * sizeof(int32_t),
-                         cudaMemcpyHostToDevice));
+  // Slot s owns pages [s * pages_per_seq, (s + 1) * pages_per_seq).
+  TQ_RETURN_IF_ERROR(upload_identity_table(m.block_tables, n_pages, "block tables"));
   m.lengths.assign(static_cast<size_t>(m.opt.max_sequences), 0);
   m.mean_ready.assign(static_cast<size_t>(m.opt.max_sequences) * d.n_layers, 0);
-  m.ones.assign(static_cast<size_t>(d.kv_dim()), 1.0f);
+  m.ones.assign(kv_dim, 1.0f);
 
   const size_t B = static_cast<size_t>(m.opt.max_batch);
-  const size_t dim = d.dim, q_dim = d.q_dim(), kv_dim = d.kv_dim(), ffn = d.ffn_dim;
+  const size_t dim = d.dim, q_dim = d.q_dim(), ffn = d.ffn_dim;
   TQ_RETURN_IF_ERROR(m.tokens.alloc(B * sizeof(int32_t), "tokens"));
   TQ_RETURN_IF_ERROR(m.x.alloc(B * dim * sizeof(float), "x"));
   TQ_RETURN_IF_ERROR(m.xn.alloc(B * std::max(dim, std::max(q_dim, ffn)) * sizeof(__half), "xn"));

@@ -19,14 +19,17 @@ __global__ void embed_kernel(const __half* table, const int32_t* tokens, int dim
   for (int i = threadIdx.x; i < dim; i += blockDim.x) x[dst + i] = __half2float(table[src + i]);
 }
 
+// The sum of v over a block of kThreads threads, in every thread. A second call in the same
+// kernel needs a __syncthreads() before it (the partial sums' shared memory is reused).
+template <int kThreads>
 __device__ float block_sum(float v) {
-  __shared__ float warp_sums[kNormThreads / 32];
+  __shared__ float warp_sums[kThreads / 32];
   for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
   float total = 0.0f;
-  for (int w = 0; w < kNormThreads / 32; ++w) total += warp_sums[w];
+  for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
   return total;
 }
 
@@ -45,7 +48,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* w, int dim, float ep
   const float* row = x + static_cast<size_t>(blockIdx.x) * dim;
   float ss = 0.0f;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(row[i], row[i], ss);
-  const float scale = rsqrtf(block_sum(ss) / static_cast<float>(dim) + eps);
+  const float scale = rsqrtf(block_sum<kNormThreads>(ss) / static_cast<float>(dim) + eps);
   const size_t r0 = static_cast<size_t>(blockIdx.x) * dim;
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
     const __half h = __float2half_rn(row[i] * scale * w[i]);
@@ -129,23 +132,11 @@ __global__ void rope_split_kernel(RopeSplitParams p) {
     p.k[static_cast<size_t>(t) * kv_dim + (e - q_dim)] = (out - mu) * mul;
 }
 
-// first_pass_stats (ops_cuda.cuh): one block per KV head, a thread per channel (blockDim >=
-// head_dim; whole warps).
+// first_pass_stats (ops_cuda.cuh): one block of kStatsThreads per KV head, a thread per channel
+// (head_dim <= kStatsThreads).
 constexpr int kStatsThreads = 256;
 
-__device__ float block_sum_small(float v, float* scratch) {
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // scratch may still be read by a previous call
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) total += scratch[w];
-  return total;
-}
-
 __global__ void first_pass_stats_kernel(FirstPassStatsParams p) {
-  __shared__ float scratch[kStatsThreads / 32];
   const int h = blockIdx.x, e = threadIdx.x, hd = p.head_dim;
   const bool live = e < hd;
   const size_t kv_dim = static_cast<size_t>(p.n_kv_heads) * hd;
@@ -171,10 +162,11 @@ __global__ void first_pass_stats_kernel(FirstPassStatsParams p) {
         }
       }
     const float r = (sqrtf(ss / count) + 1e-6f) / (sqrtf(qq / (count * group)) + 1e-6f);
-    const float geo = expf(block_sum_small(live ? logf(r) : 0.0f, scratch) / hd);
+    const float geo = expf(block_sum<kStatsThreads>(live ? logf(r) : 0.0f) / hd);
     s = sqrtf(r / geo);
   }
   if (p.t && count >= 2) {
+    __syncthreads();  // block_sum's shared memory may still be read by the key scales' sum
     float ss = 0.0f;
     if (live)
       for (int j = p.from; j < p.to; ++j) {
@@ -183,7 +175,7 @@ __global__ void first_pass_stats_kernel(FirstPassStatsParams p) {
       }
     float r = sqrtf(ss / count) + 1e-6f;
     if (p.w && live) r /= p.w[c] + 1e-6f;
-    const float geo = expf(block_sum_small(live ? logf(r) : 0.0f, scratch) / hd);
+    const float geo = expf(block_sum<kStatsThreads>(live ? logf(r) : 0.0f) / hd);
     t = sqrtf(r / geo);
   }
   if (!live) return;

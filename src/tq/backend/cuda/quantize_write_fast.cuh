@@ -319,15 +319,18 @@ __device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lan
   constexpr int kE = kDim / 32;
   constexpr int kCodeBytes = kDim * kBits / 8, kLaneBits = kE * kBits, kWords = kDim * kBits / 32;
   const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
-  LaneInput<kE, kF16In> in;
-  in.template load<kDim>(a, token, head, lane);
+  // The signs and the cell table are older than the kernel before: loaded before pdl_wait, so
+  // their L2 round trip overlaps that kernel's tail instead of following the input's.
   uint32_t hmask[kE / 2];
   load_sign_masks<kE>(a.hadamard_signs, lane, hmask);
 #pragma unroll
   for (int i = lane; i < CellLut::kWords; i += 32) CellLut::fill(table, a.cell_lut, i);
+  const CellLut lut(table, a.cell_lut);
+  pdl_wait();  // x (and the slot mapping) come from the kernels before
+  LaneInput<kE, kF16In> in;
+  in.template load<kDim>(a, token, head, lane);
   __syncwarp();
   if (in.sm < 0) return;  // warp-uniform
-  const CellLut lut(table, a.cell_lut);
   float y[kE];
   signed_input<kE, kF16In>(in, hmask, y);
   uint32_t piece[1];  // this lane's kLaneBits <= 32 bits of the bitstream
@@ -359,6 +362,7 @@ template <int kDim, bool kF16In>
 __device__ __forceinline__ void warp_write_f16(const WriteArgs& a, int v, int lane) {
   constexpr int kE = kDim / 32;
   const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
+  pdl_wait();
   LaneInput<kE, kF16In> in;
   in.template load<kDim>(a, token, head, lane);
   if (in.sm < 0) return;
@@ -388,8 +392,10 @@ __device__ __forceinline__ void warp_write_f16(const WriteArgs& a, int v, int la
 template <int kDim, bool kF16In>
 __global__ void __launch_bounds__(kWarpWriteWarps * 32) tq_warp_kernel(const WarpWriteArgs p) {
   __shared__ uint32_t tables[kWarpWriteWarps][dev::CellLut::kWords];
-  dev::pdl_launch_dependents();  // the attention after it may start building its tables
-  dev::pdl_wait();               // x comes from the kernel before (programmatic dependence)
+  // The attention after it may start building its tables. Each part's writer calls pdl_wait
+  // itself, after loading what does not depend on the kernels before (programmatic dependence);
+  // warps without a vector read nothing and do not wait.
+  dev::pdl_launch_dependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   int v = blockIdx.x * kWarpWriteWarps + warp;
   int part = 0;

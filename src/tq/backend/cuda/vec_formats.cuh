@@ -38,12 +38,16 @@ __device__ __forceinline__ uint32_t lut_addr_byte(uint32_t w, int k, uint32_t la
 // (bits [pos, pos + n) of w) << 8 | lane_off in two instructions: one shift (a funnel shift when
 // the field straddles two words) lands the field at bit 8, one LOP3 masks it and adds the lane.
 template <int kN, int kWords>
-__device__ __forceinline__ uint32_t field_row_addr(const uint32_t (&w)[kWords], int pos, uint32_t lane_off) {
+__device__ __forceinline__ uint32_t field_row_addr(const uint32_t (&w)[kWords], int pos,
+                                                   uint32_t lane_off) {
   const int wi = pos >> 5, sh = pos & 31;
   uint32_t v;
-  if (sh + kN > 32 && wi + 1 < kWords) v = __funnelshift_r(w[wi], w[wi + 1], sh - 8);
-  else if (sh >= 8) v = w[wi] >> (sh - 8);
-  else v = w[wi] << (8 - sh);
+  if (sh + kN > 32 && wi + 1 < kWords)
+    v = __funnelshift_r(w[wi], w[wi + 1], sh - 8);
+  else if (sh >= 8)
+    v = w[wi] >> (sh - 8);
+  else
+    v = w[wi] << (8 - sh);
   return (v & (((1u << kN) - 1u) << 8)) | lane_off;
 }
 
@@ -56,13 +60,16 @@ __device__ __forceinline__ void lut_load(uint32_t addr, uint32_t* out) {
   if constexpr (kLookup == 2) {
     asm volatile("ld.shared.b32 %0, [%1+%2];" : "=r"(out[0]) : "r"(addr), "n"(kOff));
   } else {
-    asm volatile("ld.shared.v2.b32 {%0, %1}, [%2+%3];" : "=r"(out[0]), "=r"(out[1]) : "r"(addr), "n"(kOff));
+    asm volatile("ld.shared.v2.b32 {%0, %1}, [%2+%3];"
+                 : "=r"(out[0]), "=r"(out[1])
+                 : "r"(addr), "n"(kOff));
   }
 }
 
 // The fields of kLookup codes of kBits bits -> fp16 values (out[p] = half2(local 2p, 2p+1)).
 template <int kBits, int kLookup, int kN, int kOff, int kWords>
-__device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], uint32_t lane_off, uint32_t (&out)[kN / 2]) {
+__device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], uint32_t lane_off,
+                                             uint32_t (&out)[kN / 2]) {
   constexpr int kField = kBits * kLookup;
 #pragma unroll
   for (int q = 0; q < kN / kLookup; ++q) {
@@ -95,8 +102,10 @@ __device__ void build_table(uint8_t* rows, int half, const float* values) {
       v[w] = pack_h2(v0, v1);
     }
     uint4 st;
-    if constexpr (kLookup == 2) st = make_uint4(v[0], v[0], v[0], v[0]);
-    else st = make_uint4(v[0], v[1], v[0], v[1]);
+    if constexpr (kLookup == 2)
+      st = make_uint4(v[0], v[0], v[0], v[0]);
+    else
+      st = make_uint4(v[0], v[1], v[0], v[1]);
     *reinterpret_cast<uint4*>(rows + e * 256 + half * 128 + part * 16) = st;
   }
 }
@@ -110,8 +119,8 @@ struct TqFmt {
   static constexpr int kCodeBits = kBits;
   static constexpr int kCodeBytes = kDim * kBits / 8;
   static constexpr int kSignBytes = kQjl ? kDim / 8 : 0;
-  static constexpr int kLookup = kBits <= 2 ? 4 : 2;    // codes per lookup
-  static constexpr bool kFullRow = kLookup == 4;          // 8-byte entries fill a 256-byte row
+  static constexpr int kLookup = kBits <= 2 ? 4 : 2;  // codes per lookup
+  static constexpr bool kFullRow = kLookup == 4;      // 8-byte entries fill a 256-byte row
   static constexpr int kTableRows = 1 << (kBits * kLookup);
   static constexpr int kTableBytes = kTableRows * 256;
   static constexpr int kSignLookup = 4;
@@ -120,7 +129,7 @@ struct TqFmt {
 
   template <int kN>
   struct Raw {
-    Span<kN * kBits / 8, pow2_align(kN * kBits / 8)> s;
+    Span<kN * kBits / 8, pow2_align(kN* kBits / 8)> s;
     __device__ __forceinline__ void zero() { s.zero(); }
   };
   template <int kN>
@@ -130,19 +139,21 @@ struct TqFmt {
   };
 
   template <int kN>
-  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot, int c) {
+  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot,
+                                              int c) {
     r.s.load(blk + slot * kCodeBytes + c * (kN * kBits / 8));
   }
   template <int kN, int kOff>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t lane_off, uint32_t (&out)[kN / 2]) {
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t lane_off,
+                                                uint32_t (&out)[kN / 2]) {
     lookup_codes<kBits, kLookup, kN, kOff>(r.s.w, lane_off, out);
   }
   // Two tokens' chunks -> out[i] = half2(A local i, B local i): the value fragments pair tokens.
   // 4-bit: nibble-interleave the two words so each byte is a (code A, code B) pair of the same
   // dim, one table row per byte; 2-bit: 2-bit interleave into (A, B, A, B) quads.
   template <int kN, int kOff>
-  static __device__ __forceinline__ void decode_pair(const Raw<kN>& a, const Raw<kN>& b, uint32_t lane_off,
-                                                     uint32_t (&out)[kN]) {
+  static __device__ __forceinline__ void decode_pair(const Raw<kN>& a, const Raw<kN>& b,
+                                                     uint32_t lane_off, uint32_t (&out)[kN]) {
     if constexpr (kBits == 4 && (kN * kBits / 8) % 4 == 0) {
 #pragma unroll
       for (int w = 0; w < kN / 8; ++w) {
@@ -181,9 +192,10 @@ struct TqFmt {
       }
     }
   }
-  // Norms of tokens slot, slot + 1 (slot even), as raw fp16 pairs.
-  static __device__ __forceinline__ uint32_t scale2_raw(const uint8_t* blk, int cap, int slot) {
-    return __ldg(reinterpret_cast<const unsigned int*>(blk + cap * (kCodeBytes + kSignBytes) + 2 * slot));
+  // The norm of token slot as raw fp16 bits.
+  static __device__ __forceinline__ uint32_t scale_raw(const uint8_t* blk, int cap, int slot) {
+    return __ldg(
+        reinterpret_cast<const unsigned short*>(blk + cap * (kCodeBytes + kSignBytes) + 2 * slot));
   }
   // QJL: the sign plane and the residual norms.
   template <int kN>
@@ -192,11 +204,13 @@ struct TqFmt {
     r.s.load(blk + cap * kCodeBytes + slot * kSignBytes + c * (kN / 8));
   }
   template <int kN, int kOff>
-  static __device__ __forceinline__ void decode_signs(const SignRaw<kN>& r, uint32_t lane_off, uint32_t (&out)[kN / 2]) {
+  static __device__ __forceinline__ void decode_signs(const SignRaw<kN>& r, uint32_t lane_off,
+                                                      uint32_t (&out)[kN / 2]) {
     lookup_codes<1, kSignLookup, kN, kOff>(r.s.w, lane_off, out);
   }
-  static __device__ __forceinline__ float2 residual2(const uint8_t* blk, int cap, int slot) {
-    return load_half2_f2(blk + cap * (kCodeBytes + kSignBytes + 2) + 2 * slot);
+  static __device__ __forceinline__ float residual(const uint8_t* blk, int cap, int slot) {
+    return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(
+        blk + cap * (kCodeBytes + kSignBytes + 2) + 2 * slot))));
   }
   static constexpr __host__ __device__ int local_dim(int kN, int c, int i) { return c * kN + i; }
 };
@@ -221,11 +235,13 @@ struct F16Fmt {
     __device__ __forceinline__ void zero() { s.zero(); }
   };
   template <int kN>
-  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot, int c) {
+  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot,
+                                              int c) {
     r.s.load(blk + slot * (2 * kDim) + c * (2 * kN));
   }
   template <int kN, int kOff>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t, uint32_t (&out)[kN / 2]) {
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t,
+                                                uint32_t (&out)[kN / 2]) {
 #pragma unroll
     for (int p = 0; p < kN / 2; ++p) out[p] = r.s.w[p];
   }
@@ -265,7 +281,8 @@ struct Q8Fmt {
     }
   };
   template <int kN>
-  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot, int c) {
+  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot,
+                                              int c) {
     static_assert(32 % kN == 0, "a chunk stays inside one ggml block");
     const uint8_t* row = blk + slot * kRowBytes;
     const int b = c * kN / 32, e0 = c * kN % 32;
@@ -273,7 +290,8 @@ struct Q8Fmt {
     r.s.load(row + 34 * b + 2 + e0);
   }
   template <int kN, int kOff>
-  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t, uint32_t (&out)[kN / 2]) {
+  static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t,
+                                                uint32_t (&out)[kN / 2]) {
     const __half2 s = bits_h2(r.scale | (r.scale << 16));
 #pragma unroll
     for (int i = 0; i < kN / 4; ++i) {
@@ -312,7 +330,8 @@ struct Q4Fmt {
     }
   };
   template <int kN>
-  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot, int c) {
+  static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot,
+                                              int c) {
     static_assert(kN == 32 || kN == 16 || kN == 8, "q4_0 chunk");
     const uint8_t* row = blk + slot * kRowBytes;
     const int b = c * kN / 32, e0 = c * kN % 32;
@@ -321,7 +340,8 @@ struct Q4Fmt {
   }
   // Nibble n of each byte of r -> (q - 8) * scale; needs the chunk index for the half.
   template <int kN>
-  static __device__ __forceinline__ void decode_c(const Raw<kN>& r, int c, uint32_t (&out)[kN / 2]) {
+  static __device__ __forceinline__ void decode_c(const Raw<kN>& r, int c,
+                                                  uint32_t (&out)[kN / 2]) {
     const __half2 s = bits_h2(r.scale | (r.scale << 16));
     const __half2 bias = __float2half2_rn(1032.0f);
     const auto cvt = [&](uint32_t nib, uint32_t& lo, uint32_t& hi) {
@@ -337,7 +357,8 @@ struct Q4Fmt {
     } else {
       const int shift = (c * kN % 32) >= 16 ? 4 : 0;
 #pragma unroll
-      for (int m = 0; m < kN / 4; ++m) cvt((r.s.w[m] >> shift) & 0x0f0f0f0fu, out[2 * m], out[2 * m + 1]);
+      for (int m = 0; m < kN / 4; ++m)
+        cvt((r.s.w[m] >> shift) & 0x0f0f0f0fu, out[2 * m], out[2 * m + 1]);
     }
   }
   static constexpr __host__ __device__ int local_dim(int kN, int c, int i) {
@@ -367,8 +388,8 @@ struct SignsOf<TqFmt<kDim, kBits, true>, kN> {
 // Uniform decode entry (q4_0 needs the chunk index; the others ignore it). kOff: the table's
 // lut_load immediate.
 template <class F, int kN, int kOff>
-__device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>& r, int c, uint32_t lane_off,
-                                             uint32_t (&out)[kN / 2]) {
+__device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>& r, int c,
+                                             uint32_t lane_off, uint32_t (&out)[kN / 2]) {
   if constexpr (requires { F::template decode_c<kN>(r, c, out); }) {
     F::template decode_c<kN>(r, c, out);
   } else {
@@ -379,8 +400,8 @@ __device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>&
 // Two tokens' chunks as token pairs: out[i] = half2(A local i, B local i).
 template <class F, int kN, int kOff>
 __device__ __forceinline__ void decode_token_pair(const typename F::template Raw<kN>& a,
-                                                  const typename F::template Raw<kN>& b, int c, uint32_t lane_off,
-                                                  uint32_t (&out)[kN]) {
+                                                  const typename F::template Raw<kN>& b, int c,
+                                                  uint32_t lane_off, uint32_t (&out)[kN]) {
   if constexpr (requires { F::template decode_pair<kN, kOff>(a, b, lane_off, out); }) {
     F::template decode_pair<kN, kOff>(a, b, lane_off, out);
   } else {
