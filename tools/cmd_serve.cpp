@@ -119,8 +119,11 @@ int run_serve(ServeOptions& o) {
   std::fprintf(stderr, "tq serve: model %s on %s, kv %s, %s\n", e.model_id().c_str(),
                e.device_description().c_str(), config->to_string().c_str(),
                e.options().scheduler.to_string().c_str());
-  if (o.device.cuda())
-    std::fprintf(stderr, "tq serve: prefix caching is off on cuda (one slot per session)\n");
+  if (o.device.cuda() && e.options().prefix_caching)
+    std::fprintf(stderr,
+                 "tq serve: prefix caching on cuda: a new prompt takes over or copies the slot "
+                 "holding its longest prefix%s\n",
+                 config->window > 0 ? " (with --kv-window: only a slot's whole contents)" : "");
   std::printf("tq serve: listening on http://%s:%d\n", o.host.c_str(), http.port());
   std::fflush(stdout);
 

@@ -391,8 +391,9 @@ TEST(ModelCudaGemv, MatchesCublas) {
 // Batched decode (forward_batch) against each slot decoded alone (forward), on two models
 // with the same weights and KV config. Four slots of different lengths: 37 and 70 prompt tokens
 // (one and three pages), an empty slot (its first token comes through the batch: key mean 0,
-// as forward()'s lone first token), and a copy of the first slot (copy_sequence) extended by 20
-// tokens. Then 6 batched steps of the 4 slots, each compared with the same token through
+// as forward()'s lone first token), and a copy of the first slot (copy_sequence; on the batched
+// model also extended by 10 other tokens and truncated back, DeviceModel::truncate) extended by
+// 20 tokens. Then 6 batched steps of the 4 slots, each compared with the same token through
 // forward() on the reference model. The only difference is the matmuls' summation order
 // (cuBLAS GEMM over 4 rows vs the one-row GEMV kernel), so f16 KV is held to kGemvTol; tq KV to
 // kBatchTqTol, which allows a rare code flip of a K/V element rounded near a cell boundary (the
@@ -440,6 +441,18 @@ TEST_P(ModelCudaBatchTest, MatchesOneSlotAtATime) {
   }
   ASSERT_TRUE(prefill(A, 3, 0, 37).ok());
   ASSERT_TRUE(B.copy_sequence(0, 3).ok());
+  EXPECT_EQ(B.length(3), 37);
+  // On B, 10 other tokens then truncate(3, 37) (prefix reuse): as if they had never come. With
+  // a window the cut is refused (the ring holds only the last rows) and nothing changes.
+  ASSERT_TRUE(prefill(B, 3, 180, 10).ok());
+  const Status cut = B.truncate(3, 37);
+  if (c.window > 0) {
+    EXPECT_EQ(cut.code(), StatusCode::kInvalidArgument) << cut.to_string();
+    EXPECT_EQ(B.length(3), 47);
+    ASSERT_TRUE(B.copy_sequence(0, 3).ok());
+  } else {
+    EXPECT_TRUE(cut.ok()) << cut.to_string();
+  }
   EXPECT_EQ(B.length(3), 37);
   for (DeviceModel* dm : {&A, &B}) ASSERT_TRUE(prefill(*dm, 3, 120, 20).ok());
 

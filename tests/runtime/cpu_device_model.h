@@ -4,8 +4,13 @@
 // any n tokens of one slot in passes of at most max_batch, forward_batch() one token of each
 // of B distinct slots as ONE Model::forward_batch, everything validated before any cache is
 // touched, reset() empties a slot. It counts its calls so tests can see how steps were split.
+// copy_sequence() and truncate() recompute: every slot keeps the token passes its cache was
+// built from and replays them (cut at the kept length) into a fresh PagedKv, so a kept prefix
+// holds what it held (a cut inside the first pass recomputes the key means from the kept part,
+// where a GPU keeps the first pass's).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <span>
@@ -42,6 +47,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
     co.pool_bytes = page * pages * static_cast<size_t>(o.max_sequences);
     TQ_ASSIGN_OR_RETURN(d->cache_, kv::PagedKvCache::create(co));
     d->slots_.resize(static_cast<size_t>(o.max_sequences));
+    d->passes_.resize(static_cast<size_t>(o.max_sequences));
     for (int s = 0; s < o.max_sequences; ++s) TQ_RETURN_IF_ERROR(d->reset(s));
     return d;
   }
@@ -80,6 +86,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
         last_row = f.logits;
       }
       TQ_RETURN_IF_ERROR(m_.forward(f));
+      passes_[static_cast<size_t>(a.seq)].emplace_back(f.tokens, f.tokens + n);
       done += n;
     }
     if (a.greedy != nullptr) {
@@ -124,6 +131,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
           model::BatchSequence{a.tokens, 1, &slot(a.seq), mode(a.logits_mode), logits});
     }
     TQ_RETURN_IF_ERROR(m_.forward_batch(batch_, pool_, scratch_));
+    for (const auto& a : items) passes_[static_cast<size_t>(a.seq)].emplace_back(a.tokens, a.tokens + 1);
     for (size_t i = 0; i < items.size(); ++i) {
       const backend::DeviceForwardArgs& a = items[i];
       if (a.greedy != nullptr) {
@@ -139,14 +147,26 @@ class CpuDeviceModel final : public backend::DeviceModel {
     return ok_status();
   }
 
-  Status copy_sequence(int, int) override {
-    return unsupported("the CPU stand-in does not copy slots");  // the scheduler never does
+  Status copy_sequence(int src, int dst) override {
+    TQ_RETURN_IF_ERROR(check_slot(src, "copy_sequence: "));
+    TQ_RETURN_IF_ERROR(check_slot(dst, "copy_sequence: "));
+    if (src == dst) return ok_status();
+    ++copies;
+    return replay(dst, passes_[static_cast<size_t>(src)], length(src));
+  }
+  Status truncate(int seq, int length) override {
+    TQ_RETURN_IF_ERROR(check_slot(seq, "truncate: "));
+    TQ_RETURN_IF_ERROR(o_.check_truncate(seq, this->length(seq), length));
+    ++truncations;
+    if (length == this->length(seq)) return ok_status();
+    return replay(seq, passes_[static_cast<size_t>(seq)], length);
   }
   int length(int seq) const override { return slots_[static_cast<size_t>(seq)]->length(); }
   Status reset(int seq) override {
     TQ_RETURN_IF_ERROR(check_slot(seq, "reset: "));
     slots_[static_cast<size_t>(seq)].reset();  // its pages back first
     TQ_ASSIGN_OR_RETURN(slots_[static_cast<size_t>(seq)], cache_->new_sequence(o_.max_context));
+    passes_[static_cast<size_t>(seq)].clear();
     return ok_status();
   }
   const backend::DeviceModelOptions& options() const override { return o_; }
@@ -161,6 +181,8 @@ class CpuDeviceModel final : public backend::DeviceModel {
   std::atomic<int64_t> forward_batch_calls{0};
   std::atomic<int64_t> forward_batch_rows{0};
   std::atomic<int> max_batch_rows{0};
+  std::atomic<int64_t> copies{0};
+  std::atomic<int64_t> truncations{0};
 
  private:
   CpuDeviceModel(const model::Model& m, const backend::DeviceModelOptions& o)
@@ -197,6 +219,26 @@ class CpuDeviceModel final : public backend::DeviceModel {
     return ok_status();
   }
   kv::PagedKv& slot(int seq) { return *slots_[static_cast<size_t>(seq)]; }
+  // Slot `seq` rebuilt from `passes` (a copy: they may be another slot's), cut at `length`.
+  Status replay(int seq, std::vector<std::vector<int32_t>> passes, int length) {
+    TQ_RETURN_IF_ERROR(reset(seq));
+    auto& kept = passes_[static_cast<size_t>(seq)];
+    for (std::vector<int32_t>& p : passes) {
+      const int n = std::min(static_cast<int>(p.size()), length - slot(seq).length());
+      if (n <= 0) break;
+      model::ForwardArgs f;
+      f.tokens = p.data();
+      f.n = n;
+      f.kv = &slot(seq);
+      f.pool = &pool_;
+      f.scratch = &scratch_;
+      f.logits_mode = model::LogitsMode::kNone;
+      TQ_RETURN_IF_ERROR(m_.forward(f));
+      p.resize(static_cast<size_t>(n));
+      kept.push_back(std::move(p));
+    }
+    return ok_status();
+  }
 
   const model::Model& m_;
   const backend::DeviceModelOptions o_;
@@ -204,6 +246,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
   model::ForwardScratch scratch_;
   std::unique_ptr<kv::PagedKvCache> cache_;
   std::vector<std::unique_ptr<kv::PagedKv>> slots_;  // [slot]
+  std::vector<std::vector<std::vector<int32_t>>> passes_;  // [slot]: token passes, in order
   std::vector<model::BatchSequence> batch_;
   std::vector<float> own_rows_;  // logits of greedy rows that bring no buffer
 };

@@ -2,7 +2,8 @@
 // the CPU through tests/runtime/cpu_device_model.h: concurrent greedy requests give exactly the
 // CPU path's tokens (same model, same KV formats; the stand-in computes as the CPU does), every
 // decode row of a step goes through one forward_batch, slots are reused after requests end and
-// freed by cancel, and what does not fit a slot is refused with a clear error.
+// freed by cancel, and what does not fit a slot is refused with a clear error. Prefix reuse by
+// slot: device_prefix_test.cpp.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 
 #include "model/tiny_model.h"
 #include "runtime/cpu_device_model.h"
+#include "runtime/device_test_util.h"
 #include "runtime/scheduler_test_util.h"
 #include "tq/backend/cpu/tq_kernels.h"
 #include "tq/kv/kv_bytes.h"
@@ -31,42 +33,10 @@ using test::Result;
 
 using namespace std::chrono_literals;
 
-std::unique_ptr<model::Model> tiny() {
-  return test::build_model(test::tiny_spec(model::Arch::kLlama, quant::GgmlType::kQ8_0, 23));
-}
-
-kv::KvConfig kv_config(const char* k, const char* v) {
-  kv::KvConfig c;
-  c.k_format = quant::parse_format(k).value();
-  c.v_format = quant::parse_format(v).value();
-  c.block_tokens = 16;
-  return c;
-}
-
-SchedulerOptions options(int sessions, int context) {
-  SchedulerOptions o;
-  o.max_sessions = sessions;
-  o.max_queue = 16;
-  o.context = context;
-  o.prefill_chunk = 8;
-  // Room for a full chunk of every session: chunks never depend on when a request arrived, so
-  // both paths split each prompt alike (a compressed cache's key means come from the first).
-  o.step_tokens = 8 * sessions;
-  return o;
-}
-
-// The stand-in device with `slots` slots of `context` tokens.
-std::unique_ptr<test::CpuDeviceModel> device(const model::Model& m, const kv::KvConfig& kv,
-                                             int slots, int context) {
-  backend::DeviceModelOptions o;
-  o.kv = kv;
-  o.max_context = context;
-  o.max_sequences = slots;
-  o.max_batch = 8;  // the prefill chunk: one pass per chunk
-  auto d = test::CpuDeviceModel::create(m, o);
-  EXPECT_TRUE(d.ok()) << d.status().to_string();
-  return d.ok() ? std::move(d).value() : nullptr;
-}
+using test::device;
+using test::kv_config;
+using test::options;
+using test::tiny;
 
 constexpr int kRequests = 6;
 int prompt_len(int i) { return i == 0 ? 1 : 5 + 8 * i; }  // 1, 13, 21, 29, 37, 45
@@ -141,7 +111,7 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     ASSERT_NE(dm, nullptr);
     auto step = DeviceStepModel::create(*dm, *m);
     ASSERT_TRUE(step.ok()) << step.status().to_string();
-    EXPECT_FALSE((*step)->prefix_caching());
+    EXPECT_TRUE((*step)->prefix_caching());  // on, but these prompts share no first token
     auto sched = Scheduler::create(**step, so);
     ASSERT_TRUE(sched.ok()) << sched.status().to_string();
     const std::vector<Result> got = run_all(**sched);
@@ -210,7 +180,7 @@ TEST(DeviceScheduler, SlotsAreReusedAndCancelFreesOne) {
   const kv::KvConfig kv = kv_config("tq4", "tq3");
   auto dm = device(*m, kv, 2, 1024);
   ASSERT_NE(dm, nullptr);
-  auto step = DeviceStepModel::create(*dm, *m);
+  auto step = DeviceStepModel::create(*dm, *m, /*prefix_caching=*/false);  // slots emptied at once
   ASSERT_TRUE(step.ok()) << step.status().to_string();
   auto sched = Scheduler::create(**step, options(2, 1024));
   ASSERT_TRUE(sched.ok()) << sched.status().to_string();
@@ -276,7 +246,7 @@ TEST(DeviceScheduler, RefusesWhatDoesNotFitASlot) {
     auto s0 = (*step)->new_sequence(64);
     auto s1 = (*step)->new_sequence(64);
     ASSERT_TRUE(s0.ok() && s1.ok());
-    EXPECT_EQ((*s0)->reuse_prefix(prompt_of(40, 1, 290)).value(), 0);  // no prefix sharing
+    EXPECT_EQ((*s0)->reuse_prefix(prompt_of(40, 1, 290)).value(), 0);  // nothing held yet
     auto s2 = (*step)->new_sequence(64);
     EXPECT_EQ(s2.status().code(), StatusCode::kResourceExhausted);
   }

@@ -1,6 +1,8 @@
 // DeviceModelOptions, and create_cuda_model's answer in builds without CUDA.
 #include "tq/backend/device_model.h"
 
+#include <algorithm>
+
 namespace tq::backend {
 
 Status DeviceModelOptions::validate() const {
@@ -40,6 +42,21 @@ std::string DeviceModelOptions::to_string() const {
          (window_stream || kv.sinks + kv.window == 0 ? "" : ", window attention in line") +
          (weights == DeviceWeights::kQuantized && !int8_activations ? ", f16 activations" : "") +
          write_kernel_note(write_kernel) + ", kv " + kv.to_string();
+}
+
+Status DeviceModelOptions::check_truncate(int seq, int current, int length) const {
+  if (seq < 0 || seq >= max_sequences)
+    return invalid_argument("truncate: sequence slot " + std::to_string(seq) + " out of range");
+  if (length < 0 || length > current)
+    return invalid_argument("truncate: slot " + std::to_string(seq) + " holds " +
+                            std::to_string(current) + " tokens, cannot keep " +
+                            std::to_string(length));
+  if (kv.window > 0 && length < current && length > kv.sinks)
+    return invalid_argument("truncate: slot " + std::to_string(seq) + " keeps only its last " +
+                            std::to_string(kv.window) + " rows in the f16 window: positions [" +
+                            std::to_string(std::max(kv.sinks, length - kv.window)) + ", " +
+                            std::to_string(length) + ") are no longer exact");
+  return ok_status();
 }
 
 Status DeviceModel::read_stored(int, int, bool, int, int, float*) const {

@@ -63,6 +63,9 @@ struct DeviceModelOptions {
   std::vector<float> value_weights;
 
   Status validate() const;
+  // DeviceModel::truncate's rule: whether slot `seq`, holding `current` tokens, may be cut to
+  // `length` under this configuration.
+  Status check_truncate(int seq, int current, int length) const;
   std::string to_string() const;
 };
 
@@ -111,6 +114,12 @@ class DeviceModel {
   // or many long sequences for a benchmark without prefilling each.
   virtual Status copy_sequence(int src, int dst) = 0;
   virtual int length(int seq) const = 0;
+  // Keeps the first `length` positions of slot `seq` (with the key means and scales of its
+  // first pass), as if the later ones had never been appended: the next forward() continues
+  // from there (prefix reuse). With an f16 window (kv.window > 0) the ring holds only the last
+  // window rows, so a cut below the current length is refused (InvalidArgument) unless
+  // every kept position is a sink (length <= kv.sinks); 0 empties the slot as reset() does.
+  virtual Status truncate(int seq, int length) = 0;
   // Empties a slot's cache (its pages are reused).
   virtual Status reset(int seq) = 0;
   // What slot `seq` stores for positions [p0, p0 + n) of `layer`, keys (value false) or values,

@@ -2,6 +2,7 @@
 #include "tq/runtime/device_step_model.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "tq/core/log.h"
 #include "tq/kv/kv_bytes.h"
@@ -18,12 +19,19 @@ class DeviceStepModel::Sequence final : public StepSequence {
   int length() const override { return owner_->slot_length(slot_); }
   int capacity() const override { return capacity_; }
   int pages_held() const override { return owner_->pages_for(length()); }
-  Expected<int> reuse_prefix(std::span<const int32_t>) override { return 0; }
-  // Never consulted: prefix_caching() is off, so no request waits for this prompt's pages.
-  int compressed_tokens() const override { return 0; }
+  Expected<int> reuse_prefix(std::span<const int32_t> prompt) override {
+    return owner_->reuse_prefix(*this, prompt);
+  }
+  // What a request sharing this prompt could take once this prefill gets there: every computed
+  // token, where a slot may be cut anywhere (no window). With a window a slot in use gives
+  // nothing (only whole contents can be kept), so no request waits for it.
+  int compressed_tokens() const override {
+    return owner_->kv_config().window > 0 ? std::numeric_limits<int>::max() : length();
+  }
 
   const DeviceStepModel* owner() const { return owner_; }
   int slot() const { return slot_; }
+  void move_to(int slot) { slot_ = slot; }
 
  private:
   DeviceStepModel* owner_;
@@ -32,7 +40,8 @@ class DeviceStepModel::Sequence final : public StepSequence {
 };
 
 Expected<std::unique_ptr<DeviceStepModel>> DeviceStepModel::create(backend::DeviceModel& dm,
-                                                                   const model::Model& model) {
+                                                                   const model::Model& model,
+                                                                   bool prefix_caching) {
   const backend::DeviceModelOptions& o = dm.options();
   if (o.max_batch < o.max_sequences)
     return invalid_argument("device step model: max_batch " + std::to_string(o.max_batch) +
@@ -41,18 +50,22 @@ Expected<std::unique_ptr<DeviceStepModel>> DeviceStepModel::create(backend::Devi
   for (int s = 0; s < o.max_sequences; ++s)
     if (dm.length(s) != 0)
       return invalid_argument("device step model: slot " + std::to_string(s) + " is not empty");
-  std::unique_ptr<DeviceStepModel> m(new DeviceStepModel(dm, model));
+  std::unique_ptr<DeviceStepModel> m(new DeviceStepModel(dm, model, prefix_caching));
   TQ_ASSIGN_OR_RETURN(m->block_bytes_, kv::kv_block_bytes(o.kv, m->shape_));
   for (size_t b : m->block_bytes_) m->page_bytes_ += b;
   return m;
 }
 
-DeviceStepModel::DeviceStepModel(backend::DeviceModel& dm, const model::Model& model)
+DeviceStepModel::DeviceStepModel(backend::DeviceModel& dm, const model::Model& model,
+                                 bool prefix_caching)
     : dm_(dm),
       model_(model),
+      prefix_caching_(prefix_caching),
       shape_(model.attention_shape()),
       held_(static_cast<size_t>(dm.options().max_sequences), 0),
-      lengths_(static_cast<size_t>(dm.options().max_sequences), 0) {}
+      lengths_(static_cast<size_t>(dm.options().max_sequences), 0),
+      contents_(static_cast<size_t>(dm.options().max_sequences)),
+      freed_at_(static_cast<size_t>(dm.options().max_sequences), 0) {}
 
 int DeviceStepModel::pages_for(int tokens) const {
   const int bt = dm_.options().kv.block_tokens;
@@ -69,23 +82,100 @@ Expected<std::unique_ptr<StepSequence>> DeviceStepModel::new_sequence(int contex
   if (context < 1 || context > o.max_context)
     return invalid_argument("device: a sequence of " + std::to_string(context) +
                             " tokens does not fit a slot of " + std::to_string(o.max_context));
-  std::lock_guard<std::mutex> lock(mu_);
-  const auto free = std::find(held_.begin(), held_.end(), 0);
-  if (free == held_.end())
-    return resource_exhausted("device: all " + std::to_string(o.max_sequences) +
-                              " sequence slots are in use");
-  *free = 1;
-  const int slot = static_cast<int>(free - held_.begin());
+  int slot = -1;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // Empty slots first (freed_at_ 0), then the one freed longest ago.
+    for (size_t i = 0; i < held_.size(); ++i)
+      if (!held_[i] && (slot < 0 || freed_at_[i] < freed_at_[static_cast<size_t>(slot)]))
+        slot = static_cast<int>(i);
+    if (slot < 0)
+      return resource_exhausted("device: all " + std::to_string(o.max_sequences) +
+                                " sequence slots are in use");
+    held_[static_cast<size_t>(slot)] = 1;
+  }
+  if (freed_at_[static_cast<size_t>(slot)] != 0) empty_slot(slot);
   return std::unique_ptr<StepSequence>(std::make_unique<Sequence>(this, slot, context));
 }
 
-void DeviceStepModel::release(int slot) {
-  // Emptied now rather than when reused, so the pages it reports are free at once.
+void DeviceStepModel::empty_slot(int slot) {
   if (Status st = dm_.reset(slot); !st.ok())
     TQ_LOG(kError, "device: emptying slot %d failed: %s", slot, st.to_string().c_str());
+  contents_[static_cast<size_t>(slot)].clear();
+  freed_at_[static_cast<size_t>(slot)] = 0;
+}
+
+void DeviceStepModel::release(int slot) {
+  // Without prefix reuse the slot is emptied now rather than when reused; with it, it keeps
+  // its K/V for a later prompt that starts with them. Either way its pages count as free.
+  if (!prefix_caching_ || contents_[static_cast<size_t>(slot)].empty()) {
+    empty_slot(slot);
+  } else {
+    freed_at_[static_cast<size_t>(slot)] = ++clock_;
+  }
   std::lock_guard<std::mutex> lock(mu_);
   held_[static_cast<size_t>(slot)] = 0;
   lengths_[static_cast<size_t>(slot)] = 0;
+}
+
+int DeviceStepModel::reusable(int s, std::span<const int32_t> prompt) const {
+  const std::vector<int32_t>& held = contents_[static_cast<size_t>(s)];
+  const int limit = std::min(static_cast<int>(prompt.size()) - 1, static_cast<int>(held.size()));
+  int n = 0;
+  while (n < limit && held[static_cast<size_t>(n)] == prompt[static_cast<size_t>(n)]) ++n;
+  if (n == 0 || !dm_.options().check_truncate(s, static_cast<int>(held.size()), n).ok()) return 0;
+  return n;
+}
+
+Expected<int> DeviceStepModel::reuse_prefix(Sequence& seq, std::span<const int32_t> prompt) {
+  const int mine = seq.slot();
+  if (!prefix_caching_ || dm_.length(mine) != 0) return 0;
+  // The best source: the most tokens; a free slot (taken over, no copy) before a slot in use
+  // (copied, so worth at least a page).
+  int best = 0, from = -1;
+  bool from_free = false;
+  for (int s = 0; s < static_cast<int>(contents_.size()); ++s) {
+    if (s == mine) continue;
+    const bool free = freed_at_[static_cast<size_t>(s)] != 0;  // held slots have 0
+    const int n = reusable(s, prompt);
+    if (!free && n < dm_.options().kv.block_tokens) continue;
+    if (n > best || (n == best && n > 0 && free && !from_free)) {
+      best = n;
+      from = s;
+      from_free = free;
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    prefix_lookup_tokens_ += static_cast<int64_t>(prompt.size());
+  }
+  if (best == 0) return 0;
+  const int slot = from_free ? from : mine;
+  Status st = from_free ? ok_status() : dm_.copy_sequence(from, mine);
+  if (st.ok()) st = dm_.truncate(slot, best);
+  if (!st.ok()) {  // nothing reused; the request computes its whole prompt
+    TQ_LOG(kWarn, "device: reusing %d tokens of slot %d failed: %s", best, from,
+           st.to_string().c_str());
+    empty_slot(slot);
+    return 0;
+  }
+  std::vector<int32_t>& kept = contents_[static_cast<size_t>(slot)];
+  if (from_free) {
+    kept.resize(static_cast<size_t>(best));
+    freed_at_[static_cast<size_t>(slot)] = 0;
+    seq.move_to(slot);
+  } else {
+    const std::vector<int32_t>& src = contents_[static_cast<size_t>(from)];
+    kept.assign(src.begin(), src.begin() + best);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (from_free) {
+    held_[static_cast<size_t>(slot)] = 1;
+    held_[static_cast<size_t>(mine)] = 0;  // still empty: first in line for the next sequence
+  }
+  lengths_[static_cast<size_t>(slot)] = best;
+  prefix_hit_tokens_ += best;
+  return best;
 }
 
 Status DeviceStepModel::forward(std::span<const StepRow> rows) {
@@ -112,7 +202,14 @@ Status DeviceStepModel::forward(std::span<const StepRow> rows) {
   }
   Status st = decode_.empty() ? ok_status() : dm_.forward_batch(decode_);
   for (size_t i = 0; st.ok() && i < prefill_.size(); ++i) st = dm_.forward(prefill_[i]);
-  // Lengths as the device has them now, also after a failure part way through the step.
+  // Lengths and token ids as the device has them now, also after a failure part way through
+  // the step.
+  for (const auto* calls : {&decode_, &prefill_})
+    for (const backend::DeviceForwardArgs& a : *calls) {
+      std::vector<int32_t>& c = contents_[static_cast<size_t>(a.seq)];
+      c.insert(c.end(), a.tokens, a.tokens + a.n);
+      c.resize(std::min(c.size(), static_cast<size_t>(dm_.length(a.seq))));
+    }
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto* calls : {&decode_, &prefill_})
     for (const backend::DeviceForwardArgs& a : *calls)
@@ -137,6 +234,11 @@ kv::KvPoolStats DeviceStepModel::kv_stats() const {
     }
   }
   s.pages_free = s.pages_total - s.pages_used;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    s.prefix_hit_tokens = prefix_hit_tokens_;
+    s.prefix_lookup_tokens = prefix_lookup_tokens_;
+  }
   s.arena_bytes = static_cast<size_t>(s.pages_total) * page_bytes_;
   s.used_bytes = static_cast<size_t>(s.pages_used) * page_bytes_;
   const int layers = shape_.n_layers;

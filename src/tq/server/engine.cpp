@@ -125,7 +125,7 @@ Expected<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<model::Model> m
   if (e->options_.model_id.empty()) e->options_.model_id = "tq-model";
   e->model_ = std::move(model);
   if (cuda) {
-    // One sequence per device slot; the GPU shares no prefixes.
+    // One sequence per device slot; prefixes are reused from what the slots hold.
     runtime::SchedulerOptions& so = e->options_.scheduler;
     const int slots = device->options().max_sequences;
     if (so.max_sessions > slots) {
@@ -133,10 +133,10 @@ Expected<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<model::Model> m
              so.max_sessions, slots, slots);
       so.max_sessions = slots;
     }
-    e->options_.prefix_caching = false;
     e->device_description_ = device->describe();
     e->device_ = std::move(device);
-    TQ_ASSIGN_OR_RETURN(e->step_, runtime::DeviceStepModel::create(*e->device_, *e->model_));
+    TQ_ASSIGN_OR_RETURN(e->step_, runtime::DeviceStepModel::create(*e->device_, *e->model_,
+                                                                     options.prefix_caching));
   } else {
     TQ_ASSIGN_OR_RETURN(const size_t pool_bytes, cpu_pool_bytes(options, shape));
     const int threads = options.threads > 0 ? options.threads : default_thread_count();

@@ -783,6 +783,18 @@ int CudaModel::length(int seq) const {
   return impl_->lengths[static_cast<size_t>(seq)];
 }
 
+Status CudaModel::truncate(int seq, int length) {
+  const int current = seq >= 0 && seq < impl_->opt.max_sequences
+                          ? impl_->lengths[static_cast<size_t>(seq)]
+                          : 0;
+  TQ_RETURN_IF_ERROR(impl_->opt.check_truncate(seq, current, length));
+  if (length == 0) return reset(seq);
+  // Positions past `length` are rewritten as they are appended again; the pages, sink rows and
+  // the first pass's key means and scales stay.
+  impl_->lengths[static_cast<size_t>(seq)] = length;
+  return ok_status();
+}
+
 Status CudaModel::reset(int seq) {
   if (seq < 0 || seq >= impl_->opt.max_sequences)
     return invalid_argument("reset: sequence slot " + std::to_string(seq) + " out of range");

@@ -26,6 +26,7 @@ class CudaModel final : public DeviceModel {
   Status forward_batch(std::span<const DeviceForwardArgs> items) override;
   Status copy_sequence(int src, int dst) override;
   int length(int seq) const override;
+  Status truncate(int seq, int length) override;
   Status reset(int seq) override;
   Status read_stored(int seq, int layer, bool value, int p0, int n, float* out) const override;
   const DeviceModelOptions& options() const override;
