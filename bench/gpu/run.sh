@@ -37,7 +37,8 @@
 #   - TQ_GPU_BIG_TEST=1 (default 0): the Llama-3-8B-shaped model is made while the tests run, then
 #     ModelCudaBigTest compares its GPU and CPU logits (TQ_TEST_BIG_MODEL), into tests.log.
 #   - TQ_GPU_VOICE=1 (default 0, after the model bench): `tq bench voice --device cuda` on the
-#     8B-shaped model (TQ_VOICE_SESSIONS, TQ_VOICE_TURNS, TQ_VOICE_KV, TQ_VOICE_FLAGS) into
+#     8B-shaped model (TQ_VOICE_SESSIONS, TQ_VOICE_TURNS, TQ_VOICE_KV, TQ_VOICE_FLAGS, or
+#     TQ_VOICE_VARIANTS "name:flags;..." for several runs, e.g. with --no-prefix-cache) into
 #     $OUT/voice_bench.md; needs a tq built with the server (a prebuilt one with its libraries).
 #   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and tq_gpu_bench for the attention bench, and
 #     dir/lib/*.so) built elsewhere for sm_90 with the same CUDA instead of building here, when
@@ -227,10 +228,17 @@ fi
 if [ "${TQ_GPU_VOICE:-0}" = 1 ] && [ -f "$BIG" ]; then
   # Many short multi-turn sessions through the scheduler on the GPU (tq bench voice; needs a tq
   # built with the server): TTFT p50/p95 and tokens/s per K/V pair.
-  "$BUILD/tq" bench voice -m "$BIG" --device cuda --sessions "${TQ_VOICE_SESSIONS:-32}" \
-    --turns "${TQ_VOICE_TURNS:-3}" --tokens 32 --kv "${TQ_VOICE_KV:-f16/f16,tq4/tq3}" \
-    ${TQ_VOICE_FLAGS:---gpu-weights quant} 2> "$OUT/voice_bench.log" | tee "$OUT/voice_bench.md" ||
-    model_rc=1
+  # TQ_VOICE_VARIANTS: "name:flags;..." as TQ_DECODE_VARIANTS, all into voice_bench.md.
+  : > "$OUT/voice_bench.md"
+  IFS=';' read -r -a vvariants <<< "${TQ_VOICE_VARIANTS:-default:${TQ_VOICE_FLAGS:---gpu-weights quant}}"
+  for variant in "${vvariants[@]}"; do
+    read -r -a vflags <<< "${variant#*:}"
+    echo "### ${variant%%:*}: tq bench voice ${variant#*:}" >> "$OUT/voice_bench.md"
+    "$BUILD/tq" bench voice -m "$BIG" --device cuda --sessions "${TQ_VOICE_SESSIONS:-32}" \
+      --turns "${TQ_VOICE_TURNS:-3}" --tokens 32 --kv "${TQ_VOICE_KV:-f16/f16,tq4/tq3}" \
+      "${vflags[@]}" 2>> "$OUT/voice_bench.log" | tee -a "$OUT/voice_bench.md"
+    [ "${PIPESTATUS[0]}" = 0 ] || model_rc=1
+  done
 fi
 conc_rc=0
 if [ "$CONC_BENCH" = 1 ]; then

@@ -131,7 +131,8 @@ class CpuDeviceModel final : public backend::DeviceModel {
           model::BatchSequence{a.tokens, 1, &slot(a.seq), mode(a.logits_mode), logits});
     }
     TQ_RETURN_IF_ERROR(m_.forward_batch(batch_, pool_, scratch_));
-    for (const auto& a : items) passes_[static_cast<size_t>(a.seq)].emplace_back(a.tokens, a.tokens + 1);
+    for (const auto& a : items)
+      passes_[static_cast<size_t>(a.seq)].emplace_back(a.tokens, a.tokens + 1);
     for (size_t i = 0; i < items.size(); ++i) {
       const backend::DeviceForwardArgs& a = items[i];
       if (a.greedy != nullptr) {
@@ -245,7 +246,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
   ThreadPool pool_;
   model::ForwardScratch scratch_;
   std::unique_ptr<kv::PagedKvCache> cache_;
-  std::vector<std::unique_ptr<kv::PagedKv>> slots_;  // [slot]
+  std::vector<std::unique_ptr<kv::PagedKv>> slots_;        // [slot]
   std::vector<std::vector<std::vector<int32_t>>> passes_;  // [slot]: token passes, in order
   std::vector<model::BatchSequence> batch_;
   std::vector<float> own_rows_;  // logits of greedy rows that bring no buffer

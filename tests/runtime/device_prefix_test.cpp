@@ -167,12 +167,13 @@ TEST(DevicePrefix, WithAWindowOnlyWholeContentsAreKept) {
 TEST(DevicePrefix, EmptySlotsFirstThenTheLeastRecentlyFreed) {
   auto m = test::tiny();
   ASSERT_NE(m, nullptr);
-  auto dm = test::device(*m, test::kv_config("f16", "f16"), 2, 64);
+  auto dm = test::device(*m, test::kv_config("f16", "f16"), 3, 64);
   ASSERT_NE(dm, nullptr);
   auto step = DeviceStepModel::create(*dm, *m);
   ASSERT_TRUE(step.ok()) << step.status().to_string();
   DeviceStepModel& sm = **step;
-  const std::vector<int32_t> a = prompt_of(20, 8, 290), b = prompt_of(20, 9, 290);
+  const std::vector<int32_t> a = prompt_of(20, 8, 290), b = prompt_of(20, 9, 290),
+                             c = prompt_of(20, 12, 290);
   {
     auto s0 = sm.new_sequence(64);
     auto s1 = sm.new_sequence(64);
@@ -181,14 +182,24 @@ TEST(DevicePrefix, EmptySlotsFirstThenTheLeastRecentlyFreed) {
     run(sm, **s1, b);
     s0->reset();  // slot 0 freed first
   }
-  auto s2 = sm.new_sequence(64);  // both hold tokens: the older, slot 0, is emptied
+  auto s2 = sm.new_sequence(64);  // the empty slot 2 first
   ASSERT_TRUE(s2.ok());
-  EXPECT_EQ(dm->length(0), 0);
-  EXPECT_EQ(dm->length(1), 20);
-  EXPECT_EQ((*s2)->reuse_prefix(concat({b, a})).value(), 20);  // takes slot 1 over
-  auto s3 = sm.new_sequence(64);  // slot 0, empty again
+  run(sm, **s2, c);               // (no reuse_prefix: it settles on slot 2 when it runs)
+  auto s3 = sm.new_sequence(64);  // then the older of the two ended: slot 0 ...
   ASSERT_TRUE(s3.ok());
+  EXPECT_EQ((*s3)->reuse_prefix(concat({b, a})).value(), 20);  // ... but it takes slot 1 over
+  EXPECT_EQ(dm->length(0), 20);                                // slot 0 is left as it was
+  EXPECT_EQ(dm->length(1), 20);
+  auto s4 = sm.new_sequence(64);  // slot 0, the only free one, whose tokens it reuses in place
+  ASSERT_TRUE(s4.ok());
+  EXPECT_EQ((*s4)->reuse_prefix(concat({a, c})).value(), 20);
+  EXPECT_EQ(dm->copies.load(), 0);
   EXPECT_EQ(sm.new_sequence(64).status().code(), StatusCode::kResourceExhausted);
+  s4->reset();
+  auto s5 = sm.new_sequence(64);  // slot 0 again; asked for nothing of it, so emptied
+  ASSERT_TRUE(s5.ok());
+  EXPECT_EQ((*s5)->reuse_prefix(prompt_of(20, 13, 290)).value(), 0);
+  EXPECT_EQ(dm->length(0), 0);
 }
 
 // Two turns of a conversation through the scheduler: the second turn's prompt repeats the
@@ -212,8 +223,8 @@ TEST(DevicePrefix, ASecondTurnReusesTheFirstThroughTheScheduler) {
     const test::Result r1 = collect(**first);
     ASSERT_EQ(r1.tokens.size(), 6u);
     // The slot holds the prompt and the first 5 answer tokens (the 6th was never fed back).
-    auto second = (*sched)->submit(
-        greedy_request(concat({p, std::span(r1.tokens).first(5), u}), 6));
+    auto second =
+        (*sched)->submit(greedy_request(concat({p, std::span(r1.tokens).first(5), u}), 6));
     ASSERT_TRUE(second.ok());
     const test::Result r2 = collect(**second);
     EXPECT_EQ(r2.done.cached_tokens, reuse ? 29 : 0);

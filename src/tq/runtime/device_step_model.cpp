@@ -94,7 +94,8 @@ Expected<std::unique_ptr<StepSequence>> DeviceStepModel::new_sequence(int contex
                                 " sequence slots are in use");
     held_[static_cast<size_t>(slot)] = 1;
   }
-  if (freed_at_[static_cast<size_t>(slot)] != 0) empty_slot(slot);
+  // A slot still holding an ended sequence's tokens keeps them until this sequence settles on
+  // it (reuse_prefix may take another slot and leave this one as it was; forward empties it).
   return std::unique_ptr<StepSequence>(std::make_unique<Sequence>(this, slot, context));
 }
 
@@ -129,14 +130,25 @@ int DeviceStepModel::reusable(int s, std::span<const int32_t> prompt) const {
 
 Expected<int> DeviceStepModel::reuse_prefix(Sequence& seq, std::span<const int32_t> prompt) {
   const int mine = seq.slot();
-  if (!prefix_caching_ || dm_.length(mine) != 0) return 0;
-  // The best source: the most tokens; a free slot (taken over, no copy) before a slot in use
-  // (copied, so worth at least a page).
+  const bool unsettled = freed_at_[static_cast<size_t>(mine)] != 0;  // holds an ended sequence's
+  if (seq.length() != 0) return 0;
+  if (!prefix_caching_) {
+    if (unsettled) empty_slot(mine);
+    return 0;
+  }
+  // The best source: the most tokens; an ended sequence's slot (this one, or a free one: taken
+  // as it is, no copy) before a slot in use (copied, so worth at least a page).
   int best = 0, from = -1;
   bool from_free = false;
   for (int s = 0; s < static_cast<int>(contents_.size()); ++s) {
-    if (s == mine) continue;
-    const bool free = freed_at_[static_cast<size_t>(s)] != 0;  // held slots have 0
+    const bool ended = freed_at_[static_cast<size_t>(s)] != 0;
+    bool held;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      held = held_[static_cast<size_t>(s)] != 0;
+    }
+    if (s == mine ? !ended : held && ended) continue;  // nothing of its own / another's pick
+    const bool free = ended;
     const int n = reusable(s, prompt);
     if (!free && n < dm_.options().kv.block_tokens) continue;
     if (n > best || (n == best && n > 0 && free && !from_free)) {
@@ -149,7 +161,14 @@ Expected<int> DeviceStepModel::reuse_prefix(Sequence& seq, std::span<const int32
     std::lock_guard<std::mutex> lock(mu_);
     prefix_lookup_tokens_ += static_cast<int64_t>(prompt.size());
   }
-  if (best == 0) return 0;
+  if (best == 0) {  // this slot it is, emptied
+    if (unsettled) empty_slot(mine);
+    return 0;
+  }
+  if (!from_free && unsettled) {  // the copy overwrites what this slot held
+    contents_[static_cast<size_t>(mine)].clear();
+    freed_at_[static_cast<size_t>(mine)] = 0;
+  }
   const int slot = from_free ? from : mine;
   Status st = from_free ? ok_status() : dm_.copy_sequence(from, mine);
   if (st.ok()) st = dm_.truncate(slot, best);
@@ -169,9 +188,9 @@ Expected<int> DeviceStepModel::reuse_prefix(Sequence& seq, std::span<const int32
     kept.assign(src.begin(), src.begin() + best);
   }
   std::lock_guard<std::mutex> lock(mu_);
-  if (from_free) {
+  if (slot != mine) {
     held_[static_cast<size_t>(slot)] = 1;
-    held_[static_cast<size_t>(mine)] = 0;  // still empty: first in line for the next sequence
+    held_[static_cast<size_t>(mine)] = 0;  // back as it was (its tokens, its place in line)
   }
   lengths_[static_cast<size_t>(slot)] = best;
   prefix_hit_tokens_ += best;
@@ -185,6 +204,8 @@ Status DeviceStepModel::forward(std::span<const StepRow> rows) {
     const auto* s = dynamic_cast<const Sequence*>(r.seq);
     if (s == nullptr || s->owner() != this)
       return invalid_argument("device: a step row names a sequence of another model");
+    // A sequence that never asked reuse_prefix settles on its slot here.
+    if (freed_at_[static_cast<size_t>(s->slot())] != 0) empty_slot(s->slot());
     backend::DeviceForwardArgs a;
     a.seq = s->slot();
     a.tokens = r.tokens;

@@ -15,7 +15,10 @@
 // scales of the slot's first pass, as the CPU's shared pages carry their first sequence's. With
 // an f16 window only a whole slot's contents can be kept (the ring holds its last rows only):
 // reuse then needs a prompt that extends everything the slot holds. Free slots are handed out
-// empty ones first, then the least recently freed.
+// empty ones first, then the least recently freed; a slot handed out keeps what it holds until
+// its sequence settles (reuse_prefix takes it, another slot, or empties it; a sequence that
+// never asks is emptied by its first forward), so a conversation's slot survives another
+// request's passing pick.
 #pragma once
 
 #include <memory>

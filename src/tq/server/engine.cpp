@@ -136,7 +136,7 @@ Expected<std::unique_ptr<Engine>> Engine::create(std::unique_ptr<model::Model> m
     e->device_description_ = device->describe();
     e->device_ = std::move(device);
     TQ_ASSIGN_OR_RETURN(e->step_, runtime::DeviceStepModel::create(*e->device_, *e->model_,
-                                                                     options.prefix_caching));
+                                                                   options.prefix_caching));
   } else {
     TQ_ASSIGN_OR_RETURN(const size_t pool_bytes, cpu_pool_bytes(options, shape));
     const int threads = options.threads > 0 ? options.threads : default_thread_count();
