@@ -46,6 +46,35 @@ def decode_cells(out, name):
     return cells
 
 
+def timed_table(out, names, file, key_cols, title):
+    """One row per key (in the first set's order): median time_us (frac_copy) per set."""
+    rows = {n: csv_rows(out, n, file) for n in names}
+    keys = []
+    for r in rows[names[0]]:
+        k = tuple(r[c] for c in key_cols)
+        if k not in keys:
+            keys.append(k)
+    if not keys:
+        return
+    print("## " + title + "\n")
+    print("| " + " | ".join(key_cols) + " | " + " | ".join(names) + " |")
+    print("|" + "---|" * (len(key_cols) + len(names)))
+    for k in keys:
+        cells = []
+        base = None
+        for n in names:
+            rs = [r for r in rows[n] if tuple(r[c] for c in key_cols) == k]
+            if not rs:
+                cells.append("-")
+                continue
+            t = statistics.median(float(r["time_us"]) for r in rs)
+            fc = statistics.median(float(r["frac_copy"]) for r in rs)
+            base = t if n == names[0] else base
+            cells.append(f"{t:.1f} ({fc:.2f})" + ("" if n == names[0] or not base else f" {base / t:.2f}x"))
+        print("| " + " | ".join(k) + " | " + " | ".join(cells) + " |")
+    print()
+
+
 def main():
     out = sys.argv[1]
     names = sets_in(out)
@@ -55,54 +84,10 @@ def main():
         sys.exit("no ab.sh results in " + out)
     first = names[0]
 
-    attn = {n: csv_rows(out, n, "gpu_bench.csv") for n in names}
-    keys = []
-    for r in attn[first]:
-        k = (int(r["context"]), int(r["batch"]), r["format"])
-        if k not in keys:
-            keys.append(k)
-    if keys:
-        print("## Decode attention: median time per call (us), of copy, speedup over " + first + "\n")
-        print("| context | batch | format | " + " | ".join(names) + " |")
-        print("|---|---|---|" + "---|" * len(names))
-        for k in keys:
-            cells = []
-            base = None
-            for n in names:
-                rs = [r for r in attn[n] if (int(r["context"]), int(r["batch"]), r["format"]) == k]
-                if not rs:
-                    cells.append("-")
-                    continue
-                t = statistics.median(float(r["time_us"]) for r in rs)
-                fc = statistics.median(float(r["frac_copy"]) for r in rs)
-                base = t if n == first else base
-                cells.append(f"{t:.1f} ({fc:.2f})" + ("" if n == first or not base else f" {base / t:.2f}x"))
-            print(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(cells) + " |")
-        print()
-
-    write = {n: csv_rows(out, n, "write_bench.csv") for n in names}
-    fmts = []
-    for r in write[first]:
-        if r["format"] not in fmts:
-            fmts.append(r["format"])
-    if fmts:
-        print("## Bulk quantize-on-write: median time (us), of copy, speedup over " + first + "\n")
-        print("| format | " + " | ".join(names) + " |")
-        print("|---|" + "---|" * len(names))
-        for fm in fmts:
-            cells = []
-            base = None
-            for n in names:
-                rs = [r for r in write[n] if r["format"] == fm]
-                if not rs:
-                    cells.append("-")
-                    continue
-                t = statistics.median(float(r["time_us"]) for r in rs)
-                fc = statistics.median(float(r["frac_copy"]) for r in rs)
-                base = t if n == first else base
-                cells.append(f"{t:.1f} ({fc:.2f})" + ("" if n == first or not base else f" {base / t:.2f}x"))
-            print(f"| {fm} | " + " | ".join(cells) + " |")
-        print()
+    timed_table(out, names, "gpu_bench.csv", ("context", "batch", "format"),
+                "Decode attention: median time per call (us), of copy, speedup over " + first)
+    timed_table(out, names, "write_bench.csv", ("format",),
+                "Bulk quantize-on-write: median time (us), of copy, speedup over " + first)
 
     dec = {n: decode_cells(out, n) for n in names}
     dkeys = sorted(set(k for n in names for k in dec[n]))

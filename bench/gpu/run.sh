@@ -91,6 +91,27 @@ else
   cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}" || exit 1
   echo "build: $(( $(date +%s) - t0 )) s"
 fi
+# run_variants "name:flags;name:flags" OUT_MD ERR_LOG cmd args...: cmd args flags once per
+# variant, each under a "### name: <cmd's first two words> flags" heading, stdout into OUT_MD
+# (and the terminal), stderr appended to ERR_LOG (/dev/null: to the terminal). Fails if any run did.
+run_variants() {
+  local list=$1 md=$2 err=$3 rc=0 variant
+  shift 3
+  local -a variants vflags
+  : > "$md"
+  IFS=';' read -r -a variants <<< "$list"
+  for variant in "${variants[@]}"; do
+    read -r -a vflags <<< "${variant#*:}"
+    echo "### ${variant%%:*}: $(basename "$1") $2 $3 ${variant#*:}" >> "$md"
+    if [ "$err" = /dev/null ]; then
+      "$@" "${vflags[@]}" | tee -a "$md"
+    else
+      "$@" "${vflags[@]}" 2>> "$err" | tee -a "$md"
+    fi
+    [ "${PIPESTATUS[0]}" = 0 ] || rc=1
+  done
+  return $rc
+}
 MODELS="$BUILD/models"  # multi-GB files: kept out of $OUT, which travels back
 BIG="$MODELS/llama3-8b-q4_0.gguf"
 mkdir -p "$MODELS"
@@ -191,15 +212,9 @@ if [ "$MODEL_BENCH" = 1 ]; then
   if [ -n "$big_pid" ]; then wait "$big_pid" || model_rc=1; big_pid=""; else make_big || model_rc=1; fi
   "$TQ" run -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda -p "The KV cache" -n 32 --temp 0 \
     --ignore-eos -ctk tq4 -ctv tq3 > "$OUT/run_8b.txt" || model_rc=1
-  : > "$OUT/decode_bench.md"
-  IFS=';' read -r -a variants <<< "${TQ_DECODE_VARIANTS:-default:}"
-  for variant in "${variants[@]}"; do
-    read -r -a vflags <<< "${variant#*:}"
-    echo "### ${variant%%:*}: tq bench decode ${variant#*:}" >> "$OUT/decode_bench.md"
+  run_variants "${TQ_DECODE_VARIANTS:-default:}" "$OUT/decode_bench.md" /dev/null \
     "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --depths "$DEPTHS" \
-      --kv "$KV_PAIRS" --steps 64 --warmup 4 "${vflags[@]}" | tee -a "$OUT/decode_bench.md"
-    [ "${PIPESTATUS[0]}" = 0 ] || model_rc=1
-  done
+    --kv "$KV_PAIRS" --steps 64 --warmup 4 || model_rc=1
   if [ "${TQ_GPU_WRITE_AB:-0}" = 1 ]; then
     "$TQ" bench decode -m "$MODELS/llama3-8b-q4_0.gguf" --device cuda --gpu-write legacy \
       --depths "$DEPTHS" --kv "$KV_PAIRS" --steps 64 --warmup 4 | tee "$OUT/decode_bench_legacy_write.md"
@@ -229,16 +244,11 @@ if [ "${TQ_GPU_VOICE:-0}" = 1 ] && [ -f "$BIG" ]; then
   # Many short multi-turn sessions through the scheduler on the GPU (tq bench voice; needs a tq
   # built with the server): TTFT p50/p95 and tokens/s per K/V pair.
   # TQ_VOICE_VARIANTS: "name:flags;..." as TQ_DECODE_VARIANTS, all into voice_bench.md.
-  : > "$OUT/voice_bench.md"
-  IFS=';' read -r -a vvariants <<< "${TQ_VOICE_VARIANTS:-default:${TQ_VOICE_FLAGS:---gpu-weights quant}}"
-  for variant in "${vvariants[@]}"; do
-    read -r -a vflags <<< "${variant#*:}"
-    echo "### ${variant%%:*}: tq bench voice ${variant#*:}" >> "$OUT/voice_bench.md"
+  : > "$OUT/voice_bench.log"
+  run_variants "${TQ_VOICE_VARIANTS:-default:${TQ_VOICE_FLAGS:---gpu-weights quant}}" \
+    "$OUT/voice_bench.md" "$OUT/voice_bench.log" \
     "$BUILD/tq" bench voice -m "$BIG" --device cuda --sessions "${TQ_VOICE_SESSIONS:-32}" \
-      --turns "${TQ_VOICE_TURNS:-3}" --tokens 32 --kv "${TQ_VOICE_KV:-f16/f16,tq4/tq3}" \
-      "${vflags[@]}" 2>> "$OUT/voice_bench.log" | tee -a "$OUT/voice_bench.md"
-    [ "${PIPESTATUS[0]}" = 0 ] || model_rc=1
-  done
+    --turns "${TQ_VOICE_TURNS:-3}" --tokens 32 --kv "${TQ_VOICE_KV:-f16/f16,tq4/tq3}" || model_rc=1
 fi
 conc_rc=0
 if [ "$CONC_BENCH" = 1 ]; then

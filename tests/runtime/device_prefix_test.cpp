@@ -61,14 +61,27 @@ void expect_same_logits(const std::vector<float>& got, const std::vector<float>&
   EXPECT_LE(worst, 1e-5f);
 }
 
+// A tiny model on the stand-in device (`slots` slots of `context` tokens) and its step model,
+// prefix reuse on.
+struct Rig {
+  std::unique_ptr<model::Model> m = test::tiny();
+  std::unique_ptr<test::CpuDeviceModel> dm;
+  std::unique_ptr<DeviceStepModel> step;
+  Rig(const kv::KvConfig& kv, int slots, int context) {
+    if (m) dm = test::device(*m, kv, slots, context);
+    if (!dm) return;
+    auto s = DeviceStepModel::create(*dm, *m);
+    EXPECT_TRUE(s.ok()) << s.status().to_string();
+    if (s.ok()) step = std::move(s).value();
+  }
+  bool ok() const { return step != nullptr; }
+};
+
 TEST(DevicePrefix, TakesOverTheFreeSlotHoldingAConversation) {
-  auto m = test::tiny();
-  ASSERT_NE(m, nullptr);
-  auto dm = test::device(*m, test::kv_config("f16", "f16"), 2, 128);
-  ASSERT_NE(dm, nullptr);
-  auto step = DeviceStepModel::create(*dm, *m);
-  ASSERT_TRUE(step.ok()) << step.status().to_string();
-  DeviceStepModel& sm = **step;
+  Rig rig(test::kv_config("f16", "f16"), 2, 128);
+  ASSERT_TRUE(rig.ok());
+  DeviceStepModel& sm = *rig.step;
+  test::CpuDeviceModel* dm = rig.dm.get();
   const std::vector<int32_t> p = prompt_of(30, 1, 290), d = prompt_of(5, 2, 290),
                              x = prompt_of(6, 3, 290);
   {
@@ -101,13 +114,10 @@ TEST(DevicePrefix, TakesOverTheFreeSlotHoldingAConversation) {
 }
 
 TEST(DevicePrefix, CopiesAPrefixFromASlotInUse) {
-  auto m = test::tiny();
-  ASSERT_NE(m, nullptr);
-  auto dm = test::device(*m, test::kv_config("f16", "f16"), 3, 128);
-  ASSERT_NE(dm, nullptr);
-  auto step = DeviceStepModel::create(*dm, *m);
-  ASSERT_TRUE(step.ok()) << step.status().to_string();
-  DeviceStepModel& sm = **step;
+  Rig rig(test::kv_config("f16", "f16"), 3, 128);
+  ASSERT_TRUE(rig.ok());
+  DeviceStepModel& sm = *rig.step;
+  test::CpuDeviceModel* dm = rig.dm.get();
   const std::vector<int32_t> system = prompt_of(40, 4, 290), y = prompt_of(7, 5, 290);
   auto s0 = sm.new_sequence(128);
   ASSERT_TRUE(s0.ok());
@@ -135,15 +145,12 @@ TEST(DevicePrefix, CopiesAPrefixFromASlotInUse) {
 }
 
 TEST(DevicePrefix, WithAWindowOnlyWholeContentsAreKept) {
-  auto m = test::tiny();
-  ASSERT_NE(m, nullptr);
   kv::KvConfig kv = test::kv_config("tq4", "tq3");
   kv.window = 8;
-  auto dm = test::device(*m, kv, 2, 128);
-  ASSERT_NE(dm, nullptr);
-  auto step = DeviceStepModel::create(*dm, *m);
-  ASSERT_TRUE(step.ok()) << step.status().to_string();
-  DeviceStepModel& sm = **step;
+  Rig rig(kv, 2, 128);
+  ASSERT_TRUE(rig.ok());
+  DeviceStepModel& sm = *rig.step;
+  test::CpuDeviceModel* dm = rig.dm.get();
   const std::vector<int32_t> p = prompt_of(30, 6, 290), z = prompt_of(9, 7, 290);
   {
     auto s0 = sm.new_sequence(128);
@@ -165,13 +172,10 @@ TEST(DevicePrefix, WithAWindowOnlyWholeContentsAreKept) {
 }
 
 TEST(DevicePrefix, EmptySlotsFirstThenTheLeastRecentlyFreed) {
-  auto m = test::tiny();
-  ASSERT_NE(m, nullptr);
-  auto dm = test::device(*m, test::kv_config("f16", "f16"), 3, 64);
-  ASSERT_NE(dm, nullptr);
-  auto step = DeviceStepModel::create(*dm, *m);
-  ASSERT_TRUE(step.ok()) << step.status().to_string();
-  DeviceStepModel& sm = **step;
+  Rig rig(test::kv_config("f16", "f16"), 3, 64);
+  ASSERT_TRUE(rig.ok());
+  DeviceStepModel& sm = *rig.step;
+  test::CpuDeviceModel* dm = rig.dm.get();
   const std::vector<int32_t> a = prompt_of(20, 8, 290), b = prompt_of(20, 9, 290),
                              c = prompt_of(20, 12, 290);
   {
