@@ -12,10 +12,10 @@
 // Codes
 // become fp16 through per-lane shared-memory tables (vec_formats.cuh: one byte permute builds the
 // address, the table base is the load's immediate), values are decoded straight into token
-// pairs, K norms scale S after the mma, V norms fold into P, and the next step's key codes are
-// loaded while the current step computes. Scores and values stay in the rotated domain; the
-// query is rotated once per CTA (or by the prepare kernel for QJL keys) and the output is
-// rotated back once (merge kernel).
+// pairs, K norms scale S after the mma, V norms fold into P, and the next step's key codes (and,
+// once the current step's S is done, its value codes) are loaded while the current step computes.
+// Scores and values stay in the rotated domain; the query is rotated once per CTA (or by the
+// prepare kernel for QJL keys) and the output is rotated back once (merge kernel).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -150,6 +150,13 @@ template <class KF>
 constexpr bool attn_pipeline_keys() {
   return KF::kTokenScale;
 }
+// Values loaded a step ahead as well (after the step's S product): measured faster with 3- and
+// 4-bit values (tq4/tq3 at 32k +3-5%), slower with 2-bit ones (tq2/tq2 -2-6%, docs/benchmarks.md
+// session 8), whose decode is the shortest.
+template <class KF, class VF>
+constexpr bool attn_pipeline_values() {
+  return attn_pipeline_keys<KF>() && VF::kCodeBits != 2;
+}
 template <class KF>
 constexpr int attn_min_blocks() {
   return attn_pipeline_keys<KF>() ? (KF::kHasQjl ? 2 : 3) : 1;
@@ -203,13 +210,20 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
   };
   using KRaw = typename KF::template Raw<kKN>;
-  struct Keys {  // the key codes (token 8j + g) and their raw fp16 norms of one step
+  using VRaw = typename VF::template Raw<kVN>;
+  // One step's packed operands: the key codes (token 8j + g) and raw fp16 norms, the value codes
+  // (the PV fragments' tokens) and raw fp16 norms (token 8j + g). Pipelined formats load a
+  // step's keys at the start of the step before it and its values after that step's S product
+  // (when the decoded keys' registers are free), so both arrive while a step computes.
+  struct Ahead {
     KRaw kr[kNT];
     uint32_t ksr[kNT];
+    VRaw vr[kNH][4];
+    uint32_t vsr[kNT];
   };
-  // The key codes and norms of one step (software-pipelined: the next step's are loaded while
-  // the current one computes). Slots past `valid` may hold stale bytes (even NaN norms): zeroed.
-  const auto load_keys = [&](int tok0, auto full_tag, Keys& keys) {
+  // The key codes and norms of one step. Slots past `valid` may hold stale bytes (even NaN
+  // norms): zeroed.
+  const auto load_keys = [&](int tok0, auto full_tag, Ahead& keys) {
     constexpr bool kFull = decltype(full_tag)::value;
     int slot0;
     const int page = block_of(tok0, &slot0);
@@ -227,6 +241,31 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         if (kFull || 8 * j + g < valid) keys.ksr[j] = KF::scale_raw(kb, cap, slot0 + 8 * j + g);
     }
   };
+  // The value codes and norms of one step (as load_keys).
+  const auto load_vals = [&](int tok0, auto full_tag, Ahead& vals) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    int slot0;
+    const int page = block_of(tok0, &slot0);
+    const int valid = kFull ? kStep : end - tok0;
+    const uint8_t* vb = a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
+                        static_cast<size_t>(kvh) * a.v_head_stride;
+#pragma unroll
+    for (int h = 0; h < kNH; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = 16 * h + 2 * t + (e & 1) + 8 * (e >> 1);
+        if (kFull || tok < valid)
+          VF::template load<kVN>(vals.vr[h][e], vb, cap, slot0 + tok, g);
+        else
+          vals.vr[h][e].zero();
+      }
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      vals.vsr[j] = 0u;
+      if constexpr (VF::kTokenScale)
+        if (kFull || 8 * j + g < valid) vals.vsr[j] = VF::scale_raw(vb, cap, slot0 + 8 * j + g);
+    }
+  };
   using Tab = AttnTables<KF, VF>;
   uint8_t* k_table = smem;
   uint8_t* v_table = smem + Tab::kVRow * 256;
@@ -241,14 +280,18 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // synchronises, so their DRAM latency hides behind that work (at short contexts a split is
   // one or two steps).
   constexpr bool kPipe = attn_pipeline_keys<KF>();
-  [[maybe_unused]] Keys first;
+  constexpr bool kPipeV = attn_pipeline_values<KF, VF>();
+  [[maybe_unused]] Ahead first;
   if constexpr (kPipe) {
     const int tok0 = begin + warp * kStep;
     if (tok0 < end) {
-      if (end - tok0 >= kStep)
+      if (end - tok0 >= kStep) {
         load_keys(tok0, std::true_type{}, first);
-      else
+        if constexpr (kPipeV) load_vals(tok0, std::true_type{}, first);
+      } else {
         load_keys(tok0, std::false_type{}, first);
+        if constexpr (kPipeV) load_vals(tok0, std::false_type{}, first);
+      }
     }
   }
   __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
@@ -301,37 +344,18 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   for (int mm = 0; mm < kMT; ++mm) o[mm][0] = o[mm][1] = o[mm][2] = o[mm][3] = 0.0f;
 
   // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
-  const auto step = [&](int tok0, auto full_tag, Keys& cur, Keys& nxt) {
+  const auto step = [&](int tok0, auto full_tag, Ahead& cur, Ahead& nxt) {
     constexpr bool kFull = decltype(full_tag)::value;
-    [[maybe_unused]] Keys own;  // the step's own keys when not pipelined
+    [[maybe_unused]] Ahead own;  // the step's own operands where not pipelined
     if constexpr (!kPipe) load_keys(tok0, full_tag, own);
-    const Keys& keys = kPipe ? cur : own;
+    if constexpr (!kPipeV) load_vals(tok0, full_tag, own);
+    const Ahead& keys = kPipe ? cur : own;
+    const Ahead& vals = kPipeV ? cur : own;
     int slot0;
     const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
     [[maybe_unused]] const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
                                          static_cast<size_t>(kvh) * a.k_head_stride;
-    const uint8_t* vb = a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
-                        static_cast<size_t>(kvh) * a.v_head_stride;
-
-    // Issue the value loads of this step and the key loads of the next one, then compute.
-    typename VF::template Raw<kVN> vr[kNH][4];
-#pragma unroll
-    for (int h = 0; h < kNH; ++h)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int tok = 16 * h + 2 * t + (e & 1) + 8 * (e >> 1);
-        if (kFull || tok < valid)
-          VF::template load<kVN>(vr[h][e], vb, cap, slot0 + tok, g);
-        else
-          vr[h][e].zero();
-      }
-    [[maybe_unused]] uint32_t vsr[kNT];  // value norms (raw fp16) of tokens 8j + g
-    if constexpr (VF::kTokenScale) {
-#pragma unroll
-      for (int j = 0; j < kNT; ++j)
-        vsr[j] = (kFull || 8 * j + g < valid) ? VF::scale_raw(vb, cap, slot0 + 8 * j + g) : 0u;
-    }
     [[maybe_unused]] typename dev::SignsOf<KF, kKN>::type sr[kNT];
     [[maybe_unused]] float rs[kNT];
     if constexpr (kQjl) {
@@ -397,6 +421,14 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       if (!kFull && 16 * tt + 8 + g >= valid) s[tt][2] = s[tt][3] = -INFINITY;
     }
 
+    // The next step's values, now that the decoded keys' registers are free.
+    if (kPipeV && next < end) {
+      if (end - next >= kStep)
+        load_vals(next, std::true_type{}, nxt);
+      else
+        load_vals(next, std::false_type{}, nxt);
+    }
+
     // Online softmax of heads 2t, 2t + 1 over the step: this lane's tokens, then the 8 lanes of
     // column t (lanes t, t + 4, ..., t + 28).
     float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -426,9 +458,10 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       psum0 += p00 + p10;
       psum1 += p01 + p11;
       if constexpr (VF::kTokenScale) {
-        const float v0n = __half2float(__ushort_as_half(static_cast<unsigned short>(vsr[2 * tt])));
+        const float v0n =
+            __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt])));
         const float v1n =
-            __half2float(__ushort_as_half(static_cast<unsigned short>(vsr[2 * tt + 1])));
+            __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt + 1])));
         p00 *= v0n;
         p01 *= v0n;
         p10 *= v1n;
@@ -456,8 +489,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
 #pragma unroll
     for (int h = 0; h < kNH; ++h) {
       uint32_t v01[kVN], v23[kVN];
-      decode_token_pair<VF, kVN, kVOff>(vr[h][0], vr[h][1], g, v_off, v01);
-      decode_token_pair<VF, kVN, kVOff>(vr[h][2], vr[h][3], g, v_off, v23);
+      decode_token_pair<VF, kVN, kVOff>(vals.vr[h][0], vals.vr[h][1], g, v_off, v01);
+      decode_token_pair<VF, kVN, kVOff>(vals.vr[h][2], vals.vr[h][3], g, v_off, v23);
 #pragma unroll
       for (int mm = 0; mm < kMT; ++mm)
         mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0],
@@ -467,11 +500,11 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   {
     int tok0 = begin + warp * kStep;
     if constexpr (kPipe) {
-      // Full steps two at a time with the buffers' roles swapped, so the keys in flight are
+      // Full steps two at a time with the buffers' roles swapped, so the operands in flight are
       // never copied between registers (a move would also wait for the load); only a warp's
       // last step can be partial.
       constexpr int kStride = kAttnWarps * kStep;
-      Keys ka = first, kb;
+      Ahead ka = first, kb;
       for (;;) {
         if (end - tok0 < kStep) break;
         step(tok0, std::true_type{}, ka, kb);
@@ -485,7 +518,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       }
       if (tok0 < end) step(tok0, std::false_type{}, ka, kb);
     } else {
-      Keys unused;
+      Ahead unused;
       for (; tok0 < end; tok0 += kAttnWarps * kStep) {
         if (end - tok0 >= kStep)
           step(tok0, std::true_type{}, unused, unused);
