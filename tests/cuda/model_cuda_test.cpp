@@ -41,6 +41,7 @@
 #include "tq/model/llama.h"
 #include "tq/model/model_desc.h"
 #include "tq/model/random_model.h"
+#include "tq/runtime/logprobs.h"
 #include "tq/runtime/sampler.h"
 
 namespace tq::backend {
@@ -814,6 +815,14 @@ TEST(ModelCudaTopCandidates, EqualTheHostRankingOfTheLogits) {
   std::vector<float> logits(static_cast<size_t>(kSlots) * vocab, NAN);
   std::vector<int32_t> top_ids(static_cast<size_t>(kSlots) * 1024, -1), want_ids(1024);
   std::vector<float> top_vals(top_ids.size(), NAN), want_vals(1024);
+  double log_z[kSlots];
+  // The log partition of the row (logprobs from the candidates): the host's in float64 over the
+  // same logits, up to the summation order (1e-9).
+  const auto check_log_z = [&](int slot, const char* what) {
+    const double want =
+        runtime::log_partition(logits.data() + static_cast<size_t>(slot) * vocab, vocab);
+    EXPECT_NEAR(log_z[slot], want, 1e-9) << what << " slot " << slot;
+  };
   const auto check = [&](int slot, int k, const char* what) {
     runtime::top_logits(logits.data() + static_cast<size_t>(slot) * vocab, vocab, k,
                         want_ids.data(), want_vals.data());
@@ -833,8 +842,11 @@ TEST(ModelCudaTopCandidates, EqualTheHostRankingOfTheLogits) {
     a.top_k = 104;
     a.top_ids = top_ids.data() + static_cast<size_t>(slot) * 1024;
     a.top_logits = top_vals.data() + static_cast<size_t>(slot) * 1024;
+    log_z[slot] = NAN;
+    a.log_z = &log_z[slot];
     ASSERT_TRUE(dm.forward(a).ok());
     check(slot, 104, "prefill");
+    check_log_z(slot, "prefill");
   }
   const int counts[kSlots] = {40, 0, vocab};
   for (int step = 0; step < 3; ++step) {
@@ -849,10 +861,15 @@ TEST(ModelCudaTopCandidates, EqualTheHostRankingOfTheLogits) {
       items[s].top_k = std::min(counts[s], DeviceForwardArgs::kMaxTopK);
       items[s].top_ids = top_ids.data() + static_cast<size_t>(s) * 1024;
       items[s].top_logits = top_vals.data() + static_cast<size_t>(s) * 1024;
+      log_z[s] = NAN;
+      items[s].log_z = s == 1 ? nullptr : &log_z[s];  // not every row asks
     }
     const Status st = dm.forward_batch(items);
     ASSERT_TRUE(st.ok()) << st.to_string();
     for (int s = 0; s < kSlots; ++s) check(s, items[s].top_k, "batch");
+    check_log_z(0, "batch");
+    check_log_z(2, "batch");
+    EXPECT_TRUE(std::isnan(log_z[1]));
   }
   // Refused before anything runs: k over the maximum, a missing buffer, no logits mode.
   DeviceForwardArgs bad;

@@ -2,7 +2,8 @@
 // ranking Sampler::sample_top relies on: the same ids and values in the same order (exact; the
 // values are copied, not computed), on rows with many ties, NaN and -inf, and on vocab-sized rows
 // of distinct values, for k from 1 to the 1024 maximum; and the device model's top candidates
-// against its own logits of the same pass.
+// against its own logits of the same pass; and the rows' log partitions (logprobs from the
+// candidates) against the host's.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,6 +13,7 @@
 
 #include "cuda_test_util.h"
 #include "tq/backend/cuda/top_k.h"
+#include "tq/runtime/logprobs.h"
 #include "tq/runtime/sampler.h"
 
 namespace tq::backend::cuda {
@@ -80,6 +82,34 @@ TEST(TopKRows, EqualsTheHostRanking) {
                        dummy.get<float>(), nullptr)
                 .code(),
             StatusCode::kInvalidArgument);
+}
+
+// log_partition_rows against runtime::log_partition (float64 both; only the summation order
+// differs: 1e-9), on rows with NaN and -inf, a row of only -inf, and vocab-sized rows.
+TEST(LogPartitionRows, EqualsTheHost) {
+  TQ_REQUIRE_GPU();
+  for (const int n : {1, 700, 49152, 128256}) {
+    constexpr int kRows = 3;
+    Rng rng(static_cast<uint64_t>(n) * 11);
+    std::vector<float> x(static_cast<size_t>(kRows) * n);
+    for (auto& v : x) {
+      const uint64_t r = rng.next_u64();
+      v = r % 61 == 0 ? NAN : r % 59 == 0 ? -INFINITY : static_cast<float>(rng.normal() * 4.0);
+    }
+    for (int i = 0; i < n; ++i) x[static_cast<size_t>(2) * n + i] = -INFINITY;  // row 2: none
+    test::DeviceBuffer dx = test::DeviceBuffer::from(x);
+    test::DeviceBuffer out(kRows * sizeof(double));
+    ASSERT_TRUE(log_partition_rows(dx.get<float>(), kRows, n, out.get<double>(), nullptr).ok());
+    TQ_CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<double> got = out.to_host<double>();
+    for (int r = 0; r < kRows; ++r) {
+      const double want = runtime::log_partition(x.data() + static_cast<size_t>(r) * n, n);
+      if (std::isinf(want))
+        EXPECT_EQ(got[static_cast<size_t>(r)], want) << "n " << n << " row " << r;
+      else
+        EXPECT_NEAR(got[static_cast<size_t>(r)], want, 1e-9) << "n " << n << " row " << r;
+    }
+  }
 }
 
 }  // namespace

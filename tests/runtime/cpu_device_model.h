@@ -24,6 +24,7 @@
 #include "tq/kv/paged_kv.h"
 #include "tq/kv/paged_kv_cache.h"
 #include "tq/model/llama.h"
+#include "tq/runtime/logprobs.h"
 #include "tq/runtime/sampler.h"
 
 namespace tq::test {
@@ -60,6 +61,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
     if (a.n > o_.max_context - kv.length())
       return resource_exhausted("forward: the tokens exceed the slot's context");
     ++forward_calls;
+    if (a.logits != nullptr) ++logits_rows;
     if (a.n == 1 && kv.length() > 0) ++single_token_forwards;  // a decode that missed the batch
     const int vocab = m_.config().vocab_size;
     float* last_row = nullptr;  // the logits the greedy token is taken from
@@ -97,6 +99,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
       runtime::top_logits(last_row, vocab, a.top_k, a.top_ids, a.top_logits);
       ++top_rows;
     }
+    if (a.log_z != nullptr) *a.log_z = runtime::log_partition(last_row, vocab);
     return ok_status();
   }
 
@@ -115,6 +118,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
         return resource_exhausted("forward_batch: a slot is full");
     }
     ++forward_batch_calls;
+    for (const auto& a : items) logits_rows += a.logits != nullptr;
     forward_batch_rows += B;
     for (int cur = max_batch_rows.load();
          B > cur && !max_batch_rows.compare_exchange_weak(cur, B);) {
@@ -124,7 +128,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
     own_rows_.resize(items.size() * vocab);
     for (size_t i = 0; i < items.size(); ++i) {
       const auto& a = items[i];
-      float* logits = a.logits == nullptr && (a.greedy != nullptr || a.top_k > 0)
+      float* logits = a.logits == nullptr && (a.greedy != nullptr || a.top_k > 0 || a.log_z)
                           ? &own_rows_[i * vocab]
                           : a.logits;
       batch_.push_back(
@@ -144,6 +148,8 @@ class CpuDeviceModel final : public backend::DeviceModel {
                             a.top_logits);
         ++top_rows;
       }
+      if (a.log_z != nullptr)
+        *a.log_z = runtime::log_partition(batch_[i].logits, static_cast<int>(vocab));
     }
     return ok_status();
   }
@@ -178,6 +184,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
   std::atomic<int64_t> forward_calls{0};
   std::atomic<int64_t> greedy_rows{0};  // rows whose greedy token was asked for
   std::atomic<int64_t> top_rows{0};     // rows whose top candidates were asked for
+  std::atomic<int64_t> logits_rows{0};  // calls and batch items that took logits rows back
   std::atomic<int64_t> single_token_forwards{0};
   std::atomic<int64_t> forward_batch_calls{0};
   std::atomic<int64_t> forward_batch_rows{0};
@@ -207,8 +214,10 @@ class CpuDeviceModel final : public backend::DeviceModel {
   }
   Status check_item(const backend::DeviceForwardArgs& a, const std::string& at) const {
     if (a.logits_mode != backend::DeviceLogits::kNone && a.logits == nullptr &&
-        a.greedy == nullptr && a.top_k == 0)
+        a.greedy == nullptr && a.top_k == 0 && a.log_z == nullptr)
       return invalid_argument(at + "logits buffer is null");
+    if (a.log_z != nullptr && a.logits_mode == backend::DeviceLogits::kNone)
+      return invalid_argument(at + "log_z needs a logits mode");
     if (a.top_k < 0 || a.top_k > backend::DeviceForwardArgs::kMaxTopK ||
         a.top_k > m_.config().vocab_size || (a.top_k > 0 && (!a.top_ids || !a.top_logits)))
       return invalid_argument(at + "bad top candidates request");

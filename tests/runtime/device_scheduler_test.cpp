@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -61,11 +62,14 @@ GenerationRequest request(int i, bool sampled) {
   return r;
 }
 
+// Request i as `make` gives it.
+using MakeRequest = std::function<GenerationRequest(int)>;
+
 // Submits every request at once and collects them in order.
-std::vector<Result> run_all(Scheduler& s, bool sampled = false) {
+std::vector<Result> run_all(Scheduler& s, const MakeRequest& make) {
   std::vector<std::shared_ptr<RequestChannel>> chans;
   for (int i = 0; i < kRequests; ++i) {
-    auto ch = s.submit(request(i, sampled));
+    auto ch = s.submit(make(i));
     EXPECT_TRUE(ch.ok()) << ch.status().to_string();
     if (ch.ok()) chans.push_back(*ch);
   }
@@ -77,7 +81,7 @@ std::vector<Result> run_all(Scheduler& s, bool sampled = false) {
 // The same requests on the CPU path: the paged cache with prefix sharing off (the prompts share
 // nothing anyway), 4 sessions of 96 tokens.
 void cpu_path(const model::Model& m, const kv::KvConfig& kv, const SchedulerOptions& so,
-              bool sampled, std::vector<Result>* out) {
+              const MakeRequest& make, std::vector<Result>* out) {
   kv::PagedKvCacheOptions co;
   co.shape = m.attention_shape();
   co.config = kv;
@@ -93,7 +97,11 @@ void cpu_path(const model::Model& m, const kv::KvConfig& kv, const SchedulerOpti
   ThreadPool pool(2);
   auto sched = Scheduler::create(m, **cache, pool, so);
   ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-  *out = run_all(**sched, sampled);
+  *out = run_all(**sched, make);
+}
+
+MakeRequest plain(bool sampled) {
+  return [sampled](int i) { return request(i, sampled); };
 }
 
 TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
@@ -105,7 +113,7 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     const SchedulerOptions so = options(4, 96);
 
     std::vector<Result> want;
-    ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, false, &want));
+    ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, plain(false), &want));
 
     auto dm = device(*m, kv, 4, 96);
     ASSERT_NE(dm, nullptr);
@@ -114,7 +122,7 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     EXPECT_TRUE((*step)->prefix_caching());  // on, but these prompts share no first token
     auto sched = Scheduler::create(**step, so);
     ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-    const std::vector<Result> got = run_all(**sched);
+    const std::vector<Result> got = run_all(**sched, plain(false));
 
     ASSERT_EQ(got.size(), want.size());
     int64_t decode_rows = 0, generated = 0;
@@ -153,14 +161,14 @@ TEST(DeviceScheduler, SampledFromTopCandidatesEqualsTheCpuPath) {
   const kv::KvConfig kv = kv_config("tq4", "tq3");
   const SchedulerOptions so = options(4, 96);
   std::vector<Result> want;
-  ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, true, &want));
+  ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, plain(true), &want));
   auto dm = device(*m, kv, 4, 96);
   ASSERT_NE(dm, nullptr);
   auto step = DeviceStepModel::create(*dm, *m);
   ASSERT_TRUE(step.ok()) << step.status().to_string();
   auto sched = Scheduler::create(**step, so);
   ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-  const std::vector<Result> got = run_all(**sched, true);
+  const std::vector<Result> got = run_all(**sched, plain(true));
   ASSERT_EQ(got.size(), want.size());
   int64_t generated = 0;
   for (int i = 0; i < kRequests; ++i) {
@@ -172,6 +180,47 @@ TEST(DeviceScheduler, SampledFromTopCandidatesEqualsTheCpuPath) {
   // Every token came from top candidates: no logits row crossed, no greedy pick.
   EXPECT_EQ(dm->top_rows.load(), generated);
   EXPECT_EQ(dm->greedy_rows.load(), 0);
+}
+
+// Requests with logprobs (top 0 to 4; greedy and sampled, some with penalties) take them on
+// the device path from the top candidates and the device's log partition
+// (runtime::token_logprob_top), no logits row: the same tokens and exactly the same logprob
+// entries as the CPU path, which computes them from the whole rows.
+TEST(DeviceScheduler, LogprobsFromTopCandidatesEqualTheCpuPath) {
+  auto m = tiny();
+  ASSERT_NE(m, nullptr);
+  const kv::KvConfig kv = kv_config("tq4", "tq3");
+  const SchedulerOptions so = options(4, 96);
+  const MakeRequest make = [](int i) {
+    GenerationRequest r = request(i, i % 2 == 1);
+    r.logprobs = i % 5;
+    return r;
+  };
+  std::vector<Result> want;
+  ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, make, &want));
+  auto dm = device(*m, kv, 4, 96);
+  ASSERT_NE(dm, nullptr);
+  auto step = DeviceStepModel::create(*dm, *m);
+  ASSERT_TRUE(step.ok()) << step.status().to_string();
+  auto sched = Scheduler::create(**step, so);
+  ASSERT_TRUE(sched.ok()) << sched.status().to_string();
+  const std::vector<Result> got = run_all(**sched, make);
+  ASSERT_EQ(got.size(), want.size());
+  for (int i = 0; i < kRequests; ++i) {
+    const Result& g = got[static_cast<size_t>(i)];
+    const Result& w = want[static_cast<size_t>(i)];
+    EXPECT_EQ(g.tokens, w.tokens) << "request " << i;
+    ASSERT_EQ(g.logprobs.size(), static_cast<size_t>(max_tokens(i))) << "request " << i;
+    ASSERT_EQ(w.logprobs.size(), g.logprobs.size());
+    for (size_t t = 0; t < g.logprobs.size(); ++t) {
+      EXPECT_EQ(g.logprobs[t].token, w.logprobs[t].token);
+      EXPECT_EQ(g.logprobs[t].logprob, w.logprobs[t].logprob) << "request " << i << " token " << t;
+      EXPECT_EQ(g.logprobs[t].top, w.logprobs[t].top) << "request " << i << " token " << t;
+      EXPECT_EQ(g.logprobs[t].top.size(), static_cast<size_t>(i % 5));
+    }
+  }
+  EXPECT_EQ(dm->logits_rows.load(), 0);  // every draw and logprob from the candidates
+  EXPECT_GT(dm->top_rows.load(), 0);
 }
 
 TEST(DeviceScheduler, SlotsAreReusedAndCancelFreesOne) {

@@ -40,6 +40,7 @@ struct Result {
   std::vector<int32_t> tokens;
   std::string text;
   StreamEvent done;
+  std::vector<runtime::TokenLogprob> logprobs;  // of the tokens that had one
 };
 
 // Every event of the request until its final one.
@@ -55,6 +56,7 @@ inline Result collect(RequestChannel& ch) {
         return r;
       }
       if (e.token >= 0) r.tokens.push_back(e.token);
+      if (e.has_logprob) r.logprobs.push_back(e.logprob);
       r.text += e.text;
     }
   }

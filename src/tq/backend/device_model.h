@@ -86,6 +86,10 @@ struct DeviceForwardArgs {
   int top_k = 0;
   int32_t* top_ids = nullptr;
   float* top_logits = nullptr;
+  // host [1] or null: log sum exp of the last row's logits in double, NaN as -inf
+  // (runtime::log_partition; with the top candidates, logprobs without the row). Needs a
+  // logits_mode.
+  double* log_z = nullptr;
 };
 
 // Counters of a device model's passes (tests, benchmarks, describe()).

@@ -3,6 +3,7 @@
 
 #include <utility>
 
+#include "tq/runtime/logprobs.h"
 #include "tq/runtime/sampler.h"
 
 namespace tq::runtime {
@@ -40,7 +41,7 @@ Status CpuStepModel::forward(std::span<const StepRow> rows) {
   const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
   size_t scratch_rows = 0;
   for (const StepRow& r : rows)
-    scratch_rows += (r.greedy != nullptr || r.top_count > 0) && r.logits == nullptr;
+    scratch_rows += (r.greedy != nullptr || r.top_count > 0 || r.log_z) && r.logits == nullptr;
   greedy_logits_.resize(scratch_rows * vocab);
   scratch_rows = 0;
   for (const StepRow& r : rows) {
@@ -49,7 +50,7 @@ Status CpuStepModel::forward(std::span<const StepRow> rows) {
     // A greedy or top-candidates row without a logits buffer of its own gets one here: the
     // CPU has the logits in memory anyway.
     float* logits = r.logits;
-    if (logits == nullptr && (r.greedy != nullptr || r.top_count > 0))
+    if (logits == nullptr && (r.greedy != nullptr || r.top_count > 0 || r.log_z))
       logits = &greedy_logits_[scratch_rows++ * vocab];
     batch_.push_back(model::BatchSequence{
         r.tokens, r.n, &kv, logits ? model::LogitsMode::kLast : model::LogitsMode::kNone, logits});
@@ -61,6 +62,7 @@ Status CpuStepModel::forward(std::span<const StepRow> rows) {
     if (r.greedy != nullptr) *r.greedy = greedy_token(batch_[i].logits, static_cast<int>(vocab));
     if (r.top_count > 0)
       top_logits(batch_[i].logits, static_cast<int>(vocab), r.top_count, r.top_ids, r.top_logits);
+    if (r.log_z) *r.log_z = log_partition(batch_[i].logits, static_cast<int>(vocab));
   }
   return ok_status();
 }

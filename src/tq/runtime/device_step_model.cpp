@@ -210,13 +210,15 @@ Status DeviceStepModel::forward(std::span<const StepRow> rows) {
     a.seq = s->slot();
     a.tokens = r.tokens;
     a.n = r.n;
-    a.logits_mode = r.logits || r.greedy || r.top_count > 0 ? backend::DeviceLogits::kLast
-                                                            : backend::DeviceLogits::kNone;
+    a.logits_mode = r.logits || r.greedy || r.top_count > 0 || r.log_z
+                        ? backend::DeviceLogits::kLast
+                        : backend::DeviceLogits::kNone;
     a.logits = r.logits;
     a.greedy = r.greedy;
     a.top_k = r.top_count;
     a.top_ids = r.top_ids;
     a.top_logits = r.top_logits;
+    a.log_z = r.log_z;
     // An empty slot's first token goes through forward() as a prompt would (it sets up the
     // slot, e.g. its key means), so a one-token prompt runs as it does alone.
     (r.n == 1 && s->length() > 0 ? decode_ : prefill_).push_back(a);

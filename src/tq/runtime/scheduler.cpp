@@ -53,11 +53,14 @@ struct Scheduler::BatchItem {
   // logits are, and only the id comes back (a GPU sends 4 bytes instead of the vocabulary).
   bool greedy = false;
   int32_t picked = -1;
-  // Sampled without logprobs on a model whose logits are remote: the top_count largest logits
+  // Sampled (or with logprobs) on a model whose logits are remote: the top_count largest logits
   // come back (Sampler::sample_top draws what sample() would from the whole row), candidates
-  // row top_row of top_ids_ / top_logits_.
+  // row top_row of top_ids_ / top_logits_; with logprobs also the row's log_partition, and at
+  // least as many candidates as top logprobs asked (token_logprob_top).
   int top_count = 0;
   int top_row = -1;
+  bool want_log_z = false;
+  double log_z = 0.0;
 };
 
 Status SchedulerOptions::validate() const {
@@ -282,10 +285,13 @@ void Scheduler::step() {
   const bool remote = step_.remote_logits();
   for (auto& it : items) {
     const SamplerConfig& sc = it.seq->request.sampler;
-    const bool logprobs = it.seq->request.logprobs >= 0;
-    it.greedy = it.want_logits && sc.plain_greedy() && !logprobs;
-    if (it.want_logits && !it.greedy && remote && !logprobs)
-      it.top_count = sc.top_candidates(vocab_);
+    const int logprobs = it.seq->request.logprobs;  // top logprobs asked; -1: none
+    it.greedy = it.want_logits && sc.plain_greedy() && logprobs < 0;
+    const int need = it.want_logits && !it.greedy && remote ? sc.top_candidates(vocab_) : 0;
+    if (need > 0 && logprobs <= static_cast<int>(SamplerConfig::kMaxTopCandidates)) {
+      it.top_count = std::max(need, std::min(logprobs, vocab_));
+      it.want_log_z = logprobs >= 0;
+    }
     if (it.top_count > 0)
       it.top_row = top_rows++;
     else if (it.want_logits && !it.greedy)
@@ -318,7 +324,7 @@ void Scheduler::step() {
         if (id < 0)
           finish(*it.seq, FinishReason::kError, "internal: too few top candidates to sample from");
         else
-          after_logits(*it.seq, nullptr, id);
+          after_logits(*it.seq, nullptr, id, it.want_log_z ? &it : nullptr);
       } else if (it.want_logits)
         after_logits(*it.seq, logits_.data() + static_cast<size_t>(it.logits_row) * vocab_);
     }
@@ -341,13 +347,14 @@ Status Scheduler::run_batch(std::vector<BatchItem>& items) {
       r.top_count = it.top_count;
       r.top_ids = top_ids_.data() + static_cast<size_t>(it.top_row) * kTop;
       r.top_logits = top_logits_.data() + static_cast<size_t>(it.top_row) * kTop;
+      if (it.want_log_z) r.log_z = &it.log_z;
     }
     rows_.push_back(r);
   }
   return step_.forward(rows_);
 }
 
-void Scheduler::after_logits(Active& a, const float* logits, int32_t picked) {
+void Scheduler::after_logits(Active& a, const float* logits, int32_t picked, const BatchItem* top) {
   if (a.finished) return;
   const model::Tokenizer& tok = step_.tokenizer();
   const int32_t id = logits != nullptr ? a.sampler.sample(logits, vocab_) : picked;
@@ -358,6 +365,12 @@ void Scheduler::after_logits(Active& a, const float* logits, int32_t picked) {
   if (a.request.logprobs >= 0 && logits != nullptr) {
     e.has_logprob = true;
     e.logprob = token_logprob(logits, vocab_, id, a.request.logprobs);
+  } else if (a.request.logprobs >= 0 && top != nullptr) {
+    constexpr size_t kTop = SamplerConfig::kMaxTopCandidates;
+    const size_t at = static_cast<size_t>(top->top_row) * kTop;
+    e.has_logprob = true;
+    e.logprob = token_logprob_top(top_ids_.data() + at, top_logits_.data() + at, top->top_count,
+                                  top->log_z, id, a.request.logprobs);
   }
   if (a.request.stop_at_eog && tok.is_eog(id)) {
     std::string tail = a.filter.push(a.decoder.flush());

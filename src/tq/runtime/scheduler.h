@@ -128,9 +128,11 @@ class Scheduler {
   // prefix cache holds yet: admitting later reuses them instead of computing them twice.
   bool prefix_in_flight(const std::vector<int32_t>& prompt) const;
   Status run_batch(std::vector<BatchItem>& items);
-  // Samples the next token from logits (or takes `picked`, the model's greedy token for a
-  // plain-greedy request without logprobs, when logits is null) and streams it.
-  void after_logits(Active& a, const float* logits, int32_t picked = -1);
+  // Samples the next token from logits (or takes `picked`, the model's greedy token or the draw
+  // from its top candidates, when logits is null) and streams it; logprobs from logits, or from
+  // `top`'s candidates and log_z.
+  void after_logits(Active& a, const float* logits, int32_t picked = -1,
+                    const BatchItem* top = nullptr);
   void finish(Active& a, FinishReason reason, const std::string& error = {});
   void remove_finished();
   // Pushes a pending request's final event (cancelled or failed before it ran).

@@ -49,6 +49,9 @@ struct StepRow {
   int top_count = 0;
   int32_t* top_ids = nullptr;
   float* top_logits = nullptr;
+  // With top candidates: log_partition of the last token's logits, so that logprobs come from
+  // the candidates too (runtime::token_logprob_top) and the row stays where it is.
+  double* log_z = nullptr;
 };
 
 // Hard limits of a model's cache beyond its page pool; 0 = none.

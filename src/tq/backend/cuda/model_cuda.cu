@@ -500,6 +500,11 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
                                     m.top_ws.bytes()));
       TQ_RETURN_IF_ERROR(copy_top(m, 0, last->top_k, *last));
     }
+    if (last != nullptr && last->log_z != nullptr) {
+      TQ_RETURN_IF_ERROR(log_partition_rows(row, 1, d.vocab_size, m.log_z.as<double>(), s));
+      TQ_CUDA_TRY(cudaMemcpyAsync(last->log_z, m.log_z.as<void>(), sizeof(double),
+                                  cudaMemcpyDeviceToHost, s));
+    }
   }
   TQ_CUDA_TRY(cudaStreamSynchronize(s));
   return ok_status();
@@ -510,8 +515,10 @@ static_assert(DeviceForwardArgs::kMaxTopK == kTopRowsMax, "one bound for the top
 // What a call (or batch item) asks back: a logits buffer, a greedy token, top candidates.
 Status check_outputs(const DeviceForwardArgs& a, int vocab, const std::string& at) {
   if (a.logits_mode != DeviceLogits::kNone && a.logits == nullptr && a.greedy == nullptr &&
-      a.top_k == 0)
+      a.top_k == 0 && a.log_z == nullptr)
     return invalid_argument(at + "logits buffer is null");
+  if (a.log_z != nullptr && a.logits_mode == DeviceLogits::kNone)
+    return invalid_argument(at + "log_z needs a logits mode");
   if (a.greedy != nullptr && a.logits_mode == DeviceLogits::kNone)
     return invalid_argument(at + "a greedy token needs a logits mode");
   if (a.top_k == 0) return ok_status();
@@ -713,6 +720,19 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
           TQ_RETURN_IF_ERROR(copy_top(m, b, top_k, a));
       }
     }
+    bool any_log_z = false;
+    for (const DeviceForwardArgs& a : items)
+      any_log_z = any_log_z || (a.logits_mode != DeviceLogits::kNone && a.log_z != nullptr);
+    if (any_log_z) {
+      TQ_RETURN_IF_ERROR(
+          log_partition_rows(m.logits.as<float>(), B, d.vocab_size, m.log_z.as<double>(), s));
+      for (int b = 0; b < B; ++b) {
+        const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
+        if (a.logits_mode != DeviceLogits::kNone && a.log_z != nullptr)
+          TQ_CUDA_TRY(cudaMemcpyAsync(a.log_z, m.log_z.as<double>() + b, sizeof(double),
+                                      cudaMemcpyDeviceToHost, s));
+      }
+    }
     bool any_greedy = false;
     for (int b = 0; b < B; ++b) {
       const DeviceForwardArgs& a = items[static_cast<size_t>(b)];
@@ -784,9 +804,8 @@ int CudaModel::length(int seq) const {
 }
 
 Status CudaModel::truncate(int seq, int length) {
-  const int current = seq >= 0 && seq < impl_->opt.max_sequences
-                          ? impl_->lengths[static_cast<size_t>(seq)]
-                          : 0;
+  const int current =
+      seq >= 0 && seq < impl_->opt.max_sequences ? impl_->lengths[static_cast<size_t>(seq)] : 0;
   TQ_RETURN_IF_ERROR(impl_->opt.check_truncate(seq, current, length));
   if (length == 0) return reset(seq);
   // Positions past `length` are rewritten as they are appended again; the pages, sink rows and

@@ -151,6 +151,7 @@ struct CudaModel::Impl {
   std::vector<int32_t> host_greedy;  // [B] staging of greedy
   DeviceMem top_ids, top_values;     // int32 / f32 [B][kTopRowsMax]: top candidates of each row
   DeviceMem top_ws;                  // top_k_rows's workspace (a row per slot of the vocab)
+  DeviceMem log_z;                   // f64 [B]: log_partition_rows of each logits row
   std::vector<int32_t> host_rows;    // [2][B] staging of row_seqs | row_pos
   DeviceMem attn_ws;                 // decode attention workspace, grown on demand
 

@@ -425,6 +425,7 @@ Status allocate_cache(CudaModel::Impl& m) {
   TQ_RETURN_IF_ERROR(m.row_seqs.alloc(B * sizeof(int32_t), "row slots"));
   TQ_RETURN_IF_ERROR(m.row_pos.alloc(B * sizeof(int32_t), "row positions"));
   TQ_RETURN_IF_ERROR(m.greedy.alloc(B * sizeof(int32_t), "greedy tokens"));
+  TQ_RETURN_IF_ERROR(m.log_z.alloc(B * sizeof(double), "log partitions"));
   TQ_RETURN_IF_ERROR(
       m.top_ids.alloc(B * DeviceForwardArgs::kMaxTopK * sizeof(int32_t), "top candidates"));
   TQ_RETURN_IF_ERROR(

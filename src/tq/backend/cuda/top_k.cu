@@ -3,6 +3,7 @@
 // top k of its chunks' candidates.
 #include <cuda_runtime.h>
 
+#include <cfloat>
 #include <cstdint>
 
 #include "tq/backend/cuda/cuda_common.cuh"
@@ -154,6 +155,38 @@ __global__ void __launch_bounds__(kTopThreads)
 
 int chunks_of(int n) { return (n + kTopChunk - 1) / kTopChunk; }
 
+__global__ void __launch_bounds__(kTopThreads)
+    log_partition_kernel(const float* x, int n, double* out) {
+  __shared__ float s_max[kTopThreads / 32];
+  __shared__ double s_sum[kTopThreads / 32];
+  const float* row = x + static_cast<size_t>(blockIdx.x) * n;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, row[i]);  // fmaxf drops NaN
+  for (int o = 16; o >= 1; o /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) s_max[warp] = m;
+  __syncthreads();
+  m = s_max[0];
+  for (int w = 1; w < warps; ++w) m = fmaxf(m, s_max[w]);
+  if (m == -INFINITY) {  // no finite value
+    if (threadIdx.x == 0) out[blockIdx.x] = -INFINITY;
+    return;
+  }
+  double sum = 0.0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float v = row[i];
+    if (v >= -FLT_MAX) sum += exp(static_cast<double>(v - m));  // not NaN, not -inf
+  }
+  for (int o = 16; o >= 1; o /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (lane == 0) s_sum[warp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < warps; ++w) total += s_sum[w];
+    out[blockIdx.x] = static_cast<double>(m) + log(total);
+  }
+}
+
 }  // namespace
 
 size_t top_k_workspace_bytes(int rows, int n, int k) {
@@ -178,6 +211,15 @@ Status top_k_rows(const float* x, int rows, int n, int k, int32_t* ids, float* v
     return ok_status();
   }
   top_k_row_kernel<<<rows, kTopThreads, 0, s>>>(x, n, k, ids, values);
+  TQ_CUDA_CHECK_LAUNCH(s);
+  return ok_status();
+}
+
+Status log_partition_rows(const float* x, int rows, int n, double* out, void* stream) {
+  const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (rows <= 0) return ok_status();
+  if (n < 1) return invalid_argument("log_partition_rows: empty rows");
+  log_partition_kernel<<<rows, kTopThreads, 0, s>>>(x, n, out);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

@@ -24,4 +24,9 @@ size_t top_k_workspace_bytes(int rows, int n, int k);
 Status top_k_rows(const float* x, int rows, int n, int k, int32_t* ids, float* values, void* stream,
                   void* workspace = nullptr, size_t workspace_bytes = 0);
 
+// out[r] = log sum_i exp(x[r][i]) in double, NaN as -inf (runtime::log_partition's value up to
+// the summation order): with the top candidates, a row's logprobs without the row. One block
+// per row: the row's maximum, then the sum of exp(x - max) in double.
+Status log_partition_rows(const float* x, int rows, int n, double* out, void* stream);
+
 }  // namespace tq::backend::cuda
