@@ -6,7 +6,8 @@ Starts `tq serve -m MODEL --device DEV --port P [KV flags]`, waits for /health, 
      reference texts;
   2. sends the same N prompts at once from N threads (continuous batching);
   3. sends one streaming chat request and reads its SSE chunks up to [DONE];
-  4. reads /metrics and /v1/kv-stats,
+  4. sends a greedy and a sampled chat request with logprobs (top 3);
+  5. reads /metrics and /v1/kv-stats,
 checks every answer is well formed, counts how many batched greedy texts equal their solo ones
 (batching may change the GEMM summation order, and with a compressed K cache the prefill
 chunking, so a near tie can flip a token: a mismatch is reported with its first differing
@@ -153,6 +154,33 @@ def stream_chat(base, max_tokens, timeout):
     return content, chunks
 
 
+def logprobs_check(base, max_tokens, timeout, sampled):
+    """A chat completion with logprobs and top_logprobs 3 (greedy, or sampled with a seed) ->
+    tokens checked; raises unless every token has an entry, logprob <= 0, top 3 sorted, and a
+    greedy token is the first of its top 3 (the GPU path takes them from its top candidates and
+    log partition, not the logits row)."""
+    body = {"messages": [{"role": "user", "content": "Count to five."}], "max_tokens": max_tokens,
+            "ignore_eos": True, "logprobs": True, "top_logprobs": 3}
+    body.update({"temperature": 0.8, "top_k": 40, "seed": 7} if sampled else {"temperature": 0})
+    r = post(base, "/v1/chat/completions", body, timeout)
+    content = ((r.get("choices") or [{}])[0].get("logprobs") or {}).get("content")
+    n = (r.get("usage") or {}).get("completion_tokens")
+    if not isinstance(content, list) or len(content) != n:
+        raise ValueError("logprobs.content of %s entries for %s tokens" %
+                         (len(content) if isinstance(content, list) else None, n))
+    for i, e in enumerate(content):
+        top = e.get("top_logprobs") or []
+        lps = [t.get("logprob") for t in top]
+        lp = e.get("logprob")
+        if (len(top) != 3 or not isinstance(lp, (int, float)) or lp > 0 or
+                lps != sorted(lps, reverse=True) or any(x > 0 for x in lps)):
+            raise ValueError("token %d: malformed logprobs %s" % (i, json.dumps(e)[:300]))
+        if not sampled and (top[0].get("token") != e.get("token") or abs(lps[0] - lp) > 1e-6):
+            raise ValueError("token %d: greedy token is not its top logprob: %s" %
+                             (i, json.dumps(e)[:300]))
+    return len(content)
+
+
 def first_diff(a, b):
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -255,6 +283,16 @@ def main():
                 i, bu["prompt_tokens"], bu["completion_tokens"], "yes" if same else "no",
                 "" if same else "char %d: %r vs %r" % (first_diff(st, bt), st[:60], bt[:60])))
 
+        logprob_ok = []
+        for sampled in (False, True):
+            try:
+                logprob_ok.append("%s %d tokens" % ("sampled" if sampled else "greedy",
+                                                   logprobs_check(server.base, 12,
+                                                                  args.request_timeout, sampled)))
+            except Exception as e:  # noqa: BLE001
+                errors.append("logprobs (%s): %s" % ("sampled" if sampled else "greedy", e))
+                logprob_ok.append("FAILED")
+
         metrics = get(server.base, "/metrics")
         kvs = json.loads(get(server.base, "/v1/kv-stats"))
         steps = metric(metrics, "tq_scheduler_steps_total")
@@ -262,14 +300,15 @@ def main():
         finished = metric(metrics, "tq_requests_finished_total")
         if steps is None or gen_total is None or finished is None:
             errors.append("/metrics lacks the scheduler counters")
-        elif finished < 2 * n + 1:
-            errors.append("/metrics counts %d finished requests, expected %d" % (finished, 2 * n + 1))
+        elif finished < 2 * n + 3:
+            errors.append("/metrics counts %d finished requests, expected %d" % (finished, 2 * n + 3))
         lines += ["",
                   "- batched: %d requests, %d prompt + %d generated tokens in %.2f s = "
                   "**%.1f generated tokens/s** aggregate" % (n, prompt_tokens, generated, wall,
                                                              generated / wall if wall else 0),
                   "- greedy solo == batched: **%d/%d** (need %d)" % (matches, n, args.min_match),
                   "- streaming chat: %s" % stream_ok,
+                  "- logprobs (top 3): %s" % ", ".join(logprob_ok),
                   "- /metrics: %s steps, %s generated tokens, %s finished requests" % (
                       steps, gen_total, finished),
                   "- /v1/kv-stats: device `%s`, prefix_caching %s, pages %s/%s" % (
