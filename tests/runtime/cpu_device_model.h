@@ -7,7 +7,9 @@
 // copy_sequence() and truncate() recompute: every slot keeps the token passes its cache was
 // built from and replays them (cut at the kept length) into a fresh PagedKv, so a kept prefix
 // holds what it held (a cut inside the first pass recomputes the key means from the kept part,
-// where a GPU keeps the first pass's).
+// where a GPU keeps the first pass's; with a window the kept window rows are recomputed exact,
+// where a GPU reads positions before the cut compressed until `window` tokens have come, and
+// refuses them in forward_batch until then: so does this, refill_until()).
 #pragma once
 
 #include <algorithm>
@@ -49,6 +51,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
     TQ_ASSIGN_OR_RETURN(d->cache_, kv::PagedKvCache::create(co));
     d->slots_.resize(static_cast<size_t>(o.max_sequences));
     d->passes_.resize(static_cast<size_t>(o.max_sequences));
+    d->refill_.resize(static_cast<size_t>(o.max_sequences), 0);
     for (int s = 0; s < o.max_sequences; ++s) TQ_RETURN_IF_ERROR(d->reset(s));
     return d;
   }
@@ -116,6 +119,8 @@ class CpuDeviceModel final : public backend::DeviceModel {
       TQ_RETURN_IF_ERROR(check_item(a, "forward_batch: "));
       if (slot(a.seq).length() >= o_.max_context)
         return resource_exhausted("forward_batch: a slot is full");
+      if (refill_until(a.seq) != 0)
+        return invalid_argument("forward_batch: a truncated slot's window is not refilled yet");
     }
     ++forward_batch_calls;
     for (const auto& a : items) logits_rows += a.logits != nullptr;
@@ -159,14 +164,26 @@ class CpuDeviceModel final : public backend::DeviceModel {
     TQ_RETURN_IF_ERROR(check_slot(dst, "copy_sequence: "));
     if (src == dst) return ok_status();
     ++copies;
-    return replay(dst, passes_[static_cast<size_t>(src)], length(src));
+    TQ_RETURN_IF_ERROR(replay(dst, passes_[static_cast<size_t>(src)], length(src)));
+    refill_[static_cast<size_t>(dst)] = refill_[static_cast<size_t>(src)];
+    return ok_status();
   }
   Status truncate(int seq, int length) override {
     TQ_RETURN_IF_ERROR(check_slot(seq, "truncate: "));
-    TQ_RETURN_IF_ERROR(o_.check_truncate(seq, this->length(seq), length));
+    const int current = this->length(seq);
+    TQ_RETURN_IF_ERROR(o_.check_truncate(seq, current, length));
     ++truncations;
-    if (length == this->length(seq)) return ok_status();
-    return replay(seq, passes_[static_cast<size_t>(seq)], length);
+    if (length == current) return ok_status();
+    TQ_RETURN_IF_ERROR(replay(seq, passes_[static_cast<size_t>(seq)], length));
+    // The device's contract (its ring of window rows is stale until refilled), kept here so
+    // that tests see a caller that breaks it.
+    if (o_.kv.window > 0 && length > o_.kv.sinks)
+      refill_[static_cast<size_t>(seq)] = length + o_.kv.window;
+    return ok_status();
+  }
+  int refill_until(int seq) const override {
+    const int r = refill_[static_cast<size_t>(seq)];
+    return length(seq) < r ? r : 0;
   }
   int length(int seq) const override { return slots_[static_cast<size_t>(seq)]->length(); }
   Status reset(int seq) override {
@@ -174,6 +191,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
     slots_[static_cast<size_t>(seq)].reset();  // its pages back first
     TQ_ASSIGN_OR_RETURN(slots_[static_cast<size_t>(seq)], cache_->new_sequence(o_.max_context));
     passes_[static_cast<size_t>(seq)].clear();
+    refill_[static_cast<size_t>(seq)] = 0;
     return ok_status();
   }
   const backend::DeviceModelOptions& options() const override { return o_; }
@@ -257,6 +275,7 @@ class CpuDeviceModel final : public backend::DeviceModel {
   std::unique_ptr<kv::PagedKvCache> cache_;
   std::vector<std::unique_ptr<kv::PagedKv>> slots_;        // [slot]
   std::vector<std::vector<std::vector<int32_t>>> passes_;  // [slot]: token passes, in order
+  std::vector<int> refill_;  // [slot]: refill_until's length after a cut with a window
   std::vector<model::BatchSequence> batch_;
   std::vector<float> own_rows_;  // logits of greedy rows that bring no buffer
 };

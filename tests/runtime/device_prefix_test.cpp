@@ -144,7 +144,11 @@ TEST(DevicePrefix, CopiesAPrefixFromASlotInUse) {
   EXPECT_EQ(dm->length(0), 41);
 }
 
-TEST(DevicePrefix, WithAWindowOnlyWholeContentsAreKept) {
+// With a window a cut leaves at least a window of prompt tokens to compute (the CPU prefix
+// cache's rule), and until the window is whole again the slot's single tokens go through
+// forward(), which reads the positions before the cut compressed (the stand-in refuses them in
+// forward_batch, as the device does).
+TEST(DevicePrefix, WithAWindowACutLeavesAWindowToCompute) {
   kv::KvConfig kv = test::kv_config("tq4", "tq3");
   kv.window = 8;
   Rig rig(kv, 2, 128);
@@ -157,18 +161,25 @@ TEST(DevicePrefix, WithAWindowOnlyWholeContentsAreKept) {
     ASSERT_TRUE(s0.ok());
     run(sm, **s0, p);
   }
-  // A cut at 20 would leave positions [12, 20) outside the ring, which holds [22, 30).
-  const Status cut = dm->truncate(0, 20);
-  EXPECT_EQ(cut.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(cut.message().find("window"), std::string::npos) << cut.message();
-  EXPECT_EQ(dm->length(0), 30);
-
   auto s1 = sm.new_sequence(128);
   ASSERT_TRUE(s1.ok());
-  EXPECT_EQ((*s1)->reuse_prefix(concat({std::span(p).first(20), z})).value(), 0);
-  EXPECT_EQ((*s1)->reuse_prefix(concat({p, z})).value(), 30);  // extends all of it
+  // 20 tokens in common, 3 more asked: a cut leaves 8 to compute, so 15 are kept.
+  EXPECT_EQ((*s1)->reuse_prefix(concat({std::span(p).first(20), std::span(z).first(3)})).value(),
+            15);
+  EXPECT_EQ(dm->refill_until(0), 15 + 8);
+  s1->reset();
+  auto s2 = sm.new_sequence(128);
+  ASSERT_TRUE(s2.ok());
+  EXPECT_EQ((*s2)->reuse_prefix(concat({std::span(p).first(15), z})).value(), 15);  // 24 asked
+  EXPECT_EQ((*s2)->length(), 15);
+  const int64_t batches = dm->forward_batch_calls.load();
+  for (int i = 0; i < 8; ++i) run(sm, **s2, std::span(z).subspan(static_cast<size_t>(i), 1));
+  EXPECT_EQ(dm->forward_batch_calls.load(), batches);  // all through forward()
+  EXPECT_EQ(dm->refill_until(0), 0);                   // 23 tokens: the window is whole
+  run(sm, **s2, std::span(z).subspan(8, 1));
+  EXPECT_EQ(dm->forward_batch_calls.load(), batches + 1);  // and decodes in a batch again
+  EXPECT_EQ((*s2)->length(), 24);
   EXPECT_EQ(dm->copies.load(), 0);
-  EXPECT_EQ((*s1)->length(), 30);
 }
 
 TEST(DevicePrefix, EmptySlotsFirstThenTheLeastRecentlyFreed) {

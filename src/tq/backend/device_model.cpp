@@ -1,8 +1,6 @@
 // DeviceModelOptions, and create_cuda_model's answer in builds without CUDA.
 #include "tq/backend/device_model.h"
 
-#include <algorithm>
-
 namespace tq::backend {
 
 Status DeviceModelOptions::validate() const {
@@ -51,11 +49,6 @@ Status DeviceModelOptions::check_truncate(int seq, int current, int length) cons
     return invalid_argument("truncate: slot " + std::to_string(seq) + " holds " +
                             std::to_string(current) + " tokens, cannot keep " +
                             std::to_string(length));
-  if (kv.window > 0 && length < current && length > kv.sinks)
-    return invalid_argument("truncate: slot " + std::to_string(seq) + " keeps only its last " +
-                            std::to_string(kv.window) + " rows in the f16 window: positions [" +
-                            std::to_string(std::max(kv.sinks, length - kv.window)) + ", " +
-                            std::to_string(length) + ") are no longer exact");
   return ok_status();
 }
 

@@ -63,8 +63,8 @@ struct DeviceModelOptions {
   std::vector<float> value_weights;
 
   Status validate() const;
-  // DeviceModel::truncate's rule: whether slot `seq`, holding `current` tokens, may be cut to
-  // `length` under this configuration.
+  // DeviceModel::truncate's bounds: whether slot `seq`, holding `current` tokens, may be cut
+  // to `length`.
   Status check_truncate(int seq, int current, int length) const;
   std::string to_string() const;
 };
@@ -120,10 +120,15 @@ class DeviceModel {
   virtual int length(int seq) const = 0;
   // Keeps the first `length` positions of slot `seq` (with the key means and scales of its
   // first pass), as if the later ones had never been appended: the next forward() continues
-  // from there (prefix reuse). With an f16 window (kv.window > 0) the ring holds only the last
-  // window rows, so a cut below the current length is refused (InvalidArgument) unless
-  // every kept position is a sink (length <= kv.sinks); 0 empties the slot as reset() does.
+  // from there (prefix reuse); 0 empties the slot as reset() does. With an f16 window
+  // (kv.window > 0) the ring holds only the last window rows, so after a cut below the length
+  // the positions before the cut are read compressed, as a CPU sequence that took them from
+  // the prefix cache reads them, until `window` more tokens have come: until then the slot's
+  // tokens go through forward() (forward_batch refuses it; refill_until() says when).
   virtual Status truncate(int seq, int length) = 0;
+  // The length from which slot `seq` decodes in forward_batch again after a truncation (0: it
+  // does now).
+  virtual int refill_until(int seq) const = 0;
   // Empties a slot's cache (its pages are reused).
   virtual Status reset(int seq) = 0;
   // What slot `seq` stores for positions [p0, p0 + n) of `layer`, keys (value false) or values,

@@ -2,7 +2,6 @@
 #include "tq/runtime/device_step_model.h"
 
 #include <algorithm>
-#include <limits>
 
 #include "tq/core/log.h"
 #include "tq/kv/kv_bytes.h"
@@ -22,12 +21,9 @@ class DeviceStepModel::Sequence final : public StepSequence {
   Expected<int> reuse_prefix(std::span<const int32_t> prompt) override {
     return owner_->reuse_prefix(*this, prompt);
   }
-  // What a request sharing this prompt could take once this prefill gets there: every computed
-  // token, where a slot may be cut anywhere (no window). With a window a slot in use gives
-  // nothing (only whole contents can be kept), so no request waits for it.
-  int compressed_tokens() const override {
-    return owner_->kv_config().window > 0 ? std::numeric_limits<int>::max() : length();
-  }
+  // What a request sharing this prompt could take once this prefill gets there: every
+  // computed token (a slot can be cut anywhere).
+  int compressed_tokens() const override { return length(); }
 
   const DeviceStepModel* owner() const { return owner_; }
   int slot() const { return slot_; }
@@ -121,10 +117,15 @@ void DeviceStepModel::release(int slot) {
 
 int DeviceStepModel::reusable(int s, std::span<const int32_t> prompt) const {
   const std::vector<int32_t>& held = contents_[static_cast<size_t>(s)];
-  const int limit = std::min(static_cast<int>(prompt.size()) - 1, static_cast<int>(held.size()));
+  const int size = static_cast<int>(held.size()), asked = static_cast<int>(prompt.size());
+  const int limit = std::min(asked - 1, size);
   int n = 0;
   while (n < limit && held[static_cast<size_t>(n)] == prompt[static_cast<size_t>(n)]) ++n;
-  if (n == 0 || !dm_.options().check_truncate(s, static_cast<int>(held.size()), n).ok()) return 0;
+  // A cut leaves at least a window of prompt tokens to compute, as the CPU's prefix cache
+  // does: the window is whole again when the prompt is done (decode batches again).
+  const int window = dm_.options().kv.window;
+  if (n < size && window > 0) n = std::min(n, asked - window);
+  if (n <= 0 || !dm_.options().check_truncate(s, size, n).ok()) return 0;
   return n;
 }
 
@@ -221,7 +222,8 @@ Status DeviceStepModel::forward(std::span<const StepRow> rows) {
     a.log_z = r.log_z;
     // An empty slot's first token goes through forward() as a prompt would (it sets up the
     // slot, e.g. its key means), so a one-token prompt runs as it does alone.
-    (r.n == 1 && s->length() > 0 ? decode_ : prefill_).push_back(a);
+    // A slot whose window is refilled after a cut takes its single tokens through forward().
+    (r.n == 1 && s->length() > 0 && dm_.refill_until(a.seq) == 0 ? decode_ : prefill_).push_back(a);
   }
   Status st = decode_.empty() ? ok_status() : dm_.forward_batch(decode_);
   for (size_t i = 0; st.ok() && i < prefill_.size(); ++i) st = dm_.forward(prefill_[i]);

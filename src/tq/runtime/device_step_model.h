@@ -13,9 +13,10 @@
 // a slot in use by DeviceModel::copy_sequence (a shared system prompt), then
 // DeviceModel::truncate to the common length. The kept positions carry the key means and
 // scales of the slot's first pass, as the CPU's shared pages carry their first sequence's. With
-// an f16 window only a whole slot's contents can be kept (the ring holds its last rows only):
-// reuse then needs a prompt that extends everything the slot holds. Free slots are handed out
-// empty ones first, then the least recently freed; a slot handed out keeps what it holds until
+// an f16 window a cut leaves at least a window of prompt tokens to compute (the CPU's rule): the
+// positions before the cut are read compressed until then, and the slot's single tokens go
+// through forward() until its window is whole (DeviceModel::refill_until). Free slots are handed
+// out empty ones first, then the least recently freed; a slot handed out keeps what it holds until
 // its sequence settles (reuse_prefix takes it, another slot, or empties it; a sequence that
 // never asks is emptied by its first forward), so a conversation's slot survives another
 // request's passing pick.

@@ -112,8 +112,17 @@ namespace {
 struct PassRows {
   int n = 0;
   int seq = -1;
-  int max_length = 0;  // the longest prefix a row's query sees, its own token included
+  int max_length = 0;   // the longest prefix a row's query sees, its own token included
+  bool gather = false;  // the exact rows in position order (a multi-row pass, or a stale ring)
 };
+
+// Whether slot seq's ring still holds rows of positions cut by a truncation, among the last
+// window positions (ExactRowsParams::exact_from).
+bool ring_stale(const CudaModel::Impl& m, int seq) {
+  const int from = m.exact_from[static_cast<size_t>(seq)];
+  return from > 0 &&
+         from > std::max(m.opt.kv.sinks, m.lengths[static_cast<size_t>(seq)] - m.opt.kv.window);
+}
 
 // The exact rows' part of a pass's tables (none without sinks and window): slot seq's pages, or
 // every slot's (seq < 0, a batch of one-token rows).
@@ -303,7 +312,7 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
     w[3].pool = D.ev;
     w[2].slot_mapping = w[3].slot_mapping = m.exact_slots.as<int32_t>();
     TQ_RETURN_IF_ERROR(quantize_write_group(w, s));
-    if (!batch && n > 1)
+    if (!batch && rows.gather)
       TQ_RETURN_IF_ERROR(copy_exact_rows(D.ek, D.ev, m.gather_src.as<int32_t>(),
                                          m.gather_dst.as<int32_t>(),
                                          m.opt.kv.sinks + m.opt.kv.window, s));
@@ -471,14 +480,17 @@ Status run_pass(CudaModel::Impl& m, int seq, const int32_t* tokens, int n, Devic
   st.lengths = m.seq_lengths.as<int32_t>();
   st.tables = m.step_tables.as<int32_t>();
   st.exact = exact_rows(m, seq);
+  const bool stale = m.exact_blocks > 0 && ring_stale(m, seq);
+  if (stale) st.exact.exact_from = m.exact_from[static_cast<size_t>(seq)];
   TQ_RETURN_IF_ERROR(step_tables(st, s));
   TQ_RETURN_IF_ERROR(
       embed_rows(m.embd.as<__half>(), m.tokens.as<int32_t>(), n, d.dim, m.x.as<float>(), s));
   TQ_RETURN_IF_ERROR(
       rope_table(m.inv_freq.as<float>(), d.rope_dims / 2, pos0, n, m.cs.as<float2>(), s));
-  TQ_RETURN_IF_ERROR(run_layers(m, {n, seq, pos0 + n}));
+  TQ_RETURN_IF_ERROR(run_layers(m, {n, seq, pos0 + n, n > 1 || stale}));
   ++m.stats.eager_passes;
   m.lengths[static_cast<size_t>(seq)] = pos0 + n;
+  if (!ring_stale(m, seq)) m.exact_from[static_cast<size_t>(seq)] = 0;
 
   if (mode != DeviceLogits::kNone) {
     const int first = mode == DeviceLogits::kAll ? 0 : n - 1;
@@ -618,8 +630,10 @@ Status CudaModel::forward(const DeviceForwardArgs& a) {
                               std::to_string(a.n) + " new tokens exceed the context of " +
                               std::to_string(m.opt.max_context));
   // One token is a decode pass of one row: the batch path, whose launches read the slot and
-  // position from device buffers and so replay a captured graph (the same kernels and numbers).
-  if (a.n == 1) return forward_batch(std::span<const DeviceForwardArgs>(&a, 1));
+  // position from device buffers and so replay a captured graph (the same kernels and numbers);
+  // not while a truncation's stale ring rows need the gather.
+  if (a.n == 1 && !ring_stale(m, a.seq))
+    return forward_batch(std::span<const DeviceForwardArgs>(&a, 1));
   TQ_CUDA_TRY(cudaSetDevice(m.device));
   for (int done = 0; done < a.n;) {
     const int n = std::min(m.opt.max_batch, a.n - done);
@@ -656,6 +670,10 @@ Status CudaModel::forward_batch(std::span<const DeviceForwardArgs> items) {
       return invalid_argument(at + "slot " + std::to_string(a.seq) + " appears twice");
     if (a.n != 1 || a.tokens == nullptr)
       return invalid_argument(at + "needs exactly one token (prefill goes through forward())");
+    if (ring_stale(m, a.seq))
+      return invalid_argument(at + "slot " + std::to_string(a.seq) +
+                              " was truncated and its window is not refilled yet: its next " +
+                              std::to_string(m.opt.kv.window) + " tokens go through forward()");
     if (a.tokens[0] < 0 || a.tokens[0] >= d.vocab_size)
       return invalid_argument(at + "token id " + std::to_string(a.tokens[0]) +
                               " is outside the vocab [0, " + std::to_string(d.vocab_size) + ")");
@@ -792,6 +810,7 @@ Status CudaModel::copy_sequence(int src, int dst) {
   }
   TQ_CUDA_TRY(cudaStreamSynchronize(m.stream));
   m.lengths[static_cast<size_t>(dst)] = static_cast<int>(len);
+  m.exact_from[static_cast<size_t>(dst)] = m.exact_from[static_cast<size_t>(src)];
   std::copy(m.mean_ready.begin() + static_cast<std::ptrdiff_t>(src * L),
             m.mean_ready.begin() + static_cast<std::ptrdiff_t>((src + 1) * L),
             m.mean_ready.begin() + static_cast<std::ptrdiff_t>(dst * L));
@@ -803,14 +822,25 @@ int CudaModel::length(int seq) const {
   return impl_->lengths[static_cast<size_t>(seq)];
 }
 
+int CudaModel::refill_until(int seq) const {
+  if (seq < 0 || seq >= impl_->opt.max_sequences || !ring_stale(*impl_, seq)) return 0;
+  return impl_->exact_from[static_cast<size_t>(seq)] + impl_->opt.kv.window;
+}
+
 Status CudaModel::truncate(int seq, int length) {
   const int current =
       seq >= 0 && seq < impl_->opt.max_sequences ? impl_->lengths[static_cast<size_t>(seq)] : 0;
   TQ_RETURN_IF_ERROR(impl_->opt.check_truncate(seq, current, length));
   if (length == 0) return reset(seq);
   // Positions past `length` are rewritten as they are appended again; the pages, sink rows and
-  // the first pass's key means and scales stay.
-  impl_->lengths[static_cast<size_t>(seq)] = length;
+  // the first pass's key means and scales stay. The ring keeps the last window rows before the
+  // cut no more: positions below it are read compressed until it is refilled.
+  Impl& m = *impl_;
+  int& from = m.exact_from[static_cast<size_t>(seq)];
+  if (m.opt.kv.window > 0 && length < current && length > m.opt.kv.sinks)
+    from = from > 0 ? std::min(from, length) : length;
+  m.lengths[static_cast<size_t>(seq)] = length;
+  if (!ring_stale(m, seq)) from = 0;
   return ok_status();
 }
 
@@ -818,6 +848,7 @@ Status CudaModel::reset(int seq) {
   if (seq < 0 || seq >= impl_->opt.max_sequences)
     return invalid_argument("reset: sequence slot " + std::to_string(seq) + " out of range");
   impl_->lengths[static_cast<size_t>(seq)] = 0;
+  impl_->exact_from[static_cast<size_t>(seq)] = 0;
   const size_t L = impl_->layers.size();
   std::fill(impl_->mean_ready.begin() + static_cast<std::ptrdiff_t>(seq * L),
             impl_->mean_ready.begin() + static_cast<std::ptrdiff_t>((seq + 1) * L), 0);

@@ -27,6 +27,7 @@ class CudaModel final : public DeviceModel {
   Status copy_sequence(int src, int dst) override;
   int length(int seq) const override;
   Status truncate(int seq, int length) override;
+  int refill_until(int seq) const override;
   Status reset(int seq) override;
   Status read_stored(int seq, int layer, bool value, int p0, int n, float* out) const override;
   const DeviceModelOptions& options() const override;

@@ -117,6 +117,9 @@ struct CudaModel::Impl {
   // [max_sequences][n_layers]: the slot's first-pass statistics (key mean, key and value scales)
   // are set
   std::vector<uint8_t> mean_ready;
+  // [slot]: after a truncation below the length with a window, the cut (positions below it
+  // are read compressed until the ring holds window rows at or above it again); else 0.
+  std::vector<int> exact_from;
   std::vector<float> ones;  // [kv_dim] 1.0f: the scales of a slot whose first pass is one token
   // Exact rows (sinks + window > 0): pages per slot of each layer's ek / ev, and their tables:
   // slot s owns [s * exact_blocks, (s + 1) * exact_blocks), the gather's scratch the last range.

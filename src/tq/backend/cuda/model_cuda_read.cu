@@ -78,7 +78,7 @@ Status CudaModel::read_stored(int seq, int layer, bool value, int p0, int n, flo
   // Where position p lives (ops_cuda.cuh ExactRowsParams): a sink, the window's ring, or the
   // compressed pages at c = p - sinks.
   const int S = m.opt.kv.sinks, W = m.opt.kv.window;
-  const int keep_from = std::max(S, len - W);
+  const int keep_from = std::max({S, len - W, m.exact_from[static_cast<size_t>(seq)]});
   const auto exact_row = [&](int p) { return p < S ? p : p >= keep_from ? S + (p - S) % W : -1; };
   int c_first = INT_MAX, c_last = -1;
   bool any_exact = false;

@@ -395,6 +395,7 @@ Status allocate_cache(CudaModel::Impl& m) {
   TQ_RETURN_IF_ERROR(upload_identity_table(m.block_tables, n_pages, "block tables"));
   m.lengths.assign(static_cast<size_t>(m.opt.max_sequences), 0);
   m.mean_ready.assign(static_cast<size_t>(m.opt.max_sequences) * d.n_layers, 0);
+  m.exact_from.assign(static_cast<size_t>(m.opt.max_sequences), 0);
   m.ones.assign(kv_dim, 1.0f);
 
   const size_t B = static_cast<size_t>(m.opt.max_batch);

@@ -268,9 +268,10 @@ __global__ void step_tables_kernel(StepTablesParams p) {
   const int pos = p.positions ? p.positions[t] : p.pos0 + t;
   const ExactRowsParams& e = p.exact;
   const int S = e.slots ? e.sinks : 0, W = e.slots ? e.window : 0;
-  const bool one_row = batched || p.n == 1;  // every row sees the region as stored
+  // Every row sees the region as stored, unless a truncation left rows of cut positions in it.
+  const bool one_row = batched || (p.n == 1 && e.exact_from == 0);
   const int end = one_row ? pos + 1 : p.pos0 + p.n;
-  const int keep_from = max(S, end - W);
+  const int keep_from = max(max(S, end - W), e.slots ? e.exact_from : 0);
   const int bt = p.block_tokens;
   if (threadIdx.x == 0) {
     const int c = pos - S;

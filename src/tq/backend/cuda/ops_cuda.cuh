@@ -120,8 +120,13 @@ Status to_half(const float* x, size_t count, __half* y, cudaStream_t s, Q8Out q8
 // - a pass of several tokens: the ring is not in position order, so gather_src / gather_dst
 //   copy the sinks and the window rows [keep_from, end) in position order into scratch pages
 //   (copy_exact_rows, after the pass's rows are written), and row t sees its prefix of them.
+// After a truncation (DeviceModel::truncate) the ring holds rows of cut positions: a pass with
+// exact_from > 0 reads positions below it compressed (keep_from = max(sinks, end - window,
+// exact_from)) and gathers even a single token's rows, until the ring holds the last window
+// rows again.
 struct ExactRowsParams {
   int sinks = 0, window = 0;
+  int exact_from = 0;
   const int32_t* table = nullptr;          // [blocks] the slot's pages ([seqs][blocks] batched)
   const int32_t* scratch_table = nullptr;  // [blocks] the gather's pages
   int blocks = 0;                          // pages per slot: ceil((sinks + window) / bt)
