@@ -122,8 +122,7 @@ int run_serve(ServeOptions& o) {
   if (o.device.cuda() && e.options().prefix_caching)
     std::fprintf(stderr,
                  "tq serve: prefix caching on cuda: a new prompt takes over or copies the slot "
-                 "holding its longest prefix%s\n",
-                 config->window > 0 ? " (with --kv-window: only a slot's whole contents)" : "");
+                 "holding its longest prefix\n");
   std::printf("tq serve: listening on http://%s:%d\n", o.host.c_str(), http.port());
   std::fflush(stdout);
 
