@@ -104,6 +104,26 @@ MakeRequest plain(bool sampled) {
   return [sampled](int i) { return request(i, sampled); };
 }
 
+// The same requests on the device path: the stand-in device (4 slots of 96 tokens), its step
+// model and a scheduler; kept for the tests' counters.
+struct DevicePath {
+  std::unique_ptr<test::CpuDeviceModel> dm;
+  std::unique_ptr<DeviceStepModel> step;
+  std::unique_ptr<Scheduler> sched;
+};
+void device_path(const model::Model& m, const kv::KvConfig& kv, const SchedulerOptions& so,
+                 const MakeRequest& make, DevicePath* path, std::vector<Result>* out) {
+  path->dm = device(m, kv, 4, 96);
+  ASSERT_NE(path->dm, nullptr);
+  auto step = DeviceStepModel::create(*path->dm, m);
+  ASSERT_TRUE(step.ok()) << step.status().to_string();
+  path->step = std::move(step).value();
+  auto sched = Scheduler::create(*path->step, so);
+  ASSERT_TRUE(sched.ok()) << sched.status().to_string();
+  path->sched = std::move(sched).value();
+  *out = run_all(*path->sched, make);
+}
+
 TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
   auto m = tiny();
   ASSERT_NE(m, nullptr);
@@ -115,14 +135,11 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     std::vector<Result> want;
     ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, plain(false), &want));
 
-    auto dm = device(*m, kv, 4, 96);
-    ASSERT_NE(dm, nullptr);
-    auto step = DeviceStepModel::create(*dm, *m);
-    ASSERT_TRUE(step.ok()) << step.status().to_string();
-    EXPECT_TRUE((*step)->prefix_caching());  // on, but these prompts share no first token
-    auto sched = Scheduler::create(**step, so);
-    ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-    const std::vector<Result> got = run_all(**sched, plain(false));
+    DevicePath path;
+    std::vector<Result> got;
+    ASSERT_NO_FATAL_FAILURE(device_path(*m, kv, so, plain(false), &path, &got));
+    EXPECT_TRUE(path.step->prefix_caching());  // on, but these prompts share no first token
+    test::CpuDeviceModel* dm = path.dm.get();
 
     ASSERT_EQ(got.size(), want.size());
     int64_t decode_rows = 0, generated = 0;
@@ -138,7 +155,7 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     // Greedy requests without logprobs take the model's greedy token: no logits cross.
     EXPECT_EQ(dm->greedy_rows.load(), generated);
     // Decodes went through forward_batch only, at most one call per step, several rows a call.
-    const SchedulerStats st = (*sched)->stats();
+    const SchedulerStats st = path.sched->stats();
     EXPECT_EQ(dm->single_token_forwards.load(), 0);
     EXPECT_GE(dm->forward_batch_rows.load(), decode_rows);
     EXPECT_LE(dm->forward_batch_calls.load(), st.steps);
@@ -147,8 +164,8 @@ TEST(DeviceScheduler, ConcurrentGreedyEqualsTheCpuPath) {
     // when the engine thread first ran).
     EXPECT_GE(dm->max_batch_rows.load(), 2);
     EXPECT_LE(dm->max_batch_rows.load(), 4);
-    EXPECT_TRUE(eventually([&] { return (*step)->kv_stats().sequences == 0; }));
-    EXPECT_EQ((*step)->kv_stats().pages_used, 0);
+    EXPECT_TRUE(eventually([&] { return path.step->kv_stats().sequences == 0; }));
+    EXPECT_EQ(path.step->kv_stats().pages_used, 0);
   }
 }
 
@@ -162,13 +179,10 @@ TEST(DeviceScheduler, SampledFromTopCandidatesEqualsTheCpuPath) {
   const SchedulerOptions so = options(4, 96);
   std::vector<Result> want;
   ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, plain(true), &want));
-  auto dm = device(*m, kv, 4, 96);
-  ASSERT_NE(dm, nullptr);
-  auto step = DeviceStepModel::create(*dm, *m);
-  ASSERT_TRUE(step.ok()) << step.status().to_string();
-  auto sched = Scheduler::create(**step, so);
-  ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-  const std::vector<Result> got = run_all(**sched, plain(true));
+  DevicePath path;
+  std::vector<Result> got;
+  ASSERT_NO_FATAL_FAILURE(device_path(*m, kv, so, plain(true), &path, &got));
+  test::CpuDeviceModel* dm = path.dm.get();
   ASSERT_EQ(got.size(), want.size());
   int64_t generated = 0;
   for (int i = 0; i < kRequests; ++i) {
@@ -198,13 +212,10 @@ TEST(DeviceScheduler, LogprobsFromTopCandidatesEqualTheCpuPath) {
   };
   std::vector<Result> want;
   ASSERT_NO_FATAL_FAILURE(cpu_path(*m, kv, so, make, &want));
-  auto dm = device(*m, kv, 4, 96);
-  ASSERT_NE(dm, nullptr);
-  auto step = DeviceStepModel::create(*dm, *m);
-  ASSERT_TRUE(step.ok()) << step.status().to_string();
-  auto sched = Scheduler::create(**step, so);
-  ASSERT_TRUE(sched.ok()) << sched.status().to_string();
-  const std::vector<Result> got = run_all(**sched, make);
+  DevicePath path;
+  std::vector<Result> got;
+  ASSERT_NO_FATAL_FAILURE(device_path(*m, kv, so, make, &path, &got));
+  test::CpuDeviceModel* dm = path.dm.get();
   ASSERT_EQ(got.size(), want.size());
   for (int i = 0; i < kRequests; ++i) {
     const Result& g = got[static_cast<size_t>(i)];
