@@ -280,7 +280,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // synchronises, so their DRAM latency hides behind that work (at short contexts a split is
   // one or two steps).
   constexpr bool kPipe = attn_pipeline_keys<KF>();
-  constexpr bool kPipeV = attn_pipeline_values<KF, VF>();
+  // Values ahead only where every step is one page: the generic-page instances would spill.
+  constexpr bool kPipeV = attn_pipeline_values<KF, VF>() && kCap == kStep;
   [[maybe_unused]] Ahead first;
   if constexpr (kPipe) {
     const int tok0 = begin + warp * kStep;
