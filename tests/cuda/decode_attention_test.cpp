@@ -1,6 +1,7 @@
 // GPU decode attention against a float64 reference computed from the CPU codec's decoded
 // vectors (quant::VectorCodec::decode), over paged blocks in shuffled pool order, mixed
-// sequence lengths (split-K and its merge included), GQA groups, with and without the f16 window.
+// sequence lengths (split-K and its in-kernel merge included, empty sequences and empty splits),
+// GQA groups, with and without the f16 window.
 //
 // Tolerance: the kernel rounds the rotated query, the codebook values and the softmax weights to
 // fp16 (relative 2^-11 each), so a score of magnitude |s| moves by about |s| * 2^-11; with the
@@ -174,6 +175,8 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   DeviceBuffer dout = DeviceBuffer::from(std::vector<float>(q.size(), NAN));  // poisoned
   p.q = dq.get<float>();
   p.out = dout.get<float>();
+  DeviceBuffer dcount = DeviceBuffer::from(std::vector<int32_t>(static_cast<size_t>(n_seqs) * kv_heads, 0));
+  p.merge_counters = dcount.get<int32_t>();
   p.max_splits = 5;  // forces several splits on the long sequence (exercises the merge)
   auto ws_bytes = decode_attention_workspace_bytes(p);
   ASSERT_TRUE(ws_bytes.ok()) << ws_bytes.status().to_string();
@@ -184,6 +187,62 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   ASSERT_TRUE(st.ok()) << st.to_string();
   TQ_CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> out = dout.to_host<float>();
+
+  // The model's epilogue in a second call: the output times a per-(row, KV head dim) scale
+  // (rows picked per sequence), as fp16 and 8-bit activations. Exact: the same float
+  // multiply, fp16 rounding and q8_act.cuh arithmetic done on the host.
+  {
+    const int kv_dim = kv_heads * dim;
+    std::vector<float> sc(2 * static_cast<size_t>(kv_dim));
+    Rng rng(kSeed + 11);
+    for (float& x : sc) x = rng.uniform_f(0.25f, 2.25f);
+    std::vector<int32_t> sc_rows(n_seqs);
+    for (int s = 0; s < n_seqs; ++s) sc_rows[s] = (s + 1) % 2;
+    DeviceBuffer dsc = DeviceBuffer::from(sc), dsc_rows = DeviceBuffer::from(sc_rows);
+    DeviceBuffer dout2 = DeviceBuffer::from(std::vector<float>(q.size(), NAN));
+    DeviceBuffer dh = DeviceBuffer::from(std::vector<uint16_t>(q.size(), 0x7e00));
+    DeviceBuffer dq8 = DeviceBuffer::from(std::vector<int8_t>(q.size(), 99));
+    DeviceBuffer dq8s = DeviceBuffer::from(std::vector<Q8Scale>(q.size() / 32, Q8Scale{NAN, 7}));
+    DecodeAttentionParams e = p;
+    e.out = dout2.get<float>();
+    e.out_scale = dsc.get<float>();
+    e.out_scale_rows = dsc_rows.get<int32_t>();
+    e.out_f16 = dh.get<uint16_t>();
+    e.out_q8 = dq8.get<int8_t>();
+    e.out_q8_scales = dq8s.get<Q8Scale>();
+    st = decode_attention(e, nullptr);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    TQ_CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> out2 = dout2.to_host<float>();
+    const std::vector<uint16_t> h16 = dh.to_host<uint16_t>();
+    const std::vector<int8_t> q8 = dq8.to_host<int8_t>();
+    const std::vector<Q8Scale> q8s = dq8s.to_host<Q8Scale>();
+    // Each call's last CTA per (sequence, KV head) set its arrival counter back to zero.
+    for (int32_t n : dcount.to_host<int32_t>()) ASSERT_EQ(n, 0);
+    for (int s = 0; s < n_seqs; ++s)
+      for (int h = 0; h < n_heads; ++h)
+        for (int b = 0; b < dim; b += 32) {
+          const size_t o0 = (static_cast<size_t>(s) * n_heads + h) * dim + b;
+          float amax = 0.0f, hv[32];
+          for (int i = 0; i < 32; ++i) {
+            const size_t o = o0 + i;
+            const float want = out[o] * sc[static_cast<size_t>(sc_rows[s]) * kv_dim + (h / c.group) * dim + b + i];
+            ASSERT_EQ(out2[o], want) << "seq " << s << " head " << h << " dim " << b + i;
+            ASSERT_EQ(h16[o], f32_to_f16(want)) << "seq " << s << " head " << h << " dim " << b + i;
+            hv[i] = f16_to_f32(h16[o]);
+            amax = std::max(amax, std::fabs(hv[i]));
+          }
+          const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+          int sum = 0;
+          for (int i = 0; i < 32; ++i) {
+            const int qi = static_cast<int>(std::nearbyint(hv[i] * id));
+            ASSERT_EQ(q8[o0 + i], qi) << "seq " << s << " head " << h << " dim " << b + i;
+            sum += qi;
+          }
+          ASSERT_EQ(q8s[o0 / 32].d, amax / 127.0f);
+          ASSERT_EQ(q8s[o0 / 32].sum, sum);
+        }
+  }
 
   double worst = 0.0;
   for (int s = 0; s < n_seqs; ++s)

@@ -1,6 +1,6 @@
 // Host side of decode attention: validation, the split-K plan, the query preparation kernel
-// (P q once per head, S P q for QJL keys), the attention instances (attention_inst_*.cu) and the
-// log-sum-exp merge that rotates the value sum back (P^T) once per query head.
+// (P q once per head, S P q for QJL keys) and the attention instances (attention_inst_*.cu),
+// whose last CTA per (sequence, KV head) merges the splits (merge_partials.cuh).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -68,81 +68,6 @@ __global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c
   q_sketch[row + j] = __float2half_rn(qjl_c * z);
 }
 
-// out = (P_v^T sum_{main} w_s O_s + sum_{window} w_s O_s) / sum_s w_s l_s, w_s = 2^(m_s - M).
-// One block of d threads per (head, seq). The splits' (m, l) pairs are read once, in parallel,
-// into shared memory, and the O_s loads are independent of each other (unrolled), so the
-// kernel waits on about two memory latencies instead of one per split; the sums keep the split
-// order. The rotation back is the Walsh-Hadamard butterflies of block_fwht, in-warp stages by
-// lane_fwht's shuffles, the rest through shared memory.
-constexpr int kMergeUnroll = 8;
-__global__ void merge_kernel(const float* part_o, const float2* part_ml, int splits_main,
-                             int splits_total, int n_heads, int d, const float* signs_v,
-                             const float* rot_v, float inv_sqrt_d, float* out) {
-  extern __shared__ float
-      sh[];         // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
-  dev::pdl_wait();  // the partials come from the attention kernel before
-  float* red = sh + d;
-  float* sm = red + 32;
-  float* sl = sm + splits_total;
-  const size_t ph = (static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * splits_total;
-  const int j = threadIdx.x, lane = j & 31, warp = j >> 5, warps = (d + 31) / 32;
-  const unsigned mask = d >= 32 ? 0xffffffffu : (1u << d) - 1u;
-  float m = -INFINITY;
-  for (int s = j; s < splits_total; s += d) {
-    const float2 ml = part_ml[ph + s];
-    sm[s] = ml.x;
-    sl[s] = ml.y;
-    m = fmaxf(m, ml.x);
-  }
-  for (int o = 16; o >= 1; o /= 2) m = fmaxf(m, __shfl_xor_sync(mask, m, o));
-  if (lane == 0) red[warp] = m;
-  __syncthreads();
-  m = red[0];
-  for (int w = 1; w < warps; ++w) m = fmaxf(m, red[w]);
-  float l = 0.0f, acc_main = 0.0f, acc_win = 0.0f;
-  if (m != -INFINITY) {
-    for (int s0 = 0; s0 < splits_total; s0 += kMergeUnroll) {
-      float ov[kMergeUnroll];
-#pragma unroll
-      for (int i = 0; i < kMergeUnroll; ++i)
-        ov[i] = s0 + i < splits_total ? part_o[(ph + s0 + i) * d + j] : 0.0f;
-#pragma unroll
-      for (int i = 0; i < kMergeUnroll; ++i) {
-        const int s = s0 + i;
-        if (s >= splits_total || sm[s] == -INFINITY) continue;
-        const float w = exp2f(sm[s] - m);
-        l += w * sl[s];
-        const float v = w * ov[i];
-        if (s < splits_main)
-          acc_main += v;
-        else
-          acc_win += v;
-      }
-    }
-  }
-  float y = acc_main;
-  if (signs_v) {  // P^T y = D H y / sqrt(d); d >= 64 (the instances' head dims): full warps
-    float yl[1] = {y};
-    dev::lane_fwht<32, 1>(yl, lane, 0xffffffffu);  // the in-warp stages, as every kernel's
-    y = yl[0];
-    for (int h = 32; h < d; h *= 2) {
-      __syncthreads();
-      sh[j] = y;
-      __syncthreads();
-      const float o = sh[j ^ h];
-      y = (j & h) ? o - y : y + o;
-    }
-    y = y * inv_sqrt_d * __ldg(signs_v + j);
-  } else if (rot_v) {  // x_j = sum_i P_ij y_i
-    sh[j] = acc_main;
-    __syncthreads();
-    y = 0.0f;
-    for (int i = 0; i < d; ++i) y = fmaf(__ldg(rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
-  }
-  out[(static_cast<size_t>(blockIdx.y) * n_heads + blockIdx.x) * d + j] =
-      l > 0.0f ? (y + acc_win) / l : 0.0f;
-}
-
 // The instance for (k, v, dim), preferring one specialised for `cap` (block_tokens).
 const AttnInstance* find_instance(quant::Format k, quant::Format v, int dim, int cap) {
   const AttnInstanceList lists[] = {attention_instances_baseline(), attention_instances_k_tq2(),
@@ -197,7 +122,14 @@ Status check_segment(const AttentionSegment& s, const char* name) {
 Status validate_params(const DecodeAttentionParams& p) {
   if (p.n_seqs <= 0 || p.n_heads <= 0)
     return invalid_argument("decode attention: no sequences or heads");
-  if (!p.q || !p.out) return invalid_argument("decode attention: q and out are required");
+  if (!p.q || (!p.out && !p.out_f16))
+    return invalid_argument("decode attention: q and out (f32 or fp16) are required");
+  if ((p.out_q8 == nullptr) != (p.out_q8_scales == nullptr) || (p.out_q8 && !p.out_f16))
+    return invalid_argument(
+        "decode attention: 8-bit output needs its quants, its scales and the fp16 output");
+  if (!p.merge_counters)
+    return invalid_argument(
+        "decode attention: merge_counters (n_seqs x n_kv_heads, zeroed) are required");
   TQ_RETURN_IF_ERROR(check_segment(p.main, "main"));
   if (p.n_heads % p.main.k.n_kv_heads != 0)
     return invalid_argument("decode attention: n_heads must be a multiple of n_kv_heads");
@@ -247,6 +179,24 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
   a.part_ml = reinterpret_cast<float2*>(ws + plan.part_ml);
   a.split_offset = split_offset;
   a.splits_total = plan.main_splits + plan.window_splits;
+  MergeArgs& m = a.merge;
+  m.part_o = a.part_o;
+  m.part_ml = a.part_ml;
+  m.splits_main = plan.main_splits;
+  m.splits_total = a.splits_total;
+  m.n_heads = p.n_heads;
+  m.group = plan.group;
+  m.counters = p.merge_counters;
+  const bool v_rot = p.main.v.format.is_tq();
+  m.signs_v = v_rot ? p.main.v.tables.hadamard_signs : nullptr;
+  m.rot_v = v_rot ? p.main.v.tables.rotation : nullptr;
+  m.inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(plan.dim));
+  m.out = p.out;
+  m.out_scale = p.out_scale;
+  m.out_scale_rows = p.out_scale_rows;
+  m.out_f16 = reinterpret_cast<__half*>(p.out_f16);
+  m.out_q8 = p.out_q8;
+  m.out_q8_scales = p.out_q8_scales;
   return a;
 }
 
@@ -291,12 +241,9 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }
+  if (plan.main_splits + plan.window_splits == 0) plan.main_splits = 1;  // writes the zeros
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
-  const size_t splits =
-      std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
-  if ((static_cast<size_t>(plan.dim) + 32 + 2 * splits) * sizeof(float) > 48 * 1024)
-    return unsupported("decode attention: " + std::to_string(splits) +
-                       " splits exceed the merge's shared memory");
+  const size_t splits = static_cast<size_t>(plan.main_splits + plan.window_splits);
   const auto take = [&](size_t bytes) {
     const size_t off = plan.workspace_bytes;
     plan.workspace_bytes += (bytes + 255) / 256 * 256;
@@ -342,11 +289,9 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   auto* q_win = reinterpret_cast<__half*>(ws + plan.q_win);
   const bool k_rot = p.main.k.format.is_tq();
   const bool qjl = p.main.k.format.has_qjl();
-  const bool v_rot = p.main.v.format.is_tq();
   const float c = p.scale * kLog2e;
   const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
   const CodecTables& kt = p.main.k.tables;
-  const CodecTables& vt = p.main.v.tables;
   // The attention CTAs prepare their own queries unless K needs the sketch or a dense rotation.
   const bool fused_query = !qjl && (!k_rot || kt.hadamard_signs);
   if (!fused_query) {
@@ -390,15 +335,6 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.join_event), side));
     TQ_CUDA_TRY(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(p.join_event), 0));
   }
-  const int splits_total = plan.main_splits + plan.window_splits;
-  const size_t merge_smem =
-      (static_cast<size_t>(d) + 32 + 2 * static_cast<size_t>(splits_total)) * sizeof(float);
-  TQ_CUDA_TRY(launch_maybe_pdl(merge_kernel, dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream,
-                               p.overlap_launches, reinterpret_cast<const float*>(ws + plan.part_o),
-                               reinterpret_cast<const float2*>(ws + plan.part_ml), plan.main_splits,
-                               splits_total, p.n_heads, d, v_rot ? vt.hadamard_signs : nullptr,
-                               v_rot ? vt.rotation : nullptr, inv_sqrt_d, p.out));
-  TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }
 

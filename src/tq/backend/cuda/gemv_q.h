@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tq/backend/cuda/q8_scale.h"
 #include "tq/core/status.h"
 
 namespace tq::backend::cuda {
@@ -58,10 +59,6 @@ bool gemv_q8_applies(const MatrixView& w, int n);
 // 8-bit activations in device memory, as producer kernels write them (q8_act.cuh's rounding):
 // quants [n][ld] int8 in column order, scales [n][ld / 32] (the sum of the block's quants with
 // its d, for Q4_0's offset).
-struct Q8Scale {
-  float d;      // amax / 127
-  int32_t sum;  // sum of the block's 32 quants
-};
 struct Q8Activations {
   const int8_t* q = nullptr;        // 16-byte aligned
   const Q8Scale* scales = nullptr;  // 8-byte aligned

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <span>
 
+#include "tq/backend/cuda/q8_scale.h"
 #include "tq/core/status.h"
 #include "tq/quant/format.h"
 
@@ -104,8 +105,23 @@ struct DecodeAttentionParams {
   int n_seqs = 0;
   int n_heads = 0;
   const float* q = nullptr;  // device [n_seqs][n_heads][head_dim]
-  float* out = nullptr;      // device [n_seqs][n_heads][head_dim]
+  float* out = nullptr;      // device [n_seqs][n_heads][head_dim] f32 (or null: out_f16 only)
   float scale = 0.0f;        // softmax scale, usually 1/sqrt(head_dim)
+  // The merge's epilogue, for a model whose next matmul takes the output (no kernel of its own
+  // between attention and the matmul). out_scale multiplies the output of query head i by row
+  // out_scale_rows[seq] (row 0 when null) of [rows][n_kv_heads * head_dim] at KV head i / group:
+  // value scaling (the cache holds v / t). out_f16 receives the (scaled) output as fp16 bits,
+  // out_q8 / out_q8_scales that fp16 value as 8-bit activations (q8_act.cuh's rounding, blocks
+  // of 32 columns).
+  const float* out_scale = nullptr;
+  const int32_t* out_scale_rows = nullptr;
+  uint16_t* out_f16 = nullptr;
+  int8_t* out_q8 = nullptr;
+  Q8Scale* out_q8_scales = nullptr;
+  // Device [n_seqs][n_kv_heads] arrival counters of the in-kernel split merge: zero before the
+  // first call, and every call leaves them zero (its last CTA per pair resets its counter).
+  // Calls that may overlap on the device need counters of their own.
+  int32_t* merge_counters = nullptr;
   AttentionSegment main;
   AttentionSegment window;  // f16 pools, or k.data == nullptr for none
   int num_sms = 0;          // 0: ask the current device

@@ -151,7 +151,8 @@ DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n
   p.n_seqs = n;
   p.n_heads = d.n_heads;
   p.q = m.q.as<float>();
-  p.out = m.att.as<float>();
+  p.out_f16 = reinterpret_cast<uint16_t*>(m.xn.as<__half>());  // for the output matmul
+  p.merge_counters = m.attn_counters.as<int32_t>();
   p.scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
   p.main.k = D.k;
   p.main.v = D.v;
@@ -207,11 +208,23 @@ Expected<const DecodeAttentionPlan*> attention_plan(CudaModel::Impl& m, DeviceLa
   return &cached->plan;
 }
 
+// The attention's merge writes its output to xn as fp16 rows for the output matmul (and their
+// 8-bit activations), times the slots' value scales t when the layer's values are stored as v / t.
+struct AttendOutput {
+  Q8Out q8;
+  const float* scale = nullptr;
+  const int32_t* scale_rows = nullptr;
+};
+
 // Decode attention of the pass's n queries over layer D's pools.
-Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
+Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length, const AttendOutput& out) {
   TQ_ASSIGN_OR_RETURN(const DecodeAttentionPlan* plan,
                       attention_plan(m, D, n, max_length, max_length));
   DecodeAttentionParams p = attention_params(m, D, n, max_length);
+  p.out_q8 = out.q8.q;
+  p.out_q8_scales = out.q8.s;
+  p.out_scale = out.scale;
+  p.out_scale_rows = out.scale_rows;
   p.workspace = m.attn_ws.as<void>();
   p.workspace_bytes = m.attn_ws.bytes();
   return decode_attention(p, *plan, m.stream);
@@ -317,12 +330,13 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
                                          m.gather_dst.as<int32_t>(),
                                          m.opt.kv.sinks + m.opt.kv.window, s));
   }
-  TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length).with_context("attention"));
-  if (D.value_scaled)  // the rows hold v / t
-    TQ_RETURN_IF_ERROR(scale_heads(m.att.as<float>(), n, d.n_heads, d.n_kv_heads, d.head_dim,
-                                   stat(D.v_scale), batch ? m.row_seqs.as<int32_t>() : nullptr, s));
-
-  TQ_RETURN_IF_ERROR(to_half(m.att.as<float>(), static_cast<size_t>(n) * q_dim, xn, s, q8, q_dim));
+  AttendOutput out;  // into xn
+  out.q8 = q8;
+  if (D.value_scaled) {  // the rows hold v / t
+    out.scale = stat(D.v_scale);
+    out.scale_rows = batch ? m.row_seqs.as<int32_t>() : nullptr;
+  }
+  TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length, out).with_context("attention"));
   TQ_RETURN_IF_ERROR(matmul(m, D.w_o.view(), xn, n, x, 1.0f, x_q8));  // x += Wo att
 
   TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.ffn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s, q8));

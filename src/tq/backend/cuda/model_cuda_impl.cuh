@@ -132,7 +132,6 @@ struct CudaModel::Impl {
   DeviceMem xn;       // f16 [B][max(dim, q_dim)] normalised rows / attention output
   DeviceMem qkv;      // f32 [B][q_dim + 2 kv_dim]
   DeviceMem q, k, v;  // f32 [B][q_dim], [B][kv_dim] x2
-  DeviceMem att;      // f32 [B][q_dim]
   DeviceMem gu;       // f32 [B][2 ffn]
   DeviceMem h;        // f16 [B][ffn]
   // xn / h again as 8-bit activations (gemv_q8) for passes of up to kGemvMaxTokens rows, with
@@ -157,6 +156,7 @@ struct CudaModel::Impl {
   DeviceMem log_z;                   // f64 [B]: log_partition_rows of each logits row
   std::vector<int32_t> host_rows;    // [2][B] staging of row_seqs | row_pos
   DeviceMem attn_ws;                 // decode attention workspace, grown on demand
+  DeviceMem attn_counters;           // int32 [max_batch][n_kv_heads]: attention's merge arrivals
 
   struct CachedPlan {
     kv::LayerFormats formats;

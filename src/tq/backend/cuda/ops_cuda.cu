@@ -33,8 +33,8 @@ __device__ float block_sum(float v) {
   return total;
 }
 
-// The kernels that feed the GEMVs (RMSNorm, SwiGLU, to_half) let them launch at once
-// (dev::pdl_launch_dependents): a GEMV launched with programmatic dependence loads its weights
+// The kernels that feed the GEMVs (RMSNorm, SwiGLU; the attention merge too) let them launch at
+// once (dev::pdl_launch_dependents): a GEMV launched with programmatic dependence loads its weights
 // meanwhile and waits for this kernel's completion before it reads the activations.
 // The f16 value h of element i (of n) also as an 8-bit activation when q8 is set: a warp's 32
 // lanes hold one block (callers keep whole warps in step: row lengths % 32 == 0).
@@ -190,19 +190,6 @@ __global__ void first_pass_stats_kernel(FirstPassStatsParams p) {
   }
 }
 
-// Grid (element blocks, row).
-__global__ void scale_heads_kernel(float* x, int n_heads, int n_kv_heads, int head_dim,
-                                   const float* scale, const int32_t* rows) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  const int q_dim = n_heads * head_dim;
-  if (i >= q_dim) return;
-  const int t = blockIdx.y;
-  const size_t kv_dim = static_cast<size_t>(n_kv_heads) * head_dim;
-  const float* sc = rows ? scale + static_cast<size_t>(rows[t]) * kv_dim : scale;
-  const int group = n_heads / n_kv_heads;
-  x[static_cast<size_t>(t) * q_dim + i] *= sc[(i / head_dim / group) * head_dim + i % head_dim];
-}
-
 // Grid (element blocks, token).
 __global__ void silu_mul_kernel(const float* gu, int ffn, __half* h, Q8Out q8) {
   dev::pdl_launch_dependents();
@@ -243,17 +230,6 @@ __global__ void __launch_bounds__(kGemvWarps * 32)
   }
   for (int o = 16; o > 0; o /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, o);
   if (lane == 0) y[row] = beta == 0.0f ? acc : fmaf(beta, y[row], acc);
-}
-
-__global__ void to_half_kernel(const float* x, size_t count, __half* y, Q8Out q8) {
-  dev::pdl_launch_dependents();
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
-       i += stride) {
-    const __half h = __float2half_rn(x[i]);
-    y[i] = h;
-    store_q8(q8, i, h);  // count % 32 == 0 when q8 is written: whole warps
-  }
 }
 
 __device__ __forceinline__ int32_t pool_slot(const int32_t* table, int bt, int i) {
@@ -378,16 +354,6 @@ Status first_pass_stats(const FirstPassStatsParams& p, cudaStream_t s) {
   return ok_status();
 }
 
-Status scale_heads(float* x, int n, int n_heads, int n_kv_heads, int head_dim, const float* scale,
-                   const int32_t* rows, cudaStream_t s) {
-  if (n <= 0) return ok_status();
-  const int q_dim = n_heads * head_dim;
-  scale_heads_kernel<<<dim3((q_dim + kRowThreads - 1) / kRowThreads, n), kRowThreads, 0, s>>>(
-      x, n_heads, n_kv_heads, head_dim, scale, rows);
-  TQ_CUDA_CHECK_LAUNCH(s);
-  return ok_status();
-}
-
 // One block per row: each thread scans a strided part, then a shared-memory tree of
 // (value, index) pairs keeps the larger value, or the lower index of equal ones.
 constexpr int kArgmaxThreads = 256;
@@ -441,17 +407,6 @@ Status gemv_f16(const __half* w, int rows, int cols, const __half* x, float* y, 
     return invalid_argument("gemv_f16: cols must be a multiple of 8 and w, x 16-byte aligned");
   gemv_f16_kernel<<<(rows + kGemvWarps - 1) / kGemvWarps, kGemvWarps * 32, 0, s>>>(w, rows, cols, x,
                                                                                    y, beta);
-  TQ_CUDA_CHECK_LAUNCH(s);
-  return ok_status();
-}
-
-Status to_half(const float* x, size_t count, __half* y, cudaStream_t s, Q8Out q8, int q8_row) {
-  if (count == 0) return ok_status();
-  if (q8.q && (q8_row <= 0 || q8_row % 32 != 0 || count % static_cast<size_t>(q8_row) != 0))
-    return invalid_argument("to_half: 8-bit output needs rows of a multiple of 32 elements");
-  const size_t blocks = (count + kRowThreads - 1) / kRowThreads;
-  to_half_kernel<<<static_cast<unsigned>(blocks < 4096 ? blocks : 4096), kRowThreads, 0, s>>>(
-      x, count, y, q8);
   TQ_CUDA_CHECK_LAUNCH(s);
   return ok_status();
 }

@@ -89,11 +89,6 @@ struct FirstPassStatsParams {
 };
 Status first_pass_stats(const FirstPassStatsParams& p, cudaStream_t s);
 
-// x[t][h][e] *= scale[(h / (n_heads / n_kv_heads)) * head_dim + e], scale at + rows[t] * kv_dim
-// when rows is given: value scaling's attention output (the rows hold v / t).
-Status scale_heads(float* x, int n, int n_heads, int n_kv_heads, int head_dim, const float* scale,
-                   const int32_t* rows, cudaStream_t s);
-
 // h[t][i] = f16(silu(gu[t][i]) * gu[t][ffn + i]): gate | up rows of one matmul (cpu::silu_mul).
 Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s, Q8Out q8 = {});
 
@@ -103,10 +98,6 @@ Status silu_mul_rows(const float* gu, int n, int ffn, __half* h, cudaStream_t s,
 // 16-byte aligned. Checked against cuBLAS's GEMM through the whole model (model_cuda_test).
 Status gemv_f16(const __half* w, int rows, int cols, const __half* x, float* y, float beta,
                 cudaStream_t s);
-
-// y[i] = f16(x[i]) for i < count (q8: rows of q8_row elements).
-Status to_half(const float* x, size_t count, __half* y, cudaStream_t s, Q8Out q8 = {},
-               int q8_row = 0);
 
 // The rows kept exact in f16 (kv::KvConfig's sinks and window) on the device: per slot, pages of
 // an f16 pool of their own holding `sinks + window` rows, [sinks | ring of window rows], the
