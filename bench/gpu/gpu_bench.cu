@@ -460,8 +460,6 @@ int main(int argc, char** argv) {
         p.q = d_q;
         p.out = d_out;
         p.num_sms = prop.multiProcessorCount;
-        CK(cudaMalloc(&p.merge_counters, static_cast<size_t>(batch) * kKvHeads * 4));
-        CK(cudaMemset(p.merge_counters, 0, static_cast<size_t>(batch) * kKvHeads * 4));
         auto plan = plan_decode_attention(p);
         ST(plan.status());
         const size_t ws = plan->workspace_bytes;
@@ -480,7 +478,6 @@ int main(int argc, char** argv) {
                      gbps, gbps / copy_gbps, speedup);
         std::fflush(stdout);
         CK(cudaFree(p.workspace));
-        CK(cudaFree(p.merge_counters));
         CK(cudaFree(d_q));
         CK(cudaFree(d_out));
         CK(cudaFree(d_table));

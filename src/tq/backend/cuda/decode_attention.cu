@@ -1,6 +1,6 @@
 // Host side of decode attention: validation, the split-K plan, the query preparation kernel
-// (P q once per head, S P q for QJL keys) and the attention instances (attention_inst_*.cu),
-// whose last CTA per (sequence, KV head) merges the splits (merge_partials.cuh).
+// (P q once per head, S P q for QJL keys), the attention instances (attention_inst_*.cu) and the
+// log-sum-exp merge that rotates the value sum back (P^T) once per query head.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -11,6 +11,7 @@
 #include "tq/backend/cuda/attention_instances.cuh"
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/kv_cuda.h"
+#include "tq/backend/cuda/q8_act.cuh"
 #include "tq/quant/qjl.h"
 
 namespace tq::backend::cuda {
@@ -66,6 +67,115 @@ __global__ void prepare_query_kernel(const float* q, int n_heads, int d, float c
   float z = 0.0f;
   for (int i = 0; i < d; ++i) z = fmaf(__ldg(qjl + static_cast<size_t>(j) * d + i), sh[d + i], z);
   q_sketch[row + j] = __float2half_rn(qjl_c * z);
+}
+
+// out = (P_v^T sum_{main} w_s O_s + sum_{window} w_s O_s) / sum_s w_s l_s, w_s = 2^(m_s - M).
+// One block of d threads per (head, seq). The splits' (m, l) pairs are read once, in parallel,
+// into shared memory, and the O_s loads are independent of each other (unrolled), so the
+// kernel waits on about two memory latencies instead of one per split; the sums keep the split
+// order. The rotation back is the Walsh-Hadamard butterflies of block_fwht, in-warp stages by
+// lane_fwht's shuffles, the rest through shared memory. The epilogue (DecodeAttentionParams)
+// scales the output and writes it as fp16 and 8-bit activations, so the model's output matmul
+// follows this kernel directly.
+struct MergeArgs {
+  const float* part_o;
+  const float2* part_ml;
+  int splits_main, splits_total, n_heads, d, group;
+  const float* signs_v;  // P_v = H D / sqrt(d), or
+  const float* rot_v;    // dense P_v, or neither (values not rotated)
+  float inv_sqrt_d;
+  float* out;
+  const float* out_scale;
+  const int32_t* out_scale_rows;
+  __half* out_f16;
+  int8_t* out_q8;
+  Q8Scale* out_q8_scales;
+};
+
+constexpr int kMergeUnroll = 8;
+__global__ void merge_kernel(const MergeArgs a) {
+  extern __shared__ float
+      sh[];  // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
+  const int d = a.d, head = blockIdx.x, seq = blockIdx.y;
+  const int j = threadIdx.x, lane = j & 31, warp = j >> 5, warps = (d + 31) / 32;
+  dev::pdl_launch_dependents();  // the output matmul may start loading its weights
+  dev::pdl_wait();               // the partials come from the attention kernel before
+  // (A slot's first pass sets its output scale in this pass: read after the wait, its load in
+  // flight with the partials'.)
+  float t = 1.0f;
+  if (a.out_scale) {
+    const size_t row = a.out_scale_rows ? static_cast<size_t>(a.out_scale_rows[seq]) : 0;
+    const size_t kv_dim = static_cast<size_t>(a.n_heads / a.group) * d;
+    t = a.out_scale[row * kv_dim + static_cast<size_t>(head / a.group) * d + j];
+  }
+  float* red = sh + d;
+  float* sm = red + 32;
+  float* sl = sm + a.splits_total;
+  const size_t ph = (static_cast<size_t>(seq) * a.n_heads + head) * a.splits_total;
+  const unsigned mask = d >= 32 ? 0xffffffffu : (1u << d) - 1u;
+  float m = -INFINITY;
+  for (int s = j; s < a.splits_total; s += d) {
+    const float2 ml = a.part_ml[ph + s];
+    sm[s] = ml.x;
+    sl[s] = ml.y;
+    m = fmaxf(m, ml.x);
+  }
+  for (int o = 16; o >= 1; o /= 2) m = fmaxf(m, __shfl_xor_sync(mask, m, o));
+  if (lane == 0) red[warp] = m;
+  __syncthreads();
+  m = red[0];
+  for (int w = 1; w < warps; ++w) m = fmaxf(m, red[w]);
+  float l = 0.0f, acc_main = 0.0f, acc_win = 0.0f;
+  if (m != -INFINITY) {
+    for (int s0 = 0; s0 < a.splits_total; s0 += kMergeUnroll) {
+      float ov[kMergeUnroll];
+#pragma unroll
+      for (int i = 0; i < kMergeUnroll; ++i)
+        ov[i] = s0 + i < a.splits_total ? a.part_o[(ph + s0 + i) * d + j] : 0.0f;
+#pragma unroll
+      for (int i = 0; i < kMergeUnroll; ++i) {
+        const int s = s0 + i;
+        if (s >= a.splits_total || sm[s] == -INFINITY) continue;
+        const float w = exp2f(sm[s] - m);
+        l += w * sl[s];
+        const float v = w * ov[i];
+        if (s < a.splits_main)
+          acc_main += v;
+        else
+          acc_win += v;
+      }
+    }
+  }
+  float y = acc_main;
+  if (a.signs_v) {  // P^T y = D H y / sqrt(d); d >= 64 (the instances' head dims): full warps
+    float yl[1] = {y};
+    dev::lane_fwht<32, 1>(yl, lane, 0xffffffffu);  // the in-warp stages, as every kernel's
+    y = yl[0];
+    for (int h = 32; h < d; h *= 2) {
+      __syncthreads();
+      sh[j] = y;
+      __syncthreads();
+      const float o = sh[j ^ h];
+      y = (j & h) ? o - y : y + o;
+    }
+    y = y * a.inv_sqrt_d * __ldg(a.signs_v + j);
+  } else if (a.rot_v) {  // x_j = sum_i P_ij y_i
+    sh[j] = acc_main;
+    __syncthreads();
+    y = 0.0f;
+    for (int i = 0; i < d; ++i) y = fmaf(__ldg(a.rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
+  }
+  float r = l > 0.0f ? (y + acc_win) / l : 0.0f;
+  if (a.out_scale) r *= t;
+  const size_t o = (static_cast<size_t>(seq) * a.n_heads + head) * d + j;
+  if (a.out) a.out[o] = r;
+  if (a.out_f16) {
+    const __half h = __float2half_rn(r);
+    a.out_f16[o] = h;
+    // d % 32 == 0: a warp's 32 lanes are one 32-column block of the row
+    if (a.out_q8)
+      dev::q8_store_warp_block(__half2float(h), a.out_q8 + o - lane, a.out_q8_scales + o / 32);
+  }
 }
 
 // The instance for (k, v, dim), preferring one specialised for `cap` (block_tokens).
@@ -127,9 +237,8 @@ Status validate_params(const DecodeAttentionParams& p) {
   if ((p.out_q8 == nullptr) != (p.out_q8_scales == nullptr) || (p.out_q8 && !p.out_f16))
     return invalid_argument(
         "decode attention: 8-bit output needs its quants, its scales and the fp16 output");
-  if (!p.merge_counters)
-    return invalid_argument(
-        "decode attention: merge_counters (n_seqs x n_kv_heads, zeroed) are required");
+  if (p.out_q8 && p.main.k.head_dim % 32 != 0)
+    return invalid_argument("decode attention: 8-bit output needs head_dim % 32 == 0");
   TQ_RETURN_IF_ERROR(check_segment(p.main, "main"));
   if (p.n_heads % p.main.k.n_kv_heads != 0)
     return invalid_argument("decode attention: n_heads must be a multiple of n_kv_heads");
@@ -179,24 +288,6 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
   a.part_ml = reinterpret_cast<float2*>(ws + plan.part_ml);
   a.split_offset = split_offset;
   a.splits_total = plan.main_splits + plan.window_splits;
-  MergeArgs& m = a.merge;
-  m.part_o = a.part_o;
-  m.part_ml = a.part_ml;
-  m.splits_main = plan.main_splits;
-  m.splits_total = a.splits_total;
-  m.n_heads = p.n_heads;
-  m.group = plan.group;
-  m.counters = p.merge_counters;
-  const bool v_rot = p.main.v.format.is_tq();
-  m.signs_v = v_rot ? p.main.v.tables.hadamard_signs : nullptr;
-  m.rot_v = v_rot ? p.main.v.tables.rotation : nullptr;
-  m.inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(plan.dim));
-  m.out = p.out;
-  m.out_scale = p.out_scale;
-  m.out_scale_rows = p.out_scale_rows;
-  m.out_f16 = reinterpret_cast<__half*>(p.out_f16);
-  m.out_q8 = p.out_q8;
-  m.out_q8_scales = p.out_q8_scales;
   return a;
 }
 
@@ -241,9 +332,12 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }
-  if (plan.main_splits + plan.window_splits == 0) plan.main_splits = 1;  // writes the zeros
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
-  const size_t splits = static_cast<size_t>(plan.main_splits + plan.window_splits);
+  const size_t splits =
+      std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
+  if ((static_cast<size_t>(plan.dim) + 32 + 2 * splits) * sizeof(float) > 48 * 1024)
+    return unsupported("decode attention: " + std::to_string(splits) +
+                       " splits exceed the merge's shared memory");
   const auto take = [&](size_t bytes) {
     const size_t off = plan.workspace_bytes;
     plan.workspace_bytes += (bytes + 255) / 256 * 256;
@@ -289,9 +383,11 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   auto* q_win = reinterpret_cast<__half*>(ws + plan.q_win);
   const bool k_rot = p.main.k.format.is_tq();
   const bool qjl = p.main.k.format.has_qjl();
+  const bool v_rot = p.main.v.format.is_tq();
   const float c = p.scale * kLog2e;
   const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
   const CodecTables& kt = p.main.k.tables;
+  const CodecTables& vt = p.main.v.tables;
   // The attention CTAs prepare their own queries unless K needs the sketch or a dense rotation.
   const bool fused_query = !qjl && (!k_rot || kt.hadamard_signs);
   if (!fused_query) {
@@ -335,6 +431,29 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.join_event), side));
     TQ_CUDA_TRY(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(p.join_event), 0));
   }
+  const int splits_total = plan.main_splits + plan.window_splits;
+  const size_t merge_smem =
+      (static_cast<size_t>(d) + 32 + 2 * static_cast<size_t>(splits_total)) * sizeof(float);
+  MergeArgs ma{};
+  ma.part_o = reinterpret_cast<const float*>(ws + plan.part_o);
+  ma.part_ml = reinterpret_cast<const float2*>(ws + plan.part_ml);
+  ma.splits_main = plan.main_splits;
+  ma.splits_total = splits_total;
+  ma.n_heads = p.n_heads;
+  ma.d = d;
+  ma.group = plan.group;
+  ma.signs_v = v_rot ? vt.hadamard_signs : nullptr;
+  ma.rot_v = v_rot ? vt.rotation : nullptr;
+  ma.inv_sqrt_d = inv_sqrt_d;
+  ma.out = p.out;
+  ma.out_scale = p.out_scale;
+  ma.out_scale_rows = p.out_scale_rows;
+  ma.out_f16 = reinterpret_cast<__half*>(p.out_f16);
+  ma.out_q8 = p.out_q8;
+  ma.out_q8_scales = p.out_q8_scales;
+  TQ_CUDA_TRY(launch_maybe_pdl(merge_kernel, dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream,
+                               p.overlap_launches, ma));
+  TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }
 

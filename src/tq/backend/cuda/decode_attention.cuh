@@ -1,8 +1,7 @@
 // Decode attention over paged K/V in any format, one template (kernel per K format, V format,
 // head dim, page size). One CTA = one (split of the sequence, KV head, sequence); its warps walk
 // steps of kStep tokens (one page never straddled) and write one unnormalised partial (O, max,
-// sum); the last CTA of a (sequence, KV head) to finish combines them with a log-sum-exp merge
-// (merge_partials.cuh).
+// sum) that merge_kernel (decode_attention.cu) combines with a log-sum-exp merge.
 //
 // Inner loop (the compute side of the bandwidth floor): every packed element is loaded and
 // unpacked once per warp and shared by all query heads of the KV head through tensor-core mma:
@@ -16,7 +15,7 @@
 // pairs, K norms scale S after the mma, V norms fold into P, and the next step's key codes (and,
 // once the current step's S is done, its value codes) are loaded while the current step computes.
 // Scores and values stay in the rotated domain; the query is rotated once per CTA (or by the
-// prepare kernel for QJL keys) and the output is rotated back once (the merge).
+// prepare kernel for QJL keys) and the output is rotated back once (merge kernel).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -25,7 +24,6 @@
 #include <type_traits>
 
 #include "tq/backend/cuda/cuda_common.cuh"
-#include "tq/backend/cuda/merge_partials.cuh"
 #include "tq/backend/cuda/vec_formats.cuh"
 
 namespace tq::backend::cuda {
@@ -62,7 +60,6 @@ struct AttnArgs {
   int tokens_per_split;
   int split_offset;  // first split index of this segment
   int splits_total;
-  MergeArgs merge;  // the last CTA of a (sequence, KV head) to finish merges its splits
 };
 
 inline constexpr int kAttnWarps = 4;
@@ -96,9 +93,6 @@ template <int kDim>
 constexpr int attn_reduce_bytes() {
   return kAttnWarps * 8 * kDim * 4 + kAttnWarps * 8 * 2 * 4;
 }
-static_assert(static_cast<size_t>(attn_reduce_bytes<64>()) >=
-                  32 + sizeof(MergeArgs) + kAttnWarps * 64 * 4,
-              "the merge's shared memory");
 
 // The group's fp16 queries (at most 8 heads) after the tables, when the CTA prepares them.
 template <class KF, class VF>
@@ -194,11 +188,10 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   const int end = min(len, begin + a.tokens_per_split);
   const size_t part = (static_cast<size_t>(seq) * a.n_heads + kvh * a.group) * a.splits_total +
                       a.split_offset + split;
-  if (begin >= end) {  // an empty split still writes its partial (weight 0) and arrives
+  if (begin >= end) {  // an empty split still writes its partial (weight 0)
     dev::pdl_wait();
     for (int h = threadIdx.x; h < a.group; h += blockDim.x)
       a.part_ml[part + static_cast<size_t>(h) * a.splits_total] = make_float2(-INFINITY, 0.0f);
-    dev::arrive_and_merge<kDim, kAttnWarps>(a.merge, smem);
     return;
   }
 
@@ -313,7 +306,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   if ((base_delta & 0xffffu) != 0u) {
     for (int h = threadIdx.x; h < a.group; h += blockDim.x)
       a.part_ml[part + static_cast<size_t>(h) * a.splits_total] = make_float2(0.0f, NAN);
-    dev::arrive_and_merge<kDim, kAttnWarps>(a.merge, smem);
     return;
   }
   constexpr int kKOff = 1024, kVOff = 1024 + Tab::kVRow * 256, kSOff = 1024 + Tab::kSignRow * 256;
@@ -581,7 +573,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     a.part_o[p * kDim + d] = acc;
     if (d == 0) a.part_ml[p] = make_float2(m, l);
   }
-  dev::arrive_and_merge<kDim, kAttnWarps>(a.merge, smem);
 }
 
 }  // namespace tq::backend::cuda

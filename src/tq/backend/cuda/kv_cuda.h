@@ -112,16 +112,12 @@ struct DecodeAttentionParams {
   // out_scale_rows[seq] (row 0 when null) of [rows][n_kv_heads * head_dim] at KV head i / group:
   // value scaling (the cache holds v / t). out_f16 receives the (scaled) output as fp16 bits,
   // out_q8 / out_q8_scales that fp16 value as 8-bit activations (q8_act.cuh's rounding, blocks
-  // of 32 columns).
+  // of 32 columns; head_dim % 32 == 0).
   const float* out_scale = nullptr;
   const int32_t* out_scale_rows = nullptr;
   uint16_t* out_f16 = nullptr;
   int8_t* out_q8 = nullptr;
   Q8Scale* out_q8_scales = nullptr;
-  // Device [n_seqs][n_kv_heads] arrival counters of the in-kernel split merge: zero before the
-  // first call, and every call leaves them zero (its last CTA per pair resets its counter).
-  // Calls that may overlap on the device need counters of their own.
-  int32_t* merge_counters = nullptr;
   AttentionSegment main;
   AttentionSegment window;  // f16 pools, or k.data == nullptr for none
   int num_sms = 0;          // 0: ask the current device

@@ -152,7 +152,6 @@ DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n
   p.n_heads = d.n_heads;
   p.q = m.q.as<float>();
   p.out_f16 = reinterpret_cast<uint16_t*>(m.xn.as<__half>());  // for the output matmul
-  p.merge_counters = m.attn_counters.as<int32_t>();
   p.scale = 1.0f / std::sqrt(static_cast<float>(d.head_dim));
   p.main.k = D.k;
   p.main.v = D.v;

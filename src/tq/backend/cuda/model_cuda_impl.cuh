@@ -156,7 +156,6 @@ struct CudaModel::Impl {
   DeviceMem log_z;                   // f64 [B]: log_partition_rows of each logits row
   std::vector<int32_t> host_rows;    // [2][B] staging of row_seqs | row_pos
   DeviceMem attn_ws;                 // decode attention workspace, grown on demand
-  DeviceMem attn_counters;           // int32 [max_batch][n_kv_heads]: attention's merge arrivals
 
   struct CachedPlan {
     kv::LayerFormats formats;

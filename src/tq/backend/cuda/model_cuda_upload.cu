@@ -409,10 +409,6 @@ Status allocate_cache(CudaModel::Impl& m) {
   TQ_RETURN_IF_ERROR(m.v.alloc(B * kv_dim * sizeof(float), "v"));
   TQ_RETURN_IF_ERROR(m.gu.alloc(B * 2 * ffn * sizeof(float), "gate_up"));
   TQ_RETURN_IF_ERROR(m.h.alloc(B * ffn * sizeof(__half), "h"));
-  // Zero once: every attention call leaves its counters zero (DecodeAttentionParams).
-  TQ_RETURN_IF_ERROR(
-      m.attn_counters.alloc(B * d.n_kv_heads * sizeof(int32_t), "attention counters"));
-  TQ_CUDA_TRY(cudaMemset(m.attn_counters.as<void>(), 0, m.attn_counters.bytes()));
   const size_t widest = std::max(dim, std::max(q_dim, ffn));
   if (m.opt.weights == DeviceWeights::kQuantized && m.opt.int8_activations && widest % 32 == 0) {
     const size_t rows = std::min<size_t>(B, kGemvMaxTokens);
