@@ -141,13 +141,15 @@ Expected<int> DeviceStepModel::reuse_prefix(Sequence& seq, std::span<const int32
   // as it is, no copy) before a slot in use (copied, so worth at least a page).
   int best = 0, from = -1;
   bool from_free = false;
+  decltype(held_) held_now;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    held_now = held_;
+    prefix_lookup_tokens_ += static_cast<int64_t>(prompt.size());
+  }
   for (int s = 0; s < static_cast<int>(contents_.size()); ++s) {
     const bool ended = freed_at_[static_cast<size_t>(s)] != 0;
-    bool held;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      held = held_[static_cast<size_t>(s)] != 0;
-    }
+    const bool held = held_now[static_cast<size_t>(s)] != 0;
     if (s == mine ? !ended : held && ended) continue;  // nothing of its own / another's pick
     const bool free = ended;
     const int n = reusable(s, prompt);
@@ -157,10 +159,6 @@ Expected<int> DeviceStepModel::reuse_prefix(Sequence& seq, std::span<const int32
       from = s;
       from_free = free;
     }
-  }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    prefix_lookup_tokens_ += static_cast<int64_t>(prompt.size());
   }
   if (best == 0) {  // this slot it is, emptied
     if (unsettled) empty_slot(mine);
@@ -229,16 +227,15 @@ Status DeviceStepModel::forward(std::span<const StepRow> rows) {
   for (size_t i = 0; st.ok() && i < prefill_.size(); ++i) st = dm_.forward(prefill_[i]);
   // Lengths and token ids as the device has them now, also after a failure part way through
   // the step.
-  for (const auto* calls : {&decode_, &prefill_})
-    for (const backend::DeviceForwardArgs& a : *calls) {
-      std::vector<int32_t>& c = contents_[static_cast<size_t>(a.seq)];
-      c.insert(c.end(), a.tokens, a.tokens + a.n);
-      c.resize(std::min(c.size(), static_cast<size_t>(dm_.length(a.seq))));
-    }
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto* calls : {&decode_, &prefill_})
-    for (const backend::DeviceForwardArgs& a : *calls)
-      lengths_[static_cast<size_t>(a.seq)] = dm_.length(a.seq);
+    for (const backend::DeviceForwardArgs& a : *calls) {
+      const int length = dm_.length(a.seq);
+      std::vector<int32_t>& c = contents_[static_cast<size_t>(a.seq)];
+      c.insert(c.end(), a.tokens, a.tokens + a.n);
+      c.resize(std::min(c.size(), static_cast<size_t>(length)));
+      lengths_[static_cast<size_t>(a.seq)] = length;
+    }
   return st;
 }
 
