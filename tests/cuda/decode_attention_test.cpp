@@ -297,6 +297,7 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{"tq4", "tq3", 128, true, 4}, AttnCase{"tq3", "tq3", 128, false, 4},
                     AttnCase{"tq2", "tq2", 128, true, 4}, AttnCase{"tq4", "tq4", 64, true, 3},
                     AttnCase{"tq3", "tq2", 64, false, 4}, AttnCase{"tq2", "tq4", 64, false, 8},
+                    AttnCase{"tq4", "tq3", 64, false, 3},
                     AttnCase{"tq4j", "tq3", 128, false, 4}, AttnCase{"tq3j", "tq2", 64, true, 4},
                     AttnCase{"tq3", "tq4", 128, false, 1}, AttnCase{"tq4", "tq4", 128, true, 4, 64},
                     AttnCase{"tq3", "tq2", 128, false, 4, 96}),

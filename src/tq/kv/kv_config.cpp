@@ -25,10 +25,10 @@ constexpr KvOption kOptions[] = {
      "compressed keys store k - (per-sequence mean key): exact for attention (on/off, default on)"},
     {"--kv-key-scaling", "",
      "centered keys are also divided per channel by their spread, queries multiplied (on/off, "
-     "default off; CPU only)"},
+     "default off)"},
     {"--kv-value-scaling", "",
      "compressed values are divided per channel by sqrt(spread / W_o column norm), attention "
-     "outputs multiplied (on/off, default off; CPU only)"},
+     "outputs multiplied (on/off, default off)"},
     {"--kv-block-tokens", "", "tokens per KV pool block (default 32)"},
     {"--kv-seed", "", "rotation seed of the compressed cache"},
 };

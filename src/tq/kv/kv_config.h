@@ -41,13 +41,13 @@ struct KvConfig {
   // Centered layers also store (k - mu) / s, s a per-sequence per-channel scale of each KV head
   // (sqrt of the channel's key spread over its geometric mean), and multiply queries by s:
   // exact in full precision, and the quantizer sees channels of more equal spread. Opt-in
-  // (CPU only for now; docs/kv-cache.md, "Key centering").
+  // (docs/kv-cache.md, "Key centering").
   bool key_scaling = false;
   // Layers with compressed values store v / s, s a per-sequence per-channel scale of each KV
   // head with s^2 ~ sigma_v / w (sigma_v the channel's RMS value, w the norm of W_o's columns
   // that read the channel; PagedKvCacheOptions::value_weights), and multiply the attention
   // output by s: exact in full precision, and the quantizer's error lands where W_o weighs it
-  // least. Opt-in (CPU only; docs/quality.md, "Value scaling").
+  // least. Opt-in (docs/quality.md, "Value scaling").
   bool value_scaling = false;
   // Tokens per pool block (one block per layer, K or V, holds this many tokens of every KV head).
   int block_tokens = 32;

@@ -33,7 +33,7 @@ struct EngineOptions {
   // On CUDA: the sequence slots are as many full-context ones as fit (at most max_sessions).
   size_t kv_memory_bytes = 0;
   int threads = 0;             // 0: the hardware's (CPU)
-  bool prefix_caching = true;  // CPU only: the GPU's slots share no prefixes
+  bool prefix_caching = true;  // shared pages (CPU), or prefixes reused by slot (CUDA)
   runtime::SchedulerOptions scheduler;
   std::string model_id;  // the name /v1/models lists; "" = the file's stem
 

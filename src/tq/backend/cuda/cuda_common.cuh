@@ -167,6 +167,19 @@ struct Span {
     } else if constexpr (kAlign >= 4 && kBytes % 4 == 0) {
 #pragma unroll
       for (int i = 0; i < kWords; ++i) w[i] = __ldg(reinterpret_cast<const uint32_t*>(p) + i);
+    } else if constexpr (kAlign == 2 && kBytes % 4 == 2) {
+      // 4m + 2 bytes at a 2-byte boundary lie in the m + 1 aligned words from the one holding
+      // their first byte, whether they start at byte 0 or 2 of it: no predicated loads (3-bit
+      // value chunks of 16 dims). The last word may carry the 2 bytes after the span.
+      const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
+      const uint32_t* base = reinterpret_cast<const uint32_t*>(addr & ~uintptr_t{3});
+      const uint32_t sh = static_cast<uint32_t>(addr & 2u) * 8u;
+      uint32_t raw[kWords];
+#pragma unroll
+      for (int i = 0; i < kWords; ++i) raw[i] = __ldg(base + i);
+#pragma unroll
+      for (int i = 0; i + 1 < kWords; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1], sh);
+      w[kWords - 1] = raw[kWords - 1] >> sh;
     } else {
       const uintptr_t addr = reinterpret_cast<uintptr_t>(p);
       const uint32_t* base = reinterpret_cast<const uint32_t*>(addr & ~uintptr_t{3});
