@@ -270,11 +270,19 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   uint8_t* k_table = smem;
   uint8_t* v_table = smem + Tab::kVRow * 256;
   uint8_t* s_table = smem + Tab::kSignRow * 256;
-  if constexpr (KF::kTableRows > 0)
-    build_table<KF::kCodeBits, KF::kLookup>(k_table, 0, a.k_centroids);
-  if constexpr (VF::kTableRows > 0 && !Tab::kShare)
-    build_table<VF::kCodeBits, VF::kLookup>(v_table, Tab::kVHalf, a.v_centroids);
-  if constexpr (kQjl) build_table<1, 4>(s_table, 0, nullptr);
+  {
+    constexpr bool kKTab = KF::kTableRows > 0, kVTab = VF::kTableRows > 0 && !Tab::kShare;
+    // (formats without a table name a 1-bit one, never used)
+    [[maybe_unused]] TableFill<kKTab ? KF::kCodeBits : 1, KF::kLookup, kAttnThreads> kfill;
+    [[maybe_unused]] TableFill<kVTab ? VF::kCodeBits : 1, VF::kLookup, kAttnThreads> vfill;
+    [[maybe_unused]] TableFill<1, 4, kAttnThreads> sfill;
+    if constexpr (kKTab) kfill.load(a.k_centroids);
+    if constexpr (kVTab) vfill.load(a.v_centroids);
+    if constexpr (kQjl) sfill.load(nullptr);
+    if constexpr (kKTab) kfill.store(k_table, 0);
+    if constexpr (kVTab) vfill.store(v_table, Tab::kVHalf);
+    if constexpr (kQjl) sfill.store(s_table, 0);
+  }
   dev::pdl_wait();  // the K/V write (and the queries' RoPE before it) have completed
   // The first step's key codes are requested before the queries are prepared and the block
   // synchronises, so their DRAM latency hides behind that work (at short contexts a split is

@@ -83,32 +83,53 @@ __device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], uint32
   }
 }
 
-// Fills one table: entry e holds the fp16 values of the kLookup codes packed in e (LSB-first),
-// value(c) = values[c] (or the QJL signs -1/+1 when values is nullptr), at row e, byte
-// half * 128 + lane * 2 * kLookup, for all 32 lanes (16-byte stores).
-template <int kBits, int kLookup>
-__device__ void build_table(uint8_t* rows, int half, const float* values) {
-  constexpr int kEntries = 1 << (kBits * kLookup);
-  constexpr int kStores = kLookup * 2 * 32 / 16;  // 16-byte stores per entry
-  for (int i = threadIdx.x; i < kEntries * kStores; i += blockDim.x) {
-    const int e = i / kStores, part = i % kStores;
-    uint32_t v[kLookup / 2];
+// One table's contents as this thread fills them: entry e holds the fp16 values of the kLookup
+// codes packed in e (LSB-first), value(c) = values[c] (or the QJL signs -1/+1 when values is
+// nullptr), at row e, byte half * 128 + lane * 2 * kLookup, for all 32 lanes. Thread t of
+// kThreads owns entries t, t + kThreads, ...: load() computes each once (a kernel loads every
+// table before storing any, so their centroid reads overlap), store() writes its kStores 16-byte
+// parts starting at part (t mod kStores), so the 8 threads of a quarter warp store to 8
+// different bank groups.
+template <int kBits, int kLookup, int kThreads>
+struct TableFill {
+  static constexpr int kEntries = 1 << (kBits * kLookup);
+  static constexpr int kPer = (kEntries + kThreads - 1) / kThreads;
+  static constexpr int kStores = kLookup * 2 * 32 / 16;  // 16-byte stores per entry
+  uint4 st[kPer];
+
+  __device__ __forceinline__ void load(const float* values) {
 #pragma unroll
-    for (int w = 0; w < kLookup / 2; ++w) {
-      const int c0 = (e >> (kBits * 2 * w)) & ((1 << kBits) - 1);
-      const int c1 = (e >> (kBits * (2 * w + 1))) & ((1 << kBits) - 1);
-      const float v0 = values ? __ldg(values + c0) : (c0 ? 1.0f : -1.0f);
-      const float v1 = values ? __ldg(values + c1) : (c1 ? 1.0f : -1.0f);
-      v[w] = pack_h2(v0, v1);
+    for (int i = 0; i < kPer; ++i) {
+      const int e = static_cast<int>(threadIdx.x) + i * kThreads;
+      if (kEntries % kThreads != 0 && e >= kEntries) break;
+      uint32_t v[kLookup / 2];
+#pragma unroll
+      for (int w = 0; w < kLookup / 2; ++w) {
+        const int c0 = (e >> (kBits * 2 * w)) & ((1 << kBits) - 1);
+        const int c1 = (e >> (kBits * (2 * w + 1))) & ((1 << kBits) - 1);
+        const float v0 = values ? __ldg(values + c0) : (c0 ? 1.0f : -1.0f);
+        const float v1 = values ? __ldg(values + c1) : (c1 ? 1.0f : -1.0f);
+        v[w] = pack_h2(v0, v1);
+      }
+      if constexpr (kLookup == 2)
+        st[i] = make_uint4(v[0], v[0], v[0], v[0]);
+      else
+        st[i] = make_uint4(v[0], v[1], v[0], v[1]);
     }
-    uint4 st;
-    if constexpr (kLookup == 2)
-      st = make_uint4(v[0], v[0], v[0], v[0]);
-    else
-      st = make_uint4(v[0], v[1], v[0], v[1]);
-    *reinterpret_cast<uint4*>(rows + e * 256 + half * 128 + part * 16) = st;
   }
-}
+  __device__ __forceinline__ void store(uint8_t* rows, int half) const {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int e = static_cast<int>(threadIdx.x) + i * kThreads;
+      if (kEntries % kThreads != 0 && e >= kEntries) break;
+      uint8_t* row = rows + e * 256 + half * 128;
+#pragma unroll
+      for (int p = 0; p < kStores; ++p)
+        *reinterpret_cast<uint4*>(row + ((p + static_cast<int>(threadIdx.x)) % kStores) * 16) =
+            st[i];
+    }
+  }
+};
 
 // TurboQuant: kBits-bit codes (+ the QJL sign plane when kQjl) and an fp16 norm per token.
 template <int kDim, int kBits, bool kQjl>
