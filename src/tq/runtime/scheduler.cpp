@@ -237,9 +237,14 @@ void Scheduler::end_pending(Pending& p, FinishReason reason, const std::string& 
 }
 
 void Scheduler::publish_counts() {
-  running_.store(static_cast<int>(active_.size()));
+  int running = 0;
   int64_t reserved = 0;
-  for (const auto& a : active_) reserved += future_pages(*a);
+  for (const auto& a : active_) {
+    if (a->finished) continue;
+    ++running;
+    reserved += future_pages(*a);
+  }
+  running_.store(running);
   reserved_pages_.store(reserved);
 }
 
@@ -414,6 +419,7 @@ void Scheduler::finish(Active& a, FinishReason reason, const std::string& error)
   e.completion_tokens = a.generated;
   a.seq.reset();       // pages back to the pool (full prompt pages stay in the prefix cache)
   count_done(reason);  // first: a client that sees the event also sees the count
+  publish_counts();    // and /v1/capacity without this sequence's slot and reserved pages
   a.channel->push(std::move(e));
 }
 
