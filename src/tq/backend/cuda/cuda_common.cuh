@@ -91,8 +91,9 @@ __device__ __forceinline__ void pdl_wait() {
 // per lane: stage h pairs (j, j + h), inside the lane while h < kE, then across lanes, where the
 // upper lane of a pair takes other - mine and the lower mine + other, each one rounding (so every
 // kernel that rotates this way gets the same floats). `lane` is the lane's index among the
-// vector's lanes; `mask` covers them.
-template <int kDim, int kE>
+// vector's lanes; `mask` covers them. The across-lane stages whose lane bit is in kDoneLaneBits
+// are skipped (done already: the quantize-on-write's first stage on its raw inputs).
+template <int kDim, int kE, int kDoneLaneBits = 0>
 __device__ __forceinline__ void lane_fwht(float (&y)[kE], int lane, unsigned mask) {
 #pragma unroll
   for (int h = 1; h < kE; h *= 2)
@@ -106,6 +107,7 @@ __device__ __forceinline__ void lane_fwht(float (&y)[kE], int lane, unsigned mas
 #pragma unroll
   for (int h = kE; h < kDim; h *= 2) {
     const int m = h / kE;
+    if (m & kDoneLaneBits) continue;
     const float s = (lane & m) ? -1.0f : 1.0f;  // one FFMA: other - mine or mine + other
 #pragma unroll
     for (int e = 0; e < kE; ++e) y[e] = fmaf(y[e], s, __shfl_xor_sync(mask, y[e], m));

@@ -1,28 +1,31 @@
 // Float32 quantize-on-write of tq mse formats (and f16 rows for the warp kernel), replacing the
 // CPU-order float64 kernel of quantize_write.cuh where speed matters:
-// - tq_team_kernel (bulk writes, prefill): a team of d/32 lanes per vector, 32 consecutive
-//   elements per lane, grid-stride so every team loads its next vector while it encodes the
-//   current one;
+// - tq_team_kernel (bulk writes, prefill): a team of d/32 lanes per vector, 32 elements per lane
+//   (TeamLayout), grid-stride so every team loads its next vector while it encodes the current
+//   one;
 // - tq_warp_kernel (small writes, decode): one warp per vector, d/32 elements per lane, K and V
 //   of a layer in one launch with the format chosen per warp at run time.
 //
-// Per vector: z = H (D x) (unnormalised Walsh-Hadamard of the sign-flipped input: log2(d/L)
-// stages in registers, log2(L) through shuffles), ||x||^2 summed pairwise in float32 (relative
-// error <= (log2(d) + 1) u ~ 5e-7, then sqrt), y = z * (1/sqrt(d)) / ||x||, the Lloyd-Max cell by
-// a uniform-grid table (quant/cell_lut.h: two FFMAs, two conflict-free loads and a compare give
-// exactly the CPU binary search's cell of that float y), and ||C[idx]||^2 pairwise for norm
-// correction. The CPU codec (codec_tq.cpp) normalises before rotating and sums in float64, so a
-// code can differ from the CPU's only where y lies within float32 rounding (~1e-7 of |y|) of a
-// boundary, and norms by float32 rounding. Edge cases the float32 norm sees differently: an fp32
-// input with |x| > ~1e19 (x^2 overflows: stored NaN, the CPU stores the saturated norm) or a
-// whole vector below ~1e-19 (x^2 underflows: stored as zero).
-// Cost (SASS, team kernel loop, fp16 in, d = 128): ~116 warp instructions per vector for tq1..4
-// (the cell search does not depend on the width), down from ~122 with a team-uniform trip count
-// (partial-mask shuffles with a convergence check each), slot / block_tokens as a division and
-// register copies of the prefetched words, and 153 (tq4) / 137 / 124 / 103 (tq1) with the earlier
-// register + shared-memory search tree; the legacy kernel takes ~221 plus float64 conversions
-// and DFMAs.
+// Per vector: z = H (D x) (unnormalised Walsh-Hadamard of the sign-flipped input: in-lane stages
+// in registers, across-lane ones through shuffles, their order set by the layout), ||x||^2
+// summed pairwise in float32 (relative error <= (log2(d) + 1) u ~ 5e-7) and one approximate
+// reciprocal square root, y = z * (1/sqrt(d)) / ||x||, the Lloyd-Max cell by a uniform-grid table
+// (quant/cell_lut.h: two FFMAs, two conflict-free loads and a compare give exactly the CPU binary
+// search's cell of that float y), and ||C[idx]||^2 pairwise for norm correction. The CPU codec
+// (codec_tq.cpp) normalises before rotating and sums in float64, so a code can differ from the
+// CPU's only where y lies within a few float32 ulps of a boundary, and norms by a few ulps before
+// their fp16 rounding. Edge cases the float32 norm sees differently: an fp32 input with |x| >
+// ~1e19 (x^2 overflows: stored NaN, the CPU stores the saturated norm) or a whole vector with
+// ||x||^2 below FLT_MIN (||x|| < ~1.1e-19: stored as zero).
+// Cost (SASS, team kernel loop, fp16 in, d = 128, tq4): ~113 warp instructions per vector, 4.5
+// shuffles (TeamLayout: in-lane stages, then swap stages), against ~116 and 8.5 with 32
+// consecutive elements per lane and two float stages through shuffles (the code before
+// 2026-12-03), 153 with the earlier register + shared-memory search tree; the legacy kernel takes
+// ~221 plus float64 conversions and DFMAs. Bulk write of 65536 tokens x 8 heads x 128 on an H200:
+// 84.2 -> 73.3 us (0.47 -> 0.54 of copy), docs/benchmarks.md.
 #pragma once
+
+#include <cfloat>
 
 #include "tq/backend/cuda/quantize_write.cuh"
 #include "tq/quant/cell_lut.h"
@@ -46,55 +49,71 @@ inline constexpr int kWarpWriteWarps = 4;  // warps (vectors) per block of tq_wa
 
 namespace dev {
 
-// One lane's kE input elements, raw (fp16 pairs or fp32 bits), and the slot of its vector.
-template <int kE, bool kF16>
+// The vector element a lane's element e is (kLanes = kDim / kE lanes per vector): the lane holds
+// chunks of kChunk consecutive elements, chunk c at kChunk * (kLanes * c + lane). kChunk = kE is
+// one contiguous run per lane; a smaller kChunk interleaves the lanes, so that a warp's loads
+// cover whole sectors (a lane can load at most 16 bytes at a time).
+template <int kDim, int kE, int kChunk>
+__device__ __forceinline__ constexpr int lane_element(int lane, int e) {
+  return kChunk * ((kDim / kE) * (e / kChunk) + lane) + e % kChunk;
+}
+
+// One lane's kE input elements (lane_element's layout), raw (fp16 pairs or fp32 bits), and the
+// slot of its vector.
+template <int kE, bool kF16, int kChunk = kE>
 struct LaneInput {
   static constexpr int kWords = kF16 ? kE / 2 : kE;
+  static constexpr int kChunkWords = kWords / (kE / kChunk);
   uint32_t w[kWords];
   int32_t sm;  // slot_mapping of the vector's token
 
-  // The lane's elements [lane * kE, lane * kE + kE) of (token, head).
   template <int kDim>
   __device__ __forceinline__ void load(const WriteArgs& a, int token, int head, int lane) {
     sm = __ldg(a.slot_mapping + token);
-    const size_t off = static_cast<size_t>(token) * a.x_token_stride +
-                       static_cast<size_t>(head) * kDim + static_cast<size_t>(lane) * kE;
-    const uint32_t* p =
+    const size_t off =
+        static_cast<size_t>(token) * a.x_token_stride + static_cast<size_t>(head) * kDim;
+    const uint32_t* row =
         reinterpret_cast<const uint32_t*>(static_cast<const char*>(a.x) + off * (kF16 ? 2 : 4));
-    if constexpr (kWords % 4 == 0) {  // the launcher checks 16-byte aligned rows
 #pragma unroll
-      for (int i = 0; i < kWords / 4; ++i) {
-        const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + i);
-        w[4 * i] = u.x, w[4 * i + 1] = u.y, w[4 * i + 2] = u.z, w[4 * i + 3] = u.w;
+    for (int c = 0; c < kE / kChunk; ++c) {
+      const uint32_t* p = row + lane_element<kDim, kE, kChunk>(lane, c * kChunk) / (kF16 ? 2 : 1);
+      uint32_t* d = w + c * kChunkWords;
+      if constexpr (kChunkWords % 4 == 0) {  // the launcher checks 16-byte aligned rows
+#pragma unroll
+        for (int i = 0; i < kChunkWords / 4; ++i) {
+          const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + i);
+          d[4 * i] = u.x, d[4 * i + 1] = u.y, d[4 * i + 2] = u.z, d[4 * i + 3] = u.w;
+        }
+      } else if constexpr (kChunkWords % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < kChunkWords / 2; ++i) {
+          const uint2 u = __ldg(reinterpret_cast<const uint2*>(p) + i);
+          d[2 * i] = u.x, d[2 * i + 1] = u.y;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kChunkWords; ++i) d[i] = __ldg(p + i);
       }
-    } else if constexpr (kWords % 2 == 0) {
-#pragma unroll
-      for (int i = 0; i < kWords / 2; ++i) {
-        const uint2 u = __ldg(reinterpret_cast<const uint2*>(p) + i);
-        w[2 * i] = u.x, w[2 * i + 1] = u.y;
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < kWords; ++i) w[i] = __ldg(p + i);
     }
   }
 };
 
 // The Hadamard signs D of this lane's elements as XOR masks on fp16 pairs: bit 15 flips element
 // 2m, bit 31 element 2m + 1.
-template <int kE>
+template <int kDim, int kE, int kChunk = kE>
 __device__ __forceinline__ void load_sign_masks(const float* signs, int lane,
                                                 uint32_t (&hmask)[kE / 2]) {
 #pragma unroll
   for (int m = 0; m < kE / 2; ++m) {
-    const float s0 = __ldg(signs + lane * kE + 2 * m), s1 = __ldg(signs + lane * kE + 2 * m + 1);
+    const float s0 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, 2 * m));
+    const float s1 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, 2 * m + 1));
     hmask[m] = (s0 < 0.0f ? 0x8000u : 0u) | (s1 < 0.0f ? 0x80000000u : 0u);
   }
 }
 
 // D x as floats (sign flips are exact, so it does not matter where they happen).
-template <int kE, bool kF16>
-__device__ __forceinline__ void signed_input(const LaneInput<kE, kF16>& in,
+template <int kE, bool kF16, int kChunk>
+__device__ __forceinline__ void signed_input(const LaneInput<kE, kF16, kChunk>& in,
                                              const uint32_t (&hmask)[kE / 2], float (&y)[kE]) {
 #pragma unroll
   for (int m = 0; m < kE / 2; ++m) {
@@ -188,26 +207,144 @@ struct LaneSum {
   }
 };
 
-// Encodes the vector whose signed elements D x the team holds in y (lane: elements
-// [lane * kE, lane * kE + kE)). Returns the norm to store; words get the lane's codes, element e
-// at bits [kBits * e, kBits * e + kBits) of the lane's piece of the LSB-first bitstream (all
-// zero for a zero or non-finite vector, as the CPU codec).
-template <int kDim, int kBits, int kLanes>
-__device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, unsigned mask,
-                                           const CellLut& lut, float hadamard_scale,
-                                           bool norm_correction,
-                                           uint32_t (&words)[(kDim / kLanes * kBits + 31) / 32]) {
-  constexpr int kE = kDim / kLanes;
-  constexpr int kWords = (kE * kBits + 31) / 32;
+// WarpLayout's first stage of z = H (D x), across the element bit of lane bit 0, taken on the
+// raw inputs: a lane swaps its sign-flipped words with lane ^ 1, which holds the other elements
+// of its pairs, so fp16 input crosses lanes as packed pairs (half the shuffles of a float
+// stage). Returns the lane's pairwise sum of squares of D x.
+template <int kE, bool kF16>
+__device__ __forceinline__ float first_stage(const LaneInput<kE, kF16>& in,
+                                             const uint32_t (&hmask)[kE / 2], int lane,
+                                             unsigned mask, float (&y)[kE]) {
+  constexpr int kPartner = 1;
+  const float s = (lane & kPartner) ? -1.0f : 1.0f;  // as lane_fwht: other - mine, mine + other
   LaneSum<kE> n2;
 #pragma unroll
-  for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
-  const float norm = sqrtf(team_sum<kLanes>(mask, n2.total()));  // IEEE sqrt (no fast math)
+  for (int m = 0; m < kE / 2; ++m) {
+    float a[2], b[2];
+    if constexpr (kF16) {
+      const uint32_t mine = in.w[m] ^ hmask[m];
+      const float2 fa = __half22float2(bits_h2(mine));
+      const float2 fb = __half22float2(bits_h2(__shfl_xor_sync(mask, mine, kPartner)));
+      a[0] = fa.x, a[1] = fa.y, b[0] = fb.x, b[1] = fb.y;
+    } else {
+      const uint32_t m0 = in.w[2 * m] ^ (hmask[m] << 16);
+      const uint32_t m1 = in.w[2 * m + 1] ^ (hmask[m] & 0x80000000u);
+      a[0] = __uint_as_float(m0), a[1] = __uint_as_float(m1);
+      b[0] = __uint_as_float(__shfl_xor_sync(mask, m0, kPartner));
+      b[1] = __uint_as_float(__shfl_xor_sync(mask, m1, kPartner));
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      n2.add_sq(2 * m + i, a[i]);
+      y[2 * m + i] = fmaf(a[i], s, b[i]);
+    }
+  }
+  return n2.total();
+}
 
-  lane_fwht<kDim, kE>(y, lane, mask);  // z = H (D x)
+// Where a lane's elements sit, before and after the transform, for tq_encode:
+// - WarpLayout (tq_warp_kernel): kDim / 32 consecutive elements per lane, first_stage then
+//   lane_fwht's other stages;
+// - TeamLayout (tq_team_kernel): lane_element's chunks (kChunk = 8, or 4 for 8 lanes, so that a
+//   warp's loads cover whole sectors), all five in-lane stages, then one swap_stage per lane bit,
+//   which leaves lane l with elements [32 l, 32 l + 32): contiguous codes, one store per lane.
+// position(e): the element's index among the lane's codes after the transform; sign_index(e):
+// which of the lane's 2^kSignBits scale signs its value carries (see swap_stage).
+template <int kDim>
+struct WarpLayout {
+  static constexpr int kE = kDim / 32, kLanes = 32, kSignBits = 0;
+  static __device__ __forceinline__ void transform(float (&y)[kE], int lane, unsigned mask) {
+    lane_fwht<kDim, kE, 1>(y, lane, mask);
+  }
+  static constexpr int position(int e) { return e; }
+  static constexpr int sign_index(int) { return 0; }
+};
 
-  const bool finite_nonzero = norm > 0.0f && isfinite(norm);
-  const float f = finite_nonzero ? hadamard_scale / norm : 0.0f;  // y = P x / ||x||
+// One butterfly stage across lane bit m that also swaps that lane bit with local bit k: lane
+// pairs (l, l ^ m) exchange half their values (one shuffle per two outputs, where a float stage
+// takes two), so that afterwards the lower lane holds the pairs' sums and differences at the old
+// positions with bit k clear, the upper lane those with bit k set (new local bit k = old lane
+// bit, new lane bit = old local bit k). The upper lane's differences come out negated (mine -
+// other, for other - mine): the caller's scale takes the sign back (sign_index).
+template <int kE>
+__device__ __forceinline__ void swap_stage(float (&y)[kE], int lane, int m, int k) {
+  const bool upper = lane & m;
+#pragma unroll
+  for (int e = 0; e < kE; ++e)
+    if ((e >> k & 1) == 0) {
+      const int e1 = e | 1 << k;
+      const float mine = upper ? y[e1] : y[e], send = upper ? y[e] : y[e1];
+      const float other = __shfl_xor_sync(0xffffffffu, send, m);
+      y[e] = __fadd_rn(mine, other);
+      y[e1] = __fsub_rn(mine, other);
+    }
+}
+
+// Element bits, low to high, before the swaps: d 64: 3 in-chunk, 1 lane, 2 chunk; d 128: 3, 2,
+// 2; d 256 (chunks of 4): 2, 3, 3.
+template <int kDim>
+struct TeamLayout {
+  static constexpr int kE = 32, kLanes = kDim / kE;
+  static constexpr int kChunk = kLanes == 8 ? 4 : 8;
+  static constexpr int kJBits = kChunk == 8 ? 3 : 2, kCBits = 5 - kJBits;
+  static constexpr int kLaneBits = kLanes == 8 ? 3 : kLanes == 4 ? 2 : 1, kSignBits = kLaneBits;
+  static_assert(kLanes == 2 || kLanes == 4 || kLanes == 8);
+  // Swap i trades lane bit i for local bit swap_bit(i), one of the chunk-index bits, each of
+  // which holds the top element bits: so the lanes end up with the top element bits.
+  static constexpr int swap_bit(int i) { return kJBits + kCBits - kLaneBits + i; }
+  static __device__ __forceinline__ void transform(float (&y)[kE], int lane, unsigned mask) {
+    lane_fwht<kE, kE>(y, lane, mask);  // the five in-lane stages
+#pragma unroll
+    for (int i = 0; i < kLaneBits; ++i) swap_stage<kE>(y, lane, 1 << i, swap_bit(i));
+  }
+  // Local chunk bit b held element bit kJBits + kLaneBits + b; swapped, it holds the lane bit's.
+  static constexpr int position(int e) {
+    int g = e & (kChunk - 1);
+    for (int b = 0; b < kCBits; ++b)
+      if (e >> (kJBits + b) & 1) {
+        const int i = b - (kCBits - kLaneBits);
+        g |= 1 << (i >= 0 ? kJBits + i : kJBits + kLaneBits + b);
+      }
+    return g;
+  }
+  static constexpr int sign_index(int e) {
+    int t = 0;
+    for (int i = 0; i < kLaneBits; ++i) t |= (e >> swap_bit(i) & 1) << i;
+    return t;
+  }
+};
+
+// Encodes the vector whose elements the team holds in y (Layout's, before its transform; for
+// WarpLayout after first_stage), lane_n2 the lane's pairwise sum of squares of D x. Returns the
+// norm to store; words get the lane's kE codes after the transform, position p at bits
+// [kBits p, kBits p + kBits) of the lane's piece of the LSB-first bitstream (all zero for a zero
+// or non-finite vector, as the CPU codec).
+template <int kDim, int kBits, class Layout>
+__device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2, int lane,
+                                           unsigned mask, const CellLut& lut, float hadamard_scale,
+                                           bool norm_correction,
+                                           uint32_t (&words)[(Layout::kE * kBits + 31) / 32]) {
+  constexpr int kE = Layout::kE, kLanes = Layout::kLanes;
+  constexpr int kWords = (kE * kBits + 31) / 32;
+  // One MUFU.RSQ (<= 2 ulp) for the norm and its inverse: IEEE sqrtf and divisions took ~40 of
+  // a team kernel step's ~950 instructions. It moves y by a few ulps (a code can change only that
+  // close to a boundary) and the stored norm by a few float32 ulps before its fp16 rounding.
+  const float n2 = team_sum<kLanes>(mask, lane_n2);
+  const float inv_norm = rsqrtf(n2);
+  const float norm = n2 * inv_norm;
+
+  Layout::transform(y, lane, mask);  // z = H (D x), up to Layout's signs
+
+  // Below FLT_MIN the approximate rsqrt is not to be trusted: such a vector (norm < 1.1e-19,
+  // far below fp16's smallest norm) is stored as zero, as is an exact zero one.
+  const bool finite_nonzero = n2 >= FLT_MIN && n2 <= FLT_MAX;  // NaN: false
+  float f[1 << Layout::kSignBits];  // y = P x / ||x||, with each sign the transform left
+  f[0] = finite_nonzero ? hadamard_scale * inv_norm : 0.0f;
+#pragma unroll
+  for (int t = 1; t < (1 << Layout::kSignBits); ++t) {
+    const int top = t >= 4 ? 2 : t >= 2 ? 1 : 0;  // the swap whose upper lanes negate these
+    f[t] = (lane >> top & 1) ? -f[t ^ 1 << top] : f[t ^ 1 << top];
+  }
   LaneSum<kE> c2;
   // Codes enter the words biased (kBias + idx, shifted): start each word at minus the sum of
   // its shifted biases (a compile-time constant), so that only the codes remain.
@@ -217,10 +354,10 @@ __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, 
   for (int e = 0; e < kE; ++e) words[kBits * e / 32] -= CellLut::kBias << (kBits * e % 32);
 #pragma unroll
   for (int e = 0; e < kE; ++e) {
-    const float v = y[e] * f;
+    const float v = y[e] * f[Layout::sign_index(e)];
     const uint32_t biased = lut.biased_code(v);
     c2.add_sq(e, lut.centroid(biased));
-    const int pos = kBits * e;
+    const int pos = kBits * Layout::position(e);
     words[pos / 32] += biased << (pos % 32);  // one LEA; fields are disjoint, so + is |
     if (pos % 32 + kBits > 32) words[pos / 32 + 1] += (biased - CellLut::kBias) >> (32 - pos % 32);
   }
@@ -228,9 +365,9 @@ __device__ __forceinline__ float tq_encode(float (&y)[kDim / kLanes], int lane, 
   if (!finite_nonzero) {
 #pragma unroll
     for (int w = 0; w < kWords; ++w) words[w] = 0u;
-    return isfinite(norm) ? norm : NAN;  // 0 for a zero vector, NaN for inf / NaN input
+    return n2 <= FLT_MAX ? 0.0f : NAN;  // 0 for a zero (or tiny) vector, NaN for inf / NaN input
   }
-  return norm_correction ? norm / sqrtf(recon2) : norm;
+  return norm_correction ? norm * rsqrtf(recon2) : norm;
 }
 
 }  // namespace dev
@@ -244,6 +381,9 @@ template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteArgs a) {
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8;
+  using Layout = dev::TeamLayout<kDim>;
+  constexpr int kChunk = Layout::kChunk;
+  using Input = dev::LaneInput<kE, kF16In, kChunk>;
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
   const int team = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int heads = a.n_kv_heads, nvec = a.tokens * heads;  // the launcher checks it fits an int
@@ -255,10 +395,10 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   // The vector the team loads (its last one once past the end), stepped without divisions.
   const int v0 = min(v, nvec - 1);
   int token = v0 / heads, head = v0 % heads;
-  dev::LaneInput<kE, kF16In> cur;
+  Input cur;
   if (v < warp_end) cur.template load<kDim>(a, token, head, lane);  // in flight during the tables
   uint32_t hmask[kE / 2];
-  dev::load_sign_masks<kE>(a.hadamard_signs, lane, hmask);
+  dev::load_sign_masks<kDim, kE, kChunk>(a.hadamard_signs, lane, hmask);
   static_assert(kWriteThreads >= dev::CellLut::kWords);
   if (threadIdx.x < dev::CellLut::kWords) dev::CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
   __syncthreads();
@@ -269,21 +409,24 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   // One vector: encode now's, load the next (or now's again) into nxt. Once converted, now's raw
   // words are dead; two buffers in turn let nxt be in flight during the encode with no register
   // copies at the back edge.
-  dev::LaneInput<kE, kF16In> other;
-  const auto step = [&](const dev::LaneInput<kE, kF16In>& now, dev::LaneInput<kE, kF16In>& nxt) {
+  Input other;
+  const auto step = [&](const Input& now, Input& nxt) {
     const bool store = v < nvec;
     const bool more = v + stride < nvec;  // else reload this one (unused)
     int next_token = token + stride_tokens, next_head = head + stride_heads;
     if (next_head >= heads) next_head -= heads, ++next_token;
     float y[kE];
-    dev::signed_input<kE, kF16In>(now, hmask, y);
+    dev::signed_input(now, hmask, y);
+    dev::LaneSum<kE> n2;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
     const int32_t sm = now.sm;
     const int vec_head = head;
     if (more) token = next_token, head = next_head;
     nxt.template load<kDim>(a, token, head, lane);
     uint32_t words[kBits];
-    const float stored = dev::tq_encode<kDim, kBits, kLanes>(
-        y, lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, words);
+    const float stored = dev::tq_encode<kDim, kBits, Layout>(
+        y, n2.total(), lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, words);
     if (store && sm >= 0) {
       const uint32_t block = __umulhi(static_cast<uint32_t>(sm), magic) >> magic_shift;
       const int slot = sm - static_cast<int>(block) * cap;
@@ -322,7 +465,7 @@ __device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lan
   // The signs and the cell table are older than the kernel before: loaded before pdl_wait, so
   // their L2 round trip overlaps that kernel's tail instead of following the input's.
   uint32_t hmask[kE / 2];
-  load_sign_masks<kE>(a.hadamard_signs, lane, hmask);
+  load_sign_masks<kDim, kE>(a.hadamard_signs, lane, hmask);
 #pragma unroll
   for (int i = lane; i < CellLut::kWords; i += 32) CellLut::fill(table, a.cell_lut, i);
   const CellLut lut(table, a.cell_lut);
@@ -332,10 +475,10 @@ __device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lan
   __syncwarp();
   if (in.sm < 0) return;  // warp-uniform
   float y[kE];
-  signed_input<kE, kF16In>(in, hmask, y);
+  const float lane_n2 = first_stage<kE, kF16In>(in, hmask, lane, 0xffffffffu, y);
   uint32_t piece[1];  // this lane's kLaneBits <= 32 bits of the bitstream
-  const float stored = tq_encode<kDim, kBits, 32>(y, lane, 0xffffffffu, lut, a.hadamard_scale,
-                                                  a.norm_correction, piece);
+  const float stored = tq_encode<kDim, kBits, WarpLayout<kDim>>(
+      y, lane_n2, lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, piece);
 
   // Word w of the vector's codes gathers the pieces of the lanes whose bits overlap it.
   const int w = lane;
