@@ -14,7 +14,7 @@
 //   launch cost).
 //
 //   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
-//                [--reps 20] [--write 0|1] [--attention 0|1] [--gemv 0|1]
+//                [--reps 20] [--write 0|1] [--write-input f16|f32] [--attention 0|1] [--gemv 0|1]
 // --gemv 1 (default): the quantized-weight GEMV section (gemv_bench.cu) first.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "gemv_bench.h"
@@ -62,7 +63,8 @@ constexpr int kHeads = 32, kKvHeads = 8, kDim = 128, kCap = 32;
 constexpr uint64_t kSeed = 0xbe4c0006u;
 
 // Roughly normal fp16 values (sum of uniforms from a hash), outlier channels on keys.
-__global__ void random_kv_kernel(__half* x, size_t n, uint64_t seed, float outlier) {
+template <class T>
+__global__ void random_kv_kernel(T* x, size_t n, uint64_t seed, float outlier) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     uint64_t h = (i + 1) * 0x9e3779b97f4a7c15ull ^ seed;
@@ -71,7 +73,12 @@ __global__ void random_kv_kernel(__half* x, size_t n, uint64_t seed, float outli
     h ^= h >> 29;
     const float u = ((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) / 65536.0f - 2.0f;
     const int j = static_cast<int>(i % kDim);
-    x[i] = __float2half_rn(u * 1.7f * ((j == 3 || j == 85) ? outlier : 1.0f));
+    const float v = u * 1.7f * ((j == 3 || j == 85) ? outlier : 1.0f);
+    if constexpr (std::is_same_v<T, float>) {
+      x[i] = __half2float(__float2half_rn(v));  // the same values as the fp16 rows
+    } else {
+      x[i] = __float2half_rn(v);
+    }
   }
 }
 
@@ -278,7 +285,7 @@ int main(int argc, char** argv) {
   std::vector<int> batches = {1, 8, 32, 64};
   std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4", "tq4/tq3", "tq3/tq3", "tq2/tq2"};
   int reps = 20;
-  bool write_bench = true, attention_bench = true, gemv = true;
+  bool write_bench = true, attention_bench = true, gemv = true, write_f32 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--out") out_dir = argv[i + 1];
@@ -287,6 +294,7 @@ int main(int argc, char** argv) {
     else if (a == "--formats") formats = parse_list(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--write") write_bench = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--write-input") write_f32 = std::string(argv[i + 1]) == "f32";
     else if (a == "--attention") attention_bench = std::atoi(argv[i + 1]) != 0;
     else if (a == "--gemv") gemv = std::atoi(argv[i + 1]) != 0;
   }
@@ -325,12 +333,16 @@ int main(int argc, char** argv) {
   CK(cudaMalloc(&scratch, scratch_tokens * kKvHeads * kDim * sizeof(__half)));
   CK(cudaMalloc(&d_slots, scratch_tokens * sizeof(int32_t)));
 
-  // --- quantize-on-write bandwidth (65536 tokens x 8 KV heads from fp16) ---
+  // fp32 rows for the bulk write when asked (the model's prefill writes fp32 K/V rows).
+  float* scratch32 = nullptr;
+  if (write_bench && write_f32) CK(cudaMalloc(&scratch32, scratch_tokens * kKvHeads * kDim * sizeof(float)));
+
+  // --- quantize-on-write bandwidth (65536 tokens x 8 KV heads from fp16 or fp32) ---
   FILE* wcsv = std::fopen((out_dir + "/write_bench.csv").c_str(), "w");
   FILE* wcsv_old = std::fopen((out_dir + "/write_bench_legacy.csv").c_str(), "w");
   for (FILE* f : {wcsv, wcsv_old}) std::fprintf(f, "device,format,tokens,time_us,bytes,gbps,frac_copy\n");
-  std::printf("\n## Quantize-on-write, %zu tokens x %d KV heads x %d, fp16 in (old = legacy CPU-order kernel)\n\n",
-              scratch_tokens, kKvHeads, kDim);
+  std::printf("\n## Quantize-on-write, %zu tokens x %d KV heads x %d, %s in (old = legacy CPU-order kernel)\n\n",
+              scratch_tokens, kKvHeads, kDim, write_f32 ? "fp32" : "fp16");
   std::printf("| format | old (us) | new (us) | bytes moved | new GB/s | old of copy | new of copy | speedup |\n"
               "|---|---|---|---|---|---|---|---|\n");
   for (const char* fname : {"f16", "q8_0", "q4_0", "tq4", "tq3", "tq2", "tq4j"}) {
@@ -357,19 +369,23 @@ int main(int argc, char** argv) {
     }();
     for (size_t i = 0; i < scratch_tokens; ++i) slots[i] = table[i / kCap] * kCap + static_cast<int>(i % kCap);
     CK(cudaMemcpy(d_slots, slots.data(), slots.size() * 4, cudaMemcpyHostToDevice));
-    random_kv_kernel<<<1024, 256>>>(scratch, scratch_tokens * kKvHeads * kDim, kSeed, 10.0f);
+    if (write_f32) {
+      random_kv_kernel<<<1024, 256>>>(scratch32, scratch_tokens * kKvHeads * kDim, kSeed, 10.0f);
+    } else {
+      random_kv_kernel<<<1024, 256>>>(scratch, scratch_tokens * kKvHeads * kDim, kSeed, 10.0f);
+    }
     CK(cudaGetLastError());
     QuantizeWriteParams w;
     w.pool = pool;
-    w.x = scratch;
-    w.x_is_f16 = true;
+    w.x = write_f32 ? static_cast<const void*>(scratch32) : static_cast<const void*>(scratch);
+    w.x_is_f16 = !write_f32;
     w.slot_mapping = d_slots;
     w.tokens = static_cast<int>(scratch_tokens);
     w.kernel = WriteKernel::kLegacy;
     const double ms_old = time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
     w.kernel = WriteKernel::kTeam;  // the float32 team kernel (f16 / q8_0 / q4_0 / tq prod: unchanged)
     const double ms = time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
-    const double bytes = static_cast<double>(scratch_tokens) * kKvHeads * (kDim * 2 + f.bytes_per_vector(kDim)) +
+    const double bytes = static_cast<double>(scratch_tokens) * kKvHeads * (kDim * (write_f32 ? 4 : 2) + f.bytes_per_vector(kDim)) +
                          scratch_tokens * 4.0;
     const double gbps = bytes / (ms * 1e-3) / 1e9, gbps_old = bytes / (ms_old * 1e-3) / 1e9;
     std::printf("| %s | %.1f | %.1f | %.0f MB | %.0f | %.2f | %.2f | %.2fx |\n", fname, ms_old * 1e3, ms * 1e3,
@@ -383,6 +399,7 @@ int main(int argc, char** argv) {
   }
   std::fclose(wcsv);
   std::fclose(wcsv_old);
+  if (scratch32 != nullptr) CK(cudaFree(scratch32));
   if (write_bench) decode_write_bench(out_dir, prop.name, books, reps, flush, flush_bytes);
   if (!attention_bench) contexts.clear();
 

@@ -68,7 +68,9 @@ struct LaneInput {
   int32_t sm;  // slot_mapping of the vector's token
 
   template <int kDim>
-  __device__ __forceinline__ void load(const WriteArgs& a, int token, int head, int lane) {
+  // Slot e gets element lane_element(lane, e ^ flip) (flip: a multiple of kChunk).
+  __device__ __forceinline__ void load(const WriteArgs& a, int token, int head, int lane,
+                                       int flip = 0) {
     sm = __ldg(a.slot_mapping + token);
     const size_t off =
         static_cast<size_t>(token) * a.x_token_stride + static_cast<size_t>(head) * kDim;
@@ -76,7 +78,8 @@ struct LaneInput {
         reinterpret_cast<const uint32_t*>(static_cast<const char*>(a.x) + off * (kF16 ? 2 : 4));
 #pragma unroll
     for (int c = 0; c < kE / kChunk; ++c) {
-      const uint32_t* p = row + lane_element<kDim, kE, kChunk>(lane, c * kChunk) / (kF16 ? 2 : 1);
+      const uint32_t* p =
+          row + lane_element<kDim, kE, kChunk>(lane, (c * kChunk) ^ flip) / (kF16 ? 2 : 1);
       uint32_t* d = w + c * kChunkWords;
       if constexpr (kChunkWords % 4 == 0) {  // the launcher checks 16-byte aligned rows
 #pragma unroll
@@ -102,11 +105,11 @@ struct LaneInput {
 // 2m, bit 31 element 2m + 1.
 template <int kDim, int kE, int kChunk = kE>
 __device__ __forceinline__ void load_sign_masks(const float* signs, int lane,
-                                                uint32_t (&hmask)[kE / 2]) {
+                                                uint32_t (&hmask)[kE / 2], int flip = 0) {
 #pragma unroll
   for (int m = 0; m < kE / 2; ++m) {
-    const float s0 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, 2 * m));
-    const float s1 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, 2 * m + 1));
+    const float s0 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, (2 * m) ^ flip));
+    const float s1 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, (2 * m + 1) ^ flip));
     hmask[m] = (s0 < 0.0f ? 0x8000u : 0u) | (s1 < 0.0f ? 0x80000000u : 0u);
   }
 }
@@ -245,8 +248,8 @@ __device__ __forceinline__ float first_stage(const LaneInput<kE, kF16>& in,
 // Where a lane's elements sit, before and after the transform, for tq_encode:
 // - WarpLayout (tq_warp_kernel): kDim / 32 consecutive elements per lane, first_stage then
 //   lane_fwht's other stages;
-// - TeamLayout (tq_team_kernel): lane_element's chunks (kChunk = 8, or 4 for 8 lanes, so that a
-//   warp's loads cover whole sectors), all five in-lane stages, then one swap_stage per lane bit,
+// - TeamLayout (tq_team_kernel): lane_element's chunks of 16 bytes (so that a warp's loads cover
+//   whole sectors), all five in-lane stages, then one swap_stage per lane bit,
 //   which leaves lane l with elements [32 l, 32 l + 32): contiguous codes, one store per lane.
 // position(e): the element's index among the lane's codes after the transform; sign_index(e):
 // which of the lane's 2^kSignBits scale signs its value carries (see swap_stage).
@@ -264,38 +267,65 @@ struct WarpLayout {
 // pairs (l, l ^ m) exchange half their values (one shuffle per two outputs, where a float stage
 // takes two), so that afterwards the lower lane holds the pairs' sums and differences at the old
 // positions with bit k clear, the upper lane those with bit k set (new local bit k = old lane
-// bit, new lane bit = old local bit k). The upper lane's differences come out negated (mine -
-// other, for other - mine): the caller's scale takes the sign back (sign_index).
+// bit, new lane bit = old local bit k). The upper lane comes in with its slots flipped along bit
+// k (slot e holds local position e ^ 1 << k; TeamLayout::flip), so every lane keeps slot e and
+// sends slot e | 1 << k, without a select. Its differences come out negated (mine - other, for
+// other - mine): the caller's scale takes the sign back (sign_index).
 template <int kE>
-__device__ __forceinline__ void swap_stage(float (&y)[kE], int lane, int m, int k) {
-  const bool upper = lane & m;
+__device__ __forceinline__ void swap_stage(float (&y)[kE], int m, int k) {
 #pragma unroll
   for (int e = 0; e < kE; ++e)
     if ((e >> k & 1) == 0) {
       const int e1 = e | 1 << k;
-      const float mine = upper ? y[e1] : y[e], send = upper ? y[e] : y[e1];
-      const float other = __shfl_xor_sync(0xffffffffu, send, m);
+      const float mine = y[e];
+      const float other = __shfl_xor_sync(0xffffffffu, y[e1], m);
       y[e] = __fadd_rn(mine, other);
       y[e1] = __fsub_rn(mine, other);
     }
 }
 
-// Element bits, low to high, before the swaps: d 64: 3 in-chunk, 1 lane, 2 chunk; d 128: 3, 2,
-// 2; d 256 (chunks of 4): 2, 3, 3.
-template <int kDim>
+// A chunk is 16 bytes of input (8 fp16 or 4 fp32 elements), or 4 elements with 8 lanes (d 256),
+// whose three swaps need three chunk-index bits. Element bits, low to high, before the swaps
+// (in-chunk, lane, chunk index): fp16 d 64: 3, 1, 2; d 128: 3, 2, 2; d 256: 2, 3, 3; fp32: 2, then
+// 1 / 2 / 3 lane bits, then 3.
+template <int kDim, bool kF16>
 struct TeamLayout {
   static constexpr int kE = 32, kLanes = kDim / kE;
-  static constexpr int kChunk = kLanes == 8 ? 4 : 8;
+  static constexpr int kChunk = kF16 && kLanes < 8 ? 8 : 4;
   static constexpr int kJBits = kChunk == 8 ? 3 : 2, kCBits = 5 - kJBits;
   static constexpr int kLaneBits = kLanes == 8 ? 3 : kLanes == 4 ? 2 : 1, kSignBits = kLaneBits;
   static_assert(kLanes == 2 || kLanes == 4 || kLanes == 8);
   // Swap i trades lane bit i for local bit swap_bit(i), one of the chunk-index bits, each of
   // which holds the top element bits: so the lanes end up with the top element bits.
   static constexpr int swap_bit(int i) { return kJBits + kCBits - kLaneBits + i; }
-  static __device__ __forceinline__ void transform(float (&y)[kE], int lane, unsigned mask) {
-    lane_fwht<kE, kE>(y, lane, mask);  // the five in-lane stages
+  // The lane's slot flips (see swap_stage): bit swap_bit(i) where lane bit i is set.
+  static __device__ __forceinline__ int flip(int lane) {
+    int x = 0;
 #pragma unroll
-    for (int i = 0; i < kLaneBits; ++i) swap_stage<kE>(y, lane, 1 << i, swap_bit(i));
+    for (int i = 0; i < kLaneBits; ++i) x |= (lane >> i & 1) << swap_bit(i);
+    return x;
+  }
+  // The five in-lane stages, then the swaps. Along a swap bit the upper lane's slots are flipped,
+  // so its stage writes other - mine and mine + other (an FFMA by -1 each, as cheap as the FADD)
+  // and keeps the flip.
+  static __device__ __forceinline__ void transform(float (&y)[kE], int lane, unsigned) {
+#pragma unroll
+    for (int b = 0; b < 5; ++b) {
+      const int h = 1 << b;
+      int i = -1;  // the swap along local bit b, if any
+#pragma unroll
+      for (int j = 0; j < kLaneBits; ++j) i = swap_bit(j) == b ? j : i;
+      const float s = i >= 0 && (lane >> i & 1) ? -1.0f : 1.0f;
+#pragma unroll
+      for (int e = 0; e < kE; ++e)
+        if ((e & h) == 0) {
+          const float p = y[e], q = y[e + h];
+          y[e] = i >= 0 ? fmaf(p, s, q) : __fadd_rn(p, q);
+          y[e + h] = i >= 0 ? fmaf(q, -s, p) : __fsub_rn(p, q);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < kLaneBits; ++i) swap_stage<kE>(y, 1 << i, swap_bit(i));
   }
   // Local chunk bit b held element bit kJBits + kLaneBits + b; swapped, it holds the lane bit's.
   static constexpr int position(int e) {
@@ -381,7 +411,7 @@ template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteArgs a) {
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8;
-  using Layout = dev::TeamLayout<kDim>;
+  using Layout = dev::TeamLayout<kDim, kF16In>;
   constexpr int kChunk = Layout::kChunk;
   using Input = dev::LaneInput<kE, kF16In, kChunk>;
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
@@ -396,9 +426,10 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   const int v0 = min(v, nvec - 1);
   int token = v0 / heads, head = v0 % heads;
   Input cur;
-  if (v < warp_end) cur.template load<kDim>(a, token, head, lane);  // in flight during the tables
+  const int flip = Layout::flip(lane);
+  if (v < warp_end) cur.template load<kDim>(a, token, head, lane, flip);  // during the tables
   uint32_t hmask[kE / 2];
-  dev::load_sign_masks<kDim, kE, kChunk>(a.hadamard_signs, lane, hmask);
+  dev::load_sign_masks<kDim, kE, kChunk>(a.hadamard_signs, lane, hmask, flip);
   static_assert(kWriteThreads >= dev::CellLut::kWords);
   if (threadIdx.x < dev::CellLut::kWords) dev::CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
   __syncthreads();
@@ -423,7 +454,7 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     const int32_t sm = now.sm;
     const int vec_head = head;
     if (more) token = next_token, head = next_head;
-    nxt.template load<kDim>(a, token, head, lane);
+    nxt.template load<kDim>(a, token, head, lane, flip);
     uint32_t words[kBits];
     const float stored = dev::tq_encode<kDim, kBits, Layout>(
         y, n2.total(), lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, words);
