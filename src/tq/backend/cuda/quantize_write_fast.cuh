@@ -17,12 +17,13 @@
 // their fp16 rounding. Edge cases the float32 norm sees differently: an fp32 input with |x| >
 // ~1e19 (x^2 overflows: stored NaN, the CPU stores the saturated norm) or a whole vector with
 // ||x||^2 below FLT_MIN (||x|| < ~1.1e-19: stored as zero).
-// Cost (SASS, team kernel loop, fp16 in, d = 128, tq4): ~113 warp instructions per vector, 4.5
-// shuffles (TeamLayout: in-lane stages, then swap stages), against ~116 and 8.5 with 32
-// consecutive elements per lane and two float stages through shuffles (the code before
-// 2026-12-03), 153 with the earlier register + shared-memory search tree; the legacy kernel takes
-// ~221 plus float64 conversions and DFMAs. Bulk write of 65536 tokens x 8 heads x 128 on an H200:
-// 84.2 -> 73.3 us (0.47 -> 0.54 of copy), docs/benchmarks.md.
+// Cost (SASS, team kernel loop, fp16 in, d = 128, tq4): ~106 warp instructions per vector, 4.5
+// of them shuffles (TeamLayout: 16-byte chunks interleaved across the team, in-lane stages, then
+// select-free swap stages; one rsqrt), against ~116 and 8.5 with 32 consecutive elements per lane
+// and two float stages through shuffles (the code before 2026-12-03), 153 with the earlier
+// register + shared-memory search tree; the legacy kernel takes ~221 plus float64 conversions and
+// DFMAs. Bulk write of 65536 tokens x 8 heads x 128 on an H200 (docs/benchmarks.md): fp16 in
+// 84.3 -> 71.3 us (0.47 -> 0.56 of copy), fp32 in 137.0 -> 106.8 us (0.52 -> 0.66).
 #pragma once
 
 #include <cfloat>
