@@ -294,9 +294,24 @@ int main(int argc, char** argv) {
     else if (a == "--formats") formats = parse_list(argv[i + 1]);
     else if (a == "--reps") reps = std::atoi(argv[i + 1]);
     else if (a == "--write") write_bench = std::atoi(argv[i + 1]) != 0;
-    else if (a == "--write-input") write_f32 = std::string(argv[i + 1]) == "f32";
+    else if (a == "--write-input") {
+      const std::string v = argv[i + 1];
+      if (v != "f16" && v != "f32") {
+        std::fprintf(stderr, "tq_gpu_bench: --write-input takes f16 or f32, not '%s'\n", v.c_str());
+        return 1;
+      }
+      write_f32 = v == "f32";
+    }
     else if (a == "--attention") attention_bench = std::atoi(argv[i + 1]) != 0;
     else if (a == "--gemv") gemv = std::atoi(argv[i + 1]) != 0;
+    else {
+      std::fprintf(stderr, "tq_gpu_bench: unknown option '%s'\n", a.c_str());
+      return 1;
+    }
+  }
+  if (argc % 2 == 0) {
+    std::fprintf(stderr, "tq_gpu_bench: option '%s' needs a value\n", argv[argc - 1]);
+    return 1;
   }
 
   cudaDeviceProp prop{};

@@ -68,8 +68,8 @@ struct LaneInput {
   uint32_t w[kWords];
   int32_t sm;  // slot_mapping of the vector's token
 
-  template <int kDim>
   // Slot e gets element lane_element(lane, e ^ flip) (flip: a multiple of kChunk).
+  template <int kDim>
   __device__ __forceinline__ void load(const WriteArgs& a, int token, int head, int lane,
                                        int flip = 0) {
     sm = __ldg(a.slot_mapping + token);
@@ -369,6 +369,7 @@ __device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2
   // Below FLT_MIN the approximate rsqrt is not to be trusted: such a vector (norm < 1.1e-19,
   // far below fp16's smallest norm) is stored as zero, as is an exact zero one.
   const bool finite_nonzero = n2 >= FLT_MIN && n2 <= FLT_MAX;  // NaN: false
+  static_assert(Layout::kSignBits <= 3);                       // `top` below
   float f[1 << Layout::kSignBits];  // y = P x / ||x||, with each sign the transform left
   f[0] = finite_nonzero ? hadamard_scale * inv_norm : 0.0f;
 #pragma unroll
