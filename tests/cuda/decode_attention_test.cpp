@@ -98,12 +98,18 @@ struct AttnCase {
   bool window;
   int group;
   int block_tokens = 32;  // 32 takes the kernels specialised for 32-token pages (head dim 128)
+  // The long sequence's length and the split cap: 17000 tokens in one split is 532 pages, more
+  // than the kernel lists in shared memory (kAttnPages), so the rest come from the block table.
+  int long_len = 2100;
+  int max_splits = 5;
 };
 
 std::string case_name(const testing::TestParamInfo<AttnCase>& i) {
   return std::string(i.param.k) + "_" + i.param.v + "_d" + std::to_string(i.param.dim) +
          (i.param.window ? "_window" : "") + "_g" + std::to_string(i.param.group) + "_b" +
-         std::to_string(i.param.block_tokens);
+         std::to_string(i.param.block_tokens) +
+         (i.param.long_len != 2100 ? "_len" + std::to_string(i.param.long_len) : "") +
+         (i.param.max_splits != 5 ? "_splits" + std::to_string(i.param.max_splits) : "");
 }
 
 class DecodeAttention : public testing::TestWithParam<AttnCase> {};
@@ -113,7 +119,7 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   const AttnCase c = GetParam();
   const quant::Format kf = *quant::parse_format(c.k), vf = *quant::parse_format(c.v);
   const int dim = c.dim, kv_heads = 2, n_heads = kv_heads * c.group, kCap = c.block_tokens;
-  const std::vector<int> main_len = {1, 77, 2100, 0};
+  const std::vector<int> main_len = {1, 77, c.long_len, 0};
   const std::vector<int> win_len = {5, 0, 33, 9};
   const int n_seqs = c.window ? 4 : 3;
   const std::vector<int> lens_main(main_len.begin(), main_len.begin() + n_seqs);
@@ -174,7 +180,7 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   DeviceBuffer dout = DeviceBuffer::from(std::vector<float>(q.size(), NAN));  // poisoned
   p.q = dq.get<float>();
   p.out = dout.get<float>();
-  p.max_splits = 5;  // forces several splits on the long sequence (exercises the merge)
+  p.max_splits = c.max_splits;  // 5: several splits on the long sequence (exercises the merge)
   auto ws_bytes = decode_attention_workspace_bytes(p);
   ASSERT_TRUE(ws_bytes.ok()) << ws_bytes.status().to_string();
   DeviceBuffer ws(*ws_bytes);
@@ -300,7 +306,8 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{"tq4", "tq3", 64, false, 3},
                     AttnCase{"tq4j", "tq3", 128, false, 4}, AttnCase{"tq3j", "tq2", 64, true, 4},
                     AttnCase{"tq3", "tq4", 128, false, 1}, AttnCase{"tq4", "tq4", 128, true, 4, 64},
-                    AttnCase{"tq3", "tq2", 128, false, 4, 96}),
+                    AttnCase{"tq3", "tq2", 128, false, 4, 96},
+                    AttnCase{"tq4", "tq3", 128, false, 4, 32, 17000, 1}),
     case_name);
 
 TEST(DecodeAttentionApi, ReportsUnsupportedCombinations) {

@@ -60,6 +60,10 @@ struct AttnArgs {
   int tokens_per_split;
   int split_offset;  // first split index of this segment
   int splits_total;
+  // Always 0. The pipelined loop adds `code & zero` to the next step's addresses: a data
+  // dependence that keeps those loads after the current step's first use of its codes (see
+  // attention_kernel).
+  uint32_t zero;
 };
 
 inline constexpr int kAttnWarps = 4;
@@ -89,6 +93,10 @@ struct AttnTables {
   static constexpr int kBytes = (kRowsKV + KF::kSignTableRows) * 256;
 };
 
+// Pages of a split listed in shared memory (kPagePipe instances): 16k tokens of 32-token pages;
+// a longer split reads the rest from the block table.
+inline constexpr int kAttnPages = 512;
+
 template <int kDim>
 constexpr int attn_reduce_bytes() {
   return kAttnWarps * 8 * kDim * 4 + kAttnWarps * 8 * 2 * 4;
@@ -101,8 +109,13 @@ constexpr int attn_query_offset() {
 }
 
 template <class KF, class VF, int kDim>
+constexpr int attn_pages_offset() {
+  return attn_query_offset<KF, VF>() + 8 * kDim * 2;
+}
+
+template <class KF, class VF, int kDim>
 constexpr int attn_smem_bytes() {
-  const int t = attn_query_offset<KF, VF>() + 8 * kDim * 2;
+  const int t = attn_pages_offset<KF, VF, kDim>() + kAttnPages * 4;
   const int r = attn_reduce_bytes<kDim>();
   return t > r ? t : r;
 }
@@ -155,7 +168,7 @@ constexpr bool attn_pipeline_keys() {
 // session 8), whose decode is the shortest.
 template <class KF, class VF>
 constexpr bool attn_pipeline_values() {
-  return attn_pipeline_keys<KF>() && VF::kCodeBits != 2;
+  return attn_pipeline_keys<KF>();
 }
 template <class KF>
 constexpr int attn_min_blocks() {
@@ -209,6 +222,11 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       return __ldg(table + bi);
     }
   };
+  constexpr bool kPipe = attn_pipeline_keys<KF>();
+  // Pipelined instances whose steps are whole pages take the next step's page from a list in
+  // shared memory (filled once per CTA), so its loads wait for no block-table read.
+  constexpr bool kPagePipe = kPipe && kCap == kStep;
+  constexpr int kStride = kAttnWarps * kStep;
   using KRaw = typename KF::template Raw<kKN>;
   using VRaw = typename VF::template Raw<kVN>;
   // One step's packed operands: the key codes (token 8j + g) and raw fp16 norms, the value codes
@@ -223,39 +241,62 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   };
   // The key codes and norms of one step. Slots past `valid` may hold stale bytes (even NaN
   // norms): zeroed.
-  const auto load_keys = [&](int tok0, auto full_tag, Ahead& keys) {
+  const auto k_base = [&](int page) {
+    return a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
+           static_cast<size_t>(kvh) * a.k_head_stride;
+  };
+  const auto v_base = [&](int page) {
+    return a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
+           static_cast<size_t>(kvh) * a.v_head_stride;
+  };
+  // Pipelined (tq) formats place a token's codes and norm linearly in its slot and chunk
+  // (TqFmt::code_offset, scale_raw): with slot0 == 0 (every step one page) a lane folds its own
+  // slot and chunk into the pointer and each load is that pointer plus an immediate, where a
+  // generic address costs a 64-bit add per load.
+  constexpr bool kLinearK = kPagePipe;
+  constexpr bool kLinearV = kPagePipe && VF::kTokenScale;
+  const auto load_keys = [&](int tok0, const uint8_t* kb, int slot0, auto full_tag, Ahead& keys) {
     constexpr bool kFull = decltype(full_tag)::value;
-    int slot0;
-    const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
-    const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
-                        static_cast<size_t>(kvh) * a.k_head_stride;
+    const uint8_t* kl = kb;
+    [[maybe_unused]] const uint8_t* nl = kb;
+    int ls = slot0 + g, lc = t;  // this lane's slot and chunk, where not in the pointers
+    if constexpr (kLinearK) {
+      kl = kb + KF::template code_offset<kKN>(g, t);
+      nl = kb + 2 * g;
+      ls = 0, lc = 0;
+    }
 #pragma unroll
     for (int j = 0; j < kNT; ++j) {
       if (kFull || 8 * j + g < valid)
-        KF::template load<kKN>(keys.kr[j], kb, cap, slot0 + 8 * j + g, t);
+        KF::template load<kKN>(keys.kr[j], kl, cap, ls + 8 * j, lc);
       else
         keys.kr[j].zero();
       keys.ksr[j] = 0u;
       if constexpr (KF::kTokenScale)
-        if (kFull || 8 * j + g < valid) keys.ksr[j] = KF::scale_raw(kb, cap, slot0 + 8 * j + g);
+        if (kFull || 8 * j + g < valid) keys.ksr[j] = KF::scale_raw(nl, cap, ls + 8 * j);
     }
   };
   // The value codes and norms of one step (as load_keys).
-  const auto load_vals = [&](int tok0, auto full_tag, Ahead& vals) {
+  const auto load_vals = [&](int tok0, const uint8_t* vb, int slot0, auto full_tag, Ahead& vals) {
     constexpr bool kFull = decltype(full_tag)::value;
-    int slot0;
-    const int page = block_of(tok0, &slot0);
     const int valid = kFull ? kStep : end - tok0;
-    const uint8_t* vb = a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
-                        static_cast<size_t>(kvh) * a.v_head_stride;
+    const uint8_t* vl = vb;
+    [[maybe_unused]] const uint8_t* nl = vb;
+    int ls = slot0 + 2 * t, lc = g;  // as in load_keys
+    [[maybe_unused]] int ns = slot0 + g;
+    if constexpr (kLinearV) {
+      vl = vb + VF::template code_offset<kVN>(2 * t, g);
+      nl = vb + 2 * g;
+      ls = 0, lc = 0, ns = 0;
+    }
 #pragma unroll
     for (int h = 0; h < kNH; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int tok = 16 * h + 2 * t + (e & 1) + 8 * (e >> 1);
         if (kFull || tok < valid)
-          VF::template load<kVN>(vals.vr[h][e], vb, cap, slot0 + tok, g);
+          VF::template load<kVN>(vals.vr[h][e], vl, cap, ls + 16 * h + (e & 1) + 8 * (e >> 1), lc);
         else
           vals.vr[h][e].zero();
       }
@@ -263,7 +304,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     for (int j = 0; j < kNT; ++j) {
       vals.vsr[j] = 0u;
       if constexpr (VF::kTokenScale)
-        if (kFull || 8 * j + g < valid) vals.vsr[j] = VF::scale_raw(vb, cap, slot0 + 8 * j + g);
+        if (kFull || 8 * j + g < valid) vals.vsr[j] = VF::scale_raw(nl, cap, ns + 8 * j);
     }
   };
   using Tab = AttnTables<KF, VF>;
@@ -283,23 +324,37 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     if constexpr (kVTab) vfill.store(v_table, Tab::kVHalf);
     if constexpr (kQjl) sfill.store(s_table, 0);
   }
+  // The split's pages (block tables are older than the K/V write too); read after the
+  // __syncthreads below.
+  constexpr int kPage = kCap > 0 ? kCap : 1;  // (kPagePipe instances only)
+  int* pages_sh = reinterpret_cast<int*>(smem + attn_pages_offset<KF, VF, kDim>());
+  if constexpr (kPagePipe) {
+    const int n = min((end - begin + kPage - 1) / kPage, kAttnPages);
+    for (int i = threadIdx.x; i < n; i += kAttnThreads) pages_sh[i] = __ldg(table + begin / kPage + i);
+  }
+  // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
+  [[maybe_unused]] const auto page_at = [&](int tok) {
+    const int i = static_cast<int>(static_cast<unsigned>(tok - begin) / kPage);
+    return i < kAttnPages ? pages_sh[i] : __ldg(table + begin / kPage + i);
+  };
   dev::pdl_wait();  // the K/V write (and the queries' RoPE before it) have completed
   // The first step's key codes are requested before the queries are prepared and the block
   // synchronises, so their DRAM latency hides behind that work (at short contexts a split is
   // one or two steps).
-  constexpr bool kPipe = attn_pipeline_keys<KF>();
   // Values ahead only where every step is one page: the generic-page instances would spill.
   constexpr bool kPipeV = attn_pipeline_values<KF, VF>() && kCap == kStep;
   [[maybe_unused]] Ahead first;
   if constexpr (kPipe) {
     const int tok0 = begin + warp * kStep;
     if (tok0 < end) {
+      int slot0;
+      const int page = block_of(tok0, &slot0);
       if (end - tok0 >= kStep) {
-        load_keys(tok0, std::true_type{}, first);
-        if constexpr (kPipeV) load_vals(tok0, std::true_type{}, first);
+        load_keys(tok0, k_base(page), slot0, std::true_type{}, first);
+        if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::true_type{}, first);
       } else {
-        load_keys(tok0, std::false_type{}, first);
-        if constexpr (kPipeV) load_vals(tok0, std::false_type{}, first);
+        load_keys(tok0, k_base(page), slot0, std::false_type{}, first);
+        if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::false_type{}, first);
       }
     }
   }
@@ -356,15 +411,14 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   const auto step = [&](int tok0, auto full_tag, Ahead& cur, Ahead& nxt) {
     constexpr bool kFull = decltype(full_tag)::value;
     [[maybe_unused]] Ahead own;  // the step's own operands where not pipelined
-    if constexpr (!kPipe) load_keys(tok0, full_tag, own);
-    if constexpr (!kPipeV) load_vals(tok0, full_tag, own);
-    const Ahead& keys = kPipe ? cur : own;
-    const Ahead& vals = kPipeV ? cur : own;
     int slot0;
     const int page = block_of(tok0, &slot0);
+    if constexpr (!kPipe) load_keys(tok0, k_base(page), slot0, full_tag, own);
+    if constexpr (!kPipeV) load_vals(tok0, v_base(page), slot0, full_tag, own);
+    const Ahead& keys = kPipe ? cur : own;
+    const Ahead& vals = kPipeV ? cur : own;
     const int valid = kFull ? kStep : end - tok0;
-    [[maybe_unused]] const uint8_t* kb = a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
-                                         static_cast<size_t>(kvh) * a.k_head_stride;
+    [[maybe_unused]] const uint8_t* kb = k_base(page);
     [[maybe_unused]] typename dev::SignsOf<KF, kKN>::type sr[kNT];
     [[maybe_unused]] float rs[kNT];
     if constexpr (kQjl) {
@@ -379,12 +433,25 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       }
     }
 
-    const int next = tok0 + kAttnWarps * kStep;
+    // The next step's loads. Every global load of the loop shares one scoreboard, and a use of
+    // a loaded register waits until all loads on it have landed: loads issued before the first
+    // use of this step's codes would make that use wait for them, a whole memory latency per
+    // step (ncu: a quarter of the warps' stalls). `dep` (0) ties their addresses to this
+    // step's first key word, so they issue after that wait.
+    const int next = tok0 + kStride;
+    int page_n = 0, slot_n = 0;
+    if constexpr (kPagePipe) {
+      page_n = page_at(min(next, end - 1)) + static_cast<int>(cur.kr[0].s.w[0] & a.zero);
+    } else if (kPipe && next < end) {
+      page_n = block_of(next, &slot_n);
+    }
+    const uint8_t* kb_n = k_base(page_n);
+    [[maybe_unused]] const uint8_t* vb_n = v_base(page_n);
     if (kPipe && next < end) {
       if (end - next >= kStep)
-        load_keys(next, std::true_type{}, nxt);
+        load_keys(next, kb_n, slot_n, std::true_type{}, nxt);
       else
-        load_keys(next, std::false_type{}, nxt);
+        load_keys(next, kb_n, slot_n, std::false_type{}, nxt);
     }
 
     // S^T = K Q^T, one m16n8k16 per 16-token tile tt and 16 dims: rows (A) are tokens
@@ -433,9 +500,9 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     // The next step's values, now that the decoded keys' registers are free.
     if (kPipeV && next < end) {
       if (end - next >= kStep)
-        load_vals(next, std::true_type{}, nxt);
+        load_vals(next, vb_n, slot_n, std::true_type{}, nxt);
       else
-        load_vals(next, std::false_type{}, nxt);
+        load_vals(next, vb_n, slot_n, std::false_type{}, nxt);
     }
 
     // Online softmax of heads 2t, 2t + 1 over the step: this lane's tokens, then the 8 lanes of
@@ -512,7 +579,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       // Full steps two at a time with the buffers' roles swapped, so the operands in flight are
       // never copied between registers (a move would also wait for the load); only a warp's
       // last step can be partial.
-      constexpr int kStride = kAttnWarps * kStep;
       Ahead ka = first, kb;
       for (;;) {
         if (end - tok0 < kStep) break;
@@ -528,7 +594,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       if (tok0 < end) step(tok0, std::false_type{}, ka, kb);
     } else {
       Ahead unused;
-      for (; tok0 < end; tok0 += kAttnWarps * kStep) {
+      for (; tok0 < end; tok0 += kStride) {
         if (end - tok0 >= kStep)
           step(tok0, std::true_type{}, unused, unused);
         else

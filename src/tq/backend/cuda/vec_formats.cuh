@@ -159,10 +159,16 @@ struct TqFmt {
     __device__ __forceinline__ void zero() { s.zero(); }
   };
 
+  // Byte offset of chunk c (kN dims) of token slot in a block: linear in both, so a caller can
+  // fold a lane's part into its pointer and keep the rest as load immediates.
+  template <int kN>
+  static constexpr __host__ __device__ int code_offset(int slot, int c) {
+    return slot * kCodeBytes + c * (kN * kBits / 8);
+  }
   template <int kN>
   static __device__ __forceinline__ void load(Raw<kN>& r, const uint8_t* blk, int, int slot,
                                               int c) {
-    r.s.load(blk + slot * kCodeBytes + c * (kN * kBits / 8));
+    r.s.load(blk + code_offset<kN>(slot, c));
   }
   template <int kN, int kOff>
   static __device__ __forceinline__ void decode(const Raw<kN>& r, uint32_t lane_off,
