@@ -163,9 +163,10 @@ template <class KF>
 constexpr bool attn_pipeline_keys() {
   return KF::kTokenScale;
 }
-// Values loaded a step ahead as well (after the step's S product): measured faster with 3- and
-// 4-bit values (tq4/tq3 at 32k +3-5%), slower with 2-bit ones (tq2/tq2 -2-6%, docs/benchmarks.md
-// session 8), whose decode is the shortest.
+// Values loaded a step ahead as well (after the step's S product). 2-bit values were measured
+// slower that way (session 8) while the next step's loads made the current step wait for them
+// (one scoreboard for every load); since the loads issue after the step's first use of its
+// codes, 1.23x faster at 32k batch 8 (docs/benchmarks.md, session 12).
 template <class KF, class VF>
 constexpr bool attn_pipeline_values() {
   return attn_pipeline_keys<KF>();
