@@ -100,16 +100,18 @@ struct AttnCase {
   int block_tokens = 32;  // 32 takes the kernels specialised for 32-token pages (head dim 128)
   // The long sequence's length and the split cap: 17000 tokens in one split is 532 pages, more
   // than the kernel lists in shared memory (kAttnPages), so the rest come from the block table.
-  int long_len = 2100;
-  int max_splits = 5;
+  static constexpr int kLongLen = 2100, kMaxSplits = 5;  // several splits (exercises the merge)
+  int long_len = kLongLen;
+  int max_splits = kMaxSplits;
 };
 
 std::string case_name(const testing::TestParamInfo<AttnCase>& i) {
   return std::string(i.param.k) + "_" + i.param.v + "_d" + std::to_string(i.param.dim) +
          (i.param.window ? "_window" : "") + "_g" + std::to_string(i.param.group) + "_b" +
          std::to_string(i.param.block_tokens) +
-         (i.param.long_len != 2100 ? "_len" + std::to_string(i.param.long_len) : "") +
-         (i.param.max_splits != 5 ? "_splits" + std::to_string(i.param.max_splits) : "");
+         (i.param.long_len != AttnCase::kLongLen ? "_len" + std::to_string(i.param.long_len) : "") +
+         (i.param.max_splits != AttnCase::kMaxSplits ? "_splits" + std::to_string(i.param.max_splits)
+                                                     : "");
 }
 
 class DecodeAttention : public testing::TestWithParam<AttnCase> {};
@@ -180,7 +182,7 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   DeviceBuffer dout = DeviceBuffer::from(std::vector<float>(q.size(), NAN));  // poisoned
   p.q = dq.get<float>();
   p.out = dout.get<float>();
-  p.max_splits = c.max_splits;  // 5: several splits on the long sequence (exercises the merge)
+  p.max_splits = c.max_splits;
   auto ws_bytes = decode_attention_workspace_bytes(p);
   ASSERT_TRUE(ws_bytes.ok()) << ws_bytes.status().to_string();
   DeviceBuffer ws(*ws_bytes);

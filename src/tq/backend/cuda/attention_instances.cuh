@@ -31,7 +31,7 @@ struct AttnInstanceList {
 template <class KF, class VF, int kDim, int kCap>
 Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream,
                         bool pdl) {
-  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim>();
+  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap>();
   const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
   if (kSmem > 48 * 1024)
     TQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
@@ -43,7 +43,7 @@ Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seq
 
 template <class KF, class VF, int kDim, int kCap>
 int attention_occupancy() {
-  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim>();
+  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap>();
   const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
   if (kSmem > 48 * 1024 &&
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess)

@@ -93,9 +93,22 @@ struct AttnTables {
   static constexpr int kBytes = (kRowsKV + KF::kSignTableRows) * 256;
 };
 
-// Pages of a split listed in shared memory (kPagePipe instances): 16k tokens of 32-token pages;
-// a longer split reads the rest from the block table.
+// tq keys are small: the next step's codes and norms are loaded while the current step computes
+// (software pipelining), with registers capped for 3 CTAs per SM. Wide rows (f16, q8_0, q4_0)
+// load at the step start instead and keep the compiler's register choice.
+template <class KF>
+constexpr bool attn_pipeline_keys() {
+  return KF::kTokenScale;
+}
+
+// Pipelined instances whose steps are whole pages (kCap == the step) list their split's pages in
+// shared memory, kAttnPages of them (16k tokens of 32-token pages; a longer split reads the rest
+// from the block table), so the next step's loads wait for no block-table read.
 inline constexpr int kAttnPages = 512;
+template <class KF, class VF, int kCap>
+constexpr bool attn_page_list() {
+  return attn_pipeline_keys<KF>() && kCap == attn_step_tokens<KF, VF>();
+}
 
 template <int kDim>
 constexpr int attn_reduce_bytes() {
@@ -113,9 +126,9 @@ constexpr int attn_pages_offset() {
   return attn_query_offset<KF, VF>() + 8 * kDim * 2;
 }
 
-template <class KF, class VF, int kDim>
+template <class KF, class VF, int kDim, int kCap>
 constexpr int attn_smem_bytes() {
-  const int t = attn_pages_offset<KF, VF, kDim>() + kAttnPages * 4;
+  const int t = attn_pages_offset<KF, VF, kDim>() + (attn_page_list<KF, VF, kCap>() ? kAttnPages * 4 : 0);
   const int r = attn_reduce_bytes<kDim>();
   return t > r ? t : r;
 }
@@ -156,13 +169,6 @@ __device__ __forceinline__ float fast_exp2(float x) {  // 2^x, ex2.approx.ftz (-
   return y;
 }
 
-// tq keys are small: the next step's codes and norms are loaded while the current step computes
-// (software pipelining), with registers capped for 3 CTAs per SM. Wide rows (f16, q8_0, q4_0)
-// load at the step start instead and keep the compiler's register choice.
-template <class KF>
-constexpr bool attn_pipeline_keys() {
-  return KF::kTokenScale;
-}
 // Values loaded a step ahead as well (after the step's S product). 2-bit values were measured
 // slower that way (session 8) while the next step's loads made the current step wait for them
 // (one scoreboard for every load); since the loads issue after the step's first use of its
@@ -224,9 +230,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
   };
   constexpr bool kPipe = attn_pipeline_keys<KF>();
-  // Pipelined instances whose steps are whole pages take the next step's page from a list in
-  // shared memory (filled once per CTA), so its loads wait for no block-table read.
-  constexpr bool kPagePipe = kPipe && kCap == kStep;
+  constexpr bool kPagePipe = attn_page_list<KF, VF, kCap>();
   constexpr int kStride = kAttnWarps * kStep;
   using KRaw = typename KF::template Raw<kKN>;
   using VRaw = typename VF::template Raw<kVN>;
@@ -437,8 +441,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     // The next step's loads. Every global load of the loop shares one scoreboard, and a use of
     // a loaded register waits until all loads on it have landed: loads issued before the first
     // use of this step's codes would make that use wait for them, a whole memory latency per
-    // step (ncu: a quarter of the warps' stalls). `dep` (0) ties their addresses to this
-    // step's first key word, so they issue after that wait.
+    // step (ncu: a quarter of the warps' stalls). `code & a.zero` (0) ties their addresses to
+    // this step's first key word, so they issue after that wait.
     const int next = tok0 + kStride;
     int page_n = 0, slot_n = 0;
     if constexpr (kPagePipe) {
