@@ -45,7 +45,8 @@ TEST(KvConfig, ParsesCliOptions) {
   for (const KvOption& o : kv_option_table()) {
     KvConfig x;
     const std::string value =
-        std::string(o.long_name).find("type") != std::string::npos ? "q4_0"
+        o.long_name == "--kv-layer-types"                            ? "0:q4_0"
+        : std::string(o.long_name).find("type") != std::string::npos ? "q4_0"
         : o.long_name == "--kv-norm-correction" || o.long_name == "--kv-key-centering" ||
                 o.long_name == "--kv-key-scaling" || o.long_name == "--kv-value-scaling"
             ? "on"
@@ -75,6 +76,63 @@ TEST(KvConfig, RejectsBadOptionsWithClearErrors) {
   c.k_format = *quant::parse_format("q4_0");
   EXPECT_EQ(c.validate_for(4, 80).code(), StatusCode::kUnsupported);  // 80 % 32 != 0
   EXPECT_TRUE(c.validate_for(4, 96).ok());
+}
+
+TEST(KvConfig, LayerTypesOverrideBoundaryAndDefaults) {
+  const Opts opts = {{"-ctk", "tq3"},
+                     {"-ctv", "tq2"},
+                     {"--kv-boundary-layers", "1"},
+                     {"--kv-boundary-type", "q8_0"},
+                     {"--kv-layer-types", "0:f16,2-3:tq4/tq4,3:tq8/tq2"}};
+  auto c = parse_kv_options(opts);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  ASSERT_EQ(c->layer_types.size(), 3u);
+  EXPECT_EQ(c->layer_types[1].first, 2);
+  EXPECT_EQ(c->layer_types[1].last, 3);
+  const int n = 5;
+  // Layer 0: the range beats the boundary; 1: -ctk/-ctv; 2: its range; 3: the later range
+  // wins; 4: boundary.
+  const char* want[n][2] = {
+      {"f16", "f16"}, {"tq3", "tq2"}, {"tq4", "tq4"}, {"tq8", "tq2"}, {"q8_0", "q8_0"}};
+  for (int l = 0; l < n; ++l) {
+    EXPECT_EQ(c->formats_for(l, n).k.name(), want[l][0]) << l;
+    EXPECT_EQ(c->formats_for(l, n).v.name(), want[l][1]) << l;
+  }
+  // Layer 0 stores f16 keys: no centering there.
+  EXPECT_FALSE(c->centers_keys(0, n));
+  EXPECT_TRUE(c->centers_keys(1, n));
+  EXPECT_TRUE(c->validate_for(n, 64).ok());
+  EXPECT_EQ(c->to_string(),
+            "k=tq3 v=tq2 window=0 sinks=0 boundary=1:q8_0 layers=0:f16/f16,2-3:tq4/tq4,3:tq8/tq2 "
+            "norm_correction=on key_centering=on block=32 seed=0x7475726271756e74");
+  // A layer past the model's is an error naming the model's layers.
+  const Status s = c->validate_for(3, 64);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("layer 3 does not exist (the model has 3 layers, 0-2)"),
+            std::string::npos)
+      << s.to_string();
+  // "none" clears an earlier list.
+  KvConfig x = *c;
+  ASSERT_TRUE(apply_kv_option(x, "--kv-layer-types", "none").ok());
+  EXPECT_TRUE(x.layer_types.empty());
+  EXPECT_EQ(x.formats_for(0, n).k.name(), "q8_0");
+}
+
+TEST(KvConfig, RejectsBadLayerTypes) {
+  const std::pair<const char*, const char*> bad[] = {
+      {"", "is not RANGE:FORMAT"},      {"3", "is not RANGE:FORMAT"},
+      {":q8_0", "is not RANGE:FORMAT"}, {"1:q8_0,", "is not RANGE:FORMAT"},
+      {"5-2:q8_0", "is empty"},         {"x:q8_0", "not an integer"},
+      {"-1:q8_0", "not an integer"},    {"1-:q8_0", "not an integer"},
+      {"4096:q8_0", "out of range"},    {"1:q5_1", "unknown KV format 'q5_1'"},
+      {"1:tq4/", "unknown KV format"},
+  };
+  for (const auto& [value, needle] : bad) {
+    auto c = parse_kv_options(Opts{{"--kv-layer-types", value}});
+    ASSERT_FALSE(c.ok()) << value;
+    EXPECT_NE(c.status().message().find(needle), std::string::npos)
+        << value << ": " << c.status().to_string();
+  }
 }
 
 TEST(KvConfig, BoundaryLayersAndSeeds) {
@@ -149,6 +207,22 @@ TEST(KvBytes, WindowAndSinksAmortizedAndBoundaryCounted) {
   EXPECT_DOUBLE_EQ(b->amortized, (900 * compressed + 100 * b->f16 + 3072) / 1000);
   // A context shorter than window + sinks is all f16 (plus the key means).
   EXPECT_DOUBLE_EQ(kv_bytes_per_token(c, s, 50)->amortized, b->f16 + 3072.0 / 50);
+}
+
+TEST(KvBytes, LayerTypesCounted) {
+  const AttentionShape s = shape_128();  // 3 layers, 2 KV heads, d 128
+  KvConfig c;
+  c.k_format = *quant::parse_format("tq4");
+  c.v_format = *quant::parse_format("tq3");
+  c.layer_types = {{0, 0, {quant::kFormatF16, *quant::parse_format("q8_0")}},
+                   {2, 2, {*quant::parse_format("tq2"), *quant::parse_format("tq2")}}};
+  auto b = kv_bytes_per_token(c, s, 512);
+  ASSERT_TRUE(b.ok());
+  // Per KV head: layer 0 f16 K (256) + q8_0 V (136), layer 1 tq4 + tq3 (66 + 50), layer 2
+  // tq2 + tq2 (34 + 34).
+  EXPECT_DOUBLE_EQ(b->compressed, s.n_kv_heads * ((256 + 136) + (66 + 50) + (34 + 34)));
+  // Key means only where keys are compressed: layers 1 and 2.
+  EXPECT_EQ(b->sequence, size_t{2 * 2 * 128 * 4});
 }
 
 // Value scales are one f32 per element of a value per layer (with compressed values) and KV

@@ -649,6 +649,36 @@ TEST(PagedKv, BoundaryLayersGetTheirFormat) {
   EXPECT_TRUE(saw_q8);
 }
 
+TEST(PagedKv, LayerTypesGetTheirFormats) {
+  AttentionShape s = small_shape();
+  s.n_layers = 4;
+  KvConfig c = config_kv("tq3", "tq2");
+  c.boundary_layers = 1;
+  c.boundary_format = *quant::parse_format("q8_0");
+  auto parsed = parse_kv_options(
+      std::vector<std::pair<std::string, std::string>>{{"--kv-layer-types", "1:tq4/f16,3:tq8"}}, c);
+  ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+  auto cache = make_cache(s, *parsed);
+  ASSERT_TRUE(cache);
+  const char* want[4][2] = {{"q8_0", "q8_0"}, {"tq4", "f16"}, {"tq3", "tq2"}, {"tq8", "tq8"}};
+  for (int l = 0; l < s.n_layers; ++l) {
+    EXPECT_EQ(cache->codec(l, false).format().name(), want[l][0]) << l;
+    EXPECT_EQ(cache->codec(l, true).format().name(), want[l][1]) << l;
+  }
+  // A range past the model's layers is refused when the cache is made.
+  auto bad = parse_kv_options(
+      std::vector<std::pair<std::string, std::string>>{{"--kv-layer-types", "4:q8_0"}}, c);
+  ASSERT_TRUE(bad.ok());
+  PagedKvCacheOptions o;
+  o.shape = s;
+  o.config = *bad;
+  o.pool_bytes = size_t{1} << 20;
+  auto refused = PagedKvCache::create(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("layer 4 does not exist"), std::string::npos)
+      << refused.status().to_string();
+}
+
 TEST(PagedKv, RejectsBadCallsWithoutChangingState) {
   const AttentionShape s = small_shape();
   auto cache = make_cache(s, config_kv("tq4", "tq4"));

@@ -11,6 +11,7 @@ namespace {
 
 constexpr int kMaxBlockTokens = 4096;
 constexpr int kMaxTokens = 1 << 24;  // window / sinks beyond this are certainly a typo
+constexpr int kMaxLayers = 4096;
 
 // The flags, in the order `tq --help` lists them.
 constexpr KvOption kOptions[] = {
@@ -20,6 +21,9 @@ constexpr KvOption kOptions[] = {
     {"--kv-sinks", "", "first tokens of a sequence kept exact in f16"},
     {"--kv-boundary-layers", "", "first and last N layers store K and V in --kv-boundary-type"},
     {"--kv-boundary-type", "", "format of the boundary layers' K and V (default f16)"},
+    {"--kv-layer-types", "",
+     "per-layer K/V formats over the others: RANGE:K/V or RANGE:F, comma-separated, RANGE = N "
+     "or N-M (layers from 0; a later range wins), e.g. 0-1:q8_0,29:q8_0/tq4"},
     {"--kv-norm-correction", "", "tq formats store norm/||C[idx]|| (on/off, default on)"},
     {"--kv-key-centering", "",
      "compressed keys store k - (per-sequence mean key): exact for attention (on/off, default on)"},
@@ -62,6 +66,47 @@ Expected<quant::Format> parse_named_format(std::string_view flag, std::string_vi
   return f;
 }
 
+// "0-1:q8_0,12:tq4/tq3" -> ranges. Layer numbers are checked against a model in validate_for.
+Expected<std::vector<LayerRangeFormats>> parse_layer_types(std::string_view flag,
+                                                           std::string_view value) {
+  std::vector<LayerRangeFormats> out;
+  if (value == "none") return out;
+  const std::string f(flag);
+  size_t pos = 0;
+  while (true) {
+    const size_t comma = value.find(',', pos);
+    const std::string_view item =
+        value.substr(pos, comma == std::string_view::npos ? std::string_view::npos : comma - pos);
+    const size_t colon = item.find(':');
+    if (item.empty() || colon == std::string_view::npos || colon == 0)
+      return invalid_argument(f + ": '" + std::string(item) +
+                              "' is not RANGE:FORMAT (e.g. 0-1:q8_0 or 12:tq4/tq3)");
+    const std::string_view range = item.substr(0, colon), fmt = item.substr(colon + 1);
+    const size_t dash = range.find('-');
+    LayerRangeFormats r;
+    TQ_ASSIGN_OR_RETURN(const int64_t first,
+                        parse_int(f + " layer", range.substr(0, dash), 0, kMaxLayers - 1));
+    int64_t last = first;
+    if (dash != std::string_view::npos) {
+      TQ_ASSIGN_OR_RETURN(last, parse_int(f + " layer", range.substr(dash + 1), 0, kMaxLayers - 1));
+    }
+    if (last < first)
+      return invalid_argument(f + ": layer range '" + std::string(range) + "' is empty");
+    r.first = static_cast<int>(first);
+    r.last = static_cast<int>(last);
+    const size_t slash = fmt.find('/');
+    TQ_ASSIGN_OR_RETURN(r.formats.k, parse_named_format(f, fmt.substr(0, slash)));
+    r.formats.v = r.formats.k;
+    if (slash != std::string_view::npos) {
+      TQ_ASSIGN_OR_RETURN(r.formats.v, parse_named_format(f, fmt.substr(slash + 1)));
+    }
+    out.push_back(r);
+    if (comma == std::string_view::npos) break;
+    pos = comma + 1;
+  }
+  return out;
+}
+
 }  // namespace
 
 Status KvConfig::validate() const {
@@ -73,11 +118,18 @@ Status KvConfig::validate() const {
   TQ_RETURN_IF_ERROR(check_format("k format", k_format));
   TQ_RETURN_IF_ERROR(check_format("v format", v_format));
   TQ_RETURN_IF_ERROR(check_format("boundary format", boundary_format));
+  for (const LayerRangeFormats& r : layer_types) {
+    if (r.first < 0 || r.last < r.first || r.last >= kMaxLayers)
+      return invalid_argument("kv layer types: bad layer range " + std::to_string(r.first) + "-" +
+                              std::to_string(r.last));
+    TQ_RETURN_IF_ERROR(check_format("layer types K format", r.formats.k));
+    TQ_RETURN_IF_ERROR(check_format("layer types V format", r.formats.v));
+  }
   if (window < 0 || window > kMaxTokens)
     return invalid_argument("kv window " + std::to_string(window) + " out of range");
   if (sinks < 0 || sinks > kMaxTokens)
     return invalid_argument("kv sinks " + std::to_string(sinks) + " out of range");
-  if (boundary_layers < 0 || boundary_layers > 4096)
+  if (boundary_layers < 0 || boundary_layers > kMaxLayers)
     return invalid_argument("kv boundary layers " + std::to_string(boundary_layers) +
                             " out of range");
   if (block_tokens < 1 || block_tokens > kMaxBlockTokens)
@@ -89,6 +141,11 @@ Status KvConfig::validate() const {
 Status KvConfig::validate_for(int n_layers, int head_dim) const {
   TQ_RETURN_IF_ERROR(validate());
   if (n_layers <= 0) return invalid_argument("kv cache needs at least one layer");
+  for (const LayerRangeFormats& r : layer_types)
+    if (r.last >= n_layers)
+      return invalid_argument("--kv-layer-types: layer " + std::to_string(r.last) +
+                              " does not exist (the model has " + std::to_string(n_layers) +
+                              " layers, 0-" + std::to_string(n_layers - 1) + ")");
   for (int l = 0; l < n_layers; ++l) {
     const LayerFormats f = formats_for(l, n_layers);
     TQ_RETURN_IF_ERROR(f.k.validate(head_dim).with_context("layer " + std::to_string(l) + " K"));
@@ -104,6 +161,13 @@ std::string KvConfig::to_string() const {
                   " window=" + std::to_string(window) + " sinks=" + std::to_string(sinks);
   if (boundary_layers > 0)
     s += " boundary=" + std::to_string(boundary_layers) + ":" + boundary_format.name();
+  for (size_t i = 0; i < layer_types.size(); ++i) {
+    const LayerRangeFormats& r = layer_types[i];
+    s += i == 0 ? " layers=" : ",";
+    s += std::to_string(r.first);
+    if (r.last != r.first) s.append("-").append(std::to_string(r.last));
+    s.append(":").append(r.formats.k.name()).append("/").append(r.formats.v.name());
+  }
   s += " norm_correction=" + std::string(norm_correction ? "on" : "off") +
        " key_centering=" + std::string(key_centering ? "on" : "off") +
        (key_scaling ? " key_scaling=on" : "") + (value_scaling ? " value_scaling=on" : "") +
@@ -113,8 +177,11 @@ std::string KvConfig::to_string() const {
 
 LayerFormats KvConfig::formats_for(int layer, int n_layers) const {
   const bool boundary = layer < boundary_layers || layer >= n_layers - boundary_layers;
-  if (boundary) return {boundary_format, boundary_format};
-  return {k_format, v_format};
+  LayerFormats f =
+      boundary ? LayerFormats{boundary_format, boundary_format} : LayerFormats{k_format, v_format};
+  for (const LayerRangeFormats& r : layer_types)
+    if (layer >= r.first && layer <= r.last) f = r.formats;
+  return f;
 }
 
 bool KvConfig::centers_keys(int layer, int n_layers) const {
@@ -149,10 +216,12 @@ Status apply_kv_option(KvConfig& c, std::string_view name, std::string_view valu
     TQ_ASSIGN_OR_RETURN(const int64_t s, parse_int(flag, value, 0, kMaxTokens));
     c.sinks = static_cast<int>(s);
   } else if (n == "kv-boundary-layers") {
-    TQ_ASSIGN_OR_RETURN(const int64_t b, parse_int(flag, value, 0, 4096));
+    TQ_ASSIGN_OR_RETURN(const int64_t b, parse_int(flag, value, 0, kMaxLayers));
     c.boundary_layers = static_cast<int>(b);
   } else if (n == "kv-boundary-type") {
     TQ_ASSIGN_OR_RETURN(c.boundary_format, parse_named_format(flag, value));
+  } else if (n == "kv-layer-types") {
+    TQ_ASSIGN_OR_RETURN(c.layer_types, parse_layer_types(flag, value));
   } else if (n == "kv-norm-correction") {
     TQ_ASSIGN_OR_RETURN(c.norm_correction, parse_bool(flag, value));
   } else if (n == "kv-key-centering") {

@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "tq/core/status.h"
 #include "tq/quant/format.h"
@@ -22,6 +23,14 @@ struct LayerFormats {
   bool operator==(const LayerFormats&) const = default;
 };
 
+// Layers first..last (inclusive) store their keys and values in `formats` (--kv-layer-types).
+struct LayerRangeFormats {
+  int first = 0;
+  int last = 0;
+  LayerFormats formats;
+  bool operator==(const LayerRangeFormats&) const = default;
+};
+
 struct KvConfig {
   quant::Format k_format = quant::kFormatF16;  // -ctk: keys of the middle layers
   quant::Format v_format = quant::kFormatF16;  // -ctv: values of the middle layers
@@ -32,6 +41,10 @@ struct KvConfig {
   // The first and the last `boundary_layers` layers store K and V in boundary_format.
   int boundary_layers = 0;
   quant::Format boundary_format = quant::kFormatF16;
+  // Per-layer formats over all of the above, in order (a later range wins where ranges overlap):
+  // "--kv-layer-types 0-1:q8_0,12:tq4/tq4,29:q8_0/tq4". Layer numbers must exist in the model
+  // (validate_for).
+  std::vector<LayerRangeFormats> layer_types;
   // tq mse formats store ||x|| / ||C[idx]|| so reconstructions keep the exact norm.
   bool norm_correction = true;
   // Layers with compressed keys store k - mu, mu a per-sequence mean key of each KV head
@@ -57,7 +70,7 @@ struct KvConfig {
   Status validate() const;
   // Checks the formats against a model's head dim and layer count as well.
   Status validate_for(int n_layers, int head_dim) const;
-  // "k=tq4 v=tq3 window=0 sinks=0 boundary=2:q8_0 norm_correction=1 block=32 seed=0x..."
+  // "k=tq4 v=tq3 window=0 sinks=0 boundary=2:q8_0 layers=0-1:q8_0/q8_0 norm_correction=on ..."
   std::string to_string() const;
 
   LayerFormats formats_for(int layer, int n_layers) const;
