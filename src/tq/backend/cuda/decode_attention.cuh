@@ -510,25 +510,41 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         load_vals(next, vb_n, slot_n, std::false_type{}, nxt);
     }
 
-    // Online softmax of heads 2t, 2t + 1 over the step: this lane's tokens, then the 8 lanes of
-    // column t (lanes t, t + 4, ..., t + 28).
+    // Online softmax of heads 2t, 2t + 1 over the step. The running maxima change only when some
+    // lane holds a score above them: a new record, a few steps of a long split (the first step,
+    // then ever more rarely). Only then do the 8 lanes of column t (lanes t, t + 4, ..., t + 28)
+    // reduce their maxima and rescale; any other step skips the shuffle chain and the rescale.
+    // Bit for bit the eager update: with no score above m_run, max(m_run, step max) is m_run.
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int tt = 0; tt < kNH; ++tt) {
       mx0 = fmaxf(mx0, fmaxf(s[tt][0], s[tt][2]));
       mx1 = fmaxf(mx1, fmaxf(s[tt][1], s[tt][3]));
     }
+    float alpha0 = 1.0f, alpha1 = 1.0f;
+    if (__any_sync(0xffffffffu, mx0 > m_run0 || mx1 > m_run1)) {
 #pragma unroll
-    for (int x = 4; x <= 16; x *= 2) {
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+      for (int x = 4; x <= 16; x *= 2) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
+      }
+      const float m_new0 = fmaxf(m_run0, mx0), m_new1 = fmaxf(m_run1, mx1);
+      // exp2(-inf - finite) = 0: the first finite maximum zeroes the (empty) state.
+      alpha0 = fast_exp2(m_run0 - (m_new0 == -INFINITY ? 0.0f : m_new0));
+      alpha1 = fast_exp2(m_run1 - (m_new1 == -INFINITY ? 0.0f : m_new1));
+      m_run0 = m_new0;
+      m_run1 = m_new1;
+      // O^T columns are heads 2t, 2t + 1: this lane's own factors.
+#pragma unroll
+      for (int mm = 0; mm < kMT; ++mm) {
+        o[mm][0] *= alpha0;
+        o[mm][1] *= alpha1;
+        o[mm][2] *= alpha0;
+        o[mm][3] *= alpha1;
+      }
     }
-    const float m_new0 = fmaxf(m_run0, mx0), m_new1 = fmaxf(m_run1, mx1);
-    const float m_use0 = m_new0 == -INFINITY ? 0.0f : m_new0;
-    const float m_use1 = m_new1 == -INFINITY ? 0.0f : m_new1;
-    const float alpha0 = fast_exp2(m_run0 - m_use0), alpha1 = fast_exp2(m_run1 - m_use1);
-    m_run0 = m_new0;
-    m_run1 = m_new1;
+    const float m_use0 = m_run0 == -INFINITY ? 0.0f : m_run0;
+    const float m_use1 = m_run1 == -INFINITY ? 0.0f : m_run1;
     // P^T B fragments: the 8x8 blocks (tokens 16tt (+8) + g, heads 2t, 2t + 1) transposed.
     uint32_t pb[kNH][2];
     float psum0 = 0.0f, psum1 = 0.0f;
@@ -553,17 +569,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
     l_run0 = l_run0 * alpha0 + psum0;
     l_run1 = l_run1 * alpha1 + psum1;
-    // O^T columns are heads 2t, 2t + 1: this lane's own factors. Once the maxima settle, no
-    // lane rescales and the whole block is skipped.
-    if (__any_sync(0xffffffffu, alpha0 != 1.0f || alpha1 != 1.0f)) {
-#pragma unroll
-      for (int mm = 0; mm < kMT; ++mm) {
-        o[mm][0] *= alpha0;
-        o[mm][1] *= alpha1;
-        o[mm][2] *= alpha0;
-        o[mm][3] *= alpha1;
-      }
-    }
 
     // O^T += V^T P^T (A rows g / g+8 of m-tile mm = local V dims 2mm / 2mm+1 of chunk g; each
     // register pairs two tokens).
