@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything tq needs to build and test on a fresh Debian 12 machine (idempotent).
 set -euo pipefail
-pkgs=(build-essential cmake git unzip clang libgtest-dev libgmock-dev libbenchmark-dev
+pkgs=(build-essential cmake git unzip clang clang-format libgtest-dev libgmock-dev libbenchmark-dev
       libcpp-httplib-dev nlohmann-json3-dev libcli11-dev pkg-config python3 python3-pip)
 missing=()
 for p in "${pkgs[@]}"; do

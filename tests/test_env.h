@@ -35,12 +35,12 @@ inline std::string fixture_path(const std::string& name) {
 }  // namespace tq::test
 
 // Skips the test (or fails it under TQ_REQUIRE_DATA=1) when `path` does not exist.
-#define TQ_REQUIRE_FILE(path)                                                            \
-  do {                                                                                   \
-    const std::string tq_p_ = (path);                                                    \
-    if (!std::filesystem::exists(tq_p_)) {                                               \
-      if (::tq::test::data_required()) FAIL() << "required file missing: " << tq_p_;    \
-      GTEST_SKIP() << "skipped: " << tq_p_                                               \
+#define TQ_REQUIRE_FILE(path)                                                               \
+  do {                                                                                      \
+    const std::string tq_p_ = (path);                                                       \
+    if (!std::filesystem::exists(tq_p_)) {                                                  \
+      if (::tq::test::data_required()) FAIL() << "required file missing: " << tq_p_;        \
+      GTEST_SKIP() << "skipped: " << tq_p_                                                  \
                    << " not found (run scripts/fetch-model.sh; ../shared beside the repo)"; \
-    }                                                                                    \
+    }                                                                                       \
   } while (0)

@@ -380,8 +380,8 @@ void print_report(const BenchVoiceOptions& o, const Plan& plan,
       "%d-%d tokens, %d tokens per answer (greedy, EOS ignored), arrivals over %g s, think %g "
       "ms, ctx %d, %s, prefix cache %s (%s)\n\n",
       o.sessions, o.turns, plan.system_tokens, o.user_min, o.user_max, o.tokens, o.ramp, o.think_ms,
-      plan.ctx, plan.chat ? "chat template" : "plain text prompt",
-      o.no_prefix_cache ? "off" : "on", runs.front().where.c_str());
+      plan.ctx, plan.chat ? "chat template" : "plain text prompt", o.no_prefix_cache ? "off" : "on",
+      runs.front().where.c_str());
   std::printf(
       "| K/V | KV B/token | requests | prompt tokens | cached | computed | TTFT p50 ms | TTFT p95 "
       "ms | TPOT p50 ms | gen tok/s | wall s |\n"

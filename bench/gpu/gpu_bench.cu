@@ -21,11 +21,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <memory>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -42,21 +42,21 @@ namespace {
 using namespace tq;
 using namespace tq::backend::cuda;
 
-#define CK(expr)                                                                               \
-  do {                                                                                         \
-    const cudaError_t e_ = (expr);                                                             \
-    if (e_ != cudaSuccess) {                                                                   \
+#define CK(expr)                                                                                  \
+  do {                                                                                            \
+    const cudaError_t e_ = (expr);                                                                \
+    if (e_ != cudaSuccess) {                                                                      \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                            \
-    }                                                                                          \
+      std::exit(1);                                                                               \
+    }                                                                                             \
   } while (0)
-#define ST(expr)                                                                                     \
-  do {                                                                                               \
-    const ::tq::Status s_ = (expr);                                                                  \
-    if (!s_.ok()) {                                                                                  \
+#define ST(expr)                                                                                  \
+  do {                                                                                            \
+    const ::tq::Status s_ = (expr);                                                               \
+    if (!s_.ok()) {                                                                               \
       std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, s_.to_string().c_str()); \
-      std::exit(1);                                                                                  \
-    }                                                                                                \
+      std::exit(1);                                                                               \
+    }                                                                                             \
   } while (0)
 
 constexpr int kHeads = 32, kKvHeads = 8, kDim = 128, kCap = 32;
@@ -71,7 +71,10 @@ __global__ void random_kv_kernel(T* x, size_t n, uint64_t seed, float outlier) {
     h ^= h >> 31;
     h *= 0xbf58476d1ce4e5b9ull;
     h ^= h >> 29;
-    const float u = ((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) / 65536.0f - 2.0f;
+    const float u =
+        ((h & 0xffff) + ((h >> 16) & 0xffff) + ((h >> 32) & 0xffff) + ((h >> 48) & 0xffff)) /
+            65536.0f -
+        2.0f;
     const int j = static_cast<int>(i % kDim);
     const float v = u * 1.7f * ((j == 3 || j == 85) ? outlier : 1.0f);
     if constexpr (std::is_same_v<T, float>) {
@@ -83,7 +86,8 @@ __global__ void random_kv_kernel(T* x, size_t n, uint64_t seed, float outlier) {
 }
 
 // Slots of the flattened (sequence, token) indices t0 .. t0 + n - 1.
-__global__ void slots_kernel(int32_t* slots, int n, long long t0, const int32_t* table, int blocks_per_seq, int len) {
+__global__ void slots_kernel(int32_t* slots, int n, long long t0, const int32_t* table,
+                             int blocks_per_seq, int len) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   const long long gi = t0 + i;
@@ -154,12 +158,14 @@ struct PoolSet {
 };
 
 // Fills one pool with `tokens` random vectors per sequence through the write kernel.
-void fill_pool(PagedPool& pool, const int32_t* d_table, int batch, int len, int blocks_per_seq, __half* scratch,
-               size_t scratch_tokens, int32_t* d_slots, uint64_t seed, float outlier) {
+void fill_pool(PagedPool& pool, const int32_t* d_table, int batch, int len, int blocks_per_seq,
+               __half* scratch, size_t scratch_tokens, int32_t* d_slots, uint64_t seed,
+               float outlier) {
   const long long total = static_cast<long long>(batch) * len;
   for (long long t0 = 0; t0 < total; t0 += static_cast<long long>(scratch_tokens)) {
     const int n = static_cast<int>(std::min<long long>(scratch_tokens, total - t0));
-    random_kv_kernel<<<1024, 256>>>(scratch, static_cast<size_t>(n) * kKvHeads * kDim, seed + t0, outlier);
+    random_kv_kernel<<<1024, 256>>>(scratch, static_cast<size_t>(n) * kKvHeads * kDim, seed + t0,
+                                    outlier);
     CK(cudaGetLastError());
     slots_kernel<<<(n + 255) / 256, 256>>>(d_slots, n, t0, d_table, blocks_per_seq, len);
     CK(cudaGetLastError());
@@ -177,16 +183,21 @@ void fill_pool(PagedPool& pool, const int32_t* d_table, int batch, int len, int 
 // Decode-shape quantize-on-write: one token x kKvHeads x kDim for K and V (fp32 input, as the
 // model writes them) into each of kLayers layers' own pools, timed as kLayers back-to-back layer
 // writes (L2 flushed before each rep), per layer.
-void decode_write_bench(const std::string& out_dir, const char* device, quant::CodebookCache& books, int reps,
-                        void* flush, size_t flush_bytes) {
+void decode_write_bench(const std::string& out_dir, const char* device, quant::CodebookCache& books,
+                        int reps, void* flush, size_t flush_bytes) {
   constexpr int kLayers = 32, kBlocks = 64;  // 2048 tokens of context per layer pool
   FILE* csv = std::fopen((out_dir + "/write_decode.csv").c_str(), "w");
-  std::fprintf(csv, "device,kv,variant,launches_per_layer,stream_us_per_layer,graph_us_per_layer\n");
-  std::printf("\n## Quantize-on-write, decode shape: 1 token x %d KV heads x %d, K and V, fp32 in, %d layers' pools\n\n"
-              "us per layer (%d back-to-back layer writes / %d); stream = launched from the host each rep, graph = "
-              "the same launches replayed as one CUDA graph.\n\n"
-              "| K/V | variant | launches/layer | stream (us/layer) | graph (us/layer) |\n|---|---|---|---|---|\n",
-              kKvHeads, kDim, kLayers, kLayers, kLayers);
+  std::fprintf(csv,
+               "device,kv,variant,launches_per_layer,stream_us_per_layer,graph_us_per_layer\n");
+  std::printf(
+      "\n## Quantize-on-write, decode shape: 1 token x %d KV heads x %d, K and V, fp32 in, %d "
+      "layers' pools\n\n"
+      "us per layer (%d back-to-back layer writes / %d); stream = launched from the host each rep, "
+      "graph = "
+      "the same launches replayed as one CUDA graph.\n\n"
+      "| K/V | variant | launches/layer | stream (us/layer) | graph (us/layer) "
+      "|\n|---|---|---|---|---|\n",
+      kKvHeads, kDim, kLayers, kLayers, kLayers);
   cudaStream_t stream = nullptr;
   CK(cudaStreamCreate(&stream));  // blocking: events on the legacy stream bracket its work
   float *xk = nullptr, *xv = nullptr;
@@ -197,7 +208,8 @@ void decode_write_bench(const std::string& out_dir, const char* device, quant::C
   {
     std::vector<float> h(kKvHeads * kDim);
     Rng rng(kSeed + 9);
-    for (size_t i = 0; i < h.size(); ++i) h[i] = static_cast<float>(rng.normal()) * ((i % kDim == 3) ? 10.0f : 1.0f);
+    for (size_t i = 0; i < h.size(); ++i)
+      h[i] = static_cast<float>(rng.normal()) * ((i % kDim == 3) ? 10.0f : 1.0f);
     CK(cudaMemcpy(xk, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
     for (float& e : h) e *= 0.5f;
     CK(cudaMemcpy(xv, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
@@ -255,14 +267,15 @@ void decode_write_bench(const std::string& out_dir, const char* device, quant::C
       layers();
       CK(cudaStreamEndCapture(stream, &graph));
       CK(cudaGraphInstantiate(&exec, graph, 0));
-      const double ms_graph = time_median([&] { CK(cudaGraphLaunch(exec, stream)); }, reps, flush, flush_bytes);
+      const double ms_graph =
+          time_median([&] { CK(cudaGraphLaunch(exec, stream)); }, reps, flush, flush_bytes);
       CK(cudaGraphExecDestroy(exec));
       CK(cudaGraphDestroy(graph));
       const int launches = var.fused ? 1 : 2;
-      std::printf("| %s | %s | %d | %.2f | %.2f |\n", kv, var.name, launches, ms_stream * 1e3 / kLayers,
-                  ms_graph * 1e3 / kLayers);
-      std::fprintf(csv, "%s,%s,%s,%d,%.3f,%.3f\n", device, kv, var.name, launches, ms_stream * 1e3 / kLayers,
-                   ms_graph * 1e3 / kLayers);
+      std::printf("| %s | %s | %d | %.2f | %.2f |\n", kv, var.name, launches,
+                  ms_stream * 1e3 / kLayers, ms_graph * 1e3 / kLayers);
+      std::fprintf(csv, "%s,%s,%s,%d,%.3f,%.3f\n", device, kv, var.name, launches,
+                   ms_stream * 1e3 / kLayers, ms_graph * 1e3 / kLayers);
       std::fflush(stdout);
     }
     for (int l = 0; l < kLayers; ++l) {
@@ -283,17 +296,24 @@ int main(int argc, char** argv) {
   std::string out_dir = ".";
   std::vector<int> contexts = {1024, 4096, 16384, 32768, 131072};
   std::vector<int> batches = {1, 8, 32, 64};
-  std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4", "tq4/tq3", "tq3/tq3", "tq2/tq2"};
+  std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4",
+                                      "tq4/tq3", "tq3/tq3",   "tq2/tq2"};
   int reps = 20;
   bool write_bench = true, attention_bench = true, gemv = true, write_f32 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--out") out_dir = argv[i + 1];
-    else if (a == "--contexts") contexts = parse_ints(argv[i + 1]);
-    else if (a == "--batches") batches = parse_ints(argv[i + 1]);
-    else if (a == "--formats") formats = parse_list(argv[i + 1]);
-    else if (a == "--reps") reps = std::atoi(argv[i + 1]);
-    else if (a == "--write") write_bench = std::atoi(argv[i + 1]) != 0;
+    if (a == "--out")
+      out_dir = argv[i + 1];
+    else if (a == "--contexts")
+      contexts = parse_ints(argv[i + 1]);
+    else if (a == "--batches")
+      batches = parse_ints(argv[i + 1]);
+    else if (a == "--formats")
+      formats = parse_list(argv[i + 1]);
+    else if (a == "--reps")
+      reps = std::atoi(argv[i + 1]);
+    else if (a == "--write")
+      write_bench = std::atoi(argv[i + 1]) != 0;
     else if (a == "--write-input") {
       const std::string v = argv[i + 1];
       if (v != "f16" && v != "f32") {
@@ -301,9 +321,10 @@ int main(int argc, char** argv) {
         return 1;
       }
       write_f32 = v == "f32";
-    }
-    else if (a == "--attention") attention_bench = std::atoi(argv[i + 1]) != 0;
-    else if (a == "--gemv") gemv = std::atoi(argv[i + 1]) != 0;
+    } else if (a == "--attention")
+      attention_bench = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--gemv")
+      gemv = std::atoi(argv[i + 1]) != 0;
     else {
       std::fprintf(stderr, "tq_gpu_bench: unknown option '%s'\n", a.c_str());
       return 1;
@@ -318,8 +339,9 @@ int main(int argc, char** argv) {
   CK(cudaGetDeviceProperties(&prop, 0));
   size_t free_b = 0, total_b = 0;
   CK(cudaMemGetInfo(&free_b, &total_b));
-  std::printf("device: %s, %d SMs, L2 %d MB, %.1f GiB (%.1f free)\n", prop.name, prop.multiProcessorCount,
-              prop.l2CacheSize >> 20, total_b / 1073741824.0, free_b / 1073741824.0);
+  std::printf("device: %s, %d SMs, L2 %d MB, %.1f GiB (%.1f free)\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize >> 20, total_b / 1073741824.0,
+              free_b / 1073741824.0);
 
   // L2 flush buffer and the copy-bandwidth ceiling.
   const size_t flush_bytes = 256ull << 20;
@@ -332,7 +354,8 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&a, n));
     CK(cudaMalloc(&b, n));
     CK(cudaMemset(a, 1, n));
-    const double ms = time_median([&] { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); }, 10, flush, flush_bytes);
+    const double ms = time_median([&] { CK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice)); },
+                                  10, flush, flush_bytes);
     copy_gbps = 2.0 * n / (ms * 1e-3) / 1e9;
     CK(cudaFree(a));
     CK(cudaFree(b));
@@ -350,16 +373,22 @@ int main(int argc, char** argv) {
 
   // fp32 rows for the bulk write when asked (the model's prefill writes fp32 K/V rows).
   float* scratch32 = nullptr;
-  if (write_bench && write_f32) CK(cudaMalloc(&scratch32, scratch_tokens * kKvHeads * kDim * sizeof(float)));
+  if (write_bench && write_f32)
+    CK(cudaMalloc(&scratch32, scratch_tokens * kKvHeads * kDim * sizeof(float)));
 
   // --- quantize-on-write bandwidth (65536 tokens x 8 KV heads from fp16 or fp32) ---
   FILE* wcsv = std::fopen((out_dir + "/write_bench.csv").c_str(), "w");
   FILE* wcsv_old = std::fopen((out_dir + "/write_bench_legacy.csv").c_str(), "w");
-  for (FILE* f : {wcsv, wcsv_old}) std::fprintf(f, "device,format,tokens,time_us,bytes,gbps,frac_copy\n");
-  std::printf("\n## Quantize-on-write, %zu tokens x %d KV heads x %d, %s in (old = legacy CPU-order kernel)\n\n",
-              scratch_tokens, kKvHeads, kDim, write_f32 ? "fp32" : "fp16");
-  std::printf("| format | old (us) | new (us) | bytes moved | new GB/s | old of copy | new of copy | speedup |\n"
-              "|---|---|---|---|---|---|---|---|\n");
+  for (FILE* f : {wcsv, wcsv_old})
+    std::fprintf(f, "device,format,tokens,time_us,bytes,gbps,frac_copy\n");
+  std::printf(
+      "\n## Quantize-on-write, %zu tokens x %d KV heads x %d, %s in (old = legacy CPU-order "
+      "kernel)\n\n",
+      scratch_tokens, kKvHeads, kDim, write_f32 ? "fp32" : "fp16");
+  std::printf(
+      "| format | old (us) | new (us) | bytes moved | new GB/s | old of copy | new of copy | "
+      "speedup |\n"
+      "|---|---|---|---|---|---|---|---|\n");
   for (const char* fname : {"f16", "q8_0", "q4_0", "tq4", "tq3", "tq2", "tq4j"}) {
     if (!write_bench) break;
     const quant::Format f = *quant::parse_format(fname);
@@ -379,10 +408,12 @@ int main(int argc, char** argv) {
       std::vector<int32_t> t(static_cast<size_t>(blocks));
       for (int i = 0; i < blocks; ++i) t[static_cast<size_t>(i)] = i;
       Rng rng(kSeed);
-      for (int i = blocks - 1; i > 0; --i) std::swap(t[static_cast<size_t>(i)], t[rng.next_u64() % (i + 1)]);
+      for (int i = blocks - 1; i > 0; --i)
+        std::swap(t[static_cast<size_t>(i)], t[rng.next_u64() % (i + 1)]);
       return t;
     }();
-    for (size_t i = 0; i < scratch_tokens; ++i) slots[i] = table[i / kCap] * kCap + static_cast<int>(i % kCap);
+    for (size_t i = 0; i < scratch_tokens; ++i)
+      slots[i] = table[i / kCap] * kCap + static_cast<int>(i % kCap);
     CK(cudaMemcpy(d_slots, slots.data(), slots.size() * 4, cudaMemcpyHostToDevice));
     if (write_f32) {
       random_kv_kernel<<<1024, 256>>>(scratch32, scratch_tokens * kKvHeads * kDim, kSeed, 10.0f);
@@ -397,18 +428,23 @@ int main(int argc, char** argv) {
     w.slot_mapping = d_slots;
     w.tokens = static_cast<int>(scratch_tokens);
     w.kernel = WriteKernel::kLegacy;
-    const double ms_old = time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
-    w.kernel = WriteKernel::kTeam;  // the float32 team kernel (f16 / q8_0 / q4_0 / tq prod: unchanged)
-    const double ms = time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
-    const double bytes = static_cast<double>(scratch_tokens) * kKvHeads * (kDim * (write_f32 ? 4 : 2) + f.bytes_per_vector(kDim)) +
+    const double ms_old =
+        time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
+    w.kernel =
+        WriteKernel::kTeam;  // the float32 team kernel (f16 / q8_0 / q4_0 / tq prod: unchanged)
+    const double ms =
+        time_median([&] { ST(quantize_write(w, nullptr)); }, reps, flush, flush_bytes);
+    const double bytes = static_cast<double>(scratch_tokens) * kKvHeads *
+                             (kDim * (write_f32 ? 4 : 2) + f.bytes_per_vector(kDim)) +
                          scratch_tokens * 4.0;
     const double gbps = bytes / (ms * 1e-3) / 1e9, gbps_old = bytes / (ms_old * 1e-3) / 1e9;
-    std::printf("| %s | %.1f | %.1f | %.0f MB | %.0f | %.2f | %.2f | %.2fx |\n", fname, ms_old * 1e3, ms * 1e3,
-                bytes / 1e6, gbps, gbps_old / copy_gbps, gbps / copy_gbps, ms_old / ms);
-    std::fprintf(wcsv, "%s,%s,%zu,%.2f,%.0f,%.1f,%.4f\n", prop.name, fname, scratch_tokens, ms * 1e3, bytes, gbps,
-                 gbps / copy_gbps);
-    std::fprintf(wcsv_old, "%s,%s,%zu,%.2f,%.0f,%.1f,%.4f\n", prop.name, fname, scratch_tokens, ms_old * 1e3, bytes,
-                 gbps_old, gbps_old / copy_gbps);
+    std::printf("| %s | %.1f | %.1f | %.0f MB | %.0f | %.2f | %.2f | %.2fx |\n", fname,
+                ms_old * 1e3, ms * 1e3, bytes / 1e6, gbps, gbps_old / copy_gbps, gbps / copy_gbps,
+                ms_old / ms);
+    std::fprintf(wcsv, "%s,%s,%zu,%.2f,%.0f,%.1f,%.4f\n", prop.name, fname, scratch_tokens,
+                 ms * 1e3, bytes, gbps, gbps / copy_gbps);
+    std::fprintf(wcsv_old, "%s,%s,%zu,%.2f,%.0f,%.1f,%.4f\n", prop.name, fname, scratch_tokens,
+                 ms_old * 1e3, bytes, gbps_old, gbps_old / copy_gbps);
     std::fflush(stdout);
     CK(cudaFree(pool.data));
   }
@@ -421,11 +457,14 @@ int main(int argc, char** argv) {
   // --- decode attention ---
   FILE* csv = std::fopen((out_dir + "/gpu_bench.csv").c_str(), "w");
   std::fprintf(csv, "device,context,batch,format,time_us,bytes,gbps,frac_copy,speedup_vs_f16\n");
-  std::printf("\n## Decode attention, %d query heads / %d KV heads / d %d, copy BW %.0f GB/s\n", kHeads, kKvHeads,
-              kDim, copy_gbps);
+  std::printf("\n## Decode attention, %d query heads / %d KV heads / d %d, copy BW %.0f GB/s\n",
+              kHeads, kKvHeads, kDim, copy_gbps);
   for (int len : contexts) {
-    std::printf("\n### context %d\n\n| batch | format | time (us) | bytes read | GB/s | of copy BW | vs tq f16 | splits x tokens |\n"
-                "|---|---|---|---|---|---|---|---|\n", len);
+    std::printf(
+        "\n### context %d\n\n| batch | format | time (us) | bytes read | GB/s | of copy BW | vs tq "
+        "f16 | splits x tokens |\n"
+        "|---|---|---|---|---|---|---|---|\n",
+        len);
     for (int batch : batches) {
       double f16_ms = 0;
       for (const std::string& fk : formats) {
@@ -434,10 +473,12 @@ int main(int argc, char** argv) {
         const quant::Format vf = *quant::parse_format(fk.substr(slash + 1));
         const int blocks_per_seq = (len + kCap - 1) / kCap;
         const size_t n_blocks = static_cast<size_t>(batch) * blocks_per_seq;
-        const size_t kv_bytes = n_blocks * kKvHeads * kCap * (kf.bytes_per_vector(kDim) + vf.bytes_per_vector(kDim));
+        const size_t kv_bytes =
+            n_blocks * kKvHeads * kCap * (kf.bytes_per_vector(kDim) + vf.bytes_per_vector(kDim));
         CK(cudaMemGetInfo(&free_b, &total_b));
         if (kv_bytes + (1ull << 30) > free_b) {
-          std::printf("| %d | %s | skipped: %.1f GB of pages do not fit |\n", batch, fk.c_str(), kv_bytes / 1e9);
+          std::printf("| %d | %s | skipped: %.1f GB of pages do not fit |\n", batch, fk.c_str(),
+                      kv_bytes / 1e9);
           continue;
         }
         PoolSet ps;
@@ -461,15 +502,18 @@ int main(int argc, char** argv) {
         std::vector<int32_t> table(n_blocks);
         for (size_t i = 0; i < n_blocks; ++i) table[i] = static_cast<int32_t>(i);
         Rng rng(kSeed + len + batch);
-        for (size_t i = n_blocks - 1; i > 0; --i) std::swap(table[i], table[rng.next_u64() % (i + 1)]);
+        for (size_t i = n_blocks - 1; i > 0; --i)
+          std::swap(table[i], table[rng.next_u64() % (i + 1)]);
         int32_t *d_table = nullptr, *d_len = nullptr;
         CK(cudaMalloc(&d_table, n_blocks * 4));
         CK(cudaMalloc(&d_len, batch * 4));
         CK(cudaMemcpy(d_table, table.data(), n_blocks * 4, cudaMemcpyHostToDevice));
         const std::vector<int32_t> lens(static_cast<size_t>(batch), len);
         CK(cudaMemcpy(d_len, lens.data(), batch * 4, cudaMemcpyHostToDevice));
-        fill_pool(ps.k, d_table, batch, len, blocks_per_seq, scratch, scratch_tokens, d_slots, kSeed + 1, 10.0f);
-        fill_pool(ps.v, d_table, batch, len, blocks_per_seq, scratch, scratch_tokens, d_slots, kSeed + 2, 1.0f);
+        fill_pool(ps.k, d_table, batch, len, blocks_per_seq, scratch, scratch_tokens, d_slots,
+                  kSeed + 1, 10.0f);
+        fill_pool(ps.v, d_table, batch, len, blocks_per_seq, scratch, scratch_tokens, d_slots,
+                  kSeed + 2, 1.0f);
 
         DecodeAttentionParams p;
         p.n_seqs = batch;
@@ -497,17 +541,20 @@ int main(int argc, char** argv) {
         const size_t ws = plan->workspace_bytes;
         CK(cudaMalloc(&p.workspace, ws));
         p.workspace_bytes = ws;
-        const double ms = time_median([&] { ST(decode_attention(p, *plan, nullptr)); }, reps, flush, flush_bytes);
+        const double ms =
+            time_median([&] { ST(decode_attention(p, *plan, nullptr)); }, reps, flush, flush_bytes);
         // Bytes the call must move: every stored K/V byte once, the query, the partials (written
         // and read back) and the output.
-        const double bytes = static_cast<double>(kv_bytes) + 2.0 * static_cast<double>(ws) + qn * 8.0 + n_blocks * 4.0;
+        const double bytes = static_cast<double>(kv_bytes) + 2.0 * static_cast<double>(ws) +
+                             qn * 8.0 + n_blocks * 4.0;
         const double gbps = bytes / (ms * 1e-3) / 1e9;
         if (kf == quant::kFormatF16) f16_ms = ms;
         const double speedup = f16_ms > 0 ? f16_ms / ms : 0.0;
-        std::printf("| %d | %s | %.1f | %.1f MB | %.0f | %.2f | %.2fx | %d x %d |\n", batch, fk.c_str(), ms * 1e3,
-                    bytes / 1e6, gbps, gbps / copy_gbps, speedup, plan->main_splits, plan->main_tokens_per_split);
-        std::fprintf(csv, "%s,%d,%d,%s,%.2f,%.0f,%.1f,%.4f,%.3f\n", prop.name, len, batch, fk.c_str(), ms * 1e3, bytes,
-                     gbps, gbps / copy_gbps, speedup);
+        std::printf("| %d | %s | %.1f | %.1f MB | %.0f | %.2f | %.2fx | %d x %d |\n", batch,
+                    fk.c_str(), ms * 1e3, bytes / 1e6, gbps, gbps / copy_gbps, speedup,
+                    plan->main_splits, plan->main_tokens_per_split);
+        std::fprintf(csv, "%s,%d,%d,%s,%.2f,%.0f,%.1f,%.4f,%.3f\n", prop.name, len, batch,
+                     fk.c_str(), ms * 1e3, bytes, gbps, gbps / copy_gbps, speedup);
         std::fflush(stdout);
         CK(cudaFree(p.workspace));
         CK(cudaFree(d_q));

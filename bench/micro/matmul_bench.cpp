@@ -20,8 +20,8 @@ namespace {
 
 using tq::quant::GgmlType;
 
-const GgmlType kTypes[] = {GgmlType::kQ4_1, GgmlType::kQ8_0, GgmlType::kQ4_0, GgmlType::kF16,
-                           GgmlType::kF32, GgmlType::kQ5_1};
+const GgmlType kTypes[] = {GgmlType::kQ4_1, GgmlType::kQ8_0, GgmlType::kQ4_0,
+                           GgmlType::kF16,  GgmlType::kF32,  GgmlType::kQ5_1};
 const int64_t kShapes[][2] = {{576, 576}, {1536, 576}, {576, 1536}, {49152, 576}};
 
 void BM_Matmul(benchmark::State& state) {
@@ -41,7 +41,8 @@ void BM_Matmul(benchmark::State& state) {
       return;
     }
   }
-  std::vector<float> x(static_cast<size_t>(n_tokens * cols)), y(static_cast<size_t>(n_tokens * rows));
+  std::vector<float> x(static_cast<size_t>(n_tokens * cols)),
+      y(static_cast<size_t>(n_tokens * rows));
   for (float& v : x) v = static_cast<float>(rng.normal());
   tq::ThreadPool pool(n_threads);
   const tq::backend::cpu::WeightView view{type, w.data(), rows, cols};
@@ -59,8 +60,8 @@ void BM_Matmul(benchmark::State& state) {
   state.counters["GB/s"] = static_cast<double>(w.size()) * iters / 1e9 / wall;
   state.counters["GFLOP/s"] = gflop / wall;
   state.counters["cpu_GFLOP/s"] = benchmark::Counter(gflop, benchmark::Counter::kIsRate);
-  state.SetLabel(std::string(tq::quant::ggml_type_traits(static_cast<uint32_t>(type))->name) +
-                 " " + std::to_string(rows) + "x" + std::to_string(cols) + " t" +
+  state.SetLabel(std::string(tq::quant::ggml_type_traits(static_cast<uint32_t>(type))->name) + " " +
+                 std::to_string(rows) + "x" + std::to_string(cols) + " t" +
                  std::to_string(n_tokens) + " thr" + std::to_string(n_threads));
 }
 

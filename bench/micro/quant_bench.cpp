@@ -30,9 +30,12 @@ enum class Table { kRef, kAvx2, kCpu };
 
 const quant::KernelTable* table_of(Table t) {
   switch (t) {
-    case Table::kRef: return &quant::ref_kernel_table();
-    case Table::kAvx2: return backend::cpu::avx2_kernel_table();
-    case Table::kCpu: return &backend::cpu::cpu_kernel_table();
+    case Table::kRef:
+      return &quant::ref_kernel_table();
+    case Table::kAvx2:
+      return backend::cpu::avx2_kernel_table();
+    case Table::kCpu:
+      return &backend::cpu::cpu_kernel_table();
   }
   return nullptr;
 }
@@ -46,8 +49,7 @@ struct Fixture {
   std::vector<float> states;
   int blocks = kVectors / kCapacity;
 
-  Fixture(const char* name, int d, int heads, const quant::KernelTable* table)
-      : dim(d), nq(heads) {
+  Fixture(const char* name, int d, int heads, const quant::KernelTable* table) : dim(d), nq(heads) {
     quant::CodecOptions o;
     o.kernels = table;
     codec = quant::make_codec(*quant::parse_format(name), dim, o, books).value();
@@ -56,14 +58,18 @@ struct Fixture {
     for (auto& v : keys) v = static_cast<float>(rng.normal());
     store.resize(codec->block_bytes(kCapacity) * blocks * 2);
     for (int i = 0; i < 2 * kVectors; ++i)
-      codec->encode(&keys[static_cast<size_t>(i % kVectors) * dim], block(i / kCapacity), kCapacity, i % kCapacity);
+      codec->encode(&keys[static_cast<size_t>(i % kVectors) * dim], block(i / kCapacity), kCapacity,
+                    i % kCapacity);
     states.resize(static_cast<size_t>(nq) * codec->query_state_size());
-    for (int h = 0; h < nq; ++h) codec->prepare_query(&keys[static_cast<size_t>(h) * dim], &states[h * codec->query_state_size()]);
+    for (int h = 0; h < nq; ++h)
+      codec->prepare_query(&keys[static_cast<size_t>(h) * dim],
+                           &states[h * codec->query_state_size()]);
   }
   uint8_t* block(int b) { return store.data() + codec->block_bytes(kCapacity) * b; }
   void count(benchmark::State& state, int passes) const {
     state.SetItemsProcessed(state.iterations() * kVectors * passes);
-    state.SetBytesProcessed(state.iterations() * kVectors * passes * static_cast<int64_t>(codec->bytes_per_vector()));
+    state.SetBytesProcessed(state.iterations() * kVectors * passes *
+                            static_cast<int64_t>(codec->bytes_per_vector()));
   }
 };
 
@@ -71,7 +77,8 @@ void BM_QuantEncode(benchmark::State& state, const char* name) {
   Fixture f(name, kEncodeDim, 1, &backend::cpu::cpu_kernel_table());
   int i = 0;
   for (auto _ : state) {
-    f.codec->encode(&f.keys[static_cast<size_t>(i) * kEncodeDim], f.block(i / kCapacity), kCapacity, i % kCapacity);
+    f.codec->encode(&f.keys[static_cast<size_t>(i) * kEncodeDim], f.block(i / kCapacity), kCapacity,
+                    i % kCapacity);
     i = (i + 1) % kVectors;
   }
   state.SetItemsProcessed(state.iterations());
@@ -121,8 +128,10 @@ void BM_QuantAttend(benchmark::State& state, const char* name, int d, int nq, Ta
 }
 
 int register_all() {
-  for (const char* name : {"f16", "q8_0", "q4_0", "tq1", "tq2", "tq3", "tq4", "tq8", "tq3j", "tq4j"})
-    benchmark::RegisterBenchmark((std::string("BM_QuantEncode/") + name).c_str(), BM_QuantEncode, name);
+  for (const char* name :
+       {"f16", "q8_0", "q4_0", "tq1", "tq2", "tq3", "tq4", "tq8", "tq3j", "tq4j"})
+    benchmark::RegisterBenchmark((std::string("BM_QuantEncode/") + name).c_str(), BM_QuantEncode,
+                                 name);
   const bool avx2 = backend::cpu::avx2_kernel_table() != nullptr;
   for (const char* name : {"f16", "q8_0", "q4_0", "tq4", "tq3", "tq2", "tq3j"}) {
     for (int d : {64, 128}) {
@@ -131,19 +140,22 @@ int register_all() {
           if (t == Table::kAvx2 && !avx2) continue;
           const std::string suffix = std::string("/") + name + "/d" + std::to_string(d) + "/nq" +
                                      std::to_string(nq) + (t == Table::kAvx2 ? "/avx2" : "/cpu");
-          benchmark::RegisterBenchmark(("BM_QuantScore" + suffix).c_str(), BM_QuantScore, name, d, nq, t)
+          benchmark::RegisterBenchmark(("BM_QuantScore" + suffix).c_str(), BM_QuantScore, name, d,
+                                       nq, t)
               ->Unit(benchmark::kMicrosecond);
-          benchmark::RegisterBenchmark(("BM_QuantAccumulate" + suffix).c_str(), BM_QuantAccumulate, name, d, nq, t)
+          benchmark::RegisterBenchmark(("BM_QuantAccumulate" + suffix).c_str(), BM_QuantAccumulate,
+                                       name, d, nq, t)
               ->Unit(benchmark::kMicrosecond);
-          benchmark::RegisterBenchmark(("BM_QuantAttend" + suffix).c_str(), BM_QuantAttend, name, d, nq, t)
+          benchmark::RegisterBenchmark(("BM_QuantAttend" + suffix).c_str(), BM_QuantAttend, name, d,
+                                       nq, t)
               ->Unit(benchmark::kMicrosecond);
         }
       }
     }
   }
   for (const char* name : {"f16", "tq4"})
-    benchmark::RegisterBenchmark((std::string("BM_QuantScoreRef/") + name + "/d128/nq4").c_str(), BM_QuantScore,
-                                 name, 128, 4, Table::kRef)
+    benchmark::RegisterBenchmark((std::string("BM_QuantScoreRef/") + name + "/d128/nq4").c_str(),
+                                 BM_QuantScore, name, 128, 4, Table::kRef)
         ->Unit(benchmark::kMicrosecond);
   return 0;
 }

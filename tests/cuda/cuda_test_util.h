@@ -26,10 +26,10 @@ inline std::string cuda_absent_reason() {
   return "";
 }
 
-#define TQ_REQUIRE_GPU()                                                        \
-  do {                                                                          \
-    const std::string tq_why_ = ::tq::test::cuda_absent_reason();               \
-    if (!tq_why_.empty()) GTEST_SKIP() << "skipped: " << tq_why_;                \
+#define TQ_REQUIRE_GPU()                                          \
+  do {                                                            \
+    const std::string tq_why_ = ::tq::test::cuda_absent_reason(); \
+    if (!tq_why_.empty()) GTEST_SKIP() << "skipped: " << tq_why_; \
   } while (0)
 
 #define TQ_CUDA_OK(expr) ASSERT_EQ((expr), cudaSuccess) << #expr
@@ -81,8 +81,8 @@ class DeviceBuffer {
 
 // x[token][head][dim] ~ N(0, 1) with a few outlier channels (x20), as real keys have; values
 // rounded through fp16 when the kernel reads fp16, so the CPU encodes exactly what it sees.
-inline std::vector<float> outlier_data(int tokens, int heads, int dim, uint64_t seed, bool round_f16,
-                                       float outlier_gain = 20.0f) {
+inline std::vector<float> outlier_data(int tokens, int heads, int dim, uint64_t seed,
+                                       bool round_f16, float outlier_gain = 20.0f) {
   Rng rng(seed);
   std::vector<float> x(static_cast<size_t>(tokens) * heads * dim);
   const int o1 = 3 % dim, o2 = (dim * 2) / 3;
@@ -106,7 +106,8 @@ inline std::vector<int32_t> shuffled(int n, uint64_t seed) {
   std::vector<int32_t> p(static_cast<size_t>(n));
   std::iota(p.begin(), p.end(), 0);
   Rng rng(seed);
-  for (int i = n - 1; i > 0; --i) std::swap(p[static_cast<size_t>(i)], p[rng.next_u64() % static_cast<uint64_t>(i + 1)]);
+  for (int i = n - 1; i > 0; --i)
+    std::swap(p[static_cast<size_t>(i)], p[rng.next_u64() % static_cast<uint64_t>(i + 1)]);
   return p;
 }
 

@@ -39,8 +39,8 @@ struct HostSegment {
   std::vector<std::vector<float>> k_dec, v_dec;
 };
 
-Expected<HostSegment> build_segment(quant::Format kf, quant::Format vf, int dim, int kv_heads, int kCap,
-                                    const std::vector<int>& lengths, uint64_t seed,
+Expected<HostSegment> build_segment(quant::Format kf, quant::Format vf, int dim, int kv_heads,
+                                    int kCap, const std::vector<int>& lengths, uint64_t seed,
                                     quant::CodebookCache& books, uint64_t layer_seed) {
   HostSegment s;
   quant::CodecOptions opt;
@@ -58,7 +58,8 @@ Expected<HostSegment> build_segment(quant::Format kf, quant::Format vf, int dim,
   const std::vector<int32_t> perm = test::shuffled(total_blocks, seed);
   s.k_head_stride = s.k_codec->block_bytes(kCap);
   s.v_head_stride = s.v_codec->block_bytes(kCap);
-  s.k_pool.assign(s.k_head_stride * kv_heads * total_blocks, 0x7f);  // stale bytes (fp16 NaN patterns)
+  s.k_pool.assign(s.k_head_stride * kv_heads * total_blocks,
+                  0x7f);  // stale bytes (fp16 NaN patterns)
   s.v_pool.assign(s.v_head_stride * kv_heads * total_blocks, 0x7f);
   s.tables.assign(lengths.size() * s.max_blocks, 0);
   int next = 0;
@@ -67,7 +68,8 @@ Expected<HostSegment> build_segment(quant::Format kf, quant::Format vf, int dim,
     s.lengths.push_back(len);
     for (int b = 0; b < (len + kCap - 1) / kCap; ++b) s.tables[q * s.max_blocks + b] = perm[next++];
     const std::vector<float> k = test::outlier_data(len, kv_heads, dim, seed + 2 * q, false, 10.0f);
-    const std::vector<float> v = test::outlier_data(len, kv_heads, dim, seed + 2 * q + 1, false, 1.0f);
+    const std::vector<float> v =
+        test::outlier_data(len, kv_heads, dim, seed + 2 * q + 1, false, 1.0f);
     std::vector<float> kd(k.size()), vd(v.size());
     for (int t = 0; t < len; ++t)
       for (int h = 0; h < kv_heads; ++h) {
@@ -110,8 +112,9 @@ std::string case_name(const testing::TestParamInfo<AttnCase>& i) {
          (i.param.window ? "_window" : "") + "_g" + std::to_string(i.param.group) + "_b" +
          std::to_string(i.param.block_tokens) +
          (i.param.long_len != AttnCase::kLongLen ? "_len" + std::to_string(i.param.long_len) : "") +
-         (i.param.max_splits != AttnCase::kMaxSplits ? "_splits" + std::to_string(i.param.max_splits)
-                                                     : "");
+         (i.param.max_splits != AttnCase::kMaxSplits
+              ? "_splits" + std::to_string(i.param.max_splits)
+              : "");
 }
 
 class DecodeAttention : public testing::TestWithParam<AttnCase> {};
@@ -133,21 +136,23 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   ASSERT_TRUE(main.ok()) << main.status().to_string();
   Expected<HostSegment> win = Status(StatusCode::kNotFound, "no window");
   if (c.window) {
-    win = build_segment(quant::kFormatF16, quant::kFormatF16, dim, kv_heads, kCap, lens_win, kSeed + 99, books,
-                        layer_seed);
+    win = build_segment(quant::kFormatF16, quant::kFormatF16, dim, kv_heads, kCap, lens_win,
+                        kSeed + 99, books, layer_seed);
     ASSERT_TRUE(win.ok()) << win.status().to_string();
   }
   const std::vector<float> q = test::outlier_data(n_seqs, n_heads, dim, kSeed + 7, false, 1.0f);
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
 
-  const auto upload = [&](const HostSegment& h, quant::Format kfmt, quant::Format vfmt, AttentionSegment& seg,
-                          DeviceSegment& d) -> Status {
+  const auto upload = [&](const HostSegment& h, quant::Format kfmt, quant::Format vfmt,
+                          AttentionSegment& seg, DeviceSegment& d) -> Status {
     d.k = DeviceBuffer::from(h.k_pool);
     d.v = DeviceBuffer::from(h.v_pool);
     d.tables = DeviceBuffer::from(h.tables);
     d.lengths = DeviceBuffer::from(h.lengths);
-    TQ_ASSIGN_OR_RETURN(DeviceCodecTables kt, DeviceCodecTables::create(kfmt, dim, layer_seed, books));
-    TQ_ASSIGN_OR_RETURN(DeviceCodecTables vt, DeviceCodecTables::create(vfmt, dim, layer_seed, books));
+    TQ_ASSIGN_OR_RETURN(DeviceCodecTables kt,
+                        DeviceCodecTables::create(kfmt, dim, layer_seed, books));
+    TQ_ASSIGN_OR_RETURN(DeviceCodecTables vt,
+                        DeviceCodecTables::create(vfmt, dim, layer_seed, books));
     d.kt = std::make_unique<DeviceCodecTables>(std::move(kt));
     d.vt = std::make_unique<DeviceCodecTables>(std::move(vt));
     for (PagedPool* p : {&seg.k, &seg.v}) {
@@ -229,7 +234,8 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
           float amax = 0.0f, hv[32];
           for (int i = 0; i < 32; ++i) {
             const size_t o = o0 + i;
-            const float want = out[o] * sc[static_cast<size_t>(sc_rows[s]) * kv_dim + (h / c.group) * dim + b + i];
+            const float want =
+                out[o] * sc[static_cast<size_t>(sc_rows[s]) * kv_dim + (h / c.group) * dim + b + i];
             ASSERT_EQ(out2[o], want) << "seq " << s << " head " << h << " dim " << b + i;
             ASSERT_EQ(h16[o], f32_to_f16(want)) << "seq " << s << " head " << h << " dim " << b + i;
             hv[i] = f16_to_f32(h16[o]);
@@ -292,8 +298,9 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
                                << lens_main[s] << ") head " << h << " seed " << kSeed;
     }
   RecordProperty("max_rel_err", std::to_string(worst));
-  std::printf("[          ] %s/%s d=%d window=%d group=%d block=%d: max rel err %.3g (bound %.0e)\n", c.k, c.v,
-              dim, c.window, c.group, kCap, worst, kAttnTol);
+  std::printf(
+      "[          ] %s/%s d=%d window=%d group=%d block=%d: max rel err %.3g (bound %.0e)\n", c.k,
+      c.v, dim, c.window, c.group, kCap, worst, kAttnTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -305,19 +312,23 @@ INSTANTIATE_TEST_SUITE_P(
                     AttnCase{"tq4", "tq3", 128, true, 4}, AttnCase{"tq3", "tq3", 128, false, 4},
                     AttnCase{"tq2", "tq2", 128, true, 4}, AttnCase{"tq4", "tq4", 64, true, 3},
                     AttnCase{"tq3", "tq2", 64, false, 4}, AttnCase{"tq2", "tq4", 64, false, 8},
-                    AttnCase{"tq4", "tq3", 64, false, 3},
-                    AttnCase{"tq4j", "tq3", 128, false, 4}, AttnCase{"tq3j", "tq2", 64, true, 4},
-                    AttnCase{"tq3", "tq4", 128, false, 1}, AttnCase{"tq4", "tq4", 128, true, 4, 64},
+                    AttnCase{"tq4", "tq3", 64, false, 3}, AttnCase{"tq4j", "tq3", 128, false, 4},
+                    AttnCase{"tq3j", "tq2", 64, true, 4}, AttnCase{"tq3", "tq4", 128, false, 1},
+                    AttnCase{"tq4", "tq4", 128, true, 4, 64},
                     AttnCase{"tq3", "tq2", 128, false, 4, 96},
                     AttnCase{"tq4", "tq3", 128, false, 4, 32, 17000, 1}),
     case_name);
 
 TEST(DecodeAttentionApi, ReportsUnsupportedCombinations) {
-  EXPECT_TRUE(decode_attention_supported(*quant::parse_format("tq4"), *quant::parse_format("tq3"), 128));
+  EXPECT_TRUE(
+      decode_attention_supported(*quant::parse_format("tq4"), *quant::parse_format("tq3"), 128));
   EXPECT_TRUE(decode_attention_supported(quant::kFormatF16, quant::kFormatF16, 64));
-  EXPECT_FALSE(decode_attention_supported(*quant::parse_format("tq4"), *quant::parse_format("tq4j"), 128));
-  EXPECT_FALSE(decode_attention_supported(*quant::parse_format("tq4"), *quant::parse_format("tq4"), 80));
-  EXPECT_FALSE(decode_attention_supported(*quant::parse_format("q8_0"), *quant::parse_format("tq4"), 128));
+  EXPECT_FALSE(
+      decode_attention_supported(*quant::parse_format("tq4"), *quant::parse_format("tq4j"), 128));
+  EXPECT_FALSE(
+      decode_attention_supported(*quant::parse_format("tq4"), *quant::parse_format("tq4"), 80));
+  EXPECT_FALSE(
+      decode_attention_supported(*quant::parse_format("q8_0"), *quant::parse_format("tq4"), 128));
 }
 
 }  // namespace

@@ -38,7 +38,8 @@ std::vector<double> attention_ref(const AttentionShape& s, const std::vector<flo
       for (int j = 0; j < n_ctx; ++j) {
         double d = 0.0;
         for (int e = 0; e < s.head_dim; ++e)
-          d += static_cast<double>(qi[e]) * k_all[static_cast<size_t>(j) * kv_dim + kvh * s.head_dim + e];
+          d += static_cast<double>(qi[e]) *
+               k_all[static_cast<size_t>(j) * kv_dim + kvh * s.head_dim + e];
         w[j] = d * s.scale;
         mx = std::max(mx, w[j]);
       }
@@ -76,9 +77,10 @@ TEST(DenseKvTest, AttentionMatchesFloat64AcrossAppends) {
         ASSERT_TRUE((*kv)->attend(layer, n, q.data(), out.data(), pool).ok());
         const auto ref = attention_ref(s, k_all[layer], v_all[layer], q.data(), n, pos0);
         double max_err = 0.0;
-        for (size_t i = 0; i < out.size(); ++i) max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
-        EXPECT_LT(max_err, kAttnTol) << "simd=" << simd << " n=" << n << " layer=" << layer
-                                     << " seed=" << kSeed;
+        for (size_t i = 0; i < out.size(); ++i)
+          max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
+        EXPECT_LT(max_err, kAttnTol)
+            << "simd=" << simd << " n=" << n << " layer=" << layer << " seed=" << kSeed;
       }
       ASSERT_TRUE((*kv)->commit(n).ok());
     }
@@ -99,9 +101,9 @@ TEST(DenseKvTest, RejectsBadUse) {
   EXPECT_EQ((*kv)->append(0, 5, k.data(), k.data()).code(), StatusCode::kResourceExhausted);
   EXPECT_FALSE((*kv)->append(2, 1, k.data(), k.data()).ok());  // no layer 2
   ASSERT_TRUE((*kv)->append(0, 2, k.data(), k.data()).ok());
-  EXPECT_FALSE((*kv)->append(0, 2, k.data(), k.data()).ok());  // twice before commit
+  EXPECT_FALSE((*kv)->append(0, 2, k.data(), k.data()).ok());          // twice before commit
   EXPECT_FALSE((*kv)->attend(0, 1, q.data(), out.data(), pool).ok());  // 2 appended
-  EXPECT_FALSE((*kv)->commit(2).ok());  // layer 1 has nothing
+  EXPECT_FALSE((*kv)->commit(2).ok());                                 // layer 1 has nothing
   ASSERT_TRUE((*kv)->append(1, 2, k.data(), k.data()).ok());
   ASSERT_TRUE((*kv)->commit(2).ok());
   EXPECT_EQ((*kv)->length(), 2);

@@ -124,8 +124,9 @@ TEST(ChatTemplate, UnsupportedConstructsAreErrorsOrFallback) {
   o.allow_fallback = true;
   r = apply_chat_template(macro, msgs, o);
   ASSERT_TRUE(r.ok());
-  EXPECT_EQ(*r, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
-                "<|im_start|>assistant\n");
+  EXPECT_EQ(*r,
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n"
+            "<|im_start|>assistant\n");
   // Unknown filters are found at render time and fall back the same way.
   r = apply_chat_template("{{ messages | frobnicate }}[INST]", msgs, o);
   ASSERT_TRUE(r.ok());
@@ -182,8 +183,9 @@ TEST(ChatTemplate, TruncatedAndHostileTemplatesNeverCrash) {
   std::string nested;
   for (int i = 0; i < 1000; ++i) nested += "{% if true %}";
   EXPECT_FALSE(apply_chat_template(nested, msgs, o).ok());
-  EXPECT_EQ(apply_chat_template("{% for i in range(100000000) %}{% endfor %}", msgs, o)
-                .status().code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(
+      apply_chat_template("{% for i in range(100000000) %}{% endfor %}", msgs, o).status().code(),
+      StatusCode::kResourceExhausted);
   EXPECT_EQ(apply_chat_template("{{ 'x' * 1000000000 }}", msgs, o).status().code(),
             StatusCode::kResourceExhausted);
   EXPECT_FALSE(apply_chat_template("{{ 'abc", msgs, o).ok());
@@ -197,7 +199,8 @@ TEST(ChatTemplate, WhitespaceControlAndStrftime) {
   ChatTemplateOptions o = options(false);
   // trim_blocks eats the newline after a block tag, lstrip_blocks the indent before one;
   // "-" strips all whitespace on its side; "+" opts out of lstrip; one trailing "\n" goes.
-  auto r = apply_chat_template("a\n  {% if true %}\n  b\n  {%+ endif %}\nc {{- ' d' -}}  \n e\n", msgs, o);
+  auto r = apply_chat_template("a\n  {% if true %}\n  b\n  {%+ endif %}\nc {{- ' d' -}}  \n e\n",
+                               msgs, o);
   ASSERT_TRUE(r.ok()) << r.status().to_string();
   EXPECT_EQ(*r, "a\n  b\n  c de");
   o.now_unix = 1721952000;  // 2024-07-26 00:00:00 UTC

@@ -176,9 +176,9 @@ TEST(GgufWriter, RejectsBadTensors) {
   GgufWriter w;
   std::vector<uint8_t> q4(20);
   EXPECT_TRUE(w.add_tensor("a", {32}, GgmlType::kQ4_1, q4).ok());
-  EXPECT_FALSE(w.add_tensor("a", {32}, GgmlType::kQ4_1, q4).ok());           // duplicate
-  EXPECT_FALSE(w.add_tensor("b", {31}, GgmlType::kQ4_1, q4).ok());           // partial block
-  EXPECT_FALSE(w.add_tensor("c", {32, 2}, GgmlType::kQ4_1, q4).ok());        // wrong size
+  EXPECT_FALSE(w.add_tensor("a", {32}, GgmlType::kQ4_1, q4).ok());              // duplicate
+  EXPECT_FALSE(w.add_tensor("b", {31}, GgmlType::kQ4_1, q4).ok());              // partial block
+  EXPECT_FALSE(w.add_tensor("c", {32, 2}, GgmlType::kQ4_1, q4).ok());           // wrong size
   EXPECT_FALSE(w.add_tensor("d", {32, 1, 1, 1, 1}, GgmlType::kQ4_1, q4).ok());  // 5 dims
   EXPECT_FALSE(w.add_tensor(std::string(64, 'x'), {32}, GgmlType::kQ4_1, q4).ok());
   EXPECT_FALSE(w.add_tensor("e", {32}, static_cast<GgmlType>(77), q4).ok());
@@ -240,16 +240,37 @@ TEST(GgufReader, RejectsBadMetadata) {
   // Duplicate key.
   expect_error(Bytes().header(0, 2).kv_u32("k", 1).kv_u32("k", 2).get(), "duplicate key");
   // An array count larger than the bytes left.
-  expect_error(Bytes().header(0, 1).str("arr").put<uint32_t>(9).put<uint32_t>(5)
-                   .put<uint64_t>(1ull << 40).zeros(64).get(),
+  expect_error(Bytes()
+                   .header(0, 1)
+                   .str("arr")
+                   .put<uint32_t>(9)
+                   .put<uint32_t>(5)
+                   .put<uint64_t>(1ull << 40)
+                   .zeros(64)
+                   .get(),
                "array of 1099511627776 i32");
   // Arrays of strings: each element needs its 8-byte length.
-  expect_error(Bytes().header(0, 1).str("arr").put<uint32_t>(9).put<uint32_t>(8)
-                   .put<uint64_t>(10).zeros(40).get(),
+  expect_error(Bytes()
+                   .header(0, 1)
+                   .str("arr")
+                   .put<uint32_t>(9)
+                   .put<uint32_t>(8)
+                   .put<uint64_t>(10)
+                   .zeros(40)
+                   .get(),
                "needs at least 8 bytes each");
   // Nesting: array of array of array.
-  expect_error(Bytes().header(0, 1).str("n").put<uint32_t>(9).put<uint32_t>(9).put<uint64_t>(1)
-                   .put<uint32_t>(9).put<uint64_t>(1).put<uint32_t>(4).put<uint64_t>(0).get(),
+  expect_error(Bytes()
+                   .header(0, 1)
+                   .str("n")
+                   .put<uint32_t>(9)
+                   .put<uint32_t>(9)
+                   .put<uint64_t>(1)
+                   .put<uint32_t>(9)
+                   .put<uint64_t>(1)
+                   .put<uint32_t>(4)
+                   .put<uint64_t>(0)
+                   .get(),
                "nested deeper");
   // A bool that is not 0 or 1.
   expect_error(Bytes().header(0, 1).str("b").put<uint32_t>(7).put<uint8_t>(2).zeros(8).get(),
@@ -264,8 +285,15 @@ TEST(GgufReader, RejectsBadTensorInfos) {
   const auto base = [] { return Bytes().header(1, 0); };
   expect_error(base().str("t").put<uint32_t>(5).zeros(64).get(), "'t': n_dims 5");
   expect_error(base().str("t").put<uint32_t>(0).zeros(64).get(), "'t': n_dims 0");
-  expect_error(base().str("t").put<uint32_t>(2).put<uint64_t>(1ull << 32).put<uint64_t>(1ull << 32)
-                   .put<uint32_t>(0).put<uint64_t>(0).zeros(64).get(),
+  expect_error(base()
+                   .str("t")
+                   .put<uint32_t>(2)
+                   .put<uint64_t>(1ull << 32)
+                   .put<uint64_t>(1ull << 32)
+                   .put<uint32_t>(0)
+                   .put<uint64_t>(0)
+                   .zeros(64)
+                   .get(),
                "'t': element count overflows");
   expect_error(base().tensor("blk.0.attn_q.weight", 32, 77, 0).zeros(64).get(),
                "tensor 'blk.0.attn_q.weight': unknown ggml type id 77");
@@ -387,9 +415,15 @@ TEST(GgufModel, TruncatedAndFlippedHeadersGiveErrors) {
   for (int trial = 0; trial < 60; ++trial) {
     size_t pos = 0;
     switch (trial % 3) {
-      case 0: pos = rng.next_u64() % header_end; break;
-      case 1: pos = rng.next_u64() % 4096; break;
-      default: pos = infos + rng.next_u64() % (header_end - infos); break;
+      case 0:
+        pos = rng.next_u64() % header_end;
+        break;
+      case 1:
+        pos = rng.next_u64() % 4096;
+        break;
+      default:
+        pos = infos + rng.next_u64() % (header_end - infos);
+        break;
     }
     const uint8_t saved = file[pos];
     file[pos] ^= static_cast<uint8_t>(1u << (rng.next_u64() % 8));

@@ -149,7 +149,7 @@ class ReferenceLogitsTest : public ::testing::Test {
     std::vector<float> out(ids.size() * v);
     for (size_t done = 0; done < ids.size();) {
       const int n = static_cast<int>(std::min<size_t>(n_chunk, ids.size() - done));
-      ForwardArgs a{ids.data() + done, n, kv->get(), &pool, &scratch, LogitsMode::kAll,
+      ForwardArgs a{ids.data() + done,    n, kv->get(), &pool, &scratch, LogitsMode::kAll,
                     out.data() + done * v};
       const Status st = m.forward(a);
       EXPECT_TRUE(st.ok()) << st.to_string();
@@ -186,8 +186,9 @@ TEST_F(ReferenceLogitsTest, FloatWeightsMatchTransformersExactly) {
     ASSERT_TRUE(kv.ok());
     ForwardScratch scratch;
     std::vector<float> logits(v);
-    ForwardArgs a{ids.data(), static_cast<int>(ids.size()), kv->get(), &pool, &scratch,
-                  LogitsMode::kLast, logits.data()};
+    ForwardArgs a{
+        ids.data(),   static_cast<int>(ids.size()), kv->get(), &pool, &scratch, LogitsMode::kLast,
+        logits.data()};
     ASSERT_TRUE(fm->forward(a).ok());
     int agree = 0;
     for (int step = 0; step < kGreedySteps; ++step) {
@@ -218,8 +219,7 @@ TEST_F(ReferenceLogitsTest, QuantizedLogitsMatchTransformers) {
       EXPECT_GE(d.top5_overlap, kTop5Overlap);
       rms.push_back(d.rms_rel);
       std::printf("  %-8s pos %2d: max|d|/std %.4f, rms|d|/std %.4f, top-5 overlap %d\n",
-                  p["name"].get<std::string>().c_str(), pos, d.max_rel, d.rms_rel,
-                  d.top5_overlap);
+                  p["name"].get<std::string>().c_str(), pos, d.max_rel, d.rms_rel, d.top5_overlap);
     }
   }
   std::nth_element(rms.begin(), rms.begin() + rms.size() / 2, rms.end());

@@ -123,12 +123,15 @@ TEST_F(SmolLm2Tokenizer, SpecialTokensOnlyWhenParsing) {
 // Byte-level BPE is lossless for any bytes the vocabulary has, not only valid UTF-8; bytes it
 // lacks (0xFF never occurs in UTF-8, SmolLM2 has no token for it) are dropped, as in HF.
 TEST_F(SmolLm2Tokenizer, InvalidUtf8RoundTrips) {
-  const std::string text = std::string("ok \xC3 trunc \xE2\x82 x \x80\x80 ") +
-                           std::string("\0nul", 4) + " \xF0\x9F\x98";
+  const std::string text =
+      std::string("ok \xC3 trunc \xE2\x82 x \x80\x80 ") + std::string("\0nul", 4) + " \xF0\x9F\x98";
   const auto ids = tok_->encode(text, false, false);
   EXPECT_FALSE(ids.empty());
   EXPECT_EQ(tok_->decode(ids), text);
-  EXPECT_EQ(tok_->decode(tok_->encode("a\xFF\xFE" "b", false, false)), "ab");
+  EXPECT_EQ(tok_->decode(tok_->encode("a\xFF\xFE"
+                                      "b",
+                                      false, false)),
+            "ab");
 }
 
 TEST_F(SmolLm2Tokenizer, StreamDecoderHoldsPartialUtf8) {
@@ -171,9 +174,10 @@ TEST_F(SmolLm2Tokenizer, WholeNovel) {
   const std::clock_t c1 = std::clock();
   const std::string back = tok_->decode(ids);
   const double dcpu = static_cast<double>(std::clock() - c1) / CLOCKS_PER_SEC;
-  std::printf("novel: %zu bytes -> %zu tokens, encode %.3f s cpu / %.3f s wall (%.2f M tokens/s "
-              "cpu), decode %.3f s cpu\n", novel.size(), ids.size(), cpu, secs,
-              ids.size() / cpu / 1e6, dcpu);
+  std::printf(
+      "novel: %zu bytes -> %zu tokens, encode %.3f s cpu / %.3f s wall (%.2f M tokens/s "
+      "cpu), decode %.3f s cpu\n",
+      novel.size(), ids.size(), cpu, secs, ids.size() / cpu / 1e6, dcpu);
   EXPECT_EQ(back, novel);
   ASSERT_TRUE(fx.contains("novel_full"));
   EXPECT_EQ(ids.size(), fx["novel_full"]["tokens"].get<size_t>());
@@ -187,7 +191,8 @@ TEST_F(SmolLm2Tokenizer, WholeNovel) {
 }
 
 // The allocation-free merge for short pieces gives the heap reference's ids on every piece of
-// the novel's first 150 kB, and the long pieces of a synthetic text exercise the heap path inside encode().
+// the novel's first 150 kB, and the long pieces of a synthetic text exercise the heap path inside
+// encode().
 TEST_F(SmolLm2Tokenizer, ShortPiecePathMatchesHeapReference) {
   TQ_REQUIRE_FILE(tq::test::novel_path());
   std::string text = read_file(tq::test::novel_path()).substr(0, 150000);  // ~37k tokens
@@ -211,8 +216,8 @@ TEST_F(SmolLm2Tokenizer, ShortPiecePathMatchesHeapReference) {
 TEST(PreTokenizer, MatchesReferenceRegexes) {
   const nlohmann::json fx = read_json(tq::test::fixture_path("tokenizer_pretok.json"));
   const std::pair<const char*, PreTokenizerKind> kinds[] = {
-      {"gpt2", PreTokenizerKind::kGpt2},     {"llama3", PreTokenizerKind::kLlama3},
-      {"qwen2", PreTokenizerKind::kQwen2},   {"smollm", PreTokenizerKind::kSmollm},
+      {"gpt2", PreTokenizerKind::kGpt2},       {"llama3", PreTokenizerKind::kLlama3},
+      {"qwen2", PreTokenizerKind::kQwen2},     {"smollm", PreTokenizerKind::kSmollm},
       {"default", PreTokenizerKind::kDefault},
   };
   for (const auto& [name, kind] : kinds) {
@@ -241,12 +246,12 @@ TEST(PreTokenizer, NamesMapToKinds) {
 
 TEST(Unicode, CategoriesAndWhitespace) {
   EXPECT_EQ(unicode_category('a'), UnicodeCategory::kLetter);
-  EXPECT_EQ(unicode_category(0x00E9), UnicodeCategory::kLetter);   // é
-  EXPECT_EQ(unicode_category(0x4F60), UnicodeCategory::kLetter);   // 你
-  EXPECT_EQ(unicode_category(0x0663), UnicodeCategory::kNumber);   // Arabic-Indic 3
-  EXPECT_EQ(unicode_category(0x00BD), UnicodeCategory::kNumber);   // ½
-  EXPECT_EQ(unicode_category(0x0301), UnicodeCategory::kMark);     // combining acute
-  EXPECT_EQ(unicode_category(0x1F600), UnicodeCategory::kSymbol);  // 😀
+  EXPECT_EQ(unicode_category(0x00E9), UnicodeCategory::kLetter);       // é
+  EXPECT_EQ(unicode_category(0x4F60), UnicodeCategory::kLetter);       // 你
+  EXPECT_EQ(unicode_category(0x0663), UnicodeCategory::kNumber);       // Arabic-Indic 3
+  EXPECT_EQ(unicode_category(0x00BD), UnicodeCategory::kNumber);       // ½
+  EXPECT_EQ(unicode_category(0x0301), UnicodeCategory::kMark);         // combining acute
+  EXPECT_EQ(unicode_category(0x1F600), UnicodeCategory::kSymbol);      // 😀
   EXPECT_EQ(unicode_category(0x3002), UnicodeCategory::kPunctuation);  // 。
   EXPECT_EQ(unicode_category(0x10FFFF), UnicodeCategory::kOther);
   EXPECT_EQ(unicode_category(0x110000), UnicodeCategory::kOther);
@@ -265,12 +270,14 @@ TokenizerData tiny_bpe() {
   for (int c = 0; c < 256; ++c) d.tokens[c] = "<unused" + std::to_string(c) + ">";
   for (char c : std::string("abcd")) d.tokens[static_cast<uint8_t>(c)] = std::string(1, c);
   d.tokens[' '] = "\xC4\xA0";
-  d.tokens.push_back("aa");         // 256
-  d.tokens.push_back("ab");         // 257
-  d.tokens.push_back("abc");        // 258
-  d.tokens.push_back("\xC4\xA0" "a");  // 259 "Ġa"
-  d.tokens.push_back("<ctl>");      // 260
-  d.tokens.push_back("<usr>");      // 261
+  d.tokens.push_back("aa");   // 256
+  d.tokens.push_back("ab");   // 257
+  d.tokens.push_back("abc");  // 258
+  d.tokens.push_back(
+      "\xC4\xA0"
+      "a");                     // 259 "Ġa"
+  d.tokens.push_back("<ctl>");  // 260
+  d.tokens.push_back("<usr>");  // 261
   d.token_types.assign(d.tokens.size(), 1);
   d.token_types[260] = 3;
   d.token_types[261] = 4;
@@ -329,17 +336,21 @@ TokenizerData tiny_spm() {
     d.scores.push_back(0);
   }
   const std::pair<const char*, float> pieces[] = {
-      {"\xE2\x96\x81", -10.0f},       // 259 "▁"
-      {"a", -5.0f},                   // 260
-      {"b", -5.0f},                   // 261
-      {"c", -5.0f},                   // 262
-      {"ab", -1.0f},                  // 263
-      {"bc", -0.5f},                  // 264
-      {"\xE2\x96\x81" "a", -2.0f},    // 265 "▁a"
-      {"abc", -0.1f},                 // 266
-      {"\xE2\x96\x81" "ab", -3.0f},   // 267 "▁ab"
-      {"\xC3\xA9", -6.0f},            // 268 "é"
-      {"aa", -1.5f},                  // 269
+      {"\xE2\x96\x81", -10.0f},  // 259 "▁"
+      {"a", -5.0f},              // 260
+      {"b", -5.0f},              // 261
+      {"c", -5.0f},              // 262
+      {"ab", -1.0f},             // 263
+      {"bc", -0.5f},             // 264
+      {"\xE2\x96\x81"
+       "a",
+       -2.0f},         // 265 "▁a"
+      {"abc", -0.1f},  // 266
+      {"\xE2\x96\x81"
+       "ab",
+       -3.0f},              // 267 "▁ab"
+      {"\xC3\xA9", -6.0f},  // 268 "é"
+      {"aa", -1.5f},        // 269
   };
   for (const auto& [text, score] : pieces) {
     d.tokens.push_back(text);
@@ -368,7 +379,7 @@ TEST(SpmTokenizer, MergesByScoreWithByteFallback) {
   EXPECT_EQ(tok.encode("aaa", false, false), (Ids{259, 269, 260}));
   // Characters outside the vocabulary fall back to <0xXX>: 'x' = 0x78 -> 3 + 0x78.
   EXPECT_EQ(tok.encode("x", false, false), (Ids{259, 3 + 0x78}));
-  EXPECT_EQ(tok.encode("\xC3\xA9", false, false), (Ids{259, 268}));                  // é
+  EXPECT_EQ(tok.encode("\xC3\xA9", false, false), (Ids{259, 268}));                 // é
   EXPECT_EQ(tok.encode("\xC3\xBC", false, false), (Ids{259, 3 + 0xC3, 3 + 0xBC}));  // ü
   // Special tokens: the text after one gets the space prefix again, as in llama.cpp.
   EXPECT_EQ(tok.encode("a</s>a", false, true), (Ids{265, 2, 265}));
@@ -379,7 +390,8 @@ TEST(SpmTokenizer, MergesByScoreWithByteFallback) {
   EXPECT_EQ(tok.decode({1, 259, 266}), "<s> abc");
   EXPECT_EQ(tok.token_to_piece(3 + 0xC3), "\xC3");
   EXPECT_EQ(tok.token_to_piece(267), " ab");
-  for (const char* text : {"abc", "ab c", "aaa", "x", "\xC3\xBC and \xC3\xA9!", " lead", "two  sp"}) {
+  for (const char* text :
+       {"abc", "ab c", "aaa", "x", "\xC3\xBC and \xC3\xA9!", " lead", "two  sp"}) {
     EXPECT_EQ(tok.decode(tok.encode(text, false, false)), text) << text;
   }
   EXPECT_TRUE(tok.is_eog(2));

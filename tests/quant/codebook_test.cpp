@@ -26,8 +26,8 @@ double integrate(G g, double a, double b, int pieces = 400) {
   return sum;
 }
 
-constexpr double kCentroidTol = 1e-9;   // |c_k - E[T | T in cell k]|
-constexpr double kBoundaryTol = 1e-7;   // float boundary vs float64 midpoint
+constexpr double kCentroidTol = 1e-9;  // |c_k - E[T | T in cell k]|
+constexpr double kBoundaryTol = 1e-7;  // float boundary vs float64 midpoint
 
 TEST(Codebook, CentroidsAreConditionalMeansAndBoundariesMidpoints) {
   for (int d : {64, 80, 128, 256}) {
@@ -70,7 +70,8 @@ TEST(Codebook, DistortionMatchesQuadratureAndThePaper) {
     for (size_t k = 0; k < c.size(); ++k) {
       const double lo = k == 0 ? -1.0 : 0.5 * (c[k - 1] + c[k]);
       const double hi = k + 1 == c.size() ? 1.0 : 0.5 * (c[k] + c[k + 1]);
-      mse += integrate([&](double t) { return (t - c[k]) * (t - c[k]) * coordinate_pdf(128, t); }, lo, hi);
+      mse += integrate([&](double t) { return (t - c[k]) * (t - c[k]) * coordinate_pdf(128, t); },
+                       lo, hi);
     }
     EXPECT_NEAR(book->mse_per_vector, 128 * mse, 1e-9 * book->mse_per_vector) << "b=" << b;
     // The paper's upper bound sqrt(3) pi / 2 * 4^-b.
@@ -115,8 +116,7 @@ TEST(Codebook, RejectsBadArgumentsAndCachesOnce) {
   EXPECT_FALSE(cache.get(128, 9).ok());
   std::vector<const Codebook*> got(4, nullptr);
   std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t)
-    threads.emplace_back([&, t] { got[t] = *cache.get(96, 4); });
+  for (int t = 0; t < 4; ++t) threads.emplace_back([&, t] { got[t] = *cache.get(96, 4); });
   for (auto& th : threads) th.join();
   for (int t = 1; t < 4; ++t) EXPECT_EQ(got[t], got[0]);
   EXPECT_EQ(got[0]->dim, 96);

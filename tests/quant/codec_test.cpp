@@ -87,17 +87,19 @@ TEST(TqCodec, ProdInnerProductIsUnbiasedOverSeeds) {
     const double bias = sum / kSeeds;
     const double se = std::sqrt((sum2 / kSeeds - bias * bias) / (kSeeds - 1));
     if (std::string(name) == "tq2") {
-      EXPECT_GT(std::fabs(bias), 8 * se) << "mse codec should be biased; bias=" << bias << " se=" << se;
+      EXPECT_GT(std::fabs(bias), 8 * se)
+          << "mse codec should be biased; bias=" << bias << " se=" << se;
     } else {
-      EXPECT_LT(std::fabs(bias), 4 * se) << name << " bias=" << bias << " se=" << se
-                                         << " seeds 1000.." << 1000 + kSeeds;
+      EXPECT_LT(std::fabs(bias), 4 * se)
+          << name << " bias=" << bias << " se=" << se << " seeds 1000.." << 1000 + kSeeds;
     }
   }
 }
 
 TEST(TqCodec, BytesPerVectorAndSlotsAreIndependent) {
   CodebookCache books;
-  for (const char* name : {"tq1", "tq3", "tq4", "tq8", "tq2j", "tq4j", "tq9j", "f16", "q8_0", "q4_0"}) {
+  for (const char* name :
+       {"tq1", "tq3", "tq4", "tq8", "tq2j", "tq4j", "tq9j", "f16", "q8_0", "q4_0"}) {
     auto f = *parse_format(name);
     auto codec = codec_for(name, 128, books);
     EXPECT_EQ(codec->bytes_per_vector(), f.bytes_per_vector(128)) << name;
@@ -194,8 +196,10 @@ TEST(TqCodec, NormCorrectionKeepsTheNorm) {
 
 TEST(TqCodec, RejectsUnsupportedDims) {
   CodebookCache books;
-  EXPECT_EQ(make_codec(*parse_format("q4_0"), 80, {}, books).status().code(), StatusCode::kUnsupported);
-  EXPECT_EQ(make_codec(*parse_format("tq4"), 84, {}, books).status().code(), StatusCode::kUnsupported);
+  EXPECT_EQ(make_codec(*parse_format("q4_0"), 80, {}, books).status().code(),
+            StatusCode::kUnsupported);
+  EXPECT_EQ(make_codec(*parse_format("tq4"), 84, {}, books).status().code(),
+            StatusCode::kUnsupported);
   EXPECT_TRUE(make_codec(*parse_format("tq4"), 80, {}, books).ok());
 }
 

@@ -7,9 +7,9 @@ namespace {
 
 TEST(Format, BytesPerVectorMatchTheQualityMethodTable) {
   // ../shared/docs/quality-method.md, head_dim 128.
-  const std::pair<const char*, size_t> table[] = {
-      {"f16", 256}, {"q8_0", 136}, {"q4_0", 72}, {"tq8", 130}, {"tq4", 66},
-      {"tq3", 50},  {"tq2", 34},   {"tq3j", 52}, {"tq4j", 68}};
+  const std::pair<const char*, size_t> table[] = {{"f16", 256}, {"q8_0", 136}, {"q4_0", 72},
+                                                  {"tq8", 130}, {"tq4", 66},   {"tq3", 50},
+                                                  {"tq2", 34},  {"tq3j", 52},  {"tq4j", 68}};
   for (const auto& [name, bytes] : table) {
     auto f = parse_format(name);
     ASSERT_TRUE(f.ok()) << name;

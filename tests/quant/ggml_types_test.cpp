@@ -32,10 +32,10 @@ TEST(GgmlTypes, TableMatchesGgmlCommon) {
     const char* name;
     uint32_t elems, bytes;
   };
-  const Row rows[] = {{GgmlType::kF32, "f32", 1, 4},      {GgmlType::kF16, "f16", 1, 2},
-                      {GgmlType::kBF16, "bf16", 1, 2},    {GgmlType::kQ4_0, "q4_0", 32, 18},
-                      {GgmlType::kQ4_1, "q4_1", 32, 20},  {GgmlType::kQ5_0, "q5_0", 32, 22},
-                      {GgmlType::kQ5_1, "q5_1", 32, 24},  {GgmlType::kQ8_0, "q8_0", 32, 34},
+  const Row rows[] = {{GgmlType::kF32, "f32", 1, 4},       {GgmlType::kF16, "f16", 1, 2},
+                      {GgmlType::kBF16, "bf16", 1, 2},     {GgmlType::kQ4_0, "q4_0", 32, 18},
+                      {GgmlType::kQ4_1, "q4_1", 32, 20},   {GgmlType::kQ5_0, "q5_0", 32, 22},
+                      {GgmlType::kQ5_1, "q5_1", 32, 24},   {GgmlType::kQ8_0, "q8_0", 32, 34},
                       {GgmlType::kQ4_K, "q4_K", 256, 144}, {GgmlType::kQ5_K, "q5_K", 256, 176},
                       {GgmlType::kQ6_K, "q6_K", 256, 210}};
   for (const Row& r : rows) {
@@ -202,7 +202,8 @@ class PythonFixture : public ::testing::Test {
 
 // Python computes the same float32 products in the same order: the results must be identical.
 TEST_F(PythonFixture, DequantizeMatchesPythonGgufExactly) {
-  const char* names[] = {"f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"};
+  const char* names[] = {"f16",  "bf16", "q4_0", "q4_1", "q5_0",
+                         "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"};
   for (const char* name : names) {
     const model::GgufTensor* raw = file_->find_tensor(std::string(name) + ".raw");
     ASSERT_NE(raw, nullptr) << name;
@@ -247,9 +248,9 @@ TEST_F(PythonFixture, QuantizeDequantizeErrorWithinStep) {
     GgmlType t;
     double levels;  // step = block range / levels
   };
-  for (const Case c : {Case{GgmlType::kQ8_0, 254}, Case{GgmlType::kQ4_0, 15},
-                       Case{GgmlType::kQ4_1, 15}, Case{GgmlType::kQ5_0, 31},
-                       Case{GgmlType::kQ5_1, 31}}) {
+  for (const Case c :
+       {Case{GgmlType::kQ8_0, 254}, Case{GgmlType::kQ4_0, 15}, Case{GgmlType::kQ4_1, 15},
+        Case{GgmlType::kQ5_0, 31}, Case{GgmlType::kQ5_1, 31}}) {
     std::vector<uint8_t> q(ggml_row_bytes(c.t, n_));
     std::vector<float> back(n_);
     ASSERT_TRUE(quantize_row_ref(c.t, src.data(), q.data(), n_).ok());

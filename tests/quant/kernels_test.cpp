@@ -34,12 +34,14 @@ constexpr double kInt8ModelRelTol = 1e-6;
 
 bool is_int8(const KernelTable& t) { return std::string(t.name).find("int8") != std::string::npos; }
 // The int8 range of queries and weights: vpmaddubsw's int16 pair sums limit them to 64.
-int int8_max(const KernelTable& t) { return std::string(t.name).find("vnni") != std::string::npos ? 127 : 64; }
+int int8_max(const KernelTable& t) {
+  return std::string(t.name).find("vnni") != std::string::npos ? 127 : 64;
+}
 
 const std::vector<std::string>& all_formats() {
   static const std::vector<std::string> kNames = {
-      "f16", "q8_0", "q4_0", "tq1", "tq2", "tq3", "tq4", "tq5", "tq6", "tq7", "tq8",
-      "tq2j", "tq3j", "tq4j", "tq5j", "tq6j", "tq7j", "tq8j", "tq9j"};
+      "f16", "q8_0", "q4_0", "tq1",  "tq2",  "tq3",  "tq4",  "tq5",  "tq6", "tq7",
+      "tq8", "tq2j", "tq3j", "tq4j", "tq5j", "tq6j", "tq7j", "tq8j", "tq9j"};
   return kNames;
 }
 
@@ -120,8 +122,9 @@ TEST(FusedKernels, MatchDecodeThenComputeForEveryFormat) {
           for (int n : {1, 7, 32, 45}) {
             Case c{std::move(*codec), n + 2, n, nq, {}, {}, {}};
             fill(c, rng);
-            check_fused(c, tol, name + " d=" + std::to_string(d) + " nq=" + std::to_string(nq) +
-                                    " n=" + std::to_string(n) + " kernels=" + table->name);
+            check_fused(c, tol,
+                        name + " d=" + std::to_string(d) + " nq=" + std::to_string(nq) +
+                            " n=" + std::to_string(n) + " kernels=" + table->name);
             codec = std::move(c.codec);
           }
         }
@@ -227,13 +230,14 @@ struct Int8Model {
   }
 };
 
-void compare_tables(const KernelTable& ref, const KernelTable& t, const Plane& p, const std::string& label) {
+void compare_tables(const KernelTable& ref, const KernelTable& t, const Plane& p,
+                    const std::string& label) {
   const int d = p.d, nq = p.nq, n = p.n, bits = p.bits;
   const bool model = is_int8(t) && bits <= 4;
   const Int8Model m{int8_max(t), p};
   const double tmax = max_abs(p.table.data(), static_cast<int>(p.table.size()));
-  PlaneScoreArgs a{p.q.data(), d, nq, p.bytes.data(), p.row, n, d, p.table.data(), p.scale.data(),
-                   nullptr, n, false};
+  PlaneScoreArgs a{p.q.data(),     d,       nq, p.bytes.data(), p.row, n, d, p.table.data(),
+                   p.scale.data(), nullptr, n,  false};
   std::vector<float> s_ref(static_cast<size_t>(nq) * n), s_t(s_ref.size(), 9.0f);
   a.out = s_ref.data();
   ref.score_codes[bits](a);
@@ -282,9 +286,10 @@ TEST(FusedKernels, SimdTablesMatchReferenceOrInt8Model) {
         for (int nq : {1, 3, 4, 5, 9})
           for (int n : {1, 5, 33, 70}) {
             const Plane p = random_plane(rng, bits, d, nq, n);
-            compare_tables(ref, *t, p, std::string(t->name) + " bits=" + std::to_string(bits) +
-                                           " d=" + std::to_string(d) + " nq=" + std::to_string(nq) +
-                                           " n=" + std::to_string(n) + " seed=" + std::to_string(seed));
+            compare_tables(ref, *t, p,
+                           std::string(t->name) + " bits=" + std::to_string(bits) +
+                               " d=" + std::to_string(d) + " nq=" + std::to_string(nq) +
+                               " n=" + std::to_string(n) + " seed=" + std::to_string(seed));
           }
   }
 }
@@ -309,7 +314,8 @@ TEST(FusedKernels, PreparedQueriesScoreLikeUnprepared) {
           for (int h = 0; h < nq; ++h)
             t->prepare_score_query[bits](&p.q[static_cast<size_t>(h) * d], d, &prep[stride * h]);
           std::vector<float> own(static_cast<size_t>(nq) * p.n), given(own.size());
-          PlaneScoreArgs a{p.q.data(), d, nq, p.bytes.data(), p.row, p.n, d, p.table.data(),
+          PlaneScoreArgs a{p.q.data(),     d,          nq,  p.bytes.data(),
+                           p.row,          p.n,        d,   p.table.data(),
                            p.scale.data(), own.data(), p.n, false};
           t->score_codes[bits](a);
           a.out = given.data();
@@ -331,7 +337,8 @@ TEST(FusedKernels, PreparedQueriesScoreLikeUnprepared) {
     o.kernels = t;
     auto codec = make_codec(Format{FormatKind::kTqMse, 4}, 64, o, books);
     ASSERT_TRUE(codec.ok());
-    EXPECT_GE((*codec)->query_state_size() * sizeof(float), 64 * sizeof(float) + t->score_query_bytes(64));
+    EXPECT_GE((*codec)->query_state_size() * sizeof(float),
+              64 * sizeof(float) + t->score_query_bytes(64));
   }
   if (tables == 0) GTEST_SKIP() << "no kernel table with prepared queries on this CPU (needs AVX2)";
 }
@@ -363,9 +370,10 @@ TEST(FusedKernels, Int8TablesPropagateNonFiniteInput) {
     if (!is_int8(*t)) continue;
     for (int bits = 1; bits <= 4; ++bits) {
       Plane p = random_plane(rng, bits, 64, 3, 9);
-      p.q[64 + 5] = NAN;  // head 1
+      p.q[64 + 5] = NAN;          // head 1
       p.w[2 * 9 + 4] = INFINITY;  // head 2, key 4
-      PlaneScoreArgs a{p.q.data(), 64, 3, p.bytes.data(), p.row, 9, 64, p.table.data(), nullptr, nullptr, 9, false};
+      PlaneScoreArgs a{p.q.data(), 64,      3, p.bytes.data(), p.row, 9, 64, p.table.data(),
+                       nullptr,    nullptr, 9, false};
       std::vector<float> s(3 * 9);
       a.out = s.data();
       t->score_codes[bits](a);
@@ -373,7 +381,8 @@ TEST(FusedKernels, Int8TablesPropagateNonFiniteInput) {
         EXPECT_TRUE(std::isfinite(s[i])) << t->name << " bits=" << bits;
         EXPECT_TRUE(std::isnan(s[9 + i])) << t->name << " bits=" << bits;
       }
-      PlaneAccumulateArgs b{p.w.data(), 9, 3, p.bytes.data(), p.row, 9, 64, p.table.data(), nullptr, 64};
+      PlaneAccumulateArgs b{p.w.data(),     9,       3, p.bytes.data(), p.row, 9, 64,
+                            p.table.data(), nullptr, 64};
       std::vector<float> acc(3 * 64, 0.0f);
       b.acc = acc.data();
       t->accumulate_codes[bits](b);
@@ -417,7 +426,8 @@ TEST(FusedKernels, Int8ErrorIsFarBelowCodeError) {
         }
         const int ss = codec->query_state_size();
         std::vector<float> st(static_cast<size_t>(kQ) * ss), sc(static_cast<size_t>(kQ) * kN);
-        for (int h = 0; h < kQ; ++h) codec->prepare_query(&q[static_cast<size_t>(h) * d], &st[static_cast<size_t>(h) * ss]);
+        for (int h = 0; h < kQ; ++h)
+          codec->prepare_query(&q[static_cast<size_t>(h) * d], &st[static_cast<size_t>(h) * ss]);
         codec->score(st.data(), kQ, block.data(), kN, kN, sc.data());
         double e_int8 = 0.0, e_code = 0.0;
         for (int h = 0; h < kQ; ++h)
@@ -431,8 +441,10 @@ TEST(FusedKernels, Int8ErrorIsFarBelowCodeError) {
             e_code += std::pow(exact - truth, 2);
           }
         const double share = std::sqrt(e_int8 / e_code);
-        EXPECT_LT(share, kInt8ErrorShare) << t->name << " " << name << " d=" << d << " seed=" << seed;
-        std::printf("[ int8 ] %-16s %-5s d=%3d score: rounding RMS / code RMS = %.4f\n", t->name, name, d, share);
+        EXPECT_LT(share, kInt8ErrorShare)
+            << t->name << " " << name << " d=" << d << " seed=" << seed;
+        std::printf("[ int8 ] %-16s %-5s d=%3d score: rounding RMS / code RMS = %.4f\n", t->name,
+                    name, d, share);
       }
     }
   }

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "tq/server/openai_format.h"
 #include "tq/server/openai_schema.h"
@@ -69,14 +71,15 @@ TEST(OpenAiSchema, ChatNullsAndDeveloperRole) {
 TEST(OpenAiSchema, MaxCompletionTokensWins) {
   CompletionParams p;
   ASSERT_FALSE(parse(R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":9,
-      "max_tokens":3})", Endpoint::kChat, p));
+      "max_tokens":3})",
+                     Endpoint::kChat, p));
   EXPECT_EQ(p.max_tokens, 9);
 }
 
 TEST(OpenAiSchema, CompletionPromptForms) {
   CompletionParams p;
-  ASSERT_FALSE(parse(R"({"prompt":"hello","logprobs":2,"stop":["a","b"]})",
-                     Endpoint::kCompletion, p));
+  ASSERT_FALSE(
+      parse(R"({"prompt":"hello","logprobs":2,"stop":["a","b"]})", Endpoint::kCompletion, p));
   EXPECT_EQ(p.prompt, "hello");
   EXPECT_FALSE(p.prompt_is_tokens);
   EXPECT_TRUE(p.logprobs);
@@ -103,8 +106,8 @@ TEST(OpenAiSchema, MalformedBodies) {
   EXPECT_EQ(deep.code, "invalid_json");
   // ... but brackets inside strings do not count.
   CompletionParams p;
-  EXPECT_FALSE(parse(R"({"prompt":")" + std::string(1000, '[') + R"("})", Endpoint::kCompletion,
-                     p));
+  EXPECT_FALSE(
+      parse(R"({"prompt":")" + std::string(1000, '[') + R"("})", Endpoint::kCompletion, p));
 }
 
 TEST(OpenAiSchema, WrongTypesNameTheField) {
@@ -209,12 +212,35 @@ TEST(OpenAiFormat, ChunksAndUsage) {
   EXPECT_EQ(u["usage"]["total_tokens"], 14);
   EXPECT_EQ(u["usage"]["prompt_tokens_details"]["cached_tokens"], 8);
   m.endpoint = Endpoint::kCompletion;
-  const json full = final_response(m, "abc", runtime::FinishReason::kStop, nullptr,
-                                   UsageCounts{3, 2, 0});
+  const json full =
+      final_response(m, "abc", runtime::FinishReason::kStop, nullptr, UsageCounts{3, 2, 0});
   EXPECT_EQ(full["object"], "text_completion");
   EXPECT_EQ(full["choices"][0]["text"], "abc");
   EXPECT_EQ(full["choices"][0]["finish_reason"], "stop");
   EXPECT_EQ(full["usage"]["completion_tokens"], 2);
+}
+
+// system_fingerprint names the default K/V formats and changes with anything else the cache
+// stores differently (per-layer formats, the window), and only then.
+TEST(OpenAiFormat, SystemFingerprintFollowsTheWholeCacheConfig) {
+  const auto config = [](std::vector<std::pair<std::string, std::string>> opts) {
+    auto c = kv::parse_kv_options(opts);
+    EXPECT_TRUE(c.ok()) << c.status().message();
+    return *c;
+  };
+  const kv::KvConfig base = config({{"-ctk", "tq4"}, {"-ctv", "tq3"}});
+  const std::string fp = system_fingerprint(base);
+  EXPECT_EQ(fp.rfind("tq-tq4-tq3-", 0), 0u) << fp;
+  EXPECT_EQ(fp.size(), std::string("tq-tq4-tq3-").size() + 16) << fp;
+  EXPECT_EQ(system_fingerprint(config({{"-ctk", "tq4"}, {"-ctv", "tq3"}})), fp);
+  const std::string layers = system_fingerprint(
+      config({{"-ctk", "tq4"}, {"-ctv", "tq3"}, {"--kv-layer-types", "0:q8_0"}}));
+  const std::string window =
+      system_fingerprint(config({{"-ctk", "tq4"}, {"-ctv", "tq3"}, {"--kv-window", "128"}}));
+  EXPECT_EQ(layers.rfind("tq-tq4-tq3-", 0), 0u) << layers;
+  EXPECT_NE(layers, fp);
+  EXPECT_NE(window, fp);
+  EXPECT_NE(window, layers);
 }
 
 }  // namespace

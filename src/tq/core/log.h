@@ -15,8 +15,8 @@ void log_message(LogLevel level, const char* file, int line, const char* fmt, ..
 
 }  // namespace tq
 
-#define TQ_LOG(level, ...)                                                         \
-  do {                                                                             \
+#define TQ_LOG(level, ...)                                                              \
+  do {                                                                                  \
     if (static_cast<int>(::tq::LogLevel::level) <= static_cast<int>(::tq::log_level())) \
-      ::tq::log_message(::tq::LogLevel::level, __FILE__, __LINE__, __VA_ARGS__);   \
+      ::tq::log_message(::tq::LogLevel::level, __FILE__, __LINE__, __VA_ARGS__);        \
   } while (0)

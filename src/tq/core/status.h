@@ -11,14 +11,14 @@ namespace tq {
 
 enum class StatusCode {
   kOk = 0,
-  kInvalidArgument,  // a caller's value is out of range or malformed
-  kNotFound,         // a file, key or tensor is missing
-  kOutOfRange,       // an offset or size points past the end of its buffer
-  kUnsupported,      // valid input the engine does not implement (type, arch, head dim)
-  kIo,               // the operating system refused (open, mmap, read)
-  kCorrupt,          // a file is structurally broken
+  kInvalidArgument,    // a caller's value is out of range or malformed
+  kNotFound,           // a file, key or tensor is missing
+  kOutOfRange,         // an offset or size points past the end of its buffer
+  kUnsupported,        // valid input the engine does not implement (type, arch, head dim)
+  kIo,                 // the operating system refused (open, mmap, read)
+  kCorrupt,            // a file is structurally broken
   kResourceExhausted,  // memory or KV blocks ran out
-  kInternal,         // a bug: an invariant broke
+  kInternal,           // a bug: an invariant broke
 };
 
 const char* status_code_name(StatusCode code);
@@ -47,7 +47,9 @@ class [[nodiscard]] Status {
 };
 
 inline Status ok_status() { return Status(); }
-inline Status invalid_argument(std::string m) { return {StatusCode::kInvalidArgument, std::move(m)}; }
+inline Status invalid_argument(std::string m) {
+  return {StatusCode::kInvalidArgument, std::move(m)};
+}
 inline Status not_found(std::string m) { return {StatusCode::kNotFound, std::move(m)}; }
 inline Status out_of_range(std::string m) { return {StatusCode::kOutOfRange, std::move(m)}; }
 inline Status unsupported(std::string m) { return {StatusCode::kUnsupported, std::move(m)}; }
@@ -62,7 +64,7 @@ inline Status internal_error(std::string m) { return {StatusCode::kInternal, std
 template <typename T>
 class [[nodiscard]] Expected {
  public:
-  Expected(T value) : v_(std::move(value)) {}  // NOLINT: implicit by design
+  Expected(T value) : v_(std::move(value)) {}        // NOLINT: implicit by design
   Expected(Status status) : v_(std::move(status)) {  // NOLINT: implicit by design
     if (std::get<Status>(v_).ok()) v_ = Status(StatusCode::kInternal, "Expected built from OK");
   }
@@ -90,9 +92,9 @@ class [[nodiscard]] Expected {
 #define TQ_STATUS_CONCAT_INNER(a, b) a##b
 #define TQ_STATUS_CONCAT(a, b) TQ_STATUS_CONCAT_INNER(a, b)
 
-#define TQ_RETURN_IF_ERROR(expr)              \
-  do {                                        \
-    ::tq::Status tq_status_ = (expr);         \
+#define TQ_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::tq::Status tq_status_ = (expr);        \
     if (!tq_status_.ok()) return tq_status_; \
   } while (0)
 
@@ -106,12 +108,12 @@ class [[nodiscard]] Expected {
 
 // Invariants only (bugs), never input validation.
 #ifndef NDEBUG
-#define TQ_DCHECK(cond)                                                              \
-  do {                                                                               \
-    if (!(cond)) {                                                                   \
+#define TQ_DCHECK(cond)                                                                 \
+  do {                                                                                  \
+    if (!(cond)) {                                                                      \
       std::fprintf(stderr, "%s:%d: TQ_DCHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      __builtin_trap();                                                              \
-    }                                                                                \
+      __builtin_trap();                                                                 \
+    }                                                                                   \
   } while (0)
 #else
 #define TQ_DCHECK(cond) \

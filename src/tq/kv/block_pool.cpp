@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <new>
-#include <utility>
 #include <string>
+#include <utility>
 
 namespace tq::kv {
 
@@ -21,7 +21,8 @@ Expected<std::unique_ptr<BlockPool>> BlockPool::create(std::vector<size_t> block
                               " bytes is smaller than one page (" + std::to_string(page_bytes) +
                               " bytes)");
   if (n_pages > static_cast<size_t>(1) << 30)
-    return invalid_argument("KV pool budget gives too many pages (" + std::to_string(n_pages) + ")");
+    return invalid_argument("KV pool budget gives too many pages (" + std::to_string(n_pages) +
+                            ")");
 
   std::unique_ptr<BlockPool> pool(new BlockPool());
   pool->n_pages_ = static_cast<int>(n_pages);

@@ -74,8 +74,8 @@ Expected<std::unique_ptr<DenseKv>> DenseKv::create(const AttentionShape& s, int 
                             ", heads " + std::to_string(s.n_heads) + ", kv heads " +
                             std::to_string(s.n_kv_heads) + ")");
   if (s.head_dim < 1 || s.head_dim > kMaxAttnHeadDim)
-    return invalid_argument("dense kv: head_dim " + std::to_string(s.head_dim) +
-                            " outside [1, " + std::to_string(kMaxAttnHeadDim) + "]");
+    return invalid_argument("dense kv: head_dim " + std::to_string(s.head_dim) + " outside [1, " +
+                            std::to_string(kMaxAttnHeadDim) + "]");
   if (!(s.scale > 0.0f) || !std::isfinite(s.scale))
     return invalid_argument("dense kv: softmax scale must be positive");
   if (capacity < 1) return invalid_argument("dense kv: capacity must be positive");
@@ -95,16 +95,15 @@ Status DenseKv::append(int layer, int n, const float* k, const float* v) {
     return invalid_argument("dense kv: layer " + std::to_string(layer) +
                             " appended twice before commit");
   if (n > capacity_ - length_)
-    return resource_exhausted("dense kv: " + std::to_string(length_) + " + " +
-                              std::to_string(n) + " tokens exceed the capacity " +
-                              std::to_string(capacity_));
+    return resource_exhausted("dense kv: " + std::to_string(length_) + " + " + std::to_string(n) +
+                              " tokens exceed the capacity " + std::to_string(capacity_));
   const size_t need = static_cast<size_t>(length_ + n) * kv_dim_;
   auto& kl = k_[layer];
   auto& vl = v_[layer];
   if (kl.size() < need) {
     // Geometric growth: a long generation reallocates O(log n) times, not per token.
-    const size_t grown = std::min(static_cast<size_t>(capacity_) * kv_dim_,
-                                  std::max(need, kl.size() * 2));
+    const size_t grown =
+        std::min(static_cast<size_t>(capacity_) * kv_dim_, std::max(need, kl.size() * 2));
     kl.resize(grown);
     vl.resize(grown);
   }

@@ -19,7 +19,7 @@ namespace tq::kv {
 inline constexpr int kMaxAttnHeadDim = 512;
 
 struct DenseKernels {
-  float (*dot)(const float* a, const float* b, int n) = nullptr;  // sum a[i] b[i]
+  float (*dot)(const float* a, const float* b, int n) = nullptr;     // sum a[i] b[i]
   void (*axpy)(float a, const float* x, float* y, int n) = nullptr;  // y += a x
 };
 
@@ -29,9 +29,9 @@ struct AttendHeadArgs {
   const float* v = nullptr;  // first value of this head, same stride
   int n_ctx = 0;             // positions attended: [0, n_ctx)
   int head_dim = 0;
-  size_t kv_stride = 0;      // floats between positions
+  size_t kv_stride = 0;  // floats between positions
   float scale = 0.0f;
-  float* out = nullptr;      // [head_dim]
+  float* out = nullptr;  // [head_dim]
 };
 void attend_one_head(const AttendHeadArgs& a, const DenseKernels& kernels);
 
@@ -40,7 +40,7 @@ class DenseKv final : public SequenceKv {
   // InvalidArgument for a bad shape (counts < 1, n_heads % n_kv_heads, head_dim too large or
   // odd, scale not positive) or capacity < 1. Memory grows as tokens arrive, up to capacity.
   static Expected<std::unique_ptr<DenseKv>> create(const AttentionShape& shape, int capacity,
-                                                    DenseKernels kernels = {});
+                                                   DenseKernels kernels = {});
 
   int length() const override { return length_; }
   int capacity() const override { return capacity_; }
@@ -60,10 +60,10 @@ class DenseKv final : public SequenceKv {
   DenseKernels kernels_;
   int capacity_ = 0;
   int length_ = 0;
-  size_t kv_dim_ = 0;                   // n_kv_heads * head_dim
-  std::vector<std::vector<float>> k_;   // [layer][pos][kv_head][head_dim]
-  std::vector<std::vector<float>> v_;   // [layer][pos][kv_head][head_dim]
-  std::vector<int> pending_;            // [layer] tokens appended, not yet committed
+  size_t kv_dim_ = 0;                  // n_kv_heads * head_dim
+  std::vector<std::vector<float>> k_;  // [layer][pos][kv_head][head_dim]
+  std::vector<std::vector<float>> v_;  // [layer][pos][kv_head][head_dim]
+  std::vector<int> pending_;           // [layer] tokens appended, not yet committed
 };
 
 }  // namespace tq::kv

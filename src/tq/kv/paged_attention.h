@@ -50,7 +50,7 @@ struct PagedAttentionArgs {
   const float* q = nullptr;  // [n][n_heads][head_dim]
   float* out = nullptr;      // [n][n_heads][head_dim]
   int n = 0;
-  int q_pos0 = 0;            // position of query 0; query i sees positions 0 .. q_pos0 + i
+  int q_pos0 = 0;  // position of query 0; query i sees positions 0 .. q_pos0 + i
 };
 
 // Runs on `pool` over (KV head, query tile) work items. Positions a query may not see are

@@ -9,9 +9,7 @@
 namespace tq::model {
 namespace {
 
-std::string trim_ws(const std::string& s) {
-  return jinja::py_strip(s, "", true, true);
-}
+std::string trim_ws(const std::string& s) { return jinja::py_strip(s, "", true, true); }
 
 }  // namespace
 
@@ -79,8 +77,8 @@ Expected<std::string> apply_chat_template(std::string_view tmpl,
 
   jinja::ValueList msgs;
   for (const ChatMessage& m : messages)
-    msgs.push_back(Value::new_dict({{"role", Value::string(m.role)},
-                                    {"content", Value::string(m.content)}}));
+    msgs.push_back(
+        Value::new_dict({{"role", Value::string(m.role)}, {"content", Value::string(m.content)}}));
   const jinja::ValueDict globals = {
       {"messages", Value::new_list(std::move(msgs))},
       {"bos_token", Value::string(opts.bos_token)},

@@ -19,7 +19,8 @@ Expected<std::string> string_arg(const CallArgs& a, size_t i, std::string_view n
     if (def) return std::string(def);
     return arg_error(what, "missing argument '" + std::string(name) + "'");
   }
-  if (!v->is_string()) return arg_error(what, "argument '" + std::string(name) + "' must be a string");
+  if (!v->is_string())
+    return arg_error(what, "argument '" + std::string(name) + "' must be a string");
   return v->s;
 }
 
@@ -83,8 +84,10 @@ std::string title_case(const std::string& s, bool only_first) {
   for (char& c : out) {
     const bool alpha = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
     if (alpha) {
-      if (start) c = ascii_upper(std::string(1, c))[0];
-      else if (!only_first) c = ascii_lower(std::string(1, c))[0];
+      if (start)
+        c = ascii_upper(std::string(1, c))[0];
+      else if (!only_first)
+        c = ascii_lower(std::string(1, c))[0];
       start = false;
     } else if (!only_first) {
       start = true;
@@ -114,7 +117,8 @@ Expected<Value> filter_by_test(const Value& in, const CallArgs& args, bool keep,
   size_t k = 0;
   std::string attr;
   if (by_attr) {
-    if (args.pos.empty() || !args.pos[0].is_string()) return invalid_argument("selectattr: missing attribute");
+    if (args.pos.empty() || !args.pos[0].is_string())
+      return invalid_argument("selectattr: missing attribute");
     attr = args.pos[0].s;
     k = 1;
   }
@@ -152,7 +156,8 @@ const Value* CallArgs::get(size_t i, std::string_view name) const {
 Expected<Value> apply_filter(const std::string& name, const Value& in, const CallArgs& args) {
   const std::string what = "filter '" + name + "'";
   auto need_string = [&]() -> Status {
-    if (!in.is_string()) return arg_error(what, std::string("expects a string, got ") + kind_name(in.kind));
+    if (!in.is_string())
+      return arg_error(what, std::string("expects a string, got ") + kind_name(in.kind));
     return ok_status();
   };
   if (name == "trim") {
@@ -209,7 +214,8 @@ Expected<Value> apply_filter(const std::string& name, const Value& in, const Cal
   if (name == "safe") return in;
   if (name == "int") {
     if (in.kind == Value::Kind::kFloat) return Value::integer(static_cast<int64_t>(in.f));
-    if (in.kind == Value::Kind::kInt || in.kind == Value::Kind::kBool) return Value::integer(in.kind == Value::Kind::kInt ? in.i : in.b);
+    if (in.kind == Value::Kind::kInt || in.kind == Value::Kind::kBool)
+      return Value::integer(in.kind == Value::Kind::kInt ? in.i : in.b);
     if (in.is_string()) {
       char* end = nullptr;
       const std::string t = py_strip(in.s, "", true, true);
@@ -306,7 +312,8 @@ Expected<bool> apply_test(const std::string& name, const Value& v, const CallArg
     int64_t d = 2;
     if (name == "divisibleby") {
       TQ_RETURN_IF_ERROR(need_arg());
-      if (arg->kind != K::kInt || arg->i == 0) return invalid_argument("divisibleby needs a non-zero integer");
+      if (arg->kind != K::kInt || arg->i == 0)
+        return invalid_argument("divisibleby needs a non-zero integer");
       d = arg->i;
     }
     const bool div = v.i % d == 0;
@@ -319,7 +326,8 @@ Expected<bool> apply_test(const std::string& name, const Value& v, const CallArg
   }
   if (name == "sameas") {
     TQ_RETURN_IF_ERROR(need_arg());
-    if (v.is_list() || v.is_mapping()) return v.kind == arg->kind && v.list == arg->list && v.dict == arg->dict;
+    if (v.is_list() || v.is_mapping())
+      return v.kind == arg->kind && v.list == arg->list && v.dict == arg->dict;
     return v.kind == arg->kind && equals(v, *arg);
   }
   if (name == "lt" || name == "gt" || name == "le" || name == "ge" || name == "<" || name == ">" ||
@@ -361,9 +369,10 @@ Expected<Value> call_method(const Value& obj, const std::string& name, const Cal
       ValueList options = p->is_list() ? *p->list : ValueList{*p};
       for (const Value& o : options) {
         if (!o.is_string()) return arg_error(what, "argument must be a string");
-        const bool hit = name == "startswith"
-                             ? s.compare(0, o.s.size(), o.s) == 0
-                             : s.size() >= o.s.size() && s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
+        const bool hit =
+            name == "startswith"
+                ? s.compare(0, o.s.size(), o.s) == 0
+                : s.size() >= o.s.size() && s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0;
         if (hit) return Value::boolean(true);
       }
       return Value::boolean(false);
@@ -371,7 +380,8 @@ Expected<Value> call_method(const Value& obj, const std::string& name, const Cal
     if (name == "split") {
       TQ_ASSIGN_OR_RETURN(const int64_t maxsplit, int_arg(args, 1, "maxsplit", -1));
       ValueList out;
-      for (auto& piece : py_split(s, args.get(0, "sep"), maxsplit)) out.push_back(Value::string(std::move(piece)));
+      for (auto& piece : py_split(s, args.get(0, "sep"), maxsplit))
+        out.push_back(Value::string(std::move(piece)));
       return Value::new_list(std::move(out));
     }
     if (name == "replace") {
@@ -388,7 +398,8 @@ Expected<Value> call_method(const Value& obj, const std::string& name, const Cal
         return Value::integer(static_cast<int64_t>(utf8_chars(s.substr(0, hit)).size()));
       }
       int64_t count = 0;
-      for (size_t p = s.find(sub); !sub.empty() && p != std::string::npos; p = s.find(sub, p + sub.size()))
+      for (size_t p = s.find(sub); !sub.empty() && p != std::string::npos;
+           p = s.find(sub, p + sub.size()))
         ++count;
       return Value::integer(count);
     }
@@ -424,7 +435,8 @@ bool is_builtin_function(std::string_view name) {
          name == "strftime_now";
 }
 
-Expected<Value> call_function(const std::string& name, const CallArgs& args, const BuiltinEnv& env) {
+Expected<Value> call_function(const std::string& name, const CallArgs& args,
+                              const BuiltinEnv& env) {
   if (name == "raise_exception") {
     const Value* msg = args.get(0, "message");
     return invalid_argument("raise_exception: " + (msg ? to_output(*msg) : std::string()));
@@ -432,10 +444,12 @@ Expected<Value> call_function(const std::string& name, const CallArgs& args, con
   if (name == "namespace" || name == "dict") {
     ValueDict d;
     if (!args.pos.empty()) {
-      if (!args.pos[0].is_mapping()) return invalid_argument(name + "() takes keyword arguments or a mapping");
+      if (!args.pos[0].is_mapping())
+        return invalid_argument(name + "() takes keyword arguments or a mapping");
       d = *args.pos[0].dict;
     }
-    Value v = Value::new_dict(std::move(d), name == "namespace" ? Value::Kind::kNamespace : Value::Kind::kDict);
+    Value v = Value::new_dict(std::move(d),
+                              name == "namespace" ? Value::Kind::kNamespace : Value::Kind::kDict);
     for (const auto& [k, x] : args.kw) v.set(k, x);
     return v;
   }
@@ -443,14 +457,18 @@ Expected<Value> call_function(const std::string& name, const CallArgs& args, con
     int64_t start = 0, stop = 0, step = 1;
     for (const Value& a : args.pos)
       if (a.kind != Value::Kind::kInt) return invalid_argument("range() takes integers");
-    if (args.pos.size() == 1) stop = args.pos[0].i;
-    else if (args.pos.size() >= 2) start = args.pos[0].i, stop = args.pos[1].i;
+    if (args.pos.size() == 1)
+      stop = args.pos[0].i;
+    else if (args.pos.size() >= 2)
+      start = args.pos[0].i, stop = args.pos[1].i;
     if (args.pos.size() == 3) step = args.pos[2].i;
-    if (args.pos.empty() || args.pos.size() > 3 || step == 0) return invalid_argument("bad range() arguments");
+    if (args.pos.empty() || args.pos.size() > 3 || step == 0)
+      return invalid_argument("bad range() arguments");
     constexpr int64_t kMaxRange = 1 << 20;  // a template never needs more; bounds the work
     ValueList out;
     for (int64_t v = start; step > 0 ? v < stop : v > stop; v += step) {
-      if (static_cast<int64_t>(out.size()) >= kMaxRange) return resource_exhausted("range() too long");
+      if (static_cast<int64_t>(out.size()) >= kMaxRange)
+        return resource_exhausted("range() too long");
       out.push_back(Value::integer(v));
     }
     return Value::new_list(std::move(out));

@@ -41,10 +41,13 @@ Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b
     }
   }
   if (op == "*") {
-    const Value* seq = a.is_string() || a.is_list() ? &a : b.is_string() || b.is_list() ? &b : nullptr;
+    const Value* seq = a.is_string() || a.is_list()   ? &a
+                       : b.is_string() || b.is_list() ? &b
+                                                      : nullptr;
     const Value* num = seq == &a ? &b : &a;
     if (seq && num->kind == K::kInt) {
-      if (num->i * static_cast<int64_t>(seq->is_string() ? seq->s.size() : seq->list->size()) > (1 << 24))
+      if (num->i * static_cast<int64_t>(seq->is_string() ? seq->s.size() : seq->list->size()) >
+          (1 << 24))
         return resource_exhausted("sequence repetition too large");
       if (seq->is_string()) {
         std::string out;
@@ -52,7 +55,8 @@ Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b
         return Value::string(std::move(out));
       }
       ValueList out;
-      for (int64_t k = 0; k < num->i; ++k) out.insert(out.end(), seq->list->begin(), seq->list->end());
+      for (int64_t k = 0; k < num->i; ++k)
+        out.insert(out.end(), seq->list->begin(), seq->list->end());
       return Value::new_list(std::move(out));
     }
   }
@@ -103,7 +107,8 @@ class Renderer {
     for (const Stmt& s : body) {
       TQ_RETURN_IF_ERROR(at_line(s.line, exec(s, out)));
       if (flow_ != Flow::kNormal) return ok_status();
-      if (out->size() > limits_.max_output_bytes) return resource_exhausted("chat template output too large");
+      if (out->size() > limits_.max_output_bytes)
+        return resource_exhausted("chat template output too large");
     }
     return ok_status();
   }
@@ -122,7 +127,9 @@ class Renderer {
 
   Status exec(const Stmt& s, std::string* out) {
     switch (s.kind) {
-      case Stmt::Kind::kText: out->append(s.text); return ok_status();
+      case Stmt::Kind::kText:
+        out->append(s.text);
+        return ok_status();
       case Stmt::Kind::kOutput: {
         TQ_ASSIGN_OR_RETURN(const Value v, eval(*s.expr));
         out->append(to_output(v));
@@ -135,7 +142,8 @@ class Renderer {
         }
         if (s.bodies.size() > s.conds.size()) return exec_body(s.bodies.back(), out);
         return ok_status();
-      case Stmt::Kind::kFor: return exec_for(s, out);
+      case Stmt::Kind::kFor:
+        return exec_for(s, out);
       case Stmt::Kind::kSet: {
         TQ_ASSIGN_OR_RETURN(Value v, eval(*s.expr));
         if (s.targets.size() == 1) {
@@ -144,7 +152,8 @@ class Renderer {
         }
         Value ns = lookup(s.targets[0]);
         if (ns.kind != K::kNamespace)
-          return invalid_argument("cannot set an attribute of '" + s.targets[0] + "': not a namespace");
+          return invalid_argument("cannot set an attribute of '" + s.targets[0] +
+                                  "': not a namespace");
         ns.set(s.targets[1], std::move(v));
         return ok_status();
       }
@@ -154,14 +163,20 @@ class Renderer {
         scopes_.back()[s.targets[0]] = Value::string(std::move(captured));
         return ok_status();
       }
-      case Stmt::Kind::kBreak: flow_ = Flow::kBreak; return ok_status();
-      case Stmt::Kind::kContinue: flow_ = Flow::kContinue; return ok_status();
-      case Stmt::Kind::kScope: return exec_body(s.bodies[0], out);
+      case Stmt::Kind::kBreak:
+        flow_ = Flow::kBreak;
+        return ok_status();
+      case Stmt::Kind::kContinue:
+        flow_ = Flow::kContinue;
+        return ok_status();
+      case Stmt::Kind::kScope:
+        return exec_body(s.bodies[0], out);
     }
     return internal_error("unknown statement");
   }
 
-  Status bind_targets(const Stmt& s, const Value& item, std::unordered_map<std::string, Value>* scope) {
+  Status bind_targets(const Stmt& s, const Value& item,
+                      std::unordered_map<std::string, Value>* scope) {
     if (s.targets.size() == 1) {
       (*scope)[s.targets[0]] = item;
       return ok_status();
@@ -192,14 +207,18 @@ class Renderer {
     if (items.empty()) return s.bodies.size() > 1 ? exec_body(s.bodies[1], out) : ok_status();
     const auto n = static_cast<int64_t>(items.size());
     for (int64_t k = 0; k < n; ++k) {
-      if (++iterations_ > limits_.max_loop_iterations) return resource_exhausted("chat template loops too long");
+      if (++iterations_ > limits_.max_loop_iterations)
+        return resource_exhausted("chat template loops too long");
       scopes_.emplace_back();
       auto& scope = scopes_.back();
       TQ_RETURN_IF_ERROR(bind_targets(s, items[k], &scope));
       Value loop = Value::new_dict({
-          {"index0", Value::integer(k)}, {"index", Value::integer(k + 1)},
-          {"revindex0", Value::integer(n - k - 1)}, {"revindex", Value::integer(n - k)},
-          {"first", Value::boolean(k == 0)}, {"last", Value::boolean(k == n - 1)},
+          {"index0", Value::integer(k)},
+          {"index", Value::integer(k + 1)},
+          {"revindex0", Value::integer(n - k - 1)},
+          {"revindex", Value::integer(n - k)},
+          {"first", Value::boolean(k == 0)},
+          {"last", Value::boolean(k == n - 1)},
           {"length", Value::integer(n)},
           {"previtem", k > 0 ? items[k - 1] : Value::undefined()},
           {"nextitem", k + 1 < n ? items[k + 1] : Value::undefined()},
@@ -220,8 +239,10 @@ class Renderer {
     for (size_t k = 1; k < e.args.size(); ++k) {
       TQ_ASSIGN_OR_RETURN(Value v, eval(*e.args[k]));
       const std::string& kw = k - 1 < e.kwarg_names.size() ? e.kwarg_names[k - 1] : std::string();
-      if (kw.empty()) a.pos.push_back(std::move(v));
-      else a.kw.emplace_back(kw, std::move(v));
+      if (kw.empty())
+        a.pos.push_back(std::move(v));
+      else
+        a.kw.emplace_back(kw, std::move(v));
     }
     return a;
   }
@@ -232,8 +253,10 @@ class Renderer {
 
   Expected<Value> eval(const Expr& e) {
     switch (e.kind) {
-      case Expr::Kind::kLiteral: return e.literal;
-      case Expr::Kind::kName: return lookup(e.name);
+      case Expr::Kind::kLiteral:
+        return e.literal;
+      case Expr::Kind::kName:
+        return lookup(e.name);
       case Expr::Kind::kAttr: {
         TQ_ASSIGN_OR_RETURN(const Value obj, eval(*e.args[0]));
         if (obj.is_undefined()) return undefined_error(obj);
@@ -250,7 +273,8 @@ class Renderer {
         TQ_ASSIGN_OR_RETURN(const Value key, eval(*e.args[1]));
         return index(obj, key);
       }
-      case Expr::Kind::kSlice: return eval_slice(e);
+      case Expr::Kind::kSlice:
+        return eval_slice(e);
       case Expr::Kind::kCall: {
         TQ_ASSIGN_OR_RETURN(const CallArgs args, eval_args(e));
         const Expr& callee = *e.args[0];
@@ -285,7 +309,8 @@ class Renderer {
         TQ_ASSIGN_OR_RETURN(const Value v, eval(*e.args[0]));
         return arithmetic("-", Value::integer(0), v);
       }
-      case Expr::Kind::kBinary: return eval_binary(e);
+      case Expr::Kind::kBinary:
+        return eval_binary(e);
       case Expr::Kind::kCond: {
         TQ_ASSIGN_OR_RETURN(const Value c, eval(*e.args[0]));
         if (truthy(c)) return eval(*e.args[1]);
@@ -325,7 +350,8 @@ class Renderer {
       return u;
     }
     if ((obj.is_list() || obj.is_string()) && key.kind == K::kInt) {
-      const std::vector<std::string> chars = obj.is_string() ? utf8_chars(obj.s) : std::vector<std::string>{};
+      const std::vector<std::string> chars =
+          obj.is_string() ? utf8_chars(obj.s) : std::vector<std::string>{};
       const auto n = static_cast<int64_t>(obj.is_list() ? obj.list->size() : chars.size());
       const int64_t k = key.i < 0 ? key.i + n : key.i;
       if (k < 0 || k >= n) return Value::undefined();
@@ -350,16 +376,20 @@ class Renderer {
     if (step == 0) return invalid_argument("slice step cannot be zero");
     if (obj.is_undefined()) return undefined_error(obj);
     std::vector<std::string> chars;
-    if (obj.is_string()) chars = utf8_chars(obj.s);
-    else if (!obj.is_list()) return invalid_argument(std::string("cannot slice a ") + kind_name(obj.kind));
+    if (obj.is_string())
+      chars = utf8_chars(obj.s);
+    else if (!obj.is_list())
+      return invalid_argument(std::string("cannot slice a ") + kind_name(obj.kind));
     const auto n = static_cast<int64_t>(obj.is_list() ? obj.list->size() : chars.size());
     int64_t b = 0, end = 0;
     slice_bounds(n, &parts[0], &parts[1], step, &b, &end);
     ValueList items;
     std::string s;
     for (int64_t k = b; step > 0 ? k < end : k > end; k += step) {
-      if (obj.is_list()) items.push_back((*obj.list)[k]);
-      else s += chars[k];
+      if (obj.is_list())
+        items.push_back((*obj.list)[k]);
+      else
+        s += chars[k];
     }
     return obj.is_list() ? Value::new_list(std::move(items)) : Value::string(std::move(s));
   }

@@ -8,7 +8,9 @@
 namespace tq::model::jinja {
 namespace {
 
-bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+bool is_ws(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
 bool is_name_start(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
@@ -24,8 +26,10 @@ size_t lex_escape(std::string_view s, size_t p, std::string* out) {
     for (size_t k = 1; k <= n; ++k) {
       if (p + k >= s.size()) return 0;
       const char h = s[p + k];
-      const int d = is_digit(h) ? h - '0' : (h >= 'a' && h <= 'f') ? h - 'a' + 10
-                                          : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
+      const int d = is_digit(h)              ? h - '0'
+                    : (h >= 'a' && h <= 'f') ? h - 'a' + 10
+                    : (h >= 'A' && h <= 'F') ? h - 'A' + 10
+                                             : -1;
       if (d < 0) return 0;
       v = v * 16 + static_cast<uint32_t>(d);
     }
@@ -34,22 +38,52 @@ size_t lex_escape(std::string_view s, size_t p, std::string* out) {
     return n + 1;
   };
   switch (c) {
-    case 'n': *out += '\n'; return 1;
-    case 't': *out += '\t'; return 1;
-    case 'r': *out += '\r'; return 1;
-    case '\\': *out += '\\'; return 1;
-    case '\'': *out += '\''; return 1;
-    case '"': *out += '"'; return 1;
-    case '0': *out += '\0'; return 1;
-    case 'a': *out += '\a'; return 1;
-    case 'b': *out += '\b'; return 1;
-    case 'f': *out += '\f'; return 1;
-    case 'v': *out += '\v'; return 1;
-    case '\n': return 1;  // line continuation
-    case 'x': if (size_t n = hex(2)) return n; break;
-    case 'u': if (size_t n = hex(4)) return n; break;
-    case 'U': if (size_t n = hex(8)) return n; break;
-    default: break;
+    case 'n':
+      *out += '\n';
+      return 1;
+    case 't':
+      *out += '\t';
+      return 1;
+    case 'r':
+      *out += '\r';
+      return 1;
+    case '\\':
+      *out += '\\';
+      return 1;
+    case '\'':
+      *out += '\'';
+      return 1;
+    case '"':
+      *out += '"';
+      return 1;
+    case '0':
+      *out += '\0';
+      return 1;
+    case 'a':
+      *out += '\a';
+      return 1;
+    case 'b':
+      *out += '\b';
+      return 1;
+    case 'f':
+      *out += '\f';
+      return 1;
+    case 'v':
+      *out += '\v';
+      return 1;
+    case '\n':
+      return 1;  // line continuation
+    case 'x':
+      if (size_t n = hex(2)) return n;
+      break;
+    case 'u':
+      if (size_t n = hex(4)) return n;
+      break;
+    case 'U':
+      if (size_t n = hex(8)) return n;
+      break;
+    default:
+      break;
   }
   *out += '\\';  // unknown escapes stay as written, as in Python
   *out += c;
@@ -120,13 +154,16 @@ Expected<std::vector<Token>> lex_template(std::string_view raw) {
       if (end == std::string::npos) return lex_error(line, "unterminated comment");
       count_lines(tag, end);
       pos = end + 2;
-      if (end > p && src[end - 1] == '-') strip_next = true;
-      else if (!(end > p && src[end - 1] == '+') && pos < n && src[pos] == '\n') ++pos, ++line;
+      if (end > p && src[end - 1] == '-')
+        strip_next = true;
+      else if (!(end > p && src[end - 1] == '+') && pos < n && src[pos] == '\n')
+        ++pos, ++line;
       continue;
     }
     const bool is_stmt = kind == '%';
     const int tag_line = line;
-    out.push_back(Token{is_stmt ? Token::Kind::kStmtBegin : Token::Kind::kExprBegin, "", 0, 0.0, line});
+    out.push_back(
+        Token{is_stmt ? Token::Kind::kStmtBegin : Token::Kind::kExprBegin, "", 0, 0.0, line});
     const char close = is_stmt ? '%' : '}';
     int depth = 0;  // brackets open inside the tag: "}}" in "{{ {'a': {}}}}" is not the end
     bool closed = false;
@@ -142,10 +179,13 @@ Expected<std::vector<Token>> lex_template(std::string_view raw) {
         char m = '\0';
         if ((c == '-' || (c == '+' && is_stmt)) && p + 1 < n && src[p + 1] == close) m = c, ++q;
         if (q + 1 < n && src[q] == close && src[q + 1] == '}') {
-          out.push_back(Token{is_stmt ? Token::Kind::kStmtEnd : Token::Kind::kExprEnd, "", 0, 0.0, line});
+          out.push_back(
+              Token{is_stmt ? Token::Kind::kStmtEnd : Token::Kind::kExprEnd, "", 0, 0.0, line});
           pos = q + 2;
-          if (m == '-') strip_next = true;
-          else if (is_stmt && m != '+' && pos < n && src[pos] == '\n') ++pos, ++line;
+          if (m == '-')
+            strip_next = true;
+          else if (is_stmt && m != '+' && pos < n && src[pos] == '\n')
+            ++pos, ++line;
           closed = true;
           break;
         }
@@ -175,8 +215,10 @@ Expected<std::vector<Token>> lex_template(std::string_view raw) {
         for (size_t k = p; k < e; ++k)
           if (src[k] != '_') num += src[k];
         Token t{is_float ? Token::Kind::kFloat : Token::Kind::kInt, num, 0, 0.0, line};
-        if (is_float) t.f = std::strtod(num.c_str(), nullptr);
-        else t.i = std::strtoll(num.c_str(), nullptr, 10);
+        if (is_float)
+          t.f = std::strtod(num.c_str(), nullptr);
+        else
+          t.i = std::strtoll(num.c_str(), nullptr, 10);
         out.push_back(std::move(t));
         p = e;
       } else if (c == '\'' || c == '"') {

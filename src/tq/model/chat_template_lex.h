@@ -12,8 +12,19 @@
 namespace tq::model::jinja {
 
 struct Token {
-  enum class Kind { kText, kExprBegin, kExprEnd, kStmtBegin, kStmtEnd, kName, kString, kInt,
-                    kFloat, kOp, kEof };
+  enum class Kind {
+    kText,
+    kExprBegin,
+    kExprEnd,
+    kStmtBegin,
+    kStmtEnd,
+    kName,
+    kString,
+    kInt,
+    kFloat,
+    kOp,
+    kEof
+  };
   Kind kind;
   std::string text;  // kText, kName, kString (unescaped), kOp, numbers as written
   int64_t i;         // kInt

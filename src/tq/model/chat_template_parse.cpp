@@ -27,8 +27,12 @@ class Parser {
  private:
   const Token& cur() const { return t_[p_]; }
   const Token& peek(size_t k = 1) const { return t_[std::min(p_ + k, t_.size() - 1)]; }
-  bool is_op(std::string_view op) const { return cur().kind == Token::Kind::kOp && cur().text == op; }
-  bool is_name(std::string_view n) const { return cur().kind == Token::Kind::kName && cur().text == n; }
+  bool is_op(std::string_view op) const {
+    return cur().kind == Token::Kind::kOp && cur().text == op;
+  }
+  bool is_name(std::string_view n) const {
+    return cur().kind == Token::Kind::kName && cur().text == n;
+  }
   Status error(const std::string& msg) const {
     return invalid_argument("chat template line " + std::to_string(cur().line) + ": " + msg);
   }
@@ -38,10 +42,14 @@ class Parser {
   }
   std::string describe() const {
     switch (cur().kind) {
-      case Token::Kind::kEof: return "end of template";
-      case Token::Kind::kStmtEnd: return "'%}'";
-      case Token::Kind::kExprEnd: return "'}}'";
-      default: return "'" + cur().text + "'";
+      case Token::Kind::kEof:
+        return "end of template";
+      case Token::Kind::kStmtEnd:
+        return "'%}'";
+      case Token::Kind::kExprEnd:
+        return "'}}'";
+      default:
+        return "'" + cur().text + "'";
     }
   }
   Status expect_op(std::string_view op) {
@@ -223,7 +231,8 @@ class Parser {
   }
 
   template <typename Next>
-  Expected<ExprPtr> binary_chain(std::initializer_list<std::string_view> ops, bool names, Next next) {
+  Expected<ExprPtr> binary_chain(std::initializer_list<std::string_view> ops, bool names,
+                                 Next next) {
     TQ_ASSIGN_OR_RETURN(ExprPtr e, (this->*next)());
     while (true) {
       std::string op;
@@ -257,7 +266,8 @@ class Parser {
       for (std::string_view o : {"==", "!=", "<", ">", "<=", ">="})
         if (is_op(o)) op = std::string(o);
       if (op.empty() && is_name("in")) op = "in";
-      if (op.empty() && is_name("not") && peek().kind == Token::Kind::kName && peek().text == "in") {
+      if (op.empty() && is_name("not") && peek().kind == Token::Kind::kName &&
+          peek().text == "in") {
         op = "not in";
         ++p_;
       }
@@ -308,10 +318,14 @@ class Parser {
       case Token::Kind::kName: {
         ++p_;
         auto e = make(Expr::Kind::kLiteral);
-        if (tok.text == "true" || tok.text == "True") e->literal = Value::boolean(true);
-        else if (tok.text == "false" || tok.text == "False") e->literal = Value::boolean(false);
-        else if (tok.text == "none" || tok.text == "None") e->literal = Value::none();
-        else e = make(Expr::Kind::kName, tok.text);
+        if (tok.text == "true" || tok.text == "True")
+          e->literal = Value::boolean(true);
+        else if (tok.text == "false" || tok.text == "False")
+          e->literal = Value::boolean(false);
+        else if (tok.text == "none" || tok.text == "None")
+          e->literal = Value::none();
+        else
+          e = make(Expr::Kind::kName, tok.text);
         return e;
       }
       case Token::Kind::kString: {
@@ -328,7 +342,8 @@ class Parser {
         ++p_;
         return e;
       }
-      default: break;
+      default:
+        break;
     }
     if (is_op("(")) {
       ++p_;
@@ -432,7 +447,8 @@ class Parser {
     while (!is_op(")")) {
       if (is_op("*") || is_op("**")) return unsupported_here("*args/**kwargs in a call");
       std::string kw;
-      if (cur().kind == Token::Kind::kName && peek().kind == Token::Kind::kOp && peek().text == "=") {
+      if (cur().kind == Token::Kind::kName && peek().kind == Token::Kind::kOp &&
+          peek().text == "=") {
         kw = cur().text;
         p_ += 2;
       }
@@ -467,12 +483,11 @@ class Parser {
         t->negated = negated;
         t->args.push_back(std::move(e));
         const Token& c = cur();
-        const bool bare_arg =
-            c.kind == Token::Kind::kString || c.kind == Token::Kind::kInt ||
-            c.kind == Token::Kind::kFloat ||
-            (c.kind == Token::Kind::kName && c.text != "else" && c.text != "or" &&
-             c.text != "and" && c.text != "if" && c.text != "in" && c.text != "is" &&
-             c.text != "not");
+        const bool bare_arg = c.kind == Token::Kind::kString || c.kind == Token::Kind::kInt ||
+                              c.kind == Token::Kind::kFloat ||
+                              (c.kind == Token::Kind::kName && c.text != "else" && c.text != "or" &&
+                               c.text != "and" && c.text != "if" && c.text != "in" &&
+                               c.text != "is" && c.text != "not");
         if (is_op("(")) {
           TQ_RETURN_IF_ERROR(parse_call_args(t.get()));
         } else if (bare_arg) {

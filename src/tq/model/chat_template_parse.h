@@ -51,7 +51,7 @@ struct Stmt {
     kSetBlock,  // set targets[0] %} bodies[0] {% endset
     kBreak,
     kContinue,
-    kScope,     // bodies[0], e.g. HF's {% generation %} block
+    kScope,  // bodies[0], e.g. HF's {% generation %} block
   };
   Kind kind = Kind::kText;
   std::string text;

@@ -51,10 +51,18 @@ std::string string_repr(const std::string& s) {
   std::string out(1, q);
   for (char c : s) {
     switch (c) {
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c == q) {
           out += '\\';
@@ -75,13 +83,27 @@ std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char b[8];
@@ -95,9 +117,7 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
-bool py_is_space(uint32_t cp) {
-  return unicode_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F);
-}
+bool py_is_space(uint32_t cp) { return unicode_is_whitespace(cp) || (cp >= 0x1C && cp <= 0x1F); }
 
 }  // namespace
 
@@ -121,16 +141,26 @@ void Value::set(const std::string& key, Value v) {
 
 const char* kind_name(Value::Kind k) {
   switch (k) {
-    case Value::Kind::kUndefined: return "undefined";
-    case Value::Kind::kNone: return "none";
-    case Value::Kind::kBool: return "bool";
-    case Value::Kind::kInt: return "int";
-    case Value::Kind::kFloat: return "float";
-    case Value::Kind::kString: return "string";
-    case Value::Kind::kList: return "list";
-    case Value::Kind::kDict: return "dict";
-    case Value::Kind::kNamespace: return "namespace";
-    case Value::Kind::kFunction: return "function";
+    case Value::Kind::kUndefined:
+      return "undefined";
+    case Value::Kind::kNone:
+      return "none";
+    case Value::Kind::kBool:
+      return "bool";
+    case Value::Kind::kInt:
+      return "int";
+    case Value::Kind::kFloat:
+      return "float";
+    case Value::Kind::kString:
+      return "string";
+    case Value::Kind::kList:
+      return "list";
+    case Value::Kind::kDict:
+      return "dict";
+    case Value::Kind::kNamespace:
+      return "namespace";
+    case Value::Kind::kFunction:
+      return "function";
   }
   return "?";
 }
@@ -138,22 +168,31 @@ const char* kind_name(Value::Kind k) {
 bool truthy(const Value& v) {
   switch (v.kind) {
     case Value::Kind::kUndefined:
-    case Value::Kind::kNone: return false;
-    case Value::Kind::kBool: return v.b;
-    case Value::Kind::kInt: return v.i != 0;
-    case Value::Kind::kFloat: return v.f != 0.0;
-    case Value::Kind::kString: return !v.s.empty();
-    case Value::Kind::kList: return !v.list->empty();
-    case Value::Kind::kDict: return !v.dict->empty();
+    case Value::Kind::kNone:
+      return false;
+    case Value::Kind::kBool:
+      return v.b;
+    case Value::Kind::kInt:
+      return v.i != 0;
+    case Value::Kind::kFloat:
+      return v.f != 0.0;
+    case Value::Kind::kString:
+      return !v.s.empty();
+    case Value::Kind::kList:
+      return !v.list->empty();
+    case Value::Kind::kDict:
+      return !v.dict->empty();
     case Value::Kind::kNamespace:
-    case Value::Kind::kFunction: return true;
+    case Value::Kind::kFunction:
+      return true;
   }
   return false;
 }
 
 std::string python_repr(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::kString: return string_repr(v.s);
+    case Value::Kind::kString:
+      return string_repr(v.s);
     case Value::Kind::kList: {
       std::string out = "[";
       for (size_t k = 0; k < v.list->size(); ++k) {
@@ -172,30 +211,43 @@ std::string python_repr(const Value& v) {
       }
       return out + "}";
     }
-    default: return to_output(v);
+    default:
+      return to_output(v);
   }
 }
 
 std::string to_output(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::kUndefined: return "";
-    case Value::Kind::kNone: return "None";
-    case Value::Kind::kBool: return v.b ? "True" : "False";
-    case Value::Kind::kInt: return std::to_string(v.i);
-    case Value::Kind::kFloat: return float_repr(v.f);
-    case Value::Kind::kString: return v.s;
-    case Value::Kind::kNamespace: return "<Namespace>";
-    case Value::Kind::kFunction: return "<function " + v.s + ">";
-    default: return python_repr(v);
+    case Value::Kind::kUndefined:
+      return "";
+    case Value::Kind::kNone:
+      return "None";
+    case Value::Kind::kBool:
+      return v.b ? "True" : "False";
+    case Value::Kind::kInt:
+      return std::to_string(v.i);
+    case Value::Kind::kFloat:
+      return float_repr(v.f);
+    case Value::Kind::kString:
+      return v.s;
+    case Value::Kind::kNamespace:
+      return "<Namespace>";
+    case Value::Kind::kFunction:
+      return "<function " + v.s + ">";
+    default:
+      return python_repr(v);
   }
 }
 
 std::string to_json(const Value& v) {
   switch (v.kind) {
     case Value::Kind::kUndefined:
-    case Value::Kind::kNone: return "null";
-    case Value::Kind::kBool: return v.b ? "true" : "false";
-    case Value::Kind::kString: return json_string(v.s);
+    case Value::Kind::kNone:
+      return "null";
+    case Value::Kind::kBool:
+      return v.b ? "true" : "false";
+    case Value::Kind::kString:
+      return json_string(v.s);
     case Value::Kind::kFloat:
       if (std::isnan(v.f)) return "NaN";
       if (std::isinf(v.f)) return v.f > 0 ? "Infinity" : "-Infinity";
@@ -219,7 +271,8 @@ std::string to_json(const Value& v) {
       }
       return out + "}";
     }
-    default: return to_output(v);
+    default:
+      return to_output(v);
   }
 }
 
@@ -234,9 +287,11 @@ bool equals(const Value& a, const Value& b) {
   if (a.kind != b.kind) return false;
   switch (a.kind) {
     case Value::Kind::kUndefined:
-    case Value::Kind::kNone: return true;
+    case Value::Kind::kNone:
+      return true;
     case Value::Kind::kString:
-    case Value::Kind::kFunction: return a.s == b.s;
+    case Value::Kind::kFunction:
+      return a.s == b.s;
     case Value::Kind::kList:
       if (a.list->size() != b.list->size()) return false;
       for (size_t k = 0; k < a.list->size(); ++k)
@@ -249,17 +304,20 @@ bool equals(const Value& a, const Value& b) {
         if (!y || !equals(x, *y)) return false;
       }
       return true;
-    default: return a.dict == b.dict;  // namespaces compare by identity
+    default:
+      return a.dict == b.dict;  // namespaces compare by identity
   }
 }
 
 Expected<int> compare(const Value& a, const Value& b) {
   if (a.is_number() && b.is_number()) {
     auto num = [](const Value& v) {
-      return v.kind == Value::Kind::kFloat ? v.f
-             : v.kind == Value::Kind::kBool ? static_cast<double>(v.b) : static_cast<double>(v.i);
+      return v.kind == Value::Kind::kFloat  ? v.f
+             : v.kind == Value::Kind::kBool ? static_cast<double>(v.b)
+                                            : static_cast<double>(v.i);
     };
-    if (a.kind == Value::Kind::kInt && b.kind == Value::Kind::kInt) return a.i < b.i ? -1 : a.i > b.i;
+    if (a.kind == Value::Kind::kInt && b.kind == Value::Kind::kInt)
+      return a.i < b.i ? -1 : a.i > b.i;
     const double x = num(a), y = num(b);
     return x < y ? -1 : x > y;
   }
@@ -271,25 +329,33 @@ Expected<int> compare(const Value& a, const Value& b) {
     }
     return a.list->size() < b.list->size() ? -1 : a.list->size() > b.list->size();
   }
-  return unsupported(std::string("cannot order ") + kind_name(a.kind) + " and " + kind_name(b.kind));
+  return unsupported(std::string("cannot order ") + kind_name(a.kind) + " and " +
+                     kind_name(b.kind));
 }
 
 Expected<int64_t> length(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::kString: return static_cast<int64_t>(utf8_chars(v.s).size());
-    case Value::Kind::kList: return static_cast<int64_t>(v.list->size());
+    case Value::Kind::kString:
+      return static_cast<int64_t>(utf8_chars(v.s).size());
+    case Value::Kind::kList:
+      return static_cast<int64_t>(v.list->size());
     case Value::Kind::kDict:
-    case Value::Kind::kNamespace: return static_cast<int64_t>(v.dict->size());
-    case Value::Kind::kUndefined: return int64_t{0};
-    default: return invalid_argument(std::string("object of type ") + kind_name(v.kind) +
-                                     " has no length");
+    case Value::Kind::kNamespace:
+      return static_cast<int64_t>(v.dict->size());
+    case Value::Kind::kUndefined:
+      return int64_t{0};
+    default:
+      return invalid_argument(std::string("object of type ") + kind_name(v.kind) +
+                              " has no length");
   }
 }
 
 Expected<ValueList> iterate(const Value& v) {
   switch (v.kind) {
-    case Value::Kind::kUndefined: return ValueList{};
-    case Value::Kind::kList: return *v.list;
+    case Value::Kind::kUndefined:
+      return ValueList{};
+    case Value::Kind::kList:
+      return *v.list;
     case Value::Kind::kDict: {
       ValueList keys;
       for (const auto& kv : *v.dict) keys.push_back(Value::string(kv.first));
@@ -300,7 +366,8 @@ Expected<ValueList> iterate(const Value& v) {
       for (auto& c : utf8_chars(v.s)) chars.push_back(Value::string(std::move(c)));
       return chars;
     }
-    default: return invalid_argument(std::string("'") + kind_name(v.kind) + "' is not iterable");
+    default:
+      return invalid_argument(std::string("'") + kind_name(v.kind) + "' is not iterable");
   }
 }
 

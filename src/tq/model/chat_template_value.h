@@ -20,34 +20,81 @@ using ValueList = std::vector<Value>;
 using ValueDict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered
 
 struct Value {
-  enum class Kind { kUndefined, kNone, kBool, kInt, kFloat, kString, kList, kDict, kNamespace,
-                    kFunction };
+  enum class Kind {
+    kUndefined,
+    kNone,
+    kBool,
+    kInt,
+    kFloat,
+    kString,
+    kList,
+    kDict,
+    kNamespace,
+    kFunction
+  };
   Kind kind = Kind::kUndefined;
   bool b = false;
   int64_t i = 0;
   double f = 0.0;
-  std::string s;                     // kString; kFunction: the builtin's name
-  std::shared_ptr<ValueList> list;   // kList
-  std::shared_ptr<ValueDict> dict;   // kDict, kNamespace
+  std::string s;                    // kString; kFunction: the builtin's name
+  std::shared_ptr<ValueList> list;  // kList
+  std::shared_ptr<ValueDict> dict;  // kDict, kNamespace
 
   static Value undefined() { return Value{}; }
-  static Value none() { Value v; v.kind = Kind::kNone; return v; }
-  static Value boolean(bool x) { Value v; v.kind = Kind::kBool; v.b = x; return v; }
-  static Value integer(int64_t x) { Value v; v.kind = Kind::kInt; v.i = x; return v; }
-  static Value real(double x) { Value v; v.kind = Kind::kFloat; v.f = x; return v; }
-  static Value string(std::string x) { Value v; v.kind = Kind::kString; v.s = std::move(x); return v; }
+  static Value none() {
+    Value v;
+    v.kind = Kind::kNone;
+    return v;
+  }
+  static Value boolean(bool x) {
+    Value v;
+    v.kind = Kind::kBool;
+    v.b = x;
+    return v;
+  }
+  static Value integer(int64_t x) {
+    Value v;
+    v.kind = Kind::kInt;
+    v.i = x;
+    return v;
+  }
+  static Value real(double x) {
+    Value v;
+    v.kind = Kind::kFloat;
+    v.f = x;
+    return v;
+  }
+  static Value string(std::string x) {
+    Value v;
+    v.kind = Kind::kString;
+    v.s = std::move(x);
+    return v;
+  }
   static Value new_list(ValueList items = {}) {
-    Value v; v.kind = Kind::kList; v.list = std::make_shared<ValueList>(std::move(items)); return v;
+    Value v;
+    v.kind = Kind::kList;
+    v.list = std::make_shared<ValueList>(std::move(items));
+    return v;
   }
   static Value new_dict(ValueDict items = {}, Kind kind = Kind::kDict) {
-    Value v; v.kind = kind; v.dict = std::make_shared<ValueDict>(std::move(items)); return v;
+    Value v;
+    v.kind = kind;
+    v.dict = std::make_shared<ValueDict>(std::move(items));
+    return v;
   }
-  static Value function(std::string name) { Value v; v.kind = Kind::kFunction; v.s = std::move(name); return v; }
+  static Value function(std::string name) {
+    Value v;
+    v.kind = Kind::kFunction;
+    v.s = std::move(name);
+    return v;
+  }
 
   bool is_undefined() const { return kind == Kind::kUndefined; }
   bool is_none() const { return kind == Kind::kNone; }
   bool is_string() const { return kind == Kind::kString; }
-  bool is_number() const { return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool; }
+  bool is_number() const {
+    return kind == Kind::kInt || kind == Kind::kFloat || kind == Kind::kBool;
+  }
   bool is_list() const { return kind == Kind::kList; }
   bool is_mapping() const { return kind == Kind::kDict || kind == Kind::kNamespace; }
 

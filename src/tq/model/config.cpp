@@ -24,9 +24,8 @@ Expected<int> read_int(const GgufFile& f, const std::string& key, int64_t def, i
   Expected<int64_t> v = def >= 0 ? f.get_int_or(key, def) : f.get_int(key);
   if (!v.ok()) return v.status().with_context("metadata key '" + key + "'");
   if (*v < lo || *v > hi)
-    return invalid_argument("metadata key '" + key + "' = " + std::to_string(*v) +
-                            " is outside [" + std::to_string(lo) + ", " + std::to_string(hi) +
-                            "]");
+    return invalid_argument("metadata key '" + key + "' = " + std::to_string(*v) + " is outside [" +
+                            std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return static_cast<int>(*v);
 }
 
@@ -82,9 +81,9 @@ Status read_rope_scaling(const GgufFile& f, const std::string& prefix, ModelConf
                         read_float(f, prefix + "rope.scaling.low_freq_factor", 1.0));
     TQ_ASSIGN_OR_RETURN(c.rope_high_freq_factor,
                         read_float(f, prefix + "rope.scaling.high_freq_factor", 4.0));
-    TQ_ASSIGN_OR_RETURN(c.rope_original_context,
-                        read_int(f, prefix + "rope.scaling.original_context_length", 8192, 1,
-                                 1 << 24));
+    TQ_ASSIGN_OR_RETURN(
+        c.rope_original_context,
+        read_int(f, prefix + "rope.scaling.original_context_length", 8192, 1, 1 << 24));
     if (!has_freqs_tensor && !f.find(prefix + "rope.scaling.factor"))
       return invalid_argument("llama3 rope scaling needs rope_freqs.weight or " + prefix +
                               "rope.scaling.factor");
@@ -113,7 +112,8 @@ Status ModelConfig::validate() const {
                " must be even and at most the head dim " + std::to_string(head_dim));
   if (vocab_size < 1 || vocab_size > kMaxVocab) return bad("vocab size out of range");
   if (context_length < 1) return bad("context_length must be positive");
-  if (!(rms_eps > 0.0f) || !(rms_eps < 1.0f)) return bad("layer_norm_rms_epsilon must be in (0, 1)");
+  if (!(rms_eps > 0.0f) || !(rms_eps < 1.0f))
+    return bad("layer_norm_rms_epsilon must be in (0, 1)");
   if (!(rope_freq_base > 1.0f) || !std::isfinite(rope_freq_base))
     return bad("rope.freq_base must be > 1");
   if (!(rope_scale_factor > 0.0f)) return bad("rope.scaling.factor must be positive");
@@ -128,22 +128,22 @@ std::string ModelConfig::to_string() const {
   const char* scaling = rope_scaling == RopeScaling::kNone     ? "none"
                         : rope_scaling == RopeScaling::kLinear ? "linear"
                                                                : "llama3";
-  std::snprintf(buf, sizeof buf,
-                "%s (%s): %d layers, dim %d, ffn %d, heads %d/%d x %d, vocab %d, ctx %d, "
-                "rope %s dims %d base %g scaling %s x%g, eps %g%s",
-                arch_name.c_str(), arch_label(arch), n_layers, dim, ffn_dim, n_heads, n_kv_heads,
-                head_dim, vocab_size, context_length,
-                rope_style == RopeStyle::kNeox ? "neox" : "normal", rope_dims,
-                static_cast<double>(rope_freq_base), scaling,
-                static_cast<double>(rope_scale_factor), static_cast<double>(rms_eps),
-                qkv_bias ? ", qkv bias" : "");
+  std::snprintf(
+      buf, sizeof buf,
+      "%s (%s): %d layers, dim %d, ffn %d, heads %d/%d x %d, vocab %d, ctx %d, "
+      "rope %s dims %d base %g scaling %s x%g, eps %g%s",
+      arch_name.c_str(), arch_label(arch), n_layers, dim, ffn_dim, n_heads, n_kv_heads, head_dim,
+      vocab_size, context_length, rope_style == RopeStyle::kNeox ? "neox" : "normal", rope_dims,
+      static_cast<double>(rope_freq_base), scaling, static_cast<double>(rope_scale_factor),
+      static_cast<double>(rms_eps), qkv_bias ? ", qkv bias" : "");
   return buf;
 }
 
 Expected<ModelConfig> read_model_config(const GgufFile& f) {
   ModelConfig c;
   auto arch_name = f.get_string("general.architecture");
-  if (!arch_name.ok()) return arch_name.status().with_context("metadata key 'general.architecture'");
+  if (!arch_name.ok())
+    return arch_name.status().with_context("metadata key 'general.architecture'");
   c.arch_name = *arch_name;
   TQ_ASSIGN_OR_RETURN(c.arch, parse_arch(c.arch_name));
   const std::string p = c.arch_name + ".";
@@ -167,8 +167,8 @@ Expected<ModelConfig> read_model_config(const GgufFile& f) {
   TQ_ASSIGN_OR_RETURN(c.context_length, read_int(f, p + "context_length", -1, 1, 1 << 24));
   TQ_ASSIGN_OR_RETURN(c.rms_eps, read_float(f, p + "attention.layer_norm_rms_epsilon", 1e-5));
   TQ_ASSIGN_OR_RETURN(c.rope_freq_base, read_float(f, p + "rope.freq_base", 10000.0));
-  TQ_ASSIGN_OR_RETURN(c.rope_dims, read_int(f, p + "rope.dimension_count", c.head_dim, 1,
-                                            kMaxHeadDim));
+  TQ_ASSIGN_OR_RETURN(c.rope_dims,
+                      read_int(f, p + "rope.dimension_count", c.head_dim, 1, kMaxHeadDim));
   TQ_ASSIGN_OR_RETURN(c.vocab_size, read_vocab_size(f, p));
   TQ_RETURN_IF_ERROR(read_rope_scaling(f, p, c));
 

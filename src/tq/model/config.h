@@ -33,23 +33,23 @@ struct ModelConfig {
   Arch arch = Arch::kLlama;
   std::string arch_name;  // the GGUF general.architecture string, e.g. "llama"
   int n_layers = 0;
-  int dim = 0;         // embedding_length
-  int ffn_dim = 0;     // feed_forward_length
+  int dim = 0;      // embedding_length
+  int ffn_dim = 0;  // feed_forward_length
   int n_heads = 0;
   int n_kv_heads = 0;
-  int head_dim = 0;    // attention.key_length, else dim / n_heads
+  int head_dim = 0;  // attention.key_length, else dim / n_heads
   int vocab_size = 0;
   int context_length = 0;  // the trained context
   float rms_eps = 1e-5f;
 
   RopeStyle rope_style = RopeStyle::kNormal;
-  int rope_dims = 0;         // rope.dimension_count: leading dims of each head that rotate
+  int rope_dims = 0;  // rope.dimension_count: leading dims of each head that rotate
   float rope_freq_base = 10000.0f;
   RopeScaling rope_scaling = RopeScaling::kNone;
-  float rope_scale_factor = 1.0f;         // linear / llama3 factor
-  float rope_low_freq_factor = 1.0f;      // llama3
-  float rope_high_freq_factor = 4.0f;     // llama3
-  int rope_original_context = 8192;       // llama3: original_context_length
+  float rope_scale_factor = 1.0f;      // linear / llama3 factor
+  float rope_low_freq_factor = 1.0f;   // llama3
+  float rope_high_freq_factor = 4.0f;  // llama3
+  int rope_original_context = 8192;    // llama3: original_context_length
 
   bool qkv_bias = false;  // qwen2: attn_q/k/v carry a bias
 

@@ -20,8 +20,8 @@ namespace {
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian u32
 constexpr int kMaxDims = 4;
-constexpr int kMaxArrayDepth = 2;           // an array of arrays, no deeper
-constexpr size_t kMaxNameBytes = 65535;     // keys and tensor names
+constexpr int kMaxArrayDepth = 2;              // an array of arrays, no deeper
+constexpr size_t kMaxNameBytes = 65535;        // keys and tensor names
 constexpr uint64_t kMaxArrayElems = 1u << 22;  // all arrays together (~0.4 GB of GgufValue)
 constexpr uint64_t kMaxAlignment = 1u << 30;
 constexpr size_t kDefaultAlignment = 32;
@@ -41,12 +41,25 @@ std::string q(std::string_view s) {
 // left before any allocation: strings need their u64 length, arrays a u32 type and u64 count.
 size_t min_value_bytes(GgufValueType type) {
   switch (type) {
-    case GgufValueType::kU8: case GgufValueType::kI8: case GgufValueType::kBool: return 1;
-    case GgufValueType::kU16: case GgufValueType::kI16: return 2;
-    case GgufValueType::kU32: case GgufValueType::kI32: case GgufValueType::kF32: return 4;
-    case GgufValueType::kU64: case GgufValueType::kI64: case GgufValueType::kF64: return 8;
-    case GgufValueType::kString: return 8;
-    case GgufValueType::kArray: return 12;
+    case GgufValueType::kU8:
+    case GgufValueType::kI8:
+    case GgufValueType::kBool:
+      return 1;
+    case GgufValueType::kU16:
+    case GgufValueType::kI16:
+      return 2;
+    case GgufValueType::kU32:
+    case GgufValueType::kI32:
+    case GgufValueType::kF32:
+      return 4;
+    case GgufValueType::kU64:
+    case GgufValueType::kI64:
+    case GgufValueType::kF64:
+      return 8;
+    case GgufValueType::kString:
+      return 8;
+    case GgufValueType::kArray:
+      return 12;
   }
   return 0;
 }
@@ -99,16 +112,66 @@ Status read_value(ParseState& st, GgufValueType type, int depth, const std::stri
                   GgufValue* v) {
   v->type = type;
   switch (type) {
-    case GgufValueType::kU8: { uint8_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->u = x; break; }
-    case GgufValueType::kU16: { uint16_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->u = x; break; }
-    case GgufValueType::kU32: { uint32_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->u = x; break; }
-    case GgufValueType::kU64: { uint64_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->u = x; break; }
-    case GgufValueType::kI8: { int8_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->i = x; break; }
-    case GgufValueType::kI16: { int16_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->i = x; break; }
-    case GgufValueType::kI32: { int32_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->i = x; break; }
-    case GgufValueType::kI64: { int64_t x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->i = x; break; }
-    case GgufValueType::kF32: { float x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->f = x; break; }
-    case GgufValueType::kF64: { double x; TQ_RETURN_IF_ERROR(st.r.read(&x, what)); v->f = x; break; }
+    case GgufValueType::kU8: {
+      uint8_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->u = x;
+      break;
+    }
+    case GgufValueType::kU16: {
+      uint16_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->u = x;
+      break;
+    }
+    case GgufValueType::kU32: {
+      uint32_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->u = x;
+      break;
+    }
+    case GgufValueType::kU64: {
+      uint64_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->u = x;
+      break;
+    }
+    case GgufValueType::kI8: {
+      int8_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->i = x;
+      break;
+    }
+    case GgufValueType::kI16: {
+      int16_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->i = x;
+      break;
+    }
+    case GgufValueType::kI32: {
+      int32_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->i = x;
+      break;
+    }
+    case GgufValueType::kI64: {
+      int64_t x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->i = x;
+      break;
+    }
+    case GgufValueType::kF32: {
+      float x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->f = x;
+      break;
+    }
+    case GgufValueType::kF64: {
+      double x;
+      TQ_RETURN_IF_ERROR(st.r.read(&x, what));
+      v->f = x;
+      break;
+    }
     case GgufValueType::kBool: {
       uint8_t x;
       TQ_RETURN_IF_ERROR(st.r.read(&x, what));
@@ -116,7 +179,9 @@ Status read_value(ParseState& st, GgufValueType type, int depth, const std::stri
       v->i = x;
       break;
     }
-    case GgufValueType::kString: TQ_RETURN_IF_ERROR(st.r.read_string(&v->s, what)); break;
+    case GgufValueType::kString:
+      TQ_RETURN_IF_ERROR(st.r.read_string(&v->s, what));
+      break;
     case GgufValueType::kArray: {
       if (depth >= kMaxArrayDepth)
         return corrupt(what + ": arrays nested deeper than " + std::to_string(kMaxArrayDepth));
@@ -142,7 +207,8 @@ Status read_value(ParseState& st, GgufValueType type, int depth, const std::stri
       for (uint64_t k = 0; k < count; ++k) {
         // The index is formatted only on failure: no string building per element.
         Status s = read_value(st, et, depth + 1, what, &v->array[k]);
-        if (!s.ok()) return Status(s.code(), s.message() + " (array element " + std::to_string(k) + ")");
+        if (!s.ok())
+          return Status(s.code(), s.message() + " (array element " + std::to_string(k) + ")");
       }
       break;
     }
@@ -150,26 +216,43 @@ Status read_value(ParseState& st, GgufValueType type, int depth, const std::stri
   return ok_status();
 }
 
-bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_mul_overflow(a, b, out); }
-bool checked_add(uint64_t a, uint64_t b, uint64_t* out) { return !__builtin_add_overflow(a, b, out); }
+bool checked_mul(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+bool checked_add(uint64_t a, uint64_t b, uint64_t* out) {
+  return !__builtin_add_overflow(a, b, out);
+}
 
 }  // namespace
 
 const char* gguf_value_type_name(GgufValueType type) {
   switch (type) {
-    case GgufValueType::kU8: return "u8";
-    case GgufValueType::kI8: return "i8";
-    case GgufValueType::kU16: return "u16";
-    case GgufValueType::kI16: return "i16";
-    case GgufValueType::kU32: return "u32";
-    case GgufValueType::kI32: return "i32";
-    case GgufValueType::kF32: return "f32";
-    case GgufValueType::kBool: return "bool";
-    case GgufValueType::kString: return "string";
-    case GgufValueType::kArray: return "array";
-    case GgufValueType::kU64: return "u64";
-    case GgufValueType::kI64: return "i64";
-    case GgufValueType::kF64: return "f64";
+    case GgufValueType::kU8:
+      return "u8";
+    case GgufValueType::kI8:
+      return "i8";
+    case GgufValueType::kU16:
+      return "u16";
+    case GgufValueType::kI16:
+      return "i16";
+    case GgufValueType::kU32:
+      return "u32";
+    case GgufValueType::kI32:
+      return "i32";
+    case GgufValueType::kF32:
+      return "f32";
+    case GgufValueType::kBool:
+      return "bool";
+    case GgufValueType::kString:
+      return "string";
+    case GgufValueType::kArray:
+      return "array";
+    case GgufValueType::kU64:
+      return "u64";
+    case GgufValueType::kI64:
+      return "i64";
+    case GgufValueType::kF64:
+      return "f64";
   }
   return "unknown";
 }
@@ -269,8 +352,8 @@ Status GgufFile::parse_all() {
     const bool is_uint = a->type == GgufValueType::kU8 || a->type == GgufValueType::kU16 ||
                          a->type == GgufValueType::kU32 || a->type == GgufValueType::kU64;
     if (!is_uint)
-      return corrupt(std::string("general.alignment has type ") +
-                     gguf_value_type_name(a->type) + ", expected u32");
+      return corrupt(std::string("general.alignment has type ") + gguf_value_type_name(a->type) +
+                     ", expected u32");
     if (a->u == 0 || (a->u & (a->u - 1)) != 0 || a->u > kMaxAlignment)
       return corrupt("general.alignment " + std::to_string(a->u) +
                      " is not a power of two in [1, 2^30]");

@@ -16,17 +16,28 @@
 namespace tq::model {
 
 enum class GgufValueType : uint32_t {
-  kU8 = 0, kI8 = 1, kU16 = 2, kI16 = 3, kU32 = 4, kI32 = 5, kF32 = 6, kBool = 7,
-  kString = 8, kArray = 9, kU64 = 10, kI64 = 11, kF64 = 12,
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
 };
 
 // One metadata value. Scalars are widened into i/u/f; arrays keep their element type.
 struct GgufValue {
   GgufValueType type = GgufValueType::kU32;
-  int64_t i = 0;        // signed integer types and bool
-  uint64_t u = 0;       // unsigned integer types
-  double f = 0.0;       // float types
-  std::string s;        // kString
+  int64_t i = 0;                                   // signed integer types and bool
+  uint64_t u = 0;                                  // unsigned integer types
+  double f = 0.0;                                  // float types
+  std::string s;                                   // kString
   GgufValueType array_type = GgufValueType::kU32;  // kArray: element type
   std::vector<GgufValue> array;  // kArray elements (nested arrays allowed, depth-limited)
 };
@@ -40,7 +51,7 @@ struct GgufTensor {
   std::string name;
   std::vector<uint64_t> shape;  // ggml order: shape[0] is the contiguous (row) dimension
   quant::GgmlType type = quant::GgmlType::kF32;
-  uint64_t offset = 0;          // from the start of the data section
+  uint64_t offset = 0;            // from the start of the data section
   const uint8_t* data = nullptr;  // points into the mapping; valid while the GgufFile lives
   size_t nbytes = 0;
   uint64_t n_elements() const;

@@ -28,18 +28,42 @@ class ByteSink {
   }
   void put_value(const GgufValue& v) {
     switch (v.type) {
-      case GgufValueType::kU8: put<uint8_t>(static_cast<uint8_t>(v.u)); break;
-      case GgufValueType::kI8: put<int8_t>(static_cast<int8_t>(v.i)); break;
-      case GgufValueType::kU16: put<uint16_t>(static_cast<uint16_t>(v.u)); break;
-      case GgufValueType::kI16: put<int16_t>(static_cast<int16_t>(v.i)); break;
-      case GgufValueType::kU32: put<uint32_t>(static_cast<uint32_t>(v.u)); break;
-      case GgufValueType::kI32: put<int32_t>(static_cast<int32_t>(v.i)); break;
-      case GgufValueType::kU64: put<uint64_t>(v.u); break;
-      case GgufValueType::kI64: put<int64_t>(v.i); break;
-      case GgufValueType::kF32: put<float>(static_cast<float>(v.f)); break;
-      case GgufValueType::kF64: put<double>(v.f); break;
-      case GgufValueType::kBool: put<uint8_t>(v.i != 0 ? 1 : 0); break;
-      case GgufValueType::kString: put_string(v.s); break;
+      case GgufValueType::kU8:
+        put<uint8_t>(static_cast<uint8_t>(v.u));
+        break;
+      case GgufValueType::kI8:
+        put<int8_t>(static_cast<int8_t>(v.i));
+        break;
+      case GgufValueType::kU16:
+        put<uint16_t>(static_cast<uint16_t>(v.u));
+        break;
+      case GgufValueType::kI16:
+        put<int16_t>(static_cast<int16_t>(v.i));
+        break;
+      case GgufValueType::kU32:
+        put<uint32_t>(static_cast<uint32_t>(v.u));
+        break;
+      case GgufValueType::kI32:
+        put<int32_t>(static_cast<int32_t>(v.i));
+        break;
+      case GgufValueType::kU64:
+        put<uint64_t>(v.u);
+        break;
+      case GgufValueType::kI64:
+        put<int64_t>(v.i);
+        break;
+      case GgufValueType::kF32:
+        put<float>(static_cast<float>(v.f));
+        break;
+      case GgufValueType::kF64:
+        put<double>(v.f);
+        break;
+      case GgufValueType::kBool:
+        put<uint8_t>(v.i != 0 ? 1 : 0);
+        break;
+      case GgufValueType::kString:
+        put_string(v.s);
+        break;
       case GgufValueType::kArray:
         put<uint32_t>(static_cast<uint32_t>(v.array_type));
         put<uint64_t>(v.array.size());
@@ -52,7 +76,9 @@ class ByteSink {
         break;
     }
   }
-  void pad_to(size_t alignment) { out_->resize((out_->size() + alignment - 1) / alignment * alignment, 0); }
+  void pad_to(size_t alignment) {
+    out_->resize((out_->size() + alignment - 1) / alignment * alignment, 0);
+  }
 
  private:
   std::vector<uint8_t>* out_;
@@ -101,18 +127,66 @@ void GgufWriter::set(const std::string& key, GgufValue value) {
   kv_.push_back(GgufKv{key, std::move(value)});
 }
 
-void GgufWriter::set_u8(const std::string& k, uint8_t v) { GgufValue x = scalar(GgufValueType::kU8); x.u = v; set(k, x); }
-void GgufWriter::set_i8(const std::string& k, int8_t v) { GgufValue x = scalar(GgufValueType::kI8); x.i = v; set(k, x); }
-void GgufWriter::set_u16(const std::string& k, uint16_t v) { GgufValue x = scalar(GgufValueType::kU16); x.u = v; set(k, x); }
-void GgufWriter::set_i16(const std::string& k, int16_t v) { GgufValue x = scalar(GgufValueType::kI16); x.i = v; set(k, x); }
-void GgufWriter::set_u32(const std::string& k, uint32_t v) { GgufValue x = scalar(GgufValueType::kU32); x.u = v; set(k, x); }
-void GgufWriter::set_i32(const std::string& k, int32_t v) { GgufValue x = scalar(GgufValueType::kI32); x.i = v; set(k, x); }
-void GgufWriter::set_u64(const std::string& k, uint64_t v) { GgufValue x = scalar(GgufValueType::kU64); x.u = v; set(k, x); }
-void GgufWriter::set_i64(const std::string& k, int64_t v) { GgufValue x = scalar(GgufValueType::kI64); x.i = v; set(k, x); }
-void GgufWriter::set_f32(const std::string& k, float v) { GgufValue x = scalar(GgufValueType::kF32); x.f = v; set(k, x); }
-void GgufWriter::set_f64(const std::string& k, double v) { GgufValue x = scalar(GgufValueType::kF64); x.f = v; set(k, x); }
-void GgufWriter::set_bool(const std::string& k, bool v) { GgufValue x = scalar(GgufValueType::kBool); x.i = v ? 1 : 0; set(k, x); }
-void GgufWriter::set_string(const std::string& k, std::string v) { GgufValue x = scalar(GgufValueType::kString); x.s = std::move(v); set(k, std::move(x)); }
+void GgufWriter::set_u8(const std::string& k, uint8_t v) {
+  GgufValue x = scalar(GgufValueType::kU8);
+  x.u = v;
+  set(k, x);
+}
+void GgufWriter::set_i8(const std::string& k, int8_t v) {
+  GgufValue x = scalar(GgufValueType::kI8);
+  x.i = v;
+  set(k, x);
+}
+void GgufWriter::set_u16(const std::string& k, uint16_t v) {
+  GgufValue x = scalar(GgufValueType::kU16);
+  x.u = v;
+  set(k, x);
+}
+void GgufWriter::set_i16(const std::string& k, int16_t v) {
+  GgufValue x = scalar(GgufValueType::kI16);
+  x.i = v;
+  set(k, x);
+}
+void GgufWriter::set_u32(const std::string& k, uint32_t v) {
+  GgufValue x = scalar(GgufValueType::kU32);
+  x.u = v;
+  set(k, x);
+}
+void GgufWriter::set_i32(const std::string& k, int32_t v) {
+  GgufValue x = scalar(GgufValueType::kI32);
+  x.i = v;
+  set(k, x);
+}
+void GgufWriter::set_u64(const std::string& k, uint64_t v) {
+  GgufValue x = scalar(GgufValueType::kU64);
+  x.u = v;
+  set(k, x);
+}
+void GgufWriter::set_i64(const std::string& k, int64_t v) {
+  GgufValue x = scalar(GgufValueType::kI64);
+  x.i = v;
+  set(k, x);
+}
+void GgufWriter::set_f32(const std::string& k, float v) {
+  GgufValue x = scalar(GgufValueType::kF32);
+  x.f = v;
+  set(k, x);
+}
+void GgufWriter::set_f64(const std::string& k, double v) {
+  GgufValue x = scalar(GgufValueType::kF64);
+  x.f = v;
+  set(k, x);
+}
+void GgufWriter::set_bool(const std::string& k, bool v) {
+  GgufValue x = scalar(GgufValueType::kBool);
+  x.i = v ? 1 : 0;
+  set(k, x);
+}
+void GgufWriter::set_string(const std::string& k, std::string v) {
+  GgufValue x = scalar(GgufValueType::kString);
+  x.s = std::move(v);
+  set(k, std::move(x));
+}
 
 void GgufWriter::set_string_array(const std::string& k, const std::vector<std::string>& v) {
   set(k, array_of(GgufValueType::kString, v, [](GgufValue& e, const std::string& s) { e.s = s; }));
@@ -163,9 +237,8 @@ Status GgufWriter::add_tensor_from_f32(const std::string& name, std::vector<uint
                             std::to_string(shape[0]) + " not a multiple of the block size");
   std::vector<uint8_t> data(shape[0] == 0 ? 0 : n / shape[0] * row_bytes);
   for (uint64_t r = 0; shape[0] != 0 && r < n / shape[0]; ++r)
-    TQ_RETURN_IF_ERROR(quant::quantize_row_ref(type, values + r * shape[0],
-                                               data.data() + r * row_bytes,
-                                               static_cast<int64_t>(shape[0])));
+    TQ_RETURN_IF_ERROR(quant::quantize_row_ref(
+        type, values + r * shape[0], data.data() + r * row_bytes, static_cast<int64_t>(shape[0])));
   return add_tensor(name, std::move(shape), type, std::move(data));
 }
 

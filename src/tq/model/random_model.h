@@ -25,7 +25,7 @@ struct RandomModelSpec {
   int context_length = 2048;
   float rope_freq_base = 10000.0f;
   float rms_eps = 1e-5f;
-  bool tied_output = true;  // no output.weight: logits use token_embd
+  bool tied_output = true;                        // no output.weight: logits use token_embd
   quant::GgmlType type = quant::GgmlType::kQ8_0;  // matrices and token_embd
   uint64_t seed = 1;
   std::string name = "tq-random";

@@ -44,12 +44,12 @@ int parse_byte_token(std::string_view s) {
 Expected<PreTokenizerKind> pre_tokenizer_from_name(std::string_view name) {
   // Names as written by llama.cpp's convert_hf_to_gguf.py; each group shares one regex set.
   static constexpr std::string_view kGpt2[] = {"gpt2", "mpt", "olmo", "jais", "trillion"};
-  static constexpr std::string_view kLlama3[] = {"llama3", "llama-v3", "llama-bpe",
-                                                 "falcon3", "pixtral"};
+  static constexpr std::string_view kLlama3[] = {"llama3", "llama-v3", "llama-bpe", "falcon3",
+                                                 "pixtral"};
   static constexpr std::string_view kQwen2[] = {"qwen2", "stablelm2", "deepseek-r1-qwen",
                                                 "hunyuan"};
-  static constexpr std::string_view kSmollm[] = {"smollm", "starcoder", "refact", "command-r",
-                                                 "codeshell", "exaone", "minerva"};
+  static constexpr std::string_view kSmollm[] = {"smollm",    "starcoder", "refact", "command-r",
+                                                 "codeshell", "exaone",    "minerva"};
   auto in = [&](const auto& list) {
     return std::find(std::begin(list), std::end(list), name) != std::end(list);
   };
@@ -77,10 +77,10 @@ Status Tokenizer::init() {
     return invalid_argument("tokenizer: " + std::to_string(data_.token_types.size()) +
                             " token types for " + std::to_string(n) + " tokens");
   if (!data_.scores.empty() && data_.scores.size() != n)
-    return invalid_argument("tokenizer: " + std::to_string(data_.scores.size()) +
-                            " scores for " + std::to_string(n) + " tokens");
-  for (int32_t* id : {&data_.bos_id, &data_.eos_id, &data_.unk_id, &data_.pad_id, &data_.eot_id,
-                      &data_.eom_id}) {
+    return invalid_argument("tokenizer: " + std::to_string(data_.scores.size()) + " scores for " +
+                            std::to_string(n) + " tokens");
+  for (int32_t* id :
+       {&data_.bos_id, &data_.eos_id, &data_.unk_id, &data_.pad_id, &data_.eot_id, &data_.eom_id}) {
     if (*id < -1 || *id >= static_cast<int32_t>(n))
       return invalid_argument("tokenizer: special token id " + std::to_string(*id) +
                               " outside the vocabulary of " + std::to_string(n));
@@ -186,8 +186,10 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos,
       escaped.reserve(frag.size() + 8);
       if (data_.add_space_prefix && prev_special) escaped.append(kSpmSpace);
       for (char c : frag) {
-        if (c == ' ') escaped.append(kSpmSpace);
-        else escaped.push_back(c);
+        if (c == ' ')
+          escaped.append(kSpmSpace);
+        else
+          escaped.push_back(c);
       }
       encode_spm_text(escaped, &out);
     }

@@ -45,9 +45,7 @@ struct Candidate {
   int32_t left_id;
   int32_t right_id;
   int32_t result;  // the merged token
-  bool operator>(const Candidate& o) const {
-    return rank != o.rank ? rank > o.rank : pos > o.pos;
-  }
+  bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
 };
 
 }  // namespace
@@ -73,8 +71,10 @@ Status Tokenizer::init_bpe() {
     for (size_t pos = 0; pos < text.size();) {
       size_t len = 1;
       const uint32_t cp = utf8_decode(text, pos, &len);
-      if (cp < 324 && m.cp_to_byte[cp] >= 0) p.push_back(static_cast<char>(m.cp_to_byte[cp]));
-      else p.append(text, pos, len);  // not byte-level: keep as written
+      if (cp < 324 && m.cp_to_byte[cp] >= 0)
+        p.push_back(static_cast<char>(m.cp_to_byte[cp]));
+      else
+        p.append(text, pos, len);  // not byte-level: keep as written
       pos += len;
     }
   }
@@ -120,8 +120,8 @@ void Tokenizer::encode_bpe_small(std::string_view piece, std::vector<int32_t>* o
   auto pair_rank = [&](int32_t i) {
     rank[i] = INT32_MAX;
     if (i < 0 || next[i] < 0 || ids[i] < 0 || ids[next[i]] < 0) return;
-    auto it = merges_.find((static_cast<uint64_t>(ids[i]) << 32) |
-                           static_cast<uint32_t>(ids[next[i]]));
+    auto it =
+        merges_.find((static_cast<uint64_t>(ids[i]) << 32) | static_cast<uint32_t>(ids[next[i]]));
     if (it != merges_.end()) {
       rank[i] = it->second.rank;
       result[i] = it->second.id;
@@ -176,8 +176,10 @@ void Tokenizer::encode_bpe_piece(std::string_view piece, std::vector<int32_t>* o
     emit(byte_to_id_[static_cast<uint8_t>(piece[0])]);
     return;
   }
-  if (n <= kSmallPiece) encode_bpe_small(piece, out);
-  else encode_bpe_heap(piece, out);
+  if (n <= kSmallPiece)
+    encode_bpe_small(piece, out);
+  else
+    encode_bpe_heap(piece, out);
 }
 
 std::vector<int32_t> Tokenizer::bpe_piece_ref(std::string_view piece) const {

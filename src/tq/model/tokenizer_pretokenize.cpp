@@ -14,21 +14,28 @@ namespace tq::model {
 namespace {
 
 // Code point classes, as bits.
-constexpr uint8_t kLetter = 1;   // \p{L}
-constexpr uint8_t kNumber = 2;   // \p{N}
-constexpr uint8_t kSpace = 4;    // \s (White_Space)
-constexpr uint8_t kPunct = 8;    // [\p{P}$+<=>^~|] (llama.cpp's default first regex)
-constexpr uint8_t kDigit = 16;   // [0-9]
+constexpr uint8_t kLetter = 1;    // \p{L}
+constexpr uint8_t kNumber = 2;    // \p{N}
+constexpr uint8_t kSpace = 4;     // \s (White_Space)
+constexpr uint8_t kPunct = 8;     // [\p{P}$+<=>^~|] (llama.cpp's default first regex)
+constexpr uint8_t kDigit = 16;    // [0-9]
 constexpr uint8_t kNewline = 32;  // [\r\n]
 constexpr uint32_t kUnlimited = std::numeric_limits<uint32_t>::max();
 
 uint8_t classify(uint32_t cp) {
   uint8_t c = 0;
   switch (unicode_category(cp)) {
-    case UnicodeCategory::kLetter: c |= kLetter; break;
-    case UnicodeCategory::kNumber: c |= kNumber; break;
-    case UnicodeCategory::kPunctuation: c |= kPunct; break;
-    default: break;
+    case UnicodeCategory::kLetter:
+      c |= kLetter;
+      break;
+    case UnicodeCategory::kNumber:
+      c |= kNumber;
+      break;
+    case UnicodeCategory::kPunctuation:
+      c |= kPunct;
+      break;
+    default:
+      break;
   }
   if (unicode_is_whitespace(cp)) c |= kSpace;
   if (cp >= '0' && cp <= '9') c |= kDigit;
@@ -67,7 +74,8 @@ uint32_t match_contraction(const Span& s, uint32_t i, bool icase) {
   if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return i + 2;
   if (i + 2 >= s.end) return i;
   const uint32_t c2 = icase ? ascii_lower(s.cps[i + 2]) : s.cps[i + 2];
-  if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return i + 3;
+  if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l'))
+    return i + 3;
   return i;
 }
 
@@ -127,7 +135,10 @@ void split(Stage stage, const Span& s, uint32_t begin, std::vector<uint32_t>* ou
   auto runs = [&](uint8_t mask, uint32_t min_len, uint32_t max_len) {
     uint32_t i = begin;
     while (i < s.end) {
-      if (!(s.cls[i] & mask)) { ++i; continue; }
+      if (!(s.cls[i] & mask)) {
+        ++i;
+        continue;
+      }
       uint32_t j = i;
       while (j < s.end && (s.cls[j] & mask) && j - i < max_len) ++j;
       if (j - i >= min_len) emit(i, j);
@@ -135,10 +146,18 @@ void split(Stage stage, const Span& s, uint32_t begin, std::vector<uint32_t>* ou
     }
   };
   switch (stage) {
-    case Stage::kPunctRuns: runs(kPunct, 1, kUnlimited); break;
-    case Stage::kEachNumber: runs(kNumber, 1, 1); break;
-    case Stage::kNumberRuns: runs(kNumber, 1, kUnlimited); break;
-    case Stage::kDigitTriples: runs(kDigit, 3, 3); break;
+    case Stage::kPunctRuns:
+      runs(kPunct, 1, kUnlimited);
+      break;
+    case Stage::kEachNumber:
+      runs(kNumber, 1, 1);
+      break;
+    case Stage::kNumberRuns:
+      runs(kNumber, 1, kUnlimited);
+      break;
+    case Stage::kDigitTriples:
+      runs(kDigit, 3, 3);
+      break;
     case Stage::kGpt2:
     case Stage::kLlama3:
     case Stage::kQwen2:
@@ -160,11 +179,16 @@ void split(Stage stage, const Span& s, uint32_t begin, std::vector<uint32_t>* ou
 
 std::vector<Stage> stages_for(PreTokenizerKind kind) {
   switch (kind) {
-    case PreTokenizerKind::kGpt2: return {Stage::kGpt2};
-    case PreTokenizerKind::kLlama3: return {Stage::kLlama3};
-    case PreTokenizerKind::kQwen2: return {Stage::kQwen2};
-    case PreTokenizerKind::kSmollm: return {Stage::kEachNumber, Stage::kGpt2};
-    case PreTokenizerKind::kDefault: break;
+    case PreTokenizerKind::kGpt2:
+      return {Stage::kGpt2};
+    case PreTokenizerKind::kLlama3:
+      return {Stage::kLlama3};
+    case PreTokenizerKind::kQwen2:
+      return {Stage::kQwen2};
+    case PreTokenizerKind::kSmollm:
+      return {Stage::kEachNumber, Stage::kGpt2};
+    case PreTokenizerKind::kDefault:
+      break;
   }
   return {Stage::kPunctRuns, Stage::kGpt2, Stage::kNumberRuns, Stage::kDigitTriples};
 }

@@ -34,8 +34,8 @@ void Tokenizer::encode_spm_text(std::string_view text, std::vector<int32_t>* out
   std::vector<SpmSymbol> syms;
   syms.reserve(text.size());
   for (size_t pos = 0; pos < text.size();) {
-    const size_t len = std::min(utf8_sequence_length(static_cast<uint8_t>(text[pos])),
-                                text.size() - pos);
+    const size_t len =
+        std::min(utf8_sequence_length(static_cast<uint8_t>(text[pos])), text.size() - pos);
     const auto i = static_cast<int32_t>(syms.size());
     syms.push_back(SpmSymbol{static_cast<uint32_t>(pos), static_cast<uint32_t>(len), i - 1, -1});
     if (i > 0) syms[i - 1].next = i;
@@ -83,8 +83,10 @@ void Tokenizer::spm_resegment(std::string_view symbol, std::vector<int32_t>* out
   }
   for (char c : symbol) {
     const int32_t id = spm_byte_ids_[static_cast<uint8_t>(c)];
-    if (id >= 0) out->push_back(id);
-    else if (data_.unk_id >= 0) out->push_back(data_.unk_id);
+    if (id >= 0)
+      out->push_back(id);
+    else if (data_.unk_id >= 0)
+      out->push_back(data_.unk_id);
   }
 }
 

@@ -13,13 +13,13 @@ namespace tq::model {
 
 // Major Unicode general category; the order matches the generated table.
 enum class UnicodeCategory : uint8_t {
-  kOther = 0,  // C*: control, format, unassigned, private use, surrogate
-  kLetter,     // L*
-  kMark,       // M*
-  kNumber,     // N*
+  kOther = 0,    // C*: control, format, unassigned, private use, surrogate
+  kLetter,       // L*
+  kMark,         // M*
+  kNumber,       // N*
   kPunctuation,  // P*
-  kSymbol,     // S*
-  kSeparator,  // Z*
+  kSymbol,       // S*
+  kSeparator,    // Z*
 };
 
 UnicodeCategory unicode_category(uint32_t cp);

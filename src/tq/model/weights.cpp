@@ -38,9 +38,8 @@ Expected<WeightView> bind_matrix(const GgufFile& f, const std::string& name, int
   TQ_RETURN_IF_ERROR(check_type(*t, true));
   const size_t row_bytes = quant::ggml_row_bytes(t->type, static_cast<uint64_t>(cols));
   if (row_bytes == 0 || t->nbytes != row_bytes * static_cast<size_t>(rows) || t->data == nullptr)
-    return corrupt("tensor '" + name + "': " + std::to_string(t->nbytes) +
-                   " bytes do not hold " + std::to_string(rows) + " rows of " +
-                   std::to_string(cols) + " elements");
+    return corrupt("tensor '" + name + "': " + std::to_string(t->nbytes) + " bytes do not hold " +
+                   std::to_string(rows) + " rows of " + std::to_string(cols) + " elements");
   return WeightView{t->type, t->data, rows, cols};
 }
 

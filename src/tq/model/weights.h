@@ -14,13 +14,13 @@ namespace tq::model {
 class GgufFile;
 
 struct LayerWeights {
-  std::vector<float> attn_norm;  // [dim]
-  backend::cpu::WeightView wq;   // [q_dim rows][dim cols]
-  backend::cpu::WeightView wk;   // [kv_dim][dim]
-  backend::cpu::WeightView wv;   // [kv_dim][dim]
-  backend::cpu::WeightView wo;   // [dim][q_dim]
-  std::vector<float> bq, bk, bv;  // [q_dim], [kv_dim], [kv_dim]; empty when absent
-  std::vector<float> ffn_norm;   // [dim]
+  std::vector<float> attn_norm;     // [dim]
+  backend::cpu::WeightView wq;      // [q_dim rows][dim cols]
+  backend::cpu::WeightView wk;      // [kv_dim][dim]
+  backend::cpu::WeightView wv;      // [kv_dim][dim]
+  backend::cpu::WeightView wo;      // [dim][q_dim]
+  std::vector<float> bq, bk, bv;    // [q_dim], [kv_dim], [kv_dim]; empty when absent
+  std::vector<float> ffn_norm;      // [dim]
   backend::cpu::WeightView w_gate;  // [ffn_dim][dim]
   backend::cpu::WeightView w_up;    // [ffn_dim][dim]
   backend::cpu::WeightView w_down;  // [dim][ffn_dim]
@@ -33,7 +33,7 @@ struct ModelWeights {
   bool tied_output = false;             // output.weight absent: logits use token_embd
   std::vector<float> rope_freqs;        // [rope_dims/2] llama3 factors; empty when absent
   std::vector<LayerWeights> layers;
-  size_t bytes = 0;                     // weight bytes the forward pass reads per token
+  size_t bytes = 0;  // weight bytes the forward pass reads per token
 };
 
 // NotFound names the missing tensor; InvalidArgument gives expected vs actual shape;

@@ -7,7 +7,8 @@ void pack_bits_ref(int bits, const uint8_t* idx, size_t n, uint8_t* out) {
   std::memset(out, 0, packed_bytes(bits, n));
   for (size_t i = 0; i < n; ++i)
     for (int k = 0; k < bits; ++k) {
-      const size_t bit = i * static_cast<size_t>(bits) + static_cast<size_t>(k);  // bit k of index i
+      const size_t bit =
+          i * static_cast<size_t>(bits) + static_cast<size_t>(k);  // bit k of index i
       if ((idx[i] >> k) & 1u) out[bit / 8] = static_cast<uint8_t>(out[bit / 8] | (1u << (bit % 8)));
     }
 }
@@ -27,15 +28,24 @@ namespace {
 template <template <int> class Op, typename... Args>
 void dispatch_bits(int bits, Args... args) {
   switch (bits) {
-    case 1: return Op<1>::run(args...);
-    case 2: return Op<2>::run(args...);
-    case 3: return Op<3>::run(args...);
-    case 4: return Op<4>::run(args...);
-    case 5: return Op<5>::run(args...);
-    case 6: return Op<6>::run(args...);
-    case 7: return Op<7>::run(args...);
-    case 8: return Op<8>::run(args...);
-    default: return;
+    case 1:
+      return Op<1>::run(args...);
+    case 2:
+      return Op<2>::run(args...);
+    case 3:
+      return Op<3>::run(args...);
+    case 4:
+      return Op<4>::run(args...);
+    case 5:
+      return Op<5>::run(args...);
+    case 6:
+      return Op<6>::run(args...);
+    case 7:
+      return Op<7>::run(args...);
+    case 8:
+      return Op<8>::run(args...);
+    default:
+      return;
   }
 }
 template <int kBits>

@@ -20,7 +20,8 @@ inline uint64_t load_le(const uint8_t* p) {
   if constexpr (kBytes == 1) {
     return p[0];
   } else if constexpr (kBytes == 2 || kBytes == 4 || kBytes == 8) {
-    using Word = std::conditional_t<kBytes == 2, uint16_t, std::conditional_t<kBytes == 4, uint32_t, uint64_t>>;
+    using Word = std::conditional_t<kBytes == 2, uint16_t,
+                                    std::conditional_t<kBytes == 4, uint32_t, uint64_t>>;
     Word w;
     std::memcpy(&w, p, kBytes);
     return w;
@@ -37,7 +38,8 @@ inline void store_le(uint8_t* p, uint64_t v) {
   if constexpr (kBytes == 1) {
     p[0] = static_cast<uint8_t>(v);
   } else if constexpr (kBytes == 2 || kBytes == 4 || kBytes == 8) {
-    using Word = std::conditional_t<kBytes == 2, uint16_t, std::conditional_t<kBytes == 4, uint32_t, uint64_t>>;
+    using Word = std::conditional_t<kBytes == 2, uint16_t,
+                                    std::conditional_t<kBytes == 4, uint32_t, uint64_t>>;
     const Word w = static_cast<Word>(v);
     std::memcpy(p, &w, kBytes);
   } else if constexpr (kBytes == 3) {
@@ -73,7 +75,8 @@ void pack_bits(const uint8_t* idx, size_t n, uint8_t* out) {
   for (size_t i = done; i < n; ++i)
     for (int k = 0; k < kBits; ++k) {
       const size_t bit = (i - done) * kBits + static_cast<size_t>(k);
-      if ((idx[i] >> k) & 1u) tail[bit / 8] = static_cast<uint8_t>(tail[bit / 8] | (1u << (bit % 8)));
+      if ((idx[i] >> k) & 1u)
+        tail[bit / 8] = static_cast<uint8_t>(tail[bit / 8] | (1u << (bit % 8)));
     }
 }
 
@@ -84,7 +87,8 @@ void unpack_bits(const uint8_t* in, size_t n, uint8_t* idx) {
   const size_t groups = n / 8;
   for (size_t g = 0; g < groups; ++g) {
     const uint64_t word = load_le<kBits>(in + kBits * g);
-    for (int j = 0; j < 8; ++j) idx[8 * g + j] = static_cast<uint8_t>((word >> (kBits * j)) & kMask);
+    for (int j = 0; j < 8; ++j)
+      idx[8 * g + j] = static_cast<uint8_t>((word >> (kBits * j)) & kMask);
   }
   const uint8_t* tail = in + kBits * groups;
   for (size_t i = groups * 8; i < n; ++i) {

@@ -53,8 +53,8 @@ double beta_cf(double a, double b, double x) {
 double incomplete_beta(double a, double b, double x) {
   if (x <= 0.0) return 0.0;
   if (x >= 1.0) return 1.0;
-  const double log_front = std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) +
-                           a * std::log(x) + b * std::log1p(-x);
+  const double log_front =
+      std::lgamma(a + b) - std::lgamma(a) - std::lgamma(b) + a * std::log(x) + b * std::log1p(-x);
   const double front = std::exp(log_front);
   if (x < (a + 1.0) / (a + b + 2.0)) return front * beta_cf(a, b, x) / a;
   return 1.0 - front * beta_cf(b, a, 1.0 - x) / b;
@@ -129,8 +129,8 @@ HalfState lloyd_map(const Density& f, const std::vector<double>& c) {
     const double mom = f.moment(s.edge[k], s.edge[k + 1]);
     // A cell far out in the tail can have a mass below what float64 resolves: keep its
     // centroid in the cell instead of dividing 0 by 0.
-    s.mean[k] = s.mass[k] > 1e-300 ? mom / s.mass[k]
-                                   : 0.5 * (s.edge[k] + std::min(s.edge[k + 1], 1.0));
+    s.mean[k] =
+        s.mass[k] > 1e-300 ? mom / s.mass[k] : 0.5 * (s.edge[k] + std::min(s.edge[k + 1], 1.0));
   }
   return s;
 }
@@ -221,7 +221,8 @@ Expected<Codebook> solve_lloyd_max(int dim, int bits, const CodebookOptions& opt
   const size_t m = static_cast<size_t>(levels / 2);
 
   // High-resolution initial guess: quantiles of f^(1/3) at (i + 1/2) / levels.
-  const Density companded = f.gaussian ? Density{f.d / 3.0, true} : Density{(f.d + 6.0) / 3.0, false};
+  const Density companded =
+      f.gaussian ? Density{f.d / 3.0, true} : Density{(f.d + 6.0) / 3.0, false};
   std::vector<double> c(m);
   for (size_t k = 0; k < m; ++k)
     c[k] = tail_quantile(companded, 0.5 - (static_cast<double>(k) + 0.5) / levels);
@@ -247,8 +248,8 @@ Expected<Codebook> solve_lloyd_max(int dim, int bits, const CodebookOptions& opt
     step = max_step(c, s);
   }
   if (step > options.tol)
-    return internal_error("Lloyd-Max did not converge for d=" + std::to_string(dim) + ", b=" +
-                          std::to_string(bits) + " (step " + std::to_string(step) + ")");
+    return internal_error("Lloyd-Max did not converge for d=" + std::to_string(dim) +
+                          ", b=" + std::to_string(bits) + " (step " + std::to_string(step) + ")");
 
   Codebook book;
   book.dim = dim;

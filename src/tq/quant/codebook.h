@@ -23,7 +23,7 @@ struct Codebook {
   double mse_per_vector = 0.0;    // E||u - u~||^2 for a random unit u, under the exact f_d
   // The float64 solution the float tables are rounded from (tests check optimality on it).
   std::vector<double> centroids_f64;
-  int iterations = 0;             // solver iterations used (Newton + Lloyd steps)
+  int iterations = 0;  // solver iterations used (Newton + Lloyd steps)
 };
 
 struct CodebookOptions {

@@ -10,7 +10,7 @@ namespace tq::quant {
 VectorCodec::~VectorCodec() = default;
 
 Expected<std::unique_ptr<VectorCodec>> make_codec(Format f, int dim, const CodecOptions& o,
-                                                   CodebookCache& books) {
+                                                  CodebookCache& books) {
   TQ_RETURN_IF_ERROR(f.validate(dim));
   if (!f.is_tq()) return make_baseline_codec(f, dim, o);
   if (dim < 3) return unsupported("tq formats need a head dim >= 3, got " + std::to_string(dim));

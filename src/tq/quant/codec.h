@@ -71,6 +71,6 @@ class VectorCodec {
 // Validates f against dim and builds the codec. The codec keeps a pointer into `books`, which
 // must outlive it.
 Expected<std::unique_ptr<VectorCodec>> make_codec(Format f, int dim, const CodecOptions& o,
-                                                   CodebookCache& books);
+                                                  CodebookCache& books);
 
 }  // namespace tq::quant

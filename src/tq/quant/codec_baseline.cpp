@@ -68,7 +68,9 @@ void encode_q4_0(const float* x, int dim, uint8_t* row) {
 class BaselineCodec final : public VectorCodec {
  public:
   BaselineCodec(Format f, int dim, const CodecOptions& o)
-      : format_(f), dim_(dim), kernels_(o.kernels ? o.kernels : &ref_kernel_table()),
+      : format_(f),
+        dim_(dim),
+        kernels_(o.kernels ? o.kernels : &ref_kernel_table()),
         row_bytes_(f.bytes_per_vector(dim)) {}
 
   Format format() const override { return format_; }
@@ -79,9 +81,12 @@ class BaselineCodec final : public VectorCodec {
   void encode(const float* x, uint8_t* block, int, int slot) const override {
     uint8_t* row = block + row_bytes_ * static_cast<size_t>(slot);
     switch (format_.kind) {
-      case FormatKind::kQ8_0: return encode_q8_0(x, dim_, row);
-      case FormatKind::kQ4_0: return encode_q4_0(x, dim_, row);
-      default: return encode_f16(x, dim_, row);
+      case FormatKind::kQ8_0:
+        return encode_q8_0(x, dim_, row);
+      case FormatKind::kQ4_0:
+        return encode_q4_0(x, dim_, row);
+      default:
+        return encode_f16(x, dim_, row);
     }
   }
 
@@ -143,9 +148,12 @@ class BaselineCodec final : public VectorCodec {
   };
   static Fns pick(const KernelTable& t, FormatKind kind) {
     switch (kind) {
-      case FormatKind::kQ8_0: return {t.score_q8_0, t.accumulate_q8_0};
-      case FormatKind::kQ4_0: return {t.score_q4_0, t.accumulate_q4_0};
-      default: return {t.score_f16, t.accumulate_f16};
+      case FormatKind::kQ8_0:
+        return {t.score_q8_0, t.accumulate_q8_0};
+      case FormatKind::kQ4_0:
+        return {t.score_q4_0, t.accumulate_q4_0};
+      default:
+        return {t.score_f16, t.accumulate_f16};
     }
   }
   Fns fns() const { return pick(*kernels_, format_.kind); }

@@ -72,7 +72,7 @@ class TqCodec final : public VectorCodec {
     } else if (norm > 0.0) {
       const float inv = static_cast<float>(1.0 / norm);
       for (size_t j = 0; j < d; ++j) y[j] = x[j] * inv;  // u = x / ||x||
-      rotation_.apply(y, y);                              // y = P u
+      rotation_.apply(y, y);                             // y = P u
       double recon2 = 0.0;
       for (size_t j = 0; j < d; ++j) {
         idx[j] = static_cast<uint8_t>(quantize_coordinate(book_->boundaries.data(), bits_, y[j]));
@@ -110,7 +110,8 @@ class TqCodec final : public VectorCodec {
     if (format_.has_qjl()) {  // y~ += sqrt(pi/2)/d * ||r|| * S^T sign
       std::vector<uint8_t> sign(d);
       unpack_bits<1>(p.signs + sign_bytes_ * slot, d, sign.data());
-      const float f = static_cast<float>(qjl_scale(dim_)) * load_scalar(p.residual_norms, slot, norm_fp32_);
+      const float f =
+          static_cast<float>(qjl_scale(dim_)) * load_scalar(p.residual_norms, slot, norm_fp32_);
       for (size_t i = 0; i < d; ++i) {
         const float si = sign[i] ? f : -f;
         const float* row = sketch_.data() + i * d;

@@ -8,11 +8,16 @@ size_t Format::bytes_per_vector(int dim) const {
   if (!validate(dim).ok()) return 0;
   const size_t d = static_cast<size_t>(dim);
   switch (kind) {
-    case FormatKind::kF16: return 2 * d;
-    case FormatKind::kQ8_0: return d / 32 * 34;
-    case FormatKind::kQ4_0: return d / 32 * 18;
-    case FormatKind::kTqMse: return d * bits / 8 + 2;
-    case FormatKind::kTqProd: return d * (bits - 1) / 8 + d / 8 + 4;
+    case FormatKind::kF16:
+      return 2 * d;
+    case FormatKind::kQ8_0:
+      return d / 32 * 34;
+    case FormatKind::kQ4_0:
+      return d / 32 * 18;
+    case FormatKind::kTqMse:
+      return d * bits / 8 + 2;
+    case FormatKind::kTqProd:
+      return d * (bits - 1) / 8 + d / 8 + 4;
   }
   return 0;
 }
@@ -22,14 +27,16 @@ double Format::bits_per_element(int dim) const {
 }
 
 Status Format::validate(int dim) const {
-  if (dim <= 0 || dim > 1024) return invalid_argument("head dim " + std::to_string(dim) + " out of range");
+  if (dim <= 0 || dim > 1024)
+    return invalid_argument("head dim " + std::to_string(dim) + " out of range");
   switch (kind) {
     case FormatKind::kF16:
       return ok_status();
     case FormatKind::kQ8_0:
     case FormatKind::kQ4_0:
       if (dim % 32 != 0)
-        return unsupported(name() + " needs a head dim divisible by 32, got " + std::to_string(dim));
+        return unsupported(name() + " needs a head dim divisible by 32, got " +
+                           std::to_string(dim));
       return ok_status();
     case FormatKind::kTqMse:
     case FormatKind::kTqProd:
@@ -44,11 +51,16 @@ Status Format::validate(int dim) const {
 
 std::string Format::name() const {
   switch (kind) {
-    case FormatKind::kF16: return "f16";
-    case FormatKind::kQ8_0: return "q8_0";
-    case FormatKind::kQ4_0: return "q4_0";
-    case FormatKind::kTqMse: return "tq" + std::to_string(bits);
-    case FormatKind::kTqProd: return "tq" + std::to_string(bits) + "j";
+    case FormatKind::kF16:
+      return "f16";
+    case FormatKind::kQ8_0:
+      return "q8_0";
+    case FormatKind::kQ4_0:
+      return "q4_0";
+    case FormatKind::kTqMse:
+      return "tq" + std::to_string(bits);
+    case FormatKind::kTqProd:
+      return "tq" + std::to_string(bits) + "j";
   }
   return "?";
 }

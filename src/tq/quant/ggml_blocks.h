@@ -6,8 +6,8 @@
 
 namespace tq::quant {
 
-inline constexpr int kQK = 32;    // elements per block of the 32-element types
-inline constexpr int kQK_K = 256;  // elements per super-block of the k-quants
+inline constexpr int kQK = 32;           // elements per block of the 32-element types
+inline constexpr int kQK_K = 256;        // elements per super-block of the k-quants
 inline constexpr int kKScaleBytes = 12;  // packed 6-bit scales and mins of q4_K / q5_K
 
 // x[j] = d * (q[j] - 8); byte j holds q[j] (low nibble) and q[j + 16] (high nibble).

@@ -27,10 +27,10 @@ enum class GgmlType : uint32_t {
 };
 
 struct GgmlTypeTraits {
-  std::string_view name;   // "q4_0"
-  uint32_t block_elems;    // elements per block (1 for float types, 32 or 256 otherwise)
-  uint32_t block_bytes;    // bytes per block
-  bool supported;          // tq can dequantize and multiply it
+  std::string_view name;  // "q4_0"
+  uint32_t block_elems;   // elements per block (1 for float types, 32 or 256 otherwise)
+  uint32_t block_bytes;   // bytes per block
+  bool supported;         // tq can dequantize and multiply it
 };
 
 // Traits of a type id read from a file; nullptr for ids tq does not know (never trust the id).

@@ -17,7 +17,7 @@ namespace tq::quant {
 inline constexpr int kMaxGroupHeads = 4;
 
 struct PlaneScoreArgs {
-  const float* q = nullptr;      // [nq][q_stride] prepared queries (rotated domain for tq)
+  const float* q = nullptr;  // [nq][q_stride] prepared queries (rotated domain for tq)
   int q_stride = 0;
   int nq = 1;
   const uint8_t* plane = nullptr;  // [n][row_bytes]
@@ -28,7 +28,7 @@ struct PlaneScoreArgs {
   const float* scale = nullptr;  // [n] per-row factor, nullptr for 1
   float* out = nullptr;          // [nq][out_stride]: out[h][i] (+)= scale[i] * <q_h, row_i>
   int out_stride = 0;
-  bool add = false;              // accumulate into out instead of overwriting
+  bool add = false;  // accumulate into out instead of overwriting
   // Optional: the same queries already in the table's own form (prepare_score_query[bits] of
   // each q_h, q_prep_stride bytes apart), so a kernel called once per cache block does not
   // redo that work every block; nullptr: the kernel prepares them.
@@ -37,7 +37,7 @@ struct PlaneScoreArgs {
 };
 
 struct PlaneAccumulateArgs {
-  const float* w = nullptr;      // [nq][w_stride] weight of row i for head h (norms included)
+  const float* w = nullptr;  // [nq][w_stride] weight of row i for head h (norms included)
   int w_stride = 0;
   int nq = 1;
   const uint8_t* plane = nullptr;  // [n][row_bytes]

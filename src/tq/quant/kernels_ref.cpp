@@ -37,7 +37,8 @@ struct Q8_0Row {  // per 32 elements: fp16 scale, 32 x int8
       uint16_t h;
       std::memcpy(&h, blk, 2);
       const float s = f16_to_f32(h);
-      for (int j = 0; j < 32; ++j) out[32 * b + j] = s * static_cast<float>(static_cast<int8_t>(blk[2 + j]));
+      for (int j = 0; j < 32; ++j)
+        out[32 * b + j] = s * static_cast<float>(static_cast<int8_t>(blk[2 + j]));
     }
   }
 };

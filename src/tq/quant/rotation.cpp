@@ -27,7 +27,8 @@ std::vector<float> dense_orthogonal(int d, Rng& rng) {
     for (size_t i = k; i < n; ++i) norm2 += a[k * n + i] * a[k * n + i];
     const double x0 = a[k * n + k];
     const double alpha = x0 >= 0.0 ? -std::sqrt(norm2) : std::sqrt(norm2);
-    std::vector<double> v(a.begin() + static_cast<long>(k * n + k), a.begin() + static_cast<long>(k * n + n));
+    std::vector<double> v(a.begin() + static_cast<long>(k * n + k),
+                          a.begin() + static_cast<long>(k * n + n));
     v[0] -= alpha;
     double vnorm2 = 0.0;
     for (double e : v) vnorm2 += e * e;
@@ -76,7 +77,8 @@ void matvec(const float* m, const float* x, float* y, int d, bool transpose) {
       for (; j + 8 <= d; j += 8)
         for (int k = 0; k < 8; ++k) s[k] += row[j + k] * x[j + k];
       for (; j < d; ++j) s[0] += row[j] * x[j];
-      tmp[static_cast<size_t>(i)] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+      tmp[static_cast<size_t>(i)] =
+          ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
     }
   } else {
     for (int j = 0; j < d; ++j) tmp[static_cast<size_t>(j)] = 0.0f;
@@ -121,7 +123,7 @@ void Rotation::apply(const float* x, float* y) const {
   if (!is_hadamard()) return matvec(dense_.data(), x, y, dim_, false);
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim_));
   for (int i = 0; i < dim_; ++i) y[i] = x[i] * signs_[static_cast<size_t>(i)];  // D x
-  fwht_ref(y, dim_);                                                             // H D x
+  fwht_ref(y, dim_);                                                            // H D x
   for (int i = 0; i < dim_; ++i) y[i] *= scale;
 }
 

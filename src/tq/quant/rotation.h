@@ -35,8 +35,8 @@ class Rotation {
  private:
   Rotation() = default;
   int dim_ = 0;
-  std::vector<float> signs_;   // [d] Hadamard only
-  std::vector<float> dense_;   // [d][d] row-major P, dense only
+  std::vector<float> signs_;  // [d] Hadamard only
+  std::vector<float> dense_;  // [d][d] row-major P, dense only
 };
 
 // In-place unnormalized fast Walsh-Hadamard transform (Sylvester order), n a power of two.

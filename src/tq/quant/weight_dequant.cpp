@@ -127,18 +127,30 @@ using DequantFn = void (*)(const uint8_t*, float*, int64_t);
 
 DequantFn dequant_fn(GgmlType type) {
   switch (type) {
-    case GgmlType::kF32: return dequant_f32;
-    case GgmlType::kF16: return dequant_f16;
-    case GgmlType::kBF16: return dequant_bf16;
-    case GgmlType::kQ4_0: return dequant_q4q5<BlockQ4_0, false, false>;
-    case GgmlType::kQ4_1: return dequant_q4q5<BlockQ4_1, true, false>;
-    case GgmlType::kQ5_0: return dequant_q4q5<BlockQ5_0, false, true>;
-    case GgmlType::kQ5_1: return dequant_q4q5<BlockQ5_1, true, true>;
-    case GgmlType::kQ8_0: return dequant_q8_0;
-    case GgmlType::kQ4_K: return dequant_q4k_q5k<BlockQ4_K, false>;
-    case GgmlType::kQ5_K: return dequant_q4k_q5k<BlockQ5_K, true>;
-    case GgmlType::kQ6_K: return dequant_q6_k;
-    default: return nullptr;
+    case GgmlType::kF32:
+      return dequant_f32;
+    case GgmlType::kF16:
+      return dequant_f16;
+    case GgmlType::kBF16:
+      return dequant_bf16;
+    case GgmlType::kQ4_0:
+      return dequant_q4q5<BlockQ4_0, false, false>;
+    case GgmlType::kQ4_1:
+      return dequant_q4q5<BlockQ4_1, true, false>;
+    case GgmlType::kQ5_0:
+      return dequant_q4q5<BlockQ5_0, false, true>;
+    case GgmlType::kQ5_1:
+      return dequant_q4q5<BlockQ5_1, true, true>;
+    case GgmlType::kQ8_0:
+      return dequant_q8_0;
+    case GgmlType::kQ4_K:
+      return dequant_q4k_q5k<BlockQ4_K, false>;
+    case GgmlType::kQ5_K:
+      return dequant_q4k_q5k<BlockQ5_K, true>;
+    case GgmlType::kQ6_K:
+      return dequant_q6_k;
+    default:
+      return nullptr;
   }
 }
 
@@ -153,8 +165,8 @@ Status dequantize_row_ref(GgmlType type, const uint8_t* src, float* dst, int64_t
     return unsupported("dequantize: type " + std::to_string(static_cast<uint32_t>(type)) +
                        " not supported");
   if (n < 0 || n % traits->block_elems != 0)
-    return invalid_argument("dequantize " + std::string(traits->name) + ": n=" +
-                            std::to_string(n) + " is not a multiple of the block size " +
+    return invalid_argument("dequantize " + std::string(traits->name) + ": n=" + std::to_string(n) +
+                            " is not a multiple of the block size " +
                             std::to_string(traits->block_elems));
   fn(src, dst, n);
   return ok_status();

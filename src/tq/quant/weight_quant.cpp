@@ -95,15 +95,24 @@ using QuantFn = void (*)(const float*, uint8_t*, int64_t);
 
 QuantFn quant_fn(GgmlType type) {
   switch (type) {
-    case GgmlType::kF32: return quant_f32;
-    case GgmlType::kF16: return quant_half<f32_to_f16>;
-    case GgmlType::kBF16: return quant_half<f32_to_bf16>;
-    case GgmlType::kQ4_0: return quant_sym<BlockQ4_0, false>;
-    case GgmlType::kQ5_0: return quant_sym<BlockQ5_0, true>;
-    case GgmlType::kQ4_1: return quant_affine<BlockQ4_1, false>;
-    case GgmlType::kQ5_1: return quant_affine<BlockQ5_1, true>;
-    case GgmlType::kQ8_0: return quant_q8_0;
-    default: return nullptr;
+    case GgmlType::kF32:
+      return quant_f32;
+    case GgmlType::kF16:
+      return quant_half<f32_to_f16>;
+    case GgmlType::kBF16:
+      return quant_half<f32_to_bf16>;
+    case GgmlType::kQ4_0:
+      return quant_sym<BlockQ4_0, false>;
+    case GgmlType::kQ5_0:
+      return quant_sym<BlockQ5_0, true>;
+    case GgmlType::kQ4_1:
+      return quant_affine<BlockQ4_1, false>;
+    case GgmlType::kQ5_1:
+      return quant_affine<BlockQ5_1, true>;
+    case GgmlType::kQ8_0:
+      return quant_q8_0;
+    default:
+      return nullptr;
   }
 }
 

@@ -314,8 +314,7 @@ void CompletionHandler::handle(const httplib::Request& req, httplib::Response& r
   meta.id = random_id(chat ? "chatcmpl-" : "cmpl-");
   meta.created = static_cast<int64_t>(std::time(nullptr));
   meta.model = engine_.model_id();
-  const kv::KvConfig& kv = engine_.step_model().kv_config();
-  meta.fingerprint = "tq-" + kv.k_format.name() + "-" + kv.v_format.name();
+  meta.fingerprint = system_fingerprint(engine_.step_model().kv_config());
   const model::Tokenizer& tok = engine_.model().tokenizer();
   if (p.stream)
     return stream_response(

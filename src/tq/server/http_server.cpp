@@ -79,8 +79,8 @@ struct HttpServer::Impl {
 };
 
 void HttpServer::Impl::install() {
-  const int sched_load = engine.scheduler().options().max_sessions +
-                         engine.scheduler().options().max_queue;
+  const int sched_load =
+      engine.scheduler().options().max_sessions + engine.scheduler().options().max_queue;
   // Each streaming request holds a worker for its whole life, and each idle keep-alive
   // connection holds one until its timeout: size the pool for both.
   const int threads = options.http_threads > 0 ? options.http_threads : sched_load + 32;
@@ -108,24 +108,24 @@ void HttpServer::Impl::install() {
 
   svr.set_error_handler(httplib::Server::HandlerWithResponse(
       [this](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    ApiError e;
-    e.status = res.status;
-    if (res.status == 404) {
-      e.message = "Invalid URL (" + req.method + " " + req.path + ")";
-      e.code = "not_found";
-    } else if (res.status == 413) {
-      // httplib also answers 413 to form-encoded bodies over 8 KiB (send JSON).
-      e.message = "The request body is too large (the limit is " +
-                  std::to_string(options.max_body_bytes) + " bytes of JSON).";
-      e.code = "request_too_large";
-    } else {
-      e.message = "HTTP error " + std::to_string(res.status);
-      if (res.status >= 500) e.type = "server_error";
-    }
-    send_json(res, res.status, e.to_json());
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        ApiError e;
+        e.status = res.status;
+        if (res.status == 404) {
+          e.message = "Invalid URL (" + req.method + " " + req.path + ")";
+          e.code = "not_found";
+        } else if (res.status == 413) {
+          // httplib also answers 413 to form-encoded bodies over 8 KiB (send JSON).
+          e.message = "The request body is too large (the limit is " +
+                      std::to_string(options.max_body_bytes) + " bytes of JSON).";
+          e.code = "request_too_large";
+        } else {
+          e.message = "HTTP error " + std::to_string(res.status);
+          if (res.status >= 500) e.type = "server_error";
+        }
+        send_json(res, res.status, e.to_json());
+        return httplib::Server::HandlerResponse::Handled;
+      }));
 
   svr.set_exception_handler(
       [](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
@@ -161,12 +161,10 @@ void HttpServer::Impl::install() {
               return send_json(res, 503, json{{"status", "shutting_down"}});
             send_json(res, 200, json{{"status", "ok"}});
           }));
-  svr.Get("/v1/capacity", guarded([this](const auto&, auto& res) {
-            send_json(res, 200, capacity_json(engine));
-          }));
-  svr.Get("/v1/kv-stats", guarded([this](const auto&, auto& res) {
-            send_json(res, 200, kv_stats_json(engine));
-          }));
+  svr.Get("/v1/capacity",
+          guarded([this](const auto&, auto& res) { send_json(res, 200, capacity_json(engine)); }));
+  svr.Get("/v1/kv-stats",
+          guarded([this](const auto&, auto& res) { send_json(res, 200, kv_stats_json(engine)); }));
   svr.Get("/metrics", guarded([this](const auto&, auto& res) {
             res.set_content(
                 metrics.render(engine.scheduler().stats(), engine.step_model().kv_stats()),
@@ -211,14 +209,14 @@ void HttpServer::Impl::detokenize(const httplib::Request& req, httplib::Response
   if (auto e = parse_body(req, body)) return send_error(res, *e);
   const auto tokens = body.find("tokens");
   if (tokens == body.end() || !tokens->is_array())
-    return send_error(res, bad_request("'tokens' must be an array of token ids.", "tokens",
-                                       "invalid_type"));
+    return send_error(
+        res, bad_request("'tokens' must be an array of token ids.", "tokens", "invalid_type"));
   std::vector<int32_t> ids;
   for (const auto& t : *tokens) {
     if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
         t.get<int64_t>() >= engine.model().config().vocab_size)
-      return send_error(res, bad_request("token ids must be integers in the vocab.", "tokens",
-                                         "invalid_value"));
+      return send_error(
+          res, bad_request("token ids must be integers in the vocab.", "tokens", "invalid_value"));
     ids.push_back(static_cast<int32_t>(t.get<int64_t>()));
   }
   send_json(res, 200, json{{"content", engine.model().tokenizer().decode(ids)}});

@@ -16,7 +16,7 @@ namespace tq::server {
 
 struct HttpOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;  // 0: any free port (see HttpServer::port)
+  int port = 8080;      // 0: any free port (see HttpServer::port)
   std::string api_key;  // non-empty: every route but /health and /metrics needs it
   size_t max_body_bytes = size_t{4} << 20;
   int http_threads = 0;  // 0: enough for every session, the queue and idle keep-alives

@@ -14,8 +14,7 @@ std::string fmt_double(double v) {
   return buf;
 }
 
-void header(std::string& out, std::string_view name, std::string_view type,
-            std::string_view help) {
+void header(std::string& out, std::string_view name, std::string_view type, std::string_view help) {
   out.append("# HELP ").append(name).append(" ").append(help).append("\n");
   out.append("# TYPE ").append(name).append(" ").append(type).append("\n");
 }
@@ -24,15 +23,15 @@ void sample(std::string& out, std::string_view name, double v) {
   out.append(name).append(" ").append(fmt_double(v)).append("\n");
 }
 
-void metric(std::string& out, std::string_view name, std::string_view type,
-            std::string_view help, double v) {
+void metric(std::string& out, std::string_view name, std::string_view type, std::string_view help,
+            double v) {
   header(out, name, type, help);
   sample(out, name, v);
 }
 
 constexpr std::string_view kRoutes[] = {
-    "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/v1/capacity",
-    "/v1/kv-stats", "/metrics", "/tokenize", "/detokenize"};
+    "/v1/chat/completions", "/v1/completions", "/v1/models", "/health",    "/v1/capacity",
+    "/v1/kv-stats",         "/metrics",        "/tokenize",  "/detokenize"};
 
 }  // namespace
 
@@ -42,8 +41,8 @@ Histogram::Histogram(std::vector<double> upper_bounds)
 }
 
 void Histogram::observe(double v) {
-  const size_t i = static_cast<size_t>(
-      std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin());
+  const size_t i =
+      static_cast<size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), v) - bounds_.begin());
   std::lock_guard<std::mutex> lock(mu_);
   ++counts_[i];
   sum_ += v;
@@ -89,8 +88,12 @@ std::string ServerMetrics::render(const runtime::SchedulerStats& s,
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& [key, n] : requests_)
-      out.append("tq_requests_total{route=\"").append(key.first).append("\",status=\"")
-          .append(std::to_string(key.second)).append("\"} ").append(std::to_string(n))
+      out.append("tq_requests_total{route=\"")
+          .append(key.first)
+          .append("\",status=\"")
+          .append(std::to_string(key.second))
+          .append("\"} ")
+          .append(std::to_string(n))
           .append("\n");
   }
   header(out, "tq_requests_finished_total", "counter",
@@ -98,7 +101,9 @@ std::string ServerMetrics::render(const runtime::SchedulerStats& s,
   for (int r = 0; r < 4; ++r)
     out.append("tq_requests_finished_total{reason=\"")
         .append(runtime::finish_reason_name(static_cast<runtime::FinishReason>(r)))
-        .append("\"} ").append(std::to_string(s.finished[r])).append("\n");
+        .append("\"} ")
+        .append(std::to_string(s.finished[r]))
+        .append("\n");
   metric(out, "tq_requests_rejected_total", "counter",
          "Requests refused with 503 (queue full or shutting down).", double(s.rejected));
   metric(out, "tq_prompt_tokens_total", "counter", "Prompt tokens admitted (cached included).",
@@ -108,8 +113,7 @@ std::string ServerMetrics::render(const runtime::SchedulerStats& s,
          double(s.prompt_cached_tokens));
   metric(out, "tq_generated_tokens_total", "counter", "Tokens generated.",
          double(s.generated_tokens));
-  metric(out, "tq_scheduler_steps_total", "counter", "Batched forward steps run.",
-         double(s.steps));
+  metric(out, "tq_scheduler_steps_total", "counter", "Batched forward steps run.", double(s.steps));
   metric(out, "tq_scheduler_step_tokens_total", "counter",
          "Tokens run through the model in all steps.", double(s.step_tokens));
   metric(out, "tq_queue_depth", "gauge", "Requests waiting for a session slot or KV pages.",
@@ -120,20 +124,18 @@ std::string ServerMetrics::render(const runtime::SchedulerStats& s,
   metric(out, "tq_kv_pages_cached", "gauge",
          "KV pages kept only by the prefix cache (reclaimable).", kv.pages_cached);
   metric(out, "tq_kv_pages_free", "gauge", "KV pages on the free list.", kv.pages_free);
-  metric(out, "tq_kv_pages_reserved", "gauge",
-         "KV pages running sequences may still allocate.", double(s.reserved_pages));
-  metric(out, "tq_kv_arena_bytes", "gauge", "Bytes of the KV pool arena.",
-         double(kv.arena_bytes));
+  metric(out, "tq_kv_pages_reserved", "gauge", "KV pages running sequences may still allocate.",
+         double(s.reserved_pages));
+  metric(out, "tq_kv_arena_bytes", "gauge", "Bytes of the KV pool arena.", double(kv.arena_bytes));
   metric(out, "tq_kv_used_bytes", "gauge", "Bytes of KV pages held by sequences.",
          double(kv.used_bytes));
   metric(out, "tq_kv_exact_bytes", "gauge", "Bytes of f16 sink and window rows.",
          double(kv.exact_bytes));
   metric(out, "tq_kv_tokens", "gauge", "Tokens held by live sequences.", double(kv.tokens));
-  metric(out, "tq_kv_compression_ratio", "gauge",
-         "f16 bytes of live tokens / bytes they take now.", kv.effective_ratio_vs_f16);
+  metric(out, "tq_kv_compression_ratio", "gauge", "f16 bytes of live tokens / bytes they take now.",
+         kv.effective_ratio_vs_f16);
   metric(out, "tq_kv_formats_compression_ratio", "gauge",
-         "f16 bytes / bytes of a full page in the configured formats.",
-         kv.formats_ratio_vs_f16);
+         "f16 bytes / bytes of a full page in the configured formats.", kv.formats_ratio_vs_f16);
   metric(out, "tq_kv_prefix_hit_tokens_total", "counter",
          "Tokens taken from the prefix cache (KV pool counter).", double(kv.prefix_hit_tokens));
   ttft_.render(out, "tq_time_to_first_token_seconds",

@@ -28,7 +28,7 @@ class Histogram {
 
  private:
   mutable std::mutex mu_;
-  std::vector<double> bounds_;   // ascending
+  std::vector<double> bounds_;    // ascending
   std::vector<uint64_t> counts_;  // [bounds + 1] per bucket, not cumulative
   double sum_ = 0.0;
   uint64_t count_ = 0;

@@ -1,6 +1,10 @@
 // OpenAI response bodies (see openai_format.h).
 #include "tq/server/openai_format.h"
 
+#include <cstdio>
+
+#include "tq/core/rng.h"
+
 namespace tq::server {
 namespace {
 
@@ -28,6 +32,14 @@ json base_object(const ResponseMeta& m, bool chunk) {
 }
 
 }  // namespace
+
+std::string system_fingerprint(const kv::KvConfig& kv) {
+  uint64_t h = 0x7471u;  // "tq"
+  for (char ch : kv.to_string()) h = derive_seed(h, static_cast<uint8_t>(ch));
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return "tq-" + kv.k_format.name() + "-" + kv.v_format.name() + "-" + hex;
+}
 
 std::string dump_json(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);

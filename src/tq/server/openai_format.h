@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tq/kv/kv_config.h"
 #include "tq/model/tokenizer.h"
 #include "tq/runtime/request_channel.h"
 #include "tq/server/openai_schema.h"
@@ -22,11 +23,16 @@ std::string dump_json(const nlohmann::json& j);
 
 struct ResponseMeta {
   Endpoint endpoint = Endpoint::kChat;
-  std::string id;        // "chatcmpl-..." / "cmpl-..."
-  int64_t created = 0;   // Unix seconds
+  std::string id;       // "chatcmpl-..." / "cmpl-..."
+  int64_t created = 0;  // Unix seconds
   std::string model;
   std::string fingerprint;  // system_fingerprint: the cache configuration
 };
+
+// "tq-<K>-<V>-<16 hex digits>": the default formats, then a hash of the whole configuration
+// (KvConfig::to_string: window, sinks, per-layer formats, scaling), so any change of what the
+// cache stores changes the fingerprint a client compares across responses.
+std::string system_fingerprint(const kv::KvConfig& kv);
 
 struct UsageCounts {
   int prompt_tokens = 0;

@@ -22,11 +22,14 @@ bool nesting_within(std::string_view s, int max_depth) {
   for (size_t i = 0; i < s.size(); ++i) {
     const char c = s[i];
     if (in_string) {
-      if (c == '\\') ++i;
-      else if (c == '"') in_string = false;
+      if (c == '\\')
+        ++i;
+      else if (c == '"')
+        in_string = false;
       continue;
     }
-    if (c == '"') in_string = true;
+    if (c == '"')
+      in_string = true;
     else if (c == '[' || c == '{') {
       if (++depth > max_depth) return false;
     } else if (c == ']' || c == '}') {
@@ -38,22 +41,30 @@ bool nesting_within(std::string_view s, int max_depth) {
 
 const char* type_name(const json& v) {
   switch (v.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
-    case json::value_t::number_float: return "a number";
+    case json::value_t::null:
+      return "null";
+    case json::value_t::boolean:
+      return "a boolean";
+    case json::value_t::string:
+      return "a string";
+    case json::value_t::array:
+      return "an array";
+    case json::value_t::object:
+      return "an object";
+    case json::value_t::number_float:
+      return "a number";
     case json::value_t::number_integer:
-    case json::value_t::number_unsigned: return "an integer";
-    default: return "invalid";
+    case json::value_t::number_unsigned:
+      return "an integer";
+    default:
+      return "invalid";
   }
 }
 
 ApiError wrong_type(const std::string& field, const char* want, const json& v) {
-  return bad_request("Invalid type for '" + field + "': expected " + want + ", but got " +
-                         type_name(v) + ".",
-                     field, "invalid_type");
+  return bad_request(
+      "Invalid type for '" + field + "': expected " + want + ", but got " + type_name(v) + ".",
+      field, "invalid_type");
 }
 
 ApiError out_of_range_error(const std::string& field, const std::string& range) {
@@ -70,12 +81,12 @@ Err read_bool(const json& v, const std::string& field, bool& out) {
 Err read_int(const json& v, const std::string& field, int64_t lo, int64_t hi, int64_t& out) {
   if (!v.is_number_integer()) return wrong_type(field, "an integer", v);
   if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(hi))
-    return out_of_range_error(field, "an integer in [" + std::to_string(lo) + ", " +
-                                         std::to_string(hi) + "]");
+    return out_of_range_error(
+        field, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   const int64_t x = v.get<int64_t>();
   if (x < lo || x > hi)
-    return out_of_range_error(field, "an integer in [" + std::to_string(lo) + ", " +
-                                         std::to_string(hi) + "]");
+    return out_of_range_error(
+        field, "an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   out = x;
   return std::nullopt;
 }
@@ -127,9 +138,9 @@ Err read_content(const json& v, const std::string& field, std::string& out) {
     if (!part.is_object()) return wrong_type(field, "an array of content parts", part);
     const auto type = part.find("type");
     if (type == part.end() || !type->is_string() || *type != "text")
-      return bad_request("Invalid content part in '" + field +
-                             "': only parts of type 'text' are supported.",
-                         field, "invalid_value");
+      return bad_request(
+          "Invalid content part in '" + field + "': only parts of type 'text' are supported.",
+          field, "invalid_value");
     const auto text = part.find("text");
     if (text == part.end() || !text->is_string())
       return wrong_type(field + ".text", "a string", text == part.end() ? json() : *text);
@@ -150,8 +161,9 @@ Err read_messages(const json& v, std::vector<ChatMessage>& out) {
     if (!m.is_object()) return wrong_type(at, "an object", m);
     ChatMessage msg;
     const auto role = m.find("role");
-    if (role == m.end()) return bad_request("Missing required parameter: '" + at + ".role'.",
-                                            at + ".role", "missing_required_parameter");
+    if (role == m.end())
+      return bad_request("Missing required parameter: '" + at + ".role'.", at + ".role",
+                         "missing_required_parameter");
     if (!role->is_string()) return wrong_type(at + ".role", "a string", *role);
     msg.role = role->get<std::string>();
     if (msg.role == "developer") msg.role = "system";  // the newer name of the same thing
@@ -163,8 +175,8 @@ Err read_messages(const json& v, std::vector<ChatMessage>& out) {
     const auto content = m.find("content");
     if (content == m.end() || content->is_null()) {
       if (msg.role != "assistant")
-        return bad_request("Missing required parameter: '" + at + ".content'.",
-                           at + ".content", "missing_required_parameter");
+        return bad_request("Missing required parameter: '" + at + ".content'.", at + ".content",
+                           "missing_required_parameter");
     } else if (auto e = read_content(*content, at + ".content", msg.content)) {
       return e;
     }
@@ -217,10 +229,9 @@ Err check_default_only(const std::string& k, const json& v, bool& handled) {
   const bool is_default =
       ((k == "tools" || k == "functions") && v.is_array() && v.empty()) ||
       ((k == "tool_choice" || k == "function_call") && v == "none") ||
-      (k == "response_format" && v.is_object() && v.value("type", "") == "text" &&
-       v.size() == 1) ||
-      (k == "logit_bias" && v.is_object() && v.empty()) ||
-      (k == "echo" && v == false) || (k == "best_of" && v == 1) ||
+      (k == "response_format" && v.is_object() && v.value("type", "") == "text" && v.size() == 1) ||
+      (k == "logit_bias" && v.is_object() && v.empty()) || (k == "echo" && v == false) ||
+      (k == "best_of" && v == 1) ||
       (k == "suffix" && v.is_string() && v.get<std::string>().empty()) ||
       (k == "parallel_tool_calls" && v.is_boolean());
   if (k == "tools" || k == "functions" || k == "tool_choice" || k == "function_call" ||
@@ -256,9 +267,9 @@ ApiError bad_request(std::string message, std::string param, std::string code) {
 std::optional<ApiError> parse_completion_request(std::string_view body, Endpoint endpoint,
                                                  CompletionParams& out) {
   if (!nesting_within(body, kMaxJsonDepth))
-    return bad_request("The request body nests deeper than " + std::to_string(kMaxJsonDepth) +
-                           " levels.",
-                       "", "invalid_json");
+    return bad_request(
+        "The request body nests deeper than " + std::to_string(kMaxJsonDepth) + " levels.", "",
+        "invalid_json");
   const json j = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded())
     return bad_request(
@@ -269,8 +280,8 @@ std::optional<ApiError> parse_completion_request(std::string_view body, Endpoint
 
 std::optional<ApiError> parse_completion_json(const nlohmann::json& j, Endpoint endpoint,
                                               CompletionParams& p) {
-  if (!j.is_object()) return bad_request("The request body must be a JSON object.", "",
-                                         "invalid_json");
+  if (!j.is_object())
+    return bad_request("The request body must be a JSON object.", "", "invalid_json");
   const bool chat = endpoint == Endpoint::kChat;
   p = CompletionParams{};
   p.endpoint = endpoint;
@@ -294,8 +305,10 @@ std::optional<ApiError> parse_completion_json(const nlohmann::json& j, Endpoint 
     } else if (ignored_field(k)) {
       continue;
     } else if (k == "model") {
-      if (!v.is_string()) e = wrong_type(k, "a string", v);
-      else p.model = v.get<std::string>();
+      if (!v.is_string())
+        e = wrong_type(k, "a string", v);
+      else
+        p.model = v.get<std::string>();
     } else if (chat && k == "messages") {
       e = read_messages(v, p.messages);
       have_input = true;
@@ -312,10 +325,11 @@ std::optional<ApiError> parse_completion_json(const nlohmann::json& j, Endpoint 
       } else {
         have_stream_options = true;
         for (auto s = v.begin(); s != v.end() && !e; ++s) {
-          if (s.key() == "include_usage") e = read_bool(s.value(), "stream_options.include_usage",
-                                                        p.include_usage);
-          else e = bad_request("Unrecognized field 'stream_options." + s.key() + "'.",
-                               "stream_options." + s.key(), "unknown_parameter");
+          if (s.key() == "include_usage")
+            e = read_bool(s.value(), "stream_options.include_usage", p.include_usage);
+          else
+            e = bad_request("Unrecognized field 'stream_options." + s.key() + "'.",
+                            "stream_options." + s.key(), "unknown_parameter");
         }
       }
     } else if (k == "max_tokens" || k == "max_completion_tokens") {
@@ -379,9 +393,10 @@ std::optional<ApiError> parse_completion_json(const nlohmann::json& j, Endpoint 
                        "stream_options", "invalid_value");
   if (top_logprobs) {
     if (!p.logprobs && *top_logprobs > 0)
-      return bad_request("Invalid value for 'top_logprobs': 'logprobs' must be true when "
-                         "'top_logprobs' is given.",
-                         "top_logprobs", "invalid_value");
+      return bad_request(
+          "Invalid value for 'top_logprobs': 'logprobs' must be true when "
+          "'top_logprobs' is given.",
+          "top_logprobs", "invalid_value");
     p.top_logprobs = static_cast<int>(*top_logprobs);
   }
   return std::nullopt;

@@ -36,22 +36,22 @@ using ChatMessage = model::ChatMessage;
 
 struct CompletionParams {
   Endpoint endpoint = Endpoint::kChat;
-  std::string model;                  // echoed back; any name is served by the loaded model
-  std::vector<ChatMessage> messages;  // kChat
-  std::string prompt;                 // kCompletion, text prompt
+  std::string model;                   // echoed back; any name is served by the loaded model
+  std::vector<ChatMessage> messages;   // kChat
+  std::string prompt;                  // kCompletion, text prompt
   std::vector<int32_t> prompt_tokens;  // kCompletion, a prompt given as token ids
   bool prompt_is_tokens = false;
 
   bool stream = false;
-  bool include_usage = false;  // stream_options.include_usage
+  bool include_usage = false;     // stream_options.include_usage
   std::optional<int> max_tokens;  // max_tokens / max_completion_tokens; none: to the context
   std::vector<std::string> stop;
   // OpenAI's defaults (temperature 1, top_p 1, no top-k, no min-p), the seed drawn per request
   // when the client sends none.
   runtime::SamplerConfig sampler;
   std::optional<uint64_t> seed;
-  bool logprobs = false;  // chat: logprobs; completions: logprobs given (an int)
-  int top_logprobs = 0;   // chat: top_logprobs; completions: the logprobs int
+  bool logprobs = false;    // chat: logprobs; completions: logprobs given (an int)
+  int top_logprobs = 0;     // chat: top_logprobs; completions: the logprobs int
   bool ignore_eos = false;  // tq extension: generate through end-of-generation tokens
 };
 

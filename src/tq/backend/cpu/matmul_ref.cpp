@@ -39,8 +39,8 @@ void tile_affine_ref(const TileJob& job) {
   for (int64_t r = job.row_begin; r < job.row_end; ++r) {
     const Block* w = reinterpret_cast<const Block*>(job.w + r * job.row_bytes);
     for (int t = 0; t < job.n_tokens; ++t) {
-      const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(
-          static_cast<const uint8_t*>(job.act) + t * job.act_stride);
+      const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(static_cast<const uint8_t*>(job.act) +
+                                                            t * job.act_stride);
       float acc = 0.0f;
       for (int64_t b = 0; b < n_blocks; ++b) {
         uint8_t q[kQK];
@@ -60,8 +60,8 @@ void tile_q8_0_ref(const TileJob& job) {
   for (int64_t r = job.row_begin; r < job.row_end; ++r) {
     const auto* w = reinterpret_cast<const quant::BlockQ8_0*>(job.w + r * job.row_bytes);
     for (int t = 0; t < job.n_tokens; ++t) {
-      const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(
-          static_cast<const uint8_t*>(job.act) + t * job.act_stride);
+      const BlockQ8A* a = reinterpret_cast<const BlockQ8A*>(static_cast<const uint8_t*>(job.act) +
+                                                            t * job.act_stride);
       float acc = 0.0f;
       for (int64_t b = 0; b < n_blocks; ++b) {
         int sum = 0;
@@ -77,8 +77,8 @@ void tile_f32_ref(const TileJob& job) {
   for (int64_t r = job.row_begin; r < job.row_end; ++r) {
     const float* w = reinterpret_cast<const float*>(job.w + r * job.row_bytes);
     for (int t = 0; t < job.n_tokens; ++t) {
-      const float* x = reinterpret_cast<const float*>(static_cast<const uint8_t*>(job.act) +
-                                                      t * job.act_stride);
+      const float* x =
+          reinterpret_cast<const float*>(static_cast<const uint8_t*>(job.act) + t * job.act_stride);
       float acc = 0.0f;
       for (int64_t c = 0; c < job.cols; ++c) acc += w[c] * x[c];
       job.y[t * job.y_stride + r] = acc;

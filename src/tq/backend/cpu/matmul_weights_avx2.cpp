@@ -45,8 +45,8 @@ inline __m256i unpack_nibbles(const uint8_t* qs) {
 inline __m256i unpack_high_bits(const uint8_t* qh) {
   uint32_t x;
   std::memcpy(&x, qh, 4);
-  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                         0x0101010101010101, 0x0000000000000000);
+  const __m256i shuf = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101,
+                                         0x0000000000000000);
   __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(x)), shuf);
   bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
   const __m256i set = _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1));
@@ -112,8 +112,7 @@ void row_affine(const typename W::BlockT* w, const BlockQ8A* const* a, int64_t n
 
 // q8_0: signed weights, so llama.cpp's sign trick: |w| * (a with w's sign).
 template <int kT>
-void row_q8_0(const quant::BlockQ8_0* w, const BlockQ8A* const* a, int64_t n_blocks,
-              float* out) {
+void row_q8_0(const quant::BlockQ8_0* w, const BlockQ8A* const* a, int64_t n_blocks, float* out) {
   __m256 acc[2][kT];
   for (int t = 0; t < kT; ++t) acc[0][t] = acc[1][t] = _mm256_setzero_ps();
   auto step = [&](int64_t b, int u) {
@@ -123,8 +122,8 @@ void row_q8_0(const quant::BlockQ8_0* w, const BlockQ8A* const* a, int64_t n_blo
     for (int t = 0; t < kT; ++t) {
       const BlockQ8A& ab = a[t][b];
       const __m256i qa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ab.qs));
-      acc[u][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d),
-                                  dot_u8_s8(aq, _mm256_sign_epi8(qa, q)), acc[u][t]);
+      acc[u][t] = _mm256_fmadd_ps(_mm256_set1_ps(d * ab.d), dot_u8_s8(aq, _mm256_sign_epi8(qa, q)),
+                                  acc[u][t]);
     }
   };
   int64_t b = 0;
@@ -153,10 +152,18 @@ void tile_int(const TileJob& job) {
         a[t] = reinterpret_cast<const BlockQ8A*>(act + (t0 + t) * job.act_stride);
       float out[kTokTile];
       switch (nt) {
-        case 1: k1(w, a, n_blocks, out); break;
-        case 2: k2(w, a, n_blocks, out); break;
-        case 3: k3(w, a, n_blocks, out); break;
-        default: k4(w, a, n_blocks, out); break;
+        case 1:
+          k1(w, a, n_blocks, out);
+          break;
+        case 2:
+          k2(w, a, n_blocks, out);
+          break;
+        case 3:
+          k3(w, a, n_blocks, out);
+          break;
+        default:
+          k4(w, a, n_blocks, out);
+          break;
       }
       for (int t = 0; t < nt; ++t) job.y[(t0 + t) * job.y_stride + r] = out[t];
     }
@@ -226,10 +233,18 @@ void tile_f32(const TileJob& job) {
     for (int i = 0; i < nr; ++i)
       w[i] = reinterpret_cast<const float*>(job.w + (r + i) * job.row_bytes);
     switch (nr) {
-      case 1: rows_f32<1>(w, job, r); break;
-      case 2: rows_f32<2>(w, job, r); break;
-      case 3: rows_f32<3>(w, job, r); break;
-      default: rows_f32<4>(w, job, r); break;
+      case 1:
+        rows_f32<1>(w, job, r);
+        break;
+      case 2:
+        rows_f32<2>(w, job, r);
+        break;
+      case 3:
+        rows_f32<3>(w, job, r);
+        break;
+      default:
+        rows_f32<4>(w, job, r);
+        break;
     }
   }
 }
@@ -254,8 +269,8 @@ void quantize_q8a(const float* x, BlockQ8A* dst, int64_t n) {
     for (int k = 0; k < 4; ++k)
       q[k] = _mm256_cvtps_epi32(
           _mm256_round_ps(_mm256_mul_ps(v[k], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    const int sum = hsum_i32(
-        _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+    const int sum =
+        hsum_i32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
     // packs interleave 128-bit lanes; the permute restores element order.
     const __m256i p16a = _mm256_packs_epi32(q[0], q[1]);
     const __m256i p16b = _mm256_packs_epi32(q[2], q[3]);
@@ -272,12 +287,12 @@ void dequantize_avx2(quant::GgmlType type, const uint8_t* src, float* dst, int64
   int64_t i = 0;
   if (type == quant::GgmlType::kF16) {
     for (; i + 8 <= n; i += 8)
-      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(
-                                    reinterpret_cast<const __m128i*>(src + 2 * i))));
+      _mm256_storeu_ps(
+          dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
   } else if (type == quant::GgmlType::kBF16) {
     for (; i + 8 <= n; i += 8) {
-      const __m256i h = _mm256_cvtepu16_epi32(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
+      const __m256i h =
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
       _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(h, 16)));
     }
   } else {

@@ -39,15 +39,16 @@ struct CodesLoader {
     const uint64_t word = quant::load_le<kBits>(row + static_cast<size_t>(kBits) * g);
     const __m256i mask = _mm256_set1_epi32((1 << kBits) - 1);
     if constexpr (kBits <= 4) {
-      const __m256i shifts = _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 4 * kBits,
-                                               5 * kBits, 6 * kBits, 7 * kBits);
-      return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), mask);
+      const __m256i shifts = _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 4 * kBits, 5 * kBits,
+                                               6 * kBits, 7 * kBits);
+      return _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts),
+                              mask);
     } else {  // 8*kBits > 32: lanes 0-3 from the low half-group, lanes 4-7 from the high one
       const int lo = static_cast<int>(word & 0xffffffffu);
       const int hi = static_cast<int>(word >> (4 * kBits));
       const __m256i v = _mm256_setr_epi32(lo, lo, lo, lo, hi, hi, hi, hi);
-      const __m256i shifts = _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 0, kBits,
-                                               2 * kBits, 3 * kBits);
+      const __m256i shifts =
+          _mm256_setr_epi32(0, kBits, 2 * kBits, 3 * kBits, 0, kBits, 2 * kBits, 3 * kBits);
       return _mm256_and_si256(_mm256_srlv_epi32(v, shifts), mask);
     }
   }
@@ -153,10 +154,18 @@ void score_avx2(const PlaneScoreArgs& a) {
   const Loader ld(a.table);
   for (int h0 = 0; h0 < a.nq; h0 += 4) {
     switch (std::min(4, a.nq - h0)) {
-      case 1: score_group<Loader, 1>(ld, a, h0); break;
-      case 2: score_group<Loader, 2>(ld, a, h0); break;
-      case 3: score_group<Loader, 3>(ld, a, h0); break;
-      default: score_group<Loader, 4>(ld, a, h0); break;
+      case 1:
+        score_group<Loader, 1>(ld, a, h0);
+        break;
+      case 2:
+        score_group<Loader, 2>(ld, a, h0);
+        break;
+      case 3:
+        score_group<Loader, 3>(ld, a, h0);
+        break;
+      default:
+        score_group<Loader, 4>(ld, a, h0);
+        break;
     }
   }
 }
@@ -168,7 +177,8 @@ inline void accumulate_groups(const Loader& ld, const PlaneAccumulateArgs& a, in
   __m256 acc[kG][kGroups];
   for (int h = 0; h < kG; ++h)
     for (int k = 0; k < kGroups; ++k)
-      acc[h][k] = _mm256_loadu_ps(a.acc + static_cast<size_t>(h0 + h) * a.acc_stride + 8 * (g0 + k));
+      acc[h][k] =
+          _mm256_loadu_ps(a.acc + static_cast<size_t>(h0 + h) * a.acc_stride + 8 * (g0 + k));
   for (int i = 0; i < a.n; ++i) {
     const uint8_t* row = a.plane + static_cast<size_t>(i) * a.row_bytes;
     __m256 v[kGroups];
@@ -180,7 +190,8 @@ inline void accumulate_groups(const Loader& ld, const PlaneAccumulateArgs& a, in
   }
   for (int h = 0; h < kG; ++h)
     for (int k = 0; k < kGroups; ++k)
-      _mm256_storeu_ps(a.acc + static_cast<size_t>(h0 + h) * a.acc_stride + 8 * (g0 + k), acc[h][k]);
+      _mm256_storeu_ps(a.acc + static_cast<size_t>(h0 + h) * a.acc_stride + 8 * (g0 + k),
+                       acc[h][k]);
 }
 
 template <typename Loader, int kG>
@@ -198,10 +209,18 @@ void accumulate_avx2(const PlaneAccumulateArgs& a) {
   const Loader ld(a.table);
   for (int h0 = 0; h0 < a.nq; h0 += 4) {
     switch (std::min(4, a.nq - h0)) {
-      case 1: accumulate_group<Loader, 1>(ld, a, h0); break;
-      case 2: accumulate_group<Loader, 2>(ld, a, h0); break;
-      case 3: accumulate_group<Loader, 3>(ld, a, h0); break;
-      default: accumulate_group<Loader, 4>(ld, a, h0); break;
+      case 1:
+        accumulate_group<Loader, 1>(ld, a, h0);
+        break;
+      case 2:
+        accumulate_group<Loader, 2>(ld, a, h0);
+        break;
+      case 3:
+        accumulate_group<Loader, 3>(ld, a, h0);
+        break;
+      default:
+        accumulate_group<Loader, 4>(ld, a, h0);
+        break;
     }
   }
 }
@@ -210,7 +229,8 @@ void accumulate_avx2(const PlaneAccumulateArgs& a) {
 void f16_to_f32_avx2(const uint8_t* src, float* dst, int n) {
   int i = 0;
   for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
+    _mm256_storeu_ps(
+        dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i))));
   for (; i < n; ++i) {
     uint16_t h;
     std::memcpy(&h, src + 2 * i, 2);

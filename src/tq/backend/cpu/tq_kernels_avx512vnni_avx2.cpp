@@ -15,7 +15,8 @@
 #include "tq/quant/kernels.h"
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni"))), \
+                             apply_to = function)
 #elif defined(__GNUC__)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")
@@ -33,7 +34,9 @@ struct Avx512VnniDot {
 
 }  // namespace
 
-void set_avx512vnni_int8_code_kernels(quant::KernelTable& t) { set_int8_code_kernels<Avx512VnniDot>(t); }
+void set_avx512vnni_int8_code_kernels(quant::KernelTable& t) {
+  set_int8_code_kernels<Avx512VnniDot>(t);
+}
 
 }  // namespace tq::backend::cpu
 

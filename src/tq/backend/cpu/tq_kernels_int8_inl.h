@@ -41,10 +41,10 @@ namespace {
 using quant::PlaneAccumulateArgs;
 using quant::PlaneScoreArgs;
 
-constexpr int kMaxDim = 1024;                  // quant::Format::validate's limit
-constexpr int kMaxSteps = kMaxDim / 32;        // 32 coordinates per step
+constexpr int kMaxDim = 1024;                     // quant::Format::validate's limit
+constexpr int kMaxSteps = kMaxDim / 32;           // 32 coordinates per step
 constexpr size_t kMaxRowBytes = kMaxDim * 4 / 8;  // b <= 4
-constexpr int kGroup = 4;                      // query heads per register tile
+constexpr int kGroup = 4;                         // query heads per register tile
 
 // quantize_step's packs leave the 8 dwords (4 coordinates each) of a step in the order
 // 0, 2, 4, 6, 1, 3, 5, 7; this restores 0..7.
@@ -65,13 +65,15 @@ template <>
 struct Unpack<4> {  // byte j = codes 2j | 2j+1 << 4; position 16L + k -> coordinate 2k + L
   static constexpr int kLoad = 16;
   static __m256i indices(const uint8_t* p) {
-    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_and_si256(_mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4)), _mm256_set1_epi8(0x0f));
+    const __m256i x =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_and_si256(_mm256_srlv_epi64(x, _mm256_setr_epi64x(0, 0, 4, 4)),
+                            _mm256_set1_epi8(0x0f));
   }
   static __m256i permute_query(__m256i q) {  // natural order, evens of each lane low, lanes
     q = natural(q);
-    const __m256i s = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-                                       0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    const __m256i s = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2,
+                                       4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
     return _mm256_permute4x64_epi64(_mm256_shuffle_epi8(q, s), 0xd8);
   }
 };
@@ -87,9 +89,10 @@ struct Unpack<2> {  // byte j = codes 4j..4j+3; position 8m + k -> coordinate 4k
   }
   static __m256i permute_query(__m256i q) {
     q = natural(q);
-    const __m256i s = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15,
-                                       0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-    return _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(q, s), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    const __m256i s = _mm256_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15, 0, 4,
+                                       8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    return _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(q, s),
+                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
   }
 };
 
@@ -104,10 +107,11 @@ struct Unpack<1> {  // bit i of byte j = code 8j + i; indices are 0/1 (no table 
   static __m256i indices(const uint8_t* p) {
     int32_t w;
     std::memcpy(&w, p, 4);
-    const __m256i rep = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3,
-                                         0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const __m256i bit = _mm256_setr_epi8(1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 16, 32, 64,
-                                         -128, 16, 32, 64, -128, 16, 32, 64, -128, 16, 32, 64, -128);
+    const __m256i rep = _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 0, 0, 0, 0,
+                                         1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m256i bit =
+        _mm256_setr_epi8(1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 16, 32, 64, -128, 16, 32,
+                         64, -128, 16, 32, 64, -128, 16, 32, 64, -128);
     const __m256i x = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(w), rep), bit);
     return _mm256_min_epu8(x, _mm256_set1_epi8(1));
   }
@@ -118,13 +122,13 @@ struct Unpack<1> {  // bit i of byte j = code 8j + i; indices are 0/1 (no table 
 // shifted right by the code's bit offset with a vpmulhuw by 2^(16 - shift) (a per-word shift
 // AVX2 lacks), masked to 3 bits and packed to bytes.
 struct Unpack3Tables {
-  std::array<int8_t, 64> window{};       // vpshufb control for the two word vectors
+  std::array<int8_t, 64> window{};        // vpshufb control for the two word vectors
   std::array<uint16_t, 32> multiplier{};  // 2^(16 - shift) per word
 };
 
 constexpr Unpack3Tables make_unpack3_tables() {
   Unpack3Tables t;
-  for (int v = 0; v < 2; ++v) {      // word vector: positions 8v.. of each lane after the pack
+  for (int v = 0; v < 2; ++v) {  // word vector: positions 8v.. of each lane after the pack
     for (int L = 0; L < 2; ++L) {
       for (int w = 0; w < 8; ++w) {
         const int c = coord_of_position(16 * L + 8 * v + w);
@@ -145,14 +149,19 @@ template <>
 struct Unpack<3> {
   static constexpr int kLoad = 16;
   static __m256i indices(const uint8_t* p) {
-    const __m256i x = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i x =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     const auto* win = reinterpret_cast<const __m256i*>(kUnpack3.window.data());
     const auto* mul = reinterpret_cast<const __m256i*>(kUnpack3.multiplier.data());
     const __m256i seven = _mm256_set1_epi16(7);
-    const __m256i w0 = _mm256_and_si256(
-        _mm256_mulhi_epu16(_mm256_shuffle_epi8(x, _mm256_loadu_si256(win)), _mm256_loadu_si256(mul)), seven);
-    const __m256i w1 = _mm256_and_si256(
-        _mm256_mulhi_epu16(_mm256_shuffle_epi8(x, _mm256_loadu_si256(win + 1)), _mm256_loadu_si256(mul + 1)), seven);
+    const __m256i w0 =
+        _mm256_and_si256(_mm256_mulhi_epu16(_mm256_shuffle_epi8(x, _mm256_loadu_si256(win)),
+                                            _mm256_loadu_si256(mul)),
+                         seven);
+    const __m256i w1 =
+        _mm256_and_si256(_mm256_mulhi_epu16(_mm256_shuffle_epi8(x, _mm256_loadu_si256(win + 1)),
+                                            _mm256_loadu_si256(mul + 1)),
+                         seven);
     return _mm256_packus_epi16(w0, w1);
   }
   static __m256i permute_query(__m256i q) { return q; }
@@ -175,7 +184,8 @@ inline int32_t max_abs_bits(const float* x, int n) {
   __m256i m = _mm256_setzero_si256();
   int j = 0;
   for (; j + 8 <= n; j += 8)
-    m = _mm256_max_epi32(m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j)), abs_mask));
+    m = _mm256_max_epi32(
+        m, _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + j)), abs_mask));
   int32_t r = hmax_epi32(m);
   for (; j < n; ++j) {
     int32_t b;
@@ -204,13 +214,15 @@ inline __m256i quantize_step(const float* x, int n, float inv, __m256i& sum) {
   __m256i v[4];
   for (int k = 0; k < 4; ++k) {
     const int m = std::clamp(n - 8 * k, 0, 8);
-    const __m256 f = m == 8 ? _mm256_loadu_ps(x + 8 * k)
-                            : (m > 0 ? _mm256_maskload_ps(x + 8 * k, lane_mask(m)) : _mm256_setzero_ps());
+    const __m256 f =
+        m == 8 ? _mm256_loadu_ps(x + 8 * k)
+               : (m > 0 ? _mm256_maskload_ps(x + 8 * k, lane_mask(m)) : _mm256_setzero_ps());
     v[k] = _mm256_cvtps_epi32(_mm256_mul_ps(f, s));
     sum = _mm256_add_epi32(sum, v[k]);
   }
   // packs leave dwords in the order 0, 2, 4, 6, 1, 3, 5, 7 (dword = 4 coordinates)
-  const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
+  const __m256i p =
+      _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]), _mm256_packs_epi32(v[2], v[3]));
   return p;
 }
 
@@ -239,8 +251,9 @@ struct CodeLut {
       const __m256 t0 = _mm256_maskload_ps(table, lane_mask(std::min(kCodes, 8)));
       const __m256 t1 = kCodes > 8 ? _mm256_loadu_ps(table + 8) : _mm256_setzero_ps();
       const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
-      const int32_t mb = hmax_epi32(_mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(t0), abs_mask),
-                                                     _mm256_and_si256(_mm256_castps_si256(t1), abs_mask)));
+      const int32_t mb =
+          hmax_epi32(_mm256_max_epi32(_mm256_and_si256(_mm256_castps_si256(t0), abs_mask),
+                                      _mm256_and_si256(_mm256_castps_si256(t1), abs_mask)));
       if (mb >= kInfBits) return false;
       const float cmax = bits_to_float(mb);
       step = cmax / 127.0f;
@@ -249,7 +262,7 @@ struct CodeLut {
       const __m256i i0 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(t0, inv)), off);
       const __m256i i1 = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(t1, inv)), off);
       const __m256i w = _mm256_packs_epi32(i0, i1);  // words: codes 0-3, 8-11 | 4-7, 12-15
-      const __m256i b = _mm256_packus_epi16(w, w);    // dwords: 0-3, 8-11, .. | 4-7, 12-15, ..
+      const __m256i b = _mm256_packus_epi16(w, w);   // dwords: 0-3, 8-11, .. | 4-7, 12-15, ..
       lut = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 0, 4, 1, 5));
       base = -128.0f * step;
       offset = 128;
@@ -328,7 +341,8 @@ void prepare_score_query(const float* q, int dim, uint8_t* out) {
     h.sq = qmax / static_cast<float>(Dot::kMax);
     __m256i sum = _mm256_setzero_si256();
     for (int s = 0; s < (dim + 31) / 32; ++s) {
-      const __m256i v = Unpack<kBits>::permute_query(quantize_step(q + 32 * s, dim - 32 * s, inv, sum));
+      const __m256i v =
+          Unpack<kBits>::permute_query(quantize_step(q + 32 * s, dim - 32 * s, inv, sum));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + sizeof(PreparedQuery) + 32 * s), v);
     }
     h.qsum = hsum_epi32(sum);
@@ -343,7 +357,8 @@ bool load_query(const uint8_t* prep, int dim, const CodeLut<kBits>& lut, QueryGr
   std::memcpy(&p, prep, sizeof(p));
   if (!p.finite) return false;
   for (int s = 0; s < (dim + 31) / 32; ++s) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prep + sizeof(PreparedQuery) + 32 * s));
+    const __m256i v =
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(prep + sizeof(PreparedQuery) + 32 * s));
     qg.q[h][s][0] = _mm256_shuffle_epi32(v, 0x00);
     qg.q[h][s][1] = _mm256_shuffle_epi32(v, 0x55);
     qg.q[h][s][2] = _mm256_shuffle_epi32(v, 0xaa);
@@ -352,7 +367,8 @@ bool load_query(const uint8_t* prep, int dim, const CodeLut<kBits>& lut, QueryGr
   // sum_j q8_j (base + step u_j) = a + b (dot - k), a = 0 for b >= 2 (base = -128 step)
   const int k = lut.offset * p.qsum;
   qg.init[h] = _mm256_setr_epi32(-k, -k, -k, -k, 0, 0, 0, 0);
-  qg.a[h] = p.sq * static_cast<float>(p.qsum) * (lut.base + lut.step * static_cast<float>(lut.offset));
+  qg.a[h] =
+      p.sq * static_cast<float>(p.qsum) * (lut.base + lut.step * static_cast<float>(lut.offset));
   qg.b[h] = p.sq * lut.step;
   return true;
 }
@@ -360,7 +376,8 @@ bool load_query(const uint8_t* prep, int dim, const CodeLut<kBits>& lut, QueryGr
 // The group's queries as int8 (permuted per b), from a.q_prep when the caller prepared them;
 // false if one is not finite.
 template <int kBits, class Dot>
-bool prepare_queries(const PlaneScoreArgs& a, int h0, int g, const CodeLut<kBits>& lut, QueryGroup& qg) {
+bool prepare_queries(const PlaneScoreArgs& a, int h0, int g, const CodeLut<kBits>& lut,
+                     QueryGroup& qg) {
   alignas(32) uint8_t own[sizeof(PreparedQuery) + 32 * kMaxSteps];
   for (int h = 0; h < g; ++h) {
     const uint8_t* prep = own;
@@ -395,7 +412,8 @@ inline void score_rows8(const Rows& rows, int i, int n, int steps, const CodeLut
   for (int s = 0; s < steps; ++s) {
     for (int g = 0; g < 2; ++g) {
       __m256i u[4], t[4];
-      for (int r = 0; r < 4; ++r) u[r] = lut.map(Unpack<kBits>::indices(p[4 * g + r] + 4 * kBits * s));
+      for (int r = 0; r < 4; ++r)
+        u[r] = lut.map(Unpack<kBits>::indices(p[4 * g + r] + 4 * kBits * s));
       transpose_dwords(u, t);
       for (int h = 0; h < kG; ++h)
         for (int k = 0; k < 4; ++k) acc[g][h] = Dot::dot(acc[g][h], t[k], qg.q[h][s][k]);
@@ -417,7 +435,8 @@ void score_group(const PlaneScoreArgs& a, const Rows& rows, int h0, const CodeLu
     const __m256i mask = lane_mask(cnt);
     for (int h = 0; h < kG; ++h) {
       float* out = a.out + static_cast<size_t>(h0 + h) * a.out_stride + i;
-      __m256 res = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h]), _mm256_set1_ps(qg.b[h]), _mm256_set1_ps(qg.a[h]));
+      __m256 res = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[h]), _mm256_set1_ps(qg.b[h]),
+                                   _mm256_set1_ps(qg.a[h]));
       if (cnt == 8) {
         if (a.scale) res = _mm256_mul_ps(res, _mm256_loadu_ps(a.scale + i));
         if (a.add) res = _mm256_add_ps(res, _mm256_loadu_ps(out));
@@ -436,7 +455,8 @@ void score_codes(const PlaneScoreArgs& a) {
   const quant::KernelTable& fallback = avx2_kernel_table_unchecked();
   CodeLut<kBits> lut;
   if (a.n <= 0) return;
-  if (a.dim > kMaxDim || a.row_bytes > kMaxRowBytes || !lut.init(a.table)) return fallback.score_codes[kBits](a);
+  if (a.dim > kMaxDim || a.row_bytes > kMaxRowBytes || !lut.init(a.table))
+    return fallback.score_codes[kBits](a);
   const Rows rows(a.plane, a.row_bytes, a.n, a.dim, kBits, Unpack<kBits>::kLoad);
   QueryGroup qg;
   for (int h0 = 0; h0 < a.nq; h0 += kGroup) {
@@ -450,10 +470,18 @@ void score_codes(const PlaneScoreArgs& a) {
       continue;
     }
     switch (g) {
-      case 1: score_group<kBits, Dot, 1>(a, rows, h0, lut, qg); break;
-      case 2: score_group<kBits, Dot, 2>(a, rows, h0, lut, qg); break;
-      case 3: score_group<kBits, Dot, 3>(a, rows, h0, lut, qg); break;
-      default: score_group<kBits, Dot, 4>(a, rows, h0, lut, qg); break;
+      case 1:
+        score_group<kBits, Dot, 1>(a, rows, h0, lut, qg);
+        break;
+      case 2:
+        score_group<kBits, Dot, 2>(a, rows, h0, lut, qg);
+        break;
+      case 3:
+        score_group<kBits, Dot, 3>(a, rows, h0, lut, qg);
+        break;
+      default:
+        score_group<kBits, Dot, 4>(a, rows, h0, lut, qg);
+        break;
     }
   }
 }
@@ -523,7 +551,8 @@ bool prepare_weights(const PlaneAccumulateArgs& a, int h0, int g, int i0, int m,
     const __m256i v = quantize_step(w, m, inv, sum);
     _mm256_store_si256(reinterpret_cast<__m256i*>(wg.w8[h]), natural(v));
     const int wsum = hsum_epi32(sum);
-    wg.a[h] = sw * static_cast<float>(wsum) * (lut.base + lut.step * static_cast<float>(lut.offset));
+    wg.a[h] =
+        sw * static_cast<float>(wsum) * (lut.base + lut.step * static_cast<float>(lut.offset));
     wg.b[h] = sw * lut.step;
     wg.k[h] = lut.offset * wsum;
   }
@@ -538,7 +567,8 @@ void accumulate_step(const PlaneAccumulateArgs& a, int h0, int s, int quads, con
     __m256i acc[kG][2];
     for (int h = 0; h < kG; ++h) acc[h][0] = acc[h][1] = _mm256_set1_epi32(-wg.k[h]);  // the offset
     for (int q = 0; q < quads; ++q) {
-      const __m256i d0 = _mm256_load_si256(tr + 4 * q + k), d1 = _mm256_load_si256(tr + 4 * q + k + 2);
+      const __m256i d0 = _mm256_load_si256(tr + 4 * q + k),
+                    d1 = _mm256_load_si256(tr + 4 * q + k + 2);
       for (int h = 0; h < kG; ++h) {
         const __m256i w = _mm256_set1_epi32(wg.w8[h][q]);
         acc[h][0] = Dot::dot(acc[h][0], d0, w);
@@ -556,7 +586,8 @@ void accumulate_codes(const PlaneAccumulateArgs& a) {
   const quant::KernelTable& fallback = avx2_kernel_table_unchecked();
   CodeLut<kBits> lut;
   if (a.n <= 0) return;
-  if (a.dim > kMaxDim || a.row_bytes > kMaxRowBytes || !lut.init(a.table)) return fallback.accumulate_codes[kBits](a);
+  if (a.dim > kMaxDim || a.row_bytes > kMaxRowBytes || !lut.init(a.table))
+    return fallback.accumulate_codes[kBits](a);
   const Rows rows(a.plane, a.row_bytes, a.n, a.dim, kBits, Unpack<kBits>::kLoad);
   const int steps = (a.dim + 31) / 32;
   // Keys per chunk: 32 (8 quads), fewer for large dims so the transposed bytes stay <= 8 KiB.
@@ -569,7 +600,8 @@ void accumulate_codes(const PlaneAccumulateArgs& a) {
     // Pass 1, shared by all heads: unpack, look up and transpose the u bytes of 4 keys.
     for (int q = 0; q < quads; ++q) {
       const uint8_t* p[4];
-      for (int r = 0; r < 4; ++r) p[r] = rows.row(i0 + std::min(4 * q + r, m - 1));  // pads: weight 0
+      for (int r = 0; r < 4; ++r)
+        p[r] = rows.row(i0 + std::min(4 * q + r, m - 1));  // pads: weight 0
       for (int s = 0; s < steps; ++s) {
         __m256i u[4];
         for (int r = 0; r < 4; ++r) u[r] = lut.map(Unpack<kBits>::indices(p[r] + 4 * kBits * s));
@@ -592,10 +624,18 @@ void accumulate_codes(const PlaneAccumulateArgs& a) {
       for (int s = 0; s < steps; ++s) {
         const __m256i* t = tr + s * quads * 4;
         switch (g) {
-          case 1: accumulate_step<kBits, Dot, 1>(a, h0, s, quads, t, wg); break;
-          case 2: accumulate_step<kBits, Dot, 2>(a, h0, s, quads, t, wg); break;
-          case 3: accumulate_step<kBits, Dot, 3>(a, h0, s, quads, t, wg); break;
-          default: accumulate_step<kBits, Dot, 4>(a, h0, s, quads, t, wg); break;
+          case 1:
+            accumulate_step<kBits, Dot, 1>(a, h0, s, quads, t, wg);
+            break;
+          case 2:
+            accumulate_step<kBits, Dot, 2>(a, h0, s, quads, t, wg);
+            break;
+          case 3:
+            accumulate_step<kBits, Dot, 3>(a, h0, s, quads, t, wg);
+            break;
+          default:
+            accumulate_step<kBits, Dot, 4>(a, h0, s, quads, t, wg);
+            break;
         }
       }
     }

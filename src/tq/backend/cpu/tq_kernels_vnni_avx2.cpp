@@ -27,7 +27,9 @@ namespace {
 
 struct VnniDot {
   static constexpr int kMax = 127;
-  static __m256i dot(__m256i acc, __m256i u, __m256i s) { return _mm256_dpbusd_avx_epi32(acc, u, s); }
+  static __m256i dot(__m256i acc, __m256i u, __m256i s) {
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+  }
 };
 
 }  // namespace

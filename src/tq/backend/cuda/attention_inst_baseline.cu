@@ -5,7 +5,8 @@ namespace tq::backend::cuda {
 
 AttnInstanceList attention_instances_baseline() {
   using quant::FormatKind;
-  constexpr quant::Format f16{FormatKind::kF16, 16}, q8{FormatKind::kQ8_0, 8}, q4{FormatKind::kQ4_0, 4};
+  constexpr quant::Format f16{FormatKind::kF16, 16}, q8{FormatKind::kQ8_0, 8},
+      q4{FormatKind::kQ4_0, 4};
   static constexpr AttnInstance kList[] = {
       attn_instance<dev::F16Fmt<64>, dev::F16Fmt<64>, 64>(f16, f16),
       attn_instance<dev::F16Fmt<128>, dev::F16Fmt<128>, 128>(f16, f16),

@@ -1,4 +1,5 @@
-// Attention instances (head dim 128 also specialised for 32-token pages) with tq4 keys and tq2 / tq3 / tq4 values, head dims 64 and 128.
+// Attention instances (head dim 128 also specialised for 32-token pages) with tq4 keys and tq2 /
+// tq3 / tq4 values, head dims 64 and 128.
 #include "tq/backend/cuda/attention_instances.cuh"
 
 namespace tq::backend::cuda {

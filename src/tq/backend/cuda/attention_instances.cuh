@@ -29,8 +29,8 @@ struct AttnInstanceList {
 };
 
 template <class KF, class VF, int kDim, int kCap>
-Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream,
-                        bool pdl) {
+Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs,
+                        cudaStream_t stream, bool pdl) {
   constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap>();
   const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
   if (kSmem > 48 * 1024)
@@ -45,18 +45,24 @@ template <class KF, class VF, int kDim, int kCap>
 int attention_occupancy() {
   constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap>();
   const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
-  if (kSmem > 48 * 1024 &&
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem) != cudaSuccess)
+  if (kSmem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                kSmem) != cudaSuccess)
     return 0;
   int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kAttnThreads, kSmem) != cudaSuccess)
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kAttnThreads, kSmem) !=
+      cudaSuccess)
     return 0;
   return blocks;
 }
 
 template <class KF, class VF, int kDim, int kCap = 0>
 constexpr AttnInstance attn_instance(quant::Format k, quant::Format v) {
-  return {k, v, kDim, kCap, &launch_attention<KF, VF, kDim, kCap>, &attention_occupancy<KF, VF, kDim, kCap>};
+  return {k,
+          v,
+          kDim,
+          kCap,
+          &launch_attention<KF, VF, kDim, kCap>,
+          &attention_occupancy<KF, VF, kDim, kCap>};
 }
 
 inline constexpr quant::Format tq_mse(int bits) { return {quant::FormatKind::kTqMse, bits}; }

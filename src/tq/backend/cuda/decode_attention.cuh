@@ -128,7 +128,8 @@ constexpr int attn_pages_offset() {
 
 template <class KF, class VF, int kDim, int kCap>
 constexpr int attn_smem_bytes() {
-  const int t = attn_pages_offset<KF, VF, kDim>() + (attn_page_list<KF, VF, kCap>() ? kAttnPages * 4 : 0);
+  const int t =
+      attn_pages_offset<KF, VF, kDim>() + (attn_page_list<KF, VF, kCap>() ? kAttnPages * 4 : 0);
   const int r = attn_reduce_bytes<kDim>();
   return t > r ? t : r;
 }
@@ -335,7 +336,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   int* pages_sh = reinterpret_cast<int*>(smem + attn_pages_offset<KF, VF, kDim>());
   if constexpr (kPagePipe) {
     const int n = min((end - begin + kPage - 1) / kPage, kAttnPages);
-    for (int i = threadIdx.x; i < n; i += kAttnThreads) pages_sh[i] = __ldg(table + begin / kPage + i);
+    for (int i = threadIdx.x; i < n; i += kAttnThreads)
+      pages_sh[i] = __ldg(table + begin / kPage + i);
   }
   // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
   [[maybe_unused]] const auto page_at = [&](int tok) {

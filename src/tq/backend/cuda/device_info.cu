@@ -9,7 +9,8 @@ bool cuda_built() { return true; }
 Expected<std::vector<GpuInfo>> list_cuda_devices() {
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
-  if (err != cudaSuccess) return unsupported(std::string("no CUDA device: ") + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    return unsupported(std::string("no CUDA device: ") + cudaGetErrorString(err));
   std::vector<GpuInfo> out;
   for (int i = 0; i < n; ++i) {
     cudaDeviceProp p{};

@@ -34,7 +34,8 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   TQ_ASSIGN_OR_RETURN(const quant::Codebook* book, books.get(dim, format.code_bits()));
   TQ_ASSIGN_OR_RETURN(quant::Rotation rot, quant::Rotation::create(dim, seed));
   const std::vector<float> p = rot.matrix();
-  const std::vector<float> s = format.has_qjl() ? quant::qjl_matrix(dim, seed) : std::vector<float>{};
+  const std::vector<float> s =
+      format.has_qjl() ? quant::qjl_matrix(dim, seed) : std::vector<float>{};
   // The float32 write kernels' cell lookup (quant/cell_lut.h), for the widths they write.
   std::vector<float> lut;
   if (format.code_bits() <= 4) {
@@ -59,7 +60,8 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   const size_t o_s = append(s);
   std::vector<float> st(s.size());
   for (int i = 0; i < dim && !s.empty(); ++i)
-    for (int j = 0; j < dim; ++j) st[static_cast<size_t>(j) * dim + i] = s[static_cast<size_t>(i) * dim + j];
+    for (int j = 0; j < dim; ++j)
+      st[static_cast<size_t>(j) * dim + i] = s[static_cast<size_t>(i) * dim + j];
   const size_t o_st = append(st);
   const size_t o_l = append(lut);
   TQ_CUDA_TRY(cudaMalloc(&t.mem_, host.size() * sizeof(float)));

@@ -8,7 +8,9 @@ namespace tq::backend::cuda {
 size_t PagedPool::codec_block_bytes() const {
   return static_cast<size_t>(block_tokens) * format.bytes_per_vector(head_dim);
 }
-size_t PagedPool::head_stride_or_default() const { return head_stride ? head_stride : codec_block_bytes(); }
+size_t PagedPool::head_stride_or_default() const {
+  return head_stride ? head_stride : codec_block_bytes();
+}
 size_t PagedPool::block_stride_or_default() const {
   return block_stride ? block_stride : static_cast<size_t>(n_kv_heads) * head_stride_or_default();
 }

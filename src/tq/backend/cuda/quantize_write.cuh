@@ -35,9 +35,9 @@ struct WriteArgs {
   const float* boundaries;
   const float* hadamard_signs;
   const float* qjl;
-  const float* qjl_t;    // S^T (coalesced rows for the sign sketch)
+  const float* qjl_t;        // S^T (coalesced rows for the sign sketch)
   const uint32_t* cell_lut;  // quant::CellLut image (the float32 kernels; tq mse <= 4 bits)
-  float hadamard_scale;  // 1 / sqrt(d) exactly as the CPU computes it
+  float hadamard_scale;      // 1 / sqrt(d) exactly as the CPU computes it
   bool norm_correction;
   // slot / block_tokens for slot in [0, 2^31) without a division (set by block_divisor; the
   // float32 kernels): __umulhi(slot, block_magic) >> block_magic_shift.
@@ -106,7 +106,8 @@ template <int kBits>
 __device__ __forceinline__ int cell_of(const float* boundaries, float y) {
   int idx = 0;
 #pragma unroll
-  for (int step = 1 << (kBits - 1); step >= 1; step >>= 1) idx += (y > boundaries[idx + step - 1]) ? step : 0;
+  for (int step = 1 << (kBits - 1); step >= 1; step >>= 1)
+    idx += (y > boundaries[idx + step - 1]) ? step : 0;
   return idx;
 }
 
@@ -118,14 +119,17 @@ __device__ __forceinline__ uint8_t* write_block(const WriteArgs& a, int v, int* 
   const int sm = __ldg(a.slot_mapping + token);
   if (sm < 0) return nullptr;
   *slot = sm % a.block_tokens;
-  return a.pool + static_cast<size_t>(sm / a.block_tokens) * a.block_stride + static_cast<size_t>(head) * a.head_stride;
+  return a.pool + static_cast<size_t>(sm / a.block_tokens) * a.block_stride +
+         static_cast<size_t>(head) * a.head_stride;
 }
 
 template <int kDim>
-__device__ __forceinline__ void load_team_x(const WriteArgs& a, int v, int lane, float (&x)[WriteTeam<kDim>::kE]) {
+__device__ __forceinline__ void load_team_x(const WriteArgs& a, int v, int lane,
+                                            float (&x)[WriteTeam<kDim>::kE]) {
   constexpr int kE = WriteTeam<kDim>::kE;
   const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
-  const size_t off = static_cast<size_t>(token) * a.x_token_stride + static_cast<size_t>(head) * kDim + lane * kE;
+  const size_t off =
+      static_cast<size_t>(token) * a.x_token_stride + static_cast<size_t>(head) * kDim + lane * kE;
   if (a.x_f16) {
     const __half* p = static_cast<const __half*>(a.x) + off;
 #pragma unroll
@@ -173,7 +177,8 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
   float x[kE];
   {
     const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
-    const size_t off = static_cast<size_t>(token) * a.x_token_stride + static_cast<size_t>(head) * kDim + lane * kE;
+    const size_t off = static_cast<size_t>(token) * a.x_token_stride +
+                       static_cast<size_t>(head) * kDim + lane * kE;
     if (a.x_f16) {
       const uint4* p = reinterpret_cast<const uint4*>(static_cast<const __half*>(a.x) + off);
 #pragma unroll
@@ -213,7 +218,8 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
   } else if (norm > 0.0) {
     const float inv = static_cast<float>(1.0 / norm);
 #pragma unroll
-    for (int e = 0; e < kE; ++e) y[e] = __fmul_rn(__fmul_rn(x[e], inv), __ldg(a.hadamard_signs + lane * kE + e));
+    for (int e = 0; e < kE; ++e)
+      y[e] = __fmul_rn(__fmul_rn(x[e], inv), __ldg(a.hadamard_signs + lane * kE + e));
     dev::lane_fwht<kDim, kE>(y, lane, mask);
     double c2 = 0.0;
 #pragma unroll
@@ -256,7 +262,8 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
       const int row = lane + kLanes * k;
       double s = 0.0;
       for (int j = 0; j < kDim; ++j)  // S^T[j][row]: the team's lanes read consecutive floats
-        s += static_cast<double>(__ldg(a.qjl_t + static_cast<size_t>(j) * kDim + row)) * team_r[team][j];
+        s += static_cast<double>(__ldg(a.qjl_t + static_cast<size_t>(j) * kDim + row)) *
+             team_r[team][j];
       const uint32_t ballot = __ballot_sync(mask, s >= 0.0);
       const uint32_t piece = (ballot >> team_base) & ((1u << kLanes) - 1u);
       sig[(kLanes * k) / 32] |= piece << ((kLanes * k) % 32);
@@ -265,10 +272,13 @@ __global__ void __launch_bounds__(kWriteThreads) tq_write_kernel(const WriteArgs
       uint32_t* signs = reinterpret_cast<uint32_t*>(blk + cap * kCodeBytes + slot * kSignBytes);
 #pragma unroll
       for (int w = 0; w < kDim / 32; ++w) signs[w] = sig[w];
-      reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes + 2))[slot] = dev::norm_to_f16(residual);
+      reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes + 2))[slot] =
+          dev::norm_to_f16(residual);
     }
   }
-  if (lane == 0) reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes))[slot] = dev::norm_to_f16(stored);
+  if (lane == 0)
+    reinterpret_cast<uint16_t*>(blk + cap * (kCodeBytes + kSignBytes))[slot] =
+        dev::norm_to_f16(stored);
 }
 
 // f16 / q8_0 / q4_0 rows (ggml reference rounding).
@@ -294,7 +304,8 @@ __global__ void __launch_bounds__(kWriteThreads) baseline_write_kernel(const Wri
       h[e / 2] = dev::f16_bits(x[e]) | (static_cast<uint32_t>(dev::f16_bits(x[e + 1])) << 16);
     uint32_t* row = reinterpret_cast<uint32_t*>(blk + slot * 2 * kDim) + lane * (kE / 2);
 #pragma unroll
-    for (int e = 0; e < kE / 2; e += 4) *reinterpret_cast<uint4*>(row + e) = make_uint4(h[e], h[e + 1], h[e + 2], h[e + 3]);
+    for (int e = 0; e < kE / 2; e += 4)
+      *reinterpret_cast<uint4*>(row + e) = make_uint4(h[e], h[e + 1], h[e + 2], h[e + 3]);
     return;
   } else {
     constexpr int kRowBytes = kDim / 32 * (kKind == quant::FormatKind::kQ8_0 ? 34 : 18);
@@ -316,7 +327,8 @@ __global__ void __launch_bounds__(kWriteThreads) baseline_write_kernel(const Wri
       if (oa > amax || (oa == amax && oj < jmax)) amax = oa, vmax = ov, jmax = oj;
     }
 #pragma unroll
-    for (int o = kGroupLanes / 2; o > 0; o >>= 1) finite = __shfl_xor_sync(mask, static_cast<int>(finite), o) && finite;
+    for (int o = kGroupLanes / 2; o > 0; o >>= 1)
+      finite = __shfl_xor_sync(mask, static_cast<int>(finite), o) && finite;
     if constexpr (kKind == quant::FormatKind::kQ8_0) {
       const float s = finite ? __fdiv_rn(amax, 127.0f) : NAN;
       const float inv = (finite && s != 0.0f) ? __fdiv_rn(1.0f, s) : 0.0f;
@@ -335,7 +347,8 @@ __global__ void __launch_bounds__(kWriteThreads) baseline_write_kernel(const Wri
       if (m == 0) *reinterpret_cast<uint16_t*>(gb) = dev::f16_bits(s);
       int q[kE];
 #pragma unroll
-      for (int e = 0; e < kE; ++e) q[e] = min(15, __float2int_rz(__fadd_rn(__fmul_rn(x[e], inv), 8.5f)));
+      for (int e = 0; e < kE; ++e)
+        q[e] = min(15, __float2int_rz(__fadd_rn(__fmul_rn(x[e], inv), 8.5f)));
       // Byte j holds element j (low nibble) and j + 16 (high): lane m < kGroupLanes/2 pairs with
       // lane m + kGroupLanes/2.
       int hi[kE];
