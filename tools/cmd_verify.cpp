@@ -134,6 +134,7 @@ struct VerifyOptions {
   KvFlags kv;
   DeviceFlag device;
   ActivationsFlag act;
+  UbatchFlag ub;
 };
 
 struct VerifyResult {
@@ -162,12 +163,12 @@ Status verify_cpu(const model::Model& m, const EvalText& text, const kv::KvConfi
   for (int c = 0; c < text.n_chunks; ++c) {
     const std::vector<int32_t> toks = text.chunk(c);
     TQ_ASSIGN_OR_RETURN(auto ref, f16_cache->new_sequence(o.ctx));
-    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *ref, pool, ref_logits));
+    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *ref, pool, ref_logits, o.ub.ubatch));
     ref.reset();
     TQ_ASSIGN_OR_RETURN(auto test, test_cache->new_sequence(o.ctx));
     TQ_ASSIGN_OR_RETURN(auto shadow, f16_cache->new_sequence(o.ctx));
     ProbeKv probe(*test, *shadow, shape, r.layers);
-    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, probe, pool, test_logits));
+    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, probe, pool, test_logits, o.ub.ubatch));
     TQ_RETURN_IF_ERROR(probe.measure_store());
     score_chunk(text, toks, ref_logits, vocab, r.ppl_ref);
     score_chunk(text, toks, test_logits, vocab, r.ppl_test);
@@ -201,8 +202,8 @@ Status verify_cuda(const model::Model& m, const EvalText& text, const kv::KvConf
   std::vector<float> orig(static_cast<size_t>(o.ctx) * row), got(orig.size());
   for (int c = 0; c < text.n_chunks; ++c) {
     const std::vector<int32_t> toks = text.chunk(c);
-    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*ref, toks, vocab, ref_logits));
-    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*test, toks, vocab, test_logits));
+    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*ref, toks, vocab, ref_logits, o.ub.ubatch));
+    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*test, toks, vocab, test_logits, o.ub.ubatch));
     const int n = test->length(0);
     for (int l = 0; l < shape.n_layers; ++l) {
       for (const bool value : {false, true}) {
@@ -234,20 +235,21 @@ void print_json(const VerifyOptions& o, const EvalText& text, const kv::KvConfig
                 const kv::KvBytesPerToken& bytes, const VerifyResult& r, double secs) {
   const double ratio = r.ppl_test.ppl() / r.ppl_ref.ppl();
   std::printf(
-      "{\"text\":\"%s\",\"ctx\":%d,\"chunks\":%d,\"tokens_scored\":%lld,\"device\":\"%s\","
+      "{\"text\":\"%s\",\"ctx\":%d,\"ubatch\":%d,\"chunks\":%d,\"tokens_scored\":%lld,"
+      "\"device\":\"%s\","
       "\"k\":\"%s\",\"v\":\"%s\",\"kv\":\"%s\",\"kv_bytes_per_token\":%.2f,"
       "\"ratio_vs_f16\":%.4f,\"ppl_f16\":%s,\"ppl_f16_err\":%s,\"ppl\":%s,\"ppl_err\":%s,"
       "\"ppl_ratio\":%s,\"ppl_change_pct\":%s,\"kld_mean\":%s,\"kld_p99\":%s,"
       "\"kld_max\":%s,\"top1\":%s,\"kv_cos_vs\":\"%s\",\"layers\":[",
-      text.name.c_str(), o.ctx, text.n_chunks, static_cast<long long>(r.ppl_test.count),
-      o.device.resolved(), config.k_format.name().c_str(), config.v_format.name().c_str(),
-      config.to_string().c_str(), bytes.amortized, bytes.ratio_vs_f16(),
-      json_number(r.ppl_ref.ppl()).c_str(), json_number(r.ppl_ref.ppl_err()).c_str(),
-      json_number(r.ppl_test.ppl()).c_str(), json_number(r.ppl_test.ppl_err()).c_str(),
-      json_number(ratio).c_str(), json_number(100.0 * (ratio - 1.0), "%.4f").c_str(),
-      json_number(r.kld.mean(), "%.8f").c_str(), json_number(r.kld.quantile(0.99), "%.8f").c_str(),
-      json_number(r.kld.max(), "%.8f").c_str(), json_number(r.kld.top1()).c_str(),
-      r.cos_vs_same_run ? "originals" : "f16_run");
+      text.name.c_str(), o.ctx, o.ub.ubatch, text.n_chunks,
+      static_cast<long long>(r.ppl_test.count), o.device.resolved(), config.k_format.name().c_str(),
+      config.v_format.name().c_str(), config.to_string().c_str(), bytes.amortized,
+      bytes.ratio_vs_f16(), json_number(r.ppl_ref.ppl()).c_str(),
+      json_number(r.ppl_ref.ppl_err()).c_str(), json_number(r.ppl_test.ppl()).c_str(),
+      json_number(r.ppl_test.ppl_err()).c_str(), json_number(ratio).c_str(),
+      json_number(100.0 * (ratio - 1.0), "%.4f").c_str(), json_number(r.kld.mean(), "%.8f").c_str(),
+      json_number(r.kld.quantile(0.99), "%.8f").c_str(), json_number(r.kld.max(), "%.8f").c_str(),
+      json_number(r.kld.top1()).c_str(), r.cos_vs_same_run ? "originals" : "f16_run");
   for (size_t l = 0; l < r.layers.size(); ++l) {
     const LayerStats& s = r.layers[l];
     const double n = static_cast<double>(std::max<int64_t>(1, s.vectors));
@@ -304,6 +306,7 @@ int fail(const Status& s) {
 int run_verify(VerifyOptions& o) {
   auto config = o.kv.config();
   if (!config.ok()) return fail(config.status());
+  if (Status s = o.ub.validate(); !s.ok()) return fail(s);
   o.device.settle(*config);
   o.device.settle(o.act.on_gpu());
   auto model = model::Model::load(o.model);
@@ -348,6 +351,7 @@ void add_verify_command(CLI::App& app) {
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->act.add_to(cmd);
+  o->ub.add_to(cmd);
   cmd->callback([o] {
     if (const int rc = run_verify(*o); rc != 0) throw CLI::RuntimeError(rc);
   });

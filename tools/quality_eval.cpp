@@ -38,31 +38,54 @@ Expected<EvalText> load_eval_text(const model::Model& model, const std::string& 
 }
 
 Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
-                  ThreadPool& pool, std::vector<float>& logits) {
+                  ThreadPool& pool, std::vector<float>& logits, int ubatch) {
   model::ForwardScratch scratch;
   const int n = static_cast<int>(tokens.size());
-  logits.resize(static_cast<size_t>(n) * static_cast<size_t>(model.config().vocab_size));
-  model::ForwardArgs a;
-  a.tokens = tokens.data();
-  a.n = n;
-  a.kv = &kv;
-  a.pool = &pool;
-  a.scratch = &scratch;
-  a.logits_mode = model::LogitsMode::kAll;
-  a.logits = logits.data();
-  return model.forward(a);
+  const size_t vocab = static_cast<size_t>(model.config().vocab_size);
+  logits.resize(static_cast<size_t>(n) * vocab);
+  const int step = ubatch > 0 ? ubatch : n;
+  for (int i = 0; i < n; i += step) {
+    model::ForwardArgs a;
+    a.tokens = tokens.data() + i;
+    a.n = std::min(step, n - i);
+    a.kv = &kv;
+    a.pool = &pool;
+    a.scratch = &scratch;
+    a.logits_mode = model::LogitsMode::kAll;
+    a.logits = logits.data() + static_cast<size_t>(i) * vocab;
+    TQ_RETURN_IF_ERROR(model.forward(a));
+  }
+  return ok_status();
 }
 
 Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
-                            std::vector<float>& logits) {
+                            std::vector<float>& logits, int ubatch) {
   TQ_RETURN_IF_ERROR(dm.reset(0));
+  const int n = static_cast<int>(tokens.size());
   logits.resize(tokens.size() * static_cast<size_t>(vocab));
-  backend::DeviceForwardArgs a;
-  a.tokens = tokens.data();
-  a.n = static_cast<int>(tokens.size());
-  a.logits_mode = backend::DeviceLogits::kAll;
-  a.logits = logits.data();
-  return dm.forward(a);
+  const int step = ubatch > 0 ? ubatch : n;
+  for (int i = 0; i < n; i += step) {
+    backend::DeviceForwardArgs a;
+    a.tokens = tokens.data() + i;
+    a.n = std::min(step, n - i);
+    a.logits_mode = backend::DeviceLogits::kAll;
+    a.logits = logits.data() + static_cast<size_t>(i) * static_cast<size_t>(vocab);
+    TQ_RETURN_IF_ERROR(dm.forward(a));
+  }
+  return ok_status();
+}
+
+void UbatchFlag::add_to(CLI::App* cmd) {
+  cmd->add_option("--ubatch", ubatch,
+                  "append each chunk to the cache in passes of N tokens (0: one pass); the "
+                  "cache's first-append statistics (key means, key/value scales) then come from "
+                  "the first N tokens, as under the server's chunked prefill")
+      ->capture_default_str();
+}
+
+Status UbatchFlag::validate() const {
+  if (ubatch < 0) return invalid_argument("--ubatch must be 0 (one pass) or positive");
+  return ok_status();
 }
 
 void log_softmax(const float* x, int n, std::vector<double>& out) {

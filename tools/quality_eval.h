@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "tq/backend/device_model.h"
 #include "tq/core/status.h"
 #include "tq/core/thread_pool.h"
@@ -36,14 +38,24 @@ struct EvalText {
 Expected<EvalText> load_eval_text(const model::Model& model, const std::string& path, int ctx,
                                   int max_chunks);
 
-// Runs the chunk through a fresh `kv` in one forward pass; logits: [ctx][vocab].
+// Runs the chunk through a fresh `kv` in forward passes of `ubatch` tokens (0: one pass of the
+// whole chunk); logits: [ctx][vocab]. The cache's first-append statistics (key means, key and
+// value scales) come from the first pass, so a small ubatch measures what a server's chunked
+// prefill (--prefill-chunk) gives.
 Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
-                  ThreadPool& pool, std::vector<float>& logits);
+                  ThreadPool& pool, std::vector<float>& logits, int ubatch = 0);
 
 // The same on a device model (--device cuda): the chunk through a fresh slot 0 of `dm`, in passes
-// of its max_batch tokens; logits: [ctx][vocab].
+// of `ubatch` tokens (0: of its max_batch); logits: [ctx][vocab].
 Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
-                            std::vector<float>& logits);
+                            std::vector<float>& logits, int ubatch = 0);
+
+// --ubatch for the quality commands (ppl, compare, verify).
+struct UbatchFlag {
+  int ubatch = 0;
+  void add_to(CLI::App* cmd);
+  Status validate() const;
+};
 
 // log-softmax of one row, in double.
 void log_softmax(const float* logits, int n, std::vector<double>& out);

@@ -1,0 +1,66 @@
+"""End-to-end tests of the quality commands' --ubatch on the default model (CPU): appending each
+chunk in passes of N tokens leaves an f16 cache's perplexity unchanged (the same rows, the same
+attention; only the passes differ), changes a compressed cache whose key means and scales come
+from the first pass, and is refused when negative. The text is the repository's README.md, so
+the tests need no data beside the model.
+
+Run: TQ_BIN=build/tq python3 -m pytest -q tests/e2e/test_quality_cli.py
+"""
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from conftest import REPO, _model_path, _require
+
+TEXT = REPO / "README.md"
+BASE = ["-f", str(TEXT), "--ctx", "128", "--chunks", "2", "-t", "2", "--json"]
+
+
+def tq(*args: str) -> subprocess.CompletedProcess:
+    binary = Path(os.environ.get("TQ_BIN", REPO / "build" / "tq"))
+    _require(binary, "tq binary")
+    _require(_model_path(), "default model")
+    return subprocess.run([str(binary), *args], capture_output=True, text=True, timeout=600)
+
+
+def ppl(*args: str) -> dict:
+    r = tq("ppl", *BASE, *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_ubatch_leaves_f16_perplexity_unchanged():
+    whole = ppl("--ubatch", "0")
+    passes = ppl("--ubatch", "16")
+    assert whole["ubatch"] == 0 and passes["ubatch"] == 16
+    assert whole["tokens_scored"] == passes["tokens_scored"] == 2 * (128 - 1 - 64)
+    # The same rows through the same kernels in 8 passes: equal to float rounding (the tolerance
+    # covers a different summation split; observed equal to the printed digits).
+    assert abs(passes["ppl"] / whole["ppl"] - 1) < 1e-4, (whole["ppl"], passes["ppl"])
+
+
+def test_ubatch_moves_a_cache_fitted_on_the_first_pass():
+    flags = ["-ctk", "tq4", "-ctv", "tq3", "--kv-key-scaling", "on", "--kv-value-scaling", "on"]
+    whole = ppl(*flags, "--ubatch", "0")
+    passes = ppl(*flags, "--ubatch", "8")
+    # Key means and scales from 7 keys instead of 127: a different cache, a different PPL.
+    assert whole["ppl"] != passes["ppl"], whole["ppl"]
+    for r in (whole, passes):
+        assert r["k"] == "tq4" and r["v"] == "tq3"
+        assert 1.0 < r["ppl"] < 1000.0
+
+
+def test_verify_reports_ubatch():
+    r = tq("verify", *BASE, "--ubatch", "32", "-ctk", "tq4", "-ctv", "tq4")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ubatch"] == 32
+    assert 0.0 <= out["kld_mean"] and 0.0 <= out["top1"] <= 1.0
+
+
+def test_negative_ubatch_is_refused():
+    for cmd in ("ppl", "verify", "compare"):
+        r = tq(cmd, *[a for a in BASE if a != "--json"], "--ubatch", "-3")
+        assert r.returncode != 0, cmd
+        assert "--ubatch must be 0 (one pass) or positive" in r.stderr, (cmd, r.stderr)
