@@ -154,6 +154,11 @@ Status KvConfig::validate_for(int n_layers, int head_dim) const {
   return ok_status();
 }
 
+uint64_t KvConfig::hash(uint64_t seed) const {
+  for (char ch : to_string()) seed = derive_seed(seed, static_cast<uint8_t>(ch));
+  return seed;
+}
+
 std::string KvConfig::to_string() const {
   char seed_hex[32];
   std::snprintf(seed_hex, sizeof seed_hex, "0x%016" PRIx64, seed);

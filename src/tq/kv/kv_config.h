@@ -72,6 +72,9 @@ struct KvConfig {
   Status validate_for(int n_layers, int head_dim) const;
   // "k=tq4 v=tq3 window=0 sinks=0 boundary=2:q8_0 layers=0-1:q8_0/q8_0 norm_correction=on ..."
   std::string to_string() const;
+  // A hash of to_string() mixed into `seed`: any change of what the cache stores changes it
+  // (the prefix cache's root, the server's system_fingerprint).
+  uint64_t hash(uint64_t seed) const;
 
   LayerFormats formats_for(int layer, int n_layers) const;
   // Whether `layer` stores centered keys (key_centering and a compressed K format).

@@ -68,11 +68,9 @@ Expected<std::unique_ptr<PagedKvCache>> PagedKvCache::create(const PagedKvCacheO
   TQ_ASSIGN_OR_RETURN(c->pool_, BlockPool::create(std::move(block_bytes), o.pool_bytes));
 
   // Everything that changes what a page holds goes into the prefix chain's root.
-  uint64_t fp =
-      derive_seed(static_cast<uint64_t>(sh.n_layers), static_cast<uint64_t>(sh.n_kv_heads),
-                  static_cast<uint64_t>(sh.head_dim));
-  for (char ch : o.config.to_string()) fp = derive_seed(fp, static_cast<uint8_t>(ch));
-  c->fingerprint_ = fp;
+  c->fingerprint_ = o.config.hash(derive_seed(static_cast<uint64_t>(sh.n_layers),
+                                              static_cast<uint64_t>(sh.n_kv_heads),
+                                              static_cast<uint64_t>(sh.head_dim)));
   for (int l = 0; l < sh.n_layers; ++l)
     c->needs_key_means_ = c->needs_key_means_ || o.config.centers_keys(l, sh.n_layers) ||
                           o.config.scales_values(l, sh.n_layers);

@@ -3,8 +3,6 @@
 
 #include <cstdio>
 
-#include "tq/core/rng.h"
-
 namespace tq::server {
 namespace {
 
@@ -34,10 +32,9 @@ json base_object(const ResponseMeta& m, bool chunk) {
 }  // namespace
 
 std::string system_fingerprint(const kv::KvConfig& kv) {
-  uint64_t h = 0x7471u;  // "tq"
-  for (char ch : kv.to_string()) h = derive_seed(h, static_cast<uint8_t>(ch));
   char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  std::snprintf(hex, sizeof hex, "%016llx",
+                static_cast<unsigned long long>(kv.hash(0x7471u /* "tq" */)));
   return "tq-" + kv.k_format.name() + "-" + kv.v_format.name() + "-" + hex;
 }
 
