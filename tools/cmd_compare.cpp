@@ -33,7 +33,7 @@ struct CompareOptions {
   KvFlags kv;
   DeviceFlag device;
   ActivationsFlag act;
-  UbatchFlag ub;
+  PassFlags passes;
 };
 
 int fail(const Status& s) {
@@ -70,12 +70,12 @@ Status compare_cpu(const model::Model& m, const EvalText& text, const CompareOpt
     const std::vector<int32_t> toks = text.chunk(c);
     {
       TQ_ASSIGN_OR_RETURN(auto ref, f16_cache->new_sequence(o.ctx));
-      TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *ref, pool, ref_logits, o.ub.ubatch));
+      TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *ref, pool, ref_logits, o.passes));
     }
     score_chunk(text, toks, ref_logits, vocab, ppl_ref);
     for (Entry& e : entries) {
       TQ_ASSIGN_OR_RETURN(auto seq, e.cache->new_sequence(o.ctx));
-      TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *seq, pool, logits, o.ub.ubatch));
+      TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *seq, pool, logits, o.passes));
       score_chunk(text, toks, logits, vocab, e.ppl);
       e.kld.add_chunk(text, ref_logits, logits, vocab);
     }
@@ -108,10 +108,10 @@ Status compare_cuda(const model::Model& m, const EvalText& text, const CompareOp
     }
     for (int c = 0; c < text.n_chunks; ++c) {
       const std::vector<int32_t> toks = text.chunk(c);
-      TQ_RETURN_IF_ERROR(eval_chunk_on_device(*ref, toks, vocab, ref_logits, o.ub.ubatch));
+      TQ_RETURN_IF_ERROR(eval_chunk_on_device(*ref, toks, vocab, ref_logits, o.passes));
       if (i == 0) score_chunk(text, toks, ref_logits, vocab, ppl_ref);
       if (!e) continue;
-      TQ_RETURN_IF_ERROR(eval_chunk_on_device(*test, toks, vocab, logits, o.ub.ubatch));
+      TQ_RETURN_IF_ERROR(eval_chunk_on_device(*test, toks, vocab, logits, o.passes));
       score_chunk(text, toks, logits, vocab, e->ppl);
       e->kld.add_chunk(text, ref_logits, logits, vocab);
     }
@@ -125,7 +125,7 @@ Status compare_cuda(const model::Model& m, const EvalText& text, const CompareOp
 int run_compare(CompareOptions& o) {
   auto base = o.kv.config();
   if (!base.ok()) return fail(base.status());
-  if (Status s = o.ub.validate(); !s.ok()) return fail(s);
+  if (Status s = o.passes.validate(); !s.ok()) return fail(s);
   o.device.settle(*base);  // the common flags: window, sinks, scaling
   o.device.settle(o.act.on_gpu());
   auto model = model::Model::load(o.model);
@@ -163,8 +163,7 @@ int run_compare(CompareOptions& o) {
 
   std::printf("text: %s, ctx %d, %d chunks, %lld tokens scored; common kv flags: %s%s\n",
               text->name.c_str(), o.ctx, text->n_chunks, static_cast<long long>(ppl_ref.count),
-              base->to_string().c_str(),
-              o.ub.ubatch > 0 ? ("; ubatch " + std::to_string(o.ub.ubatch)).c_str() : "");
+              base->to_string().c_str(), o.passes.describe().c_str());
   std::printf(
       "| K/V | B/token | vs f16 | K b/elt | V b/elt | PPL | dPPL %% | KLD mean | KLD p99 | top-1 "
       "|\n");
@@ -199,7 +198,7 @@ void add_compare_command(CLI::App& app) {
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->act.add_to(cmd);
-  o->ub.add_to(cmd);
+  o->passes.add_to(cmd);
   cmd->callback([o] {
     if (const int rc = run_compare(*o); rc != 0) throw CLI::RuntimeError(rc);
   });

@@ -30,7 +30,7 @@ struct PplOptions {
   KvFlags kv;
   DeviceFlag device;
   ActivationsFlag act;
-  UbatchFlag ub;
+  PassFlags passes;
 };
 
 int run_ppl(PplOptions& o) {
@@ -39,7 +39,7 @@ int run_ppl(PplOptions& o) {
     std::fprintf(stderr, "tq ppl: %s\n", config.status().to_string().c_str());
     return 2;
   }
-  if (Status s = o.ub.validate(); !s.ok()) {
+  if (Status s = o.passes.validate(); !s.ok()) {
     std::fprintf(stderr, "tq ppl: %s\n", s.to_string().c_str());
     return 2;
   }
@@ -91,10 +91,10 @@ int run_ppl(PplOptions& o) {
     const std::vector<int32_t> toks = text->chunk(c);
     Status st;
     if (dm) {
-      st = eval_chunk_on_device(*dm, toks, vocab, logits, o.ub.ubatch);
+      st = eval_chunk_on_device(*dm, toks, vocab, logits, o.passes);
     } else {
       auto seq = (*cache)->new_sequence(o.ctx);
-      st = seq.ok() ? eval_chunk(m, toks, **seq, pool, logits, o.ub.ubatch) : seq.status();
+      st = seq.ok() ? eval_chunk(m, toks, **seq, pool, logits, o.passes) : seq.status();
     }
     if (!st.ok()) {
       std::fprintf(stderr, "tq ppl: chunk %d: %s\n", c, st.to_string().c_str());
@@ -111,17 +111,16 @@ int run_ppl(PplOptions& o) {
         "s\","
         "\"kv\":\"%s\",\"ppl\":%.6f,\"ppl_err\":%.6f,\"kv_bytes_per_token\":%.2f,"
         "\"ratio_vs_f16\":%.4f,\"k_bits_per_element\":%.4f,\"v_bits_per_element\":%.4f,"
-        "\"ubatch\":%d,\"seconds\":%.2f}\n",
+        "\"ubatch\":%d,\"decode\":%s,\"seconds\":%.2f}\n",
         text->name.c_str(), o.ctx, text->n_chunks, static_cast<long long>(ppl.count),
         config->k_format.name().c_str(), config->v_format.name().c_str(),
         config->to_string().c_str(), ppl.ppl(), ppl.ppl_err(), bytes->amortized,
-        bytes->ratio_vs_f16(), bytes->k_bits_per_element, bytes->v_bits_per_element, o.ub.ubatch,
-        secs);
+        bytes->ratio_vs_f16(), bytes->k_bits_per_element, bytes->v_bits_per_element,
+        o.passes.ubatch, o.passes.decode ? "true" : "false", secs);
   } else {
     std::printf("text: %s, ctx %d, %d chunks, %lld tokens scored\n", text->name.c_str(), o.ctx,
                 text->n_chunks, static_cast<long long>(ppl.count));
-    std::printf("kv: %s%s\n", config->to_string().c_str(),
-                o.ub.ubatch > 0 ? (", ubatch " + std::to_string(o.ub.ubatch)).c_str() : "");
+    std::printf("kv: %s%s\n", config->to_string().c_str(), o.passes.describe().c_str());
     std::printf("kv bytes: %s\n", bytes->to_string().c_str());
     std::printf("PPL = %.4f +/- %.5f\n", ppl.ppl(), ppl.ppl_err());
     std::printf("time: %.1f s (%.1f tokens/s)\n", secs, text->n_chunks * o.ctx / secs);
@@ -146,7 +145,7 @@ void add_ppl_command(CLI::App& app) {
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->act.add_to(cmd);
-  o->ub.add_to(cmd);
+  o->passes.add_to(cmd);
   o->device.add_weights_to(cmd);
   o->device.add_tuning_to(cmd);
   cmd->callback([o] {

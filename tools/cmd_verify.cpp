@@ -134,7 +134,7 @@ struct VerifyOptions {
   KvFlags kv;
   DeviceFlag device;
   ActivationsFlag act;
-  UbatchFlag ub;
+  PassFlags passes;
 };
 
 struct VerifyResult {
@@ -163,12 +163,12 @@ Status verify_cpu(const model::Model& m, const EvalText& text, const kv::KvConfi
   for (int c = 0; c < text.n_chunks; ++c) {
     const std::vector<int32_t> toks = text.chunk(c);
     TQ_ASSIGN_OR_RETURN(auto ref, f16_cache->new_sequence(o.ctx));
-    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *ref, pool, ref_logits, o.ub.ubatch));
+    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, *ref, pool, ref_logits, o.passes));
     ref.reset();
     TQ_ASSIGN_OR_RETURN(auto test, test_cache->new_sequence(o.ctx));
     TQ_ASSIGN_OR_RETURN(auto shadow, f16_cache->new_sequence(o.ctx));
     ProbeKv probe(*test, *shadow, shape, r.layers);
-    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, probe, pool, test_logits, o.ub.ubatch));
+    TQ_RETURN_IF_ERROR(eval_chunk(m, toks, probe, pool, test_logits, o.passes));
     TQ_RETURN_IF_ERROR(probe.measure_store());
     score_chunk(text, toks, ref_logits, vocab, r.ppl_ref);
     score_chunk(text, toks, test_logits, vocab, r.ppl_test);
@@ -202,8 +202,8 @@ Status verify_cuda(const model::Model& m, const EvalText& text, const kv::KvConf
   std::vector<float> orig(static_cast<size_t>(o.ctx) * row), got(orig.size());
   for (int c = 0; c < text.n_chunks; ++c) {
     const std::vector<int32_t> toks = text.chunk(c);
-    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*ref, toks, vocab, ref_logits, o.ub.ubatch));
-    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*test, toks, vocab, test_logits, o.ub.ubatch));
+    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*ref, toks, vocab, ref_logits, o.passes));
+    TQ_RETURN_IF_ERROR(eval_chunk_on_device(*test, toks, vocab, test_logits, o.passes));
     const int n = test->length(0);
     for (int l = 0; l < shape.n_layers; ++l) {
       for (const bool value : {false, true}) {
@@ -235,13 +235,14 @@ void print_json(const VerifyOptions& o, const EvalText& text, const kv::KvConfig
                 const kv::KvBytesPerToken& bytes, const VerifyResult& r, double secs) {
   const double ratio = r.ppl_test.ppl() / r.ppl_ref.ppl();
   std::printf(
-      "{\"text\":\"%s\",\"ctx\":%d,\"ubatch\":%d,\"chunks\":%d,\"tokens_scored\":%lld,"
+      "{\"text\":\"%s\",\"ctx\":%d,\"ubatch\":%d,\"decode\":%s,\"chunks\":%d,\"tokens_scored\":%"
+      "lld,"
       "\"device\":\"%s\","
       "\"k\":\"%s\",\"v\":\"%s\",\"kv\":\"%s\",\"kv_bytes_per_token\":%.2f,"
       "\"ratio_vs_f16\":%.4f,\"ppl_f16\":%s,\"ppl_f16_err\":%s,\"ppl\":%s,\"ppl_err\":%s,"
       "\"ppl_ratio\":%s,\"ppl_change_pct\":%s,\"kld_mean\":%s,\"kld_p99\":%s,"
       "\"kld_max\":%s,\"top1\":%s,\"kv_cos_vs\":\"%s\",\"layers\":[",
-      text.name.c_str(), o.ctx, o.ub.ubatch, text.n_chunks,
+      text.name.c_str(), o.ctx, o.passes.ubatch, o.passes.decode ? "true" : "false", text.n_chunks,
       static_cast<long long>(r.ppl_test.count), o.device.resolved(), config.k_format.name().c_str(),
       config.v_format.name().c_str(), config.to_string().c_str(), bytes.amortized,
       bytes.ratio_vs_f16(), json_number(r.ppl_ref.ppl()).c_str(),
@@ -270,7 +271,7 @@ void print_text(const VerifyOptions& o, const EvalText& text, const kv::KvConfig
   const int n_layers = static_cast<int>(r.layers.size());
   std::printf("text: %s, ctx %d, %d chunks, %lld tokens scored\n", text.name.c_str(), o.ctx,
               text.n_chunks, static_cast<long long>(r.ppl_test.count));
-  std::printf("kv: %s\n", config.to_string().c_str());
+  std::printf("kv: %s%s\n", config.to_string().c_str(), o.passes.describe().c_str());
   std::printf("kv bytes: %s\n", bytes.to_string().c_str());
   std::printf("PPL f16  = %.4f +/- %.5f\n", r.ppl_ref.ppl(), r.ppl_ref.ppl_err());
   std::printf("PPL test = %.4f +/- %.5f\n", r.ppl_test.ppl(), r.ppl_test.ppl_err());
@@ -306,7 +307,7 @@ int fail(const Status& s) {
 int run_verify(VerifyOptions& o) {
   auto config = o.kv.config();
   if (!config.ok()) return fail(config.status());
-  if (Status s = o.ub.validate(); !s.ok()) return fail(s);
+  if (Status s = o.passes.validate(); !s.ok()) return fail(s);
   o.device.settle(*config);
   o.device.settle(o.act.on_gpu());
   auto model = model::Model::load(o.model);
@@ -351,7 +352,7 @@ void add_verify_command(CLI::App& app) {
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->act.add_to(cmd);
-  o->ub.add_to(cmd);
+  o->passes.add_to(cmd);
   cmd->callback([o] {
     if (const int rc = run_verify(*o); rc != 0) throw CLI::RuntimeError(rc);
   });

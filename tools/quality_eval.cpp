@@ -37,53 +37,78 @@ Expected<EvalText> load_eval_text(const model::Model& model, const std::string& 
   return t;
 }
 
+std::vector<int> PassFlags::pass_starts(int n, int first_scored) const {
+  const int step = ubatch > 0 ? ubatch : n;
+  const int context_end = decode ? std::clamp(first_scored, 0, n) : n;
+  std::vector<int> starts;
+  for (int i = 0; i < context_end; i += step) starts.push_back(i);
+  for (int i = context_end; i < n; ++i) starts.push_back(i);
+  return starts;
+}
+
+std::string PassFlags::describe() const {
+  std::string s = ubatch > 0 ? ", ubatch " + std::to_string(ubatch) : "";
+  return decode ? s + ", decode" : s;
+}
+
+// The chunk's passes as [start, end) pairs; the scored half starts at n / 2 (EvalText).
+static std::vector<std::pair<int, int>> chunk_passes(int n, const PassFlags& passes) {
+  const std::vector<int> starts = passes.pass_starts(n, n / 2);
+  std::vector<std::pair<int, int>> out;
+  for (size_t i = 0; i < starts.size(); ++i)
+    out.emplace_back(starts[i], i + 1 < starts.size() ? starts[i + 1] : n);
+  return out;
+}
+
 Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
-                  ThreadPool& pool, std::vector<float>& logits, int ubatch) {
+                  ThreadPool& pool, std::vector<float>& logits, const PassFlags& passes) {
   model::ForwardScratch scratch;
   const int n = static_cast<int>(tokens.size());
   const size_t vocab = static_cast<size_t>(model.config().vocab_size);
   logits.resize(static_cast<size_t>(n) * vocab);
-  const int step = ubatch > 0 ? ubatch : n;
-  for (int i = 0; i < n; i += step) {
+  for (const auto& [from, to] : chunk_passes(n, passes)) {
     model::ForwardArgs a;
-    a.tokens = tokens.data() + i;
-    a.n = std::min(step, n - i);
+    a.tokens = tokens.data() + from;
+    a.n = to - from;
     a.kv = &kv;
     a.pool = &pool;
     a.scratch = &scratch;
     a.logits_mode = model::LogitsMode::kAll;
-    a.logits = logits.data() + static_cast<size_t>(i) * vocab;
+    a.logits = logits.data() + static_cast<size_t>(from) * vocab;
     TQ_RETURN_IF_ERROR(model.forward(a));
   }
   return ok_status();
 }
 
 Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
-                            std::vector<float>& logits, int ubatch) {
+                            std::vector<float>& logits, const PassFlags& passes) {
   TQ_RETURN_IF_ERROR(dm.reset(0));
   const int n = static_cast<int>(tokens.size());
   logits.resize(tokens.size() * static_cast<size_t>(vocab));
-  const int step = ubatch > 0 ? ubatch : n;
-  for (int i = 0; i < n; i += step) {
+  for (const auto& [from, to] : chunk_passes(n, passes)) {
     backend::DeviceForwardArgs a;
-    a.tokens = tokens.data() + i;
-    a.n = std::min(step, n - i);
+    a.tokens = tokens.data() + from;
+    a.n = to - from;
     a.logits_mode = backend::DeviceLogits::kAll;
-    a.logits = logits.data() + static_cast<size_t>(i) * static_cast<size_t>(vocab);
+    a.logits = logits.data() + static_cast<size_t>(from) * static_cast<size_t>(vocab);
     TQ_RETURN_IF_ERROR(dm.forward(a));
   }
   return ok_status();
 }
 
-void UbatchFlag::add_to(CLI::App* cmd) {
+void PassFlags::add_to(CLI::App* cmd) {
   cmd->add_option("--ubatch", ubatch,
                   "append each chunk to the cache in passes of N tokens (0: one pass); the "
                   "cache's first-append statistics (key means, key/value scales) then come from "
                   "the first N tokens, as under the server's chunked prefill")
       ->capture_default_str();
+  cmd->add_flag("--decode", decode,
+                "the context half of each chunk in passes of --ubatch, then every scored token "
+                "in a pass of its own, as generation appends them (each scored token sees its "
+                "--kv-window of recent tokens exact, as a decode step does)");
 }
 
-Status UbatchFlag::validate() const {
+Status PassFlags::validate() const {
   if (ubatch < 0) return invalid_argument("--ubatch must be 0 (one pass) or positive");
   return ok_status();
 }

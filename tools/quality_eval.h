@@ -38,24 +38,36 @@ struct EvalText {
 Expected<EvalText> load_eval_text(const model::Model& model, const std::string& path, int ctx,
                                   int max_chunks);
 
-// Runs the chunk through a fresh `kv` in forward passes of `ubatch` tokens (0: one pass of the
-// whole chunk); logits: [ctx][vocab]. The cache's first-append statistics (key means, key and
-// value scales) come from the first pass, so a small ubatch measures what a server's chunked
-// prefill (--prefill-chunk) gives.
-Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
-                  ThreadPool& pool, std::vector<float>& logits, int ubatch = 0);
-
-// The same on a device model (--device cuda): the chunk through a fresh slot 0 of `dm`, in passes
-// of `ubatch` tokens (0: of its max_batch); logits: [ctx][vocab].
-Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
-                            std::vector<float>& logits, int ubatch = 0);
-
-// --ubatch for the quality commands (ppl, compare, verify).
-struct UbatchFlag {
+// How a chunk goes through the cache: --ubatch and --decode of the quality commands (ppl,
+// compare, verify).
+struct PassFlags {
+  // Passes of this many tokens (0: one pass of the whole chunk). The cache's first-append
+  // statistics (key means, key and value scales) come from the first pass, so a small ubatch
+  // measures what a server's chunked prefill (--prefill-chunk) gives.
   int ubatch = 0;
+  // The chunk's context half (not scored) in passes of `ubatch`, then each scored token in a
+  // pass of its own, as generation appends them: a scored token sees the cache a decode step
+  // sees (its window of recent tokens exact, everything older compressed), where one pass
+  // leaves every token but the chunk's last `window` compressed for every query.
+  bool decode = false;
+
   void add_to(CLI::App* cmd);
   Status validate() const;
+  // The first token of every pass over a chunk of n tokens whose scoring starts at
+  // first_scored, in order.
+  std::vector<int> pass_starts(int n, int first_scored) const;
+  // "" (one pass), ", ubatch 32", ", decode", ", ubatch 32, decode": for the text reports.
+  std::string describe() const;
 };
+
+// Runs the chunk through a fresh `kv` in the passes `passes` gives; logits: [ctx][vocab].
+Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
+                  ThreadPool& pool, std::vector<float>& logits, const PassFlags& passes = {});
+
+// The same on a device model (--device cuda): the chunk through a fresh slot 0 of `dm` (one
+// pass: of its max_batch tokens); logits: [ctx][vocab].
+Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>& tokens, int vocab,
+                            std::vector<float>& logits, const PassFlags& passes = {});
 
 // log-softmax of one row, in double.
 void log_softmax(const float* logits, int n, std::vector<double>& out);

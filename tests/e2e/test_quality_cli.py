@@ -1,7 +1,8 @@
-"""End-to-end tests of the quality commands' --ubatch on the default model (CPU): appending each
-chunk in passes of N tokens leaves an f16 cache's perplexity unchanged (the same rows, the same
-attention; only the passes differ), changes a compressed cache whose key means and scales come
-from the first pass, and is refused when negative. The text is the repository's README.md, so
+"""End-to-end tests of the quality commands' --ubatch and --decode on the default model (CPU):
+appending each chunk in passes of N tokens, or its scored half one token per pass, leaves an f16
+cache's perplexity unchanged (the same rows, the same attention; only the passes differ),
+changes a compressed cache whose key means and scales come from the first pass or whose window
+each decode step sees exact, and a negative --ubatch is refused. The text is the repository's README.md, so
 the tests need no data beside the model.
 
 Run: TQ_BIN=build/tq python3 -m pytest -q tests/e2e/test_quality_cli.py
@@ -26,6 +27,12 @@ def tq(*args: str) -> subprocess.CompletedProcess:
 
 def ppl(*args: str) -> dict:
     r = tq("ppl", *BASE, *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def verify(*args: str) -> dict:
+    r = tq("verify", *BASE, *args)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -57,6 +64,28 @@ def test_verify_reports_ubatch():
     out = json.loads(r.stdout)
     assert out["ubatch"] == 32
     assert 0.0 <= out["kld_mean"] and 0.0 <= out["top1"] <= 1.0
+
+
+def test_decode_leaves_f16_perplexity_unchanged():
+    whole = ppl()
+    decode = ppl("--decode")
+    assert whole["decode"] is False and decode["decode"] is True
+    assert whole["tokens_scored"] == decode["tokens_scored"]
+    # 64 context tokens in one pass, then 63 passes of one token: the same rows and causal
+    # attention (observed equal to the printed digits; the tolerance covers summation order).
+    assert abs(decode["ppl"] / whole["ppl"] - 1) < 1e-4, (whole["ppl"], decode["ppl"])
+
+
+def test_decode_steps_see_their_window_exact():
+    # Window 32 at ctx 128: in one pass every query but the chunk's last 32 sees all of its
+    # history compressed; a decode step sees its own 32 most recent tokens exact, so each scored
+    # token's distribution is closer to the f16 cache's.
+    flags = ["-ctk", "tq4", "-ctv", "tq3", "--kv-window", "32"]
+    whole = verify(*flags)
+    decode = verify(*flags, "--decode")
+    assert whole["decode"] is False and decode["decode"] is True
+    assert whole["tokens_scored"] == decode["tokens_scored"]
+    assert 0.0 < decode["kld_mean"] < whole["kld_mean"], (whole["kld_mean"], decode["kld_mean"])
 
 
 def test_negative_ubatch_is_refused():
