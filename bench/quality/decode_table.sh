@@ -12,17 +12,11 @@
 # H200 (--device cuda): ~2 min per one-pass compare, ~5 min per --decode compare at 40 chunks.
 # CPU (2 cores): ~2x those per chunk; use CHUNKS=16.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 out=${1:?usage: decode_table.sh OUT_DIR [extra tq flags]}
 shift
-tq=${TQ:-$repo/build/tq}
-model=${MODEL:-$("$repo/scripts/fetch-model.sh")}
-text=${TEXT:-$repo/../shared/data/text/pride-and-prejudice.txt}
+source "$(dirname "$0")/common.sh" decode_table
 chunks=${CHUNKS:-40}
 runs=${RUNS:-w0_one w128_one w128_decode best_one best_decode verify_best_decode}
-[ -x "$tq" ] || { echo "decode_table: no tq binary at $tq (set TQ)" >&2; exit 1; }
-[ -f "$text" ] || { echo "decode_table: no text at $text (set TEXT)" >&2; exit 1; }
 mkdir -p "$out"
 common=(-m "$model" -f "$text" --ctx 512 --chunks "$chunks" "$@")
 configs=q8_0/q8_0,q4_0/q4_0,tq4/tq4,tq4/tq3,tq3/tq3,tq4/tq2,tq3j/tq3

@@ -13,18 +13,12 @@
 #        LOW_LAYERS (how many layers take LOW; default half)
 # CPU: ~20 s a layer for SmolLM2-135M with 4 chunks on 2 cores.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
 out=${1:?usage: layer_scan.sh OUT_DIR [tq compare flags]}
 shift
-tq=${TQ:-$repo/build/tq}
-model=${MODEL:-$("$repo/scripts/fetch-model.sh")}
-text=${TEXT:-$repo/../shared/data/text/pride-and-prejudice.txt}
+source "$(dirname "$0")/common.sh" layer_scan
 chunks=${CHUNKS:-4}
 high=${HIGH:-tq4/tq4}
 low=${LOW:-tq3/tq3}
-[ -x "$tq" ] || { echo "layer_scan: no tq binary at $tq (set TQ)" >&2; exit 1; }
-[ -f "$text" ] || { echo "layer_scan: no text at $text (set TEXT)" >&2; exit 1; }
 mkdir -p "$out"
 layers=$("$tq" capacity -m "$model" 2>/dev/null | sed -n 's/^model: .*(\([0-9]*\) layers,.*/\1/p')
 [ -n "$layers" ] || { echo "layer_scan: could not read the layer count (tq capacity -m)" >&2; exit 1; }
