@@ -64,8 +64,9 @@ def main() -> None:
                                       capture_output=True, text=True).stdout.strip()
     lengths = [int(x) for x in a.lengths.split(",")]
     depths = [float(x) for x in a.depths.split(",")]
-    rng = random.Random(a.seed)
-    prompts = {(n, d): (rng.randrange(10000, 100000), None) for n in lengths for d in depths}
+    # Each (length, depth) draws its own key, so a prompt is the same whatever else is asked.
+    keys = {(n, d): random.Random(f"{a.seed}/{n}/{d}").randrange(10000, 100000)
+            for n in lengths for d in depths}
     configs = [c.strip() for c in a.configs.split(";") if c.strip()]
     print(f"model {Path(model).name}; flags for all: '{a.flags}'; {len(depths)} depths "
           f"{a.depths}; greedy, 12 tokens")
@@ -79,7 +80,7 @@ def main() -> None:
         for n in lengths:
             hits, sizes = 0, []
             for d in depths:
-                key = prompts[(n, d)][0]
+                key = keys[(n, d)]
                 out, size = run(a.tq, model, make_prompt(n, d, key), n, kv, a.threads)
                 sizes.append(size)
                 hit = str(key) in out
