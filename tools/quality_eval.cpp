@@ -37,27 +37,18 @@ Expected<EvalText> load_eval_text(const model::Model& model, const std::string& 
   return t;
 }
 
-std::vector<int> PassFlags::pass_starts(int n, int first_scored) const {
+std::vector<std::pair<int, int>> PassFlags::chunk_passes(int n) const {
   const int step = ubatch > 0 ? ubatch : n;
-  const int context_end = decode ? std::clamp(first_scored, 0, n) : n;
-  std::vector<int> starts;
-  for (int i = 0; i < context_end; i += step) starts.push_back(i);
-  for (int i = context_end; i < n; ++i) starts.push_back(i);
-  return starts;
+  const int context_end = decode ? n / 2 : n;
+  std::vector<std::pair<int, int>> out;
+  for (int i = 0; i < context_end; i += step) out.emplace_back(i, std::min(i + step, context_end));
+  for (int i = context_end; i < n; ++i) out.emplace_back(i, i + 1);
+  return out;
 }
 
 std::string PassFlags::describe() const {
   std::string s = ubatch > 0 ? ", ubatch " + std::to_string(ubatch) : "";
   return decode ? s + ", decode" : s;
-}
-
-// The chunk's passes as [start, end) pairs; the scored half starts at n / 2 (EvalText).
-static std::vector<std::pair<int, int>> chunk_passes(int n, const PassFlags& passes) {
-  const std::vector<int> starts = passes.pass_starts(n, n / 2);
-  std::vector<std::pair<int, int>> out;
-  for (size_t i = 0; i < starts.size(); ++i)
-    out.emplace_back(starts[i], i + 1 < starts.size() ? starts[i + 1] : n);
-  return out;
 }
 
 Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens, kv::SequenceKv& kv,
@@ -66,7 +57,7 @@ Status eval_chunk(const model::Model& model, const std::vector<int32_t>& tokens,
   const int n = static_cast<int>(tokens.size());
   const size_t vocab = static_cast<size_t>(model.config().vocab_size);
   logits.resize(static_cast<size_t>(n) * vocab);
-  for (const auto& [from, to] : chunk_passes(n, passes)) {
+  for (const auto& [from, to] : passes.chunk_passes(n)) {
     model::ForwardArgs a;
     a.tokens = tokens.data() + from;
     a.n = to - from;
@@ -85,7 +76,7 @@ Status eval_chunk_on_device(backend::DeviceModel& dm, const std::vector<int32_t>
   TQ_RETURN_IF_ERROR(dm.reset(0));
   const int n = static_cast<int>(tokens.size());
   logits.resize(tokens.size() * static_cast<size_t>(vocab));
-  for (const auto& [from, to] : chunk_passes(n, passes)) {
+  for (const auto& [from, to] : passes.chunk_passes(n)) {
     backend::DeviceForwardArgs a;
     a.tokens = tokens.data() + from;
     a.n = to - from;

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -53,9 +54,9 @@ struct PassFlags {
 
   void add_to(CLI::App* cmd);
   Status validate() const;
-  // The first token of every pass over a chunk of n tokens whose scoring starts at
-  // first_scored, in order.
-  std::vector<int> pass_starts(int n, int first_scored) const;
+  // The passes over a chunk of n tokens as [begin, end) pairs, in order; the scored half starts
+  // at n / 2 (EvalText::first_scored, every chunk holding ctx tokens).
+  std::vector<std::pair<int, int>> chunk_passes(int n) const;
   // "" (one pass), ", ubatch 32", ", decode", ", ubatch 32, decode": for the text reports.
   std::string describe() const;
 };

@@ -78,11 +78,10 @@ def main() -> None:
         kv = ["-ctk", k, "-ctv", v, *(extra[0].split() if extra else []), *a.flags.split()]
         cells = []
         for n in lengths:
-            hits, sizes = 0, []
+            hits = 0
             for d in depths:
                 key = keys[(n, d)]
                 out, size = run(a.tq, model, make_prompt(n, d, key), n, kv, a.threads)
-                sizes.append(size)
                 hit = str(key) in out
                 hits += hit
                 if a.verbose:

@@ -2,8 +2,8 @@
 appending each chunk in passes of N tokens, or its scored half one token per pass, leaves an f16
 cache's perplexity unchanged (the same rows, the same attention; only the passes differ),
 changes a compressed cache whose key means and scales come from the first pass or whose window
-each decode step sees exact, and a negative --ubatch is refused. The text is the repository's README.md, so
-the tests need no data beside the model.
+each decode step sees exact, and a negative --ubatch is refused. The text is the repository's
+README.md, so the tests need no data beside the model.
 
 Run: TQ_BIN=build/tq python3 -m pytest -q tests/e2e/test_quality_cli.py
 """
