@@ -15,6 +15,9 @@
 //
 //   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
 //                [--reps 20] [--write 0|1] [--write-input f16|f32] [--attention 0|1] [--gemv 0|1]
+//                [--flush write|read] [--max-splits N]
+// --flush: how the L2 is evicted before each rep (see flush_l2); --max-splits: cap the split-K
+// plan (1: one CTA per sequence and KV head, the plan before session 16 at batch >= 32).
 // --gemv 1 (default): the quantized-weight GEMV section (gemv_bench.cu) first.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -131,7 +134,37 @@ struct Timer {
   }
 };
 
-// Median time (ms) of fn over reps, with `flush` (L2 eviction) before every rep.
+// How the L2 is evicted before each rep (--flush). write: a memset of the flush buffer, as
+// triton's do_bench and nvbench do; the L2 is left full of dirty lines (up to its 50 MB on an
+// H100/H200), whose write-back to DRAM the timed call pays while it reads. read: a kernel reads
+// the buffer; the L2 is left holding clean lines, as after a decode step's weight GEMVs.
+bool g_flush_read = false;
+
+// Reads n 16-byte words; writes only if their XOR hits a value it never does (the loads stay).
+__global__ void read_flush_kernel(const uint4* p, size_t n, uint32_t* sink) {
+  uint32_t x = 0;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint4 v = p[i];
+    x ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (x == 0x9e3779b9u) *sink = x;
+}
+
+void flush_l2(void* flush, size_t flush_bytes, int rep) {
+  if (g_flush_read) {
+    // The buffer's last 16 bytes are the sink (never written: see the kernel).
+    const size_t n = flush_bytes / 16 - 1;
+    read_flush_kernel<<<1024, 256>>>(
+        static_cast<const uint4*>(flush), n,
+        reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(flush) + n * 16));
+    CK(cudaGetLastError());
+  } else {
+    CK(cudaMemsetAsync(flush, rep & 0xff, flush_bytes));
+  }
+}
+
+// Median time (ms) of fn over reps, with `flush` (L2 eviction, g_flush_read) before every rep.
 template <typename Fn>
 double time_median(Fn&& fn, int reps, void* flush, size_t flush_bytes) {
   Timer t;
@@ -139,7 +172,7 @@ double time_median(Fn&& fn, int reps, void* flush, size_t flush_bytes) {
   CK(cudaDeviceSynchronize());
   std::vector<double> ms;
   for (int r = 0; r < reps; ++r) {
-    CK(cudaMemsetAsync(flush, r & 0xff, flush_bytes));
+    flush_l2(flush, flush_bytes, r);
     CK(cudaEventRecord(t.a));
     fn();
     CK(cudaEventRecord(t.b));
@@ -299,6 +332,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4",
                                       "tq4/tq3", "tq3/tq3",   "tq2/tq2"};
   int reps = 20;
+  int max_splits = 0;  // split-K cap per sequence (0: the plan's choice)
   bool write_bench = true, attention_bench = true, gemv = true, write_f32 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -325,7 +359,16 @@ int main(int argc, char** argv) {
       attention_bench = std::atoi(argv[i + 1]) != 0;
     else if (a == "--gemv")
       gemv = std::atoi(argv[i + 1]) != 0;
-    else {
+    else if (a == "--max-splits")
+      max_splits = std::atoi(argv[i + 1]);
+    else if (a == "--flush") {
+      const std::string v = argv[i + 1];
+      if (v != "write" && v != "read") {
+        std::fprintf(stderr, "tq_gpu_bench: --flush takes write or read, not '%s'\n", v.c_str());
+        return 1;
+      }
+      g_flush_read = v == "read";
+    } else {
       std::fprintf(stderr, "tq_gpu_bench: unknown option '%s'\n", a.c_str());
       return 1;
     }
@@ -347,6 +390,7 @@ int main(int argc, char** argv) {
   const size_t flush_bytes = 256ull << 20;
   void* flush = nullptr;
   CK(cudaMalloc(&flush, flush_bytes));
+  CK(cudaMemset(flush, 0x5a, flush_bytes));
   double copy_gbps = 0;
   {
     const size_t n = 2ull << 30;
@@ -457,8 +501,10 @@ int main(int argc, char** argv) {
   // --- decode attention ---
   FILE* csv = std::fopen((out_dir + "/gpu_bench.csv").c_str(), "w");
   std::fprintf(csv, "device,context,batch,format,time_us,bytes,gbps,frac_copy,speedup_vs_f16\n");
-  std::printf("\n## Decode attention, %d query heads / %d KV heads / d %d, copy BW %.0f GB/s\n",
-              kHeads, kKvHeads, kDim, copy_gbps);
+  std::printf(
+      "\n## Decode attention, %d query heads / %d KV heads / d %d, copy BW %.0f GB/s, L2 flush: "
+      "%s\n",
+      kHeads, kKvHeads, kDim, copy_gbps, g_flush_read ? "read" : "write");
   for (int len : contexts) {
     std::printf(
         "\n### context %d\n\n| batch | format | time (us) | bytes read | GB/s | of copy BW | vs tq "
@@ -536,6 +582,7 @@ int main(int argc, char** argv) {
         p.q = d_q;
         p.out = d_out;
         p.num_sms = prop.multiProcessorCount;
+        p.max_splits = max_splits;
         auto plan = plan_decode_attention(p);
         ST(plan.status());
         const size_t ws = plan->workspace_bytes;

@@ -6,6 +6,10 @@ are timed and the faster is reported: enable_gqa=True, and the 4 query heads of 
 passed as 4 query rows (no K/V expansion either way).
 
     python3 sdpa_ref.py --out sdpa.csv [--contexts 1024,4096] [--batches 1,8] [--reps 20]
+                        [--flush write|read]
+
+--flush as tq_gpu_bench's: write zeroes a 256 MB buffer before each rep (the L2 left holding
+dirty lines, written back while the timed call reads), read reads it (clean lines).
 """
 import argparse
 import csv
@@ -17,13 +21,16 @@ import torch.nn.functional as F
 HEADS, KV_HEADS, DIM = 32, 8, 128
 
 
-def median_ms(fn, reps, flush):
+def median_ms(fn, reps, flush, flush_read):
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
     times = []
     for _ in range(reps):
-        flush.zero_()
+        if flush_read:
+            flush.max()
+        else:
+            flush.zero_()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         fn()
@@ -40,11 +47,12 @@ def main():
     ap.add_argument("--contexts", default="1024,4096,16384,32768,131072")
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--flush", choices=["write", "read"], default="write")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    flush = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+    flush = torch.full((256 << 20,), 0x5A, dtype=torch.uint8, device=dev)
     rows = []
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}", flush=True)
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}, L2 flush: {args.flush}", flush=True)
     for ctx in map(int, args.contexts.split(",")):
         for batch in map(int, args.batches.split(",")):
             kv_bytes = 2 * batch * KV_HEADS * ctx * DIM * 2
@@ -64,7 +72,7 @@ def main():
             best = None
             for name, fn in variants.items():
                 try:
-                    ms = median_ms(fn, args.reps, flush)
+                    ms = median_ms(fn, args.reps, flush, args.flush == "read")
                 except RuntimeError as e:  # e.g. out of memory in a fallback path
                     print(f"ctx {ctx} batch {batch} {name}: failed: {str(e).splitlines()[0]}", flush=True)
                     torch.cuda.empty_cache()

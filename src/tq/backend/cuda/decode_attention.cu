@@ -12,6 +12,7 @@
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/backend/cuda/q8_act.cuh"
+#include "tq/backend/cuda/split_plan.h"
 #include "tq/quant/qjl.h"
 
 namespace tq::backend::cuda {
@@ -194,27 +195,6 @@ const AttnInstance* find_instance(quant::Format k, quant::Format v, int dim, int
   return any;
 }
 
-struct SegmentPlan {
-  int tokens_per_split = kSplitUnit;
-  int splits = 0;
-};
-
-// Split-K: about one full wave of resident CTAs (num_sms x ctas_per_sm), each split a multiple
-// of kSplitUnit tokens; a batch with more (sequence, KV head) pairs than slots gets no splits.
-SegmentPlan plan_segment(int max_len, int pairs, int num_sms, int ctas_per_sm, int max_splits) {
-  SegmentPlan p;
-  if (max_len <= 0) return p;
-  const int slots = num_sms * std::max(ctas_per_sm, 1);
-  int splits = std::max(1, slots / pairs);
-  splits = std::min(splits, (max_len + kSplitUnit - 1) / kSplitUnit);
-  if (max_splits > 0) splits = std::min(splits, max_splits);
-  splits = std::max(splits, 1);
-  const int per = (max_len + splits - 1) / splits;
-  p.tokens_per_split = (per + kSplitUnit - 1) / kSplitUnit * kSplitUnit;
-  p.splits = (max_len + p.tokens_per_split - 1) / p.tokens_per_split;
-  return p;
-}
-
 Status check_segment(const AttentionSegment& s, const char* name) {
   TQ_RETURN_IF_ERROR(s.k.validate().with_context(std::string(name) + ".k"));
   TQ_RETURN_IF_ERROR(s.v.validate().with_context(std::string(name) + ".v"));
@@ -322,13 +302,14 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
   const int pairs = p.n_seqs * plan.n_kv_heads;
-  const SegmentPlan mp =
-      plan_segment(p.main.max_length, pairs, num_sms, main->occupancy(), p.max_splits);
+  const SplitPlan mp = plan_splits(
+      p.main.max_length, pairs, num_sms * std::max(main->occupancy(), 1), kSplitUnit, p.max_splits);
   plan.main_tokens_per_split = mp.tokens_per_split;
   plan.main_splits = mp.splits;
   if (window) {
-    const SegmentPlan wp =
-        plan_segment(p.window.max_length, pairs, num_sms, window->occupancy(), p.max_splits);
+    const SplitPlan wp =
+        plan_splits(p.window.max_length, pairs, num_sms * std::max(window->occupancy(), 1),
+                    kSplitUnit, p.max_splits);
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }
