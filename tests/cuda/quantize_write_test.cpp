@@ -6,7 +6,10 @@
 // - the float32 kernels (kTeam, kWarp) for tq mse: tq_write_check.h (codes equal the float64
 //   cell and the CPU's except within 1e-5 of a cell width of a boundary, at most 1e-4 of the
 //   coordinates; fp16 norms from within 1e-6 of the float64 norm; decoded error within 1e-3 of
-//   the CPU codec's and below the codebook's Lloyd-Max error), every other byte untouched.
+//   the CPU codec's and below the codebook's Lloyd-Max error), every other byte untouched;
+// - the QJL team kernel (kTeam, tq prod at head dims 64 and 128): codes and norms as the float32
+//   kernels', signs equal to the float64 sketch's except where |(S r)_i| <= 1e-2 ||r||, at most
+//   2e-3 of them (tq_write_check.h).
 // quantize_write_kv: K and V of different formats in one launch (decode size) and in two
 // (prefill size), and grids where every team walks several vectors.
 #include <gtest/gtest.h>
@@ -22,6 +25,7 @@
 #include "tq/backend/cuda/device_tables.h"
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/quant/codec.h"
+#include "tq/quant/qjl.h"
 #include "tq_write_check.h"
 
 namespace tq::backend::cuda {
@@ -119,6 +123,8 @@ struct PoolCase {
   }
 
   bool float32_path(WriteKernel kernel) const {
+    if (format.kind == quant::FormatKind::kTqProd)  // the QJL team kernel (tensor-core sketch)
+      return kernel == WriteKernel::kTeam && (dim == 64 || dim == 128);
     return kernel != WriteKernel::kLegacy && format.kind == quant::FormatKind::kTqMse;
   }
 
@@ -126,14 +132,17 @@ struct PoolCase {
   void check(WriteKernel kernel, const std::string& what) const {
     const std::vector<uint8_t> gpu = pool.to_host<uint8_t>();
     if (!float32_path(kernel)) return check_bytes(gpu, what);
+    const bool prod = format.kind == quant::FormatKind::kTqProd;
+    const std::vector<float> qjl = prod ? quant::qjl_matrix(dim, opt.seed) : std::vector<float>{};
     test::TqPageGeometry g;
     g.dim = dim;
     g.bits = format.code_bits();
+    g.qjl = prod ? &qjl : nullptr;
     g.heads = heads;
     g.cap = cap;
     g.head_stride = head_stride;
     g.block_stride = block_stride;
-    g.norm_correction = opt.norm_correction;
+    g.norm_correction = opt.norm_correction && !prod;  // prod pools store the plain norm
     auto rot = quant::Rotation::create(dim, opt.seed);
     ASSERT_TRUE(rot.ok());
     auto book = books.get(dim, g.bits);
@@ -144,30 +153,46 @@ struct PoolCase {
     std::printf(
         "[ measured ] %s: %d vectors, %lld coords, %lld near a boundary, %lld flips vs CPU, %lld "
         "vs float64, "
-        "mse %.6g (CPU %.6g, codebook %.6g), max fp16 norm error %.2e\n",
+        "mse %.6g (CPU %.6g, codebook %.6g), max fp16 norm error %.2e, QJL signs %lld, %lld "
+        "flips vs float64\n",
         what.c_str(), r.vectors, r.coords, r.near, r.flips_vs_cpu, r.flips_vs_f64, r.mse_gpu,
-        r.mse_cpu, (*book)->mse_per_vector, r.max_norm_rel);
+        r.mse_cpu, (*book)->mse_per_vector, r.max_norm_rel, r.signs, r.sign_flips);
     EXPECT_GT(r.vectors, 0) << what;
     EXPECT_EQ(r.bad_codes, 0) << what << ": codes differ away from cell boundaries";
     EXPECT_LE(static_cast<double>(r.flips_vs_cpu), test::kMaxFlipFraction * r.coords) << what;
     EXPECT_LE(static_cast<double>(r.flips_vs_f64), test::kMaxFlipFraction * r.coords) << what;
     EXPECT_EQ(r.bad_norms, 0) << what << ": fp16 norms not from within 1e-6 of the float64 norm";
     EXPECT_EQ(r.bad_zero, 0) << what << ": zero vector not stored as the CPU stores it";
-    EXPECT_NEAR(r.mse_gpu, r.mse_cpu, test::kMseRel * r.mse_cpu) << what;
-    EXPECT_LE(r.mse_gpu, kMseOfBook * (*book)->mse_per_vector) << what;
+    if (prod) {
+      EXPECT_GT(r.signs, 0) << what;
+      EXPECT_EQ(r.bad_signs, 0) << what << ": signs differ where (S r)_i is far from 0";
+      EXPECT_LE(static_cast<double>(r.sign_flips), test::kMaxSignFlipFraction * r.signs) << what;
+      EXPECT_EQ(r.bad_residuals, 0) << what << ": residual norms not from the float64 ||r||";
+      EXPECT_NEAR(r.mse_gpu, r.mse_cpu, test::kMseRelQjl * r.mse_cpu) << what;
+    } else {
+      EXPECT_NEAR(r.mse_gpu, r.mse_cpu, test::kMseRel * r.mse_cpu) << what;
+      EXPECT_LE(r.mse_gpu, kMseOfBook * (*book)->mse_per_vector) << what;
+    }
     // Every byte outside the written slots (and the skipped token's) is untouched: patch the
     // written slots with the CPU's bytes and compare everything.
     std::vector<uint8_t> patched = gpu;
     const size_t code_bytes = static_cast<size_t>(dim) * g.bits / 8;
+    const size_t sign_bytes = prod ? static_cast<size_t>(dim) / 8 : 0;
+    const size_t norms_at = cap * (code_bytes + sign_bytes);
     for (int i = 0; i < tokens; ++i) {
       if (slots[i] < 0) continue;
       for (int h = 0; h < heads; ++h) {
         const size_t off = (slots[i] / cap) * block_stride + h * head_stride;
         const int s = slots[i] % cap;
-        std::memcpy(patched.data() + off + s * code_bytes, cpu.data() + off + s * code_bytes,
-                    code_bytes);
-        std::memcpy(patched.data() + off + cap * code_bytes + 2 * s,
-                    cpu.data() + off + cap * code_bytes + 2 * s, 2);
+        const auto patch = [&](size_t at, size_t n) {
+          std::memcpy(patched.data() + off + at, cpu.data() + off + at, n);
+        };
+        patch(s * code_bytes, code_bytes);
+        patch(norms_at + 2 * s, 2);
+        if (prod) {
+          patch(cap * code_bytes + s * sign_bytes, sign_bytes);
+          patch(norms_at + 2 * cap + 2 * s, 2);
+        }
       }
     }
     EXPECT_TRUE(patched == cpu) << what << ": bytes outside the written slots changed";
@@ -261,7 +286,8 @@ TEST(QuantizeWriteTeam, GridStrideOverManyVectors) {
   };
   for (const Big b : {Big{"tq4", 128, 8000, true, 32}, Big{"tq3", 64, 14000, false, 32},
                       Big{"tq2", 256, 5000, true, 32}, Big{"tq4", 128, 7001, true, 96},
-                      Big{"tq1", 64, 3001, false, 160}}) {
+                      Big{"tq1", 64, 3001, false, 160}, Big{"tq4j", 128, 6000, false, 32},
+                      Big{"tq3j", 64, 5001, true, 96}}) {
     PoolCase pc;
     pc.format = *quant::parse_format(b.format);
     pc.dim = b.dim;

@@ -9,6 +9,14 @@
 //   correction);
 // - zero vectors are stored exactly as the CPU stores them (norm 0, codes 0);
 // - decoded vectors: the mean of ||x - x~||^2 / ||x||^2 is within kMseRel of the CPU codec's own.
+// tq prod (QJL) pages (TqPageGeometry::qjl set), written with an fp16 sign sketch on the tensor
+// cores: the codes and norm as above, and
+// - signs: bit i equals sign((S r)_i) of the float64 residual r = y - C[idx] of the written codes,
+//   except where |(S r)_i| <= kSignTol ||r|| (fp16 rounding decides there); such flips number at
+//   most kMaxSignFlipFraction of the signs;
+// - the residual norm: the fp16 rounding of a value within kResidualRel of the float64 ||r||;
+// - decoded vectors: within kMseRelQjl of the CPU codec's mean error (a flipped sign moves the
+//   decode by 2 sqrt(pi/2) / d ||r|| S_i, whatever the sign's margin).
 // No CUDA here (a CPU build can run it on emulated pages).
 #pragma once
 
@@ -31,11 +39,16 @@ inline constexpr double kNearCell = 1e-5;
 inline constexpr double kMaxFlipFraction = 1e-4;
 inline constexpr double kNormRel = 1e-6;
 inline constexpr double kMseRel = 1e-3;
+inline constexpr double kSignTol = 1e-2;
+inline constexpr double kMaxSignFlipFraction = 2e-3;
+inline constexpr double kResidualRel = 1e-5;
+inline constexpr double kMseRelQjl = 3e-2;
 
 struct TqPageGeometry {
-  int dim = 0, bits = 0, heads = 0, cap = 0;
+  int dim = 0, bits = 0, heads = 0, cap = 0;  // bits: code bits (of the mse part for prod)
   size_t head_stride = 0, block_stride = 0;
   bool norm_correction = false;
+  const std::vector<float>* qjl = nullptr;  // S (row-major d x d) of a tq prod pool, else null
 };
 
 struct TqCheckResult {
@@ -49,6 +62,10 @@ struct TqCheckResult {
   int bad_zero = 0;
   double mse_gpu = 0.0, mse_cpu = 0.0;  // mean ||x - x~||^2 / ||x||^2 over nonzero vectors
   double max_norm_rel = 0.0;  // largest |fp16 norm - ref| / ref seen (incl. fp16 rounding)
+  long long signs = 0;        // QJL sign bits checked
+  long long sign_flips = 0;   // bits that differ from sign((S r)_i) in float64
+  long long bad_signs = 0;    // flips where |(S r)_i| > kSignTol ||r||
+  int bad_residuals = 0;      // residual norms not from within kResidualRel of the float64 ||r||
 };
 
 inline double f16_value(uint16_t h) { return static_cast<double>(f16_to_f32(h)); }
@@ -61,7 +78,10 @@ inline TqCheckResult check_tq_pages(const std::vector<float>& x, const std::vect
   TqCheckResult r;
   const int d = g.dim, nb = (1 << g.bits) - 1;
   const size_t code_bytes = static_cast<size_t>(d) * g.bits / 8;
+  const size_t sign_bytes = g.qjl ? static_cast<size_t>(d) / 8 : 0;
+  const size_t norms_at = g.cap * (code_bytes + sign_bytes);  // then the residual norms (prod)
   const std::vector<float>& signs = rot.signs();
+  std::vector<double> res(d);
   std::vector<double> y(d);
   std::vector<uint8_t> gc(d), cc(d);
   std::vector<float> dec(d);
@@ -77,12 +97,17 @@ inline TqCheckResult check_tq_pages(const std::vector<float>& x, const std::vect
       const uint8_t* gb = gpu.data() + off;
       const uint8_t* cb = cpu.data() + off;
       uint16_t gn, cn;
-      std::memcpy(&gn, gb + g.cap * code_bytes + 2 * s, 2);
-      std::memcpy(&cn, cb + g.cap * code_bytes + 2 * s, 2);
+      std::memcpy(&gn, gb + norms_at + 2 * s, 2);
+      std::memcpy(&cn, cb + norms_at + 2 * s, 2);
       double n2 = 0.0;
       for (int j = 0; j < d; ++j) n2 += static_cast<double>(xv[j]) * xv[j];
       if (n2 == 0.0) {  // stored exactly as the CPU stores it
         if (gn != cn || std::memcmp(gb + s * code_bytes, cb + s * code_bytes, code_bytes) != 0)
+          ++r.bad_zero;
+        if (g.qjl && (std::memcmp(gb + g.cap * code_bytes + s * sign_bytes,
+                                  cb + g.cap * code_bytes + s * sign_bytes, sign_bytes) != 0 ||
+                      std::memcmp(gb + norms_at + 2 * g.cap + 2 * s,
+                                  cb + norms_at + 2 * g.cap + 2 * s, 2) != 0))
           ++r.bad_zero;
         continue;
       }
@@ -121,6 +146,30 @@ inline TqCheckResult check_tq_pages(const std::vector<float>& x, const std::vect
         };
         if (!explained(gj, cj) || !explained(gj, cell)) ++r.bad_codes;
         recon2 += static_cast<double>(book.centroids[gj]) * book.centroids[gj];
+        res[j] = yj - book.centroids[gj];
+      }
+      if (g.qjl) {
+        double rn2 = 0.0;
+        for (int j = 0; j < d; ++j) rn2 += res[j] * res[j];
+        const double rn = std::sqrt(rn2);
+        uint16_t grn;
+        std::memcpy(&grn, gb + norms_at + 2 * g.cap + 2 * s, 2);
+        const float rlo = static_cast<float>(rn * (1.0 - kResidualRel)),
+                    rhi = static_cast<float>(rn * (1.0 + kResidualRel));
+        const double rv = f16_value(grn);
+        if (!(rv >= f16_value(f32_to_f16(rlo)) && rv <= f16_value(f32_to_f16(rhi))))
+          ++r.bad_residuals;
+        const uint8_t* sg = gb + g.cap * code_bytes + s * sign_bytes;
+        for (int i = 0; i < d; ++i) {
+          double si = 0.0;
+          for (int j = 0; j < d; ++j) si += static_cast<double>((*g.qjl)[i * d + j]) * res[j];
+          const bool bit = (sg[i / 8] >> (i % 8)) & 1;
+          ++r.signs;
+          if (bit != (si >= 0.0)) {
+            ++r.sign_flips;
+            if (std::fabs(si) > kSignTol * rn) ++r.bad_signs;
+          }
+        }
       }
       const double ref = g.norm_correction ? norm / std::sqrt(recon2) : norm;
       const float lo = static_cast<float>(ref * (1.0 - kNormRel)),

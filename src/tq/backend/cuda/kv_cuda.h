@@ -52,8 +52,10 @@ struct PagedPool {
   Status validate() const;
 };
 
-// Which kernel quantize_write runs for tq mse and f16 pools (tq prod, q8_0 and q4_0 always take
-// the first one). kAuto: kWarp for small writes (decode), kTeam for bulk ones (prefill).
+// Which kernel quantize_write runs for tq mse and f16 pools, and for tq prod (QJL) pools of head
+// dim 64 or 128 (kTeam: the mse part as for mse pools, the sign sketch on the tensor cores; kWarp
+// and small kAuto writes take kLegacy); q8_0, q4_0 and other tq prod pools always take kLegacy.
+// kAuto: kWarp for small writes (decode), kTeam for bulk ones (prefill).
 enum class WriteKernel : uint8_t {
   kAuto,
   kLegacy,  // CPU-order float64 arithmetic: byte-identical to quant::VectorCodec::encode
@@ -65,7 +67,8 @@ enum class WriteKernel : uint8_t {
 // the slots slot_mapping[token] = pool_block * block_tokens + slot (negative: skipped).
 // The float32 kernels (kTeam, kWarp) match the CPU codec's codes except where a rotated
 // coordinate lies within float32 rounding of a cell boundary, and its norms to float32 rounding
-// (tests/cuda/quantize_write_test.cpp states the bounds).
+// (tests/cuda/quantize_write_test.cpp states the bounds); kTeam's QJL signs match the float64
+// sketch's except where |(S r)_i| is within fp16 rounding of 0 (about 3e-4 of them).
 struct QuantizeWriteParams {
   PagedPool pool;
   const void* x = nullptr;

@@ -10,6 +10,7 @@
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/backend/cuda/quantize_write.cuh"
 #include "tq/backend/cuda/quantize_write_fast.cuh"
+#include "tq/backend/cuda/quantize_write_qjl.cuh"
 
 namespace tq::backend::cuda {
 namespace {
@@ -107,6 +108,55 @@ TeamFn team_for(int dim, int bits) {
   }
 }
 
+// --- QJL team kernel (bulk writes of tq prod pools, head dims 64 and 128) ---
+template <int kDim, int kBits, bool kF16>
+Status launch_qjl_team(const WriteArgs& a, int vectors, cudaStream_t s) {
+  constexpr int kTeams = kWriteThreads / (kDim / 32);
+  static const int per_sm = [] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_qjl_team_kernel<kDim, kBits, kF16>,
+                                                      kWriteThreads, 0) != cudaSuccess) {
+      (void)cudaGetLastError();
+      n = 0;
+    }
+    return std::max(n, 1);
+  }();
+  int dev = 0, sms = 0;
+  TQ_CUDA_TRY(cudaGetDevice(&dev));
+  TQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int blocks = std::min((vectors + kTeams - 1) / kTeams, per_sm * std::max(sms, 1));
+  tq_qjl_team_kernel<kDim, kBits, kF16><<<blocks, kWriteThreads, 0, s>>>(a);
+  return ok_status();
+}
+
+template <int kDim, bool kF16>
+TeamFn qjl_team_for_bits(int bits) {
+  switch (bits) {
+    case 1:
+      return &launch_qjl_team<kDim, 1, kF16>;
+    case 2:
+      return &launch_qjl_team<kDim, 2, kF16>;
+    case 3:
+      return &launch_qjl_team<kDim, 3, kF16>;
+    case 4:
+      return &launch_qjl_team<kDim, 4, kF16>;
+    default:
+      return nullptr;
+  }
+}
+
+// bits: the mse code bits (the prod format's bits - 1).
+TeamFn qjl_team_for(int dim, int bits, bool f16) {
+  switch (dim) {
+    case 64:
+      return f16 ? qjl_team_for_bits<64, true>(bits) : qjl_team_for_bits<64, false>(bits);
+    case 128:
+      return f16 ? qjl_team_for_bits<128, true>(bits) : qjl_team_for_bits<128, false>(bits);
+    default:
+      return nullptr;
+  }
+}
+
 // --- float32 warp kernel (small writes; K and V together) ---
 using WarpFn = cudaError_t (*)(const WarpWriteArgs&, int blocks, cudaStream_t, bool pdl);
 
@@ -131,12 +181,12 @@ WarpFn warp_for(int dim, bool f16) {
 
 // One validated pool write and the kernel it takes.
 struct PoolWrite {
-  enum class Path { kNone, kLegacy, kTeam, kWarp } path = Path::kNone;
+  enum class Path { kNone, kLegacy, kTeam, kQjlTeam, kWarp } path = Path::kNone;
   WriteArgs args{};
   const WriteInstance* legacy = nullptr;
   int vectors = 0;
   int dim = 0;
-  int bits = 0;  // tq mse code bits
+  int bits = 0;  // tq code bits (of the mse part for prod formats)
   bool f16_in = false;
   bool overlap = false;  // QuantizeWriteParams::overlap (the warp kernel only)
   WarpFormat warp_format = WarpFormat::kF16;
@@ -198,6 +248,10 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
 
   const bool tq_mse =
       pool.format.kind == quant::FormatKind::kTqMse && pool.format.bits <= 4 && t.cell_lut;
+  // QJL pools in bulk: the tensor-core sketch (quantize_write_qjl.cuh).
+  const bool tq_prod = pool.format.kind == quant::FormatKind::kTqProd &&
+                       pool.format.code_bits() <= 4 && t.cell_lut && t.qjl &&
+                       (pool.head_dim == 64 || pool.head_dim == 128);
   const bool f16 = pool.format.kind == quant::FormatKind::kF16;
   w.warp_format = f16 ? WarpFormat::kF16 : static_cast<WarpFormat>(pool.format.bits);
   const bool small = w.vectors <= kWarpMaxVectors;
@@ -206,6 +260,7 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
     if (tq_mse || f16) w.path = PoolWrite::Path::kWarp;
   } else if (kernel == WriteKernel::kTeam || kernel == WriteKernel::kAuto) {
     if (tq_mse) w.path = PoolWrite::Path::kTeam;
+    if (tq_prod) w.path = PoolWrite::Path::kQjlTeam;
   }
   return Expected<PoolWrite>(w);
 }
@@ -246,6 +301,15 @@ Status launch_one(const PoolWrite& w, cudaStream_t s) {
       const TeamFn fn = w.f16_in ? team_for<true>(w.dim, w.bits) : team_for<false>(w.dim, w.bits);
       if (!fn)
         return internal_error("quantize_write: no team kernel for head dim " +
+                              std::to_string(w.dim));
+      TQ_RETURN_IF_ERROR(fn(w.args, w.vectors, s));
+      TQ_CUDA_CHECK_LAUNCH(s);
+      return ok_status();
+    }
+    case PoolWrite::Path::kQjlTeam: {
+      const TeamFn fn = qjl_team_for(w.dim, w.bits, w.f16_in);
+      if (!fn)
+        return internal_error("quantize_write: no QJL team kernel for head dim " +
                               std::to_string(w.dim));
       TQ_RETURN_IF_ERROR(fn(w.args, w.vectors, s));
       TQ_CUDA_CHECK_LAUNCH(s);

@@ -349,12 +349,15 @@ struct TeamLayout {
 // WarpLayout after first_stage), lane_n2 the lane's pairwise sum of squares of D x. Returns the
 // norm to store; words get the lane's kE codes after the transform, position p at bits
 // [kBits p, kBits p + kBits) of the lane's piece of the LSB-first bitstream (all zero for a zero
-// or non-finite vector, as the CPU codec).
+// or non-finite vector, as the CPU codec). With a `residual` array (QJL keys), residual[e] gets
+// y - C[idx] of element e (the rotated unit vector's coordinate less its centroid; 0 for a zero or
+// non-finite vector).
 template <int kDim, int kBits, class Layout>
 __device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2, int lane,
                                            unsigned mask, const CellLut& lut, float hadamard_scale,
                                            bool norm_correction,
-                                           uint32_t (&words)[(Layout::kE * kBits + 31) / 32]) {
+                                           uint32_t (&words)[(Layout::kE * kBits + 31) / 32],
+                                           float* residual = nullptr) {
   constexpr int kE = Layout::kE, kLanes = Layout::kLanes;
   constexpr int kWords = (kE * kBits + 31) / 32;
   // One MUFU.RSQ (<= 2 ulp) for the norm and its inverse: IEEE sqrtf and divisions took ~40 of
@@ -388,7 +391,9 @@ __device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2
   for (int e = 0; e < kE; ++e) {
     const float v = y[e] * f[Layout::sign_index(e)];
     const uint32_t biased = lut.biased_code(v);
-    c2.add_sq(e, lut.centroid(biased));
+    const float c = lut.centroid(biased);
+    c2.add_sq(e, c);
+    if (residual) residual[e] = finite_nonzero ? __fsub_rn(v, c) : 0.0f;
     const int pos = kBits * Layout::position(e);
     words[pos / 32] += biased << (pos % 32);  // one LEA; fields are disjoint, so + is |
     if (pos % 32 + kBits > 32) words[pos / 32 + 1] += (biased - CellLut::kBias) >> (32 - pos % 32);
