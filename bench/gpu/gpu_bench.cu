@@ -28,6 +28,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <type_traits>
@@ -378,6 +379,15 @@ int main(int argc, char** argv) {
     return 1;
   }
 
+  {  // every CSV goes into --out: make it, or say why not before any work
+    std::error_code ec;
+    std::filesystem::create_directories(out_dir, ec);
+    if (ec) {
+      std::fprintf(stderr, "tq_gpu_bench: cannot create --out '%s': %s\n", out_dir.c_str(),
+                   ec.message().c_str());
+      return 1;
+    }
+  }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
   size_t free_b = 0, total_b = 0;

@@ -4,13 +4,14 @@
 // The CPU-order kernel (quantize_write.cuh) computes S r per vector as d x d float64 products,
 // 16k FMA64 per vector at d 128: 0.01 of the copy bandwidth. Here a CTA encodes kTeams vectors a
 // round (one per team of d / 32 lanes, TeamLayout), stages their residuals in shared memory as
-// fp16 (scaled to unit norm: the signs do not change), and its warps take R S^T as one GEMM,
-// m16n8k16 with fp32 accumulation: vectors are the M side, sketch rows the N side; each warp
-// holds the B fragments of its d / 4 rows of S in registers for the whole kernel, so S is read
-// once per CTA and every round reads only the staged residuals (ldmatrix). Signs are gathered by
-// ballots into a per-vector bitstream in shared memory, which the team's lane 0 stores.
+// fp16, and its warps take R S^T as one GEMM, m16n8k16 with fp32 accumulation: vectors are the
+// M side, sketch rows the N side; each warp holds the B fragments of its d / 4 rows of S in
+// registers for the whole kernel, so S is read once per CTA and every round reads only the
+// staged residuals (ldmatrix). Each quad of lanes ORs its accumulators' sign bits into the
+// vector's word of the warp's rows (two shuffles), and after the next round's barrier the
+// team's lane 0 stores the vector's bitstream.
 //
-// Precision: fp16 operands (relative rounding 2^-11 of S and of r / ||r||) put the computed
+// Precision: fp16 operands (relative rounding 2^-11 of S and of r) put the computed
 // (S r)_i within ~4e-4 ||r|| (one sigma) of the float64 value, so a sign can differ from the CPU
 // codec's where |(S r)_i| is that small: ~3e-4 of the signs, each where the projection is
 // ambiguous to begin with. Codes, norms and the residual norm follow tq_team_kernel's float32
@@ -18,17 +19,13 @@
 // takes the CPU-order kernel).
 #pragma once
 
+#include <type_traits>
+
 #include "tq/backend/cuda/quantize_write_fast.cuh"
 
 namespace tq::backend::cuda {
 
 namespace dev {
-
-// Bits t of x (t < 4) to bits 2t.
-__device__ __forceinline__ uint32_t spread_nibble(uint32_t x) {
-  x = (x | x << 2) & 0x33u;
-  return (x | x << 1) & 0x55u;
-}
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
@@ -60,9 +57,16 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
   static_assert(kMT >= 1 && kNW >= 1 && kTeams % 16 == 0);
   using Layout = dev::TeamLayout<kDim, kF16In>;
   using Input = dev::LaneInput<kE, kF16In, Layout::kChunk>;
+  // Signs of a round: per vector, kDim / kRowsW words of the kRowsW rows each warp computes.
+  constexpr int kRowsW = kNW * 8;
+  using SigWord = std::conditional_t<kRowsW == 32, uint32_t, uint16_t>;
+  static_assert(kRowsW == 32 || kRowsW == 16);
+  // Two buffers of residuals and signs, so that one barrier a round orders everything: round k
+  // stages into buffer k & 1, and after its barrier stores round k - 1's signs (complete, since
+  // every warp's GEMM of round k - 1 came before the barrier), then runs its own GEMM.
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
-  __shared__ __align__(16) __half s_r[kTeams * kRow];
-  __shared__ __align__(16) uint8_t s_sig[kTeams * kSignBytes];
+  __shared__ __align__(16) __half s_r[2][kTeams * kRow];
+  __shared__ __align__(16) SigWord s_sig[2][kTeams * kWarps];
 
   const int team = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
   const int warp = threadIdx.x / 32, wl = threadIdx.x % 32, g = wl >> 2, t = wl & 3;
@@ -92,14 +96,24 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
   const uint32_t magic = a.block_magic;
   const int magic_shift = a.block_magic_shift, cap = a.block_tokens;
   // This lane's ldmatrix row address within an m-tile (row wl % 16, column half wl / 16).
-  const uint32_t a_base = static_cast<uint32_t>(__cvta_generic_to_shared(s_r)) +
-                          2u * static_cast<uint32_t>((wl % 16) * kRow + (wl / 16) * 8);
+  const uint32_t a_off = 2u * static_cast<uint32_t>((wl % 16) * kRow + (wl / 16) * 8);
+  const uint32_t a_base[2] = {static_cast<uint32_t>(__cvta_generic_to_shared(s_r[0])) + a_off,
+                              static_cast<uint32_t>(__cvta_generic_to_shared(s_r[1])) + a_off};
 
   const auto load = [&](int base, Input& in) {
     const int v = min(base + team, nvec - 1);
     in.template load<kDim>(a, v / heads, v % heads, lane, flip);
   };
-  const auto round = [&](int base, const Input& now, Input& nxt) {
+  // The previous round's vector of this team, whose signs its lane 0 stores after the barrier.
+  uint32_t* prev_signs = nullptr;
+  const auto store_signs = [&](int buf) {
+    if (prev_signs && lane == 0) {  // as words, like the codes (pages are 4-byte aligned)
+      const uint32_t* src = reinterpret_cast<const uint32_t*>(s_sig[buf] + team * kWarps);
+#pragma unroll
+      for (int i = 0; i < kSignBytes / 4; ++i) prev_signs[i] = src[i];
+    }
+  };
+  const auto round = [&](int base, int buf, const Input& now, Input& nxt) {
     const int v = base + team;
     const bool store = v < nvec && now.sm >= 0;
     const int vec_head = min(v, nvec - 1) % heads;
@@ -119,20 +133,20 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
 #pragma unroll
     for (int e = 0; e < kE; ++e) r2.add_sq(e, res[e]);
     const float rn2 = dev::team_sum<kLanes>(0xffffffffu, r2.total());
-    const float rscale = rn2 >= FLT_MIN ? rsqrtf(rn2) : 0.0f;
-    // Element e is coordinate kE lane + position(e); pairs (2m, 2m + 1) are adjacent there.
-    __half* row = s_r + team * kRow + lane * kE;
+    // Staged as they are: r is a residual of the unit vector (||r|| ~ 0.05-0.3), so only parts
+    // far below ||r|| reach fp16's subnormals. Element e is coordinate kE lane + position(e);
+    // pairs (2m, 2m + 1) are adjacent there.
+    __half* row = s_r[buf] + team * kRow + lane * kE;
 #pragma unroll
     for (int m = 0; m < kE / 2; ++m)
       *reinterpret_cast<uint32_t*>(row + Layout::position(2 * m)) =
-          dev::pack_h2(res[2 * m] * rscale, res[2 * m + 1] * rscale);
-    uint8_t* blk = nullptr;
-    int slot = 0;
+          dev::pack_h2(res[2 * m], res[2 * m + 1]);
+    uint32_t* signs_at = nullptr;
     if (store) {
       const uint32_t block = __umulhi(static_cast<uint32_t>(sm), magic) >> magic_shift;
-      slot = sm - static_cast<int>(block) * cap;
-      blk = a.pool + static_cast<size_t>(block) * a.block_stride +
-            static_cast<size_t>(vec_head) * a.head_stride;
+      const int slot = sm - static_cast<int>(block) * cap;
+      uint8_t* blk = a.pool + static_cast<size_t>(block) * a.block_stride +
+                     static_cast<size_t>(vec_head) * a.head_stride;
       uint32_t* codes = reinterpret_cast<uint32_t*>(blk + slot * kCodeBytes + lane * kBits * 4);
 #pragma unroll
       for (int w = 0; w < kBits; ++w) codes[w] = words[w];
@@ -141,8 +155,11 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
         norms[slot] = dev::norm_to_f16(stored);
         norms[cap + slot] = dev::norm_to_f16(sqrtf(rn2));  // the residual norms follow
       }
+      signs_at = reinterpret_cast<uint32_t*>(blk + cap * kCodeBytes + slot * kSignBytes);
     }
-    __syncthreads();  // the round's residuals are staged
+    __syncthreads();  // this round's residuals are staged, the previous round's signs complete
+    store_signs(buf ^ 1);
+    prev_signs = signs_at;
 
     // D = R S^T: rows are vectors (m-tile mt), columns sketch rows (this warp's n-tiles).
     float acc[kMT][kNW][4];
@@ -156,34 +173,31 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
 #pragma unroll
       for (int mt = 0; mt < kMT; ++mt) {
         uint32_t af[4];
-        dev::ldmatrix_x4(a_base + 2u * static_cast<uint32_t>(16 * mt * kRow + 16 * kk), af);
+        dev::ldmatrix_x4(a_base[buf] + 2u * static_cast<uint32_t>(16 * mt * kRow + 16 * kk), af);
 #pragma unroll
         for (int j = 0; j < kNW; ++j)
           dev::mma_16816(acc[mt][j], af[0], af[1], af[2], af[3], sb[j][kk][0], sb[j][kk][1]);
       }
-      // acc[mt][j][c]: vector 16 mt + g + 8 (c >> 1), sketch row 8 n + 2t + (c & 1). Lane wl < 16
-      // gathers the byte of vector 16 mt + wl: rows 8n + 2t from ballot 2h, 8n + 2t + 1 from 2h
-      // + 1.
+      // acc[mt][j][c]: vector 16 mt + g + 8 (c >> 1), sketch row 8 (warp kNW + j) + 2t + (c & 1),
+      // bit 8j + 2t + (c & 1) of the warp's word for the vector. Each lane collects the sign bits
+      // (negative: 1) of its 2 x kNW values at 8j + (c & 1), the quad's 4 lanes OR theirs shifted
+      // by 2t, and the word is inverted: bit = (S r)_i >= 0 (the sum starts at +0, so a zero
+      // product sum is +0).
 #pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
+    for (int mt = 0; mt < kMT; ++mt) {
+      uint32_t neg[2] = {0u, 0u};
 #pragma unroll
-      for (int j = 0; j < kNW; ++j) {
-        uint32_t b[4];
+      for (int j = 0; j < kNW; ++j)
 #pragma unroll
-        for (int c = 0; c < 4; ++c) b[c] = __ballot_sync(0xffffffffu, acc[mt][j][c] >= 0.0f);
-        if (wl < 16) {
-          const int h = wl >> 3, sh = 4 * (wl & 7);
-          const uint32_t even = (b[2 * h] >> sh) & 0xfu, odd = (b[2 * h + 1] >> sh) & 0xfu;
-          s_sig[(16 * mt + wl) * kSignBytes + warp * kNW + j] =
-              static_cast<uint8_t>(dev::spread_nibble(even) | dev::spread_nibble(odd) << 1);
-        }
+        for (int c = 0; c < 4; ++c)
+          neg[c >> 1] |= (__float_as_uint(acc[mt][j][c]) >> 31) << (8 * j + (c & 1));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        uint32_t w = neg[h] << (2 * t);
+        w |= __shfl_xor_sync(0xffffffffu, w, 1);
+        w |= __shfl_xor_sync(0xffffffffu, w, 2);
+        if (t == 0) s_sig[buf][(16 * mt + g + 8 * h) * kWarps + warp] = static_cast<SigWord>(~w);
       }
-    __syncthreads();           // the round's signs are gathered (and every ldmatrix is done)
-    if (store && lane == 0) {  // as words, like the codes (pages are 4-byte aligned)
-      const uint32_t* src = reinterpret_cast<const uint32_t*>(s_sig + team * kSignBytes);
-      uint32_t* dst = reinterpret_cast<uint32_t*>(blk + cap * kCodeBytes + slot * kSignBytes);
-#pragma unroll
-      for (int i = 0; i < kSignBytes / 4; ++i) dst[i] = src[i];
     }
   };
 
@@ -193,13 +207,15 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
   Input cur, other;
   load(base, cur);
   for (;;) {
-    round(base, cur, other);
+    round(base, 0, cur, other);
     base += stride;
     if (base >= nvec) break;
-    round(base, other, cur);
+    round(base, 1, other, cur);
     base += stride;
     if (base >= nvec) break;
   }
+  __syncthreads();  // the last round's signs are complete
+  store_signs(((base - static_cast<int>(blockIdx.x) * kTeams) / stride - 1) & 1);
 }
 
 }  // namespace tq::backend::cuda
