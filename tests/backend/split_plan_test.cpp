@@ -7,11 +7,12 @@ namespace tq::backend::cuda {
 namespace {
 
 constexpr int kUnit = 128;   // 4 warps x 32-token steps
+constexpr int kFixed = 512;  // a tq CTA's fixed work (decode_attention.cu)
 constexpr int kSlots = 396;  // an H100/H200: 132 SMs x 3 CTAs of a tq instance
 
-long long modelled(const SplitPlan& p, int pairs, int slots, int unit) {
+long long modelled(const SplitPlan& p, int pairs, int slots, int fixed) {
   const long long waves = (static_cast<long long>(pairs) * p.splits + slots - 1) / slots;
-  return waves * (p.tokens_per_split + unit);
+  return waves * (p.tokens_per_split + fixed);
 }
 
 void expect_covers(const SplitPlan& p, int max_len, int unit) {
@@ -23,11 +24,11 @@ void expect_covers(const SplitPlan& p, int max_len, int unit) {
 
 TEST(SplitPlan, OneFullWaveWhenThePairsLeaveRoom) {
   // Batch 8 x 8 KV heads at 32k: 6 splits, 384 CTAs on 396 slots (the old plan's choice).
-  const SplitPlan p = plan_splits(32768, 64, kSlots, kUnit, 0);
+  const SplitPlan p = plan_splits(32768, 64, kSlots, kUnit, kFixed, 0);
   EXPECT_EQ(p.splits, 6);
   EXPECT_EQ(p.tokens_per_split, 5504);
   // Batch 1: 43 splits of 768 tokens (49 would fit in the wave but round to the same cut).
-  const SplitPlan b1 = plan_splits(32768, 8, kSlots, kUnit, 0);
+  const SplitPlan b1 = plan_splits(32768, 8, kSlots, kUnit, kFixed, 0);
   EXPECT_EQ(b1.splits, 43);
   EXPECT_EQ(b1.tokens_per_split, 768);
 }
@@ -35,25 +36,25 @@ TEST(SplitPlan, OneFullWaveWhenThePairsLeaveRoom) {
 TEST(SplitPlan, SplitsToFillWavesWhenOneSplitLeavesSlotsIdle) {
   // Batch 32 (256 pairs): one split each would leave 140 of 396 slots idle for the whole call;
   // 3 splits fill two waves (768 CTAs on 792 slots).
-  const SplitPlan b32 = plan_splits(32768, 256, kSlots, kUnit, 0);
+  const SplitPlan b32 = plan_splits(32768, 256, kSlots, kUnit, kFixed, 0);
   EXPECT_EQ(b32.splits, 3);
   expect_covers(b32, 32768, kUnit);
   // Batch 64 (512 pairs): one split each is 1.3 waves (the second a third full); 3 splits are
   // 3.9 waves.
-  const SplitPlan b64 = plan_splits(32768, 512, kSlots, kUnit, 0);
+  const SplitPlan b64 = plan_splits(32768, 512, kSlots, kUnit, kFixed, 0);
   EXPECT_EQ(b64.splits, 3);
-  EXPECT_LT(modelled(b64, 512, kSlots, kUnit), modelled({32768, 1}, 512, kSlots, kUnit));
+  EXPECT_LT(modelled(b64, 512, kSlots, kFixed), modelled({32768, 1}, 512, kSlots, kFixed));
 }
 
 TEST(SplitPlan, HonoursTheCapAndEmptySegments) {
-  const SplitPlan capped = plan_splits(32768, 8, kSlots, kUnit, 4);
+  const SplitPlan capped = plan_splits(32768, 8, kSlots, kUnit, kFixed, 4);
   EXPECT_EQ(capped.splits, 4);
   expect_covers(capped, 32768, kUnit);
-  EXPECT_EQ(plan_splits(32768, 256, kSlots, kUnit, 1).splits, 1);
-  const SplitPlan empty = plan_splits(0, 8, kSlots, kUnit, 0);
+  EXPECT_EQ(plan_splits(32768, 256, kSlots, kUnit, kFixed, 1).splits, 1);
+  const SplitPlan empty = plan_splits(0, 8, kSlots, kUnit, kFixed, 0);
   EXPECT_EQ(empty.splits, 0);
   EXPECT_EQ(empty.tokens_per_split, kUnit);
-  const SplitPlan tiny = plan_splits(5, 8, kSlots, kUnit, 0);
+  const SplitPlan tiny = plan_splits(5, 8, kSlots, kUnit, kFixed, 0);
   EXPECT_EQ(tiny.splits, 1);
   EXPECT_EQ(tiny.tokens_per_split, kUnit);
 }
@@ -66,14 +67,14 @@ TEST(SplitPlan, TakesTheCheapestCut) {
       for (int len : {1, 127, 128, 129, 1000, 4096, 32768, 100000, 131072}) {
         SCOPED_TRACE(testing::Message()
                      << "slots " << slots << " pairs " << pairs << " len " << len);
-        const SplitPlan p = plan_splits(len, pairs, slots, kUnit, 0);
+        const SplitPlan p = plan_splits(len, pairs, slots, kUnit, kFixed, 0);
         expect_covers(p, len, kUnit);
-        const long long got = modelled(p, pairs, slots, kUnit);
+        const long long got = modelled(p, pairs, slots, kFixed);
         for (int s = 1; s <= (len + kUnit - 1) / kUnit; ++s) {
-          const SplitPlan q = plan_splits(len, pairs, slots, kUnit, s);
+          const SplitPlan q = plan_splits(len, pairs, slots, kUnit, kFixed, s);
           const int per = ((len + s - 1) / s + kUnit - 1) / kUnit * kUnit;
           const SplitPlan exact{per, (len + per - 1) / per};
-          ASSERT_LE(got, modelled(exact, pairs, slots, kUnit)) << "s " << s;
+          ASSERT_LE(got, modelled(exact, pairs, slots, kFixed)) << "s " << s;
           ASSERT_LE(q.splits, s);
         }
       }

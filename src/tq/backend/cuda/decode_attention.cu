@@ -302,14 +302,17 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
   const int pairs = p.n_seqs * plan.n_kv_heads;
-  const SplitPlan mp = plan_splits(
-      p.main.max_length, pairs, num_sms * std::max(main->occupancy(), 1), kSplitUnit, p.max_splits);
+  // A CTA's fixed work in tokens' worth (split_plan.h): ~8 us, 4 units of packed tq tokens.
+  const int main_fixed = p.main.k.format.is_tq() ? 4 * kSplitUnit : kSplitUnit;
+  const SplitPlan mp =
+      plan_splits(p.main.max_length, pairs, num_sms * std::max(main->occupancy(), 1), kSplitUnit,
+                  main_fixed, p.max_splits);
   plan.main_tokens_per_split = mp.tokens_per_split;
   plan.main_splits = mp.splits;
   if (window) {
     const SplitPlan wp =
         plan_splits(p.window.max_length, pairs, num_sms * std::max(window->occupancy(), 1),
-                    kSplitUnit, p.max_splits);
+                    kSplitUnit, kSplitUnit, p.max_splits);
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }

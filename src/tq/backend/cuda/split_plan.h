@@ -16,12 +16,18 @@ struct SplitPlan {
 
 // `slots` CTAs are resident at once (SMs x CTAs per SM); every split is a multiple of `unit`
 // tokens. CTAs run in waves of `slots`, so the call takes about waves(s) x (the split's tokens +
-// the CTA's fixed work, about one unit: tables, first loads, the partial's write); the plan takes
-// the split count s with the least of that, the fewer splits on a tie (less to merge). One wave
-// that leaves slots empty is not free: 256 pairs on 396 slots in one split each keep a third of
-// the SMs' CTA slots idle for the whole call, while 3 splits each fill two waves.
-inline SplitPlan plan_splits(int max_len, int pairs, int slots, int unit, int max_splits) {
+// `fixed`, the CTA's fixed work in tokens' worth: tables, page list, first loads, the partial's
+// write); the plan takes the split count s with the least of that, the fewer splits on a tie
+// (less to merge). One wave that leaves slots empty is not free: 256 pairs on 396 slots in one
+// split each keep a third of the SMs' CTA slots idle for the whole call, while 3 splits each
+// fill two waves. `fixed` was measured (H200, tq4/tq4 at 32k, docs/benchmarks.md session 16):
+// batch 8 cut into 12, 24 and 43 splits took 1.10x, 1.27x and 1.48x the time of 6, and batch 32
+// into 12 splits 1.15x that of 3, which the model gives with fixed = 490 +- 10 tokens (about 8
+// us of a tq CTA); an f16 token takes ~4x longer, so the same time is ~1 unit of f16 tokens.
+inline SplitPlan plan_splits(int max_len, int pairs, int slots, int unit, int fixed,
+                             int max_splits) {
   unit = std::max(unit, 1);
+  fixed = std::max(fixed, 0);
   SplitPlan p{unit, 0};
   if (max_len <= 0 || pairs <= 0) return p;
   slots = std::max(slots, 1);
@@ -36,7 +42,7 @@ inline SplitPlan plan_splits(int max_len, int pairs, int slots, int unit, int ma
     const long long splits = (max_len + per - 1) / per;
     if (splits != s) continue;  // the same cut as a smaller s
     const long long waves = (static_cast<long long>(pairs) * splits + slots - 1) / slots;
-    const long long cost = waves * (per + unit);
+    const long long cost = waves * (per + fixed);
     if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
       p.tokens_per_split = static_cast<int>(per);
