@@ -54,104 +54,68 @@ constexpr WriteInstance kWriteInstances[] = {TQ_WRITE_TQ(64), TQ_WRITE_TQ(128), 
 // decode step's write short, and the team kernel would leave most of the GPU idle.
 constexpr int kWarpMaxVectors = 4096;
 
-// --- float32 team kernel (bulk) ---
+// --- team kernels (bulk): tq mse (tq_team_kernel) and tq prod (tq_qjl_team_kernel) ---
 using TeamFn = Status (*)(const WriteArgs&, int vectors, cudaStream_t);
 
-template <int kDim, int kBits, bool kF16>
+// Grid-stride: at most one wave of resident blocks, so each team prefetches its next vector.
+template <auto kKernel, int kTeams>
+Status launch_one_wave(const WriteArgs& a, int vectors, cudaStream_t s) {
+  static const int per_sm = [] {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, kWriteThreads, 0) !=
+        cudaSuccess) {
+      (void)cudaGetLastError();
+      n = 0;
+    }
+    return std::max(n, 1);
+  }();
+  int dev = 0, sms = 0;
+  TQ_CUDA_TRY(cudaGetDevice(&dev));
+  TQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  const int blocks = std::min((vectors + kTeams - 1) / kTeams, per_sm * std::max(sms, 1));
+  kKernel<<<blocks, kWriteThreads, 0, s>>>(a);
+  return ok_status();
+}
+
+// kBits: the code bits (of the mse part for prod pools, kQjl).
+template <int kDim, int kBits, bool kF16, bool kQjl>
 Status launch_team(const WriteArgs& a, int vectors, cudaStream_t s) {
   constexpr int kTeams = kWriteThreads / (kDim / 32);
-  // Grid-stride: at most one wave of resident blocks, so each team prefetches its next vector.
-  static const int per_sm = [] {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_team_kernel<kDim, kBits, kF16>,
-                                                      kWriteThreads, 0) != cudaSuccess) {
-      (void)cudaGetLastError();
-      n = 0;
-    }
-    return std::max(n, 1);
-  }();
-  int dev = 0, sms = 0;
-  TQ_CUDA_TRY(cudaGetDevice(&dev));
-  TQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int blocks = std::min((vectors + kTeams - 1) / kTeams, per_sm * std::max(sms, 1));
-  tq_team_kernel<kDim, kBits, kF16><<<blocks, kWriteThreads, 0, s>>>(a);
-  return ok_status();
+  if constexpr (kQjl)
+    return launch_one_wave<tq_qjl_team_kernel<kDim, kBits, kF16>, kTeams>(a, vectors, s);
+  else
+    return launch_one_wave<tq_team_kernel<kDim, kBits, kF16>, kTeams>(a, vectors, s);
 }
 
-template <int kDim, bool kF16>
+template <int kDim, bool kF16, bool kQjl>
 TeamFn team_for_bits(int bits) {
-  switch (bits) {
-    case 1:
-      return &launch_team<kDim, 1, kF16>;
-    case 2:
-      return &launch_team<kDim, 2, kF16>;
-    case 3:
-      return &launch_team<kDim, 3, kF16>;
-    case 4:
-      return &launch_team<kDim, 4, kF16>;
-    default:
-      return nullptr;
-  }
-}
-
-template <bool kF16>
-TeamFn team_for(int dim, int bits) {
-  switch (dim) {
-    case 64:
-      return team_for_bits<64, kF16>(bits);
-    case 128:
-      return team_for_bits<128, kF16>(bits);
-    case 256:
-      return team_for_bits<256, kF16>(bits);
-    default:
-      return nullptr;
-  }
-}
-
-// --- QJL team kernel (bulk writes of tq prod pools, head dims 64 and 128) ---
-template <int kDim, int kBits, bool kF16>
-Status launch_qjl_team(const WriteArgs& a, int vectors, cudaStream_t s) {
-  constexpr int kTeams = kWriteThreads / (kDim / 32);
-  static const int per_sm = [] {
-    int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, tq_qjl_team_kernel<kDim, kBits, kF16>,
-                                                      kWriteThreads, 0) != cudaSuccess) {
-      (void)cudaGetLastError();
-      n = 0;
+  if constexpr (kQjl && !qjl_team_supported<kDim>()) {
+    return nullptr;
+  } else {
+    switch (bits) {
+      case 1:
+        return &launch_team<kDim, 1, kF16, kQjl>;
+      case 2:
+        return &launch_team<kDim, 2, kF16, kQjl>;
+      case 3:
+        return &launch_team<kDim, 3, kF16, kQjl>;
+      case 4:
+        return &launch_team<kDim, 4, kF16, kQjl>;
+      default:
+        return nullptr;
     }
-    return std::max(n, 1);
-  }();
-  int dev = 0, sms = 0;
-  TQ_CUDA_TRY(cudaGetDevice(&dev));
-  TQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const int blocks = std::min((vectors + kTeams - 1) / kTeams, per_sm * std::max(sms, 1));
-  tq_qjl_team_kernel<kDim, kBits, kF16><<<blocks, kWriteThreads, 0, s>>>(a);
-  return ok_status();
-}
-
-template <int kDim, bool kF16>
-TeamFn qjl_team_for_bits(int bits) {
-  switch (bits) {
-    case 1:
-      return &launch_qjl_team<kDim, 1, kF16>;
-    case 2:
-      return &launch_qjl_team<kDim, 2, kF16>;
-    case 3:
-      return &launch_qjl_team<kDim, 3, kF16>;
-    case 4:
-      return &launch_qjl_team<kDim, 4, kF16>;
-    default:
-      return nullptr;
   }
 }
 
-// bits: the mse code bits (the prod format's bits - 1).
-TeamFn qjl_team_for(int dim, int bits, bool f16) {
+template <bool kQjl>
+TeamFn team_for(int dim, int bits, bool f16) {
   switch (dim) {
     case 64:
-      return f16 ? qjl_team_for_bits<64, true>(bits) : qjl_team_for_bits<64, false>(bits);
+      return f16 ? team_for_bits<64, true, kQjl>(bits) : team_for_bits<64, false, kQjl>(bits);
     case 128:
-      return f16 ? qjl_team_for_bits<128, true>(bits) : qjl_team_for_bits<128, false>(bits);
+      return f16 ? team_for_bits<128, true, kQjl>(bits) : team_for_bits<128, false, kQjl>(bits);
+    case 256:
+      return f16 ? team_for_bits<256, true, kQjl>(bits) : team_for_bits<256, false, kQjl>(bits);
     default:
       return nullptr;
   }
@@ -297,20 +261,14 @@ Status launch_one(const PoolWrite& w, cudaStream_t s) {
       const PoolWrite* one[1] = {&w};
       return launch_warp_parts(one, s);
     }
-    case PoolWrite::Path::kTeam: {
-      const TeamFn fn = w.f16_in ? team_for<true>(w.dim, w.bits) : team_for<false>(w.dim, w.bits);
-      if (!fn)
-        return internal_error("quantize_write: no team kernel for head dim " +
-                              std::to_string(w.dim));
-      TQ_RETURN_IF_ERROR(fn(w.args, w.vectors, s));
-      TQ_CUDA_CHECK_LAUNCH(s);
-      return ok_status();
-    }
+    case PoolWrite::Path::kTeam:
     case PoolWrite::Path::kQjlTeam: {
-      const TeamFn fn = qjl_team_for(w.dim, w.bits, w.f16_in);
+      const bool qjl = w.path == PoolWrite::Path::kQjlTeam;
+      const TeamFn fn =
+          qjl ? team_for<true>(w.dim, w.bits, w.f16_in) : team_for<false>(w.dim, w.bits, w.f16_in);
       if (!fn)
-        return internal_error("quantize_write: no QJL team kernel for head dim " +
-                              std::to_string(w.dim));
+        return internal_error(std::string("quantize_write: no ") + (qjl ? "QJL " : "") +
+                              "team kernel for head dim " + std::to_string(w.dim));
       TQ_RETURN_IF_ERROR(fn(w.args, w.vectors, s));
       TQ_CUDA_CHECK_LAUNCH(s);
       return ok_status();

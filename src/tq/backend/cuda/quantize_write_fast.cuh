@@ -407,6 +407,28 @@ __device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2
   return norm_correction ? norm * rsqrtf(recon2) : norm;
 }
 
+// The team kernels' start: this lane's Hadamard sign masks, and the cell table in shared
+// memory (filled by the first threads, then a barrier).
+template <int kDim, int kE, int kChunk>
+__device__ __forceinline__ CellLut team_tables(const WriteArgs& a, int lane, int flip,
+                                               uint32_t* s_lut, uint32_t (&hmask)[kE / 2]) {
+  load_sign_masks<kDim, kE, kChunk>(a.hadamard_signs, lane, hmask, flip);
+  static_assert(kWriteThreads >= CellLut::kWords);
+  if (threadIdx.x < CellLut::kWords) CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
+  __syncthreads();
+  return CellLut(s_lut, a.cell_lut);
+}
+
+// The page block (of KV head `head`) that slot_mapping value sm >= 0 names, and the slot in it:
+// a division by block_tokens as a multiply-high by its magic number.
+__device__ __forceinline__ uint8_t* slot_block(const WriteArgs& a, int32_t sm, int head,
+                                               int& slot) {
+  const uint32_t block = __umulhi(static_cast<uint32_t>(sm), a.block_magic) >> a.block_magic_shift;
+  slot = sm - static_cast<int>(block) * a.block_tokens;
+  return a.pool + static_cast<size_t>(block) * a.block_stride +
+         static_cast<size_t>(head) * a.head_stride;
+}
+
 }  // namespace dev
 
 // Bulk writes: a team of kDim / 32 lanes per vector; each team walks the vectors grid-stride,
@@ -436,13 +458,8 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   const int flip = Layout::flip(lane);
   if (v < warp_end) cur.template load<kDim>(a, token, head, lane, flip);  // during the tables
   uint32_t hmask[kE / 2];
-  dev::load_sign_masks<kDim, kE, kChunk>(a.hadamard_signs, lane, hmask, flip);
-  static_assert(kWriteThreads >= dev::CellLut::kWords);
-  if (threadIdx.x < dev::CellLut::kWords) dev::CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
-  __syncthreads();
-  const dev::CellLut lut(s_lut, a.cell_lut);
-  const uint32_t magic = a.block_magic;
-  const int magic_shift = a.block_magic_shift, cap = a.block_tokens;
+  const dev::CellLut lut = dev::team_tables<kDim, kE, kChunk>(a, lane, flip, s_lut, hmask);
+  const int cap = a.block_tokens;
 
   // One vector: encode now's, load the next (or now's again) into nxt. Once converted, now's raw
   // words are dead; two buffers in turn let nxt be in flight during the encode with no register
@@ -466,10 +483,8 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     const float stored = dev::tq_encode<kDim, kBits, Layout>(
         y, n2.total(), lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, words);
     if (store && sm >= 0) {
-      const uint32_t block = __umulhi(static_cast<uint32_t>(sm), magic) >> magic_shift;
-      const int slot = sm - static_cast<int>(block) * cap;
-      uint8_t* blk = a.pool + static_cast<size_t>(block) * a.block_stride +
-                     static_cast<size_t>(vec_head) * a.head_stride;
+      int slot;
+      uint8_t* blk = dev::slot_block(a, sm, vec_head, slot);
       uint8_t* codes = blk + slot * kCodeBytes + lane * kBits * 4;  // lane's kBits words
       if constexpr (kBits == 4) {
         *reinterpret_cast<uint4*>(codes) = make_uint4(words[0], words[1], words[2], words[3]);

@@ -88,13 +88,8 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
     }
   }
   uint32_t hmask[kE / 2];
-  dev::load_sign_masks<kDim, kE, Layout::kChunk>(a.hadamard_signs, lane, hmask, flip);
-  static_assert(kWriteThreads >= dev::CellLut::kWords);
-  if (threadIdx.x < dev::CellLut::kWords) dev::CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
-  __syncthreads();
-  const dev::CellLut lut(s_lut, a.cell_lut);
-  const uint32_t magic = a.block_magic;
-  const int magic_shift = a.block_magic_shift, cap = a.block_tokens;
+  const dev::CellLut lut = dev::team_tables<kDim, kE, Layout::kChunk>(a, lane, flip, s_lut, hmask);
+  const int cap = a.block_tokens;
   // This lane's ldmatrix row address within an m-tile (row wl % 16, column half wl / 16).
   const uint32_t a_off = 2u * static_cast<uint32_t>((wl % 16) * kRow + (wl / 16) * 8);
   const uint32_t a_base[2] = {static_cast<uint32_t>(__cvta_generic_to_shared(s_r[0])) + a_off,
@@ -143,10 +138,8 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
           dev::pack_h2(res[2 * m], res[2 * m + 1]);
     uint32_t* signs_at = nullptr;
     if (store) {
-      const uint32_t block = __umulhi(static_cast<uint32_t>(sm), magic) >> magic_shift;
-      const int slot = sm - static_cast<int>(block) * cap;
-      uint8_t* blk = a.pool + static_cast<size_t>(block) * a.block_stride +
-                     static_cast<size_t>(vec_head) * a.head_stride;
+      int slot;
+      uint8_t* blk = dev::slot_block(a, sm, vec_head, slot);
       uint32_t* codes = reinterpret_cast<uint32_t*>(blk + slot * kCodeBytes + lane * kBits * 4);
 #pragma unroll
       for (int w = 0; w < kBits; ++w) codes[w] = words[w];
