@@ -13,10 +13,10 @@
 //
 // Precision: fp16 operands (relative rounding 2^-11 of S and of r) put the computed
 // (S r)_i within ~4e-4 ||r|| (one sigma) of the float64 value, so a sign can differ from the CPU
-// codec's where |(S r)_i| is that small: ~3e-4 of the signs, each where the projection is
-// ambiguous to begin with. Codes, norms and the residual norm follow tq_team_kernel's float32
-// contract. Head dims 64 and 128 (the B fragments of d 256 would not fit in registers; d 256
-// takes the CPU-order kernel).
+// codec's where |(S r)_i| is that small: 0.7-1e-4 of the signs in the tests (tq4j d 128, tq3j
+// d 64), each where the projection is ambiguous to begin with. Codes, norms and the residual norm
+// follow tq_team_kernel's float32 contract. Head dims 64 and 128 (the B fragments of d 256 would
+// not fit in registers; d 256 takes the CPU-order kernel).
 #pragma once
 
 #include <type_traits>
