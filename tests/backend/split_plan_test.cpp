@@ -7,12 +7,13 @@ namespace tq::backend::cuda {
 namespace {
 
 constexpr int kUnit = 128;   // 4 warps x 32-token steps
-constexpr int kFixed = 512;  // a tq CTA's fixed work (decode_attention.cu)
 constexpr int kSlots = 396;  // an H100/H200: 132 SMs x 3 CTAs of a tq instance
+constexpr SplitCost kCost = kTqSplitCost;
 
-long long modelled(const SplitPlan& p, int pairs, int slots, int fixed) {
+long long modelled(const SplitPlan& p, int pairs, int slots, const SplitCost& c = kCost) {
   const long long waves = (static_cast<long long>(pairs) * p.splits + slots - 1) / slots;
-  return waves * (p.tokens_per_split + fixed);
+  return waves * (c.fixed_ns + static_cast<long long>(p.tokens_per_split) * c.token_ns) +
+         static_cast<long long>(p.splits) * c.split_ns;
 }
 
 void expect_covers(const SplitPlan& p, int max_len, int unit) {
@@ -24,11 +25,11 @@ void expect_covers(const SplitPlan& p, int max_len, int unit) {
 
 TEST(SplitPlan, OneFullWaveWhenThePairsLeaveRoom) {
   // Batch 8 x 8 KV heads at 32k: 6 splits, 384 CTAs on 396 slots (the old plan's choice).
-  const SplitPlan p = plan_splits(32768, 64, kSlots, kUnit, kFixed, 0);
+  const SplitPlan p = plan_splits(32768, 64, kSlots, kCost, 0);
   EXPECT_EQ(p.splits, 6);
   EXPECT_EQ(p.tokens_per_split, 5504);
   // Batch 1: 43 splits of 768 tokens (49 would fit in the wave but round to the same cut).
-  const SplitPlan b1 = plan_splits(32768, 8, kSlots, kUnit, kFixed, 0);
+  const SplitPlan b1 = plan_splits(32768, 8, kSlots, kCost, 0);
   EXPECT_EQ(b1.splits, 43);
   EXPECT_EQ(b1.tokens_per_split, 768);
 }
@@ -36,25 +37,36 @@ TEST(SplitPlan, OneFullWaveWhenThePairsLeaveRoom) {
 TEST(SplitPlan, SplitsToFillWavesWhenOneSplitLeavesSlotsIdle) {
   // Batch 32 (256 pairs): one split each would leave 140 of 396 slots idle for the whole call;
   // 3 splits fill two waves (768 CTAs on 792 slots).
-  const SplitPlan b32 = plan_splits(32768, 256, kSlots, kUnit, kFixed, 0);
+  const SplitPlan b32 = plan_splits(32768, 256, kSlots, kCost, 0);
   EXPECT_EQ(b32.splits, 3);
   expect_covers(b32, 32768, kUnit);
   // Batch 64 (512 pairs): one split each is 1.3 waves (the second a third full); 3 splits are
   // 3.9 waves.
-  const SplitPlan b64 = plan_splits(32768, 512, kSlots, kUnit, kFixed, 0);
+  const SplitPlan b64 = plan_splits(32768, 512, kSlots, kCost, 0);
   EXPECT_EQ(b64.splits, 3);
-  EXPECT_LT(modelled(b64, 512, kSlots, kFixed), modelled({32768, 1}, 512, kSlots, kFixed));
+  EXPECT_LT(modelled(b64, 512, kSlots), modelled({32768, 1}, 512, kSlots));
+}
+
+TEST(SplitPlan, EachSplitPaysItsShareOfTheMerge) {
+  // 4k at batch 1 (8 pairs): 16 splits of 256, not the 32 of 128 one wave would hold (measured:
+  // 16.2 us against 19.5); 16k: 32 of 512, not 43 of 384 (24.6 against 27.6).
+  const SplitPlan b4k = plan_splits(4096, 8, kSlots, kCost, 0);
+  EXPECT_EQ(b4k.splits, 16);
+  EXPECT_EQ(b4k.tokens_per_split, 256);
+  EXPECT_EQ(plan_splits(16384, 8, kSlots, kCost, 0).splits, 32);
+  // Without that share the plan would fill the wave.
+  EXPECT_EQ(plan_splits(4096, 8, kSlots, SplitCost{128, 16, 8000, 0}, 0).splits, 32);
 }
 
 TEST(SplitPlan, HonoursTheCapAndEmptySegments) {
-  const SplitPlan capped = plan_splits(32768, 8, kSlots, kUnit, kFixed, 4);
+  const SplitPlan capped = plan_splits(32768, 8, kSlots, kCost, 4);
   EXPECT_EQ(capped.splits, 4);
   expect_covers(capped, 32768, kUnit);
-  EXPECT_EQ(plan_splits(32768, 256, kSlots, kUnit, kFixed, 1).splits, 1);
-  const SplitPlan empty = plan_splits(0, 8, kSlots, kUnit, kFixed, 0);
+  EXPECT_EQ(plan_splits(32768, 256, kSlots, kCost, 1).splits, 1);
+  const SplitPlan empty = plan_splits(0, 8, kSlots, kCost, 0);
   EXPECT_EQ(empty.splits, 0);
   EXPECT_EQ(empty.tokens_per_split, kUnit);
-  const SplitPlan tiny = plan_splits(5, 8, kSlots, kUnit, kFixed, 0);
+  const SplitPlan tiny = plan_splits(5, 8, kSlots, kCost, 0);
   EXPECT_EQ(tiny.splits, 1);
   EXPECT_EQ(tiny.tokens_per_split, kUnit);
 }
@@ -67,14 +79,14 @@ TEST(SplitPlan, TakesTheCheapestCut) {
       for (int len : {1, 127, 128, 129, 1000, 4096, 32768, 100000, 131072}) {
         SCOPED_TRACE(testing::Message()
                      << "slots " << slots << " pairs " << pairs << " len " << len);
-        const SplitPlan p = plan_splits(len, pairs, slots, kUnit, kFixed, 0);
+        const SplitPlan p = plan_splits(len, pairs, slots, kCost, 0);
         expect_covers(p, len, kUnit);
-        const long long got = modelled(p, pairs, slots, kFixed);
+        const long long got = modelled(p, pairs, slots);
         for (int s = 1; s <= (len + kUnit - 1) / kUnit; ++s) {
-          const SplitPlan q = plan_splits(len, pairs, slots, kUnit, kFixed, s);
+          const SplitPlan q = plan_splits(len, pairs, slots, kCost, s);
           const int per = ((len + s - 1) / s + kUnit - 1) / kUnit * kUnit;
           const SplitPlan exact{per, (len + per - 1) / per};
-          ASSERT_LE(got, modelled(exact, pairs, slots, kFixed)) << "s " << s;
+          ASSERT_LE(got, modelled(exact, pairs, slots)) << "s " << s;
           ASSERT_LE(q.splits, s);
         }
       }

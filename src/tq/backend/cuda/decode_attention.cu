@@ -20,8 +20,8 @@ namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
 
-// Tokens every CTA's warps divide evenly (4 warps x 32-token steps), and the fewest per CTA.
-constexpr int kSplitUnit = kAttnWarps * 32;
+// Splits are multiples of the tokens a CTA's warps divide evenly (4 warps x 32-token steps).
+static_assert(kTqSplitCost.unit == kAttnWarps * 32 && kF16SplitCost.unit == kAttnWarps * 32);
 
 // In-place unnormalised Walsh-Hadamard transform of sh[0..d) by the block (d threads, d a
 // power of two), the same butterflies as quant::fwht_ref.
@@ -302,17 +302,15 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
   const int pairs = p.n_seqs * plan.n_kv_heads;
-  // A CTA's fixed work in tokens' worth (split_plan.h): ~8 us, 4 units of packed tq tokens.
-  const int main_fixed = p.main.k.format.is_tq() ? 4 * kSplitUnit : kSplitUnit;
   const SplitPlan mp =
-      plan_splits(p.main.max_length, pairs, num_sms * std::max(main->occupancy(), 1), kSplitUnit,
-                  main_fixed, p.max_splits);
+      plan_splits(p.main.max_length, pairs, num_sms * std::max(main->occupancy(), 1),
+                  p.main.k.format.is_tq() ? kTqSplitCost : kF16SplitCost, p.max_splits);
   plan.main_tokens_per_split = mp.tokens_per_split;
   plan.main_splits = mp.splits;
   if (window) {
     const SplitPlan wp =
         plan_splits(p.window.max_length, pairs, num_sms * std::max(window->occupancy(), 1),
-                    kSplitUnit, kSplitUnit, p.max_splits);
+                    kF16SplitCost, p.max_splits);
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }

@@ -14,20 +14,30 @@ struct SplitPlan {
   int splits = 0;  // 0: nothing to attend (tokens_per_split is then one unit)
 };
 
-// `slots` CTAs are resident at once (SMs x CTAs per SM); every split is a multiple of `unit`
-// tokens. CTAs run in waves of `slots`, so the call takes about waves(s) x (the split's tokens +
-// `fixed`, the CTA's fixed work in tokens' worth: tables, page list, first loads, the partial's
-// write); the plan takes the split count s with the least of that, the fewer splits on a tie
-// (less to merge). One wave that leaves slots empty is not free: 256 pairs on 396 slots in one
-// split each keep a third of the SMs' CTA slots idle for the whole call, while 3 splits each
-// fill two waves. `fixed` was measured (H200, tq4/tq4 at 32k, docs/benchmarks.md session 16):
-// batch 8 cut into 12, 24 and 43 splits took 1.10x, 1.27x and 1.48x the time of 6, and batch 32
-// into 12 splits 1.15x that of 3, which the model gives with fixed = 490 +- 10 tokens (about 8
-// us of a tq CTA); an f16 token takes ~4x longer, so the same time is ~1 unit of f16 tokens.
-inline SplitPlan plan_splits(int max_len, int pairs, int slots, int unit, int fixed,
+// What a cut costs, in nanoseconds of an H200 (docs/benchmarks.md, session 16, forced cuts):
+// a token of a split (per CTA, 3 CTAs to an SM), a CTA's fixed work (tables, page list, first
+// loads, the partial's write: ~8 us), and a split's share of the merge (its partial read back in
+// the merge's chain: ~0.34 us).
+struct SplitCost {
+  int unit = 128;  // splits are multiples of this many tokens
+  int token_ns = 16;
+  int fixed_ns = 8000;
+  int split_ns = 340;
+};
+inline constexpr SplitCost kTqSplitCost{128, 16, 8000, 340};
+inline constexpr SplitCost kF16SplitCost{128, 64, 8000, 340};  // an f16 token takes ~4x as long
+
+// `slots` CTAs are resident at once (SMs x CTAs per SM). CTAs run in waves of `slots`, so a cut
+// into s splits takes about waves(s) x (fixed + the split's tokens) + s x the merge's share;
+// the plan takes the cheapest s (fewer splits on a tie). One wave that leaves slots empty is
+// not free: 256 pairs on 396 slots in one split each keep a third of the SMs' CTA slots idle for
+// the whole call, while 3 splits each fill two waves. The costs were measured by forcing cuts:
+// tq4/tq4 at 32k batch 8 in 12, 24 and 43 splits took 1.10x, 1.27x and 1.48x the time of 6, and
+// batch 32 in 12 splits 1.15x that of 3 (fixed work: 490 +- 10 tokens, ~8 us); at 4k batch 1,
+// 32 / 16 / 8 splits took 19.5 / 16.2 / 17.5 us (the merge's share: 21 tokens, ~0.34 us).
+inline SplitPlan plan_splits(int max_len, int pairs, int slots, const SplitCost& c,
                              int max_splits) {
-  unit = std::max(unit, 1);
-  fixed = std::max(fixed, 0);
+  const int unit = std::max(c.unit, 1);
   SplitPlan p{unit, 0};
   if (max_len <= 0 || pairs <= 0) return p;
   slots = std::max(slots, 1);
@@ -42,7 +52,8 @@ inline SplitPlan plan_splits(int max_len, int pairs, int slots, int unit, int fi
     const long long splits = (max_len + per - 1) / per;
     if (splits != s) continue;  // the same cut as a smaller s
     const long long waves = (static_cast<long long>(pairs) * splits + slots - 1) / slots;
-    const long long cost = waves * (per + fixed);
+    const long long cost =
+        waves * (c.fixed_ns + per * c.token_ns) + splits * static_cast<long long>(c.split_ns);
     if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
       p.tokens_per_split = static_cast<int>(per);
