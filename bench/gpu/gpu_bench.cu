@@ -15,9 +15,15 @@
 //
 //   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
 //                [--reps 20] [--write 0|1] [--write-input f16|f32] [--attention 0|1] [--gemv 0|1]
-//                [--flush write|read] [--max-splits N]
+//                [--flush write|read] [--max-splits N] [--pdl 0|1] [--ragged 0|1]
 // --flush: how the L2 is evicted before each rep (see flush_l2); --max-splits: cap the split-K
-// plan (1: one CTA per sequence and KV head, the plan before session 16 at batch >= 32).
+// plan (1: one CTA per sequence and KV head, the plan before session 16 at batch >= 32);
+// --pdl 1: the attention and merge kernels launched with programmatic dependence, as the model's
+// decode step launches them; --ragged 1: mixed lengths, sequence b holding context * (b % 8 + 1)
+// / 8 tokens (a batch of sessions at different depths), bytes counted over the tokens held.
+// Built with -DTQ_ATTN_TIMELINE (a diagnostic build), one more call per cell stamps every CTA
+// (decode_attention.cuh, TQ_TL) and prints a `timeline` line: launch spread, prologue, loop,
+// epilogue and end times of the CTAs (median, extremes), and the merge's.
 // --gemv 1 (default): the quantized-weight GEMV section (gemv_bench.cu) first.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -186,6 +192,59 @@ double time_median(Fn&& fn, int reps, void* flush, size_t flush_bytes) {
   return ms[ms.size() / 2];
 }
 
+#ifdef TQ_ATTN_TIMELINE
+}  // namespace
+namespace tq::backend::cuda {
+extern unsigned long long* g_attn_timeline;
+}
+namespace {
+double pct(std::vector<double> v, double q) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[static_cast<size_t>(q * static_cast<double>(v.size() - 1))];
+}
+// One more call with every CTA's %globaltimer stamps: where the call's time goes (us from the
+// first CTA's start).
+template <typename Fn>
+void timeline_report(Fn&& fn, size_t ctas, size_t merges, void* flush, size_t flush_bytes,
+                     const std::string& label, double event_us) {
+  unsigned long long* d = nullptr;
+  const size_t n = ctas * 10 + merges * 2;
+  CK(cudaMalloc(&d, n * 8));
+  CK(cudaMemset(d, 0, n * 8));
+  tq::backend::cuda::g_attn_timeline = d;
+  flush_l2(flush, flush_bytes, 1);
+  fn();
+  CK(cudaDeviceSynchronize());
+  tq::backend::cuda::g_attn_timeline = nullptr;
+  std::vector<unsigned long long> h(n);
+  CK(cudaMemcpy(h.data(), d, n * 8, cudaMemcpyDeviceToHost));
+  CK(cudaFree(d));
+  unsigned long long t0 = ~0ull;
+  for (size_t c = 0; c < ctas; ++c) t0 = std::min(t0, h[c * 10]);
+  const auto us = [&](unsigned long long t) { return (static_cast<double>(t) - t0) * 1e-3; };
+  std::vector<double> start, pro, loop, epi, end, mstart, mend;
+  for (size_t c = 0; c < ctas; ++c) {
+    const unsigned long long* r = &h[c * 10];
+    const unsigned long long last = std::max({r[3], r[4], r[5], r[6]});
+    start.push_back(us(r[0]));
+    pro.push_back(static_cast<double>(r[2] - r[0]) * 1e-3);
+    loop.push_back(static_cast<double>(last - r[2]) * 1e-3);
+    epi.push_back(static_cast<double>(r[7] - last) * 1e-3);
+    end.push_back(us(r[7]));
+  }
+  for (size_t m = 0; m < merges; ++m) {
+    mstart.push_back(us(h[ctas * 10 + 2 * m]));
+    mend.push_back(us(h[ctas * 10 + 2 * m + 1]));
+  }
+  std::printf(
+      "timeline %s: %zu CTAs, event %.1f us | start max %.1f | prologue med %.1f | loop min %.1f "
+      "med %.1f max %.1f | epilogue med %.1f | end min %.1f med %.1f max %.1f | merge %.1f..%.1f\n",
+      label.c_str(), ctas, event_us, pct(start, 1), pct(pro, 0.5), pct(loop, 0), pct(loop, 0.5),
+      pct(loop, 1), pct(epi, 0.5), pct(end, 0), pct(end, 0.5), pct(end, 1), pct(mstart, 0),
+      pct(mend, 1));
+}
+#endif
+
 struct PoolSet {
   PagedPool k, v;
   std::unique_ptr<DeviceCodecTables> kt, vt;
@@ -333,7 +392,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4",
                                       "tq4/tq3", "tq3/tq3",   "tq2/tq2"};
   int reps = 20;
-  int max_splits = 0;  // split-K cap per sequence (0: the plan's choice)
+  int max_splits = 0;   // split-K cap per sequence (0: the plan's choice)
+  bool pdl = false;     // --pdl 1: programmatic dependence, as the model's step launches
+  bool ragged = false;  // --ragged 1: sequence b holds len * (b % 8 + 1) / 8 tokens
   bool write_bench = true, attention_bench = true, gemv = true, write_f32 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -362,6 +423,10 @@ int main(int argc, char** argv) {
       gemv = std::atoi(argv[i + 1]) != 0;
     else if (a == "--max-splits")
       max_splits = std::atoi(argv[i + 1]);
+    else if (a == "--pdl")
+      pdl = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--ragged")
+      ragged = std::atoi(argv[i + 1]) != 0;
     else if (a == "--flush") {
       const std::string v = argv[i + 1];
       if (v != "write" && v != "read") {
@@ -564,7 +629,11 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&d_table, n_blocks * 4));
         CK(cudaMalloc(&d_len, batch * 4));
         CK(cudaMemcpy(d_table, table.data(), n_blocks * 4, cudaMemcpyHostToDevice));
-        const std::vector<int32_t> lens(static_cast<size_t>(batch), len);
+        std::vector<int32_t> lens(static_cast<size_t>(batch), len);
+        if (ragged)
+          for (int b = 0; b < batch; ++b)
+            lens[static_cast<size_t>(b)] =
+                std::max(1, static_cast<int>(1LL * len * (b % 8 + 1) / 8));
         CK(cudaMemcpy(d_len, lens.data(), batch * 4, cudaMemcpyHostToDevice));
         fill_pool(ps.k, d_table, batch, len, blocks_per_seq, scratch, scratch_tokens, d_slots,
                   kSeed + 1, 10.0f);
@@ -593,6 +662,7 @@ int main(int argc, char** argv) {
         p.out = d_out;
         p.num_sms = prop.multiProcessorCount;
         p.max_splits = max_splits;
+        p.overlap_launches = pdl;
         auto plan = plan_decode_attention(p);
         ST(plan.status());
         const size_t ws = plan->workspace_bytes;
@@ -600,10 +670,19 @@ int main(int argc, char** argv) {
         p.workspace_bytes = ws;
         const double ms =
             time_median([&] { ST(decode_attention(p, *plan, nullptr)); }, reps, flush, flush_bytes);
-        // Bytes the call must move: every stored K/V byte once, the query, the partials (written
-        // and read back) and the output.
-        const double bytes = static_cast<double>(kv_bytes) + 2.0 * static_cast<double>(ws) +
-                             qn * 8.0 + n_blocks * 4.0;
+#ifdef TQ_ATTN_TIMELINE
+        timeline_report([&] { ST(decode_attention(p, *plan, nullptr)); },
+                        static_cast<size_t>(plan->main_splits) * kKvHeads * batch,
+                        static_cast<size_t>(kHeads) * batch, flush, flush_bytes,
+                        std::to_string(len) + " b" + std::to_string(batch) + " " + fk, ms * 1e3);
+#endif
+        // Bytes the call must move: every stored K/V byte once (of the tokens the sequences
+        // hold), the query, the partials (written and read back) and the output.
+        double tokens_held = 0;
+        for (int32_t l : lens) tokens_held += l;
+        const double kv_read =
+            static_cast<double>(kv_bytes) * tokens_held / (static_cast<double>(n_blocks) * kCap);
+        const double bytes = kv_read + 2.0 * static_cast<double>(ws) + qn * 8.0 + n_blocks * 4.0;
         const double gbps = bytes / (ms * 1e-3) / 1e9;
         if (kf == quant::kFormatF16) f16_ms = ms;
         const double speedup = f16_ms > 0 ? f16_ms / ms : 0.0;

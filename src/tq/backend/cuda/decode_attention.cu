@@ -91,6 +91,9 @@ struct MergeArgs {
   __half* out_f16;
   int8_t* out_q8;
   Q8Scale* out_q8_scales;
+#ifdef TQ_ATTN_TIMELINE
+  unsigned long long* timeline;  // [block][2]: start, end
+#endif
 };
 
 constexpr int kMergeUnroll = 8;
@@ -99,6 +102,10 @@ __global__ void merge_kernel(const MergeArgs a) {
       sh[];  // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
   const int d = a.d, head = blockIdx.x, seq = blockIdx.y;
   const int j = threadIdx.x, lane = j & 31, warp = j >> 5, warps = (d + 31) / 32;
+#ifdef TQ_ATTN_TIMELINE
+  if (j == 0 && a.timeline)
+    a.timeline[2 * (static_cast<size_t>(seq) * gridDim.x + head)] = tl_now();
+#endif
   dev::pdl_launch_dependents();  // the output matmul may start loading its weights
   dev::pdl_wait();               // the partials come from the attention kernel before
   // (A slot's first pass sets its output scale in this pass: read after the wait, its load in
@@ -177,6 +184,11 @@ __global__ void merge_kernel(const MergeArgs a) {
     if (a.out_q8)
       dev::q8_store_warp_block(__half2float(h), a.out_q8 + o - lane, a.out_q8_scales + o / 32);
   }
+#ifdef TQ_ATTN_TIMELINE
+  __syncthreads();
+  if (j == 0 && a.timeline)
+    a.timeline[2 * (static_cast<size_t>(seq) * gridDim.x + head) + 1] = tl_now();
+#endif
 }
 
 // The instance for (k, v, dim), preferring one specialised for `cap` (block_tokens).
@@ -240,6 +252,14 @@ Status validate_params(const DecodeAttentionParams& p) {
     return invalid_argument("decode attention: tq values need rotation and codebook tables");
   return ok_status();
 }
+
+#ifdef TQ_ATTN_TIMELINE
+}  // namespace
+// Diagnostic build: where the main segment's CTAs stamp their timeline (see TQ_TL), then the
+// merge's blocks (start, end); null: no stamps.
+unsigned long long* g_attn_timeline = nullptr;
+namespace {
+#endif
 
 AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
                       const DecodeAttentionPlan& plan, uint8_t* ws, const __half* q,
@@ -398,6 +418,9 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
     a.tokens_per_split = plan.main_tokens_per_split;
+#ifdef TQ_ATTN_TIMELINE
+    a.timeline = g_attn_timeline;
+#endif
     raw_query(a, k_rot ? kt.hadamard_signs : nullptr);
     TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream,
                                     p.overlap_launches && fused_query));
@@ -433,6 +456,11 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   ma.out_f16 = reinterpret_cast<__half*>(p.out_f16);
   ma.out_q8 = p.out_q8;
   ma.out_q8_scales = p.out_q8_scales;
+#ifdef TQ_ATTN_TIMELINE
+  ma.timeline = g_attn_timeline ? g_attn_timeline + static_cast<size_t>(plan.main_splits) *
+                                                        plan.n_kv_heads * p.n_seqs * 10
+                                : nullptr;
+#endif
   TQ_CUDA_TRY(launch_maybe_pdl(merge_kernel, dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream,
                                p.overlap_launches, ma));
   TQ_CUDA_CHECK_LAUNCH(stream);

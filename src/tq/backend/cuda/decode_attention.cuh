@@ -64,6 +64,9 @@ struct AttnArgs {
   // dependence that keeps those loads after the current step's first use of its codes (see
   // attention_kernel).
   uint32_t zero;
+#ifdef TQ_ATTN_TIMELINE
+  unsigned long long* timeline;  // [CTA][10] %globaltimer stamps (diagnostic build only)
+#endif
 };
 
 inline constexpr int kAttnWarps = 4;
@@ -164,6 +167,30 @@ __device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, 
 
 }  // namespace dev
 
+// Diagnostic build (-DTQ_ATTN_TIMELINE, tq_gpu_bench's timeline lines): each CTA stamps
+// %globaltimer at its start (0), before pdl_wait (1), after its prologue's barrier (2), at each
+// warp's loop end (3..6) and at its end (7), and its SM (8), so a call's time splits into
+// launch, prologue, loop, epilogue, tail and merge.
+#ifdef TQ_ATTN_TIMELINE
+__device__ __forceinline__ unsigned long long tl_now() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+  return t;
+}
+#define TQ_TL(slot)                                                                            \
+  do {                                                                                         \
+    if (a.timeline && (threadIdx.x & 31) == 0) {                                               \
+      const size_t cta =                                                                       \
+          (static_cast<size_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x; \
+      a.timeline[cta * 10 + (slot)] = tl_now();                                                \
+    }                                                                                          \
+  } while (0)
+#else
+#define TQ_TL(slot) \
+  do {              \
+  } while (0)
+#endif
+
 __device__ __forceinline__ float fast_exp2(float x) {  // 2^x, ex2.approx.ftz (-inf -> 0)
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -202,6 +229,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // Launched with programmatic dependence, the CTAs start while the K/V write before them runs:
   // lengths, block tables and the codebooks are older than that kernel, so the tables are built
   // before pdl_wait; the cache and the queries are read after it.
+  if (threadIdx.x == 0) TQ_TL(0);
   dev::pdl_launch_dependents();
   const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
   const int len = __ldg(a.lengths + seq);
@@ -344,6 +372,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     const int i = static_cast<int>(static_cast<unsigned>(tok - begin) / kPage);
     return i < kAttnPages ? pages_sh[i] : __ldg(table + begin / kPage + i);
   };
+  if (threadIdx.x == 0) TQ_TL(1);
   dev::pdl_wait();  // the K/V write (and the queries' RoPE before it) have completed
   // The first step's key codes are requested before the queries are prepared and the block
   // synchronises, so their DRAM latency hides behind that work (at short contexts a split is
@@ -368,6 +397,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
   if (a.q_raw) prepare_group_query<kDim>(a, seq, kvh, q_sh);
   __syncthreads();
+  if (threadIdx.x == 0) TQ_TL(2);
 
   // Lookup addresses are relative to dynamic shared memory at 0x400 (an immediate of each load);
   // any difference of the real base lives above bit 16 (a cluster CTA id), carried in the lane
@@ -615,6 +645,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
   }
 
+  TQ_TL(3 + warp);
   // Combine the warps of the CTA (shared memory reused: the tables are no longer read).
 #pragma unroll
   for (int x = 4; x <= 16; x *= 2) {
@@ -659,6 +690,17 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     a.part_o[p * kDim + d] = acc;
     if (d == 0) a.part_ml[p] = make_float2(m, l);
   }
+#ifdef TQ_ATTN_TIMELINE
+  if (threadIdx.x == 0 && a.timeline) {
+    TQ_TL(7);
+    unsigned smid;
+    asm volatile("mov.u32 %0, %smid;" : "=r"(smid));
+    a.timeline[((static_cast<size_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x +
+                blockIdx.x) *
+                   10 +
+               8] = smid;
+  }
+#endif
 }
 
 }  // namespace tq::backend::cuda
