@@ -184,8 +184,8 @@ struct TqFmt {
     if constexpr (kBits == 4 && (kN * kBits / 8) % 4 == 0) {
 #pragma unroll
       for (int w = 0; w < kN / 8; ++w) {
-        const uint32_t x = (a.s.w[w] & 0x0f0f0f0fu) | ((b.s.w[w] << 4) & 0xf0f0f0f0u);  // dims 2n
-        const uint32_t y = ((a.s.w[w] >> 4) & 0x0f0f0f0fu) | (b.s.w[w] & 0xf0f0f0f0u);  // dims 2n+1
+        const uint32_t x = bit_select(a.s.w[w], b.s.w[w] << 4, 0x0f0f0f0fu);  // dims 2n
+        const uint32_t y = bit_select(a.s.w[w] >> 4, b.s.w[w], 0x0f0f0f0fu);  // dims 2n+1
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
           lut_load<2, kOff>(lut_addr_byte(x, n, lane_off), out + 8 * w + 2 * n);
@@ -195,8 +195,8 @@ struct TqFmt {
     } else if constexpr (kBits == 2 && kLookup == 4 && (kN * kBits / 8) % 4 == 0) {
 #pragma unroll
       for (int w = 0; w < kN / 16; ++w) {
-        const uint32_t x = (a.s.w[w] & 0x33333333u) | ((b.s.w[w] & 0x33333333u) << 2);  // dims 2m
-        const uint32_t y = ((a.s.w[w] >> 2) & 0x33333333u) | (b.s.w[w] & 0xccccccccu);  // dims 2m+1
+        const uint32_t x = bit_select(a.s.w[w], b.s.w[w] << 2, 0x33333333u);  // dims 2m
+        const uint32_t y = bit_select(a.s.w[w] >> 2, b.s.w[w], 0x33333333u);  // dims 2m+1
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
           uint32_t ex[2], ey[2];
