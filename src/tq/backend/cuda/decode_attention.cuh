@@ -409,10 +409,11 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     return;
   }
   constexpr int kKOff = 1024, kVOff = 1024 + Tab::kVRow * 256, kSOff = 1024 + Tab::kSignRow * 256;
-  const uint32_t k_off = base_delta + lane * 2 * KF::kLookup;
-  const uint32_t v_off = base_delta + (Tab::kShare ? 0 : Tab::kVHalf * 128) +
-                         lane * 2 * (Tab::kShare ? KF::kLookup : VF::kLookup);
-  const uint32_t s_off = base_delta + lane * 8;
+  constexpr int kVLookup = Tab::kShare ? KF::kLookup : VF::kLookup;
+  const uint32_t k_off = base_delta + lut_copy<KF::kLookup>(lane) * 2 * KF::kLookup;
+  const uint32_t v_off =
+      base_delta + (Tab::kShare ? 0 : Tab::kVHalf * 128) + lut_copy<kVLookup>(lane) * 2 * kVLookup;
+  const uint32_t s_off = base_delta + lut_copy<4>(lane) * 8;
 
   // Query B fragments: columns = heads (g < group), k-slots = thread t's K chunk dims.
   uint32_t qa[kKT][2];

@@ -6,9 +6,10 @@
 // local 2p+1). local_dim(kN, c, i) names the head dimension of local index i, so the query and
 // output fragments can follow whatever order unpacks cheapest (dot products do not care).
 //
-// Code lookups: a per-lane replicated table in shared memory maps a field of kLookup packed
-// codes straight to kLookup fp16 values (256-byte rows, one per field value; lane l reads its own
-// copy in the row, so a warp's lookups never conflict on banks; see lut_addr_byte).
+// Code lookups: a replicated table in shared memory maps a field of kLookup packed codes straight
+// to kLookup fp16 values (rows of 256 bytes, one per field value, a table in either 128-byte
+// half; each lane reads its own copy in the row, lut_copy, so a warp's lookups never conflict on
+// banks; see lut_addr_byte).
 #pragma once
 
 #include <cuda_fp16.h>
@@ -83,9 +84,20 @@ __device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], uint32
   }
 }
 
+// The copy of a table row that lane reads: 4-byte entries (2 codes) a copy per lane, 32 in a
+// row half; 8-byte entries (4 codes) a copy per lane of a half-warp, 16 in a row half, since a
+// warp's 64-bit loads are served a half-warp at a time (lanes l and l + 16 never conflict). Every
+// table then fits a 128-byte half row, so a 2-bit table (4 codes a lookup) shares its rows with a
+// 4-bit or 3-bit one (tq4 keys with tq2 values: 64 KB of tables, 3 CTAs to an SM, not 128 KB
+// and one).
+template <int kLookup>
+__host__ __device__ constexpr int lut_copy(int lane) {
+  return kLookup == 4 ? (lane & 15) : lane;
+}
+
 // One table's contents as this thread fills them: entry e holds the fp16 values of the kLookup
 // codes packed in e (LSB-first), value(c) = values[c] (or the QJL signs -1/+1 when values is
-// nullptr), at row e, byte half * 128 + lane * 2 * kLookup, for all 32 lanes. Thread t of
+// nullptr), at row e, byte half * 128 + copy * 2 * kLookup, for every copy (lut_copy). Thread t of
 // kThreads owns entries t, t + kThreads, ...: load() computes each once (a kernel loads every
 // table before storing any, so their centroid reads overlap), store() writes its kStores 16-byte
 // parts starting at part (t mod kStores), so the 8 threads of a quarter warp store to 8
@@ -94,7 +106,7 @@ template <int kBits, int kLookup, int kThreads>
 struct TableFill {
   static constexpr int kEntries = 1 << (kBits * kLookup);
   static constexpr int kPer = (kEntries + kThreads - 1) / kThreads;
-  static constexpr int kStores = kLookup * 2 * 32 / 16;  // 16-byte stores per entry
+  static constexpr int kStores = 128 / 16;  // 16-byte stores per entry: a row half
   uint4 st[kPer];
 
   __device__ __forceinline__ void load(const float* values) {
@@ -141,7 +153,7 @@ struct TqFmt {
   static constexpr int kCodeBytes = kDim * kBits / 8;
   static constexpr int kSignBytes = kQjl ? kDim / 8 : 0;
   static constexpr int kLookup = kBits <= 2 ? 4 : 2;  // codes per lookup
-  static constexpr bool kFullRow = kLookup == 4;      // 8-byte entries fill a 256-byte row
+  static constexpr bool kFullRow = false;             // every table fits a row half
   static constexpr int kTableRows = 1 << (kBits * kLookup);
   static constexpr int kTableBytes = kTableRows * 256;
   static constexpr int kSignLookup = 4;
