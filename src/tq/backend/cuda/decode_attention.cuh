@@ -78,14 +78,13 @@ constexpr int attn_step_tokens() {
   return (KF::kCodeBits >= 8 || VF::kCodeBits >= 8) ? 16 : 32;
 }
 
-// Shared-memory table layout (rows of 256 bytes, vec_formats.cuh): K's table at rows from 0
-// (half 0), V's shared with K when the code widths match, else in half 1 of the same rows when
-// both are half-row tables, else after K's rows; the QJL sign table last.
+// Shared-memory table layout (rows of 256 bytes, every table in a 128-byte half, vec_formats.cuh):
+// K's table at rows from 0 (half 0), V's shared with K when the code widths match, else in half 1
+// of the same rows when both have tables, else after K's rows; the QJL sign table last.
 template <class KF, class VF>
 struct AttnTables {
   static constexpr bool kShare = KF::kTableRows > 0 && KF::kCodeBits == VF::kCodeBits;
-  static constexpr bool kVSecondHalf =
-      !kShare && KF::kTableRows > 0 && VF::kTableRows > 0 && !KF::kFullRow && !VF::kFullRow;
+  static constexpr bool kVSecondHalf = !kShare && KF::kTableRows > 0 && VF::kTableRows > 0;
   static constexpr int kVRow = (kShare || kVSecondHalf) ? 0 : KF::kTableRows;
   static constexpr int kVHalf = kVSecondHalf ? 1 : 0;
   static constexpr int kRowsKV =

@@ -153,7 +153,6 @@ struct TqFmt {
   static constexpr int kCodeBytes = kDim * kBits / 8;
   static constexpr int kSignBytes = kQjl ? kDim / 8 : 0;
   static constexpr int kLookup = kBits <= 2 ? 4 : 2;  // codes per lookup
-  static constexpr bool kFullRow = false;             // every table fits a row half
   static constexpr int kTableRows = 1 << (kBits * kLookup);
   static constexpr int kTableBytes = kTableRows * 256;
   static constexpr int kSignLookup = 4;
@@ -263,7 +262,6 @@ struct F16Fmt {
   static constexpr int kCodeBits = 16;
   static constexpr int kTableBytes = 0;
   static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
-  static constexpr bool kFullRow = false;
   static constexpr int kTableRows = 0;
   static constexpr int kSignTableRows = 0;
   static constexpr int kSignTableBytes = 0;
@@ -304,7 +302,6 @@ struct Q8Fmt {
   static constexpr int kCodeBits = 8;
   static constexpr int kTableBytes = 0;
   static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
-  static constexpr bool kFullRow = false;
   static constexpr int kTableRows = 0;
   static constexpr int kSignTableRows = 0;
   static constexpr int kSignTableBytes = 0;
@@ -352,7 +349,6 @@ struct Q4Fmt {
   static constexpr int kCodeBits = 4;
   static constexpr int kTableBytes = 0;
   static constexpr int kLookup = 2;  // no table; keeps the kernel's table arithmetic uniform
-  static constexpr bool kFullRow = false;
   static constexpr int kTableRows = 0;
   static constexpr int kSignTableRows = 0;
   static constexpr int kSignTableBytes = 0;
