@@ -176,13 +176,14 @@ __device__ __forceinline__ unsigned long long tl_now() {
   asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
   return t;
 }
-#define TQ_TL(slot)                                                                            \
-  do {                                                                                         \
-    if (a.timeline && (threadIdx.x & 31) == 0) {                                               \
-      const size_t cta =                                                                       \
-          (static_cast<size_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x; \
-      a.timeline[cta * 10 + (slot)] = tl_now();                                                \
-    }                                                                                          \
+// This CTA's 10 stamps.
+__device__ __forceinline__ unsigned long long* tl_row(unsigned long long* timeline) {
+  return timeline +
+         ((static_cast<size_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * 10;
+}
+#define TQ_TL(slot)                                                                 \
+  do {                                                                              \
+    if (a.timeline && (threadIdx.x & 31) == 0) tl_row(a.timeline)[slot] = tl_now(); \
   } while (0)
 #else
 #define TQ_TL(slot) \
@@ -695,10 +696,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     TQ_TL(7);
     unsigned smid;
     asm volatile("mov.u32 %0, %smid;" : "=r"(smid));
-    a.timeline[((static_cast<size_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x +
-                blockIdx.x) *
-                   10 +
-               8] = smid;
+    tl_row(a.timeline)[8] = smid;
   }
 #endif
 }
