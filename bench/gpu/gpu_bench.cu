@@ -16,11 +16,15 @@
 //   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
 //                [--reps 20] [--write 0|1] [--write-input f16|f32] [--attention 0|1] [--gemv 0|1]
 //                [--flush write|read] [--max-splits N] [--pdl 0|1] [--ragged 0|1]
+//                [--by-length 0|1]
 // --flush: how the L2 is evicted before each rep (see flush_l2); --max-splits: cap the split-K
 // plan (1: one CTA per sequence and KV head, the plan before session 16 at batch >= 32);
 // --pdl 1: the attention and merge kernels launched with programmatic dependence, as the model's
 // decode step launches them; --ragged 1: mixed lengths, sequence b holding context * (b % 8 + 1)
-// / 8 tokens (a batch of sessions at different depths), bytes counted over the tokens held.
+// / 8 tokens (a batch of sessions at different depths), bytes counted over the tokens held;
+// --by-length 0: every sequence cut as the longest (the plan before session 18; 1, the default,
+// shares the CTAs by length: "splits x tokens" then shows the longest's plan, marked L, whose
+// CTA count the batch shares).
 // Built with -DTQ_ATTN_TIMELINE (a diagnostic build), one more call per cell stamps every CTA
 // (decode_attention.cuh, TQ_TL) and prints a `timeline` line: launch spread, prologue, loop,
 // epilogue and end times of the CTAs (median, extremes), and the merge's.
@@ -225,6 +229,7 @@ void timeline_report(Fn&& fn, size_t ctas, size_t merges, void* flush, size_t fl
   std::vector<double> start, pro, loop, epi, end, mstart, mend;
   for (size_t c = 0; c < ctas; ++c) {
     const unsigned long long* r = &h[c * 10];
+    if (r[7] == 0) continue;  // a CTA with no tokens (empty split, past the batch's splits)
     const unsigned long long last = std::max({r[3], r[4], r[5], r[6]});
     start.push_back(us(r[0]));
     pro.push_back(static_cast<double>(r[2] - r[0]) * 1e-3);
@@ -392,9 +397,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4",
                                       "tq4/tq3", "tq3/tq3",   "tq2/tq2"};
   int reps = 20;
-  int max_splits = 0;   // split-K cap per sequence (0: the plan's choice)
-  bool pdl = false;     // --pdl 1: programmatic dependence, as the model's step launches
-  bool ragged = false;  // --ragged 1: sequence b holds len * (b % 8 + 1) / 8 tokens
+  int max_splits = 0;     // split-K cap per sequence (0: the plan's choice)
+  bool pdl = false;       // --pdl 1: programmatic dependence, as the model's step launches
+  bool ragged = false;    // --ragged 1: sequence b holds len * (b % 8 + 1) / 8 tokens
+  bool by_length = true;  // --by-length 0: every sequence cut as the longest (A/B runs)
   bool write_bench = true, attention_bench = true, gemv = true, write_f32 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -427,6 +433,8 @@ int main(int argc, char** argv) {
       pdl = std::atoi(argv[i + 1]) != 0;
     else if (a == "--ragged")
       ragged = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--by-length")
+      by_length = std::atoi(argv[i + 1]) != 0;
     else if (a == "--flush") {
       const std::string v = argv[i + 1];
       if (v != "write" && v != "read") {
@@ -663,6 +671,7 @@ int main(int argc, char** argv) {
         p.num_sms = prop.multiProcessorCount;
         p.max_splits = max_splits;
         p.overlap_launches = pdl;
+        p.split_by_length = by_length;
         auto plan = plan_decode_attention(p);
         ST(plan.status());
         const size_t ws = plan->workspace_bytes;
@@ -686,9 +695,10 @@ int main(int argc, char** argv) {
         const double gbps = bytes / (ms * 1e-3) / 1e9;
         if (kf == quant::kFormatF16) f16_ms = ms;
         const double speedup = f16_ms > 0 ? f16_ms / ms : 0.0;
-        std::printf("| %d | %s | %.1f | %.1f MB | %.0f | %.2f | %.2fx | %d x %d |\n", batch,
+        std::printf("| %d | %s | %.1f | %.1f MB | %.0f | %.2f | %.2fx | %d x %d%s |\n", batch,
                     fk.c_str(), ms * 1e3, bytes / 1e6, gbps, gbps / copy_gbps, speedup,
-                    plan->main_splits, plan->main_tokens_per_split);
+                    plan->main_splits, plan->main_tokens_per_split,
+                    plan->main_split_budget > 0 ? " L" : "");
         std::fprintf(csv, "%s,%d,%d,%s,%.2f,%.0f,%.1f,%.4f,%.3f\n", prop.name, len, batch,
                      fk.c_str(), ms * 1e3, bytes, gbps, gbps / copy_gbps, speedup);
         std::fflush(stdout);

@@ -3,6 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
+#include "tq/core/rng.h"
+
 namespace tq::backend::cuda {
 namespace {
 
@@ -90,6 +95,85 @@ TEST(SplitPlan, TakesTheCheapestCut) {
           ASSERT_LE(q.splits, s);
         }
       }
+}
+
+// Splits by length: the search's T is the smallest multiple of the unit whose splits fit the
+// budget and the cap (brute force over every T), on random batches of mixed lengths.
+SplitCount count_splits(const std::vector<int>& units, int u) {
+  SplitCount c{0, 0};
+  for (int l : units) {
+    const int n = (l + u - 1) / u;
+    c.sum += n;
+    c.max = std::max(c.max, n);
+  }
+  return c;
+}
+
+int search(const std::vector<int>& units, int budget, int cap) {
+  int total = 0, longest = 0, nonempty = 0;
+  for (int l : units) total += l, longest = std::max(longest, l), nonempty += l > 0;
+  int counts = 0;
+  const int u = by_length_units(total, longest, nonempty, budget, cap, [&](int v) {
+    ++counts;
+    return count_splits(units, v);
+  });
+  // Equal lengths with a budget of a whole number of splits each: the first count fits.
+  if (nonempty == static_cast<int>(units.size()) && budget % nonempty == 0 &&
+      std::count(units.begin(), units.end(), units[0]) == nonempty && cap >= budget / nonempty) {
+    EXPECT_EQ(counts, 1);
+  }
+  return u;
+}
+
+TEST(SplitsByLength, TakeTheSmallestSplitThatFits) {
+  Rng rng(20261204);
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int n = 1 + static_cast<int>(rng.next_u32() % 64);
+    std::vector<int> units(n);
+    for (int& l : units) l = static_cast<int>(rng.next_u32() % (trial % 3 == 0 ? 8 : 1024));
+    const int budget = n * (1 + static_cast<int>(rng.next_u32() % 12));
+    const int cap = trial % 4 == 0 ? 1 + static_cast<int>(rng.next_u32() % 8) : budget;
+    SCOPED_TRACE(testing::Message()
+                 << "trial " << trial << " n " << n << " budget " << budget << " cap " << cap);
+    const int u = search(units, budget, cap);
+    ASSERT_GE(u, 1);
+    const SplitCount c = count_splits(units, u);
+    ASSERT_LE(c.sum, budget);
+    ASSERT_LE(c.max, cap);
+    if (u > 1) {
+      const SplitCount below = count_splits(units, u - 1);
+      ASSERT_TRUE(below.sum > budget || below.max > cap) << "u " << u;
+    }
+  }
+}
+
+TEST(SplitsByLength, EqualLengthsCutAsThePlan) {
+  // With n equal lengths and a budget of n x the plan's splits, every sequence is cut exactly as
+  // plan_splits cuts the longest.
+  for (int slots : {108, 396})
+    for (int n : {2, 8, 32, 64})
+      for (int len : {1, 128, 129, 1000, 4096, 32768, 131072}) {
+        SCOPED_TRACE(testing::Message() << "slots " << slots << " n " << n << " len " << len);
+        const SplitPlan p = plan_splits(len, n * 8, slots, kCost, 0);
+        const int units = (len + kUnit - 1) / kUnit;
+        const int u = search(std::vector<int>(n, units), n * p.splits, n * p.splits);
+        EXPECT_EQ(u * kUnit, p.tokens_per_split);
+        EXPECT_EQ((len + u * kUnit - 1) / (u * kUnit), p.splits);
+      }
+}
+
+TEST(SplitsByLength, MixedLengthsShareTheBudget) {
+  // Batch 8 at 4k..32k (sequence b holds 4k (b + 1)) with the 48 CTAs a KV head of 8 x 32k gets:
+  // the longest's plan gives every CTA up to 5504 tokens; by length, 3328, all 48 CTAs.
+  std::vector<int> units;
+  for (int b = 0; b < 8; ++b) units.push_back(32 * (b + 1));  // 4096 (b + 1) tokens
+  const int u = search(units, 48, 48);
+  EXPECT_EQ(u * kUnit, 3328);
+  EXPECT_EQ(count_splits(units, u).sum, 48);
+  EXPECT_EQ(count_splits(units, u).max, 10);
+  // Empty sequences take no split; a batch of them only the first unit.
+  EXPECT_EQ(search({0, 0, 5}, 3, 3), 2);
+  EXPECT_EQ(search({0, 0, 0}, 3, 3), 1);
 }
 
 }  // namespace

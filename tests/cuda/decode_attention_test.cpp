@@ -1,6 +1,7 @@
 // GPU decode attention against a float64 reference computed from the CPU codec's decoded
 // vectors (quant::VectorCodec::decode), over paged blocks in shuffled pool order, mixed
-// sequence lengths (split-K and its merge included), GQA groups, with and without the f16 window.
+// sequence lengths (split-K and its merge included, splits by length and as the longest), GQA
+// groups, with and without the f16 window.
 //
 // Tolerance: the kernel rounds the rotated query, the codebook values and the softmax weights to
 // fp16 (relative 2^-11 each), so a score of magnitude |s| moves by about |s| * 2^-11; with the
@@ -105,6 +106,12 @@ struct AttnCase {
   static constexpr int kLongLen = 2100, kMaxSplits = 5;  // several splits (exercises the merge)
   int long_len = kLongLen;
   int max_splits = kMaxSplits;
+  // Splits by length (DecodeAttentionParams::split_by_length; batches of 2..128 sequences take
+  // them) or as the longest is cut.
+  bool by_length = true;
+  // 0: three or four sequences ({1, 77, long_len, 0} and the window's {5, 0, 33, 9}); else this
+  // many of mixed lengths (zeros among them), so the by-length plan's scan spans many lanes.
+  int many = 0;
 };
 
 std::string case_name(const testing::TestParamInfo<AttnCase>& i) {
@@ -114,7 +121,9 @@ std::string case_name(const testing::TestParamInfo<AttnCase>& i) {
          (i.param.long_len != AttnCase::kLongLen ? "_len" + std::to_string(i.param.long_len) : "") +
          (i.param.max_splits != AttnCase::kMaxSplits
               ? "_splits" + std::to_string(i.param.max_splits)
-              : "");
+              : "") +
+         (i.param.by_length ? "" : "_longest") +
+         (i.param.many ? "_n" + std::to_string(i.param.many) : "");
 }
 
 class DecodeAttention : public testing::TestWithParam<AttnCase> {};
@@ -124,9 +133,17 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   const AttnCase c = GetParam();
   const quant::Format kf = *quant::parse_format(c.k), vf = *quant::parse_format(c.v);
   const int dim = c.dim, kv_heads = 2, n_heads = kv_heads * c.group, kCap = c.block_tokens;
-  const std::vector<int> main_len = {1, 77, c.long_len, 0};
-  const std::vector<int> win_len = {5, 0, 33, 9};
-  const int n_seqs = c.window ? 4 : 3;
+  std::vector<int> main_len = {1, 77, c.long_len, 0};
+  std::vector<int> win_len = {5, 0, 33, 9};
+  int n_seqs = c.window ? 4 : 3;
+  if (c.many > 0) {
+    n_seqs = c.many;
+    main_len.clear(), win_len.clear();
+    for (int i = 0; i < n_seqs; ++i) {
+      main_len.push_back(i % 7 == 3 ? 0 : (i * 397 + 13) % 700 + (i == 5 ? c.long_len : 0));
+      win_len.push_back((i * 5) % 40);
+    }
+  }
   const std::vector<int> lens_main(main_len.begin(), main_len.begin() + n_seqs);
   const std::vector<int> lens_win(win_len.begin(), win_len.begin() + n_seqs);
   const uint64_t layer_seed = derive_seed(kSeed, 3);
@@ -188,6 +205,20 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   p.q = dq.get<float>();
   p.out = dout.get<float>();
   p.max_splits = c.max_splits;
+  p.split_by_length = c.by_length;
+  {  // the path the case names is the one taken
+    auto plan = plan_decode_attention(p);
+    ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+    // (splits by length: tq keys and 2- or 4-bit tq values on 32-token pages at head dim 128,
+    // f16, q8_0, q4_0; splits of at least 2048 tokens)
+    const bool takes =
+        (kf.is_tq() && !kf.has_qjl() && vf.is_tq() && vf.bits != 3 && dim == 128 && kCap == 32) ||
+        !kf.is_tq();
+    EXPECT_EQ(plan->main_split_budget > 0, takes && c.by_length && n_seqs > 1 &&
+                                               plan->main_splits > 1 &&
+                                               plan->main_tokens_per_split >= 2048);
+    if (c.by_length && c.long_len >= 9000) EXPECT_GT(plan->main_split_budget, 0);
+  }
   auto ws_bytes = decode_attention_workspace_bytes(p);
   ASSERT_TRUE(ws_bytes.ok()) << ws_bytes.status().to_string();
   DeviceBuffer ws(*ws_bytes);
@@ -305,18 +336,26 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
 
 INSTANTIATE_TEST_SUITE_P(
     Formats, DecodeAttention,
-    testing::Values(AttnCase{"f16", "f16", 128, false, 4}, AttnCase{"f16", "f16", 64, true, 4},
-                    AttnCase{"q8_0", "q8_0", 128, true, 4}, AttnCase{"q8_0", "q8_0", 64, false, 4},
-                    AttnCase{"q4_0", "q4_0", 128, false, 4}, AttnCase{"q4_0", "q4_0", 64, true, 4},
-                    AttnCase{"tq4", "tq4", 128, false, 4}, AttnCase{"tq4", "tq4", 128, true, 4},
-                    AttnCase{"tq4", "tq3", 128, true, 4}, AttnCase{"tq3", "tq3", 128, false, 4},
-                    AttnCase{"tq2", "tq2", 128, true, 4}, AttnCase{"tq4", "tq4", 64, true, 3},
-                    AttnCase{"tq3", "tq2", 64, false, 4}, AttnCase{"tq2", "tq4", 64, false, 8},
-                    AttnCase{"tq4", "tq3", 64, false, 3}, AttnCase{"tq4j", "tq3", 128, false, 4},
-                    AttnCase{"tq3j", "tq2", 64, true, 4}, AttnCase{"tq3", "tq4", 128, false, 1},
-                    AttnCase{"tq4", "tq4", 128, true, 4, 64},
-                    AttnCase{"tq3", "tq2", 128, false, 4, 96},
-                    AttnCase{"tq4", "tq3", 128, false, 4, 32, 17000, 1}),
+    testing::Values(
+        AttnCase{"f16", "f16", 128, false, 4}, AttnCase{"f16", "f16", 64, true, 4},
+        AttnCase{"q8_0", "q8_0", 128, true, 4}, AttnCase{"q8_0", "q8_0", 64, false, 4},
+        AttnCase{"q4_0", "q4_0", 128, false, 4}, AttnCase{"q4_0", "q4_0", 64, true, 4},
+        AttnCase{"tq4", "tq4", 128, false, 4}, AttnCase{"tq4", "tq4", 128, true, 4},
+        AttnCase{"tq4", "tq3", 128, true, 4}, AttnCase{"tq3", "tq3", 128, false, 4},
+        AttnCase{"tq2", "tq2", 128, true, 4}, AttnCase{"tq4", "tq4", 64, true, 3},
+        AttnCase{"tq3", "tq2", 64, false, 4}, AttnCase{"tq2", "tq4", 64, false, 8},
+        AttnCase{"tq4", "tq3", 64, false, 3}, AttnCase{"tq4j", "tq3", 128, false, 4},
+        AttnCase{"tq3j", "tq2", 64, true, 4}, AttnCase{"tq3", "tq4", 128, false, 1},
+        AttnCase{"tq4", "tq4", 128, true, 4, 64}, AttnCase{"tq3", "tq2", 128, false, 4, 96},
+        AttnCase{"tq4", "tq3", 128, false, 4, 32, 17000, 1},
+        AttnCase{"tq4", "tq4", 128, true, 4, 32, AttnCase::kLongLen, AttnCase::kMaxSplits, false},
+        AttnCase{"tq4", "tq3", 64, false, 3, 32, AttnCase::kLongLen, AttnCase::kMaxSplits, false},
+        AttnCase{"f16", "f16", 128, true, 4, 32, AttnCase::kLongLen, AttnCase::kMaxSplits, false},
+        // splits by length need splits of >= 2048 tokens: long sequences
+        AttnCase{"tq4", "tq4", 128, true, 4, 32, 12000, 5},
+        AttnCase{"tq4", "tq2", 128, true, 4, 32, 9000, 4, true, 75},
+        AttnCase{"tq3", "tq3", 128, false, 4, 32, 3000, 0, false, 75},
+        AttnCase{"f16", "f16", 128, false, 4, 32, 9000, 4, true, 33}),
     case_name);
 
 TEST(DecodeAttentionApi, ReportsUnsupportedCombinations) {

@@ -19,6 +19,11 @@ struct AttnInstance {
   // pdl: launched with programmatic dependence (the kernel waits before reading the cache).
   Status (*launch)(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs, cudaStream_t stream,
                    bool pdl);
+  // The kernel for splits by length (attn_by_length; a.split_budget CTAs a KV head), or null,
+  // and the most tokens it takes in a split (0: any).
+  Status (*launch_by_length)(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs,
+                             cudaStream_t stream, bool pdl);
+  int by_length_max_tokens;
   // Resident CTAs per SM (0 when the kernel cannot launch).
   int (*occupancy)();
 };
@@ -28,23 +33,24 @@ struct AttnInstanceList {
   int n;
 };
 
-template <class KF, class VF, int kDim, int kCap>
+// By length the grid is (splits = the budget, KV heads, 1).
+template <class KF, class VF, int kDim, int kCap, bool kByLength>
 Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs,
                         cudaStream_t stream, bool pdl) {
-  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap>();
-  const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
+  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap, kByLength>();
+  const auto kernel = attention_kernel<KF, VF, kDim, kCap, kByLength>;
   if (kSmem > 48 * 1024)
     TQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
-  TQ_CUDA_TRY(launch_maybe_pdl(kernel, dim3(splits, n_kv_heads, n_seqs), dim3(kAttnThreads), kSmem,
-                               stream, pdl, a));
+  TQ_CUDA_TRY(launch_maybe_pdl(kernel, dim3(splits, n_kv_heads, kByLength ? 1 : n_seqs),
+                               dim3(kAttnThreads), kSmem, stream, pdl, a));
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }
 
 template <class KF, class VF, int kDim, int kCap>
 int attention_occupancy() {
-  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap>();
-  const auto kernel = attention_kernel<KF, VF, kDim, kCap>;
+  constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap, false>();
+  const auto kernel = attention_kernel<KF, VF, kDim, kCap, false>;
   if (kSmem > 48 * 1024 && cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                 kSmem) != cudaSuccess)
     return 0;
@@ -61,7 +67,9 @@ constexpr AttnInstance attn_instance(quant::Format k, quant::Format v) {
           v,
           kDim,
           kCap,
-          &launch_attention<KF, VF, kDim, kCap>,
+          &launch_attention<KF, VF, kDim, kCap, false>,
+          attn_by_length<KF, VF, kCap>() ? &launch_attention<KF, VF, kDim, kCap, true> : nullptr,
+          attn_page_list<KF, VF, kCap>() ? kAttnPagesByLength * kCap : 0,
           &attention_occupancy<KF, VF, kDim, kCap>};
 }
 

@@ -12,6 +12,7 @@
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/backend/cuda/kv_cuda.h"
 #include "tq/backend/cuda/q8_act.cuh"
+#include "tq/backend/cuda/split_by_length.cuh"
 #include "tq/backend/cuda/split_plan.h"
 #include "tq/quant/qjl.h"
 
@@ -21,7 +22,8 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Splits are multiples of the tokens a CTA's warps divide evenly (4 warps x 32-token steps).
-static_assert(kTqSplitCost.unit == kAttnWarps * 32 && kF16SplitCost.unit == kAttnWarps * 32);
+static_assert(kTqSplitCost.unit == kAttnWarps * 32 && kF16SplitCost.unit == kAttnWarps * 32 &&
+              kSplitUnit == kAttnWarps * 32);
 
 // In-place unnormalised Walsh-Hadamard transform of sh[0..d) by the block (d threads, d a
 // power of two), the same butterflies as quant::fwht_ref.
@@ -82,6 +84,11 @@ struct MergeArgs {
   const float* part_o;
   const float2* part_ml;
   int splits_main, splits_total, n_heads, d, group;
+  // Main partials split by length (AttnArgs::split_budget > 0): this row's are found from the
+  // lengths; the window's then start at window_base + row * (splits_total - splits_main).
+  const int32_t* lengths;
+  int n_seqs, split_budget, split_cap;
+  size_t window_base;
   const float* signs_v;  // P_v = H D / sqrt(d), or
   const float* rot_v;    // dense P_v, or neither (values not rotated)
   float inv_sqrt_d;
@@ -97,9 +104,12 @@ struct MergeArgs {
 };
 
 constexpr int kMergeUnroll = 8;
+// kByLength: the main partials were split by length (its own kernel, so that the other keeps
+// its split counts as kernel parameters: uniform, its loads batched).
+template <bool kByLength>
 __global__ void merge_kernel(const MergeArgs a) {
   extern __shared__ float
-      sh[];  // [d] rotation, [32] reduction, [splits_total] m_s, [splits_total] l_s
+      sh[];  // [d] rotation, [32] reduction, [2] the plan, [splits] m_s, [splits] l_s
   const int d = a.d, head = blockIdx.x, seq = blockIdx.y;
   const int j = threadIdx.x, lane = j & 31, warp = j >> 5, warps = (d + 31) / 32;
 #ifdef TQ_ATTN_TIMELINE
@@ -107,7 +117,36 @@ __global__ void merge_kernel(const MergeArgs a) {
     a.timeline[2 * (static_cast<size_t>(seq) * gridDim.x + head)] = tl_now();
 #endif
   dev::pdl_launch_dependents();  // the output matmul may start loading its weights
-  dev::pdl_wait();               // the partials come from the attention kernel before
+  // Where this row's partials are: main split s at main_first + s * main_stride (s < n_main),
+  // then the window's n_win consecutive ones at win_first. (The lengths are older than the
+  // attention kernel: found before the wait.)
+  const size_t part_row = static_cast<size_t>(seq) * a.n_heads + head;
+  const int n_win = a.splits_total - a.splits_main;
+  int n_main = a.splits_main, n_all = a.splits_total;
+  size_t main_first = part_row * a.splits_total, main_stride = 1, win_first = main_first + n_main;
+  if constexpr (kByLength) {  // warp 0 finds them (a warp's work), the block reads them
+    int* plan_sh = reinterpret_cast<int*>(sh + d + 32);
+    if (warp == 0) {
+      dev::ByLength bl;
+      bl.plan(a.lengths, a.n_seqs, a.split_budget, a.split_cap);
+      int first = 0, count = 0;
+      bl.splits_of(seq, &first, &count);
+      if (lane == 0) plan_sh[0] = first, plan_sh[1] = count;
+    }
+    __syncthreads();
+    n_main = plan_sh[1];
+    main_first = (static_cast<size_t>(head / a.group) * a.split_budget + plan_sh[0]) * a.group +
+                 head % a.group;
+    main_stride = a.group;
+    win_first = a.window_base + part_row * n_win;
+    n_all = n_main + n_win;
+  }
+  const auto part_at = [&](int s) {  // (selects, no branch: the loads below stay independent)
+    if constexpr (!kByLength) return main_first + s;
+    const bool m = s < n_main;
+    return (m ? main_first : win_first - n_main) + static_cast<size_t>(s) * (m ? main_stride : 1);
+  };
+  dev::pdl_wait();  // the partials come from the attention kernel before
   // (A slot's first pass sets its output scale in this pass: read after the wait, its load in
   // flight with the partials'.)
   float t = 1.0f;
@@ -117,13 +156,12 @@ __global__ void merge_kernel(const MergeArgs a) {
     t = a.out_scale[row * kv_dim + static_cast<size_t>(head / a.group) * d + j];
   }
   float* red = sh + d;
-  float* sm = red + 32;
-  float* sl = sm + a.splits_total;
-  const size_t ph = (static_cast<size_t>(seq) * a.n_heads + head) * a.splits_total;
+  float* sm = red + 34;  // (2 ints of the plan between)
+  float* sl = sm + n_all;
   const unsigned mask = d >= 32 ? 0xffffffffu : (1u << d) - 1u;
   float m = -INFINITY;
-  for (int s = j; s < a.splits_total; s += d) {
-    const float2 ml = a.part_ml[ph + s];
+  for (int s = j; s < n_all; s += d) {
+    const float2 ml = a.part_ml[part_at(s)];
     sm[s] = ml.x;
     sl[s] = ml.y;
     m = fmaxf(m, ml.x);
@@ -135,19 +173,19 @@ __global__ void merge_kernel(const MergeArgs a) {
   for (int w = 1; w < warps; ++w) m = fmaxf(m, red[w]);
   float l = 0.0f, acc_main = 0.0f, acc_win = 0.0f;
   if (m != -INFINITY) {
-    for (int s0 = 0; s0 < a.splits_total; s0 += kMergeUnroll) {
+    for (int s0 = 0; s0 < n_all; s0 += kMergeUnroll) {
       float ov[kMergeUnroll];
 #pragma unroll
       for (int i = 0; i < kMergeUnroll; ++i)
-        ov[i] = s0 + i < a.splits_total ? a.part_o[(ph + s0 + i) * d + j] : 0.0f;
+        ov[i] = s0 + i < n_all ? a.part_o[part_at(s0 + i) * d + j] : 0.0f;
 #pragma unroll
       for (int i = 0; i < kMergeUnroll; ++i) {
         const int s = s0 + i;
-        if (s >= a.splits_total || sm[s] == -INFINITY) continue;
+        if (s >= n_all || sm[s] == -INFINITY) continue;
         const float w = exp2f(sm[s] - m);
         l += w * sl[s];
         const float v = w * ov[i];
-        if (s < a.splits_main)
+        if (s < n_main)
           acc_main += v;
         else
           acc_win += v;
@@ -288,7 +326,23 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
   a.part_ml = reinterpret_cast<float2*>(ws + plan.part_ml);
   a.split_offset = split_offset;
   a.splits_total = plan.main_splits + plan.window_splits;
+  a.n_seqs = p.n_seqs;
   return a;
+}
+
+// Splits by length only where the longest's splits hold at least this many tokens (~33 us of a
+// CTA's loop at 16 ns a token).
+constexpr int kByLengthMinTokens = 2048;
+
+// The merge's shared memory for a row of `splits` partials: the rotation, the reduction and two
+// floats a split.
+size_t merge_smem_bytes(int d, int splits) {
+  return (static_cast<size_t>(d) + 34 + 2 * static_cast<size_t>(splits)) * sizeof(float);
+}
+
+// Split by length, the main partials are n_kv_heads x budget x group rows; the window's follow.
+size_t window_part_base(const DecodeAttentionPlan& plan) {
+  return static_cast<size_t>(plan.n_kv_heads) * plan.main_split_budget * plan.group;
 }
 
 }  // namespace
@@ -322,11 +376,30 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
   const int pairs = p.n_seqs * plan.n_kv_heads;
+  const int slots = num_sms * std::max(main->occupancy(), 1);  // resident CTAs: one wave
   const SplitPlan mp =
-      plan_splits(p.main.max_length, pairs, num_sms * std::max(main->occupancy(), 1),
+      plan_splits(p.main.max_length, pairs, slots,
                   p.main.k.format.is_tq() ? kTqSplitCost : kF16SplitCost, p.max_splits);
   plan.main_tokens_per_split = mp.tokens_per_split;
   plan.main_splits = mp.splits;
+  // Splits by length: a KV head's budget is the longest's cut for every sequence, so no split
+  // gets more tokens than that cut's (the smallest fitting T is at most its tokens a split).
+  // Only where that cut fills at most two waves of CTAs: past that, the CTAs of short sequences
+  // end early and the next wave's take their SMs, which balances mixed lengths well enough
+  // (measured: a ragged batch of 64 at 32k and 128k 0.98-1.03x by length), where the kernel
+  // takes splits that long (by_length_max_tokens), and where the longest's splits are long enough
+  // (kByLengthMinTokens) that finding the plan in every CTA and merge block (~1.5 us) is small
+  // beside them (at 1k batch 8, 256-token splits: 0.92x on equal lengths). With one split a
+  // sequence it would be the same cut.
+  if (p.split_by_length && main->launch_by_length && p.n_seqs > 1 &&
+      p.n_seqs <= dev::kByLengthMaxSeqs && mp.splits > 1 &&
+      mp.tokens_per_split >= kByLengthMinTokens &&
+      static_cast<long long>(pairs) * mp.splits <= 2LL * slots &&
+      (main->by_length_max_tokens == 0 || mp.tokens_per_split <= main->by_length_max_tokens)) {
+    plan.main_split_budget = p.n_seqs * mp.splits;
+    plan.main_split_cap =
+        p.max_splits > 0 ? std::max(p.max_splits, mp.splits) : plan.main_split_budget;
+  }
   if (window) {
     const SplitPlan wp =
         plan_splits(p.window.max_length, pairs, num_sms * std::max(window->occupancy(), 1),
@@ -337,7 +410,13 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
   const size_t splits =
       std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
-  if ((static_cast<size_t>(plan.dim) + 32 + 2 * splits) * sizeof(float) > 48 * 1024)
+  // Split by length, one sequence may take up to the cap of the budget's splits (the merge
+  // keeps two floats each): a batch whose budget would not fit is cut by its longest.
+  if (plan.main_split_budget > 0 &&
+      merge_smem_bytes(plan.dim, std::min(plan.main_split_budget, plan.main_split_cap) +
+                                     plan.window_splits) > 48 * 1024)
+    plan.main_split_budget = plan.main_split_cap = 0;
+  if (merge_smem_bytes(plan.dim, static_cast<int>(splits)) > 48 * 1024)
     return unsupported("decode attention: " + std::to_string(splits) +
                        " splits exceed the merge's shared memory");
   const auto take = [&](size_t bytes) {
@@ -418,16 +497,27 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
     a.tokens_per_split = plan.main_tokens_per_split;
+    a.split_budget = plan.main_split_budget;
+    a.split_cap = plan.main_split_cap;
 #ifdef TQ_ATTN_TIMELINE
     a.timeline = g_attn_timeline;
 #endif
     raw_query(a, k_rot ? kt.hadamard_signs : nullptr);
-    TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream,
-                                    p.overlap_launches && fused_query));
+    const bool pdl = p.overlap_launches && fused_query;
+    if (plan.main_split_budget > 0)
+      TQ_RETURN_IF_ERROR(main->launch_by_length(a, plan.main_split_budget, plan.n_kv_heads,
+                                                p.n_seqs, stream, pdl));
+    else
+      TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream, pdl));
   }
   if (window && plan.window_splits > 0) {
     AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_splits);
     a.tokens_per_split = plan.window_tokens_per_split;
+    if (plan.main_split_budget > 0) {  // the window's partials after the main ones
+      a.part_base = window_part_base(plan);
+      a.splits_total = plan.window_splits;
+      a.split_offset = 0;
+    }
     raw_query(a, nullptr);
     TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, side,
                                       !fork && p.overlap_launches && fused_query));
@@ -437,8 +527,10 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     TQ_CUDA_TRY(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(p.join_event), 0));
   }
   const int splits_total = plan.main_splits + plan.window_splits;
-  const size_t merge_smem =
-      (static_cast<size_t>(d) + 32 + 2 * static_cast<size_t>(splits_total)) * sizeof(float);
+  const size_t merge_smem = merge_smem_bytes(
+      d, plan.main_split_budget > 0
+             ? std::min(plan.main_split_budget, plan.main_split_cap) + plan.window_splits
+             : splits_total);
   MergeArgs ma{};
   ma.part_o = reinterpret_cast<const float*>(ws + plan.part_o);
   ma.part_ml = reinterpret_cast<const float2*>(ws + plan.part_ml);
@@ -447,6 +539,11 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   ma.n_heads = p.n_heads;
   ma.d = d;
   ma.group = plan.group;
+  ma.lengths = p.main.lengths;
+  ma.n_seqs = p.n_seqs;
+  ma.split_budget = plan.main_split_budget;
+  ma.split_cap = plan.main_split_cap;
+  ma.window_base = window_part_base(plan);
   ma.signs_v = v_rot ? vt.hadamard_signs : nullptr;
   ma.rot_v = v_rot ? vt.rotation : nullptr;
   ma.inv_sqrt_d = inv_sqrt_d;
@@ -461,8 +558,9 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
                                                         plan.n_kv_heads * p.n_seqs * 10
                                 : nullptr;
 #endif
-  TQ_CUDA_TRY(launch_maybe_pdl(merge_kernel, dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream,
-                               p.overlap_launches, ma));
+  TQ_CUDA_TRY(launch_maybe_pdl(
+      plan.main_split_budget > 0 ? merge_kernel<true> : merge_kernel<false>,
+      dim3(p.n_heads, p.n_seqs), dim3(d), merge_smem, stream, p.overlap_launches, ma));
   TQ_CUDA_CHECK_LAUNCH(stream);
   return ok_status();
 }

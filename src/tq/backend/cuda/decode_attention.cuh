@@ -24,6 +24,7 @@
 #include <type_traits>
 
 #include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/split_by_length.cuh"
 #include "tq/backend/cuda/vec_formats.cuh"
 
 namespace tq::backend::cuda {
@@ -60,6 +61,16 @@ struct AttnArgs {
   int tokens_per_split;
   int split_offset;  // first split index of this segment
   int splits_total;
+  // Splits by length (split_plan.h; the kernels instanced with kByLength): the grid is
+  // (split_budget, KV heads), CTA x takes global split x of the n_seqs sequences' ceil(len / T)
+  // (at most split_cap of one sequence) and writes its partial at part_base + (kvh *
+  // split_budget + x) * group + h. Otherwise the grid is (splits, KV heads, sequences), the
+  // partial of split x at part_base + (seq * n_heads + kvh * group + h) * splits_total +
+  // split_offset + x.
+  int n_seqs;
+  int split_budget;
+  int split_cap;
+  size_t part_base;
   // Always 0. The pipelined loop adds `code & zero` to the next step's addresses: a data
   // dependence that keeps those loads after the current step's first use of its codes (see
   // attention_kernel).
@@ -105,11 +116,27 @@ constexpr bool attn_pipeline_keys() {
 
 // Pipelined instances whose steps are whole pages (kCap == the step) list their split's pages in
 // shared memory, kAttnPages of them (16k tokens of 32-token pages; a longer split reads the rest
-// from the block table), so the next step's loads wait for no block-table read.
+// from the block table), so the next step's loads wait for no block-table read. Their kernels
+// for splits by length list all of a split's pages, up to kAttnPagesByLength (32k tokens; the
+// plan asks them no longer split), so that their loop never reads the block table: the sequence
+// and the split's start are not held through it (with them, a 64-bit spill and a 2% slower loop).
 inline constexpr int kAttnPages = 512;
+inline constexpr int kAttnPagesByLength = 1024;
+template <bool kByLength>
+constexpr int attn_pages() {
+  return kByLength ? kAttnPagesByLength : kAttnPages;
+}
 template <class KF, class VF, int kCap>
 constexpr bool attn_page_list() {
   return attn_pipeline_keys<KF>() && kCap == attn_step_tokens<KF, VF>();
+}
+// Instances with a second kernel for splits by length (kByLength): the page-list ones and those
+// that do not pipeline their loads (f16, q8_0, q4_0). The generic-page tq ones would spill, and
+// with 3-bit values that kernel's loop came out 4-7% longer than the other's (register
+// allocation; 0.90-0.91x on equal lengths at 32k), so those take the longest's cut.
+template <class KF, class VF, int kCap>
+constexpr bool attn_by_length() {
+  return (attn_page_list<KF, VF, kCap>() && VF::kCodeBits != 3) || !attn_pipeline_keys<KF>();
 }
 
 template <int kDim>
@@ -128,10 +155,16 @@ constexpr int attn_pages_offset() {
   return attn_query_offset<KF, VF>() + 8 * kDim * 2;
 }
 
-template <class KF, class VF, int kDim, int kCap>
+// Splits by length: the CTA's sequence, split and tokens a split, found by warp 0.
+template <class KF, class VF, int kDim, int kCap, bool kByLength>
+constexpr int attn_plan_offset() {
+  return attn_pages_offset<KF, VF, kDim>() +
+         (attn_page_list<KF, VF, kCap>() ? attn_pages<kByLength>() * 4 : 0);
+}
+
+template <class KF, class VF, int kDim, int kCap, bool kByLength>
 constexpr int attn_smem_bytes() {
-  const int t =
-      attn_pages_offset<KF, VF, kDim>() + (attn_page_list<KF, VF, kCap>() ? kAttnPages * 4 : 0);
+  const int t = attn_plan_offset<KF, VF, kDim, kCap, kByLength>() + (kByLength ? 16 : 0);
   const int r = attn_reduce_bytes<kDim>();
   return t > r ? t : r;
 }
@@ -212,7 +245,10 @@ constexpr int attn_min_blocks() {
 
 // kCap: block_tokens known at compile time (0: read a.block_tokens). With kCap == kStep every
 // step is exactly one page (slot 0 on), so every address inside it is a base plus an immediate.
-template <class KF, class VF, int kDim, int kCap>
+// kByLength: the CTAs split the sequences by length (AttnArgs::split_budget); its own kernel, so
+// that the other keeps its registers (the sequence and the split's start come from shared
+// memory here, not from the block index).
+template <class KF, class VF, int kDim, int kCap, bool kByLength>
 __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     attention_kernel(const AttnArgs a) {
   using namespace dev;
@@ -231,16 +267,59 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // before pdl_wait; the cache and the queries are read after it.
   if (threadIdx.x == 0) TQ_TL(0);
   dev::pdl_launch_dependents();
-  const int split = blockIdx.x, kvh = blockIdx.y, seq = blockIdx.z;
+  using Tab = AttnTables<KF, VF>;
+  // The code tables (before pdl_wait: codebooks are older than the K/V write).
+  const auto fill_tables = [&] {
+    uint8_t* k_table = smem;
+    uint8_t* v_table = smem + Tab::kVRow * 256;
+    uint8_t* s_table = smem + Tab::kSignRow * 256;
+    constexpr bool kKTab = KF::kTableRows > 0, kVTab = VF::kTableRows > 0 && !Tab::kShare;
+    // (formats without a table name a 1-bit one, never used)
+    [[maybe_unused]] TableFill<kKTab ? KF::kCodeBits : 1, KF::kLookup, kAttnThreads> kfill;
+    [[maybe_unused]] TableFill<kVTab ? VF::kCodeBits : 1, VF::kLookup, kAttnThreads> vfill;
+    [[maybe_unused]] TableFill<1, 4, kAttnThreads> sfill;
+    if constexpr (kKTab) kfill.load(a.k_centroids);
+    if constexpr (kVTab) vfill.load(a.v_centroids);
+    if constexpr (kQjl) sfill.load(nullptr);
+    if constexpr (kKTab) kfill.store(k_table, 0);
+    if constexpr (kVTab) vfill.store(v_table, Tab::kVHalf);
+    if constexpr (kQjl) sfill.store(s_table, 0);
+  };
+  const int kvh = blockIdx.y;
+  int split = blockIdx.x, seq = blockIdx.z, tokens_per_split = a.tokens_per_split;
+  if constexpr (kByLength) {
+    // Warp 0 finds the CTA's sequence and split while the others fill the tables (a warp's
+    // work: every warp of every CTA doing it took issue slots from the loops).
+    int* plan_sh = reinterpret_cast<int*>(smem + attn_plan_offset<KF, VF, kDim, kCap, kByLength>());
+    if (threadIdx.x < 32) {
+      ByLength bl;
+      bl.plan(a.lengths, a.n_seqs, a.split_budget, a.split_cap);
+      int s, j;
+      bl.locate(blockIdx.x, &s, &j);
+      if (threadIdx.x == 0) plan_sh[0] = s, plan_sh[1] = j, plan_sh[2] = bl.u * kSplitUnit;
+    }
+    fill_tables();
+    __syncthreads();
+    seq = plan_sh[0], split = plan_sh[1], tokens_per_split = plan_sh[2];
+    if (seq < 0) return;  // past the batch's splits: no partial (the merge reads none)
+  }
+  // The split's tokens [first_tok, first_tok + tokens_per_split) of the sequence. The loop counts
+  // tokens from `begin`: first_tok, or 0 by length (the loop then holds no split start of its
+  // own; the block-table reads add first_tok back).
   const int len = __ldg(a.lengths + seq);
-  const int begin = split * a.tokens_per_split;
-  const int end = min(len, begin + a.tokens_per_split);
-  const size_t part = (static_cast<size_t>(seq) * a.n_heads + kvh * a.group) * a.splits_total +
-                      a.split_offset + split;
+  const int first_tok = split * tokens_per_split;
+  const int begin = kByLength ? 0 : first_tok;
+  const int end = min(len, first_tok + tokens_per_split) - (first_tok - begin);
+  const size_t part =
+      kByLength
+          ? a.part_base + (static_cast<size_t>(kvh) * a.split_budget + blockIdx.x) * a.group
+          : a.part_base + (static_cast<size_t>(seq) * a.n_heads + kvh * a.group) * a.splits_total +
+                a.split_offset + split;
+  const size_t head_stride = kByLength ? 1 : a.splits_total;  // between the group's partials
   if (begin >= end) {  // an empty split still writes its partial (weight 0)
     dev::pdl_wait();
     for (int h = threadIdx.x; h < a.group; h += blockDim.x)
-      a.part_ml[part + static_cast<size_t>(h) * a.splits_total] = make_float2(-INFINITY, 0.0f);
+      a.part_ml[part + static_cast<size_t>(h) * head_stride] = make_float2(-INFINITY, 0.0f);
     return;
   }
 
@@ -248,8 +327,9 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   const int g = lane >> 2, t = lane & 3;
   const int cap = kCap ? kCap : a.block_tokens;
   const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
-  const auto block_of = [&](int tok0, int* slot0) {
-    if constexpr (kCap == kStep) {  // steps start at multiples of kStep
+  const auto block_of = [&](int tok, int* slot0) {
+    const int tok0 = tok + (first_tok - begin);  // (the sequence's token)
+    if constexpr (kCap == kStep) {               // steps start at multiples of kStep
       *slot0 = 0;
       return __ldg(table + tok0 / kCap);
     } else {
@@ -341,36 +421,31 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         if (kFull || 8 * j + g < valid) vals.vsr[j] = VF::scale_raw(nl, cap, ns + 8 * j);
     }
   };
-  using Tab = AttnTables<KF, VF>;
-  uint8_t* k_table = smem;
-  uint8_t* v_table = smem + Tab::kVRow * 256;
-  uint8_t* s_table = smem + Tab::kSignRow * 256;
-  {
-    constexpr bool kKTab = KF::kTableRows > 0, kVTab = VF::kTableRows > 0 && !Tab::kShare;
-    // (formats without a table name a 1-bit one, never used)
-    [[maybe_unused]] TableFill<kKTab ? KF::kCodeBits : 1, KF::kLookup, kAttnThreads> kfill;
-    [[maybe_unused]] TableFill<kVTab ? VF::kCodeBits : 1, VF::kLookup, kAttnThreads> vfill;
-    [[maybe_unused]] TableFill<1, 4, kAttnThreads> sfill;
-    if constexpr (kKTab) kfill.load(a.k_centroids);
-    if constexpr (kVTab) vfill.load(a.v_centroids);
-    if constexpr (kQjl) sfill.load(nullptr);
-    if constexpr (kKTab) kfill.store(k_table, 0);
-    if constexpr (kVTab) vfill.store(v_table, Tab::kVHalf);
-    if constexpr (kQjl) sfill.store(s_table, 0);
-  }
+  if constexpr (!kByLength) fill_tables();
   // The split's pages (block tables are older than the K/V write too); read after the
   // __syncthreads below.
   constexpr int kPage = kCap > 0 ? kCap : 1;  // (kPagePipe instances only)
   int* pages_sh = reinterpret_cast<int*>(smem + attn_pages_offset<KF, VF, kDim>());
+  constexpr int kListed = attn_pages<kByLength>();
   if constexpr (kPagePipe) {
-    const int n = min((end - begin + kPage - 1) / kPage, kAttnPages);
+    const int pages = (end - begin + kPage - 1) / kPage;
+    if (kByLength && pages > kListed) {  // the plan asks no such split: poison, read nothing
+      dev::pdl_wait();
+      for (int h = threadIdx.x; h < a.group; h += blockDim.x)
+        a.part_ml[part + static_cast<size_t>(h) * head_stride] = make_float2(0.0f, NAN);
+      return;
+    }
+    const int n = min(pages, kListed);
     for (int i = threadIdx.x; i < n; i += kAttnThreads)
-      pages_sh[i] = __ldg(table + begin / kPage + i);
+      pages_sh[i] = __ldg(table + first_tok / kPage + i);
   }
   // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
   [[maybe_unused]] const auto page_at = [&](int tok) {
     const int i = static_cast<int>(static_cast<unsigned>(tok - begin) / kPage);
-    return i < kAttnPages ? pages_sh[i] : __ldg(table + begin / kPage + i);
+    if constexpr (kByLength)
+      return pages_sh[i];
+    else
+      return i < kAttnPages ? pages_sh[i] : __ldg(table + first_tok / kPage + i);
   };
   if (threadIdx.x == 0) TQ_TL(1);
   dev::pdl_wait();  // the K/V write (and the queries' RoPE before it) have completed
@@ -402,12 +477,16 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // Lookup addresses are relative to dynamic shared memory at 0x400 (an immediate of each load);
   // any difference of the real base lives above bit 16 (a cluster CTA id), carried in the lane
   // offsets. A base that differs below bit 16 would break that: poison the partial instead.
-  const uint32_t base_delta = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) - 1024u;
-  if ((base_delta & 0xffffu) != 0u) {
+  // The kernels for splits by length (never launched in a cluster) require the base itself: their
+  // lane offsets are then a function of the lane alone, which the compiler recomputes where the
+  // other kernel holds (or spills) them.
+  const uint32_t real_delta = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) - 1024u;
+  if ((real_delta & (kByLength ? 0xffffffffu : 0xffffu)) != 0u) {
     for (int h = threadIdx.x; h < a.group; h += blockDim.x)
-      a.part_ml[part + static_cast<size_t>(h) * a.splits_total] = make_float2(0.0f, NAN);
+      a.part_ml[part + static_cast<size_t>(h) * head_stride] = make_float2(0.0f, NAN);
     return;
   }
+  const uint32_t base_delta = kByLength ? 0u : real_delta;
   constexpr int kKOff = 1024, kVOff = 1024 + Tab::kVRow * 256, kSOff = 1024 + Tab::kSignRow * 256;
   constexpr int kVLookup = Tab::kShare ? KF::kLookup : VF::kLookup;
   const uint32_t k_off = base_delta + lut_copy<KF::kLookup>(lane) * 2 * KF::kLookup;
@@ -687,7 +766,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         l += f * red_l[w * 8 + h];
       }
     }
-    const size_t p = part + static_cast<size_t>(h) * a.splits_total;
+    const size_t p = part + static_cast<size_t>(h) * head_stride;
     a.part_o[p * kDim + d] = acc;
     if (d == 0) a.part_ml[p] = make_float2(m, l);
   }

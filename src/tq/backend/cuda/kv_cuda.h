@@ -125,6 +125,10 @@ struct DecodeAttentionParams {
   AttentionSegment window;  // f16 pools, or k.data == nullptr for none
   int num_sms = 0;          // 0: ask the current device
   int max_splits = 0;       // split-K cap per sequence; 0: planned from the device
+  // Batches of 2..128 sequences share their CTAs by length (a short sequence takes fewer, every
+  // CTA about as many tokens; split_plan.h), decided on the device from the lengths. false: every
+  // sequence is cut as the longest (max_length) is.
+  bool split_by_length = true;
   // The attention and merge kernels launched with programmatic dependence (sm_90): attention
   // CTAs build their code tables while the kernel before them (the K/V write) still runs.
   bool overlap_launches = false;
@@ -146,6 +150,9 @@ struct DecodeAttentionPlan {
   const void* main_instance = nullptr;  // internal: the compiled kernel of each segment
   const void* window_instance = nullptr;
   int main_tokens_per_split = 0, main_splits = 0;
+  // Split by length when main_split_budget > 0: CTAs a KV head (n_seqs x main_splits), at most
+  // main_split_cap of them for one sequence.
+  int main_split_budget = 0, main_split_cap = 0;
   int window_tokens_per_split = 0, window_splits = 0;
   int dim = 0, n_kv_heads = 0, group = 0;
   size_t q_main = 0, q_sketch = 0, q_win = 0, part_o = 0, part_ml = 0;  // workspace offsets

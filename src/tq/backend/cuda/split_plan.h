@@ -4,7 +4,17 @@
 
 #include <algorithm>
 
+#ifdef __CUDACC__
+#define TQ_SPLIT_HD __host__ __device__
+#else
+#define TQ_SPLIT_HD
+#endif
+
 namespace tq::backend::cuda {
+
+// Splits are multiples of this many tokens: what a CTA's 4 warps divide evenly in 32-token steps
+// (and whole pages of every supported page size).
+inline constexpr int kSplitUnit = 128;
 
 // The merge kernel keeps two floats a split in shared memory: far below its 48 KB at this.
 inline constexpr int kMaxSplits = 4096;
@@ -61,6 +71,54 @@ inline SplitPlan plan_splits(int max_len, int pairs, int slots, const SplitCost&
     }
   }
   return p;
+}
+
+// Splits by length (a batch of mixed lengths): one plan for the longest sequence gives every
+// sequence its splits, so the CTAs of short ones end early and leave their SMs idle. Instead a
+// call has a budget of CTAs per KV head (n_seqs x the longest's splits: equal lengths cut
+// exactly as before) and every sequence takes ceil(len / T) of them, for the smallest T (a
+// multiple of the unit) that fits: T follows the batch's total, not its longest sequence, and no
+// CTA crosses a sequence. The attention and merge kernels compute T from the lengths on the
+// device (a CUDA graph's lengths change every step), with this search and a warp's counts.
+
+// The smallest u in units (T = u x unit) with count(u) = {sum_i ceil(L_i / u), max_i ceil(L_i /
+// u)} within {budget, cap}, L_i the lengths in units: `total` their sum, `longest` their
+// maximum, `nonempty` how many are not 0 (budget >= nonempty, cap >= 1). count is non-increasing
+// in u. Bracket: sum_i ceil(L_i / u) >= total / u, so u >= total / budget (and longest / cap);
+// sum_i ceil(L_i / u) < total / u + nonempty, so u = total / (budget - nonempty) fits the budget.
+// The lower end is tried first: equal lengths with a budget of n x s splits fit it (one count).
+struct SplitCount {
+  int sum;
+  int max;
+};
+template <class Count>
+TQ_SPLIT_HD int by_length_units(int total, int longest, int nonempty, int budget, int cap,
+                                Count count) {
+  if (longest <= 0) return 1;
+  int lo = (total + budget - 1) / budget;
+  const int lo_cap = (longest + cap - 1) / cap;
+  if (lo < lo_cap) lo = lo_cap;
+  if (lo < 1) lo = 1;
+  int hi = longest;  // one split a sequence
+  if (budget > nonempty) {
+    const int fits = (total + (budget - nonempty) - 1) / (budget - nonempty);
+    if (fits < hi) hi = fits;
+  }
+  if (hi < lo) hi = lo;
+  const auto fits = [&](int u) {
+    const SplitCount c = count(u);
+    return c.sum <= budget && c.max <= cap;
+  };
+  if (fits(lo)) return lo;
+  ++lo;  // the smallest fitting u in (lo, hi]; hi fits unless the cap binds (then lo_cap did)
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (fits(mid))
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  return lo;
 }
 
 }  // namespace tq::backend::cuda
