@@ -61,6 +61,16 @@ int attention_occupancy() {
   return blocks;
 }
 
+// The kernel for splits by length where the instance has one (instanced only then).
+template <class KF, class VF, int kDim, int kCap>
+constexpr auto attn_launch_by_length() {
+  using Launch = Status (*)(const AttnArgs&, int, int, int, cudaStream_t, bool);
+  if constexpr (attn_by_length<KF, VF, kCap>())
+    return Launch{&launch_attention<KF, VF, kDim, kCap, true>};
+  else
+    return Launch{nullptr};
+}
+
 template <class KF, class VF, int kDim, int kCap = 0>
 constexpr AttnInstance attn_instance(quant::Format k, quant::Format v) {
   return {k,
@@ -68,7 +78,7 @@ constexpr AttnInstance attn_instance(quant::Format k, quant::Format v) {
           kDim,
           kCap,
           &launch_attention<KF, VF, kDim, kCap, false>,
-          attn_by_length<KF, VF, kCap>() ? &launch_attention<KF, VF, kDim, kCap, true> : nullptr,
+          attn_launch_by_length<KF, VF, kDim, kCap>(),
           attn_page_list<KF, VF, kCap>() ? kAttnPagesByLength * kCap : 0,
           &attention_occupancy<KF, VF, kDim, kCap>};
 }

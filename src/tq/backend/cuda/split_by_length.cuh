@@ -23,8 +23,9 @@ __device__ __forceinline__ float rcp_approx(float b) {
   return r;
 }
 
-// ceil(a / b) for 0 <= a < 2^22, b >= 1 (lengths in units): a float quotient within one of the
-// truth, corrected by its remainder.
+// ceil(a / b) for 0 <= a < 2^20, b >= 1 (lengths in 128-token units: up to 2^27 tokens): a float
+// quotient (within one of the truth at these sizes, an approximate reciprocal included),
+// corrected by its remainder.
 __device__ __forceinline__ int ceil_div_small(int a, int b, float rcp_b) {
   int q = __float2int_rz(static_cast<float>(a) * rcp_b);
   int r = a - q * b;
