@@ -1,8 +1,9 @@
 // Splits by length on the device (split_plan.h says why): one warp reads the batch's lengths,
 // finds the tokens per split T with by_length_units, and tells a CTA which sequence and split
-// its global split index names, or the merge where a sequence's splits start. Every warp that
-// needs the answer computes it (no shared memory, no barrier): the attention CTAs before they
-// wait for the K/V write, the merge's blocks before they wait for the attention.
+// its global split index names, or the merge where a sequence's splits start. Warp 0 of each
+// attention CTA and merge block does it and shares the answer through shared memory: the
+// attention CTAs before they wait for the K/V write, the merge's blocks before they wait for the
+// attention.
 #pragma once
 
 #include <cstdint>
@@ -44,22 +45,19 @@ struct ByLength {
   // The whole warp calls this with the same arguments.
   __device__ __forceinline__ void plan(const int32_t* lengths, int n_seqs, int budget, int cap) {
     const int lane = static_cast<int>(threadIdx.x & 31);
-    // One sum carries the units (< 2^24: 128 sequences of < 2^17) and, above them, the count of
-    // non-empty sequences.
-    unsigned packed = 0u;
-    int longest = 0;
+    int total = 0, longest = 0, nonempty = 0;
 #pragma unroll
     for (int k = 0; k < kByLengthPerLane; ++k) {
       const int i = kByLengthPerLane * lane + k;
       const int len = i < n_seqs ? __ldg(lengths + i) : 0;
       units[k] = len > 0 ? (len + kSplitUnit - 1) / kSplitUnit : 0;
-      packed += static_cast<unsigned>(units[k]) + (units[k] > 0 ? 1u << 24 : 0u);
+      total += units[k];
+      nonempty += units[k] > 0 ? 1 : 0;
       longest = units[k] > longest ? units[k] : longest;
     }
-    packed = __reduce_add_sync(0xffffffffu, packed);
+    total = static_cast<int>(__reduce_add_sync(0xffffffffu, static_cast<unsigned>(total)));
+    nonempty = static_cast<int>(__reduce_add_sync(0xffffffffu, static_cast<unsigned>(nonempty)));
     longest = static_cast<int>(__reduce_max_sync(0xffffffffu, static_cast<unsigned>(longest)));
-    const int total = static_cast<int>(packed & 0xffffffu),
-              nonempty = static_cast<int>(packed >> 24);
     u = by_length_units(total, longest, nonempty, budget, cap, [&](int v) {
       const float rcp = rcp_approx(static_cast<float>(v));
       int sum = 0, mx = 0;
