@@ -6,7 +6,9 @@
 // the N sessions need one prefill instead of N), and for each decode batch size b, b slots
 // decode together: `warmup` untimed and `steps` timed batched steps, each one token per slot
 // with every slot's logits copied to the host (sampling not timed). Sessions are ~C tokens
-// long, each a little longer after every timed run. Prints Markdown tables: aggregate
+// long, each a little longer after every timed run (with --ragged, session s is cut to
+// C x (8 - s % 8) / 8 tokens after the copy: a batch at different depths). Prints Markdown
+// tables: aggregate
 // tokens/s and ms/step, and sessions of C tokens per budget from kv::kv_bytes_per_token (whole
 // pages per session plus its key means, as the pool allocates).
 //   tq bench concurrent -m llama3-8b-q4_0.gguf --device cuda --sessions 16
@@ -43,6 +45,7 @@ struct BenchConcurrentOptions {
   int batch = 512;  // prefill tokens per pass
   double budget_gib = 60.0;
   uint64_t seed = 11;
+  bool ragged = false;  // session s holds C x (8 - s % 8) / 8 tokens
   KvFlags kv;
   DeviceFlag device;
 };
@@ -110,7 +113,10 @@ Expected<std::vector<Cell>> bench_pair(const BenchConcurrentOptions& o, const mo
     }
     const double prefill_s = seconds_since(t0);
     const auto t1 = Clock::now();
-    for (int s = 1; s < o.sessions; ++s) TQ_RETURN_IF_ERROR(dm->copy_sequence(0, s));
+    for (int s = 1; s < o.sessions; ++s) {
+      TQ_RETURN_IF_ERROR(dm->copy_sequence(0, s));
+      if (o.ragged) TQ_RETURN_IF_ERROR(dm->truncate(s, std::max(1, context * (8 - s % 8) / 8)));
+    }
     std::fprintf(stderr,
                  "  context %6d: prefill of slot 0 %.1f s (%.0f tok/s), copied to %d slots in "
                  "%.3f s\n",
@@ -163,6 +169,11 @@ int bench_concurrent(BenchConcurrentOptions& o) {
   for (const std::string& pair : o.kv_pairs) {
     auto c = o.kv.pair_config(pair);
     if (!c.ok()) return fail(c.status());
+    if (o.ragged && c->sinks + c->window > 0)
+      return fail(invalid_argument(
+          "--ragged cuts the sessions' caches, after which a cache with f16 sinks or a window "
+          "decodes one session at a time until its window refills: run it without --kv-sinks "
+          "and --kv-window"));
     configs.push_back(*c);
   }
   // Capacity first: it needs no device.
@@ -237,6 +248,8 @@ void add_bench_concurrent_command(CLI::App* bench) {
   cmd->add_option("--budget-gib", o->budget_gib, "KV memory budget for the capacity table")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "Seed of the random tokens")->capture_default_str();
+  cmd->add_flag("--ragged", o->ragged,
+                "Sessions at different depths: session s cut to C x (8 - s % 8) / 8 tokens");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->device.add_weights_to(cmd);

@@ -76,7 +76,14 @@ struct DeviceFlag {
   std::string write = "auto";
   std::string activations = "q8";
   std::string window_stream = "on";
+  std::string split_by_length = "on";
   void add_tuning_to(CLI::App* cmd) {
+    cmd->add_option("--gpu-split-by-length", split_by_length,
+                    "on: batched decode attention shares its thread blocks among sequences of "
+                    "mixed lengths by length (where it pays); off: every sequence cut as the "
+                    "longest (--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"on", "off"}));
     cmd->add_option("--gpu-window-stream", window_stream,
                     "with --kv-sinks / --kv-window: attention over the f16 rows on a second "
                     "stream beside the attention over the pages (on), or after it (off) "
@@ -114,6 +121,7 @@ struct DeviceFlag {
     o.cuda_graphs = graphs == "on";
     o.overlap_launches = overlap == "on";
     o.window_stream = window_stream == "on";
+    o.split_by_length = split_by_length == "on";
     o.int8_activations = activations == "q8";
     o.write_kernel = write == "legacy" ? backend::DeviceWriteKernel::kLegacy
                      : write == "team" ? backend::DeviceWriteKernel::kTeam

@@ -38,6 +38,7 @@ std::string DeviceModelOptions::to_string() const {
          (cuda_graphs ? "" : ", no CUDA graphs") +
          (overlap_launches ? "" : ", no overlapped launches") +
          (window_stream || kv.sinks + kv.window == 0 ? "" : ", window attention in line") +
+         (split_by_length ? "" : ", attention cut as the longest sequence") +
          (weights == DeviceWeights::kQuantized && !int8_activations ? ", f16 activations" : "") +
          write_kernel_note(write_kernel) + ", kv " + kv.to_string();
 }

@@ -57,6 +57,10 @@ struct DeviceModelOptions {
   // attention over the pages (forked and joined per layer; parallel graph branches). Off: one
   // after the other (A/B runs).
   bool window_stream = true;
+  // Batched decode attention shares its CTAs by length among sequences of mixed lengths
+  // (backend/cuda/split_plan.h: where it pays, decided per plan). Off: every sequence is cut as
+  // the longest (A/B runs).
+  bool split_by_length = true;
   // With kv.value_scaling: W_o's column norms per layer, [n_layers][n_kv_heads][head_dim]
   // (model::Model::value_output_weights, as kv::PagedKvCacheOptions::value_weights); empty:
   // the value scales come from the values alone.
