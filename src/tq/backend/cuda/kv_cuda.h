@@ -126,8 +126,9 @@ struct DecodeAttentionParams {
   int num_sms = 0;          // 0: ask the current device
   int max_splits = 0;       // split-K cap per sequence; 0: planned from the device
   // Batches of 2..128 sequences share their CTAs by length (a short sequence takes fewer, every
-  // CTA about as many tokens; split_plan.h), decided on the device from the lengths. false: every
-  // sequence is cut as the longest (max_length) is.
+  // CTA about as many tokens; split_plan.h), the cut found on the device from the lengths, where
+  // the plan judges it pays (plan_decode_attention: long enough splits, at most two waves of
+  // CTAs, formats with such a kernel). false: every sequence is cut as the longest (max_length).
   bool split_by_length = true;
   // The attention and merge kernels launched with programmatic dependence (sm_90): attention
   // CTAs build their code tables while the kernel before them (the K/V write) still runs.
