@@ -2,7 +2,8 @@
 # One device call: configure a CUDA build (sm_90), build tq_cuda_tests, tq_gpu_bench and the tq
 # CLI, run the CUDA tests, then
 #   - TQ_GPU_ATTN_BENCH=1 (default): the decode-attention / quantize-on-write benchmark and
-#     PyTorch's SDPA on the same shapes (TQ_GPU_SDPA=0 skips it), joined into $OUT/results.md;
+#     PyTorch's SDPA on the same shapes (TQ_GPU_SDPA=0 skips it), joined into $OUT/results.md,
+#     then ragged batches with and without splits by length (TQ_GPU_RAGGED=0 skips them);
 #   - TQ_GPU_MODEL_BENCH=1 (default): the whole-model GPU forward pass end to end: perplexity of
 #     README.md + docs/*.md on the CPU and on the GPU for a small random model (tq ppl), then a
 #     Llama-3-8B-shaped random Q4_0 model written on the device (tq make-model, never
@@ -145,6 +146,16 @@ if [ "$ATTN_BENCH" = 1 ]; then
   "$BUILD/tq_gpu_bench" --out "$OUT" "$@"
   bench_rc=$?
   [ "${TQ_GPU_SDPA:-1}" = 1 ] && PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu/sdpa_ref.py" --out "$OUT/sdpa.csv"
+  if [ "${TQ_GPU_RAGGED:-1}" = 1 ]; then
+    # Mixed lengths (sequence b at context x (b % 8 + 1) / 8), splits by length against every
+    # sequence cut as the longest, into $OUT/ragged_bylen_{1,0}/ (docs/gpu.md, "Mixed lengths").
+    for bl in 1 0; do
+      echo "## ragged batches, --by-length $bl"
+      "$BUILD/tq_gpu_bench" --out "$OUT/ragged_bylen_$bl" --gemv 0 --write 0 --ragged 1 \
+        --by-length "$bl" --contexts 32768,131072 --batches 8,32 \
+        --formats f16/f16,tq4/tq4,tq4/tq2 | grep -E '^(\||###)' || bench_rc=1
+    done
+  fi
 fi
 if [ "$ATTN_BENCH" = 1 ] && [ "${TQ_GPU_PROFILE:-0}" = 1 ]; then
   # Resource usage and instruction mix of the tq4/tq4 head-dim-128 kernel, then one profiled
