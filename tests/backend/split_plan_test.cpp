@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <utility>
 #include <vector>
 
 #include "tq/core/rng.h"
@@ -174,6 +175,35 @@ TEST(SplitsByLength, MixedLengthsShareTheBudget) {
   // Empty sequences take no split; a batch of them only the first unit.
   EXPECT_EQ(search({0, 0, 5}, 3, 3), 2);
   EXPECT_EQ(search({0, 0, 0}, 3, 3), 1);
+}
+
+TEST(SplitsByLength, TakenWhereTheyPay) {
+  constexpr int kKv = 8;        // the 8B shape
+  constexpr int kList = 32768;  // a page-list kernel's longest split
+  const auto plan = [&](int len, int n, int max_splits = 0, int max_tokens = 32768) {
+    const SplitPlan p = plan_splits(len, n * kKv, kSlots, kCost, max_splits);
+    return std::pair{p, plan_by_length(p, n, n * kKv, kSlots, max_splits, max_tokens)};
+  };
+  // 32k batch 8: 6 splits of 5504, one wave: the budget is 48 a KV head, any one sequence may
+  // take all of it.
+  auto [p8, b8] = plan(32768, 8);
+  EXPECT_EQ(b8.budget, 8 * p8.splits);
+  EXPECT_EQ(b8.cap, b8.budget);
+  // Batch 32: 3 splits, two waves: taken. Batch 64: 3.9 waves: not.
+  EXPECT_GT(plan(32768, 32).second.budget, 0);
+  EXPECT_EQ(plan(32768, 64).second.budget, 0);
+  // Short splits (1k batch 8: 256 tokens) and one sequence: not.
+  EXPECT_EQ(plan(1024, 8).second.budget, 0);
+  EXPECT_EQ(plan(32768, 1).second.budget, 0);
+  EXPECT_EQ(plan(32768, kByLengthMaxSeqs + 1).second.budget, 0);
+  // 128k batch 32: 43k-token splits, past what the kernel lists: not; with no such limit, taken.
+  EXPECT_EQ(plan(131072, 32).second.budget, 0);
+  EXPECT_GT(plan(131072, 32, 0, 0).second.budget, 0);
+  // A caller's cap never goes below the longest's own splits.
+  auto [pc, bc] = plan(32768, 8, 4);
+  EXPECT_EQ(pc.splits, 4);
+  EXPECT_EQ(bc.cap, 4);
+  EXPECT_EQ(plan_by_length(pc, 8, 8 * kKv, kSlots, 2, kList).cap, 4);
 }
 
 }  // namespace

@@ -330,10 +330,6 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
   return a;
 }
 
-// Splits by length only where the longest's splits hold at least this many tokens (~33 us of a
-// CTA's loop at 16 ns a token).
-constexpr int kByLengthMinTokens = 2048;
-
 // The merge's shared memory for a row of `splits` partials: the rotation, the reduction and two
 // floats a split.
 size_t merge_smem_bytes(int d, int splits) {
@@ -382,23 +378,11 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
                   p.main.k.format.is_tq() ? kTqSplitCost : kF16SplitCost, p.max_splits);
   plan.main_tokens_per_split = mp.tokens_per_split;
   plan.main_splits = mp.splits;
-  // Splits by length: a KV head's budget is the longest's cut for every sequence, so no split
-  // gets more tokens than that cut's (the smallest fitting T is at most its tokens a split).
-  // Only where that cut fills at most two waves of CTAs: past that, the CTAs of short sequences
-  // end early and the next wave's take their SMs, which balances mixed lengths well enough
-  // (measured: a ragged batch of 64 at 32k and 128k 0.98-1.03x by length), where the kernel
-  // takes splits that long (by_length_max_tokens), and where the longest's splits are long enough
-  // (kByLengthMinTokens) that finding the plan in every CTA and merge block (~1.5 us) is small
-  // beside them (at 1k batch 8, 256-token splits: 0.92x on equal lengths). With one split a
-  // sequence it would be the same cut.
-  if (p.split_by_length && main->launch_by_length && p.n_seqs > 1 &&
-      p.n_seqs <= dev::kByLengthMaxSeqs && mp.splits > 1 &&
-      mp.tokens_per_split >= kByLengthMinTokens &&
-      static_cast<long long>(pairs) * mp.splits <= 2LL * slots &&
-      (main->by_length_max_tokens == 0 || mp.tokens_per_split <= main->by_length_max_tokens)) {
-    plan.main_split_budget = p.n_seqs * mp.splits;
-    plan.main_split_cap =
-        p.max_splits > 0 ? std::max(p.max_splits, mp.splits) : plan.main_split_budget;
+  if (p.split_by_length && main->launch_by_length) {  // (split_plan.h: where it pays)
+    const ByLengthPlan b =
+        plan_by_length(mp, p.n_seqs, pairs, slots, p.max_splits, main->by_length_max_tokens);
+    plan.main_split_budget = b.budget;
+    plan.main_split_cap = b.cap;
   }
   if (window) {
     const SplitPlan wp =

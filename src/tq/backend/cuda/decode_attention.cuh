@@ -316,10 +316,15 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
           : a.part_base + (static_cast<size_t>(seq) * a.n_heads + kvh * a.group) * a.splits_total +
                 a.split_offset + split;
   const size_t head_stride = kByLength ? 1 : a.splits_total;  // between the group's partials
+  // A CTA that ends without a loop still writes its group's (max, sum): weight 0 (an empty
+  // split), or NaN (a layout the kernel cannot serve: the merge's output shows it).
+  const auto end_with_partials = [&](float2 ml) {
+    for (int h = threadIdx.x; h < a.group; h += blockDim.x)
+      a.part_ml[part + static_cast<size_t>(h) * head_stride] = ml;
+  };
   if (begin >= end) {  // an empty split still writes its partial (weight 0)
     dev::pdl_wait();
-    for (int h = threadIdx.x; h < a.group; h += blockDim.x)
-      a.part_ml[part + static_cast<size_t>(h) * head_stride] = make_float2(-INFINITY, 0.0f);
+    end_with_partials(make_float2(-INFINITY, 0.0f));
     return;
   }
 
@@ -431,8 +436,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     const int pages = (end - begin + kPage - 1) / kPage;
     if (kByLength && pages > kListed) {  // the plan asks no such split: poison, read nothing
       dev::pdl_wait();
-      for (int h = threadIdx.x; h < a.group; h += blockDim.x)
-        a.part_ml[part + static_cast<size_t>(h) * head_stride] = make_float2(0.0f, NAN);
+      end_with_partials(make_float2(0.0f, NAN));
       return;
     }
     const int n = min(pages, kListed);
@@ -482,8 +486,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // other kernel holds (or spills) them.
   const uint32_t real_delta = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) - 1024u;
   if ((real_delta & (kByLength ? 0xffffffffu : 0xffffu)) != 0u) {
-    for (int h = threadIdx.x; h < a.group; h += blockDim.x)
-      a.part_ml[part + static_cast<size_t>(h) * head_stride] = make_float2(0.0f, NAN);
+    end_with_partials(make_float2(0.0f, NAN));
     return;
   }
   const uint32_t base_delta = kByLength ? 0u : real_delta;

@@ -12,11 +12,6 @@
 
 namespace tq::backend::cuda::dev {
 
-// Sequences a lane holds: a warp plans batches of up to 128 (larger ones, prefill passes of many
-// queries, take the longest's plan).
-inline constexpr int kByLengthPerLane = 4;
-inline constexpr int kByLengthMaxSeqs = 32 * kByLengthPerLane;
-
 // 1 / b to about an ulp (rcp.approx): enough for ceil_div_small, which corrects the quotient.
 __device__ __forceinline__ float rcp_approx(float b) {
   float r;
@@ -97,8 +92,13 @@ struct ByLength {
     int own = 0;
     const int base = lane_base(&own);
     const unsigned hit = __ballot_sync(0xffffffffu, g >= base && g < base + own);
+    if (hit == 0u) {  // (uniform: every lane saw the same ballot)
+      *seq = -1, *split = 0;
+      return;
+    }
+    const int owner = __ffs(hit) - 1;  // the lane whose sequences hold split g
     int s = -1, j = 0;
-    if (lane == (hit ? __ffs(hit) - 1 : -1)) {
+    if (lane == owner) {
       int b = base;
 #pragma unroll
       for (int k = 0; k < kByLengthPerLane; ++k) {
@@ -106,9 +106,8 @@ struct ByLength {
         b += n[k];
       }
     }
-    const int src = hit ? __ffs(hit) - 1 : 0;
-    *seq = hit ? __shfl_sync(0xffffffffu, s, src) : -1;
-    *split = hit ? __shfl_sync(0xffffffffu, j, src) : 0;
+    *seq = __shfl_sync(0xffffffffu, s, owner);
+    *split = __shfl_sync(0xffffffffu, j, owner);
   }
 
   // The first global split of sequence seq and how many it has.

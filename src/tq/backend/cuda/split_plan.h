@@ -121,4 +121,40 @@ TQ_SPLIT_HD int by_length_units(int total, int longest, int nonempty, int budget
   return lo;
 }
 
+// Sequences a lane of the planning warp holds: a warp plans batches of up to 128 (larger ones,
+// prefill passes of many queries, take the longest's plan).
+inline constexpr int kByLengthPerLane = 4;
+inline constexpr int kByLengthMaxSeqs = 32 * kByLengthPerLane;
+// Splits by length only where the longest's splits hold at least this many tokens (~33 us of a
+// CTA's loop at 16 ns a token): finding the plan in every CTA and merge block costs ~1.5 us a
+// call (at 1k batch 8, 256-token splits: 0.92x on equal lengths).
+inline constexpr int kByLengthMinTokens = 2048;
+
+// A call's budget of CTAs per KV head for splits by length (0: every sequence cut as the longest)
+// and the most of them one sequence takes.
+struct ByLengthPlan {
+  int budget = 0;
+  int cap = 0;
+};
+
+// Where splits by length pay (measured on an H200, docs/benchmarks.md session 18): 2..128
+// sequences whose longest is cut into at least 2 splits of at least kByLengthMinTokens, in at most
+// two waves of `slots` CTAs (past that the next wave's CTAs take the SMs that short sequences
+// free: a ragged batch of 64 at 32k and 128k 0.98-1.03x by length), of at most max_tokens (the
+// kernel's limit, 0: any). The budget is the longest's cut for every sequence, so no split gets
+// more tokens than that cut's (the smallest fitting T is at most its tokens a split); the cap is
+// max_splits (a caller's cap, 0: none) but never below the longest's own splits.
+inline ByLengthPlan plan_by_length(const SplitPlan& longest, int n_seqs, int pairs, int slots,
+                                   int max_splits, int max_tokens) {
+  ByLengthPlan b;
+  if (n_seqs < 2 || n_seqs > kByLengthMaxSeqs || longest.splits < 2 ||
+      longest.tokens_per_split < kByLengthMinTokens ||
+      static_cast<long long>(pairs) * longest.splits > 2LL * slots ||
+      (max_tokens > 0 && longest.tokens_per_split > max_tokens))
+    return b;
+  b.budget = n_seqs * longest.splits;
+  b.cap = max_splits > 0 ? std::max(max_splits, longest.splits) : b.budget;
+  return b;
+}
+
 }  // namespace tq::backend::cuda
