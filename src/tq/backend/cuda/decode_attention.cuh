@@ -117,11 +117,14 @@ constexpr bool attn_pipeline_keys() {
 // Pipelined instances whose steps are whole pages (kCap == the step) list their split's pages in
 // shared memory, kAttnPages of them (16k tokens of 32-token pages; a longer split reads the rest
 // from the block table), so the next step's loads wait for no block-table read. Their kernels
-// for splits by length list all of a split's pages, up to kAttnPagesByLength (32k tokens; the
+// for splits by length list all of a split's pages, up to kAttnPagesByLength (64k tokens; the
 // plan asks them no longer split), so that their loop never reads the block table: the sequence
 // and the split's start are not held through it (with them, a 64-bit spill and a 2% slower loop).
+// 8 KB: with 64 KB of tables three CTAs still fit an SM. (The same list without the fallback in
+// the longest's-cut kernels, 3% fewer loop instructions, ran no faster and tq4/tq3 4% slower:
+// docs/benchmarks.md, session 19.)
 inline constexpr int kAttnPages = 512;
-inline constexpr int kAttnPagesByLength = 1024;
+inline constexpr int kAttnPagesByLength = 2048;
 template <bool kByLength>
 constexpr int attn_pages() {
   return kByLength ? kAttnPagesByLength : kAttnPages;
