@@ -217,7 +217,7 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
     EXPECT_EQ(plan->main_split_budget > 0, takes && c.by_length && n_seqs > 1 &&
                                                plan->main_splits > 1 &&
                                                plan->main_tokens_per_split >= 2048);
-    // (the long cases are there to take them, 100000 in two splits of 50000 tokens: 1563
+    // (the long cases are there to take them, 100000 in two splits of ~50000 tokens: ~1560
     // pages, more than the longest's-cut kernel lists)
     if (takes && c.by_length && c.long_len >= 9000 && c.max_splits != 1)
       EXPECT_GT(plan->main_split_budget, 0);

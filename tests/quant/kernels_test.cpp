@@ -450,5 +450,61 @@ TEST(FusedKernels, Int8ErrorIsFarBelowCodeError) {
   }
 }
 
+// Every table's online softmax against float64, block by block as attention walks a cache:
+// weights within 4e-7 relative (float expf and the AVX2 polynomial, 2 ulp), the running sum within
+// 1e-5, the rescale factor of every block, zeros past `visible`; scores spanning exp's whole
+// float range (large negative differences underflow to 0, as expf does). NaN scores leave the
+// maximum alone and give NaN weights.
+TEST(FusedKernels, OnlineSoftmaxMatchesFloat64) {
+  Rng rng(123);
+  for (const KernelTable* t : backend::cpu::cpu_kernel_tables()) {
+    const OnlineSoftmaxFn f = t->online_softmax ? t->online_softmax : online_softmax_ref;
+    for (float spread : {0.5f, 8.0f, 120.0f})
+      for (int cnt : {1, 7, 8, 32, 45}) {
+        float m = -INFINITY, l = 0.0f;
+        double md = -INFINITY, ld = 0.0;
+        for (int block = 0; block < 6; ++block) {
+          const int visible = 1 + static_cast<int>(rng.uniform() * cnt) % cnt;
+          std::vector<float> row(static_cast<size_t>(cnt));
+          // later blocks reach higher, so the maximum moves and c < 1
+          for (float& x : row) x = rng.uniform_f(-spread, spread * 0.2f) + 0.3f * block;
+          const std::vector<float> in = row;
+          double mx = -INFINITY;
+          for (int j = 0; j < visible; ++j) mx = std::max(mx, static_cast<double>(in[j]));
+          const double m_new = std::max(md, mx);
+          // (the kernels subtract in float: the reference exponentiates the same differences)
+          const float mf = static_cast<float>(m_new);
+          const double c_ref = std::exp(static_cast<double>(m - mf));
+          const float c = f(row.data(), visible, cnt, &m, &l);
+          const std::string at = std::string(t->name) + " spread " + std::to_string(spread) +
+                                 " cnt " + std::to_string(cnt) + " block " + std::to_string(block);
+          ASSERT_EQ(m, static_cast<float>(m_new)) << at;
+          ASSERT_NEAR(c, c_ref, 1e-6 * c_ref + 1e-30) << at;
+          double sum = 0.0;
+          for (int j = 0; j < cnt; ++j) {
+            const double w = j < visible ? std::exp(static_cast<double>(in[j] - mf)) : 0.0;
+            sum += w;
+            // below float's normal range expf is allowed to flush
+            if (w < 1.2e-38) {
+              ASSERT_LE(row[j], 1.2e-38) << at << " j " << j;
+            } else {
+              ASSERT_NEAR(row[j], w, 4e-7 * w) << at << " j " << j << " x " << in[j] - m_new;
+            }
+          }
+          ld = ld * c_ref + sum;
+          md = m_new;
+          ASSERT_NEAR(l, ld, 1e-5 * ld) << at;  // float sums of up to 45 terms, 6 blocks
+        }
+      }
+    std::vector<float> row = {0.5f, NAN, 1.0f, -2.0f, 0.0f, 0.25f, 3.0f, -1.0f, 2.0f};
+    float m = -INFINITY, l = 0.0f;
+    f(row.data(), 9, 9, &m, &l);
+    EXPECT_EQ(m, 3.0f) << t->name;
+    EXPECT_TRUE(std::isnan(row[1])) << t->name;
+    EXPECT_FLOAT_EQ(row[6], 1.0f) << t->name;
+    EXPECT_TRUE(std::isnan(l)) << t->name;
+  }
+}
+
 }  // namespace
 }  // namespace tq::quant

@@ -33,10 +33,11 @@ struct Tile {
   int group = 0;           // query heads per KV head
   int nq = 0;              // (i1 - i0) * group rows, row r = (query i0 + r / group, head r % group)
   int k_state = 0, f_state = 0, v_acc = 0, f_acc = 0;
-  std::vector<float> kst, fst;      // [nq][k_state], [nq][f_state]
-  std::vector<float> m, l;          // [nq] running max and sum
-  std::vector<float> acc_v, acc_f;  // [nq][v_acc], [nq][f_acc]
-  std::vector<float> sc;            // [nq][cnt] scores, then weights
+  std::vector<float> kst, fst;                                 // [nq][k_state], [nq][f_state]
+  std::vector<float> m, l;                                     // [nq] running max and sum
+  std::vector<float> acc_v, acc_f;                             // [nq][v_acc], [nq][f_acc]
+  std::vector<float> sc;                                       // [nq][cnt] scores, then weights
+  quant::OnlineSoftmaxFn softmax = quant::online_softmax_ref;  // the K codec's table's
 
   // Scores positions [p0, p0 + cnt) for the queries that see p0, folds them into the running
   // softmax and accumulates V. Returns false when no query of the tile sees p0 (nor any later
@@ -54,20 +55,8 @@ struct Tile {
       const int t = a->q_pos0 + ia + r / group;  // the query's position
       const int visible = std::min(cnt, t - p0 + 1);
       float* row = s + static_cast<size_t>(r) * cnt;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
       const size_t rr = static_cast<size_t>(r0 + r);
-      const float m_new = std::max(m[rr], mx);
-      const float c = std::exp(m[rr] - m_new);  // 0 on the first merge (m = -inf)
-      float sum = 0.0f;
-      for (int j = 0; j < visible; ++j) {
-        const float w = std::exp(row[j] - m_new);
-        row[j] = w;
-        sum += w;
-      }
-      for (int j = visible; j < cnt; ++j) row[j] = 0.0f;
-      l[rr] = l[rr] * c + sum;
-      m[rr] = m_new;
+      const float c = softmax(row, visible, cnt, &m[rr], &l[rr]);
       if (c != 1.0f) {
         float* av = acc_v.data() + rr * static_cast<size_t>(v_acc);
         for (int e = 0; e < v_acc; ++e) av[e] *= c;
@@ -93,6 +82,7 @@ struct Tile {
     const quant::VectorCodec& fc = *a->f16_codec;
     group = sh.n_heads / sh.n_kv_heads;
     nq = (i1 - i0) * group;
+    if (kc.kernels().online_softmax) softmax = kc.kernels().online_softmax;
     k_state = kc.query_state_size();
     f_state = fc.query_state_size();
     v_acc = vc.acc_dim();

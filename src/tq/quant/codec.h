@@ -64,8 +64,9 @@ class VectorCodec {
   // per query for tq (plus S^T for prod), a copy otherwise.
   virtual void finish(const float* acc, float* out) const = 0;
 
-  // Name of the kernel table in use ("ref", "avx2").
-  virtual const char* kernels_name() const = 0;
+  // The kernel table in use, and its name ("ref", "avx2", ...).
+  virtual const KernelTable& kernels() const = 0;
+  const char* kernels_name() const { return kernels().name; }
 };
 
 // Validates f against dim and builds the codec. The codec keeps a pointer into `books`, which

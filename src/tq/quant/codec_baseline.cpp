@@ -76,7 +76,7 @@ class BaselineCodec final : public VectorCodec {
   Format format() const override { return format_; }
   int dim() const override { return dim_; }
   size_t bytes_per_vector() const override { return row_bytes_; }
-  const char* kernels_name() const override { return kernels_->name; }
+  const KernelTable& kernels() const override { return *kernels_; }
 
   void encode(const float* x, uint8_t* block, int, int slot) const override {
     uint8_t* row = block + row_bytes_ * static_cast<size_t>(slot);

@@ -55,7 +55,7 @@ class TqCodec final : public VectorCodec {
   size_t bytes_per_vector() const override {
     return code_bytes_ + sign_bytes_ + norm_bytes_ * (format_.has_qjl() ? 2 : 1);
   }
-  const char* kernels_name() const override { return kernels_->name; }
+  const KernelTable& kernels() const override { return *kernels_; }
 
   void encode(const float* x, uint8_t* block, int capacity, int slot) const override {
     const Planes p = planes(block, capacity);

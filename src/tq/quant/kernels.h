@@ -54,6 +54,13 @@ using PlaneAccumulateFn = void (*)(const PlaneAccumulateArgs&);
 // dst[i] = the f16 at src + 2 i as a float, i < n (a block's norm plane; src 2-byte aligned
 // or not, any n).
 using F16ToF32Fn = void (*)(const uint8_t* src, float* dst, int n);
+// One block of an online softmax (attention walking a cache block by block): row[0..visible)
+// holds scores (natural-log units), *m and *l the running maximum and sum. Writes the weights
+// exp(row[j] - m') into row[0..visible) and zeros into row[visible..cnt), sets *m = m' =
+// max(*m, the row's maximum) and *l = *l * c + the weights' sum, and returns c = exp(m - m')
+// (0 on a first block, *m = -inf), the factor the caller's accumulators take. visible >= 1.
+// NaN scores do not move the maximum and give NaN weights.
+using OnlineSoftmaxFn = float (*)(float* row, int visible, int cnt, float* m, float* l);
 
 struct KernelTable {
   const char* name = "";
@@ -73,9 +80,11 @@ struct KernelTable {
   // prepare_score_query[bits](q, dim, out) and passed back as PlaneScoreArgs::q_prep.
   size_t (*score_query_bytes)(int dim) = nullptr;
   void (*prepare_score_query[9])(const float* q, int dim, uint8_t* out) = {};
+  OnlineSoftmaxFn online_softmax = nullptr;  // nullptr: online_softmax_ref
 };
 
 // The portable scalar reference (always available).
 const KernelTable& ref_kernel_table();
+float online_softmax_ref(float* row, int visible, int cnt, float* m, float* l);
 
 }  // namespace tq::quant

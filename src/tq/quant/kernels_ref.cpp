@@ -1,5 +1,7 @@
 // Scalar reference of the fused primitives: decode one row into floats, then use it for every
 // query head of the group (GQA sharing). SIMD tables are tested against this one.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -99,6 +101,7 @@ KernelTable make_ref_table() {
   KernelTable t;
   t.name = "ref";
   t.f16_to_f32 = f16_to_f32_ref;
+  t.online_softmax = online_softmax_ref;
   t.score_codes[1] = score_ref<CodesRow<1>>;
   t.score_codes[2] = score_ref<CodesRow<2>>;
   t.score_codes[3] = score_ref<CodesRow<3>>;
@@ -125,6 +128,23 @@ KernelTable make_ref_table() {
 }
 
 }  // namespace
+
+float online_softmax_ref(float* row, int visible, int cnt, float* m, float* l) {
+  float mx = -INFINITY;
+  for (int j = 0; j < visible; ++j) mx = std::max(mx, row[j]);
+  const float m_new = std::max(*m, mx);
+  const float c = std::exp(*m - m_new);  // 0 on the first block (m = -inf)
+  float sum = 0.0f;
+  for (int j = 0; j < visible; ++j) {
+    const float w = std::exp(row[j] - m_new);
+    row[j] = w;
+    sum += w;
+  }
+  for (int j = visible; j < cnt; ++j) row[j] = 0.0f;
+  *l = *l * c + sum;
+  *m = m_new;
+  return c;
+}
 
 const KernelTable& ref_kernel_table() {
   static const KernelTable kTable = make_ref_table();  // immutable after first use

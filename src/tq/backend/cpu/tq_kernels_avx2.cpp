@@ -12,6 +12,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace tq::backend::cpu {
@@ -238,10 +239,70 @@ void f16_to_f32_avx2(const uint8_t* src, float* dst, int n) {
   }
 }
 
+// exp(x) for x <= 88 (softmax weights: x = score - max <= 0): x = n ln2 + r with |r| <= ln2 / 2,
+// 2^n from the exponent bits and e^r from Cephes' degree-6 polynomial (1.4 ulp of e^x at most
+// over [-87, 0], against expf's 1.0: tests/quant/kernels_test.cpp bounds both).
+// Below -87.33 (where e^x is subnormal in float; -inf included) it returns 0; NaN stays NaN.
+inline __m256 exp_avx2(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.33654f);
+  const __m256 xc = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  const __m256 er = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256i bits =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  __m256 y = _mm256_mul_ps(er, _mm256_castsi256_ps(bits));
+  y = _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);         // underflow: 0
+  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));  // NaN in, NaN out
+}
+
+float online_softmax_avx2(float* row, int visible, int cnt, float* m, float* l) {
+  // max(x, acc) keeps acc where x is NaN, as std::max(acc, x) does in the reference.
+  __m256 vmx = _mm256_set1_ps(-INFINITY);
+  int j = 0;
+  for (; j + 8 <= visible; j += 8) vmx = _mm256_max_ps(_mm256_loadu_ps(row + j), vmx);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float mx = _mm_cvtss_f32(h);
+  for (; j < visible; ++j) mx = std::max(mx, row[j]);
+  const float m_new = std::max(*m, mx);
+  const float c = std::exp(*m - m_new);  // 0 on the first block (m = -inf)
+  const __m256 vm = _mm256_set1_ps(m_new);
+  __m256 vsum = _mm256_setzero_ps();
+  for (j = 0; j + 8 <= visible; j += 8) {
+    const __m256 w = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), vm));
+    _mm256_storeu_ps(row + j, w);
+    vsum = _mm256_add_ps(vsum, w);
+  }
+  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(vsum), _mm256_extractf128_ps(vsum, 1));
+  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+  float sum = _mm_cvtss_f32(s4);
+  for (; j < visible; ++j) {
+    const float w = std::exp(row[j] - m_new);
+    row[j] = w;
+    sum += w;
+  }
+  for (; j < cnt; ++j) row[j] = 0.0f;
+  *l = *l * c + sum;
+  *m = m_new;
+  return c;
+}
+
 quant::KernelTable make_avx2_table() {
   quant::KernelTable t;
   t.name = "avx2";
   t.f16_to_f32 = f16_to_f32_avx2;
+  t.online_softmax = online_softmax_avx2;
   t.score_codes[1] = score_avx2<CodesLoader<1>>;
   t.score_codes[2] = score_avx2<CodesLoader<2>>;
   t.score_codes[3] = score_avx2<CodesLoader<3>>;
