@@ -13,6 +13,7 @@ namespace {
 struct OpsTable {
   float (*dot)(const float*, const float*, int);
   void (*axpy)(float, const float*, float*, int);
+  void (*silu_mul)(float*, const float*, int);
   const char* level;
 };
 
@@ -20,8 +21,8 @@ struct OpsTable {
 const OpsTable& ops_table() {
   static const OpsTable table = [] {
     const CpuFeatures f = detect_cpu_features();
-    if (f.avx2 && f.fma) return OpsTable{dot_avx2, axpy_avx2, "avx2"};
-    return OpsTable{dot_ref, axpy_ref, "scalar"};
+    if (f.avx2 && f.fma) return OpsTable{dot_avx2, axpy_avx2, silu_mul_avx2, "avx2"};
+    return OpsTable{dot_ref, axpy_ref, silu_mul_ref, "scalar"};
   }();
   return table;
 }
@@ -71,12 +72,14 @@ void rope(float* x, int n_heads, int head_dim, int rope_dims, const float* cos_t
   }
 }
 
-void silu_mul(float* gate, const float* up, int n) {
+void silu_mul_ref(float* gate, const float* up, int n) {
   for (int i = 0; i < n; ++i) {
     const float g = gate[i];
     gate[i] = g / (1.0f + std::exp(-g)) * up[i];
   }
 }
+
+void silu_mul(float* gate, const float* up, int n) { ops_table().silu_mul(gate, up, n); }
 
 void add(float* y, const float* x, int n) {
   for (int i = 0; i < n; ++i) y[i] += x[i];

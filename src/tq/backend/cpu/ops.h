@@ -34,8 +34,9 @@ void rmsnorm(const float* x, const float* w, float* y, int n, float eps);
 void rope(float* x, int n_heads, int head_dim, int rope_dims, const float* cos_t,
           const float* sin_t, bool neox);
 
-// gate[i] = silu(gate[i]) * up[i]   (SwiGLU)
+// gate[i] = silu(gate[i]) * up[i]   (SwiGLU; AVX2 where the CPU has it)
 void silu_mul(float* gate, const float* up, int n);
+void silu_mul_ref(float* gate, const float* up, int n);
 
 // y[i] += x[i]
 void add(float* y, const float* x, int n);

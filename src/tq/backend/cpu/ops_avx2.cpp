@@ -4,6 +4,10 @@
 
 #include "tq/backend/cpu/ops_avx2.h"
 
+#include <cmath>
+
+#include "tq/backend/cpu/exp_avx2.h"
+
 namespace tq::backend::cpu {
 
 float dot_avx2(const float* a, const float* b, int n) {
@@ -31,6 +35,20 @@ void axpy_avx2(float a, const float* x, float* y, int n) {
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += a * x[i];
+}
+
+// silu(g) u = g / (1 + e^-g) u, 8 at a time (for g < -88, e^-g stops at e^88: the result, like
+// the true one, is within |g u| e^-88 < 1e-35 of 0 for |g u| < 1e3).
+void silu_mul_avx2(float* gate, const float* up, int n) {
+  const __m256 one = _mm256_set1_ps(1.0f);
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    _mm256_storeu_ps(
+        gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
+  }
+  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
 }  // namespace tq::backend::cpu

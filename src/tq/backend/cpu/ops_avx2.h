@@ -6,5 +6,6 @@ namespace tq::backend::cpu {
 
 float dot_avx2(const float* a, const float* b, int n);
 void axpy_avx2(float a, const float* x, float* y, int n);
+void silu_mul_avx2(float* gate, const float* up, int n);
 
 }  // namespace tq::backend::cpu
