@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "tq/backend/cpu/avx2_math.h"
 #include "tq/backend/cpu/matmul_kernels.h"
 #include "tq/quant/weight_dequant.h"
 
@@ -17,13 +18,6 @@ using quant::BlockQ8A;
 using quant::kQK;
 
 constexpr int kTokTile = 4;
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 inline int hsum_i32(__m256i v) {
   __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
@@ -259,10 +253,7 @@ void quantize_q8a(const float* x, BlockQ8A* dst, int64_t n) {
       v[k] = _mm256_loadu_ps(x + 8 * k);
       amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[k]));
     }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
-    const float am = _mm_cvtss_f32(m4);
+    const float am = hmax(amax);
     const float d = am / 127.0f;
     const __m256 id = _mm256_set1_ps(am != 0.0f ? 127.0f / am : 0.0f);
     __m256i q[4];

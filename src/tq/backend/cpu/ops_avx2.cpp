@@ -6,7 +6,7 @@
 
 #include <cmath>
 
-#include "tq/backend/cpu/exp_avx2.h"
+#include "tq/backend/cpu/avx2_math.h"
 
 namespace tq::backend::cpu {
 
@@ -20,11 +20,7 @@ float dot_avx2(const float* a, const float* b, int n) {
   }
   for (; i + 8 <= n; i += 8)
     acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-  acc0 = _mm256_add_ps(acc0, acc1);
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  float sum = _mm_cvtss_f32(s);
+  float sum = hsum(_mm256_add_ps(acc0, acc1));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
 }

@@ -7,7 +7,7 @@
 // GQA: each loaded group of 8 elements is used for up to 4 query heads held in registers.
 #include "tq/backend/cpu/tq_kernels_avx2.h"
 
-#include "tq/backend/cpu/exp_avx2.h"
+#include "tq/backend/cpu/avx2_math.h"
 
 #include "tq/quant/bitpack.h"
 
@@ -246,10 +246,7 @@ float online_softmax_avx2(float* row, int visible, int cnt, float* m, float* l) 
   __m256 vmx = _mm256_set1_ps(-INFINITY);
   int j = 0;
   for (; j + 8 <= visible; j += 8) vmx = _mm256_max_ps(_mm256_loadu_ps(row + j), vmx);
-  __m128 h = _mm_max_ps(_mm256_castps256_ps128(vmx), _mm256_extractf128_ps(vmx, 1));
-  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_max_ss(h, _mm_movehdup_ps(h));
-  float mx = _mm_cvtss_f32(h);
+  float mx = hmax(vmx);
   for (; j < visible; ++j) mx = std::max(mx, row[j]);
   const float m_new = std::max(*m, mx);
   const float c = std::exp(*m - m_new);  // 0 on the first block (m = -inf)
@@ -260,10 +257,7 @@ float online_softmax_avx2(float* row, int visible, int cnt, float* m, float* l) 
     _mm256_storeu_ps(row + j, w);
     vsum = _mm256_add_ps(vsum, w);
   }
-  __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(vsum), _mm256_extractf128_ps(vsum, 1));
-  s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-  s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-  float sum = _mm_cvtss_f32(s4);
+  float sum = hsum(vsum);
   for (; j < visible; ++j) {
     const float w = std::exp(row[j] - m_new);
     row[j] = w;

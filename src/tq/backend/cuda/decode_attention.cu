@@ -336,6 +336,14 @@ size_t merge_smem_bytes(int d, int splits) {
   return (static_cast<size_t>(d) + 34 + 2 * static_cast<size_t>(splits)) * sizeof(float);
 }
 
+// The most partials the merge keeps for one row: split by length, a sequence takes at most the
+// cap of the budget's splits; otherwise every row has all of them.
+int merge_row_splits(const DecodeAttentionPlan& plan) {
+  return (plan.main_split_budget > 0 ? std::min(plan.main_split_budget, plan.main_split_cap)
+                                     : plan.main_splits) +
+         plan.window_splits;
+}
+
 // Split by length, the main partials are n_kv_heads x budget x group rows; the window's follow.
 size_t window_part_base(const DecodeAttentionPlan& plan) {
   return static_cast<size_t>(plan.n_kv_heads) * plan.main_split_budget * plan.group;
@@ -396,9 +404,7 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
       std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
   // Split by length, one sequence may take up to the cap of the budget's splits (the merge
   // keeps two floats each): a batch whose budget would not fit is cut by its longest.
-  if (plan.main_split_budget > 0 &&
-      merge_smem_bytes(plan.dim, std::min(plan.main_split_budget, plan.main_split_cap) +
-                                     plan.window_splits) > 48 * 1024)
+  if (plan.main_split_budget > 0 && merge_smem_bytes(plan.dim, merge_row_splits(plan)) > 48 * 1024)
     plan.main_split_budget = plan.main_split_cap = 0;
   if (merge_smem_bytes(plan.dim, static_cast<int>(splits)) > 48 * 1024)
     return unsupported("decode attention: " + std::to_string(splits) +
@@ -511,10 +517,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     TQ_CUDA_TRY(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(p.join_event), 0));
   }
   const int splits_total = plan.main_splits + plan.window_splits;
-  const size_t merge_smem = merge_smem_bytes(
-      d, plan.main_split_budget > 0
-             ? std::min(plan.main_split_budget, plan.main_split_cap) + plan.window_splits
-             : splits_total);
+  const size_t merge_smem = merge_smem_bytes(d, merge_row_splits(plan));
   MergeArgs ma{};
   ma.part_o = reinterpret_cast<const float*>(ws + plan.part_o);
   ma.part_ml = reinterpret_cast<const float2*>(ws + plan.part_ml);

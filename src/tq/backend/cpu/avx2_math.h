@@ -1,10 +1,25 @@
-// e^x over 8 floats with AVX2 + FMA, for the translation units compiled with them (*_avx2.cpp:
-// the softmax of the attention kernels, SwiGLU); others never include it.
+// Small AVX2 + FMA helpers shared by the translation units compiled with them (*_avx2.cpp):
+// horizontal sum and maximum of 8 floats, e^x over 8 floats (the attention's softmax, SwiGLU).
+// Others never include it.
 #pragma once
 
 #include <immintrin.h>
 
 namespace tq::backend::cpu {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
 
 // exp(x) for x <= 88 (softmax weights: x = score - max <= 0; SiLU: x = -g): x = n ln2 + r with |r|
 // <= ln2 / 2, 2^n from the exponent bits and e^r from Cephes' degree-6 polynomial (1.4 ulp of e^x
