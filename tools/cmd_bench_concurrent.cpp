@@ -169,6 +169,11 @@ int bench_concurrent(BenchConcurrentOptions& o) {
   for (const std::string& pair : o.kv_pairs) {
     auto c = o.kv.pair_config(pair);
     if (!c.ok()) return fail(c.status());
+    if (o.ragged && c->sinks > 0 && !o.kv.was_given("--kv-sinks")) {
+      c->sinks = 0;  // the default's 4 sinks; asked for explicitly they are refused below
+      if (configs.empty())
+        std::fprintf(stderr, "tq bench concurrent: --ragged: no sink tokens (--kv-sinks 0)\n");
+    }
     if (o.ragged && c->sinks + c->window > 0)
       return fail(invalid_argument(
           "--ragged cuts the sessions' caches, after which a cache with f16 sinks or a window "

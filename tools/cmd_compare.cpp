@@ -3,7 +3,9 @@
 // The f16 logits of a chunk are computed once and every configuration is scored against them.
 //   tq compare -f ../shared/data/text/pride-and-prejudice.txt --chunks 16
 //       --configs q8_0/q8_0,q4_0/q4_0,tq4/tq4,tq4/tq3,tq3/tq3
-// The other KV flags (--kv-window, --kv-sinks, --kv-boundary-*) apply to every configuration.
+// The other KV flags (--kv-window, --kv-sinks, --kv-boundary-*) apply to every configuration;
+// an entry may add its own after its pair, entries then separated by ';':
+//   --configs "tq4/tq3;tq4/tq3 --kv-sinks 4;tq4/tq3 --kv-sinks 4 --kv-key-scaling on"
 // --device cuda: every forward pass on the GPU (scoring on the CPU), the same table.
 #include <algorithm>
 #include <cstdio>
@@ -41,16 +43,8 @@ int fail(const Status& s) {
   return 1;
 }
 
-// "tq4/tq3" (or "tq4" for both) onto the common flags.
-Expected<kv::KvConfig> parse_pair(const std::string& item, const kv::KvConfig& base) {
-  const size_t slash = item.find('/');
-  const std::string k = item.substr(0, slash);
-  const std::string v = slash == std::string::npos ? k : item.substr(slash + 1);
-  const std::pair<std::string, std::string> opts[] = {{"-ctk", k}, {"-ctv", v}};
-  return kv::parse_kv_options(opts, base);
-}
-
 struct Entry {
+  std::string label;  // the --configs entry as given: "tq4/tq3" or "tq4/tq3 --kv-sinks 4"
   kv::KvConfig config;
   std::unique_ptr<kv::PagedKvCache> cache;  // CPU runs only
   kv::KvBytesPerToken bytes;
@@ -101,9 +95,7 @@ Status compare_cuda(const model::Model& m, const EvalText& text, const CompareOp
     std::unique_ptr<backend::DeviceModel> test;
     if (e) {
       auto opened = open_cuda_model(m, e->config, o.ctx, max_batch);
-      if (!opened.ok())
-        return opened.status().with_context(e->config.k_format.name() + "/" +
-                                            e->config.v_format.name());
+      if (!opened.ok()) return opened.status().with_context(e->label);
       test = std::move(opened).value();
     }
     for (int c = 0; c < text.n_chunks; ++c) {
@@ -115,9 +107,7 @@ Status compare_cuda(const model::Model& m, const EvalText& text, const CompareOp
       score_chunk(text, toks, logits, vocab, e->ppl);
       e->kld.add_chunk(text, ref_logits, logits, vocab);
     }
-    if (e)
-      std::fprintf(stderr, "%s/%s done (%d chunks)\n", e->config.k_format.name().c_str(),
-                   e->config.v_format.name().c_str(), text.n_chunks);
+    if (e) std::fprintf(stderr, "%s done (%d chunks)\n", e->label.c_str(), text.n_chunks);
   }
   return ok_status();
 }
@@ -126,7 +116,17 @@ int run_compare(CompareOptions& o) {
   auto base = o.kv.config();
   if (!base.ok()) return fail(base.status());
   if (Status s = o.passes.validate(); !s.ok()) return fail(s);
+  std::vector<Entry> entries;
+  for (const std::string& spec : kv::split_kv_specs(o.configs)) {
+    auto c = kv::parse_kv_spec(spec, *base);
+    if (!c.ok()) return fail(c.status().with_context("--configs"));
+    Entry e;
+    e.label = spec;
+    e.config = *c;
+    entries.push_back(std::move(e));
+  }
   o.device.settle(*base);  // the common flags: window, sinks, scaling
+  for (const Entry& e : entries) o.device.settle(e.config);
   o.device.settle(o.act.on_gpu());
   auto model = model::Model::load(o.model);
   if (!model.ok()) return fail(model.status());
@@ -136,23 +136,15 @@ int run_compare(CompareOptions& o) {
   if (!text.ok()) return fail(text.status());
   const kv::AttentionShape shape = m.attention_shape();
 
-  std::vector<Entry> entries;
-  std::stringstream ss(o.configs);
-  for (std::string item; std::getline(ss, item, ',');) {
-    if (item.empty()) continue;
-    Entry e;
-    auto c = parse_pair(item, *base);
-    if (!c.ok()) return fail(c.status().with_context("--configs '" + item + "'"));
-    e.config = *c;
+  for (Entry& e : entries) {
     if (!o.device.cuda()) {
       auto cache = make_paged_cache(m, e.config, o.ctx, 1);
-      if (!cache.ok()) return fail(cache.status());
+      if (!cache.ok()) return fail(cache.status().with_context(e.label));
       e.cache = std::move(cache).value();
     }
     auto b = kv::kv_bytes_per_token(e.config, shape, o.ctx);
-    if (!b.ok()) return fail(b.status());
+    if (!b.ok()) return fail(b.status().with_context(e.label));
     e.bytes = *b;
-    entries.push_back(std::move(e));
   }
   auto f16_bytes = kv::kv_bytes_per_token(kv::KvConfig{}, shape, o.ctx);
   PplAccum ppl_ref;
@@ -165,18 +157,19 @@ int run_compare(CompareOptions& o) {
               text->name.c_str(), o.ctx, text->n_chunks, static_cast<long long>(ppl_ref.count),
               base->to_string().c_str(), o.passes.describe().c_str());
   std::printf(
-      "| K/V | B/token | vs f16 | K b/elt | V b/elt | PPL | dPPL %% | KLD mean | KLD p99 | top-1 "
+      "| K/V (+ flags) | B/token | vs f16 | K b/elt | V b/elt | PPL | dPPL %% | KLD mean | KLD p99 "
+      "| top-1 "
       "|\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   std::printf("| f16/f16 | %.0f | 1.00x | 16.00 | 16.00 | %.4f +/- %.4f | 0 | 0 | 0 | 1 |\n",
               f16_bytes->amortized, ppl_ref.ppl(), ppl_ref.ppl_err());
   for (const Entry& e : entries)
     std::printf(
-        "| %s/%s | %.0f | %.2fx | %.3f | %.3f | %.4f +/- %.4f | %+.3f | %.5f | %.5f | %.4f |\n",
-        e.config.k_format.name().c_str(), e.config.v_format.name().c_str(), e.bytes.amortized,
-        e.bytes.ratio_vs_f16(), e.bytes.k_bits_per_element, e.bytes.v_bits_per_element, e.ppl.ppl(),
-        e.ppl.ppl_err(), 100.0 * (e.ppl.ppl() / ppl_ref.ppl() - 1.0), e.kld.mean(),
-        e.kld.quantile(0.99), e.kld.top1());
+        "| %s | %.0f | %.2fx | %.3f | %.3f | %.4f +/- %.4f | %+.3f | %.5f | %.5f | %.4f |\n",
+        e.label.c_str(), e.bytes.amortized, e.bytes.ratio_vs_f16(), e.bytes.k_bits_per_element,
+        e.bytes.v_bits_per_element, e.ppl.ppl(), e.ppl.ppl_err(),
+        100.0 * (e.ppl.ppl() / ppl_ref.ppl() - 1.0), e.kld.mean(), e.kld.quantile(0.99),
+        e.kld.top1());
   return 0;
 }
 
@@ -193,7 +186,9 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--chunks", o->chunks, "Evaluate the first N chunks (-1: all)")
       ->capture_default_str();
   cmd->add_option("-t,--threads", o->threads, "Threads")->capture_default_str();
-  cmd->add_option("--configs", o->configs, "Comma-separated K/V format pairs")
+  cmd->add_option("--configs", o->configs,
+                  "K/V format pairs, comma-separated; or ';'-separated entries of a pair and its "
+                  "own KV flags: \"tq4/tq3;tq4/tq3 --kv-sinks 4\"")
       ->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);

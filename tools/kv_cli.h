@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -41,8 +42,8 @@ struct KvFlags {
     }
     cmd->allow_extras();
   }
-  // The user's values applied onto `base` (validated).
-  Expected<kv::KvConfig> config(const kv::KvConfig& base = {}) {
+  // The user's values applied onto `base` (validated); by default onto the recommended settings.
+  Expected<kv::KvConfig> config(const kv::KvConfig& base = kv::recommended_kv_config()) {
     given.clear();
     const auto table = kv::kv_option_table();
     for (size_t i = 0; i < table.size(); ++i)
@@ -63,6 +64,11 @@ struct KvFlags {
       }
     }
     return kv::parse_kv_options(given, base);
+  }
+  // Whether the last config() saw this flag (long name, "--kv-sinks").
+  bool was_given(std::string_view long_name) const {
+    return std::any_of(given.begin(), given.end(),
+                       [&](const auto& g) { return g.first == long_name; });
   }
   // One entry of a bench's --kv list ("tq4/tq3": K and V formats) over the other cache flags.
   Expected<kv::KvConfig> pair_config(const std::string& pair) {

@@ -274,7 +274,11 @@ def test_metrics_and_kv_stats(client, server):
     cap = server.get_json("/v1/capacity")
     assert cap["context"] == 1024 and cap["max_sessions"] == 4
     assert cap["sessions_fit_now"] == 4
-    assert cap["bytes_per_session"] == cap["pages_per_session"] * cap["page_bytes"]
+    # Pages, plus the default 4 sink tokens' f16 rows outside the pool: K and V of SmolLM2's
+    # 30 layers x 3 KV heads x 64 dims, 2 bytes each.
+    assert cap["exact_bytes_per_session"] == 4 * 2 * 30 * 3 * 64 * 2
+    assert cap["bytes_per_session"] == (cap["pages_per_session"] * cap["page_bytes"] +
+                                        cap["exact_bytes_per_session"])
 
 
 def test_cancellation_frees_blocks(client, server):
@@ -332,34 +336,61 @@ def test_slow_non_streaming_answer_is_valid_json(client):
     assert r.usage.completion_tokens == 300
 
 
-def test_concurrent_streams(client, server):
+def ask_count(client, i: int, stream: bool) -> str:
+    messages = [{"role": "user", "content": f"Count from {i} to {i + 5}."}]
+    if not stream:
+        return client.chat.completions.create(model="tq", messages=messages, max_tokens=24,
+                                              **GREEDY).choices[0].message.content
+    text = ""
+    for c in client.chat.completions.create(model="tq", messages=messages, max_tokens=24,
+                                            stream=True, **GREEDY):
+        if c.choices:
+            text += c.choices[0].delta.content or ""
+    return text
+
+
+def run_concurrently(client, n: int) -> dict:
     results, errors = {}, []
 
     def run(i):
         try:
-            text = ""
-            for c in client.chat.completions.create(
-                    model="tq", messages=[{"role": "user", "content": f"Count from {i} to {i + 5}."}],
-                    max_tokens=24, stream=True, **GREEDY):
-                if c.choices:
-                    text += c.choices[0].delta.content or ""
-            results[i] = text
+            results[i] = ask_count(client, i, stream=True)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(300)
     assert not errors, errors
-    assert len(results) == 6 and all(results.values())
-    # Batched with others, each stream equals the same request alone (greedy).
-    alone = client.chat.completions.create(
-        model="tq", messages=[{"role": "user", "content": "Count from 2 to 7."}], max_tokens=24,
-        **GREEDY).choices[0].message.content
+    assert len(results) == n and all(results.values())
+    return results
+
+
+def test_concurrent_streams(client, server):
+    # Batched with others, each stream equals the same request alone (greedy). The request alone
+    # goes first: a prompt that reuses a cached prefix takes the key means and scales of the
+    # request that cached it (docs/kv-cache.md, "Prefix sharing"), so in this order the batched
+    # request computes with the statistics the one alone had and only the batching differs.
+    alone = ask_count(client, 2, stream=False)
+    results = run_concurrently(client, 6)
     assert results[2] == alone
     wait_idle(server)
+
+
+def test_concurrent_streams_without_prefix_cache():
+    # Without the prefix cache every request's statistics come from its own prompt: the batch
+    # after the request alone is then batched decoding from scratch, and equal to it as well.
+    s = Server(*SERVE_ARGS, "--no-prefix-cache")
+    try:
+        c = openai.OpenAI(base_url=s.base + "/v1", api_key="x", max_retries=0, timeout=120)
+        alone = {i: ask_count(c, i, stream=False) for i in (1, 4)}
+        results = run_concurrently(c, 6)
+        assert results[1] == alone[1] and results[4] == alone[4], (alone, results)
+        assert s.get_json("/v1/kv-stats")["prefix_hit_tokens"] == 0
+    finally:
+        assert s.stop() == 0, s.output()
 
 
 def test_sigterm_is_graceful():

@@ -93,3 +93,37 @@ def test_negative_ubatch_is_refused():
         r = tq(cmd, *[a for a in BASE if a != "--json"], "--ubatch", "-3")
         assert r.returncode != 0, cmd
         assert "--ubatch must be 0 (one pass) or positive" in r.stderr, (cmd, r.stderr)
+
+
+def test_defaults_are_the_recommended_cache_settings():
+    # The CLI starts from 4 exact sink tokens, key scaling and value scaling
+    # (kv::recommended_kv_config); the three flags give the plain method back.
+    default = ppl("-ctk", "tq4", "-ctv", "tq3")
+    plain = ppl("-ctk", "tq4", "-ctv", "tq3", "--kv-sinks", "0", "--kv-key-scaling", "off",
+                "--kv-value-scaling", "off")
+    for part in (" sinks=4 ", " key_scaling=on", " value_scaling=on"):
+        assert part in default["kv"], default["kv"]
+    assert " sinks=0 " in plain["kv"] and "scaling" not in plain["kv"], plain["kv"]
+    # Four f16 tokens and the per-sequence scales, amortized over the chunk.
+    assert default["kv_bytes_per_token"] > plain["kv_bytes_per_token"]
+    assert default["ppl"] != plain["ppl"]
+
+
+def test_compare_takes_flags_per_configuration():
+    args = [a for a in BASE if a != "--json"]
+    r = tq("compare", *args, "--configs", "tq4/tq3 --kv-sinks 0; tq4/tq3 --kv-sinks=16 ;q8_0")
+    assert r.returncode == 0, r.stderr
+    rows = {}
+    for line in r.stdout.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 8 and cells[1] not in ("K/V (+ flags)", "---"):
+            rows[cells[1]] = cells
+    assert set(rows) == {"f16/f16", "tq4/tq3 --kv-sinks 0", "tq4/tq3 --kv-sinks=16", "q8_0"}, rows
+    # 16 f16 sink tokens of 128 cost bytes the sink-less cache does not spend.
+    assert float(rows["tq4/tq3 --kv-sinks=16"][2]) > float(rows["tq4/tq3 --kv-sinks 0"][2])
+    for bad, message in (("tq4/tq3 --kv-sinks", "--kv-sinks needs a value"),
+                         ("tq4/tq3;--kv-window 8", "must start with a K/V format pair"),
+                         ("tq4/tq3 --kv-bogus 1", "unknown KV cache option")):
+        r = tq("compare", *args, "--configs", bad)
+        assert r.returncode != 0, bad
+        assert message in r.stderr, (bad, r.stderr)

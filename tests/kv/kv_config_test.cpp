@@ -78,6 +78,54 @@ TEST(KvConfig, RejectsBadOptionsWithClearErrors) {
   EXPECT_TRUE(c.validate_for(4, 96).ok());
 }
 
+TEST(KvConfig, ParsesOneConfigurationInCliWords) {
+  KvConfig base;
+  base.window = 64;  // a common flag the spec overrides or keeps
+  auto c = parse_kv_spec(
+      "  tq4/tq3   --kv-sinks 4 --kv-key-scaling=on --kv-layer-types 0-1:q8_0,29:tq4 ", base);
+  ASSERT_TRUE(c.ok()) << c.status().to_string();
+  EXPECT_EQ(c->k_format.name(), "tq4");
+  EXPECT_EQ(c->v_format.name(), "tq3");
+  EXPECT_EQ(c->window, 64);
+  EXPECT_EQ(c->sinks, 4);
+  EXPECT_TRUE(c->key_scaling);
+  ASSERT_EQ(c->layer_types.size(), 2u);
+  EXPECT_EQ(c->layer_types[1].first, 29);
+  EXPECT_EQ(c->layer_types[1].formats.v.name(), "tq4");
+  // One name for both; a later flag wins over the pair.
+  auto both = parse_kv_spec("q8_0 -ctv tq2 --kv-window 0", base);
+  ASSERT_TRUE(both.ok()) << both.status().to_string();
+  EXPECT_EQ(both->k_format.name(), "q8_0");
+  EXPECT_EQ(both->v_format.name(), "tq2");
+  EXPECT_EQ(both->window, 0);
+
+  const std::pair<const char*, const char*> bad[] = {
+      {"", "must start with a K/V format pair"},
+      {"--kv-sinks 4", "must start with a K/V format pair"},
+      {"tq4/tq3 --kv-sinks", "--kv-sinks needs a value"},
+      {"tq4/tq3 4", "expected a flag, got '4'"},
+      {"tq4/tq9", "unknown KV format 'tq9'"},
+      {"tq4/tq3 --kv-bogus 1", "unknown KV cache option"},
+      {"tq4/tq3 --kv-window=-1", "out of range"},
+  };
+  for (const auto& [spec, needle] : bad) {
+    auto r = parse_kv_spec(spec);
+    ASSERT_FALSE(r.ok()) << spec;
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().to_string();
+  }
+}
+
+TEST(KvConfig, SplitsListsOfConfigurations) {
+  using V = std::vector<std::string>;
+  EXPECT_EQ(split_kv_specs("q8_0/q8_0,tq4/tq3"), (V{"q8_0/q8_0", "tq4/tq3"}));
+  // With a ';' anywhere, ';' separates and commas belong to flag values.
+  EXPECT_EQ(split_kv_specs("tq4/tq4; tq4/tq4 --kv-layer-types 0-1:q8_0,29:tq3 ;"),
+            (V{"tq4/tq4", "tq4/tq4 --kv-layer-types 0-1:q8_0,29:tq3"}));
+  EXPECT_EQ(split_kv_specs(" ; ;"), V{});
+  EXPECT_EQ(split_kv_specs(", ,"), V{});
+  EXPECT_EQ(split_kv_specs(""), V{});
+}
+
 TEST(KvConfig, LayerTypesOverrideBoundaryAndDefaults) {
   const Opts opts = {{"-ctk", "tq3"},
                      {"-ctv", "tq2"},

@@ -1,5 +1,6 @@
 #include "tq/kv/kv_config.h"
 
+#include <cctype>
 #include <charconv>
 #include <cinttypes>
 #include <cstdio>
@@ -18,7 +19,7 @@ constexpr KvOption kOptions[] = {
     {"--cache-type-k", "-ctk", "KV cache format of keys: f16, q8_0, q4_0, tq1..tq8, tq2j..tq8j"},
     {"--cache-type-v", "-ctv", "KV cache format of values (same names as -ctk)"},
     {"--kv-window", "", "most recent tokens kept exact in f16 (compressed as they leave)"},
-    {"--kv-sinks", "", "first tokens of a sequence kept exact in f16"},
+    {"--kv-sinks", "", "first tokens of a sequence kept exact in f16 (default 4)"},
     {"--kv-boundary-layers", "", "first and last N layers store K and V in --kv-boundary-type"},
     {"--kv-boundary-type", "", "format of the boundary layers' K and V (default f16)"},
     {"--kv-layer-types", "",
@@ -29,10 +30,10 @@ constexpr KvOption kOptions[] = {
      "compressed keys store k - (per-sequence mean key): exact for attention (on/off, default on)"},
     {"--kv-key-scaling", "",
      "centered keys are also divided per channel by their spread, queries multiplied (on/off, "
-     "default off)"},
+     "default on)"},
     {"--kv-value-scaling", "",
      "compressed values are divided per channel by sqrt(spread / W_o column norm), attention "
-     "outputs multiplied (on/off, default off)"},
+     "outputs multiplied (on/off, default on)"},
     {"--kv-block-tokens", "", "tokens per KV pool block (default 32)"},
     {"--kv-seed", "", "rotation seed of the compressed cache"},
 };
@@ -207,6 +208,14 @@ uint64_t KvConfig::layer_seed(int layer) const {
 
 std::span<const KvOption> kv_option_table() { return kOptions; }
 
+KvConfig recommended_kv_config() {
+  KvConfig c;
+  c.sinks = 4;
+  c.key_scaling = true;
+  c.value_scaling = true;
+  return c;
+}
+
 Status apply_kv_option(KvConfig& c, std::string_view name, std::string_view value) {
   const std::string_view n = strip_dashes(name);
   const std::string flag = "--" + std::string(n);
@@ -263,6 +272,76 @@ Expected<KvConfig> parse_kv_options(std::span<const std::pair<std::string, std::
   for (const auto& [name, value] : options) TQ_RETURN_IF_ERROR(apply_kv_option(c, name, value));
   TQ_RETURN_IF_ERROR(c.validate());
   return c;
+}
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+std::vector<std::string_view> split_words(std::string_view s) {
+  std::vector<std::string_view> words;
+  for (size_t i = 0; i < s.size();) {
+    if (std::isspace(static_cast<unsigned char>(s[i]))) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < s.size() && !std::isspace(static_cast<unsigned char>(s[j]))) ++j;
+    words.push_back(s.substr(i, j - i));
+    i = j;
+  }
+  return words;
+}
+
+}  // namespace
+
+Expected<KvConfig> parse_kv_spec(std::string_view spec, const KvConfig& base) {
+  const std::vector<std::string_view> words = split_words(spec);
+  const std::string quoted = "'" + std::string(trim(spec)) + "'";
+  if (words.empty() || words[0].front() == '-')
+    return invalid_argument("KV configuration " + quoted +
+                            " must start with a K/V format pair such as tq4/tq3");
+  std::vector<std::pair<std::string, std::string>> options;
+  const std::string_view pair = words[0];
+  const size_t slash = pair.find('/');
+  options.emplace_back("-ctk", std::string(pair.substr(0, slash)));
+  options.emplace_back(
+      "-ctv", std::string(slash == std::string_view::npos ? pair : pair.substr(slash + 1)));
+  for (size_t i = 1; i < words.size(); ++i) {
+    const std::string_view w = words[i];
+    if (w.size() < 2 || w.front() != '-')
+      return invalid_argument("KV configuration " + quoted + ": expected a flag, got '" +
+                              std::string(w) + "'");
+    const size_t eq = w.find('=');
+    if (eq != std::string_view::npos) {
+      options.emplace_back(std::string(w.substr(0, eq)), std::string(w.substr(eq + 1)));
+    } else if (i + 1 < words.size()) {
+      options.emplace_back(std::string(w), std::string(words[++i]));
+    } else {
+      return invalid_argument("KV configuration " + quoted + ": " + std::string(w) +
+                              " needs a value");
+    }
+  }
+  auto c = parse_kv_options(options, base);
+  if (!c.ok()) return c.status().with_context("KV configuration " + quoted);
+  return c;
+}
+
+std::vector<std::string> split_kv_specs(std::string_view list) {
+  const char sep = list.find(';') != std::string_view::npos ? ';' : ',';
+  std::vector<std::string> specs;
+  for (size_t i = 0; i <= list.size();) {
+    size_t j = list.find(sep, i);
+    if (j == std::string_view::npos) j = list.size();
+    const std::string_view item = trim(list.substr(i, j - i));
+    if (!item.empty()) specs.emplace_back(item);
+    i = j + 1;
+  }
+  return specs;
 }
 
 }  // namespace tq::kv

@@ -86,6 +86,13 @@ struct KvConfig {
   uint64_t layer_seed(int layer) const;
 };
 
+// What the CLI and the server start from before their flags: KvConfig{} (the plain method, which
+// the library's tests pin) plus the measured improvements that cost next to no memory: 4 exact
+// sink tokens and key and value scaling (docs/quality.md, "The defaults"). Exact in full
+// precision like key centering; `--kv-sinks 0 --kv-key-scaling off --kv-value-scaling off` gives
+// the plain method back.
+KvConfig recommended_kv_config();
+
 // One CLI flag that sets a KvConfig field. The CLI adds every row of kv_option_table() as a
 // string option and hands what the user gave to parse_kv_options, so flag names, help text and
 // parsing live in one place.
@@ -102,5 +109,15 @@ Status apply_kv_option(KvConfig& config, std::string_view name, std::string_view
 // Applies (flag, value) pairs in order onto `base`, then validates the result.
 Expected<KvConfig> parse_kv_options(std::span<const std::pair<std::string, std::string>> options,
                                     const KvConfig& base = {});
+
+// One configuration in CLI words, applied onto `base`: a K/V format pair ("tq4/tq3", or "tq4" for
+// both), then any KV flags, each "--flag value" or "--flag=value":
+// "tq4/tq3 --kv-sinks 4 --kv-layer-types=0-1:q8_0".
+Expected<KvConfig> parse_kv_spec(std::string_view spec, const KvConfig& base = {});
+
+// A list of such configurations: separated by ';', or by ',' when the list has no ';' (so that
+// "tq4/tq4,tq4/tq3" keeps working while flag values such as --kv-layer-types' take commas).
+// Entries are trimmed; empty ones are dropped.
+std::vector<std::string> split_kv_specs(std::string_view list);
 
 }  // namespace tq::kv
