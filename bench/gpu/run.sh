@@ -210,9 +210,9 @@ if [ "$MODEL_BENCH" = 1 ]; then
   # The same perplexity on both devices (same KV formats): the CLI path end to end.
   "$TQ" make-model --shape smollm2-135m --type q8_0 --seed 3 -o "$MODELS/smol.gguf" >/dev/null || model_rc=1
   cat "$ROOT/README.md" "$ROOT"/docs/*.md > "$MODELS/text.txt"
-  # Plain, with f16 sinks and a window (the exact rows beside the pages), with key and value
-  # scaling (TQ_PPL_EXTRAS: ';'-separated lists of extra flags).
-  IFS=';' read -r -a ppl_extras <<< "${TQ_PPL_EXTRAS-;--kv-sinks 4 --kv-window 64;--kv-key-scaling on --kv-value-scaling on}"
+  # The defaults (4 f16 sinks, key and value scaling), the plain method, and the defaults with a
+  # window (the exact rows beside the pages) (TQ_PPL_EXTRAS: ';'-separated lists of extra flags).
+  IFS=';' read -r -a ppl_extras <<< "${TQ_PPL_EXTRAS-;--kv-sinks 0 --kv-key-scaling off --kv-value-scaling off;--kv-window 64}"
   for extra in "${ppl_extras[@]}"; do
     for dev in cpu cuda; do
       # shellcheck disable=SC2086 # extra is a list of flags
