@@ -103,9 +103,15 @@ TEST_F(HttpServerTest, ErrorsHaveOpenAiShapeAndStatus) {
   EXPECT_EQ(s1, 400);
   expect_error_shape(j1, "invalid_json");
   auto [s2, j2] =
-      post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":3})");
+      post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":0})");
   EXPECT_EQ(s2, 400);
   EXPECT_EQ(j2["error"]["param"], "n");
+  // More choices than the queue takes can never run: refused, not queued.
+  auto [sn, jn] =
+      post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":100})");
+  EXPECT_EQ(sn, 400);
+  EXPECT_EQ(jn["error"]["param"], "n");
+  EXPECT_NE(jn["error"]["message"].get<std::string>().find("--queue 64"), std::string::npos);
   // A prompt of 96 token ids leaves no room in a 96-token context.
   std::vector<int> ids(96, 7);
   auto [s3, j3] = post("/v1/completions", json{{"prompt", ids}}.dump());
@@ -186,6 +192,84 @@ TEST_F(HttpServerTest, StreamEndsWithUsageAndDone) {
   std::string text;
   for (size_t i = 0; i + 1 < chunks.size(); ++i) text += chunks[i]["choices"][0]["text"];
   EXPECT_FALSE(text.empty());
+}
+
+// Parses "data: " events up to [DONE]; `done` says whether it came.
+std::vector<json> sse_events(const std::string& b, bool& done) {
+  std::vector<json> chunks;
+  done = false;
+  size_t pos = 0;
+  while ((pos = b.find("data: ", pos)) != std::string::npos) {
+    const size_t end = b.find("\n\n", pos);
+    const std::string payload = b.substr(pos + 6, end - pos - 6);
+    pos = end;
+    if (payload == "[DONE]") {
+      done = true;
+      break;
+    }
+    chunks.push_back(json::parse(payload, nullptr, false));
+  }
+  return chunks;
+}
+
+// n choices: n sequences of one prompt (more than the 2 sessions: one waits in the queue), each
+// with the client's seed + its index, so choice 1 is the same draw as a request with seed + 1
+// alone; usage counts the prompt once and sums the completions.
+TEST_F(HttpServerTest, SeveralChoicesOfOnePrompt) {
+  start();
+  const std::string body =
+      R"({"prompt":"abc def","max_tokens":6,"temperature":1,"seed":7,"ignore_eos":true,"n":3})";
+  auto [s, j] = post("/v1/completions", body);
+  ASSERT_EQ(s, 200) << j.dump();
+  ASSERT_EQ(j["choices"].size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(j["choices"][i]["index"], i);
+    EXPECT_EQ(j["choices"][i]["finish_reason"], "length");
+  }
+  CompletionParams p;
+  ASSERT_FALSE(parse_completion_request(body, Endpoint::kCompletion, p));
+  auto ids = engine_->prompt_tokens(p);
+  ASSERT_TRUE(ids.ok());
+  EXPECT_EQ(j["usage"]["prompt_tokens"], static_cast<int>(ids->size()));
+  EXPECT_EQ(j["usage"]["completion_tokens"], 18);
+  auto [s1, one] = post("/v1/completions", R"({"prompt":"abc def","max_tokens":6,"temperature":1,
+                                              "seed":8,"ignore_eos":true})");
+  ASSERT_EQ(s1, 200) << one.dump();
+  EXPECT_EQ(one["choices"][0]["text"], j["choices"][1]["text"]);
+  // Sampled at temperature 1 over a random 400-token vocabulary, three draws of 6 tokens are
+  // not all the same.
+  EXPECT_FALSE(j["choices"][0]["text"] == j["choices"][1]["text"] &&
+               j["choices"][1]["text"] == j["choices"][2]["text"])
+      << j.dump();
+
+  auto r = client_->Post("/v1/chat/completions",
+                         R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4,
+                             "temperature":0,"ignore_eos":true,"n":2,"stream":true,
+                             "stream_options":{"include_usage":true}})",
+                         "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  bool done = false;
+  const std::vector<json> chunks = sse_events(r->body, done);
+  EXPECT_TRUE(done);
+  ASSERT_FALSE(chunks.empty());
+  std::string text[2];
+  int roles[2] = {0, 0}, finishes[2] = {0, 0};
+  for (size_t k = 0; k + 1 < chunks.size(); ++k) {
+    const json& c = chunks[k]["choices"][0];
+    const int i = c["index"].get<int>();
+    ASSERT_TRUE(i == 0 || i == 1) << chunks[k].dump();
+    if (c["delta"].contains("role")) ++roles[i];
+    if (c["delta"].contains("content")) text[i] += c["delta"]["content"].get<std::string>();
+    if (!c["finish_reason"].is_null()) ++finishes[i];
+  }
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_EQ(roles[i], 1);
+    EXPECT_EQ(finishes[i], 1);
+  }
+  EXPECT_EQ(text[0], text[1]);  // greedy: the same answer twice
+  EXPECT_TRUE(chunks.back()["choices"].empty());
+  EXPECT_EQ(chunks.back()["usage"]["completion_tokens"], 8);
 }
 
 TEST_F(HttpServerTest, ViewsAndMetrics) {

@@ -142,7 +142,8 @@ TEST(OpenAiSchema, BadValuesAndUnsupported) {
   };
   const std::string m = R"("messages":[{"role":"user","content":"x"}])";
   const Case cases[] = {
-      {R"({"n":2,)", "n", "invalid_value"},
+      {R"({"n":0,)", "n", "invalid_value"},
+      {R"({"n":129,)", "n", "invalid_value"},
       {R"({"temperature":2.5,)", "temperature", "invalid_value"},
       {R"({"top_p":-0.1,)", "top_p", "invalid_value"},
       {R"({"presence_penalty":3,)", "presence_penalty", "invalid_value"},
@@ -199,11 +200,12 @@ TEST(OpenAiFormat, ChunksAndUsage) {
   m.id = "chatcmpl-1";
   m.created = 5;
   m.model = "tiny";
-  const json first = stream_chunk(m, "", true, nullptr, nullptr, true);
+  const json first = stream_chunk(m, 0, "", true, nullptr, nullptr, true);
   EXPECT_EQ(first["object"], "chat.completion.chunk");
   EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
   EXPECT_TRUE(first["usage"].is_null());
-  const json last = stream_chunk(m, "", false, nullptr, "length", false);
+  const json last = stream_chunk(m, 2, "", false, nullptr, "length", false);
+  EXPECT_EQ(last["choices"][0]["index"], 2);
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
   EXPECT_TRUE(last["choices"][0]["delta"].empty());
   EXPECT_FALSE(last.contains("usage"));
@@ -212,11 +214,16 @@ TEST(OpenAiFormat, ChunksAndUsage) {
   EXPECT_EQ(u["usage"]["total_tokens"], 14);
   EXPECT_EQ(u["usage"]["prompt_tokens_details"]["cached_tokens"], 8);
   m.endpoint = Endpoint::kCompletion;
-  const json full =
-      final_response(m, "abc", runtime::FinishReason::kStop, nullptr, UsageCounts{3, 2, 0});
+  const ChoiceOutput outs[] = {{"abc", runtime::FinishReason::kStop, nullptr},
+                               {"de", runtime::FinishReason::kLength, nullptr}};
+  const json full = final_response(m, outs, UsageCounts{3, 2, 0});
   EXPECT_EQ(full["object"], "text_completion");
+  ASSERT_EQ(full["choices"].size(), 2u);
   EXPECT_EQ(full["choices"][0]["text"], "abc");
   EXPECT_EQ(full["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(full["choices"][1]["index"], 1);
+  EXPECT_EQ(full["choices"][1]["text"], "de");
+  EXPECT_EQ(full["choices"][1]["finish_reason"], "length");
   EXPECT_EQ(full["usage"]["completion_tokens"], 2);
 }
 

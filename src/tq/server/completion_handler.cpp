@@ -1,11 +1,13 @@
 // The completion endpoints (see completion_handler.h).
 #include "tq/server/completion_handler.h"
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <functional>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -63,8 +65,38 @@ ApiError done_error(const StreamEvent& e) {
   return server_error(500, "Generation failed: " + e.error, "internal_error");
 }
 
-UsageCounts usage_of(const StreamEvent& done) {
-  return UsageCounts{done.prompt_tokens, done.completion_tokens, done.cached_tokens};
+// The n choices of one request: a channel each, all cancelled together.
+struct Choices {
+  std::vector<std::shared_ptr<runtime::RequestChannel>> channels;
+
+  void cancel_all() const {
+    for (const auto& c : channels) c->cancel();
+  }
+  // Moves what arrived on every channel whose `open[i]` is set into events[i]; waits up to
+  // `wait` on the first open channel when none of them had anything (the choices step in the
+  // same batches, so their events come close together). False when nothing came.
+  bool pop(std::vector<std::vector<StreamEvent>>& events, const std::vector<char>& open,
+           std::chrono::milliseconds wait) const {
+    bool any = false;
+    for (size_t i = 0; i < channels.size(); ++i)
+      if (open[i]) any |= channels[i]->pop_all(events[i], std::chrono::milliseconds(0));
+    if (any) return true;
+    for (size_t i = 0; i < channels.size(); ++i)
+      if (open[i]) return channels[i]->pop_all(events[i], wait);
+    return false;
+  }
+};
+
+bool any_open(const std::vector<char>& open) {
+  return std::any_of(open.begin(), open.end(), [](char o) { return o != 0; });
+}
+
+// The usage of n choices of one prompt: the prompt counted once (OpenAI's rule), the
+// completions summed.
+UsageCounts usage_of(std::span<const StreamEvent> dones) {
+  UsageCounts u{dones[0].prompt_tokens, 0, dones[0].cached_tokens};
+  for (const StreamEvent& d : dones) u.completion_tokens += d.completion_tokens;
+  return u;
 }
 
 // What one call of a chunked response's producer gives: text to write (may be empty) and
@@ -77,19 +109,19 @@ struct Chunk {
 // Sends `next`'s chunks (it waits up to kPollInterval for events each call) as a chunked
 // response. After kKeepAlive without output `keep_alive` is written, which is also how a
 // client that has gone is noticed (cpp-httplib reports it only as a failed write): then, as
-// on any error or an unfinished end, the request is cancelled and its sequence freed.
-void send_chunks(httplib::Response& res, const char* content_type,
-                 std::shared_ptr<runtime::RequestChannel> channel, std::string keep_alive,
-                 std::function<Chunk()> next) {
+// on any error or an unfinished end, the request's choices are cancelled and their sequences
+// freed.
+void send_chunks(httplib::Response& res, const char* content_type, std::shared_ptr<Choices> choices,
+                 std::string keep_alive, std::function<Chunk()> next) {
   struct State {
-    std::shared_ptr<runtime::RequestChannel> channel;
+    std::shared_ptr<Choices> choices;
     std::string keep_alive;
     std::function<Chunk()> next;
     Clock::time_point last_write = Clock::now();
     bool finished = false;
   };
   auto st =
-      std::make_shared<State>(State{std::move(channel), std::move(keep_alive), std::move(next)});
+      std::make_shared<State>(State{std::move(choices), std::move(keep_alive), std::move(next)});
   res.set_chunked_content_provider(
       content_type,
       [st](size_t /*offset*/, httplib::DataSink& sink) -> bool {
@@ -100,7 +132,7 @@ void send_chunks(httplib::Response& res, const char* content_type,
             c.text = st->keep_alive;
           if (!c.text.empty()) {
             if (!sink.is_writable() || !sink.write(c.text.data(), c.text.size())) {
-              st->channel->cancel();  // the client has gone: free its sequence
+              st->choices->cancel_all();  // the client has gone: free its sequences
               return false;
             }
             st->last_write = now;
@@ -112,81 +144,121 @@ void send_chunks(httplib::Response& res, const char* content_type,
           return true;
         } catch (const std::exception& e) {
           TQ_LOG(kError, "serve: response failed: %s", e.what());
-          st->channel->cancel();
+          st->choices->cancel_all();
           return false;
         }
       },
       [st](bool success) {
-        if (!success || !st->finished) st->channel->cancel();
+        if (!success || !st->finished) st->choices->cancel_all();
       });
 }
 
-// Everything a streaming response keeps between calls of httplib's content provider.
+// What a response keeps of each choice while its events arrive.
+struct ChoiceState {
+  ChoiceState(Endpoint endpoint, const model::Tokenizer& tok) : logprobs(endpoint, tok) {}
+  LogprobsBuilder logprobs;
+  std::vector<StreamEvent> events;  // arrived, not yet handled
+  std::string text;                 // non-streaming: the whole text
+  size_t text_len = 0;              // streaming: bytes sent so far
+  StreamEvent done;
+};
+
+std::vector<ChoiceState> choice_states(size_t n, Endpoint endpoint, const model::Tokenizer& tok) {
+  std::vector<ChoiceState> v;
+  v.reserve(n);
+  for (size_t i = 0; i < n; ++i) v.emplace_back(endpoint, tok);
+  return v;
+}
+
+// Everything a streaming response keeps between calls of httplib's content provider. Each
+// choice's chunks carry its index; the usage chunk and [DONE] follow the last choice's end.
 struct StreamState {
-  StreamState(std::shared_ptr<runtime::RequestChannel> c, ResponseMeta m, const CompletionParams& p,
+  StreamState(std::shared_ptr<Choices> c, ResponseMeta m, const CompletionParams& p,
               const model::Tokenizer& tok, ServerMetrics& metrics)
-      : channel(std::move(c)),
+      : choices(std::move(c)),
         meta(std::move(m)),
         include_usage(p.include_usage),
         want_logprobs(p.logprobs),
-        logprobs(p.endpoint, tok),
-        latency(metrics, channel->arrival()) {}
+        latency(metrics, choices->channels[0]->arrival()),
+        state(choice_states(choices->channels.size(), p.endpoint, tok)),
+        open(choices->channels.size(), 1),
+        events(choices->channels.size()) {}
 
-  // SSE text for the events that arrived; sets finished at the final one.
-  std::string render(std::vector<StreamEvent>& events) {
+  // SSE text for the events that arrived; sets finished after the last choice's end.
+  std::string render() {
     std::string out;
     if (!started) {
       started = true;
       if (meta.endpoint == Endpoint::kChat)
-        out += sse_data(dump_json(stream_chunk(meta, "", true, nullptr, nullptr, include_usage)));
+        for (size_t i = 0; i < state.size(); ++i)
+          out += sse_data(dump_json(
+              stream_chunk(meta, static_cast<int>(i), "", true, nullptr, nullptr, include_usage)));
     }
-    for (auto& e : events) {
-      latency.on_event(e);
-      if (e.kind == StreamEvent::Kind::kDelta) {
-        json lp = nullptr;
-        if (want_logprobs && e.has_logprob) {
-          logprobs.add(e.logprob, text_len);
-          lp = logprobs.take();
+    for (size_t i = 0; i < state.size() && !finished; ++i) {
+      ChoiceState& c = state[i];
+      const int index = static_cast<int>(i);
+      for (auto& e : events[i]) {
+        if (i == 0) latency.on_event(e);
+        if (e.kind == StreamEvent::Kind::kDelta) {
+          json lp = nullptr;
+          if (want_logprobs && e.has_logprob) {
+            c.logprobs.add(e.logprob, c.text_len);
+            lp = c.logprobs.take();
+          }
+          c.text_len += e.text.size();
+          if (e.text.empty() && lp.is_null()) continue;
+          out += sse_data(
+              dump_json(stream_chunk(meta, index, e.text, false, lp, nullptr, include_usage)));
+          continue;
         }
-        text_len += e.text.size();
-        if (e.text.empty() && lp.is_null()) continue;
-        out += sse_data(dump_json(stream_chunk(meta, e.text, false, lp, nullptr, include_usage)));
-        continue;
+        open[i] = 0;
+        c.done = e;
+        if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength) {
+          choices->cancel_all();  // one choice failed: the response ends with its error
+          out += sse_data(dump_json(done_error(e).to_json()));
+          out += sse_done();
+          finished = true;
+          break;
+        }
+        out += sse_data(dump_json(stream_chunk(meta, index, "", false, nullptr,
+                                               api_finish_reason(e.finish), include_usage)));
+        break;
       }
-      finished = true;
-      if (e.finish == FinishReason::kStop || e.finish == FinishReason::kLength) {
-        out += sse_data(dump_json(
-            stream_chunk(meta, "", false, nullptr, api_finish_reason(e.finish), include_usage)));
-        if (include_usage) out += sse_data(dump_json(usage_chunk(meta, usage_of(e))));
-      } else {
-        out += sse_data(dump_json(done_error(e).to_json()));
-      }
+      events[i].clear();
+    }
+    if (!finished && !any_open(open)) {
+      if (include_usage) out += sse_data(dump_json(usage_chunk(meta, usage())));
       out += sse_done();
-      break;
+      finished = true;
     }
     return out;
   }
 
-  std::shared_ptr<runtime::RequestChannel> channel;
+  UsageCounts usage() const {
+    std::vector<StreamEvent> dones;
+    for (const ChoiceState& c : state) dones.push_back(c.done);
+    return usage_of(dones);
+  }
+
+  std::shared_ptr<Choices> choices;
   ResponseMeta meta;
   bool include_usage;
   bool want_logprobs;
-  LogprobsBuilder logprobs;
-  LatencyRecorder latency;
-  size_t text_len = 0;
+  LatencyRecorder latency;  // the first choice's: one request's TTFT and gaps
+  std::vector<ChoiceState> state;
+  std::vector<char> open;  // choices still generating
+  std::vector<std::vector<StreamEvent>> events;
   bool started = false;
   bool finished = false;
-  std::vector<StreamEvent> events;
 };
 
 void stream_response(httplib::Response& res, std::shared_ptr<StreamState> st) {
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
-  send_chunks(res, "text/event-stream", st->channel, sse_comment("keep-alive"), [st] {
-    st->events.clear();
-    st->channel->pop_all(st->events, kPollInterval);
+  send_chunks(res, "text/event-stream", st->choices, sse_comment("keep-alive"), [st] {
+    st->choices->pop(st->events, st->open, kPollInterval);
     Chunk c;
-    c.text = st->render(st->events);
+    c.text = st->render();
     c.last = st->finished;
     return c;
   });
@@ -194,46 +266,62 @@ void stream_response(httplib::Response& res, std::shared_ptr<StreamState> st) {
 
 // A non-streaming response, built from the events as they arrive.
 struct WholeResponse {
-  WholeResponse(std::shared_ptr<runtime::RequestChannel> c, ResponseMeta m,
-                const CompletionParams& p, const model::Tokenizer& tok, ServerMetrics& metrics)
-      : channel(std::move(c)),
+  WholeResponse(std::shared_ptr<Choices> c, ResponseMeta m, const CompletionParams& p,
+                const model::Tokenizer& tok, ServerMetrics& metrics)
+      : choices(std::move(c)),
         meta(std::move(m)),
         want_logprobs(p.logprobs),
-        logprobs(p.endpoint, tok),
-        latency(metrics, channel->arrival()) {}
+        latency(metrics, choices->channels[0]->arrival()),
+        state(choice_states(choices->channels.size(), p.endpoint, tok)),
+        open(choices->channels.size(), 1),
+        events(choices->channels.size()) {}
 
-  // Takes what arrived within `wait`; true once the final event came (status, body set).
+  // Takes what arrived within `wait`; true once every choice ended or one failed (status and
+  // body set).
   bool poll(std::chrono::milliseconds wait) {
-    events.clear();
-    channel->pop_all(events, wait);
-    for (auto& e : events) {
-      latency.on_event(e);
-      if (e.kind == StreamEvent::Kind::kDelta) {
-        if (want_logprobs && e.has_logprob) logprobs.add(e.logprob, text.size());
-        text += e.text;
-        continue;
+    choices->pop(events, open, wait);
+    for (size_t i = 0; i < state.size(); ++i) {
+      ChoiceState& c = state[i];
+      for (auto& e : events[i]) {
+        if (i == 0) latency.on_event(e);
+        if (e.kind == StreamEvent::Kind::kDelta) {
+          if (want_logprobs && e.has_logprob) c.logprobs.add(e.logprob, c.text.size());
+          c.text += e.text;
+          continue;
+        }
+        open[i] = 0;
+        c.done = e;
+        if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength) {
+          choices->cancel_all();
+          const ApiError err = done_error(e);
+          status = err.status;
+          body = err.to_json();
+          return true;
+        }
+        break;
       }
-      if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength) {
-        const ApiError err = done_error(e);
-        status = err.status;
-        body = err.to_json();
-      } else {
-        status = 200;
-        body = final_response(meta, text, e.finish, want_logprobs ? logprobs.take() : json(nullptr),
-                              usage_of(e));
-      }
-      return true;
+      events[i].clear();
     }
-    return false;
+    if (any_open(open)) return false;
+    std::vector<ChoiceOutput> outputs;
+    std::vector<StreamEvent> dones;
+    for (ChoiceState& c : state) {
+      outputs.push_back(ChoiceOutput{std::move(c.text), c.done.finish,
+                                     want_logprobs ? c.logprobs.take() : json(nullptr)});
+      dones.push_back(c.done);
+    }
+    status = 200;
+    body = final_response(meta, outputs, usage_of(dones));
+    return true;
   }
 
-  std::shared_ptr<runtime::RequestChannel> channel;
+  std::shared_ptr<Choices> choices;
   ResponseMeta meta;
   bool want_logprobs;
-  LogprobsBuilder logprobs;
   LatencyRecorder latency;
-  std::string text;
-  std::vector<StreamEvent> events;
+  std::vector<ChoiceState> state;
+  std::vector<char> open;
+  std::vector<std::vector<StreamEvent>> events;
   int status = 0;
   json body;
 };
@@ -252,7 +340,7 @@ bool whole_response(httplib::Response& res, std::shared_ptr<WholeResponse> st) {
       return false;
     }
   }
-  send_chunks(res, "application/json", st->channel, " ", [st] {
+  send_chunks(res, "application/json", st->choices, " ", [st] {
     Chunk c;
     c.last = st->poll(kPollInterval);
     if (c.last) {
@@ -294,19 +382,32 @@ void CompletionHandler::handle(const httplib::Request& req, httplib::Response& r
                         (chat ? "messages." : "prompt."),
                     chat ? "messages" : "prompt", "context_length_exceeded"));
 
+  // One sequence per choice, each with its own seed (seed + i when the client gave one). The
+  // later ones wait for the first one's prompt pages and reuse them
+  // (Scheduler::prefix_in_flight), so the prompt is computed and stored once.
+  const int max_queue = engine_.scheduler().options().max_queue;
+  if (p.n > max_queue)
+    return send_error(res, bad_request("n = " + std::to_string(p.n) +
+                                           " is more choices than this server queues (--queue " +
+                                           std::to_string(max_queue) + ").",
+                                       "n", "invalid_value"));
+  auto choices = std::make_shared<Choices>();
   std::random_device rd;
-  const uint64_t seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
-  auto channel =
-      engine_.scheduler().submit(engine_.make_request(p, std::move(prompt).value(), seed), arrival);
-  if (!channel.ok()) {
-    const Status& st = channel.status();
-    if (st.code() == StatusCode::kResourceExhausted)
-      return send_error(
-          res,
-          server_error(503, "The server is overloaded: " + st.message() + ". Retry after a moment.",
-                       "server_overloaded"));
-    return send_error(res,
-                      bad_request(st.message(), chat ? "messages" : "prompt", "invalid_value"));
+  for (int i = 0; i < p.n; ++i) {
+    const uint64_t seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    auto channel = engine_.scheduler().submit(engine_.make_request(p, *prompt, seed, i), arrival);
+    if (!channel.ok()) {
+      choices->cancel_all();  // the choices already queued end unseen
+      const Status& st = channel.status();
+      if (st.code() == StatusCode::kResourceExhausted)
+        return send_error(
+            res, server_error(
+                     503, "The server is overloaded: " + st.message() + ". Retry after a moment.",
+                     "server_overloaded"));
+      return send_error(res,
+                        bad_request(st.message(), chat ? "messages" : "prompt", "invalid_value"));
+    }
+    choices->channels.push_back(std::move(channel).value());
   }
 
   ResponseMeta meta;
@@ -317,18 +418,17 @@ void CompletionHandler::handle(const httplib::Request& req, httplib::Response& r
   meta.fingerprint = system_fingerprint(engine_.step_model().kv_config());
   const model::Tokenizer& tok = engine_.model().tokenizer();
   if (p.stream)
-    return stream_response(
-        res, std::make_shared<StreamState>(std::move(channel).value(), meta, p, tok, metrics_));
-  auto st = std::make_shared<WholeResponse>(std::move(channel).value(), meta, p, tok, metrics_);
+    return stream_response(res, std::make_shared<StreamState>(choices, meta, p, tok, metrics_));
+  auto st = std::make_shared<WholeResponse>(choices, meta, p, tok, metrics_);
   // Whatever way this handler leaves (an exception included) without handing the request to
   // a content provider, the request stops with it.
   struct CancelUnlessProvided {
-    runtime::RequestChannel& ch;
+    const Choices& choices;
     bool provided = false;
     ~CancelUnlessProvided() {
-      if (!provided) ch.cancel();
+      if (!provided) choices.cancel_all();
     }
-  } guard{*st->channel};
+  } guard{*choices};
   guard.provided = whole_response(res, st);
 }
 

@@ -193,7 +193,8 @@ Expected<std::vector<int32_t>> render_prompt_tokens(const model::Model& model,
 }
 
 runtime::GenerationRequest Engine::make_request(const CompletionParams& p,
-                                                std::vector<int32_t> prompt, uint64_t seed) const {
+                                                std::vector<int32_t> prompt, uint64_t seed,
+                                                int choice) const {
   runtime::GenerationRequest r;
   const int room = context() - static_cast<int>(prompt.size());
   r.prompt = std::move(prompt);
@@ -202,7 +203,7 @@ runtime::GenerationRequest Engine::make_request(const CompletionParams& p,
   r.stop_strings = p.stop;
   r.stop_at_eog = !p.ignore_eos;
   r.sampler = p.sampler;
-  r.sampler.seed = p.seed.value_or(seed);
+  r.sampler.seed = p.seed ? *p.seed + static_cast<uint64_t>(choice) : seed;
   r.logprobs = p.logprobs ? p.top_logprobs : -1;
   return r;
 }

@@ -88,10 +88,11 @@ class Engine {
   Expected<std::vector<int32_t>> prompt_tokens(const CompletionParams& p) const {
     return render_prompt_tokens(*model_, p);
   }
-  // The request the scheduler runs; `seed` is used when the client gave none. The prompt
-  // must leave room for one generated token (checked by the caller for a precise error).
+  // The request the scheduler runs for choice `choice` of p.n; `seed` is used when the client
+  // gave none, the client's seed + choice when it did. The prompt must leave room for one
+  // generated token (checked by the caller for a precise error).
   runtime::GenerationRequest make_request(const CompletionParams& p, std::vector<int32_t> prompt,
-                                          uint64_t seed) const;
+                                          uint64_t seed, int choice = 0) const;
 
  private:
   Engine() = default;

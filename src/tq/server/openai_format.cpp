@@ -94,11 +94,11 @@ const char* api_finish_reason(runtime::FinishReason r) {
   return r == runtime::FinishReason::kLength ? "length" : "stop";
 }
 
-json stream_chunk(const ResponseMeta& m, const std::string& text, bool role, const json& logprobs,
-                  const json& finish, bool usage_null) {
+json stream_chunk(const ResponseMeta& m, int index, const std::string& text, bool role,
+                  const json& logprobs, const json& finish, bool usage_null) {
   json j = base_object(m, true);
   json choice;
-  choice["index"] = 0;
+  choice["index"] = index;
   if (m.endpoint == Endpoint::kChat) {
     json delta = json::object();
     if (role) delta["role"] = "assistant";
@@ -121,18 +121,23 @@ json usage_chunk(const ResponseMeta& m, const UsageCounts& u) {
   return j;
 }
 
-json final_response(const ResponseMeta& m, const std::string& text, runtime::FinishReason finish,
-                    const json& logprobs, const UsageCounts& u) {
+json final_response(const ResponseMeta& m, std::span<const ChoiceOutput> choices,
+                    const UsageCounts& u) {
   json j = base_object(m, false);
-  json choice;
-  choice["index"] = 0;
-  if (m.endpoint == Endpoint::kChat)
-    choice["message"] = json{{"role", "assistant"}, {"content", text}};
-  else
-    choice["text"] = text;
-  choice["logprobs"] = logprobs;
-  choice["finish_reason"] = api_finish_reason(finish);
-  j["choices"] = json::array({std::move(choice)});
+  json list = json::array();
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceOutput& c = choices[i];
+    json choice;
+    choice["index"] = i;
+    if (m.endpoint == Endpoint::kChat)
+      choice["message"] = json{{"role", "assistant"}, {"content", c.text}};
+    else
+      choice["text"] = c.text;
+    choice["logprobs"] = c.logprobs;
+    choice["finish_reason"] = api_finish_reason(c.finish);
+    list.push_back(std::move(choice));
+  }
+  j["choices"] = std::move(list);
   j["usage"] = usage_json(u);
   return j;
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -68,18 +69,25 @@ class LogprobsBuilder {
 // finish_reason of the API: "stop", "length" (cancelled and failed requests never get here).
 const char* api_finish_reason(runtime::FinishReason r);
 
-// One streaming chunk. `role` adds "role": "assistant" to a chat delta (the first chunk);
-// `finish` null while streaming; `logprobs` null when not asked for; `usage_null` adds
-// "usage": null (stream_options.include_usage asks for it on every chunk but the last).
-nlohmann::json stream_chunk(const ResponseMeta& m, const std::string& text, bool role,
+// One streaming chunk of choice `index`. `role` adds "role": "assistant" to a chat delta (a
+// choice's first chunk); `finish` null while streaming; `logprobs` null when not asked for;
+// `usage_null` adds "usage": null (stream_options.include_usage asks for it on every chunk but
+// the last).
+nlohmann::json stream_chunk(const ResponseMeta& m, int index, const std::string& text, bool role,
                             const nlohmann::json& logprobs, const nlohmann::json& finish,
                             bool usage_null);
 // The last chunk with include_usage: no choices, the usage.
 nlohmann::json usage_chunk(const ResponseMeta& m, const UsageCounts& u);
 
-// The non-streaming response.
-nlohmann::json final_response(const ResponseMeta& m, const std::string& text,
-                              runtime::FinishReason finish, const nlohmann::json& logprobs,
+// One finished choice of a non-streaming response.
+struct ChoiceOutput {
+  std::string text;
+  runtime::FinishReason finish = runtime::FinishReason::kStop;
+  nlohmann::json logprobs;  // null when not asked for
+};
+
+// The non-streaming response: choices in index order.
+nlohmann::json final_response(const ResponseMeta& m, std::span<const ChoiceOutput> choices,
                               const UsageCounts& u);
 
 }  // namespace tq::server

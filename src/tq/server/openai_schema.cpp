@@ -337,9 +337,8 @@ std::optional<ApiError> parse_completion_json(const nlohmann::json& j, Endpoint 
       if (!e && k == "max_completion_tokens") max_completion_tokens = i;
       if (!e && k == "max_tokens" && !p.max_tokens) p.max_tokens = static_cast<int>(i);
     } else if (k == "n") {
-      e = read_int(v, k, 1, std::numeric_limits<int32_t>::max(), i);
-      if (!e && i != 1)
-        e = bad_request("Invalid value for 'n': only n = 1 is supported.", "n", "invalid_value");
+      e = read_int(v, k, 1, kMaxChoices, i);
+      if (!e) p.n = static_cast<int>(i);
     } else if (k == "temperature") {
       e = read_float(v, k, 0.0, 2.0, p.sampler.temperature);
     } else if (k == "top_p") {

@@ -42,6 +42,7 @@ struct CompletionParams {
   std::vector<int32_t> prompt_tokens;  // kCompletion, a prompt given as token ids
   bool prompt_is_tokens = false;
 
+  int n = 1;  // choices: n sequences of one prompt (its pages stored once, prefix cache)
   bool stream = false;
   bool include_usage = false;     // stream_options.include_usage
   std::optional<int> max_tokens;  // max_tokens / max_completion_tokens; none: to the context
@@ -57,6 +58,7 @@ struct CompletionParams {
 
 // Limits of the schema (OpenAI's, where it states one).
 inline constexpr int kMaxStopStrings = 4;
+inline constexpr int kMaxChoices = 128;
 inline constexpr int kMaxChatTopLogprobs = 20;
 inline constexpr int kMaxCompletionLogprobs = 5;
 
