@@ -160,40 +160,6 @@ TEST_F(HttpServerTest, ChatCompletionAndUsage) {
   EXPECT_EQ(j["usage"]["total_tokens"], static_cast<int>(ids->size()) + 5);
 }
 
-TEST_F(HttpServerTest, StreamEndsWithUsageAndDone) {
-  start();
-  auto r = client_->Post("/v1/completions",
-                         R"({"prompt":"abc","max_tokens":6,"temperature":0,"ignore_eos":true,
-                             "stream":true,"stream_options":{"include_usage":true}})",
-                         "application/json");
-  ASSERT_TRUE(r);
-  ASSERT_EQ(r->status, 200);
-  EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
-  std::vector<json> chunks;
-  bool done = false;
-  size_t pos = 0;
-  const std::string& b = r->body;
-  while ((pos = b.find("data: ", pos)) != std::string::npos) {
-    const size_t end = b.find("\n\n", pos);
-    const std::string payload = b.substr(pos + 6, end - pos - 6);
-    pos = end;
-    if (payload == "[DONE]") {
-      done = true;
-      break;
-    }
-    chunks.push_back(json::parse(payload, nullptr, false));
-  }
-  EXPECT_TRUE(done);
-  ASSERT_GE(chunks.size(), 2u);
-  const json& usage = chunks.back();
-  EXPECT_TRUE(usage["choices"].empty());
-  EXPECT_EQ(usage["usage"]["completion_tokens"], 6);
-  EXPECT_EQ(chunks[chunks.size() - 2]["choices"][0]["finish_reason"], "length");
-  std::string text;
-  for (size_t i = 0; i + 1 < chunks.size(); ++i) text += chunks[i]["choices"][0]["text"];
-  EXPECT_FALSE(text.empty());
-}
-
 // Parses "data: " events up to [DONE]; `done` says whether it came.
 std::vector<json> sse_events(const std::string& b, bool& done) {
   std::vector<json> chunks;
@@ -210,6 +176,28 @@ std::vector<json> sse_events(const std::string& b, bool& done) {
     chunks.push_back(json::parse(payload, nullptr, false));
   }
   return chunks;
+}
+
+TEST_F(HttpServerTest, StreamEndsWithUsageAndDone) {
+  start();
+  auto r = client_->Post("/v1/completions",
+                         R"({"prompt":"abc","max_tokens":6,"temperature":0,"ignore_eos":true,
+                             "stream":true,"stream_options":{"include_usage":true}})",
+                         "application/json");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_NE(r->get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+  bool done = false;
+  const std::vector<json> chunks = sse_events(r->body, done);
+  EXPECT_TRUE(done);
+  ASSERT_GE(chunks.size(), 2u);
+  const json& usage = chunks.back();
+  EXPECT_TRUE(usage["choices"].empty());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 6);
+  EXPECT_EQ(chunks[chunks.size() - 2]["choices"][0]["finish_reason"], "length");
+  std::string text;
+  for (size_t i = 0; i + 1 < chunks.size(); ++i) text += chunks[i]["choices"][0]["text"];
+  EXPECT_FALSE(text.empty());
 }
 
 // n choices: n sequences of one prompt (more than the 2 sessions: one waits in the queue), each
