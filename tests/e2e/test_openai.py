@@ -439,3 +439,16 @@ def test_several_choices_share_the_prompt(client, server):
             finishes[ch.index] += ch.finish_reason is not None
     assert finishes == {0: 1, 1: 1} and texts[0] == texts[1] and texts[0], (texts, finishes)
     wait_idle(server)
+
+
+def test_several_choices_cancelled_together(client, server):
+    # A stream of more choices than sessions (some still queued) that the client closes: every
+    # choice is cancelled and frees its pages, running or not.
+    stream = client.chat.completions.create(
+        model="tq", messages=[{"role": "user", "content": "Tell me a long story."}], n=6,
+        max_tokens=400, stream=True, extra_body={"ignore_eos": True})
+    for i, _ in enumerate(stream):
+        if i >= 20:
+            break
+    stream.close()
+    wait_idle(server)  # fails unless every choice's sequence and pages are gone within 20 s
