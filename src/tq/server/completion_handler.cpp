@@ -65,6 +65,24 @@ ApiError done_error(const StreamEvent& e) {
   return server_error(500, "Generation failed: " + e.error, "internal_error");
 }
 
+// What a response keeps of each choice while its events arrive.
+struct ChoiceState {
+  ChoiceState(Endpoint endpoint, const model::Tokenizer& tok) : logprobs(endpoint, tok) {}
+  LogprobsBuilder logprobs;
+  std::vector<StreamEvent> events;  // arrived, not yet handled
+  bool open = true;                 // still generating: its kDone has not come
+  std::string text;                 // non-streaming: the whole text
+  size_t text_len = 0;              // streaming: bytes sent so far
+  StreamEvent done;
+};
+
+std::vector<ChoiceState> choice_states(size_t n, Endpoint endpoint, const model::Tokenizer& tok) {
+  std::vector<ChoiceState> v;
+  v.reserve(n);
+  for (size_t i = 0; i < n; ++i) v.emplace_back(endpoint, tok);
+  return v;
+}
+
 // The n choices of one request: a channel each, all cancelled together.
 struct Choices {
   std::vector<std::shared_ptr<runtime::RequestChannel>> channels;
@@ -72,30 +90,29 @@ struct Choices {
   void cancel_all() const {
     for (const auto& c : channels) c->cancel();
   }
-  // Moves what arrived on every channel whose `open[i]` is set into events[i]; waits up to
-  // `wait` on the first open channel when none of them had anything (the choices step in the
-  // same batches, so their events come close together). False when nothing came.
-  bool pop(std::vector<std::vector<StreamEvent>>& events, const std::vector<char>& open,
-           std::chrono::milliseconds wait) const {
+  // Moves what arrived on the channel of every open choice into its state's events; waits up
+  // to `wait` on the first open channel when none of them had anything (the choices step in
+  // the same batches, so their events come close together). False when nothing came.
+  bool pop(std::vector<ChoiceState>& state, std::chrono::milliseconds wait) const {
     bool any = false;
     for (size_t i = 0; i < channels.size(); ++i)
-      if (open[i]) any |= channels[i]->pop_all(events[i], std::chrono::milliseconds(0));
+      if (state[i].open) any |= channels[i]->pop_all(state[i].events, std::chrono::milliseconds(0));
     if (any) return true;
     for (size_t i = 0; i < channels.size(); ++i)
-      if (open[i]) return channels[i]->pop_all(events[i], wait);
+      if (state[i].open) return channels[i]->pop_all(state[i].events, wait);
     return false;
   }
 };
 
-bool any_open(const std::vector<char>& open) {
-  return std::any_of(open.begin(), open.end(), [](char o) { return o != 0; });
+bool any_open(const std::vector<ChoiceState>& state) {
+  return std::any_of(state.begin(), state.end(), [](const ChoiceState& c) { return c.open; });
 }
 
-// The usage of n choices of one prompt: the prompt counted once (OpenAI's rule), the
+// The usage of n finished choices of one prompt: the prompt counted once (OpenAI's rule), the
 // completions summed.
-UsageCounts usage_of(std::span<const StreamEvent> dones) {
-  UsageCounts u{dones[0].prompt_tokens, 0, dones[0].cached_tokens};
-  for (const StreamEvent& d : dones) u.completion_tokens += d.completion_tokens;
+UsageCounts usage_of(std::span<const ChoiceState> state) {
+  UsageCounts u{state[0].done.prompt_tokens, 0, state[0].done.cached_tokens};
+  for (const ChoiceState& c : state) u.completion_tokens += c.done.completion_tokens;
   return u;
 }
 
@@ -153,23 +170,6 @@ void send_chunks(httplib::Response& res, const char* content_type, std::shared_p
       });
 }
 
-// What a response keeps of each choice while its events arrive.
-struct ChoiceState {
-  ChoiceState(Endpoint endpoint, const model::Tokenizer& tok) : logprobs(endpoint, tok) {}
-  LogprobsBuilder logprobs;
-  std::vector<StreamEvent> events;  // arrived, not yet handled
-  std::string text;                 // non-streaming: the whole text
-  size_t text_len = 0;              // streaming: bytes sent so far
-  StreamEvent done;
-};
-
-std::vector<ChoiceState> choice_states(size_t n, Endpoint endpoint, const model::Tokenizer& tok) {
-  std::vector<ChoiceState> v;
-  v.reserve(n);
-  for (size_t i = 0; i < n; ++i) v.emplace_back(endpoint, tok);
-  return v;
-}
-
 // Everything a streaming response keeps between calls of httplib's content provider. Each
 // choice's chunks carry its index; the usage chunk and [DONE] follow the last choice's end.
 struct StreamState {
@@ -180,9 +180,7 @@ struct StreamState {
         include_usage(p.include_usage),
         want_logprobs(p.logprobs),
         latency(metrics, choices->channels[0]->arrival()),
-        state(choice_states(choices->channels.size(), p.endpoint, tok)),
-        open(choices->channels.size(), 1),
-        events(choices->channels.size()) {}
+        state(choice_states(choices->channels.size(), p.endpoint, tok)) {}
 
   // SSE text for the events that arrived; sets finished after the last choice's end.
   std::string render() {
@@ -197,7 +195,7 @@ struct StreamState {
     for (size_t i = 0; i < state.size() && !finished; ++i) {
       ChoiceState& c = state[i];
       const int index = static_cast<int>(i);
-      for (auto& e : events[i]) {
+      for (auto& e : c.events) {
         if (i == 0) latency.on_event(e);
         if (e.kind == StreamEvent::Kind::kDelta) {
           json lp = nullptr;
@@ -211,7 +209,7 @@ struct StreamState {
               dump_json(stream_chunk(meta, index, e.text, false, lp, nullptr, include_usage)));
           continue;
         }
-        open[i] = 0;
+        c.open = false;
         c.done = e;
         if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength) {
           choices->cancel_all();  // one choice failed: the response ends with its error
@@ -224,20 +222,14 @@ struct StreamState {
                                                api_finish_reason(e.finish), include_usage)));
         break;
       }
-      events[i].clear();
+      c.events.clear();
     }
-    if (!finished && !any_open(open)) {
-      if (include_usage) out += sse_data(dump_json(usage_chunk(meta, usage())));
+    if (!finished && !any_open(state)) {
+      if (include_usage) out += sse_data(dump_json(usage_chunk(meta, usage_of(state))));
       out += sse_done();
       finished = true;
     }
     return out;
-  }
-
-  UsageCounts usage() const {
-    std::vector<StreamEvent> dones;
-    for (const ChoiceState& c : state) dones.push_back(c.done);
-    return usage_of(dones);
   }
 
   std::shared_ptr<Choices> choices;
@@ -246,8 +238,6 @@ struct StreamState {
   bool want_logprobs;
   LatencyRecorder latency;  // the first choice's: one request's TTFT and gaps
   std::vector<ChoiceState> state;
-  std::vector<char> open;  // choices still generating
-  std::vector<std::vector<StreamEvent>> events;
   bool started = false;
   bool finished = false;
 };
@@ -256,7 +246,7 @@ void stream_response(httplib::Response& res, std::shared_ptr<StreamState> st) {
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   send_chunks(res, "text/event-stream", st->choices, sse_comment("keep-alive"), [st] {
-    st->choices->pop(st->events, st->open, kPollInterval);
+    st->choices->pop(st->state, kPollInterval);
     Chunk c;
     c.text = st->render();
     c.last = st->finished;
@@ -272,24 +262,22 @@ struct WholeResponse {
         meta(std::move(m)),
         want_logprobs(p.logprobs),
         latency(metrics, choices->channels[0]->arrival()),
-        state(choice_states(choices->channels.size(), p.endpoint, tok)),
-        open(choices->channels.size(), 1),
-        events(choices->channels.size()) {}
+        state(choice_states(choices->channels.size(), p.endpoint, tok)) {}
 
   // Takes what arrived within `wait`; true once every choice ended or one failed (status and
   // body set).
   bool poll(std::chrono::milliseconds wait) {
-    choices->pop(events, open, wait);
+    choices->pop(state, wait);
     for (size_t i = 0; i < state.size(); ++i) {
       ChoiceState& c = state[i];
-      for (auto& e : events[i]) {
+      for (auto& e : c.events) {
         if (i == 0) latency.on_event(e);
         if (e.kind == StreamEvent::Kind::kDelta) {
           if (want_logprobs && e.has_logprob) c.logprobs.add(e.logprob, c.text.size());
           c.text += e.text;
           continue;
         }
-        open[i] = 0;
+        c.open = false;
         c.done = e;
         if (e.finish != FinishReason::kStop && e.finish != FinishReason::kLength) {
           choices->cancel_all();
@@ -300,18 +288,15 @@ struct WholeResponse {
         }
         break;
       }
-      events[i].clear();
+      c.events.clear();
     }
-    if (any_open(open)) return false;
+    if (any_open(state)) return false;
     std::vector<ChoiceOutput> outputs;
-    std::vector<StreamEvent> dones;
-    for (ChoiceState& c : state) {
+    for (ChoiceState& c : state)
       outputs.push_back(ChoiceOutput{std::move(c.text), c.done.finish,
                                      want_logprobs ? c.logprobs.take() : json(nullptr)});
-      dones.push_back(c.done);
-    }
     status = 200;
-    body = final_response(meta, outputs, usage_of(dones));
+    body = final_response(meta, outputs, usage_of(state));
     return true;
   }
 
@@ -320,8 +305,6 @@ struct WholeResponse {
   bool want_logprobs;
   LatencyRecorder latency;
   std::vector<ChoiceState> state;
-  std::vector<char> open;
-  std::vector<std::vector<StreamEvent>> events;
   int status = 0;
   json body;
 };
