@@ -4,9 +4,8 @@
 
 #include "tq/backend/cpu/ops_avx2.h"
 
-#include <cmath>
-
 #include "tq/backend/cpu/avx2_math.h"
+#include "tq/backend/cpu/ops.h"
 
 namespace tq::backend::cpu {
 
@@ -44,7 +43,7 @@ void silu_mul_avx2(float* gate, const float* up, int n) {
     _mm256_storeu_ps(
         gate + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), _mm256_loadu_ps(up + i)));
   }
-  for (; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+  silu_mul_ref(gate + i, up + i, n - i);
 }
 
 }  // namespace tq::backend::cpu
