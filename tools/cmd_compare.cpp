@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -158,8 +157,7 @@ int run_compare(CompareOptions& o) {
               base->to_string().c_str(), o.passes.describe().c_str());
   std::printf(
       "| K/V (+ flags) | B/token | vs f16 | K b/elt | V b/elt | PPL | dPPL %% | KLD mean | KLD p99 "
-      "| top-1 "
-      "|\n");
+      "| top-1 |\n");
   std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
   std::printf("| f16/f16 | %.0f | 1.00x | 16.00 | 16.00 | %.4f +/- %.4f | 0 | 0 | 0 | 1 |\n",
               f16_bytes->amortized, ppl_ref.ppl(), ppl_ref.ppl_err());
