@@ -7,7 +7,10 @@ Starts `tq serve -m MODEL --device DEV --port P [KV flags]`, waits for /health, 
   2. sends the same N prompts at once from N threads (continuous batching);
   3. sends one streaming chat request and reads its SSE chunks up to [DONE];
   4. sends a greedy and a sampled chat request with logprobs (top 3);
-  5. reads /metrics and /v1/kv-stats,
+  5. reads /metrics and /v1/kv-stats;
+  6. sends a sampled completion with n = 3 choices and a streamed one with n = 2 (one sequence
+     per choice, the later ones reusing the first one's prompt pages), then each choice's seed
+     (seed + i) alone,
 checks every answer is well formed, counts how many batched greedy texts equal their solo ones
 (batching may change the GEMM summation order, and with a compressed K cache the prefill
 chunking, so a near tie can flip a token: a mismatch is reported with its first differing
@@ -181,6 +184,57 @@ def logprobs_check(base, max_tokens, timeout, sampled):
     return len(content)
 
 
+def choices_check(base, max_tokens, timeout):
+    """n = 3 sampled choices of one prompt, then each choice's seed alone; n = 2 streamed ->
+    (equal, described). Raises unless every response is well formed: n choices with indices
+    0..n-1, usage counting the prompt once (as the solo requests count it). Equality of a
+    choice and its seed alone is reported, not required (the choices decode as a batch)."""
+    prompt = "Write a short sentence about the sea:"
+    base_body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "top_k": 40,
+                 "ignore_eos": True}
+    r = post(base, "/v1/completions", dict(base_body, n=3, seed=11), timeout)
+    ch = r.get("choices") or []
+    if sorted(c.get("index") for c in ch) != [0, 1, 2]:
+        raise ValueError("n=3: choices %s" % json.dumps(ch)[:300])
+    texts = {c["index"]: c.get("text") for c in ch}
+    if any(not isinstance(t, str) or not t for t in texts.values()):
+        raise ValueError("n=3: empty or malformed text: %s" % json.dumps(ch)[:300])
+    usage = r.get("usage") or {}
+    if usage.get("completion_tokens") != 3 * max_tokens:
+        raise ValueError("n=3: usage %s" % json.dumps(usage))
+    equal = 0
+    for i in range(3):
+        s = post(base, "/v1/completions", dict(base_body, seed=11 + i), timeout)
+        if (s.get("usage") or {}).get("prompt_tokens") != usage.get("prompt_tokens"):
+            raise ValueError("n=3 counts %s prompt tokens, a solo request %s" %
+                             (usage.get("prompt_tokens"), (s.get("usage") or {}).get("prompt_tokens")))
+        equal += s["choices"][0]["text"] == texts[i]
+    body = dict(base_body, n=2, seed=5, stream=True)
+    req = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    streamed, finished, done = {0: "", 1: ""}, set(), False
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        for raw in resp:
+            line = raw.decode().strip()
+            if not line:
+                continue
+            data = line[len("data: "):]
+            if data == "[DONE]":
+                done = True
+                break
+            for c in json.loads(data).get("choices", []):
+                if c.get("index") not in streamed:
+                    raise ValueError("n=2 stream: choice index %s" % c.get("index"))
+                streamed[c["index"]] += c.get("text") or ""
+                if c.get("finish_reason"):
+                    finished.add(c["index"])
+    if not done or finished != {0, 1} or not all(streamed.values()):
+        raise ValueError("n=2 stream: done %s, finished %s" % (done, sorted(finished)))
+    return equal, "n=3: %d prompt + %d tokens, %d/3 equal to their seed alone; n=2 streamed: " \
+        "%d + %d chars" % (usage.get("prompt_tokens"), usage.get("completion_tokens"), equal,
+                           len(streamed[0]), len(streamed[1]))
+
+
 def first_diff(a, b):
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -314,6 +368,11 @@ def main():
                   "- /v1/kv-stats: device `%s`, prefix_caching %s, pages %s/%s" % (
                       kvs.get("device"), kvs.get("prefix_caching"), kvs.get("pages_used"),
                       kvs.get("pages_total"))]
+        try:
+            lines.append("- choices: %s" % choices_check(server.base, 16, args.request_timeout)[1])
+        except Exception as e:  # noqa: BLE001
+            errors.append("n choices: %s" % e)
+            lines.append("- choices: FAILED")
         if matches < args.min_match:
             errors.append("only %d/%d batched greedy texts equal their solo runs" % (matches, n))
     except RuntimeError:
