@@ -241,6 +241,18 @@ template <class KF, class VF>
 constexpr bool attn_pipeline_values() {
   return attn_pipeline_keys<KF>();
 }
+// Page-list instances whose full steps load the next step's page unconditionally (no branch
+// around the loads, attention_kernel's step): the pairs with 3-bit values, where that measured
+// faster in every cell on the H200 (session 21, Llama-3-8B shapes, head dim 128, 4k-128k, batch
+// 1-64): tq4/tq3 1.00-1.16x, tq3/tq3 1.01-1.10x. Elsewhere it was not: tq4/tq4 0.97x, tq4/tq2
+// 0.93-0.96x (its loop spilled), tq2/tq2 0.97-1.05x (slower at 4k and at batch 1); those, and the
+// pairs and head dims not measured, keep the branch.
+template <class KF, class VF, int kDim>
+constexpr bool attn_load_always() {
+  return !KF::kHasQjl && kDim == 128 && VF::kCodeBits == 3 &&
+         (KF::kCodeBits == 3 || KF::kCodeBits == 4);
+}
+
 template <class KF>
 constexpr int attn_min_blocks() {
   return attn_pipeline_keys<KF>() ? (KF::kHasQjl ? 2 : 3) : 1;
@@ -570,7 +582,13 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
     const uint8_t* kb_n = k_base(page_n);
     [[maybe_unused]] const uint8_t* vb_n = v_base(page_n);
-    if (kPipe && next < end) {
+    // A full step of a page-list instance loads the next step's whole page unconditionally (the
+    // page of min(next, end - 1): always allocated; past `end` the bytes are stale and a partial
+    // step masks them), so its loads take no branch and the step stays one basic block.
+    constexpr bool kLoadAlways = kPagePipe && kFull && attn_load_always<KF, VF, kDim>();
+    if constexpr (kLoadAlways) {
+      // (after the S product, below)
+    } else if (kPipe && next < end) {
       if (end - next >= kStep)
         load_keys(next, kb_n, slot_n, std::true_type{}, nxt);
       else
@@ -621,7 +639,13 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
 
     // The next step's values, now that the decoded keys' registers are free.
-    if (kPipeV && next < end) {
+    if constexpr (kLoadAlways) {
+      // Keys and values, their addresses tied to the last score (`& a.zero`, 0) so that the
+      // compiler cannot hoist them into the key decode (their registers would be live there).
+      const uint32_t after_s = __float_as_uint(s[kNH - 1][3]) & a.zero;
+      load_keys(next, kb_n + after_s, slot_n, std::true_type{}, nxt);
+      if constexpr (kPipeV) load_vals(next, vb_n + after_s, slot_n, std::true_type{}, nxt);
+    } else if (kPipeV && next < end) {
       if (end - next >= kStep)
         load_vals(next, vb_n, slot_n, std::true_type{}, nxt);
       else
@@ -673,10 +697,14 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       psum0 += p00 + p10;
       psum1 += p01 + p11;
       if constexpr (VF::kTokenScale) {
-        const float v0n =
-            __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt])));
-        const float v1n =
+        float v0n = __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt])));
+        float v1n =
             __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt + 1])));
+        // (stale norms past `end`, loaded by a full step's unconditional loads, may be NaN)
+        if constexpr (!kFull && attn_load_always<KF, VF, kDim>()) {
+          if (16 * tt + g >= valid) v0n = 0.0f;
+          if (16 * tt + 8 + g >= valid) v1n = 0.0f;
+        }
         p00 *= v0n;
         p01 *= v0n;
         p10 *= v1n;
