@@ -125,13 +125,11 @@ def completion(base, prompt, max_tokens, timeout):
     return text, usage
 
 
-def stream_chat(base, max_tokens, timeout):
-    """One streaming chat request -> (content, chunks); raises on a malformed stream."""
-    body = {"messages": [{"role": "user", "content": "Name three colours."}],
-            "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True}
-    req = urllib.request.Request(base + "/v1/chat/completions", data=json.dumps(body).encode(),
+def sse_chunks(base, path, body, timeout):
+    """POSTs a streaming request and yields each SSE data chunk as parsed JSON, then None for
+    [DONE]; raises on a response that is not an event stream or on a line that is not data."""
+    req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
-    content, chunks, done, finish = "", 0, False, None
     with urllib.request.urlopen(req, timeout=timeout) as r:
         if "text/event-stream" not in r.headers.get("Content-Type", ""):
             raise ValueError("not an event stream: %s" % r.headers.get("Content-Type"))
@@ -143,15 +141,26 @@ def stream_chat(base, max_tokens, timeout):
                 raise ValueError("bad SSE line: %r" % line[:200])
             data = line[len("data: "):]
             if data == "[DONE]":
-                done = True
-                break
-            c = json.loads(data)
-            if c.get("object") != "chat.completion.chunk":
-                raise ValueError("bad chunk: %s" % data[:300])
-            for choice in c.get("choices", []):
-                content += choice.get("delta", {}).get("content") or ""
-                finish = choice.get("finish_reason") or finish
-            chunks += 1
+                yield None
+                return
+            yield json.loads(data)
+
+
+def stream_chat(base, max_tokens, timeout):
+    """One streaming chat request -> (content, chunks); raises on a malformed stream."""
+    body = {"messages": [{"role": "user", "content": "Name three colours."}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True, "ignore_eos": True}
+    content, chunks, done, finish = "", 0, False, None
+    for c in sse_chunks(base, "/v1/chat/completions", body, timeout):
+        if c is None:
+            done = True
+            break
+        if c.get("object") != "chat.completion.chunk":
+            raise ValueError("bad chunk: %s" % json.dumps(c)[:300])
+        for choice in c.get("choices", []):
+            content += choice.get("delta", {}).get("content") or ""
+            finish = choice.get("finish_reason") or finish
+        chunks += 1
     if not done or finish not in ("length", "stop"):
         raise ValueError("stream ended without [DONE] or finish_reason (%s)" % finish)
     return content, chunks
@@ -209,25 +218,18 @@ def choices_check(base, max_tokens, timeout):
             raise ValueError("n=3 counts %s prompt tokens, a solo request %s" %
                              (usage.get("prompt_tokens"), (s.get("usage") or {}).get("prompt_tokens")))
         equal += s["choices"][0]["text"] == texts[i]
-    body = dict(base_body, n=2, seed=5, stream=True)
-    req = urllib.request.Request(base + "/v1/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
     streamed, finished, done = {0: "", 1: ""}, set(), False
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        for raw in resp:
-            line = raw.decode().strip()
-            if not line:
-                continue
-            data = line[len("data: "):]
-            if data == "[DONE]":
-                done = True
-                break
-            for c in json.loads(data).get("choices", []):
-                if c.get("index") not in streamed:
-                    raise ValueError("n=2 stream: choice index %s" % c.get("index"))
-                streamed[c["index"]] += c.get("text") or ""
-                if c.get("finish_reason"):
-                    finished.add(c["index"])
+    for chunk in sse_chunks(base, "/v1/completions", dict(base_body, n=2, seed=5, stream=True),
+                            timeout):
+        if chunk is None:
+            done = True
+            break
+        for c in chunk.get("choices", []):
+            if c.get("index") not in streamed:
+                raise ValueError("n=2 stream: choice index %s" % c.get("index"))
+            streamed[c["index"]] += c.get("text") or ""
+            if c.get("finish_reason"):
+                finished.add(c["index"])
     if not done or finished != {0, 1} or not all(streamed.values()):
         raise ValueError("n=2 stream: done %s, finished %s" % (done, sorted(finished)))
     return equal, "n=3: %d prompt + %d tokens, %d/3 equal to their seed alone; n=2 streamed: " \
