@@ -360,6 +360,9 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   };
   constexpr bool kPipe = attn_pipeline_keys<KF>();
   constexpr bool kPagePipe = attn_page_list<KF, VF, kCap>();
+  // Full steps load the next step's page unconditionally (see step), so a partial step may hold
+  // stale bytes past `end`.
+  constexpr bool kStaleTail = kPagePipe && attn_load_always<KF, VF, kDim>();
   constexpr int kStride = kAttnWarps * kStep;
   using KRaw = typename KF::template Raw<kKN>;
   using VRaw = typename VF::template Raw<kVN>;
@@ -585,7 +588,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     // A full step of a page-list instance loads the next step's whole page unconditionally (the
     // page of min(next, end - 1): always allocated; past `end` the bytes are stale and a partial
     // step masks them), so its loads take no branch and the step stays one basic block.
-    constexpr bool kLoadAlways = kPagePipe && kFull && attn_load_always<KF, VF, kDim>();
+    constexpr bool kLoadAlways = kStaleTail && kFull;
     if constexpr (kLoadAlways) {
       // (after the S product, below)
     } else if (kPipe && next < end) {
@@ -701,7 +704,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         float v1n =
             __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt + 1])));
         // (stale norms past `end`, loaded by a full step's unconditional loads, may be NaN)
-        if constexpr (!kFull && attn_load_always<KF, VF, kDim>()) {
+        if constexpr (!kFull && kStaleTail) {
           if (16 * tt + g >= valid) v0n = 0.0f;
           if (16 * tt + 8 + g >= valid) v1n = 0.0f;
         }
