@@ -16,6 +16,44 @@ def read(path):
         return list(csv.DictReader(f))
 
 
+def goals(bench, sdpa, write):
+    """Issue #6's "must show" numbers beside their goals, measured in this run: tq4/tq4 decode
+    attention at 32k, batch >= 8, >= 0.8 of copy and >= 3x PyTorch fp16 SDPA; tq3/tq3 and tq2/tq2
+    faster than tq4/tq4 in proportion to their bytes (time ratio <= bytes ratio); quantize-on-write
+    >= 0.5 of copy. Rows only for what the run measured."""
+    rows = []
+    cell = {(int(r["context"]), int(r["batch"]), r["format"]): r for r in bench}
+    for (ctx, batch, fmt), r in sorted(cell.items()):
+        if ctx != 32768 or batch < 8 or fmt != "tq4/tq4":
+            continue
+        frac = float(r["frac_copy"])
+        rows.append((f"tq4/tq4, 32k, batch {batch}: of copy", f"{frac:.2f}", ">= 0.80", frac >= 0.8))
+        s = sdpa.get((ctx, batch))
+        if s:
+            x = float(s["time_us"]) / float(r["time_us"])
+            rows.append((f"tq4/tq4, 32k, batch {batch}: vs SDPA fp16", f"{x:.2f}x", ">= 3x", x >= 3.0))
+        for lower in ("tq3/tq3", "tq2/tq2"):
+            o = cell.get((ctx, batch, lower))
+            if not o:
+                continue
+            t = float(o["time_us"]) / float(r["time_us"])
+            b = float(o["bytes"]) / float(r["bytes"])
+            rows.append((f"{lower} / tq4/tq4, 32k, batch {batch}: time (bytes {b:.2f})", f"{t:.2f}",
+                         f"<= {b:.2f}", t <= b))
+    for w in write:
+        if w["format"].startswith("tq"):
+            frac = float(w["frac_copy"])
+            rows.append((f"quantize-on-write {w['format']}: of copy", f"{frac:.2f}", ">= 0.50", frac >= 0.5))
+    if not rows:
+        return
+    print("## issue #6's goals in this run\n")
+    print("| what | measured | goal | |")
+    print("|---|---|---|---|")
+    for what, got, goal, ok in rows:
+        print(f"| {what} | {got} | {goal} | {'met' if ok else 'not met'} |")
+    print()
+
+
 def main():
     out = sys.argv[1]
     bench = read(os.path.join(out, "gpu_bench.csv"))
@@ -40,6 +78,7 @@ def main():
             print(f"| {r['batch']} | {r['format']} | {t:.1f} | {float(r['gbps']):.0f} | {float(r['frac_copy']):.2f} "
                   f"| {float(r['speedup_vs_f16']):.2f}x | {s_t if s_t else '-'} | {vs} |")
         print()
+    goals(bench, sdpa, write)
     if write:
         print("## quantize-on-write (65536 tokens x 8 KV heads x 128, fp16 input)\n")
         print("| format | time (us) | GB/s | of copy |")
