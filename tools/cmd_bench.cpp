@@ -17,6 +17,7 @@
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
+#include "threads_cli.h"
 #include "tq/core/rng.h"
 #include "tq/core/thread_pool.h"
 #include "tq/kv/kv_bytes.h"
@@ -268,7 +269,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--steps", o->steps, "Timed decode steps per depth")->capture_default_str();
   cmd->add_option("--warmup", o->warmup, "Untimed decode steps before them")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Prefill tokens per pass")->capture_default_str();
-  cmd->add_option("-t,--threads", o->threads, "CPU threads (--device cpu)")->capture_default_str();
+  add_threads_option(cmd, o->threads, "CPU threads (--device cpu)");
   cmd->add_option("--seed", o->seed, "Seed of the random prompt tokens")->capture_default_str();
   cmd->add_flag("--cublas-gemv", o->cublas_gemv,
                 "Decode matmuls through cuBLAS, not tq's GEMV (--device cuda)");

@@ -27,6 +27,7 @@
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
+#include "threads_cli.h"
 #include "tq/core/rng.h"
 #include "tq/core/thread_pool.h"
 #include "tq/kv/kv_bytes.h"
@@ -523,7 +524,7 @@ void add_bench_voice_command(CLI::App* bench) {
   cmd->add_option("--max-sessions", o->max_sessions,
                   "Sequences in the scheduler's running batch (0: --sessions)")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", o->threads, "CPU threads")->capture_default_str();
+  add_threads_option(cmd, o->threads, "CPU threads");
   cmd->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per sequence per step")
       ->capture_default_str();
   cmd->add_option("--step-tokens", o->step_tokens, "Tokens per batched step at most")

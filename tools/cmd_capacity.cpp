@@ -42,9 +42,10 @@ Expected<double> parse_bytes(const std::string& s) {
       {"", 1},    {"B", 1},    {"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0},
       {"K", 1e3}, {"KB", 1e3}, {"M", 1e6},      {"MB", 1e6},        {"G", 1e9},
       {"GB", 1e9}};
-  for (const auto& [name, mult] : units)
-    if (unit == name && v > 0) return v * mult;
-  return invalid_argument("--mem '" + s + "' is not a size (e.g. 8GiB, 512MiB, 1e9)");
+  for (const auto& [name, mult] : units)  // finite and at most 2^60 bytes (an exbibyte)
+    if (unit == name && v > 0 && std::isfinite(v * mult) && v * mult <= 0x1p60) return v * mult;
+  return invalid_argument("--mem '" + s +
+                          "' is not a size from 1 B to 1 EiB (e.g. 8GiB, 512MiB, 1e9)");
 }
 
 int run_capacity(CapacityOptions& o) {

@@ -19,6 +19,7 @@
 #include "kv_cli.h"
 #include "kv_commands.h"
 #include "quality_eval.h"
+#include "threads_cli.h"
 #include "tq/model/llama.h"
 
 namespace tq::tools {
@@ -183,7 +184,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--ctx", o->ctx, "Tokens per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Evaluate the first N chunks (-1: all)")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", o->threads, "Threads")->capture_default_str();
+  add_threads_option(cmd, o->threads, "Threads");
   cmd->add_option("--configs", o->configs,
                   "K/V format pairs, comma-separated; or ';'-separated entries of a pair and its "
                   "own KV flags: \"tq4/tq3;tq4/tq3 --kv-sinks 4\"")

@@ -11,9 +11,11 @@
 #include "activations_cli.h"
 #include "default_model.h"
 #include "device_cli.h"
+#include "json_out.h"
 #include "kv_cli.h"
 #include "kv_commands.h"
 #include "quality_eval.h"
+#include "threads_cli.h"
 #include "tq/core/thread_pool.h"
 #include "tq/model/llama.h"
 
@@ -107,16 +109,17 @@ int run_ppl(PplOptions& o) {
   std::fprintf(stderr, "\n");
   if (o.json) {
     std::printf(
-        "{\"text\":\"%s\",\"ctx\":%d,\"chunks\":%d,\"tokens_scored\":%lld,\"k\":\"%s\",\"v\":\"%"
+        "{\"text\":%s,\"ctx\":%d,\"chunks\":%d,\"tokens_scored\":%lld,\"k\":\"%s\",\"v\":\"%"
         "s\","
-        "\"kv\":\"%s\",\"ppl\":%.6f,\"ppl_err\":%.6f,\"kv_bytes_per_token\":%.2f,"
+        "\"kv\":\"%s\",\"ppl\":%s,\"ppl_err\":%s,\"kv_bytes_per_token\":%.2f,"
         "\"ratio_vs_f16\":%.4f,\"k_bits_per_element\":%.4f,\"v_bits_per_element\":%.4f,"
         "\"ubatch\":%d,\"decode\":%s,\"seconds\":%.2f}\n",
-        text->name.c_str(), o.ctx, text->n_chunks, static_cast<long long>(ppl.count),
+        json_string(text->name).c_str(), o.ctx, text->n_chunks, static_cast<long long>(ppl.count),
         config->k_format.name().c_str(), config->v_format.name().c_str(),
-        config->to_string().c_str(), ppl.ppl(), ppl.ppl_err(), bytes->amortized,
-        bytes->ratio_vs_f16(), bytes->k_bits_per_element, bytes->v_bits_per_element,
-        o.passes.ubatch, o.passes.decode ? "true" : "false", secs);
+        config->to_string().c_str(), json_number(ppl.ppl()).c_str(),
+        json_number(ppl.ppl_err()).c_str(), bytes->amortized, bytes->ratio_vs_f16(),
+        bytes->k_bits_per_element, bytes->v_bits_per_element, o.passes.ubatch,
+        o.passes.decode ? "true" : "false", secs);
   } else {
     std::printf("text: %s, ctx %d, %d chunks, %lld tokens scored\n", text->name.c_str(), o.ctx,
                 text->n_chunks, static_cast<long long>(ppl.count));
@@ -140,7 +143,7 @@ void add_ppl_command(CLI::App& app) {
   cmd->add_option("--ctx", o->ctx, "Tokens per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Evaluate only the first N chunks (-1: all)")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", o->threads, "Threads")->capture_default_str();
+  add_threads_option(cmd, o->threads, "Threads");
   cmd->add_flag("--json", o->json, "One JSON line on stdout");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);

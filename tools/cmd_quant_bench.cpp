@@ -8,6 +8,8 @@
 #include <vector>
 
 #include "commands.h"
+#include "json_out.h"
+#include "threads_cli.h"
 #include "tq/backend/cpu/tq_kernels.h"
 #include "tq/core/rng.h"
 #include "tq/core/thread_pool.h"
@@ -162,19 +164,12 @@ Expected<Row> measure(quant::Format f, int dim, const QuantBenchOptions& o,
   return r;
 }
 
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
-
 void print_json(const QuantBenchOptions& o, const char* kernels, const std::vector<Row>& rows) {
   std::printf(
       "{\"vectors\": %d, \"seed\": %llu, \"threads\": %d, \"nq\": %d, \"query_cosine\": %s, "
       "\"kernels\": \"%s\", \"results\": [",
       o.vectors, static_cast<unsigned long long>(o.seed), o.threads, o.nq,
-      json_number(o.query_cosine).c_str(), kernels);
+      json_number(o.query_cosine, "%.6g").c_str(), kernels);
   for (size_t k = 0; k < rows.size(); ++k) {
     const Row& r = rows[k];
     std::printf(
@@ -183,11 +178,11 @@ void print_json(const QuantBenchOptions& o, const char* kernels, const std::vect
         "\"ip_bias\": %s, \"ip_bias_se\": %s, \"ip_rmse\": %s, \"ip_mse_bound\": %s, "
         "\"quantize_vectors_per_s\": %s, \"score_vectors_per_s\": %s, \"score_gb_per_s\": %s}",
         k ? "," : "", r.dim, r.bits, r.mode.c_str(), r.format.c_str(), r.bytes_per_vector,
-        json_number(r.mse).c_str(), json_number(r.mse_optimum).c_str(),
-        json_number(r.mse_bound).c_str(), json_number(r.ip_bias).c_str(),
-        json_number(r.ip_bias_se).c_str(), json_number(r.ip_rmse).c_str(),
-        json_number(r.ip_bound).c_str(), json_number(r.quantize_vps).c_str(),
-        json_number(r.score_vps).c_str(), json_number(r.score_gbps).c_str());
+        json_number(r.mse, "%.6g").c_str(), json_number(r.mse_optimum, "%.6g").c_str(),
+        json_number(r.mse_bound, "%.6g").c_str(), json_number(r.ip_bias, "%.6g").c_str(),
+        json_number(r.ip_bias_se, "%.6g").c_str(), json_number(r.ip_rmse, "%.6g").c_str(),
+        json_number(r.ip_bound, "%.6g").c_str(), json_number(r.quantize_vps, "%.6g").c_str(),
+        json_number(r.score_vps, "%.6g").c_str(), json_number(r.score_gbps, "%.6g").c_str());
   }
   std::printf("\n]}\n");
 }
@@ -201,7 +196,9 @@ void print_table(const QuantBenchOptions& o, const char* kernels, const std::vec
               "B/vec", "mse", "optimum", "bound", "ip_bias", "bias_se", "ip_rmse", "quant v/s",
               "score v/s", "GB/s");
   for (const Row& r : rows) {
-    const auto opt = [](double v) { return std::isfinite(v) ? json_number(v) : std::string("-"); };
+    const auto opt = [](double v) {
+      return std::isfinite(v) ? json_number(v, "%.6g") : std::string("-");
+    };
     std::printf("%4d %-6s %-8s %5zu %9.5f %9s %9s %10.6f %9.6f %9.5f %11.3g %11.3g %8.2f\n", r.dim,
                 r.format.c_str(), r.mode.c_str(), r.bytes_per_vector, r.mse,
                 opt(r.mse_optimum).c_str(), opt(r.mse_bound).c_str(), r.ip_bias, r.ip_bias_se,
@@ -258,8 +255,7 @@ void add_quant_bench_command(CLI::App& app) {
   cmd->add_option("--vectors", opts->vectors, "Random unit vectors per format")
       ->check(CLI::Range(2, 1 << 24));
   cmd->add_option("--seed", opts->seed, "Seed of the rotations, sketches and test vectors");
-  cmd->add_option("--threads", opts->threads, "Threads for quantize and score throughput")
-      ->check(CLI::Range(1, 256));
+  add_threads_option(cmd, opts->threads, "Threads for quantize and score throughput", "--threads");
   cmd->add_option("--nq", opts->nq, "Query heads per KV head in the score throughput (GQA)")
       ->check(CLI::Range(1, 64));
   cmd->add_option("--query-cosine", opts->query_cosine,

@@ -6,9 +6,7 @@
 //   tq run --device cuda -p "Hello" -n 64 -ctk tq4 -ctv tq3   (the forward pass on the GPU)
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -17,7 +15,9 @@
 #include "device_cli.h"
 #include "device_generate.h"
 #include "kv_cli.h"
+#include "threads_cli.h"
 #include "tq/backend/cpu/ops.h"
+#include "tq/core/text_file.h"
 #include "tq/core/thread_pool.h"
 #include "tq/kv/dense_kv.h"
 #include "tq/model/chat_template.h"
@@ -54,11 +54,9 @@ int fail(int rc, const std::string& msg) {
 Expected<std::string> read_prompt(const RunOptions& o) {
   if (!o.prompt_file.empty()) {
     if (!o.prompt.empty()) return invalid_argument("give -p or -f, not both");
-    std::ifstream in(o.prompt_file, std::ios::binary);
-    if (!in) return io_error("cannot read prompt file '" + o.prompt_file + "'");
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    auto text = read_text_file(o.prompt_file);
+    if (!text.ok()) return text.status().with_context("prompt file");
+    return text;
   }
   if (o.prompt.empty()) return invalid_argument("no prompt (-p TEXT or -f FILE)");
   return o.prompt;
@@ -200,7 +198,7 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--ctx", o->ctx, "Context size in tokens (0: min(model context, 4096))")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", o->threads, "Threads")->capture_default_str();
+  add_threads_option(cmd, o->threads, "Threads");
   cmd->add_option("--batch", o->prefill_batch, "Prompt tokens per forward pass")
       ->capture_default_str();
   cmd->add_flag("--chat", o->chat, "Wrap the prompt in the model's chat template as a user turn");

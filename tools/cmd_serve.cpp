@@ -20,6 +20,7 @@
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
+#include "threads_cli.h"
 #include "tq/core/thread_pool.h"
 #include "tq/server/engine.h"
 #include "tq/server/http_server.h"
@@ -171,11 +172,12 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--kv-memory", o->kv_memory,
                   "KV cache bytes (e.g. 512MiB, 2GiB; 0: max-sessions full contexts)")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", o->threads, "Compute threads")->capture_default_str();
+  add_threads_option(cmd, o->threads, "Compute threads");
   cmd->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per sequence per step")
       ->capture_default_str();
   cmd->add_option("--step-tokens", o->step_tokens, "Tokens per batched step at most")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   cmd->add_flag("--no-prefix-cache", o->no_prefix_cache, "Do not share cached prompt prefixes");
   cmd->add_option("--max-body", o->max_body, "Largest request body in bytes (then 413)")
       ->capture_default_str();

@@ -17,9 +17,11 @@
 #include "activations_cli.h"
 #include "default_model.h"
 #include "device_cli.h"
+#include "json_out.h"
 #include "kv_cli.h"
 #include "kv_commands.h"
 #include "quality_eval.h"
+#include "threads_cli.h"
 #include "tq/model/llama.h"
 
 namespace tq::tools {
@@ -223,29 +225,21 @@ Status verify_cuda(const model::Model& m, const EvalText& text, const kv::KvConf
   return ok_status();
 }
 
-// A finite number, or null (JSON has no NaN).
-std::string json_number(double x, const char* fmt = "%.6f") {
-  if (!std::isfinite(x)) return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, fmt, x);
-  return buf;
-}
-
 void print_json(const VerifyOptions& o, const EvalText& text, const kv::KvConfig& config,
                 const kv::KvBytesPerToken& bytes, const VerifyResult& r, double secs) {
   const double ratio = r.ppl_test.ppl() / r.ppl_ref.ppl();
   std::printf(
-      "{\"text\":\"%s\",\"ctx\":%d,\"ubatch\":%d,\"decode\":%s,\"chunks\":%d,\"tokens_scored\":%"
+      "{\"text\":%s,\"ctx\":%d,\"ubatch\":%d,\"decode\":%s,\"chunks\":%d,\"tokens_scored\":%"
       "lld,"
       "\"device\":\"%s\","
       "\"k\":\"%s\",\"v\":\"%s\",\"kv\":\"%s\",\"kv_bytes_per_token\":%.2f,"
       "\"ratio_vs_f16\":%.4f,\"ppl_f16\":%s,\"ppl_f16_err\":%s,\"ppl\":%s,\"ppl_err\":%s,"
       "\"ppl_ratio\":%s,\"ppl_change_pct\":%s,\"kld_mean\":%s,\"kld_p99\":%s,"
       "\"kld_max\":%s,\"top1\":%s,\"kv_cos_vs\":\"%s\",\"layers\":[",
-      text.name.c_str(), o.ctx, o.passes.ubatch, o.passes.decode ? "true" : "false", text.n_chunks,
-      static_cast<long long>(r.ppl_test.count), o.device.resolved(), config.k_format.name().c_str(),
-      config.v_format.name().c_str(), config.to_string().c_str(), bytes.amortized,
-      bytes.ratio_vs_f16(), json_number(r.ppl_ref.ppl()).c_str(),
+      json_string(text.name).c_str(), o.ctx, o.passes.ubatch, o.passes.decode ? "true" : "false",
+      text.n_chunks, static_cast<long long>(r.ppl_test.count), o.device.resolved(),
+      config.k_format.name().c_str(), config.v_format.name().c_str(), config.to_string().c_str(),
+      bytes.amortized, bytes.ratio_vs_f16(), json_number(r.ppl_ref.ppl()).c_str(),
       json_number(r.ppl_ref.ppl_err()).c_str(), json_number(r.ppl_test.ppl()).c_str(),
       json_number(r.ppl_test.ppl_err()).c_str(), json_number(ratio).c_str(),
       json_number(100.0 * (ratio - 1.0), "%.4f").c_str(), json_number(r.kld.mean(), "%.8f").c_str(),
@@ -347,7 +341,7 @@ void add_verify_command(CLI::App& app) {
   cmd->add_option("--ctx", o->ctx, "Tokens per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Evaluate the first N chunks (-1: all)")
       ->capture_default_str();
-  cmd->add_option("-t,--threads", o->threads, "Threads")->capture_default_str();
+  add_threads_option(cmd, o->threads, "Threads");
   cmd->add_flag("--json", o->json, "One JSON line on stdout (metrics not measured: null)");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <fstream>
-#include <sstream>
+
+#include "tq/core/text_file.h"
 
 namespace tq::tools {
 
@@ -17,15 +17,15 @@ std::vector<int32_t> EvalText::chunk(int c) const {
 Expected<EvalText> load_eval_text(const model::Model& model, const std::string& path, int ctx,
                                   int max_chunks) {
   if (ctx < 4) return invalid_argument("--ctx must be at least 4");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return io_error("cannot open text file '" + path + "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
+  if (max_chunks == 0 || max_chunks < -1)
+    return invalid_argument("--chunks must be -1 (all) or at least 1, not " +
+                            std::to_string(max_chunks));
+  TQ_ASSIGN_OR_RETURN(const std::string text, read_text_file(path));
   EvalText t;
   t.name = path.substr(path.find_last_of('/') + 1);
   t.ctx = ctx;
   const model::Tokenizer& tok = model.tokenizer();
-  t.tokens = tok.encode(ss.str(), /*add_bos=*/false, /*parse_special=*/false);
+  t.tokens = tok.encode(text, /*add_bos=*/false, /*parse_special=*/false);
   t.add_bos = tok.add_bos_default();
   t.bos = tok.bos_id();
   if (t.add_bos && t.bos < 0) return invalid_argument("model adds BOS but has no BOS token");

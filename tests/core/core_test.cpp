@@ -137,5 +137,17 @@ TEST(ThreadPool, DestroysInEveryWorkerState) {
   EXPECT_EQ(total.load(), 200u);
 }
 
+// A count from a user (-t) is clamped to [1, kMaxThreads], not spawned as asked: two billion
+// threads would fill the machine's process table.
+TEST(ThreadPool, ClampsItsThreadCount) {
+  EXPECT_EQ(ThreadPool(0).size(), 1);
+  EXPECT_EQ(ThreadPool(-5).size(), 1);
+  ThreadPool huge(2'000'000'000);
+  EXPECT_EQ(huge.size(), kMaxThreads);
+  std::atomic<size_t> total{0};
+  huge.parallel_for(5000, 1, [&](size_t b, size_t e) { total += e - b; });
+  EXPECT_EQ(total.load(), 5000u);
+}
+
 }  // namespace
 }  // namespace tq

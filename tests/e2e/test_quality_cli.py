@@ -127,3 +127,28 @@ def test_compare_takes_flags_per_configuration():
         r = tq("compare", *args, "--configs", bad)
         assert r.returncode != 0, bad
         assert message in r.stderr, (bad, r.stderr)
+
+
+def test_json_escapes_the_text_name(tmp_path):
+    # A file name may hold quotes and backslashes: the --json line stays JSON.
+    odd = tmp_path / 'q"uo\\te.md'
+    odd.write_bytes(TEXT.read_bytes())
+    args = ["-f", str(odd)] + BASE[2:]
+    for cmd in ("ppl", "verify"):
+        r = tq(cmd, *args)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert json.loads(r.stdout)["text"] == odd.name, (cmd, r.stdout)
+
+
+def test_bad_text_and_chunk_counts_are_refused(tmp_path):
+    args = [a for a in BASE if a not in ("--json",)]
+    for cmd in ("ppl", "verify"):
+        r = tq(cmd, *[a if a != str(TEXT) else str(tmp_path) for a in args])
+        assert r.returncode != 0 and "is a directory, not a text file" in r.stderr, (cmd, r.stderr)
+        for n in ("0", "-2"):
+            bad = [*args[:args.index("--chunks") + 1], n, *args[args.index("--chunks") + 2:]]
+            r = tq(cmd, *bad)
+            assert r.returncode != 0, (cmd, n)
+            assert "--chunks must be -1 (all) or at least 1" in r.stderr, (cmd, n, r.stderr)
+        r = tq(cmd, *args, "-t", "100000")
+        assert r.returncode != 0 and "not in range 1 to 1024" in r.stderr, (cmd, r.stderr)

@@ -194,6 +194,67 @@ TEST(ChatTemplate, TruncatedAndHostileTemplatesNeverCrash) {
   EXPECT_FALSE(apply_chat_template("{{ [1][::0] }}", msgs, o).ok());
 }
 
+// A template comes from the GGUF file: its arithmetic, its values' sizes and their nesting are
+// bounded, with an error, never a trap, a wrap-around or memory without end.
+TEST(ChatTemplate, ArithmeticAndGrowthAreBounded) {
+  const std::vector<ChatMessage> msgs = {{"user", "a"}};
+  const ChatTemplateOptions o = options(false);
+  const auto code = [&](const std::string& t) {
+    return apply_chat_template(t, msgs, o).status().code();
+  };
+  const auto render = [&](const std::string& t) {
+    auto r = apply_chat_template(t, msgs, o);
+    return r.ok() ? *r : "error: " + r.status().to_string();
+  };
+  // int64 edges: the quotient that traps in C++, and results past int64 (Python would widen).
+  const std::string kMin = "(-9223372036854775807 - 1)";
+  EXPECT_EQ(code("{{ " + kMin + " // -1 }}"), StatusCode::kInvalidArgument);
+  EXPECT_EQ(render("{{ " + kMin + " % -1 }}"), "0");
+  EXPECT_EQ(render("{{ -7 // 2 }} {{ -7 % 2 }} {{ 7 // -2 }}"), "-4 1 -4");
+  EXPECT_EQ(code("{{ 9223372036854775807 + 1 }}"), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code("{{ " + kMin + " - 1 }}"), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code("{{ 9223372036854775807 * 3 }}"), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code("{{ 3 ** 40 }}"), StatusCode::kInvalidArgument);
+  EXPECT_EQ(render("{{ 3 ** 39 }} {{ (-1) ** 1000000000001 }} {{ 0 ** 0 }} {{ 2 ** 62 }}"),
+            "4052555153018976267 -1 1 4611686018427387904");
+  EXPECT_EQ(render("{{ range(" + kMin + ", 9223372036854775807, 4611686018427387904) | length }}"),
+            "4");
+  // Repetition whose size overflows int64 when multiplied; doubling by + and ~; replace and join
+  // that multiply a string; a list repeated whose strings would take terabytes.
+  EXPECT_EQ(code("{{ 'abcd' * 4611686018427387904 }}"), StatusCode::kResourceExhausted);
+  EXPECT_EQ(code("{{ [1, 2] * 4611686018427387904 }}"), StatusCode::kResourceExhausted);
+  const std::string doubling = "{% set s = namespace(v='xxxxxxxxxx') %}{% for i in range(40) %}";
+  EXPECT_EQ(code(doubling + "{% set s.v = s.v + s.v %}{% endfor %}{{ s.v | length }}"),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(code(doubling + "{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v | length }}"),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(code("{% set s = namespace(v=[1]) %}{% for i in range(40) %}{% set s.v = s.v + s.v %}"
+                 "{% endfor %}{{ s.v | length }}"),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(code("{{ ('x' * 4000000) | replace('x', 'xxxxxxxx') | length }}"),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(code("{{ (['x' * 4000000] * 8) | join('') | length }}"),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(code("{{ (['x' * 4000000] * 64) | length }}"), StatusCode::kResourceExhausted);
+  EXPECT_EQ(render("{{ ('x' * 1000) | replace('x', 'yy') | length }} {{ ([1, 2] * 3) | length }}"),
+            "2000 6");
+  // Copies of a big string, 2^20 loop iterations of them: bounded by the work budget.
+  EXPECT_EQ(code("{% set big = 'x' * 8000000 %}{% for i in range(1000000) %}{% set c = big %}"
+                 "{% endfor %}"),
+            StatusCode::kResourceExhausted);
+  // Nesting: a namespace cannot hold itself (or any namespace), and lists stay shallow.
+  EXPECT_EQ(code("{% set ns = namespace(a=1) %}{% set ns.b = ns %}{{ ns }}"),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code("{% set ns = namespace(a=1) %}{% set ns.b = [ns] %}{{ ns }}"),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code("{% set ns = namespace(v=none) %}{% for i in range(1000000) %}"
+                 "{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v }}"),
+            StatusCode::kResourceExhausted);
+  EXPECT_EQ(render("{% set ns = namespace(v=none) %}{% for i in range(3) %}{% set ns.v = [ns.v] %}"
+                   "{% endfor %}{{ ns.v }}"),
+            "[[[None]]]");
+}
+
 TEST(ChatTemplate, WhitespaceControlAndStrftime) {
   const std::vector<ChatMessage> msgs = {{"user", "u"}};
   ChatTemplateOptions o = options(false);

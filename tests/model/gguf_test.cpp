@@ -309,6 +309,9 @@ TEST(GgufReader, RejectsBadTensorInfos) {
                             std::to_string(size + 1) + ") past end of file (size " +
                             std::to_string(size) + ")");
   expect_error(base().tensor("t", 32, 8, ~0ull - 31).zeros(64).get(), "overflows");
+  // Two q8_0 rows of 34 bytes at offsets 32 and 0 (listed out of order): bytes 32-33 shared.
+  expect_error(Bytes().header(2, 0).tensor("a", 32, 8, 32).tensor("b", 32, 8, 0).zeros(256).get(),
+               "tensors 'b' and 'a' overlap: data [0, 34) and [32, 66)");
 }
 
 TEST(GgufReader, EveryTruncationOfASmallFileFails) {

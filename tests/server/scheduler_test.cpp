@@ -289,6 +289,26 @@ TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
   EXPECT_TRUE(eventually([&] { return cache->stats().pages_used == 0; }));
 }
 
+// The server sizes its HTTP workers from max_sessions + max_queue: both are bounded.
+TEST(Scheduler, OptionsOutOfRangeAreRefused) {
+  SchedulerOptions o;
+  EXPECT_TRUE(o.validate().ok());
+  o.max_queue = SchedulerOptions::kMaxQueue;
+  EXPECT_TRUE(o.validate().ok());
+  o.max_queue = SchedulerOptions::kMaxQueue + 1;
+  EXPECT_NE(o.validate().message().find("queue size must be in [0, 4096]"), std::string::npos)
+      << o.validate().to_string();
+  o.max_queue = -1;
+  EXPECT_EQ(o.validate().code(), StatusCode::kInvalidArgument);
+  o = SchedulerOptions{};
+  o.max_sessions = 2'000'000'000;
+  o.step_tokens = o.max_sessions;
+  EXPECT_NE(o.validate().message().find("max_sessions must be in [1, 4096]"), std::string::npos)
+      << o.validate().to_string();
+  o.max_sessions = 0;
+  EXPECT_EQ(o.validate().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(Scheduler, DrainCancelsWhatIsLeft) {
   auto m = tiny_model();
   ThreadPool pool(2);

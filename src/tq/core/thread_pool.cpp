@@ -1,6 +1,9 @@
 #include "tq/core/thread_pool.h"
 
 #include <algorithm>
+#include <system_error>
+
+#include "tq/core/log.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -41,9 +44,17 @@ int default_thread_count() {
 }
 
 ThreadPool::ThreadPool(int n_threads) {
-  const int extra = std::max(0, n_threads - 1);
+  const int extra = std::clamp(n_threads, 1, kMaxThreads) - 1;
   workers_.reserve(extra);
-  for (int i = 0; i < extra; ++i) workers_.emplace_back([this] { worker_loop(); });
+  for (int i = 0; i < extra; ++i) {
+    try {
+      workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error& e) {
+      TQ_LOG(kWarn, "thread pool: %d of %d threads (the system refused more: %s)", size(),
+             n_threads, e.what());
+      break;
+    }
+  }
 }
 
 ThreadPool::~ThreadPool() {

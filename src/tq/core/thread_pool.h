@@ -20,9 +20,14 @@
 
 namespace tq {
 
+// The most threads a pool takes: every thread count a user gives is checked against it (a count
+// in the millions would otherwise spawn threads until the machine's process table is full).
+inline constexpr int kMaxThreads = 1024;
+
 class ThreadPool {
  public:
-  // n_threads counts the caller: 1 means run everything inline.
+  // n_threads counts the caller: 1 means run everything inline. Clamped to [1, kMaxThreads];
+  // if the system refuses a thread, the pool keeps the ones it has (size() says how many).
   explicit ThreadPool(int n_threads);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;

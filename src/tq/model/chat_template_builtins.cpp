@@ -32,20 +32,37 @@ Expected<int64_t> int_arg(const CallArgs& a, size_t i, std::string_view name, in
   return invalid_argument("argument '" + std::string(name) + "' must be an integer");
 }
 
-std::string replace_all(const std::string& s, const std::string& from, const std::string& to,
-                        int64_t count) {
-  if (from.empty()) return s;  // Python inserts between characters; templates never need it
+Status string_too_long(size_t n) {
+  return resource_exhausted("chat template string of " + std::to_string(n) + " bytes (at most " +
+                            std::to_string(kMaxStringBytes) + ")");
+}
+
+Expected<Value> replace_all(const std::string& s, const std::string& from, const std::string& to,
+                            int64_t count) {
+  if (from.empty()) return Value::string(s);  // Python inserts between characters; unneeded
   std::string out;
   size_t pos = 0;
   for (int64_t done = 0; count < 0 || done < count; ++done) {
     const size_t hit = s.find(from, pos);
     if (hit == std::string::npos) break;
+    if (out.size() + (hit - pos) + to.size() > kMaxStringBytes)
+      return string_too_long(out.size() + (hit - pos) + to.size());
     out.append(s, pos, hit - pos);
     out += to;
     pos = hit + from.size();
   }
+  if (out.size() + (s.size() - pos) > kMaxStringBytes)
+    return string_too_long(out.size() + (s.size() - pos));
   out.append(s, pos, std::string::npos);
-  return out;
+  return Value::string(std::move(out));
+}
+
+// Appends piece to out unless that passes kMaxStringBytes.
+Status append_bounded(std::string& out, const std::string& piece) {
+  if (out.size() + piece.size() > kMaxStringBytes)
+    return string_too_long(out.size() + piece.size());
+  out += piece;
+  return ok_status();
 }
 
 std::vector<std::string> py_split(const std::string& s, const Value* sep, int64_t maxsplit) {
@@ -193,12 +210,12 @@ Expected<Value> apply_filter(const std::string& name, const Value& in, const Cal
     const Value* attr = args.get(1, "attribute");
     std::string out;
     for (size_t k = 0; k < items.size(); ++k) {
-      if (k) out += sep;
+      if (k) TQ_RETURN_IF_ERROR(append_bounded(out, sep));
       if (attr && attr->is_string()) {
         TQ_ASSIGN_OR_RETURN(const Value v, attribute_of(items[k], attr->s));
-        out += to_output(v);
+        TQ_RETURN_IF_ERROR(append_bounded(out, to_output(v)));
       } else {
-        out += to_output(items[k]);
+        TQ_RETURN_IF_ERROR(append_bounded(out, to_output(items[k])));
       }
     }
     return Value::string(std::move(out));
@@ -208,7 +225,7 @@ Expected<Value> apply_filter(const std::string& name, const Value& in, const Cal
     TQ_ASSIGN_OR_RETURN(const std::string from, string_arg(args, 0, "old", what));
     TQ_ASSIGN_OR_RETURN(const std::string to, string_arg(args, 1, "new", what));
     TQ_ASSIGN_OR_RETURN(const int64_t count, int_arg(args, 2, "count", -1));
-    return Value::string(replace_all(in.s, from, to, count));
+    return replace_all(in.s, from, to, count);
   }
   if (name == "string") return Value::string(to_output(in));
   if (name == "safe") return in;
@@ -388,7 +405,7 @@ Expected<Value> call_method(const Value& obj, const std::string& name, const Cal
       TQ_ASSIGN_OR_RETURN(const std::string from, string_arg(args, 0, "old", what));
       TQ_ASSIGN_OR_RETURN(const std::string to, string_arg(args, 1, "new", what));
       TQ_ASSIGN_OR_RETURN(const int64_t count, int_arg(args, 2, "count", -1));
-      return Value::string(replace_all(s, from, to, count));
+      return replace_all(s, from, to, count);
     }
     if (name == "find" || name == "count") {
       TQ_ASSIGN_OR_RETURN(const std::string sub, string_arg(args, 0, "sub", what));
@@ -408,7 +425,10 @@ Expected<Value> call_method(const Value& obj, const std::string& name, const Cal
       if (!items) return arg_error(what, "missing argument");
       TQ_ASSIGN_OR_RETURN(const ValueList list, iterate(*items));
       std::string out;
-      for (size_t k = 0; k < list.size(); ++k) out += (k ? s : "") + to_output(list[k]);
+      for (size_t k = 0; k < list.size(); ++k) {
+        if (k) TQ_RETURN_IF_ERROR(append_bounded(out, s));
+        TQ_RETURN_IF_ERROR(append_bounded(out, to_output(list[k])));
+      }
       return Value::string(std::move(out));
     }
   }
@@ -466,10 +486,11 @@ Expected<Value> call_function(const std::string& name, const CallArgs& args,
       return invalid_argument("bad range() arguments");
     constexpr int64_t kMaxRange = 1 << 20;  // a template never needs more; bounds the work
     ValueList out;
-    for (int64_t v = start; step > 0 ? v < stop : v > stop; v += step) {
+    for (int64_t v = start; step > 0 ? v < stop : v > stop;) {
       if (static_cast<int64_t>(out.size()) >= kMaxRange)
         return resource_exhausted("range() too long");
       out.push_back(Value::integer(v));
+      if (__builtin_add_overflow(v, step, &v)) break;  // past int64: past stop as well
     }
     return Value::new_list(std::move(out));
   }

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <unordered_map>
 
 namespace tq::model::jinja {
@@ -29,12 +30,40 @@ void slice_bounds(int64_t n, const Value* start, const Value* stop, int64_t step
   *e = clamp(stop, step > 0 ? n : -1);
 }
 
+Status too_large(const char* what, size_t n, size_t limit) {
+  return resource_exhausted(std::string("chat template ") + what + " of " + std::to_string(n) +
+                            " (at most " + std::to_string(limit) + ")");
+}
+
+// Integers are int64 (Python's are unbounded): a result outside int64 is an error, not a wrap.
+Status int_overflow(const std::string& op) {
+  return invalid_argument("integer overflow in '" + op + "'");
+}
+
+Expected<int64_t> int_power(int64_t x, int64_t y) {  // y >= 0
+  if (x == 0) return int64_t{y == 0 ? 1 : 0};
+  if (x == 1) return int64_t{1};
+  if (x == -1) return int64_t{(y & 1) ? -1 : 1};
+  int64_t r = 1;
+  for (int64_t k = 0; k < y; ++k)  // |x| >= 2: overflows within 63 steps
+    if (__builtin_mul_overflow(r, x, &r)) return int_overflow("**");
+  return r;
+}
+
 Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b) {
   if (a.is_undefined() || b.is_undefined())
     return invalid_argument("undefined value in '" + op + "' expression");
   if (op == "+") {
-    if (a.is_string() && b.is_string()) return Value::string(a.s + b.s);
+    if (a.is_string() && b.is_string()) {
+      if (a.s.size() + b.s.size() > kMaxStringBytes)
+        return too_large("string", a.s.size() + b.s.size(), kMaxStringBytes);
+      return Value::string(a.s + b.s);
+    }
     if (a.is_list() && b.is_list()) {
+      if (a.list->size() + b.list->size() > kMaxListItems)
+        return too_large("list", a.list->size() + b.list->size(), kMaxListItems);
+      if (value_bytes(a) + value_bytes(b) > kMaxListBytes)
+        return too_large("list's bytes", value_bytes(a) + value_bytes(b), kMaxListBytes);
       ValueList out = *a.list;
       out.insert(out.end(), b.list->begin(), b.list->end());
       return Value::new_list(std::move(out));
@@ -46,8 +75,11 @@ Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b
                                                       : nullptr;
     const Value* num = seq == &a ? &b : &a;
     if (seq && num->kind == K::kInt) {
-      if (num->i * static_cast<int64_t>(seq->is_string() ? seq->s.size() : seq->list->size()) >
-          (1 << 24))
+      const uint64_t len = seq->is_string() ? seq->s.size() : seq->list->size();
+      const uint64_t limit = seq->is_string() ? kMaxStringBytes : kMaxListItems;
+      const uint64_t bytes = seq->is_string() ? len : value_bytes(*seq);
+      const uint64_t n = num->i > 0 ? static_cast<uint64_t>(num->i) : 0;
+      if ((len > 0 && n > limit / len) || (bytes > 0 && n > kMaxListBytes / bytes))
         return resource_exhausted("sequence repetition too large");
       if (seq->is_string()) {
         std::string out;
@@ -73,7 +105,11 @@ Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b
   }
   if (op == "//" || op == "%") {
     if (fy == 0.0) return invalid_argument("division by zero");
-    if (ints) {  // Python floors toward negative infinity
+    if (ints) {                         // Python floors toward negative infinity
+      if (x == INT64_MIN && y == -1) {  // the one quotient int64 cannot hold (and x / y traps)
+        if (op == "//") return int_overflow(op);
+        return Value::integer(0);
+      }
       int64_t q = x / y, r = x % y;
       if (r != 0 && ((r < 0) != (y < 0))) --q, r += y;
       return Value::integer(op == "//" ? q : r);
@@ -83,13 +119,19 @@ Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b
   }
   if (op == "**") {
     if (ints && y >= 0) {
-      int64_t r = 1;
-      for (int64_t k = 0; k < y && k < 64; ++k) r *= x;
+      TQ_ASSIGN_OR_RETURN(const int64_t r, int_power(x, y));
       return Value::integer(r);
     }
     return Value::real(std::pow(fx, fy));
   }
-  if (ints) return Value::integer(op == "+" ? x + y : op == "-" ? x - y : x * y);
+  if (ints) {
+    int64_t r = 0;
+    const bool overflow = op == "+"   ? __builtin_add_overflow(x, y, &r)
+                          : op == "-" ? __builtin_sub_overflow(x, y, &r)
+                                      : __builtin_mul_overflow(x, y, &r);
+    if (overflow) return int_overflow(op);
+    return Value::integer(r);
+  }
   return Value::real(op == "+" ? fx + fy : op == "-" ? fx - fy : fx * fy);
 }
 
@@ -154,6 +196,12 @@ class Renderer {
         if (ns.kind != K::kNamespace)
           return invalid_argument("cannot set an attribute of '" + s.targets[0] +
                                   "': not a namespace");
+        // What keeps values acyclic and shallow (kMaxNesting).
+        if (v.has_namespace)
+          return invalid_argument("a namespace attribute cannot hold a namespace");
+        if (v.nesting + 1 > kMaxNesting)
+          return resource_exhausted("chat template values nested deeper than " +
+                                    std::to_string(kMaxNesting));
         ns.set(s.targets[1], std::move(v));
         return ok_status();
       }
@@ -251,7 +299,23 @@ class Renderer {
     return invalid_argument("'" + (v.s.empty() ? std::string("value") : v.s) + "' is undefined");
   }
 
+  // Every expression's value: within the size bounds, and the text they make together within
+  // max_work_bytes (a loop of 2^20 copies of a 16 MiB string is 16 TiB of work).
   Expected<Value> eval(const Expr& e) {
+    TQ_ASSIGN_OR_RETURN(Value v, eval_expr(e));
+    TQ_RETURN_IF_ERROR(check_size(v));
+    // Strings are copied wherever they go; a list or dict is copied only where an expression
+    // makes one (a name or an item shares the storage).
+    const bool made = e.kind != Expr::Kind::kName && e.kind != Expr::Kind::kAttr &&
+                      e.kind != Expr::Kind::kItem && e.kind != Expr::Kind::kLiteral;
+    work_bytes_ += v.kind == K::kString ? v.s.size() : made ? value_bytes(v) : 0;
+    if (work_bytes_ > limits_.max_work_bytes)
+      return resource_exhausted("chat template makes more than " +
+                                std::to_string(limits_.max_work_bytes) + " bytes of values");
+    return v;
+  }
+
+  Expected<Value> eval_expr(const Expr& e) {
     switch (e.kind) {
       case Expr::Kind::kLiteral:
         return e.literal;
@@ -412,7 +476,12 @@ class Renderer {
       TQ_ASSIGN_OR_RETURN(const bool in, apply_test("in", a, args));
       return Value::boolean(in != (op == "not in"));
     }
-    if (op == "~") return Value::string(to_output(a) + to_output(b));
+    if (op == "~") {
+      std::string sa = to_output(a), sb = to_output(b);
+      if (sa.size() + sb.size() > kMaxStringBytes)
+        return too_large("string", sa.size() + sb.size(), kMaxStringBytes);
+      return Value::string(std::move(sa) + sb);
+    }
     return arithmetic(op, a, b);
   }
 
@@ -421,6 +490,7 @@ class Renderer {
   const RenderLimits& limits_;
   Flow flow_ = Flow::kNormal;
   int64_t iterations_ = 0;
+  size_t work_bytes_ = 0;
 };
 
 }  // namespace

@@ -14,6 +14,7 @@ namespace tq::model::jinja {
 struct RenderLimits {
   size_t max_output_bytes = size_t{16} << 20;
   int64_t max_loop_iterations = int64_t{1} << 20;
+  size_t max_work_bytes = size_t{1} << 30;  // text made by all expressions of one render
 };
 
 Expected<std::string> render_template(const Template& tmpl, const ValueDict& globals,

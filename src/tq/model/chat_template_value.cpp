@@ -130,6 +130,7 @@ const Value* Value::find(std::string_view key) const {
 
 void Value::set(const std::string& key, Value v) {
   if (!dict) return;
+  note_item(v);
   for (auto& [k, old] : *dict) {
     if (k == key) {
       old = std::move(v);
@@ -163,6 +164,28 @@ const char* kind_name(Value::Kind k) {
       return "function";
   }
   return "?";
+}
+
+Status check_size(const Value& v) {
+  if (v.kind == Value::Kind::kString && v.s.size() > kMaxStringBytes)
+    return resource_exhausted("chat template string of " + std::to_string(v.s.size()) +
+                              " bytes (at most " + std::to_string(kMaxStringBytes) + ")");
+  if (v.kind == Value::Kind::kList && v.list && v.list->size() > kMaxListItems)
+    return resource_exhausted("chat template list of " + std::to_string(v.list->size()) +
+                              " items (at most " + std::to_string(kMaxListItems) + ")");
+  if (v.nesting > kMaxNesting)
+    return resource_exhausted("chat template values nested " + std::to_string(v.nesting) +
+                              " deep (at most " + std::to_string(kMaxNesting) + ")");
+  return ok_status();
+}
+
+size_t value_bytes(const Value& v) {
+  size_t n = v.s.size();
+  if (v.list)
+    for (const Value& x : *v.list) n += sizeof(Value) + value_bytes(x);
+  if (v.dict)
+    for (const auto& [k, x] : *v.dict) n += k.size() + sizeof(Value) + value_bytes(x);
+  return n;
 }
 
 bool truthy(const Value& v) {

@@ -15,6 +15,17 @@
 
 namespace tq::model::jinja {
 
+// What a template may build (the template comes from the GGUF file, so it is untrusted): no
+// string over kMaxStringBytes, no list over kMaxListItems. Every operation that can grow a value
+// checks before it builds; the renderer also bounds the text all expressions make together.
+inline constexpr size_t kMaxStringBytes = size_t{16} << 20;
+inline constexpr size_t kMaxListItems = size_t{1} << 22;
+inline constexpr size_t kMaxListBytes = size_t{64} << 20;  // value_bytes of a list + or * makes
+// Lists, dicts and namespaces nested deeper than this are refused (printing, comparing and
+// freeing a value recurse through it). A namespace attribute never holds a namespace, so values
+// cannot form cycles.
+inline constexpr int kMaxNesting = 64;
+
 struct Value;
 using ValueList = std::vector<Value>;
 using ValueDict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered
@@ -39,6 +50,11 @@ struct Value {
   std::string s;                    // kString; kFunction: the builtin's name
   std::shared_ptr<ValueList> list;  // kList
   std::shared_ptr<ValueDict> dict;  // kDict, kNamespace
+  // Containers: 1 + the deepest item's nesting, as of the value's making (a namespace's grows
+  // when set() is called on it, but not in the copies made before); whether the value is or holds
+  // a namespace.
+  int nesting = 0;
+  bool has_namespace = false;
 
   static Value undefined() { return Value{}; }
   static Value none() {
@@ -74,12 +90,17 @@ struct Value {
     Value v;
     v.kind = Kind::kList;
     v.list = std::make_shared<ValueList>(std::move(items));
+    v.nesting = 1;
+    for (const Value& x : *v.list) v.note_item(x);
     return v;
   }
   static Value new_dict(ValueDict items = {}, Kind kind = Kind::kDict) {
     Value v;
     v.kind = kind;
     v.dict = std::make_shared<ValueDict>(std::move(items));
+    v.nesting = 1;
+    v.has_namespace = kind == Kind::kNamespace;
+    for (const auto& kv : *v.dict) v.note_item(kv.second);
     return v;
   }
   static Value function(std::string name) {
@@ -101,9 +122,19 @@ struct Value {
   // A dict's or namespace's entry, or nullptr.
   const Value* find(std::string_view key) const;
   void set(const std::string& key, Value v);  // kDict/kNamespace only
+
+ private:
+  void note_item(const Value& x) {
+    nesting = nesting > x.nesting + 1 ? nesting : x.nesting + 1;
+    has_namespace = has_namespace || x.has_namespace;
+  }
 };
 
 const char* kind_name(Value::Kind k);
+// resource_exhausted when v is a string, list or nesting over the bounds above.
+Status check_size(const Value& v);
+// The bytes v's strings and items take, through every list, dict and namespace it holds.
+size_t value_bytes(const Value& v);
 bool truthy(const Value& v);
 // str(v) as Jinja prints it: None, True, 3.5, [1, 'a'], {'k': 'v'}; undefined prints "".
 std::string to_output(const Value& v);

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -415,6 +416,22 @@ Status GgufFile::parse_all() {
                           std::to_string(end) + ") past end of file (size " +
                           std::to_string(size_) + ")");
     t.data = data_ + begin;
+  }
+  // No two tensors share bytes (llama.cpp's reader goes further and wants them back to back, in
+  // order): overlapping data is a corrupt or hostile file, and would alias weights silently.
+  std::vector<const GgufTensor*> by_offset;
+  by_offset.reserve(tensors_.size());
+  for (const GgufTensor& t : tensors_) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const GgufTensor* a, const GgufTensor* b) { return a->offset < b->offset; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    const GgufTensor& a = *by_offset[i - 1];
+    const GgufTensor& b = *by_offset[i];
+    if (a.offset + a.nbytes > b.offset)  // both sums checked above
+      return corrupt("tensors " + q(a.name) + " and " + q(b.name) + " overlap: data [" +
+                     std::to_string(a.offset) + ", " + std::to_string(a.offset + a.nbytes) +
+                     ") and [" + std::to_string(b.offset) + ", " +
+                     std::to_string(b.offset + b.nbytes) + ")");
   }
   return ok_status();
 }

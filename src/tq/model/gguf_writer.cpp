@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <utility>
 
 #include "tq/quant/weight_quant.h"
@@ -279,6 +280,14 @@ Expected<std::vector<uint8_t>> GgufWriter::serialize() const {
 
 Status GgufWriter::write_file(const std::string& path) const {
   TQ_RETURN_IF_ERROR(config_);
+  // The file is written beside the path and renamed over it: that would replace a symlink or a
+  // device node itself (as root, /dev/full would become a regular file), so only a regular
+  // file or nothing may be there.
+  std::error_code ec;
+  const auto st = std::filesystem::symlink_status(path, ec);
+  if (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st))
+    return invalid_argument("gguf writer: " + path +
+                            " exists and is not a regular file (a link, a directory or a device)");
   const std::string tmp = path + ".tmp";
   std::FILE* f = std::fopen(tmp.c_str(), "wb");
   if (f == nullptr) return io_error("gguf writer: cannot create " + tmp);

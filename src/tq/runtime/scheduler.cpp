@@ -64,8 +64,13 @@ struct Scheduler::BatchItem {
 };
 
 Status SchedulerOptions::validate() const {
-  if (max_sessions < 1) return invalid_argument("scheduler: max_sessions must be >= 1");
-  if (max_queue < 0) return invalid_argument("scheduler: the queue size must be >= 0");
+  if (max_sessions < 1 || max_sessions > kMaxSessions)
+    return invalid_argument("scheduler: max_sessions must be in [1, " +
+                            std::to_string(kMaxSessions) + "], got " +
+                            std::to_string(max_sessions));
+  if (max_queue < 0 || max_queue > kMaxQueue)
+    return invalid_argument("scheduler: the queue size must be in [0, " +
+                            std::to_string(kMaxQueue) + "], got " + std::to_string(max_queue));
   if (context < 2) return invalid_argument("scheduler: context must be >= 2 tokens");
   if (prefill_chunk < 1) return invalid_argument("scheduler: prefill_chunk must be >= 1");
   if (step_tokens < max_sessions)

@@ -38,6 +38,11 @@
 namespace tq::runtime {
 
 struct SchedulerOptions {
+  // Bounds of what validate() accepts: the server holds a worker thread per running or waiting
+  // request, so these also bound its threads.
+  static constexpr int kMaxSessions = 4096;
+  static constexpr int kMaxQueue = 4096;
+
   int max_sessions = 8;     // sequences in the running batch at most
   int max_queue = 64;       // requests waiting for a slot or for KV pages; more are refused
   int context = 2048;       // tokens per sequence, prompt and generation together

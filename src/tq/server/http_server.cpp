@@ -56,7 +56,9 @@ std::optional<ApiError> parse_body(const httplib::Request& req, json& out) {
 Status HttpOptions::validate() const {
   if (port < 0 || port > 65535) return invalid_argument("serve: port must be in [0, 65535]");
   if (max_body_bytes < 1024) return invalid_argument("serve: the body limit must be >= 1 KiB");
-  if (http_threads < 0) return invalid_argument("serve: http threads must be >= 0");
+  if (http_threads < 0 || http_threads > kMaxHttpThreads)
+    return invalid_argument("serve: http threads must be in [0, " +
+                            std::to_string(kMaxHttpThreads) + "]");
   return ok_status();
 }
 

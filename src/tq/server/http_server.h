@@ -15,6 +15,8 @@
 namespace tq::server {
 
 struct HttpOptions {
+  static constexpr int kMaxHttpThreads = 16384;
+
   std::string host = "127.0.0.1";
   int port = 8080;      // 0: any free port (see HttpServer::port)
   std::string api_key;  // non-empty: every route but /health and /metrics needs it
