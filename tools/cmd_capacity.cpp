@@ -64,6 +64,8 @@ int run_capacity(CapacityOptions& o) {
       contexts.push_back(static_cast<int>(v));
     }
   }
+  if (contexts.empty()) return fail(invalid_argument("--ctx names no context length"));
+  if (o.configs.empty()) return fail(invalid_argument("--configs names no K/V format pair"));
   auto model = model::Model::load(o.model);
   if (!model.ok()) return fail(model.status());
   const kv::AttentionShape shape = (*model)->attention_shape();

@@ -125,6 +125,8 @@ int run_compare(CompareOptions& o) {
     e.config = *c;
     entries.push_back(std::move(e));
   }
+  if (entries.empty())
+    return fail(invalid_argument("--configs names no K/V configuration (e.g. tq4/tq3,q8_0)"));
   o.device.settle(*base);  // the common flags: window, sinks, scaling
   for (const Entry& e : entries) o.device.settle(e.config);
   o.device.settle(o.act.on_gpu());

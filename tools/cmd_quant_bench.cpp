@@ -265,6 +265,11 @@ void add_quant_bench_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 60.0));
   cmd->add_flag("--json", opts->json, "Print one JSON object instead of a table");
   cmd->callback([opts] {
+    // CLI::Range lets NaN through (every comparison with it is false).
+    if (!std::isfinite(opts->query_cosine))
+      throw CLI::ValidationError("--query-cosine", "must be a number in [0, 1]");
+    if (!std::isfinite(opts->min_seconds))
+      throw CLI::ValidationError("--min-seconds", "must be a number in [0, 60]");
     for (int d : opts->dims)
       if (d % 8 != 0)
         throw CLI::ValidationError("--dim",

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "tq/core/log.h"
 #include "tq/core/text_file.h"
 
 namespace tq::tools {
@@ -17,6 +18,9 @@ std::vector<int32_t> EvalText::chunk(int c) const {
 Expected<EvalText> load_eval_text(const model::Model& model, const std::string& path, int ctx,
                                   int max_chunks) {
   if (ctx < 4) return invalid_argument("--ctx must be at least 4");
+  if (ctx > model.config().context_length)  // as tq run and tq serve warn
+    TQ_LOG(kWarn, "--ctx %d exceeds the model's trained context %d: the scores measure that too",
+           ctx, model.config().context_length);
   if (max_chunks == 0 || max_chunks < -1)
     return invalid_argument("--chunks must be -1 (all) or at least 1, not " +
                             std::to_string(max_chunks));

@@ -171,8 +171,8 @@ TEST(KvConfig, RejectsBadLayerTypes) {
       {"", "is not RANGE:FORMAT"},      {"3", "is not RANGE:FORMAT"},
       {":q8_0", "is not RANGE:FORMAT"}, {"1:q8_0,", "is not RANGE:FORMAT"},
       {"5-2:q8_0", "is empty"},         {"x:q8_0", "not an integer"},
-      {"-1:q8_0", "not an integer"},    {"1-:q8_0", "not an integer"},
-      {"4096:q8_0", "out of range"},    {"1:q5_1", "unknown KV format 'q5_1'"},
+      {"1-:q8_0", "not an integer"},    {"4096:q8_0", "out of range"},
+      {"-1:q8_0", "they count from 0"}, {"1:q5_1", "unknown KV format 'q5_1'"},
       {"1:tq4/", "unknown KV format"},
   };
   for (const auto& [value, needle] : bad) {
@@ -197,6 +197,14 @@ TEST(KvConfig, BoundaryLayersAndSeeds) {
   }
   EXPECT_NE(c.layer_seed(0), c.layer_seed(1));
   EXPECT_EQ(c.layer_seed(3), KvConfig(c).layer_seed(3));
+  // Up to the model's layer count (2N > n overlaps: every layer); past it, refused by name.
+  c.boundary_layers = n;
+  EXPECT_TRUE(c.validate_for(n, 64).ok());
+  c.boundary_layers = 1000;
+  const Status st = c.validate_for(n, 64);
+  EXPECT_NE(st.message().find("--kv-boundary-layers 1000: the model has 7 layers"),
+            std::string::npos)
+      << st.to_string();
 }
 
 AttentionShape shape_128() {

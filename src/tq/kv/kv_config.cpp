@@ -84,6 +84,9 @@ Expected<std::vector<LayerRangeFormats>> parse_layer_types(std::string_view flag
                               "' is not RANGE:FORMAT (e.g. 0-1:q8_0 or 12:tq4/tq3)");
     const std::string_view range = item.substr(0, colon), fmt = item.substr(colon + 1);
     const size_t dash = range.find('-');
+    if (dash == 0)
+      return invalid_argument(f + ": '" + std::string(range) +
+                              "' is not a layer or a range of layers (they count from 0)");
     LayerRangeFormats r;
     TQ_ASSIGN_OR_RETURN(const int64_t first,
                         parse_int(f + " layer", range.substr(0, dash), 0, kMaxLayers - 1));
@@ -142,6 +145,11 @@ Status KvConfig::validate() const {
 Status KvConfig::validate_for(int n_layers, int head_dim) const {
   TQ_RETURN_IF_ERROR(validate());
   if (n_layers <= 0) return invalid_argument("kv cache needs at least one layer");
+  // N counts from each end, so any N up to n_layers covers the model (2N > n_layers overlaps);
+  // past that it is a typo rather than a choice.
+  if (boundary_layers > n_layers)
+    return invalid_argument("--kv-boundary-layers " + std::to_string(boundary_layers) +
+                            ": the model has " + std::to_string(n_layers) + " layers");
   for (const LayerRangeFormats& r : layer_types)
     if (r.last >= n_layers)
       return invalid_argument("--kv-layer-types: layer " + std::to_string(r.last) +
