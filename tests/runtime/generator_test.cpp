@@ -3,10 +3,13 @@
 // errors for prompts that do not fit.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <limits>
 #include <vector>
 
 #include "tq/backend/cpu/ops.h"
 #include "tq/kv/dense_kv.h"
+#include "tq/model/gguf.h"
 #include "tq/model/gguf_writer.h"
 #include "tq/model/random_model.h"
 #include "tq/runtime/generator.h"
@@ -225,6 +228,40 @@ TEST(GeneratorTest, RejectsPromptsThatDoNotFit) {
   bad.stop_strings = {""};
   EXPECT_FALSE(gen.generate({1}, *kv, bad, nullptr).ok());
   EXPECT_EQ(kv->length(), 0);
+}
+
+// A model file with NaN weights (here the final norm's, f32) gives NaN logits: generate says so
+// instead of sampling token 0 forever.
+TEST(GeneratorTest, RefusesLogitsWithNothingFinite) {
+  model::RandomModelSpec spec;
+  spec.n_layers = 1;
+  spec.vocab_size = 300;
+  model::GgufWriter w;
+  ASSERT_TRUE(model::build_random_model(spec, w).ok());
+  std::vector<uint8_t> bytes = std::move(w.serialize()).value();
+  auto file = model::GgufFile::parse(bytes.data(), bytes.size());
+  ASSERT_TRUE(file.ok()) << file.status().to_string();
+  const model::GgufTensor* norm = (*file)->find_tensor("output_norm.weight");
+  ASSERT_NE(norm, nullptr);
+  ASSERT_EQ(norm->type, quant::GgmlType::kF32);
+  const size_t at = static_cast<size_t>(norm->data - bytes.data());
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (size_t i = 0; i < norm->nbytes; i += sizeof(float))
+    std::memcpy(bytes.data() + at + i, &nan, sizeof(float));
+  auto m = model::Model::from_bytes(std::move(bytes));
+  ASSERT_TRUE(m.ok()) << m.status().to_string();
+  ThreadPool pool(1);
+  Generator gen(**m, pool);
+  auto kv = new_kv(**m);
+  for (float temperature : {0.0f, 0.8f}) {
+    GenerateOptions o = greedy(4);
+    o.sampler.temperature = temperature;
+    auto r = gen.generate({1, 2, 3}, *kv, o, nullptr);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("logits are all NaN or infinite"), std::string::npos)
+        << r.status().to_string();
+    kv->clear();
+  }
 }
 
 }  // namespace
