@@ -12,6 +12,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -61,6 +62,9 @@ Expected<size_t> parse_bytes(const std::string& s) {
   if (unit == "G" || unit == "GiB") return n << 30;
   return invalid_argument("--kv-memory: unknown unit '" + unit + "' (use KiB, MiB or GiB)");
 }
+
+// How long open connections may keep the process after a shutdown has ended every request.
+constexpr std::chrono::seconds kCloseGrace{5};
 
 int run_serve(ServeOptions& o) {
   auto config = o.kv.config();
@@ -135,6 +139,19 @@ int run_serve(ServeOptions& o) {
       if (sig == SIGINT || sig == SIGTERM) {
         std::fprintf(stderr, "tq serve: %s, shutting down\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
         http.shutdown(std::chrono::milliseconds(static_cast<int64_t>(o.shutdown_timeout * 1000)));
+        // The socket is closed and the requests ended, but httplib joins every connection's
+        // worker, and a client that trickles a byte within each read timeout keeps one forever.
+        const auto deadline = std::chrono::steady_clock::now() + kCloseGrace;
+        while (!served.load()) {
+          if (std::chrono::steady_clock::now() >= deadline) {
+            std::fprintf(stderr,
+                         "tq serve: a connection is still open %lld s after shutdown; exiting\n",
+                         static_cast<long long>(kCloseGrace.count()));
+            std::fflush(nullptr);
+            std::_Exit(0);
+          }
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
         return;
       }
     }

@@ -236,6 +236,38 @@ def test_malformed_json_unknown_route_and_large_body(server):
     assert_error_shape(body, "invalid_json")
 
 
+def test_hostile_http_bodies_and_headers(server):
+    # /tokenize's messages nested 200k deep: refused before any copy recurses through them.
+    n = 200000
+    status, body = post_raw(server, "/tokenize", b'{"messages":' + b"[" * n + b"]" * n + b"}")
+    assert status == 400
+    assert_error_shape(body, "invalid_json")
+    # A chunked upload would bypass the body limit (httplib checks Content-Length only).
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    payload = json.dumps({"prompt": "Hi", "max_tokens": 1}).encode()
+    conn.request("POST", "/v1/completions", body=iter([payload]),
+                 headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+    r = conn.getresponse()
+    assert r.status == 411
+    assert_error_shape(json.loads(r.read()), "length_required")
+    conn.close()
+    # A Range header is ignored: the whole JSON answer, not its first bytes.
+    status, body = post_raw(server, "/v1/completions",
+                            json.dumps({"prompt": "Hi", "max_tokens": 2, **GREEDY}).encode(),
+                            headers={"Range": "bytes=0-10"})
+    assert status == 200 and body["choices"][0]["text"], body
+
+
+def test_tiny_temperature_is_near_greedy(client):
+    # 1e-38: logit / T overflowed to inf and the draw fell to the vocabulary's last token.
+    greedy = client.completions.create(model="tq", prompt="The capital of France is",
+                                       max_tokens=6, **GREEDY)
+    tiny = client.completions.create(model="tq", prompt="The capital of France is", max_tokens=6,
+                                     temperature=1e-38, seed=1)
+    assert tiny.choices[0].text == greedy.choices[0].text
+
+
 def test_api_key():
     s = Server(*SERVE_ARGS, "--api-key", "k-123")
     try:
@@ -410,6 +442,39 @@ def test_sigterm_is_graceful():
     assert text  # the running stream was allowed to finish
     assert s.proc.wait(60) == 0
     s.stop()
+
+
+def test_sigterm_exits_despite_a_trickling_client():
+    # A client that sends a byte every second keeps an httplib worker past any read timeout:
+    # after the requests end, the process exits within the close grace (5 s) anyway.
+    import socket
+    i = SERVE_ARGS.index("--shutdown-timeout")
+    s = Server(*SERVE_ARGS[:i], *SERVE_ARGS[i + 2:], "--shutdown-timeout", "1")
+    sock = socket.create_connection(("127.0.0.1", s.port), timeout=5)
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 1000\r\n\r\n{")
+    stop = threading.Event()
+
+    def trickle():
+        while not stop.is_set():
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                return
+            time.sleep(1.0)
+
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    start = time.time()
+    s.proc.send_signal(signal.SIGTERM)
+    try:
+        assert s.proc.wait(30) == 0
+        assert time.time() - start < 20, time.time() - start
+    finally:
+        stop.set()
+        sock.close()
+        s.stop()
 
 
 def test_several_choices_share_the_prompt(client, server):

@@ -57,6 +57,18 @@ TEST(SamplerTest, ValidateRejectsBadConfigs) {
   EXPECT_FALSE(Sampler::create(c).ok());
 }
 
+// Temperatures down to the smallest subnormal draw the largest logit (logit / T alone overflowed
+// to inf, and the NaN softmax let the draw fall to the last candidate).
+TEST(SamplerTest, TinyTemperaturesDrawTheLargest) {
+  const std::vector<float> logits = {1.0f, 7.5f, -3.0f, 7.25f, 2.0f, -20.0f};
+  for (float t : {1e-3f, 1e-30f, 1e-38f, 1e-45f}) {
+    auto s = Sampler::create(no_filters(t));
+    ASSERT_TRUE(s.ok());
+    for (int draw = 0; draw < 20; ++draw)
+      EXPECT_EQ(s->sample(logits.data(), static_cast<int>(logits.size())), 1) << t;
+  }
+}
+
 TEST(SamplerTest, TopKKeepsTheKLargest) {
   const std::vector<float> l = {0.1f, 3.0f, -1.0f, 2.5f, 2.9f, 0.0f, 7.0f};
   SamplerConfig c = no_filters();

@@ -192,7 +192,11 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
 int32_t Sampler::draw_kept() {
   apply_top_p();
   apply_min_p();
-  for (size_t i = 0; i < n_kept_; ++i) cands_[i].logit /= cfg_.temperature;
+  // Relative to the largest first: logit / T itself overflows for T near FLT_MIN (1e-38 gave
+  // inf - inf = NaN in the softmax, and the draw fell through to the last candidate).
+  float mx = -std::numeric_limits<float>::infinity();
+  for (size_t i = 0; i < n_kept_; ++i) mx = std::max(mx, cands_[i].logit);
+  for (size_t i = 0; i < n_kept_; ++i) cands_[i].logit = (cands_[i].logit - mx) / cfg_.temperature;
   softmax_kept();
 
   const double u = rng_.uniform();

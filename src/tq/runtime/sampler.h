@@ -58,7 +58,7 @@ int32_t greedy_token(const float* logits, int n);
 
 struct Candidate {
   int32_t id;
-  float logit;  // after penalties (and divided by the temperature once applied)
+  float logit;  // after penalties (once the temperature applies: (logit - max) / temperature)
   float p;      // probability within the kept set
 };
 

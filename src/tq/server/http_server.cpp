@@ -45,10 +45,7 @@ bool same_secret(const std::string& a, const std::string& b) {
 }
 
 std::optional<ApiError> parse_body(const httplib::Request& req, json& out) {
-  out = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
-  if (out.is_discarded() || !out.is_object())
-    return bad_request("The request body must be a JSON object.", "", "invalid_json");
-  return std::nullopt;
+  return parse_json_object(req.body, out);
 }
 
 }  // namespace
@@ -91,6 +88,20 @@ void HttpServer::Impl::install() {
   svr.set_tcp_nodelay(true);
 
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    // Before the body is read. httplib (0.11) holds a chunked body to no limit (payload_max_length
+    // applies to Content-Length only), so a chunked upload is refused: 411, as RFC 9112 allows.
+    if (req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos) {
+      ApiError e;
+      e.status = 411;
+      e.message = "Send the request body with a Content-Length (chunked uploads are not accepted).";
+      e.code = "length_required";
+      send_error(res, e);
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    // Every answer here is generated, not a file: a Range header is ignored (RFC 9110 lets a
+    // server do so), where httplib would cut the JSON to the range and keep status 200. The
+    // request object is httplib's own, not const; the handler only sees it as const.
+    const_cast<httplib::Request&>(req).ranges.clear();
     if (options.api_key.empty() || req.path == "/health" || req.path == "/metrics")
       return httplib::Server::HandlerResponse::Unhandled;
     const std::string auth = req.get_header_value("Authorization");

@@ -264,17 +264,25 @@ ApiError bad_request(std::string message, std::string param, std::string code) {
   return e;
 }
 
-std::optional<ApiError> parse_completion_request(std::string_view body, Endpoint endpoint,
-                                                 CompletionParams& out) {
+std::optional<ApiError> parse_json_object(std::string_view body, nlohmann::json& out) {
   if (!nesting_within(body, kMaxJsonDepth))
     return bad_request(
         "The request body nests deeper than " + std::to_string(kMaxJsonDepth) + " levels.", "",
         "invalid_json");
-  const json j = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded())
+  out = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  if (out.is_discarded())
     return bad_request(
         "We could not parse the JSON body of your request. The body must be valid JSON.", "",
         "invalid_json");
+  if (!out.is_object())
+    return bad_request("The request body must be a JSON object.", "", "invalid_json");
+  return std::nullopt;
+}
+
+std::optional<ApiError> parse_completion_request(std::string_view body, Endpoint endpoint,
+                                                 CompletionParams& out) {
+  json j;
+  if (auto err = parse_json_object(body, j)) return err;
   return parse_completion_json(j, endpoint, out);
 }
 

@@ -62,6 +62,9 @@ inline constexpr int kMaxChoices = 128;
 inline constexpr int kMaxChatTopLogprobs = 20;
 inline constexpr int kMaxCompletionLogprobs = 5;
 
+// Any endpoint's body: a JSON object nested at most 64 levels (checked on the text before the
+// parse: a deep value would overflow the stack where it is copied, compared or printed).
+std::optional<ApiError> parse_json_object(std::string_view body, nlohmann::json& out);
 // Parses a request body. On failure returns the error and leaves `out` unspecified.
 std::optional<ApiError> parse_completion_request(std::string_view body, Endpoint endpoint,
                                                  CompletionParams& out);
