@@ -252,6 +252,13 @@ def test_hostile_http_bodies_and_headers(server):
     assert r.status == 411
     assert_error_shape(json.loads(r.read()), "length_required")
     conn.close()
+    # httplib's own refusals (here an unknown method) carry a code like every other error.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("FROB", "/v1/models")
+    r = conn.getresponse()
+    assert r.status == 400
+    assert_error_shape(json.loads(r.read()), "http_400")
+    conn.close()
     # A Range header is ignored: the whole JSON answer, not its first bytes.
     status, body = post_raw(server, "/v1/completions",
                             json.dumps({"prompt": "Hi", "max_tokens": 2, **GREEDY}).encode(),

@@ -133,7 +133,10 @@ void HttpServer::Impl::install() {
                       std::to_string(options.max_body_bytes) + " bytes of JSON).";
           e.code = "request_too_large";
         } else {
+          // httplib's own refusals (a malformed request line or chunk size, an unknown method, a
+          // header or path too long): no parameter to name, but a code like every other error.
           e.message = "HTTP error " + std::to_string(res.status);
+          e.code = "http_" + std::to_string(res.status);
           if (res.status >= 500) e.type = "server_error";
         }
         send_json(res, res.status, e.to_json());
