@@ -255,9 +255,15 @@ TEST(GreedyToken, EqualsTheSamplersGreedyPick) {
   EXPECT_EQ(greedy_token(ties, 4), 1);  // the lowest id of equals
   const float nan_first[] = {NAN, -2.0f, -1.0f};
   EXPECT_EQ(greedy_token(nan_first, 3), 2);
-  const float none[] = {NAN, -INFINITY, NAN};
-  EXPECT_EQ(greedy_token(none, 3), 0);
-  EXPECT_EQ(s->sample(none, 3), 0);
+  const float none[] = {NAN, -INFINITY, NAN};  // nothing to pick: -1, greedy or drawn
+  EXPECT_EQ(greedy_token(none, 3), -1);
+  EXPECT_EQ(s->sample(none, 3), -1);
+  auto drawn = Sampler::create(no_filters(0.7f));
+  ASSERT_TRUE(drawn.ok());
+  EXPECT_EQ(drawn->sample(none, 3), -1);
+  const float infinite[] = {1.0f, INFINITY, 2.0f};  // greedy takes +inf; a draw has no softmax
+  EXPECT_EQ(greedy_token(infinite, 3), 1);
+  EXPECT_EQ(drawn->sample(infinite, 3), -1);
   cfg.repeat_penalty = 1.1f;  // penalties need the logits: not plain greedy
   EXPECT_FALSE(cfg.plain_greedy());
 }

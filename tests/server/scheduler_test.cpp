@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/nan_model.h"
 #include "runtime/scheduler_test_util.h"
 #include "tq/backend/cpu/tq_kernels.h"
 #include "tq/kv/paged_kv.h"
@@ -286,6 +287,31 @@ TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
   (*a)->cancel();
   EXPECT_EQ(collect(**a).done.finish, FinishReason::kCancelled);
   EXPECT_EQ(collect(**b).done.completion_tokens, 5);
+  EXPECT_TRUE(eventually([&] { return cache->stats().pages_used == 0; }));
+}
+
+// NaN logits (a corrupt model file): greedy and sampled requests end with an error that says so,
+// not with token 0 (or the vocabulary's last token) generated until max_tokens.
+TEST(Scheduler, LogitsWithNoTokenToPickEndTheRequest) {
+  model::RandomModelSpec spec;
+  spec.n_layers = 1;
+  spec.vocab_size = 300;
+  auto m = test::model_with_nan_logits(spec);
+  ThreadPool pool(2);
+  auto cache = make_cache(*m, 64);
+  auto sched = Scheduler::create(*m, *cache, pool, small_options());
+  ASSERT_TRUE(sched.ok());
+  GenerationRequest sampled = greedy_request(prompt_of(9, 2, 250), 8);
+  sampled.sampler.temperature = 0.8f;
+  for (GenerationRequest r : {greedy_request(prompt_of(9, 1, 250), 8), sampled}) {
+    auto ch = (*sched)->submit(std::move(r));
+    ASSERT_TRUE(ch.ok());
+    const auto got = collect(**ch);
+    EXPECT_EQ(got.done.finish, FinishReason::kError);
+    EXPECT_TRUE(got.tokens.empty());
+    EXPECT_NE(got.done.error.find("logits hold no token to pick"), std::string::npos)
+        << got.done.error;
+  }
   EXPECT_TRUE(eventually([&] { return cache->stats().pages_used == 0; }));
 }
 

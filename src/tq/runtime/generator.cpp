@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <utility>
 #include <vector>
 
@@ -127,14 +126,12 @@ Expected<GenerationStats> run_generation(const model::Tokenizer& tok, int vocab,
   const auto t_gen = Clock::now();
   st.stop_reason = StopReason::kMaxTokens;
   for (int i = 0; i < opt.max_tokens; ++i) {
-    // Not one finite logit: NaN or infinite weights upstream. Every sampler would answer token 0.
-    const float* row = top > 0 ? top_values.data() : logits.data();
-    if (std::none_of(row, row + (top > 0 ? top : vocab), [](float x) { return std::isfinite(x); }))
-      return invalid_argument("generate: the model's logits are all NaN or infinite at token " +
-                              std::to_string(i) + " (non-finite weights in the model file?)");
     const int32_t id = top > 0 ? sampler.sample_top(top_ids.data(), top_values.data(), top, vocab)
                                : sampler.sample(logits.data(), vocab);
-    if (id < 0) return internal_error("generate: too few top candidates to sample from");
+    if (id < 0)  // top holds the candidates the config needs, so only the logits can be at fault
+      return invalid_argument("generate: the model's logits hold no token to pick at token " +
+                              std::to_string(i) +
+                              " (NaN or infinite: non-finite weights in the model file?)");
     sampler.accept(id);
     st.tokens.push_back(id);
     ++st.generated_tokens;

@@ -76,7 +76,7 @@ void Sampler::reset() {
 }
 
 int32_t greedy_token(const float* logits, int n) {
-  int32_t best = 0;
+  int32_t best = -1;
   float best_v = -std::numeric_limits<float>::infinity();
   for (int i = 0; i < n; ++i)
     if (logits[i] > best_v) best = i, best_v = logits[i];  // NaN compares false
@@ -182,7 +182,7 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
     for (size_t i = 1; i < n_kept_; ++i)
       if (cands_[i].logit > cands_[best].logit) best = i;
     n_kept_ = 0;
-    return cands_[best].id;
+    return cands_[best].logit > -std::numeric_limits<float>::infinity() ? cands_[best].id : -1;
   }
 
   apply_top_k();
@@ -196,6 +196,10 @@ int32_t Sampler::draw_kept() {
   // inf - inf = NaN in the softmax, and the draw fell through to the last candidate).
   float mx = -std::numeric_limits<float>::infinity();
   for (size_t i = 0; i < n_kept_; ++i) mx = std::max(mx, cands_[i].logit);
+  if (!std::isfinite(mx)) {  // all NaN or -inf, or an infinite logit: no distribution to draw
+    n_kept_ = 0;
+    return -1;
+  }
   for (size_t i = 0; i < n_kept_; ++i) cands_[i].logit = (cands_[i].logit - mx) / cfg_.temperature;
   softmax_kept();
 
@@ -249,7 +253,7 @@ int32_t Sampler::sample_top(const int32_t* ids, const float* logits, int count, 
   std::sort(cands_.begin(), cands_.begin() + count, by_logit_desc);
   if (cfg_.greedy()) {
     n_kept_ = 0;
-    return cands_[0].id;
+    return cands_[0].logit > -std::numeric_limits<float>::infinity() ? cands_[0].id : -1;
   }
   n_kept_ = static_cast<size_t>(cfg_.top_k);
   n_sorted_ = n_kept_;

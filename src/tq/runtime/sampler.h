@@ -52,8 +52,9 @@ struct SamplerConfig {
 // candidates in; the GPU's top_k_rows returns the same.
 void top_logits(const float* logits, int n, int k, int32_t* ids, float* values);
 
-// The greedy token of logits [n]: the largest, NaN never winning, the lowest id among equals, 0
-// when none is finite (Sampler::sample with a plain_greedy config picks the same).
+// The greedy token of logits [n]: the largest, NaN never winning, the lowest id among equals, -1
+// when every logit is NaN or -inf (Sampler::sample with a plain_greedy config picks the same;
+// the GPU's argmax_rows too).
 int32_t greedy_token(const float* logits, int n);
 
 struct Candidate {
@@ -67,7 +68,9 @@ class Sampler {
   // The config must validate(); create() checks it.
   static Expected<Sampler> create(const SamplerConfig& cfg);
 
-  // Picks a token from logits [n_vocab]. Does not add it to the history: call accept().
+  // Picks a token from logits [n_vocab]. Does not add it to the history: call accept(). -1 when
+  // there is nothing to pick: greedy over logits all NaN or -inf, or a draw whose largest
+  // logit is not finite (non-finite weights upstream).
   int32_t sample(const float* logits, int n_vocab);
   // The same token sample() picks from the whole row, from its count = config().top_candidates(
   // n_vocab) largest logits as top_logits gives them (the draw and the RNG state are the same:

@@ -379,7 +379,8 @@ __global__ void argmax_kernel(const float* x, int n, int32_t* out) {
     }
     __syncthreads();
   }
-  if (threadIdx.x == 0) out[blockIdx.x] = si[0] == INT_MAX ? 0 : si[0];
+  // -1 when every value is NaN or -inf (runtime::greedy_token's contract).
+  if (threadIdx.x == 0) out[blockIdx.x] = sv[0] == -INFINITY ? -1 : si[0];
 }
 
 Status argmax_rows(const float* x, int rows, int n, int32_t* out, cudaStream_t s) {
