@@ -231,10 +231,7 @@ TEST(GeneratorTest, RejectsPromptsThatDoNotFit) {
 // A model file with NaN weights (here the final norm's, f32) gives NaN logits: generate says so
 // instead of sampling token 0 forever.
 TEST(GeneratorTest, RefusesLogitsWithNothingFinite) {
-  model::RandomModelSpec spec;
-  spec.n_layers = 1;
-  spec.vocab_size = 300;
-  auto m = test::model_with_nan_logits(spec);
+  auto m = test::model_with_nan_logits();
   ThreadPool pool(1);
   Generator gen(*m, pool);
   auto kv = new_kv(*m);

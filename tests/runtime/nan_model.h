@@ -18,7 +18,10 @@
 
 namespace tq::test {
 
-inline std::unique_ptr<model::Model> model_with_nan_logits(const model::RandomModelSpec& spec) {
+inline std::unique_ptr<model::Model> model_with_nan_logits() {
+  model::RandomModelSpec spec;
+  spec.n_layers = 1;
+  spec.vocab_size = 300;
   model::GgufWriter w;
   EXPECT_TRUE(model::build_random_model(spec, w).ok());
   std::vector<uint8_t> bytes = std::move(w.serialize()).value();

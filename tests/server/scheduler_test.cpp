@@ -293,10 +293,7 @@ TEST(Scheduler, RefusesWhatCanNeverRunAndAFullQueue) {
 // NaN logits (a corrupt model file): greedy and sampled requests end with an error that says so,
 // not with token 0 (or the vocabulary's last token) generated until max_tokens.
 TEST(Scheduler, LogitsWithNoTokenToPickEndTheRequest) {
-  model::RandomModelSpec spec;
-  spec.n_layers = 1;
-  spec.vocab_size = 300;
-  auto m = test::model_with_nan_logits(spec);
+  auto m = test::model_with_nan_logits();
   ThreadPool pool(2);
   auto cache = make_cache(*m, 64);
   auto sched = Scheduler::create(*m, *cache, pool, small_options());

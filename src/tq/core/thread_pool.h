@@ -21,7 +21,7 @@
 namespace tq {
 
 // The most threads a pool takes: every thread count a user gives is checked against it (a count
-// in the millions would otherwise spawn threads until the machine's process table is full).
+// in the millions would otherwise spawn threads without bound).
 inline constexpr int kMaxThreads = 1024;
 
 class ThreadPool {

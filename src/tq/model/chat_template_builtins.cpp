@@ -32,11 +32,6 @@ Expected<int64_t> int_arg(const CallArgs& a, size_t i, std::string_view name, in
   return invalid_argument("argument '" + std::string(name) + "' must be an integer");
 }
 
-Status string_too_long(size_t n) {
-  return resource_exhausted("chat template string of " + std::to_string(n) + " bytes (at most " +
-                            std::to_string(kMaxStringBytes) + ")");
-}
-
 Expected<Value> replace_all(const std::string& s, const std::string& from, const std::string& to,
                             int64_t count) {
   if (from.empty()) return Value::string(s);  // Python inserts between characters; unneeded
@@ -45,22 +40,19 @@ Expected<Value> replace_all(const std::string& s, const std::string& from, const
   for (int64_t done = 0; count < 0 || done < count; ++done) {
     const size_t hit = s.find(from, pos);
     if (hit == std::string::npos) break;
-    if (out.size() + (hit - pos) + to.size() > kMaxStringBytes)
-      return string_too_long(out.size() + (hit - pos) + to.size());
+    TQ_RETURN_IF_ERROR(check_string_bytes(out.size() + (hit - pos) + to.size()));
     out.append(s, pos, hit - pos);
     out += to;
     pos = hit + from.size();
   }
-  if (out.size() + (s.size() - pos) > kMaxStringBytes)
-    return string_too_long(out.size() + (s.size() - pos));
+  TQ_RETURN_IF_ERROR(check_string_bytes(out.size() + (s.size() - pos)));
   out.append(s, pos, std::string::npos);
   return Value::string(std::move(out));
 }
 
 // Appends piece to out unless that passes kMaxStringBytes.
 Status append_bounded(std::string& out, const std::string& piece) {
-  if (out.size() + piece.size() > kMaxStringBytes)
-    return string_too_long(out.size() + piece.size());
+  TQ_RETURN_IF_ERROR(check_string_bytes(out.size() + piece.size()));
   out += piece;
   return ok_status();
 }

@@ -30,11 +30,6 @@ void slice_bounds(int64_t n, const Value* start, const Value* stop, int64_t step
   *e = clamp(stop, step > 0 ? n : -1);
 }
 
-Status too_large(const char* what, size_t n, size_t limit) {
-  return resource_exhausted(std::string("chat template ") + what + " of " + std::to_string(n) +
-                            " (at most " + std::to_string(limit) + ")");
-}
-
 // Integers are int64 (Python's are unbounded): a result outside int64 is an error, not a wrap.
 Status int_overflow(const std::string& op) {
   return invalid_argument("integer overflow in '" + op + "'");
@@ -55,15 +50,14 @@ Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b
     return invalid_argument("undefined value in '" + op + "' expression");
   if (op == "+") {
     if (a.is_string() && b.is_string()) {
-      if (a.s.size() + b.s.size() > kMaxStringBytes)
-        return too_large("string", a.s.size() + b.s.size(), kMaxStringBytes);
+      TQ_RETURN_IF_ERROR(check_string_bytes(a.s.size() + b.s.size()));
       return Value::string(a.s + b.s);
     }
     if (a.is_list() && b.is_list()) {
       if (a.list->size() + b.list->size() > kMaxListItems)
-        return too_large("list", a.list->size() + b.list->size(), kMaxListItems);
-      if (value_bytes(a) + value_bytes(b) > kMaxListBytes)
-        return too_large("list's bytes", value_bytes(a) + value_bytes(b), kMaxListBytes);
+        return too_large("list items", a.list->size() + b.list->size(), kMaxListItems);
+      const size_t bytes = value_bytes(a) + value_bytes(b);
+      if (bytes > kMaxListBytes) return too_large("list bytes", bytes, kMaxListBytes);
       ValueList out = *a.list;
       out.insert(out.end(), b.list->begin(), b.list->end());
       return Value::new_list(std::move(out));
@@ -200,8 +194,7 @@ class Renderer {
         if (v.has_namespace)
           return invalid_argument("a namespace attribute cannot hold a namespace");
         if (v.nesting + 1 > kMaxNesting)
-          return resource_exhausted("chat template values nested deeper than " +
-                                    std::to_string(kMaxNesting));
+          return too_large("nesting", static_cast<size_t>(v.nesting) + 1, kMaxNesting);
         ns.set(s.targets[1], std::move(v));
         return ok_status();
       }
@@ -478,8 +471,7 @@ class Renderer {
     }
     if (op == "~") {
       std::string sa = to_output(a), sb = to_output(b);
-      if (sa.size() + sb.size() > kMaxStringBytes)
-        return too_large("string", sa.size() + sb.size(), kMaxStringBytes);
+      TQ_RETURN_IF_ERROR(check_string_bytes(sa.size() + sb.size()));
       return Value::string(std::move(sa) + sb);
     }
     return arithmetic(op, a, b);

@@ -166,16 +166,21 @@ const char* kind_name(Value::Kind k) {
   return "?";
 }
 
+Status too_large(const char* what, size_t n, size_t limit) {
+  return resource_exhausted(std::string("chat template ") + what + ": " + std::to_string(n) +
+                            " (at most " + std::to_string(limit) + ")");
+}
+
+Status check_string_bytes(size_t n) {
+  return n > kMaxStringBytes ? too_large("string bytes", n, kMaxStringBytes) : ok_status();
+}
+
 Status check_size(const Value& v) {
-  if (v.kind == Value::Kind::kString && v.s.size() > kMaxStringBytes)
-    return resource_exhausted("chat template string of " + std::to_string(v.s.size()) +
-                              " bytes (at most " + std::to_string(kMaxStringBytes) + ")");
+  if (v.kind == Value::Kind::kString) TQ_RETURN_IF_ERROR(check_string_bytes(v.s.size()));
   if (v.kind == Value::Kind::kList && v.list && v.list->size() > kMaxListItems)
-    return resource_exhausted("chat template list of " + std::to_string(v.list->size()) +
-                              " items (at most " + std::to_string(kMaxListItems) + ")");
+    return too_large("list items", v.list->size(), kMaxListItems);
   if (v.nesting > kMaxNesting)
-    return resource_exhausted("chat template values nested " + std::to_string(v.nesting) +
-                              " deep (at most " + std::to_string(kMaxNesting) + ")");
+    return too_large("nesting", static_cast<size_t>(v.nesting), kMaxNesting);
   return ok_status();
 }
 

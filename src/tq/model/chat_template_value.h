@@ -131,6 +131,10 @@ struct Value {
 };
 
 const char* kind_name(Value::Kind k);
+// resource_exhausted "chat template <what>: <n> (at most <limit>)", e.g. what = "string bytes".
+Status too_large(const char* what, size_t n, size_t limit);
+// too_large when a string of n bytes would pass kMaxStringBytes: checked before building one.
+Status check_string_bytes(size_t n);
 // resource_exhausted when v is a string, list or nesting over the bounds above.
 Status check_size(const Value& v);
 // The bytes v's strings and items take, through every list, dict and namespace it holds.

@@ -16,6 +16,12 @@ float rankable(float logit) {
   return std::isnan(logit) ? -std::numeric_limits<float>::infinity() : logit;
 }
 
+// A greedy pick: the candidate's id, or -1 when even the largest logit is -inf (NaN ranked as
+// -inf): nothing to pick.
+int32_t id_or_none(const Candidate& best) {
+  return best.logit > -std::numeric_limits<float>::infinity() ? best.id : -1;
+}
+
 bool by_logit_desc(const Candidate& a, const Candidate& b) {
   // Ties by id keep the order (and so the draws) independent of the sort algorithm.
   return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
@@ -158,12 +164,11 @@ void Sampler::apply_min_p() {
 
 void Sampler::softmax_kept() {
   // No sort: the draw below is correct in any order, and sorting a whole vocabulary (temperature
-  // alone keeps all 49k tokens of SmolLM2) cost ~20% of a server's decode cycles.
-  float mx = -std::numeric_limits<float>::infinity();
-  for (size_t i = 0; i < n_kept_; ++i) mx = std::max(mx, cands_[i].logit);
+  // alone keeps all 49k tokens of SmolLM2) cost ~20% of a server's decode cycles. No max either:
+  // draw_kept made the logits relative to the largest (which is 0).
   double sum = 0.0;
   for (size_t i = 0; i < n_kept_; ++i) {
-    cands_[i].p = std::exp(cands_[i].logit - mx);
+    cands_[i].p = std::exp(cands_[i].logit);
     sum += cands_[i].p;
   }
   for (size_t i = 0; i < n_kept_; ++i) cands_[i].p = static_cast<float>(cands_[i].p / sum);
@@ -182,7 +187,7 @@ int32_t Sampler::sample(const float* logits, int n_vocab) {
     for (size_t i = 1; i < n_kept_; ++i)
       if (cands_[i].logit > cands_[best].logit) best = i;
     n_kept_ = 0;
-    return cands_[best].logit > -std::numeric_limits<float>::infinity() ? cands_[best].id : -1;
+    return id_or_none(cands_[best]);
   }
 
   apply_top_k();
@@ -253,7 +258,7 @@ int32_t Sampler::sample_top(const int32_t* ids, const float* logits, int count, 
   std::sort(cands_.begin(), cands_.begin() + count, by_logit_desc);
   if (cfg_.greedy()) {
     n_kept_ = 0;
-    return cands_[0].logit > -std::numeric_limits<float>::infinity() ? cands_[0].id : -1;
+    return id_or_none(cands_[0]);
   }
   n_kept_ = static_cast<size_t>(cfg_.top_k);
   n_sorted_ = n_kept_;

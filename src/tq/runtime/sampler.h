@@ -94,7 +94,7 @@ class Sampler {
   void apply_top_k();
   void apply_top_p();
   void apply_min_p();
-  void softmax_kept();  // p over the kept set at the current logits (order unchanged)
+  void softmax_kept();  // p over the kept set, logits relative to the largest (order unchanged)
   int32_t draw_kept();  // top-p, min-p, temperature, softmax and the draw over the kept set
   void sort_kept(size_t k);
 

@@ -44,10 +44,6 @@ bool same_secret(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
-std::optional<ApiError> parse_body(const httplib::Request& req, json& out) {
-  return parse_json_object(req.body, out);
-}
-
 }  // namespace
 
 Status HttpOptions::validate() const {
@@ -194,7 +190,7 @@ void HttpServer::Impl::install() {
 // {"messages": [...]} (the chat prompt the completions endpoint would run) -> {"tokens": [...]}.
 void HttpServer::Impl::tokenize(const httplib::Request& req, httplib::Response& res) {
   json body;
-  if (auto e = parse_body(req, body)) return send_error(res, *e);
+  if (auto e = parse_json_object(req.body, body)) return send_error(res, *e);
   const model::Tokenizer& tok = engine.model().tokenizer();
   if (body.contains("messages")) {
     json chat{{"messages", body["messages"]}};
@@ -222,7 +218,7 @@ void HttpServer::Impl::tokenize(const httplib::Request& req, httplib::Response& 
 // POST /detokenize {"tokens": [...]} -> {"content": "..."}.
 void HttpServer::Impl::detokenize(const httplib::Request& req, httplib::Response& res) {
   json body;
-  if (auto e = parse_body(req, body)) return send_error(res, *e);
+  if (auto e = parse_json_object(req.body, body)) return send_error(res, *e);
   const auto tokens = body.find("tokens");
   if (tokens == body.end() || !tokens->is_array())
     return send_error(
