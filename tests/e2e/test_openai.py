@@ -180,6 +180,16 @@ def test_completion_logprobs(client):
     assert lp.text_offset[0] == 0
     for tok, p, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
         assert p <= 0 and len(top) == 2 and max(top.values()) == pytest.approx(p, abs=1e-6)
+    # logprobs 0: the sampled token's alone; sampled (not greedy) tokens are always listed.
+    r = client.completions.create(model="tq", prompt="The capital of France is", max_tokens=5,
+                                  logprobs=0, **GREEDY)
+    lp = r.choices[0].logprobs
+    assert [list(top) for top in lp.top_logprobs] == [[t] for t in lp.tokens]
+    r = client.completions.create(model="tq", prompt="My favourite animal is", max_tokens=8,
+                                  logprobs=1, temperature=1.5, seed=7)
+    lp = r.choices[0].logprobs
+    for tok, p, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert 1 <= len(top) <= 2 and top[tok] == pytest.approx(p, abs=1e-6)
 
 
 def test_seeded_sampling_is_reproducible(client):

@@ -64,10 +64,14 @@ void LogprobsBuilder::add(const runtime::TokenLogprob& lp, size_t text_offset) {
     content_.push_back(std::move(e));
     return;
   }
-  tokens_.push_back(tokenizer_.token_to_piece(lp.token));
-  token_logprobs_.push_back(lp.logprob);
+  std::string piece = tokenizer_.token_to_piece(lp.token);
   json top = json::object();
   for (const auto& [id, p] : lp.top) top[tokenizer_.token_to_piece(id)] = p;
+  // As OpenAI's completions do, the sampled token is always among them (up to logprobs + 1
+  // entries; `logprobs: 0` gives the sampled token alone).
+  top.emplace(piece, lp.logprob);
+  tokens_.push_back(std::move(piece));
+  token_logprobs_.push_back(lp.logprob);
   top_logprobs_.push_back(std::move(top));
   text_offset_.push_back(text_offset);
 }
