@@ -5,8 +5,11 @@
 //   tq run -f prompt.txt -n 128 -ctk tq4 -ctv tq3      (KV flags: the compressed paged cache)
 //   tq run --device cuda -p "Hello" -n 64 -ctk tq4 -ctv tq3   (the forward pass on the GPU)
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -40,6 +43,7 @@ struct RunOptions {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   runtime::SamplerConfig sampler;
+  int64_t seed = 42;  // -1: a random seed, printed (llama.cpp's convention)
   KvFlags kv;
   DeviceFlag device;
 };
@@ -94,6 +98,14 @@ int run(RunOptions& o) {
   if (o.threads < 1) return fail(2, "--threads must be >= 1");
   if (o.ctx < 0) return fail(2, "--ctx must be >= 0 (0: the model's context, at most 4096)");
   if (Status st = o.sampler.validate(); !st.ok()) return fail(2, st.message());
+  if (o.seed >= 0) {
+    o.sampler.seed = static_cast<uint64_t>(o.seed);
+  } else {
+    std::random_device rd;
+    // Below 2^63, so that --seed takes it back.
+    o.sampler.seed = ((static_cast<uint64_t>(rd()) << 32) | rd()) >> 1;
+    std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(o.sampler.seed));
+  }
   auto kv_config = o.kv.config();
   if (!kv_config.ok()) return fail(2, kv_config.status().message());
   o.device.settle(*kv_config);
@@ -218,7 +230,9 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--frequency-penalty", s.frequency_penalty, "Frequency penalty")
       ->capture_default_str();
-  cmd->add_option("--seed", s.seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--seed", o->seed, "Sampling seed (-1: a random one, printed)")
+      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()))
+      ->capture_default_str();
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->device.add_weights_to(cmd);

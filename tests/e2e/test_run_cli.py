@@ -1,0 +1,32 @@
+"""End-to-end tests of `tq run`'s sampling seed on the default model (CPU): a seed reproduces a
+sampled generation, `--seed -1` draws a seed and prints it (llama.cpp's convention) so that the
+run can be repeated, and other negative seeds are refused.
+
+Run: TQ_BIN=build/tq python3 -m pytest -q tests/e2e/test_run_cli.py
+"""
+import re
+
+from test_quality_cli import tq
+
+ARGS = ["run", "-p", "My favourite animal is", "-n", "12", "--temp", "1.0", "--ignore-eos",
+        "-t", "2"]
+
+
+def test_a_seed_reproduces_a_sampled_generation():
+    a, b = tq(*ARGS, "--seed", "1234"), tq(*ARGS, "--seed", "1234")
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr, b.stderr)
+    assert a.stdout == b.stdout and a.stdout.strip()
+
+
+def test_seed_minus_one_draws_one_and_prints_it():
+    r = tq(*ARGS, "--seed", "-1")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"^seed: (\d+)$", r.stderr, re.M)
+    assert m, r.stderr
+    again = tq(*ARGS, "--seed", m.group(1))
+    assert again.returncode == 0 and again.stdout == r.stdout
+
+
+def test_other_negative_seeds_are_refused():
+    r = tq(*ARGS, "--seed", "-2")
+    assert r.returncode != 0 and "--seed: Value -2 not in range" in r.stderr, r.stderr
