@@ -29,11 +29,11 @@ ApiError error_of(const std::string& body, Endpoint e = Endpoint::kChat) {
 
 TEST(OpenAiSchema, ChatDefaultsAndFields) {
   CompletionParams p;
-  auto err = parse(R"({"model":"m","messages":[{"role":"system","content":"be brief"},
+  auto err = parse(R"({"model":"m","messages":[{"role":"system","content":"be brief","name":"s"},
       {"role":"user","content":[{"type":"text","text":"hi "},{"type":"text","text":"there"}]}],
       "max_tokens":7,"seed":-3,"stop":"END","stream":true,
       "stream_options":{"include_usage":true},"logprobs":true,"top_logprobs":3,
-      "user":"u1","top_k":5})",
+      "user":"u1","store":true,"metadata":{"k":"v"},"service_tier":null,"top_k":5})",
                    Endpoint::kChat, p);
   ASSERT_FALSE(err) << err->message;
   ASSERT_EQ(p.messages.size(), 2u);
@@ -125,6 +125,13 @@ TEST(OpenAiSchema, WrongTypesNameTheField) {
       {R"({"messages":[{"role":"user","content":"x"}],"stop":[1]})", "stop"},
       {R"({"messages":[{"role":"user","content":"x"}],"logprobs":1})", "logprobs"},
       {R"({"messages":[{"role":"user","content":"x"}],"model":3})", "model"},
+      // Fields that change nothing here are still checked against OpenAI's types.
+      {R"({"messages":[{"role":"user","content":"x"}],"user":7})", "user"},
+      {R"({"messages":[{"role":"user","content":"x"}],"store":"yes"})", "store"},
+      {R"({"messages":[{"role":"user","content":"x"}],"metadata":[]})", "metadata"},
+      {R"({"messages":[{"role":"user","content":"x"}],"metadata":{"k":1}})", "metadata.k"},
+      {R"({"messages":[{"role":"user","content":"x"}],"service_tier":{}})", "service_tier"},
+      {R"({"messages":[{"role":"user","content":"x","name":["a"]}]})", "messages[0].name"},
   };
   for (const auto& c : cases) {
     const ApiError e = error_of(c.body);

@@ -180,10 +180,14 @@ Err read_messages(const json& v, std::vector<ChatMessage>& out) {
     } else if (auto e = read_content(*content, at + ".content", msg.content)) {
       return e;
     }
-    for (auto it = m.begin(); it != m.end(); ++it)
-      if (it.key() != "role" && it.key() != "content" && it.key() != "name")
+    for (auto it = m.begin(); it != m.end(); ++it) {
+      if (it.key() == "name") {
+        if (!it->is_string() && !it->is_null()) return wrong_type(at + ".name", "a string", *it);
+      } else if (it.key() != "role" && it.key() != "content") {
         return bad_request("Unrecognized field '" + at + "." + it.key() + "'.", at + "." + it.key(),
                            "unknown_parameter");
+      }
+    }
     out.push_back(std::move(msg));
   }
   return std::nullopt;
@@ -217,9 +221,22 @@ Err read_prompt(const json& v, CompletionParams& p) {
   return wrong_type("prompt", "a string, an array of token ids or an array of one of those", v);
 }
 
-// Fields a client may send that change nothing here.
+// Fields a client may send that change nothing here, with OpenAI's types (null or that type),
+// checked all the same: a wrong type is the client's bug, and OpenAI answers it with a 400.
 bool ignored_field(const std::string& k) {
   return k == "user" || k == "metadata" || k == "store" || k == "service_tier";
+}
+
+Err check_ignored_field(const std::string& k, const json& v) {
+  if (v.is_null()) return std::nullopt;
+  if (k == "store") return v.is_boolean() ? Err{} : wrong_type(k, "a boolean", v);
+  if (k == "metadata") {
+    if (!v.is_object()) return wrong_type(k, "an object", v);
+    for (auto it = v.begin(); it != v.end(); ++it)
+      if (!it->is_string()) return wrong_type(k + "." + it.key(), "a string", *it);
+    return std::nullopt;
+  }
+  return v.is_string() ? Err{} : wrong_type(k, "a string", v);  // user, service_tier
 }
 
 // Fields OpenAI defines that tq accepts only at their default: null, or the value below.
@@ -311,7 +328,7 @@ std::optional<ApiError> parse_completion_json(const nlohmann::json& j, Endpoint 
     if (auto d = check_default_only(k, v, handled); handled) {
       e = d;
     } else if (ignored_field(k)) {
-      continue;
+      e = check_ignored_field(k, v);
     } else if (k == "model") {
       if (!v.is_string())
         e = wrong_type(k, "a string", v);
