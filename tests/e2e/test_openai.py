@@ -262,6 +262,18 @@ def test_hostile_http_bodies_and_headers(server):
     assert r.status == 411
     assert_error_shape(json.loads(r.read()), "length_required")
     conn.close()
+    # Content-Length headers that disagree: refused (RFC 9112), not read by the first one.
+    import socket
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nContent-Length: 2\r\nContent-Length: 13\r\nConnection: close\r\n\r\n"
+                     b'{"prompt":"a"}')
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), answer
+    assert_error_shape(json.loads(body), "invalid_content_length")
     # httplib's own refusals (here an unknown method) carry a code like every other error.
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     conn.request("FROB", "/v1/models")

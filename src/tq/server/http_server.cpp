@@ -94,6 +94,20 @@ void HttpServer::Impl::install() {
       send_error(res, e);
       return httplib::Server::HandlerResponse::Handled;
     }
+    // Content-Length headers that disagree leave the body's end ambiguous (the framing request
+    // smuggling plays on): RFC 9112 has the server refuse them. httplib would take the first.
+    if (const size_t n = req.get_header_value_count("Content-Length"); n > 1) {
+      const std::string first = req.get_header_value("Content-Length", 0);
+      for (size_t i = 1; i < n; ++i) {
+        if (req.get_header_value("Content-Length", i) == first) continue;
+        ApiError e;
+        e.status = 400;
+        e.message = "The request has Content-Length headers that disagree.";
+        e.code = "invalid_content_length";
+        send_error(res, e);
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
     // Every answer here is generated, not a file: a Range header is ignored (RFC 9110 lets a
     // server do so), where httplib would cut the JSON to the range and keep status 200. The
     // request object is httplib's own, not const; the handler only sees it as const.
