@@ -6,6 +6,7 @@
 #include <ctime>
 #include <exception>
 #include <functional>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -42,6 +43,26 @@ bool same_secret(const std::string& a, const std::string& b) {
   for (size_t i = 0; i < a.size(); ++i)
     diff |= static_cast<unsigned>(a[i]) ^ static_cast<unsigned>(b.empty() ? 0 : b[i % b.size()]);
   return diff == 0;
+}
+
+// Framings refused before the body is read. httplib (0.11) holds a chunked body to no limit
+// (payload_max_length applies to Content-Length only): 411, as RFC 9112 allows. Content-Length
+// headers that disagree leave the body's end ambiguous (what request smuggling plays on): RFC 9112
+// has the server refuse them, where httplib would take the first.
+std::optional<ApiError> framing_error(const httplib::Request& req) {
+  if (req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos) {
+    ApiError e = bad_request(
+        "Send the request body with a Content-Length (chunked uploads are not accepted).", {},
+        "length_required");
+    e.status = 411;
+    return e;
+  }
+  const size_t n = req.get_header_value_count("Content-Length");
+  for (size_t i = 1; i < n; ++i)
+    if (req.get_header_value("Content-Length", i) != req.get_header_value("Content-Length", 0))
+      return bad_request("The request has Content-Length headers that disagree.", {},
+                         "invalid_content_length");
+  return std::nullopt;
 }
 
 }  // namespace
@@ -84,29 +105,9 @@ void HttpServer::Impl::install() {
   svr.set_tcp_nodelay(true);
 
   svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-    // Before the body is read. httplib (0.11) holds a chunked body to no limit (payload_max_length
-    // applies to Content-Length only), so a chunked upload is refused: 411, as RFC 9112 allows.
-    if (req.get_header_value("Transfer-Encoding").find("chunked") != std::string::npos) {
-      ApiError e;
-      e.status = 411;
-      e.message = "Send the request body with a Content-Length (chunked uploads are not accepted).";
-      e.code = "length_required";
-      send_error(res, e);
+    if (auto e = framing_error(req)) {
+      send_error(res, *e);
       return httplib::Server::HandlerResponse::Handled;
-    }
-    // Content-Length headers that disagree leave the body's end ambiguous (the framing request
-    // smuggling plays on): RFC 9112 has the server refuse them. httplib would take the first.
-    if (const size_t n = req.get_header_value_count("Content-Length"); n > 1) {
-      const std::string first = req.get_header_value("Content-Length", 0);
-      for (size_t i = 1; i < n; ++i) {
-        if (req.get_header_value("Content-Length", i) == first) continue;
-        ApiError e;
-        e.status = 400;
-        e.message = "The request has Content-Length headers that disagree.";
-        e.code = "invalid_content_length";
-        send_error(res, e);
-        return httplib::Server::HandlerResponse::Handled;
-      }
     }
     // Every answer here is generated, not a file: a Range header is ignored (RFC 9110 lets a
     // server do so), where httplib would cut the JSON to the range and keep status 200. The
