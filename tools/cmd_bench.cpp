@@ -17,6 +17,7 @@
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
+#include "seed_cli.h"
 #include "threads_cli.h"
 #include "tq/core/rng.h"
 #include "tq/core/thread_pool.h"
@@ -270,7 +271,7 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--warmup", o->warmup, "Untimed decode steps before them")->capture_default_str();
   cmd->add_option("--batch", o->batch, "Prefill tokens per pass")->capture_default_str();
   add_threads_option(cmd, o->threads, "CPU threads (--device cpu)");
-  cmd->add_option("--seed", o->seed, "Seed of the random prompt tokens")->capture_default_str();
+  add_seed_option(cmd, o->seed, "Seed of the random prompt tokens");
   cmd->add_flag("--cublas-gemv", o->cublas_gemv,
                 "Decode matmuls through cuBLAS, not tq's GEMV (--device cuda)");
   cmd->add_option("--sample", o->sample,

@@ -25,6 +25,7 @@
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
+#include "seed_cli.h"
 #include "tq/core/rng.h"
 #include "tq/kv/kv_bytes.h"
 #include "tq/model/llama.h"
@@ -252,7 +253,7 @@ void add_bench_concurrent_command(CLI::App* bench) {
   cmd->add_option("--batch", o->batch, "Prefill tokens per pass")->capture_default_str();
   cmd->add_option("--budget-gib", o->budget_gib, "KV memory budget for the capacity table")
       ->capture_default_str();
-  cmd->add_option("--seed", o->seed, "Seed of the random tokens")->capture_default_str();
+  add_seed_option(cmd, o->seed, "Seed of the random tokens");
   cmd->add_flag("--ragged", o->ragged,
                 "Sessions at different depths: session s cut to C x (8 - s % 8) / 8 tokens");
   o->kv.add_to(cmd);

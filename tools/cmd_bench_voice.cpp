@@ -27,6 +27,7 @@
 #include "default_model.h"
 #include "device_cli.h"
 #include "kv_cli.h"
+#include "seed_cli.h"
 #include "threads_cli.h"
 #include "tq/core/rng.h"
 #include "tq/core/thread_pool.h"
@@ -533,7 +534,7 @@ void add_bench_voice_command(CLI::App* bench) {
   cmd->add_option("--kv", o->kv_pairs, "K/V format pairs, e.g. f16/f16,tq4/tq3 (comma separated)")
       ->delimiter(',')
       ->capture_default_str();
-  cmd->add_option("--seed", o->seed, "Seed of the user utterances")->capture_default_str();
+  add_seed_option(cmd, o->seed, "Seed of the user utterances");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->device.add_weights_to(cmd);

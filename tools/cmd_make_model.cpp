@@ -10,6 +10,7 @@
 #include <string>
 
 #include "commands.h"
+#include "seed_cli.h"
 #include "tq/model/gguf_writer.h"
 #include "tq/model/llama.h"
 #include "tq/model/random_model.h"
@@ -111,7 +112,7 @@ void add_make_model_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--type", o->type, "Weight type: q4_0, q4_1, q8_0, f16, f32")
       ->capture_default_str();
-  cmd->add_option("--seed", c.seed, "Weight seed")->capture_default_str();
+  add_seed_option(cmd, c.seed, "Weight seed");
   cmd->add_option("-o,--output", o->out, "Output GGUF file")->required();
   cmd->add_option("--layers", c.n_layers, "Layers (custom)")->capture_default_str();
   cmd->add_option("--dim", c.dim, "Embedding dim (custom)")->capture_default_str();

@@ -9,6 +9,7 @@
 
 #include "commands.h"
 #include "json_out.h"
+#include "seed_cli.h"
 #include "threads_cli.h"
 #include "tq/backend/cpu/tq_kernels.h"
 #include "tq/core/rng.h"
@@ -254,7 +255,7 @@ void add_quant_bench_command(CLI::App& app) {
       ->check(CLI::Range(1, 8));
   cmd->add_option("--vectors", opts->vectors, "Random unit vectors per format")
       ->check(CLI::Range(2, 1 << 24));
-  cmd->add_option("--seed", opts->seed, "Seed of the rotations, sketches and test vectors");
+  add_seed_option(cmd, opts->seed, "Seed of the rotations, sketches and test vectors");
   add_threads_option(cmd, opts->threads, "Threads for quantize and score throughput", "--threads");
   cmd->add_option("--nq", opts->nq, "Query heads per KV head in the score throughput (GQA)")
       ->check(CLI::Range(1, 64));

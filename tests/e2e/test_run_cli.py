@@ -1,6 +1,7 @@
 """End-to-end tests of `tq run`'s sampling seed on the default model (CPU): a seed reproduces a
 sampled generation, `--seed -1` draws a seed and prints it (llama.cpp's convention) so that the
-run can be repeated, and other negative seeds are refused.
+run can be repeated, and other negative seeds are refused (as by the commands whose seeds are fixed
+64-bit values).
 
 Run: TQ_BIN=build/tq python3 -m pytest -q tests/e2e/test_run_cli.py
 """
@@ -30,3 +31,11 @@ def test_seed_minus_one_draws_one_and_prints_it():
 def test_other_negative_seeds_are_refused():
     r = tq(*ARGS, "--seed", "-2")
     assert r.returncode != 0 and "--seed: Value -2 not in range" in r.stderr, r.stderr
+
+
+def test_fixed_seeds_refuse_a_sign():
+    # CLI11 would read "-1" into a uint64_t as 2^64 - 1; make-model and the benches refuse it.
+    for args in (["make-model", "--shape", "smollm2-135m", "--type", "q8_0", "-o", "/dev/null"],
+                 ["quant-bench"]):
+        r = tq(*args, "--seed", "-1")
+        assert r.returncode != 0 and "a seed is an integer from 0 to" in r.stderr, r.stderr
