@@ -5,11 +5,8 @@
 //   tq run -f prompt.txt -n 128 -ctk tq4 -ctv tq3      (KV flags: the compressed paged cache)
 //   tq run --device cuda -p "Hello" -n 64 -ctk tq4 -ctv tq3   (the forward pass on the GPU)
 #include <algorithm>
-#include <cstdint>
 #include <cstdio>
-#include <limits>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -18,8 +15,10 @@
 #include "device_cli.h"
 #include "device_generate.h"
 #include "kv_cli.h"
+#include "seed_cli.h"
 #include "threads_cli.h"
 #include "tq/backend/cpu/ops.h"
+#include "tq/core/rng.h"
 #include "tq/core/text_file.h"
 #include "tq/core/thread_pool.h"
 #include "tq/kv/dense_kv.h"
@@ -43,7 +42,7 @@ struct RunOptions {
   std::vector<std::string> stop;
   bool ignore_eos = false;
   runtime::SamplerConfig sampler;
-  int64_t seed = 42;  // -1: a random seed, printed (llama.cpp's convention)
+  bool draw_seed = false;  // --seed -1: a random seed, printed (llama.cpp's convention)
   KvFlags kv;
   DeviceFlag device;
 };
@@ -98,12 +97,8 @@ int run(RunOptions& o) {
   if (o.threads < 1) return fail(2, "--threads must be >= 1");
   if (o.ctx < 0) return fail(2, "--ctx must be >= 0 (0: the model's context, at most 4096)");
   if (Status st = o.sampler.validate(); !st.ok()) return fail(2, st.message());
-  if (o.seed >= 0) {
-    o.sampler.seed = static_cast<uint64_t>(o.seed);
-  } else {
-    std::random_device rd;
-    // Below 2^63, so that --seed takes it back.
-    o.sampler.seed = ((static_cast<uint64_t>(rd()) << 32) | rd()) >> 1;
+  if (o.draw_seed) {
+    o.sampler.seed = random_seed();
     std::fprintf(stderr, "seed: %llu\n", static_cast<unsigned long long>(o.sampler.seed));
   }
   auto kv_config = o.kv.config();
@@ -230,9 +225,7 @@ void add_run_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--frequency-penalty", s.frequency_penalty, "Frequency penalty")
       ->capture_default_str();
-  cmd->add_option("--seed", o->seed, "Sampling seed (-1: a random one, printed)")
-      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()))
-      ->capture_default_str();
+  add_sampling_seed_option(cmd, s.seed, o->draw_seed, "Sampling seed (-1: a random one, printed)");
   o->kv.add_to(cmd);
   o->device.add_to(cmd);
   o->device.add_weights_to(cmd);

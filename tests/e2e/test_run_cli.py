@@ -30,7 +30,20 @@ def test_seed_minus_one_draws_one_and_prints_it():
 
 def test_other_negative_seeds_are_refused():
     r = tq(*ARGS, "--seed", "-2")
-    assert r.returncode != 0 and "--seed: Value -2 not in range" in r.stderr, r.stderr
+    assert r.returncode != 0, r.stderr
+    assert "--seed: a seed is an integer from 0 to 18446744073709551615 or -1 (a random one), " \
+        "not '-2'" in r.stderr, r.stderr
+
+
+def test_seeds_take_the_whole_uint64_range_and_no_more():
+    # 2^64 - 1 is a seed of its own (not saturated to another); 2^64 is refused, not wrapped.
+    top = tq(*ARGS, "--seed", str(2**64 - 1))
+    below = tq(*ARGS, "--seed", str(2**63 - 1))
+    assert top.returncode == 0 and below.returncode == 0, (top.stderr, below.stderr)
+    assert top.stdout != below.stdout
+    for bad in (str(2**64), "99999999999999999999999", "1.5", "+3"):
+        r = tq(*ARGS, "--seed", bad)
+        assert r.returncode != 0 and f"not '{bad}'" in r.stderr, (bad, r.stderr)
 
 
 def test_fixed_seeds_refuse_a_sign():

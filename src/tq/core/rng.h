@@ -15,6 +15,10 @@ inline uint64_t splitmix64(uint64_t& state) {
   return z ^ (z >> 31);
 }
 
+// The one nondeterministic source: 64 bits from the OS (std::random_device), for a seed the
+// user did not give (a server request without one, `tq run --seed -1`, response ids).
+uint64_t random_seed();
+
 // Mixes several integers into one seed (e.g. derive_seed(base, layer, head_dim)).
 inline uint64_t derive_seed(uint64_t a, uint64_t b = 0, uint64_t c = 0) {
   uint64_t s = a;

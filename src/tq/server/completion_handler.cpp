@@ -6,13 +6,13 @@
 #include <ctime>
 #include <functional>
 #include <memory>
-#include <random>
 #include <span>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "tq/core/log.h"
+#include "tq/core/rng.h"
 #include "tq/server/http_util.h"
 #include "tq/server/openai_format.h"
 #include "tq/server/sse.h"
@@ -375,9 +375,8 @@ void CompletionHandler::handle(const httplib::Request& req, httplib::Response& r
                                            std::to_string(max_queue) + ").",
                                        "n", "invalid_value"));
   auto choices = std::make_shared<Choices>();
-  std::random_device rd;
   for (int i = 0; i < p.n; ++i) {
-    const uint64_t seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    const uint64_t seed = random_seed();
     auto channel = engine_.scheduler().submit(engine_.make_request(p, *prompt, seed, i), arrival);
     if (!channel.ok()) {
       choices->cancel_all();  // the choices already queued end unseen

@@ -3,6 +3,7 @@
 
 #include <random>
 
+#include "tq/core/rng.h"
 #include "tq/server/openai_format.h"
 
 namespace tq::server {
@@ -27,8 +28,7 @@ ApiError server_error(int status, std::string message, std::string code) {
 }
 
 std::string random_id(const char* prefix) {
-  std::random_device rd;
-  std::mt19937_64 gen((static_cast<uint64_t>(rd()) << 32) ^ rd());
+  std::mt19937_64 gen(random_seed());
   static constexpr char kHex[] = "0123456789abcdef";
   std::string id(prefix);
   for (int i = 0; i < 24; ++i) id.push_back(kHex[gen() & 15]);
