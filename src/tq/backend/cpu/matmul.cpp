@@ -57,6 +57,7 @@ void dequant_tiles(const MatmulKernels& k, quant::GgmlType type, TileJob& job) {
   std::vector<float> buf(static_cast<size_t>(kDequantRows * job.cols));
   for (int64_t r = job.row_begin; r < job.row_end; r += kDequantRows) {
     const int64_t n = std::min(kDequantRows, job.row_end - r);
+    prefetch_weights_ahead(job, r, n);
     for (int64_t i = 0; i < n; ++i)
       k.dequantize(type, job.w + (r + i) * job.row_bytes, buf.data() + i * job.cols, job.cols);
     TileJob sub = job;
@@ -64,6 +65,7 @@ void dequant_tiles(const MatmulKernels& k, quant::GgmlType type, TileJob& job) {
     sub.row_bytes = job.cols * static_cast<int64_t>(sizeof(float));
     sub.row_begin = 0;
     sub.row_end = n;
+    sub.w_rows = 0;  // the rows are in buf, in L1
     sub.y = job.y + r;
     k.f32(sub);
   }
@@ -116,6 +118,7 @@ Status matmul_with(const MatmulKernels& k, ThreadPool& pool, const WeightView& w
   base.n_tokens = n_tokens;
   base.y = y;
   base.y_stride = w.rows;
+  base.w_rows = w.rows;
 
   const TileFn fn = act == Activations::kQuantized ? int_tile(k, w.type) : nullptr;
   if (fn) {

@@ -139,6 +139,7 @@ void tile_int(const TileJob& job) {
   const auto* act = static_cast<const uint8_t*>(job.act);
   for (int64_t r = job.row_begin; r < job.row_end; ++r) {
     const Block* w = reinterpret_cast<const Block*>(job.w + r * job.row_bytes);
+    prefetch_weights_ahead(job, r);
     for (int t0 = 0; t0 < job.n_tokens; t0 += kTokTile) {
       const int nt = std::min(kTokTile, job.n_tokens - t0);
       const BlockQ8A* a[kTokTile];
@@ -223,6 +224,7 @@ void rows_f32(const float* const* w, const TileJob& job, int64_t r) {
 void tile_f32(const TileJob& job) {
   for (int64_t r = job.row_begin; r < job.row_end; r += kRowTileF32) {
     const int nr = static_cast<int>(std::min<int64_t>(kRowTileF32, job.row_end - r));
+    prefetch_weights_ahead(job, r, nr);
     const float* w[kRowTileF32];
     for (int i = 0; i < nr; ++i)
       w[i] = reinterpret_cast<const float*>(job.w + (r + i) * job.row_bytes);
