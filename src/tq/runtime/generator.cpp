@@ -129,9 +129,7 @@ Expected<GenerationStats> run_generation(const model::Tokenizer& tok, int vocab,
     const int32_t id = top > 0 ? sampler.sample_top(top_ids.data(), top_values.data(), top, vocab)
                                : sampler.sample(logits.data(), vocab);
     if (id < 0)  // top holds the candidates the config needs, so only the logits can be at fault
-      return invalid_argument("generate: the model's logits hold no token to pick at token " +
-                              std::to_string(i) +
-                              " (NaN or infinite: non-finite weights in the model file?)");
+      return invalid_argument("generate: token " + std::to_string(i) + ": " + kNoTokenToPick);
     sampler.accept(id);
     st.tokens.push_back(id);
     ++st.generated_tokens;

@@ -57,6 +57,11 @@ void top_logits(const float* logits, int n, int k, int32_t* ids, float* values);
 // the GPU's argmax_rows too).
 int32_t greedy_token(const float* logits, int n);
 
+// What a caller reports when a sampler returns -1 (the generator, the scheduler).
+inline constexpr const char* kNoTokenToPick =
+    "the model's logits hold no token to pick (NaN or infinite: non-finite weights in the model "
+    "file?)";
+
 struct Candidate {
   int32_t id;
   float logit;  // after penalties (once the temperature applies: (logit - max) / temperature)

@@ -14,11 +14,6 @@
 
 namespace tq::runtime {
 
-// A sampler's -1: no token to pick from the step's logits.
-constexpr const char* kNoTokenToSample =
-    "the model's logits hold no token to pick (NaN or infinite: non-finite weights in the model "
-    "file?)";
-
 // One admitted request: its cache, sampler and text state. Never moved (the stop filter keeps
 // a reference to request.stop_strings).
 struct Scheduler::Active {
@@ -337,7 +332,7 @@ void Scheduler::step() {
         const int32_t id = it.seq->sampler.sample_top(top_ids_.data() + at, top_logits_.data() + at,
                                                       it.top_count, vocab_);
         if (id < 0)
-          finish(*it.seq, FinishReason::kError, kNoTokenToSample);
+          finish(*it.seq, FinishReason::kError, kNoTokenToPick);
         else
           after_logits(*it.seq, nullptr, id, it.want_log_z ? &it : nullptr);
       } else if (it.want_logits)
@@ -374,7 +369,7 @@ void Scheduler::after_logits(Active& a, const float* logits, int32_t picked, con
   const model::Tokenizer& tok = step_.tokenizer();
   const int32_t id = logits != nullptr ? a.sampler.sample(logits, vocab_) : picked;
   if (id < 0) {
-    finish(a, FinishReason::kError, kNoTokenToSample);
+    finish(a, FinishReason::kError, kNoTokenToPick);
     return;
   }
   a.sampler.accept(id);
