@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -94,6 +95,96 @@ struct DeviceSegment {
   std::unique_ptr<DeviceCodecTables> kt, vt;
 };
 
+// h on the device as attention segment seg (its buffers in d).
+Status upload_segment(const HostSegment& h, quant::Format kfmt, quant::Format vfmt, int dim,
+                      int kv_heads, int kCap, uint64_t layer_seed, quant::CodebookCache& books,
+                      AttentionSegment& seg, DeviceSegment& d) {
+  d.k = DeviceBuffer::from(h.k_pool);
+  d.v = DeviceBuffer::from(h.v_pool);
+  d.tables = DeviceBuffer::from(h.tables);
+  d.lengths = DeviceBuffer::from(h.lengths);
+  TQ_ASSIGN_OR_RETURN(DeviceCodecTables kt,
+                      DeviceCodecTables::create(kfmt, dim, layer_seed, books));
+  TQ_ASSIGN_OR_RETURN(DeviceCodecTables vt,
+                      DeviceCodecTables::create(vfmt, dim, layer_seed, books));
+  d.kt = std::make_unique<DeviceCodecTables>(std::move(kt));
+  d.vt = std::make_unique<DeviceCodecTables>(std::move(vt));
+  for (PagedPool* p : {&seg.k, &seg.v}) {
+    const bool is_k = p == &seg.k;
+    p->format = is_k ? kfmt : vfmt;
+    p->head_dim = dim;
+    p->block_tokens = kCap;
+    p->n_kv_heads = kv_heads;
+    p->data = is_k ? d.k.get<uint8_t>() : d.v.get<uint8_t>();
+    p->norm_correction = true;
+    p->tables = is_k ? d.kt->view() : d.vt->view();
+  }
+  seg.block_tables = d.tables.get<int32_t>();
+  seg.max_blocks = h.max_blocks;
+  seg.lengths = d.lengths.get<int32_t>();
+  seg.max_length = *std::max_element(h.lengths.begin(), h.lengths.end());
+  return ok_status();
+}
+
+// One segment's part of a reference: the first `len` tokens of sequence `seq` (none when seg is
+// null).
+struct RefPart {
+  const HostSegment* seg;
+  int seq;
+  int len;
+};
+
+// max |o - ref| / max |ref| of query head qh (KV head kvh) over the parts' tokens, the reference
+// in float64 from the decoded vectors; -1 when o is not finite, or not 0 where there are no
+// tokens at all (the kernel defines that output as 0; it returns 0 then).
+double reference_error(std::initializer_list<RefPart> parts, const float* qh, int kvh, int kv_heads,
+                       int dim, double scale, const float* o) {
+  std::vector<double> scores, ref(dim, 0.0);
+  std::vector<const float*> vals;
+  for (const RefPart& p : parts)
+    for (int t = 0; p.seg && t < p.len; ++t) {
+      const size_t i = (static_cast<size_t>(t) * kv_heads + kvh) * dim;
+      double dot = 0.0;
+      for (int j = 0; j < dim; ++j) dot += static_cast<double>(qh[j]) * p.seg->k_dec[p.seq][i + j];
+      scores.push_back(dot * scale);
+      vals.push_back(p.seg->v_dec[p.seq].data() + i);
+    }
+  if (scores.empty()) {
+    for (int j = 0; j < dim; ++j)
+      if (o[j] != 0.0f) return -1.0;
+    return 0.0;
+  }
+  const double m = *std::max_element(scores.begin(), scores.end());
+  double z = 0.0;
+  for (size_t t = 0; t < scores.size(); ++t) {
+    const double w = std::exp(scores[t] - m);
+    z += w;
+    for (int j = 0; j < dim; ++j) ref[j] += w * vals[t][j];
+  }
+  double ref_max = 0.0, err = 0.0;
+  for (int j = 0; j < dim; ++j) {
+    ref[j] /= z;
+    ref_max = std::max(ref_max, std::fabs(ref[j]));
+  }
+  for (int j = 0; j < dim; ++j) {
+    if (!std::isfinite(o[j])) return -1.0;
+    err = std::max(err, std::fabs(o[j] - ref[j]));
+  }
+  return err / std::max(ref_max, 1e-30);
+}
+
+// The rows of one sequence as n queries that share its block table (a prefill pass): every
+// query's table is the sequence's, query i sees lengths[i] of its tokens.
+void share_table(HostSegment& h, const std::vector<int>& lengths) {
+  const std::vector<int32_t> table(h.tables.begin(), h.tables.begin() + h.max_blocks);
+  h.tables.clear();
+  h.lengths.clear();
+  for (int len : lengths) {
+    h.tables.insert(h.tables.end(), table.begin(), table.end());
+    h.lengths.push_back(len);
+  }
+}
+
 struct AttnCase {
   const char* k;
   const char* v;
@@ -161,32 +252,8 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
 
   const auto upload = [&](const HostSegment& h, quant::Format kfmt, quant::Format vfmt,
-                          AttentionSegment& seg, DeviceSegment& d) -> Status {
-    d.k = DeviceBuffer::from(h.k_pool);
-    d.v = DeviceBuffer::from(h.v_pool);
-    d.tables = DeviceBuffer::from(h.tables);
-    d.lengths = DeviceBuffer::from(h.lengths);
-    TQ_ASSIGN_OR_RETURN(DeviceCodecTables kt,
-                        DeviceCodecTables::create(kfmt, dim, layer_seed, books));
-    TQ_ASSIGN_OR_RETURN(DeviceCodecTables vt,
-                        DeviceCodecTables::create(vfmt, dim, layer_seed, books));
-    d.kt = std::make_unique<DeviceCodecTables>(std::move(kt));
-    d.vt = std::make_unique<DeviceCodecTables>(std::move(vt));
-    for (PagedPool* p : {&seg.k, &seg.v}) {
-      const bool is_k = p == &seg.k;
-      p->format = is_k ? kfmt : vfmt;
-      p->head_dim = dim;
-      p->block_tokens = kCap;
-      p->n_kv_heads = kv_heads;
-      p->data = is_k ? d.k.get<uint8_t>() : d.v.get<uint8_t>();
-      p->norm_correction = true;
-      p->tables = is_k ? d.kt->view() : d.vt->view();
-    }
-    seg.block_tables = d.tables.get<int32_t>();
-    seg.max_blocks = h.max_blocks;
-    seg.lengths = d.lengths.get<int32_t>();
-    seg.max_length = *std::max_element(h.lengths.begin(), h.lengths.end());
-    return ok_status();
+                          AttentionSegment& seg, DeviceSegment& d) {
+    return upload_segment(h, kfmt, vfmt, dim, kv_heads, kCap, layer_seed, books, seg, d);
   };
 
   DecodeAttentionParams p;
@@ -290,43 +357,13 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   double worst = 0.0;
   for (int s = 0; s < n_seqs; ++s)
     for (int h = 0; h < n_heads; ++h) {
-      const int kvh = h / c.group;
       const float* qh = q.data() + (static_cast<size_t>(s) * n_heads + h) * dim;
-      std::vector<double> scores, ref(dim, 0.0);
-      std::vector<const float*> vals;
-      const auto add = [&](const HostSegment& seg, int len) {
-        for (int t = 0; t < len; ++t) {
-          const size_t i = (static_cast<size_t>(t) * kv_heads + kvh) * dim;
-          double dot = 0.0;
-          for (int j = 0; j < dim; ++j) dot += static_cast<double>(qh[j]) * seg.k_dec[s][i + j];
-          scores.push_back(dot * scale);
-          vals.push_back(seg.v_dec[s].data() + i);
-        }
-      };
-      add(*main, lens_main[s]);
-      if (c.window) add(*win, lens_win[s]);
       const float* o = out.data() + (static_cast<size_t>(s) * n_heads + h) * dim;
-      if (scores.empty()) {  // no tokens at all: the kernel defines the output as 0
-        for (int j = 0; j < dim; ++j) ASSERT_EQ(o[j], 0.0f) << "seq " << s << " head " << h;
-        continue;
-      }
-      const double m = *std::max_element(scores.begin(), scores.end());
-      double z = 0.0;
-      for (size_t t = 0; t < scores.size(); ++t) {
-        const double w = std::exp(scores[t] - m);
-        z += w;
-        for (int j = 0; j < dim; ++j) ref[j] += w * vals[t][j];
-      }
-      double ref_max = 0.0, err = 0.0;
-      for (int j = 0; j < dim; ++j) {
-        ref[j] /= z;
-        ref_max = std::max(ref_max, std::fabs(ref[j]));
-      }
-      for (int j = 0; j < dim; ++j) {
-        ASSERT_TRUE(std::isfinite(o[j])) << "seq " << s << " head " << h << " dim " << j;
-        err = std::max(err, std::fabs(o[j] - ref[j]));
-      }
-      const double rel = err / std::max(ref_max, 1e-30);
+      const double rel = reference_error(
+          {{&*main, s, lens_main[s]}, {c.window ? &*win : nullptr, s, c.window ? lens_win[s] : 0}},
+          qh, h / c.group, kv_heads, dim, scale, o);
+      ASSERT_GE(rel, 0.0) << "seq " << s << " head " << h
+                          << ": not finite, or not 0 without tokens";
       worst = std::max(worst, rel);
       EXPECT_LE(rel, kAttnTol) << c.k << "/" << c.v << " d=" << dim << " seq " << s << " (len "
                                << lens_main[s] << ") head " << h << " seed " << kSeed;
@@ -335,6 +372,97 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   std::printf(
       "[          ] %s/%s d=%d window=%d group=%d block=%d: max rel err %.3g (bound %.0e)\n", c.k,
       c.v, dim, c.window, c.group, kCap, worst, kAttnTol);
+}
+
+// Queries that share one block table (DecodeAttentionParams::queries_share_table: a prefill
+// pass's rows, 8 / group of them a CTA) against the float64 reference, each at its own length:
+// an empty query, a plateau of three (rows whose prefix stops at the window's cut) and the last
+// 17 causal positions of a sequence, with and without the f16 window (its rows: 0, 1, 2, ...,
+// as the sinks and the pass's own rows). Groups 4 and 3 (two queries a CTA; with 3 a lane's two
+// columns can be two queries) and 1 (eight); 17000 tokens in one split read pages past the
+// listed ones from the block table.
+TEST(DecodeAttentionShared, EveryQueryMatchesFloat64Reference) {
+  TQ_REQUIRE_GPU();
+  struct SharedCase {
+    const char* k;
+    const char* v;
+    int dim, group;
+    bool window;
+    int depth, max_splits;
+  };
+  const SharedCase cases[] = {{"tq4", "tq4", 128, 4, false, 2100, 5},
+                              {"tq4", "tq3", 128, 1, true, 700, 0},
+                              {"f16", "f16", 128, 3, false, 1500, 0},
+                              {"tq2", "tq2", 64, 4, true, 900, 3},
+                              {"tq4", "tq2", 128, 3, false, 17000, 1}};
+  for (const SharedCase& c : cases) {
+    SCOPED_TRACE(std::string(c.k) + "/" + c.v + " d" + std::to_string(c.dim) + " g" +
+                 std::to_string(c.group));
+    const quant::Format kf = *quant::parse_format(c.k), vf = *quant::parse_format(c.v);
+    const int dim = c.dim, kv_heads = 2, n_heads = kv_heads * c.group, kCap = 32;
+    std::vector<int> lens = {0, c.depth - 40, c.depth - 40, c.depth - 40}, wins;
+    for (int i = 16; i >= 0; --i) lens.push_back(c.depth - i);
+    for (size_t i = 0; i < lens.size(); ++i) wins.push_back(static_cast<int>(i));
+    const int n = static_cast<int>(lens.size());
+    const uint64_t layer_seed = derive_seed(kSeed, 5);
+    quant::CodebookCache books;
+    auto main = build_segment(kf, vf, dim, kv_heads, kCap, {c.depth}, kSeed + 3, books, layer_seed);
+    ASSERT_TRUE(main.ok()) << main.status().to_string();
+    share_table(*main, lens);
+    Expected<HostSegment> win = Status(StatusCode::kNotFound, "no window");
+    if (c.window) {
+      win = build_segment(quant::kFormatF16, quant::kFormatF16, dim, kv_heads, kCap, {n}, kSeed + 4,
+                          books, layer_seed);
+      ASSERT_TRUE(win.ok()) << win.status().to_string();
+      share_table(*win, wins);
+    }
+    const std::vector<float> q = test::outlier_data(n, n_heads, dim, kSeed + 9, false, 1.0f);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+    DecodeAttentionParams p;
+    p.n_seqs = n;
+    p.n_heads = n_heads;
+    p.scale = scale;
+    p.queries_share_table = true;
+    p.max_splits = c.max_splits;
+    DeviceSegment dmain, dwin;
+    Status st =
+        upload_segment(*main, kf, vf, dim, kv_heads, kCap, layer_seed, books, p.main, dmain);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    if (c.window) {
+      st = upload_segment(*win, quant::kFormatF16, quant::kFormatF16, dim, kv_heads, kCap,
+                          layer_seed, books, p.window, dwin);
+      ASSERT_TRUE(st.ok()) << st.to_string();
+    }
+    DeviceBuffer dq = DeviceBuffer::from(q);
+    DeviceBuffer dout = DeviceBuffer::from(std::vector<float>(q.size(), NAN));  // poisoned
+    p.q = dq.get<float>();
+    p.out = dout.get<float>();
+    auto plan = plan_decode_attention(p);
+    ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+    EXPECT_EQ(plan->queries, 8 / c.group);
+    EXPECT_EQ(plan->main_split_budget, 0);
+    DeviceBuffer ws(plan->workspace_bytes);
+    p.workspace = ws.get();
+    p.workspace_bytes = ws.bytes();
+    st = decode_attention(p, *plan, nullptr);
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    TQ_CUDA_OK(cudaDeviceSynchronize());
+    const std::vector<float> out = dout.to_host<float>();
+    double worst = 0.0;
+    for (int s = 0; s < n; ++s)
+      for (int h = 0; h < n_heads; ++h) {
+        const float* qh = q.data() + (static_cast<size_t>(s) * n_heads + h) * dim;
+        const float* o = out.data() + (static_cast<size_t>(s) * n_heads + h) * dim;
+        const double rel = reference_error(
+            {{&*main, 0, lens[s]}, {c.window ? &*win : nullptr, 0, c.window ? wins[s] : 0}}, qh,
+            h / c.group, kv_heads, dim, scale, o);
+        ASSERT_GE(rel, 0.0) << "query " << s << " head " << h;
+        worst = std::max(worst, rel);
+        EXPECT_LE(rel, kAttnTol) << "query " << s << " (len " << lens[s] << ") head " << h;
+      }
+    std::printf("[          ] shared table %s/%s d=%d group=%d window=%d: max rel err %.3g\n", c.k,
+                c.v, dim, c.group, c.window, worst);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(

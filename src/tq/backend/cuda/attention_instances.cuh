@@ -24,6 +24,9 @@ struct AttnInstance {
   Status (*launch_by_length)(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs,
                              cudaStream_t stream, bool pdl);
   int by_length_max_tokens;
+  // The kernel for queries that share a block table (kShared; grid z = query blocks).
+  Status (*launch_shared)(const AttnArgs& a, int splits, int n_kv_heads, int n_blocks,
+                          cudaStream_t stream, bool pdl);
   // Resident CTAs per SM (0 when the kernel cannot launch).
   int (*occupancy)();
 };
@@ -34,11 +37,11 @@ struct AttnInstanceList {
 };
 
 // By length the grid is (splits = the budget, KV heads, 1).
-template <class KF, class VF, int kDim, int kCap, bool kByLength>
+template <class KF, class VF, int kDim, int kCap, bool kByLength, bool kShared = false>
 Status launch_attention(const AttnArgs& a, int splits, int n_kv_heads, int n_seqs,
                         cudaStream_t stream, bool pdl) {
   constexpr int kSmem = attn_smem_bytes<KF, VF, kDim, kCap, kByLength>();
-  const auto kernel = attention_kernel<KF, VF, kDim, kCap, kByLength>;
+  const auto kernel = attention_kernel<KF, VF, kDim, kCap, kByLength, kShared>;
   if (kSmem > 48 * 1024)
     TQ_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   TQ_CUDA_TRY(launch_maybe_pdl(kernel, dim3(splits, n_kv_heads, kByLength ? 1 : n_seqs),
@@ -80,6 +83,7 @@ constexpr AttnInstance attn_instance(quant::Format k, quant::Format v) {
           &launch_attention<KF, VF, kDim, kCap, false>,
           attn_launch_by_length<KF, VF, kDim, kCap>(),
           attn_page_list<KF, VF, kCap>() ? kAttnPagesByLength * kCap : 0,
+          &launch_attention<KF, VF, kDim, kCap, false, true>,
           &attention_occupancy<KF, VF, kDim, kCap>};
 }
 

@@ -327,6 +327,7 @@ AttnArgs segment_args(const AttentionSegment& s, const DecodeAttentionParams& p,
   a.split_offset = split_offset;
   a.splits_total = plan.main_splits + plan.window_splits;
   a.n_seqs = p.n_seqs;
+  a.queries = plan.queries;
   return a;
 }
 
@@ -379,14 +380,17 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaGetDevice(&dev));
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
-  const int pairs = p.n_seqs * plan.n_kv_heads;
+  // Queries sharing a table: 8 / group of them a CTA (group 4: 2, group 1: 8), one "pair" each.
+  plan.queries = p.queries_share_table ? std::max(8 / plan.group, 1) : 1;
+  const int q_blocks = (p.n_seqs + plan.queries - 1) / plan.queries;
+  const int pairs = q_blocks * plan.n_kv_heads;
   const int slots = num_sms * std::max(main->occupancy(), 1);  // resident CTAs: one wave
   const SplitPlan mp =
       plan_splits(p.main.max_length, pairs, slots,
                   p.main.k.format.is_tq() ? kTqSplitCost : kF16SplitCost, p.max_splits);
   plan.main_tokens_per_split = mp.tokens_per_split;
   plan.main_splits = mp.splits;
-  if (p.split_by_length && main->launch_by_length) {  // (split_plan.h: where it pays)
+  if (p.split_by_length && main->launch_by_length && plan.queries == 1) {  // (split_plan.h)
     const ByLengthPlan b =
         plan_by_length(mp, p.n_seqs, pairs, slots, p.max_splits, main->by_length_max_tokens);
     plan.main_split_budget = b.budget;
@@ -437,7 +441,8 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   TQ_RETURN_IF_ERROR(validate_params(p));
   const auto* main = static_cast<const AttnInstance*>(plan.main_instance);
   const auto* window = static_cast<const AttnInstance*>(plan.window_instance);
-  if (!main || plan.dim != p.main.k.head_dim || (p.window.present() && !window))
+  if (!main || plan.dim != p.main.k.head_dim || (p.window.present() && !window) ||
+      (plan.queries > 1) != (p.queries_share_table && 8 / plan.group > 1))
     return invalid_argument("decode attention: the plan was made for other parameters");
   if (p.main.max_length > plan.main_tokens_per_split * plan.main_splits ||
       (window && p.window.max_length > plan.window_tokens_per_split * plan.window_splits))
@@ -497,6 +502,10 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     if (plan.main_split_budget > 0)
       TQ_RETURN_IF_ERROR(main->launch_by_length(a, plan.main_split_budget, plan.n_kv_heads,
                                                 p.n_seqs, stream, pdl));
+    else if (plan.queries > 1)
+      TQ_RETURN_IF_ERROR(main->launch_shared(a, plan.main_splits, plan.n_kv_heads,
+                                             (p.n_seqs + plan.queries - 1) / plan.queries, stream,
+                                             pdl));
     else
       TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream, pdl));
   }
@@ -509,8 +518,14 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
       a.split_offset = 0;
     }
     raw_query(a, nullptr);
-    TQ_RETURN_IF_ERROR(window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, side,
-                                      !fork && p.overlap_launches && fused_query));
+    const bool window_pdl = !fork && p.overlap_launches && fused_query;
+    if (plan.queries > 1)
+      TQ_RETURN_IF_ERROR(window->launch_shared(a, plan.window_splits, plan.n_kv_heads,
+                                               (p.n_seqs + plan.queries - 1) / plan.queries, side,
+                                               window_pdl));
+    else
+      TQ_RETURN_IF_ERROR(
+          window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, side, window_pdl));
   }
   if (fork) {
     TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.join_event), side));

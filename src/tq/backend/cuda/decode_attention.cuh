@@ -75,6 +75,10 @@ struct AttnArgs {
   // dependence that keeps those loads after the current step's first use of its codes (see
   // attention_kernel).
   uint32_t zero;
+  // Queries that share a block table (the kernels instanced with kShared, a pass of one
+  // sequence's tokens): CTA z takes queries z * queries .. + queries - 1 as its mma columns
+  // (query c / group, head c % group), each with its own length.
+  int queries;
 #ifdef TQ_ATTN_TIMELINE
   unsigned long long* timeline;  // [CTA][10] %globaltimer stamps (diagnostic build only)
 #endif
@@ -177,14 +181,16 @@ namespace dev {
 // q_sh[h][0..kDim) = the prepared query of head h < group of this CTA's KV head (AttnArgs::q_raw):
 // a warp per head, kDim / 32 consecutive elements per lane, rotated by lane_fwht (the prepare
 // kernel's block_fwht butterflies in the same order, so the same floats).
-template <int kDim>
+// kShared: columns h < `columns` are query seq + h / group's head h % group.
+template <int kDim, bool kShared = false>
 __device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, int kvh,
-                                                    __half* q_sh) {
+                                                    __half* q_sh, int columns = 0) {
   constexpr int kE = kDim / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int h = warp; h < a.group; h += kAttnWarps) {
+  for (int h = warp; h < (kShared ? columns : a.group); h += kAttnWarps) {
+    const int qs = kShared ? seq + h / a.group : seq, qh = kShared ? h % a.group : h;
     const float* qp =
-        a.q_raw + (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + h) * kDim + lane * kE;
+        a.q_raw + (static_cast<size_t>(qs) * a.n_heads + kvh * a.group + qh) * kDim + lane * kE;
     float x[kE];
 #pragma unroll
     for (int e = 0; e < kE; ++e) x[e] = __ldg(qp + e);
@@ -263,9 +269,12 @@ constexpr int attn_min_blocks() {
 // kByLength: the CTAs split the sequences by length (AttnArgs::split_budget); its own kernel, so
 // that the other keeps its registers (the sequence and the split's start come from shared
 // memory here, not from the block index).
-template <class KF, class VF, int kDim, int kCap, bool kByLength>
+// kShared (never with kByLength): the CTA's queries share the block table of its first
+// (AttnArgs::queries), each masked at its own length.
+template <class KF, class VF, int kDim, int kCap, bool kByLength, bool kShared = false>
 __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     attention_kernel(const AttnArgs a) {
+  static_assert(!(kShared && kByLength));
   using namespace dev;
   constexpr int kStep = attn_step_tokens<KF, VF>();
   constexpr int kNT = kStep / 8;   // token rows per lane and step (tokens 8j + g)
@@ -321,21 +330,41 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // The split's tokens [first_tok, first_tok + tokens_per_split) of the sequence. The loop counts
   // tokens from `begin`: first_tok, or 0 by length (the loop then holds no split start of its
   // own; the block-table reads add first_tok back).
-  const int len = __ldg(a.lengths + seq);
+  // kShared: this CTA's queries seq .. seq + nq - 1; len the longest, len_min the shortest.
+  [[maybe_unused]] int nq = 1;
+  if constexpr (kShared) seq = blockIdx.z * a.queries, nq = min(a.queries, a.n_seqs - seq);
+  int len = __ldg(a.lengths + seq);
+  [[maybe_unused]] int len_min = len;
+  if constexpr (kShared)
+    for (int i = 1; i < nq; ++i) {
+      const int l = __ldg(a.lengths + seq + i);
+      len = max(len, l);
+      len_min = min(len_min, l);
+    }
   const int first_tok = split * tokens_per_split;
   const int begin = kByLength ? 0 : first_tok;
   const int end = min(len, first_tok + tokens_per_split) - (first_tok - begin);
+  // Steps before end_full hold no token past any query's end (kShared: the shortest's).
+  const int end_full =
+      kShared ? min(len_min, first_tok + tokens_per_split) - (first_tok - begin) : end;
+  const int columns = kShared ? nq * a.group : a.group;
   const size_t part =
       kByLength
           ? a.part_base + (static_cast<size_t>(kvh) * a.split_budget + blockIdx.x) * a.group
           : a.part_base + (static_cast<size_t>(seq) * a.n_heads + kvh * a.group) * a.splits_total +
                 a.split_offset + split;
   const size_t head_stride = kByLength ? 1 : a.splits_total;  // between the group's partials
+  // Column c's partial (kShared: query seq + c / group, head c % group).
+  const auto part_of = [&](int c) {
+    if constexpr (kShared)
+      return part + (static_cast<size_t>(c / a.group) * a.n_heads + c % a.group) * a.splits_total;
+    else
+      return part + static_cast<size_t>(c) * head_stride;
+  };
   // A CTA that ends without a loop still writes its group's (max, sum): weight 0 (an empty
   // split), or NaN (a layout the kernel cannot serve: the merge's output shows it).
   const auto end_with_partials = [&](float2 ml) {
-    for (int h = threadIdx.x; h < a.group; h += blockDim.x)
-      a.part_ml[part + static_cast<size_t>(h) * head_stride] = ml;
+    for (int h = threadIdx.x; h < columns; h += blockDim.x) a.part_ml[part_of(h)] = ml;
   };
   if (begin >= end) {  // an empty split still writes its partial (weight 0)
     dev::pdl_wait();
@@ -492,7 +521,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
   }
   __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
-  if (a.q_raw) prepare_group_query<kDim>(a, seq, kvh, q_sh);
+  if (a.q_raw) prepare_group_query<kDim, kShared>(a, seq, kvh, q_sh, columns);
   __syncthreads();
   if (threadIdx.x == 0) TQ_TL(2);
 
@@ -519,9 +548,12 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   uint32_t qa[kKT][2];
   uint32_t qs[kQjl ? kKT : 1][2];
   {
-    const bool live = g < a.group;
-    const size_t row =
-        (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + (live ? g : 0)) * kDim;
+    const bool live = g < columns;
+    size_t row = (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + (live ? g : 0)) * kDim;
+    if constexpr (kShared)  // column g: query seq + g / group, head g % group
+      row = (static_cast<size_t>(seq + (live ? g : 0) / a.group) * a.n_heads + kvh * a.group +
+             (live ? g : 0) % a.group) *
+            kDim;
     const __half* qp = a.q_raw ? q_sh + (live ? g : 0) * kDim : a.q + row;
 #pragma unroll
     for (int kk = 0; kk < kKT; ++kk)
@@ -535,6 +567,19 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
           qs[kk][e] = live ? h2_bits(__halves2half2(sp[t * kKN + i], sp[t * kKN + i + 1])) : 0u;
         }
       }
+  }
+
+  // kShared: where the lane's columns 2t and 2t + 1 end (counted like `end`; a column past the
+  // CTA's queries ends with the longest, its scores never read).
+  [[maybe_unused]] int col_end0 = end, col_end1 = end;
+  if constexpr (kShared) {
+    const auto col_end = [&](int c) {
+      const int qi = c / a.group;
+      const int l = qi < nq ? __ldg(a.lengths + seq + qi) : len;
+      return min(l, first_tok + tokens_per_split) - (first_tok - begin);
+    };
+    col_end0 = col_end(2 * t);
+    col_end1 = col_end(2 * t + 1);
   }
 
   // Running maxima of heads 2t, 2t + 1 (log2 units; the same in the 8 lanes of column t) and
@@ -637,8 +682,18 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         s[tt][2] *= k1n;
         s[tt][3] *= k1n;
       }
-      if (!kFull && 16 * tt + g >= valid) s[tt][0] = s[tt][1] = -INFINITY;
-      if (!kFull && 16 * tt + 8 + g >= valid) s[tt][2] = s[tt][3] = -INFINITY;
+      if constexpr (kShared) {  // each column at its query's end
+        if (!kFull) {
+          const int r0 = tok0 + 16 * tt + g, r1 = r0 + 8;
+          if (r0 >= col_end0) s[tt][0] = -INFINITY;
+          if (r0 >= col_end1) s[tt][1] = -INFINITY;
+          if (r1 >= col_end0) s[tt][2] = -INFINITY;
+          if (r1 >= col_end1) s[tt][3] = -INFINITY;
+        }
+      } else {
+        if (!kFull && 16 * tt + g >= valid) s[tt][0] = s[tt][1] = -INFINITY;
+        if (!kFull && 16 * tt + 8 + g >= valid) s[tt][2] = s[tt][3] = -INFINITY;
+      }
     }
 
     // The next step's values, now that the decoded keys' registers are free.
@@ -740,21 +795,29 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       // last step can be partial.
       Ahead ka = first, kb;
       for (;;) {
-        if (end - tok0 < kStep) break;
+        if (end_full - tok0 < kStep) break;
         step(tok0, std::true_type{}, ka, kb);
         tok0 += kStride;
-        if (end - tok0 < kStep) {
+        if (end_full - tok0 < kStep) {
           if (tok0 < end) ka = kb;
           break;
         }
         step(tok0, std::true_type{}, kb, ka);
         tok0 += kStride;
       }
-      if (tok0 < end) step(tok0, std::false_type{}, ka, kb);
+      if constexpr (kShared) {  // every step some query ends in (all of a warp's last ones)
+        while (tok0 < end) {
+          step(tok0, std::false_type{}, ka, kb);
+          tok0 += kStride;
+          if (tok0 < end) ka = kb;
+        }
+      } else if (tok0 < end) {
+        step(tok0, std::false_type{}, ka, kb);
+      }
     } else {
       Ahead unused;
       for (; tok0 < end; tok0 += kStride) {
-        if (end - tok0 >= kStep)
+        if (end_full - tok0 >= kStep)
           step(tok0, std::true_type{}, unused, unused);
         else
           step(tok0, std::false_type{}, unused, unused);
@@ -789,7 +852,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     base[(2 * t + 1) * kDim + d1] = o[mm][3];
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < a.group * kDim; i += blockDim.x) {
+  for (int i = threadIdx.x; i < columns * kDim; i += blockDim.x) {
     const int h = i / kDim, d = i % kDim;
     float m = -INFINITY;
 #pragma unroll
@@ -803,7 +866,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         l += f * red_l[w * 8 + h];
       }
     }
-    const size_t p = part + static_cast<size_t>(h) * head_stride;
+    const size_t p = part_of(h);
     a.part_o[p * kDim + d] = acc;
     if (d == 0) a.part_ml[p] = make_float2(m, l);
   }

@@ -130,6 +130,11 @@ struct DecodeAttentionParams {
   // the plan judges it pays (plan_decode_attention: long enough splits, at most two waves of
   // CTAs, formats with such a kernel). false: every sequence is cut as the longest (max_length).
   bool split_by_length = true;
+  // The n_seqs queries read one block table (each row's table equal to the first's) with
+  // lengths of their own: a pass of one sequence's tokens. Its kernels take 8 / group queries a
+  // CTA as the tensor-core columns GQA leaves empty, reading each page once for all of them
+  // (every row still gets its own output). Not with splits by length.
+  bool queries_share_table = false;
   // The attention and merge kernels launched with programmatic dependence (sm_90): attention
   // CTAs build their code tables while the kernel before them (the K/V write) still runs.
   bool overlap_launches = false;
@@ -156,6 +161,7 @@ struct DecodeAttentionPlan {
   int main_split_budget = 0, main_split_cap = 0;
   int window_tokens_per_split = 0, window_splits = 0;
   int dim = 0, n_kv_heads = 0, group = 0;
+  int queries = 1;  // queries a CTA (queries_share_table)
   size_t q_main = 0, q_sketch = 0, q_win = 0, part_o = 0, part_ml = 0;  // workspace offsets
   size_t workspace_bytes = 0;
 };

@@ -144,11 +144,14 @@ ExactRowsParams exact_rows(CudaModel::Impl& m, int seq) {
   return e;
 }
 
-// Decode attention's parameters for the pass's n queries over layer D's pools.
-DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length) {
+// Decode attention's parameters for the pass's n queries over layer D's pools; `shared`: the
+// queries are one slot's rows (one block table).
+DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length,
+                                       bool shared) {
   const LlamaDesc& d = m.shape;
   DecodeAttentionParams p;
   p.n_seqs = n;
+  p.queries_share_table = shared;
   p.n_heads = d.n_heads;
   p.q = m.q.as<float>();
   p.out_f16 = reinterpret_cast<uint16_t*>(m.xn.as<__half>());  // for the output matmul
@@ -180,19 +183,20 @@ DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n
 // cached one does not cover max_length (planning queries kernel occupancy), with the attention
 // workspace grown to fit it.
 Expected<const DecodeAttentionPlan*> attention_plan(CudaModel::Impl& m, DeviceLayer& D, int n,
-                                                    int max_length, int plan_length) {
+                                                    int max_length, int plan_length,
+                                                    bool shared = false) {
   CudaModel::Impl::CachedPlan* cached = nullptr;
   for (auto& c : m.plans)
-    if (c.formats == D.formats && c.n_seqs == n) cached = &c;
+    if (c.formats == D.formats && c.n_seqs == n && c.shared == shared) cached = &c;
   const int exact = std::min(max_length, m.opt.kv.sinks + m.opt.kv.window);
   if (cached == nullptr ||
       max_length > cached->plan.main_tokens_per_split * cached->plan.main_splits ||
       (m.exact_blocks > 0 &&
        exact > cached->plan.window_tokens_per_split * cached->plan.window_splits)) {
     TQ_ASSIGN_OR_RETURN(DecodeAttentionPlan plan,
-                        plan_decode_attention(attention_params(m, D, n, plan_length)));
+                        plan_decode_attention(attention_params(m, D, n, plan_length, shared)));
     if (cached == nullptr) {
-      m.plans.push_back({D.formats, n, plan});
+      m.plans.push_back({D.formats, n, shared, plan});
       cached = &m.plans.back();
     } else {
       cached->plan = plan;
@@ -217,10 +221,11 @@ struct AttendOutput {
 };
 
 // Decode attention of the pass's n queries over layer D's pools.
-Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length, const AttendOutput& out) {
+Status attend(CudaModel::Impl& m, DeviceLayer& D, int n, int max_length, bool shared,
+              const AttendOutput& out) {
   TQ_ASSIGN_OR_RETURN(const DecodeAttentionPlan* plan,
-                      attention_plan(m, D, n, max_length, max_length));
-  DecodeAttentionParams p = attention_params(m, D, n, max_length);
+                      attention_plan(m, D, n, max_length, max_length, shared));
+  DecodeAttentionParams p = attention_params(m, D, n, max_length, shared);
   p.out_q8 = out.q8.q;
   p.out_q8_scales = out.q8.s;
   p.out_scale = out.scale;
@@ -336,7 +341,9 @@ Status run_layer(CudaModel::Impl& m, int l, const PassRows& rows) {
     out.scale = stat(D.v_scale);
     out.scale_rows = batch ? m.row_seqs.as<int32_t>() : nullptr;
   }
-  TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length, out).with_context("attention"));
+  // A pass of one slot's tokens: its queries share the slot's pages.
+  const bool shared = seq >= 0 && n > 1;
+  TQ_RETURN_IF_ERROR(attend(m, D, n, rows.max_length, shared, out).with_context("attention"));
   TQ_RETURN_IF_ERROR(matmul(m, D.w_o.view(), xn, n, x, 1.0f, x_q8));  // x += Wo att
 
   TQ_RETURN_IF_ERROR(rmsnorm_rows(x, D.ffn_norm.as<float>(), n, d.dim, d.rms_eps, xn, s, q8));

@@ -160,6 +160,7 @@ struct CudaModel::Impl {
   struct CachedPlan {
     kv::LayerFormats formats;
     int n_seqs = 0;
+    bool shared = false;  // DecodeAttentionParams::queries_share_table
     DecodeAttentionPlan plan;
   };
   std::vector<CachedPlan> plans;

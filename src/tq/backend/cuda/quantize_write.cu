@@ -58,11 +58,16 @@ constexpr int kWarpMaxVectors = 4096;
 using TeamFn = Status (*)(const WriteArgs&, int vectors, cudaStream_t);
 
 // Grid-stride: at most one wave of resident blocks, so each team prefetches its next vector.
-template <auto kKernel, int kTeams>
+// kSmem: the kernel's dynamic shared memory.
+template <auto kKernel, int kTeams, int kSmem = 0>
 Status launch_one_wave(const WriteArgs& a, int vectors, cudaStream_t s) {
+  // Static and dynamic shared memory together may pass 48 KB (the QJL kernel: 20 + 34 KB), which
+  // needs the opt-in; per device, so before every launch, as the attention kernels do.
+  if (kSmem > 0)
+    TQ_CUDA_TRY(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   static const int per_sm = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, kWriteThreads, 0) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, kWriteThreads, kSmem) !=
         cudaSuccess) {
       (void)cudaGetLastError();
       n = 0;
@@ -73,7 +78,7 @@ Status launch_one_wave(const WriteArgs& a, int vectors, cudaStream_t s) {
   TQ_CUDA_TRY(cudaGetDevice(&dev));
   TQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int blocks = std::min((vectors + kTeams - 1) / kTeams, per_sm * std::max(sms, 1));
-  kKernel<<<blocks, kWriteThreads, 0, s>>>(a);
+  kKernel<<<blocks, kWriteThreads, kSmem, s>>>(a);
   return ok_status();
 }
 
@@ -82,7 +87,8 @@ template <int kDim, int kBits, bool kF16, bool kQjl>
 Status launch_team(const WriteArgs& a, int vectors, cudaStream_t s) {
   constexpr int kTeams = kWriteThreads / (kDim / 32);
   if constexpr (kQjl)
-    return launch_one_wave<tq_qjl_team_kernel<kDim, kBits, kF16>, kTeams>(a, vectors, s);
+    return launch_one_wave<tq_qjl_team_kernel<kDim, kBits, kF16>, kTeams, qjl_smem_bytes<kDim>()>(
+        a, vectors, s);
   else
     return launch_one_wave<tq_team_kernel<kDim, kBits, kF16>, kTeams>(a, vectors, s);
 }

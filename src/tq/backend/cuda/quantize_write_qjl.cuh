@@ -2,24 +2,31 @@
 // the 1-bit sketch sign(S r) of the residual r = y - C[idx] on the tensor cores.
 //
 // The CPU-order kernel (quantize_write.cuh) computes S r per vector as d x d float64 products,
-// 16k FMA64 per vector at d 128: 0.01 of the copy bandwidth. Here a CTA encodes kTeams vectors a
-// round (one per team of d / 32 lanes, TeamLayout), stages their residuals in shared memory as
-// fp16, and its warps take R S^T as one GEMM, m16n8k16 with fp32 accumulation: vectors are the
-// M side, sketch rows the N side; each warp holds the B fragments of its d / 4 rows of S in
-// registers for the whole kernel, so S is read once per CTA and every round reads only the
-// staged residuals (ldmatrix). Each quad of lanes ORs its accumulators' sign bits into the
-// vector's word of the warp's rows (two shuffles), and after the next round's barrier the
-// team's lane 0 stores the vector's bitstream.
+// 16k FMA64 per vector at d 128: 0.01 of the copy bandwidth. Here each warp takes R S^T for its
+// own vectors, m16n8k16 with fp32 accumulation, with no barrier and no staging:
+// - M (16 rows): the warp's vectors, 16 of them: at d 128 its 8 teams' vectors of two rounds
+//   (row g: team g's first, row g + 8 its second), at d 64 its 16 teams' vectors of one round
+//   (rows g, g + 8: teams 2g, 2g + 1);
+// - K: the dims, in an order chosen so that the A fragment a lane supplies is made of its own
+//   residual elements (at d 128 lane t of a team holds exactly the columns 2t, 2t + 1, 2t + 8,
+//   2t + 9 of every k-tile; at d 64 the two lanes of a team split them with the other team of
+//   their quad, one exchange of 8 registers);
+// - N: the sketch rows, in an order chosen so that each accumulator a lane holds is a sign of
+//   its own vector's word: at d 128 lane t of a team ends with bits 32t..32t + 31 of each of its
+//   vectors' sketches and stores that word; at d 64 a quad's lanes trade halves (two shuffles).
+// S sits in shared memory as fp16 in that order (rows: N, columns: K; filled once per CTA from
+// the float S of the pool), read as B fragments with ldmatrix, two n-tiles a load.
+// (Before 2026-12-05 a CTA staged a round's residuals in shared memory and its warps split the
+// sketch rows, S's B fragments in 64 registers a lane: 168 registers, 3 CTAs an SM, a barrier a
+// round, 0.22 of copy on an H200 from fp16 rows.)
 //
 // Precision: fp16 operands (relative rounding 2^-11 of S and of r) put the computed
 // (S r)_i within ~4e-4 ||r|| (one sigma) of the float64 value, so a sign can differ from the CPU
 // codec's where |(S r)_i| is that small: 0.7-1e-4 of the signs in the tests (tq4j d 128, tq3j
 // d 64), each where the projection is ambiguous to begin with. Codes, norms and the residual norm
-// follow tq_team_kernel's float32 contract. Head dims 64 and 128 (the B fragments of d 256 would
-// not fit in registers; d 256 takes the CPU-order kernel).
+// follow tq_team_kernel's float32 contract. Head dims 64 and 128 (d 256 would need 136 KB of S a
+// CTA; it takes the CPU-order kernel).
 #pragma once
-
-#include <type_traits>
 
 #include "tq/backend/cuda/quantize_write_fast.cuh"
 
@@ -40,76 +47,100 @@ constexpr bool qjl_team_supported() {
   return kDim == 64 || kDim == 128;
 }
 
-// kBits: the mse code bits (the prod format's bits - 1). Grid-stride over rounds of kTeams
-// vectors, every CTA's trip count uniform (its barriers), teams past the end encode the last
-// vector again and store nothing.
+// Halves per row of S in shared memory: a 16-byte skew, so the 8 rows an ldmatrix reads fall in
+// distinct banks.
+template <int kDim>
+constexpr int qjl_row_halves() {
+  return kDim + 8;
+}
+// The kernel's dynamic shared memory: S as fp16 rows.
+template <int kDim>
+constexpr int qjl_smem_bytes() {
+  return kDim * qjl_row_halves<kDim>() * 2;
+}
+
+namespace dev {
+
+// The GEMM's orders. Column p of a k-tile is what quad lane t = (p & 7) >> 1 supplies in its A
+// fragment, as piece q = (p & 1) + 2 (p >> 3) (a0/a1 pair, a2/a3 pair). At d 128 that lane is
+// team lane t and the piece its slot 4 kk + q; at d 64 team lane t & 1, slots [0, 16) for the
+// quad lanes t < 2 and [16, 32) for t >= 2. Returns the rotated coordinate (the team lane's kE
+// elements after the transform, Layout::position) that K position k = 16 kk + p stands for.
+template <int kDim, class Layout>
+__host__ __device__ constexpr int qjl_k_coordinate(int k) {
+  constexpr int kLanes = kDim / 32, kKT = kDim / 16;
+  const int kk = k / 16, p = k % 16, t = (p & 7) >> 1, q = (p & 1) + 2 * (p >> 3);
+  const int j = t % kLanes, e = 4 * kKT * (t / kLanes) + 4 * kk + q;
+  return 32 * j + Layout::position(e);
+}
+// The sketch row N position n = 8 nt + 2t + b stands for: quad lane t's accumulators of n-tile nt
+// (column 2t + b) are rows 2 kNT t + 2 nt + b, so lane t collects rows [2 kNT t, 2 kNT (t + 1)).
+template <int kDim>
+__host__ __device__ constexpr int qjl_sketch_row(int n) {
+  constexpr int kNT = kDim / 8;
+  const int nt = n / 8, t = (n % 8) >> 1, b = n & 1;
+  return 2 * kNT * t + 2 * nt + b;
+}
+
+}  // namespace dev
+
+// kBits: the mse code bits (the prod format's bits - 1). Grid-stride as tq_team_kernel: a team
+// loads its next vector while it encodes the current one; the loop is warp-uniform (the warp's
+// first team decides), teams past the end encode their last vector again and store nothing.
 template <int kDim, int kBits, bool kF16In>
-__global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const WriteArgs a) {
+__global__ void __launch_bounds__(kWriteThreads, 4) tq_qjl_team_kernel(const WriteArgs a) {
   static_assert(qjl_team_supported<kDim>());
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8, kSignBytes = kDim / 8;
-  constexpr int kWarps = kWriteThreads / 32;
-  constexpr int kMT = kTeams / 16;        // m-tiles: 16 vectors each
-  constexpr int kNW = kDim / 8 / kWarps;  // n-tiles (8 sketch rows each) per warp
-  constexpr int kKT = kDim / 16;          // k-tiles: 16 dimensions each
-  constexpr int kRow = kDim + 8;          // halves per staged row: a 16-byte skew, so the
-                                          // 8 rows an ldmatrix reads fall in distinct banks
-  static_assert(kMT >= 1 && kNW >= 1 && kTeams % 16 == 0);
+  constexpr int kKT = kDim / 16, kNT = kDim / 8;  // k-tiles, n-tiles
+  constexpr int kRounds = kLanes == 4 ? 2 : 1;    // rounds per GEMM: 16 vectors a warp
+  constexpr int kRow = qjl_row_halves<kDim>();
+  static_assert(kE / 2 == 2 * kKT * (4 / kLanes) && kNT % 2 == 0);  // packed pairs a round
   using Layout = dev::TeamLayout<kDim, kF16In>;
   using Input = dev::LaneInput<kE, kF16In, Layout::kChunk>;
-  // Signs of a round: per vector, kDim / kRowsW words of the kRowsW rows each warp computes.
-  constexpr int kRowsW = kNW * 8;
-  using SigWord = std::conditional_t<kRowsW == 32, uint32_t, uint16_t>;
-  static_assert(kRowsW == 32 || kRowsW == 16);
-  // Two buffers of residuals and signs, so that one barrier a round orders everything: round k
-  // stages into buffer k & 1, and after its barrier stores round k - 1's signs (complete, since
-  // every warp's GEMM of round k - 1 came before the barrier), then runs its own GEMM.
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
-  __shared__ __align__(16) __half s_r[2][kTeams * kRow];
-  __shared__ __align__(16) SigWord s_sig[2][kTeams * kWarps];
+  extern __shared__ __align__(16) uint8_t s_dyn[];
+  __half* s_s = reinterpret_cast<__half*>(s_dyn);
 
   const int team = threadIdx.x / kLanes, lane = threadIdx.x % kLanes;
-  const int warp = threadIdx.x / 32, wl = threadIdx.x % 32, g = wl >> 2, t = wl & 3;
+  const int wl = threadIdx.x % 32, t = wl & 3;
   const int heads = a.n_kv_heads, nvec = a.tokens * heads;
   const int flip = Layout::flip(lane);
+  const int stride = static_cast<int>(gridDim.x) * kTeams;
+  int v = static_cast<int>(blockIdx.x) * kTeams + team;
+  const int warp_end = nvec + team % (32 / kLanes);  // v < warp_end: the warp's first team has one
 
-  // B fragments of S^T for this warp's sketch rows n = 8 (warp kNW + j) + g: dims 16 kk + 2t,
-  // + 1 (b0) and + 8, + 9 (b1); a.qjl is S, row-major.
-  uint32_t sb[kNW][kKT][2];
-#pragma unroll
-  for (int j = 0; j < kNW; ++j) {
-    const float* row = a.qjl + static_cast<size_t>(8 * (warp * kNW + j) + g) * kDim + 2 * t;
-#pragma unroll
-    for (int kk = 0; kk < kKT; ++kk) {
-      const float2 lo = __ldg(reinterpret_cast<const float2*>(row + 16 * kk));
-      const float2 hi = __ldg(reinterpret_cast<const float2*>(row + 16 * kk + 8));
-      sb[j][kk][0] = dev::pack_h2(lo.x, lo.y);
-      sb[j][kk][1] = dev::pack_h2(hi.x, hi.y);
-    }
+  const auto load = [&](int vec, Input& in) {
+    vec = min(vec, nvec - 1);
+    in.template load<kDim>(a, vec / heads, vec % heads, lane, flip);
+  };
+  Input cur, other;
+  if (v < warp_end) load(v, cur);  // in flight while S and the tables are filled
+
+  // S in the GEMM's orders (a.qjl: float, row-major, row = sketch row, column = rotated
+  // coordinate), a column per thread; team_tables' barrier publishes it.
+  static_assert(kWriteThreads % kDim == 0);
+  {
+    const int k = threadIdx.x % kDim;
+    const float* column = a.qjl + dev::qjl_k_coordinate<kDim, Layout>(k);
+#pragma unroll 4
+    for (int n = threadIdx.x / kDim; n < kDim; n += kWriteThreads / kDim)
+      s_s[n * kRow + k] = __float2half_rn(__ldg(column + dev::qjl_sketch_row<kDim>(n) * kDim));
   }
   uint32_t hmask[kE / 2];
   const dev::CellLut lut = dev::team_tables<kDim, kE, Layout::kChunk>(a, lane, flip, s_lut, hmask);
   const int cap = a.block_tokens;
-  // This lane's ldmatrix row address within an m-tile (row wl % 16, column half wl / 16).
-  const uint32_t a_off = 2u * static_cast<uint32_t>((wl % 16) * kRow + (wl / 16) * 8);
-  const uint32_t a_base[2] = {static_cast<uint32_t>(__cvta_generic_to_shared(s_r[0])) + a_off,
-                              static_cast<uint32_t>(__cvta_generic_to_shared(s_r[1])) + a_off};
+  // This lane's ldmatrix row of S: matrices (n-tile 2np, k 0-7), (2np, 8-15), (2np + 1, 0-7),
+  // (2np + 1, 8-15) of a k-tile are b0, b1 of n-tile 2np, then of 2np + 1.
+  const uint32_t b_base =
+      static_cast<uint32_t>(__cvta_generic_to_shared(s_s)) +
+      2u * static_cast<uint32_t>((8 * (wl >> 4) + (wl & 7)) * kRow + 8 * ((wl >> 3) & 1));
 
-  const auto load = [&](int base, Input& in) {
-    const int v = min(base + team, nvec - 1);
-    in.template load<kDim>(a, v / heads, v % heads, lane, flip);
-  };
-  // The previous round's vector of this team, whose signs its lane 0 stores after the barrier.
-  uint32_t* prev_signs = nullptr;
-  const auto store_signs = [&](int buf) {
-    if (prev_signs && lane == 0) {  // as words, like the codes (pages are 4-byte aligned)
-      const uint32_t* src = reinterpret_cast<const uint32_t*>(s_sig[buf] + team * kWarps);
-#pragma unroll
-      for (int i = 0; i < kSignBytes / 4; ++i) prev_signs[i] = src[i];
-    }
-  };
-  const auto round = [&](int base, int buf, const Input& now, Input& nxt) {
-    const int v = base + team;
+  // One vector of the team: encode now's, store its codes and norms, load the next into nxt;
+  // packed gets its residual as fp16 pairs (element 2m low, 2m + 1 high), signs where its sketch
+  // goes (null: not stored).
+  const auto encode = [&](const Input& now, Input& nxt, uint32_t(&packed)[kE / 2],
+                          uint32_t*& signs) {
     const bool store = v < nvec && now.sm >= 0;
     const int vec_head = min(v, nvec - 1) % heads;
     float y[kE];
@@ -118,8 +149,8 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
 #pragma unroll
     for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
     const int32_t sm = now.sm;
-    const int next = base + static_cast<int>(gridDim.x) * kTeams;
-    if (next < nvec) load(next, nxt);  // CTA-uniform
+    v += stride;
+    load(v, nxt);
     uint32_t words[kBits];
     float res[kE];
     const float stored = dev::tq_encode<kDim, kBits, Layout>(y, n2.total(), lane, 0xffffffffu, lut,
@@ -128,15 +159,11 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
 #pragma unroll
     for (int e = 0; e < kE; ++e) r2.add_sq(e, res[e]);
     const float rn2 = dev::team_sum<kLanes>(0xffffffffu, r2.total());
-    // Staged as they are: r is a residual of the unit vector (||r|| ~ 0.05-0.3), so only parts
-    // far below ||r|| reach fp16's subnormals. Element e is coordinate kE lane + position(e);
-    // pairs (2m, 2m + 1) are adjacent there.
-    __half* row = s_r[buf] + team * kRow + lane * kE;
+    // r is a residual of the unit vector (||r|| ~ 0.05-0.3): only parts far below ||r|| reach
+    // fp16's subnormals.
 #pragma unroll
-    for (int m = 0; m < kE / 2; ++m)
-      *reinterpret_cast<uint32_t*>(row + Layout::position(2 * m)) =
-          dev::pack_h2(res[2 * m], res[2 * m + 1]);
-    uint32_t* signs_at = nullptr;
+    for (int m = 0; m < kE / 2; ++m) packed[m] = dev::pack_h2(res[2 * m], res[2 * m + 1]);
+    signs = nullptr;
     if (store) {
       int slot;
       uint8_t* blk = dev::slot_block(a, sm, vec_head, slot);
@@ -148,67 +175,90 @@ __global__ void __launch_bounds__(kWriteThreads, 3) tq_qjl_team_kernel(const Wri
         norms[slot] = dev::norm_to_f16(stored);
         norms[cap + slot] = dev::norm_to_f16(sqrtf(rn2));  // the residual norms follow
       }
-      signs_at = reinterpret_cast<uint32_t*>(blk + cap * kCodeBytes + slot * kSignBytes);
-    }
-    __syncthreads();  // this round's residuals are staged, the previous round's signs complete
-    store_signs(buf ^ 1);
-    prev_signs = signs_at;
-
-    // D = R S^T: rows are vectors (m-tile mt), columns sketch rows (this warp's n-tiles).
-    float acc[kMT][kNW][4];
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-      for (int j = 0; j < kNW; ++j)
-        acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < kKT; ++kk)
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt) {
-        uint32_t af[4];
-        dev::ldmatrix_x4(a_base[buf] + 2u * static_cast<uint32_t>(16 * mt * kRow + 16 * kk), af);
-#pragma unroll
-        for (int j = 0; j < kNW; ++j)
-          dev::mma_16816(acc[mt][j], af[0], af[1], af[2], af[3], sb[j][kk][0], sb[j][kk][1]);
-      }
-      // acc[mt][j][c]: vector 16 mt + g + 8 (c >> 1), sketch row 8 (warp kNW + j) + 2t + (c & 1),
-      // bit 8j + 2t + (c & 1) of the warp's word for the vector. Each lane collects the sign bits
-      // (negative: 1) of its 2 x kNW values at 8j + (c & 1), the quad's 4 lanes OR theirs shifted
-      // by 2t, and the word is inverted: bit = (S r)_i >= 0 (the sum starts at +0, so a zero
-      // product sum is +0).
-#pragma unroll
-    for (int mt = 0; mt < kMT; ++mt) {
-      uint32_t neg[2] = {0u, 0u};
-#pragma unroll
-      for (int j = 0; j < kNW; ++j)
-#pragma unroll
-        for (int c = 0; c < 4; ++c)
-          neg[c >> 1] |= (__float_as_uint(acc[mt][j][c]) >> 31) << (8 * j + (c & 1));
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t w = neg[h] << (2 * t);
-        w |= __shfl_xor_sync(0xffffffffu, w, 1);
-        w |= __shfl_xor_sync(0xffffffffu, w, 2);
-        if (t == 0) s_sig[buf][(16 * mt + g + 8 * h) * kWarps + warp] = static_cast<SigWord>(~w);
-      }
+      signs = reinterpret_cast<uint32_t*>(blk + cap * kCodeBytes + slot * kSignBytes);
     }
   };
 
-  const int stride = static_cast<int>(gridDim.x) * kTeams;
-  int base = static_cast<int>(blockIdx.x) * kTeams;
-  if (base >= nvec) return;  // CTA-uniform
-  Input cur, other;
-  load(base, cur);
-  for (;;) {
-    round(base, 0, cur, other);
-    base += stride;
-    if (base >= nvec) break;
-    round(base, 1, other, cur);
-    base += stride;
-    if (base >= nvec) break;
+  // D = R S^T for the warp's 16 vectors: lo / hi are the A fragments' rows g / g + 8 (2 kKT
+  // registers each: k-tile kk's a0 / a1 is [2 kk], its a2 / a3 [2 kk + 1]). Each accumulator's
+  // sign is shifted into the lane's word for its row half h (c0, c1: h 0; c2, c3: h 1) at bit
+  // 2 nt + b, highest first (a funnel shift each); bit = (S r)_i >= 0 (the sum starts at +0, so a
+  // zero product sum is +0).
+  const auto sketch = [&](const uint32_t(&lo)[2 * kKT], const uint32_t(&hi)[2 * kKT],
+                          uint32_t(&neg)[2]) {
+    neg[0] = neg[1] = 0u;
+#pragma unroll
+    for (int np = kNT / 2 - 1; np >= 0; --np) {
+      float acc[2][4] = {};
+#pragma unroll
+      for (int kk = 0; kk < kKT; ++kk) {
+        uint32_t b[4];
+        dev::ldmatrix_x4(b_base + 2u * static_cast<uint32_t>(16 * np * kRow + 16 * kk), b);
+        dev::mma_16816(acc[0], lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1], b[0], b[1]);
+        dev::mma_16816(acc[1], lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1], b[2], b[3]);
+      }
+#pragma unroll
+      for (int j = 1; j >= 0; --j)
+#pragma unroll
+        for (int c = 1; c >= 0; --c) {
+          neg[0] = __funnelshift_l(__float_as_uint(acc[j][c]), neg[0], 1);
+          neg[1] = __funnelshift_l(__float_as_uint(acc[j][2 + c]), neg[1], 1);
+        }
+    }
+  };
+
+  uint32_t p0[kE / 2];
+  uint32_t* s0;
+  if constexpr (kRounds == 2) {
+    // d 128: lane t of team g holds columns 2t, 2t + 1, 2t + 8, 2t + 9 of every k-tile of its own
+    // vectors (rows g: the first round's, g + 8: the second's) and ends with bits 32t.. of both.
+    uint32_t p1[kE / 2];
+    uint32_t* s1;
+    while (v < warp_end) {
+      encode(cur, other, p0, s0);
+      if (v < warp_end) {
+        encode(other, cur, p1, s1);
+      } else {
+#pragma unroll
+        for (int m = 0; m < kE / 2; ++m) p1[m] = 0u;
+        s1 = nullptr;
+      }
+      uint32_t neg[2];
+      sketch(p0, p1, neg);
+      if (s0) s0[lane] = ~neg[0];
+      if (s1) s1[lane] = ~neg[1];
+    }
+  } else {
+    // d 64: rows g, g + 8 are teams 2g, 2g + 1 (quad lanes 0-1, 2-3). Team lane j holds the
+    // columns of quad lanes j (slots 0-15) and j + 2 (16-31): one exchange across the quad's
+    // halves gives each lane its columns of both rows. Lane t collects bits 16t.. of both teams'
+    // sketches (h 0: team 2g, h 1: 2g + 1); team lane j stores word j (bits 32j..), the halves of
+    // quad lanes 2j and 2j + 1.
+    const bool upper = t >= 2;
+    const int src = (wl & ~3) + 2 * (t & 1);
+    const uint32_t halves = upper ? 0x7632u : 0x5410u;
+    const auto round = [&](const Input& now, Input& nxt) {
+      encode(now, nxt, p0, s0);
+      uint32_t lo[2 * kKT], hi[2 * kKT];
+#pragma unroll
+      for (int i = 0; i < 2 * kKT; ++i) {
+        const uint32_t got = __shfl_xor_sync(0xffffffffu, upper ? p0[i] : p0[2 * kKT + i], 2);
+        lo[i] = upper ? got : p0[i];
+        hi[i] = upper ? p0[2 * kKT + i] : got;
+      }
+      uint32_t neg[2];
+      sketch(lo, hi, neg);
+      const uint32_t mine = ~(neg[0] | neg[1] << 16);
+      const uint32_t x0 = __shfl_sync(0xffffffffu, mine, src);
+      const uint32_t x1 = __shfl_sync(0xffffffffu, mine, src + 1);
+      if (s0) s0[lane] = __byte_perm(x0, x1, halves);
+    };
+    while (v < warp_end) {
+      round(cur, other);
+      if (v >= warp_end) break;
+      round(other, cur);
+    }
   }
-  __syncthreads();  // the last round's signs are complete
-  store_signs(((base - static_cast<int>(blockIdx.x) * kTeams) / stride - 1) & 1);
 }
 
 }  // namespace tq::backend::cuda
