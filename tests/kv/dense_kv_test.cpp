@@ -54,39 +54,44 @@ std::vector<double> attention_ref(const AttentionShape& s, const std::vector<flo
 }
 
 TEST(DenseKvTest, AttentionMatchesFloat64AcrossAppends) {
-  for (bool simd : {false, true}) {
-    AttentionShape s{2, 6, 2, 40, 1.0f / std::sqrt(40.0f)};
-    DenseKernels kernels = simd ? backend::cpu::dense_kv_kernels() : DenseKernels{};
-    auto kv = DenseKv::create(s, 400, kernels);
-    ASSERT_TRUE(kv.ok()) << kv.status().to_string();
-    ThreadPool pool(2);
-    Rng rng(kSeed);
-    const int kv_dim = s.n_kv_heads * s.head_dim, q_dim = s.n_heads * s.head_dim;
-    std::vector<float> k_all[2], v_all[2];
-    // Chunks straddle the 128-position score block; 3 sigma keys make peaked softmaxes.
-    for (int n : {1, 150, 3, 1, 97}) {
-      const int pos0 = (*kv)->length();
-      for (int layer = 0; layer < 2; ++layer) {
-        const auto k = normals(static_cast<size_t>(n) * kv_dim, rng, 3.0);
-        const auto v = normals(static_cast<size_t>(n) * kv_dim, rng, 1.0);
-        const auto q = normals(static_cast<size_t>(n) * q_dim, rng, 1.0);
-        k_all[layer].insert(k_all[layer].end(), k.begin(), k.end());
-        v_all[layer].insert(v_all[layer].end(), v.begin(), v.end());
-        ASSERT_TRUE((*kv)->append(layer, n, k.data(), v.data()).ok());
-        std::vector<float> out(static_cast<size_t>(n) * q_dim);
-        ASSERT_TRUE((*kv)->attend(layer, n, q.data(), out.data(), pool).ok());
-        const auto ref = attention_ref(s, k_all[layer], v_all[layer], q.data(), n, pos0);
-        double max_err = 0.0;
-        for (size_t i = 0; i < out.size(); ++i)
-          max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
-        EXPECT_LT(max_err, kAttnTol)
-            << "simd=" << simd << " n=" << n << " layer=" << layer << " seed=" << kSeed;
+  // GQA groups of 3, one KV head for 20 query heads (runs of 8, 8 and 4 heads a task), and MHA.
+  const AttentionShape shapes[] = {{2, 6, 2, 40, 1.0f / std::sqrt(40.0f)},
+                                   {2, 20, 1, 40, 1.0f / std::sqrt(40.0f)},
+                                   {2, 4, 4, 40, 1.0f / std::sqrt(40.0f)}};
+  for (const AttentionShape& s : shapes)
+    for (bool simd : {false, true}) {
+      DenseKernels kernels = simd ? backend::cpu::dense_kv_kernels() : DenseKernels{};
+      auto kv = DenseKv::create(s, 400, kernels);
+      ASSERT_TRUE(kv.ok()) << kv.status().to_string();
+      ThreadPool pool(2);
+      Rng rng(kSeed);
+      const int kv_dim = s.n_kv_heads * s.head_dim, q_dim = s.n_heads * s.head_dim;
+      std::vector<float> k_all[2], v_all[2];
+      // Chunks straddle the 128-position score block; 3 sigma keys make peaked softmaxes.
+      for (int n : {1, 150, 3, 1, 97}) {
+        const int pos0 = (*kv)->length();
+        for (int layer = 0; layer < 2; ++layer) {
+          const auto k = normals(static_cast<size_t>(n) * kv_dim, rng, 3.0);
+          const auto v = normals(static_cast<size_t>(n) * kv_dim, rng, 1.0);
+          const auto q = normals(static_cast<size_t>(n) * q_dim, rng, 1.0);
+          k_all[layer].insert(k_all[layer].end(), k.begin(), k.end());
+          v_all[layer].insert(v_all[layer].end(), v.begin(), v.end());
+          ASSERT_TRUE((*kv)->append(layer, n, k.data(), v.data()).ok());
+          std::vector<float> out(static_cast<size_t>(n) * q_dim);
+          ASSERT_TRUE((*kv)->attend(layer, n, q.data(), out.data(), pool).ok());
+          const auto ref = attention_ref(s, k_all[layer], v_all[layer], q.data(), n, pos0);
+          double max_err = 0.0;
+          for (size_t i = 0; i < out.size(); ++i)
+            max_err = std::max(max_err, std::fabs(out[i] - ref[i]));
+          EXPECT_LT(max_err, kAttnTol)
+              << "heads " << s.n_heads << "/" << s.n_kv_heads << " simd=" << simd << " n=" << n
+              << " layer=" << layer << " seed=" << kSeed;
+        }
+        ASSERT_TRUE((*kv)->commit(n).ok());
       }
-      ASSERT_TRUE((*kv)->commit(n).ok());
+      EXPECT_EQ((*kv)->length(), 252);
+      EXPECT_EQ((*kv)->bytes_used(), 252u * kv_dim * 2 * 4 * 2);
     }
-    EXPECT_EQ((*kv)->length(), 252);
-    EXPECT_EQ((*kv)->bytes_used(), 252u * kv_dim * 2 * 4 * 2);
-  }
 }
 
 TEST(DenseKvTest, RejectsBadUse) {

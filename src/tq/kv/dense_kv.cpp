@@ -31,41 +31,57 @@ void axpy_scalar(float a, const float* x, float* y, int n) {
 
 }  // namespace
 
-void attend_one_head(const AttendHeadArgs& a, const DenseKernels& kernels) {
+void attend_head_group(const AttendGroupArgs& a, const DenseKernels& kernels) {
   const auto dot = kernels.dot ? kernels.dot : dot_scalar;
   const auto axpy = kernels.axpy ? kernels.axpy : axpy_scalar;
-  float acc[kMaxAttnHeadDim];
-  float scores[kBlock];
-  std::fill(acc, acc + a.head_dim, 0.0f);
-  // Online softmax over blocks: running max m and normalizer l; acc is rescaled whenever the
-  // max grows, so no exp ever sees a positive argument.
-  float m = -std::numeric_limits<float>::infinity();
-  double l = 0.0;
+  const int g_n = a.heads;
+  float acc[kMaxGroupHeads][kMaxAttnHeadDim];
+  float scores[kMaxGroupHeads][kBlock];
+  // Online softmax over blocks, per head: running max m and normalizer l; acc is rescaled
+  // whenever the max grows, so no exp ever sees a positive argument.
+  float m[kMaxGroupHeads];
+  double l[kMaxGroupHeads];
+  for (int g = 0; g < g_n; ++g) {
+    std::fill(acc[g], acc[g] + a.head_dim, 0.0f);
+    m[g] = -std::numeric_limits<float>::infinity();
+    l[g] = 0.0;
+  }
   const size_t row_bytes = static_cast<size_t>(a.head_dim) * sizeof(float);
   for (int b0 = 0; b0 < a.n_ctx; b0 += kBlock) {
     const int nb = std::min(kBlock, a.n_ctx - b0);
-    float bm = -std::numeric_limits<float>::infinity();
     const int ahead = std::min(nb, a.n_ctx - b0 - kPrefetchRows);  // rows with one to prefetch
+    float bm[kMaxGroupHeads];
+    std::fill(bm, bm + g_n, -std::numeric_limits<float>::infinity());
     for (int j = 0; j < nb; ++j) {
       if (j < ahead) prefetch_l2(a.k + (b0 + j + kPrefetchRows) * a.kv_stride, row_bytes);
-      scores[j] = a.scale * dot(a.q, a.k + (b0 + j) * a.kv_stride, a.head_dim);
-      bm = std::max(bm, scores[j]);
+      const float* kr = a.k + (b0 + j) * a.kv_stride;
+      for (int g = 0; g < g_n; ++g) {
+        scores[g][j] = a.scale * dot(a.q[g], kr, a.head_dim);
+        bm[g] = std::max(bm[g], scores[g][j]);
+      }
     }
-    if (bm > m) {
-      const float alpha = std::isinf(m) ? 0.0f : std::exp(m - bm);
-      for (int d = 0; d < a.head_dim; ++d) acc[d] *= alpha;
-      l *= alpha;
-      m = bm;
+    for (int g = 0; g < g_n; ++g) {
+      if (bm[g] > m[g]) {
+        const float alpha = std::isinf(m[g]) ? 0.0f : std::exp(m[g] - bm[g]);
+        for (int d = 0; d < a.head_dim; ++d) acc[g][d] *= alpha;
+        l[g] *= alpha;
+        m[g] = bm[g];
+      }
     }
     for (int j = 0; j < nb; ++j) {
       if (j < ahead) prefetch_l2(a.v + (b0 + j + kPrefetchRows) * a.kv_stride, row_bytes);
-      const float p = std::exp(scores[j] - m);
-      l += p;
-      axpy(p, a.v + (b0 + j) * a.kv_stride, acc, a.head_dim);
+      const float* vr = a.v + (b0 + j) * a.kv_stride;
+      for (int g = 0; g < g_n; ++g) {
+        const float p = std::exp(scores[g][j] - m[g]);
+        l[g] += p;
+        axpy(p, vr, acc[g], a.head_dim);
+      }
     }
   }
-  const float inv = l > 0.0 ? static_cast<float>(1.0 / l) : 0.0f;
-  for (int d = 0; d < a.head_dim; ++d) a.out[d] = acc[d] * inv;
+  for (int g = 0; g < g_n; ++g) {
+    const float inv = l[g] > 0.0 ? static_cast<float>(1.0 / l[g]) : 0.0f;
+    for (int d = 0; d < a.head_dim; ++d) a.out[g][d] = acc[g][d] * inv;
+  }
 }
 
 DenseKv::DenseKv(const AttentionShape& shape, int capacity, DenseKernels kernels)
@@ -150,21 +166,32 @@ Status DenseKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
                 shape_.n_heads / shape_.n_kv_heads,
                 shape_.head_dim,
                 static_cast<size_t>(shape_.n_heads) * shape_.head_dim};
-  pool.parallel_for(static_cast<size_t>(n) * job.n_heads, 1, [&job](size_t begin, size_t end) {
+  // Tasks: (query, KV head, a run of at most kMaxGroupHeads of its query heads), so each K/V row
+  // is read once per run rather than once per query head.
+  const int runs = (job.groups + kMaxGroupHeads - 1) / kMaxGroupHeads;
+  const size_t tasks = static_cast<size_t>(n) * shape_.n_kv_heads * runs;
+  pool.parallel_for(tasks, 1, [&job, runs](size_t begin, size_t end) {
+    const int per_query = job.n_heads / job.groups * runs;
     for (size_t task = begin; task < end; ++task) {
-      const int i = static_cast<int>(task / job.n_heads);
-      const int h = static_cast<int>(task % job.n_heads);
-      const size_t kv_off = static_cast<size_t>(h / job.groups) * job.hd;
-      AttendHeadArgs a;
-      a.q = job.q + i * job.q_stride + static_cast<size_t>(h) * job.hd;
+      const int i = static_cast<int>(task / per_query);
+      const int rest = static_cast<int>(task % per_query);
+      const int kvh = rest / runs;
+      const int h0 = kvh * job.groups + (rest % runs) * kMaxGroupHeads;
+      const int h1 = std::min((kvh + 1) * job.groups, h0 + kMaxGroupHeads);
+      const size_t kv_off = static_cast<size_t>(kvh) * job.hd;
+      AttendGroupArgs a;
+      a.heads = h1 - h0;
+      for (int h = h0; h < h1; ++h) {
+        a.q[h - h0] = job.q + i * job.q_stride + static_cast<size_t>(h) * job.hd;
+        a.out[h - h0] = job.out + i * job.q_stride + static_cast<size_t>(h) * job.hd;
+      }
       a.k = job.kb + kv_off;
       a.v = job.vb + kv_off;
       a.n_ctx = job.self->length_ + i + 1;
       a.head_dim = job.hd;
       a.kv_stride = job.self->kv_dim_;
       a.scale = job.self->shape_.scale;
-      a.out = job.out + i * job.q_stride + static_cast<size_t>(h) * job.hd;
-      attend_one_head(a, job.self->kernels_);
+      attend_head_group(a, job.self->kernels_);
     }
   });
   return ok_status();

@@ -1,5 +1,5 @@
 // The dense reference KV cache: float32 keys and values per layer, exact causal attention
-// (blocked online softmax, numerically stable), multi-threaded over (query, head). The
+// (blocked online softmax, numerically stable), multi-threaded over (query, KV head). The
 // compressed paged cache is checked against it, and the forward-pass tests run on it.
 // The kv layer sits below the backend, so SIMD dot/axpy come in as a table (DenseKernels);
 // backend/cpu/ops.h provides one, and nullptr fields fall back to the scalar loops here.
@@ -13,27 +13,32 @@
 
 namespace tq::kv {
 
-// Causal attention of one head over keys/values laid out [pos][n_kv_heads][head_dim] (the
-// head's vectors at stride kv_stride floats): out = softmax(scale * K q) V over positions
-// [0, n_ctx). Blocked online softmax; no allocation; head_dim <= kMaxAttnHeadDim.
+// Causal attention of query heads that share one KV head, over keys/values laid out
+// [pos][n_kv_heads][head_dim] (the KV head's vectors at stride kv_stride floats): out_g =
+// softmax(scale * K q_g) V over positions [0, n_ctx), each row of K and V read once for all the
+// heads. Blocked online softmax; no allocation; head_dim <= kMaxAttnHeadDim, at most
+// kMaxGroupHeads heads a call. Each head's arithmetic is the same, in the same order, whether it
+// runs alone or in a group.
 inline constexpr int kMaxAttnHeadDim = 512;
+inline constexpr int kMaxGroupHeads = 8;
 
 struct DenseKernels {
   float (*dot)(const float* a, const float* b, int n) = nullptr;     // sum a[i] b[i]
   void (*axpy)(float a, const float* x, float* y, int n) = nullptr;  // y += a x
 };
 
-struct AttendHeadArgs {
-  const float* q = nullptr;  // [head_dim]
-  const float* k = nullptr;  // first key of this head; position p at k + p * kv_stride
-  const float* v = nullptr;  // first value of this head, same stride
-  int n_ctx = 0;             // positions attended: [0, n_ctx)
+struct AttendGroupArgs {
+  const float* q[kMaxGroupHeads] = {};  // [head_dim] each
+  float* out[kMaxGroupHeads] = {};      // [head_dim] each
+  int heads = 0;                        // 1 .. kMaxGroupHeads
+  const float* k = nullptr;             // first key of the KV head; position p at k + p * kv_stride
+  const float* v = nullptr;             // first value of the KV head, same stride
+  int n_ctx = 0;                        // positions attended: [0, n_ctx)
   int head_dim = 0;
   size_t kv_stride = 0;  // floats between positions
   float scale = 0.0f;
-  float* out = nullptr;  // [head_dim]
 };
-void attend_one_head(const AttendHeadArgs& a, const DenseKernels& kernels);
+void attend_head_group(const AttendGroupArgs& a, const DenseKernels& kernels);
 
 class DenseKv final : public SequenceKv {
  public:
