@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "tq/backend/cpu/ops.h"
@@ -92,6 +93,51 @@ TEST(DenseKvTest, AttentionMatchesFloat64AcrossAppends) {
       EXPECT_EQ((*kv)->length(), 252);
       EXPECT_EQ((*kv)->bytes_used(), 252u * kv_dim * 2 * 4 * 2);
     }
+}
+
+// Decode steps at long contexts cut the positions into ranges and merge their softmax states:
+// still the float64 attention, and the same bits on 1 and 2 threads.
+TEST(DenseKvTest, DecodeRangesMatchFloat64AndIgnoreThreads) {
+  const AttentionShape s{1, 6, 2, 40, 1.0f / std::sqrt(40.0f)};
+  const DenseKernels kernels = backend::cpu::dense_kv_kernels();
+  auto kv = DenseKv::create(s, 3000, kernels);
+  ASSERT_TRUE(kv.ok()) << kv.status().to_string();
+  ThreadPool pool1(1), pool2(2);
+  Rng rng(kSeed + 1);
+  const int kv_dim = s.n_kv_heads * s.head_dim, q_dim = s.n_heads * s.head_dim;
+  std::vector<float> k_all, v_all;
+  auto append = [&](int n) {
+    const auto k = normals(static_cast<size_t>(n) * kv_dim, rng, 3.0);
+    const auto v = normals(static_cast<size_t>(n) * kv_dim, rng, 1.0);
+    k_all.insert(k_all.end(), k.begin(), k.end());
+    v_all.insert(v_all.end(), v.begin(), v.end());
+    return std::pair{k, v};
+  };
+  {  // a prompt of 1999 positions (one query: enough for the attend/commit protocol)
+    auto [k, v] = append(1999);
+    ASSERT_TRUE((*kv)->append(0, 1999, k.data(), v.data()).ok());
+    const auto q = normals(static_cast<size_t>(1999) * q_dim, rng, 1.0);
+    std::vector<float> out(static_cast<size_t>(1999) * q_dim);
+    ASSERT_TRUE((*kv)->attend(0, 1999, q.data(), out.data(), pool2).ok());
+    ASSERT_TRUE((*kv)->commit(1999).ok());
+  }
+  for (int step = 0; step < 3; ++step) {  // contexts 2000..2002: 3 ranges of 512+ positions
+    const int pos0 = (*kv)->length();
+    auto [k, v] = append(1);
+    ASSERT_TRUE((*kv)->append(0, 1, k.data(), v.data()).ok());
+    const auto q = normals(static_cast<size_t>(q_dim), rng, 1.0);
+    std::vector<float> out1(static_cast<size_t>(q_dim)), out2(static_cast<size_t>(q_dim));
+    ASSERT_TRUE((*kv)->attend(0, 1, q.data(), out1.data(), pool1).ok());
+    ASSERT_TRUE((*kv)->attend(0, 1, q.data(), out2.data(), pool2).ok());
+    const auto ref = attention_ref(s, k_all, v_all, q.data(), 1, pos0);
+    double max_err = 0.0;
+    for (size_t i = 0; i < out1.size(); ++i) {
+      max_err = std::max(max_err, std::fabs(out1[i] - ref[i]));
+      EXPECT_EQ(out1[i], out2[i]) << "element " << i << " differs between 1 and 2 threads";
+    }
+    EXPECT_LT(max_err, kAttnTol) << "context " << pos0 + 1 << " seed=" << kSeed + 1;
+    ASSERT_TRUE((*kv)->commit(1).ok());
+  }
 }
 
 TEST(DenseKvTest, RejectsBadUse) {

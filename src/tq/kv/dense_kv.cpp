@@ -18,6 +18,10 @@ constexpr int kBlock = 128;
 // a head's rows are strided by the other heads', a pattern the development VM's hardware
 // prefetchers do not run ahead on (core/prefetch.h).
 constexpr int kPrefetchRows = 8;
+// Decode steps with fewer (KV head, run) tasks than kMinItems split their positions into ranges
+// of at least kMinRangeRows (see DenseKv::attend).
+constexpr int kMinItems = 12;
+constexpr int kMinRangeRows = 512;
 
 float dot_scalar(const float* a, const float* b, int n) {
   float s = 0.0f;
@@ -31,25 +35,28 @@ void axpy_scalar(float a, const float* x, float* y, int n) {
 
 }  // namespace
 
-void attend_head_group(const AttendGroupArgs& a, const DenseKernels& kernels) {
+namespace {
+
+// The online-softmax state of a group's heads over some positions: running max m, normalizer l
+// and the unnormalized output acc (rescaled whenever the max grows, so no exp ever sees a
+// positive argument).
+struct GroupState {
+  float m[kMaxGroupHeads];
+  double l[kMaxGroupHeads];
+  float acc[kMaxGroupHeads][kMaxAttnHeadDim];
+};
+
+// Folds positions [p0, p1) into st, in blocks of kBlock from p0.
+void attend_range(const AttendGroupArgs& a, const DenseKernels& kernels, int p0, int p1,
+                  GroupState& st) {
   const auto dot = kernels.dot ? kernels.dot : dot_scalar;
   const auto axpy = kernels.axpy ? kernels.axpy : axpy_scalar;
   const int g_n = a.heads;
-  float acc[kMaxGroupHeads][kMaxAttnHeadDim];
   float scores[kMaxGroupHeads][kBlock];
-  // Online softmax over blocks, per head: running max m and normalizer l; acc is rescaled
-  // whenever the max grows, so no exp ever sees a positive argument.
-  float m[kMaxGroupHeads];
-  double l[kMaxGroupHeads];
-  for (int g = 0; g < g_n; ++g) {
-    std::fill(acc[g], acc[g] + a.head_dim, 0.0f);
-    m[g] = -std::numeric_limits<float>::infinity();
-    l[g] = 0.0;
-  }
   const size_t row_bytes = static_cast<size_t>(a.head_dim) * sizeof(float);
-  for (int b0 = 0; b0 < a.n_ctx; b0 += kBlock) {
-    const int nb = std::min(kBlock, a.n_ctx - b0);
-    const int ahead = std::min(nb, a.n_ctx - b0 - kPrefetchRows);  // rows with one to prefetch
+  for (int b0 = p0; b0 < p1; b0 += kBlock) {
+    const int nb = std::min(kBlock, p1 - b0);
+    const int ahead = std::min(nb, p1 - b0 - kPrefetchRows);  // rows with one to prefetch
     float bm[kMaxGroupHeads];
     std::fill(bm, bm + g_n, -std::numeric_limits<float>::infinity());
     for (int j = 0; j < nb; ++j) {
@@ -61,27 +68,60 @@ void attend_head_group(const AttendGroupArgs& a, const DenseKernels& kernels) {
       }
     }
     for (int g = 0; g < g_n; ++g) {
-      if (bm[g] > m[g]) {
-        const float alpha = std::isinf(m[g]) ? 0.0f : std::exp(m[g] - bm[g]);
-        for (int d = 0; d < a.head_dim; ++d) acc[g][d] *= alpha;
-        l[g] *= alpha;
-        m[g] = bm[g];
+      if (bm[g] > st.m[g]) {
+        const float alpha = std::isinf(st.m[g]) ? 0.0f : std::exp(st.m[g] - bm[g]);
+        for (int d = 0; d < a.head_dim; ++d) st.acc[g][d] *= alpha;
+        st.l[g] *= alpha;
+        st.m[g] = bm[g];
       }
     }
     for (int j = 0; j < nb; ++j) {
       if (j < ahead) prefetch_l2(a.v + (b0 + j + kPrefetchRows) * a.kv_stride, row_bytes);
       const float* vr = a.v + (b0 + j) * a.kv_stride;
       for (int g = 0; g < g_n; ++g) {
-        const float p = std::exp(scores[g][j] - m[g]);
-        l[g] += p;
-        axpy(p, vr, acc[g], a.head_dim);
+        const float p = std::exp(scores[g][j] - st.m[g]);
+        st.l[g] += p;
+        axpy(p, vr, st.acc[g], a.head_dim);
       }
     }
   }
-  for (int g = 0; g < g_n; ++g) {
-    const float inv = l[g] > 0.0 ? static_cast<float>(1.0 / l[g]) : 0.0f;
-    for (int d = 0; d < a.head_dim; ++d) a.out[g][d] = acc[g][d] * inv;
+}
+
+void init_state(GroupState& st, int heads, int head_dim) {
+  for (int g = 0; g < heads; ++g) {
+    std::fill(st.acc[g], st.acc[g] + head_dim, 0.0f);
+    st.m[g] = -std::numeric_limits<float>::infinity();
+    st.l[g] = 0.0;
   }
+}
+
+void write_out(const AttendGroupArgs& a, const GroupState& st) {
+  for (int g = 0; g < a.heads; ++g) {
+    const float inv = st.l[g] > 0.0 ? static_cast<float>(1.0 / st.l[g]) : 0.0f;
+    for (int d = 0; d < a.head_dim; ++d) a.out[g][d] = st.acc[g][d] * inv;
+  }
+}
+
+// Folds another range's state into st (the merge of two online softmaxes).
+void absorb(GroupState& st, const GroupState& o, int heads, int head_dim) {
+  for (int g = 0; g < heads; ++g) {
+    if (o.m[g] == -std::numeric_limits<float>::infinity()) continue;
+    const float m_new = std::max(st.m[g], o.m[g]);
+    const float c = std::isinf(st.m[g]) ? 0.0f : std::exp(st.m[g] - m_new);
+    const float co = std::exp(o.m[g] - m_new);
+    st.l[g] = st.l[g] * c + o.l[g] * co;
+    st.m[g] = m_new;
+    for (int d = 0; d < head_dim; ++d) st.acc[g][d] = st.acc[g][d] * c + o.acc[g][d] * co;
+  }
+}
+
+}  // namespace
+
+void attend_head_group(const AttendGroupArgs& a, const DenseKernels& kernels) {
+  GroupState st;
+  init_state(st, a.heads, a.head_dim);
+  attend_range(a, kernels, 0, a.n_ctx, st);
+  write_out(a, st);
 }
 
 DenseKv::DenseKv(const AttentionShape& shape, int capacity, DenseKernels kernels)
@@ -169,30 +209,65 @@ Status DenseKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
   // Tasks: (query, KV head, a run of at most kMaxGroupHeads of its query heads), so each K/V row
   // is read once per run rather than once per query head.
   const int runs = (job.groups + kMaxGroupHeads - 1) / kMaxGroupHeads;
-  const size_t tasks = static_cast<size_t>(n) * shape_.n_kv_heads * runs;
-  pool.parallel_for(tasks, 1, [&job, runs](size_t begin, size_t end) {
-    const int per_query = job.n_heads / job.groups * runs;
-    for (size_t task = begin; task < end; ++task) {
-      const int i = static_cast<int>(task / per_query);
-      const int rest = static_cast<int>(task % per_query);
-      const int kvh = rest / runs;
-      const int h0 = kvh * job.groups + (rest % runs) * kMaxGroupHeads;
-      const int h1 = std::min((kvh + 1) * job.groups, h0 + kMaxGroupHeads);
-      const size_t kv_off = static_cast<size_t>(kvh) * job.hd;
-      AttendGroupArgs a;
-      a.heads = h1 - h0;
-      for (int h = h0; h < h1; ++h) {
-        a.q[h - h0] = job.q + i * job.q_stride + static_cast<size_t>(h) * job.hd;
-        a.out[h - h0] = job.out + i * job.q_stride + static_cast<size_t>(h) * job.hd;
-      }
-      a.k = job.kb + kv_off;
-      a.v = job.vb + kv_off;
-      a.n_ctx = job.self->length_ + i + 1;
-      a.head_dim = job.hd;
-      a.kv_stride = job.self->kv_dim_;
-      a.scale = job.self->shape_.scale;
-      attend_head_group(a, job.self->kernels_);
+  const int per_query = shape_.n_kv_heads * runs;
+  const size_t tasks = static_cast<size_t>(n) * per_query;
+  const auto args_of = [&job, runs, per_query](size_t task) {
+    const int i = static_cast<int>(task / per_query);
+    const int rest = static_cast<int>(task % per_query);
+    const int kvh = rest / runs;
+    const int h0 = kvh * job.groups + (rest % runs) * kMaxGroupHeads;
+    const int h1 = std::min((kvh + 1) * job.groups, h0 + kMaxGroupHeads);
+    const size_t kv_off = static_cast<size_t>(kvh) * job.hd;
+    AttendGroupArgs a;
+    a.heads = h1 - h0;
+    for (int h = h0; h < h1; ++h) {
+      a.q[h - h0] = job.q + i * job.q_stride + static_cast<size_t>(h) * job.hd;
+      a.out[h - h0] = job.out + i * job.q_stride + static_cast<size_t>(h) * job.hd;
     }
+    a.k = job.kb + kv_off;
+    a.v = job.vb + kv_off;
+    a.n_ctx = job.self->length_ + i + 1;
+    a.head_dim = job.hd;
+    a.kv_stride = job.self->kv_dim_;
+    a.scale = job.self->shape_.scale;
+    return a;
+  };
+  // A decode step has only KV-head tasks (3 for SmolLM2, which two threads run 2:1): long contexts
+  // are also cut into position ranges whose softmax states are merged afterwards. The cut depends
+  // on the shape and length only, never on the thread count.
+  const int n_ctx = length_ + n;
+  const int max_ranges = std::max(1, n_ctx / kMinRangeRows);
+  const int ranges =
+      n == 1 ? std::min((kMinItems + static_cast<int>(tasks) - 1) / static_cast<int>(tasks),
+                        max_ranges)
+             : 1;
+  if (ranges > 1) {
+    // The calling thread's scratch (16 KB a part), handed to the workers by pointer: a
+    // thread_local named inside the lambda would be each worker's own.
+    thread_local std::vector<GroupState> scratch;
+    scratch.resize(tasks * static_cast<size_t>(ranges));
+    GroupState* const parts = scratch.data();
+    const size_t n_parts = scratch.size();
+    const int per = (n_ctx + ranges - 1) / ranges;
+    const DenseKernels kernels = kernels_;
+    pool.parallel_for(n_parts, 1, [&](size_t begin, size_t end) {
+      for (size_t it = begin; it < end; ++it) {
+        const AttendGroupArgs a = args_of(it % tasks);
+        const int r = static_cast<int>(it / tasks);
+        init_state(parts[it], a.heads, a.head_dim);
+        attend_range(a, kernels, r * per, std::min(a.n_ctx, (r + 1) * per), parts[it]);
+      }
+    });
+    for (size_t t = 0; t < tasks; ++t) {
+      const AttendGroupArgs a = args_of(t);
+      for (int r = 1; r < ranges; ++r)
+        absorb(parts[t], parts[static_cast<size_t>(r) * tasks + t], a.heads, a.head_dim);
+      write_out(a, parts[t]);
+    }
+    return ok_status();
+  }
+  pool.parallel_for(tasks, 1, [&args_of, this](size_t begin, size_t end) {
+    for (size_t task = begin; task < end; ++task) attend_head_group(args_of(task), kernels_);
   });
   return ok_status();
 }
