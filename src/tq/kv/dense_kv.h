@@ -1,7 +1,7 @@
 // The dense reference KV cache: float32 keys and values per layer, exact causal attention
 // (blocked online softmax, numerically stable), multi-threaded over (query, KV head), a decode
-// step also over position ranges. The
-// compressed paged cache is checked against it, and the forward-pass tests run on it.
+// step also over position ranges. The compressed paged cache is checked against it, and the
+// forward-pass tests run on it.
 // The kv layer sits below the backend, so SIMD dot/axpy come in as a table (DenseKernels);
 // backend/cpu/ops.h provides one, and nullptr fields fall back to the scalar loops here.
 #pragma once
