@@ -186,50 +186,34 @@ Status DenseKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
     return invalid_argument("dense kv: attend of " + std::to_string(n) + " tokens on layer " +
                             std::to_string(layer) + " with " + std::to_string(pending_[layer]) +
                             " appended");
-  // One captured pointer keeps the lambda inside std::function's small buffer: no allocation
-  // per call.
-  struct Job {
-    const DenseKv* self;
-    const float* q;
-    float* out;
-    const float* kb;
-    const float* vb;
-    int n_heads, groups, hd;
-    size_t q_stride;
-  };
-  const Job job{this,
-                q,
-                out,
-                k_[layer].data(),
-                v_[layer].data(),
-                shape_.n_heads,
-                shape_.n_heads / shape_.n_kv_heads,
-                shape_.head_dim,
-                static_cast<size_t>(shape_.n_heads) * shape_.head_dim};
   // Tasks: (query, KV head, a run of at most kMaxGroupHeads of its query heads), so each K/V row
   // is read once per run rather than once per query head.
-  const int runs = (job.groups + kMaxGroupHeads - 1) / kMaxGroupHeads;
+  const int groups = shape_.n_heads / shape_.n_kv_heads, hd = shape_.head_dim;
+  const size_t q_stride = static_cast<size_t>(shape_.n_heads) * hd;
+  const int runs = (groups + kMaxGroupHeads - 1) / kMaxGroupHeads;
   const int per_query = shape_.n_kv_heads * runs;
   const size_t tasks = static_cast<size_t>(n) * per_query;
-  const auto args_of = [&job, runs, per_query](size_t task) {
+  const float* const kb = k_[layer].data();
+  const float* const vb = v_[layer].data();
+  const auto args_of = [=, this](size_t task) {
     const int i = static_cast<int>(task / per_query);
     const int rest = static_cast<int>(task % per_query);
     const int kvh = rest / runs;
-    const int h0 = kvh * job.groups + (rest % runs) * kMaxGroupHeads;
-    const int h1 = std::min((kvh + 1) * job.groups, h0 + kMaxGroupHeads);
-    const size_t kv_off = static_cast<size_t>(kvh) * job.hd;
+    const int h0 = kvh * groups + (rest % runs) * kMaxGroupHeads;
+    const int h1 = std::min((kvh + 1) * groups, h0 + kMaxGroupHeads);
+    const size_t kv_off = static_cast<size_t>(kvh) * hd;
     AttendGroupArgs a;
     a.heads = h1 - h0;
     for (int h = h0; h < h1; ++h) {
-      a.q[h - h0] = job.q + i * job.q_stride + static_cast<size_t>(h) * job.hd;
-      a.out[h - h0] = job.out + i * job.q_stride + static_cast<size_t>(h) * job.hd;
+      a.q[h - h0] = q + i * q_stride + static_cast<size_t>(h) * hd;
+      a.out[h - h0] = out + i * q_stride + static_cast<size_t>(h) * hd;
     }
-    a.k = job.kb + kv_off;
-    a.v = job.vb + kv_off;
-    a.n_ctx = job.self->length_ + i + 1;
-    a.head_dim = job.hd;
-    a.kv_stride = job.self->kv_dim_;
-    a.scale = job.self->shape_.scale;
+    a.k = kb + kv_off;
+    a.v = vb + kv_off;
+    a.n_ctx = length_ + i + 1;
+    a.head_dim = hd;
+    a.kv_stride = kv_dim_;
+    a.scale = shape_.scale;
     return a;
   };
   // A decode step has only KV-head tasks (3 for SmolLM2, which two threads run 2:1): long contexts
@@ -249,13 +233,12 @@ Status DenseKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
     GroupState* const parts = scratch.data();
     const size_t n_parts = scratch.size();
     const int per = (n_ctx + ranges - 1) / ranges;
-    const DenseKernels kernels = kernels_;
     pool.parallel_for(n_parts, 1, [&](size_t begin, size_t end) {
       for (size_t it = begin; it < end; ++it) {
         const AttendGroupArgs a = args_of(it % tasks);
         const int r = static_cast<int>(it / tasks);
         init_state(parts[it], a.heads, a.head_dim);
-        attend_range(a, kernels, r * per, std::min(a.n_ctx, (r + 1) * per), parts[it]);
+        attend_range(a, kernels_, r * per, std::min(a.n_ctx, (r + 1) * per), parts[it]);
       }
     });
     for (size_t t = 0; t < tasks; ++t) {
@@ -266,6 +249,7 @@ Status DenseKv::attend(int layer, int n, const float* q, float* out, ThreadPool&
     }
     return ok_status();
   }
+  // (Two captured pointers: the lambda fits std::function's small buffer, no allocation a call.)
   pool.parallel_for(tasks, 1, [&args_of, this](size_t begin, size_t end) {
     for (size_t task = begin; task < end; ++task) attend_head_group(args_of(task), kernels_);
   });

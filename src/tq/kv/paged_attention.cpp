@@ -136,11 +136,11 @@ struct Tile {
     }
 
     const int bt = a->block_tokens;
-    const size_t k_head_bytes = kc.block_bytes(bt) * static_cast<size_t>(kv_head);
-    const size_t v_head_bytes = vc.block_bytes(bt) * static_cast<size_t>(kv_head);
+    const size_t k_block_bytes = kc.block_bytes(bt), v_block_bytes = vc.block_bytes(bt);
+    const size_t k_head_bytes = k_block_bytes * static_cast<size_t>(kv_head);
+    const size_t v_head_bytes = v_block_bytes * static_cast<size_t>(kv_head);
     const int n_blocks = (a->compressed + bt - 1) / bt;
     const int last = b1 < 0 ? n_blocks : std::min(b1, n_blocks);
-    const size_t k_block_bytes = kc.block_bytes(bt), v_block_bytes = vc.block_bytes(bt);
     for (int b = b0; b < last; ++b) {
       const int cnt = std::min(bt, a->compressed - b * bt);
       const uint8_t* kb = a->k_blocks[static_cast<size_t>(b)] + k_head_bytes;
