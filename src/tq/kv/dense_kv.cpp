@@ -8,6 +8,7 @@
 #include <string>
 
 #include "tq/core/prefetch.h"
+#include "tq/kv/softmax_merge.h"
 
 namespace tq::kv {
 namespace {
@@ -105,13 +106,9 @@ void write_out(const AttendGroupArgs& a, const GroupState& st) {
 // Folds another range's state into st (the merge of two online softmaxes).
 void absorb(GroupState& st, const GroupState& o, int heads, int head_dim) {
   for (int g = 0; g < heads; ++g) {
-    if (o.m[g] == -std::numeric_limits<float>::infinity()) continue;
-    const float m_new = std::max(st.m[g], o.m[g]);
-    const float c = std::isinf(st.m[g]) ? 0.0f : std::exp(st.m[g] - m_new);
-    const float co = std::exp(o.m[g] - m_new);
-    st.l[g] = st.l[g] * c + o.l[g] * co;
-    st.m[g] = m_new;
-    for (int d = 0; d < head_dim; ++d) st.acc[g][d] = st.acc[g][d] * c + o.acc[g][d] * co;
+    float c, co;
+    if (merge_softmax_state(st.m[g], st.l[g], o.m[g], o.l[g], &c, &co))
+      merge_accumulator(st.acc[g], o.acc[g], head_dim, c, co);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tq/core/prefetch.h"
+#include "tq/kv/softmax_merge.h"
 
 namespace tq::kv {
 namespace {
@@ -165,17 +166,12 @@ struct Tile {
   void absorb(const Tile& o) {
     for (int r = 0; r < nq; ++r) {
       const size_t rr = static_cast<size_t>(r);
-      if (o.m[rr] == -std::numeric_limits<float>::infinity()) continue;
-      const float m_new = std::max(m[rr], o.m[rr]);
-      const float c = std::exp(m[rr] - m_new), co = std::exp(o.m[rr] - m_new);
-      l[rr] = l[rr] * c + o.l[rr] * co;
-      m[rr] = m_new;
-      float* av = acc_v.data() + rr * static_cast<size_t>(v_acc);
-      const float* ov = o.acc_v.data() + rr * static_cast<size_t>(v_acc);
-      for (int e = 0; e < v_acc; ++e) av[e] = av[e] * c + ov[e] * co;
-      float* af = acc_f.data() + rr * static_cast<size_t>(f_acc);
-      const float* of = o.acc_f.data() + rr * static_cast<size_t>(f_acc);
-      for (int e = 0; e < f_acc; ++e) af[e] = af[e] * c + of[e] * co;
+      float c, co;
+      if (!merge_softmax_state(m[rr], l[rr], o.m[rr], o.l[rr], &c, &co)) continue;
+      merge_accumulator(acc_v.data() + rr * static_cast<size_t>(v_acc),
+                        o.acc_v.data() + rr * static_cast<size_t>(v_acc), v_acc, c, co);
+      merge_accumulator(acc_f.data() + rr * static_cast<size_t>(f_acc),
+                        o.acc_f.data() + rr * static_cast<size_t>(f_acc), f_acc, c, co);
     }
   }
 
