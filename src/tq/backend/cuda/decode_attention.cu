@@ -350,6 +350,16 @@ size_t window_part_base(const DecodeAttentionPlan& plan) {
   return static_cast<size_t>(plan.n_kv_heads) * plan.main_split_budget * plan.group;
 }
 
+// Queries a CTA: 8 / group where they share a block table (the mma's columns; group 4: 2,
+// group 1: 8), else 1.
+int queries_a_cta(const DecodeAttentionParams& p, int group) {
+  return p.queries_share_table ? std::max(8 / group, 1) : 1;
+}
+// CTAs a (split, KV head) for this call's sequences.
+int query_blocks(const DecodeAttentionParams& p, const DecodeAttentionPlan& plan) {
+  return (p.n_seqs + plan.queries - 1) / plan.queries;
+}
+
 }  // namespace
 
 bool decode_attention_supported(quant::Format k, quant::Format v, int head_dim) {
@@ -381,9 +391,8 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
   // Queries sharing a table: 8 / group of them a CTA (group 4: 2, group 1: 8), one "pair" each.
-  plan.queries = p.queries_share_table ? std::max(8 / plan.group, 1) : 1;
-  const int q_blocks = (p.n_seqs + plan.queries - 1) / plan.queries;
-  const int pairs = q_blocks * plan.n_kv_heads;
+  plan.queries = queries_a_cta(p, plan.group);
+  const int pairs = query_blocks(p, plan) * plan.n_kv_heads;
   const int slots = num_sms * std::max(main->occupancy(), 1);  // resident CTAs: one wave
   const SplitPlan mp =
       plan_splits(p.main.max_length, pairs, slots,
@@ -442,7 +451,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   const auto* main = static_cast<const AttnInstance*>(plan.main_instance);
   const auto* window = static_cast<const AttnInstance*>(plan.window_instance);
   if (!main || plan.dim != p.main.k.head_dim || (p.window.present() && !window) ||
-      (plan.queries > 1) != (p.queries_share_table && 8 / plan.group > 1))
+      plan.queries != queries_a_cta(p, plan.group))
     return invalid_argument("decode attention: the plan was made for other parameters");
   if (p.main.max_length > plan.main_tokens_per_split * plan.main_splits ||
       (window && p.window.max_length > plan.window_tokens_per_split * plan.window_splits))
@@ -504,8 +513,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
                                                 p.n_seqs, stream, pdl));
     else if (plan.queries > 1)
       TQ_RETURN_IF_ERROR(main->launch_shared(a, plan.main_splits, plan.n_kv_heads,
-                                             (p.n_seqs + plan.queries - 1) / plan.queries, stream,
-                                             pdl));
+                                             query_blocks(p, plan), stream, pdl));
     else
       TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream, pdl));
   }
@@ -521,8 +529,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     const bool window_pdl = !fork && p.overlap_launches && fused_query;
     if (plan.queries > 1)
       TQ_RETURN_IF_ERROR(window->launch_shared(a, plan.window_splits, plan.n_kv_heads,
-                                               (p.n_seqs + plan.queries - 1) / plan.queries, side,
-                                               window_pdl));
+                                               query_blocks(p, plan), side, window_pdl));
     else
       TQ_RETURN_IF_ERROR(
           window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, side, window_pdl));

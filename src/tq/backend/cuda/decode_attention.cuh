@@ -549,11 +549,12 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   uint32_t qs[kQjl ? kKT : 1][2];
   {
     const bool live = g < columns;
-    size_t row = (static_cast<size_t>(seq) * a.n_heads + kvh * a.group + (live ? g : 0)) * kDim;
-    if constexpr (kShared)  // column g: query seq + g / group, head g % group
-      row = (static_cast<size_t>(seq + (live ? g : 0) / a.group) * a.n_heads + kvh * a.group +
-             (live ? g : 0) % a.group) *
-            kDim;
+    const int c = live ? g : 0;
+    // (kShared: column c is query seq + c / group's head c % group)
+    const size_t row =
+        (kShared ? static_cast<size_t>(seq + c / a.group) * a.n_heads + kvh * a.group + c % a.group
+                 : static_cast<size_t>(seq) * a.n_heads + kvh * a.group + c) *
+        kDim;
     const __half* qp = a.q_raw ? q_sh + (live ? g : 0) * kDim : a.q + row;
 #pragma unroll
     for (int kk = 0; kk < kKT; ++kk)
