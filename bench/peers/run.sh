@@ -390,7 +390,12 @@ make_prompts() {
   for n in "${counts[@]}"; do [ -f "$dir/prompt_$n.txt" ] || missing=1; done
   [ $missing = 0 ] && return
   log "writing prompt files to $dir"
-  python3 "$HERE/make_prompts.py" --model "$TQ_MODEL" --text "$TEXT" --out "$dir" \
+  # (the gguf reader: the package, else the gguf-py that llama.cpp's sdist vendors)
+  fetch_llama >/dev/null
+  python3 -c "import tokenizers" 2>/dev/null || python3 -c "import transformers" 2>/dev/null ||
+    pip install --quiet tokenizers >&2 || die "cannot install the tokenizers package"
+  PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$(llama_src)/gguf-py" \
+    python3 "$HERE/make_prompts.py" --model "$TQ_MODEL" --text "$TEXT" --out "$dir" \
     "${counts[@]}" || die "make_prompts.py failed"
 }
 
