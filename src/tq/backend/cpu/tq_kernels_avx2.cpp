@@ -249,7 +249,8 @@ float online_softmax_avx2(float* row, int visible, int cnt, float* m, float* l) 
   float mx = hmax(vmx);
   for (; j < visible; ++j) mx = std::max(mx, row[j]);
   const float m_new = std::max(*m, mx);
-  const float c = std::exp(*m - m_new);  // 0 on the first block (m = -inf)
+  // 0 on the first block (m = -inf); exactly 1, without the call, while the maximum holds
+  const float c = m_new == *m ? 1.0f : std::exp(*m - m_new);
   const __m256 vm = _mm256_set1_ps(m_new);
   __m256 vsum = _mm256_setzero_ps();
   for (j = 0; j + 8 <= visible; j += 8) {
