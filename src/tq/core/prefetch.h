@@ -2,8 +2,9 @@
 // KV pages of an attention walk). Hardware prefetchers follow one sequential stream within a 4 KiB
 // page, but on some machines (the 2-vCPU development VM: docs/benchmarks.md, "Software prefetch")
 // they barely run ahead at all, and a decode step that streams ~100 MB of weights waited on
-// memory for two thirds of its time. The hints go to L2, not L1: a prefetched f16 KV page is
-// 4 KiB a head, and pulling the next ones into L1 evicted the lines the current one still needed.
+// memory for two thirds of its time. The streams' hints go to L2, not L1: a prefetched f16 KV
+// page is 4 KiB a head, and pulling the next ones into L1 evicted the lines the current one still
+// needed; only the next block of a small (compressed) page goes to L1 (paged_attention.cpp).
 #pragma once
 
 #include <cstddef>
