@@ -20,45 +20,30 @@
 #include "tq/core/log.h"
 #include "tq/model/gguf.h"
 #include "tq/model/tokenizer.h"
+#include "tq/model/unicode.h"
 
 namespace {
 
 std::unique_ptr<tq::model::Tokenizer> g_tok;
 bool g_has_piece[256];  // byte b survives a round trip (found at start-up, one probe a byte)
 
-// Strict UTF-8: shortest forms only, no surrogates, nothing past U+10FFFF. `complete`: the last
-// sequence is whole (false when the text ends inside one, which is still a valid prefix).
+// Valid UTF-8 (utf8_decode's rules: shortest forms, no surrogates, nothing past U+10FFFF), but
+// for a last sequence the text may stop inside: then *complete is false.
 bool valid_utf8(std::string_view s, bool* complete) {
   *complete = true;
   for (size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    int n = 0;
-    uint32_t cp = 0, min = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      n = 1, cp = c & 0x1F, min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2, cp = c & 0x0F, min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3, cp = c & 0x07, min = 0x10000;
-    } else {
-      return false;
-    }
-    if (i + n >= s.size()) {  // the text ends inside this sequence
+    size_t len = 1;
+    if (tq::model::utf8_decode(s, i, &len) == 0xFFFD && s.compare(i, 3, "\xEF\xBF\xBD") != 0) {
+      // invalid, unless a lead byte whose sequence runs past the end, followed by its
+      // continuation bytes only
+      const size_t n = tq::model::utf8_sequence_length(static_cast<uint8_t>(s[i]));
+      if (n == 1 || i + n <= s.size()) return false;
       for (size_t k = i + 1; k < s.size(); ++k)
         if ((static_cast<unsigned char>(s[k]) & 0xC0) != 0x80) return false;
       *complete = false;
       return true;
     }
-    for (int k = 1; k <= n; ++k) {
-      const auto b = static_cast<unsigned char>(s[i + k]);
-      if ((b & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (b & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += n + 1;
+    i += len;
   }
   return true;
 }

@@ -390,7 +390,7 @@ make_prompts() {
   for n in "${counts[@]}"; do [ -f "$dir/prompt_$n.txt" ] || missing=1; done
   [ $missing = 0 ] && return
   log "writing prompt files to $dir"
-  # (the gguf reader: the package, else the gguf-py that llama.cpp's sdist vendors)
+  # (the gguf reader: the gguf-py llama.cpp's sdist vendors, ahead of any installed package)
   fetch_llama >/dev/null
   python3 -c "import tokenizers" 2>/dev/null || python3 -c "import transformers" 2>/dev/null ||
     pip install --quiet tokenizers >&2 || die "cannot install the tokenizers package"
