@@ -3,7 +3,9 @@
 # with tq and/or tq_gpu_bench (built for sm_90 with the same CUDA, e.g. the commit before a
 # change and the change), run in turn TQ_AB_ROUNDS times (A B C A B C ...) so that clock and
 # thermal drift hit every set alike.
-#   TQ_AB_SETS="A=dir B=dir ..."  the sets, by name
+#   TQ_AB_SETS="A=dir B=dir ..."  the sets, by name; "B=dir:--flag,value,..." adds that set's own
+#                                 tq_gpu_bench arguments (commas for spaces): one binary's runtime
+#                                 variants side by side
 #   TQ_AB_TESTS=name              run that set's tq_cuda_tests first (into tests.log)
 #   TQ_AB_ATTN="args"             tq_gpu_bench args for the attention / write bench (every set
 #                                 with a tq_gpu_bench); each run's CSVs in $OUT/attn_<set>_<round>/
@@ -18,8 +20,13 @@ OUT=${OUT:?OUT must name the output folder}
 ROUNDS=${TQ_AB_ROUNDS:-2}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-declare -a NAMES=() DIRS=()
-for kv in ${TQ_AB_SETS:?}; do NAMES+=("${kv%%=*}"); DIRS+=("${kv#*=}"); done
+declare -a NAMES=() DIRS=() EXTRA=()
+for kv in ${TQ_AB_SETS:?}; do
+  NAMES+=("${kv%%=*}")
+  d=${kv#*=}
+  if [[ "$d" == *:* ]]; then EXTRA+=("${d#*:}"); d=${d%%:*}; else EXTRA+=(""); fi
+  DIRS+=("$d")
+done
 rc=0
 if [ -n "${TQ_AB_TESTS:-}" ]; then
   for i in "${!NAMES[@]}"; do
@@ -44,7 +51,7 @@ for r in $(seq 1 "$ROUNDS"); do
     if [ -n "${TQ_AB_ATTN:-}" ] && [ -x "$d/tq_gpu_bench" ]; then
       mkdir -p "$OUT/attn_${n}_$r"
       # shellcheck disable=SC2086
-      "$d/tq_gpu_bench" --out "$OUT/attn_${n}_$r" $TQ_AB_ATTN > "$OUT/attn_${n}_$r/log.txt" 2>&1 || rc=1
+      "$d/tq_gpu_bench" --out "$OUT/attn_${n}_$r" $TQ_AB_ATTN ${EXTRA[$i]//,/ } > "$OUT/attn_${n}_$r/log.txt" 2>&1 || rc=1
       echo "attn $n round $r: rc $?"
     fi
     if [ -n "${TQ_AB_DECODE:-}" ] && [ -x "$d/tq" ] && [ -f "$MODEL" ]; then
