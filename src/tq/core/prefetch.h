@@ -14,17 +14,19 @@ namespace tq {
 
 inline constexpr size_t kCacheLine = 64;
 
-// Prefetches [p, p + bytes) into L2. A hint only: it never faults and changes no result.
-inline void prefetch_l2(const void* p, size_t bytes) {
+// Prefetches the cache lines of [p, p + bytes) with __builtin_prefetch's locality kLocality
+// (2: L2 and below, 3: L1 too). A hint only: it never faults and changes no result.
+template <int kLocality>
+inline void prefetch_lines(const void* p, size_t bytes) {
   const auto* c = static_cast<const char*>(p);
-  for (size_t o = 0; o < bytes; o += kCacheLine) __builtin_prefetch(c + o, 0, 2);
+  for (size_t o = 0; o < bytes; o += kCacheLine) __builtin_prefetch(c + o, 0, kLocality);
 }
 
-// Prefetches [p, p + bytes) into L1 (and the levels below): for the few KiB a loop reads next.
-inline void prefetch_l1(const void* p, size_t bytes) {
-  const auto* c = static_cast<const char*>(p);
-  for (size_t o = 0; o < bytes; o += kCacheLine) __builtin_prefetch(c + o, 0, 3);
-}
+// Into L2: the streams' hints.
+inline void prefetch_l2(const void* p, size_t bytes) { prefetch_lines<2>(p, bytes); }
+
+// Into L1 (and the levels below): for the few KiB a loop reads next.
+inline void prefetch_l1(const void* p, size_t bytes) { prefetch_lines<3>(p, bytes); }
 
 // Prefetches the `bytes` bytes that start `ahead` bytes after offset `at` of a buffer of `size`
 // bytes at `base`, clipped to the buffer (offsets, so no pointer is formed past its end).

@@ -390,7 +390,7 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     TQ_CUDA_TRY(cudaGetDevice(&dev));
     TQ_CUDA_TRY(cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, dev));
   }
-  // Queries sharing a table: each CTA of them one "pair".
+  // Queries sharing a table: each CTA of queries_a_cta of them counts as one "pair".
   plan.queries = queries_a_cta(p, plan.group);
   const int pairs = query_blocks(p, plan) * plan.n_kv_heads;
   const int slots = num_sms * std::max(main->occupancy(), 1);  // resident CTAs: one wave
