@@ -194,6 +194,42 @@ TEST(ChatTemplate, TruncatedAndHostileTemplatesNeverCrash) {
   EXPECT_FALSE(apply_chat_template("{{ [1][::0] }}", msgs, o).ok());
 }
 
+// Chains of operators, filters, attributes, subscripts, calls and conditionals build their trees
+// in loops, not by recursion: a long one is refused with an error (before, "1-1-1-..." of a few
+// thousand links overflowed the stack when rendered), one of the greatest allowed height renders,
+// also at the bottom of deeply nested blocks (the deepest stack the renderer can reach).
+TEST(ChatTemplate, LongChainsAreRefusedNotOverflowed) {
+  const std::vector<ChatMessage> msgs = {{"user", "a"}};
+  const ChatTemplateOptions o = options(false);
+  auto chain = [](const std::string& head, const std::string& link, int n) {
+    std::string s = head;
+    for (int i = 0; i < n; ++i) s += link;
+    return s;
+  };
+  for (const std::string& expr :
+       {chain("1", "-1", 100000), chain("'a'", "~'a'", 100000), chain("1", " or 1", 100000),
+        chain("1", " == 1", 100000), chain("x", "|length", 100000), chain("x", ".y", 100000),
+        chain("x", "[0]", 100000), chain("x", "[0:1]", 100000), chain("x", "()", 100000),
+        chain("1", " if 1", 100000), chain("1", " is defined", 100000)}) {
+    auto r = apply_chat_template("{{ " + expr + " }}", msgs, o);
+    ASSERT_FALSE(r.ok()) << expr.substr(0, 20);
+    EXPECT_NE(r.status().to_string().find("nested too deeply"), std::string::npos)
+        << r.status().to_string();
+  }
+  // 200 links: a tree of height 201 (kMaxHeight is 256), inside 40 nested blocks.
+  const std::string sum = chain("1", "+1", 200);
+  auto flat = apply_chat_template("{{ " + sum + " }}", msgs, o);
+  ASSERT_TRUE(flat.ok()) << flat.status().to_string();
+  EXPECT_EQ(*flat, "201");
+  std::string nested;
+  for (int i = 0; i < 40; ++i) nested += "{% if true %}";
+  nested += "{{ " + sum + " }}";
+  for (int i = 0; i < 40; ++i) nested += "{% endif %}";
+  auto deep = apply_chat_template(nested, msgs, o);
+  ASSERT_TRUE(deep.ok()) << deep.status().to_string();
+  EXPECT_EQ(*deep, "201");
+}
+
 // A template comes from the GGUF file: its arithmetic, its values' sizes and their nesting are
 // bounded, with an error, never a trap, a wrap-around or memory without end.
 TEST(ChatTemplate, ArithmeticAndGrowthAreBounded) {

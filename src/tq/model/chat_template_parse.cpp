@@ -3,6 +3,7 @@
 // < postfix (. [] ()) < filters and tests.
 #include "tq/model/chat_template_parse.h"
 
+#include <algorithm>
 #include <initializer_list>
 
 #include "tq/model/chat_template_lex.h"
@@ -11,7 +12,8 @@ namespace tq::model::jinja {
 namespace {
 
 using ExprPtr = std::unique_ptr<Expr>;
-constexpr int kMaxDepth = 200;  // nesting limit, so hostile templates cannot blow the stack
+constexpr int kMaxDepth = 200;   // nesting limit, so hostile templates cannot blow the stack
+constexpr int kMaxHeight = 256;  // levels of one expression's tree (Expr::height)
 
 class Parser {
  public:
@@ -65,6 +67,18 @@ class Parser {
   Expected<std::string> expect_name() {
     if (cur().kind != Token::Kind::kName) return error("expected a name, found " + describe());
     return t_[p_++].text;
+  }
+  // Every child joins its parent here, so no tree outgrows kMaxHeight: the loops that chain
+  // operators, filters, attributes and calls ("1-1-1-...", "x|f|f|...") build left-deep trees
+  // without recursing, which depth_ alone does not see, and rendering and freeing an expression
+  // recurse once per level.
+  Status attach(Expr& parent, ExprPtr child) {
+    if (child) {
+      parent.height = std::max(parent.height, child->height + 1);
+      if (parent.height > kMaxHeight) return error("expression nested too deeply");
+    }
+    parent.args.push_back(std::move(child));
+    return ok_status();
   }
   ExprPtr make(Expr::Kind kind, std::string name = {}) {
     auto e = std::make_unique<Expr>();
@@ -221,9 +235,9 @@ class Parser {
         ++p_;
         TQ_ASSIGN_OR_RETURN(other, parse_expr());
       }
-      c->args.push_back(std::move(cond));
-      c->args.push_back(std::move(e));
-      c->args.push_back(std::move(other));
+      TQ_RETURN_IF_ERROR(attach(*c, std::move(cond)));
+      TQ_RETURN_IF_ERROR(attach(*c, std::move(e)));
+      TQ_RETURN_IF_ERROR(attach(*c, std::move(other)));
       e = std::move(c);
     }
     --depth_;
@@ -242,8 +256,8 @@ class Parser {
       ++p_;
       auto b = make(Expr::Kind::kBinary, op);
       TQ_ASSIGN_OR_RETURN(ExprPtr rhs, (this->*next)());
-      b->args.push_back(std::move(e));
-      b->args.push_back(std::move(rhs));
+      TQ_RETURN_IF_ERROR(attach(*b, std::move(e)));
+      TQ_RETURN_IF_ERROR(attach(*b, std::move(rhs)));
       e = std::move(b);
     }
   }
@@ -255,7 +269,7 @@ class Parser {
     if (++depth_ > kMaxDepth) return error("expression nested too deeply");
     auto e = make(Expr::Kind::kNot);
     TQ_ASSIGN_OR_RETURN(ExprPtr inner, parse_not());
-    e->args.push_back(std::move(inner));
+    TQ_RETURN_IF_ERROR(attach(*e, std::move(inner)));
     --depth_;
     return e;
   }
@@ -275,8 +289,8 @@ class Parser {
       ++p_;
       auto b = make(Expr::Kind::kBinary, op);
       TQ_ASSIGN_OR_RETURN(ExprPtr rhs, parse_math1());
-      b->args.push_back(std::move(e));
-      b->args.push_back(std::move(rhs));
+      TQ_RETURN_IF_ERROR(attach(*b, std::move(e)));
+      TQ_RETURN_IF_ERROR(attach(*b, std::move(rhs)));
       e = std::move(b);
     }
   }
@@ -297,7 +311,7 @@ class Parser {
       TQ_ASSIGN_OR_RETURN(ExprPtr inner, parse_unary(false));
       if (neg) {
         e = make(Expr::Kind::kNeg);
-        e->args.push_back(std::move(inner));
+        TQ_RETURN_IF_ERROR(attach(*e, std::move(inner)));
       } else {
         e = std::move(inner);
       }
@@ -350,12 +364,12 @@ class Parser {
       TQ_ASSIGN_OR_RETURN(ExprPtr e, parse_expr());
       if (is_op(",")) {  // a tuple: behaves like a list here
         auto list = make(Expr::Kind::kList);
-        list->args.push_back(std::move(e));
+        TQ_RETURN_IF_ERROR(attach(*list, std::move(e)));
         while (is_op(",")) {
           ++p_;
           if (is_op(")")) break;
           TQ_ASSIGN_OR_RETURN(ExprPtr item, parse_expr());
-          list->args.push_back(std::move(item));
+          TQ_RETURN_IF_ERROR(attach(*list, std::move(item)));
         }
         e = std::move(list);
       }
@@ -369,11 +383,11 @@ class Parser {
       auto e = make(dict ? Expr::Kind::kDict : Expr::Kind::kList);
       while (!is_op(close)) {
         TQ_ASSIGN_OR_RETURN(ExprPtr item, parse_expr());
-        e->args.push_back(std::move(item));
+        TQ_RETURN_IF_ERROR(attach(*e, std::move(item)));
         if (dict) {
           TQ_RETURN_IF_ERROR(expect_op(":"));
           TQ_ASSIGN_OR_RETURN(ExprPtr value, parse_expr());
-          e->args.push_back(std::move(value));
+          TQ_RETURN_IF_ERROR(attach(*e, std::move(value)));
         }
         if (!is_op(",")) break;
         ++p_;
@@ -392,14 +406,14 @@ class Parser {
           auto item = make(Expr::Kind::kItem);
           auto idx = make(Expr::Kind::kLiteral);
           idx->literal = Value::integer(t_[p_++].i);
-          item->args.push_back(std::move(e));
-          item->args.push_back(std::move(idx));
+          TQ_RETURN_IF_ERROR(attach(*item, std::move(e)));
+          TQ_RETURN_IF_ERROR(attach(*item, std::move(idx)));
           e = std::move(item);
           continue;
         }
         TQ_ASSIGN_OR_RETURN(std::string attr, expect_name());
         auto a = make(Expr::Kind::kAttr, std::move(attr));
-        a->args.push_back(std::move(e));
+        TQ_RETURN_IF_ERROR(attach(*a, std::move(e)));
         e = std::move(a);
       } else if (is_op("[")) {
         ++p_;
@@ -419,21 +433,21 @@ class Parser {
             }
           }
           auto s = make(Expr::Kind::kSlice);
-          s->args.push_back(std::move(e));
-          s->args.push_back(std::move(start));
-          s->args.push_back(std::move(stop));
-          s->args.push_back(std::move(step));
+          TQ_RETURN_IF_ERROR(attach(*s, std::move(e)));
+          TQ_RETURN_IF_ERROR(attach(*s, std::move(start)));
+          TQ_RETURN_IF_ERROR(attach(*s, std::move(stop)));
+          TQ_RETURN_IF_ERROR(attach(*s, std::move(step)));
           e = std::move(s);
         } else {
           auto item = make(Expr::Kind::kItem);
-          item->args.push_back(std::move(e));
-          item->args.push_back(std::move(start));
+          TQ_RETURN_IF_ERROR(attach(*item, std::move(e)));
+          TQ_RETURN_IF_ERROR(attach(*item, std::move(start)));
           e = std::move(item);
         }
         TQ_RETURN_IF_ERROR(expect_op("]"));
       } else if (is_op("(")) {
         auto call = make(Expr::Kind::kCall);
-        call->args.push_back(std::move(e));
+        TQ_RETURN_IF_ERROR(attach(*call, std::move(e)));
         TQ_RETURN_IF_ERROR(parse_call_args(call.get()));
         e = std::move(call);
       } else {
@@ -453,7 +467,7 @@ class Parser {
         p_ += 2;
       }
       TQ_ASSIGN_OR_RETURN(ExprPtr arg, parse_expr());
-      call->args.push_back(std::move(arg));
+      TQ_RETURN_IF_ERROR(attach(*call, std::move(arg)));
       call->kwarg_names.push_back(std::move(kw));
       if (!is_op(",")) break;
       ++p_;
@@ -467,7 +481,7 @@ class Parser {
         ++p_;
         TQ_ASSIGN_OR_RETURN(std::string name, expect_name());
         auto f = make(Expr::Kind::kFilter, std::move(name));
-        f->args.push_back(std::move(e));
+        TQ_RETURN_IF_ERROR(attach(*f, std::move(e)));
         if (is_op("(")) TQ_RETURN_IF_ERROR(parse_call_args(f.get()));
         f->kwarg_names.resize(f->args.size() - 1);
         e = std::move(f);
@@ -481,7 +495,7 @@ class Parser {
         TQ_ASSIGN_OR_RETURN(std::string name, expect_name());
         auto t = make(Expr::Kind::kTest, std::move(name));
         t->negated = negated;
-        t->args.push_back(std::move(e));
+        TQ_RETURN_IF_ERROR(attach(*t, std::move(e)));
         const Token& c = cur();
         const bool bare_arg = c.kind == Token::Kind::kString || c.kind == Token::Kind::kInt ||
                               c.kind == Token::Kind::kFloat ||
@@ -493,13 +507,13 @@ class Parser {
         } else if (bare_arg) {
           TQ_ASSIGN_OR_RETURN(ExprPtr arg, parse_primary());
           TQ_ASSIGN_OR_RETURN(arg, parse_postfix(std::move(arg)));
-          t->args.push_back(std::move(arg));
+          TQ_RETURN_IF_ERROR(attach(*t, std::move(arg)));
           t->kwarg_names.emplace_back();
         }
         e = std::move(t);
       } else if (is_op("(")) {
         auto call = make(Expr::Kind::kCall);
-        call->args.push_back(std::move(e));
+        TQ_RETURN_IF_ERROR(attach(*call, std::move(e)));
         TQ_RETURN_IF_ERROR(parse_call_args(call.get()));
         e = std::move(call);
       } else {

@@ -39,6 +39,7 @@ struct Expr {
   std::vector<std::string> kwarg_names;
   bool negated = false;
   int line = 1;
+  int height = 1;  // levels of this tree: 1 + the tallest child's
 };
 
 struct Stmt {
