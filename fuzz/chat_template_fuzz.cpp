@@ -5,7 +5,9 @@
 //   cmake -S . -B build-fuzz -DTQ_FUZZ=ON -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
 //     -DTQ_BUILD_BENCH=OFF -DTQ_BUILD_TESTS=OFF -DTQ_BUILD_TOOLS=OFF -DTQ_BUILD_SERVER=OFF
 //   cmake --build build-fuzz --target chat_template_fuzz
-//   build-fuzz/chat_template_fuzz -max_total_time=60 -max_len=4096 CORPUS fuzz/corpus/chat_template
+//   build-fuzz/chat_template_fuzz -max_total_time=60 -max_len=4096 CORPUS
+// CORPUS: a folder of seeds, e.g. the fixture's templates as .ci/run writes them (an empty one
+// works too: an empty corpus found the left-deep "1-1-1-..." chains in a few minutes).
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
