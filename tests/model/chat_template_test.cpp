@@ -259,6 +259,11 @@ TEST(ChatTemplate, ArithmeticAndGrowthAreBounded) {
   // that multiply a string; a list repeated whose strings would take terabytes.
   EXPECT_EQ(code("{{ 'abcd' * 4611686018427387904 }}"), StatusCode::kResourceExhausted);
   EXPECT_EQ(code("{{ [1, 2] * 4611686018427387904 }}"), StatusCode::kResourceExhausted);
+  // An empty sequence repeated any number of times is empty, at once (it took n steps before:
+  // '' * 9223372036854775807 ran for ever; found by the chat-template fuzzer).
+  EXPECT_EQ(render("[{{ '' * 9223372036854775807 }}] {{ ([] * 9223372036854775807) | length }} "
+                   "[{{ 9223372036854775807 * '' }}] [{{ 'ab' * 0 }}]"),
+            "[] 0 [] []");
   const std::string doubling = "{% set s = namespace(v='xxxxxxxxxx') %}{% for i in range(40) %}";
   EXPECT_EQ(code(doubling + "{% set s.v = s.v + s.v %}{% endfor %}{{ s.v | length }}"),
             StatusCode::kResourceExhausted);

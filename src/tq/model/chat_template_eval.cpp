@@ -75,6 +75,8 @@ Expected<Value> arithmetic(const std::string& op, const Value& a, const Value& b
       const uint64_t n = num->i > 0 ? static_cast<uint64_t>(num->i) : 0;
       if ((len > 0 && n > limit / len) || (bytes > 0 && n > kMaxListBytes / bytes))
         return resource_exhausted("sequence repetition too large");
+      // An empty sequence passes any size check: n copies of it must not take n steps.
+      if (len == 0) return seq->is_string() ? Value::string("") : Value::new_list({});
       if (seq->is_string()) {
         std::string out;
         for (int64_t k = 0; k < num->i; ++k) out += seq->s;
