@@ -197,7 +197,8 @@ TEST(ChatTemplate, TruncatedAndHostileTemplatesNeverCrash) {
 // Chains of operators, filters, attributes, subscripts, calls and conditionals build their trees
 // in loops, not by recursion: a long one is refused with an error (before, "1-1-1-..." of a few
 // thousand links overflowed the stack when rendered), one of the greatest allowed height renders,
-// also at the bottom of deeply nested blocks (the deepest stack the renderer can reach).
+// also at the bottom of nested blocks near the parser's limit (about the deepest stack the
+// renderer can reach).
 TEST(ChatTemplate, LongChainsAreRefusedNotOverflowed) {
   const std::vector<ChatMessage> msgs = {{"user", "a"}};
   const ChatTemplateOptions o = options(false);
@@ -216,18 +217,21 @@ TEST(ChatTemplate, LongChainsAreRefusedNotOverflowed) {
     EXPECT_NE(r.status().to_string().find("nested too deeply"), std::string::npos)
         << r.status().to_string();
   }
-  // 200 links: a tree of height 201 (kMaxHeight is 256), inside 40 nested blocks.
-  const std::string sum = chain("1", "+1", 200);
+  // n links make a tree of height n + 1: 255 links reach kMaxHeight (256) and render, also at the
+  // bottom of 190 nested blocks (the parser's depth limit, 200, leaves the expression the rest);
+  // one link more is refused.
+  const std::string sum = chain("1", "+1", 255);
   auto flat = apply_chat_template("{{ " + sum + " }}", msgs, o);
   ASSERT_TRUE(flat.ok()) << flat.status().to_string();
-  EXPECT_EQ(*flat, "201");
+  EXPECT_EQ(*flat, "256");
+  EXPECT_FALSE(apply_chat_template("{{ " + sum + "+1 }}", msgs, o).ok());
   std::string nested;
-  for (int i = 0; i < 40; ++i) nested += "{% if true %}";
+  for (int i = 0; i < 190; ++i) nested += "{% if true %}";
   nested += "{{ " + sum + " }}";
-  for (int i = 0; i < 40; ++i) nested += "{% endif %}";
+  for (int i = 0; i < 190; ++i) nested += "{% endif %}";
   auto deep = apply_chat_template(nested, msgs, o);
   ASSERT_TRUE(deep.ok()) << deep.status().to_string();
-  EXPECT_EQ(*deep, "201");
+  EXPECT_EQ(*deep, "256");
 }
 
 // A template comes from the GGUF file: its arithmetic, its values' sizes and their nesting are
