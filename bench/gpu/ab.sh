@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A/B of prebuilt binary sets on one device, side by side in one call: each set is a folder
-# with tq and/or tq_gpu_bench (built for sm_90 with the same CUDA, e.g. the commit before a
+# with tq and/or tq_gpu_bench (built for sm_90 or sm_90a with the same CUDA, e.g. the commit before a
 # change and the change), run in turn TQ_AB_ROUNDS times (A B C A B C ...) so that clock and
 # thermal drift hit every set alike.
 #   TQ_AB_SETS="A=dir B=dir ..."  the sets, by name; "B=dir:--flag,value,..." adds that set's own

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call: configure a CUDA build (sm_90), build tq_cuda_tests, tq_gpu_bench and the tq
+# One device call: configure a CUDA build (sm_90a), build tq_cuda_tests, tq_gpu_bench and the tq
 # CLI, run the CUDA tests, then
 #   - TQ_GPU_ATTN_BENCH=1 (default): the decode-attention / quantize-on-write benchmark and
 #     PyTorch's SDPA on the same shapes (TQ_GPU_SDPA=0 skips it), joined into $OUT/results.md,
@@ -42,7 +42,7 @@
 #     TQ_VOICE_VARIANTS "name:flags;..." for several runs, e.g. with --no-prefix-cache) into
 #     $OUT/voice_bench.md; needs a tq built with the server (a prebuilt one with its libraries).
 #   TQ_GPU_PREBUILT=dir: take tq and tq_cuda_tests (and tq_gpu_bench for the attention bench, and
-#     dir/lib/*.so) built elsewhere for sm_90 with the same CUDA instead of building here, when
+#     dir/lib/*.so) built elsewhere for sm_90a with the same CUDA instead of building here, when
 #     they start; saves the device build.
 #   OUT=/some/dir bench/gpu/run.sh [extra tq_gpu_bench args]
 # GoogleTest / Google Benchmark / CLI11 / nlohmann-json packages: taken from the system, or from
@@ -83,7 +83,7 @@ if [ -n "$PRE" ] && { [ "$ATTN_BENCH" != 1 ] || [ -x "$PRE/tq_gpu_bench" ]; } &&
 else
   [ -n "$PRE" ] && echo "prebuilt binaries in $PRE do not start here: building"
   cmake -S "$ROOT" -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DTQ_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90 -DTQ_BUILD_TOOLS=ON -DTQ_BUILD_SERVER=$SERVER -DTQ_BUILD_BENCH=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90a -DTQ_BUILD_TOOLS=ON -DTQ_BUILD_SERVER=$SERVER -DTQ_BUILD_BENCH=ON \
     -DCMAKE_PREFIX_PATH="$ROOT/build-deps/usr" || exit 1
   TARGETS=(tq_cuda_tests)
   [ "$ATTN_BENCH" = 1 ] && TARGETS+=(tq_gpu_bench)

@@ -102,32 +102,50 @@ struct LaneInput {
   }
 };
 
-// The Hadamard signs D of this lane's elements as XOR masks on fp16 pairs: bit 15 flips element
-// 2m, bit 31 element 2m + 1.
-template <int kDim, int kE, int kChunk = kE>
+// The Hadamard signs D of this lane's kE elements as XOR masks: for fp16 input one word per pair
+// (bit 15 flips element 2m, bit 31 element 2m + 1: one LOP3 a pair), for fp32 input one bit per
+// element in a single word (element e's sign is bit e: a shift and a LOP3 each), so that the fp32
+// kernels, whose raw input takes twice the registers, hold 1 word of signs instead of kE / 2.
+template <int kE, bool kF16>
+struct SignMasks {
+  static_assert(kF16 || kE <= 32);
+  uint32_t w[kF16 ? kE / 2 : 1];
+  // fp16: the mask of pair m.
+  __device__ __forceinline__ uint32_t pair(int m) const { return w[m]; }
+  // fp32: the raw bits x of element e with D's sign applied.
+  __device__ __forceinline__ uint32_t apply(uint32_t x, int e) const {
+    return x ^ ((w[0] << (31 - e)) & 0x80000000u);
+  }
+};
+
+template <int kDim, int kE, bool kF16, int kChunk = kE>
 __device__ __forceinline__ void load_sign_masks(const float* signs, int lane,
-                                                uint32_t (&hmask)[kE / 2], int flip = 0) {
+                                                SignMasks<kE, kF16>& masks, int flip = 0) {
+  if constexpr (!kF16) masks.w[0] = 0u;
 #pragma unroll
   for (int m = 0; m < kE / 2; ++m) {
     const float s0 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, (2 * m) ^ flip));
     const float s1 = __ldg(signs + lane_element<kDim, kE, kChunk>(lane, (2 * m + 1) ^ flip));
-    hmask[m] = (s0 < 0.0f ? 0x8000u : 0u) | (s1 < 0.0f ? 0x80000000u : 0u);
+    if constexpr (kF16)
+      masks.w[m] = (s0 < 0.0f ? 0x8000u : 0u) | (s1 < 0.0f ? 0x80000000u : 0u);
+    else
+      masks.w[0] |= (s0 < 0.0f ? 1u : 0u) << (2 * m) | (s1 < 0.0f ? 1u : 0u) << (2 * m + 1);
   }
 }
 
 // D x as floats (sign flips are exact, so it does not matter where they happen).
 template <int kE, bool kF16, int kChunk>
 __device__ __forceinline__ void signed_input(const LaneInput<kE, kF16, kChunk>& in,
-                                             const uint32_t (&hmask)[kE / 2], float (&y)[kE]) {
+                                             const SignMasks<kE, kF16>& masks, float (&y)[kE]) {
 #pragma unroll
   for (int m = 0; m < kE / 2; ++m) {
     if constexpr (kF16) {
-      const float2 f = __half22float2(bits_h2(in.w[m] ^ hmask[m]));
+      const float2 f = __half22float2(bits_h2(in.w[m] ^ masks.pair(m)));
       y[2 * m] = f.x;
       y[2 * m + 1] = f.y;
     } else {
-      y[2 * m] = __uint_as_float(in.w[2 * m] ^ (hmask[m] << 16));
-      y[2 * m + 1] = __uint_as_float(in.w[2 * m + 1] ^ (hmask[m] & 0x80000000u));
+      y[2 * m] = __uint_as_float(masks.apply(in.w[2 * m], 2 * m));
+      y[2 * m + 1] = __uint_as_float(masks.apply(in.w[2 * m + 1], 2 * m + 1));
     }
   }
 }
@@ -217,7 +235,7 @@ struct LaneSum {
 // stage). Returns the lane's pairwise sum of squares of D x.
 template <int kE, bool kF16>
 __device__ __forceinline__ float first_stage(const LaneInput<kE, kF16>& in,
-                                             const uint32_t (&hmask)[kE / 2], int lane,
+                                             const SignMasks<kE, kF16>& masks, int lane,
                                              unsigned mask, float (&y)[kE]) {
   constexpr int kPartner = 1;
   const float s = (lane & kPartner) ? -1.0f : 1.0f;  // as lane_fwht: other - mine, mine + other
@@ -226,13 +244,13 @@ __device__ __forceinline__ float first_stage(const LaneInput<kE, kF16>& in,
   for (int m = 0; m < kE / 2; ++m) {
     float a[2], b[2];
     if constexpr (kF16) {
-      const uint32_t mine = in.w[m] ^ hmask[m];
+      const uint32_t mine = in.w[m] ^ masks.pair(m);
       const float2 fa = __half22float2(bits_h2(mine));
       const float2 fb = __half22float2(bits_h2(__shfl_xor_sync(mask, mine, kPartner)));
       a[0] = fa.x, a[1] = fa.y, b[0] = fb.x, b[1] = fb.y;
     } else {
-      const uint32_t m0 = in.w[2 * m] ^ (hmask[m] << 16);
-      const uint32_t m1 = in.w[2 * m + 1] ^ (hmask[m] & 0x80000000u);
+      const uint32_t m0 = masks.apply(in.w[2 * m], 2 * m);
+      const uint32_t m1 = masks.apply(in.w[2 * m + 1], 2 * m + 1);
       a[0] = __uint_as_float(m0), a[1] = __uint_as_float(m1);
       b[0] = __uint_as_float(__shfl_xor_sync(mask, m0, kPartner));
       b[1] = __uint_as_float(__shfl_xor_sync(mask, m1, kPartner));
@@ -409,10 +427,10 @@ __device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2
 
 // The team kernels' start: this lane's Hadamard sign masks, and the cell table in shared
 // memory (filled by the first threads, then a barrier).
-template <int kDim, int kE, int kChunk>
+template <int kDim, int kE, bool kF16, int kChunk>
 __device__ __forceinline__ CellLut team_tables(const WriteArgs& a, int lane, int flip,
-                                               uint32_t* s_lut, uint32_t (&hmask)[kE / 2]) {
-  load_sign_masks<kDim, kE, kChunk>(a.hadamard_signs, lane, hmask, flip);
+                                               uint32_t* s_lut, SignMasks<kE, kF16>& masks) {
+  load_sign_masks<kDim, kE, kF16, kChunk>(a.hadamard_signs, lane, masks, flip);
   static_assert(kWriteThreads >= CellLut::kWords);
   if (threadIdx.x < CellLut::kWords) CellLut::fill(s_lut, a.cell_lut, threadIdx.x);
   __syncthreads();
@@ -457,8 +475,8 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   Input cur;
   const int flip = Layout::flip(lane);
   if (v < warp_end) cur.template load<kDim>(a, token, head, lane, flip);  // during the tables
-  uint32_t hmask[kE / 2];
-  const dev::CellLut lut = dev::team_tables<kDim, kE, kChunk>(a, lane, flip, s_lut, hmask);
+  dev::SignMasks<kE, kF16In> masks;
+  const dev::CellLut lut = dev::team_tables<kDim, kE, kF16In, kChunk>(a, lane, flip, s_lut, masks);
   const int cap = a.block_tokens;
 
   // One vector: encode now's, load the next (or now's again) into nxt. Once converted, now's raw
@@ -471,7 +489,7 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     int next_token = token + stride_tokens, next_head = head + stride_heads;
     if (next_head >= heads) next_head -= heads, ++next_token;
     float y[kE];
-    dev::signed_input(now, hmask, y);
+    dev::signed_input(now, masks, y);
     dev::LaneSum<kE> n2;
 #pragma unroll
     for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
@@ -517,8 +535,8 @@ __device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lan
   const int token = v / a.n_kv_heads, head = v % a.n_kv_heads;
   // The signs and the cell table are older than the kernel before: loaded before pdl_wait, so
   // their L2 round trip overlaps that kernel's tail instead of following the input's.
-  uint32_t hmask[kE / 2];
-  load_sign_masks<kDim, kE>(a.hadamard_signs, lane, hmask);
+  SignMasks<kE, kF16In> masks;
+  load_sign_masks<kDim, kE, kF16In>(a.hadamard_signs, lane, masks);
 #pragma unroll
   for (int i = lane; i < CellLut::kWords; i += 32) CellLut::fill(table, a.cell_lut, i);
   const CellLut lut(table, a.cell_lut);
@@ -528,7 +546,7 @@ __device__ __forceinline__ void warp_write_tq(const WriteArgs& a, int v, int lan
   __syncwarp();
   if (in.sm < 0) return;  // warp-uniform
   float y[kE];
-  const float lane_n2 = first_stage<kE, kF16In>(in, hmask, lane, 0xffffffffu, y);
+  const float lane_n2 = first_stage<kE, kF16In>(in, masks, lane, 0xffffffffu, y);
   uint32_t piece[1];  // this lane's kLaneBits <= 32 bits of the bitstream
   const float stored = tq_encode<kDim, kBits, WarpLayout<kDim>>(
       y, lane_n2, lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, piece);
@@ -562,9 +580,9 @@ __device__ __forceinline__ void warp_write_f16(const WriteArgs& a, int v, int la
   LaneInput<kE, kF16In> in;
   in.template load<kDim>(a, token, head, lane);
   if (in.sm < 0) return;
-  const uint32_t no_signs[kE / 2] = {};
+  const SignMasks<kE, kF16In> no_signs = {};
   float x[kE];
-  signed_input<kE, kF16In>(in, no_signs, x);
+  signed_input(in, no_signs, x);
   uint32_t h[kE / 2];
 #pragma unroll
   for (int m = 0; m < kE / 2; ++m)

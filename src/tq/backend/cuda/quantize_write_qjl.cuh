@@ -15,7 +15,9 @@
 //   its own vector's word: at d 128 lane t of a team ends with bits 32t..32t + 31 of each of its
 //   vectors' sketches and stores that word; at d 64 a quad's lanes trade halves (two shuffles).
 // S sits in shared memory as fp16 in that order (rows: N, columns: K; filled once per CTA from
-// the float S of the pool), read as B fragments with ldmatrix, two n-tiles a load.
+// the float S of the pool), read as B fragments with ldmatrix, two n-tiles a load. Built for
+// sm_90a, the 4 warps take the GEMM together as warpgroup MMA instead (M = their 64 vectors, the
+// same A registers, S read by the tensor cores through a descriptor: wgmma_rs below).
 // (Before 2026-12-05 a CTA staged a round's residuals in shared memory and its warps split the
 // sketch rows, S's B fragments in 64 registers a lane: 168 registers, 3 CTAs an SM, a barrier a
 // round, 0.22 of copy on an H200 from fp16 rows.)
@@ -40,6 +42,95 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
                : "r"(addr));
 }
 
+// The sketch GEMM as warpgroup MMA (sm_90a, the kernels built for compute_90a): the CTA's 4 warps
+// are one warpgroup, M = their 64 vectors (warp w's A fragments are rows 16 w..16 w + 15, the
+// same registers as an m16n8k16 A fragment), B = S straight from shared memory through a matrix
+// descriptor. Each warp then reads S through the tensor cores once per 64 vectors instead of
+// ldmatrix-ing all of it per 16 (2 KB of shared-memory reads and 16 L1 wavefronts a vector, the
+// kernel's busiest unit: docs/benchmarks.md, session 28). Elsewhere (sm_80, plain sm_90) the
+// m16n8k16 path below.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define TQ_QJL_WGMMA 1
+#else
+#define TQ_QJL_WGMMA 0
+#endif
+
+// wgmma's fence (before registers written by ordinary instructions feed it), commit and wait.
+__device__ __forceinline__ void wgmma_fence() {
+#if TQ_QJL_WGMMA
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wgmma_commit() {
+#if TQ_QJL_WGMMA
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#endif
+}
+// Until at most kPending committed groups are still running.
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+#if TQ_QJL_WGMMA
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+#endif
+}
+// Placed after a wait, on the accumulators (and the A registers) of the MMAs it waited for: the
+// compiler sees them change there, so it neither reads an accumulator before the wait (the
+// asynchronous MMA writes it until then) nor reuses an operand register earlier.
+__device__ __forceinline__ void wgmma_hold(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+__device__ __forceinline__ void wgmma_hold(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
+
+// D (64 x kN, f32) += A (64 x 16, f16 registers) * B (16 x kN, f16 K-major in shared memory),
+// kN = 16 or 32: a thread's d[4 j..4 j + 3] are n-tile j's c0..c3, as m16n8k16's.
+template <int kN>
+__device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint64_t desc) {
+  static_assert(kN == 16 || kN == 32);
+#if TQ_QJL_WGMMA
+  if constexpr (kN == 16) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
+        "{%8, %9, %10, %11}, %12, 1, 1, 1, 0;"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+  } else {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+        "%9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, 1, 1, 1, 0;"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+  }
+#else
+  (void)d, (void)a0, (void)a1, (void)a2, (void)a3, (void)desc;
+#endif
+}
+
+// S's layout for the descriptor: K-major core matrices (8 N rows x 8 K halves, 128 contiguous
+// bytes) without swizzle; the kDim / 8 core matrices of an 8-row N block lie K-ascending at
+// kLbo = 128 bytes, N blocks at kSbo = kDim * 16 bytes. Returns the half index of (n, k).
+template <int kDim>
+__host__ __device__ constexpr int qjl_wgmma_index(int n, int k) {
+  return ((n / 8) * (kDim / 8) + k / 8) * 64 + (n % 8) * 8 + k % 8;
+}
+// A descriptor of S's tiles: start address, leading byte offset (between core matrices along K)
+// and stride byte offset (along N), each in 16-byte units, swizzle mode 0. tile() adds the start
+// of the 16 x kN tile at K-tile kk and N chunk c (n kN c..) to S's, an immediate (every address
+// of the CTA's 228 KB fits the 14-bit field, so no carry leaves it).
+template <int kDim>
+struct QjlDesc {
+  static constexpr uint32_t kLbo = 128, kSbo = kDim * 16;
+  uint32_t lo;
+  __device__ __forceinline__ explicit QjlDesc(uint32_t s_addr)
+      : lo((s_addr >> 4) | (kLbo >> 4) << 16) {}
+  template <int kN>
+  __device__ __forceinline__ uint64_t tile(int c, int kk) const {
+    const uint32_t off = ((kN / 8) * kSbo * static_cast<uint32_t>(c) + 2u * kLbo * kk) >> 4;
+    return static_cast<uint64_t>(lo + off) | static_cast<uint64_t>(kSbo >> 4) << 32;
+  }
+};
+
 }  // namespace dev
 
 template <int kDim>
@@ -53,7 +144,8 @@ template <int kDim>
 constexpr int qjl_row_halves() {
   return kDim + 8;
 }
-// The kernel's dynamic shared memory: S as fp16 rows.
+// The kernel's dynamic shared memory: S as fp16 rows (the wgmma layout takes kDim * kDim of
+// them: the host, which cannot tell which the device code uses, sizes for the larger).
 template <int kDim>
 constexpr int qjl_smem_bytes() {
   return kDim * qjl_row_halves<kDim>() * 2;
@@ -84,11 +176,24 @@ __host__ __device__ constexpr int qjl_sketch_row(int n) {
 
 }  // namespace dev
 
+// Per input type, as measured on an H100 (docs/benchmarks.md, session 29): the wgmma kernels
+// from fp32 rows run at 3 CTAs an SM (168 registers: at 128 the raw fp32 input of the vector in
+// flight made them spill 200+ bytes, 1.14x) with N 32 chunks, two in flight (1.04x more); from
+// fp16 rows 4 CTAs, N 16 chunks one at a time, no spill (two in flight, 3 CTAs or N 32 were
+// 0.95-0.99x). The m16n8k16 path keeps its 4 CTAs.
+template <bool kF16In>
+struct QjlTuning {
+  static constexpr int kBlocks = kF16In || !TQ_QJL_WGMMA ? 4 : 3;
+  static constexpr int kChunkN = kF16In ? 16 : 32;  // wgmma N
+  static constexpr int kDepth = kF16In ? 1 : 2;     // chunks in flight
+};
+
 // kBits: the mse code bits (the prod format's bits - 1). Grid-stride as tq_team_kernel: a team
 // loads its next vector while it encodes the current one; the loop is warp-uniform (the warp's
 // first team decides), teams past the end encode their last vector again and store nothing.
 template <int kDim, int kBits, bool kF16In>
-__global__ void __launch_bounds__(kWriteThreads, 4) tq_qjl_team_kernel(const WriteArgs a) {
+__global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
+    tq_qjl_team_kernel(const WriteArgs a) {
   static_assert(qjl_team_supported<kDim>());
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8, kSignBytes = kDim / 8;
@@ -108,7 +213,9 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_qjl_team_kernel(const Wri
   const int flip = Layout::flip(lane);
   const int stride = static_cast<int>(gridDim.x) * kTeams;
   int v = static_cast<int>(blockIdx.x) * kTeams + team;
-  const int warp_end = nvec + team % (32 / kLanes);  // v < warp_end: the warp's first team has one
+  // v < warp_end: the warp's first team has a vector (the CTA's first team for wgmma, which
+  // takes the whole warpgroup every round).
+  const int warp_end = nvec + (TQ_QJL_WGMMA ? team : team % (32 / kLanes));
 
   const auto load = [&](int vec, Input& in) {
     vec = min(vec, nvec - 1);
@@ -125,14 +232,16 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_qjl_team_kernel(const Wri
     const float* column = a.qjl + dev::qjl_k_coordinate<kDim, Layout>(k);
 #pragma unroll 4
     for (int n = threadIdx.x / kDim; n < kDim; n += kWriteThreads / kDim)
-      s_s[n * kRow + k] = __float2half_rn(__ldg(column + dev::qjl_sketch_row<kDim>(n) * kDim));
+      s_s[TQ_QJL_WGMMA ? dev::qjl_wgmma_index<kDim>(n, k) : n * kRow + k] =
+          __float2half_rn(__ldg(column + dev::qjl_sketch_row<kDim>(n) * kDim));
   }
-  uint32_t hmask[kE / 2];
-  const dev::CellLut lut = dev::team_tables<kDim, kE, Layout::kChunk>(a, lane, flip, s_lut, hmask);
+  dev::SignMasks<kE, kF16In> masks;
+  const dev::CellLut lut =
+      dev::team_tables<kDim, kE, kF16In, Layout::kChunk>(a, lane, flip, s_lut, masks);
   const int cap = a.block_tokens;
   // This lane's ldmatrix row of S: matrices (n-tile 2np, k 0-7), (2np, 8-15), (2np + 1, 0-7),
   // (2np + 1, 8-15) of a k-tile are b0, b1 of n-tile 2np, then of 2np + 1.
-  const uint32_t b_base =
+  [[maybe_unused]] const uint32_t b_base =
       static_cast<uint32_t>(__cvta_generic_to_shared(s_s)) +
       2u * static_cast<uint32_t>((8 * (wl >> 4) + (wl & 7)) * kRow + 8 * ((wl >> 3) & 1));
 
@@ -144,7 +253,7 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_qjl_team_kernel(const Wri
     const bool store = v < nvec && now.sm >= 0;
     const int vec_head = min(v, nvec - 1) % heads;
     float y[kE];
-    dev::signed_input(now, hmask, y);
+    dev::signed_input(now, masks, y);
     dev::LaneSum<kE> n2;
 #pragma unroll
     for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
@@ -184,9 +293,54 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_qjl_team_kernel(const Wri
   // sign is shifted into the lane's word for its row half h (c0, c1: h 0; c2, c3: h 1) at bit
   // 2 nt + b, highest first (a funnel shift each); bit = (S r)_i >= 0 (the sum starts at +0, so a
   // zero product sum is +0).
-  const auto sketch = [&](const uint32_t(&lo)[2 * kKT], const uint32_t(&hi)[2 * kKT],
-                          uint32_t(&neg)[2]) {
+  [[maybe_unused]] const dev::QjlDesc<kDim> s_desc(
+      static_cast<uint32_t>(__cvta_generic_to_shared(s_s)));
+  const auto sketch = [&](uint32_t(&lo)[2 * kKT], uint32_t(&hi)[2 * kKT], uint32_t(&neg)[2]) {
     neg[0] = neg[1] = 0u;
+#if TQ_QJL_WGMMA
+    // N chunks of kWN (n-tiles (kWN / 8) c..: d[4j..4j + 3] is the chunk's n-tile j's c0..c3),
+    // highest first, as the m16n8k16 path; with kDepth 2 the next chunk's MMAs run while this
+    // one's signs are taken.
+    constexpr int kWN = QjlTuning<kF16In>::kChunkN, kChunks = kDim / kWN;
+    constexpr int kDepth = QjlTuning<kF16In>::kDepth;
+    float d[kDepth][kWN / 2];
+    const auto issue = [&](float(&acc)[kWN / 2], int c) {
+#pragma unroll
+      for (int i = 0; i < kWN / 2; ++i) acc[i] = 0.0f;
+      dev::wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < kKT; ++kk)
+        dev::wgmma_rs<kWN>(acc, lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1],
+                           s_desc.template tile<kWN>(c, kk));
+      dev::wgmma_commit();
+    };
+    if constexpr (kDepth == 2) issue(d[0], kChunks - 1);
+#pragma unroll
+    for (int c = kChunks - 1; c >= 0; --c) {
+      const int i = kChunks - 1 - c;
+      float(&acc)[kWN / 2] = d[i % kDepth];
+      if constexpr (kDepth == 1) {
+        issue(acc, c);
+        dev::wgmma_wait<0>();
+      } else if (c > 0) {
+        issue(d[(i + 1) % kDepth], c - 1);
+        dev::wgmma_wait<1>();
+      } else {
+        dev::wgmma_wait<0>();
+      }
+#pragma unroll
+      for (int i = 0; i < kWN / 2; ++i) dev::wgmma_hold(acc[i]);
+#pragma unroll
+      for (int j = kWN / 8 - 1; j >= 0; --j)
+#pragma unroll
+        for (int b = 1; b >= 0; --b) {
+          neg[0] = __funnelshift_l(__float_as_uint(acc[4 * j + b]), neg[0], 1);
+          neg[1] = __funnelshift_l(__float_as_uint(acc[4 * j + 2 + b]), neg[1], 1);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 2 * kKT; ++i) dev::wgmma_hold(lo[i]), dev::wgmma_hold(hi[i]);
+#else
 #pragma unroll
     for (int np = kNT / 2 - 1; np >= 0; --np) {
       float acc[2][4] = {};
@@ -205,6 +359,7 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_qjl_team_kernel(const Wri
           neg[1] = __funnelshift_l(__float_as_uint(acc[j][2 + c]), neg[1], 1);
         }
     }
+#endif
   };
 
   uint32_t p0[kE / 2];
