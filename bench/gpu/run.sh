@@ -145,6 +145,9 @@ bench_rc=0
 if [ "$ATTN_BENCH" = 1 ]; then
   "$BUILD/tq_gpu_bench" --out "$OUT" "$@"
   bench_rc=$?
+  # The bulk write again from fp32 rows (what the model's prefill writes), into $OUT/write_f32/.
+  "$BUILD/tq_gpu_bench" --out "$OUT/write_f32" --attention 0 --gemv 0 --reps 20 \
+    --write-input f32 > "$OUT/write_f32.log" 2>&1 || bench_rc=1
   [ "${TQ_GPU_SDPA:-1}" = 1 ] && PYTHONUNBUFFERED=1 python3 "$ROOT/bench/gpu/sdpa_ref.py" --out "$OUT/sdpa.csv"
   if [ "${TQ_GPU_RAGGED:-1}" = 1 ]; then
     # Mixed lengths (sequence b at context x (b % 8 + 1) / 8), splits by length against every
