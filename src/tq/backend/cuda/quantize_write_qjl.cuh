@@ -178,14 +178,13 @@ __host__ __device__ constexpr int qjl_sketch_row(int n) {
 
 // Per input type, as measured on an H100 (docs/benchmarks.md, session 29): the wgmma kernels
 // from fp32 rows run at 3 CTAs an SM (168 registers: at 128 the raw fp32 input of the vector in
-// flight made them spill 200+ bytes, 1.14x) with N 32 chunks, two in flight (1.04x more); from
-// fp16 rows 4 CTAs, N 16 chunks one at a time, no spill (two in flight, 3 CTAs or N 32 were
-// 0.95-0.99x). The m16n8k16 path keeps its 4 CTAs.
+// flight made them spill 200+ bytes; 1.14x) with N 32 chunks (1.04x more); from fp16 rows at 4
+// CTAs with N 16 chunks, no spill (3 CTAs or N 32: 0.95-0.99x). The m16n8k16 path keeps its 4
+// CTAs.
 template <bool kF16In>
 struct QjlTuning {
   static constexpr int kBlocks = kF16In || !TQ_QJL_WGMMA ? 4 : 3;
   static constexpr int kChunkN = kF16In ? 16 : 32;  // wgmma N
-  static constexpr int kDepth = kF16In ? 1 : 2;     // chunks in flight
 };
 
 // kBits: the mse code bits (the prod format's bits - 1). Grid-stride as tq_team_kernel: a team
@@ -298,13 +297,13 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   const auto sketch = [&](uint32_t(&lo)[2 * kKT], uint32_t(&hi)[2 * kKT], uint32_t(&neg)[2]) {
     neg[0] = neg[1] = 0u;
 #if TQ_QJL_WGMMA
-    // N chunks of kWN (n-tiles (kWN / 8) c..: d[4j..4j + 3] is the chunk's n-tile j's c0..c3),
-    // highest first, as the m16n8k16 path; with kDepth 2 the next chunk's MMAs run while this
-    // one's signs are taken.
+    // N chunks of kWN (n-tiles (kWN / 8) c..: acc[4j..4j + 3] is the chunk's n-tile j's
+    // c0..c3), highest first, as the m16n8k16 path; one chunk in flight at a time (with two,
+    // ptxas serialised the MMAs of the fp32-input kernels, C7518, and the fp16 ones ran 0.96x).
     constexpr int kWN = QjlTuning<kF16In>::kChunkN, kChunks = kDim / kWN;
-    constexpr int kDepth = QjlTuning<kF16In>::kDepth;
-    float d[kDepth][kWN / 2];
-    const auto issue = [&](float(&acc)[kWN / 2], int c) {
+#pragma unroll
+    for (int c = kChunks - 1; c >= 0; --c) {
+      float acc[kWN / 2];
 #pragma unroll
       for (int i = 0; i < kWN / 2; ++i) acc[i] = 0.0f;
       dev::wgmma_fence();
@@ -313,21 +312,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
         dev::wgmma_rs<kWN>(acc, lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1],
                            s_desc.template tile<kWN>(c, kk));
       dev::wgmma_commit();
-    };
-    if constexpr (kDepth == 2) issue(d[0], kChunks - 1);
-#pragma unroll
-    for (int c = kChunks - 1; c >= 0; --c) {
-      const int i = kChunks - 1 - c;
-      float(&acc)[kWN / 2] = d[i % kDepth];
-      if constexpr (kDepth == 1) {
-        issue(acc, c);
-        dev::wgmma_wait<0>();
-      } else if (c > 0) {
-        issue(d[(i + 1) % kDepth], c - 1);
-        dev::wgmma_wait<1>();
-      } else {
-        dev::wgmma_wait<0>();
-      }
+      dev::wgmma_wait<0>();
 #pragma unroll
       for (int i = 0; i < kWN / 2; ++i) dev::wgmma_hold(acc[i]);
 #pragma unroll
