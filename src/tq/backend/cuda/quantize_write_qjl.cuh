@@ -79,29 +79,45 @@ __device__ __forceinline__ void wgmma_wait() {
 __device__ __forceinline__ void wgmma_hold(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 __device__ __forceinline__ void wgmma_hold(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
 
-// D (64 x kN, f32) += A (64 x 16, f16 registers) * B (16 x kN, f16 K-major in shared memory),
-// kN = 16 or 32: a thread's d[4 j..4 j + 3] are n-tile j's c0..c3, as m16n8k16's.
-template <int kN>
+// D (64 x kN, f32) = A (64 x 16, f16 registers) * B (16 x kN, f16 K-major in shared memory),
+// plus D when kAccumulate (without, D needs no zeroing: the sum of the products alone, as an
+// accumulation from +0 gives); kN = 16 or 32: a thread's d[4 j..4 j + 3] are n-tile j's c0..c3,
+// as m16n8k16's.
+template <int kN, bool kAccumulate>
 __device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], uint32_t a0, uint32_t a1, uint32_t a2,
                                          uint32_t a3, uint64_t desc) {
   static_assert(kN == 16 || kN == 32);
 #if TQ_QJL_WGMMA
-  if constexpr (kN == 16) {
+#define TQ_WGMMA_D8(c) c(d[0]), c(d[1]), c(d[2]), c(d[3]), c(d[4]), c(d[5]), c(d[6]), c(d[7])
+#define TQ_WGMMA_D16(c) \
+  TQ_WGMMA_D8(c), c(d[8]), c(d[9]), c(d[10]), c(d[11]), c(d[12]), c(d[13]), c(d[14]), c(d[15])
+  if constexpr (kN == 16 && kAccumulate) {
     asm volatile(
         "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
         "{%8, %9, %10, %11}, %12, 1, 1, 1, 0;"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7])
+        : TQ_WGMMA_D8("+f")
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+  } else if constexpr (kN == 16) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
+        "{%8, %9, %10, %11}, %12, 0, 1, 1, 0;"
+        : TQ_WGMMA_D8("=f")
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
+  } else if constexpr (kAccumulate) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+        "%9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, 1, 1, 1, 0;"
+        : TQ_WGMMA_D16("+f")
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
   } else {
     asm volatile(
         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
-        "%9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, 1, 1, 1, 0;"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-          "+f"(d[14]), "+f"(d[15])
+        "%9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, 0, 1, 1, 0;"
+        : TQ_WGMMA_D16("=f")
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
   }
+#undef TQ_WGMMA_D16
+#undef TQ_WGMMA_D8
 #else
   (void)d, (void)a0, (void)a1, (void)a2, (void)a3, (void)desc;
 #endif
@@ -304,13 +320,12 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
 #pragma unroll
     for (int c = kChunks - 1; c >= 0; --c) {
       float acc[kWN / 2];
-#pragma unroll
-      for (int i = 0; i < kWN / 2; ++i) acc[i] = 0.0f;
       dev::wgmma_fence();
+      dev::wgmma_rs<kWN, false>(acc, lo[0], hi[0], lo[1], hi[1], s_desc.template tile<kWN>(c, 0));
 #pragma unroll
-      for (int kk = 0; kk < kKT; ++kk)
-        dev::wgmma_rs<kWN>(acc, lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1],
-                           s_desc.template tile<kWN>(c, kk));
+      for (int kk = 1; kk < kKT; ++kk)
+        dev::wgmma_rs<kWN, true>(acc, lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1],
+                                 s_desc.template tile<kWN>(c, kk));
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
 #pragma unroll
