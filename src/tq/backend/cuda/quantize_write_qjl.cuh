@@ -17,7 +17,7 @@
 // S sits in shared memory as fp16 in that order (rows: N, columns: K; filled once per CTA from
 // the float S of the pool), read as B fragments with ldmatrix, two n-tiles a load. Built for
 // sm_90a, the 4 warps take the GEMM together as warpgroup MMA instead (M = their 64 vectors, the
-// same A registers, S read by the tensor cores through a descriptor: wgmma_rs below).
+// same A registers, S read by the tensor cores through a descriptor: wgmma_m64n32k16 below).
 // (Before 2026-12-05 a CTA staged a round's residuals in shared memory and its warps split the
 // sketch rows, S's B fragments in 64 registers a lane: 168 registers, 3 CTAs an SM, a barrier a
 // round, 0.22 of copy on an H200 from fp16 rows.)
@@ -79,31 +79,17 @@ __device__ __forceinline__ void wgmma_wait() {
 __device__ __forceinline__ void wgmma_hold(float& v) { asm volatile("" : "+f"(v)::"memory"); }
 __device__ __forceinline__ void wgmma_hold(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
 
-// D (64 x kN, f32) = A (64 x 16, f16 registers) * B (16 x kN, f16 K-major in shared memory),
+// D (64 x 32, f32) = A (64 x 16, f16 registers) * B (16 x 32, f16 K-major in shared memory),
 // plus D when kAccumulate (without, D needs no zeroing: the sum of the products alone, as an
-// accumulation from +0 gives); kN = 16 or 32: a thread's d[4 j..4 j + 3] are n-tile j's c0..c3,
-// as m16n8k16's.
-template <int kN, bool kAccumulate>
-__device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint64_t desc) {
-  static_assert(kN == 16 || kN == 32);
+// accumulation from +0 gives). A thread's d[4 j..4 j + 3] are n-tile j's c0..c3, as m16n8k16's.
+template <bool kAccumulate>
+__device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint32_t a0, uint32_t a1,
+                                                uint32_t a2, uint32_t a3, uint64_t desc) {
 #if TQ_QJL_WGMMA
-#define TQ_WGMMA_D8(c) c(d[0]), c(d[1]), c(d[2]), c(d[3]), c(d[4]), c(d[5]), c(d[6]), c(d[7])
-#define TQ_WGMMA_D16(c) \
-  TQ_WGMMA_D8(c), c(d[8]), c(d[9]), c(d[10]), c(d[11]), c(d[12]), c(d[13]), c(d[14]), c(d[15])
-  if constexpr (kN == 16 && kAccumulate) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
-        "{%8, %9, %10, %11}, %12, 1, 1, 1, 0;"
-        : TQ_WGMMA_D8("+f")
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
-  } else if constexpr (kN == 16) {
-    asm volatile(
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7}, "
-        "{%8, %9, %10, %11}, %12, 0, 1, 1, 0;"
-        : TQ_WGMMA_D8("=f")
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
-  } else if constexpr (kAccumulate) {
+#define TQ_WGMMA_D16(c)                                                                     \
+  c(d[0]), c(d[1]), c(d[2]), c(d[3]), c(d[4]), c(d[5]), c(d[6]), c(d[7]), c(d[8]), c(d[9]), \
+      c(d[10]), c(d[11]), c(d[12]), c(d[13]), c(d[14]), c(d[15])
+  if constexpr (kAccumulate) {
     asm volatile(
         "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
         "%9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, 1, 1, 1, 0;"
@@ -117,7 +103,6 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[kN / 2], uint32_t a0, uint32
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc));
   }
 #undef TQ_WGMMA_D16
-#undef TQ_WGMMA_D8
 #else
   (void)d, (void)a0, (void)a1, (void)a2, (void)a3, (void)desc;
 #endif
@@ -192,15 +177,13 @@ __host__ __device__ constexpr int qjl_sketch_row(int n) {
 
 }  // namespace dev
 
-// Per input type, as measured on an H100 (docs/benchmarks.md, session 29): the wgmma kernels
-// from fp32 rows run at 3 CTAs an SM (168 registers: at 128 the raw fp32 input of the vector in
-// flight made them spill 200+ bytes; 1.14x) with N 32 chunks (1.04x more); from fp16 rows at 4
-// CTAs with N 16 chunks, no spill (3 CTAs or N 32: 0.95-0.99x). The m16n8k16 path keeps its 4
-// CTAs.
+// CTAs an SM, as measured on an H100 (docs/benchmarks.md, session 29): the wgmma kernel from fp32
+// rows runs at 3 (168 registers: at 128 the raw fp32 input of the vector in flight made it spill
+// 200+ bytes; 1.14x), from fp16 rows at 4 (no spill; 3 ran 0.95-0.99x). The m16n8k16 path keeps
+// its 4.
 template <bool kF16In>
 struct QjlTuning {
   static constexpr int kBlocks = kF16In || !TQ_QJL_WGMMA ? 4 : 3;
-  static constexpr int kChunkN = kF16In ? 16 : 32;  // wgmma N
 };
 
 // kBits: the mse code bits (the prod format's bits - 1). Grid-stride as tq_team_kernel: a team
@@ -313,19 +296,20 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   const auto sketch = [&](uint32_t(&lo)[2 * kKT], uint32_t(&hi)[2 * kKT], uint32_t(&neg)[2]) {
     neg[0] = neg[1] = 0u;
 #if TQ_QJL_WGMMA
-    // N chunks of kWN (n-tiles (kWN / 8) c..: acc[4j..4j + 3] is the chunk's n-tile j's
-    // c0..c3), highest first, as the m16n8k16 path; one chunk in flight at a time (with two,
-    // ptxas serialised the MMAs of the fp32-input kernels, C7518, and the fp16 ones ran 0.96x).
-    constexpr int kWN = QjlTuning<kF16In>::kChunkN, kChunks = kDim / kWN;
+    // N chunks of kWN = 32 (n-tiles 4c..4c + 3: acc[4j..4j + 3] is the chunk's n-tile j's
+    // c0..c3), highest first, as the m16n8k16 path; one chunk in flight at a time. (H100: N 32
+    // 1.03-1.04x N 16, N 64 spills; two chunks in flight made ptxas serialise the fp32-input
+    // kernels' MMAs, C7518, and the fp16 ones ran 0.96x.)
+    constexpr int kWN = 32, kChunks = kDim / kWN;
 #pragma unroll
     for (int c = kChunks - 1; c >= 0; --c) {
       float acc[kWN / 2];
       dev::wgmma_fence();
-      dev::wgmma_rs<kWN, false>(acc, lo[0], hi[0], lo[1], hi[1], s_desc.template tile<kWN>(c, 0));
+      dev::wgmma_m64n32k16<false>(acc, lo[0], hi[0], lo[1], hi[1], s_desc.template tile<kWN>(c, 0));
 #pragma unroll
       for (int kk = 1; kk < kKT; ++kk)
-        dev::wgmma_rs<kWN, true>(acc, lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1],
-                                 s_desc.template tile<kWN>(c, kk));
+        dev::wgmma_m64n32k16<true>(acc, lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1],
+                                   s_desc.template tile<kWN>(c, kk));
       dev::wgmma_commit();
       dev::wgmma_wait<0>();
 #pragma unroll
