@@ -80,8 +80,9 @@ __device__ __forceinline__ void wgmma_hold(float& v) { asm volatile("" : "+f"(v)
 __device__ __forceinline__ void wgmma_hold(uint32_t& v) { asm volatile("" : "+r"(v)::"memory"); }
 
 // D (64 x 32, f32) = A (64 x 16, f16 registers) * B (16 x 32, f16 K-major in shared memory),
-// plus D when kAccumulate (without, D needs no zeroing: the sum of the products alone, as an
-// accumulation from +0 gives). A thread's d[4 j..4 j + 3] are n-tile j's c0..c3, as m16n8k16's.
+// plus D when kAccumulate (without, D needs no zeroing: the products' sum alone, which differs
+// from an accumulation from +0 only when every product is -0, i.e. for a zero residual, whose
+// vector stores norm 0). A thread's d[4 j..4 j + 3] are n-tile j's c0..c3, as m16n8k16's.
 template <bool kAccumulate>
 __device__ __forceinline__ void wgmma_m64n32k16(float (&d)[16], uint32_t a0, uint32_t a1,
                                                 uint32_t a2, uint32_t a3, uint64_t desc) {
