@@ -55,22 +55,17 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
 #define TQ_QJL_WGMMA 0
 #endif
 
-// wgmma's fence (before registers written by ordinary instructions feed it), commit and wait.
+// wgmma's fence (before registers written by ordinary instructions feed it), and the commit of
+// the MMAs issued since the last one with the wait for all of them (one chunk in flight).
 __device__ __forceinline__ void wgmma_fence() {
 #if TQ_QJL_WGMMA
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wgmma_commit() {
+__device__ __forceinline__ void wgmma_commit_and_wait() {
 #if TQ_QJL_WGMMA
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-#endif
-}
-// Until at most kPending committed groups are still running.
-template <int kPending>
-__device__ __forceinline__ void wgmma_wait() {
-#if TQ_QJL_WGMMA
-  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
 #endif
 }
 // Placed after a wait, on the accumulators (and the A registers) of the MMAs it waited for: the
@@ -133,6 +128,17 @@ struct QjlDesc {
   }
 };
 
+// Shifts the signs of one n-tile's accumulators c0..c3 into the lane's words, highest column
+// first (the caller walks the n-tiles highest first): c0, c1 (row g) into neg[0], c2, c3 (row
+// g + 8) into neg[1]; a set bit is a negative (S r)_i.
+__device__ __forceinline__ void push_signs(const float* c, uint32_t (&neg)[2]) {
+#pragma unroll
+  for (int b = 1; b >= 0; --b) {
+    neg[0] = __funnelshift_l(__float_as_uint(c[b]), neg[0], 1);
+    neg[1] = __funnelshift_l(__float_as_uint(c[2 + b]), neg[1], 1);
+  }
+}
+
 }  // namespace dev
 
 template <int kDim>
@@ -189,7 +195,8 @@ struct QjlTuning {
 
 // kBits: the mse code bits (the prod format's bits - 1). Grid-stride as tq_team_kernel: a team
 // loads its next vector while it encodes the current one; the loop is warp-uniform (the warp's
-// first team decides), teams past the end encode their last vector again and store nothing.
+// first team decides; CTA-uniform for wgmma), teams past the end encode their last vector again
+// and store nothing.
 template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
     tq_qjl_team_kernel(const WriteArgs a) {
@@ -311,17 +318,11 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
       for (int kk = 1; kk < kKT; ++kk)
         dev::wgmma_m64n32k16<true>(acc, lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1],
                                    s_desc.template tile<kWN>(c, kk));
-      dev::wgmma_commit();
-      dev::wgmma_wait<0>();
+      dev::wgmma_commit_and_wait();
 #pragma unroll
       for (int i = 0; i < kWN / 2; ++i) dev::wgmma_hold(acc[i]);
 #pragma unroll
-      for (int j = kWN / 8 - 1; j >= 0; --j)
-#pragma unroll
-        for (int b = 1; b >= 0; --b) {
-          neg[0] = __funnelshift_l(__float_as_uint(acc[4 * j + b]), neg[0], 1);
-          neg[1] = __funnelshift_l(__float_as_uint(acc[4 * j + 2 + b]), neg[1], 1);
-        }
+      for (int j = kWN / 8 - 1; j >= 0; --j) dev::push_signs(acc + 4 * j, neg);
     }
 #pragma unroll
     for (int i = 0; i < 2 * kKT; ++i) dev::wgmma_hold(lo[i]), dev::wgmma_hold(hi[i]);
@@ -337,12 +338,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
         dev::mma_16816(acc[1], lo[2 * kk], hi[2 * kk], lo[2 * kk + 1], hi[2 * kk + 1], b[2], b[3]);
       }
 #pragma unroll
-      for (int j = 1; j >= 0; --j)
-#pragma unroll
-        for (int c = 1; c >= 0; --c) {
-          neg[0] = __funnelshift_l(__float_as_uint(acc[j][c]), neg[0], 1);
-          neg[1] = __funnelshift_l(__float_as_uint(acc[j][2 + c]), neg[1], 1);
-        }
+      for (int j = 1; j >= 0; --j) dev::push_signs(acc[j], neg);
     }
 #endif
   };
