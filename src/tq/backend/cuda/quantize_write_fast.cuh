@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cfloat>
+#include <type_traits>
 
 #include "tq/backend/cuda/quantize_write.cuh"
 #include "tq/quant/cell_lut.h"
@@ -363,13 +364,121 @@ struct TeamLayout {
   }
 };
 
+// QuadMmaLayout (the team kernels at d 128 from fp16 rows): the team is an mma quad (lanes 4g..4g
+// + 3, groupID g) and four of the transform's seven butterfly levels run on the tensor cores,
+// where an fp16 input needs no conversion and ±1 products are exact. Lane t loads elements
+// [32 t, 32 t + 32) (word m: elements 2m, 2m + 1) and ends with coordinates [32 t, 32 t + 32) in
+// slot order: contiguous codes, as TeamLayout's. One m16n8k16 per k-tile kk and n-tile nt, with
+// A = the vector's two halves as rows g and g + 8 (element bit 2: word 4 kk + 2 R + X, X = element
+// bit 1 choosing the A pair a0 / a2) and B = H_16 in natural order, mixes element bits {0, 1, 5,
+// 6} (in-register, X, lane) into coordinate bits {0, 1, 5, 6} (c0 / c1, n-tile, lane): H_128 is
+// H_16 over those bits times H_8 over bits {2, 3, 4} (row half R, kk), which stay in the lane
+// and take three in-lane stages. Slot of (kk, R, nt, b) = 8 kk + 4 R + 2 nt + b. The tensor
+// cores sum 16 exact products in float32 (at most a few ulps of the largest, as the float32
+// stages they replace); the sum of squares is taken after the transform, divided by d exactly.
+// Per vector and lane: 8 HMMA and 96 FADD, against TeamLayout's 32 conversions, 224 FADD and 32
+// shuffles.
+struct QuadMmaLayout {
+  static constexpr int kE = 32, kLanes = 4, kChunk = 32, kSignBits = 0;
+  static __device__ __forceinline__ int flip(int) { return 0; }
+  static __device__ __forceinline__ void transform(float (&)[kE], int, unsigned) {}
+  static constexpr int position(int e) { return e; }
+  static constexpr int sign_index(int) { return 0; }
+};
+
+// The lane's B fragments of H_16 (entry (k, n) = (-1)^popcount(k & n)) for n-tiles 0 and 1: b0
+// holds rows 2t, 2t + 1 of column 8 nt + g, b1 rows 2t + 8, 2t + 9.
+struct QuadMmaHadamard {
+  uint32_t b[2][2];
+  __device__ __forceinline__ explicit QuadMmaHadamard(int warp_lane) {
+    const int g = warp_lane >> 2, t = warp_lane & 3;
+    const auto h = [](int k, int n) -> uint32_t { return __popc(k & n) & 1 ? 0xbc00u : 0x3c00u; };
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int k = 2 * t + 8 * r, n = 8 * nt + g;
+        b[nt][r] = h(k, n) | h(k + 1, n) << 16;
+      }
+  }
+};
+
+// D (16 x 8, f32) = A (16 x 16, f16) * B (16 x 8, f16), no accumulator.
+__device__ __forceinline__ void mma_16816_zero_c(float (&d)[4], uint32_t a0, uint32_t a1,
+                                                 uint32_t a2, uint32_t a3, uint32_t b0,
+                                                 uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%10,%10,%10,%10};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
+// z = H (D x) of the quad's vector in QuadMmaLayout's slots (unnormalised); returns the lane's
+// pairwise sum of squares of z divided by d (= of D x, as TeamLayout's caller passes it).
+__device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& in,
+                                                 const SignMasks<32, true>& masks,
+                                                 const QuadMmaHadamard& h, float (&y)[32]) {
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    uint32_t a[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = in.w[4 * kk + i] ^ masks.pair(4 * kk + i);
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      float c[4];
+      // registers: row g (R 0) X 0, row g + 8 (R 1) X 0, row g X 1, row g + 8 X 1
+      mma_16816_zero_c(c, a[0], a[2], a[1], a[3], h.b[nt][0], h.b[nt][1]);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) y[8 * kk + 4 * (i >> 1) + 2 * nt + (i & 1)] = c[i];
+    }
+  }
+#pragma unroll
+  for (int hb = 4; hb <= 16; hb *= 2)
+#pragma unroll
+    for (int e = 0; e < 32; ++e)
+      if ((e & hb) == 0) {
+        const float p = y[e], q = y[e + hb];
+        y[e] = __fadd_rn(p, q);
+        y[e + hb] = __fsub_rn(p, q);
+      }
+  LaneSum<32> n2;
+#pragma unroll
+  for (int e = 0; e < 32; ++e) n2.add_sq(e, y[e]);
+  return n2.total() * (1.0f / 128.0f);
+}
+
+// The bulk kernels' layout: QuadMmaLayout where it applies, else TeamLayout.
+template <int kDim, bool kF16>
+using BulkLayout =
+    std::conditional_t<kF16 && kDim == 128, QuadMmaLayout, TeamLayout<kDim, kF16>>;
+
+// The bulk kernels' start of an encode: y = Layout's values before tq_encode's transform, returns
+// the lane's sum of squares of D x. rot: QuadMmaLayout's B fragments (unused by TeamLayout).
+template <class Layout, int kE, bool kF16, int kChunk>
+__device__ __forceinline__ float bulk_rotate(const LaneInput<kE, kF16, kChunk>& in,
+                                             const SignMasks<kE, kF16>& masks,
+                                             const QuadMmaHadamard& rot, float (&y)[kE]) {
+  if constexpr (std::is_same_v<Layout, QuadMmaLayout>) {
+    return quad_mma_rotate(in, masks, rot, y);
+  } else {
+    (void)rot;
+    signed_input(in, masks, y);
+    LaneSum<kE> n2;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
+    return n2.total();
+  }
+}
+
 // Encodes the vector whose elements the team holds in y (Layout's, before its transform; for
 // WarpLayout after first_stage), lane_n2 the lane's pairwise sum of squares of D x. Returns the
 // norm to store; words get the lane's kE codes after the transform, position p at bits
 // [kBits p, kBits p + kBits) of the lane's piece of the LSB-first bitstream (all zero for a zero
 // or non-finite vector, as the CPU codec). With a `residual` array (QJL keys), residual[e] gets
-// y - C[idx] of element e (the rotated unit vector's coordinate less its centroid; 0 for a zero or
-// non-finite vector).
+// y - C[idx] of element e (the rotated unit vector's coordinate less its centroid), meaningless
+// (possibly NaN) for a zero or non-finite vector, whose returned norm is not > 0: the caller stores
+// such a vector's residual as zero (a select per vector, not one per element).
 template <int kDim, int kBits, class Layout>
 __device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2, int lane,
                                            unsigned mask, const CellLut& lut, float hadamard_scale,
@@ -411,7 +520,7 @@ __device__ __forceinline__ float tq_encode(float (&y)[Layout::kE], float lane_n2
     const uint32_t biased = lut.biased_code(v);
     const float c = lut.centroid(biased);
     c2.add_sq(e, c);
-    if (residual) residual[e] = finite_nonzero ? __fsub_rn(v, c) : 0.0f;
+    if (residual) residual[e] = __fsub_rn(v, c);
     const int pos = kBits * Layout::position(e);
     words[pos / 32] += biased << (pos % 32);  // one LEA; fields are disjoint, so + is |
     if (pos % 32 + kBits > 32) words[pos / 32 + 1] += (biased - CellLut::kBias) >> (32 - pos % 32);
@@ -458,7 +567,7 @@ template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteArgs a) {
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8;
-  using Layout = dev::TeamLayout<kDim, kF16In>;
+  using Layout = dev::BulkLayout<kDim, kF16In>;
   constexpr int kChunk = Layout::kChunk;
   using Input = dev::LaneInput<kE, kF16In, kChunk>;
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
@@ -477,6 +586,7 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   if (v < warp_end) cur.template load<kDim>(a, token, head, lane, flip);  // during the tables
   dev::SignMasks<kE, kF16In> masks;
   const dev::CellLut lut = dev::team_tables<kDim, kE, kF16In, kChunk>(a, lane, flip, s_lut, masks);
+  const dev::QuadMmaHadamard rot(static_cast<int>(threadIdx.x % 32));
   const int cap = a.block_tokens;
 
   // One vector: encode now's, load the next (or now's again) into nxt. Once converted, now's raw
@@ -489,17 +599,14 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     int next_token = token + stride_tokens, next_head = head + stride_heads;
     if (next_head >= heads) next_head -= heads, ++next_token;
     float y[kE];
-    dev::signed_input(now, masks, y);
-    dev::LaneSum<kE> n2;
-#pragma unroll
-    for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
+    const float lane_n2 = dev::bulk_rotate<Layout>(now, masks, rot, y);
     const int32_t sm = now.sm;
     const int vec_head = head;
     if (more) token = next_token, head = next_head;
     nxt.template load<kDim>(a, token, head, lane, flip);
     uint32_t words[kBits];
     const float stored = dev::tq_encode<kDim, kBits, Layout>(
-        y, n2.total(), lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, words);
+        y, lane_n2, lane, 0xffffffffu, lut, a.hadamard_scale, a.norm_correction, words);
     if (store && sm >= 0) {
       int slot;
       uint8_t* blk = dev::slot_block(a, sm, vec_head, slot);

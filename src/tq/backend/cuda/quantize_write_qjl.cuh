@@ -207,7 +207,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   constexpr int kRounds = kLanes == 4 ? 2 : 1;    // rounds per GEMM: 16 vectors a warp
   constexpr int kRow = qjl_row_halves<kDim>();
   static_assert(kE / 2 == 2 * kKT * (4 / kLanes) && kNT % 2 == 0);  // packed pairs a round
-  using Layout = dev::TeamLayout<kDim, kF16In>;
+  using Layout = dev::BulkLayout<kDim, kF16In>;
   using Input = dev::LaneInput<kE, kF16In, Layout::kChunk>;
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
   extern __shared__ __align__(16) uint8_t s_dyn[];
@@ -223,12 +223,13 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   // takes the whole warpgroup every round).
   const int warp_end = nvec + (TQ_QJL_WGMMA ? team : team % (32 / kLanes));
 
-  const auto load = [&](int vec, Input& in) {
-    vec = min(vec, nvec - 1);
-    in.template load<kDim>(a, vec / heads, vec % heads, lane, flip);
-  };
+  // The (token, head) of the vector the team loads (its last one once past the end), stepped
+  // without divisions, as tq_team_kernel.
+  const int stride_tokens = stride / heads, stride_heads = stride % heads;
+  int token = min(v, nvec - 1) / heads, head = min(v, nvec - 1) % heads;
   Input cur, other;
-  if (v < warp_end) load(v, cur);  // in flight while S and the tables are filled
+  // in flight while S and the tables are filled
+  if (v < warp_end) cur.template load<kDim>(a, token, head, lane, flip);
 
   // S in the GEMM's orders (a.qjl: float, row-major, row = sketch row, column = rotated
   // coordinate), a column per thread; team_tables' barrier publishes it.
@@ -244,6 +245,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   dev::SignMasks<kE, kF16In> masks;
   const dev::CellLut lut =
       dev::team_tables<kDim, kE, kF16In, Layout::kChunk>(a, lane, flip, s_lut, masks);
+  const dev::QuadMmaHadamard rot(wl);
   const int cap = a.block_tokens;
   // This lane's ldmatrix row of S: matrices (n-tile 2np, k 0-7), (2np, 8-15), (2np + 1, 0-7),
   // (2np + 1, 8-15) of a k-tile are b0, b1 of n-tile 2np, then of 2np + 1.
@@ -255,25 +257,30 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   // packed gets its residual as fp16 pairs (element 2m low, 2m + 1 high), signs where its sketch
   // goes (null: not stored).
   const auto encode = [&](const Input& now, Input& nxt, uint32_t(&packed)[kE / 2],
-                          uint32_t*& signs) {
+                          uint32_t*& signs, uint32_t& dead) {
     const bool store = v < nvec && now.sm >= 0;
-    const int vec_head = min(v, nvec - 1) % heads;
+    const int vec_head = head;
     float y[kE];
-    dev::signed_input(now, masks, y);
-    dev::LaneSum<kE> n2;
-#pragma unroll
-    for (int e = 0; e < kE; ++e) n2.add_sq(e, y[e]);
+    const float lane_n2 = dev::bulk_rotate<Layout>(now, masks, rot, y);
     const int32_t sm = now.sm;
+    if (v + stride < nvec) {  // else reload this one (not stored)
+      token += stride_tokens, head += stride_heads;
+      if (head >= heads) head -= heads, ++token;
+    }
     v += stride;
-    load(v, nxt);
+    nxt.template load<kDim>(a, token, head, lane, flip);
     uint32_t words[kBits];
     float res[kE];
-    const float stored = dev::tq_encode<kDim, kBits, Layout>(y, n2.total(), lane, 0xffffffffu, lut,
+    const float stored = dev::tq_encode<kDim, kBits, Layout>(y, lane_n2, lane, 0xffffffffu, lut,
                                                              a.hadamard_scale, false, words, res);
     dev::LaneSum<kE> r2;
 #pragma unroll
     for (int e = 0; e < kE; ++e) r2.add_sq(e, res[e]);
-    const float rn2 = dev::team_sum<kLanes>(0xffffffffu, r2.total());
+    // A zero or non-finite vector (stored not > 0) has residual 0: norm 0 and every sign bit set
+    // (S 0 = +0), as the CPU codec; its row of the GEMM (res may be NaN) touches no other row.
+    const bool live = stored > 0.0f;
+    dead = live ? 0u : ~0u;
+    const float rn2 = live ? dev::team_sum<kLanes>(0xffffffffu, r2.total()) : 0.0f;
     // r is a residual of the unit vector (||r|| ~ 0.05-0.3): only parts far below ||r|| reach
     // fp16's subnormals.
 #pragma unroll
@@ -345,15 +352,17 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
 
   uint32_t p0[kE / 2];
   uint32_t* s0;
+  uint32_t dead0;
   if constexpr (kRounds == 2) {
     // d 128: lane t of team g holds columns 2t, 2t + 1, 2t + 8, 2t + 9 of every k-tile of its own
     // vectors (rows g: the first round's, g + 8: the second's) and ends with bits 32t.. of both.
     uint32_t p1[kE / 2];
     uint32_t* s1;
+    uint32_t dead1;
     while (v < warp_end) {
-      encode(cur, other, p0, s0);
+      encode(cur, other, p0, s0, dead0);
       if (v < warp_end) {
-        encode(other, cur, p1, s1);
+        encode(other, cur, p1, s1, dead1);
       } else {
 #pragma unroll
         for (int m = 0; m < kE / 2; ++m) p1[m] = 0u;
@@ -361,8 +370,8 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
       }
       uint32_t neg[2];
       sketch(p0, p1, neg);
-      if (s0) s0[lane] = ~neg[0];
-      if (s1) s1[lane] = ~neg[1];
+      if (s0) s0[lane] = ~neg[0] | dead0;
+      if (s1) s1[lane] = ~neg[1] | dead1;
     }
   } else {
     // d 64: rows g, g + 8 are teams 2g, 2g + 1 (quad lanes 0-1, 2-3). Team lane j holds the
@@ -374,7 +383,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
     const int src = (wl & ~3) + 2 * (t & 1);
     const uint32_t halves = upper ? 0x7632u : 0x5410u;
     const auto round = [&](const Input& now, Input& nxt) {
-      encode(now, nxt, p0, s0);
+      encode(now, nxt, p0, s0, dead0);
       uint32_t lo[2 * kKT], hi[2 * kKT];
 #pragma unroll
       for (int i = 0; i < 2 * kKT; ++i) {
@@ -387,7 +396,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
       const uint32_t mine = ~(neg[0] | neg[1] << 16);
       const uint32_t x0 = __shfl_sync(0xffffffffu, mine, src);
       const uint32_t x1 = __shfl_sync(0xffffffffu, mine, src + 1);
-      if (s0) s0[lane] = __byte_perm(x0, x1, halves);
+      if (s0) s0[lane] = __byte_perm(x0, x1, halves) | dead0;
     };
     while (v < warp_end) {
       round(cur, other);
