@@ -450,8 +450,7 @@ __device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& 
 
 // The bulk kernels' layout: QuadMmaLayout where it applies, else TeamLayout.
 template <int kDim, bool kF16>
-using BulkLayout =
-    std::conditional_t<kF16 && kDim == 128, QuadMmaLayout, TeamLayout<kDim, kF16>>;
+using BulkLayout = std::conditional_t<kF16 && kDim == 128, QuadMmaLayout, TeamLayout<kDim, kF16>>;
 
 // The bulk kernels' start of an encode: y = Layout's values before tq_encode's transform, returns
 // the lane's sum of squares of D x. rot: QuadMmaLayout's B fragments (unused by TeamLayout).

@@ -256,8 +256,8 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   // One vector of the team: encode now's, store its codes and norms, load the next into nxt;
   // packed gets its residual as fp16 pairs (element 2m low, 2m + 1 high), signs where its sketch
   // goes (null: not stored).
-  const auto encode = [&](const Input& now, Input& nxt, uint32_t(&packed)[kE / 2],
-                          uint32_t*& signs, uint32_t& dead) {
+  const auto encode = [&](const Input& now, Input& nxt, uint32_t(&packed)[kE / 2], uint32_t*& signs,
+                          uint32_t& dead) {
     const bool store = v < nvec && now.sm >= 0;
     const int vec_head = head;
     float y[kE];
