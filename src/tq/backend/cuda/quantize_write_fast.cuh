@@ -388,8 +388,11 @@ struct QuadMmaLayout {
 
 // The lane's B fragments of H_16 (entry (k, n) = (-1)^popcount(k & n)) for n-tiles 0 and 1: b0
 // holds rows 2t, 2t + 1 of column 8 nt + g, b1 rows 2t + 8, 2t + 9.
+#ifndef TQ_QUAD_MMA_KK
+#define TQ_QUAD_MMA_KK 1
+#endif
 struct QuadMmaHadamard {
-  uint32_t b[2][2];
+  uint32_t b[2][2], nb[2][2];
   __device__ __forceinline__ explicit QuadMmaHadamard(int warp_lane) {
     const int g = warp_lane >> 2, t = warp_lane & 3;
     const auto h = [](int k, int n) -> uint32_t { return __popc(k & n) & 1 ? 0xbc00u : 0x3c00u; };
@@ -399,6 +402,7 @@ struct QuadMmaHadamard {
       for (int r = 0; r < 2; ++r) {
         const int k = 2 * t + 8 * r, n = 8 * nt + g;
         b[nt][r] = h(k, n) | h(k + 1, n) << 16;
+        nb[nt][r] = b[nt][r] ^ 0x80008000u;
       }
   }
 };
@@ -419,6 +423,33 @@ __device__ __forceinline__ void mma_16816_zero_c(float (&d)[4], uint32_t a0, uin
 __device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& in,
                                                  const SignMasks<32, true>& masks,
                                                  const QuadMmaHadamard& h, float (&y)[32]) {
+#if TQ_QUAD_MMA_KK
+  float acc[4][2][4];
+#pragma unroll
+  for (int kk = 0; kk < 4; ++kk) {
+    uint32_t a[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) a[i] = in.w[4 * kk + i] ^ masks.pair(4 * kk + i);
+#pragma unroll
+    for (int grp = 0; grp < 4; ++grp)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const bool neg = __popc(grp & kk) & 1;
+        const uint32_t b0 = neg ? h.nb[nt][0] : h.b[nt][0], b1 = neg ? h.nb[nt][1] : h.b[nt][1];
+        if (kk == 0)
+          mma_16816_zero_c(acc[grp][nt], a[0], a[2], a[1], a[3], b0, b1);
+        else
+          mma_16816(acc[grp][nt], a[0], a[2], a[1], a[3], b0, b1);
+      }
+  }
+#pragma unroll
+  for (int grp = 0; grp < 4; ++grp)
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) y[8 * grp + 4 * (i >> 1) + 2 * nt + (i & 1)] = acc[grp][nt][i];
+  constexpr int kLastStage = 4;
+#else
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     uint32_t a[4];
@@ -433,8 +464,10 @@ __device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& 
       for (int i = 0; i < 4; ++i) y[8 * kk + 4 * (i >> 1) + 2 * nt + (i & 1)] = c[i];
     }
   }
+  constexpr int kLastStage = 16;
+#endif
 #pragma unroll
-  for (int hb = 4; hb <= 16; hb *= 2)
+  for (int hb = 4; hb <= kLastStage; hb *= 2)
 #pragma unroll
     for (int e = 0; e < 32; ++e)
       if ((e & hb) == 0) {
