@@ -280,7 +280,8 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
     // (S 0 = +0), as the CPU codec; its row of the GEMM (res may be NaN) touches no other row.
     const bool live = stored > 0.0f;
     dead = live ? 0u : ~0u;
-    const float rn2 = live ? dev::team_sum<kLanes>(0xffffffffu, r2.total()) : 0.0f;
+    const float team_r2 = dev::team_sum<kLanes>(0xffffffffu, r2.total());  // every lane shuffles
+    const float rn2 = live ? team_r2 : 0.0f;
     // r is a residual of the unit vector (||r|| ~ 0.05-0.3): only parts far below ||r|| reach
     // fp16's subnormals.
 #pragma unroll
