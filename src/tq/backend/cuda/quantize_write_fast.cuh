@@ -364,20 +364,25 @@ struct TeamLayout {
   }
 };
 
-// QuadMmaLayout (the team kernels at d 128 from fp16 rows): the team is an mma quad (lanes 4g..4g
-// + 3, groupID g) and four of the transform's seven butterfly levels run on the tensor cores,
-// where an fp16 input needs no conversion and ±1 products are exact. Lane t loads elements
-// [32 t, 32 t + 32) (word m: elements 2m, 2m + 1) and ends with coordinates [32 t, 32 t + 32) in
-// slot order: contiguous codes, as TeamLayout's. One m16n8k16 per k-tile kk and n-tile nt, with
-// A = the vector's two halves as rows g and g + 8 (element bit 2: word 4 kk + 2 R + X, X = element
-// bit 1 choosing the A pair a0 / a2) and B = H_16 in natural order, mixes element bits {0, 1, 5,
-// 6} (in-register, X, lane) into coordinate bits {0, 1, 5, 6} (c0 / c1, n-tile, lane): H_128 is
-// H_16 over those bits times H_8 over bits {2, 3, 4} (row half R, kk), which stay in the lane
-// and take three in-lane stages. Slot of (kk, R, nt, b) = 8 kk + 4 R + 2 nt + b. The tensor
-// cores sum 16 exact products in float32 (at most a few ulps of the largest, as the float32
-// stages they replace); the sum of squares is taken after the transform, divided by d exactly.
-// Per vector and lane: 8 HMMA and 96 FADD, against TeamLayout's 32 conversions, 224 FADD and 32
-// shuffles.
+// QuadMmaLayout (the QJL team kernel at d 128 from fp16 rows): the team is an mma quad (lanes
+// 4g..4g + 3, groupID g) and six of the transform's seven butterfly levels run on the tensor
+// cores, where an fp16 input needs no conversion and the +-1 products are exact. Lane t loads
+// elements [32 t, 32 t + 32) (word m: elements 2m, 2m + 1) and ends with coordinates
+// [32 t, 32 t + 32) in slot order: contiguous codes, as TeamLayout's. Element bits: 0 (in the
+// word), 1 (X: the A pair a0 / a2), 2 (R: row g or g + 8, the vector's two halves), 3-4 (the
+// k-tile kk: words 4 kk..4 kk + 3), 5-6 (the lane t). One m16n8k16 with B = H_16 in natural
+// order mixes element bits {0, 1, 5, 6} into coordinate bits {0, 1, 5, 6} (c0 / c1, n-tile,
+// lane); the four k-tiles' products are summed by the tensor cores, with +H_16 or -H_16 as
+// (-1)^popcount(grp & kk), into the accumulators of output group grp (coordinate bits 3-4): 32
+// HMMA a vector. What is left is bit 2 (R), which the lane holds in c0 / c1 against c2 / c3:
+// one in-lane stage of 32 FADD. Slot of (grp, R, nt, b) = 8 grp + 4 R + 2 nt + b. The tensor
+// cores sum exact products in float32 (within a few ulps of the largest, as the float32 stages
+// they replace); the sum of squares is taken after the transform and divided by d (exact).
+// Per vector and lane: 32 HMMA, 32 FADD and 16 LOP3 (the signs), against TeamLayout's 32
+// conversions, 224 FADD and 32 shuffles. The loads cover half a sector each (a lane's 16 bytes at
+// a 64-byte stride across the quad; L1 73% against 65% in ncu), so the mse kernels, bound by
+// that rather than by instructions, stay on TeamLayout (0.95-0.99x with this layout; H100,
+// docs/benchmarks.md, session 30).
 struct QuadMmaLayout {
   static constexpr int kE = 32, kLanes = 4, kChunk = 32, kSignBits = 0;
   static __device__ __forceinline__ int flip(int) { return 0; }
@@ -386,13 +391,10 @@ struct QuadMmaLayout {
   static constexpr int sign_index(int) { return 0; }
 };
 
-// The lane's B fragments of H_16 (entry (k, n) = (-1)^popcount(k & n)) for n-tiles 0 and 1: b0
-// holds rows 2t, 2t + 1 of column 8 nt + g, b1 rows 2t + 8, 2t + 9.
-#ifndef TQ_QUAD_MMA_KK
-#define TQ_QUAD_MMA_KK 1
-#endif
+// The lane's B fragments of +H_16 and -H_16 (entry (k, n) = (-1)^popcount(k & n)) for n-tiles 0
+// and 1: [nt][0] holds rows 2t, 2t + 1 of column 8 nt + g, [nt][1] rows 2t + 8, 2t + 9.
 struct QuadMmaHadamard {
-  uint32_t b[2][2], nb[2][2];
+  uint32_t pos[2][2], neg[2][2];
   __device__ __forceinline__ explicit QuadMmaHadamard(int warp_lane) {
     const int g = warp_lane >> 2, t = warp_lane & 3;
     const auto h = [](int k, int n) -> uint32_t { return __popc(k & n) & 1 ? 0xbc00u : 0x3c00u; };
@@ -401,8 +403,8 @@ struct QuadMmaHadamard {
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int k = 2 * t + 8 * r, n = 8 * nt + g;
-        b[nt][r] = h(k, n) | h(k + 1, n) << 16;
-        nb[nt][r] = b[nt][r] ^ 0x80008000u;
+        pos[nt][r] = h(k, n) | h(k + 1, n) << 16;
+        neg[nt][r] = pos[nt][r] ^ 0x80008000u;
       }
   }
 };
@@ -419,12 +421,12 @@ __device__ __forceinline__ void mma_16816_zero_c(float (&d)[4], uint32_t a0, uin
 }
 
 // z = H (D x) of the quad's vector in QuadMmaLayout's slots (unnormalised); returns the lane's
-// pairwise sum of squares of z divided by d (= of D x, as TeamLayout's caller passes it).
+// pairwise sum of squares of z divided by d (= of D x, as TeamLayout's caller passes it). The
+// warp must be converged (mma.sync).
 __device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& in,
                                                  const SignMasks<32, true>& masks,
                                                  const QuadMmaHadamard& h, float (&y)[32]) {
-#if TQ_QUAD_MMA_KK
-  float acc[4][2][4];
+  float acc[4][2][4];  // output group grp (coordinate bits 3-4), n-tile, c0..c3
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     uint32_t a[4];
@@ -434,65 +436,39 @@ __device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& 
     for (int grp = 0; grp < 4; ++grp)
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
-        const bool neg = __popc(grp & kk) & 1;
-        const uint32_t b0 = neg ? h.nb[nt][0] : h.b[nt][0], b1 = neg ? h.nb[nt][1] : h.b[nt][1];
+        const uint32_t(&b)[2] = __popc(grp & kk) & 1 ? h.neg[nt] : h.pos[nt];
+        // A registers: row g (R 0) X 0, row g + 8 (R 1) X 0, row g X 1, row g + 8 X 1
         if (kk == 0)
-          mma_16816_zero_c(acc[grp][nt], a[0], a[2], a[1], a[3], b0, b1);
+          mma_16816_zero_c(acc[grp][nt], a[0], a[2], a[1], a[3], b[0], b[1]);
         else
-          mma_16816(acc[grp][nt], a[0], a[2], a[1], a[3], b0, b1);
+          mma_16816(acc[grp][nt], a[0], a[2], a[1], a[3], b[0], b[1]);
       }
   }
+  LaneSum<32> n2;
 #pragma unroll
   for (int grp = 0; grp < 4; ++grp)
 #pragma unroll
     for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) y[8 * grp + 4 * (i >> 1) + 2 * nt + (i & 1)] = acc[grp][nt][i];
-  constexpr int kLastStage = 4;
-#else
-#pragma unroll
-  for (int kk = 0; kk < 4; ++kk) {
-    uint32_t a[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) a[i] = in.w[4 * kk + i] ^ masks.pair(4 * kk + i);
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      float c[4];
-      // registers: row g (R 0) X 0, row g + 8 (R 1) X 0, row g X 1, row g + 8 X 1
-      mma_16816_zero_c(c, a[0], a[2], a[1], a[3], h.b[nt][0], h.b[nt][1]);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) y[8 * kk + 4 * (i >> 1) + 2 * nt + (i & 1)] = c[i];
-    }
-  }
-  constexpr int kLastStage = 16;
-#endif
-#pragma unroll
-  for (int hb = 4; hb <= kLastStage; hb *= 2)
-#pragma unroll
-    for (int e = 0; e < 32; ++e)
-      if ((e & hb) == 0) {
-        const float p = y[e], q = y[e + hb];
+      for (int b = 0; b < 2; ++b) {  // the R stage: c[b] (R 0) with c[2 + b] (R 1)
+        const int e = 8 * grp + 2 * nt + b;
+        const float p = acc[grp][nt][b], q = acc[grp][nt][2 + b];
         y[e] = __fadd_rn(p, q);
-        y[e + hb] = __fsub_rn(p, q);
+        y[e + 4] = __fsub_rn(p, q);
+        n2.add_sq(e, y[e]);
+        n2.add_sq(e + 4, y[e + 4]);
       }
-  LaneSum<32> n2;
-#pragma unroll
-  for (int e = 0; e < 32; ++e) n2.add_sq(e, y[e]);
   return n2.total() * (1.0f / 128.0f);
 }
 
-// The bulk kernels' layout: QuadMmaLayout where it applies, else TeamLayout.
-template <int kDim, bool kF16>
-using BulkLayout = std::conditional_t<kF16 && kDim == 128, QuadMmaLayout, TeamLayout<kDim, kF16>>;
-
-// The bulk kernels' start of an encode: y = Layout's values before tq_encode's transform, returns
-// the lane's sum of squares of D x. rot: QuadMmaLayout's B fragments (unused by TeamLayout).
+// The start of a team kernel's encode: y = Layout's values before tq_encode's transform, returns
+// the lane's sum of squares of D x. rot: QuadMmaLayout's B fragments (TeamLayout: none).
 template <class Layout, int kE, bool kF16, int kChunk>
-__device__ __forceinline__ float bulk_rotate(const LaneInput<kE, kF16, kChunk>& in,
+__device__ __forceinline__ float team_rotate(const LaneInput<kE, kF16, kChunk>& in,
                                              const SignMasks<kE, kF16>& masks,
-                                             const QuadMmaHadamard& rot, float (&y)[kE]) {
+                                             const QuadMmaHadamard* rot, float (&y)[kE]) {
   if constexpr (std::is_same_v<Layout, QuadMmaLayout>) {
-    return quad_mma_rotate(in, masks, rot, y);
+    return quad_mma_rotate(in, masks, *rot, y);
   } else {
     (void)rot;
     signed_input(in, masks, y);
@@ -599,7 +575,7 @@ template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteArgs a) {
   constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8;
-  using Layout = dev::BulkLayout<kDim, kF16In>;
+  using Layout = dev::TeamLayout<kDim, kF16In>;
   constexpr int kChunk = Layout::kChunk;
   using Input = dev::LaneInput<kE, kF16In, kChunk>;
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
@@ -618,7 +594,6 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
   if (v < warp_end) cur.template load<kDim>(a, token, head, lane, flip);  // during the tables
   dev::SignMasks<kE, kF16In> masks;
   const dev::CellLut lut = dev::team_tables<kDim, kE, kF16In, kChunk>(a, lane, flip, s_lut, masks);
-  const dev::QuadMmaHadamard rot(static_cast<int>(threadIdx.x % 32));
   const int cap = a.block_tokens;
 
   // One vector: encode now's, load the next (or now's again) into nxt. Once converted, now's raw
@@ -631,7 +606,7 @@ __global__ void __launch_bounds__(kWriteThreads, 4) tq_team_kernel(const WriteAr
     int next_token = token + stride_tokens, next_head = head + stride_heads;
     if (next_head >= heads) next_head -= heads, ++next_token;
     float y[kE];
-    const float lane_n2 = dev::bulk_rotate<Layout>(now, masks, rot, y);
+    const float lane_n2 = dev::team_rotate<Layout>(now, masks, nullptr, y);
     const int32_t sm = now.sm;
     const int vec_head = head;
     if (more) token = next_token, head = next_head;

@@ -207,7 +207,11 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   constexpr int kRounds = kLanes == 4 ? 2 : 1;    // rounds per GEMM: 16 vectors a warp
   constexpr int kRow = qjl_row_halves<kDim>();
   static_assert(kE / 2 == 2 * kKT * (4 / kLanes) && kNT % 2 == 0);  // packed pairs a round
-  using Layout = dev::BulkLayout<kDim, kF16In>;
+  // fp16 rows at d 128: the transform on the tensor cores (QuadMmaLayout; the team is the mma
+  // quad, as the sketch GEMM's), 1.16x TeamLayout's kernel on an H100 (docs/benchmarks.md,
+  // session 30).
+  using Layout =
+      std::conditional_t<kF16In && kDim == 128, dev::QuadMmaLayout, dev::TeamLayout<kDim, kF16In>>;
   using Input = dev::LaneInput<kE, kF16In, Layout::kChunk>;
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
   extern __shared__ __align__(16) uint8_t s_dyn[];
@@ -261,7 +265,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
     const bool store = v < nvec && now.sm >= 0;
     const int vec_head = head;
     float y[kE];
-    const float lane_n2 = dev::bulk_rotate<Layout>(now, masks, rot, y);
+    const float lane_n2 = dev::team_rotate<Layout>(now, masks, &rot, y);
     const int32_t sm = now.sm;
     if (v + stride < nvec) {  // else reload this one (not stored)
       token += stride_tokens, head += stride_heads;
