@@ -379,10 +379,8 @@ struct TeamLayout {
 // cores sum exact products in float32 (within a few ulps of the largest, as the float32 stages
 // they replace); the sum of squares is taken after the transform and divided by d (exact).
 // Per vector and lane: 32 HMMA, 32 FADD and 16 LOP3 (the signs), against TeamLayout's 32
-// conversions, 224 FADD and 32 shuffles. The loads cover half a sector each (a lane's 16 bytes at
-// a 64-byte stride across the quad; L1 73% against 65% in ncu), so the mse kernels, bound by
-// that rather than by instructions, stay on TeamLayout (0.95-0.99x with this layout; H100,
-// docs/benchmarks.md, session 30).
+// conversions, 224 FADD and 32 shuffles. The mse kernels, not bound by issue, stay on TeamLayout
+// (0.95-0.99x with this layout; H100, docs/benchmarks.md, session 30).
 struct QuadMmaLayout {
   static constexpr int kE = 32, kLanes = 4, kChunk = 32, kSignBits = 0;
   static __device__ __forceinline__ int flip(int) { return 0; }
