@@ -287,7 +287,7 @@ TEST(QuantizeWriteTeam, GridStrideOverManyVectors) {
   for (const Big b : {Big{"tq4", 128, 8000, true, 32}, Big{"tq3", 64, 14000, false, 32},
                       Big{"tq2", 256, 5000, true, 32}, Big{"tq4", 128, 7001, true, 96},
                       Big{"tq1", 64, 3001, false, 160}, Big{"tq4j", 128, 6000, false, 32},
-                      Big{"tq3j", 64, 5001, true, 96}}) {
+                      Big{"tq4j", 128, 7001, true, 96}, Big{"tq3j", 64, 5001, true, 96}}) {
     PoolCase pc;
     pc.format = *quant::parse_format(b.format);
     pc.dim = b.dim;
