@@ -1,5 +1,7 @@
-// Bulk quantize-on-write of tq prod (QJL) formats: the mse part as tq_team_kernel encodes it,
-// the 1-bit sketch sign(S r) of the residual r = y - C[idx] on the tensor cores.
+// Bulk quantize-on-write of tq prod (QJL) formats: the mse part as tq_team_kernel encodes it
+// (from fp16 rows at d 128 with six of the Hadamard's seven levels on the tensor cores,
+// QuadMmaLayout in quantize_write_fast.cuh), the 1-bit sketch sign(S r) of the residual
+// r = y - C[idx] on the tensor cores.
 //
 // The CPU-order kernel (quantize_write.cuh) computes S r per vector as d x d float64 products,
 // 16k FMA64 per vector at d 128: 0.01 of the copy bandwidth. Here each warp takes R S^T for its
