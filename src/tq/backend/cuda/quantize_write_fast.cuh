@@ -407,24 +407,14 @@ struct QuadMmaHadamard {
   }
 };
 
-// D (16 x 8, f32) = A (16 x 16, f16) * B (16 x 8, f16), no accumulator.
-__device__ __forceinline__ void mma_16816_zero_c(float (&d)[4], uint32_t a0, uint32_t a1,
-                                                 uint32_t a2, uint32_t a3, uint32_t b0,
-                                                 uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-      "{%8,%9}, {%10,%10,%10,%10};\n"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
-}
-
 // z = H (D x) of the quad's vector in QuadMmaLayout's slots (unnormalised); returns the lane's
 // pairwise sum of squares of z divided by d (= of D x, as TeamLayout's caller passes it). The
 // warp must be converged (mma.sync).
 __device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& in,
                                                  const SignMasks<32, true>& masks,
                                                  const QuadMmaHadamard& h, float (&y)[32]) {
-  float acc[4][2][4];  // output group grp (coordinate bits 3-4), n-tile, c0..c3
+  // Output group grp (coordinate bits 3-4), n-tile, c0..c3; zeroed, the k-tile-0 MMAs take RZ.
+  float acc[4][2][4] = {};
 #pragma unroll
   for (int kk = 0; kk < 4; ++kk) {
     uint32_t a[4];
@@ -436,10 +426,7 @@ __device__ __forceinline__ float quad_mma_rotate(const LaneInput<32, true, 32>& 
       for (int nt = 0; nt < 2; ++nt) {
         const uint32_t(&b)[2] = __popc(grp & kk) & 1 ? h.neg[nt] : h.pos[nt];
         // A registers: row g (R 0) X 0, row g + 8 (R 1) X 0, row g X 1, row g + 8 X 1
-        if (kk == 0)
-          mma_16816_zero_c(acc[grp][nt], a[0], a[2], a[1], a[3], b[0], b[1]);
-        else
-          mma_16816(acc[grp][nt], a[0], a[2], a[1], a[3], b[0], b[1]);
+        mma_16816(acc[grp][nt], a[0], a[2], a[1], a[3], b[0], b[1]);
       }
   }
   LaneSum<32> n2;
