@@ -146,9 +146,40 @@ constexpr bool attn_by_length() {
   return (attn_page_list<KF, VF, kCap>() && VF::kCodeBits != 3) || !attn_pipeline_keys<KF>();
 }
 
-template <int kDim>
+// The epilogue's combine of the warps: each warp's partial output in shared memory, a row of
+// attn_reduce_row floats per (warp, head), dim d at d + d / 32. Lane (g, t) stores heads 2t and
+// 2t + 1 at dims VF::local_dim(kDim / 8, g, i): with rows of kDim floats a warp's 32 stores fell
+// in 2 banks at d 128 (16-way conflicts: 2048 of a CTA's ~2330 store wavefronts, session 21's
+// ncu). attn_reduce_conflicts is the worst bank's count over the stores for a row stride; the row
+// is the shortest that makes it smallest (1 for the tq and f16 mappings at d 64 and 128).
+template <class VF, int kDim>
+constexpr int attn_reduce_conflicts(int row) {
+  int worst = 0;
+  for (int mm = 0; mm < kDim / 16; ++mm)
+    for (int s = 0; s < 4; ++s) {  // o[mm][s]: head 2t + (s & 1), local dim 2 mm + (s >> 1)
+      int count[32] = {};
+      for (int lane = 0; lane < 32; ++lane) {
+        const int d = VF::local_dim(kDim / 8, lane >> 2, 2 * mm + (s >> 1));
+        const int c = ++count[((2 * (lane & 3) + (s & 1)) * row + d + d / 32) % 32];
+        worst = c > worst ? c : worst;
+      }
+    }
+  return worst;
+}
+template <class VF, int kDim>
+constexpr int attn_reduce_row() {
+  constexpr int kMin = kDim + kDim / 32;
+  int best = kMin, best_c = 33;
+  for (int row = kMin; row < kMin + 32; ++row) {
+    const int c = attn_reduce_conflicts<VF, kDim>(row);
+    if (c < best_c) best = row, best_c = c;
+  }
+  return best;
+}
+
+template <class VF, int kDim>
 constexpr int attn_reduce_bytes() {
-  return kAttnWarps * 8 * kDim * 4 + kAttnWarps * 8 * 2 * 4;
+  return kAttnWarps * 8 * attn_reduce_row<VF, kDim>() * 4 + kAttnWarps * 8 * 2 * 4;
 }
 
 // The group's fp16 queries (at most 8 heads) after the tables, when the CTA prepares them.
@@ -172,7 +203,7 @@ constexpr int attn_plan_offset() {
 template <class KF, class VF, int kDim, int kCap, bool kByLength>
 constexpr int attn_smem_bytes() {
   const int t = attn_plan_offset<KF, VF, kDim, kCap, kByLength>() + (kByLength ? 16 : 0);
-  const int r = attn_reduce_bytes<kDim>();
+  const int r = attn_reduce_bytes<VF, kDim>();
   return t > r ? t : r;
 }
 
@@ -834,9 +865,10 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     l_run1 += __shfl_xor_sync(0xffffffffu, l_run1, x);
   }
   __syncthreads();
-  float* red_o = reinterpret_cast<float*>(smem);  // [warp][8 heads][kDim]
-  float* red_m = red_o + kAttnWarps * 8 * kDim;   // [warp][8]
-  float* red_l = red_m + kAttnWarps * 8;          // [warp][8]
+  constexpr int kRedRow = attn_reduce_row<VF, kDim>();
+  float* red_o = reinterpret_cast<float*>(smem);    // [warp][8 heads][kRedRow]
+  float* red_m = red_o + kAttnWarps * 8 * kRedRow;  // [warp][8]
+  float* red_l = red_m + kAttnWarps * 8;            // [warp][8]
   if (g == 0) {
     red_m[warp * 8 + 2 * t] = m_run0;
     red_m[warp * 8 + 2 * t + 1] = m_run1;
@@ -846,11 +878,11 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
 #pragma unroll
   for (int mm = 0; mm < kMT; ++mm) {
     const int d0 = VF::local_dim(kVN, g, 2 * mm), d1 = VF::local_dim(kVN, g, 2 * mm + 1);
-    float* base = red_o + warp * 8 * kDim;
-    base[(2 * t) * kDim + d0] = o[mm][0];
-    base[(2 * t + 1) * kDim + d0] = o[mm][1];
-    base[(2 * t) * kDim + d1] = o[mm][2];
-    base[(2 * t + 1) * kDim + d1] = o[mm][3];
+    float* base = red_o + warp * 8 * kRedRow;
+    base[(2 * t) * kRedRow + d0 + d0 / 32] = o[mm][0];
+    base[(2 * t + 1) * kRedRow + d0 + d0 / 32] = o[mm][1];
+    base[(2 * t) * kRedRow + d1 + d1 / 32] = o[mm][2];
+    base[(2 * t + 1) * kRedRow + d1 + d1 / 32] = o[mm][3];
   }
   __syncthreads();
   for (int i = threadIdx.x; i < columns * kDim; i += blockDim.x) {
@@ -863,7 +895,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
 #pragma unroll
       for (int w = 0; w < kAttnWarps; ++w) {
         const float f = exp2f(red_m[w * 8 + h] - m);
-        acc += f * red_o[(w * 8 + h) * kDim + d];
+        acc += f * red_o[(w * 8 + h) * kRedRow + d + d / 32];
         l += f * red_l[w * 8 + h];
       }
     }

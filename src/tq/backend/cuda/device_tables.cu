@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/quantize_write.cuh"
 #include "tq/quant/cell_lut.h"
 #include "tq/quant/qjl.h"
 #include "tq/quant/rotation.h"
@@ -44,8 +45,8 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
     lut.resize(img.size());
     std::memcpy(lut.data(), img.data(), img.size() * sizeof(uint32_t));
   }
-  // Host image: [centroids][boundaries][rotation][signs][qjl][qjl^T][cell lut], each 16-byte
-  // aligned.
+  // Host image: [centroids][boundaries][rotation][signs][qjl][qjl^T][cell lut][qjl smem], each
+  // 16-byte aligned.
   std::vector<float> host;
   const auto append = [&](const std::vector<float>& v) {
     while (host.size() % 4 != 0) host.push_back(0.0f);
@@ -64,6 +65,12 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
       st[static_cast<size_t>(j) * dim + i] = s[static_cast<size_t>(i) * dim + j];
   const size_t o_st = append(st);
   const size_t o_l = append(lut);
+  // The QJL team write kernels' S, fp16 halves two to a float slot.
+  const std::vector<uint16_t> s_img =
+      s.empty() ? std::vector<uint16_t>{} : qjl_team_images(s.data(), dim);
+  std::vector<float> s_words((s_img.size() + 1) / 2);
+  if (!s_img.empty()) std::memcpy(s_words.data(), s_img.data(), s_img.size() * sizeof(uint16_t));
+  const size_t o_si = append(s_words);
   TQ_CUDA_TRY(cudaMalloc(&t.mem_, host.size() * sizeof(float)));
   TQ_CUDA_TRY(cudaMemcpy(t.mem_, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
   const float* base = static_cast<const float*>(t.mem_);
@@ -74,6 +81,7 @@ Expected<DeviceCodecTables> DeviceCodecTables::create(quant::Format format, int 
   t.view_.qjl = format.has_qjl() ? base + o_s : nullptr;
   t.view_.qjl_t = format.has_qjl() ? base + o_st : nullptr;
   t.view_.cell_lut = lut.empty() ? nullptr : reinterpret_cast<const uint32_t*>(base + o_l);
+  t.view_.qjl_smem = s_img.empty() ? nullptr : reinterpret_cast<const uint16_t*>(base + o_si);
   return Expected<DeviceCodecTables>(std::move(t));
 }
 

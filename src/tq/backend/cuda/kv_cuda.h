@@ -29,6 +29,9 @@ struct CodecTables {
   const float* hadamard_signs = nullptr;  // [d] D of P = H D / sqrt(d); nullptr: P is dense
   const float* qjl = nullptr;             // [d][d] row-major S (tq prod only)
   const float* qjl_t = nullptr;           // [d][d] row-major S^T (tq prod only)
+  // S as the QJL team write kernels hold it in shared memory (quantize_write.cuh,
+  // qjl_team_images; tq prod at d 64 and 128 only)
+  const uint16_t* qjl_smem = nullptr;
   // [quant::CellLut::kImageWords] the uniform-grid cell lookup of the float32 write kernels
   // (tq, code bits <= 4; nullptr: those pools take the CPU-order kernel)
   const uint32_t* cell_lut = nullptr;

@@ -11,6 +11,7 @@
 #include "tq/backend/cuda/quantize_write.cuh"
 #include "tq/backend/cuda/quantize_write_fast.cuh"
 #include "tq/backend/cuda/quantize_write_qjl.cuh"
+#include "tq/core/fp16.h"
 
 namespace tq::backend::cuda {
 namespace {
@@ -207,6 +208,7 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   a.hadamard_signs = t.hadamard_signs;
   a.qjl = t.qjl;
   a.qjl_t = t.qjl_t;
+  a.qjl_smem = t.qjl_smem;
   a.cell_lut = t.cell_lut;
   a.hadamard_scale = 1.0f / std::sqrt(static_cast<float>(pool.head_dim));  // as Rotation::apply
   a.norm_correction = pool.norm_correction;
@@ -220,7 +222,7 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
       pool.format.kind == quant::FormatKind::kTqMse && pool.format.bits <= 4 && t.cell_lut;
   // QJL pools in bulk: the tensor-core sketch (quantize_write_qjl.cuh).
   const bool tq_prod = pool.format.kind == quant::FormatKind::kTqProd &&
-                       pool.format.code_bits() <= 4 && t.cell_lut && t.qjl &&
+                       pool.format.code_bits() <= 4 && t.cell_lut && t.qjl_smem &&
                        (pool.head_dim == 64 || pool.head_dim == 128);
   const bool f16 = pool.format.kind == quant::FormatKind::kF16;
   w.warp_format = f16 ? WarpFormat::kF16 : static_cast<WarpFormat>(pool.format.bits);
@@ -294,7 +296,43 @@ Status launch_one(const PoolWrite& w, cudaStream_t s) {
   return ok_status();
 }
 
+// One variant's image: the kernel's s_s[index(n, k)] = fp16(S[row(n)][coordinate(k)]); the
+// m16n8k16 rows' skew halves stay 0.
+template <int kDim, bool kF16In, bool kWgmma>
+void qjl_image(const float* s, uint16_t* out) {
+  using Layout = QjlLayout<kDim, kF16In>;
+  for (int n = 0; n < kDim; ++n)
+    for (int k = 0; k < kDim; ++k)
+      out[kWgmma ? dev::qjl_wgmma_index<kDim>(n, k) : n * qjl_row_halves<kDim>() + k] = f32_to_f16(
+          s[dev::qjl_sketch_row<kDim>(n) * kDim + dev::qjl_k_coordinate<kDim, Layout>(k)]);
+}
+
+template <int kDim>
+std::vector<uint16_t> qjl_images(const float* s) {
+  constexpr size_t kHalves = qjl_image_halves<kDim>();
+  std::vector<uint16_t> out(kQjlImages * kHalves, 0);
+  const auto at = [&](bool f16_in, bool wgmma) {
+    return out.data() + kHalves * qjl_image_variant(f16_in, wgmma);
+  };
+  qjl_image<kDim, false, false>(s, at(false, false));
+  qjl_image<kDim, true, false>(s, at(true, false));
+  qjl_image<kDim, false, true>(s, at(false, true));
+  qjl_image<kDim, true, true>(s, at(true, true));
+  return out;
+}
+
 }  // namespace
+
+std::vector<uint16_t> qjl_team_images(const float* s, int dim) {
+  switch (dim) {
+    case 64:
+      return qjl_images<64>(s);
+    case 128:
+      return qjl_images<128>(s);
+    default:
+      return {};
+  }
+}
 
 Status quantize_write(const QuantizeWriteParams& p, void* stream_ptr) {
   TQ_ASSIGN_OR_RETURN(const PoolWrite w, prepare(p, p.kernel));

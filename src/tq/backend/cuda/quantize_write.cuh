@@ -14,6 +14,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "tq/backend/cuda/cuda_common.cuh"
 #include "tq/quant/format.h"
@@ -36,6 +37,7 @@ struct WriteArgs {
   const float* hadamard_signs;
   const float* qjl;
   const float* qjl_t;        // S^T (coalesced rows for the sign sketch)
+  const uint16_t* qjl_smem;  // S as the QJL team kernels hold it (qjl_team_images)
   const uint32_t* cell_lut;  // quant::CellLut image (the float32 kernels; tq mse <= 4 bits)
   float hadamard_scale;      // 1 / sqrt(d) exactly as the CPU computes it
   bool norm_correction;
@@ -58,6 +60,11 @@ inline void block_divisor(int d, uint32_t& magic, int& shift) {
 }
 
 inline constexpr int kWriteThreads = 128;
+
+// S (row-major float, d x d) as fp16 in the shared-memory orders of the QJL team kernel's
+// variants (quantize_write_qjl.cuh: kQjlImages images of qjl_image_halves), round to nearest as
+// __float2half_rn; empty for head dims that kernel does not take.
+std::vector<uint16_t> qjl_team_images(const float* s, int dim);
 
 // f16 / q8_0 / q4_0: kE = 8 elements per lane (16 lanes for d = 128; a ggml block is 4 lanes).
 template <int kDim>

@@ -16,12 +16,12 @@
 // - N: the sketch rows, in an order chosen so that each accumulator a lane holds is a sign of
 //   its own vector's word: at d 128 lane t of a team ends with bits 32t..32t + 31 of each of its
 //   vectors' sketches and stores that word; at d 64 a quad's lanes trade halves (two shuffles).
-// S sits in shared memory as fp16 in that order (rows: N, columns: K; filled once per CTA from
-// the float S of the pool), read as B fragments with ldmatrix, two n-tiles a load. Built for
-// sm_90a, the 4 warps take the GEMM together as warpgroup MMA instead (M = their 64 vectors, the
-// same A registers, S read by the tensor cores through a descriptor: wgmma_m64n32k16 below).
-// (Before 2026-12-05 a CTA staged a round's residuals in shared memory and its warps split the
-// sketch rows, S's B fragments in 64 registers a lane: 168 registers, 3 CTAs an SM, a barrier a
+// S sits in shared memory as fp16 in that order (rows: N, columns: K; copied once per CTA from
+// the pool's image of it, qjl_team_images), read as B fragments with ldmatrix, two n-tiles a load.
+// Built for sm_90a, the 4 warps take the GEMM together as warpgroup MMA instead (M = their 64
+// vectors, the same A registers, S read by the tensor cores through a descriptor: wgmma_m64n32k16
+// below). (Before 2026-12-05 a CTA staged a round's residuals in shared memory and its warps split
+// the sketch rows, S's B fragments in 64 registers a lane: 168 registers, 3 CTAs an SM, a barrier a
 // round, 0.22 of copy on an H200 from fp16 rows.)
 //
 // Precision: fp16 operands (relative rounding 2^-11 of S and of r) put the computed
@@ -56,6 +56,20 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
 #else
 #define TQ_QJL_WGMMA 0
 #endif
+
+// A 16-byte copy from global to shared memory that holds no register (cp.async, sm_80), and the
+// wait for this thread's copies.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;"); }
+// Orders this thread's shared-memory writes (generic proxy, cp.async's included) before the
+// async proxy's reads that follow a barrier (wgmma's operands).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if TQ_QJL_WGMMA
+  asm volatile("fence.proxy.async.shared::cta;");
+#endif
+}
 
 // wgmma's fence (before registers written by ordinary instructions feed it), and the commit of
 // the MMAs issued since the last one with the wait for all of them (one chunk in flight).
@@ -161,6 +175,28 @@ constexpr int qjl_smem_bytes() {
   return kDim * qjl_row_halves<kDim>() * 2;
 }
 
+// Where a lane's elements sit (quantize_write_fast.cuh): from fp16 rows at d 128 the transform
+// on the tensor cores (QuadMmaLayout; the team is the mma quad, as the sketch GEMM's), 1.16x
+// TeamLayout's kernel on an H100 (docs/benchmarks.md, session 30).
+template <int kDim, bool kF16In>
+using QjlLayout =
+    std::conditional_t<kF16In && kDim == 128, dev::QuadMmaLayout, dev::TeamLayout<kDim, kF16In>>;
+
+// S as each kernel variant holds it in shared memory, made once per pool on the host
+// (qjl_team_images, quantize_write.cu) and copied by every CTA with 16-byte asynchronous copies.
+// The CTAs used to convert and permute the float S themselves: 128 dependent 4-byte loads a
+// thread, 32 L2 round trips and 64 KB a CTA (34 MB over one wave of 528 CTAs) before the first
+// vector. Four images of qjl_image_halves each, variant qjl_image_variant: fp32 or fp16 rows (the
+// layouts differ), m16n8k16 rows of qjl_row_halves or the wgmma core matrices.
+template <int kDim>
+constexpr int qjl_image_halves() {
+  return qjl_smem_bytes<kDim>() / 2;
+}
+constexpr int qjl_image_variant(bool f16_in, bool wgmma) {
+  return (wgmma ? 2 : 0) + (f16_in ? 1 : 0);
+}
+inline constexpr int kQjlImages = 4;
+
 namespace dev {
 
 // The GEMM's orders. Column p of a k-tile is what quad lane t = (p & 7) >> 1 supplies in its A
@@ -209,11 +245,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   constexpr int kRounds = kLanes == 4 ? 2 : 1;    // rounds per GEMM: 16 vectors a warp
   constexpr int kRow = qjl_row_halves<kDim>();
   static_assert(kE / 2 == 2 * kKT * (4 / kLanes) && kNT % 2 == 0);  // packed pairs a round
-  // fp16 rows at d 128: the transform on the tensor cores (QuadMmaLayout; the team is the mma
-  // quad, as the sketch GEMM's), 1.16x TeamLayout's kernel on an H100 (docs/benchmarks.md,
-  // session 30).
-  using Layout =
-      std::conditional_t<kF16In && kDim == 128, dev::QuadMmaLayout, dev::TeamLayout<kDim, kF16In>>;
+  using Layout = QjlLayout<kDim, kF16In>;
   using Input = dev::LaneInput<kE, kF16In, Layout::kChunk>;
   __shared__ uint32_t s_lut[dev::CellLut::kWords];
   extern __shared__ __align__(16) uint8_t s_dyn[];
@@ -237,20 +269,24 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   // in flight while S and the tables are filled
   if (v < warp_end) cur.template load<kDim>(a, token, head, lane, flip);
 
-  // S in the GEMM's orders (a.qjl: float, row-major, row = sketch row, column = rotated
-  // coordinate), a column per thread; team_tables' barrier publishes it.
-  static_assert(kWriteThreads % kDim == 0);
+  // S in the GEMM's orders, this variant's image (qjl_team_images), in flight while the tables
+  // are filled; waited for, fenced for wgmma's reads (the async proxy) and published after
+  // team_tables' barrier.
   {
-    const int k = threadIdx.x % kDim;
-    const float* column = a.qjl + dev::qjl_k_coordinate<kDim, Layout>(k);
-#pragma unroll 4
-    for (int n = threadIdx.x / kDim; n < kDim; n += kWriteThreads / kDim)
-      s_s[TQ_QJL_WGMMA ? dev::qjl_wgmma_index<kDim>(n, k) : n * kRow + k] =
-          __float2half_rn(__ldg(column + dev::qjl_sketch_row<kDim>(n) * kDim));
+    constexpr int kCopies = (TQ_QJL_WGMMA ? kDim * kDim * 2 : qjl_smem_bytes<kDim>()) / 16;
+    const uint4* image = reinterpret_cast<const uint4*>(
+        a.qjl_smem + qjl_image_halves<kDim>() * qjl_image_variant(kF16In, TQ_QJL_WGMMA));
+    const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(s_dyn));
+#pragma unroll 1
+    for (int i = threadIdx.x; i < kCopies; i += kWriteThreads)
+      dev::cp_async_16(dst + 16u * static_cast<uint32_t>(i), image + i);
   }
   dev::SignMasks<kE, kF16In> masks;
   const dev::CellLut lut =
       dev::team_tables<kDim, kE, kF16In, Layout::kChunk>(a, lane, flip, s_lut, masks);
+  dev::cp_async_wait_all();
+  if constexpr (TQ_QJL_WGMMA) dev::fence_proxy_async_shared();
+  __syncthreads();
   const dev::QuadMmaHadamard rot(wl);
   const int cap = a.block_tokens;
   // This lane's ldmatrix row of S: matrices (n-tile 2np, k 0-7), (2np, 8-15), (2np + 1, 0-7),
