@@ -60,7 +60,7 @@ using TeamFn = Status (*)(const WriteArgs&, int vectors, cudaStream_t);
 
 // Grid-stride: at most one wave of resident blocks, so each team prefetches its next vector.
 // kSmem: the kernel's dynamic shared memory.
-template <auto kKernel, int kTeams, int kSmem = 0>
+template <auto kKernel, int kTeams, int kSmem = 0, int kThreads = kWriteThreads>
 Status launch_one_wave(const WriteArgs& a, int vectors, cudaStream_t s) {
   // Static and dynamic shared memory together may pass 48 KB (the QJL kernel: 20 + 34 KB), which
   // needs the opt-in; per device, so before every launch, as the attention kernels do.
@@ -68,7 +68,7 @@ Status launch_one_wave(const WriteArgs& a, int vectors, cudaStream_t s) {
     TQ_CUDA_TRY(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   static const int per_sm = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, kWriteThreads, kSmem) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, kThreads, kSmem) !=
         cudaSuccess) {
       (void)cudaGetLastError();
       n = 0;
@@ -79,7 +79,7 @@ Status launch_one_wave(const WriteArgs& a, int vectors, cudaStream_t s) {
   TQ_CUDA_TRY(cudaGetDevice(&dev));
   TQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   const int blocks = std::min((vectors + kTeams - 1) / kTeams, per_sm * std::max(sms, 1));
-  kKernel<<<blocks, kWriteThreads, kSmem, s>>>(a);
+  kKernel<<<blocks, kThreads, kSmem, s>>>(a);
   return ok_status();
 }
 
@@ -87,10 +87,11 @@ Status launch_one_wave(const WriteArgs& a, int vectors, cudaStream_t s) {
 template <int kDim, int kBits, bool kF16, bool kQjl>
 Status launch_team(const WriteArgs& a, int vectors, cudaStream_t s) {
   constexpr int kTeams = kWriteThreads / (kDim / 32);
-  if constexpr (kQjl)
-    return launch_one_wave<tq_qjl_team_kernel<kDim, kBits, kF16>, kTeams, qjl_smem_bytes<kDim>()>(
-        a, vectors, s);
-  else
+  if constexpr (kQjl) {
+    constexpr int kThreads = QjlTuning<kF16>::kThreads;
+    return launch_one_wave<tq_qjl_team_kernel<kDim, kBits, kF16>, kThreads / (kDim / 32),
+                           qjl_smem_bytes<kDim>(), kThreads>(a, vectors, s);
+  } else
     return launch_one_wave<tq_team_kernel<kDim, kBits, kF16>, kTeams>(a, vectors, s);
 }
 

@@ -226,9 +226,17 @@ __host__ __device__ constexpr int qjl_sketch_row(int n) {
 // rows runs at 3 (168 registers: at 128 the raw fp32 input of the vector in flight made it spill
 // 200+ bytes; 1.14x), from fp16 rows at 4 (no spill; 3 ran 0.95-0.99x). The m16n8k16 path keeps
 // its 4.
+// Threads a CTA from fp16 rows: 128 (one warpgroup, 4 CTAs an SM) or 512 (four warpgroups, one
+// CTA an SM, one copy of S where four CTAs held four). Host and device must agree, so it does not
+// depend on the device code's path.
+#ifndef TQ_QJL_F16_THREADS
+#define TQ_QJL_F16_THREADS 128
+#endif
 template <bool kF16In>
 struct QjlTuning {
-  static constexpr int kBlocks = kF16In || !TQ_QJL_WGMMA ? 4 : 3;
+  static constexpr int kThreads = kF16In ? TQ_QJL_F16_THREADS : kWriteThreads;
+  static_assert(kThreads % 128 == 0 && kThreads <= 512);
+  static constexpr int kBlocks = kThreads > 128 ? 512 / kThreads : kF16In || !TQ_QJL_WGMMA ? 4 : 3;
 };
 
 // kBits: the mse code bits (the prod format's bits - 1). Grid-stride as tq_team_kernel: a team
@@ -236,10 +244,11 @@ struct QjlTuning {
 // first team decides; CTA-uniform for wgmma), teams past the end encode their last vector again
 // and store nothing.
 template <int kDim, int kBits, bool kF16In>
-__global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
+__global__ void __launch_bounds__(QjlTuning<kF16In>::kThreads, QjlTuning<kF16In>::kBlocks)
     tq_qjl_team_kernel(const WriteArgs a) {
   static_assert(qjl_team_supported<kDim>());
-  constexpr int kE = 32, kLanes = kDim / kE, kTeams = kWriteThreads / kLanes;
+  constexpr int kThreads = QjlTuning<kF16In>::kThreads;
+  constexpr int kE = 32, kLanes = kDim / kE, kTeams = kThreads / kLanes;
   constexpr int kCodeBytes = kDim * kBits / 8, kSignBytes = kDim / 8;
   constexpr int kKT = kDim / 16, kNT = kDim / 8;  // k-tiles, n-tiles
   constexpr int kRounds = kLanes == 4 ? 2 : 1;    // rounds per GEMM: 16 vectors a warp
@@ -257,9 +266,10 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
   const int flip = Layout::flip(lane);
   const int stride = static_cast<int>(gridDim.x) * kTeams;
   int v = static_cast<int>(blockIdx.x) * kTeams + team;
-  // v < warp_end: the warp's first team has a vector (the CTA's first team for wgmma, which
-  // takes the whole warpgroup every round).
-  const int warp_end = nvec + (TQ_QJL_WGMMA ? team : team % (32 / kLanes));
+  // v < warp_end: the warp's first team has a vector (the warpgroup's first team for wgmma,
+  // which takes the whole warpgroup every round).
+  const int warp_end = nvec + (TQ_QJL_WGMMA ? (kThreads == 128 ? team : team % (128 / kLanes))
+                                            : team % (32 / kLanes));
 
   // The (token, head) of the vector the team loads (its last one once past the end), stepped
   // without divisions, as tq_team_kernel.
@@ -278,7 +288,7 @@ __global__ void __launch_bounds__(kWriteThreads, QjlTuning<kF16In>::kBlocks)
         a.qjl_smem + qjl_image_halves<kDim>() * qjl_image_variant(kF16In, TQ_QJL_WGMMA));
     const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(s_dyn));
 #pragma unroll 1
-    for (int i = threadIdx.x; i < kCopies; i += kWriteThreads)
+    for (int i = threadIdx.x; i < kCopies; i += kThreads)
       dev::cp_async_16(dst + 16u * static_cast<uint32_t>(i), image + i);
   }
   dev::SignMasks<kE, kF16In> masks;
