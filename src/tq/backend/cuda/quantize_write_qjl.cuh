@@ -222,15 +222,15 @@ __host__ __device__ constexpr int qjl_sketch_row(int n) {
 
 }  // namespace dev
 
-// CTAs an SM, as measured on an H100 (docs/benchmarks.md, session 29): the wgmma kernel from fp32
-// rows runs at 3 (168 registers: at 128 the raw fp32 input of the vector in flight made it spill
-// 200+ bytes; 1.14x), from fp16 rows at 4 (no spill; 3 ran 0.95-0.99x). The m16n8k16 path keeps
-// its 4.
-// Threads a CTA from fp16 rows: 128 (one warpgroup, 4 CTAs an SM) or 512 (four warpgroups, one
-// CTA an SM, one copy of S where four CTAs held four). Host and device must agree, so it does not
-// depend on the device code's path.
+// The CTA's shape, as measured on an H100. From fp16 rows: 512 threads, four warpgroups sharing
+// one copy of S, one CTA an SM (128 registers, no spill). Four CTAs of 128 threads each copied S
+// (32 KB a CTA, 17 MB from L2 over the wave at the kernel's start): the shared copy ran 1.06x
+// (docs/benchmarks.md, session 31). From fp32 rows: 3 CTAs of 128 threads at 168 registers (at 128
+// the raw fp32 input of the vector in flight spilled 200+ bytes; 1.14x, session 29). The m16n8k16
+// path (sm_80, plain sm_90) takes 512 threads from fp16 rows too, 4 CTAs of 128 from fp32. Host
+// and device must agree, so the thread count does not depend on the device code's path.
 #ifndef TQ_QJL_F16_THREADS
-#define TQ_QJL_F16_THREADS 128
+#define TQ_QJL_F16_THREADS 512
 #endif
 template <bool kF16In>
 struct QjlTuning {
@@ -241,8 +241,8 @@ struct QjlTuning {
 
 // kBits: the mse code bits (the prod format's bits - 1). Grid-stride as tq_team_kernel: a team
 // loads its next vector while it encodes the current one; the loop is warp-uniform (the warp's
-// first team decides; CTA-uniform for wgmma), teams past the end encode their last vector again
-// and store nothing.
+// first team decides; warpgroup-uniform for wgmma), teams past the end encode their last vector
+// again and store nothing.
 template <int kDim, int kBits, bool kF16In>
 __global__ void __launch_bounds__(QjlTuning<kF16In>::kThreads, QjlTuning<kF16In>::kBlocks)
     tq_qjl_team_kernel(const WriteArgs a) {
