@@ -207,7 +207,6 @@ Expected<PoolWrite> prepare(const QuantizeWriteParams& p, WriteKernel kernel) {
   a.centroids = t.centroids;
   a.boundaries = t.boundaries;
   a.hadamard_signs = t.hadamard_signs;
-  a.qjl = t.qjl;
   a.qjl_t = t.qjl_t;
   a.qjl_smem = t.qjl_smem;
   a.cell_lut = t.cell_lut;

@@ -35,7 +35,6 @@ struct WriteArgs {
   const float* centroids;
   const float* boundaries;
   const float* hadamard_signs;
-  const float* qjl;
   const float* qjl_t;        // S^T (coalesced rows for the sign sketch)
   const uint16_t* qjl_smem;  // S as the QJL team kernels hold it (qjl_team_images)
   const uint32_t* cell_lut;  // quant::CellLut image (the float32 kernels; tq mse <= 4 bits)
