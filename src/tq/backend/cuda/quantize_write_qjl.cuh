@@ -64,7 +64,7 @@ __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src) {
 }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;"); }
 // Orders this thread's shared-memory writes (generic proxy, cp.async's included) before the
-// async proxy's reads that follow a barrier (wgmma's operands).
+// async proxy's reads that follow a barrier (wgmma's operands); nothing without wgmma.
 __device__ __forceinline__ void fence_proxy_async_shared() {
 #if TQ_QJL_WGMMA
   asm volatile("fence.proxy.async.shared::cta;");
@@ -267,7 +267,8 @@ __global__ void __launch_bounds__(QjlTuning<kF16In>::kThreads, QjlTuning<kF16In>
   const int stride = static_cast<int>(gridDim.x) * kTeams;
   int v = static_cast<int>(blockIdx.x) * kTeams + team;
   // v < warp_end: the warp's first team has a vector (the warpgroup's first team for wgmma,
-  // which takes the whole warpgroup every round).
+  // which takes the whole warpgroup every round; in a 128-thread CTA that is `team` itself,
+  // spelled so because ptxas allocated the modulo's form differently).
   const int warp_end = nvec + (TQ_QJL_WGMMA ? (kThreads == 128 ? team : team % (128 / kLanes))
                                             : team % (32 / kLanes));
 
@@ -295,7 +296,7 @@ __global__ void __launch_bounds__(QjlTuning<kF16In>::kThreads, QjlTuning<kF16In>
   const dev::CellLut lut =
       dev::team_tables<kDim, kE, kF16In, Layout::kChunk>(a, lane, flip, s_lut, masks);
   dev::cp_async_wait_all();
-  if constexpr (TQ_QJL_WGMMA) dev::fence_proxy_async_shared();
+  dev::fence_proxy_async_shared();
   __syncthreads();
   const dev::QuadMmaHadamard rot(wl);
   const int cap = a.block_tokens;
