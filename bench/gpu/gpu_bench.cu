@@ -226,12 +226,13 @@ void timeline_report(Fn&& fn, size_t ctas, size_t merges, void* flush, size_t fl
   unsigned long long t0 = ~0ull;
   for (size_t c = 0; c < ctas; ++c) t0 = std::min(t0, h[c * 10]);
   const auto us = [&](unsigned long long t) { return (static_cast<double>(t) - t0) * 1e-3; };
-  std::vector<double> start, pro, loop, epi, end, mstart, mend;
+  std::vector<double> start, pre, pro, loop, epi, end, mstart, mend;
   for (size_t c = 0; c < ctas; ++c) {
     const unsigned long long* r = &h[c * 10];
     if (r[7] == 0) continue;  // a CTA with no tokens (empty split, past the batch's splits)
     const unsigned long long last = std::max({r[3], r[4], r[5], r[6]});
     start.push_back(us(r[0]));
+    pre.push_back(static_cast<double>(r[1] - r[0]) * 1e-3);
     pro.push_back(static_cast<double>(r[2] - r[0]) * 1e-3);
     loop.push_back(static_cast<double>(last - r[2]) * 1e-3);
     epi.push_back(static_cast<double>(r[7] - last) * 1e-3);
@@ -242,9 +243,10 @@ void timeline_report(Fn&& fn, size_t ctas, size_t merges, void* flush, size_t fl
     mend.push_back(us(h[ctas * 10 + 2 * m + 1]));
   }
   std::printf(
-      "timeline %s: %zu CTAs, event %.1f us | start max %.1f | prologue med %.1f | loop min %.1f "
+      "timeline %s: %zu CTAs, event %.1f us | start max %.1f | prologue med %.1f (to pdl_wait "
+      "%.1f) | loop min %.1f "
       "med %.1f max %.1f | epilogue med %.1f | end min %.1f med %.1f max %.1f | merge %.1f..%.1f\n",
-      label.c_str(), ctas, event_us, pct(start, 1), pct(pro, 0.5), pct(loop, 0), pct(loop, 0.5),
+      label.c_str(), ctas, event_us, pct(start, 1), pct(pro, 0.5), pct(pre, 0.5), pct(loop, 0), pct(loop, 0.5),
       pct(loop, 1), pct(epi, 0.5), pct(end, 0), pct(end, 0.5), pct(end, 1), pct(mstart, 0),
       pct(mend, 1));
 }

@@ -485,6 +485,10 @@ INSTANTIATE_TEST_SUITE_P(
         AttnCase{"f16", "f16", 128, true, 4, 32, AttnCase::kLongLen, AttnCase::kMaxSplits, false},
         // splits by length need splits of >= 2048 tokens: long sequences
         AttnCase{"tq4", "tq4", 128, true, 4, 32, 12000, 5},
+        AttnCase{"tq2", "tq2", 128, false, 4, 32, 12000, 5},
+        // 2-bit codes and QJL signs looked up as token pairs (lookup_token_pairs, pair-major
+        // value tables) at head dim 128 beside the cases above
+        AttnCase{"tq2", "tq4", 128, false, 4}, AttnCase{"tq4j", "tq2", 128, true, 4},
         AttnCase{"tq4", "tq2", 128, true, 4, 32, 9000, 4, true, 75},
         AttnCase{"tq3", "tq3", 128, false, 4, 32, 3000, 0, false, 75},
         AttnCase{"f16", "f16", 128, false, 4, 32, 9000, 4, true, 33}),

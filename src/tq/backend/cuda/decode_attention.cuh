@@ -98,7 +98,8 @@ constexpr int attn_step_tokens() {
 // of the same rows when both have tables, else after K's rows; the QJL sign table last.
 template <class KF, class VF>
 struct AttnTables {
-  static constexpr bool kShare = KF::kTableRows > 0 && KF::kCodeBits == VF::kCodeBits;
+  static constexpr bool kShare = KF::kTableRows > 0 && KF::kCodeBits == VF::kCodeBits &&
+                                !dev::pair_major_values<VF>();
   static constexpr bool kVSecondHalf = !kShare && KF::kTableRows > 0 && VF::kTableRows > 0;
   static constexpr int kVRow = (kShare || kVSecondHalf) ? 0 : KF::kTableRows;
   static constexpr int kVHalf = kVSecondHalf ? 1 : 0;
@@ -331,7 +332,9 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     constexpr bool kKTab = KF::kTableRows > 0, kVTab = VF::kTableRows > 0 && !Tab::kShare;
     // (formats without a table name a 1-bit one, never used)
     [[maybe_unused]] TableFill<kKTab ? KF::kCodeBits : 1, KF::kLookup, kAttnThreads> kfill;
-    [[maybe_unused]] TableFill<kVTab ? VF::kCodeBits : 1, VF::kLookup, kAttnThreads> vfill;
+    [[maybe_unused]] TableFill<kVTab ? VF::kCodeBits : 1, VF::kLookup, kAttnThreads,
+                               pair_major_values<VF>()>
+        vfill;
     [[maybe_unused]] TableFill<1, 4, kAttnThreads> sfill;
     if constexpr (kKTab) kfill.load(a.k_centroids);
     if constexpr (kVTab) vfill.load(a.v_centroids);
@@ -352,6 +355,22 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       int s, j;
       bl.locate(blockIdx.x, &s, &j);
       if (threadIdx.x == 0) plan_sh[0] = s, plan_sh[1] = j, plan_sh[2] = bl.u * kSplitUnit;
+      if constexpr (attn_page_list<KF, VF, kCap>()) {
+        // The split's page list, copied while the other warps fill the tables (a DRAM latency
+        // that otherwise followed the barrier). Entries past the sequence's end are copied and
+        // never read; the row's end bounds the copy.
+        if (s >= 0) {
+          constexpr int kPg = kCap > 0 ? kCap : 1;
+          static_assert(kSplitUnit % kPg == 0);
+          const int tps = bl.u * kSplitUnit, first = j * (tps / kPg);
+          const int n = min(min(tps / kPg, attn_pages<kByLength>()), a.max_blocks - first);
+          const int32_t* src = a.block_tables + static_cast<size_t>(s) * a.max_blocks + first;
+          const uint32_t dst = static_cast<uint32_t>(
+              __cvta_generic_to_shared(smem + attn_pages_offset<KF, VF, kDim>()));
+          for (int i = threadIdx.x; i < n; i += 32) dev::cp_async_4(dst + 4u * i, src + i);
+          dev::cp_async_wait_all();
+        }
+      }
     }
     fill_tables();
     __syncthreads();
@@ -517,9 +536,11 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       end_with_partials(make_float2(0.0f, NAN));
       return;
     }
-    const int n = min(pages, kListed);
-    for (int i = threadIdx.x; i < n; i += kAttnThreads)
-      pages_sh[i] = __ldg(table + first_tok / kPage + i);
+    if constexpr (!kByLength) {  // (by length: copied before the barrier above)
+      const int n = min(pages, kListed);
+      for (int i = threadIdx.x; i < n; i += kAttnThreads)
+        pages_sh[i] = __ldg(table + first_tok / kPage + i);
+    }
   }
   // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
   [[maybe_unused]] const auto page_at = [&](int tok) {
@@ -540,8 +561,9 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   if constexpr (kPipe) {
     const int tok0 = begin + warp * kStep;
     if (tok0 < end) {
-      int slot0;
-      const int page = block_of(tok0, &slot0);
+      int slot0 = 0;
+      // (by length the page list is in shared memory already: no block-table read)
+      const int page = kPagePipe && kByLength ? page_at(tok0) : block_of(tok0, &slot0);
       if (end - tok0 >= kStep) {
         load_keys(tok0, k_base(page), slot0, std::true_type{}, first);
         if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::true_type{}, first);
@@ -684,8 +706,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     for (int tt = 0; tt < kNH; ++tt) {
       s[tt][0] = s[tt][1] = s[tt][2] = s[tt][3] = 0.0f;
       uint32_t k0[kKN / 2], k1[kKN / 2];
-      decode_chunk<KF, kKN, kKOff>(keys.kr[2 * tt], t, k_off, k0);
-      decode_chunk<KF, kKN, kKOff>(keys.kr[2 * tt + 1], t, k_off, k1);
+      decode_chunk2<KF, kKN, kKOff>(keys.kr[2 * tt], keys.kr[2 * tt + 1], t, k_off, k0, k1);
 #pragma unroll
       for (int kk = 0; kk < kKT; ++kk)
         mma_16816(s[tt], k0[2 * kk], k1[2 * kk], k0[2 * kk + 1], k1[2 * kk + 1], qa[kk][0],
@@ -693,8 +714,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       if constexpr (kQjl) {
         float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         uint32_t sp0[kKN / 2], sp1[kKN / 2];
-        KF::template decode_signs<kKN, kSOff>(sr[2 * tt].r, s_off, sp0);
-        KF::template decode_signs<kKN, kSOff>(sr[2 * tt + 1].r, s_off, sp1);
+        KF::template decode_signs2<kKN, kSOff>(sr[2 * tt].r, sr[2 * tt + 1].r, s_off, sp0, sp1);
 #pragma unroll
         for (int kk = 0; kk < kKT; ++kk)
           mma_16816(s2, sp0[2 * kk], sp1[2 * kk], sp0[2 * kk + 1], sp1[2 * kk + 1], qs[kk][0],

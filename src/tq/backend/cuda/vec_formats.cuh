@@ -84,6 +84,42 @@ __device__ __forceinline__ void lookup_codes(const uint32_t (&w)[kWords], uint32
   }
 }
 
+// Two tokens' fields of 4 codes of kBits (2, or 1 for QJL signs) as token pairs, for an mma A
+// fragment that takes both tokens' dims 2p, 2p + 1 side by side: oa[p], ob[p] = half2(local 2p,
+// 2p + 1) of token A, B, as two lookup_codes calls give them. There each 8-byte lookup filled one
+// token's oa[p], oa[p + 1], and the fragment (oa[p], ob[p], oa[p + 1], ob[p + 1]) took four
+// register moves an mma (their waits on the lookup included); here a field holds code pair p of
+// A and of B (x: the even pairs, y: the odd ones, a bit_select each), so one lookup lands
+// (oa[p], ob[p]) where the fragment wants it. The table is the same.
+template <int kBits, int kN, int kOff, int kWords>
+__device__ __forceinline__ void lookup_token_pairs(const uint32_t (&wa)[kWords],
+                                                   const uint32_t (&wb)[kWords], uint32_t lane_off,
+                                                   uint32_t (&oa)[kN / 2], uint32_t (&ob)[kN / 2]) {
+  static_assert(kBits == 2 || kBits == 1);
+  constexpr int kPairBits = 2 * kBits, kField = 4 * kBits;
+  constexpr uint32_t kLow = kBits == 2 ? 0x0f0f0f0fu : 0x33333333u;  // low pair of each field
+  constexpr int kPairsPerWord = 32 / kPairBits;
+  static_assert(kN * kBits % 32 == 0);
+#pragma unroll
+  for (int w = 0; w < kN * kBits / 32; ++w) {
+    const uint32_t x[1] = {bit_select(wa[w], wb[w] << kPairBits, kLow)};  // pairs 2m
+    const uint32_t y[1] = {bit_select(wa[w] >> kPairBits, wb[w], kLow)};  // pairs 2m + 1
+#pragma unroll
+    for (int m = 0; m < 32 / kField; ++m) {
+      const int p = kPairsPerWord * w + 2 * m;
+      uint32_t e[2];
+      lut_load<4, kOff>(kField == 8 ? lut_addr_byte(x[0], m, lane_off)
+                                    : field_row_addr<kField>(x, m * kField, lane_off),
+                        e);
+      oa[p] = e[0], ob[p] = e[1];
+      lut_load<4, kOff>(kField == 8 ? lut_addr_byte(y[0], m, lane_off)
+                                    : field_row_addr<kField>(y, m * kField, lane_off),
+                        e);
+      oa[p + 1] = e[0], ob[p + 1] = e[1];
+    }
+  }
+}
+
 // The copy of a table row that lane reads: 4-byte entries (2 codes) a copy per lane, 32 in a
 // row half; 8-byte entries (4 codes) a copy per lane of a half-warp, 16 in a row half, since a
 // warp's 64-bit loads are served a half-warp at a time (lanes l and l + 16 never conflict). Every
@@ -102,7 +138,9 @@ __host__ __device__ constexpr int lut_copy(int lane) {
 // table before storing any, so their centroid reads overlap), store() writes its kStores 16-byte
 // parts starting at part (t mod kStores), so the 8 threads of a quarter warp store to 8
 // different bank groups.
-template <int kBits, int kLookup, int kThreads>
+// kPairMajor (4-code entries only): entry e holds (half2(value c0, c2), half2(c1, c3)), the
+// table of TqFmt::decode_pair's 2-bit token pairs.
+template <int kBits, int kLookup, int kThreads, bool kPairMajor = false>
 struct TableFill {
   static constexpr int kEntries = 1 << (kBits * kLookup);
   static constexpr int kPer = (kEntries + kThreads - 1) / kThreads;
@@ -123,10 +161,15 @@ struct TableFill {
         const float v1 = values ? __ldg(values + c1) : (c1 ? 1.0f : -1.0f);
         v[w] = pack_h2(v0, v1);
       }
-      if constexpr (kLookup == 2)
+      if constexpr (kLookup == 2) {
         st[i] = make_uint4(v[0], v[0], v[0], v[0]);
-      else
+      } else {
+        if constexpr (kPairMajor) {
+          const uint32_t a = prmt(v[0], v[1], 0x5410u), b = prmt(v[0], v[1], 0x7632u);
+          v[0] = a, v[1] = b;
+        }
         st[i] = make_uint4(v[0], v[1], v[0], v[1]);
+      }
     }
   }
   __device__ __forceinline__ void store(uint8_t* rows, int half) const {
@@ -158,6 +201,8 @@ struct TqFmt {
   static constexpr int kSignLookup = 4;
   static constexpr int kSignTableRows = kQjl ? 16 : 0;
   static constexpr int kSignTableBytes = kSignTableRows * 256;
+  // As values, 2-bit codes read a table of their own (TableFill's kPairMajor): decode_pair.
+  static constexpr bool kPairMajorValues = kBits == 2 && kLookup == 4;
 
   template <int kN>
   struct Raw {
@@ -186,6 +231,18 @@ struct TqFmt {
                                                 uint32_t (&out)[kN / 2]) {
     lookup_codes<kBits, kLookup, kN, kOff>(r.s.w, lane_off, out);
   }
+  // Two tokens' chunks, as decode() of each: 2-bit codes as token pairs (lookup_token_pairs).
+  template <int kN, int kOff>
+  static __device__ __forceinline__ void decode2(const Raw<kN>& a, const Raw<kN>& b,
+                                                 uint32_t lane_off, uint32_t (&oa)[kN / 2],
+                                                 uint32_t (&ob)[kN / 2]) {
+    if constexpr (kBits == 2 && kN * kBits % 32 == 0) {
+      lookup_token_pairs<2, kN, kOff>(a.s.w, b.s.w, lane_off, oa, ob);
+    } else {
+      decode<kN, kOff>(a, lane_off, oa);
+      decode<kN, kOff>(b, lane_off, ob);
+    }
+  }
   // Two tokens' chunks -> out[i] = half2(A local i, B local i): the value fragments pair tokens.
   // 4-bit: nibble-interleave the two words so each byte is a (code A, code B) pair of the same
   // dim, one table row per byte; 2-bit: 2-bit interleave into (A, B, A, B) quads.
@@ -203,20 +260,21 @@ struct TqFmt {
           lut_load<2, kOff>(lut_addr_byte(y, n, lane_off), out + 8 * w + 2 * n + 1);
         }
       }
-    } else if constexpr (kBits == 2 && kLookup == 4 && (kN * kBits / 8) % 4 == 0) {
+    } else if constexpr (kPairMajorValues) {
+      // Byte n of x holds A's dims 4n, 4n + 1 and B's (y: 4n + 2, 4n + 3); the pair-major table
+      // gives (half2(A 4n, B 4n), half2(A 4n + 1, B 4n + 1)): out[4n], out[4n + 1] of one
+      // lookup, side by side as the PV fragment takes them (no register moves). (Every 2-bit
+      // value chunk takes this path: the table is pair-major for all of them.)
+      static_assert(kN % 4 == 0);
 #pragma unroll
-      for (int w = 0; w < kN / 16; ++w) {
-        const uint32_t x = bit_select(a.s.w[w], b.s.w[w] << 2, 0x33333333u);  // dims 2m
-        const uint32_t y = bit_select(a.s.w[w] >> 2, b.s.w[w], 0x33333333u);  // dims 2m+1
+      for (int w = 0; w < (kN + 15) / 16; ++w) {
+        const uint32_t x = bit_select(a.s.w[w], b.s.w[w] << 4, 0x0f0f0f0fu);
+        const uint32_t y = bit_select(a.s.w[w] >> 4, b.s.w[w], 0x0f0f0f0fu);
 #pragma unroll
         for (int n = 0; n < 4; ++n) {
-          uint32_t ex[2], ey[2];
-          lut_load<4, kOff>(lut_addr_byte(x, n, lane_off), ex);  // dims 4n, 4n+2
-          lut_load<4, kOff>(lut_addr_byte(y, n, lane_off), ey);  // dims 4n+1, 4n+3
-          out[16 * w + 4 * n] = ex[0];
-          out[16 * w + 4 * n + 1] = ey[0];
-          out[16 * w + 4 * n + 2] = ex[1];
-          out[16 * w + 4 * n + 3] = ey[1];
+          if (16 * w + 4 * n >= kN) break;
+          lut_load<4, kOff>(lut_addr_byte(x, n, lane_off), out + 16 * w + 4 * n);
+          lut_load<4, kOff>(lut_addr_byte(y, n, lane_off), out + 16 * w + 4 * n + 2);
         }
       }
     } else {
@@ -245,6 +303,17 @@ struct TqFmt {
   static __device__ __forceinline__ void decode_signs(const SignRaw<kN>& r, uint32_t lane_off,
                                                       uint32_t (&out)[kN / 2]) {
     lookup_codes<1, kSignLookup, kN, kOff>(r.s.w, lane_off, out);
+  }
+  template <int kN, int kOff>
+  static __device__ __forceinline__ void decode_signs2(const SignRaw<kN>& a, const SignRaw<kN>& b,
+                                                       uint32_t lane_off, uint32_t (&oa)[kN / 2],
+                                                       uint32_t (&ob)[kN / 2]) {
+    if constexpr (kN % 32 == 0) {
+      lookup_token_pairs<1, kN, kOff>(a.s.w, b.s.w, lane_off, oa, ob);
+    } else {
+      decode_signs<kN, kOff>(a, lane_off, oa);
+      decode_signs<kN, kOff>(b, lane_off, ob);
+    }
   }
   static __device__ __forceinline__ float residual(const uint8_t* blk, int cap, int slot) {
     return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(
@@ -430,6 +499,29 @@ __device__ __forceinline__ void decode_chunk(const typename F::template Raw<kN>&
   } else {
     F::template decode<kN, kOff>(r, lane_off, out);
   }
+}
+
+// Two tokens' chunks, as decode_chunk of each (formats with decode2 do both at once).
+template <class F, int kN, int kOff>
+__device__ __forceinline__ void decode_chunk2(const typename F::template Raw<kN>& a,
+                                              const typename F::template Raw<kN>& b, int c,
+                                              uint32_t lane_off, uint32_t (&oa)[kN / 2],
+                                              uint32_t (&ob)[kN / 2]) {
+  if constexpr (requires { F::template decode2<kN, kOff>(a, b, lane_off, oa, ob); }) {
+    F::template decode2<kN, kOff>(a, b, lane_off, oa, ob);
+  } else {
+    decode_chunk<F, kN, kOff>(a, c, lane_off, oa);
+    decode_chunk<F, kN, kOff>(b, c, lane_off, ob);
+  }
+}
+
+// Whether F's values read a pair-major table (TqFmt::kPairMajorValues).
+template <class F>
+constexpr bool pair_major_values() {
+  if constexpr (requires { F::kPairMajorValues; })
+    return F::kPairMajorValues;
+  else
+    return false;
 }
 
 // Two tokens' chunks as token pairs: out[i] = half2(A local i, B local i).
