@@ -94,12 +94,13 @@ constexpr int attn_step_tokens() {
 }
 
 // Shared-memory table layout (rows of 256 bytes, every table in a 128-byte half, vec_formats.cuh):
-// K's table at rows from 0 (half 0), V's shared with K when the code widths match, else in half 1
-// of the same rows when both have tables, else after K's rows; the QJL sign table last.
+// K's table at rows from 0 (half 0), V's shared with K when the code widths match (but for 2-bit
+// values, whose table is pair-major: TqFmt::decode_pair), else in half 1 of the same rows when
+// both have tables, else after K's rows; the QJL sign table last.
 template <class KF, class VF>
 struct AttnTables {
-  static constexpr bool kShare = KF::kTableRows > 0 && KF::kCodeBits == VF::kCodeBits &&
-                                !dev::pair_major_values<VF>();
+  static constexpr bool kShare =
+      KF::kTableRows > 0 && KF::kCodeBits == VF::kCodeBits && !dev::pair_major_values<VF>();
   static constexpr bool kVSecondHalf = !kShare && KF::kTableRows > 0 && VF::kTableRows > 0;
   static constexpr int kVRow = (kShare || kVSecondHalf) ? 0 : KF::kTableRows;
   static constexpr int kVHalf = kVSecondHalf ? 1 : 0;
