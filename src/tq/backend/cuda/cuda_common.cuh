@@ -86,16 +86,6 @@ __device__ __forceinline__ void pdl_wait() {
 #endif
 }
 
-// Copies from global to shared memory that hold no register (cp.async, sm_80): 16 bytes
-// (bypassing L1) or 4 (through it), and the wait for this thread's copies.
-__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cp_async_4(uint32_t dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;"); }
-
 // In-place unnormalised Walsh-Hadamard transform (quant::fwht_ref's butterflies, in its stage
 // order) of a kDim-vector spread over kDim / kE lanes, lane-major with kE consecutive elements
 // per lane: stage h pairs (j, j + h), inside the lane while h < kE, then across lanes, where the

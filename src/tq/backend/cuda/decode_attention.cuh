@@ -356,22 +356,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       int s, j;
       bl.locate(blockIdx.x, &s, &j);
       if (threadIdx.x == 0) plan_sh[0] = s, plan_sh[1] = j, plan_sh[2] = bl.u * kSplitUnit;
-      if constexpr (attn_page_list<KF, VF, kCap>()) {
-        // The split's page list, copied while the other warps fill the tables (a DRAM latency
-        // that otherwise followed the barrier). Entries past the sequence's end are copied and
-        // never read; the row's end bounds the copy.
-        if (s >= 0) {
-          constexpr int kPg = kCap > 0 ? kCap : 1;
-          static_assert(kSplitUnit % kPg == 0);
-          const int tps = bl.u * kSplitUnit, first = j * (tps / kPg);
-          const int n = min(min(tps / kPg, attn_pages<kByLength>()), a.max_blocks - first);
-          const int32_t* src = a.block_tables + static_cast<size_t>(s) * a.max_blocks + first;
-          const uint32_t dst = static_cast<uint32_t>(
-              __cvta_generic_to_shared(smem + attn_pages_offset<KF, VF, kDim>()));
-          for (int i = threadIdx.x; i < n; i += 32) dev::cp_async_4(dst + 4u * i, src + i);
-          dev::cp_async_wait_all();
-        }
-      }
     }
     fill_tables();
     __syncthreads();
@@ -537,11 +521,9 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       end_with_partials(make_float2(0.0f, NAN));
       return;
     }
-    if constexpr (!kByLength) {  // (by length: copied before the barrier above)
-      const int n = min(pages, kListed);
-      for (int i = threadIdx.x; i < n; i += kAttnThreads)
-        pages_sh[i] = __ldg(table + first_tok / kPage + i);
-    }
+    const int n = min(pages, kListed);
+    for (int i = threadIdx.x; i < n; i += kAttnThreads)
+      pages_sh[i] = __ldg(table + first_tok / kPage + i);
   }
   // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
   [[maybe_unused]] const auto page_at = [&](int tok) {
@@ -562,9 +544,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   if constexpr (kPipe) {
     const int tok0 = begin + warp * kStep;
     if (tok0 < end) {
-      int slot0 = 0;
-      // (by length the page list is in shared memory already: no block-table read)
-      const int page = kPagePipe && kByLength ? page_at(tok0) : block_of(tok0, &slot0);
+      int slot0;
+      const int page = block_of(tok0, &slot0);
       if (end - tok0 >= kStep) {
         load_keys(tok0, k_base(page), slot0, std::true_type{}, first);
         if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::true_type{}, first);

@@ -57,6 +57,12 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
 #define TQ_QJL_WGMMA 0
 #endif
 
+// A 16-byte copy from global to shared memory that holds no register (cp.async, sm_80), and the
+// wait for this thread's copies.
+__device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;"); }
 // Orders this thread's shared-memory writes (generic proxy, cp.async's included) before the
 // async proxy's reads that follow a barrier (wgmma's operands); nothing without wgmma.
 __device__ __forceinline__ void fence_proxy_async_shared() {
