@@ -245,7 +245,8 @@ struct TqFmt {
   }
   // Two tokens' chunks -> out[i] = half2(A local i, B local i): the value fragments pair tokens.
   // 4-bit: nibble-interleave the two words so each byte is a (code A, code B) pair of the same
-  // dim, one table row per byte; 2-bit: 2-bit interleave into (A, B, A, B) quads.
+  // dim, one table row per byte; 2-bit: the same nibble interleave (two dims of A, two of B) into
+  // a pair-major table.
   template <int kN, int kOff>
   static __device__ __forceinline__ void decode_pair(const Raw<kN>& a, const Raw<kN>& b,
                                                      uint32_t lane_off, uint32_t (&out)[kN]) {
