@@ -243,9 +243,9 @@ void timeline_report(Fn&& fn, size_t ctas, size_t merges, void* flush, size_t fl
     mend.push_back(us(h[ctas * 10 + 2 * m + 1]));
   }
   std::printf(
-      "timeline %s: %zu CTAs, event %.1f us | start max %.1f | prologue med %.1f (to pdl_wait "
-      "%.1f) | loop min %.1f "
-      "med %.1f max %.1f | epilogue med %.1f | end min %.1f med %.1f max %.1f | merge %.1f..%.1f\n",
+      "timeline %s: %zu CTAs, event %.1f us | start max %.1f | "
+      "prologue med %.1f (to pdl_wait %.1f) | loop min %.1f med %.1f max %.1f | "
+      "epilogue med %.1f | end min %.1f med %.1f max %.1f | merge %.1f..%.1f\n",
       label.c_str(), ctas, event_us, pct(start, 1), pct(pro, 0.5), pct(pre, 0.5), pct(loop, 0),
       pct(loop, 0.5), pct(loop, 1), pct(epi, 0.5), pct(end, 0), pct(end, 0.5), pct(end, 1),
       pct(mstart, 0), pct(mend, 1));

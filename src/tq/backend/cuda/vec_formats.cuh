@@ -142,6 +142,7 @@ __host__ __device__ constexpr int lut_copy(int lane) {
 // table of TqFmt::decode_pair's 2-bit token pairs.
 template <int kBits, int kLookup, int kThreads, bool kPairMajor = false>
 struct TableFill {
+  static_assert(!kPairMajor || kLookup == 4);
   static constexpr int kEntries = 1 << (kBits * kLookup);
   static constexpr int kPer = (kEntries + kThreads - 1) / kThreads;
   static constexpr int kStores = 128 / 16;  // 16-byte stores per entry: a row half
