@@ -77,7 +77,14 @@ struct DeviceFlag {
   std::string activations = "q8";
   std::string window_stream = "on";
   std::string split_by_length = "on";
+  std::string merge = "attention";
   void add_tuning_to(CLI::App* cmd) {
+    cmd->add_option("--gpu-merge", merge,
+                    "attention: the last thread block of each sequence and KV head merges its "
+                    "split-K partials (no sinks or window); kernel: a merge kernel after the "
+                    "attention kernel (--device cuda)")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"attention", "kernel"}));
     cmd->add_option("--gpu-split-by-length", split_by_length,
                     "on: batched decode attention shares its thread blocks among sequences of "
                     "mixed lengths by length (where it pays); off: every sequence cut as the "
@@ -122,6 +129,7 @@ struct DeviceFlag {
     o.overlap_launches = overlap == "on";
     o.window_stream = window_stream == "on";
     o.split_by_length = split_by_length == "on";
+    o.merge_in_attention = merge == "attention";
     o.int8_activations = activations == "q8";
     o.write_kernel = write == "legacy" ? backend::DeviceWriteKernel::kLegacy
                      : write == "team" ? backend::DeviceWriteKernel::kTeam

@@ -16,7 +16,7 @@
 //   tq_gpu_bench --out DIR [--contexts 1024,4096] [--batches 1,8] [--formats tq4/tq4,f16/f16]
 //                [--reps 20] [--write 0|1] [--write-input f16|f32] [--attention 0|1] [--gemv 0|1]
 //                [--flush write|read] [--max-splits N] [--pdl 0|1] [--ragged 0|1]
-//                [--by-length 0|1]
+//                [--by-length 0|1] [--fused-merge 0|1]
 // --flush: how the L2 is evicted before each rep (see flush_l2); --max-splits: cap the split-K
 // plan (1: one CTA per sequence and KV head, the plan before session 16 at batch >= 32);
 // --pdl 1: the attention and merge kernels launched with programmatic dependence, as the model's
@@ -24,7 +24,9 @@
 // / 8 tokens (a batch of sessions at different depths), bytes counted over the tokens held;
 // --by-length 0: every sequence cut as the longest (the plan before session 18; 1, the default,
 // shares the CTAs by length: "splits x tokens" then shows the longest's plan, marked L, whose
-// CTA count the batch shares).
+// CTA count the batch shares); --fused-merge 0: the merge kernel after the attention kernel (1,
+// the default: the attention CTA that ends a (sequence, KV head)'s splits merges its rows, as
+// DecodeAttentionParams::merge_counters lets it; "splits x tokens" then ends in F).
 // Built with -DTQ_ATTN_TIMELINE (a diagnostic build), one more call per cell stamps every CTA
 // (decode_attention.cuh, TQ_TL) and prints a `timeline` line: launch spread, prologue, loop,
 // epilogue and end times of the CTAs (median, extremes), and the merge's.
@@ -399,10 +401,11 @@ int main(int argc, char** argv) {
   std::vector<std::string> formats = {"f16/f16", "q8_0/q8_0", "q4_0/q4_0", "tq4/tq4",
                                       "tq4/tq3", "tq3/tq3",   "tq2/tq2"};
   int reps = 20;
-  int max_splits = 0;     // split-K cap per sequence (0: the plan's choice)
-  bool pdl = false;       // --pdl 1: programmatic dependence, as the model's step launches
-  bool ragged = false;    // --ragged 1: sequence b holds len * (b % 8 + 1) / 8 tokens
-  bool by_length = true;  // --by-length 0: every sequence cut as the longest (A/B runs)
+  int max_splits = 0;       // split-K cap per sequence (0: the plan's choice)
+  bool pdl = false;         // --pdl 1: programmatic dependence, as the model's step launches
+  bool ragged = false;      // --ragged 1: sequence b holds len * (b % 8 + 1) / 8 tokens
+  bool by_length = true;    // --by-length 0: every sequence cut as the longest (A/B runs)
+  bool fused_merge = true;  // --fused-merge 0: the merge kernel (A/B runs)
   bool write_bench = true, attention_bench = true, gemv = true, write_f32 = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
@@ -437,6 +440,8 @@ int main(int argc, char** argv) {
       ragged = std::atoi(argv[i + 1]) != 0;
     else if (a == "--by-length")
       by_length = std::atoi(argv[i + 1]) != 0;
+    else if (a == "--fused-merge")
+      fused_merge = std::atoi(argv[i + 1]) != 0;
     else if (a == "--flush") {
       const std::string v = argv[i + 1];
       if (v != "write" && v != "read") {
@@ -674,6 +679,12 @@ int main(int argc, char** argv) {
         p.max_splits = max_splits;
         p.overlap_launches = pdl;
         p.split_by_length = by_length;
+        int32_t* d_counters = nullptr;  // (zero before the first call; every call leaves them so)
+        if (fused_merge) {
+          CK(cudaMalloc(&d_counters, static_cast<size_t>(batch) * kKvHeads * 4));
+          CK(cudaMemset(d_counters, 0, static_cast<size_t>(batch) * kKvHeads * 4));
+          p.merge_counters = d_counters;
+        }
         auto plan = plan_decode_attention(p);
         ST(plan.status());
         const size_t ws = plan->workspace_bytes;
@@ -697,14 +708,15 @@ int main(int argc, char** argv) {
         const double gbps = bytes / (ms * 1e-3) / 1e9;
         if (kf == quant::kFormatF16) f16_ms = ms;
         const double speedup = f16_ms > 0 ? f16_ms / ms : 0.0;
-        std::printf("| %d | %s | %.1f | %.1f MB | %.0f | %.2f | %.2fx | %d x %d%s |\n", batch,
+        std::printf("| %d | %s | %.1f | %.1f MB | %.0f | %.2f | %.2fx | %d x %d%s%s |\n", batch,
                     fk.c_str(), ms * 1e3, bytes / 1e6, gbps, gbps / copy_gbps, speedup,
                     plan->main_splits, plan->main_tokens_per_split,
-                    plan->main_split_budget > 0 ? " L" : "");
+                    plan->main_split_budget > 0 ? " L" : "", plan->fused_merge ? " F" : "");
         std::fprintf(csv, "%s,%d,%d,%s,%.2f,%.0f,%.1f,%.4f,%.3f\n", prop.name, len, batch,
                      fk.c_str(), ms * 1e3, bytes, gbps, gbps / copy_gbps, speedup);
         std::fflush(stdout);
         CK(cudaFree(p.workspace));
+        if (d_counters) CK(cudaFree(d_counters));
         CK(cudaFree(d_q));
         CK(cudaFree(d_out));
         CK(cudaFree(d_table));

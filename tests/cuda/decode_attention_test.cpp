@@ -10,7 +10,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -299,6 +301,37 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   TQ_CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> out = dout.to_host<float>();
 
+  // The merge in the attention kernel (merge_counters; no window): the merge kernel's bits, on
+  // two calls in a row, with the counters back at zero after each.
+  DeviceBuffer dctr = DeviceBuffer::from(std::vector<int32_t>(n_seqs * kv_heads, 0));
+  const auto fused_matches = [&](DecodeAttentionParams f, const std::vector<float>& want,
+                                 DeviceBuffer& fout, const std::function<void()>& more) {
+    f.merge_counters = dctr.get<int32_t>();
+    auto plan = plan_decode_attention(f);
+    ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+    ASSERT_EQ(plan->fused_merge, !c.window);
+    if (!plan->fused_merge) return;
+    for (int call = 0; call < 2; ++call) {
+      TQ_CUDA_OK(cudaMemset(fout.get(), 0xff, fout.bytes()));  // (NaN)
+      Status fst = decode_attention(f, *plan, nullptr);
+      ASSERT_TRUE(fst.ok()) << fst.to_string();
+      TQ_CUDA_OK(cudaDeviceSynchronize());
+      const std::vector<float> got = fout.to_host<float>();
+      for (size_t i = 0; i < got.size(); ++i)
+        ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
+            << "call " << call << " element " << i << ": fused " << got[i] << ", merge kernel "
+            << want[i];
+      for (int32_t v : dctr.to_host<int32_t>()) ASSERT_EQ(v, 0) << "call " << call;
+      more();
+    }
+  };
+  {
+    DeviceBuffer fout(q.size() * sizeof(float));
+    DecodeAttentionParams f = p;
+    f.out = fout.get<float>();
+    fused_matches(f, out, fout, [] {});
+  }
+
   // The model's epilogue in a second call: the output times a per-(row, KV head dim) scale
   // (rows picked per sequence), as fp16 and 8-bit activations. Exact: the same float
   // multiply, fp16 rounding and q8_act.cuh arithmetic done on the host.
@@ -328,6 +361,24 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
     const std::vector<uint16_t> h16 = dh.to_host<uint16_t>();
     const std::vector<int8_t> q8 = dq8.to_host<int8_t>();
     const std::vector<Q8Scale> q8s = dq8s.to_host<Q8Scale>();
+    {  // the same epilogue from the merge in the attention kernel: the same bits
+      DeviceBuffer fout(q.size() * sizeof(float));
+      DeviceBuffer fh(q.size() * 2), fq8(q.size()), fq8s(q.size() / 32 * sizeof(Q8Scale));
+      DecodeAttentionParams f = e;
+      f.out = fout.get<float>();
+      f.out_f16 = fh.get<uint16_t>();
+      f.out_q8 = fq8.get<int8_t>();
+      f.out_q8_scales = fq8s.get<Q8Scale>();
+      fused_matches(f, out2, fout, [&] {
+        ASSERT_EQ(fh.to_host<uint16_t>(), h16);
+        ASSERT_EQ(fq8.to_host<int8_t>(), q8);
+        const std::vector<Q8Scale> got = fq8s.to_host<Q8Scale>();
+        for (size_t i = 0; i < got.size(); ++i) {
+          ASSERT_EQ(std::bit_cast<uint32_t>(got[i].d), std::bit_cast<uint32_t>(q8s[i].d)) << i;
+          ASSERT_EQ(got[i].sum, q8s[i].sum) << i;
+        }
+      });
+    }
     for (int s = 0; s < n_seqs; ++s)
       for (int h = 0; h < n_heads; ++h)
         for (int b = 0; b < dim; b += 32) {

@@ -61,6 +61,10 @@ struct DeviceModelOptions {
   // (backend/cuda/split_plan.h: where it pays, decided per plan). Off: every sequence is cut as
   // the longest (A/B runs).
   bool split_by_length = true;
+  // Decode attention's last CTA of each (sequence, KV head) merges that pair's rows (no merge
+  // kernel) where the call allows it (no sinks or window; DecodeAttentionParams::merge_counters).
+  // Off: the merge kernel (A/B runs).
+  bool merge_in_attention = true;
   // With kv.value_scaling: W_o's column norms per layer, [n_layers][n_kv_heads][head_dim]
   // (model::Model::value_output_weights, as kv::PagedKvCacheOptions::value_weights); empty:
   // the value scales come from the values alone.

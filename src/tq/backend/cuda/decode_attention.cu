@@ -89,15 +89,7 @@ struct MergeArgs {
   const int32_t* lengths;
   int n_seqs, split_budget, split_cap;
   size_t window_base;
-  const float* signs_v;  // P_v = H D / sqrt(d), or
-  const float* rot_v;    // dense P_v, or neither (values not rotated)
-  float inv_sqrt_d;
-  float* out;
-  const float* out_scale;
-  const int32_t* out_scale_rows;
-  __half* out_f16;
-  int8_t* out_q8;
-  Q8Scale* out_q8_scales;
+  AttnOut fin;
 #ifdef TQ_ATTN_TIMELINE
   unsigned long long* timeline;  // [block][2]: start, end
 #endif
@@ -149,16 +141,17 @@ __global__ void merge_kernel(const MergeArgs a) {
   dev::pdl_wait();  // the partials come from the attention kernel before
   // (A slot's first pass sets its output scale in this pass: read after the wait, its load in
   // flight with the partials'.)
-  float t = 1.0f;
-  if (a.out_scale) {
-    const size_t row = a.out_scale_rows ? static_cast<size_t>(a.out_scale_rows[seq]) : 0;
-    const size_t kv_dim = static_cast<size_t>(a.n_heads / a.group) * d;
-    t = a.out_scale[row * kv_dim + static_cast<size_t>(head / a.group) * d + j];
-  }
+  const float t =
+      a.fin.out_scale ? dev::attn_out_scale(a.fin, a.n_heads, a.group, d, seq, head, j) : 1.0f;
   float* red = sh + d;
   float* sm = red + 34;  // (2 ints of the plan between)
   float* sl = sm + n_all;
   const unsigned mask = d >= 32 ? 0xffffffffu : (1u << d) - 1u;
+  // The first kMergeUnroll partials' outputs are requested before their (max, sum) pairs, so the
+  // two L2 round trips overlap (the weights need the maximum first, the loads do not).
+  float ov[kMergeUnroll];
+#pragma unroll
+  for (int i = 0; i < kMergeUnroll; ++i) ov[i] = i < n_all ? a.part_o[part_at(i) * d + j] : 0.0f;
   float m = -INFINITY;
   for (int s = j; s < n_all; s += d) {
     const float2 ml = a.part_ml[part_at(s)];
@@ -174,26 +167,26 @@ __global__ void merge_kernel(const MergeArgs a) {
   float l = 0.0f, acc_main = 0.0f, acc_win = 0.0f;
   if (m != -INFINITY) {
     for (int s0 = 0; s0 < n_all; s0 += kMergeUnroll) {
-      float ov[kMergeUnroll];
+      if (s0 > 0) {
 #pragma unroll
-      for (int i = 0; i < kMergeUnroll; ++i)
-        ov[i] = s0 + i < n_all ? a.part_o[part_at(s0 + i) * d + j] : 0.0f;
+        for (int i = 0; i < kMergeUnroll; ++i)
+          ov[i] = s0 + i < n_all ? a.part_o[part_at(s0 + i) * d + j] : 0.0f;
+      }
 #pragma unroll
       for (int i = 0; i < kMergeUnroll; ++i) {
         const int s = s0 + i;
         if (s >= n_all || sm[s] == -INFINITY) continue;
         const float w = exp2f(sm[s] - m);
-        l += w * sl[s];
-        const float v = w * ov[i];
+        l = fmaf(w, sl[s], l);  // (attn_arrive_and_finish: the same operations)
         if (s < n_main)
-          acc_main += v;
+          acc_main = fmaf(w, ov[i], acc_main);
         else
-          acc_win += v;
+          acc_win = fmaf(w, ov[i], acc_win);
       }
     }
   }
   float y = acc_main;
-  if (a.signs_v) {  // P^T y = D H y / sqrt(d); d >= 64 (the instances' head dims): full warps
+  if (a.fin.signs_v) {  // P^T y = D H y / sqrt(d); d >= 64 (the instances' head dims): full warps
     float yl[1] = {y};
     dev::lane_fwht<32, 1>(yl, lane, 0xffffffffu);  // the in-warp stages, as every kernel's
     y = yl[0];
@@ -204,24 +197,18 @@ __global__ void merge_kernel(const MergeArgs a) {
       const float o = sh[j ^ h];
       y = (j & h) ? o - y : y + o;
     }
-    y = y * a.inv_sqrt_d * __ldg(a.signs_v + j);
-  } else if (a.rot_v) {  // x_j = sum_i P_ij y_i
+    y = y * a.fin.inv_sqrt_d * __ldg(a.fin.signs_v + j);
+  } else if (a.fin.rot_v) {  // x_j = sum_i P_ij y_i
     sh[j] = acc_main;
     __syncthreads();
     y = 0.0f;
-    for (int i = 0; i < d; ++i) y = fmaf(__ldg(a.rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
+    for (int i = 0; i < d; ++i)
+      y = fmaf(__ldg(a.fin.rot_v + static_cast<size_t>(i) * d + j), sh[i], y);
   }
-  float r = l > 0.0f ? (y + acc_win) / l : 0.0f;
-  if (a.out_scale) r *= t;
-  const size_t o = (static_cast<size_t>(seq) * a.n_heads + head) * d + j;
-  if (a.out) a.out[o] = r;
-  if (a.out_f16) {
-    const __half h = __float2half_rn(r);
-    a.out_f16[o] = h;
-    // d % 32 == 0: a warp's 32 lanes are one 32-column block of the row
-    if (a.out_q8)
-      dev::q8_store_warp_block(__half2float(h), a.out_q8 + o - lane, a.out_q8_scales + o / 32);
-  }
+  float r[1] = {l > 0.0f ? (y + acc_win) / l : 0.0f};
+  if (a.fin.out_scale) r[0] *= t;
+  // (d % 32 == 0: a warp's 32 lanes are one 32-column block of the row)
+  dev::attn_store_out<1>(a.fin, (static_cast<size_t>(seq) * a.n_heads + head) * d + j, r);
 #ifdef TQ_ATTN_TIMELINE
   __syncthreads();
   if (j == 0 && a.timeline)
@@ -412,6 +399,10 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }
+  // The merge in the attention kernel: one segment, one query a CTA, values rotated by a
+  // Hadamard transform or not at all (the dense rotation stays with the merge kernel).
+  plan.fused_merge = p.merge_counters && !window && plan.queries == 1 && plan.main_splits > 0 &&
+                     (!p.main.v.format.is_tq() || p.main.v.tables.hadamard_signs);
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
   const size_t splits =
       std::max<size_t>(static_cast<size_t>(plan.main_splits + plan.window_splits), 1);
@@ -498,6 +489,16 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.fork_event), stream));
     TQ_CUDA_TRY(cudaStreamWaitEvent(side, static_cast<cudaEvent_t>(p.fork_event), 0));
   }
+  AttnOut fin{};
+  fin.signs_v = v_rot ? vt.hadamard_signs : nullptr;
+  fin.rot_v = v_rot ? vt.rotation : nullptr;
+  fin.inv_sqrt_d = inv_sqrt_d;
+  fin.out = p.out;
+  fin.out_scale = p.out_scale;
+  fin.out_scale_rows = p.out_scale_rows;
+  fin.out_f16 = reinterpret_cast<__half*>(p.out_f16);
+  fin.out_q8 = p.out_q8;
+  fin.out_q8_scales = p.out_q8_scales;
   if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
     a.tokens_per_split = plan.main_tokens_per_split;
@@ -507,6 +508,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     a.timeline = g_attn_timeline;
 #endif
     raw_query(a, k_rot ? kt.hadamard_signs : nullptr);
+    if (plan.fused_merge) a.merge_counters = p.merge_counters, a.fin = fin;
     const bool pdl = p.overlap_launches && fused_query;
     if (plan.main_split_budget > 0)
       TQ_RETURN_IF_ERROR(main->launch_by_length(a, plan.main_split_budget, plan.n_kv_heads,
@@ -517,6 +519,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     else
       TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream, pdl));
   }
+  if (plan.fused_merge) return ok_status();  // the attention CTAs wrote the rows
   if (window && plan.window_splits > 0) {
     AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_splits);
     a.tokens_per_split = plan.window_tokens_per_split;
@@ -553,15 +556,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   ma.split_budget = plan.main_split_budget;
   ma.split_cap = plan.main_split_cap;
   ma.window_base = window_part_base(plan);
-  ma.signs_v = v_rot ? vt.hadamard_signs : nullptr;
-  ma.rot_v = v_rot ? vt.rotation : nullptr;
-  ma.inv_sqrt_d = inv_sqrt_d;
-  ma.out = p.out;
-  ma.out_scale = p.out_scale;
-  ma.out_scale_rows = p.out_scale_rows;
-  ma.out_f16 = reinterpret_cast<__half*>(p.out_f16);
-  ma.out_q8 = p.out_q8;
-  ma.out_q8_scales = p.out_q8_scales;
+  ma.fin = fin;
 #ifdef TQ_ATTN_TIMELINE
   ma.timeline = g_attn_timeline ? g_attn_timeline + static_cast<size_t>(plan.main_splits) *
                                                         plan.n_kv_heads * p.n_seqs * 10

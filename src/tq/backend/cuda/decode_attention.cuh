@@ -24,10 +24,26 @@
 #include <type_traits>
 
 #include "tq/backend/cuda/cuda_common.cuh"
+#include "tq/backend/cuda/q8_act.cuh"
 #include "tq/backend/cuda/split_by_length.cuh"
 #include "tq/backend/cuda/vec_formats.cuh"
 
 namespace tq::backend::cuda {
+
+// Where a call's output rows go (DecodeAttentionParams' epilogue): the value sum rotated back,
+// over the softmax sum, times the value scale, as f32 and/or fp16 and 8-bit activations.
+// Written by the merge kernel, or by the attention CTA that ends a pair (AttnArgs::merge_counters).
+struct AttnOut {
+  const float* signs_v;  // P_v = H D / sqrt(d), or
+  const float* rot_v;    // dense P_v (merge kernel only), or neither (values not rotated)
+  float inv_sqrt_d;
+  float* out;
+  const float* out_scale;
+  const int32_t* out_scale_rows;
+  __half* out_f16;
+  int8_t* out_q8;
+  Q8Scale* out_q8_scales;
+};
 
 // Kernel arguments (device pointers; one segment of the cache).
 struct AttnArgs {
@@ -79,6 +95,11 @@ struct AttnArgs {
   // sequence's tokens): CTA z takes queries z * queries .. + queries - 1 as its mma columns
   // (query c / group, head c % group), each with its own length.
   int queries;
+  // The merge in this kernel (DecodeAttentionParams::merge_counters; no window, one query a
+  // CTA): a counter per (sequence, KV head), on which each CTA arrives once its partial is
+  // written; the last one merges the pair's rows into `fin` (attn_arrive_and_finish).
+  int* merge_counters;
+  AttnOut fin;
 #ifdef TQ_ATTN_TIMELINE
   unsigned long long* timeline;  // [CTA][10] %globaltimer stamps (diagnostic build only)
 #endif
@@ -195,16 +216,23 @@ constexpr int attn_pages_offset() {
   return attn_query_offset<KF, VF>() + 8 * kDim * 2;
 }
 
-// Splits by length: the CTA's sequence, split and tokens a split, found by warp 0.
+// Splits by length: the CTA's sequence, split, tokens a split and the sequence's split count,
+// found by warp 0, then (CTA 0, for the merge in the kernel) the empty sequences' bit masks. Past
+// the warps' combine buffer too: the merge in the kernel reads them after the combine, and
+// formats without code tables would have them there.
+inline constexpr int kAttnPlanInts = 8;
 template <class KF, class VF, int kDim, int kCap, bool kByLength>
 constexpr int attn_plan_offset() {
-  return attn_pages_offset<KF, VF, kDim>() +
-         (attn_page_list<KF, VF, kCap>() ? attn_pages<kByLength>() * 4 : 0);
+  const int after_pages = attn_pages_offset<KF, VF, kDim>() +
+                          (attn_page_list<KF, VF, kCap>() ? attn_pages<kByLength>() * 4 : 0);
+  const int after_combine = (attn_reduce_bytes<VF, kDim>() + 15) / 16 * 16;
+  return after_pages > after_combine ? after_pages : after_combine;
 }
 
 template <class KF, class VF, int kDim, int kCap, bool kByLength>
 constexpr int attn_smem_bytes() {
-  const int t = attn_plan_offset<KF, VF, kDim, kCap, kByLength>() + (kByLength ? 16 : 0);
+  const int t =
+      attn_plan_offset<KF, VF, kDim, kCap, kByLength>() + (kByLength ? 4 * kAttnPlanInts : 0);
   const int r = attn_reduce_bytes<VF, kDim>();
   return t > r ? t : r;
 }
@@ -236,6 +264,152 @@ __device__ __forceinline__ void prepare_group_query(const AttnArgs& a, int seq, 
     }
 #pragma unroll
     for (int e = 0; e < kE; ++e) q_sh[h * kDim + lane * kE + e] = __float2half_rn(a.q_scale * x[e]);
+  }
+}
+
+// The epilogue of kE consecutive output elements a lane, from element e0 of [rows][d] (a warp's
+// lanes hold 32 kE consecutive ones, so 32 / kE lanes make a 32-column block of the 8-bit
+// activations, q8_act.cuh's rounding). The whole warp calls it.
+template <int kE>
+__device__ __forceinline__ void attn_store_out(const AttnOut& o, size_t e0, const float (&r)[kE]) {
+  if (o.out)
+#pragma unroll
+    for (int e = 0; e < kE; ++e) o.out[e0 + e] = r[e];
+  if (!o.out_f16) return;
+  float hv[kE];
+#pragma unroll
+  for (int e = 0; e < kE; ++e) {
+    const __half h = __float2half_rn(r[e]);
+    o.out_f16[e0 + e] = h;
+    hv[e] = __half2float(h);
+  }
+  if (!o.out_q8) return;
+  constexpr int kWidth = 32 / kE;
+  const float amax = q8_block_scale(hv, kWidth);
+  int q[kE];
+  const int sum = q8_quantize(hv, amax, kWidth, q);
+#pragma unroll
+  for (int e = 0; e < kE; ++e) o.out_q8[e0 + e] = static_cast<int8_t>(q[e]);
+  if ((threadIdx.x & (kWidth - 1)) == 0) o.out_q8_scales[e0 / 32] = q8_scale(amax, sum);
+}
+
+// The value scale of query head `head` of sequence `seq` at dim j (out_scale set).
+__device__ __forceinline__ float attn_out_scale(const AttnOut& o, int n_heads, int group, int d,
+                                                int seq, int head, int j) {
+  const size_t row = o.out_scale_rows ? static_cast<size_t>(o.out_scale_rows[seq]) : 0;
+  const size_t kv_dim = static_cast<size_t>(n_heads / group) * d;
+  return o.out_scale[row * kv_dim + static_cast<size_t>(head / group) * d + j];
+}
+
+// The rows of sequence `seq`'s heads kvh * group .. + group - 1 when it holds no token, as the
+// merge kernel writes them (no weight: zeros, times the value scale), by the whole CTA. Inline and
+// light: the attention kernel calls it before its loop, where a call would cost the loop registers.
+template <int kDim>
+__device__ __forceinline__ void attn_empty_rows(const AttnOut& o, int seq, int kvh, int group,
+                                                int n_heads) {
+  for (int i = static_cast<int>(threadIdx.x); i < group * kDim; i += kAttnThreads) {
+    const int head = kvh * group + i / kDim, j = i % kDim;
+    const size_t e = (static_cast<size_t>(seq) * n_heads + head) * kDim + j;
+    const float r =
+        o.out_scale ? 0.0f * attn_out_scale(o, n_heads, group, kDim, seq, head, j) : 0.0f;
+    if (o.out) o.out[e] = r;
+    if (!o.out_f16) continue;
+    const __half h = __float2half_rn(r);
+    o.out_f16[e] = h;
+    if (!o.out_q8) continue;
+    o.out_q8[e] = 0;  // (amax 0: every quant 0, the scale 0)
+    if (j % 32 == 0) o.out_q8_scales[e / 32] = q8_scale(0.0f, 0);
+  }
+}
+
+// The merge in the attention kernel (AttnArgs::merge_counters). Every thread of a CTA calls it
+// once its partials are written (an empty or poisoned split's too). The CTA arrives on its
+// (sequence, KV head)'s counter; the one that brings it to `count` resets it and merges the
+// pair's `group` rows from the partials at first + split * stride_s + head * stride_h: warp w
+// takes heads w, w + 4, ..., a lane kDim / 32 consecutive dims, in split order with the merge
+// kernel's operations and rotation butterflies (lane_fwht is block_fwht's order), so the output
+// has the same bits. Only CTAs with tokens arrive (`count` of them: the splits without tokens are
+// the pair's last ones, their partials never read). flag_sh: an int of shared memory the CTA no
+// longer uses. Not inlined, and called from the kernel's end only: the attention loop's registers
+// stay as they were.
+template <int kDim>
+__device__ __noinline__ void attn_arrive_and_finish(AttnOut o, const float* part_o,
+                                                    const float2* part_ml, int* counter, int count,
+                                                    size_t first, int stride_s, int stride_h,
+                                                    int seq, int kvh, int group, int n_heads,
+                                                    int* flag_sh) {
+  {
+    __syncthreads();  // every partial of the CTA stored
+    if (threadIdx.x == 0) {
+      __threadfence();  // (release: cumulative over the CTA's stores the barrier ordered)
+      const bool last = atomicAdd(counter, 1) == count - 1;
+      if (last) *counter = 0;  // (no other CTA of the pair touches it again in this call)
+      *flag_sh = last ? 1 : 0;
+    }
+    __syncthreads();
+    if (*flag_sh == 0) return;
+    __threadfence();  // (acquire: the other CTAs' partials, read through L2 below)
+  }
+  constexpr int kE = kDim / 32;
+  // (4 splits a round trip: with 8, the function's registers raised the q8_0 and f16 kernels'
+  // count, which it sets as the call graph's largest, past their occupancy)
+  constexpr int kUnroll = 4;
+  const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
+  for (int h = warp; h < group; h += kAttnWarps) {
+    const size_t p0 = first + static_cast<size_t>(h) * stride_h;
+    float2 ml[kUnroll];
+    float ov[kUnroll][kE];
+    const auto load = [&](int s0) {  // splits s0 .. s0 + kUnroll - 1
+#pragma unroll
+      for (int i = 0; i < kUnroll; ++i) {
+        ml[i] = make_float2(-INFINITY, 0.0f);
+        if (s0 + i >= count) continue;
+        const size_t p = p0 + static_cast<size_t>(s0 + i) * stride_s;
+        ml[i] = __ldcg(part_ml + p);
+#pragma unroll
+        for (int e = 0; e < kE; e += 2) {  // (8-byte loads)
+          const float2 v =
+              __ldcg(reinterpret_cast<const float2*>(part_o + p * kDim + lane * kE + e));
+          ov[i][e] = v.x, ov[i][e + 1] = v.y;
+        }
+      }
+    };
+    load(0);  // (requested before the maximum's loads: one L2 round trip for both)
+    float m = -INFINITY;
+    for (int s = lane; s < count; s += 32)
+      m = fmaxf(m, __ldcg(part_ml + p0 + static_cast<size_t>(s) * stride_s).x);
+#pragma unroll
+    for (int x = 16; x >= 1; x /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, x));
+    float acc[kE], l = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kE; ++e) acc[e] = 0.0f;
+    if (m != -INFINITY) {
+      for (int s0 = 0; s0 < count; s0 += kUnroll) {
+        if (s0 > 0) load(s0);
+#pragma unroll
+        for (int i = 0; i < kUnroll; ++i) {
+          if (s0 + i >= count || ml[i].x == -INFINITY) continue;
+          const float w = exp2f(ml[i].x - m);
+          l = fmaf(w, ml[i].y, l);
+#pragma unroll
+          for (int e = 0; e < kE; ++e) acc[e] = fmaf(w, ov[i][e], acc[e]);
+        }
+      }
+    }
+    if (o.signs_v) {  // P^T y = D H y / sqrt(d)
+      lane_fwht<kDim, kE>(acc, lane, 0xffffffffu);
+#pragma unroll
+      for (int e = 0; e < kE; ++e)
+        acc[e] = acc[e] * o.inv_sqrt_d * __ldg(o.signs_v + lane * kE + e);
+    }
+    const int head = kvh * group + h;
+    float r[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      r[e] = l > 0.0f ? (acc[e] + 0.0f) / l : 0.0f;  // (+ 0: the merge's empty window sum)
+      if (o.out_scale) r[e] *= attn_out_scale(o, n_heads, group, kDim, seq, head, lane * kE + e);
+    }
+    attn_store_out<kE>(o, (static_cast<size_t>(seq) * n_heads + head) * kDim + lane * kE, r);
   }
 }
 
@@ -346,21 +520,48 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   };
   const int kvh = blockIdx.y;
   int split = blockIdx.x, seq = blockIdx.z, tokens_per_split = a.tokens_per_split;
+  [[maybe_unused]] int* const plan_sh =
+      reinterpret_cast<int*>(smem + attn_plan_offset<KF, VF, kDim, kCap, kByLength>());
+  // The merge in the kernel, by length: CTA 0 also writes the rows of the sequences that have no
+  // split (empty ones; their masks from the plan), with zeros as the merge kernel would.
+  [[maybe_unused]] const auto empty_rows = [&] {
+    if constexpr (kByLength) {
+      if (a.merge_counters && blockIdx.x == 0)
+        for (int k = 0; k < kByLengthPerLane; ++k)
+          for (unsigned m = static_cast<unsigned>(plan_sh[4 + k]); m != 0u; m &= m - 1u)
+            attn_empty_rows<kDim>(a.fin, kByLengthPerLane * (__ffs(m) - 1) + k, kvh, a.group,
+                                  a.n_heads);
+    }
+  };
   if constexpr (kByLength) {
     // Warp 0 finds the CTA's sequence and split while the others fill the tables (a warp's
     // work: every warp of every CTA doing it took issue slots from the loops).
-    int* plan_sh = reinterpret_cast<int*>(smem + attn_plan_offset<KF, VF, kDim, kCap, kByLength>());
     if (threadIdx.x < 32) {
       ByLength bl;
       bl.plan(a.lengths, a.n_seqs, a.split_budget, a.split_cap);
-      int s, j;
+      int s, j, first = 0, count = 0;
       bl.locate(blockIdx.x, &s, &j);
-      if (threadIdx.x == 0) plan_sh[0] = s, plan_sh[1] = j, plan_sh[2] = bl.u * kSplitUnit;
+      if (a.merge_counters) bl.splits_of(s, &first, &count);
+      unsigned empty[kByLengthPerLane] = {};
+      if (a.merge_counters && blockIdx.x == 0)
+#pragma unroll
+        for (int k = 0; k < kByLengthPerLane; ++k)
+          empty[k] = __ballot_sync(
+              0xffffffffu,
+              kByLengthPerLane * static_cast<int>(threadIdx.x) + k < a.n_seqs && bl.n[k] == 0);
+      if (threadIdx.x == 0) {
+        plan_sh[0] = s, plan_sh[1] = j, plan_sh[2] = bl.u * kSplitUnit, plan_sh[3] = count;
+#pragma unroll
+        for (int k = 0; k < kByLengthPerLane; ++k) plan_sh[4 + k] = static_cast<int>(empty[k]);
+      }
     }
     fill_tables();
     __syncthreads();
     seq = plan_sh[0], split = plan_sh[1], tokens_per_split = plan_sh[2];
-    if (seq < 0) return;  // past the batch's splits: no partial (the merge reads none)
+    if (seq < 0) {  // past the batch's splits: no partial (the merge reads none)
+      empty_rows();
+      return;
+    }
   }
   // The split's tokens [first_tok, first_tok + tokens_per_split) of the sequence. The loop counts
   // tokens from `begin`: first_tok, or 0 by length (the loop then holds no split start of its
@@ -396,10 +597,41 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     else
       return part + static_cast<size_t>(c) * head_stride;
   };
+  // The merge in the kernel (AttnArgs::merge_counters): every CTA arrives once its partial is
+  // written, the last of its pair merges the rows. By length the sequence, split and count come
+  // back from shared memory (no register holds them through the loop); cut as the longest, the
+  // pair's splits with tokens are its first ceil(len / T).
+  const auto finish_pair = [&] {
+    if constexpr (!kShared) {
+      if (a.merge_counters) {
+        const int s = kByLength ? plan_sh[0] : seq, j = kByLength ? plan_sh[1] : split;
+        const int count =
+            kByLength ? plan_sh[3]
+                      : min(static_cast<int>(gridDim.x),
+                            (__ldg(a.lengths + s) + a.tokens_per_split - 1) / a.tokens_per_split);
+        const int stride_s = kByLength ? a.group : 1;
+        attn_arrive_and_finish<kDim>(a.fin, a.part_o, a.part_ml,
+                                     a.merge_counters + static_cast<size_t>(s) * gridDim.y + kvh,
+                                     count, part - static_cast<size_t>(j) * stride_s, stride_s,
+                                     static_cast<int>(head_stride), s, kvh, a.group, a.n_heads,
+                                     reinterpret_cast<int*>(smem + attn_query_offset<KF, VF>()));
+        empty_rows();
+      }
+    }
+  };
   // A CTA that ends without a loop still writes its group's (max, sum): weight 0 (an empty
-  // split), or NaN (a layout the kernel cannot serve: the merge's output shows it).
+  // split), or NaN (a layout the kernel cannot serve: the merge's output shows it). With the merge
+  // in the kernel an empty split does not arrive (split 0 of an empty sequence writes its rows),
+  // and a poisoned one stops the kernel: its pair's rows would never be written.
   const auto end_with_partials = [&](float2 ml) {
     for (int h = threadIdx.x; h < columns; h += blockDim.x) a.part_ml[part_of(h)] = ml;
+    if constexpr (!kShared) {
+      if (a.merge_counters) {
+        if (ml.y != 0.0f) __trap();
+        if (!kByLength && split == 0 && len == 0)
+          attn_empty_rows<kDim>(a.fin, seq, kvh, a.group, a.n_heads);
+      }
+    }
   };
   if (begin >= end) {  // an empty split still writes its partial (weight 0)
     dev::pdl_wait();
@@ -905,6 +1137,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     a.part_o[p * kDim + d] = acc;
     if (d == 0) a.part_ml[p] = make_float2(m, l);
   }
+  finish_pair();
 #ifdef TQ_ATTN_TIMELINE
   if (threadIdx.x == 0 && a.timeline) {
     TQ_TL(7);

@@ -150,6 +150,11 @@ struct DecodeAttentionParams {
   void* join_event = nullptr;
   void* workspace = nullptr;  // device, decode_attention_workspace_bytes(p) bytes
   size_t workspace_bytes = 0;
+  // n_seqs x n_kv_heads device ints, zero before the first call (every call leaves them zero),
+  // or null. Set, and with no window and one query a CTA, the attention CTA that ends last among
+  // a (sequence, KV head)'s splits merges that pair's rows itself (an arrival counter each): no
+  // merge kernel. The same floats as the merge kernel's.
+  int32_t* merge_counters = nullptr;
 };
 
 // The host-side plan of one decode attention shape (instances, split-K, workspace layout):
@@ -164,7 +169,8 @@ struct DecodeAttentionPlan {
   int main_split_budget = 0, main_split_cap = 0;
   int window_tokens_per_split = 0, window_splits = 0;
   int dim = 0, n_kv_heads = 0, group = 0;
-  int queries = 1;  // queries a CTA (queries_share_table)
+  int queries = 1;           // queries a CTA (queries_share_table)
+  bool fused_merge = false;  // the last CTA of a pair merges its rows (merge_counters)
   size_t q_main = 0, q_sketch = 0, q_win = 0, part_o = 0, part_ml = 0;  // workspace offsets
   size_t workspace_bytes = 0;
 };

@@ -176,6 +176,7 @@ DecodeAttentionParams attention_params(CudaModel::Impl& m, DeviceLayer& D, int n
   p.num_sms = m.num_sms;
   p.overlap_launches = m.opt.overlap_launches && m.cc_major >= 9;
   p.split_by_length = m.opt.split_by_length;
+  if (m.opt.merge_in_attention) p.merge_counters = m.merge_counters.as<int32_t>();
   return p;
 }
 

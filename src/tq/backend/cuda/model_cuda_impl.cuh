@@ -142,6 +142,7 @@ struct CudaModel::Impl {
   DeviceMem cs;                      // float2 [B][rope_dims/2]
   DeviceMem slots;                   // int32 [B]
   DeviceMem seq_lengths;             // int32 [B]
+  DeviceMem merge_counters;          // int32 [B][n_kv_heads], zero between calls (attention)
   DeviceMem step_tables;             // int32 [B][pages_per_seq]
   DeviceMem row_seqs;                // int32 [B]: slot of each row (batched decode)
   DeviceMem row_pos;                 // int32 [B]: position of each row (batched decode)

@@ -421,6 +421,11 @@ Status allocate_cache(CudaModel::Impl& m) {
       m.cs.alloc(B * static_cast<size_t>(std::max(d.rope_dims / 2, 1)) * sizeof(float2), "rope"));
   TQ_RETURN_IF_ERROR(m.slots.alloc(B * sizeof(int32_t), "slots"));
   TQ_RETURN_IF_ERROR(m.seq_lengths.alloc(B * sizeof(int32_t), "lengths"));
+  if (m.opt.merge_in_attention) {  // (every attention call leaves them zero)
+    const size_t bytes = B * static_cast<size_t>(d.n_kv_heads) * sizeof(int32_t);
+    TQ_RETURN_IF_ERROR(m.merge_counters.alloc(bytes, "attention merge counters"));
+    TQ_CUDA_TRY(cudaMemset(m.merge_counters.as<void>(), 0, bytes));
+  }
   TQ_RETURN_IF_ERROR(m.step_tables.alloc(B * m.pages_per_seq * sizeof(int32_t), "step tables"));
   TQ_RETURN_IF_ERROR(m.row_seqs.alloc(B * sizeof(int32_t), "row slots"));
   TQ_RETURN_IF_ERROR(m.row_pos.alloc(B * sizeof(int32_t), "row positions"));
