@@ -20,6 +20,8 @@ namespace tq::backend::cuda {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
+// Cut as the longest, the most splits of a pair the merge in the attention kernel takes.
+constexpr int kFusedMergeMaxSplits = 16;
 
 // Splits are multiples of the tokens a CTA's warps divide evenly (4 warps x 32-token steps).
 static_assert(kTqSplitCost.unit == kAttnWarps * 32 && kF16SplitCost.unit == kAttnWarps * 32 &&
@@ -400,8 +402,11 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     plan.window_splits = wp.splits;
   }
   // The merge in the attention kernel: one segment, one query a CTA, values rotated by a
-  // Hadamard transform or not at all (the dense rotation stays with the merge kernel).
+  // Hadamard transform or not at all (the dense rotation stays with the merge kernel), and, cut
+  // as the longest, at most kFusedMergeMaxSplits a pair (one batch a short sequence's many
+  // splits would read in turn in one CTA, where the merge kernel spreads the rows over blocks).
   plan.fused_merge = p.merge_counters && !window && plan.queries == 1 && plan.main_splits > 0 &&
+                     (plan.main_split_budget > 0 || plan.main_splits <= kFusedMergeMaxSplits) &&
                      (!p.main.v.format.is_tq() || p.main.v.tables.hadamard_signs);
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
   const size_t splits =

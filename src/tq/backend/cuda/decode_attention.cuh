@@ -351,9 +351,9 @@ __device__ __noinline__ void attn_arrive_and_finish(AttnOut o, const float* part
     __threadfence();  // (acquire: the other CTAs' partials, read through L2 below)
   }
   constexpr int kE = kDim / 32;
-  // (4 splits a round trip: with 8, the function's registers raised the q8_0 and f16 kernels'
-  // count, which it sets as the call graph's largest, past their occupancy)
-  constexpr int kUnroll = 4;
+  // Splits a round trip: the merge kernel's 8 at head dim 128; 4 at 64, where 8 took the
+  // function past the registers of the f16 and q8_0 kernels (it sets the call graph's count).
+  constexpr int kUnroll = kE >= 4 ? 8 : 4;
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
   for (int h = warp; h < group; h += kAttnWarps) {
     const size_t p0 = first + static_cast<size_t>(h) * stride_h;
@@ -366,11 +366,13 @@ __device__ __noinline__ void attn_arrive_and_finish(AttnOut o, const float* part
         if (s0 + i >= count) continue;
         const size_t p = p0 + static_cast<size_t>(s0 + i) * stride_s;
         ml[i] = __ldcg(part_ml + p);
+        const float* po = part_o + p * kDim + lane * kE;
+        if constexpr (kE == 4) {  // (one 16-byte load)
+          const float4 v = __ldcg(reinterpret_cast<const float4*>(po));
+          ov[i][0] = v.x, ov[i][1] = v.y, ov[i][2] = v.z, ov[i][3] = v.w;
+        } else {
 #pragma unroll
-        for (int e = 0; e < kE; e += 2) {  // (8-byte loads)
-          const float2 v =
-              __ldcg(reinterpret_cast<const float2*>(part_o + p * kDim + lane * kE + e));
-          ov[i][e] = v.x, ov[i][e + 1] = v.y;
+          for (int e = 0; e < kE; ++e) ov[i][e] = __ldcg(po + e);
         }
       }
     };
