@@ -301,16 +301,18 @@ TEST_P(DecodeAttention, MatchesFloat64Reference) {
   TQ_CUDA_OK(cudaDeviceSynchronize());
   const std::vector<float> out = dout.to_host<float>();
 
-  // The merge in the attention kernel (merge_counters; a window's kernel then runs first): the
-  // merge kernel's bits, on two calls in a row, with the counters back at zero after each.
+  // The merge in the attention kernel (merge_counters; no window): the merge kernel's bits, on
+  // two calls in a row, with the counters back at zero after each.
   DeviceBuffer dctr = DeviceBuffer::from(std::vector<int32_t>(n_seqs * kv_heads, 0));
   const auto fused_matches = [&](DecodeAttentionParams f, const std::vector<float>& want,
                                  DeviceBuffer& fout, const std::function<void()>& more) {
     f.merge_counters = dctr.get<int32_t>();
     auto plan = plan_decode_attention(f);
     ASSERT_TRUE(plan.ok()) << plan.status().to_string();
-    // (one query a CTA, Hadamard-rotated or plain values; cut as the longest, <= 16 splits)
-    ASSERT_EQ(plan->fused_merge, plan->main_split_budget > 0 || plan->main_splits <= 16);
+    // (no window, one query a CTA, Hadamard-rotated or plain values; cut as the longest, <= 16
+    // splits)
+    ASSERT_EQ(plan->fused_merge,
+              !c.window && (plan->main_split_budget > 0 || plan->main_splits <= 16));
     if (!plan->fused_merge) return;
     for (int call = 0; call < 2; ++call) {
       TQ_CUDA_OK(cudaMemset(fout.get(), 0xff, fout.bytes()));  // (NaN)

@@ -401,12 +401,12 @@ Expected<DecodeAttentionPlan> plan_decode_attention(const DecodeAttentionParams&
     plan.window_tokens_per_split = wp.tokens_per_split;
     plan.window_splits = wp.splits;
   }
-  // The merge in the attention kernel: one query a CTA, values rotated by a Hadamard transform
-  // or not at all (the dense rotation stays with the merge kernel), and, cut as the longest, at
-  // most kFusedMergeMaxSplits a pair (one CTA would read a short sequence's many splits in turn,
-  // where the merge kernel spreads the rows over blocks). A window's kernel then runs first and
-  // the main kernel's CTAs merge its partials too.
-  plan.fused_merge = p.merge_counters && plan.queries == 1 && plan.main_splits > 0 &&
+  // The merge in the attention kernel: one segment, one query a CTA, values rotated by a
+  // Hadamard transform or not at all (the dense rotation stays with the merge kernel), and, cut
+  // as the longest, at most kFusedMergeMaxSplits a pair (one CTA would read a short batch's tens
+  // of splits in turn, where the merge kernel spreads its rows over blocks: batch 1 lost up to
+  // 5% without this bound, docs/benchmarks.md, session 34).
+  plan.fused_merge = p.merge_counters && !window && plan.queries == 1 && plan.main_splits > 0 &&
                      (plan.main_split_budget > 0 || plan.main_splits <= kFusedMergeMaxSplits) &&
                      (!p.main.v.format.is_tq() || p.main.v.tables.hadamard_signs);
   const size_t rows = static_cast<size_t>(p.n_seqs) * p.n_heads;
@@ -488,8 +488,8 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   };
   // The window's kernel on the side stream, forked after everything before it on `stream` (the
   // K/V write, the query preparation), so it runs beside the main segment's.
-  const bool fork = !plan.fused_merge && window && plan.window_splits > 0 && p.side_stream &&
-                    p.fork_event && p.join_event;
+  const bool fork =
+      window && plan.window_splits > 0 && p.side_stream && p.fork_event && p.join_event;
   const cudaStream_t side = fork ? static_cast<cudaStream_t>(p.side_stream) : stream;
   if (fork) {
     TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.fork_event), stream));
@@ -505,9 +505,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
   fin.out_f16 = reinterpret_cast<__half*>(p.out_f16);
   fin.out_q8 = p.out_q8;
   fin.out_q8_scales = p.out_q8_scales;
-  const int splits_total = plan.main_splits + plan.window_splits;
-  const auto launch_main = [&]() -> Status {
-    if (plan.main_splits <= 0) return ok_status();
+  if (plan.main_splits > 0) {
     AttnArgs a = segment_args(p.main, p, plan, ws, q_main, q_sketch, 0);
     a.tokens_per_split = plan.main_tokens_per_split;
     a.split_budget = plan.main_split_budget;
@@ -516,15 +514,7 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     a.timeline = g_attn_timeline;
 #endif
     raw_query(a, k_rot ? kt.hadamard_signs : nullptr);
-    if (plan.fused_merge) {  // (the window's partials as the merge kernel finds them)
-      a.merge_counters = p.merge_counters;
-      a.fin = fin;
-      if (window && plan.window_splits > 0) {
-        a.win_base = plan.main_split_budget > 0 ? window_part_base(plan) : plan.main_splits;
-        a.win_stride = plan.main_split_budget > 0 ? plan.window_splits : splits_total;
-        a.win_count = plan.window_splits;
-      }
-    }
+    if (plan.fused_merge) a.merge_counters = p.merge_counters, a.fin = fin;
     const bool pdl = p.overlap_launches && fused_query;
     if (plan.main_split_budget > 0)
       TQ_RETURN_IF_ERROR(main->launch_by_length(a, plan.main_split_budget, plan.n_kv_heads,
@@ -534,10 +524,9 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
                                              query_blocks(p, plan), stream, pdl));
     else
       TQ_RETURN_IF_ERROR(main->launch(a, plan.main_splits, plan.n_kv_heads, p.n_seqs, stream, pdl));
-    return ok_status();
-  };
-  const auto launch_window = [&]() -> Status {
-    if (!window || plan.window_splits <= 0) return ok_status();
+  }
+  if (plan.fused_merge) return ok_status();  // the attention CTAs wrote the rows
+  if (window && plan.window_splits > 0) {
     AttnArgs a = segment_args(p.window, p, plan, ws, q_win, nullptr, plan.main_splits);
     a.tokens_per_split = plan.window_tokens_per_split;
     if (plan.main_split_budget > 0) {  // the window's partials after the main ones
@@ -553,18 +542,12 @@ Status decode_attention(const DecodeAttentionParams& p, const DecodeAttentionPla
     else
       TQ_RETURN_IF_ERROR(
           window->launch(a, plan.window_splits, plan.n_kv_heads, p.n_seqs, side, window_pdl));
-    return ok_status();
-  };
-  if (plan.fused_merge) {  // the window first, then the main CTAs, which write the rows
-    TQ_RETURN_IF_ERROR(launch_window());
-    return launch_main();
   }
-  TQ_RETURN_IF_ERROR(launch_main());
-  TQ_RETURN_IF_ERROR(launch_window());
   if (fork) {
     TQ_CUDA_TRY(cudaEventRecord(static_cast<cudaEvent_t>(p.join_event), side));
     TQ_CUDA_TRY(cudaStreamWaitEvent(stream, static_cast<cudaEvent_t>(p.join_event), 0));
   }
+  const int splits_total = plan.main_splits + plan.window_splits;
   const size_t merge_smem = merge_smem_bytes(d, merge_row_splits(plan));
   MergeArgs ma{};
   ma.part_o = reinterpret_cast<const float*>(ws + plan.part_o);

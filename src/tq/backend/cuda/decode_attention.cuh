@@ -100,10 +100,6 @@ struct AttnArgs {
   // written; the last one merges the pair's rows into `fin` (attn_arrive_and_finish).
   int* merge_counters;
   AttnOut fin;
-  // With a window segment (its kernel ran first): row r's window partials at win_base + r *
-  // win_stride + x, x < win_count (0: no window), merged after the main ones.
-  size_t win_base;
-  int win_stride, win_count;
 #ifdef TQ_ATTN_TIMELINE
   unsigned long long* timeline;  // [CTA][10] %globaltimer stamps (diagnostic build only)
 #endif
@@ -305,35 +301,48 @@ __device__ __forceinline__ float attn_out_scale(const AttnOut& o, int n_heads, i
   return o.out_scale[row * kv_dim + static_cast<size_t>(head / group) * d + j];
 }
 
-// Where a pair's partials are for the merge in the attention kernel: main split s < count at
-// first + s * stride_s + head * stride_h; then the window's, of row r (sequence x n_heads + query
-// head), at win_base + r * win_stride + x, x < win_count. The merge kernel's order.
-struct PairParts {
-  size_t first;
-  int stride_s, stride_h, count;
-  size_t win_base;
-  int win_stride, win_count;
-};
+// The rows of sequence `seq`'s heads kvh * group .. + group - 1 when it holds no token, as the
+// merge kernel writes them (no weight: zeros, times the value scale), by the whole CTA. Inline and
+// light: the attention kernel calls it before its loop, where a call would cost the loop registers.
+template <int kDim>
+__device__ __forceinline__ void attn_empty_rows(const AttnOut& o, int seq, int kvh, int group,
+                                                int n_heads) {
+  for (int i = static_cast<int>(threadIdx.x); i < group * kDim; i += kAttnThreads) {
+    const int head = kvh * group + i / kDim, j = i % kDim;
+    const size_t e = (static_cast<size_t>(seq) * n_heads + head) * kDim + j;
+    const float r =
+        o.out_scale ? 0.0f * attn_out_scale(o, n_heads, group, kDim, seq, head, j) : 0.0f;
+    if (o.out) o.out[e] = r;
+    if (!o.out_f16) continue;
+    const __half h = __float2half_rn(r);
+    o.out_f16[e] = h;
+    if (!o.out_q8) continue;
+    o.out_q8[e] = 0;  // (amax 0: every quant 0, the scale 0)
+    if (j % 32 == 0) o.out_q8_scales[e / 32] = q8_scale(0.0f, 0);
+  }
+}
 
-// The merge in the attention kernel (AttnArgs::merge_counters), by every thread of a CTA once its
-// partials are written. With a counter the CTA arrives on its (sequence, KV head)'s; the one that
-// brings it to parts.count (the pair's splits with tokens: those without are its last ones, their
-// partials never read) resets it and merges the pair's `group` rows; without one (a sequence whose
-// pages hold no token) the CTA merges the rows at once (the window's partials, or zeros). Warp w
-// takes heads w, w + 4, ..., a lane kDim / 32 consecutive dims, in the merge kernel's split order
-// with its operations and rotation butterflies (lane_fwht is block_fwht's order): the same bits.
-// flag_sh: an int of shared memory the CTA no longer uses. Not inlined, and called from the
-// kernel's end only: the attention loop's registers stay as they were.
+// The merge in the attention kernel (AttnArgs::merge_counters). Every thread of a CTA calls it
+// once its partials are written (an empty or poisoned split's too). The CTA arrives on its
+// (sequence, KV head)'s counter; the one that brings it to `count` resets it and merges the
+// pair's `group` rows from the partials at first + split * stride_s + head * stride_h: warp w
+// takes heads w, w + 4, ..., a lane kDim / 32 consecutive dims, in split order with the merge
+// kernel's operations and rotation butterflies (lane_fwht is block_fwht's order), so the output
+// has the same bits. Only CTAs with tokens arrive (`count` of them: the splits without tokens are
+// the pair's last ones, their partials never read). flag_sh: an int of shared memory the CTA no
+// longer uses. Not inlined, and called from the kernel's end only: the attention loop's registers
+// stay as they were.
 template <int kDim>
 __device__ __noinline__ void attn_arrive_and_finish(AttnOut o, const float* part_o,
-                                                    const float2* part_ml, int* counter,
-                                                    PairParts pp, int seq, int kvh, int group,
-                                                    int n_heads, int* flag_sh) {
-  if (counter) {
+                                                    const float2* part_ml, int* counter, int count,
+                                                    size_t first, int stride_s, int stride_h,
+                                                    int seq, int kvh, int group, int n_heads,
+                                                    int* flag_sh) {
+  {
     __syncthreads();  // every partial of the CTA stored
     if (threadIdx.x == 0) {
       __threadfence();  // (release: cumulative over the CTA's stores the barrier ordered)
-      const bool last = atomicAdd(counter, 1) == pp.count - 1;
+      const bool last = atomicAdd(counter, 1) == count - 1;
       if (last) *counter = 0;  // (no other CTA of the pair touches it again in this call)
       *flag_sh = last ? 1 : 0;
     }
@@ -342,62 +351,48 @@ __device__ __noinline__ void attn_arrive_and_finish(AttnOut o, const float* part
     __threadfence();  // (acquire: the other CTAs' partials, read through L2 below)
   }
   constexpr int kE = kDim / 32;
-  // Splits a round trip: the merge kernel's 8 at head dim 128; 2 at 64, where more took the
-  // function past the registers of the f16 and q8_0 kernels (96: it sets the call graph's count,
-  // and 5 CTAs an SM would become 4).
-  constexpr int kUnroll = kE >= 4 ? 8 : 2;
+  // (4 splits a round trip: with 8, the function's registers raised the q8_0 and f16 kernels'
+  // count, which it sets as the call graph's largest, past their occupancy)
+  constexpr int kUnroll = 4;
   const int lane = static_cast<int>(threadIdx.x & 31), warp = static_cast<int>(threadIdx.x >> 5);
-  const int n_all = pp.count + pp.win_count;
   for (int h = warp; h < group; h += kAttnWarps) {
-    const int head = kvh * group + h;
-    const size_t p0 = pp.first + static_cast<size_t>(h) * pp.stride_h;
-    const size_t w0 =
-        pp.win_base + (static_cast<size_t>(seq) * n_heads + head) * pp.win_stride - pp.count;
-    const auto part_at = [&](int s) {  // (selects: the loads stay independent)
-      const bool m = s < pp.count;
-      return (m ? p0 : w0) + static_cast<size_t>(s) * (m ? pp.stride_s : 1);
-    };
+    const size_t p0 = first + static_cast<size_t>(h) * stride_h;
     float2 ml[kUnroll];
     float ov[kUnroll][kE];
     const auto load = [&](int s0) {  // splits s0 .. s0 + kUnroll - 1
 #pragma unroll
       for (int i = 0; i < kUnroll; ++i) {
         ml[i] = make_float2(-INFINITY, 0.0f);
-        if (s0 + i >= n_all) continue;
-        const size_t p = part_at(s0 + i);
+        if (s0 + i >= count) continue;
+        const size_t p = p0 + static_cast<size_t>(s0 + i) * stride_s;
         ml[i] = __ldcg(part_ml + p);
-        const float* po = part_o + p * kDim + lane * kE;
-        if constexpr (kE == 4) {  // (one 16-byte load)
-          const float4 v = __ldcg(reinterpret_cast<const float4*>(po));
-          ov[i][0] = v.x, ov[i][1] = v.y, ov[i][2] = v.z, ov[i][3] = v.w;
-        } else {
 #pragma unroll
-          for (int e = 0; e < kE; ++e) ov[i][e] = __ldcg(po + e);
+        for (int e = 0; e < kE; e += 2) {  // (8-byte loads)
+          const float2 v =
+              __ldcg(reinterpret_cast<const float2*>(part_o + p * kDim + lane * kE + e));
+          ov[i][e] = v.x, ov[i][e + 1] = v.y;
         }
       }
     };
     load(0);  // (requested before the maximum's loads: one L2 round trip for both)
     float m = -INFINITY;
-    for (int s = lane; s < n_all; s += 32) m = fmaxf(m, __ldcg(part_ml + part_at(s)).x);
+    for (int s = lane; s < count; s += 32)
+      m = fmaxf(m, __ldcg(part_ml + p0 + static_cast<size_t>(s) * stride_s).x);
 #pragma unroll
     for (int x = 16; x >= 1; x /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, x));
-    float acc[kE], win[kE], l = 0.0f;
+    float acc[kE], l = 0.0f;
 #pragma unroll
-    for (int e = 0; e < kE; ++e) acc[e] = win[e] = 0.0f;
+    for (int e = 0; e < kE; ++e) acc[e] = 0.0f;
     if (m != -INFINITY) {
-      for (int s0 = 0; s0 < n_all; s0 += kUnroll) {
+      for (int s0 = 0; s0 < count; s0 += kUnroll) {
         if (s0 > 0) load(s0);
 #pragma unroll
         for (int i = 0; i < kUnroll; ++i) {
-          if (s0 + i >= n_all || ml[i].x == -INFINITY) continue;
+          if (s0 + i >= count || ml[i].x == -INFINITY) continue;
           const float w = exp2f(ml[i].x - m);
           l = fmaf(w, ml[i].y, l);
-          if (s0 + i < pp.count)
 #pragma unroll
-            for (int e = 0; e < kE; ++e) acc[e] = fmaf(w, ov[i][e], acc[e]);
-          else
-#pragma unroll
-            for (int e = 0; e < kE; ++e) win[e] = fmaf(w, ov[i][e], win[e]);
+          for (int e = 0; e < kE; ++e) acc[e] = fmaf(w, ov[i][e], acc[e]);
         }
       }
     }
@@ -407,10 +402,11 @@ __device__ __noinline__ void attn_arrive_and_finish(AttnOut o, const float* part
       for (int e = 0; e < kE; ++e)
         acc[e] = acc[e] * o.inv_sqrt_d * __ldg(o.signs_v + lane * kE + e);
     }
+    const int head = kvh * group + h;
     float r[kE];
 #pragma unroll
     for (int e = 0; e < kE; ++e) {
-      r[e] = l > 0.0f ? (acc[e] + win[e]) / l : 0.0f;
+      r[e] = l > 0.0f ? (acc[e] + 0.0f) / l : 0.0f;  // (+ 0: the merge's empty window sum)
       if (o.out_scale) r[e] *= attn_out_scale(o, n_heads, group, kDim, seq, head, lane * kE + e);
     }
     attn_store_out<kE>(o, (static_cast<size_t>(seq) * n_heads + head) * kDim + lane * kE, r);
@@ -526,6 +522,17 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   int split = blockIdx.x, seq = blockIdx.z, tokens_per_split = a.tokens_per_split;
   [[maybe_unused]] int* const plan_sh =
       reinterpret_cast<int*>(smem + attn_plan_offset<KF, VF, kDim, kCap, kByLength>());
+  // The merge in the kernel, by length: CTA 0 also writes the rows of the sequences that have no
+  // split (empty ones; their masks from the plan), with zeros as the merge kernel would.
+  [[maybe_unused]] const auto empty_rows = [&] {
+    if constexpr (kByLength) {
+      if (a.merge_counters && blockIdx.x == 0)
+        for (int k = 0; k < kByLengthPerLane; ++k)
+          for (unsigned m = static_cast<unsigned>(plan_sh[4 + k]); m != 0u; m &= m - 1u)
+            attn_empty_rows<kDim>(a.fin, kByLengthPerLane * (__ffs(m) - 1) + k, kvh, a.group,
+                                  a.n_heads);
+    }
+  };
   if constexpr (kByLength) {
     // Warp 0 finds the CTA's sequence and split while the others fill the tables (a warp's
     // work: every warp of every CTA doing it took issue slots from the loops).
@@ -551,9 +558,10 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     fill_tables();
     __syncthreads();
     seq = plan_sh[0], split = plan_sh[1], tokens_per_split = plan_sh[2];
-    // Past the batch's splits: no partial (the merge reads none); but CTA 0 of the merge in the
-    // kernel goes on as an empty split, for the rows of the sequences that have none (finish).
-    if (seq < 0 && !(a.merge_counters && blockIdx.x == 0)) return;
+    if (seq < 0) {  // past the batch's splits: no partial (the merge reads none)
+      empty_rows();
+      return;
+    }
   }
   // The split's tokens [first_tok, first_tok + tokens_per_split) of the sequence. The loop counts
   // tokens from `begin`: first_tok, or 0 by length (the loop then holds no split start of its
@@ -561,7 +569,7 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // kShared: this CTA's queries seq .. seq + nq - 1; len the longest, len_min the shortest.
   [[maybe_unused]] int nq = 1;
   if constexpr (kShared) seq = blockIdx.z * a.queries, nq = min(a.queries, a.n_seqs - seq);
-  int len = kByLength && seq < 0 ? 0 : __ldg(a.lengths + seq);
+  int len = __ldg(a.lengths + seq);
   [[maybe_unused]] int len_min = len;
   if constexpr (kShared)
     for (int i = 1; i < nq; ++i) {
@@ -589,565 +597,547 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     else
       return part + static_cast<size_t>(c) * head_stride;
   };
-  // The merge in the kernel (AttnArgs::merge_counters), at the kernel's end: every CTA with tokens
-  // arrives once its partial is written, the last of its pair merges the rows. By length the
-  // sequence, split and count come back from shared memory (no register holds them through the
-  // loop); cut as the longest, the pair's splits with tokens are its first ceil(len / T). The
-  // sequences whose pages hold no token have no such CTA: CTA 0 (by length) or their split 0
-  // writes their rows (the window's partials, or zeros).
-  const auto finish = [&] {
+  // The merge in the kernel (AttnArgs::merge_counters): every CTA arrives once its partial is
+  // written, the last of its pair merges the rows. By length the sequence, split and count come
+  // back from shared memory (no register holds them through the loop); cut as the longest, the
+  // pair's splits with tokens are its first ceil(len / T).
+  const auto finish_pair = [&] {
     if constexpr (!kShared) {
-      if (!a.merge_counters) return;
-      const int s = kByLength ? plan_sh[0] : seq, j = kByLength ? plan_sh[1] : split;
-      const int stride_s = kByLength ? a.group : 1;
-      PairParts pp{part - static_cast<size_t>(j) * stride_s,
-                   stride_s,
-                   static_cast<int>(head_stride),
-                   0,
-                   a.win_base,
-                   a.win_stride,
-                   a.win_count};
-      int* const flag = reinterpret_cast<int*>(smem + attn_query_offset<KF, VF>());
-      if constexpr (kByLength) {
-        pp.count = plan_sh[3];
-        if (s >= 0)
-          attn_arrive_and_finish<kDim>(a.fin, a.part_o, a.part_ml,
-                                       a.merge_counters + static_cast<size_t>(s) * gridDim.y + kvh,
-                                       pp, s, kvh, a.group, a.n_heads, flag);
-        if (blockIdx.x == 0) {
-          pp.count = 0;
-          for (int k = 0; k < kByLengthPerLane; ++k)
-            for (unsigned m = static_cast<unsigned>(plan_sh[4 + k]); m != 0u; m &= m - 1u)
-              attn_arrive_and_finish<kDim>(a.fin, a.part_o, a.part_ml, nullptr, pp,
-                                           kByLengthPerLane * (__ffs(m) - 1) + k, kvh, a.group,
-                                           a.n_heads, flag);
-        }
-      } else {
-        pp.count = min(static_cast<int>(gridDim.x),
-                       (__ldg(a.lengths + s) + a.tokens_per_split - 1) / a.tokens_per_split);
-        if (j < pp.count)
-          attn_arrive_and_finish<kDim>(a.fin, a.part_o, a.part_ml,
-                                       a.merge_counters + static_cast<size_t>(s) * gridDim.y + kvh,
-                                       pp, s, kvh, a.group, a.n_heads, flag);
-        else if (j == 0)
-          attn_arrive_and_finish<kDim>(a.fin, a.part_o, a.part_ml, nullptr, pp, s, kvh, a.group,
-                                       a.n_heads, flag);
+      if (a.merge_counters) {
+        const int s = kByLength ? plan_sh[0] : seq, j = kByLength ? plan_sh[1] : split;
+        const int count =
+            kByLength ? plan_sh[3]
+                      : min(static_cast<int>(gridDim.x),
+                            (__ldg(a.lengths + s) + a.tokens_per_split - 1) / a.tokens_per_split);
+        const int stride_s = kByLength ? a.group : 1;
+        attn_arrive_and_finish<kDim>(a.fin, a.part_o, a.part_ml,
+                                     a.merge_counters + static_cast<size_t>(s) * gridDim.y + kvh,
+                                     count, part - static_cast<size_t>(j) * stride_s, stride_s,
+                                     static_cast<int>(head_stride), s, kvh, a.group, a.n_heads,
+                                     reinterpret_cast<int*>(smem + attn_query_offset<KF, VF>()));
+        empty_rows();
       }
     }
   };
   // A CTA that ends without a loop still writes its group's (max, sum): weight 0 (an empty
-  // split), or NaN (a layout the kernel cannot serve: the merge's output shows it; with the merge
-  // in the kernel, whose rows would then never be written, the kernel stops).
+  // split), or NaN (a layout the kernel cannot serve: the merge's output shows it). With the merge
+  // in the kernel an empty split does not arrive (split 0 of an empty sequence writes its rows),
+  // and a poisoned one stops the kernel: its pair's rows would never be written.
   const auto end_with_partials = [&](float2 ml) {
     for (int h = threadIdx.x; h < columns; h += blockDim.x) a.part_ml[part_of(h)] = ml;
-    if constexpr (!kShared)
-      if (a.merge_counters && ml.y != 0.0f) __trap();
+    if constexpr (!kShared) {
+      if (a.merge_counters) {
+        if (ml.y != 0.0f) __trap();
+        if (!kByLength && split == 0 && len == 0)
+          attn_empty_rows<kDim>(a.fin, seq, kvh, a.group, a.n_heads);
+      }
+    }
   };
   if (begin >= end) {  // an empty split still writes its partial (weight 0)
     dev::pdl_wait();
-    if (!kByLength || seq >= 0) end_with_partials(make_float2(-INFINITY, 0.0f));
-  } else {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = lane >> 2, t = lane & 3;
-    const int cap = kCap ? kCap : a.block_tokens;
-    const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
-    const auto block_of = [&](int tok, int* slot0) {
-      const int tok0 = tok + (first_tok - begin);  // (the sequence's token)
-      if constexpr (kCap == kStep) {               // steps start at multiples of kStep
-        *slot0 = 0;
-        return __ldg(table + tok0 / kCap);
-      } else {
-        const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
-        *slot0 = tok0 - bi * cap;
-        return __ldg(table + bi);
-      }
-    };
-    constexpr bool kPipe = attn_pipeline_keys<KF>();
-    constexpr bool kPagePipe = attn_page_list<KF, VF, kCap>();
-    // Full steps load the next step's page unconditionally (see step), so a partial step may hold
-    // stale bytes past `end`.
-    constexpr bool kStaleTail = kPagePipe && attn_load_always<KF, VF, kDim>();
-    constexpr int kStride = kAttnWarps * kStep;
-    using KRaw = typename KF::template Raw<kKN>;
-    using VRaw = typename VF::template Raw<kVN>;
-    // One step's packed operands: the key codes (token 8j + g) and raw fp16 norms, the value codes
-    // (the PV fragments' tokens) and raw fp16 norms (token 8j + g). Pipelined formats load a
-    // step's keys at the start of the step before it and its values after that step's S product
-    // (when the decoded keys' registers are free), so both arrive while a step computes.
-    struct Ahead {
-      KRaw kr[kNT];
-      uint32_t ksr[kNT];
-      VRaw vr[kNH][4];
-      uint32_t vsr[kNT];
-    };
-    // The key codes and norms of one step. Slots past `valid` may hold stale bytes (even NaN
-    // norms): zeroed.
-    const auto k_base = [&](int page) {
-      return a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
-             static_cast<size_t>(kvh) * a.k_head_stride;
-    };
-    const auto v_base = [&](int page) {
-      return a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
-             static_cast<size_t>(kvh) * a.v_head_stride;
-    };
-    // Pipelined (tq) formats place a token's codes and norm linearly in its slot and chunk
-    // (TqFmt::code_offset, scale_raw): with slot0 == 0 (every step one page) a lane folds its own
-    // slot and chunk into the pointer and each load is that pointer plus an immediate, where a
-    // generic address costs a 64-bit add per load.
-    constexpr bool kLinearK = kPagePipe;
-    constexpr bool kLinearV = kPagePipe && VF::kTokenScale;
-    const auto load_keys = [&](int tok0, const uint8_t* kb, int slot0, auto full_tag, Ahead& keys) {
-      constexpr bool kFull = decltype(full_tag)::value;
-      const int valid = kFull ? kStep : end - tok0;
-      const uint8_t* kl = kb;
-      [[maybe_unused]] const uint8_t* nl = kb;
-      int ls = slot0 + g, lc = t;  // this lane's slot and chunk, where not in the pointers
-      if constexpr (kLinearK) {
-        kl = kb + KF::template code_offset<kKN>(g, t);
-        nl = kb + 2 * g;
-        ls = 0, lc = 0;
-      }
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        if (kFull || 8 * j + g < valid)
-          KF::template load<kKN>(keys.kr[j], kl, cap, ls + 8 * j, lc);
-        else
-          keys.kr[j].zero();
-        keys.ksr[j] = 0u;
-        if constexpr (KF::kTokenScale)
-          if (kFull || 8 * j + g < valid) keys.ksr[j] = KF::scale_raw(nl, cap, ls + 8 * j);
-      }
-    };
-    // The value codes and norms of one step (as load_keys).
-    const auto load_vals = [&](int tok0, const uint8_t* vb, int slot0, auto full_tag, Ahead& vals) {
-      constexpr bool kFull = decltype(full_tag)::value;
-      const int valid = kFull ? kStep : end - tok0;
-      const uint8_t* vl = vb;
-      [[maybe_unused]] const uint8_t* nl = vb;
-      int ls = slot0 + 2 * t, lc = g;  // as in load_keys
-      [[maybe_unused]] int ns = slot0 + g;
-      if constexpr (kLinearV) {
-        vl = vb + VF::template code_offset<kVN>(2 * t, g);
-        nl = vb + 2 * g;
-        ls = 0, lc = 0, ns = 0;
-      }
-#pragma unroll
-      for (int h = 0; h < kNH; ++h)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int tok = 16 * h + 2 * t + (e & 1) + 8 * (e >> 1);
-          if (kFull || tok < valid)
-            VF::template load<kVN>(vals.vr[h][e], vl, cap, ls + 16 * h + (e & 1) + 8 * (e >> 1),
-                                   lc);
-          else
-            vals.vr[h][e].zero();
-        }
-#pragma unroll
-      for (int j = 0; j < kNT; ++j) {
-        vals.vsr[j] = 0u;
-        if constexpr (VF::kTokenScale)
-          if (kFull || 8 * j + g < valid) vals.vsr[j] = VF::scale_raw(nl, cap, ns + 8 * j);
-      }
-    };
-    if constexpr (!kByLength) fill_tables();
-    // The split's pages (block tables are older than the K/V write too); read after the
-    // __syncthreads below.
-    constexpr int kPage = kCap > 0 ? kCap : 1;  // (kPagePipe instances only)
-    int* pages_sh = reinterpret_cast<int*>(smem + attn_pages_offset<KF, VF, kDim>());
-    constexpr int kListed = attn_pages<kByLength>();
-    if constexpr (kPagePipe) {
-      const int pages = (end - begin + kPage - 1) / kPage;
-      if (kByLength && pages > kListed) {  // the plan asks no such split: poison, read nothing
-        dev::pdl_wait();
-        end_with_partials(make_float2(0.0f, NAN));
-        return;
-      }
-      const int n = min(pages, kListed);
-      for (int i = threadIdx.x; i < n; i += kAttnThreads)
-        pages_sh[i] = __ldg(table + first_tok / kPage + i);
-    }
-    // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
-    [[maybe_unused]] const auto page_at = [&](int tok) {
-      const int i = static_cast<int>(static_cast<unsigned>(tok - begin) / kPage);
-      if constexpr (kByLength)
-        return pages_sh[i];
-      else
-        return i < kAttnPages ? pages_sh[i] : __ldg(table + first_tok / kPage + i);
-    };
-    if (threadIdx.x == 0) TQ_TL(1);
-    dev::pdl_wait();  // the K/V write (and the queries' RoPE before it) have completed
-    // The first step's key codes are requested before the queries are prepared and the block
-    // synchronises, so their DRAM latency hides behind that work (at short contexts a split is
-    // one or two steps).
-    // Values ahead only where every step is one page: the generic-page instances would spill.
-    constexpr bool kPipeV = attn_pipeline_values<KF, VF>() && kCap == kStep;
-    [[maybe_unused]] Ahead first;
-    if constexpr (kPipe) {
-      const int tok0 = begin + warp * kStep;
-      if (tok0 < end) {
-        int slot0;
-        const int page = block_of(tok0, &slot0);
-        if (end - tok0 >= kStep) {
-          load_keys(tok0, k_base(page), slot0, std::true_type{}, first);
-          if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::true_type{}, first);
-        } else {
-          load_keys(tok0, k_base(page), slot0, std::false_type{}, first);
-          if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::false_type{}, first);
-        }
-      }
-    }
-    __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
-    if (a.q_raw) prepare_group_query<kDim, kShared>(a, seq, kvh, q_sh, columns);
-    __syncthreads();
-    if (threadIdx.x == 0) TQ_TL(2);
+    end_with_partials(make_float2(-INFINITY, 0.0f));
+    return;
+  }
 
-    // Lookup addresses are relative to dynamic shared memory at 0x400 (an immediate of each load);
-    // any difference of the real base lives above bit 16 (a cluster CTA id), carried in the lane
-    // offsets. A base that differs below bit 16 would break that: poison the partial instead.
-    // The kernels for splits by length (never launched in a cluster) require the base itself: their
-    // lane offsets are then a function of the lane alone, which the compiler recomputes where the
-    // other kernel holds (or spills) them.
-    const uint32_t real_delta = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) - 1024u;
-    if ((real_delta & (kByLength ? 0xffffffffu : 0xffffu)) != 0u) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int cap = kCap ? kCap : a.block_tokens;
+  const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
+  const auto block_of = [&](int tok, int* slot0) {
+    const int tok0 = tok + (first_tok - begin);  // (the sequence's token)
+    if constexpr (kCap == kStep) {               // steps start at multiples of kStep
+      *slot0 = 0;
+      return __ldg(table + tok0 / kCap);
+    } else {
+      const int bi = a.block_shift >= 0 ? tok0 >> a.block_shift : tok0 / cap;
+      *slot0 = tok0 - bi * cap;
+      return __ldg(table + bi);
+    }
+  };
+  constexpr bool kPipe = attn_pipeline_keys<KF>();
+  constexpr bool kPagePipe = attn_page_list<KF, VF, kCap>();
+  // Full steps load the next step's page unconditionally (see step), so a partial step may hold
+  // stale bytes past `end`.
+  constexpr bool kStaleTail = kPagePipe && attn_load_always<KF, VF, kDim>();
+  constexpr int kStride = kAttnWarps * kStep;
+  using KRaw = typename KF::template Raw<kKN>;
+  using VRaw = typename VF::template Raw<kVN>;
+  // One step's packed operands: the key codes (token 8j + g) and raw fp16 norms, the value codes
+  // (the PV fragments' tokens) and raw fp16 norms (token 8j + g). Pipelined formats load a
+  // step's keys at the start of the step before it and its values after that step's S product
+  // (when the decoded keys' registers are free), so both arrive while a step computes.
+  struct Ahead {
+    KRaw kr[kNT];
+    uint32_t ksr[kNT];
+    VRaw vr[kNH][4];
+    uint32_t vsr[kNT];
+  };
+  // The key codes and norms of one step. Slots past `valid` may hold stale bytes (even NaN
+  // norms): zeroed.
+  const auto k_base = [&](int page) {
+    return a.k_pool + static_cast<size_t>(page) * a.k_block_stride +
+           static_cast<size_t>(kvh) * a.k_head_stride;
+  };
+  const auto v_base = [&](int page) {
+    return a.v_pool + static_cast<size_t>(page) * a.v_block_stride +
+           static_cast<size_t>(kvh) * a.v_head_stride;
+  };
+  // Pipelined (tq) formats place a token's codes and norm linearly in its slot and chunk
+  // (TqFmt::code_offset, scale_raw): with slot0 == 0 (every step one page) a lane folds its own
+  // slot and chunk into the pointer and each load is that pointer plus an immediate, where a
+  // generic address costs a 64-bit add per load.
+  constexpr bool kLinearK = kPagePipe;
+  constexpr bool kLinearV = kPagePipe && VF::kTokenScale;
+  const auto load_keys = [&](int tok0, const uint8_t* kb, int slot0, auto full_tag, Ahead& keys) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    const int valid = kFull ? kStep : end - tok0;
+    const uint8_t* kl = kb;
+    [[maybe_unused]] const uint8_t* nl = kb;
+    int ls = slot0 + g, lc = t;  // this lane's slot and chunk, where not in the pointers
+    if constexpr (kLinearK) {
+      kl = kb + KF::template code_offset<kKN>(g, t);
+      nl = kb + 2 * g;
+      ls = 0, lc = 0;
+    }
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      if (kFull || 8 * j + g < valid)
+        KF::template load<kKN>(keys.kr[j], kl, cap, ls + 8 * j, lc);
+      else
+        keys.kr[j].zero();
+      keys.ksr[j] = 0u;
+      if constexpr (KF::kTokenScale)
+        if (kFull || 8 * j + g < valid) keys.ksr[j] = KF::scale_raw(nl, cap, ls + 8 * j);
+    }
+  };
+  // The value codes and norms of one step (as load_keys).
+  const auto load_vals = [&](int tok0, const uint8_t* vb, int slot0, auto full_tag, Ahead& vals) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    const int valid = kFull ? kStep : end - tok0;
+    const uint8_t* vl = vb;
+    [[maybe_unused]] const uint8_t* nl = vb;
+    int ls = slot0 + 2 * t, lc = g;  // as in load_keys
+    [[maybe_unused]] int ns = slot0 + g;
+    if constexpr (kLinearV) {
+      vl = vb + VF::template code_offset<kVN>(2 * t, g);
+      nl = vb + 2 * g;
+      ls = 0, lc = 0, ns = 0;
+    }
+#pragma unroll
+    for (int h = 0; h < kNH; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int tok = 16 * h + 2 * t + (e & 1) + 8 * (e >> 1);
+        if (kFull || tok < valid)
+          VF::template load<kVN>(vals.vr[h][e], vl, cap, ls + 16 * h + (e & 1) + 8 * (e >> 1), lc);
+        else
+          vals.vr[h][e].zero();
+      }
+#pragma unroll
+    for (int j = 0; j < kNT; ++j) {
+      vals.vsr[j] = 0u;
+      if constexpr (VF::kTokenScale)
+        if (kFull || 8 * j + g < valid) vals.vsr[j] = VF::scale_raw(nl, cap, ns + 8 * j);
+    }
+  };
+  if constexpr (!kByLength) fill_tables();
+  // The split's pages (block tables are older than the K/V write too); read after the
+  // __syncthreads below.
+  constexpr int kPage = kCap > 0 ? kCap : 1;  // (kPagePipe instances only)
+  int* pages_sh = reinterpret_cast<int*>(smem + attn_pages_offset<KF, VF, kDim>());
+  constexpr int kListed = attn_pages<kByLength>();
+  if constexpr (kPagePipe) {
+    const int pages = (end - begin + kPage - 1) / kPage;
+    if (kByLength && pages > kListed) {  // the plan asks no such split: poison, read nothing
+      dev::pdl_wait();
       end_with_partials(make_float2(0.0f, NAN));
       return;
     }
-    const uint32_t base_delta = kByLength ? 0u : real_delta;
-    constexpr int kKOff = 1024, kVOff = 1024 + Tab::kVRow * 256, kSOff = 1024 + Tab::kSignRow * 256;
-    constexpr int kVLookup = Tab::kShare ? KF::kLookup : VF::kLookup;
-    const uint32_t k_off = base_delta + lut_copy<KF::kLookup>(lane) * 2 * KF::kLookup;
-    const uint32_t v_off = base_delta + (Tab::kShare ? 0 : Tab::kVHalf * 128) +
-                           lut_copy<kVLookup>(lane) * 2 * kVLookup;
-    const uint32_t s_off = base_delta + lut_copy<4>(lane) * 8;
-
-    // Query B fragments: columns = heads (g < group), k-slots = thread t's K chunk dims.
-    uint32_t qa[kKT][2];
-    uint32_t qs[kQjl ? kKT : 1][2];
-    {
-      const bool live = g < columns;
-      const int c = live ? g : 0;
-      // (kShared: column c is query seq + c / group's head c % group)
-      const size_t row = (kShared ? static_cast<size_t>(seq + c / a.group) * a.n_heads +
-                                        kvh * a.group + c % a.group
-                                  : static_cast<size_t>(seq) * a.n_heads + kvh * a.group + c) *
-                         kDim;
-      const __half* qp = a.q_raw ? q_sh + (live ? g : 0) * kDim : a.q + row;
-#pragma unroll
-      for (int kk = 0; kk < kKT; ++kk)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int i = 4 * kk + 2 * e;
-          const __half lo = qp[KF::local_dim(kKN, t, i)], hi = qp[KF::local_dim(kKN, t, i + 1)];
-          qa[kk][e] = live ? h2_bits(__halves2half2(lo, hi)) : 0u;
-          if constexpr (kQjl) {
-            const __half* sp = a.q_sketch + row;
-            qs[kk][e] = live ? h2_bits(__halves2half2(sp[t * kKN + i], sp[t * kKN + i + 1])) : 0u;
-          }
-        }
-    }
-
-    // kShared: where the lane's columns 2t and 2t + 1 end (counted like `end`; a column past the
-    // CTA's queries ends with the longest, its scores never read).
-    [[maybe_unused]] int col_end0 = end, col_end1 = end;
-    if constexpr (kShared) {
-      const auto col_end = [&](int c) {
-        const int qi = c / a.group;
-        const int l = qi < nq ? __ldg(a.lengths + seq + qi) : len;
-        return min(l, first_tok + tokens_per_split) - (first_tok - begin);
-      };
-      col_end0 = col_end(2 * t);
-      col_end1 = col_end(2 * t + 1);
-    }
-
-    // Running maxima of heads 2t, 2t + 1 (log2 units; the same in the 8 lanes of column t) and
-    // this lane's share of their running sums.
-    float m_run0 = -INFINITY, m_run1 = -INFINITY;
-    float l_run0 = 0.0f, l_run1 = 0.0f;
-    float o[kMT][4];
-#pragma unroll
-    for (int mm = 0; mm < kMT; ++mm) o[mm][0] = o[mm][1] = o[mm][2] = o[mm][3] = 0.0f;
-
-    // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
-    const auto step = [&](int tok0, auto full_tag, Ahead& cur, Ahead& nxt) {
-      constexpr bool kFull = decltype(full_tag)::value;
-      [[maybe_unused]] Ahead own;  // the step's own operands where not pipelined
+    const int n = min(pages, kListed);
+    for (int i = threadIdx.x; i < n; i += kAttnThreads)
+      pages_sh[i] = __ldg(table + first_tok / kPage + i);
+  }
+  // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
+  [[maybe_unused]] const auto page_at = [&](int tok) {
+    const int i = static_cast<int>(static_cast<unsigned>(tok - begin) / kPage);
+    if constexpr (kByLength)
+      return pages_sh[i];
+    else
+      return i < kAttnPages ? pages_sh[i] : __ldg(table + first_tok / kPage + i);
+  };
+  if (threadIdx.x == 0) TQ_TL(1);
+  dev::pdl_wait();  // the K/V write (and the queries' RoPE before it) have completed
+  // The first step's key codes are requested before the queries are prepared and the block
+  // synchronises, so their DRAM latency hides behind that work (at short contexts a split is
+  // one or two steps).
+  // Values ahead only where every step is one page: the generic-page instances would spill.
+  constexpr bool kPipeV = attn_pipeline_values<KF, VF>() && kCap == kStep;
+  [[maybe_unused]] Ahead first;
+  if constexpr (kPipe) {
+    const int tok0 = begin + warp * kStep;
+    if (tok0 < end) {
       int slot0;
       const int page = block_of(tok0, &slot0);
-      if constexpr (!kPipe) load_keys(tok0, k_base(page), slot0, full_tag, own);
-      if constexpr (!kPipeV) load_vals(tok0, v_base(page), slot0, full_tag, own);
-      const Ahead& keys = kPipe ? cur : own;
-      const Ahead& vals = kPipeV ? cur : own;
-      const int valid = kFull ? kStep : end - tok0;
-      [[maybe_unused]] const uint8_t* kb = k_base(page);
-      [[maybe_unused]] typename dev::SignsOf<KF, kKN>::type sr[kNT];
-      [[maybe_unused]] float rs[kNT];
-      if constexpr (kQjl) {
+      if (end - tok0 >= kStep) {
+        load_keys(tok0, k_base(page), slot0, std::true_type{}, first);
+        if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::true_type{}, first);
+      } else {
+        load_keys(tok0, k_base(page), slot0, std::false_type{}, first);
+        if constexpr (kPipeV) load_vals(tok0, v_base(page), slot0, std::false_type{}, first);
+      }
+    }
+  }
+  __half* q_sh = reinterpret_cast<__half*>(smem + attn_query_offset<KF, VF>());
+  if (a.q_raw) prepare_group_query<kDim, kShared>(a, seq, kvh, q_sh, columns);
+  __syncthreads();
+  if (threadIdx.x == 0) TQ_TL(2);
+
+  // Lookup addresses are relative to dynamic shared memory at 0x400 (an immediate of each load);
+  // any difference of the real base lives above bit 16 (a cluster CTA id), carried in the lane
+  // offsets. A base that differs below bit 16 would break that: poison the partial instead.
+  // The kernels for splits by length (never launched in a cluster) require the base itself: their
+  // lane offsets are then a function of the lane alone, which the compiler recomputes where the
+  // other kernel holds (or spills) them.
+  const uint32_t real_delta = static_cast<uint32_t>(__cvta_generic_to_shared(smem)) - 1024u;
+  if ((real_delta & (kByLength ? 0xffffffffu : 0xffffu)) != 0u) {
+    end_with_partials(make_float2(0.0f, NAN));
+    return;
+  }
+  const uint32_t base_delta = kByLength ? 0u : real_delta;
+  constexpr int kKOff = 1024, kVOff = 1024 + Tab::kVRow * 256, kSOff = 1024 + Tab::kSignRow * 256;
+  constexpr int kVLookup = Tab::kShare ? KF::kLookup : VF::kLookup;
+  const uint32_t k_off = base_delta + lut_copy<KF::kLookup>(lane) * 2 * KF::kLookup;
+  const uint32_t v_off =
+      base_delta + (Tab::kShare ? 0 : Tab::kVHalf * 128) + lut_copy<kVLookup>(lane) * 2 * kVLookup;
+  const uint32_t s_off = base_delta + lut_copy<4>(lane) * 8;
+
+  // Query B fragments: columns = heads (g < group), k-slots = thread t's K chunk dims.
+  uint32_t qa[kKT][2];
+  uint32_t qs[kQjl ? kKT : 1][2];
+  {
+    const bool live = g < columns;
+    const int c = live ? g : 0;
+    // (kShared: column c is query seq + c / group's head c % group)
+    const size_t row =
+        (kShared ? static_cast<size_t>(seq + c / a.group) * a.n_heads + kvh * a.group + c % a.group
+                 : static_cast<size_t>(seq) * a.n_heads + kvh * a.group + c) *
+        kDim;
+    const __half* qp = a.q_raw ? q_sh + (live ? g : 0) * kDim : a.q + row;
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const bool live = kFull || 8 * j + g < valid;
-          if (live)
-            KF::template load_signs<kKN>(sr[j].r, kb, cap, slot0 + 8 * j + g, t);
-          else
-            sr[j].r.zero();
-          rs[j] = live ? KF::residual(kb, cap, slot0 + 8 * j + g) : 0.0f;
+    for (int kk = 0; kk < kKT; ++kk)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int i = 4 * kk + 2 * e;
+        const __half lo = qp[KF::local_dim(kKN, t, i)], hi = qp[KF::local_dim(kKN, t, i + 1)];
+        qa[kk][e] = live ? h2_bits(__halves2half2(lo, hi)) : 0u;
+        if constexpr (kQjl) {
+          const __half* sp = a.q_sketch + row;
+          qs[kk][e] = live ? h2_bits(__halves2half2(sp[t * kKN + i], sp[t * kKN + i + 1])) : 0u;
         }
       }
+  }
 
-      // The next step's loads. Every global load of the loop shares one scoreboard, and a use of
-      // a loaded register waits until all loads on it have landed: loads issued before the first
-      // use of this step's codes would make that use wait for them, a whole memory latency per
-      // step (ncu: a quarter of the warps' stalls). `code & a.zero` (0) ties their addresses to
-      // this step's first key word, so they issue after that wait.
-      const int next = tok0 + kStride;
-      int page_n = 0, slot_n = 0;
-      if constexpr (kPagePipe) {
-        page_n = page_at(min(next, end - 1)) + static_cast<int>(cur.kr[0].s.w[0] & a.zero);
-      } else if (kPipe && next < end) {
-        page_n = block_of(next, &slot_n);
-      }
-      const uint8_t* kb_n = k_base(page_n);
-      [[maybe_unused]] const uint8_t* vb_n = v_base(page_n);
-      // A full step of a page-list instance loads the next step's whole page unconditionally (the
-      // page of min(next, end - 1): always allocated; past `end` the bytes are stale and a partial
-      // step masks them), so its loads take no branch and the step stays one basic block.
-      constexpr bool kLoadAlways = kStaleTail && kFull;
-      if constexpr (kLoadAlways) {
-        // (after the S product, below)
-      } else if (kPipe && next < end) {
-        if (end - next >= kStep)
-          load_keys(next, kb_n, slot_n, std::true_type{}, nxt);
-        else
-          load_keys(next, kb_n, slot_n, std::false_type{}, nxt);
-      }
+  // kShared: where the lane's columns 2t and 2t + 1 end (counted like `end`; a column past the
+  // CTA's queries ends with the longest, its scores never read).
+  [[maybe_unused]] int col_end0 = end, col_end1 = end;
+  if constexpr (kShared) {
+    const auto col_end = [&](int c) {
+      const int qi = c / a.group;
+      const int l = qi < nq ? __ldg(a.lengths + seq + qi) : len;
+      return min(l, first_tok + tokens_per_split) - (first_tok - begin);
+    };
+    col_end0 = col_end(2 * t);
+    col_end1 = col_end(2 * t + 1);
+  }
 
-      // S^T = K Q^T, one m16n8k16 per 16-token tile tt and 16 dims: rows (A) are tokens
-      // 16tt + g (keys.kr[2tt]; c0, c1) and 16tt + 8 + g (keys.kr[2tt + 1]; c2, c3), columns (B)
-      // heads 2t, 2t + 1. The B fragment of head g over k slots 2t.. is exactly qa (same k mapping
-      // as the keys' chunk t).
-      float s[kNH][4];
+  // Running maxima of heads 2t, 2t + 1 (log2 units; the same in the 8 lanes of column t) and
+  // this lane's share of their running sums.
+  float m_run0 = -INFINITY, m_run1 = -INFINITY;
+  float l_run0 = 0.0f, l_run1 = 0.0f;
+  float o[kMT][4];
 #pragma unroll
-      for (int tt = 0; tt < kNH; ++tt) {
-        s[tt][0] = s[tt][1] = s[tt][2] = s[tt][3] = 0.0f;
-        uint32_t k0[kKN / 2], k1[kKN / 2];
-        decode_chunk2<KF, kKN, kKOff>(keys.kr[2 * tt], keys.kr[2 * tt + 1], t, k_off, k0, k1);
+  for (int mm = 0; mm < kMT; ++mm) o[mm][0] = o[mm][1] = o[mm][2] = o[mm][3] = 0.0f;
+
+  // One step of kStep tokens; kFull: all of them exist (no masks, unpredicated loads).
+  const auto step = [&](int tok0, auto full_tag, Ahead& cur, Ahead& nxt) {
+    constexpr bool kFull = decltype(full_tag)::value;
+    [[maybe_unused]] Ahead own;  // the step's own operands where not pipelined
+    int slot0;
+    const int page = block_of(tok0, &slot0);
+    if constexpr (!kPipe) load_keys(tok0, k_base(page), slot0, full_tag, own);
+    if constexpr (!kPipeV) load_vals(tok0, v_base(page), slot0, full_tag, own);
+    const Ahead& keys = kPipe ? cur : own;
+    const Ahead& vals = kPipeV ? cur : own;
+    const int valid = kFull ? kStep : end - tok0;
+    [[maybe_unused]] const uint8_t* kb = k_base(page);
+    [[maybe_unused]] typename dev::SignsOf<KF, kKN>::type sr[kNT];
+    [[maybe_unused]] float rs[kNT];
+    if constexpr (kQjl) {
+#pragma unroll
+      for (int j = 0; j < kNT; ++j) {
+        const bool live = kFull || 8 * j + g < valid;
+        if (live)
+          KF::template load_signs<kKN>(sr[j].r, kb, cap, slot0 + 8 * j + g, t);
+        else
+          sr[j].r.zero();
+        rs[j] = live ? KF::residual(kb, cap, slot0 + 8 * j + g) : 0.0f;
+      }
+    }
+
+    // The next step's loads. Every global load of the loop shares one scoreboard, and a use of
+    // a loaded register waits until all loads on it have landed: loads issued before the first
+    // use of this step's codes would make that use wait for them, a whole memory latency per
+    // step (ncu: a quarter of the warps' stalls). `code & a.zero` (0) ties their addresses to
+    // this step's first key word, so they issue after that wait.
+    const int next = tok0 + kStride;
+    int page_n = 0, slot_n = 0;
+    if constexpr (kPagePipe) {
+      page_n = page_at(min(next, end - 1)) + static_cast<int>(cur.kr[0].s.w[0] & a.zero);
+    } else if (kPipe && next < end) {
+      page_n = block_of(next, &slot_n);
+    }
+    const uint8_t* kb_n = k_base(page_n);
+    [[maybe_unused]] const uint8_t* vb_n = v_base(page_n);
+    // A full step of a page-list instance loads the next step's whole page unconditionally (the
+    // page of min(next, end - 1): always allocated; past `end` the bytes are stale and a partial
+    // step masks them), so its loads take no branch and the step stays one basic block.
+    constexpr bool kLoadAlways = kStaleTail && kFull;
+    if constexpr (kLoadAlways) {
+      // (after the S product, below)
+    } else if (kPipe && next < end) {
+      if (end - next >= kStep)
+        load_keys(next, kb_n, slot_n, std::true_type{}, nxt);
+      else
+        load_keys(next, kb_n, slot_n, std::false_type{}, nxt);
+    }
+
+    // S^T = K Q^T, one m16n8k16 per 16-token tile tt and 16 dims: rows (A) are tokens
+    // 16tt + g (keys.kr[2tt]; c0, c1) and 16tt + 8 + g (keys.kr[2tt + 1]; c2, c3), columns (B)
+    // heads 2t, 2t + 1. The B fragment of head g over k slots 2t.. is exactly qa (same k mapping as
+    // the keys' chunk t).
+    float s[kNH][4];
+#pragma unroll
+    for (int tt = 0; tt < kNH; ++tt) {
+      s[tt][0] = s[tt][1] = s[tt][2] = s[tt][3] = 0.0f;
+      uint32_t k0[kKN / 2], k1[kKN / 2];
+      decode_chunk2<KF, kKN, kKOff>(keys.kr[2 * tt], keys.kr[2 * tt + 1], t, k_off, k0, k1);
+#pragma unroll
+      for (int kk = 0; kk < kKT; ++kk)
+        mma_16816(s[tt], k0[2 * kk], k1[2 * kk], k0[2 * kk + 1], k1[2 * kk + 1], qa[kk][0],
+                  qa[kk][1]);
+      if constexpr (kQjl) {
+        float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        uint32_t sp0[kKN / 2], sp1[kKN / 2];
+        KF::template decode_signs2<kKN, kSOff>(sr[2 * tt].r, sr[2 * tt + 1].r, s_off, sp0, sp1);
 #pragma unroll
         for (int kk = 0; kk < kKT; ++kk)
-          mma_16816(s[tt], k0[2 * kk], k1[2 * kk], k0[2 * kk + 1], k1[2 * kk + 1], qa[kk][0],
-                    qa[kk][1]);
-        if constexpr (kQjl) {
-          float s2[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-          uint32_t sp0[kKN / 2], sp1[kKN / 2];
-          KF::template decode_signs2<kKN, kSOff>(sr[2 * tt].r, sr[2 * tt + 1].r, s_off, sp0, sp1);
-#pragma unroll
-          for (int kk = 0; kk < kKT; ++kk)
-            mma_16816(s2, sp0[2 * kk], sp1[2 * kk], sp0[2 * kk + 1], sp1[2 * kk + 1], qs[kk][0],
-                      qs[kk][1]);
-          s[tt][0] += rs[2 * tt] * s2[0];
-          s[tt][1] += rs[2 * tt] * s2[1];
-          s[tt][2] += rs[2 * tt + 1] * s2[2];
-          s[tt][3] += rs[2 * tt + 1] * s2[3];
-        }
-        if constexpr (KF::kTokenScale) {
-          const float k0n =
-              __half2float(__ushort_as_half(static_cast<unsigned short>(keys.ksr[2 * tt])));
-          const float k1n =
-              __half2float(__ushort_as_half(static_cast<unsigned short>(keys.ksr[2 * tt + 1])));
-          s[tt][0] *= k0n;
-          s[tt][1] *= k0n;
-          s[tt][2] *= k1n;
-          s[tt][3] *= k1n;
-        }
-        if constexpr (kShared) {  // each column at its query's end
-          if (!kFull) {
-            const int r0 = tok0 + 16 * tt + g, r1 = r0 + 8;
-            if (r0 >= col_end0) s[tt][0] = -INFINITY;
-            if (r0 >= col_end1) s[tt][1] = -INFINITY;
-            if (r1 >= col_end0) s[tt][2] = -INFINITY;
-            if (r1 >= col_end1) s[tt][3] = -INFINITY;
-          }
-        } else {
-          if (!kFull && 16 * tt + g >= valid) s[tt][0] = s[tt][1] = -INFINITY;
-          if (!kFull && 16 * tt + 8 + g >= valid) s[tt][2] = s[tt][3] = -INFINITY;
-        }
+          mma_16816(s2, sp0[2 * kk], sp1[2 * kk], sp0[2 * kk + 1], sp1[2 * kk + 1], qs[kk][0],
+                    qs[kk][1]);
+        s[tt][0] += rs[2 * tt] * s2[0];
+        s[tt][1] += rs[2 * tt] * s2[1];
+        s[tt][2] += rs[2 * tt + 1] * s2[2];
+        s[tt][3] += rs[2 * tt + 1] * s2[3];
       }
-
-      // The next step's values, now that the decoded keys' registers are free.
-      if constexpr (kLoadAlways) {
-        // Keys and values, their addresses tied to the last score (`& a.zero`, 0) so that the
-        // compiler cannot hoist them into the key decode (their registers would be live there).
-        const uint32_t after_s = __float_as_uint(s[kNH - 1][3]) & a.zero;
-        load_keys(next, kb_n + after_s, slot_n, std::true_type{}, nxt);
-        if constexpr (kPipeV) load_vals(next, vb_n + after_s, slot_n, std::true_type{}, nxt);
-      } else if (kPipeV && next < end) {
-        if (end - next >= kStep)
-          load_vals(next, vb_n, slot_n, std::true_type{}, nxt);
-        else
-          load_vals(next, vb_n, slot_n, std::false_type{}, nxt);
+      if constexpr (KF::kTokenScale) {
+        const float k0n =
+            __half2float(__ushort_as_half(static_cast<unsigned short>(keys.ksr[2 * tt])));
+        const float k1n =
+            __half2float(__ushort_as_half(static_cast<unsigned short>(keys.ksr[2 * tt + 1])));
+        s[tt][0] *= k0n;
+        s[tt][1] *= k0n;
+        s[tt][2] *= k1n;
+        s[tt][3] *= k1n;
       }
-
-      // Online softmax of heads 2t, 2t + 1 over the step. The running maxima change only when some
-      // lane holds a score above them: a new record, a few steps of a long split (the first step,
-      // then ever more rarely). Only then do the 8 lanes of column t (lanes t, t + 4, ..., t + 28)
-      // reduce their maxima and rescale; any other step skips the shuffle chain and the rescale.
-      // Bit for bit the eager update: with no score above m_run, max(m_run, step max) is m_run.
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int tt = 0; tt < kNH; ++tt) {
-        mx0 = fmaxf(mx0, fmaxf(s[tt][0], s[tt][2]));
-        mx1 = fmaxf(mx1, fmaxf(s[tt][1], s[tt][3]));
-      }
-      float alpha0 = 1.0f, alpha1 = 1.0f;
-      if (__any_sync(0xffffffffu, mx0 > m_run0 || mx1 > m_run1)) {
-#pragma unroll
-        for (int x = 4; x <= 16; x *= 2) {
-          mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
-          mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
-        }
-        const float m_new0 = fmaxf(m_run0, mx0), m_new1 = fmaxf(m_run1, mx1);
-        // exp2(-inf - finite) = 0: the first finite maximum zeroes the (empty) state.
-        alpha0 = fast_exp2(m_run0 - (m_new0 == -INFINITY ? 0.0f : m_new0));
-        alpha1 = fast_exp2(m_run1 - (m_new1 == -INFINITY ? 0.0f : m_new1));
-        m_run0 = m_new0;
-        m_run1 = m_new1;
-        // O^T columns are heads 2t, 2t + 1: this lane's own factors.
-#pragma unroll
-        for (int mm = 0; mm < kMT; ++mm) {
-          o[mm][0] *= alpha0;
-          o[mm][1] *= alpha1;
-          o[mm][2] *= alpha0;
-          o[mm][3] *= alpha1;
-        }
-      }
-      const float m_use0 = m_run0 == -INFINITY ? 0.0f : m_run0;
-      const float m_use1 = m_run1 == -INFINITY ? 0.0f : m_run1;
-      // P^T B fragments: the 8x8 blocks (tokens 16tt (+8) + g, heads 2t, 2t + 1) transposed.
-      uint32_t pb[kNH][2];
-      float psum0 = 0.0f, psum1 = 0.0f;
-#pragma unroll
-      for (int tt = 0; tt < kNH; ++tt) {
-        float p00 = fast_exp2(s[tt][0] - m_use0), p01 = fast_exp2(s[tt][1] - m_use1);
-        float p10 = fast_exp2(s[tt][2] - m_use0), p11 = fast_exp2(s[tt][3] - m_use1);
-        psum0 += p00 + p10;
-        psum1 += p01 + p11;
-        if constexpr (VF::kTokenScale) {
-          float v0n = __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt])));
-          float v1n =
-              __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt + 1])));
-          // (stale norms past `end`, loaded by a full step's unconditional loads, may be NaN)
-          if constexpr (!kFull && kStaleTail) {
-            if (16 * tt + g >= valid) v0n = 0.0f;
-            if (16 * tt + 8 + g >= valid) v1n = 0.0f;
-          }
-          p00 *= v0n;
-          p01 *= v0n;
-          p10 *= v1n;
-          p11 *= v1n;
-        }
-        pb[tt][0] = movmatrix_trans(pack_h2(p00, p01));
-        pb[tt][1] = movmatrix_trans(pack_h2(p10, p11));
-      }
-      l_run0 = l_run0 * alpha0 + psum0;
-      l_run1 = l_run1 * alpha1 + psum1;
-
-      // O^T += V^T P^T (A rows g / g+8 of m-tile mm = local V dims 2mm / 2mm+1 of chunk g; each
-      // register pairs two tokens).
-#pragma unroll
-      for (int h = 0; h < kNH; ++h) {
-        uint32_t v01[kVN], v23[kVN];
-        decode_token_pair<VF, kVN, kVOff>(vals.vr[h][0], vals.vr[h][1], g, v_off, v01);
-        decode_token_pair<VF, kVN, kVOff>(vals.vr[h][2], vals.vr[h][3], g, v_off, v23);
-#pragma unroll
-        for (int mm = 0; mm < kMT; ++mm)
-          mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0],
-                    pb[h][1]);
-      }
-    };
-    {
-      int tok0 = begin + warp * kStep;
-      if constexpr (kPipe) {
-        // Full steps two at a time with the buffers' roles swapped, so the operands in flight are
-        // never copied between registers (a move would also wait for the load); only a warp's
-        // last step can be partial.
-        Ahead ka = first, kb;
-        for (;;) {
-          if (end_full - tok0 < kStep) break;
-          step(tok0, std::true_type{}, ka, kb);
-          tok0 += kStride;
-          if (end_full - tok0 < kStep) {
-            if (tok0 < end) ka = kb;
-            break;
-          }
-          step(tok0, std::true_type{}, kb, ka);
-          tok0 += kStride;
-        }
-        if constexpr (kShared) {  // every step some query ends in (all of a warp's last ones)
-          while (tok0 < end) {
-            step(tok0, std::false_type{}, ka, kb);
-            tok0 += kStride;
-            if (tok0 < end) ka = kb;
-          }
-        } else if (tok0 < end) {
-          step(tok0, std::false_type{}, ka, kb);
+      if constexpr (kShared) {  // each column at its query's end
+        if (!kFull) {
+          const int r0 = tok0 + 16 * tt + g, r1 = r0 + 8;
+          if (r0 >= col_end0) s[tt][0] = -INFINITY;
+          if (r0 >= col_end1) s[tt][1] = -INFINITY;
+          if (r1 >= col_end0) s[tt][2] = -INFINITY;
+          if (r1 >= col_end1) s[tt][3] = -INFINITY;
         }
       } else {
-        Ahead unused;
-        for (; tok0 < end; tok0 += kStride) {
-          if (end_full - tok0 >= kStep)
-            step(tok0, std::true_type{}, unused, unused);
-          else
-            step(tok0, std::false_type{}, unused, unused);
-        }
+        if (!kFull && 16 * tt + g >= valid) s[tt][0] = s[tt][1] = -INFINITY;
+        if (!kFull && 16 * tt + 8 + g >= valid) s[tt][2] = s[tt][3] = -INFINITY;
       }
     }
 
-    TQ_TL(3 + warp);
-    // Combine the warps of the CTA (shared memory reused: the tables are no longer read).
-#pragma unroll
-    for (int x = 4; x <= 16; x *= 2) {
-      l_run0 += __shfl_xor_sync(0xffffffffu, l_run0, x);
-      l_run1 += __shfl_xor_sync(0xffffffffu, l_run1, x);
+    // The next step's values, now that the decoded keys' registers are free.
+    if constexpr (kLoadAlways) {
+      // Keys and values, their addresses tied to the last score (`& a.zero`, 0) so that the
+      // compiler cannot hoist them into the key decode (their registers would be live there).
+      const uint32_t after_s = __float_as_uint(s[kNH - 1][3]) & a.zero;
+      load_keys(next, kb_n + after_s, slot_n, std::true_type{}, nxt);
+      if constexpr (kPipeV) load_vals(next, vb_n + after_s, slot_n, std::true_type{}, nxt);
+    } else if (kPipeV && next < end) {
+      if (end - next >= kStep)
+        load_vals(next, vb_n, slot_n, std::true_type{}, nxt);
+      else
+        load_vals(next, vb_n, slot_n, std::false_type{}, nxt);
     }
-    __syncthreads();
-    constexpr int kRedRow = attn_reduce_row<VF, kDim>();
-    float* red_o = reinterpret_cast<float*>(smem);    // [warp][8 heads][kRedRow]
-    float* red_m = red_o + kAttnWarps * 8 * kRedRow;  // [warp][8]
-    float* red_l = red_m + kAttnWarps * 8;            // [warp][8]
-    if (g == 0) {
-      red_m[warp * 8 + 2 * t] = m_run0;
-      red_m[warp * 8 + 2 * t + 1] = m_run1;
-      red_l[warp * 8 + 2 * t] = l_run0;
-      red_l[warp * 8 + 2 * t + 1] = l_run1;
+
+    // Online softmax of heads 2t, 2t + 1 over the step. The running maxima change only when some
+    // lane holds a score above them: a new record, a few steps of a long split (the first step,
+    // then ever more rarely). Only then do the 8 lanes of column t (lanes t, t + 4, ..., t + 28)
+    // reduce their maxima and rescale; any other step skips the shuffle chain and the rescale.
+    // Bit for bit the eager update: with no score above m_run, max(m_run, step max) is m_run.
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int tt = 0; tt < kNH; ++tt) {
+      mx0 = fmaxf(mx0, fmaxf(s[tt][0], s[tt][2]));
+      mx1 = fmaxf(mx1, fmaxf(s[tt][1], s[tt][3]));
     }
+    float alpha0 = 1.0f, alpha1 = 1.0f;
+    if (__any_sync(0xffffffffu, mx0 > m_run0 || mx1 > m_run1)) {
 #pragma unroll
-    for (int mm = 0; mm < kMT; ++mm) {
-      const int d0 = VF::local_dim(kVN, g, 2 * mm), d1 = VF::local_dim(kVN, g, 2 * mm + 1);
-      float* base = red_o + warp * 8 * kRedRow;
-      base[(2 * t) * kRedRow + d0 + d0 / 32] = o[mm][0];
-      base[(2 * t + 1) * kRedRow + d0 + d0 / 32] = o[mm][1];
-      base[(2 * t) * kRedRow + d1 + d1 / 32] = o[mm][2];
-      base[(2 * t + 1) * kRedRow + d1 + d1 / 32] = o[mm][3];
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < columns * kDim; i += blockDim.x) {
-      const int h = i / kDim, d = i % kDim;
-      float m = -INFINITY;
-#pragma unroll
-      for (int w = 0; w < kAttnWarps; ++w) m = fmaxf(m, red_m[w * 8 + h]);
-      float acc = 0.0f, l = 0.0f;
-      if (m != -INFINITY) {
-#pragma unroll
-        for (int w = 0; w < kAttnWarps; ++w) {
-          const float f = exp2f(red_m[w * 8 + h] - m);
-          acc += f * red_o[(w * 8 + h) * kRedRow + d + d / 32];
-          l += f * red_l[w * 8 + h];
-        }
+      for (int x = 4; x <= 16; x *= 2) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, x));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, x));
       }
-      const size_t p = part_of(h);
-      a.part_o[p * kDim + d] = acc;
-      if (d == 0) a.part_ml[p] = make_float2(m, l);
+      const float m_new0 = fmaxf(m_run0, mx0), m_new1 = fmaxf(m_run1, mx1);
+      // exp2(-inf - finite) = 0: the first finite maximum zeroes the (empty) state.
+      alpha0 = fast_exp2(m_run0 - (m_new0 == -INFINITY ? 0.0f : m_new0));
+      alpha1 = fast_exp2(m_run1 - (m_new1 == -INFINITY ? 0.0f : m_new1));
+      m_run0 = m_new0;
+      m_run1 = m_new1;
+      // O^T columns are heads 2t, 2t + 1: this lane's own factors.
+#pragma unroll
+      for (int mm = 0; mm < kMT; ++mm) {
+        o[mm][0] *= alpha0;
+        o[mm][1] *= alpha1;
+        o[mm][2] *= alpha0;
+        o[mm][3] *= alpha1;
+      }
     }
-  }  // (the split's tokens)
-  finish();
+    const float m_use0 = m_run0 == -INFINITY ? 0.0f : m_run0;
+    const float m_use1 = m_run1 == -INFINITY ? 0.0f : m_run1;
+    // P^T B fragments: the 8x8 blocks (tokens 16tt (+8) + g, heads 2t, 2t + 1) transposed.
+    uint32_t pb[kNH][2];
+    float psum0 = 0.0f, psum1 = 0.0f;
+#pragma unroll
+    for (int tt = 0; tt < kNH; ++tt) {
+      float p00 = fast_exp2(s[tt][0] - m_use0), p01 = fast_exp2(s[tt][1] - m_use1);
+      float p10 = fast_exp2(s[tt][2] - m_use0), p11 = fast_exp2(s[tt][3] - m_use1);
+      psum0 += p00 + p10;
+      psum1 += p01 + p11;
+      if constexpr (VF::kTokenScale) {
+        float v0n = __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt])));
+        float v1n =
+            __half2float(__ushort_as_half(static_cast<unsigned short>(vals.vsr[2 * tt + 1])));
+        // (stale norms past `end`, loaded by a full step's unconditional loads, may be NaN)
+        if constexpr (!kFull && kStaleTail) {
+          if (16 * tt + g >= valid) v0n = 0.0f;
+          if (16 * tt + 8 + g >= valid) v1n = 0.0f;
+        }
+        p00 *= v0n;
+        p01 *= v0n;
+        p10 *= v1n;
+        p11 *= v1n;
+      }
+      pb[tt][0] = movmatrix_trans(pack_h2(p00, p01));
+      pb[tt][1] = movmatrix_trans(pack_h2(p10, p11));
+    }
+    l_run0 = l_run0 * alpha0 + psum0;
+    l_run1 = l_run1 * alpha1 + psum1;
+
+    // O^T += V^T P^T (A rows g / g+8 of m-tile mm = local V dims 2mm / 2mm+1 of chunk g; each
+    // register pairs two tokens).
+#pragma unroll
+    for (int h = 0; h < kNH; ++h) {
+      uint32_t v01[kVN], v23[kVN];
+      decode_token_pair<VF, kVN, kVOff>(vals.vr[h][0], vals.vr[h][1], g, v_off, v01);
+      decode_token_pair<VF, kVN, kVOff>(vals.vr[h][2], vals.vr[h][3], g, v_off, v23);
+#pragma unroll
+      for (int mm = 0; mm < kMT; ++mm)
+        mma_16816(o[mm], v01[2 * mm], v01[2 * mm + 1], v23[2 * mm], v23[2 * mm + 1], pb[h][0],
+                  pb[h][1]);
+    }
+  };
+  {
+    int tok0 = begin + warp * kStep;
+    if constexpr (kPipe) {
+      // Full steps two at a time with the buffers' roles swapped, so the operands in flight are
+      // never copied between registers (a move would also wait for the load); only a warp's
+      // last step can be partial.
+      Ahead ka = first, kb;
+      for (;;) {
+        if (end_full - tok0 < kStep) break;
+        step(tok0, std::true_type{}, ka, kb);
+        tok0 += kStride;
+        if (end_full - tok0 < kStep) {
+          if (tok0 < end) ka = kb;
+          break;
+        }
+        step(tok0, std::true_type{}, kb, ka);
+        tok0 += kStride;
+      }
+      if constexpr (kShared) {  // every step some query ends in (all of a warp's last ones)
+        while (tok0 < end) {
+          step(tok0, std::false_type{}, ka, kb);
+          tok0 += kStride;
+          if (tok0 < end) ka = kb;
+        }
+      } else if (tok0 < end) {
+        step(tok0, std::false_type{}, ka, kb);
+      }
+    } else {
+      Ahead unused;
+      for (; tok0 < end; tok0 += kStride) {
+        if (end_full - tok0 >= kStep)
+          step(tok0, std::true_type{}, unused, unused);
+        else
+          step(tok0, std::false_type{}, unused, unused);
+      }
+    }
+  }
+
+  TQ_TL(3 + warp);
+  // Combine the warps of the CTA (shared memory reused: the tables are no longer read).
+#pragma unroll
+  for (int x = 4; x <= 16; x *= 2) {
+    l_run0 += __shfl_xor_sync(0xffffffffu, l_run0, x);
+    l_run1 += __shfl_xor_sync(0xffffffffu, l_run1, x);
+  }
+  __syncthreads();
+  constexpr int kRedRow = attn_reduce_row<VF, kDim>();
+  float* red_o = reinterpret_cast<float*>(smem);    // [warp][8 heads][kRedRow]
+  float* red_m = red_o + kAttnWarps * 8 * kRedRow;  // [warp][8]
+  float* red_l = red_m + kAttnWarps * 8;            // [warp][8]
+  if (g == 0) {
+    red_m[warp * 8 + 2 * t] = m_run0;
+    red_m[warp * 8 + 2 * t + 1] = m_run1;
+    red_l[warp * 8 + 2 * t] = l_run0;
+    red_l[warp * 8 + 2 * t + 1] = l_run1;
+  }
+#pragma unroll
+  for (int mm = 0; mm < kMT; ++mm) {
+    const int d0 = VF::local_dim(kVN, g, 2 * mm), d1 = VF::local_dim(kVN, g, 2 * mm + 1);
+    float* base = red_o + warp * 8 * kRedRow;
+    base[(2 * t) * kRedRow + d0 + d0 / 32] = o[mm][0];
+    base[(2 * t + 1) * kRedRow + d0 + d0 / 32] = o[mm][1];
+    base[(2 * t) * kRedRow + d1 + d1 / 32] = o[mm][2];
+    base[(2 * t + 1) * kRedRow + d1 + d1 / 32] = o[mm][3];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < columns * kDim; i += blockDim.x) {
+    const int h = i / kDim, d = i % kDim;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kAttnWarps; ++w) m = fmaxf(m, red_m[w * 8 + h]);
+    float acc = 0.0f, l = 0.0f;
+    if (m != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kAttnWarps; ++w) {
+        const float f = exp2f(red_m[w * 8 + h] - m);
+        acc += f * red_o[(w * 8 + h) * kRedRow + d + d / 32];
+        l += f * red_l[w * 8 + h];
+      }
+    }
+    const size_t p = part_of(h);
+    a.part_o[p * kDim + d] = acc;
+    if (d == 0) a.part_ml[p] = make_float2(m, l);
+  }
+  finish_pair();
 #ifdef TQ_ATTN_TIMELINE
   if (threadIdx.x == 0 && a.timeline) {
     TQ_TL(7);
