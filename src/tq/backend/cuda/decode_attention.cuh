@@ -322,9 +322,9 @@ __device__ __forceinline__ void attn_empty_rows(const AttnOut& o, int seq, int k
   }
 }
 
-// The merge in the attention kernel (AttnArgs::merge_counters). Every thread of a CTA calls it
-// once its partials are written (an empty or poisoned split's too). The CTA arrives on its
-// (sequence, KV head)'s counter; the one that brings it to `count` resets it and merges the
+// The merge in the attention kernel (AttnArgs::merge_counters). Every thread of a CTA with tokens
+// calls it once the CTA's partials are written. The CTA arrives on its (sequence, KV head)'s
+// counter; the one that brings it to `count` resets it and merges the
 // pair's `group` rows from the partials at first + split * stride_s + head * stride_h: warp w
 // takes heads w, w + 4, ..., a lane kDim / 32 consecutive dims, in split order with the merge
 // kernel's operations and rotation butterflies (lane_fwht is block_fwht's order), so the output
@@ -338,18 +338,16 @@ __device__ __noinline__ void attn_arrive_and_finish(AttnOut o, const float* part
                                                     size_t first, int stride_s, int stride_h,
                                                     int seq, int kvh, int group, int n_heads,
                                                     int* flag_sh) {
-  {
-    __syncthreads();  // every partial of the CTA stored
-    if (threadIdx.x == 0) {
-      __threadfence();  // (release: cumulative over the CTA's stores the barrier ordered)
-      const bool last = atomicAdd(counter, 1) == count - 1;
-      if (last) *counter = 0;  // (no other CTA of the pair touches it again in this call)
-      *flag_sh = last ? 1 : 0;
-    }
-    __syncthreads();
-    if (*flag_sh == 0) return;
-    __threadfence();  // (acquire: the other CTAs' partials, read through L2 below)
+  __syncthreads();  // every partial of the CTA stored
+  if (threadIdx.x == 0) {
+    __threadfence();  // (release: cumulative over the CTA's stores the barrier ordered)
+    const bool last = atomicAdd(counter, 1) == count - 1;
+    if (last) *counter = 0;  // (no other CTA of the pair touches it again in this call)
+    *flag_sh = last ? 1 : 0;
   }
+  __syncthreads();
+  if (*flag_sh == 0) return;
+  __threadfence();  // (acquire: the other CTAs' partials, read through L2 below)
   constexpr int kE = kDim / 32;
   // (4 splits a round trip: with 8, the function's registers raised the q8_0 and f16 kernels'
   // count, which it sets as the call graph's largest, past their occupancy)
