@@ -151,9 +151,10 @@ struct DecodeAttentionParams {
   void* workspace = nullptr;  // device, decode_attention_workspace_bytes(p) bytes
   size_t workspace_bytes = 0;
   // n_seqs x n_kv_heads device ints, zero before the first call (every call leaves them zero),
-  // or null. Set, and with no window and one query a CTA, the attention CTA that ends last among
-  // a (sequence, KV head)'s splits merges that pair's rows itself (an arrival counter each): no
-  // merge kernel. The same floats as the merge kernel's.
+  // or null. Set, the attention CTA that ends last among a (sequence, KV head)'s splits merges
+  // that pair's rows itself (an arrival counter each): no merge kernel, the same floats as its,
+  // where the plan takes it (DecodeAttentionPlan::fused_merge: no window, one query a CTA,
+  // Hadamard-rotated or plain values, at most 16 splits a pair when cut as the longest).
   int32_t* merge_counters = nullptr;
 };
 
