@@ -240,17 +240,37 @@ void timeline_report(Fn&& fn, size_t ctas, size_t merges, void* flush, size_t fl
     epi.push_back(static_cast<double>(r[7] - last) * 1e-3);
     end.push_back(us(r[7]));
   }
+  // Where the CTAs ran (stamp 8: %smid), in launch order (x fastest): how many a SM held, and
+  // whether CTA c shared the SM of CTA c - n_sm (the blocks dealt round the SMs in turn).
+  std::vector<int> per_sm;
+  size_t dealt = 0, dealt_of = 0;
+  for (size_t c = 0; c < ctas; ++c) {
+    if (h[c * 10 + 7] == 0) continue;
+    const size_t sm = h[c * 10 + 8];
+    if (sm >= per_sm.size()) per_sm.resize(sm + 1, 0);
+    ++per_sm[sm];
+  }
+  const size_t n_sm = per_sm.size();
+  for (size_t c = n_sm; c < ctas; ++c) {
+    if (h[c * 10 + 7] == 0 || h[(c - n_sm) * 10 + 7] == 0) continue;
+    ++dealt_of;
+    if (h[c * 10 + 8] == h[(c - n_sm) * 10 + 8]) ++dealt;
+  }
+  const auto [lo, hi] = std::minmax_element(per_sm.begin(), per_sm.end());
   for (size_t m = 0; m < merges; ++m) {
+    if (h[ctas * 10 + 2 * m] == 0) continue;  // (the merge in the attention kernel: no merge kernel)
     mstart.push_back(us(h[ctas * 10 + 2 * m]));
     mend.push_back(us(h[ctas * 10 + 2 * m + 1]));
   }
   std::printf(
       "timeline %s: %zu CTAs, event %.1f us | start max %.1f | "
       "prologue med %.1f (to pdl_wait %.1f) | loop min %.1f med %.1f max %.1f | "
-      "epilogue med %.1f | end min %.1f med %.1f max %.1f | merge %.1f..%.1f\n",
+      "epilogue med %.1f | end min %.1f med %.1f max %.1f | merge %.1f..%.1f | "
+      "%zu SMs, %d..%d CTAs an SM, %zu of %zu on the SM of CTA c - %zu\n",
       label.c_str(), ctas, event_us, pct(start, 1), pct(pro, 0.5), pct(pre, 0.5), pct(loop, 0),
       pct(loop, 0.5), pct(loop, 1), pct(epi, 0.5), pct(end, 0), pct(end, 0.5), pct(end, 1),
-      pct(mstart, 0), pct(mend, 1));
+      mstart.empty() ? 0.0 : pct(mstart, 0), mend.empty() ? 0.0 : pct(mend, 1), n_sm,
+      per_sm.empty() ? 0 : *lo, per_sm.empty() ? 0 : *hi, dealt, dealt_of, n_sm);
 }
 #endif
 

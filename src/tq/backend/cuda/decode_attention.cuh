@@ -497,21 +497,25 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   if (threadIdx.x == 0) TQ_TL(0);
   dev::pdl_launch_dependents();
   using Tab = AttnTables<KF, VF>;
-  // The code tables (before pdl_wait: codebooks are older than the K/V write).
-  const auto fill_tables = [&] {
-    uint8_t* k_table = smem;
-    uint8_t* v_table = smem + Tab::kVRow * 256;
-    uint8_t* s_table = smem + Tab::kSignRow * 256;
-    constexpr bool kKTab = KF::kTableRows > 0, kVTab = VF::kTableRows > 0 && !Tab::kShare;
-    // (formats without a table name a 1-bit one, never used)
-    [[maybe_unused]] TableFill<kKTab ? KF::kCodeBits : 1, KF::kLookup, kAttnThreads> kfill;
-    [[maybe_unused]] TableFill<kVTab ? VF::kCodeBits : 1, VF::kLookup, kAttnThreads,
-                               pair_major_values<VF>()>
-        vfill;
-    [[maybe_unused]] TableFill<1, 4, kAttnThreads> sfill;
+  // The code tables (before pdl_wait: codebooks are older than the K/V write): the centroids'
+  // loads (load_tables) are apart from the tables' stores (store_tables), so that the kernel cut
+  // as the longest requests them with the lengths and its page list, one latency for all three.
+  uint8_t* const k_table = smem;
+  uint8_t* const v_table = smem + Tab::kVRow * 256;
+  uint8_t* const s_table = smem + Tab::kSignRow * 256;
+  constexpr bool kKTab = KF::kTableRows > 0, kVTab = VF::kTableRows > 0 && !Tab::kShare;
+  // (formats without a table name a 1-bit one, never used)
+  [[maybe_unused]] TableFill<kKTab ? KF::kCodeBits : 1, KF::kLookup, kAttnThreads> kfill;
+  [[maybe_unused]] TableFill<kVTab ? VF::kCodeBits : 1, VF::kLookup, kAttnThreads,
+                             pair_major_values<VF>()>
+      vfill;
+  [[maybe_unused]] TableFill<1, 4, kAttnThreads> sfill;
+  const auto load_tables = [&] {
     if constexpr (kKTab) kfill.load(a.k_centroids);
     if constexpr (kVTab) vfill.load(a.v_centroids);
     if constexpr (kQjl) sfill.load(nullptr);
+  };
+  const auto store_tables = [&] {
     if constexpr (kKTab) kfill.store(k_table, 0);
     if constexpr (kVTab) vfill.store(v_table, Tab::kVHalf);
     if constexpr (kQjl) sfill.store(s_table, 0);
@@ -553,7 +557,8 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         for (int k = 0; k < kByLengthPerLane; ++k) plan_sh[4 + k] = static_cast<int>(empty[k]);
       }
     }
-    fill_tables();
+    load_tables();
+    store_tables();
     __syncthreads();
     seq = plan_sh[0], split = plan_sh[1], tokens_per_split = plan_sh[2];
     if (seq < 0) {  // past the batch's splits: no partial (the merge reads none)
@@ -567,6 +572,26 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   // kShared: this CTA's queries seq .. seq + nq - 1; len the longest, len_min the shortest.
   [[maybe_unused]] int nq = 1;
   if constexpr (kShared) seq = blockIdx.z * a.queries, nq = min(a.queries, a.n_seqs - seq);
+  const int first_tok = split * tokens_per_split;
+  const int32_t* const table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
+  constexpr bool kPagePipe = attn_page_list<KF, VF, kCap>();
+  constexpr int kPage = kCap > 0 ? kCap : 1;  // (kPagePipe instances only)
+  // Cut as the longest, the split's page list is requested with the lengths and the centroids,
+  // before its length is known: as many pages as a split of the plan spans (bounded by the block
+  // table's row; entries past the sequence's end are stored and never read).
+  constexpr int kAheadPages = kPagePipe && !kByLength ? kAttnPages / kAttnThreads : 1;
+  [[maybe_unused]] int pages_ahead[kAheadPages];
+  [[maybe_unused]] int n_ahead = 0;
+  if constexpr (!kByLength) load_tables();
+  if constexpr (kPagePipe && !kByLength) {
+    n_ahead = min(min(kAttnPages, (tokens_per_split + kPage - 1) / kPage),
+                  a.max_blocks - first_tok / kPage);
+#pragma unroll
+    for (int i = 0; i < kAheadPages; ++i) {
+      const int e = static_cast<int>(threadIdx.x) + i * kAttnThreads;
+      pages_ahead[i] = e < n_ahead ? __ldg(table + first_tok / kPage + e) : 0;
+    }
+  }
   int len = __ldg(a.lengths + seq);
   [[maybe_unused]] int len_min = len;
   if constexpr (kShared)
@@ -575,7 +600,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
       len = max(len, l);
       len_min = min(len_min, l);
     }
-  const int first_tok = split * tokens_per_split;
   const int begin = kByLength ? 0 : first_tok;
   const int end = min(len, first_tok + tokens_per_split) - (first_tok - begin);
   // Steps before end_full hold no token past any query's end (kShared: the shortest's).
@@ -640,7 +664,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int cap = kCap ? kCap : a.block_tokens;
-  const int32_t* table = a.block_tables + static_cast<size_t>(seq) * a.max_blocks;
   const auto block_of = [&](int tok, int* slot0) {
     const int tok0 = tok + (first_tok - begin);  // (the sequence's token)
     if constexpr (kCap == kStep) {               // steps start at multiples of kStep
@@ -653,7 +676,6 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
     }
   };
   constexpr bool kPipe = attn_pipeline_keys<KF>();
-  constexpr bool kPagePipe = attn_page_list<KF, VF, kCap>();
   // Full steps load the next step's page unconditionally (see step), so a partial step may hold
   // stale bytes past `end`.
   constexpr bool kStaleTail = kPagePipe && attn_load_always<KF, VF, kDim>();
@@ -738,21 +760,25 @@ __global__ void __launch_bounds__(kAttnThreads, attn_min_blocks<KF>())
         if (kFull || 8 * j + g < valid) vals.vsr[j] = VF::scale_raw(nl, cap, ns + 8 * j);
     }
   };
-  if constexpr (!kByLength) fill_tables();
+  if constexpr (!kByLength) store_tables();
   // The split's pages (block tables are older than the K/V write too); read after the
   // __syncthreads below.
-  constexpr int kPage = kCap > 0 ? kCap : 1;  // (kPagePipe instances only)
   int* pages_sh = reinterpret_cast<int*>(smem + attn_pages_offset<KF, VF, kDim>());
   constexpr int kListed = attn_pages<kByLength>();
-  if constexpr (kPagePipe) {
+  if constexpr (kPagePipe && !kByLength) {
+#pragma unroll
+    for (int i = 0; i < kAheadPages; ++i) {
+      const int e = static_cast<int>(threadIdx.x) + i * kAttnThreads;
+      if (e < n_ahead) pages_sh[e] = pages_ahead[i];
+    }
+  } else if constexpr (kPagePipe) {
     const int pages = (end - begin + kPage - 1) / kPage;
-    if (kByLength && pages > kListed) {  // the plan asks no such split: poison, read nothing
+    if (pages > kListed) {  // the plan asks no such split: poison, read nothing
       dev::pdl_wait();
       end_with_partials(make_float2(0.0f, NAN));
       return;
     }
-    const int n = min(pages, kListed);
-    for (int i = threadIdx.x; i < n; i += kAttnThreads)
+    for (int i = threadIdx.x; i < pages; i += kAttnThreads)
       pages_sh[i] = __ldg(table + first_tok / kPage + i);
   }
   // The page of the warp step at token tok (< end; kPagePipe, where begin is a page boundary).
