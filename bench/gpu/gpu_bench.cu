@@ -258,7 +258,8 @@ void timeline_report(Fn&& fn, size_t ctas, size_t merges, void* flush, size_t fl
   }
   const auto [lo, hi] = std::minmax_element(per_sm.begin(), per_sm.end());
   for (size_t m = 0; m < merges; ++m) {
-    if (h[ctas * 10 + 2 * m] == 0) continue;  // (the merge in the attention kernel: no merge kernel)
+    if (h[ctas * 10 + 2 * m] == 0)
+      continue;  // (the merge in the attention kernel: no merge kernel)
     mstart.push_back(us(h[ctas * 10 + 2 * m]));
     mend.push_back(us(h[ctas * 10 + 2 * m + 1]));
   }
