@@ -68,7 +68,11 @@ def main():
     print("Llama-3-8B attention shape (32 query heads, 8 KV heads, head_dim 128), one layer, one query")
     print("token per sequence. Bytes = stored K/V bytes + query + split-K partials. `of copy` = GB/s over")
     print("the measured device-to-device copy bandwidth (read + write). SDPA = PyTorch fp16")
-    print("scaled_dot_product_attention on the same shape (faster of enable_gqa / grouped rows).\n")
+    print("scaled_dot_product_attention on the same shape (faster of enable_gqa / grouped rows).")
+    flush = bench[0].get("flush") if bench else None
+    if flush:  # (CSVs before session 38 have no such column: the write flush)
+        print(f"L2 flushed before every rep by a {flush} of 256 MB (sdpa_ref.py's --flush must match).")
+    print()
     contexts = sorted({int(r["context"]) for r in bench})
     for ctx in contexts:
         print(f"## context {ctx}\n")

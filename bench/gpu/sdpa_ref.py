@@ -8,8 +8,9 @@ passed as 4 query rows (no K/V expansion either way).
     python3 sdpa_ref.py --out sdpa.csv [--contexts 1024,4096] [--batches 1,8] [--reps 20]
                         [--flush write|read]
 
---flush as tq_gpu_bench's: write zeroes a 256 MB buffer before each rep (the L2 left holding
-dirty lines, written back while the timed call reads), read reads it (clean lines).
+--flush as tq_gpu_bench's (read by default since session 38): read reads a 256 MB buffer before
+each rep (the L2 left holding clean lines, as a decode step leaves it), write zeroes it (dirty
+lines, written back while the timed call reads).
 """
 import argparse
 import csv
@@ -47,7 +48,7 @@ def main():
     ap.add_argument("--contexts", default="1024,4096,16384,32768,131072")
     ap.add_argument("--batches", default="1,8,32,64")
     ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--flush", choices=["write", "read"], default="write")
+    ap.add_argument("--flush", choices=["write", "read"], default="read")
     args = ap.parse_args()
     dev = torch.device("cuda")
     flush = torch.full((256 << 20,), 0x5A, dtype=torch.uint8, device=dev)
