@@ -154,8 +154,8 @@ struct Timer {
 // buffer, as triton's do_bench and nvbench do; the L2 is left full of dirty lines (up to its 50
 // MB on an H100/H200), whose write-back the timed call pays while it reads: bytes the "bytes
 // read" column does not count. The attention kernel's time inside the model's decode step (ncu,
-// caches as the step leaves them; docs/benchmarks.md, session 38) matches the read flush's
-// (109.3 against 108.1 us at 32k batch 8 tq4/tq4 on an H100; the write flush's 116.8).
+// caches as the step leaves them; docs/benchmarks.md, session 38) lies near the read flush's
+// (109.6 against 108.6 us at 32k batch 8 tq4/tq4 on an H100; the write flush's 116.5).
 bool g_flush_read = true;
 
 // Reads n 16-byte words; writes only if their XOR hits a value it never does (the loads stay).
