@@ -615,13 +615,14 @@ int main(int argc, char** argv) {
   if (!attention_bench) contexts.clear();
 
   // --- decode attention ---
+  const char* const flush_name = g_flush_read ? "read" : "write";
   FILE* csv = std::fopen((out_dir + "/gpu_bench.csv").c_str(), "w");
   std::fprintf(csv,
                "device,context,batch,format,time_us,bytes,gbps,frac_copy,speedup_vs_f16,flush\n");
   std::printf(
       "\n## Decode attention, %d query heads / %d KV heads / d %d, copy BW %.0f GB/s, L2 flush: "
       "%s\n",
-      kHeads, kKvHeads, kDim, copy_gbps, g_flush_read ? "read" : "write");
+      kHeads, kKvHeads, kDim, copy_gbps, flush_name);
   for (int len : contexts) {
     std::printf(
         "\n### context %d\n\n| batch | format | time (us) | bytes read | GB/s | of copy BW | vs tq "
@@ -740,8 +741,7 @@ int main(int argc, char** argv) {
                     plan->main_splits, plan->main_tokens_per_split,
                     plan->main_split_budget > 0 ? " L" : "", plan->fused_merge ? " F" : "");
         std::fprintf(csv, "%s,%d,%d,%s,%.2f,%.0f,%.1f,%.4f,%.3f,%s\n", prop.name, len, batch,
-                     fk.c_str(), ms * 1e3, bytes, gbps, gbps / copy_gbps, speedup,
-                     g_flush_read ? "read" : "write");
+                     fk.c_str(), ms * 1e3, bytes, gbps, gbps / copy_gbps, speedup, flush_name);
         std::fflush(stdout);
         CK(cudaFree(p.workspace));
         if (d_counters) CK(cudaFree(d_counters));

@@ -60,7 +60,14 @@ def goals(bench, sdpa, write, write_f32):
 def main():
     out = sys.argv[1]
     bench = read(os.path.join(out, "gpu_bench.csv"))
-    sdpa = {(int(r["context"]), int(r["batch"])): r for r in read(os.path.join(out, "sdpa.csv"))}
+    sdpa_rows = read(os.path.join(out, "sdpa.csv"))
+    # (CSVs before session 38 have no flush column: both flushed by a write)
+    flushes = {r["flush"] for r in bench + sdpa_rows if r.get("flush")}
+    if len(flushes) > 1:
+        print(f"report.py: tq_gpu_bench and sdpa_ref.py flushed the L2 differently ({', '.join(sorted(flushes))}):"
+              " rerun one with the other's --flush", file=sys.stderr)
+        return 1
+    sdpa = {(int(r["context"]), int(r["batch"])): r for r in sdpa_rows}
     write = read(os.path.join(out, "write_bench.csv"))
     write_f32 = read(os.path.join(out, "write_f32", "write_bench.csv"))
     device = bench[0]["device"] if bench else "?"
@@ -69,9 +76,8 @@ def main():
     print("token per sequence. Bytes = stored K/V bytes + query + split-K partials. `of copy` = GB/s over")
     print("the measured device-to-device copy bandwidth (read + write). SDPA = PyTorch fp16")
     print("scaled_dot_product_attention on the same shape (faster of enable_gqa / grouped rows).")
-    flush = bench[0].get("flush") if bench else None
-    if flush:  # (CSVs before session 38 have no such column: the write flush)
-        print(f"L2 flushed before every rep by a {flush} of 256 MB (sdpa_ref.py's --flush must match).")
+    if flushes:
+        print(f"L2 flushed before every rep by a {flushes.pop()} of 256 MB.")
     print()
     contexts = sorted({int(r["context"]) for r in bench})
     for ctx in contexts:

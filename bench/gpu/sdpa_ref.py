@@ -83,12 +83,12 @@ def main():
                     best = (name, ms)
             if best:
                 gbps = kv_bytes / (best[1] * 1e-3) / 1e9
-                rows.append([ctx, batch, best[0], f"{best[1] * 1e3:.2f}", kv_bytes, f"{gbps:.1f}"])
+                rows.append([ctx, batch, best[0], f"{best[1] * 1e3:.2f}", kv_bytes, f"{gbps:.1f}", args.flush])
             del k, v, q, qg
             torch.cuda.empty_cache()
     with open(args.out, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["context", "batch", "variant", "time_us", "bytes", "gbps"])
+        w.writerow(["context", "batch", "variant", "time_us", "bytes", "gbps", "flush"])
         w.writerows(rows)
     return 0
 
